@@ -1,4 +1,17 @@
 //! mailslot: publish services that live on small devices through an outbound tunnel.
 //!
+//! - [`wire`]: every byte that crosses the tunnel: version, messages, framing.
 //! - [`config`]: the device config model, its bounded binary format and atomic store.
+//! - [`tls`]: TLS client settings, tolerant of a device clock that is not set yet.
+//! - [`transport`]: QUIC (and HTTP/2) sessions behind one interface.
+//! - [`connector`]: the device side: supervisor, streams, origins.
+//! - `edge` (feature `edge`): the server visitors and connectors reach.
 pub mod config;
+pub mod connector;
+#[cfg(feature = "edge")]
+pub mod demo;
+#[cfg(feature = "edge")]
+pub mod edge;
+pub mod tls;
+pub mod transport;
+pub mod wire;

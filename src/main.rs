@@ -3,18 +3,29 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: mailslot <command>
+const USAGE: &str = "usage: mailslot <command> [options]
 
 commands:
-  run --config config.bin        run the connector
-  config compile config.yml --output config.bin
-  config show config.bin [--show-secrets]
-  config check config.bin
-  demo                           edge + connector + hello service on loopback
+  run [--config FILE]              run the connector (default /etc/mailslot/config.bin)
+  config compile FILE.yml --output FILE.bin
+                                   compile a YAML config into the device's binary config
+  config show FILE.bin [--show-secrets]
+                                   print a binary config as YAML
+  config check FILE.bin            validate a binary config and summarise it
+  demo [--listen ADDR]             an edge, a connector and a hello-world service on
+                                   loopback (default 127.0.0.1:8080, or any free port)
+  version                          print the version
+
+RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
 ";
 
+/// Where `run` looks for its config by default.
+const DEFAULT_CONFIG: &str = "/etc/mailslot/config.bin";
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_secs()
+        .init();
     match real_main() {
         Ok(code) => code,
         Err(e) => {
@@ -24,35 +35,59 @@ fn main() -> ExitCode {
     }
 }
 
+fn arg_err(e: lexopt::Error) -> String {
+    e.to_string()
+}
+
 fn real_main() -> Result<ExitCode, String> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
-    let cmd = match parser.next().map_err(|e| e.to_string())? {
-        Some(Value(v)) => v.string().map_err(|e| e.to_string())?,
+    let cmd = match parser.next().map_err(arg_err)? {
+        Some(Value(v)) => v.string().map_err(arg_err)?,
         Some(Long("help")) | Some(Short('h')) | None => {
             print!("{USAGE}");
             return Ok(ExitCode::SUCCESS);
         }
+        Some(Long("version")) => "version".to_string(),
         Some(other) => return Err(other.unexpected().to_string()),
     };
     match cmd.as_str() {
         "config" => config_cmd(&mut parser),
-        _ => Err(format!("unknown command {cmd:?}\n{USAGE}")),
+        "run" => run_cmd(&mut parser),
+        #[cfg(feature = "edge")]
+        "demo" => demo_cmd(&mut parser),
+        #[cfg(not(feature = "edge"))]
+        "demo" => {
+            Err("this build has no edge (device build); the demo needs the default features".into())
+        }
+        "version" => {
+            println!("mailslot {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        "help" => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Err(format!("unknown command {cmd:?}\n\n{USAGE}")),
     }
 }
 
 fn config_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     use lexopt::prelude::*;
-    let sub = match parser.next().map_err(|e| e.to_string())? {
-        Some(Value(v)) => v.string().map_err(|e| e.to_string())?,
-        _ => return Err(format!("config needs a subcommand\n{USAGE}")),
+    let sub = match parser.next().map_err(arg_err)? {
+        Some(Value(v)) => v.string().map_err(arg_err)?,
+        _ => {
+            return Err(format!(
+                "config needs a subcommand: compile, show or check\n\n{USAGE}"
+            ))
+        }
     };
     let mut file: Option<PathBuf> = None;
     let mut output: Option<PathBuf> = None;
     let mut show_secrets = false;
-    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+    while let Some(arg) = parser.next().map_err(arg_err)? {
         match arg {
-            Long("output") | Short('o') => output = Some(parser.value().map_err(|e| e.to_string())?.into()),
+            Long("output") | Short('o') => output = Some(parser.value().map_err(arg_err)?.into()),
             Long("show-secrets") => show_secrets = true,
             Value(v) if file.is_none() => file = Some(v.into()),
             other => return Err(other.unexpected().to_string()),
@@ -78,4 +113,112 @@ fn config_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    use lexopt::prelude::*;
+    let mut path = PathBuf::from(DEFAULT_CONFIG);
+    while let Some(arg) = parser.next().map_err(arg_err)? {
+        match arg {
+            Long("config") | Short('c') => path = parser.value().map_err(arg_err)?.into(),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    let loaded = match mailslot::config::store::load(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if let Some(why) = &loaded.fallback_reason {
+        log::error!(
+            "{why}; running on the previous good config {}",
+            loaded.path.display()
+        );
+    }
+    if mailslot::tls::clock_unset() {
+        log::warn!(
+            "the system clock reads earlier than this build: it is probably not set yet (no RTC, \
+             no NTP); certificates are checked against the build time until it is"
+        );
+    }
+    let connector = mailslot::connector::Connector::new(loaded.config)?;
+    log::info!(
+        "mailslot {} starting with {}",
+        env!("CARGO_PKG_VERSION"),
+        loaded.path.display()
+    );
+    runtime()?.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        let reloader = connector.clone();
+        let reload_path = path.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match mailslot::config::store::decode_file(&reload_path) {
+                    Ok(cfg) => match reloader.reload(cfg) {
+                        Ok(()) => log::info!("reloaded {}", reload_path.display()),
+                        Err(e) => log::error!("reload of {} refused: {e}", reload_path.display()),
+                    },
+                    Err(e) => log::error!(
+                        "reload of {} refused, keeping the running config: {e}",
+                        reload_path.display()
+                    ),
+                }
+            }
+        });
+        connector
+            .run(async move {
+                tokio::select! {
+                    _ = term.recv() => log::info!("SIGTERM"),
+                    _ = int.recv() => log::info!("SIGINT"),
+                }
+            })
+            .await;
+        Ok::<_, String>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "edge")]
+fn demo_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    use lexopt::prelude::*;
+    let mut listen: Option<std::net::SocketAddr> = None;
+    while let Some(arg) = parser.next().map_err(arg_err)? {
+        match arg {
+            Long("listen") => {
+                let v = parser.value().map_err(arg_err)?.string().map_err(arg_err)?;
+                listen = Some(v.parse().map_err(|_| {
+                    format!("--listen: {v:?} is not an address like 127.0.0.1:8080")
+                })?);
+            }
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    let http = match listen {
+        Some(a) => {
+            std::net::TcpListener::bind(a).map_err(|e| format!("cannot listen on {a}: {e}"))?
+        }
+        None => std::net::TcpListener::bind("127.0.0.1:8080")
+            .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .map_err(|e| format!("cannot listen on loopback: {e}"))?,
+    };
+    runtime()?.block_on(mailslot::demo::run(http, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))?;
+    Ok(ExitCode::SUCCESS)
 }

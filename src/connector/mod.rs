@@ -1,0 +1,573 @@
+//! The device side: the supervisor keeps `ha-connections` tunnel connections to the
+//! edges, each in its own slot that reconnects with backoff; streams the edge opens are
+//! served by [`origin`].
+//!
+//! The connector listens on nothing: it only dials out.
+
+pub mod origin;
+pub mod runtime;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::config::DeviceConfig;
+use crate::transport::{quic, Session, TransportError};
+use crate::wire::{self, ConnectorMsg, EdgeMsg, Register, PROTOCOL_VERSION};
+pub use runtime::Runtime;
+
+/// First reconnect delay.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A connection that lived this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Time allowed for the control handshake after the transport is up.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to resolve an edge name.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a QUIC handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent streams the edge may open on one connection.
+pub const MAX_STREAMS_PER_CONN: u32 = 128;
+
+/// Public state of one connection slot, for status and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotState {
+    pub connected: bool,
+    pub edge: Option<SocketAddr>,
+    pub protocol: &'static str,
+}
+
+struct Shared {
+    connector_id: [u8; 16],
+    current: watch::Sender<Arc<Runtime>>,
+    previous: Mutex<Option<Arc<Runtime>>>,
+    draining: watch::Sender<bool>,
+    active_streams: AtomicUsize,
+    streams_done: Notify,
+    slots: watch::Sender<Vec<SlotState>>,
+    /// Last good addresses per edge entry, kept when DNS fails.
+    resolved: Mutex<Vec<Vec<SocketAddr>>>,
+    endpoints: Mutex<(Option<quinn::Endpoint>, Option<quinn::Endpoint>)>,
+}
+
+/// A running connector. Cheap to clone.
+#[derive(Clone)]
+pub struct Connector {
+    shared: Arc<Shared>,
+}
+
+impl Connector {
+    /// Prepares a connector for `config`; fails on unusable embedded certificates.
+    pub fn new(config: Box<DeviceConfig>) -> Result<Self, String> {
+        let rt = Arc::new(Runtime::new(config, 1)?);
+        let slots = vec![SlotState::default(); usize::from(rt.config.ha_connections.max(1))];
+        let edges = rt.config.edges.len();
+        Ok(Connector {
+            shared: Arc::new(Shared {
+                connector_id: random_bytes(),
+                current: watch::channel(rt).0,
+                previous: Mutex::new(None),
+                draining: watch::channel(false).0,
+                active_streams: AtomicUsize::new(0),
+                streams_done: Notify::new(),
+                slots: watch::channel(slots).0,
+                resolved: Mutex::new(vec![Vec::new(); edges]),
+                endpoints: Mutex::new((None, None)),
+            }),
+        })
+    }
+
+    /// Applies a new config to new streams and sends its rules to the edges. Edge
+    /// addresses and connection counts take effect on the next restart.
+    pub fn reload(&self, config: Box<DeviceConfig>) -> Result<(), String> {
+        let old = self.shared.current.borrow().clone();
+        let rt = Arc::new(Runtime::new(config, old.generation.wrapping_add(1))?);
+        *lock(&self.shared.previous) = Some(old);
+        self.shared.current.send_replace(rt);
+        Ok(())
+    }
+
+    /// Slot states, updated as connections come and go.
+    pub fn slots(&self) -> watch::Receiver<Vec<SlotState>> {
+        self.shared.slots.subscribe()
+    }
+
+    /// Runs until `shutdown` resolves, then drains: tells the edges, lets streams in
+    /// flight finish within the grace period, and closes.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let n = self.shared.slots.borrow().len();
+        let mut tasks = Vec::with_capacity(n);
+        for slot in 0..n {
+            let shared = self.shared.clone();
+            tasks.push(tokio::spawn(async move { run_slot(shared, slot).await }));
+        }
+        shutdown.await;
+        let grace = Duration::from_secs(u64::from(
+            self.shared.current.borrow().config.grace_period_secs,
+        ));
+        log::info!("draining: no new streams; waiting up to {grace:?} for streams in flight");
+        self.shared.draining.send_replace(true);
+        let wait_streams = async {
+            loop {
+                let notified = self.shared.streams_done.notified();
+                if self.shared.active_streams.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(grace, wait_streams).await.is_err() {
+            log::warn!(
+                "grace period over with {} streams still open; closing",
+                self.shared.active_streams.load(Ordering::Acquire)
+            );
+        }
+        for t in &tasks {
+            t.abort();
+        }
+        let endpoints = {
+            let mut e = lock(&self.shared.endpoints);
+            [e.0.take(), e.1.take()]
+        };
+        for ep in endpoints.into_iter().flatten() {
+            ep.close(0u32.into(), b"connector shutting down");
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+        log::info!("connector stopped");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave their data half-updated (every
+    // critical section is a single assignment), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; N];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // No system randomness: fall back to the clock, good enough for ids and jitter.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (t >> ((i % 16) * 8)) as u8;
+        }
+    }
+    b
+}
+
+/// Exponential backoff with jitter: each delay is drawn from [d/2, d].
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+    fn delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let r = u64::from(u32::from_le_bytes(random_bytes()));
+        let half = d.as_millis() as u64 / 2;
+        Duration::from_millis(half + r % (half + 1))
+    }
+}
+
+fn set_slot(shared: &Shared, slot: usize, state: SlotState) {
+    shared.slots.send_modify(|s| {
+        if let Some(x) = s.get_mut(slot) {
+            *x = state;
+        }
+    });
+}
+
+async fn run_slot(shared: Arc<Shared>, slot: usize) {
+    let mut backoff = Backoff::new();
+    let mut draining = shared.draining.subscribe();
+    loop {
+        if *draining.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        let result = connect_and_serve(&shared, slot).await;
+        set_slot(&shared, slot, SlotState::default());
+        let lived = started.elapsed();
+        if lived >= STABLE_AFTER {
+            backoff.reset();
+        }
+        let delay = match result {
+            Ok(reason) => {
+                log::info!("connection {slot}: {reason}; reconnecting");
+                // An orderly end (the edge going away) reconnects at once.
+                if *draining.borrow() {
+                    return;
+                }
+                Duration::from_millis(100)
+            }
+            Err(e) => {
+                let d = backoff.delay();
+                log::warn!(
+                    "connection {slot}: {e}; retrying in {:.1}s",
+                    d.as_secs_f32()
+                );
+                d
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = wait_true(&mut draining) => return,
+        }
+    }
+}
+
+/// Resolves the edge entry for `slot`, keeping the last good addresses when DNS fails.
+async fn edge_for_slot(shared: &Shared, slot: usize) -> Result<(SocketAddr, String), String> {
+    let rt = shared.current.borrow().clone();
+    let edges = &rt.config.edges;
+    if edges.is_empty() {
+        return Err("no edge addresses configured".into());
+    }
+    let idx = slot % edges.len();
+    let entry = edges[idx].as_str();
+    let (host, port) = split_host_port(entry)?;
+    let fresh = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
+    let addrs = match fresh {
+        Ok(Ok(it)) => {
+            let mut v: Vec<SocketAddr> = it.collect();
+            v.sort_by_key(|a| a.is_ipv6()); // IPv4 first: the common case on cellular NAT
+            if !v.is_empty() {
+                if let Some(cache) = lock(&shared.resolved).get_mut(idx) {
+                    *cache = v.clone();
+                }
+            }
+            v
+        }
+        Ok(Err(e)) => {
+            let cached = lock(&shared.resolved).get(idx).cloned().unwrap_or_default();
+            if cached.is_empty() {
+                return Err(format!("cannot resolve edge {entry}: {e}"));
+            }
+            log::warn!("cannot resolve edge {entry} ({e}); using its last known addresses");
+            cached
+        }
+        Err(_) => {
+            let cached = lock(&shared.resolved).get(idx).cloned().unwrap_or_default();
+            if cached.is_empty() {
+                return Err(format!("resolving edge {entry} timed out"));
+            }
+            cached
+        }
+    };
+    if addrs.is_empty() {
+        return Err(format!("edge {entry} resolves to no address"));
+    }
+    let addr = addrs[(slot / edges.len()) % addrs.len()];
+    Ok((addr, host.to_string()))
+}
+
+/// Splits "host:port" or "[v6]:port"; the port defaults to 7844.
+pub fn split_host_port(entry: &str) -> Result<(&str, u16), String> {
+    let bad = || format!("edge address {entry:?} is not host:port");
+    if let Some(rest) = entry.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if after.is_empty() => 7844,
+            None => return Err(bad()),
+        };
+        return Ok((host, port));
+    }
+    match entry.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Ok((h, p.parse().map_err(|_| bad())?)),
+        _ if !entry.contains(':') => Ok((entry, 7844)),
+        _ => Err(bad()),
+    }
+}
+
+fn endpoint_for(shared: &Shared, remote: SocketAddr) -> Result<quinn::Endpoint, String> {
+    let mut eps = lock(&shared.endpoints);
+    let slot = if remote.is_ipv6() {
+        &mut eps.1
+    } else {
+        &mut eps.0
+    };
+    if let Some(ep) = slot {
+        return Ok(ep.clone());
+    }
+    let ep = quic::client_endpoint(remote).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    *slot = Some(ep.clone());
+    Ok(ep)
+}
+
+/// One connection's life: dial, register, serve. `Ok` is an orderly end.
+async fn connect_and_serve(shared: &Arc<Shared>, slot: usize) -> Result<String, String> {
+    let (addr, server_name) = edge_for_slot(shared, slot).await?;
+    let rt = shared.current.borrow().clone();
+    let cfg = &rt.config;
+    let ca = cfg
+        .edge_ca
+        .and_then(|i| cfg.cas.get(usize::from(i)))
+        .map(|c| c.as_slice());
+    let tls = crate::tls::edge_client_config(ca).map_err(|e| format!("edge TLS setup: {e}"))?;
+    let tuning = quic::ClientTuning {
+        keepalive: Duration::from_secs(u64::from(cfg.keepalive_secs.max(1))),
+        idle_timeout: Duration::from_secs(u64::from(cfg.idle_timeout_secs.max(2))),
+        max_streams: MAX_STREAMS_PER_CONN,
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+    };
+    let endpoint = endpoint_for(shared, addr)?;
+    let session = quic::connect(&endpoint, addr, &server_name, tls, tuning)
+        .await
+        .map_err(|e: TransportError| {
+            let clock = if crate::tls::clock_unset() {
+                " (the system clock is not set; certificates are checked against the build time)"
+            } else {
+                ""
+            };
+            format!(
+                "cannot connect to edge {server_name} ({addr}): {}{clock}",
+                e.message
+            )
+        })?;
+    let result = serve_session(shared, slot, &session, &server_name, rt).await;
+    session.close("connection ended");
+    result
+}
+
+async fn serve_session(
+    shared: &Arc<Shared>,
+    slot: usize,
+    session: &Session,
+    server_name: &str,
+    rt: Arc<Runtime>,
+) -> Result<String, String> {
+    let addr = session.remote_addr();
+    let mut control = tokio::time::timeout(REGISTER_TIMEOUT, session.accept_stream())
+        .await
+        .map_err(|_| format!("edge {addr} opened no control stream"))?
+        .map_err(|e| format!("edge {addr}: {e}"))?;
+    let hello: EdgeMsg = tokio::time::timeout(REGISTER_TIMEOUT, wire::read_control(&mut control))
+        .await
+        .map_err(|_| format!("edge {addr} sent no hello"))?
+        .map_err(|e| format!("edge {addr}: {e}"))?;
+    let edge_name = match hello {
+        EdgeMsg::Hello { version, edge } if version == PROTOCOL_VERSION => edge,
+        EdgeMsg::Hello { version, .. } if version > PROTOCOL_VERSION => {
+            return Err(format!(
+                "edge {addr} speaks tunnel protocol {version}, this mailslot speaks \
+                 {PROTOCOL_VERSION}: update mailslot"
+            ))
+        }
+        EdgeMsg::Hello { version, .. } => {
+            return Err(format!(
+                "edge {addr} speaks tunnel protocol {version}, older than this mailslot's \
+                 {PROTOCOL_VERSION}: the edge needs an update"
+            ))
+        }
+        other => return Err(format!("edge {addr} sent {other:?} before hello")),
+    };
+    let mut generation = rt.generation;
+    let register = ConnectorMsg::Register(Register {
+        version: PROTOCOL_VERSION,
+        token: rt.config.token.to_string(),
+        connector_id: shared.connector_id,
+        conn_index: slot as u8,
+        rules_generation: generation,
+        rules: rt.rule_infos.clone(),
+        software: env!("CARGO_PKG_VERSION").into(),
+    });
+    wire::write_control(&mut control.send, &register)
+        .await
+        .map_err(|e| format!("edge {addr}: {e}"))?;
+    let reply: EdgeMsg =
+        tokio::time::timeout(REGISTER_TIMEOUT, wire::read_control(&mut control.recv))
+            .await
+            .map_err(|_| format!("edge {addr} did not answer the registration"))?
+            .map_err(|e| format!("edge {addr}: {e}"))?;
+    let tunnel_id = match reply {
+        EdgeMsg::Registered { tunnel_id, .. } => tunnel_id,
+        EdgeMsg::Refused { reason, .. } => {
+            return Err(format!(
+                "edge {edge_name} ({addr}) refused the tunnel: {reason}"
+            ))
+        }
+        other => return Err(format!("edge {addr} answered {other:?}")),
+    };
+    log::info!(
+        "connection {slot} registered: tunnel {} ({}) at edge {edge_name} ({server_name}, {addr}) over {}",
+        rt.config.tunnel,
+        hex(&tunnel_id),
+        session.protocol()
+    );
+    set_slot(
+        shared,
+        slot,
+        SlotState {
+            connected: true,
+            edge: Some(addr),
+            protocol: session.protocol(),
+        },
+    );
+
+    // The control stream's reader runs apart, so no select! branch is cut mid-frame.
+    let (msgs_tx, mut msgs) = mpsc::channel::<Result<EdgeMsg, String>>(4);
+    let mut recv = control.recv;
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = wire::read_control::<_, EdgeMsg>(&mut recv)
+                .await
+                .map_err(|e| e.to_string());
+            let end = m.is_err();
+            if msgs_tx.send(m).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let _reader_guard = AbortOnDrop(reader);
+    let mut send = control.send;
+    let mut rules = shared.current.subscribe();
+    let mut draining = shared.draining.subscribe();
+    let mut drained = *draining.borrow();
+    if drained {
+        let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+    }
+    loop {
+        tokio::select! {
+            stream = session.accept_stream() => {
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(_) => return Err(format!("lost edge {edge_name} ({addr}): {}", session.closed().await)),
+                };
+                let shared2 = shared.clone();
+                shared.active_streams.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(async move {
+                    let guard = StreamGuard(shared2.clone());
+                    origin::serve_stream(stream, |gen| runtime_for(&shared2, gen)).await;
+                    drop(guard);
+                });
+            }
+            msg = msgs.recv() => match msg {
+                Some(Ok(EdgeMsg::GoAway { reason })) => {
+                    return Ok(format!("edge {edge_name} ({addr}) is going away: {reason}"));
+                }
+                Some(Ok(EdgeMsg::RulesAccepted { generation })) => {
+                    log::info!("connection {slot}: edge accepted rule table {generation}");
+                }
+                Some(Ok(EdgeMsg::Refused { reason, .. })) => {
+                    log::error!("connection {slot}: edge refused the new rules: {reason}");
+                }
+                Some(Ok(other)) => log::debug!("connection {slot}: ignoring {other:?}"),
+                Some(Err(e)) => {
+                    return Err(format!("lost edge {edge_name} ({addr}): control stream: {e}"));
+                }
+                None => {
+                    return Err(format!("lost edge {edge_name} ({addr}): control stream ended"));
+                }
+            },
+            changed = rules.changed(), if !drained => {
+                if changed.is_err() { continue; }
+                let rt = rules.borrow_and_update().clone();
+                if rt.generation != generation {
+                    generation = rt.generation;
+                    let m = ConnectorMsg::UpdateRules { generation, rules: rt.rule_infos.clone() };
+                    if let Err(e) = wire::write_control(&mut send, &m).await {
+                        return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+                    }
+                }
+            }
+            _ = wait_true(&mut draining), if !drained => {
+                drained = true;
+                let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+            }
+        }
+    }
+}
+
+/// Resolves once the flag is set (or its sender is gone).
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}
+
+fn runtime_for(shared: &Shared, generation: u32) -> Option<Arc<Runtime>> {
+    let cur = shared.current.borrow().clone();
+    if cur.generation == generation {
+        return Some(cur);
+    }
+    lock(&shared.previous)
+        .as_ref()
+        .filter(|p| p.generation == generation)
+        .cloned()
+}
+
+/// Counts a stream in flight, for the shutdown grace period.
+struct StreamGuard(Arc<Shared>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.active_streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.streams_done.notify_waiters();
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Lowercase hex of an id.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            split_host_port("edge.example.com:7844").unwrap(),
+            ("edge.example.com", 7844)
+        );
+        assert_eq!(
+            split_host_port("edge.example.com").unwrap(),
+            ("edge.example.com", 7844)
+        );
+        assert_eq!(split_host_port("[::1]:9").unwrap(), ("::1", 9));
+        assert_eq!(split_host_port("[::1]").unwrap(), ("::1", 7844));
+        assert!(split_host_port("::1:9").is_err());
+        assert!(split_host_port("a:b").is_err());
+        assert!(split_host_port("[::1]x").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new();
+        let first = b.delay();
+        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
+        for _ in 0..20 {
+            let d = b.delay();
+            assert!(d <= BACKOFF_MAX);
+        }
+        assert!(b.delay() >= BACKOFF_MAX / 2);
+        b.reset();
+        assert!(b.delay() <= BACKOFF_MIN);
+    }
+}

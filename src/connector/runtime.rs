@@ -1,0 +1,116 @@
+//! The running form of a config: rules with their TLS settings built once, the rule
+//! table as the edge sees it, and a generation number.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+
+use crate::config::{DeviceConfig, Service};
+use crate::wire::{RuleAction, RuleInfo};
+
+/// A TLS client for one `https://` or `unix+tls:` origin.
+pub struct OriginTls {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl OriginTls {
+    pub async fn handshake<S>(&self, io: S) -> Result<tokio_rustls::client::TlsStream<S>, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.connector
+            .connect(self.name.clone(), io)
+            .await
+            .map_err(|e| format!("TLS to origin {:?} failed: {e}", self.name))
+    }
+}
+
+/// One rule, ready to serve.
+#[derive(Clone)]
+pub struct RuntimeRule {
+    pub hostname: Option<String>,
+    pub service: Service,
+    pub connect_timeout: Duration,
+    pub tls: Option<Arc<OriginTls>>,
+}
+
+/// A config ready to serve streams.
+pub struct Runtime {
+    pub generation: u32,
+    pub config: Box<DeviceConfig>,
+    pub rules: Vec<RuntimeRule>,
+    pub rule_infos: Vec<RuleInfo>,
+}
+
+impl Runtime {
+    /// Builds the running form; fails only on unusable embedded certificates.
+    pub fn new(config: Box<DeviceConfig>, generation: u32) -> Result<Self, String> {
+        let mut rules = Vec::with_capacity(config.ingress.len());
+        let mut rule_infos = Vec::with_capacity(config.ingress.len());
+        for (i, r) in config.ingress.iter().enumerate() {
+            let tls = match &r.service {
+                Service::Http {
+                    host, tls: true, ..
+                } => Some(host.as_str()),
+                Service::Unix { tls: true, .. } => Some("localhost"),
+                _ => None,
+            };
+            let tls = match tls {
+                None => None,
+                Some(default_name) => {
+                    let ca = match r.origin.ca_pool {
+                        None => None,
+                        Some(idx) => Some(
+                            config
+                                .cas
+                                .get(usize::from(idx))
+                                .ok_or_else(|| {
+                                    format!("ingress[{i}]: ca-pool index {idx} missing")
+                                })?
+                                .as_slice(),
+                        ),
+                    };
+                    let cfg = crate::tls::origin_client_config(ca, r.origin.no_tls_verify)
+                        .map_err(|e| format!("ingress[{i}]: origin TLS: {e}"))?;
+                    let name = r
+                        .origin
+                        .origin_server_name
+                        .as_deref()
+                        .unwrap_or(default_name);
+                    let name = ServerName::try_from(name.to_string())
+                        .map_err(|e| format!("ingress[{i}]: origin server name {name:?}: {e}"))?;
+                    Some(Arc::new(OriginTls {
+                        connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+                        name,
+                    }))
+                }
+            };
+            rules.push(RuntimeRule {
+                hostname: r.hostname.as_ref().map(|h| h.to_string()),
+                service: r.service.clone(),
+                connect_timeout: Duration::from_millis(u64::from(
+                    r.origin.connect_timeout_ms.max(1),
+                )),
+                tls,
+            });
+            rule_infos.push(RuleInfo {
+                hostname: r.hostname.as_ref().map(|h| h.to_string()),
+                path: r.path.as_ref().map(|p| p.to_string()),
+                action: match r.service {
+                    Service::Http { .. } | Service::Unix { .. } => RuleAction::Http,
+                    Service::Stream { .. } => RuleAction::Stream,
+                    Service::HttpStatus(code) => RuleAction::Status(code),
+                },
+                host_header: r.origin.http_host_header.as_ref().map(|h| h.to_string()),
+            });
+        }
+        Ok(Runtime {
+            generation,
+            config,
+            rules,
+            rule_infos,
+        })
+    }
+}

@@ -1,0 +1,184 @@
+//! The visitor front: HTTP/1.1 and HTTP/2 (ALPN over TLS, or prior knowledge in the
+//! clear) on the edge's public listeners; TLS certificates chosen by SNI.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::proxy::{self, Body, Visitor};
+use super::EdgeState;
+
+/// Most visitor connections open at once.
+pub const MAX_VISITOR_CONNS: usize = 16_384;
+/// Time a visitor has to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a visitor has to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Picks the certificate whose names cover the SNI name, else the edge's own.
+#[derive(Debug)]
+pub struct SniResolver {
+    pub default: Arc<CertifiedKey>,
+    pub others: Vec<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let Ok(name) = rustls::pki_types::ServerName::try_from(name.to_string()) else {
+            return Some(self.default.clone());
+        };
+        for ck in &self.others {
+            let Some(leaf) = ck.cert.first() else {
+                continue;
+            };
+            if let Ok(ee) = webpki::EndEntityCert::try_from(leaf) {
+                if ee.verify_is_valid_for_subject_name(&name).is_ok() {
+                    return Some(ck.clone());
+                }
+            }
+        }
+        Some(self.default.clone())
+    }
+}
+
+/// Accepts visitors on `listener` until the task is dropped; `tls` makes it HTTPS.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<EdgeState>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_VISITOR_CONNS));
+    loop {
+        let permit = match limit.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: pause instead of spinning.
+                log::warn!("accept on {:?} failed: {e}", listener.local_addr().ok());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_conn(TokioIo::new(tcp), peer, "http", state).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_conn(TokioIo::new(stream), peer, "https", state).await
+                        }
+                        Ok(Err(e)) => log::debug!("TLS handshake from {peer} failed: {e}"),
+                        Err(_) => log::debug!("TLS handshake from {peer} timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_conn<I>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    scheme: &'static str,
+    state: Arc<EdgeState>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(req, peer, scheme, &state).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+        log::debug!("visitor {peer}: {e}");
+    }
+}
+
+async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    scheme: &'static str,
+    state: &EdgeState,
+) -> Response<Body> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        });
+    let Some(authority) = authority else {
+        return proxy::text(StatusCode::BAD_REQUEST, "the request names no host");
+    };
+    let host = host_of(&authority);
+    if host.is_empty() {
+        return proxy::text(StatusCode::BAD_REQUEST, "the request names no host");
+    }
+    let visitor = Visitor { peer, scheme };
+    proxy::handle(
+        &state.registry,
+        &state.client,
+        state.origin_timeout,
+        req,
+        &host,
+        &authority,
+        &visitor,
+    )
+    .await
+}
+
+/// The lowercase host of an authority, without port or IPv6 brackets.
+fn host_of(authority: &str) -> String {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_of("Dev42.Example.com:8080"), "dev42.example.com");
+        assert_eq!(host_of("dev42.example.com."), "dev42.example.com");
+        assert_eq!(host_of("[::1]:80"), "::1");
+        assert_eq!(host_of("x"), "x");
+    }
+}

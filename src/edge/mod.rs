@@ -1,0 +1,275 @@
+//! The edge: accepts connectors on the tunnel listener, serves visitors on HTTP and
+//! HTTPS, routes each request to a tunnel by hostname and path, and issues tokens.
+//!
+//! - [`config`]: `edge.yml`.
+//! - [`init`]: first-time key and certificate generation.
+//! - [`token`]: signed tunnel (and access) tokens.
+//! - [`registry`]: tunnels, hostnames, connections, rule matching.
+//! - [`tunnels`]: the tunnel listener and the control handshake.
+//! - [`front`]: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
+//! - [`proxy`]: HTTP through tunnel streams, pooled.
+
+pub mod config;
+pub mod front;
+pub mod init;
+pub mod proxy;
+pub mod registry;
+pub mod token;
+pub mod tunnels;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
+
+use config::EdgeConfig;
+use registry::Registry;
+
+/// Time connectors get to move elsewhere after the edge announces it is going away.
+const GO_AWAY_GRACE: Duration = Duration::from_secs(2);
+
+/// A certificate chain with its key.
+pub struct CertKey {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl CertKey {
+    /// Reads PEM files.
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<CertKey, String> {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!("{}: no certificate in the file", cert.display()));
+        }
+        let key =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        Ok(CertKey { chain, key })
+    }
+
+    /// Parses PEM text.
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<CertKey, String> {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("certificate: {e}"))?;
+        if chain.is_empty() {
+            return Err("no certificate in the PEM text".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("key: {e}"))?;
+        Ok(CertKey { chain, key })
+    }
+
+    fn certified(&self) -> Result<Arc<CertifiedKey>, String> {
+        let provider = crate::tls::provider();
+        CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), &provider)
+            .map(Arc::new)
+            .map_err(|e| format!("certificate and key do not fit: {e}"))
+    }
+}
+
+/// Everything the edge needs, loaded.
+pub struct EdgeSettings {
+    pub name: String,
+    pub cert: CertKey,
+    pub extra_certs: Vec<CertKey>,
+    pub verify_keys: Vec<[u8; 32]>,
+    pub origin_timeout: Duration,
+    pub keepalive: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl EdgeSettings {
+    /// Loads the files `edge.yml` names.
+    pub fn load(cfg: &EdgeConfig) -> Result<EdgeSettings, String> {
+        let cert = CertKey::load(&cfg.cert.cert, &cfg.cert.key)?;
+        let extra_certs = cfg
+            .certs
+            .iter()
+            .map(|c| CertKey::load(&c.cert, &c.key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut verify_keys = Vec::new();
+        if let Some(path) = &cfg.signing_key {
+            verify_keys.push(init::public_key_of(&init::load_signing_key(path)?));
+        }
+        for path in &cfg.verify_keys {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            verify_keys.push(
+                token::parse_public_key(&text).map_err(|e| format!("{}: {e}", path.display()))?,
+            );
+        }
+        Ok(EdgeSettings {
+            name: cfg.name.clone(),
+            cert,
+            extra_certs,
+            verify_keys,
+            origin_timeout: cfg.origin_response_timeout,
+            keepalive: cfg.keepalive,
+            idle_timeout: cfg.idle_timeout,
+        })
+    }
+}
+
+/// The sockets the edge serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// UDP for QUIC tunnel connections.
+    pub tunnel: UdpSocket,
+    pub http: Option<TcpListener>,
+    pub https: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses from `edge.yml`.
+    pub fn bind(cfg: &EdgeConfig) -> Result<Listeners, String> {
+        let tcp =
+            |a: SocketAddr| TcpListener::bind(a).map_err(|e| format!("cannot listen on {a}: {e}"));
+        Ok(Listeners {
+            tunnel: UdpSocket::bind(cfg.tunnel_listen)
+                .map_err(|e| format!("cannot listen on udp {}: {e}", cfg.tunnel_listen))?,
+            http: cfg.http_listen.map(tcp).transpose()?,
+            https: cfg.https_listen.map(tcp).transpose()?,
+        })
+    }
+}
+
+/// State shared by the edge's tasks.
+pub struct EdgeState {
+    pub name: String,
+    pub registry: Arc<Registry>,
+    pub verify_keys: Vec<[u8; 32]>,
+    pub client: proxy::TunnelClient,
+    pub origin_timeout: Duration,
+    /// Set when the edge shuts down: connectors are told to go elsewhere.
+    pub going_away: watch::Sender<bool>,
+}
+
+/// A configured edge, ready to serve.
+pub struct Edge {
+    state: Arc<EdgeState>,
+    settings: EdgeSettings,
+}
+
+impl Edge {
+    pub fn new(settings: EdgeSettings) -> Edge {
+        let registry = Arc::new(Registry::default());
+        let state = Arc::new(EdgeState {
+            name: settings.name.clone(),
+            client: proxy::client(registry.clone()),
+            registry,
+            verify_keys: settings.verify_keys.clone(),
+            origin_timeout: settings.origin_timeout,
+            going_away: watch::channel(false).0,
+        });
+        Edge { state, settings }
+    }
+
+    /// The tunnel registry (for status and tests).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.state.registry.clone()
+    }
+
+    fn tls_server_config(&self, alpn: Vec<Vec<u8>>) -> Result<rustls::ServerConfig, String> {
+        let resolver = front::SniResolver {
+            default: self.settings.cert.certified()?,
+            others: self
+                .settings
+                .extra_certs
+                .iter()
+                .map(|c| c.certified())
+                .collect::<Result<_, _>>()?,
+        };
+        let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver));
+        cfg.alpn_protocols = alpn;
+        Ok(cfg)
+    }
+
+    /// Serves until `shutdown` resolves, then tells connectors to go elsewhere and stops.
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), String> {
+        let mut tunnel_tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(front::SniResolver {
+                default: self.settings.cert.certified()?,
+                others: Vec::new(),
+            }));
+        tunnel_tls.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
+        let tunnel_addr = listeners.tunnel.local_addr().map_err(|e| e.to_string())?;
+        let endpoint = crate::transport::quic::server_endpoint(
+            listeners.tunnel,
+            tunnel_tls,
+            self.settings.keepalive,
+            self.settings.idle_timeout,
+        )
+        .map_err(|e| format!("tunnel listener on {tunnel_addr}: {e}"))?;
+        log::info!(
+            "edge {}: tunnel listener on udp {tunnel_addr}",
+            self.state.name
+        );
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(tunnels::accept_quic(
+            endpoint.clone(),
+            self.state.clone(),
+        )));
+        if let Some(l) = listeners.http {
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+            log::info!(
+                "edge {}: HTTP on {}",
+                self.state.name,
+                l.local_addr().map_err(|e| e.to_string())?
+            );
+            tasks.push(tokio::spawn(front::serve(l, None, self.state.clone())));
+        }
+        if let Some(l) = listeners.https {
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+            let tls = self.tls_server_config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
+            log::info!(
+                "edge {}: HTTPS on {}",
+                self.state.name,
+                l.local_addr().map_err(|e| e.to_string())?
+            );
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            tasks.push(tokio::spawn(front::serve(
+                l,
+                Some(acceptor),
+                self.state.clone(),
+            )));
+        }
+        shutdown.await;
+        log::info!(
+            "edge {}: shutting down; telling connectors to reconnect elsewhere",
+            self.state.name
+        );
+        self.state.going_away.send_replace(true);
+        let registry = self.state.registry.clone();
+        let all_gone = async {
+            while !registry.all_conns().is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let _ = tokio::time::timeout(GO_AWAY_GRACE, all_gone).await;
+        for t in tasks {
+            t.abort();
+        }
+        endpoint.close(0u32.into(), b"edge shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,483 @@
+//! The tunnels connected to this edge, the hostnames they serve and their connections.
+//!
+//! A tunnel is identified by its token's id: connectors holding the same token are
+//! replicas of one tunnel and share its hostnames. A hostname belongs to at most one
+//! tunnel at a time; another tunnel claiming it is refused until the first is gone.
+//! Each connection carries its own rule table (replicas may run different configs
+//! for a while), so routing picks a connection first, then matches its rules.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use regex::Regex;
+
+use crate::connector::hex;
+use crate::connector::origin::hostname_matches;
+use crate::edge::token::{pattern_allows, TunnelClaims};
+use crate::transport::Session;
+use crate::wire::{RuleAction, RuleInfo};
+
+/// Most tunnels one edge holds.
+pub const MAX_TUNNELS: usize = 10_000;
+/// Most connections one tunnel holds (all replicas together).
+pub const MAX_CONNS_PER_TUNNEL: usize = 64;
+/// Most rules one connection may register.
+pub const MAX_RULES: usize = 64;
+/// Largest compiled path regex.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+/// A rule ready for matching.
+pub struct Rule {
+    pub hostname: Option<String>,
+    pub path: Option<Regex>,
+    pub action: RuleAction,
+    pub host_header: Option<String>,
+}
+
+/// A connection's rule table.
+pub struct Rules {
+    pub generation: u32,
+    pub rules: Vec<Rule>,
+}
+
+impl Rules {
+    /// Checks and compiles rules registered by a connector holding `claims`.
+    pub fn compile(
+        generation: u32,
+        infos: &[RuleInfo],
+        claims: &TunnelClaims,
+    ) -> Result<Rules, String> {
+        if infos.is_empty() || infos.len() > MAX_RULES {
+            return Err(format!(
+                "a rule table holds 1 to {MAX_RULES} rules, not {}",
+                infos.len()
+            ));
+        }
+        let mut rules = Vec::with_capacity(infos.len());
+        for (i, r) in infos.iter().enumerate() {
+            if let Some(h) = &r.hostname {
+                if !claims.hosts.iter().any(|p| pattern_allows(p, h)) {
+                    return Err(format!(
+                        "hostname {h} is not allowed by this tunnel's token (it allows: {})",
+                        claims.hosts.join(", ")
+                    ));
+                }
+            }
+            let path = match &r.path {
+                None => None,
+                Some(p) => Some(
+                    regex::RegexBuilder::new(p)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|e| format!("ingress[{i}] path {p:?}: {e}"))?,
+                ),
+            };
+            if let RuleAction::Status(code) = r.action {
+                if !(100..=599).contains(&code) {
+                    return Err(format!(
+                        "ingress[{i}]: http_status:{code} is not a status code"
+                    ));
+                }
+            }
+            rules.push(Rule {
+                hostname: r.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
+                path,
+                action: r.action,
+                host_header: r.host_header.clone(),
+            });
+        }
+        let last = &rules[rules.len() - 1];
+        if last.hostname.is_some() || last.path.is_some() {
+            return Err(
+                "the last ingress rule must match everything (no hostname, no path)".into(),
+            );
+        }
+        Ok(Rules { generation, rules })
+    }
+
+    /// The first rule matching `host` and `path`.
+    pub fn matching(&self, host: &str, path: &str) -> Option<(u16, &Rule)> {
+        self.rules.iter().enumerate().find_map(|(i, r)| {
+            let host_ok = r
+                .hostname
+                .as_deref()
+                .is_none_or(|p| hostname_matches(p, host));
+            let path_ok = r.path.as_ref().is_none_or(|re| re.is_match(path));
+            (host_ok && path_ok).then_some((i as u16, r))
+        })
+    }
+
+    /// Hostnames (exact or `*.`) this table names.
+    fn hostnames(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().filter_map(|r| r.hostname.as_deref())
+    }
+}
+
+/// One live tunnel connection.
+pub struct Conn {
+    pub session: Session,
+    pub tunnel_id: [u8; 16],
+    pub tunnel_name: String,
+    pub connector_id: [u8; 16],
+    pub index: u8,
+    pub remote: SocketAddr,
+    pub rules: Mutex<Arc<Rules>>,
+    /// The connector said it is draining: no new streams.
+    pub draining: AtomicBool,
+    /// What the connection's token granted at registration.
+    pub claims: TunnelClaims,
+}
+
+impl Conn {
+    pub fn rules(&self) -> Arc<Rules> {
+        lock(&self.rules).clone()
+    }
+}
+
+struct Tunnel {
+    name: String,
+    conns: Vec<Arc<Conn>>,
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Inner {
+    tunnels: HashMap<[u8; 16], Tunnel>,
+    /// Hostname (exact, or `*.suffix`) → tunnel id.
+    hosts: HashMap<String, [u8; 16]>,
+    /// Connection id → connection.
+    conns: HashMap<usize, Arc<Conn>>,
+}
+
+/// All tunnels on this edge.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    changed: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here only insert and remove whole entries, so the data stays
+    // consistent even if a holder panicked.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a visitor's request goes.
+pub enum Route {
+    /// No tunnel serves this hostname here.
+    NoTunnel,
+    /// The tunnel has no live connection that takes new streams.
+    Offline,
+    /// Forward through `conn` under rule `rule`.
+    Rule {
+        conn: Arc<Conn>,
+        rules: Arc<Rules>,
+        rule: u16,
+    },
+}
+
+impl Registry {
+    /// Adds a registered connection, claiming its hostnames for its tunnel.
+    pub fn add(&self, conn: Arc<Conn>) -> Result<(), String> {
+        let mut inner = lock(&self.inner);
+        let rules = conn.rules();
+        check_claims(&inner, conn.tunnel_id, &rules)?;
+        if !inner.tunnels.contains_key(&conn.tunnel_id) && inner.tunnels.len() >= MAX_TUNNELS {
+            return Err("this edge is full (tunnel limit reached); try another edge".into());
+        }
+        let tunnel = inner
+            .tunnels
+            .entry(conn.tunnel_id)
+            .or_insert_with(|| Tunnel {
+                name: conn.tunnel_name.clone(),
+                conns: Vec::new(),
+                next: AtomicUsize::new(0),
+            });
+        if tunnel.conns.len() >= MAX_CONNS_PER_TUNNEL {
+            return Err(format!(
+                "tunnel already has {MAX_CONNS_PER_TUNNEL} connections"
+            ));
+        }
+        tunnel.conns.push(conn.clone());
+        inner.conns.insert(conn.session.id(), conn.clone());
+        for h in rules.hostnames() {
+            inner.hosts.insert(h.to_string(), conn.tunnel_id);
+        }
+        drop(inner);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Replaces a connection's rule table (after a reload on the device).
+    pub fn update_rules(&self, conn: &Conn, rules: Rules) -> Result<(), String> {
+        let mut inner = lock(&self.inner);
+        check_claims(&inner, conn.tunnel_id, &rules)?;
+        *lock(&conn.rules) = Arc::new(rules);
+        rebuild_hosts(&mut inner, conn.tunnel_id);
+        Ok(())
+    }
+
+    /// Removes a connection; the tunnel and its hostnames go with its last connection.
+    pub fn remove(&self, conn: &Arc<Conn>) {
+        let mut inner = lock(&self.inner);
+        if inner
+            .conns
+            .get(&conn.session.id())
+            .is_some_and(|c| Arc::ptr_eq(c, conn))
+        {
+            inner.conns.remove(&conn.session.id());
+        }
+        if let Some(t) = inner.tunnels.get_mut(&conn.tunnel_id) {
+            t.conns.retain(|c| !Arc::ptr_eq(c, conn));
+            if t.conns.is_empty() {
+                inner.tunnels.remove(&conn.tunnel_id);
+            }
+        }
+        rebuild_hosts(&mut inner, conn.tunnel_id);
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
+    /// The live connection with this id.
+    pub fn conn(&self, id: usize) -> Option<Arc<Conn>> {
+        lock(&self.inner).conns.get(&id).cloned()
+    }
+
+    /// Picks a live connection for `host` (round robin) and the rule for `path`.
+    pub fn route(&self, host: &str, path: &str) -> Route {
+        self.route_excluding(host, path, &[])
+    }
+
+    /// As [`route`](Self::route), avoiding the listed connections (a retry).
+    pub fn route_excluding(&self, host: &str, path: &str, avoid: &[usize]) -> Route {
+        let inner = lock(&self.inner);
+        let Some(id) = lookup_host(&inner.hosts, host) else {
+            return Route::NoTunnel;
+        };
+        let Some(t) = inner.tunnels.get(&id) else {
+            return Route::NoTunnel;
+        };
+        let live: Vec<&Arc<Conn>> = t
+            .conns
+            .iter()
+            .filter(|c| !c.draining.load(Ordering::Acquire) && !avoid.contains(&c.session.id()))
+            .collect();
+        if live.is_empty() {
+            return Route::Offline;
+        }
+        let conn = live[t.next.fetch_add(1, Ordering::Relaxed) % live.len()].clone();
+        let rules = conn.rules();
+        match rules.matching(host, path) {
+            Some((rule, _)) => Route::Rule {
+                conn,
+                rules: rules.clone(),
+                rule,
+            },
+            None => Route::NoTunnel,
+        }
+    }
+
+    /// Number of live connections of the tunnel serving `host`.
+    pub fn connections_for(&self, host: &str) -> usize {
+        let inner = lock(&self.inner);
+        lookup_host(&inner.hosts, host)
+            .and_then(|id| inner.tunnels.get(&id))
+            .map_or(0, |t| t.conns.len())
+    }
+
+    /// Waits until the tunnel serving `host` has at least `n` connections.
+    pub async fn wait_for(&self, host: &str, n: usize) {
+        loop {
+            let changed = self.changed.notified();
+            if self.connections_for(host) >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// One line per tunnel: name, id, connections and hostnames.
+    pub fn summary(&self) -> Vec<String> {
+        let inner = lock(&self.inner);
+        let mut out: Vec<String> = inner
+            .tunnels
+            .iter()
+            .map(|(id, t)| {
+                let mut hosts: Vec<&str> = inner
+                    .hosts
+                    .iter()
+                    .filter(|(_, v)| *v == id)
+                    .map(|(h, _)| h.as_str())
+                    .collect();
+                hosts.sort();
+                format!(
+                    "{} {} connections={} hosts={}",
+                    t.name,
+                    hex(id),
+                    t.conns.len(),
+                    hosts.join(",")
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Every live connection (for going away at shutdown).
+    pub fn all_conns(&self) -> Vec<Arc<Conn>> {
+        let inner = lock(&self.inner);
+        inner
+            .tunnels
+            .values()
+            .flat_map(|t| t.conns.iter().cloned())
+            .collect()
+    }
+}
+
+fn lookup_host(hosts: &HashMap<String, [u8; 16]>, host: &str) -> Option<[u8; 16]> {
+    if let Some(id) = hosts.get(host) {
+        return Some(*id);
+    }
+    // Most specific wildcard first: a.b.c.d tries *.b.c.d, then *.c.d, ...
+    let mut rest = host;
+    while let Some((_, tail)) = rest.split_once('.') {
+        if let Some(id) = hosts.get(&format!("*.{tail}")) {
+            return Some(*id);
+        }
+        rest = tail;
+    }
+    None
+}
+
+fn check_claims(inner: &Inner, tunnel: [u8; 16], rules: &Rules) -> Result<(), String> {
+    for h in rules.hostnames() {
+        if let Some(owner) = inner.hosts.get(h) {
+            if *owner != tunnel {
+                let name = inner.tunnels.get(owner).map_or("?", |t| t.name.as_str());
+                return Err(format!(
+                    "hostname {h} is already served by tunnel {name} ({}); a hostname \
+                     belongs to one tunnel (connectors sharing a token are replicas)",
+                    hex(owner)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rebuild_hosts(inner: &mut Inner, tunnel: [u8; 16]) {
+    inner.hosts.retain(|_, v| *v != tunnel);
+    let names: Vec<String> = inner
+        .tunnels
+        .get(&tunnel)
+        .map(|t| {
+            t.conns
+                .iter()
+                .flat_map(|c| c.rules().hostnames().map(String::from).collect::<Vec<_>>())
+                .collect()
+        })
+        .unwrap_or_default();
+    for h in names {
+        inner.hosts.insert(h, tunnel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(hosts: &[&str]) -> TunnelClaims {
+        TunnelClaims {
+            tunnel: "t".into(),
+            id: [0; 16],
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            issued: 0,
+            expires: u64::MAX,
+        }
+    }
+
+    fn rule(host: Option<&str>, path: Option<&str>, action: RuleAction) -> RuleInfo {
+        RuleInfo {
+            hostname: host.map(String::from),
+            path: path.map(String::from),
+            action,
+            host_header: None,
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let infos = vec![
+            rule(
+                Some("api.dev42.example.com"),
+                Some("^/v1/"),
+                RuleAction::Http,
+            ),
+            rule(Some("dev42.example.com"), None, RuleAction::Http),
+            rule(Some("*.dev42.example.com"), None, RuleAction::Status(418)),
+            rule(None, None, RuleAction::Status(404)),
+        ];
+        let r = Rules::compile(
+            1,
+            &infos,
+            &claims(&["dev42.example.com", "*.dev42.example.com"]),
+        )
+        .unwrap();
+        assert_eq!(r.matching("api.dev42.example.com", "/v1/x").unwrap().0, 0);
+        assert_eq!(r.matching("api.dev42.example.com", "/v2/x").unwrap().0, 2);
+        assert_eq!(r.matching("dev42.example.com", "/").unwrap().0, 1);
+        assert_eq!(r.matching("other.example.com", "/").unwrap().0, 3);
+    }
+
+    #[test]
+    fn token_limits_hostnames_and_catch_all_is_required() {
+        let c = claims(&["dev42.example.com"]);
+        let e = Rules::compile(
+            1,
+            &[
+                rule(Some("bank.example.com"), None, RuleAction::Http),
+                rule(None, None, RuleAction::Status(404)),
+            ],
+            &c,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.contains("bank.example.com") && e.contains("not allowed"),
+            "{e}"
+        );
+        let e = Rules::compile(
+            1,
+            &[rule(Some("dev42.example.com"), None, RuleAction::Http)],
+            &c,
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("last ingress rule"), "{e}");
+        let e = Rules::compile(
+            1,
+            &[
+                rule(None, Some("(unclosed"), RuleAction::Http),
+                rule(None, None, RuleAction::Status(404)),
+            ],
+            &c,
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("path"), "{e}");
+    }
+
+    #[test]
+    fn wildcard_lookup_prefers_the_most_specific() {
+        let mut hosts = HashMap::new();
+        hosts.insert("*.example.com".to_string(), [1; 16]);
+        hosts.insert("*.dev42.example.com".to_string(), [2; 16]);
+        hosts.insert("dev42.example.com".to_string(), [3; 16]);
+        assert_eq!(lookup_host(&hosts, "a.dev42.example.com"), Some([2; 16]));
+        assert_eq!(lookup_host(&hosts, "dev42.example.com"), Some([3; 16]));
+        assert_eq!(lookup_host(&hosts, "x.example.com"), Some([1; 16]));
+        assert_eq!(lookup_host(&hosts, "example.com"), None);
+    }
+}

@@ -1,0 +1,208 @@
+//! The tunnel listener: accepts connector connections, runs the control handshake
+//! (hello, register, verify the token, claim hostnames) and keeps the registry current.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::registry::{Conn, Rules};
+use super::token::verify_tunnel;
+use super::EdgeState;
+use crate::connector::hex;
+use crate::transport::{quic::describe_close, Session};
+use crate::wire::{self, ConnectorMsg, EdgeMsg, PROTOCOL_VERSION};
+
+/// Time a connector has to register after connecting.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections in the handshake at once.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Accepts QUIC connections until the endpoint closes.
+pub async fn accept_quic(endpoint: quinn::Endpoint, state: Arc<EdgeState>) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match tokio::time::timeout(REGISTER_TIMEOUT, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    log::info!(
+                        "tunnel handshake from {remote} failed: {}",
+                        describe_close(&e)
+                    );
+                    return;
+                }
+                Err(_) => {
+                    log::info!("tunnel handshake from {remote} timed out");
+                    return;
+                }
+            };
+            serve_connection(Session::Quic(conn), state, Some(permit)).await;
+        });
+    }
+}
+
+/// Runs one tunnel connection: handshake, then its control stream until it ends.
+pub async fn serve_connection(
+    session: Session,
+    state: Arc<EdgeState>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let remote = session.remote_addr();
+    let registered = tokio::time::timeout(REGISTER_TIMEOUT, register(&session, &state)).await;
+    drop(permit);
+    let (conn, mut control) = match registered {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            log::warn!("tunnel connection from {remote} refused: {e}");
+            session.close(&wire::bounded_reason(e));
+            return;
+        }
+        Err(_) => {
+            log::warn!("tunnel connection from {remote} did not register in time");
+            session.close("registration timed out");
+            return;
+        }
+    };
+    let who = format!(
+        "tunnel {} ({}) connector {} #{} from {remote} over {}",
+        conn.tunnel_name,
+        hex(&conn.tunnel_id),
+        &hex(&conn.connector_id)[..8],
+        conn.index,
+        session.protocol()
+    );
+    log::info!("{who}: registered");
+    let mut going_away = state.going_away.subscribe();
+    let why = loop {
+        tokio::select! {
+            msg = wire::read_control::<_, ConnectorMsg>(&mut control.recv) => match msg {
+                Ok(ConnectorMsg::Draining) => {
+                    conn.draining.store(true, Ordering::Release);
+                    log::info!("{who}: draining");
+                }
+                Ok(ConnectorMsg::UpdateRules { generation, rules }) => {
+                    let reply = match Rules::compile(generation, &rules, &conn.claims)
+                        .and_then(|r| state.registry.update_rules(&conn, r))
+                    {
+                        Ok(()) => {
+                            log::info!("{who}: rule table {generation} applied");
+                            EdgeMsg::RulesAccepted { generation }
+                        }
+                        Err(reason) => {
+                            log::warn!("{who}: rule table {generation} refused: {reason}");
+                            EdgeMsg::Refused { reason: wire::bounded_reason(reason), permanent: true }
+                        }
+                    };
+                    if wire::write_control(&mut control.send, &reply).await.is_err() {
+                        break "control stream lost".into();
+                    }
+                }
+                Ok(ConnectorMsg::Register(_)) => break "registered twice".into(),
+                Err(wire::WireError::Closed) => break "control stream closed".into(),
+                Err(e) => break format!("control stream: {e}"),
+            },
+            reason = session.closed() => break reason,
+            _ = async { let _ = going_away.wait_for(|g| *g).await; } => {
+                let msg = EdgeMsg::GoAway { reason: "edge shutting down".into() };
+                let _ = wire::write_control(&mut control.send, &msg).await;
+                // Keep serving streams in flight until the connector leaves or the
+                // edge's own shutdown closes the endpoint.
+                conn.draining.store(true, Ordering::Release);
+                break session.closed().await;
+            }
+        }
+    };
+    state.registry.remove(&conn);
+    session.close("bye");
+    log::info!("{who}: disconnected: {why}");
+}
+
+async fn register(
+    session: &Session,
+    state: &Arc<EdgeState>,
+) -> Result<(Arc<Conn>, crate::transport::TunnelStream), String> {
+    let mut control = session
+        .open_stream()
+        .await
+        .map_err(|e| format!("no control stream: {e}"))?;
+    wire::write_control(
+        &mut control.send,
+        &EdgeMsg::Hello {
+            version: PROTOCOL_VERSION,
+            edge: state.name.clone(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let msg: ConnectorMsg = wire::read_control(&mut control.recv)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ConnectorMsg::Register(reg) = msg else {
+        return Err("first message was not a registration".into());
+    };
+    let outcome: Result<Arc<Conn>, (String, bool)> = async {
+        if reg.version != PROTOCOL_VERSION {
+            let reason = if reg.version < PROTOCOL_VERSION {
+                format!(
+                    "this edge requires tunnel protocol {PROTOCOL_VERSION}; the connector speaks {}: update mailslot",
+                    reg.version
+                )
+            } else {
+                format!(
+                    "the connector speaks tunnel protocol {}, this edge only {PROTOCOL_VERSION}: update the edge",
+                    reg.version
+                )
+            };
+            return Err((reason, true));
+        }
+        let claims = verify_tunnel(&reg.token, &state.verify_keys, super::token::now_unix())
+            .map_err(|e| (format!("tunnel token refused: {e}"), true))?;
+        let rules = Rules::compile(reg.rules_generation, &reg.rules, &claims).map_err(|e| (e, true))?;
+        let conn = Arc::new(Conn {
+            session: session.clone(),
+            tunnel_id: claims.id,
+            tunnel_name: claims.tunnel.clone(),
+            connector_id: reg.connector_id,
+            index: reg.conn_index,
+            remote: session.remote_addr(),
+            rules: std::sync::Mutex::new(Arc::new(rules)),
+            draining: false.into(),
+            claims,
+        });
+        state.registry.add(conn.clone()).map_err(|e| (e, false))?;
+        Ok(conn)
+    }
+    .await;
+    match outcome {
+        Ok(conn) => {
+            let msg = EdgeMsg::Registered {
+                tunnel_id: conn.tunnel_id,
+                edge: state.name.clone(),
+            };
+            if let Err(e) = wire::write_control(&mut control.send, &msg).await {
+                state.registry.remove(&conn);
+                return Err(e.to_string());
+            }
+            Ok((conn, control))
+        }
+        Err((reason, permanent)) => {
+            let msg = EdgeMsg::Refused {
+                reason: wire::bounded_reason(reason.clone()),
+                permanent,
+            };
+            let _ = wire::write_control(&mut control.send, &msg).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut control.send).await;
+            // Give the refusal a moment to reach the connector before closing.
+            let _ = tokio::time::timeout(Duration::from_secs(2), session.closed()).await;
+            Err(reason)
+        }
+    }
+}

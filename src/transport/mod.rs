@@ -1,0 +1,207 @@
+//! Tunnel transports behind one interface: a [`Session`] on which the edge opens
+//! bidirectional [`TunnelStream`]s and the connector accepts them.
+//!
+//! Contract:
+//! - All streams are opened by the edge; the first one is the control stream.
+//! - `open_stream` and `accept_stream` are cancel-safe: dropping the future loses no
+//!   stream that was not yet handed out.
+//! - A stream's send half ends cleanly with `shutdown` (the peer reads EOF) and abruptly
+//!   with [`TunnelStream::abort`] (the peer reads an error).
+//! - Retrying, backing off and falling back are decided by the connector's supervisor,
+//!   never by a transport: errors carry a [`Retry`] kind for it.
+
+pub mod quic;
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What the supervisor should do after a transport error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Try again after the usual backoff.
+    Backoff,
+    /// This transport seems blocked on this path: try the other one.
+    Fallback,
+}
+
+/// A transport error with the supervisor's next step.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    pub retry: Retry,
+    pub message: String,
+}
+
+impl TransportError {
+    pub fn backoff(message: impl Into<String>) -> Self {
+        TransportError {
+            retry: Retry::Backoff,
+            message: message.into(),
+        }
+    }
+}
+
+/// One tunnel connection, seen from either end.
+#[derive(Clone, Debug)]
+pub enum Session {
+    Quic(quinn::Connection),
+}
+
+impl Session {
+    /// Opens a stream to the peer (edge side).
+    pub async fn open_stream(&self) -> io::Result<TunnelStream> {
+        match self {
+            Session::Quic(c) => {
+                let (send, recv) = c.open_bi().await.map_err(io::Error::other)?;
+                Ok(TunnelStream {
+                    send: SendHalf::Quic(send),
+                    recv: RecvHalf::Quic(recv),
+                })
+            }
+        }
+    }
+
+    /// Waits for the next stream the peer opens (connector side).
+    pub async fn accept_stream(&self) -> io::Result<TunnelStream> {
+        match self {
+            Session::Quic(c) => {
+                let (send, recv) = c.accept_bi().await.map_err(io::Error::other)?;
+                Ok(TunnelStream {
+                    send: SendHalf::Quic(send),
+                    recv: RecvHalf::Quic(recv),
+                })
+            }
+        }
+    }
+
+    /// The peer's address as this end sees it.
+    pub fn remote_addr(&self) -> SocketAddr {
+        match self {
+            Session::Quic(c) => c.remote_address(),
+        }
+    }
+
+    /// Closes the connection, telling the peer why.
+    pub fn close(&self, reason: &str) {
+        match self {
+            Session::Quic(c) => c.close(0u32.into(), reason.as_bytes()),
+        }
+    }
+
+    /// Resolves when the connection is gone; the reason in words.
+    pub async fn closed(&self) -> String {
+        match self {
+            Session::Quic(c) => quic::describe_close(&c.closed().await),
+        }
+    }
+
+    /// Short name of the transport, for logs and status.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Session::Quic(_) => "quic",
+        }
+    }
+
+    /// A stable id of this connection within the process.
+    pub fn id(&self) -> usize {
+        match self {
+            Session::Quic(c) => c.stable_id(),
+        }
+    }
+}
+
+/// The sending half of a tunnel stream.
+pub enum SendHalf {
+    Quic(quinn::SendStream),
+}
+
+/// The receiving half of a tunnel stream.
+pub enum RecvHalf {
+    Quic(quinn::RecvStream),
+}
+
+/// One bidirectional tunnel stream: a byte pipe with clean and abrupt ends.
+pub struct TunnelStream {
+    pub send: SendHalf,
+    pub recv: RecvHalf,
+}
+
+impl TunnelStream {
+    /// Ends both directions abruptly: the peer sees an error, not a clean EOF.
+    pub fn abort(&mut self) {
+        match &mut self.send {
+            SendHalf::Quic(s) => {
+                let _ = s.reset(1u32.into());
+            }
+        }
+        match &mut self.recv {
+            RecvHalf::Quic(r) => {
+                let _ = r.stop(1u32.into());
+            }
+        }
+    }
+}
+
+impl AsyncRead for RecvHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RecvHalf::Quic(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SendHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SendHalf::Quic(s) => Pin::new(s).poll_write(cx, buf).map_err(io::Error::from),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SendHalf::Quic(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SendHalf::Quic(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().send).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().send).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().send).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,130 @@
+//! QUIC (quinn) endpoints for both ends of the tunnel, and their memory bounds.
+//!
+//! Per connection, the connector buffers at most `CONN_RECEIVE_WINDOW` bytes received
+//! from the edge (across all streams, `STREAM_RECEIVE_WINDOW` per stream), and the edge
+//! may open at most `max_streams` concurrent streams on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, IdleTimeout, TransportConfig, VarInt};
+
+use super::{Retry, Session, TransportError};
+
+/// Bytes one stream may have in flight towards its receiver.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+/// Bytes all streams of a connection may have in flight towards its receiver.
+pub const CONN_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Timing and limits of the connector's QUIC connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTuning {
+    pub keepalive: Duration,
+    pub idle_timeout: Duration,
+    /// Concurrent streams the edge may open on one connection.
+    pub max_streams: u32,
+    /// How long a handshake may take before the path counts as blocked.
+    pub handshake_timeout: Duration,
+}
+
+fn transport(keepalive: Duration, idle: Duration, peer_streams: u32) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.keep_alive_interval(Some(keepalive));
+    // An idle timeout beyond QUIC's varint range is clamped to the largest it allows.
+    t.max_idle_timeout(Some(
+        IdleTimeout::try_from(idle).unwrap_or_else(|_| IdleTimeout::from(VarInt::MAX)),
+    ));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(peer_streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.receive_window(VarInt::from_u32(CONN_RECEIVE_WINDOW));
+    t.send_window(u64::from(CONN_RECEIVE_WINDOW));
+    t
+}
+
+/// A client endpoint on an unspecified local address of `remote`'s family.
+pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let local: SocketAddr = if remote.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    quinn::Endpoint::client(local)
+}
+
+/// Dials the edge and completes the QUIC handshake.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    remote: SocketAddr,
+    server_name: &str,
+    tls: rustls::ClientConfig,
+    tuning: ClientTuning,
+) -> Result<Session, TransportError> {
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|e| TransportError::backoff(format!("TLS setup: {e}")))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport(
+        tuning.keepalive,
+        tuning.idle_timeout,
+        tuning.max_streams,
+    )));
+    let connecting = endpoint
+        .connect_with(cfg, remote, server_name)
+        .map_err(|e| TransportError::backoff(format!("cannot dial {remote}: {e}")))?;
+    match tokio::time::timeout(tuning.handshake_timeout, connecting).await {
+        Ok(Ok(conn)) => Ok(Session::Quic(conn)),
+        Ok(Err(e)) => Err(TransportError {
+            retry: match e {
+                ConnectionError::TimedOut => Retry::Fallback,
+                _ => Retry::Backoff,
+            },
+            message: describe_close(&e),
+        }),
+        Err(_) => Err(TransportError {
+            retry: Retry::Fallback,
+            message: format!(
+                "no QUIC answer from {remote} within {:?}",
+                tuning.handshake_timeout
+            ),
+        }),
+    }
+}
+
+/// Server endpoint for the edge's tunnel listener, on an already-bound UDP socket.
+pub fn server_endpoint(
+    socket: std::net::UdpSocket,
+    tls: rustls::ServerConfig,
+    keepalive: Duration,
+    idle: Duration,
+) -> std::io::Result<quinn::Endpoint> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    // Connectors never open streams; the edge opens them all.
+    cfg.transport_config(Arc::new(transport(keepalive, idle, 0)));
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(cfg), socket, runtime)
+}
+
+/// An operator-readable reason for a closed or failed connection.
+pub fn describe_close(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason);
+            if reason.is_empty() {
+                "closed by peer".into()
+            } else {
+                format!("closed by peer: {reason}")
+            }
+        }
+        ConnectionError::LocallyClosed => "closed".into(),
+        ConnectionError::TimedOut => "timed out (no packets from peer)".into(),
+        ConnectionError::ConnectionClosed(c) => format!("closed by peer: {c}"),
+        ConnectionError::TransportError(t) => format!("QUIC error: {t}"),
+        ConnectionError::Reset => "reset by peer".into(),
+        ConnectionError::VersionMismatch => "QUIC version mismatch".into(),
+        ConnectionError::CidsExhausted => "connection ids exhausted".into(),
+    }
+}

@@ -1,0 +1,384 @@
+//! Every byte that crosses the tunnel: protocol version, control messages, stream
+//! headers and their framing. Nothing else in mailslot encodes or decodes tunnel bytes.
+//!
+//! A tunnel connection (QUIC, or HTTP/2 over TLS) carries bidirectional streams, all
+//! opened by the edge. The first is the control stream; every later one carries one
+//! visitor connection to one local service.
+//!
+//! Control stream, both directions: a sequence of frames.
+//!
+//! ```text
+//!  0       4                    4+len
+//!  +-------+--------------------+
+//!  |  len  | postcard message   |      len: u32 big-endian, 1..=MAX_CONTROL_FRAME
+//!  +-------+--------------------+
+//! ```
+//!
+//! The edge speaks first ([`EdgeMsg::Hello`]), the connector answers with
+//! [`ConnectorMsg::Register`], the edge with [`EdgeMsg::Registered`] or
+//! [`EdgeMsg::Refused`]. Both carry [`PROTOCOL_VERSION`], so a mismatch is reported in
+//! words on both sides.
+//!
+//! Data stream: the edge writes one [`StreamHeader`] frame, the connector dials the
+//! service and answers one [`StreamReply`] frame; after an `Ok` reply the stream is a raw
+//! byte pipe to the service in both directions.
+//!
+//! ```text
+//!  edge -> connector:  [u16 len][postcard StreamHeader]  then raw bytes ...
+//!  connector -> edge:  [u16 len][postcard StreamReply]   then raw bytes ...
+//! ```
+//!
+//! postcard enums are encoded by variant index: variants are only ever appended.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Version of the tunnel protocol spoken by this build.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// TLS ALPN of tunnel connections.
+pub const ALPN: &[u8] = b"mailslot";
+/// Largest control frame either side accepts.
+pub const MAX_CONTROL_FRAME: usize = 128 * 1024;
+/// Largest stream header or reply.
+pub const MAX_STREAM_FRAME: usize = 2048;
+
+/// Longest reason text carried in a message.
+const MAX_REASON: usize = 512;
+
+/// What a rule asks the edge to do with a matching request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuleAction {
+    /// Proxy HTTP through a tunnel stream to the rule's origin.
+    Http,
+    /// Answer with this status at the edge; nothing reaches the device.
+    Status(u16),
+    /// A raw byte stream (TCP, SSH, RDP): reached through access clients or TCP ports.
+    Stream,
+}
+
+/// An ingress rule as the edge sees it: enough to match and route, nothing about the
+/// origin's address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    pub hostname: Option<String>,
+    pub path: Option<String>,
+    pub action: RuleAction,
+    /// Host header sent to the origin instead of the visitor's.
+    pub host_header: Option<String>,
+}
+
+/// Registration of one tunnel connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    pub version: u16,
+    /// The signed tunnel token.
+    pub token: String,
+    /// Random id of this connector process (shared by its connections).
+    pub connector_id: [u8; 16],
+    /// Which of the connector's connections this is.
+    pub conn_index: u8,
+    /// Generation of the rule table; stream headers name it.
+    pub rules_generation: u32,
+    pub rules: Vec<RuleInfo>,
+    /// Software version, for the fleet status.
+    pub software: String,
+}
+
+/// Messages the connector sends on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnectorMsg {
+    Register(Register),
+    /// A reloaded rule table for new streams.
+    UpdateRules {
+        generation: u32,
+        rules: Vec<RuleInfo>,
+    },
+    /// The connector is shutting down: open no new streams on this connection.
+    Draining,
+}
+
+/// Messages the edge sends on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EdgeMsg {
+    Hello {
+        version: u16,
+        edge: String,
+    },
+    Registered {
+        tunnel_id: [u8; 16],
+        edge: String,
+    },
+    /// Registration (or a rule update) refused; `permanent` when retrying cannot help
+    /// until the operator changes something.
+    Refused {
+        reason: String,
+        permanent: bool,
+    },
+    /// The edge is going away: reconnect (elsewhere, or here later).
+    GoAway {
+        reason: String,
+    },
+    RulesAccepted {
+        generation: u32,
+    },
+}
+
+/// Kind of a data stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamKind {
+    /// HTTP/1.1 spoken by the edge through the stream.
+    Http,
+    /// Raw bytes from an access client or a TCP port.
+    Raw,
+}
+
+/// First frame of every data stream, from the edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    pub rules_generation: u32,
+    pub rule: u16,
+    pub kind: StreamKind,
+    /// The hostname the visitor asked for; the connector checks it against the rule.
+    pub hostname: String,
+}
+
+/// Why a connector could not serve a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamError {
+    /// The header named a rule the connector does not have, or the hostname does not fit.
+    UnknownRule,
+    /// The origin refused or could not be reached.
+    DialFailed,
+    /// The origin did not answer within the rule's connect timeout.
+    DialTimeout,
+    /// The connector is at its stream limit or draining.
+    Unavailable,
+}
+
+/// The connector's answer to a [`StreamHeader`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamReply {
+    Ok,
+    Err { error: StreamError, message: String },
+}
+
+/// Why reading or writing a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The underlying stream failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the stream where a frame was expected.
+    #[error("stream closed by peer")]
+    Closed,
+    /// A length prefix beyond the limit; the peer is broken or hostile.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    /// The frame's bytes do not decode as the expected message.
+    #[error("malformed frame: {0}")]
+    Malformed(postcard::Error),
+}
+
+/// Cuts a peer-supplied or operator-facing reason to a bounded length.
+pub fn bounded_reason(s: impl Into<String>) -> String {
+    let mut s = s.into();
+    if s.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Writes one control frame.
+pub async fn write_control<W, M>(w: &mut W, msg: &M) -> Result<(), WireError>
+where
+    W: AsyncWrite + Unpin,
+    M: Serialize,
+{
+    let body = postcard::to_allocvec(msg).map_err(WireError::Malformed)?;
+    if body.is_empty() || body.len() > MAX_CONTROL_FRAME {
+        return Err(WireError::TooLarge {
+            len: body.len(),
+            max: MAX_CONTROL_FRAME,
+        });
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one control frame; `Closed` on a clean end of stream before the frame.
+pub async fn read_control<R, M>(r: &mut R) -> Result<M, WireError>
+where
+    R: AsyncRead + Unpin,
+    M: DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    read_prefix(r, &mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_CONTROL_FRAME {
+        return Err(WireError::TooLarge {
+            len,
+            max: MAX_CONTROL_FRAME,
+        });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    postcard::from_bytes(&body).map_err(WireError::Malformed)
+}
+
+/// Encodes a stream header or reply frame (u16 length prefix).
+pub fn encode_stream_frame<M: Serialize>(msg: &M) -> Result<Vec<u8>, WireError> {
+    let body = postcard::to_allocvec(msg).map_err(WireError::Malformed)?;
+    if body.is_empty() || body.len() > MAX_STREAM_FRAME {
+        return Err(WireError::TooLarge {
+            len: body.len(),
+            max: MAX_STREAM_FRAME,
+        });
+    }
+    let mut frame = Vec::with_capacity(2 + body.len());
+    frame.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Reads a stream header or reply frame.
+pub async fn read_stream_frame<R, M>(r: &mut R) -> Result<M, WireError>
+where
+    R: AsyncRead + Unpin,
+    M: DeserializeOwned,
+{
+    let mut len = [0u8; 2];
+    read_prefix(r, &mut len).await?;
+    let len = u16::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_STREAM_FRAME {
+        return Err(WireError::TooLarge {
+            len,
+            max: MAX_STREAM_FRAME,
+        });
+    }
+    let mut body = [0u8; MAX_STREAM_FRAME];
+    let body = &mut body[..len];
+    r.read_exact(body).await?;
+    postcard::from_bytes(body).map_err(WireError::Malformed)
+}
+
+/// Reads a length prefix, telling a clean close apart from a cut-off frame.
+async fn read_prefix<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), WireError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = r.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(if filled == 0 {
+                WireError::Closed
+            } else {
+                WireError::Io(std::io::ErrorKind::UnexpectedEof.into())
+            });
+        }
+        filled += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn control_round_trip_over_tiny_pipe() {
+        let (mut a, mut b) = tokio::io::duplex(7);
+        let msg = ConnectorMsg::Register(Register {
+            version: PROTOCOL_VERSION,
+            token: "t".repeat(300),
+            connector_id: [7; 16],
+            conn_index: 2,
+            rules_generation: 1,
+            rules: vec![RuleInfo {
+                hostname: Some("a.example.com".into()),
+                path: Some("^/v1/".into()),
+                action: RuleAction::Http,
+                host_header: None,
+            }],
+            software: "0.1.0".into(),
+        });
+        let sent = msg.clone();
+        let writer = tokio::spawn(async move { write_control(&mut a, &sent).await });
+        let got: ConnectorMsg = read_control(&mut b).await.unwrap();
+        writer.await.unwrap().unwrap();
+        assert_eq!(got, msg);
+    }
+
+    #[tokio::test]
+    async fn oversized_length_is_refused_before_allocating() {
+        let bytes = (u32::MAX).to_be_bytes();
+        let mut r = &bytes[..];
+        let err = read_control::<_, EdgeMsg>(&mut r).await.unwrap_err();
+        assert!(matches!(err, WireError::TooLarge { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn clean_close_and_cut_frame_differ() {
+        let mut empty: &[u8] = &[];
+        assert!(matches!(
+            read_control::<_, EdgeMsg>(&mut empty).await,
+            Err(WireError::Closed)
+        ));
+        let mut cut: &[u8] = &[0, 0];
+        assert!(matches!(
+            read_control::<_, EdgeMsg>(&mut cut).await,
+            Err(WireError::Io(_))
+        ));
+        let mut cut_body: &[u8] = &[0, 0, 0, 9, 1, 2];
+        assert!(matches!(
+            read_control::<_, EdgeMsg>(&mut cut_body).await,
+            Err(WireError::Io(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_malformed_not_a_panic() {
+        for seed in 0u8..=255 {
+            let frame = [0, 4, seed, seed.wrapping_mul(7), 0xff, 0xff];
+            let mut r = &frame[..];
+            let _ = read_stream_frame::<_, StreamHeader>(&mut r).await;
+        }
+        let frame = [0, 2, 9, 9];
+        let mut r = &frame[..];
+        assert!(matches!(
+            read_stream_frame::<_, StreamReply>(&mut r).await,
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn stream_header_round_trip() {
+        let h = StreamHeader {
+            rules_generation: 3,
+            rule: 1,
+            kind: StreamKind::Http,
+            hostname: "dev42.example.com".into(),
+        };
+        let frame = encode_stream_frame(&h).unwrap();
+        assert_eq!(
+            u16::from_be_bytes([frame[0], frame[1]]) as usize,
+            frame.len() - 2
+        );
+        let mut r = &frame[..];
+        let got: StreamHeader = read_stream_frame(&mut r).await.unwrap();
+        assert_eq!(got, h);
+    }
+
+    #[test]
+    fn reasons_are_bounded_on_char_boundaries() {
+        let s = "é".repeat(600);
+        let b = bounded_reason(s);
+        assert!(b.len() <= MAX_REASON);
+        assert!(b.chars().all(|c| c == 'é'));
+    }
+}
