@@ -217,8 +217,16 @@ fn demo_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
             .map_err(|e| format!("cannot listen on loopback: {e}"))?,
     };
-    runtime()?.block_on(mailslot::demo::run(http, async {
-        let _ = tokio::signal::ctrl_c().await;
-    }))?;
+    runtime()?.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        mailslot::demo::run(http, async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await
+    })?;
     Ok(ExitCode::SUCCESS)
 }

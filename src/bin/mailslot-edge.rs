@@ -1,1 +1,189 @@
-fn main() {}
+//! `mailslot-edge`: the server connectors dial and visitors reach.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use mailslot::edge::{config::EdgeConfig, init, Edge, EdgeSettings, Listeners};
+
+const USAGE: &str = "usage: mailslot-edge <command> [options]
+
+commands:
+  init --dir DIR --hostname NAME [--hostname NAME ...] [--cert FILE --key FILE]
+        write DIR/edge.yml, an Ed25519 signing key pair and, without --cert, a private
+        CA (ca.pem) and a certificate for the hostnames signed by it
+  token --config edge.yml --tunnel NAME --allow PATTERN [--allow PATTERN ...]
+        [--expires DURATION]
+        print a signed tunnel token for the hostname patterns (exact or *.wildcard);
+        DURATION like 90d, 12h, 30m (default 365d)
+  serve --config edge.yml
+        serve connectors and visitors until SIGTERM or Ctrl-C
+  version
+
+RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
+";
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailslot-edge: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn arg_err(e: lexopt::Error) -> String {
+    e.to_string()
+}
+
+fn string(parser: &mut lexopt::Parser) -> Result<String, String> {
+    use lexopt::ValueExt;
+    parser.value().map_err(arg_err)?.string().map_err(arg_err)
+}
+
+fn real_main() -> Result<(), String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let cmd = match parser.next().map_err(arg_err)? {
+        Some(Value(v)) => v.string().map_err(arg_err)?,
+        Some(Long("version")) => "version".into(),
+        Some(Long("help")) | Some(Short('h')) | None => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        Some(other) => return Err(other.unexpected().to_string()),
+    };
+    let mut config: Option<PathBuf> = None;
+    let mut dir: Option<PathBuf> = None;
+    let mut hostnames = Vec::new();
+    let mut cert: Option<PathBuf> = None;
+    let mut key: Option<PathBuf> = None;
+    let mut tunnel: Option<String> = None;
+    let mut allow = Vec::new();
+    let mut expires = Duration::from_secs(365 * 86400);
+    while let Some(arg) = parser.next().map_err(arg_err)? {
+        match arg {
+            Long("config") | Short('c') => config = Some(parser.value().map_err(arg_err)?.into()),
+            Long("dir") => dir = Some(parser.value().map_err(arg_err)?.into()),
+            Long("hostname") => hostnames.push(string(&mut parser)?),
+            Long("cert") => cert = Some(parser.value().map_err(arg_err)?.into()),
+            Long("key") => key = Some(parser.value().map_err(arg_err)?.into()),
+            Long("tunnel") => tunnel = Some(string(&mut parser)?),
+            Long("allow") => allow.push(string(&mut parser)?),
+            Long("expires") => {
+                let v = string(&mut parser)?;
+                expires = parse_ttl(&v)?;
+            }
+            other => return Err(format!("{}\n\n{USAGE}", other.unexpected())),
+        }
+    }
+    match cmd.as_str() {
+        "init" => {
+            let dir = dir.ok_or("init: --dir DIR is required")?;
+            if hostnames.is_empty() {
+                return Err("init: --hostname NAME is required (the name connectors dial)".into());
+            }
+            let cert = match (cert, key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => return Err("init: --cert and --key go together".into()),
+            };
+            let own_pki = cert.is_none();
+            for f in init::init(&dir, &hostnames, cert)? {
+                println!("wrote {}", f.display());
+            }
+            if own_pki {
+                println!(
+                    "\nThe certificate is signed by a private CA ({}): give it to connectors as `edge-ca`.",
+                    dir.join(init::CA_CERT).display()
+                );
+            }
+            println!(
+                "Next: mailslot-edge token --config {} --tunnel NAME --allow HOSTNAME",
+                dir.join(init::EDGE_YML).display()
+            );
+            Ok(())
+        }
+        "token" => {
+            let config = config.ok_or("token: --config edge.yml is required")?;
+            let tunnel = tunnel.ok_or("token: --tunnel NAME is required")?;
+            if allow.is_empty() {
+                return Err("token: at least one --allow HOSTNAME pattern is required".into());
+            }
+            for a in &allow {
+                check_pattern(a)?;
+            }
+            let cfg = EdgeConfig::load(&config)?;
+            let key_path = cfg
+                .signing_key
+                .ok_or("token: edge.yml has no signing-key; tokens are issued where the key is")?;
+            let key = init::load_signing_key(&key_path)?;
+            println!(
+                "{}",
+                init::issue_tunnel_token(&key, &tunnel, &allow, expires.as_secs())?
+            );
+            Ok(())
+        }
+        "serve" => {
+            let config = config.ok_or("serve: --config edge.yml is required")?;
+            let cfg = EdgeConfig::load(&config)?;
+            let settings = EdgeSettings::load(&cfg)?;
+            let listeners = Listeners::bind(&cfg)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the runtime: {e}"))?;
+            rt.block_on(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+                let edge = Edge::new(settings);
+                edge.serve(listeners, async move {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                })
+                .await
+            })
+        }
+        "version" => {
+            println!("mailslot-edge {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        _ => Err(format!("unknown command {cmd:?}\n\n{USAGE}")),
+    }
+}
+
+/// "90d", "12h", "30m", "45s" or a number of seconds.
+fn parse_ttl(v: &str) -> Result<Duration, String> {
+    if let Some(days) = v.strip_suffix('d') {
+        let d: u64 = days
+            .parse()
+            .map_err(|_| format!("--expires: {v:?} is not a duration like 90d"))?;
+        return Ok(Duration::from_secs(d.saturating_mul(86400)));
+    }
+    mailslot::edge::config::parse_duration(v).map_err(|e| format!("--expires: {e}"))
+}
+
+/// A hostname pattern: a DNS name, optionally starting with `*.`.
+fn check_pattern(p: &str) -> Result<(), String> {
+    let name = p.strip_prefix("*.").unwrap_or(p);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--allow {p:?} is not a hostname or *.wildcard pattern"
+        ))
+    }
+}

@@ -1,0 +1,418 @@
+//! End to end: a real edge process, a real connector process, real origins and real
+//! clients (curl, a WebSocket client), all on loopback with port 0.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Edge + connector with the README's rule shapes; origins A (web), B (api).
+struct Setup {
+    edge: EdgeProc,
+    connector: Proc,
+    a: Origin,
+    b: Origin,
+    _dev: TempDir,
+}
+
+fn setup(extra_edge_yaml: &str, ha: usize) -> Setup {
+    let edge = start_edge(init_edge(extra_edge_yaml));
+    let a = Origin::start("A");
+    let b = Origin::start("B");
+    let token = edge.token("dev42", &["dev42.example.com", "*.dev42.example.com"], "1d");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead); // nothing listens there any more
+    let rules = format!(
+        "  - hostname: dev42.example.com\n    service: http://{a}\n\
+         \x20 - hostname: api.dev42.example.com\n    path: ^/v1/\n    service: http://{b}\n\
+         \x20 - hostname: teapot.dev42.example.com\n    service: http_status:418\n\
+         \x20 - hostname: dead.dev42.example.com\n    service: http://127.0.0.1:{dead_port}\n\
+         \x20 - hostname: host.dev42.example.com\n    service: http://{a}\n    origin-request:\n      http-host-header: internal.local\n\
+         \x20 - service: http_status:404\n",
+        a = a.addr,
+        b = b.addr,
+    );
+    let dev = TempDir::new("device");
+    let connector = start_connector(dev.path(), &device_yaml(&edge, &token, ha, &rules), ha);
+    Setup {
+        edge,
+        connector,
+        a,
+        b,
+        _dev: dev,
+    }
+}
+
+#[test]
+fn bodies_of_every_size_arrive_intact_over_http1() {
+    let s = setup("", 2);
+    for n in [0u64, 1024, 100 * 1024 * 1024] {
+        let url = format!("http://{}/bytes/{n}", s.edge.http);
+        let (ok, body, err) = curl(&["-H", "Host: dev42.example.com", &url]);
+        assert!(ok, "{err}");
+        assert_eq!(body.len() as u64, n);
+        assert_eq!(
+            sha256_hex(&body),
+            sha256_hex(&pattern(n)),
+            "body of {n} bytes differs"
+        );
+    }
+}
+
+#[test]
+fn chunked_upload_reaches_the_origin_intact() {
+    let s = setup("", 1);
+    let dir = TempDir::new("upload");
+    let file = dir.path().join("up.bin");
+    let data = pattern(5 * 1024 * 1024 + 7);
+    std::fs::write(&file, &data).unwrap();
+    let url = format!("http://{}/sha256", s.edge.http);
+    let (ok, body, err) = curl(&[
+        "-H",
+        "Host: dev42.example.com",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("{} {}", sha256_hex(&data), data.len())
+    );
+}
+
+#[test]
+fn http2_over_tls_with_sni() {
+    let s = setup("", 1);
+    let port = s.edge.https.port();
+    let resolve = format!("dev42.example.com:{port}:127.0.0.1");
+    let url = format!("https://dev42.example.com:{port}/bytes/1024");
+    let ca = s.edge.ca();
+    let (ok, out, err) = curl(&[
+        "--http2",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        "-D",
+        "-",
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(out.ends_with(&pattern(1024)));
+}
+
+#[test]
+fn path_rules_status_rules_and_the_catch_all() {
+    let s = setup("", 1);
+    let (code, body) = get(&s.edge, "api.dev42.example.com", "/v1/users");
+    assert_eq!(
+        (code, String::from_utf8(body).unwrap()),
+        (200, "origin B /v1/users".into())
+    );
+    let (code, _) = get(&s.edge, "api.dev42.example.com", "/v2/users");
+    assert_eq!(code, 404, "no rule matches: the catch-all answers");
+    let (code, body) = get(&s.edge, "dev42.example.com", "/x");
+    assert_eq!(
+        (code, String::from_utf8(body).unwrap()),
+        (200, "origin A /x".into())
+    );
+    let (code, _) = get(&s.edge, "teapot.dev42.example.com", "/");
+    assert_eq!(code, 418);
+    let (code, body) = get(&s.edge, "unknown.example.org", "/");
+    assert_eq!(code, 404);
+    assert!(String::from_utf8_lossy(&body).contains("no tunnel serves unknown.example.org"));
+    // Status rules are answered at the edge: the origins saw only the two proxied requests.
+    assert_eq!(s.a.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(s.b.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn forwarding_headers_and_host_override() {
+    let s = setup("", 1);
+    let (code, body) = get(&s.edge, "dev42.example.com", "/headers");
+    assert_eq!(code, 200);
+    let h = String::from_utf8(body).unwrap();
+    assert!(h.contains("host: dev42.example.com\n"), "{h}");
+    assert!(h.contains("x-forwarded-for: 127.0.0.1\n"), "{h}");
+    assert!(h.contains("x-forwarded-proto: http\n"), "{h}");
+    assert!(
+        h.contains(&format!("x-forwarded-host: dev42.example.com\n")),
+        "{h}"
+    );
+    let (_, body) = get(&s.edge, "host.dev42.example.com", "/headers");
+    let h = String::from_utf8(body).unwrap();
+    assert!(h.contains("host: internal.local\n"), "{h}");
+    assert!(
+        h.contains("x-forwarded-host: host.dev42.example.com\n"),
+        "{h}"
+    );
+}
+
+#[test]
+fn dead_origin_gives_502_slow_origin_504_and_others_are_undisturbed() {
+    let s = setup("origin-response-timeout: 1s", 1);
+    let (code, body) = get(&s.edge, "dead.dev42.example.com", "/");
+    assert_eq!(code, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("origin unreachable"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let slow_edge = s.edge.http;
+    let slow = std::thread::spawn(move || {
+        let url = format!("http://{slow_edge}/slow");
+        let (ok, out, _) = curl(&[
+            "-H",
+            "Host: dev42.example.com",
+            "-w",
+            "%{http_code}",
+            "-o",
+            "/dev/null",
+            &url,
+        ]);
+        assert!(ok);
+        String::from_utf8(out).unwrap()
+    });
+    // While the slow request waits, others are served.
+    for _ in 0..5 {
+        let (code, _) = get(&s.edge, "dev42.example.com", "/fine");
+        assert_eq!(code, 200);
+    }
+    assert_eq!(slow.join().unwrap(), "504");
+}
+
+#[test]
+fn idle_tunnel_streams_are_reused() {
+    let s = setup("", 1);
+    for _ in 0..5 {
+        let (code, _) = get(&s.edge, "dev42.example.com", "/x");
+        assert_eq!(code, 200);
+    }
+    // Five visitor connections, one origin connection: the tunnel stream was pooled.
+    let (_, body) = get(&s.edge, "dev42.example.com", "/connections");
+    assert_eq!(String::from_utf8(body).unwrap(), "1");
+}
+
+#[test]
+fn many_concurrent_requests_over_one_connection() {
+    let s = setup("", 1);
+    let dir = TempDir::new("par");
+    let cfg = dir.path().join("urls");
+    let mut text = String::new();
+    for i in 0..300 {
+        text.push_str(&format!(
+            "url = \"http://{}/bytes/{}\"\nheader = \"Host: dev42.example.com\"\noutput = \"/dev/null\"\n",
+            s.edge.http,
+            1000 + i
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let (ok, out, err) = curl(&[
+        "--parallel",
+        "--parallel-max",
+        "100",
+        "-K",
+        cfg.to_str().unwrap(),
+        "-w",
+        "%{http_code}\n",
+    ]);
+    assert!(ok, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(out.lines().filter(|l| *l == "200").count(), 300, "{out}");
+}
+
+#[test]
+fn websocket_upgrade_echoes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let edge = start_edge(init_edge(""));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws_origin = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let ws_addr = ws_origin.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = ws_origin.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    let token = edge.token("dev42", &["ws.dev42.example.com"], "1d");
+    let dev = TempDir::new("device");
+    let rules = format!("  - hostname: ws.dev42.example.com\n    service: http://{ws_addr}\n  - service: http_status:404\n");
+    let _c = start_connector(dev.path(), &device_yaml(&edge, &token, 1, &rules), 1);
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.dev42.example.com/chat", tcp)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..20 {
+            let msg = format!("hello {i}");
+            ws.send(Message::text(msg.clone())).await.unwrap();
+            let back = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(back.into_text().unwrap().as_str(), msg);
+        }
+        let big = vec![7u8; 1 << 20];
+        ws.send(Message::binary(big.clone())).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.into_data().as_ref(), &big[..]);
+    });
+}
+
+#[test]
+fn tokens_for_other_hosts_forged_or_expired_are_refused() {
+    let edge = start_edge(init_edge(""));
+    let origin = Origin::start("A");
+    let rules = format!(
+        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
+        origin.addr
+    );
+    let cases = [
+        (
+            "other host",
+            edge.token("dev42", &["dev41.example.com"], "1d"),
+            "not allowed by this tunnel's token",
+        ),
+        (
+            "expired",
+            edge.token("dev42", &["dev42.example.com"], "0s"),
+            "expired",
+        ),
+        (
+            "forged",
+            {
+                // Signed by another edge's key.
+                let other = start_edge(init_edge(""));
+                other.token("dev42", &["dev42.example.com"], "1d")
+            },
+            "signature is not valid",
+        ),
+        ("garbage", "mst1.AAAA.BBBB".to_string(), "refused"),
+    ];
+    for (what, token, expect) in cases {
+        let dev = TempDir::new("device");
+        let bin = compile(dev.path(), &device_yaml(&edge, &token, 1, &rules));
+        let p = Proc::spawn(
+            "connector",
+            Command::new(MAILSLOT).arg("run").arg("--config").arg(&bin),
+        );
+        let line = p.wait_line("refused the tunnel");
+        assert!(
+            line.contains(expect),
+            "{what}: connector says {line:?}, expected {expect:?}"
+        );
+        edge.proc.wait_line("refused");
+        let (code, _) = get(&edge, "dev42.example.com", "/");
+        assert_eq!(code, 404, "{what}: nothing is served");
+    }
+    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_hostname_belongs_to_one_tunnel_unless_the_token_is_shared() {
+    let edge = start_edge(init_edge(""));
+    let a = Origin::start("A");
+    let rules = format!(
+        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
+        a.addr
+    );
+    let t1 = edge.token("dev42", &["dev42.example.com"], "1d");
+    let d1 = TempDir::new("device");
+    let _c1 = start_connector(d1.path(), &device_yaml(&edge, &t1, 1, &rules), 1);
+    // Same token: a replica, admitted.
+    let d2 = TempDir::new("device");
+    let _c2 = start_connector(d2.path(), &device_yaml(&edge, &t1, 1, &rules), 1);
+    // Another token for the same name: refused while the first tunnel is up.
+    let t2 = edge.token("intruder", &["dev42.example.com"], "1d");
+    let d3 = TempDir::new("device");
+    let bin = compile(d3.path(), &device_yaml(&edge, &t2, 1, &rules));
+    let p = Proc::spawn(
+        "connector",
+        Command::new(MAILSLOT).arg("run").arg("--config").arg(&bin),
+    );
+    let line = p.wait_line("refused the tunnel");
+    assert!(line.contains("already served by tunnel dev42"), "{line}");
+}
+
+#[test]
+fn the_connector_listens_on_nothing() {
+    let s = setup("", 2);
+    let pid = s.connector.pid();
+    assert!(
+        listening_tcp_inodes(pid).is_empty(),
+        "connector has a listening TCP socket"
+    );
+    // Its UDP sockets are QUIC client endpoints: a QUIC handshake to them gets nowhere.
+    let ports = udp_ports(pid);
+    assert!(!ports.is_empty(), "the connector's QUIC socket was found");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for port in ports {
+        let refused = rt.block_on(async {
+            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            let tls = mailslot::tls::edge_client_config(None).unwrap();
+            let cfg = quinn::ClientConfig::new(std::sync::Arc::new(
+                quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+            ));
+            ep.set_default_client_config(cfg);
+            let attempt = ep
+                .connect(([127, 0, 0, 1], port).into(), "localhost")
+                .unwrap();
+            !matches!(
+                tokio::time::timeout(Duration::from_secs(3), attempt).await,
+                Ok(Ok(_))
+            )
+        });
+        assert!(
+            refused,
+            "a QUIC handshake to the connector's port {port} succeeded"
+        );
+    }
+    // And it still serves through the tunnel it dialed.
+    assert_eq!(get(&s.edge, "dev42.example.com", "/").0, 200);
+}
+
+#[test]
+fn demo_works_as_the_readme_says() {
+    let p = Proc::spawn(
+        "demo",
+        Command::new(MAILSLOT).args(["demo", "--listen", "127.0.0.1:0"]),
+    );
+    let line = p.wait_line("curl -H");
+    let cmd = line.trim().strip_prefix("or").unwrap().trim().to_string();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{cmd} -sS --max-time 10"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from mailslot!"));
+}
