@@ -35,11 +35,11 @@ pub enum LoadError {
         /// The file asked for.
         primary: PathBuf,
         /// Why it was rejected.
-        primary_error: DecodeError,
+        primary_error: Box<DecodeError>,
         /// Its `.prev`.
         prev: PathBuf,
         /// Why that was rejected.
-        prev_error: DecodeError,
+        prev_error: Box<DecodeError>,
     },
 }
 
@@ -95,9 +95,9 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
         }),
         Err(prev_error) => Err(LoadError::NoValidConfig {
             primary: path.to_path_buf(),
-            primary_error,
+            primary_error: Box::new(primary_error),
             prev,
-            prev_error,
+            prev_error: Box::new(prev_error),
         }),
     }
 }

@@ -437,7 +437,7 @@ impl Compiler<'_> {
                 Some(path)
             }
         };
-        let service = parse_service(&field("service"), rule.service.trim())?;
+        let service = parse_service(&field("service"), &rule.service)?;
         let o = rule.origin_request.unwrap_or_default().or(defaults);
         let ofield = |name: &str| format!("ingress[{i}].origin-request.{name}");
         let connect_timeout_ms = match o.connect_timeout {
