@@ -1,19 +1,161 @@
 //! `mailslot config compile|show|check`: the config tools behind the CLI.
 
+use std::fmt::Write;
 use std::path::Path;
+
+use super::{
+    codec, store, yaml_out, DeviceConfig, IngressRule, OriginOptions, DEFAULT_CONNECT_TIMEOUT_MS,
+};
 
 /// `config compile INPUT --output OUTPUT`: YAML to binary, written atomically.
 /// Returns a one-line summary for stdout.
-pub fn compile(_input: &Path, _output: &Path) -> Result<std::string::String, std::string::String> {
-    Err("not yet".into())
+pub fn compile(input: &Path, output: &Path) -> Result<std::string::String, std::string::String> {
+    #[cfg(feature = "yaml")]
+    {
+        let config =
+            super::yaml_in::compile_file(input).map_err(|e| format!("{}: {e}", input.display()))?;
+        let bytes = codec::encode(&config).map_err(|e| format!("{}: {e}", input.display()))?;
+        store::write_atomic(output, &bytes)
+            .map_err(|e| format!("writing {}: {e}", output.display()))?;
+        Ok(format!(
+            "{}: {} bytes: tunnel {}, {} edge(s), {} rule(s)\n",
+            output.display(),
+            bytes.len(),
+            config.tunnel,
+            config.edges.len(),
+            config.ingress.len()
+        ))
+    }
+    #[cfg(not(feature = "yaml"))]
+    {
+        let _ = (input, output);
+        Err("this build has no YAML support (built without the `yaml` feature): compile config.bin \
+             on a workstation with a build with the default features, then copy it to the device"
+            .into())
+    }
+}
+
+/// Reads and decodes `path`: the config, its format version and the file size.
+fn read(path: &Path) -> Result<(Box<DeviceConfig>, u16, usize), std::string::String> {
+    let fail = |e: codec::DecodeError| format!("{}: {e}", path.display());
+    let bytes = store::read_bounded(path).map_err(fail)?;
+    let (config, version) = codec::decode_with_version(&bytes).map_err(fail)?;
+    Ok((config, version, bytes.len()))
 }
 
 /// `config show FILE`: the binary file as YAML (secrets masked unless `show_secrets`).
-pub fn show(_path: &Path, _show_secrets: bool) -> Result<std::string::String, std::string::String> {
-    Err("not yet".into())
+pub fn show(path: &Path, show_secrets: bool) -> Result<std::string::String, std::string::String> {
+    let (config, version, size) = read(path)?;
+    let mut out = format!(
+        "# {}: {size} bytes, format version {version}\n",
+        path.display()
+    );
+    out.push_str(&yaml_out::to_yaml(&config, show_secrets));
+    Ok(out)
 }
 
 /// `config check FILE`: validate and summarise.
-pub fn check(_path: &Path) -> Result<std::string::String, std::string::String> {
-    Err("not yet".into())
+pub fn check(path: &Path) -> Result<std::string::String, std::string::String> {
+    let (config, version, size) = read(path)?;
+    Ok(summary(&config, &path.display().to_string(), version, size))
+}
+
+/// The human summary `config check` prints.
+fn summary(config: &DeviceConfig, name: &str, version: u16, size: usize) -> std::string::String {
+    let mut out = std::string::String::new();
+    let o = &mut out;
+    // Writing to a String cannot fail.
+    let _ = writeln!(o, "{name}: valid, {size} bytes, format version {version}");
+    let _ = writeln!(o, "tunnel:      {}", config.tunnel);
+    let _ = writeln!(o, "token:       {}", config.token_masked());
+    let edges: std::vec::Vec<&str> = config.edges.iter().map(|e| e.as_str()).collect();
+    let _ = writeln!(o, "edges:       {}", edges.join(", "));
+    let edge_ca = match config.edge_ca.and_then(|i| config.cas.get(usize::from(i))) {
+        Some(der) => format!("embedded certificate ({} bytes)", der.len()),
+        None => "public web PKI".into(),
+    };
+    let _ = writeln!(o, "edge CA:     {edge_ca}");
+    let _ = writeln!(o, "protocol:    {}", config.protocol.as_str());
+    let _ = writeln!(
+        o,
+        "connections: {} (keepalive {}, idle timeout {}, grace period {})",
+        config.ha_connections,
+        yaml_out::secs(config.keepalive_secs),
+        yaml_out::secs(config.idle_timeout_secs),
+        yaml_out::secs(config.grace_period_secs)
+    );
+    let _ = writeln!(o, "rules:       {}", config.ingress.len());
+    for rule in &config.ingress {
+        let _ = writeln!(o, "  {}", rule_line(rule));
+    }
+    out
+}
+
+/// One rule on one line: `api.example.com  ^/v1/  -> http://localhost:9000`.
+pub fn rule_line(rule: &IngressRule) -> std::string::String {
+    let mut line = rule.hostname.as_deref().unwrap_or("*").to_string();
+    if let Some(path) = &rule.path {
+        let _ = write!(line, "  {path}");
+    }
+    let _ = write!(line, "  -> {}", rule.service);
+    let options = origin_flags(&rule.origin);
+    if !options.is_empty() {
+        let _ = write!(line, "  [{}]", options.join(", "));
+    }
+    line
+}
+
+fn origin_flags(o: &OriginOptions) -> std::vec::Vec<std::string::String> {
+    let mut flags = std::vec::Vec::new();
+    if o.no_tls_verify {
+        flags.push("no-tls-verify".into());
+    }
+    if let Some(h) = &o.http_host_header {
+        flags.push(format!("host {h}"));
+    }
+    if let Some(n) = &o.origin_server_name {
+        flags.push(format!("server name {n}"));
+    }
+    if o.connect_timeout_ms != DEFAULT_CONNECT_TIMEOUT_MS {
+        flags.push(format!(
+            "connect timeout {}",
+            yaml_out::millis(o.connect_timeout_ms)
+        ));
+    }
+    if let Some(i) = o.ca_pool {
+        flags.push(format!("CA #{i}"));
+    }
+    flags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::sample_config;
+
+    #[test]
+    fn summary_lines() {
+        let s = summary(&sample_config(), "config.bin", 1, 1234);
+        assert!(
+            s.starts_with("config.bin: valid, 1234 bytes, format version 1\ntunnel:      dev42\n"),
+            "{s}"
+        );
+        assert!(s.contains("token:       <masked, 300 bytes>\n"), "{s}");
+        assert!(
+            s.contains("\n  api.dev42.example.com  ^/v1/  -> http://localhost:9000\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "\n  secure.dev42.example.com  -> https://localhost:8443  [no-tls-verify]\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("\n  ssh.dev42.example.com  -> ssh://localhost\n"),
+            "{s}"
+        );
+        assert!(s.ends_with("\n  *  -> http_status:404\n"), "{s}");
+        assert!(!s.contains("t0kEn"));
+    }
 }

@@ -4,6 +4,23 @@
 //! a `DeviceConfig` that exists has a catch-all last rule, parsed services and bounded
 //! fields. Every string and list has a fixed capacity (heapless), so decoding a file can
 //! never allocate beyond the limits documented on each field.
+//!
+//! Submodules, one concern each:
+//!
+//! - [`codec`]: the `config.bin` layout (header, postcard payload, CRC-32), encode and a
+//!   bounded decode, with the layout drawn in its doc.
+//! - [`validate`]: the semantic invariants ([`DeviceConfig::validate`]), checked after
+//!   every decode and before every encode.
+//! - [`store`]: atomic writes that keep the last good file as `config.bin.prev`, and a
+//!   loader that falls back to it.
+//! - [`pem`]: the few lines of base64 and PEM the config needs (no `base64` crate on
+//!   devices).
+//! - [`yaml_out`]: a hand-written YAML emitter for `config show` (devices have no YAML
+//!   crate).
+//! - `yaml_in` (feature `yaml`): the YAML schema and `config compile`.
+//! - [`cli`]: `mailslot config compile|show|check`.
+
+use std::fmt;
 
 use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
@@ -28,7 +45,23 @@ pub const MAX_SOCKET_PATH_LEN: usize = 108;
 pub const MAX_EDGE_ADDR_LEN: usize = 261;
 /// Longest tunnel name.
 pub const MAX_TUNNEL_NAME_LEN: usize = 63;
+/// Most connections a connector may hold open (`ha-connections`).
+pub const MAX_HA_CONNECTIONS: u8 = 16;
 
+/// Default `ha-connections`.
+pub const DEFAULT_HA_CONNECTIONS: u8 = 4;
+/// Default `keepalive`, seconds.
+pub const DEFAULT_KEEPALIVE_SECS: u16 = 15;
+/// Default `idle-timeout`, seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u16 = 45;
+/// Default `grace-period`, seconds.
+pub const DEFAULT_GRACE_PERIOD_SECS: u16 = 30;
+/// Default origin `connect-timeout`, milliseconds.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 10_000;
+/// Port used for an edge address written without one.
+pub const DEFAULT_EDGE_PORT: u16 = 7844;
+
+/// A DNS name, `*.` wildcard or IP address, bounded to the DNS limit.
 pub type Hostname = String<MAX_HOSTNAME_LEN>;
 
 /// How the connector reaches the edge.
@@ -44,7 +77,10 @@ pub enum Protocol {
 }
 
 /// The whole device configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// About 100 KiB inline because of the fixed capacities: keep it boxed
+/// ([`store::load`] and [`codec::decode`] return a `Box`). `Debug` masks the token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceConfig {
     /// Tunnel name, for logs (the token carries the identity).
     pub tunnel: String<MAX_TUNNEL_NAME_LEN>,
@@ -54,8 +90,10 @@ pub struct DeviceConfig {
     pub edges: Vec<String<MAX_EDGE_ADDR_LEN>, MAX_EDGES>,
     /// Index into `cas` of the CA that signs the edge certificate; `None` = webpki roots.
     pub edge_ca: Option<u8>,
-    /// Embedded DER certificates, referenced by index.
+    /// Embedded DER certificates, referenced by index; each is used, none twice, listed
+    /// in order of first use (edge CA, then rules in order).
     pub cas: Vec<Vec<u8, MAX_CERT_LEN>, MAX_CAS>,
+    /// How to reach the edges (default [`Protocol::Auto`]).
     pub protocol: Protocol,
     /// Connections held open to the edges (default 4).
     pub ha_connections: u8,
@@ -76,7 +114,9 @@ pub struct IngressRule {
     pub hostname: Option<Hostname>,
     /// Path regex (matched at the edge); `None` matches every path.
     pub path: Option<String<MAX_PATH_LEN>>,
+    /// Where matching traffic goes.
     pub service: Service,
+    /// How to reach the origin.
     pub origin: OriginOptions,
 }
 
@@ -84,11 +124,22 @@ pub struct IngressRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Service {
     /// `http://host:port` or, with `tls`, `https://host:port`.
-    Http { host: Hostname, port: u16, tls: bool },
+    Http {
+        host: Hostname,
+        port: u16,
+        tls: bool,
+    },
     /// `unix:/path` (HTTP over a unix socket) or `unix+tls:/path`.
-    Unix { path: String<MAX_SOCKET_PATH_LEN>, tls: bool },
+    Unix {
+        path: String<MAX_SOCKET_PATH_LEN>,
+        tls: bool,
+    },
     /// A raw byte stream: `tcp://`, `ssh://` or `rdp://host:port`.
-    Stream { kind: StreamKind, host: Hostname, port: u16 },
+    Stream {
+        kind: StreamKind,
+        host: Hostname,
+        port: u16,
+    },
     /// `http_status:NNN`, answered by the edge.
     HttpStatus(u16),
 }
@@ -96,13 +147,16 @@ pub enum Service {
 /// The scheme a raw stream rule was written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamKind {
+    /// `tcp://`
     Tcp,
+    /// `ssh://` (default port 22)
     Ssh,
+    /// `rdp://` (default port 3389)
     Rdp,
 }
 
 /// Per-rule origin options (`origin-request`, or cloudflared's `originRequest`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginOptions {
     /// Do not verify the origin's TLS certificate.
     pub no_tls_verify: bool,
@@ -117,3 +171,160 @@ pub struct OriginOptions {
 }
 
 pub mod cli;
+pub mod codec;
+pub mod pem;
+pub mod store;
+mod v1;
+pub mod validate;
+#[cfg(feature = "yaml")]
+mod yaml_in;
+pub mod yaml_out;
+
+pub use codec::DecodeError;
+pub use validate::ConfigError;
+
+/// A secret that prints masked (`Display` and `Debug`): only its length shows.
+#[derive(Clone, Copy)]
+pub struct Masked<'a>(pub &'a str);
+
+impl fmt::Display for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<masked, {} bytes>", self.0.len())
+    }
+}
+
+impl fmt::Debug for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceConfig")
+            .field("tunnel", &self.tunnel)
+            .field("token", &Masked(&self.token))
+            .field("edges", &self.edges)
+            .field("edge_ca", &self.edge_ca)
+            .field("cas", &format_args!("[{} certificates]", self.cas.len()))
+            .field("protocol", &self.protocol)
+            .field("ha_connections", &self.ha_connections)
+            .field("keepalive_secs", &self.keepalive_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("grace_period_secs", &self.grace_period_secs)
+            .field("ingress", &self.ingress)
+            .finish()
+    }
+}
+
+impl DeviceConfig {
+    /// An empty (and invalid) config, on the heap, for decoders and the compiler to fill
+    /// in place.
+    pub(crate) fn blank() -> Box<Self> {
+        Box::new(DeviceConfig {
+            tunnel: String::new(),
+            token: String::new(),
+            edges: Vec::new(),
+            edge_ca: None,
+            cas: Vec::new(),
+            protocol: Protocol::Auto,
+            ha_connections: 0,
+            keepalive_secs: 0,
+            idle_timeout_secs: 0,
+            grace_period_secs: 0,
+            ingress: Vec::new(),
+        })
+    }
+
+    /// The token, for printing: masked.
+    pub fn token_masked(&self) -> Masked<'_> {
+        Masked(&self.token)
+    }
+}
+
+impl Protocol {
+    /// The name used in YAML (`auto`, `quic`, `http2`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Auto => "auto",
+            Protocol::Quic => "quic",
+            Protocol::Http2 => "http2",
+        }
+    }
+}
+
+impl StreamKind {
+    /// The URL scheme (`tcp`, `ssh`, `rdp`).
+    pub fn scheme(self) -> &'static str {
+        match self {
+            StreamKind::Tcp => "tcp",
+            StreamKind::Ssh => "ssh",
+            StreamKind::Rdp => "rdp",
+        }
+    }
+
+    /// The port used when the URL has none; `None` for `tcp://`, which needs one.
+    pub fn default_port(self) -> Option<u16> {
+        match self {
+            StreamKind::Tcp => None,
+            StreamKind::Ssh => Some(22),
+            StreamKind::Rdp => Some(3389),
+        }
+    }
+}
+
+/// Writes `host:port` with brackets around IPv6 addresses, or just `host` when the
+/// port is `default_port`.
+struct HostPort<'a>(&'a str, u16, Option<u16>);
+
+impl fmt::Display for HostPort<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let HostPort(host, port, default_port) = *self;
+        if host.contains(':') {
+            write!(f, "[{host}]")?;
+        } else {
+            f.write_str(host)?;
+        }
+        if default_port != Some(port) {
+            write!(f, ":{port}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The service as written in YAML: `http://localhost:8080`, `unix:/run/app.sock`,
+/// `http_status:404`; default ports are left out.
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Service::Http { host, port, tls } => {
+                let (scheme, default) = if *tls { ("https", 443) } else { ("http", 80) };
+                write!(f, "{scheme}://{}", HostPort(host, *port, Some(default)))
+            }
+            Service::Unix { path, tls } => {
+                let scheme = if *tls { "unix+tls" } else { "unix" };
+                write!(f, "{scheme}:{path}")
+            }
+            Service::Stream { kind, host, port } => {
+                let hp = HostPort(host, *port, kind.default_port());
+                write!(f, "{}://{hp}", kind.scheme())
+            }
+            Service::HttpStatus(code) => write!(f, "http_status:{code}"),
+        }
+    }
+}
+
+impl Default for OriginOptions {
+    fn default() -> Self {
+        OriginOptions {
+            no_tls_verify: false,
+            http_host_header: None,
+            origin_server_name: None,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            ca_pool: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod testutil;

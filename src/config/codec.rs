@@ -1,0 +1,427 @@
+//! The `config.bin` file format: every byte of it is written and read here.
+//!
+//! ```text
+//!  0        4          6              10                    10+N        14+N
+//!  +--------+----------+--------------+---------------------+-----------+
+//!  | magic  | version  | payload len  | payload             | CRC-32    |
+//!  | "MSLC" | u16 LE   | N, u32 LE    | N bytes of postcard | u32 LE    |
+//!  +--------+----------+--------------+---------------------+-----------+
+//!  |<------------- CRC-32 (IEEE, crc32fast) covers these ------------->|
+//! ```
+//!
+//! - `magic`: the 4 bytes `MSLC` ("mailslot config").
+//! - `version`: the format version, [`FORMAT_VERSION`] (1) for files written by this
+//!   build. A reader refuses newer versions ("written by a newer mailslot: update") and
+//!   reads every older one it knows.
+//! - `payload len`: the postcard payload's length; the file must be exactly
+//!   `14 + N` bytes.
+//! - `payload`: the [`DeviceConfig`] encoded with postcard (varint integers,
+//!   length-prefixed strings and lists, enum variants as varint indexes). Strings and
+//!   lists have fixed capacities, so decoding never allocates.
+//! - `CRC-32`: over the header and the payload.
+//!
+//! A decoder checks, in order: the file size against [`MAX_FILE_LEN`] (before reading
+//! it), the magic, the version, the payload length against the file length, the
+//! checksum, the payload, then the config's invariants ([`DeviceConfig::validate`]).
+
+use super::{ConfigError, DeviceConfig};
+
+/// The file's first 4 bytes.
+pub const MAGIC: [u8; 4] = *b"MSLC";
+/// The format version this build writes, and the newest it reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Bytes before the payload: magic, version, payload length.
+pub const HEADER_LEN: usize = 10;
+/// Bytes after the payload: the CRC-32.
+pub const CRC_LEN: usize = 4;
+/// Largest file accepted or written. A config with every field and list at capacity
+/// encodes to about 110 KiB (tested); anything larger is refused before it is read.
+pub const MAX_FILE_LEN: usize = 160 * 1024;
+
+/// Why bytes are not a usable config file.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The file could not be read.
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is larger than any config can be.
+    #[error("{len} bytes, larger than the {MAX_FILE_LEN}-byte limit of a config file")]
+    TooLarge {
+        /// The file's size.
+        len: u64,
+    },
+    /// The file is shorter than a header and a checksum.
+    #[error("truncated: {0} bytes, shorter than the {min}-byte minimum", min = HEADER_LEN + CRC_LEN)]
+    TooShort(usize),
+    /// The file does not start with the magic bytes.
+    #[error("not a mailslot config file (no MSLC magic)")]
+    BadMagic,
+    /// The version field is 0, which no mailslot writes.
+    #[error("format version 0 is not a mailslot config version")]
+    BadVersion,
+    /// The file was written in a format version newer than this build reads.
+    #[error("format version {0} was written by a newer mailslot: update mailslot (this one reads up to version {FORMAT_VERSION})")]
+    NewerVersion(u16),
+    /// The payload length in the header does not match the file's length.
+    #[error("truncated or padded: the header announces {announced} payload bytes, the file holds {actual}")]
+    LengthMismatch {
+        /// Payload length from the header.
+        announced: u32,
+        /// Payload bytes actually present.
+        actual: usize,
+    },
+    /// The CRC-32 does not match the header and payload.
+    #[error("corrupt: checksum {stored:08x} stored, {computed:08x} computed")]
+    Checksum {
+        /// CRC-32 read from the file.
+        stored: u32,
+        /// CRC-32 of the header and payload.
+        computed: u32,
+    },
+    /// The payload does not decode into a config (bad varint, bad enum, over capacity).
+    #[error("payload does not decode: {0}")]
+    Payload(postcard::Error),
+    /// The payload decoded but left bytes unread.
+    #[error("payload has {0} unread bytes at its end")]
+    TrailingBytes(usize),
+    /// The payload decoded into a config that breaks an invariant.
+    #[error("invalid config: {0}")]
+    Invalid(#[from] ConfigError),
+}
+
+/// Why a config cannot be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The config breaks an invariant, so no reader would accept the file.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// postcard could not serialize the config.
+    #[error("cannot serialize: {0}")]
+    Serialize(postcard::Error),
+    /// The encoded file would exceed [`MAX_FILE_LEN`].
+    #[error("encoded config is {0} bytes, above the {MAX_FILE_LEN}-byte limit")]
+    TooLarge(usize),
+}
+
+/// The fixed-size header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Format version.
+    pub version: u16,
+    /// Payload length.
+    pub payload_len: u32,
+}
+
+impl Header {
+    /// Checks the magic and the version; the length is checked by [`decode`].
+    pub fn parse(bytes: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
+        let [m0, m1, m2, m3, v0, v1, l0, l1, l2, l3] = *bytes;
+        if [m0, m1, m2, m3] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = u16::from_le_bytes([v0, v1]);
+        if version == 0 {
+            return Err(DecodeError::BadVersion);
+        }
+        if version > FORMAT_VERSION {
+            return Err(DecodeError::NewerVersion(version));
+        }
+        Ok(Header {
+            version,
+            payload_len: u32::from_le_bytes([l0, l1, l2, l3]),
+        })
+    }
+
+    fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let [v0, v1] = self.version.to_le_bytes();
+        let [l0, l1, l2, l3] = self.payload_len.to_le_bytes();
+        let [m0, m1, m2, m3] = MAGIC;
+        [m0, m1, m2, m3, v0, v1, l0, l1, l2, l3]
+    }
+}
+
+/// Encodes a config as a complete `config.bin`, after checking its invariants.
+pub fn encode(config: &DeviceConfig) -> Result<Vec<u8>, EncodeError> {
+    config.validate()?;
+    let payload = postcard::to_allocvec(config).map_err(EncodeError::Serialize)?;
+    let total = HEADER_LEN + payload.len() + CRC_LEN;
+    let payload_len = u32::try_from(payload.len()).map_err(|_| EncodeError::TooLarge(total))?;
+    if total > MAX_FILE_LEN {
+        return Err(EncodeError::TooLarge(total));
+    }
+    let header = Header {
+        version: FORMAT_VERSION,
+        payload_len,
+    };
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&header.to_bytes());
+    out.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Decodes and validates a complete `config.bin`. Never allocates more than the boxed
+/// config, whatever the bytes.
+pub fn decode(bytes: &[u8]) -> Result<Box<DeviceConfig>, DecodeError> {
+    decode_with_version(bytes).map(|(config, _)| config)
+}
+
+/// [`decode`], also returning the format version the file was written in.
+pub fn decode_with_version(bytes: &[u8]) -> Result<(Box<DeviceConfig>, u16), DecodeError> {
+    if bytes.len() > MAX_FILE_LEN {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len() as u64,
+        });
+    }
+    let Some((header, rest)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+        return Err(DecodeError::TooShort(bytes.len()));
+    };
+    let Some((payload, crc)) = rest.split_last_chunk::<CRC_LEN>() else {
+        return Err(DecodeError::TooShort(bytes.len()));
+    };
+    let raw_header = header;
+    let header = Header::parse(raw_header)?;
+    if usize::try_from(header.payload_len).ok() != Some(payload.len()) {
+        return Err(DecodeError::LengthMismatch {
+            announced: header.payload_len,
+            actual: payload.len(),
+        });
+    }
+    let stored = u32::from_le_bytes(*crc);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(raw_header);
+    hasher.update(payload);
+    let computed = hasher.finalize();
+    if stored != computed {
+        return Err(DecodeError::Checksum { stored, computed });
+    }
+    let config = read_payload(header.version, payload)?;
+    config.validate()?;
+    Ok((config, header.version))
+}
+
+/// One reader per format version this build knows. Version 2 would add its reader and
+/// keep version 1's ([`super::v1`]), converting what it reads to the current model.
+fn read_payload(version: u16, payload: &[u8]) -> Result<Box<DeviceConfig>, DecodeError> {
+    let read = match version {
+        1 => super::v1::read(payload),
+        // Header::parse admits only versions 1..=FORMAT_VERSION, all handled above.
+        _ => return Err(DecodeError::NewerVersion(version)),
+    };
+    read.map_err(|e| match e {
+        super::v1::ReadError::Payload(e) => DecodeError::Payload(e),
+        super::v1::ReadError::Trailing(n) => DecodeError::TrailingBytes(n),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::{arb_config, max_config, sample_config};
+    use proptest::prelude::*;
+
+    /// Runs `f` on a thread with room for the derived decoder's stack temporaries.
+    fn big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Box<T> {
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || Box::new(f()))
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    /// Rebuilds a file around `payload` with a correct length and checksum.
+    fn wrap(version: u16, payload: &[u8]) -> Vec<u8> {
+        let header = Header {
+            version,
+            payload_len: payload.len() as u32,
+        };
+        let mut out = header.to_bytes().to_vec();
+        out.extend_from_slice(payload);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn header_bytes() {
+        let bytes = encode(&sample_config()).unwrap();
+        assert_eq!(&bytes[..4], b"MSLC");
+        assert_eq!(&bytes[4..6], &[1, 0]);
+        let len = u32::from_le_bytes(bytes[6..10].try_into().unwrap()) as usize;
+        assert_eq!(bytes.len(), HEADER_LEN + len + CRC_LEN);
+        let crc = crc32fast::hash(&bytes[..bytes.len() - 4]);
+        assert_eq!(&bytes[bytes.len() - 4..], &crc.to_le_bytes());
+    }
+
+    #[test]
+    fn minimal_config_bytes() {
+        use crate::config::*;
+        let mut config = sample_config();
+        config.ingress.clear();
+        config.cas.clear();
+        config.edge_ca = None;
+        config.edges.clear();
+        config.edges.push("e:1".try_into().unwrap()).unwrap();
+        config.tunnel = "t".try_into().unwrap();
+        config.token = "k".try_into().unwrap();
+        let catch_all = IngressRule {
+            hostname: None,
+            path: None,
+            service: Service::HttpStatus(404),
+            origin: OriginOptions::default(),
+        };
+        config.ingress.push(catch_all).unwrap();
+        let bytes = encode(&config).unwrap();
+        #[rustfmt::skip]
+        let payload: &[u8] = &[
+            1, b't',                 // tunnel
+            1, b'k',                 // token
+            1, 3, b'e', b':', b'1',  // edges: ["e:1"]
+            0,                       // edge_ca: None
+            0,                       // cas: []
+            0,                       // protocol: Auto
+            4,                       // ha_connections
+            15, 45, 30,              // keepalive, idle timeout, grace period
+            1,                       // one rule
+            0, 0,                    // hostname: None, path: None
+            3, 0x94, 0x03,           // Service::HttpStatus(404)
+            0, 0, 0,                 // no_tls_verify, http_host_header, origin_server_name
+            0x90, 0x4e,              // connect_timeout_ms: 10000
+            0,                       // ca_pool: None
+        ];
+        assert_eq!(bytes, wrap(1, payload));
+        assert_eq!(decode(&bytes).unwrap(), config);
+    }
+
+    #[test]
+    fn max_config_fits() {
+        let config = max_config();
+        let bytes = encode(&config).unwrap();
+        assert!(bytes.len() <= MAX_FILE_LEN, "{} bytes", bytes.len());
+        assert!(
+            bytes.len() > MAX_FILE_LEN / 2,
+            "limit far too loose: {} bytes",
+            bytes.len()
+        );
+        assert_eq!(decode(&bytes).unwrap(), config);
+    }
+
+    #[test]
+    fn every_truncation_fails() {
+        let bytes = encode(&sample_config()).unwrap();
+        for len in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..len]).is_err(),
+                "truncated to {len} bytes decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_fails() {
+        let bytes = encode(&sample_config()).unwrap();
+        let mut copy = bytes.clone();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                copy[i] ^= 1 << bit;
+                assert!(decode(&copy).is_err(), "byte {i} bit {bit} flipped decoded");
+                copy[i] ^= 1 << bit;
+            }
+        }
+    }
+
+    #[test]
+    fn newer_version_refused() {
+        let mut bytes = encode(&sample_config()).unwrap();
+        bytes[4] = 2;
+        let msg = decode(&bytes).unwrap_err().to_string();
+        assert!(msg.contains("written by a newer mailslot: update"), "{msg}");
+        bytes[4] = 0;
+        assert!(matches!(decode(&bytes), Err(DecodeError::BadVersion)));
+    }
+
+    #[test]
+    fn structural_errors() {
+        let bytes = encode(&sample_config()).unwrap();
+        let mut bad = bytes.clone();
+        bad[0] = b'X';
+        assert!(matches!(decode(&bad), Err(DecodeError::BadMagic)));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(
+            decode(&long),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
+        let huge = vec![0u8; MAX_FILE_LEN + 1];
+        assert!(matches!(decode(&huge), Err(DecodeError::TooLarge { .. })));
+        // A header announcing 4 GiB in a short file is refused without allocating.
+        let mut lying = bytes.clone();
+        lying[6..10].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode(&lying),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
+        let payload = &bytes[HEADER_LEN..bytes.len() - CRC_LEN];
+        let mut padded = payload.to_vec();
+        padded.push(0);
+        assert!(matches!(
+            decode(&wrap(1, &padded)),
+            Err(DecodeError::TrailingBytes(1))
+        ));
+        assert!(matches!(
+            decode(&wrap(1, &payload[..payload.len() - 1])),
+            Err(DecodeError::Payload(_))
+        ));
+    }
+
+    #[test]
+    fn over_capacity_string_refused() {
+        // tunnel name announcing 64 bytes, one over MAX_TUNNEL_NAME_LEN.
+        let mut payload = vec![64u8];
+        payload.extend([b'a'; 64]);
+        assert!(matches!(
+            decode(&wrap(1, &payload)),
+            Err(DecodeError::Payload(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_config_refused() {
+        let mut config = sample_config();
+        config.ingress.pop();
+        let payload = postcard::to_allocvec(&config).unwrap();
+        let err = decode(&wrap(1, &payload)).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Invalid(ConfigError::NoCatchAll(_))),
+            "{err}"
+        );
+        assert!(encode(&config).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn round_trip(config in arb_config()) {
+            let bytes = encode(&config).unwrap();
+            let back = decode(&bytes).unwrap();
+            prop_assert_eq!(&back, &config);
+        }
+
+        /// The in-place reader reads exactly what the derived `Deserialize` reads.
+        #[test]
+        fn reader_matches_derived(config in arb_config()) {
+            let payload = postcard::to_allocvec(&config).unwrap();
+            let ours = super::super::v1::read(&payload).ok().unwrap();
+            let derived = big_stack(move || postcard::from_bytes::<DeviceConfig>(&payload).unwrap());
+            prop_assert_eq!(&*ours, &*derived);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+            let _ = decode(&wrap(1, &bytes));
+        }
+    }
+}
