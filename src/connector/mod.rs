@@ -278,7 +278,7 @@ async fn edge_for_slot(shared: &Shared, slot: usize) -> Result<(SocketAddr, Stri
     Ok((addr, host.to_string()))
 }
 
-/// Splits "host:port" or "[v6]:port"; the port defaults to 7844.
+/// Splits `host:port` or `[v6]:port`; the port defaults to 7844.
 pub fn split_host_port(entry: &str) -> Result<(&str, u16), String> {
     let bad = || format!("edge address {entry:?} is not host:port");
     if let Some(rest) = entry.strip_prefix('[') {

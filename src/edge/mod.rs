@@ -1,7 +1,7 @@
 //! The edge: accepts connectors on the tunnel listener, serves visitors on HTTP and
 //! HTTPS, routes each request to a tunnel by hostname and path, and issues tokens.
 //!
-//! - [`config`]: `edge.yml`.
+//! - [`config`]: the `edge.yml` settings.
 //! - [`init`]: first-time key and certificate generation.
 //! - [`token`]: signed tunnel (and access) tokens.
 //! - [`registry`]: tunnels, hostnames, connections, rule matching.

@@ -201,8 +201,13 @@ pub fn init_edge(extra_yaml: &str) -> TempDir {
     );
     let yml = dir.path().join("edge.yml");
     let text = std::fs::read_to_string(&yml).unwrap();
+    let overridden: Vec<&str> = extra_yaml
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+        .collect();
     let text = text
         .lines()
+        .filter(|l| !overridden.iter().any(|k| l.starts_with(&format!("{k}:"))))
         .map(|l| {
             if l.starts_with("tunnel-listen:") {
                 "tunnel-listen: 127.0.0.1:0".to_string()
