@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,7 +133,7 @@ pub async fn run(http: TcpListener, shutdown: impl Future<Output = ()>) -> Resul
     let key = ring::signature::Ed25519KeyPair::from_pkcs8(&signing).map_err(|e| e.to_string())?;
     let token = init::issue_tunnel_token(&key, "demo", &[DEMO_HOST.into()], 24 * 3600)?;
     let cert = CertKey::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes())?;
-    let tunnel = UdpSocket::bind(lo).map_err(|e| e.to_string())?;
+    let (tunnel, tunnel_tcp) = edge::bind_tunnel(lo)?;
     let tunnel_addr = tunnel.local_addr().map_err(|e| e.to_string())?;
     let http_addr = http.local_addr().map_err(|e| e.to_string())?;
     let edge = Edge::new(EdgeSettings {
@@ -151,6 +151,7 @@ pub async fn run(http: TcpListener, shutdown: impl Future<Output = ()>) -> Resul
     let edge_task = tokio::spawn(edge.serve(
         Listeners {
             tunnel,
+            tunnel_tcp: Some(tunnel_tcp),
             http: Some(http),
             https: None,
         },

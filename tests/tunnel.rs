@@ -19,6 +19,10 @@ struct Setup {
 }
 
 fn setup(extra_edge_yaml: &str, ha: usize) -> Setup {
+    setup_with(extra_edge_yaml, ha, "quic")
+}
+
+fn setup_with(extra_edge_yaml: &str, ha: usize, protocol: &str) -> Setup {
     let edge = start_edge(init_edge(extra_edge_yaml));
     let a = Origin::start("A");
     let b = Origin::start("B");
@@ -37,7 +41,15 @@ fn setup(extra_edge_yaml: &str, ha: usize) -> Setup {
         b = b.addr,
     );
     let dev = TempDir::new("device");
-    let connector = start_connector(dev.path(), &device_yaml(&edge, &token, ha, &rules), ha);
+    let yaml = device_yaml_with(
+        &edge.tunnel.to_string(),
+        &edge.ca(),
+        protocol,
+        &token,
+        ha,
+        &rules,
+    );
+    let connector = start_connector(dev.path(), &yaml, ha);
     Setup {
         edge,
         connector,
@@ -61,6 +73,74 @@ fn bodies_of_every_size_arrive_intact_over_http1() {
             "body of {n} bytes differs"
         );
     }
+}
+
+#[test]
+fn http2_transport_carries_bodies_uploads_and_many_streams() {
+    let s = setup_with("", 2, "http2");
+    s.connector
+        .wait_line_within("over http2", Duration::from_secs(1))
+        .or_else(|| {
+            s.connector
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("over http2"))
+                .cloned()
+        })
+        .expect("registered over HTTP/2");
+    for n in [0u64, 1024, 50 * 1024 * 1024] {
+        let url = format!("http://{}/bytes/{n}", s.edge.http);
+        let (ok, body, err) = curl(&["-H", "Host: dev42.example.com", &url]);
+        assert!(ok, "{err}");
+        assert_eq!(
+            sha256_hex(&body),
+            sha256_hex(&pattern(n)),
+            "body of {n} bytes differs"
+        );
+    }
+    let dir = TempDir::new("upload");
+    let file = dir.path().join("up.bin");
+    let data = pattern(3 * 1024 * 1024 + 1);
+    std::fs::write(&file, &data).unwrap();
+    let url = format!("http://{}/sha256", s.edge.http);
+    let (ok, body, err) = curl(&[
+        "-H",
+        "Host: dev42.example.com",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("{} {}", sha256_hex(&data), data.len())
+    );
+    let cfg = dir.path().join("urls");
+    let mut text = String::new();
+    for i in 0..200 {
+        text.push_str(&format!("url = \"http://{}/bytes/{}\"\nheader = \"Host: dev42.example.com\"\noutput = \"/dev/null\"\n", s.edge.http, 500 + i));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let (ok, out, err) = curl(&[
+        "--parallel",
+        "--parallel-max",
+        "50",
+        "-K",
+        cfg.to_str().unwrap(),
+        "-w",
+        "%{http_code}\n",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .filter(|l| *l == "200")
+            .count(),
+        200
+    );
 }
 
 #[test]

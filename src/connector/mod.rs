@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::config::DeviceConfig;
-use crate::transport::{quic, Session, TransportError};
+use crate::config::{DeviceConfig, Protocol};
+use crate::transport::{quic, Retry, Session, TransportError};
 use crate::wire::{self, ConnectorMsg, EdgeMsg, Register, PROTOCOL_VERSION};
 pub use runtime::Runtime;
 
@@ -32,6 +32,12 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for a QUIC handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `protocol: auto` waits for a QUIC handshake before trying HTTP/2.
+const AUTO_QUIC_WAIT: Duration = Duration::from_secs(3);
+/// Time allowed to set up an HTTP/2 connection (TCP, TLS, preface).
+const H2_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a slot on the HTTP/2 fallback checks whether QUIC works again.
+const QUIC_REPROBE: Duration = Duration::from_secs(30);
 /// Concurrent streams the edge may open on one connection.
 pub const MAX_STREAMS_PER_CONN: u32 = 128;
 
@@ -196,13 +202,14 @@ fn set_slot(shared: &Shared, slot: usize, state: SlotState) {
 
 async fn run_slot(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Backoff::new();
+    let mut auto = AutoState::default();
     let mut draining = shared.draining.subscribe();
     loop {
         if *draining.borrow() {
             return;
         }
         let started = Instant::now();
-        let result = connect_and_serve(&shared, slot).await;
+        let result = connect_and_serve(&shared, slot, &mut auto).await;
         set_slot(&shared, slot, SlotState::default());
         let lived = started.elapsed();
         if lived >= STABLE_AFTER {
@@ -313,7 +320,70 @@ fn endpoint_for(shared: &Shared, remote: SocketAddr) -> Result<quinn::Endpoint, 
 }
 
 /// One connection's life: dial, register, serve. `Ok` is an orderly end.
-async fn connect_and_serve(shared: &Arc<Shared>, slot: usize) -> Result<String, String> {
+/// How a slot in `protocol: auto` currently reaches its edge.
+#[derive(Default)]
+struct AutoState {
+    /// QUIC seemed blocked: use HTTP/2 and probe QUIC now and then.
+    on_h2: bool,
+}
+
+/// Everything needed to dial one edge address.
+struct Dial {
+    addr: SocketAddr,
+    server_name: String,
+    tls: rustls::ClientConfig,
+    tuning: quic::ClientTuning,
+}
+
+impl Dial {
+    async fn quic(&self, shared: &Shared, handshake: Duration) -> Result<Session, TransportError> {
+        let endpoint = endpoint_for(shared, self.addr).map_err(TransportError::backoff)?;
+        let tuning = quic::ClientTuning {
+            handshake_timeout: handshake,
+            ..self.tuning
+        };
+        quic::connect(
+            &endpoint,
+            self.addr,
+            &self.server_name,
+            self.tls.clone(),
+            tuning,
+        )
+        .await
+    }
+
+    async fn h2(&self) -> Result<Session, TransportError> {
+        crate::transport::h2::connect(
+            self.addr,
+            &self.server_name,
+            self.tls.clone(),
+            self.tuning.keepalive,
+            self.tuning.idle_timeout,
+            self.tuning.max_streams,
+            H2_CONNECT_TIMEOUT,
+        )
+        .await
+    }
+
+    fn describe(&self, e: TransportError) -> String {
+        let clock = if crate::tls::clock_unset() {
+            " (the system clock is not set; certificates are checked against the build time)"
+        } else {
+            ""
+        };
+        format!(
+            "cannot connect to edge {} ({}): {}{clock}",
+            self.server_name, self.addr, e.message
+        )
+    }
+}
+
+/// One connection's life: dial, register, serve. `Ok` is an orderly end.
+async fn connect_and_serve(
+    shared: &Arc<Shared>,
+    slot: usize,
+    auto: &mut AutoState,
+) -> Result<String, String> {
     let (addr, server_name) = edge_for_slot(shared, slot).await?;
     let rt = shared.current.borrow().clone();
     let cfg = &rt.config;
@@ -322,38 +392,124 @@ async fn connect_and_serve(shared: &Arc<Shared>, slot: usize) -> Result<String, 
         .and_then(|i| cfg.cas.get(usize::from(i)))
         .map(|c| c.as_slice());
     let tls = crate::tls::edge_client_config(ca).map_err(|e| format!("edge TLS setup: {e}"))?;
-    let tuning = quic::ClientTuning {
-        keepalive: Duration::from_secs(u64::from(cfg.keepalive_secs.max(1))),
-        idle_timeout: Duration::from_secs(u64::from(cfg.idle_timeout_secs.max(2))),
-        max_streams: MAX_STREAMS_PER_CONN,
-        handshake_timeout: HANDSHAKE_TIMEOUT,
+    let dial = Dial {
+        addr,
+        server_name,
+        tls,
+        tuning: quic::ClientTuning {
+            keepalive: Duration::from_secs(u64::from(cfg.keepalive_secs.max(1))),
+            idle_timeout: Duration::from_secs(u64::from(cfg.idle_timeout_secs.max(2))),
+            max_streams: MAX_STREAMS_PER_CONN,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        },
     };
-    let endpoint = endpoint_for(shared, addr)?;
-    let session = quic::connect(&endpoint, addr, &server_name, tls, tuning)
-        .await
-        .map_err(|e: TransportError| {
-            let clock = if crate::tls::clock_unset() {
-                " (the system clock is not set; certificates are checked against the build time)"
-            } else {
-                ""
-            };
-            format!(
-                "cannot connect to edge {server_name} ({addr}): {}{clock}",
-                e.message
-            )
-        })?;
-    let result = serve_session(shared, slot, &session, &server_name, rt).await;
-    session.close("connection ended");
-    result
+    let session = match cfg.protocol {
+        Protocol::Quic => dial
+            .quic(shared, HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|e| dial.describe(e))?,
+        Protocol::Http2 => dial.h2().await.map_err(|e| dial.describe(e))?,
+        Protocol::Auto if !auto.on_h2 => match dial.quic(shared, AUTO_QUIC_WAIT).await {
+            Ok(s) => s,
+            Err(e) if e.retry == Retry::Fallback => {
+                log::warn!(
+                    "connection {slot}: UDP to {}:{} seems blocked ({}); using HTTP/2 over TCP",
+                    dial.server_name,
+                    addr.port(),
+                    e.message
+                );
+                auto.on_h2 = true;
+                dial.h2().await.map_err(|e| dial.describe(e))?
+            }
+            Err(e) => return Err(dial.describe(e)),
+        },
+        Protocol::Auto => match dial.h2().await {
+            Ok(s) => s,
+            Err(e) => {
+                // TCP fails too: the next attempt starts from QUIC again.
+                auto.on_h2 = false;
+                return Err(dial.describe(e));
+            }
+        },
+    };
+    let probe = (cfg.protocol == Protocol::Auto && auto.on_h2).then_some(&dial);
+    let result = serve_session(shared, slot, session, rt, probe).await;
+    if let Ok(Ended::QuicIsBack) = result {
+        auto.on_h2 = false;
+    }
+    result.map(|e| e.describe())
+}
+
+/// Why a registered connection ended in an orderly way.
+enum Ended {
+    /// The edge asked its connectors to go elsewhere.
+    GoAway(String),
+    /// QUIC answers again: leave HTTP/2 for it.
+    QuicIsBack,
+}
+
+impl Ended {
+    fn describe(self) -> String {
+        match self {
+            Ended::GoAway(why) => why,
+            Ended::QuicIsBack => "QUIC to the edge works again; moving back from HTTP/2".into(),
+        }
+    }
+}
+
+/// Streams in flight on one session, for draining it.
+#[derive(Default)]
+struct SessionStreams {
+    count: AtomicUsize,
+    done: Notify,
+}
+
+/// Lets a replaced session finish its streams in the background, then closes it.
+fn drain_in_background(session: Session, streams: Arc<SessionStreams>, grace: Duration) {
+    tokio::spawn(async move {
+        let wait = async {
+            loop {
+                let notified = streams.done.notified();
+                if streams.count.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(grace, wait).await;
+        session.close("drained");
+    });
 }
 
 async fn serve_session(
     shared: &Arc<Shared>,
     slot: usize,
-    session: &Session,
-    server_name: &str,
+    session: Session,
     rt: Arc<Runtime>,
-) -> Result<String, String> {
+    probe: Option<&Dial>,
+) -> Result<Ended, String> {
+    let streams = Arc::new(SessionStreams::default());
+    let result = serve_registered(shared, slot, &session, rt, probe, &streams).await;
+    match &result {
+        // Orderly: new streams go elsewhere; those in flight finish here first.
+        Ok(_) => {
+            let grace =
+                Duration::from_secs(u64::from(shared.current.borrow().config.grace_period_secs));
+            drain_in_background(session, streams, grace);
+        }
+        Err(_) => session.close("connection ended"),
+    }
+    result
+}
+
+async fn serve_registered(
+    shared: &Arc<Shared>,
+    slot: usize,
+    session: &Session,
+    rt: Arc<Runtime>,
+    probe: Option<&Dial>,
+    streams: &Arc<SessionStreams>,
+) -> Result<Ended, String> {
     let addr = session.remote_addr();
     let mut control = tokio::time::timeout(REGISTER_TIMEOUT, session.accept_stream())
         .await
@@ -365,18 +521,7 @@ async fn serve_session(
         .map_err(|e| format!("edge {addr}: {e}"))?;
     let edge_name = match hello {
         EdgeMsg::Hello { version, edge } if version == PROTOCOL_VERSION => edge,
-        EdgeMsg::Hello { version, .. } if version > PROTOCOL_VERSION => {
-            return Err(format!(
-                "edge {addr} speaks tunnel protocol {version}, this mailslot speaks \
-                 {PROTOCOL_VERSION}: update mailslot"
-            ))
-        }
-        EdgeMsg::Hello { version, .. } => {
-            return Err(format!(
-                "edge {addr} speaks tunnel protocol {version}, older than this mailslot's \
-                 {PROTOCOL_VERSION}: the edge needs an update"
-            ))
-        }
+        EdgeMsg::Hello { version, .. } => return Err(version_mismatch(addr, version)),
         other => return Err(format!("edge {addr} sent {other:?} before hello")),
     };
     let mut generation = rt.generation;
@@ -407,7 +552,7 @@ async fn serve_session(
         other => return Err(format!("edge {addr} answered {other:?}")),
     };
     log::info!(
-        "connection {slot} registered: tunnel {} ({}) at edge {edge_name} ({server_name}, {addr}) over {}",
+        "connection {slot} registered: tunnel {} ({}) at edge {edge_name} ({addr}) over {}",
         rt.config.tunnel,
         hex(&tunnel_id),
         session.protocol()
@@ -444,6 +589,11 @@ async fn serve_session(
     if drained {
         let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
     }
+    let mut probe_timer =
+        tokio::time::interval_at(tokio::time::Instant::now() + QUIC_REPROBE, QUIC_REPROBE);
+    let mut probing: Option<
+        std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>,
+    > = None;
     loop {
         tokio::select! {
             stream = session.accept_stream() => {
@@ -452,16 +602,19 @@ async fn serve_session(
                     Err(_) => return Err(format!("lost edge {edge_name} ({addr}): {}", session.closed().await)),
                 };
                 let shared2 = shared.clone();
+                let streams2 = streams.clone();
                 shared.active_streams.fetch_add(1, Ordering::AcqRel);
+                streams.count.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
-                    let guard = StreamGuard(shared2.clone());
+                    let guard = StreamGuard(shared2.clone(), streams2);
                     origin::serve_stream(stream, |gen| runtime_for(&shared2, gen)).await;
                     drop(guard);
                 });
             }
             msg = msgs.recv() => match msg {
                 Some(Ok(EdgeMsg::GoAway { reason })) => {
-                    return Ok(format!("edge {edge_name} ({addr}) is going away: {reason}"));
+                    let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+                    return Ok(Ended::GoAway(format!("edge {edge_name} ({addr}) is going away: {reason}")));
                 }
                 Some(Ok(EdgeMsg::RulesAccepted { generation })) => {
                     log::info!("connection {slot}: edge accepted rule table {generation}");
@@ -492,7 +645,42 @@ async fn serve_session(
                 drained = true;
                 let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
             }
+            _ = probe_timer.tick(), if probe.is_some() && probing.is_none() && !drained => {
+                if let Some(dial) = probe {
+                    probing = Some(Box::pin(async move {
+                        match dial.quic(shared, AUTO_QUIC_WAIT).await {
+                            Ok(s) => {
+                                s.close("probe");
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }));
+                }
+            }
+            works = async { match probing.as_mut() { Some(p) => p.await, None => std::future::pending().await } }, if probing.is_some() => {
+                probing = None;
+                if works {
+                    let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+                    return Ok(Ended::QuicIsBack);
+                }
+                log::debug!("connection {slot}: QUIC still blocked; staying on HTTP/2");
+            }
         }
+    }
+}
+
+fn version_mismatch(addr: SocketAddr, version: u16) -> String {
+    if version > PROTOCOL_VERSION {
+        format!(
+            "edge {addr} speaks tunnel protocol {version}, this mailslot speaks \
+             {PROTOCOL_VERSION}: update mailslot"
+        )
+    } else {
+        format!(
+            "edge {addr} speaks tunnel protocol {version}, older than this mailslot's \
+             {PROTOCOL_VERSION}: the edge needs an update"
+        )
     }
 }
 
@@ -512,13 +700,16 @@ fn runtime_for(shared: &Shared, generation: u32) -> Option<Arc<Runtime>> {
         .cloned()
 }
 
-/// Counts a stream in flight, for the shutdown grace period.
-struct StreamGuard(Arc<Shared>);
+/// Counts a stream in flight, for the shutdown grace period and session drains.
+struct StreamGuard(Arc<Shared>, Arc<SessionStreams>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         if self.0.active_streams.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.streams_done.notify_waiters();
+        }
+        if self.1.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.1.done.notify_waiters();
         }
     }
 }

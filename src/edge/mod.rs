@@ -120,6 +120,8 @@ impl EdgeSettings {
 pub struct Listeners {
     /// UDP for QUIC tunnel connections.
     pub tunnel: UdpSocket,
+    /// TCP on the same port, for the HTTP/2 fallback.
+    pub tunnel_tcp: Option<TcpListener>,
     pub http: Option<TcpListener>,
     pub https: Option<TcpListener>,
 }
@@ -129,13 +131,31 @@ impl Listeners {
     pub fn bind(cfg: &EdgeConfig) -> Result<Listeners, String> {
         let tcp =
             |a: SocketAddr| TcpListener::bind(a).map_err(|e| format!("cannot listen on {a}: {e}"));
+        let (tunnel, tunnel_tcp) = bind_tunnel(cfg.tunnel_listen)?;
         Ok(Listeners {
-            tunnel: UdpSocket::bind(cfg.tunnel_listen)
-                .map_err(|e| format!("cannot listen on udp {}: {e}", cfg.tunnel_listen))?,
+            tunnel,
+            tunnel_tcp: Some(tunnel_tcp),
             http: cfg.http_listen.map(tcp).transpose()?,
             https: cfg.https_listen.map(tcp).transpose()?,
         })
     }
+}
+
+/// Binds UDP and TCP on the same port; with port 0, finds a port free for both.
+pub fn bind_tunnel(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), String> {
+    let mut last = String::new();
+    for _ in 0..32 {
+        let udp = UdpSocket::bind(addr).map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
+        let bound = udp.local_addr().map_err(|e| e.to_string())?;
+        match TcpListener::bind(bound) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last = e.to_string(),
+            Err(e) => return Err(format!("cannot listen on tcp {bound}: {e}")),
+        }
+    }
+    Err(format!(
+        "no port free for both udp and tcp on {addr}: {last}"
+    ))
 }
 
 /// State shared by the edge's tasks.
@@ -208,6 +228,7 @@ impl Edge {
                 others: Vec::new(),
             }));
         tunnel_tls.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
+        let tunnel_tls_tcp = tunnel_tls.clone();
         let tunnel_addr = listeners.tunnel.local_addr().map_err(|e| e.to_string())?;
         let endpoint = crate::transport::quic::server_endpoint(
             listeners.tunnel,
@@ -216,16 +237,34 @@ impl Edge {
             self.settings.idle_timeout,
         )
         .map_err(|e| format!("tunnel listener on {tunnel_addr}: {e}"))?;
-        log::info!(
-            "edge {}: tunnel listener on udp {tunnel_addr}",
-            self.state.name
-        );
-
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(tunnels::accept_quic(
             endpoint.clone(),
             self.state.clone(),
         )));
+        match listeners.tunnel_tcp {
+            Some(l) => {
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+                let tcp_addr = l.local_addr().map_err(|e| e.to_string())?;
+                log::info!(
+                    "edge {}: tunnel listener on udp {tunnel_addr} (QUIC) and tcp {tcp_addr} (HTTP/2)",
+                    self.state.name
+                );
+                let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tunnel_tls_tcp));
+                tasks.push(tokio::spawn(tunnels::accept_h2(
+                    l,
+                    tls,
+                    self.state.clone(),
+                    self.settings.keepalive,
+                    self.settings.idle_timeout,
+                )));
+            }
+            None => log::info!(
+                "edge {}: tunnel listener on udp {tunnel_addr} (QUIC)",
+                self.state.name
+            ),
+        }
         if let Some(l) = listeners.http {
             l.set_nonblocking(true).map_err(|e| e.to_string())?;
             let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;

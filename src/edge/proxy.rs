@@ -66,7 +66,9 @@ pub struct TunnelDialer {
 }
 
 /// A tunnel stream as hyper's client sees it.
-pub struct PooledStream(TokioIo<TunnelStream>);
+pub struct PooledStream {
+    io: TokioIo<TunnelStream>,
+}
 
 impl Connection for PooledStream {
     fn connected(&self) -> Connected {
@@ -80,7 +82,7 @@ impl hyper::rt::Read for PooledStream {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -90,13 +92,13 @@ impl hyper::rt::Write for PooledStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -156,7 +158,9 @@ impl tower_service::Service<Uri> for TunnelDialer {
                 }
             };
             match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
-                Ok(Ok(stream)) => Ok(PooledStream(TokioIo::new(stream))),
+                Ok(Ok(stream)) => Ok(PooledStream {
+                    io: TokioIo::new(stream),
+                }),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(DialError::Tunnel(format!(
                     "no answer from the connector within {DIAL_TIMEOUT:?}"

@@ -134,6 +134,13 @@ impl Conn {
     pub fn rules(&self) -> Arc<Rules> {
         lock(&self.rules).clone()
     }
+
+    /// Stops new streams on this connection. Its idle pooled streams are never handed
+    /// out again: routing skips draining connections, and pooled streams are keyed by
+    /// connection.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
 }
 
 struct Tunnel {

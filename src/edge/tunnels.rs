@@ -1,7 +1,6 @@
 //! The tunnel listener: accepts connector connections, runs the control handshake
 //! (hello, register, verify the token, claim hostnames) and keeps the registry current.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +48,49 @@ pub async fn accept_quic(endpoint: quinn::Endpoint, state: Arc<EdgeState>) {
     }
 }
 
+/// Accepts HTTP/2-over-TLS tunnel connections (the fallback) until the task is dropped.
+pub async fn accept_h2(
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    state: Arc<EdgeState>,
+    keepalive: Duration,
+    idle: Duration,
+) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("tunnel accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            continue; // dropping the socket refuses it
+        };
+        let _ = tcp.set_nodelay(true);
+        let (tls, state) = (tls.clone(), state.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(REGISTER_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    log::info!("tunnel TLS handshake from {remote} failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    log::info!("tunnel TLS handshake from {remote} timed out");
+                    return;
+                }
+            };
+            match crate::transport::h2::accept(stream, remote, keepalive, idle).await {
+                Ok(session) => serve_connection(session, state, Some(permit)).await,
+                Err(e) => log::info!("HTTP/2 tunnel handshake from {remote} failed: {e}"),
+            }
+        });
+    }
+}
+
 /// Runs one tunnel connection: handshake, then its control stream until it ends.
 pub async fn serve_connection(
     session: Session,
@@ -85,7 +127,7 @@ pub async fn serve_connection(
         tokio::select! {
             msg = wire::read_control::<_, ConnectorMsg>(&mut control.recv) => match msg {
                 Ok(ConnectorMsg::Draining) => {
-                    conn.draining.store(true, Ordering::Release);
+                    conn.set_draining();
                     log::info!("{who}: draining");
                 }
                 Ok(ConnectorMsg::UpdateRules { generation, rules }) => {
@@ -115,7 +157,7 @@ pub async fn serve_connection(
                 let _ = wire::write_control(&mut control.send, &msg).await;
                 // Keep serving streams in flight until the connector leaves or the
                 // edge's own shutdown closes the endpoint.
-                conn.draining.store(true, Ordering::Release);
+                conn.set_draining();
                 break session.closed().await;
             }
         }

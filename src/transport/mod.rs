@@ -10,6 +10,7 @@
 //! - Retrying, backing off and falling back are decided by the connector's supervisor,
 //!   never by a transport: errors carry a [`Retry`] kind for it.
 
+pub mod h2;
 pub mod quic;
 
 use std::io;
@@ -49,6 +50,7 @@ impl TransportError {
 #[derive(Clone, Debug)]
 pub enum Session {
     Quic(quinn::Connection),
+    H2(h2::H2Session),
 }
 
 impl Session {
@@ -62,6 +64,7 @@ impl Session {
                     recv: RecvHalf::Quic(recv),
                 })
             }
+            Session::H2(h) => h.open_stream().await,
         }
     }
 
@@ -75,6 +78,7 @@ impl Session {
                     recv: RecvHalf::Quic(recv),
                 })
             }
+            Session::H2(h) => h.accept_stream().await,
         }
     }
 
@@ -82,6 +86,7 @@ impl Session {
     pub fn remote_addr(&self) -> SocketAddr {
         match self {
             Session::Quic(c) => c.remote_address(),
+            Session::H2(h) => h.remote_addr(),
         }
     }
 
@@ -89,6 +94,7 @@ impl Session {
     pub fn close(&self, reason: &str) {
         match self {
             Session::Quic(c) => c.close(0u32.into(), reason.as_bytes()),
+            Session::H2(h) => h.close(reason),
         }
     }
 
@@ -96,6 +102,7 @@ impl Session {
     pub async fn closed(&self) -> String {
         match self {
             Session::Quic(c) => quic::describe_close(&c.closed().await),
+            Session::H2(h) => h.closed().await,
         }
     }
 
@@ -103,6 +110,7 @@ impl Session {
     pub fn protocol(&self) -> &'static str {
         match self {
             Session::Quic(_) => "quic",
+            Session::H2(_) => "http2",
         }
     }
 
@@ -110,6 +118,7 @@ impl Session {
     pub fn id(&self) -> usize {
         match self {
             Session::Quic(c) => c.stable_id(),
+            Session::H2(h) => h.id(),
         }
     }
 }
@@ -117,11 +126,13 @@ impl Session {
 /// The sending half of a tunnel stream.
 pub enum SendHalf {
     Quic(quinn::SendStream),
+    H2(h2::H2Send),
 }
 
 /// The receiving half of a tunnel stream.
 pub enum RecvHalf {
     Quic(quinn::RecvStream),
+    H2(h2::H2Recv),
 }
 
 /// One bidirectional tunnel stream: a byte pipe with clean and abrupt ends.
@@ -137,11 +148,13 @@ impl TunnelStream {
             SendHalf::Quic(s) => {
                 let _ = s.reset(1u32.into());
             }
+            SendHalf::H2(s) => s.abort(),
         }
         match &mut self.recv {
             RecvHalf::Quic(r) => {
                 let _ = r.stop(1u32.into());
             }
+            RecvHalf::H2(r) => r.abort(),
         }
     }
 }
@@ -154,6 +167,7 @@ impl AsyncRead for RecvHalf {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             RecvHalf::Quic(r) => Pin::new(r).poll_read(cx, buf),
+            RecvHalf::H2(r) => Pin::new(r).poll_read(cx, buf),
         }
     }
 }
@@ -166,16 +180,19 @@ impl AsyncWrite for SendHalf {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             SendHalf::Quic(s) => Pin::new(s).poll_write(cx, buf).map_err(io::Error::from),
+            SendHalf::H2(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             SendHalf::Quic(s) => Pin::new(s).poll_flush(cx),
+            SendHalf::H2(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             SendHalf::Quic(s) => Pin::new(s).poll_shutdown(cx),
+            SendHalf::H2(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

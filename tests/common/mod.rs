@@ -308,10 +308,28 @@ pub fn start_connector(dir: &Path, yaml: &str, conns: usize) -> Proc {
 
 /// The standard device YAML: `rules` are YAML ingress list items.
 pub fn device_yaml(edge: &EdgeProc, token: &str, ha: usize, rules: &str) -> String {
+    device_yaml_with(
+        &edge.tunnel.to_string(),
+        &edge.ca(),
+        "quic",
+        token,
+        ha,
+        rules,
+    )
+}
+
+/// A device YAML for any edge address and protocol.
+pub fn device_yaml_with(
+    edge: &str,
+    ca: &Path,
+    protocol: &str,
+    token: &str,
+    ha: usize,
+    rules: &str,
+) -> String {
     format!(
-        "tunnel: dev42\ntoken: {token}\nedge: [\"{}\"]\nedge-ca: {}\nprotocol: quic\nha-connections: {ha}\ningress:\n{rules}",
-        edge.tunnel,
-        edge.ca().display()
+        "tunnel: dev42\ntoken: {token}\nedge: [\"{edge}\"]\nedge-ca: {}\nprotocol: {protocol}\nha-connections: {ha}\ningress:\n{rules}",
+        ca.display()
     )
 }
 

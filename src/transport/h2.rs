@@ -1,0 +1,437 @@
+//! HTTP/2 over TLS on TCP: the fallback where UDP is blocked.
+//!
+//! The connector dials the edge (TCP, then TLS with ALPN `mailslot`) and is the HTTP/2
+//! *server* on that connection; the edge is the client and opens one HTTP/2 stream (a
+//! POST with a streaming body) per tunnel stream. The connector answers every stream at
+//! once with a 200 head; after that each direction is a DATA byte pipe, so the stream
+//! header, replies and control messages are the same bytes as over QUIC.
+//!
+//! Memory per connection is bounded by the HTTP/2 windows below, the same figures as
+//! QUIC's, and writes wait for window capacity instead of buffering.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Mutex};
+
+use super::quic::{CONN_RECEIVE_WINDOW, STREAM_RECEIVE_WINDOW};
+use super::{RecvHalf, Retry, SendHalf, Session, TransportError, TunnelStream};
+
+/// Largest DATA chunk written at once.
+const MAX_WRITE: usize = 64 * 1024;
+/// Tunnel streams accepted but not yet taken by the connector.
+const ACCEPT_QUEUE: usize = 16;
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1 << 40);
+
+/// One HTTP/2 tunnel connection, either end.
+#[derive(Clone)]
+pub struct H2Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: usize,
+    remote: SocketAddr,
+    role: Role,
+    /// Set with a reason when the connection has ended.
+    closed: watch::Sender<Option<String>>,
+    /// Set to ask the driver task to close the connection.
+    close: watch::Sender<Option<String>>,
+}
+
+enum Role {
+    /// The edge: opens streams.
+    Client(Mutex<h2::client::SendRequest<Bytes>>),
+    /// The connector: accepts streams.
+    Server(Mutex<mpsc::Receiver<TunnelStream>>),
+}
+
+impl std::fmt::Debug for H2Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "H2Session({}, {})", self.inner.id, self.inner.remote)
+    }
+}
+
+impl H2Session {
+    pub fn id(&self) -> usize {
+        self.inner.id
+    }
+
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.inner.remote
+    }
+
+    pub fn close(&self, reason: &str) {
+        self.inner.close.send_replace(Some(reason.to_string()));
+    }
+
+    pub async fn closed(&self) -> String {
+        wait_reason(&mut self.inner.closed.subscribe()).await
+    }
+
+    pub async fn open_stream(&self) -> io::Result<TunnelStream> {
+        let Role::Client(send) = &self.inner.role else {
+            return Err(io::Error::other("the connector end does not open streams"));
+        };
+        let mut send = send.lock().await.clone();
+        drop_guard_ready(&mut send).await?;
+        let req = http::Request::post("https://tunnel/")
+            .body(())
+            .map_err(io::Error::other)?;
+        let (resp, stream) = send.send_request(req, false).map_err(h2_io)?;
+        Ok(TunnelStream {
+            send: SendHalf::H2(H2Send { stream }),
+            recv: RecvHalf::H2(H2Recv {
+                state: RecvState::Head(resp),
+                buf: Bytes::new(),
+            }),
+        })
+    }
+
+    pub async fn accept_stream(&self) -> io::Result<TunnelStream> {
+        let Role::Server(rx) = &self.inner.role else {
+            return Err(io::Error::other("the edge end does not accept streams"));
+        };
+        let mut rx = rx.lock().await;
+        match rx.recv().await {
+            Some(s) => Ok(s),
+            None => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed",
+            )),
+        }
+    }
+}
+
+/// Waits until a reason is set; the reason.
+async fn wait_reason(rx: &mut watch::Receiver<Option<String>>) -> String {
+    match rx.wait_for(|c| c.is_some()).await {
+        Ok(r) => r.clone().unwrap_or_default(),
+        Err(_) => "closed".into(),
+    }
+}
+
+async fn drop_guard_ready(send: &mut h2::client::SendRequest<Bytes>) -> io::Result<()> {
+    std::future::poll_fn(|cx| send.poll_ready(cx))
+        .await
+        .map_err(h2_io)
+}
+
+fn h2_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        e.into_io()
+            .unwrap_or_else(|| io::Error::other("h2 i/o error"))
+    } else {
+        io::Error::new(io::ErrorKind::ConnectionReset, e)
+    }
+}
+
+/// Connector side: dial `remote`, TLS with `tls`, and serve HTTP/2 on it.
+pub async fn connect(
+    remote: SocketAddr,
+    server_name: &str,
+    tls: rustls::ClientConfig,
+    keepalive: Duration,
+    idle: Duration,
+    max_streams: u32,
+    timeout: Duration,
+) -> Result<Session, TransportError> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| TransportError::backoff(format!("bad edge name {server_name:?}: {e}")))?;
+    let setup = async {
+        let tcp = TcpStream::connect(remote)
+            .await
+            .map_err(|e| format!("TCP to {remote}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS to {remote}: {e}"))?;
+        let mut builder = h2::server::Builder::new();
+        builder
+            .initial_window_size(STREAM_RECEIVE_WINDOW)
+            .initial_connection_window_size(CONN_RECEIVE_WINDOW)
+            .max_concurrent_streams(max_streams)
+            .max_send_buffer_size(MAX_WRITE);
+        builder
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| format!("HTTP/2 with {remote}: {e}"))
+    };
+    let conn = match tokio::time::timeout(timeout, setup).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(m)) => {
+            return Err(TransportError {
+                retry: Retry::Backoff,
+                message: m,
+            })
+        }
+        Err(_) => {
+            return Err(TransportError {
+                retry: Retry::Backoff,
+                message: format!("no TCP/TLS answer from {remote} within {timeout:?}"),
+            })
+        }
+    };
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let inner = Arc::new(Inner {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        remote,
+        role: Role::Server(Mutex::new(rx)),
+        closed: watch::channel(None).0,
+        close: watch::channel(None).0,
+    });
+    tokio::spawn(drive_server(conn, tx, inner.clone(), keepalive, idle));
+    Ok(Session::H2(H2Session { inner }))
+}
+
+/// Pings every `keepalive`; a ping unanswered within `idle` closes the connection.
+fn spawn_pinger(
+    mut pinger: h2::PingPong,
+    inner: Arc<Inner>,
+    keepalive: Duration,
+    idle: Duration,
+    peer: &'static str,
+) {
+    tokio::spawn(async move {
+        let mut closed = inner.closed.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(keepalive) => {}
+                _ = wait_reason(&mut closed) => return,
+            }
+            match tokio::time::timeout(idle, pinger.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    inner
+                        .close
+                        .send_replace(Some(format!("no answer from the {peer} for {idle:?}")));
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn server_stream(
+    req: http::Request<RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+) -> Option<TunnelStream> {
+    let recv = req.into_body();
+    match respond.send_response(http::Response::new(()), false) {
+        Ok(send) => Some(TunnelStream {
+            send: SendHalf::H2(H2Send { stream: send }),
+            recv: RecvHalf::H2(H2Recv {
+                state: RecvState::Body(recv),
+                buf: Bytes::new(),
+            }),
+        }),
+        Err(e) => {
+            log::debug!("h2 response head failed: {e}");
+            None
+        }
+    }
+}
+
+async fn drive_server<T>(
+    mut conn: h2::server::Connection<T, Bytes>,
+    tx: mpsc::Sender<TunnelStream>,
+    inner: Arc<Inner>,
+    keepalive: Duration,
+    idle: Duration,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut close = inner.close.subscribe();
+    if let Some(p) = conn.ping_pong() {
+        spawn_pinger(p, inner.clone(), keepalive, idle, "edge");
+    }
+    let reason = loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    if let Some(stream) = server_stream(req, respond) {
+                        // A full queue means the connector is overwhelmed: refuse the stream.
+                        if let Err(mpsc::error::TrySendError::Full(mut s)) = tx.try_send(stream) {
+                            s.abort();
+                        }
+                    }
+                }
+                Some(Err(e)) => break format!("HTTP/2 error: {e}"),
+                None => break "closed by peer".to_string(),
+            },
+            why = wait_reason(&mut close) => {
+                conn.graceful_shutdown();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    std::future::poll_fn(|cx| conn.poll_closed(cx)),
+                )
+                .await;
+                break why;
+            }
+        }
+    };
+    inner.closed.send_replace(Some(reason));
+}
+
+/// Edge side: serve an accepted TLS connection as the HTTP/2 client.
+pub async fn accept<T>(
+    io: T,
+    remote: SocketAddr,
+    keepalive: Duration,
+    idle: Duration,
+) -> io::Result<Session>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(STREAM_RECEIVE_WINDOW)
+        .initial_connection_window_size(CONN_RECEIVE_WINDOW)
+        .max_send_buffer_size(MAX_WRITE);
+    let (send, mut conn) = builder.handshake::<_, Bytes>(io).await.map_err(h2_io)?;
+    let inner = Arc::new(Inner {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        remote,
+        role: Role::Client(Mutex::new(send)),
+        closed: watch::channel(None).0,
+        close: watch::channel(None).0,
+    });
+    if let Some(p) = conn.ping_pong() {
+        spawn_pinger(p, inner.clone(), keepalive, idle, "connector");
+    }
+    let driver = inner.clone();
+    tokio::spawn(async move {
+        let mut close = driver.close.subscribe();
+        let reason = tokio::select! {
+            r = &mut conn => match r {
+                Ok(()) => "closed by peer".to_string(),
+                Err(e) => format!("HTTP/2 error: {e}"),
+            },
+            why = wait_reason(&mut close) => why,
+        };
+        driver.closed.send_replace(Some(reason));
+    });
+    Ok(Session::H2(H2Session { inner }))
+}
+
+/// Sending half of an HTTP/2 tunnel stream.
+pub struct H2Send {
+    stream: SendStream<Bytes>,
+}
+
+impl H2Send {
+    pub fn abort(&mut self) {
+        self.stream.send_reset(Reason::CANCEL);
+    }
+}
+
+impl AsyncWrite for H2Send {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let me = self.get_mut();
+        me.stream.reserve_capacity(buf.len().min(MAX_WRITE));
+        loop {
+            let cap = me.stream.capacity();
+            if cap > 0 {
+                let n = cap.min(buf.len());
+                me.stream
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(h2_io)?;
+                return Poll::Ready(Ok(n));
+            }
+            match ready!(me.stream.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        Poll::Ready(me.stream.send_data(Bytes::new(), true).map_err(h2_io))
+    }
+}
+
+enum RecvState {
+    /// The edge waits for the connector's response head.
+    Head(h2::client::ResponseFuture),
+    Body(RecvStream),
+    Done,
+}
+
+/// Receiving half of an HTTP/2 tunnel stream.
+pub struct H2Recv {
+    state: RecvState,
+    buf: Bytes,
+}
+
+impl H2Recv {
+    pub fn abort(&mut self) {
+        self.state = RecvState::Done;
+        self.buf = Bytes::new();
+    }
+}
+
+impl AsyncRead for H2Recv {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        loop {
+            if !me.buf.is_empty() {
+                let n = me.buf.len().min(out.remaining());
+                out.put_slice(&me.buf.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            match &mut me.state {
+                RecvState::Head(fut) => {
+                    let resp = ready!(Pin::new(fut).poll(cx)).map_err(h2_io)?;
+                    if resp.status() != http::StatusCode::OK {
+                        return Poll::Ready(Err(io::Error::other(format!(
+                            "tunnel stream refused: {}",
+                            resp.status()
+                        ))));
+                    }
+                    me.state = RecvState::Body(resp.into_body());
+                }
+                RecvState::Body(body) => match ready!(body.poll_data(cx)) {
+                    Some(Ok(data)) => {
+                        let _ = body.flow_control().release_capacity(data.len());
+                        me.buf = data;
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+                    None => {
+                        me.state = RecvState::Done;
+                        return Poll::Ready(Ok(()));
+                    }
+                },
+                RecvState::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+use std::future::Future as _;
