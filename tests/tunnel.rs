@@ -486,3 +486,92 @@ fn demo_works_as_the_readme_says() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from mailslot!"));
 }
+
+#[test]
+fn sighup_reload_applies_new_rules_without_failing_requests() {
+    let edge = start_edge(init_edge(""));
+    let a = Origin::start("A");
+    let b = Origin::start("B");
+    let token = edge.token("dev42", &["*.dev42.example.com"], "1d");
+    let dev = TempDir::new("device");
+    let rules_a = format!("  - hostname: web.dev42.example.com\n    service: http://{}\n  - service: http_status:404\n", a.addr);
+    let c = start_connector(dev.path(), &device_yaml(&edge, &token, 2, &rules_a), 2);
+    assert_eq!(get(&edge, "new.dev42.example.com", "/").0, 404);
+
+    // Load in the background: bounded in count, every response must be a 200.
+    let http = edge.http;
+    let load = std::thread::spawn(move || {
+        let mut codes = Vec::new();
+        for i in 0..150 {
+            let url = format!("http://{http}/n{i}");
+            let (ok, out, _) = curl(&[
+                "-H",
+                "Host: web.dev42.example.com",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &url,
+            ]);
+            codes.push(if ok {
+                String::from_utf8(out).unwrap()
+            } else {
+                "curl failed".into()
+            });
+        }
+        codes
+    });
+    let rules_b = format!(
+        "  - hostname: web.dev42.example.com\n    service: http://{}\n  - hostname: new.dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
+        a.addr, b.addr
+    );
+    compile(dev.path(), &device_yaml(&edge, &token, 2, &rules_b));
+    c.signal(1);
+    c.wait_line("reloaded");
+    edge.proc.wait_lines("rule table 2 applied", 2);
+    let (code, body) = get(&edge, "new.dev42.example.com", "/x");
+    assert_eq!(
+        (code, String::from_utf8(body).unwrap()),
+        (200, "origin B /x".to_string())
+    );
+
+    // A bad file is refused and the running config stays.
+    std::fs::write(dev.path().join("config.bin"), b"not a config").unwrap();
+    c.signal(1);
+    c.wait_line("refused");
+    assert_eq!(get(&edge, "new.dev42.example.com", "/y").0, 200);
+
+    let codes = load.join().unwrap();
+    let bad: Vec<_> = codes.iter().filter(|c| *c != "200").collect();
+    assert!(bad.is_empty(), "requests failed during the reload: {bad:?}");
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let s = setup("", 2);
+    let http = s.edge.http;
+    let download = std::thread::spawn(move || {
+        let url = format!("http://{http}/bytes/{}", 60 * 1024 * 1024);
+        let (ok, body, err) = curl(&["-H", "Host: dev42.example.com", "--limit-rate", "20M", &url]);
+        (ok, body.len(), err)
+    });
+    // Wait until the origin has the request, then ask the connector to stop.
+    let deadline = std::time::Instant::now() + WAIT;
+    while s.a.requests.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "download never reached the origin"
+        );
+        std::thread::yield_now();
+    }
+    let mut c = s.connector;
+    c.signal(15);
+    c.wait_line("draining");
+    let status = c
+        .wait_exit(Duration::from_secs(40))
+        .expect("connector exits within the grace period");
+    assert!(status.success(), "exit status {status:?}");
+    let (ok, len, err) = download.join().unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(len, 60 * 1024 * 1024, "the transfer in flight completed");
+}

@@ -458,14 +458,26 @@ impl Ended {
 }
 
 /// Streams in flight on one session, for draining it.
-#[derive(Default)]
 struct SessionStreams {
     count: AtomicUsize,
     done: Notify,
+    /// Set when the session drains: idle keep-alive streams then end early.
+    draining: watch::Sender<bool>,
+}
+
+impl Default for SessionStreams {
+    fn default() -> Self {
+        SessionStreams {
+            count: AtomicUsize::new(0),
+            done: Notify::new(),
+            draining: watch::channel(false).0,
+        }
+    }
 }
 
 /// Lets a replaced session finish its streams in the background, then closes it.
 fn drain_in_background(session: Session, streams: Arc<SessionStreams>, grace: Duration) {
+    streams.draining.send_replace(true);
     tokio::spawn(async move {
         let wait = async {
             loop {
@@ -587,6 +599,7 @@ async fn serve_registered(
     let mut draining = shared.draining.subscribe();
     let mut drained = *draining.borrow();
     if drained {
+        streams.draining.send_replace(true);
         let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
     }
     let mut probe_timer =
@@ -606,8 +619,9 @@ async fn serve_registered(
                 shared.active_streams.fetch_add(1, Ordering::AcqRel);
                 streams.count.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
+                    let drain = streams2.draining.subscribe();
                     let guard = StreamGuard(shared2.clone(), streams2);
-                    origin::serve_stream(stream, |gen| runtime_for(&shared2, gen)).await;
+                    origin::serve_stream(stream, |gen| runtime_for(&shared2, gen), drain).await;
                     drop(guard);
                 });
             }
@@ -643,6 +657,7 @@ async fn serve_registered(
             }
             _ = wait_true(&mut draining), if !drained => {
                 drained = true;
+                streams.draining.send_replace(true);
                 let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
             }
             _ = probe_timer.tick(), if probe.is_some() && probing.is_none() && !drained => {

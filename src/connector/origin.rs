@@ -1,10 +1,15 @@
 //! Serving one tunnel stream: check the rule the edge named, dial the service, pipe bytes.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::watch;
 
 use super::runtime::{Runtime, RuntimeRule};
 use crate::config::Service;
@@ -15,24 +20,34 @@ use crate::wire::{self, StreamError, StreamHeader, StreamKind, StreamReply};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Copy buffer per direction.
 const COPY_BUF: usize = 16 * 1024;
+/// Quiet time after which a drained HTTP stream counts as an idle keep-alive.
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
 
 /// A connected origin, whatever its kind.
 pub trait OriginIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> OriginIo for T {}
 
 /// Serves one stream to its end. Errors are logged here, once.
-pub async fn serve_stream(mut stream: TunnelStream, lookup: impl Fn(u32) -> Option<Arc<Runtime>>) {
+pub async fn serve_stream(
+    stream: TunnelStream,
+    lookup: impl Fn(u32) -> Option<Arc<Runtime>>,
+    drain: watch::Receiver<bool>,
+) {
+    let mut stream = Watched {
+        inner: stream,
+        activity: Arc::new(Activity::default()),
+    };
     let header: StreamHeader =
         match tokio::time::timeout(HEADER_TIMEOUT, wire::read_stream_frame(&mut stream)).await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 log::debug!("stream dropped before its header: {e}");
-                stream.abort();
+                stream.inner.abort();
                 return;
             }
             Err(_) => {
                 log::debug!("stream header not received within {HEADER_TIMEOUT:?}");
-                stream.abort();
+                stream.inner.abort();
                 return;
             }
         };
@@ -77,17 +92,117 @@ pub async fn serve_stream(mut stream: TunnelStream, lookup: impl Fn(u32) -> Opti
     if stream.write_all(&ok).await.is_err() {
         return;
     }
-    match tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut origin, COPY_BUF, COPY_BUF)
-        .await
-    {
+    let activity = stream.activity.clone();
+    let copy =
+        tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut origin, COPY_BUF, COPY_BUF);
+    let result = tokio::select! {
+        r = copy => r,
+        _ = idle_while_draining(&activity, drain), if header.kind == StreamKind::Http => {
+            Ok((0, 0))
+        }
+    };
+    match result {
         Ok((up, down)) => log::debug!(
             "stream for {} done: {up} B up, {down} B down",
             header.hostname
         ),
         Err(e) => {
             log::debug!("stream for {} ended: {e}", header.hostname);
-            stream.abort();
+            stream.inner.abort();
+            return;
         }
+    }
+    let _ = stream.inner.shutdown().await;
+}
+
+/// When a drain has begun, an HTTP stream whose last bytes went to the edge and which
+/// then stayed quiet is an idle keep-alive connection: the response is complete and
+/// the edge holds it only for reuse. Ending it lets a drain finish without waiting out
+/// the grace period. A request still waiting for its response is never ended here:
+/// its last bytes went to the origin.
+async fn idle_while_draining(activity: &Activity, mut drain: watch::Receiver<bool>) {
+    if drain.wait_for(|d| *d).await.is_err() {
+        return std::future::pending().await;
+    }
+    loop {
+        let (to_edge, idle) = activity.last();
+        if to_edge && idle >= DRAIN_IDLE {
+            return;
+        }
+        tokio::time::sleep(
+            DRAIN_IDLE
+                .saturating_sub(idle)
+                .max(Duration::from_millis(50)),
+        )
+        .await;
+    }
+}
+
+/// The direction and time of a stream's last bytes.
+#[derive(Default)]
+struct Activity {
+    /// Milliseconds since `EPOCH` of the last bytes, and bit 63 set when they went to the edge.
+    last: AtomicU64,
+}
+
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+impl Activity {
+    fn touch(&self, to_edge: bool) {
+        let ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 & !(1 << 63);
+        self.last
+            .store(ms | (u64::from(to_edge) << 63), Ordering::Relaxed);
+    }
+    fn last(&self) -> (bool, Duration) {
+        let v = self.last.load(Ordering::Relaxed);
+        let now = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64;
+        (
+            v >> 63 == 1,
+            Duration::from_millis(now.saturating_sub(v & !(1 << 63))),
+        )
+    }
+}
+
+/// A tunnel stream that records when bytes pass and which way.
+struct Watched {
+    inner: TunnelStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            me.activity.touch(false);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            me.activity.touch(true);
+        }
+        r
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
