@@ -1,10 +1,10 @@
 //! `mailslot config compile|show|check` through the real binary.
 
-mod common;
+mod config_common;
 
 use std::fs;
 
-use common::*;
+use config_common::*;
 
 #[test]
 fn compile_check_show_round_trip() {

@@ -7,13 +7,13 @@
 //! writes and renames, not the fsyncs; those follow the documented ext4/POSIX recipe.
 //! Bounded: `MAILSLOT_POWERLOSS_KILLS` kills (default 300) or 60 s, whichever is first.
 
-mod common;
+mod config_common;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use config_common::*;
 use mailslot::config::store;
 
 /// xorshift64*, seeded from the clock: std only.
