@@ -158,4 +158,14 @@ mod tests {
         assert!(s.ends_with("\n  *  -> http_status:404\n"), "{s}");
         assert!(!s.contains("t0kEn"));
     }
+
+    #[cfg(not(feature = "yaml"))]
+    #[test]
+    fn compile_without_yaml_says_where_to_compile() {
+        let msg = compile(Path::new("config.yml"), Path::new("config.bin")).unwrap_err();
+        assert!(
+            msg.contains("no YAML support") && msg.contains("workstation"),
+            "{msg}"
+        );
+    }
 }

@@ -1,11 +1,12 @@
 //! Where `config.bin` lives on the device: atomic writes that keep the last good file,
 //! and a loader that falls back to it.
 //!
-//! A write goes to a temp file in the same folder, which is fsynced, then the current
-//! file (if it is a valid config) is renamed to `config.bin.prev`, the temp file is
-//! renamed over `config.bin`, and the folder is fsynced. Whenever power is lost, one
-//! of `config.bin` (old or new, never partial) and `config.bin.prev` is a valid config,
-//! and [`load`] takes the first that is.
+//! A write goes to a temp file in the same folder, which is fsynced; then the current
+//! file, if it is a valid config, is copied to `config.bin.prev` (temp file, fsync,
+//! rename); then the temp file is renamed over `config.bin` and the folder is fsynced.
+//! Whenever power is lost, `config.bin` is the old or the new file, never a partial
+//! one, and `config.bin.prev` is the one before. [`load`] takes the first that is a
+//! valid config, so a file corrupted later (SD card) still leaves the device a config.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -113,8 +114,11 @@ fn temp_prefix(name: &std::ffi::OsStr) -> OsString {
 /// Writes `bytes` to `path` so that a crash at any moment leaves `path` either old or
 /// new, and keeps the old file as `path.prev` if it was a valid config.
 ///
-/// Temp files left by an earlier crash are removed first; two processes writing the
-/// same config at once is not supported (one of them may fail, neither corrupts).
+/// The old file is copied to `.prev` (through its own temp file) rather than renamed,
+/// so `path` itself is never missing, not even between two renames; this costs one
+/// more small write per compile, which is rare. Temp files left by an earlier crash are
+/// removed first; two processes writing the same config at once is not supported (one
+/// of them may fail, neither corrupts).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "config path has no file name")
@@ -125,20 +129,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     };
     let prefix = temp_prefix(name);
     remove_stale_temps(dir, &prefix);
-    let (tmp, mut file) = create_temp(dir, &prefix)?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
-    drop(file);
-    let renamed = written.and_then(|()| {
-        if decode_file(path).is_ok() {
-            fs::rename(path, prev_path(path))?;
+    let old = read_bounded(path)
+        .ok()
+        .filter(|old| codec::decode(old).is_ok());
+    let tmp = write_temp(dir, &prefix, bytes)?;
+    let installed = (|| {
+        if let Some(old) = old {
+            let prev_tmp = write_temp(dir, &prefix, &old)?;
+            if let Err(e) = fs::rename(&prev_tmp, prev_path(path)) {
+                let _ = fs::remove_file(&prev_tmp);
+                return Err(e);
+            }
         }
         fs::rename(&tmp, path)
-    });
-    if let Err(e) = renamed {
+    })();
+    if let Err(e) = installed {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
     File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to a new temp file in `dir` and fsyncs it; removes it on failure.
+fn write_temp(dir: &Path, prefix: &OsString, bytes: &[u8]) -> io::Result<PathBuf> {
+    let (tmp, mut file) = create_temp(dir, prefix)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    drop(file);
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// Creates a new temp file `.NAME.tmp.PID.N` that did not exist before.

@@ -335,3 +335,11 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn debug_masks_token() {
+    let config = sample_config();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("t0kEn"), "{debug}");
+    assert!(debug.contains("token: <masked, 300 bytes>"), "{debug}");
+}
