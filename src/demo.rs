@@ -144,6 +144,12 @@ pub async fn run(http: TcpListener, shutdown: impl Future<Output = ()>) -> Resul
         origin_timeout: Duration::from_secs(30),
         keepalive: Duration::from_secs(15),
         idle_timeout: Duration::from_secs(60),
+        shield: Arc::new(edge::shield::Shield::new(
+            Default::default(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        )),
     });
     let registry: Arc<edge::registry::Registry> = edge.registry();
     let (edge_stop_tx, mut edge_stop) = tokio::sync::watch::channel(false);

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
+
+use super::shield::{self, parse_cidr, HostPolicy, Limits, Shield};
 
 /// Default tunnel listener (QUIC on UDP; HTTP/2 fallback on TCP).
 pub const DEFAULT_TUNNEL_LISTEN: &str = "0.0.0.0:7844";
@@ -30,6 +34,179 @@ struct Raw {
     origin_response_timeout: Option<RawDuration>,
     keepalive: Option<RawDuration>,
     idle_timeout: Option<RawDuration>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    rate_limits: Vec<shield::RawRate>,
+    #[serde(default)]
+    hosts: Vec<RawHost>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    admin_listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLimits {
+    tls_handshake_timeout: Option<RawDuration>,
+    request_head_timeout: Option<RawDuration>,
+    body_timeout: Option<RawDuration>,
+    body_idle_timeout: Option<RawDuration>,
+    body_buffer: Option<RawSize>,
+    max_head_bytes: Option<RawSize>,
+    max_headers: Option<usize>,
+    max_url_bytes: Option<RawSize>,
+    max_body_bytes: Option<RawSize>,
+    max_conns: Option<usize>,
+    max_conns_per_ip: Option<usize>,
+    max_streams_per_tunnel: Option<usize>,
+    queue_timeout: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHost {
+    hostname: String,
+    max_body_bytes: Option<RawSize>,
+    /// Strict-Transport-Security value, e.g. "max-age=31536000".
+    hsts: Option<String>,
+    /// Adds `X-Content-Type-Options: nosniff`.
+    #[serde(default)]
+    nosniff: bool,
+    frame_options: Option<String>,
+    referrer_policy: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Parses "64KiB", "10MiB", "1GiB", "1000" (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 64KiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1024,
+        "MiB" | "M" | "MB" => 1024 * 1024,
+        "GiB" | "G" | "GB" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn size(v: Option<RawSize>, default: u64, key: &str) -> Result<u64, String> {
+    match v {
+        None => Ok(default),
+        Some(RawSize::Bytes(b)) => Ok(b),
+        Some(RawSize::Text(t)) => parse_size(&t).map_err(|e| format!("{key}: {e}")),
+    }
+}
+
+fn build_limits(r: RawLimits) -> Result<Limits, String> {
+    let d = Limits::default();
+    let usize_of = |v: u64, key: &str| usize::try_from(v).map_err(|_| format!("{key}: too large"));
+    let limits = Limits {
+        tls_handshake_timeout: duration(
+            r.tls_handshake_timeout,
+            d.tls_handshake_timeout,
+            "limits.tls-handshake-timeout",
+        )?,
+        request_head_timeout: duration(
+            r.request_head_timeout,
+            d.request_head_timeout,
+            "limits.request-head-timeout",
+        )?,
+        body_timeout: duration(r.body_timeout, d.body_timeout, "limits.body-timeout")?,
+        body_idle_timeout: duration(
+            r.body_idle_timeout,
+            d.body_idle_timeout,
+            "limits.body-idle-timeout",
+        )?,
+        body_buffer: usize_of(
+            size(r.body_buffer, d.body_buffer as u64, "limits.body-buffer")?,
+            "limits.body-buffer",
+        )?,
+        max_head_bytes: usize_of(
+            size(
+                r.max_head_bytes,
+                d.max_head_bytes as u64,
+                "limits.max-head-bytes",
+            )?,
+            "limits.max-head-bytes",
+        )?,
+        max_headers: r.max_headers.unwrap_or(d.max_headers),
+        max_url_bytes: usize_of(
+            size(
+                r.max_url_bytes,
+                d.max_url_bytes as u64,
+                "limits.max-url-bytes",
+            )?,
+            "limits.max-url-bytes",
+        )?,
+        max_body_bytes: size(r.max_body_bytes, d.max_body_bytes, "limits.max-body-bytes")?,
+        max_conns: r.max_conns.unwrap_or(d.max_conns),
+        max_conns_per_ip: r.max_conns_per_ip.unwrap_or(d.max_conns_per_ip),
+        max_streams_per_tunnel: r.max_streams_per_tunnel.unwrap_or(d.max_streams_per_tunnel),
+        queue_timeout: duration(r.queue_timeout, d.queue_timeout, "limits.queue-timeout")?,
+    };
+    if limits.max_head_bytes < 8192 {
+        return Err("limits.max-head-bytes must be at least 8KiB".into());
+    }
+    if limits.max_conns == 0
+        || limits.max_conns_per_ip == 0
+        || limits.max_streams_per_tunnel == 0
+        || limits.max_headers == 0
+    {
+        return Err("limits: counts must be at least 1".into());
+    }
+    Ok(limits)
+}
+
+fn build_host(h: RawHost) -> Result<HostPolicy, String> {
+    use http::{HeaderName, HeaderValue};
+    let mut add = Vec::new();
+    let mut push = |name: &str, value: &str| -> Result<(), String> {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("hosts: bad header name {name:?}"))?;
+        let v = HeaderValue::from_str(value)
+            .map_err(|_| format!("hosts: bad value for {name}: {value:?}"))?;
+        add.push((n, v));
+        Ok(())
+    };
+    if let Some(v) = &h.hsts {
+        push("strict-transport-security", v)?;
+    }
+    if h.nosniff {
+        push("x-content-type-options", "nosniff")?;
+    }
+    if let Some(v) = &h.frame_options {
+        push("x-frame-options", v)?;
+    }
+    if let Some(v) = &h.referrer_policy {
+        push("referrer-policy", v)?;
+    }
+    for (k, v) in &h.headers {
+        push(k, v)?;
+    }
+    Ok(HostPolicy {
+        hostname: h.hostname.to_ascii_lowercase(),
+        max_body_bytes: h
+            .max_body_bytes
+            .map(|s| size(Some(s), 0, "hosts.max-body-bytes"))
+            .transpose()?,
+        add_headers: add,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,7 +231,7 @@ pub struct CertPaths {
 }
 
 /// The edge's settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EdgeConfig {
     /// Name told to connectors in logs.
     pub name: String,
@@ -71,6 +248,10 @@ pub struct EdgeConfig {
     pub origin_response_timeout: Duration,
     pub keepalive: Duration,
     pub idle_timeout: Duration,
+    /// Visitor limits, rate limits and per-hostname policies.
+    pub shield: Arc<Shield>,
+    /// Loopback address for `/metrics` and `/tunnels`; `None` = off.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Parses "500ms", "15s", "2m", "1h" or a number of seconds.
@@ -165,6 +346,22 @@ impl EdgeConfig {
             )?,
             keepalive,
             idle_timeout,
+            shield: Arc::new(Shield::new(
+                build_limits(raw.limits)?,
+                raw.rate_limits
+                    .into_iter()
+                    .map(|r| r.build())
+                    .collect::<Result<_, _>>()?,
+                raw.hosts
+                    .into_iter()
+                    .map(build_host)
+                    .collect::<Result<_, _>>()?,
+                raw.trusted_proxies
+                    .iter()
+                    .map(|c| parse_cidr(c))
+                    .collect::<Result<_, _>>()?,
+            )),
+            admin_listen: listen(raw.admin_listen, "none", "admin-listen")?,
         })
     }
 }
@@ -172,6 +369,44 @@ impl EdgeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
+        assert_eq!(parse_size("12").unwrap(), 12);
+        assert!(parse_size("1XB").is_err());
+    }
+
+    #[test]
+    fn limits_rates_and_hosts_parse() {
+        let c = EdgeConfig::parse(
+            "cert: a\nkey: b\nsigning-key: c\nlimits:\n  max-body-bytes: 1MiB\n  request-head-timeout: 2s\n\
+             rate-limits:\n  - rate: 10/s\n  - hostname: '*.example.com'\n    path: ^/login\n    rate: 5/m\n    burst: 5\n\
+             hosts:\n  - hostname: a.example.com\n    hsts: max-age=600\n    nosniff: true\n    max-body-bytes: 2KiB\n\
+             trusted-proxies: [10.0.0.0/8]\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.shield.limits.max_body_bytes, 1 << 20);
+        assert_eq!(c.shield.rates.len(), 2);
+        assert_eq!(c.shield.max_body("a.example.com"), 2048);
+        assert_eq!(
+            c.shield
+                .host_policy("a.example.com")
+                .unwrap()
+                .add_headers
+                .len(),
+            2
+        );
+        let e = EdgeConfig::parse(
+            "cert: a\nkey: b\nsigning-key: c\nlimits:\n  max-body: 1\n",
+            Path::new("."),
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("max-body"), "{e}");
+    }
 
     #[test]
     fn durations() {
@@ -202,7 +437,8 @@ mod tests {
             "cert: a\nkey: b\nsigning-key: c\nhttps-lisen: x\n",
             Path::new("."),
         )
-        .unwrap_err();
+        .err()
+        .unwrap();
         assert!(e.contains("https-lisen") && e.contains("line 4"), "{e}");
     }
 }

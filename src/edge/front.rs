@@ -19,13 +19,6 @@ use tokio::sync::Semaphore;
 use super::proxy::{self, Body, Visitor};
 use super::EdgeState;
 
-/// Most visitor connections open at once.
-pub const MAX_VISITOR_CONNS: usize = 16_384;
-/// Time a visitor has to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a visitor has to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Picks the certificate whose names cover the SNI name, else the edge's own.
 #[derive(Debug)]
 pub struct SniResolver {
@@ -61,7 +54,9 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<EdgeState>,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_VISITOR_CONNS));
+    let limit = Arc::new(Semaphore::new(
+        state.shield.limits.max_conns.min(Semaphore::MAX_PERMITS),
+    ));
     loop {
         let permit = match limit.clone().acquire_owned().await {
             Ok(p) => p,
@@ -76,20 +71,37 @@ pub async fn serve(
                 continue;
             }
         };
+        let slot = match state.shield.admit(peer.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                state
+                    .shield
+                    .log_rejection(format_args!("connection from {peer}: {why}"));
+                continue; // dropping the socket closes it
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, slot);
             match tls {
                 None => serve_conn(TokioIo::new(tcp), peer, "http", state).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake = state.shield.limits.tls_handshake_timeout;
+                    match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             serve_conn(TokioIo::new(stream), peer, "https", state).await
                         }
                         Ok(Err(e)) => log::debug!("TLS handshake from {peer} failed: {e}"),
-                        Err(_) => log::debug!("TLS handshake from {peer} timed out"),
+                        Err(_) => {
+                            state
+                                .shield
+                                .counters
+                                .tls_timeout
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            log::debug!("TLS handshake from {peer} timed out");
+                        }
                     }
                 }
             }
@@ -105,6 +117,7 @@ async fn serve_conn<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = state.shield.limits.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(route(req, peer, scheme, &state).await) }
@@ -113,8 +126,9 @@ async fn serve_conn<I>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
+        .header_read_timeout(limits.request_head_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_head_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -144,13 +158,40 @@ async fn route(
         return proxy::text(StatusCode::BAD_REQUEST, "the request names no host");
     };
     let host = host_of(&authority);
-    if host.is_empty() {
-        return proxy::text(StatusCode::BAD_REQUEST, "the request names no host");
+    if host.is_empty()
+        || host.len() > 253
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+    {
+        state
+            .shield
+            .counters
+            .bad_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return proxy::text(StatusCode::BAD_REQUEST, "the request names no valid host");
     }
-    let visitor = Visitor { peer, scheme };
+    let shield = &state.shield;
+    let xff = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client_ip = shield.client_ip(peer.ip(), xff);
+    let forwarded_for = match xff {
+        // Only a trusted proxy's chain is passed on; anyone else's is replaced.
+        Some(chain) if shield.is_trusted(peer.ip()) => format!("{chain}, {}", peer.ip()),
+        _ => peer.ip().to_string(),
+    };
+    let visitor = Visitor {
+        peer,
+        client_ip,
+        forwarded_for,
+        scheme,
+    };
     proxy::handle(
         &state.registry,
         &state.client,
+        shield,
         state.origin_timeout,
         req,
         &host,

@@ -9,11 +9,13 @@
 //! - [`front`]: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
 //! - [`proxy`]: HTTP through tunnel streams, pooled.
 
+pub mod body;
 pub mod config;
 pub mod front;
 pub mod init;
 pub mod proxy;
 pub mod registry;
+pub mod shield;
 pub mod token;
 pub mod tunnels;
 
@@ -82,6 +84,7 @@ pub struct EdgeSettings {
     pub origin_timeout: Duration,
     pub keepalive: Duration,
     pub idle_timeout: Duration,
+    pub shield: Arc<shield::Shield>,
 }
 
 impl EdgeSettings {
@@ -112,6 +115,7 @@ impl EdgeSettings {
             origin_timeout: cfg.origin_response_timeout,
             keepalive: cfg.keepalive,
             idle_timeout: cfg.idle_timeout,
+            shield: cfg.shield.clone(),
         })
     }
 }
@@ -167,6 +171,7 @@ pub struct EdgeState {
     pub origin_timeout: Duration,
     /// Set when the edge shuts down: connectors are told to go elsewhere.
     pub going_away: watch::Sender<bool>,
+    pub shield: Arc<shield::Shield>,
 }
 
 /// A configured edge, ready to serve.
@@ -177,7 +182,7 @@ pub struct Edge {
 
 impl Edge {
     pub fn new(settings: EdgeSettings) -> Edge {
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(Registry::new(settings.shield.limits.max_streams_per_tunnel));
         let state = Arc::new(EdgeState {
             name: settings.name.clone(),
             client: proxy::client(registry.clone()),
@@ -185,6 +190,7 @@ impl Edge {
             verify_keys: settings.verify_keys.clone(),
             origin_timeout: settings.origin_timeout,
             going_away: watch::channel(false).0,
+            shield: settings.shield.clone(),
         });
         Edge { state, settings }
     }

@@ -11,8 +11,9 @@
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,17 +23,20 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 
+use super::body::{read_prefix, BoxError, Guarded, Prefix, Refusal};
 use super::registry::{Registry, Route};
+use super::shield::Shield;
 use crate::transport::TunnelStream;
 use crate::wire::{self, RuleAction, StreamError, StreamHeader, StreamKind, StreamReply};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Body type of everything the edge sends or forwards.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 /// The pooled client that reaches origins through tunnels.
 pub type TunnelClient = hyper_util::client::legacy::Client<TunnelDialer, Body>;
 
@@ -184,6 +188,10 @@ pub fn client(registry: Arc<Registry>) -> TunnelClient {
 /// What the front knows about a visitor's request.
 pub struct Visitor {
     pub peer: SocketAddr,
+    /// The client's address: the peer, or from `X-Forwarded-For` behind a trusted proxy.
+    pub client_ip: IpAddr,
+    /// The `X-Forwarded-For` value to send on.
+    pub forwarded_for: String,
     pub scheme: &'static str,
 }
 
@@ -258,32 +266,219 @@ fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-fn retryable(req: &Request<Incoming>) -> bool {
+/// Request shapes that proxies disagree about, and so open the door to smuggling.
+/// (HTTP/1.1 requests with both Content-Length and Transfer-Encoding never get here:
+/// hyper drops the length, lets Transfer-Encoding win and closes the connection after
+/// the response, as RFC 9112 6.3 asks; the checks below cover HTTP/2 and anything
+/// that slips through.)
+fn hygiene(headers: &HeaderMap) -> Result<(), &'static str> {
+    let te = headers.get_all(header::TRANSFER_ENCODING).iter().count();
+    let cl: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    if te > 0 && !cl.is_empty() {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    if te > 1 {
+        return Err("more than one Transfer-Encoding");
+    }
+    if let Some(v) = headers.get(header::TRANSFER_ENCODING) {
+        if !v.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err("a Transfer-Encoding other than chunked");
+        }
+    }
+    if cl.len() > 1 && cl.windows(2).any(|w| w[0] != w[1]) {
+        return Err("conflicting Content-Length headers");
+    }
+    Ok(())
+}
+
+fn idempotent(method: &Method) -> bool {
     matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) && req.body().is_end_stream()
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A response from the edge itself, counted and logged at a bounded pace.
+fn refuse(
+    shield: &Shield,
+    counter: &AtomicU64,
+    status: StatusCode,
+    visitor: &Visitor,
+    host: &str,
+    why: &str,
+) -> Response<Body> {
+    counter.fetch_add(1, Ordering::Relaxed);
+    shield.log_rejection(format_args!(
+        "{} {host} from {}: {why}",
+        status.as_u16(),
+        visitor.client_ip
+    ));
+    text(status, why.to_string())
+}
+
+fn with_retry_after(mut r: Response<Body>, secs: u64) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+/// Holds a tunnel's request permit until the response body is done.
+struct WithPermit<B> {
+    body: B,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin> http_body::Body for WithPermit<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Serves one visitor request for `host` (lowercase, without port).
+#[allow(clippy::too_many_arguments)]
 pub async fn handle(
     registry: &Registry,
     client: &TunnelClient,
+    shield: &Shield,
     origin_timeout: Duration,
     mut req: Request<Incoming>,
     host: &str,
     authority: &str,
     visitor: &Visitor,
 ) -> Response<Body> {
+    let limits = &shield.limits;
+    let c = &shield.counters;
+    if let Err(why) = hygiene(req.headers()) {
+        return refuse(
+            shield,
+            &c.bad_request,
+            StatusCode::BAD_REQUEST,
+            visitor,
+            host,
+            why,
+        );
+    }
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    if target > limits.max_url_bytes {
+        return refuse(
+            shield,
+            &c.url_too_long,
+            StatusCode::URI_TOO_LONG,
+            visitor,
+            host,
+            "the URL is too long",
+        );
+    }
     let path = req.uri().path().to_string();
-    let can_retry = retryable(&req);
+    if let Err(secs) = shield.rate_check(visitor.client_ip, host, &path) {
+        let r = refuse(
+            shield,
+            &c.rate_limited,
+            StatusCode::TOO_MANY_REQUESTS,
+            visitor,
+            host,
+            "too many requests; slow down",
+        );
+        return with_retry_after(r, secs);
+    }
+    // Answer what needs no tunnel stream before reading any body.
+    match registry.route(host, &path) {
+        Route::NoTunnel => return text(StatusCode::NOT_FOUND, format!("no tunnel serves {host} on this edge")),
+        Route::Offline => return text(StatusCode::BAD_GATEWAY, format!("the tunnel for {host} is offline")),
+        Route::Rule { rules, rule, .. } => match rules.rules.get(usize::from(rule)).map(|r| r.action) {
+            Some(RuleAction::Status(code)) => {
+                let mut resp = Response::new(empty());
+                *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::NOT_FOUND);
+                return resp;
+            }
+            Some(RuleAction::Stream) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("{host} is a TCP service: reach it with `mailslot access tcp --hostname {host}`"),
+                )
+            }
+            _ => {}
+        },
+    }
+    let max_body = shield.max_body(host);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return refuse(
+            shield,
+            &c.body_too_large,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            visitor,
+            host,
+            "the request body is too large",
+        );
+    }
     let upgrade = upgrade_of(req.headers());
     let visitor_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let mut body = Some(body);
+    let (parts, body) = req.into_parts();
+    let prefix = match read_prefix(body, limits.body_buffer, max_body, limits.body_timeout).await {
+        Ok(p) => p,
+        Err(Refusal::Slow) => {
+            return refuse(
+                shield,
+                &c.slow_body,
+                StatusCode::REQUEST_TIMEOUT,
+                visitor,
+                host,
+                "the request body arrived too slowly",
+            )
+        }
+        Err(Refusal::TooLarge) => {
+            return refuse(
+                shield,
+                &c.body_too_large,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                visitor,
+                host,
+                "the request body is too large",
+            )
+        }
+        Err(Refusal::Broken) => {
+            return refuse(
+                shield,
+                &c.bad_request,
+                StatusCode::BAD_REQUEST,
+                visitor,
+                host,
+                "the request body is malformed",
+            )
+        }
+    };
+    let (replayable, mut rest) = match prefix {
+        Prefix::Complete(b) => (Some(b), None),
+        Prefix::Partial(b, incoming) => (
+            None,
+            Some(Guarded::new(
+                b,
+                incoming,
+                max_body,
+                limits.body_idle_timeout,
+            )),
+        ),
+    };
+    let can_retry = replayable.is_some() && idempotent(&parts.method);
     let mut tried: Vec<usize> = Vec::new();
     loop {
-        let (conn, rules, rule) = match registry.route_excluding(host, &path, &tried) {
+        let (conn, rules, rule, permits) = match registry.route_excluding(host, &path, &tried) {
             Route::NoTunnel => {
                 return text(
                     StatusCode::NOT_FOUND,
@@ -302,26 +497,34 @@ pub async fn handle(
                     format!("the tunnel for {host} lost its connections"),
                 )
             }
-            Route::Rule { conn, rules, rule } => (conn, rules, rule),
+            Route::Rule {
+                conn,
+                rules,
+                rule,
+                permits,
+            } => (conn, rules, rule, permits),
         };
         let Some(r) = rules.rules.get(usize::from(rule)) else {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "rule table changed");
         };
-        match r.action {
-            RuleAction::Status(code) => {
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::NOT_FOUND);
-                let mut resp = Response::new(empty());
-                *resp.status_mut() = status;
-                return resp;
-            }
-            RuleAction::Stream => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("{host} is a TCP service: reach it with `mailslot access tcp --hostname {host}`"),
-                )
-            }
-            RuleAction::Http => {}
+        if r.action != RuleAction::Http {
+            return text(StatusCode::BAD_GATEWAY, "the rule table changed; try again");
         }
+        let permit = match tokio::time::timeout(limits.queue_timeout, permits.acquire_owned()).await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                let r = refuse(
+                    shield,
+                    &c.tunnel_busy,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    visitor,
+                    host,
+                    "the tunnel is busy; try again shortly",
+                );
+                return with_retry_after(r, 1);
+            }
+        };
         let conn_id = conn.session.id();
         tried.push(conn_id);
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -335,10 +538,18 @@ pub async fn handle(
                 "request target cannot be forwarded",
             );
         };
-        let mut up = Request::new(match body.take() {
-            Some(b) if !can_retry => b.boxed(),
-            _ => empty(),
-        });
+        let body: Body = match (&replayable, rest.take()) {
+            (Some(b), _) if b.is_empty() => empty(),
+            (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+            (None, Some(g)) => g.boxed(),
+            (None, None) => {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    "the request could not be forwarded",
+                )
+            }
+        };
+        let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.version_mut() = http::Version::HTTP_11;
@@ -348,8 +559,7 @@ pub async fn handle(
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
         }
-        let host_value = r.host_header.as_deref().unwrap_or(authority);
-        match HeaderValue::from_str(host_value) {
+        match HeaderValue::from_str(r.host_header.as_deref().unwrap_or(authority)) {
             Ok(v) => {
                 headers.insert(header::HOST, v);
             }
@@ -370,40 +580,38 @@ pub async fn handle(
                 )
             }
             Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                let dial = find_dial_error(&e);
-                match dial {
-                    Some(DialError::Device {
-                        error: StreamError::DialTimeout,
-                        message,
-                    }) => {
-                        return text(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            format!("origin unreachable: {message}"),
-                        )
-                    }
-                    Some(DialError::Device { message, .. }) => {
-                        return text(
-                            StatusCode::BAD_GATEWAY,
-                            format!("origin unreachable: {message}"),
-                        )
-                    }
-                    Some(DialError::Tunnel(m)) if can_retry && tried.len() < MAX_ATTEMPTS => {
-                        log::info!("{host}: tunnel connection failed ({m}); retrying on another");
-                        continue;
-                    }
-                    Some(other) => return text(StatusCode::BAD_GATEWAY, other.to_string()),
-                    None => {
-                        log::debug!("{host}: origin request failed: {e:?}");
-                        return text(StatusCode::BAD_GATEWAY, "the origin closed the connection");
-                    }
+            Ok(Err(e)) => match find_dial_error(&e) {
+                Some(DialError::Device {
+                    error: StreamError::DialTimeout,
+                    message,
+                }) => {
+                    return text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("origin unreachable: {message}"),
+                    )
                 }
-            }
+                Some(DialError::Device { message, .. }) => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("origin unreachable: {message}"),
+                    )
+                }
+                Some(DialError::Tunnel(m)) if can_retry && tried.len() < MAX_ATTEMPTS => {
+                    log::info!("{host}: tunnel connection failed ({m}); retrying on another");
+                    continue;
+                }
+                Some(other) => return text(StatusCode::BAD_GATEWAY, other.to_string()),
+                None => {
+                    log::debug!("{host}: origin request failed: {e:?}");
+                    return text(StatusCode::BAD_GATEWAY, "the origin closed the connection");
+                }
+            },
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(visitor_up) = visitor_upgrade {
                 let origin_up = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let (Ok(v), Ok(o)) = (visitor_up.await, origin_up.await) else {
                         return;
                     };
@@ -415,21 +623,30 @@ pub async fn handle(
             }
         }
         strip_hop_by_hop(resp.headers_mut());
+        if let Some(policy) = shield.host_policy(host) {
+            for (name, value) in &policy.add_headers {
+                if !resp.headers().contains_key(name) {
+                    resp.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+        }
         let (rparts, rbody) = resp.into_parts();
-        // `parts` is kept only for a retry; the visitor's method and path stay as sent.
-        parts.extensions = http::Extensions::new();
-        return Response::from_parts(rparts, rbody.boxed());
+        let body = WithPermit {
+            body: rbody.map_err(BoxError::from).boxed(),
+            _permit: permit,
+        };
+        return Response::from_parts(rparts, body.boxed());
     }
 }
 
 fn set_forwarded(headers: &mut HeaderMap, visitor: &Visitor, authority: &str) {
-    let ip = visitor.peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    match HeaderValue::from_str(&visitor.forwarded_for) {
+        Ok(v) => {
+            headers.insert("x-forwarded-for", v);
+        }
+        Err(_) => {
+            headers.remove("x-forwarded-for");
+        }
     }
     headers.insert(
         "x-forwarded-proto",

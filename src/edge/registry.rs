@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use regex::Regex;
+use tokio::sync::Semaphore;
 
 use crate::connector::hex;
 use crate::connector::origin::hostname_matches;
@@ -147,6 +148,8 @@ struct Tunnel {
     name: String,
     conns: Vec<Arc<Conn>>,
     next: AtomicUsize,
+    /// Requests in flight through this tunnel.
+    permits: Arc<Semaphore>,
 }
 
 #[derive(Default)]
@@ -159,10 +162,10 @@ struct Inner {
 }
 
 /// All tunnels on this edge.
-#[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
     changed: tokio::sync::Notify,
+    streams_per_tunnel: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -177,17 +180,28 @@ pub enum Route {
     NoTunnel,
     /// The tunnel has no live connection that takes new streams.
     Offline,
-    /// Forward through `conn` under rule `rule`.
+    /// Forward through `conn` under rule `rule`; `permits` caps the tunnel's requests.
     Rule {
         conn: Arc<Conn>,
         rules: Arc<Rules>,
+        permits: Arc<Semaphore>,
         rule: u16,
     },
 }
 
 impl Registry {
+    /// An empty registry; each tunnel carries at most `streams_per_tunnel` requests at once.
+    pub fn new(streams_per_tunnel: usize) -> Registry {
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            changed: tokio::sync::Notify::new(),
+            streams_per_tunnel: streams_per_tunnel.clamp(1, Semaphore::MAX_PERMITS),
+        }
+    }
+
     /// Adds a registered connection, claiming its hostnames for its tunnel.
     pub fn add(&self, conn: Arc<Conn>) -> Result<(), String> {
+        let streams_per_tunnel = self.streams_per_tunnel;
         let mut inner = lock(&self.inner);
         let rules = conn.rules();
         check_claims(&inner, conn.tunnel_id, &rules)?;
@@ -201,6 +215,7 @@ impl Registry {
                 name: conn.tunnel_name.clone(),
                 conns: Vec::new(),
                 next: AtomicUsize::new(0),
+                permits: Arc::new(Semaphore::new(streams_per_tunnel)),
             });
         if tunnel.conns.len() >= MAX_CONNS_PER_TUNNEL {
             return Err(format!(
@@ -281,6 +296,7 @@ impl Registry {
                 conn,
                 rules: rules.clone(),
                 rule,
+                permits: t.permits.clone(),
             },
             None => Route::NoTunnel,
         }

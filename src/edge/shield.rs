@@ -77,7 +77,9 @@ pub struct RateRule {
 
 impl RateRule {
     fn matches(&self, host: &str, path: &str) -> bool {
-        self.hostname.as_deref().is_none_or(|p| p == "*" || hostname_matches(p, host))
+        self.hostname
+            .as_deref()
+            .is_none_or(|p| p == "*" || hostname_matches(p, host))
             && self.path.as_ref().is_none_or(|re| re.is_match(path))
     }
 }
@@ -175,7 +177,12 @@ const LOG_RATE: f64 = 5.0;
 const LOG_BURST: f64 = 20.0;
 
 impl Shield {
-    pub fn new(limits: Limits, rates: Vec<RateRule>, hosts: Vec<HostPolicy>, trusted_proxies: Vec<(IpAddr, u8)>) -> Shield {
+    pub fn new(
+        limits: Limits,
+        rates: Vec<RateRule>,
+        hosts: Vec<HostPolicy>,
+        trusted_proxies: Vec<(IpAddr, u8)>,
+    ) -> Shield {
         Shield {
             limits,
             rates,
@@ -184,7 +191,11 @@ impl Shield {
             counters: Counters::default(),
             conns: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
-            log: Mutex::new(LogBudget { tokens: LOG_BURST, at: Instant::now(), suppressed: 0 }),
+            log: Mutex::new(LogBudget {
+                tokens: LOG_BURST,
+                at: Instant::now(),
+                suppressed: 0,
+            }),
         }
     }
 
@@ -201,7 +212,10 @@ impl Shield {
             return Err("too many client addresses");
         }
         conns.insert(ip, n + 1);
-        Ok(ConnSlot { shield: self.clone(), ip })
+        Ok(ConnSlot {
+            shield: self.clone(),
+            ip,
+        })
     }
 
     /// Takes a token for a request; `Err(retry_after_secs)` when over the limit.
@@ -223,8 +237,12 @@ impl Shield {
                     return Err(1);
                 }
             }
-            let b = buckets.entry((i, ip)).or_insert(Bucket { tokens: rule.burst, at: now });
-            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rule.rate).min(rule.burst);
+            let b = buckets.entry((i, ip)).or_insert(Bucket {
+                tokens: rule.burst,
+                at: now,
+            });
+            b.tokens =
+                (b.tokens + now.duration_since(b.at).as_secs_f64() * rule.rate).min(rule.burst);
             b.at = now;
             if b.tokens < 1.0 {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -238,12 +256,16 @@ impl Shield {
 
     /// The policy for `host`, if any.
     pub fn host_policy(&self, host: &str) -> Option<&HostPolicy> {
-        self.hosts.iter().find(|h| hostname_matches(&h.hostname, host))
+        self.hosts
+            .iter()
+            .find(|h| hostname_matches(&h.hostname, host))
     }
 
     /// The largest body accepted for `host`.
     pub fn max_body(&self, host: &str) -> u64 {
-        self.host_policy(host).and_then(|h| h.max_body_bytes).unwrap_or(self.limits.max_body_bytes)
+        self.host_policy(host)
+            .and_then(|h| h.max_body_bytes)
+            .unwrap_or(self.limits.max_body_bytes)
     }
 
     /// The client's address: the socket peer, or the last untrusted hop of
@@ -254,7 +276,9 @@ impl Shield {
         }
         let Some(xff) = xff else { return peer };
         for hop in xff.rsplit(',') {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else { return peer };
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                return peer;
+            };
             if !self.is_trusted(ip) {
                 return ip;
             }
@@ -262,8 +286,11 @@ impl Shield {
         peer
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|(net, bits)| in_cidr(ip, *net, *bits))
+    /// Is `ip` a proxy whose forwarding headers are believed?
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .any(|(net, bits)| in_cidr(ip, *net, *bits))
     }
 
     /// Logs a rejection unless the log budget is spent.
@@ -292,12 +319,20 @@ pub fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let bits = u32::from(bits.min(32));
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
             let bits = u32::from(bits.min(128));
-            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -310,10 +345,18 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
         Some((ip, bits)) => (ip, Some(bits)),
         None => (s, None),
     };
-    let ip: IpAddr = ip.trim().parse().map_err(|_| format!("{s:?} is not an address or CIDR"))?;
+    let ip: IpAddr = ip
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address or CIDR"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let bits = match bits {
-        Some(b) => b.trim().parse::<u8>().ok().filter(|b| *b <= max).ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+        Some(b) => b
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|b| *b <= max)
+            .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
         None => max,
     };
     Ok((ip, bits))
@@ -332,13 +375,24 @@ pub struct RawRate {
 
 impl RawRate {
     pub fn build(self) -> Result<RateRule, String> {
-        let (n, per) = self.rate.split_once('/').ok_or_else(|| format!("rate {:?}: write it like 10/s", self.rate))?;
-        let n: f64 = n.trim().parse().map_err(|_| format!("rate {:?}: not a number", self.rate))?;
+        let (n, per) = self
+            .rate
+            .split_once('/')
+            .ok_or_else(|| format!("rate {:?}: write it like 10/s", self.rate))?;
+        let n: f64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("rate {:?}: not a number", self.rate))?;
         let secs = match per.trim() {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            other => return Err(format!("rate {:?}: unit {other:?} is not s, m or h", self.rate)),
+            other => {
+                return Err(format!(
+                    "rate {:?}: unit {other:?} is not s, m or h",
+                    self.rate
+                ))
+            }
         };
         if !(n > 0.0 && n.is_finite()) {
             return Err(format!("rate {:?} must be positive", self.rate));
@@ -361,7 +415,15 @@ mod tests {
     use super::*;
 
     fn shield(rates: Vec<RateRule>) -> Arc<Shield> {
-        Arc::new(Shield::new(Limits { max_conns_per_ip: 2, ..Limits::default() }, rates, Vec::new(), vec![parse_cidr("10.0.0.0/8").unwrap()]))
+        Arc::new(Shield::new(
+            Limits {
+                max_conns_per_ip: 2,
+                ..Limits::default()
+            },
+            rates,
+            Vec::new(),
+            vec![parse_cidr("10.0.0.0/8").unwrap()],
+        ))
     }
 
     #[test]
@@ -378,7 +440,14 @@ mod tests {
 
     #[test]
     fn token_bucket_limits_one_client_not_another() {
-        let rule = RawRate { hostname: Some("*.example.com".into()), path: Some("^/login".into()), rate: "2/s".into(), burst: Some(3) }.build().unwrap();
+        let rule = RawRate {
+            hostname: Some("*.example.com".into()),
+            path: Some("^/login".into()),
+            rate: "2/s".into(),
+            burst: Some(3),
+        }
+        .build()
+        .unwrap();
         let s = shield(vec![rule]);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
@@ -387,7 +456,10 @@ mod tests {
         }
         assert_eq!(s.rate_check(a, "x.example.com", "/login"), Err(1));
         assert!(s.rate_check(b, "x.example.com", "/login").is_ok());
-        assert!(s.rate_check(a, "x.example.com", "/home").is_ok(), "other paths are not limited");
+        assert!(
+            s.rate_check(a, "x.example.com", "/home").is_ok(),
+            "other paths are not limited"
+        );
         assert_eq!(s.counters.rate_limited.load(Ordering::Relaxed), 1);
     }
 
@@ -397,7 +469,10 @@ mod tests {
         let proxy: IpAddr = "10.1.2.3".parse().unwrap();
         let stranger: IpAddr = "192.0.2.9".parse().unwrap();
         assert_eq!(s.client_ip(stranger, Some("1.2.3.4")), stranger);
-        assert_eq!(s.client_ip(proxy, Some("1.2.3.4, 10.0.0.7")), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            s.client_ip(proxy, Some("1.2.3.4, 10.0.0.7")),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(s.client_ip(proxy, Some("garbage")), proxy);
     }
 

@@ -61,7 +61,10 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
         let mut child = cmd
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("MAILSLOT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -390,6 +393,11 @@ async fn origin_handle(
                 }
             }
             text(format!("{} {len}", hex(ctx.finish().as_ref())))
+        }
+        p if p.starts_with("/delay/") => {
+            let ms: u64 = p["/delay/".len()..].parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms.min(30_000))).await;
+            text("done".into())
         }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
