@@ -160,6 +160,7 @@ pub async fn run(http: TcpListener, shutdown: impl Future<Output = ()>) -> Resul
             tunnel_tcp: Some(tunnel_tcp),
             http: Some(http),
             https: None,
+            admin: None,
         },
         async move {
             let _ = edge_stop.wait_for(|s| *s).await;

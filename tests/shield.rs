@@ -152,7 +152,7 @@ fn oversized_heads_and_bodies_and_smuggling_shapes_are_refused() {
 
 #[test]
 fn a_burst_from_one_address_is_rate_limited_while_another_is_served() {
-    let s = setup("rate-limits:\n  - hostname: dev42.example.com\n    rate: 2/s\n    burst: 5\n");
+    let s = setup("admin-listen: 127.0.0.1:0\nrate-limits:\n  - hostname: dev42.example.com\n    rate: 2/s\n    burst: 5\n");
     let url = format!("http://{}/x", s.edge.http);
     let run = |iface: &str, n: usize| {
         let mut codes = Vec::new();

@@ -9,6 +9,7 @@
 //! - [`front`]: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
 //! - [`proxy`]: HTTP through tunnel streams, pooled.
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod front;
@@ -128,6 +129,8 @@ pub struct Listeners {
     pub tunnel_tcp: Option<TcpListener>,
     pub http: Option<TcpListener>,
     pub https: Option<TcpListener>,
+    /// Status and metrics (keep on loopback).
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -141,6 +144,7 @@ impl Listeners {
             tunnel_tcp: Some(tunnel_tcp),
             http: cfg.http_listen.map(tcp).transpose()?,
             https: cfg.https_listen.map(tcp).transpose()?,
+            admin: cfg.admin_listen.map(tcp).transpose()?,
         })
     }
 }
@@ -296,6 +300,16 @@ impl Edge {
                 Some(acceptor),
                 self.state.clone(),
             )));
+        }
+        if let Some(l) = listeners.admin {
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+            log::info!(
+                "edge {}: admin (/tunnels, /metrics) on {}",
+                self.state.name,
+                l.local_addr().map_err(|e| e.to_string())?
+            );
+            tasks.push(tokio::spawn(admin::serve(l, self.state.clone())));
         }
         shutdown.await;
         log::info!(

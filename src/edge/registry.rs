@@ -348,6 +348,34 @@ impl Registry {
         out
     }
 
+    /// One line per live connection, sorted: tunnel, id, connector, index, protocol,
+    /// connector address and the hostnames of its rules.
+    pub fn connection_lines(&self) -> Vec<String> {
+        let inner = lock(&self.inner);
+        let mut out: Vec<String> = inner
+            .tunnels
+            .iter()
+            .flat_map(|(id, t)| {
+                t.conns.iter().map(move |c| {
+                    let hosts: Vec<String> = c.rules().hostnames().map(String::from).collect();
+                    format!(
+                        "tunnel={} id={} connector={} index={} protocol={} from={} draining={} hosts={}",
+                        t.name,
+                        hex(id),
+                        &hex(&c.connector_id)[..8],
+                        c.index,
+                        c.session.protocol(),
+                        c.remote,
+                        c.draining.load(Ordering::Acquire),
+                        hosts.join(",")
+                    )
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Every live connection (for going away at shutdown).
     pub fn all_conns(&self) -> Vec<Arc<Conn>> {
         let inner = lock(&self.inner);
