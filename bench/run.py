@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Data-path benchmark: the same loads, on loopback, direct and through tunnels.
+
+Rows: direct (the baseline of this run), mailslot over QUIC, mailslot over HTTP/2,
+and, when installed, rathole over TLS and bore (plain TCP). For each row:
+  bulk   a 100 MiB download and a 100 MiB upload with curl (MiB/s)
+  req    wrk -t2 -c50 -d10s on a 1 KiB body (req/s, p50, p99)
+  cpu    the connector's and the edge's CPU seconds during the row
+  rss    the connector's and the edge's peak RSS (VmHWM) after the row
+Every figure is also given as a ratio to direct. Everything binds 127.0.0.1, runs for
+a bounded time and is stopped at the end.
+
+Usage: python3 bench/run.py [--quick]   (needs nginx, wrk, curl; builds --release)
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = "--quick" in sys.argv
+BULK_MIB = 20 if QUICK else 100
+WRK_SECS = 3 if QUICK else 10
+HOST = "bench.example.com"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Proc:
+    """A child process whose output lines are scanned for readiness."""
+
+    def __init__(self, args, env=None):
+        self.p = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            text=True,
+        )
+        self.lines = []
+
+    def wait_line(self, pattern, timeout=30):
+        deadline = time.time() + timeout
+        rx = re.compile(pattern)
+        os.set_blocking(self.p.stdout.fileno(), False)
+        buf = ""
+        while time.time() < deadline:
+            chunk = self.p.stdout.read()
+            if chunk:
+                buf += chunk
+                while "\n" in buf:
+                    line, buf = buf.split("\n", 1)
+                    self.lines.append(line)
+                    m = rx.search(line)
+                    if m:
+                        return m
+            elif self.p.poll() is not None:
+                break
+            else:
+                time.sleep(0.02)
+        raise RuntimeError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines[-30:]))
+
+    def cpu(self):
+        """User + system CPU seconds."""
+        with open(f"/proc/{self.p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    def hwm_kib(self):
+        with open(f"/proc/{self.p.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+def run(args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+
+
+def nginx(tmp):
+    port = free_port()
+    www = os.path.join(tmp, "www")
+    os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, "1k"), "wb") as f:
+        f.write(b"x" * 1024)
+    with open(os.path.join(www, "bulk"), "wb") as f:
+        f.write(os.urandom(1 << 20) * BULK_MIB)
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+daemon off; worker_processes 1; pid {tmp}/nginx.pid; error_log stderr;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off; sendfile on; keepalive_requests 100000;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 1g;
+    root {www};
+    location = /upload {{ client_body_buffer_size 1m; return 200 "ok\\n"; }}
+  }}
+}}
+""")
+    p = Proc(["nginx", "-c", conf, "-e", "stderr"])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return p, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nginx did not start")
+
+
+def curl_speed(url, host, upload=None):
+    args = ["curl", "-sS", "--max-time", "120", "-o", "/dev/null", "-H", f"Host: {host}"]
+    if upload:
+        args += ["-T", upload, "-w", "%{speed_upload}", url + "upload"]
+    else:
+        args += ["-w", "%{speed_download}", url + "bulk"]
+    out = run(args).stdout
+    return float(out) / (1 << 20)
+
+
+def wrk(url, host):
+    out = run(["wrk", "-t2", "-c50", f"-d{WRK_SECS}s", "--latency", "-H", f"Host: {host}", url + "1k"],
+              timeout=WRK_SECS + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def ms(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, ms("50"), ms("99"), int(errors.group(1)) if errors else 0
+
+
+def measure(name, url, host, tmp, procs):
+    """Runs the loads against url; procs maps role -> Proc for CPU and RSS."""
+    upload = os.path.join(tmp, "www", "bulk")
+    cpu0 = {k: p.cpu() for k, p in procs.items()}
+    down = curl_speed(url, host)
+    up = curl_speed(url, host, upload=upload)
+    rps, p50, p99, errs = wrk(url, host)
+    cpu = {k: p.cpu() - cpu0[k] for k, p in procs.items()}
+    hwm = {k: p.hwm_kib() for k, p in procs.items()}
+    return dict(name=name, down=down, up=up, rps=rps, p50=p50, p99=p99, errors=errs, cpu=cpu, hwm=hwm)
+
+
+def mailslot(protocol, tmp, origin_port, binaries):
+    edge_bin, mailslot_bin = binaries
+    d = tempfile.mkdtemp(dir=tmp)
+    run([edge_bin, "init", "--dir", d, "--hostname", "127.0.0.1"])
+    yml = os.path.join(d, "edge.yml")
+    text = open(yml).read()
+    text = re.sub(r"^(tunnel-listen|http-listen|https-listen):.*$",
+                  lambda m: f"{m.group(1)}: " + ("none" if m.group(1) == "https-listen" else "127.0.0.1:0"),
+                  text, flags=re.M)
+    text += "limits:\n  max-conns-per-ip: 10000\n"
+    open(yml, "w").write(text)
+    edge = Proc([edge_bin, "serve", "--config", yml], env={"RUST_LOG": "warn,mailslot::edge=info"})
+    tunnel = edge.wait_line(r"tunnel listener on udp (\S+)").group(1)
+    http = edge.wait_line(r": HTTP on (\S+)").group(1)
+    token = run([edge_bin, "token", "--config", yml, "--tunnel", "bench", "--allow", HOST]).stdout.strip()
+    cfg = os.path.join(d, "config.yml")
+    with open(cfg, "w") as f:
+        f.write(f"tunnel: bench\ntoken: {token}\nedge: [\"{tunnel}\"]\nedge-ca: {d}/ca.pem\n"
+                f"protocol: {protocol}\nha-connections: 2\ningress:\n"
+                f"  - hostname: {HOST}\n    service: http://127.0.0.1:{origin_port}\n  - service: http_status:404\n")
+    run([mailslot_bin, "config", "compile", cfg, "--output", os.path.join(d, "config.bin")])
+    conn = Proc([mailslot_bin, "run", "--config", os.path.join(d, "config.bin")], env={"RUST_LOG": "info"})
+    for _ in range(2):
+        conn.wait_line("registered: tunnel")
+    return f"http://{http}/", {"connector": conn, "edge": edge}
+
+
+def rathole(tmp, origin_port):
+    if not shutil.which("rathole"):
+        return None
+    d = tempfile.mkdtemp(dir=tmp)
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{d}/key.pem", "-out",
+         f"{d}/cert.pem", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+    run(["openssl", "pkcs12", "-export", "-out", f"{d}/id.p12", "-inkey", f"{d}/key.pem", "-in",
+         f"{d}/cert.pem", "-passout", "pass:bench"])
+    ctl, vis = free_port(), free_port()
+    open(f"{d}/server.toml", "w").write(f"""[server]
+bind_addr = "127.0.0.1:{ctl}"
+[server.transport]
+type = "tls"
+[server.transport.tls]
+pkcs12 = "{d}/id.p12"
+pkcs12_password = "bench"
+[server.services.web]
+token = "bench"
+bind_addr = "127.0.0.1:{vis}"
+""")
+    open(f"{d}/client.toml", "w").write(f"""[client]
+remote_addr = "localhost:{ctl}"
+[client.transport]
+type = "tls"
+[client.transport.tls]
+trusted_root = "{d}/cert.pem"
+hostname = "localhost"
+[client.services.web]
+token = "bench"
+local_addr = "127.0.0.1:{origin_port}"
+""")
+    server = Proc(["rathole", "-s", f"{d}/server.toml"])
+    client = Proc(["rathole", "-c", f"{d}/client.toml"])
+    client.wait_line(r"Control channel established", timeout=20)
+    return f"http://127.0.0.1:{vis}/", {"connector": client, "edge": server}
+
+
+def bore(tmp, origin_port):
+    if not shutil.which("bore"):
+        return None
+    server = Proc(["bore", "server", "--min-port", "20000", "--max-port", "29999"], env={"RUST_LOG": "info"})
+    server.wait_line("server listening")
+    client = Proc(["bore", "local", str(origin_port), "--to", "127.0.0.1"], env={"RUST_LOG": "info"})
+    port = client.wait_line(r"listening at 127\.0\.0\.1:(\d+)").group(1)
+    return f"http://127.0.0.1:{port}/", {"connector": client, "edge": server}
+
+
+def main():
+    for tool in ("nginx", "wrk", "curl"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is required (apt-get install nginx wrk curl)")
+    print("building release binaries ...", flush=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
+    binaries = (os.path.join(ROOT, "target/release/mailslot-edge"), os.path.join(ROOT, "target/release/mailslot"))
+    tmp = tempfile.mkdtemp(prefix="mailslot-bench-")
+    started = []
+    rows = []
+    try:
+        origin, origin_port = nginx(tmp)
+        started.append(origin)
+        direct = f"http://127.0.0.1:{origin_port}/"
+        rows.append(measure("direct", direct, HOST, tmp, {}))
+        for label, setup in [
+            ("mailslot quic", lambda: mailslot("quic", tmp, origin_port, binaries)),
+            ("mailslot http2", lambda: mailslot("http2", tmp, origin_port, binaries)),
+            ("rathole tls", lambda: rathole(tmp, origin_port)),
+            ("bore (plain tcp)", lambda: bore(tmp, origin_port)),
+        ]:
+            got = setup()
+            if got is None:
+                print(f"({label}: not installed, skipped)")
+                continue
+            url, procs = got
+            started.extend(procs.values())
+            rows.append(measure(label, url, HOST, tmp, procs))
+            for p in procs.values():
+                p.stop()
+    finally:
+        for p in started:
+            p.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    base = rows[0]
+    print()
+    print(f"bulk {BULK_MIB} MiB, wrk -t2 -c50 -d{WRK_SECS}s on 1 KiB; ratios are to direct in this run")
+    hdr = (f"{'row':<18}{'down MiB/s':>16}{'up MiB/s':>16}{'req/s':>16}{'p50 ms':>9}{'p99 ms':>9}"
+           f"{'conn cpu s':>11}{'conn peak':>11}{'edge cpu s':>11}{'edge peak':>11}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        def rel(key):
+            return f"{r[key]:8.1f} {r[key] / base[key]:5.2f}x"
+        c, e = r["cpu"].get("connector"), r["cpu"].get("edge")
+        ch, eh = r["hwm"].get("connector"), r["hwm"].get("edge")
+        fmt_cpu = lambda v: f"{v:11.2f}" if v is not None else f"{'-':>11}"
+        fmt_mem = lambda v: f"{v / 1024:8.1f}MiB" if v is not None else f"{'-':>11}"
+        print(f"{r['name']:<18}{rel('down'):>16}{rel('up'):>16}{rel('rps'):>16}{r['p50']:9.2f}{r['p99']:9.2f}"
+              f"{fmt_cpu(c)}{fmt_mem(ch)}{fmt_cpu(e)}{fmt_mem(eh)}")
+        if r["errors"]:
+            print(f"  ! {r['errors']} non-2xx responses")
+
+
+if __name__ == "__main__":
+    main()
