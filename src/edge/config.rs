@@ -30,6 +30,12 @@ struct Raw {
     origin_response_timeout: Option<RawDuration>,
     keepalive: Option<RawDuration>,
     idle_timeout: Option<RawDuration>,
+    #[serde(default)]
+    access: Vec<super::policy::RawPolicy>,
+    #[serde(default)]
+    service_tokens: Vec<super::policy::RawServiceToken>,
+    #[serde(default)]
+    tcp_ports: Vec<super::policy::RawTcpPort>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +77,8 @@ pub struct EdgeConfig {
     pub origin_response_timeout: Duration,
     pub keepalive: Duration,
     pub idle_timeout: Duration,
+    /// `access:`, `service-tokens:` and `tcp-ports:`.
+    pub access: super::policy::AccessConfig,
 }
 
 /// Parses "500ms", "15s", "2m", "1h" or a number of seconds.
@@ -142,6 +150,12 @@ impl EdgeConfig {
         if keepalive >= idle_timeout {
             return Err("keepalive must be shorter than idle-timeout".into());
         }
+        let access = super::policy::AccessConfig::from_raw(
+            raw.access,
+            raw.service_tokens,
+            raw.tcp_ports,
+            &abs,
+        )?;
         Ok(EdgeConfig {
             name: raw.name.unwrap_or_else(|| "edge".into()),
             tunnel_listen,
@@ -165,6 +179,7 @@ impl EdgeConfig {
             )?,
             keepalive,
             idle_timeout,
+            access,
         })
     }
 }

@@ -147,6 +147,10 @@ async fn route(
     if host.is_empty() {
         return proxy::text(StatusCode::BAD_REQUEST, "the request names no host");
     }
+    let req = match super::access::gate(req, &host, peer, scheme, state).await {
+        Ok(req) => req,
+        Err(resp) => return resp,
+    };
     let visitor = Visitor { peer, scheme };
     proxy::handle(
         &state.registry,

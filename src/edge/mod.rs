@@ -8,10 +8,14 @@
 //! - [`tunnels`]: the tunnel listener and the control handshake.
 //! - [`front`]: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
 //! - [`proxy`]: HTTP through tunnel streams, pooled.
+//! - [`policy`]: access policies, service tokens and signed access tokens.
+//! - [`access`]: access clients, public TCP ports, and the gate for HTTP hostnames.
 
+pub mod access;
 pub mod config;
 pub mod front;
 pub mod init;
+pub mod policy;
 pub mod proxy;
 pub mod registry;
 pub mod token;
@@ -147,12 +151,15 @@ pub struct EdgeState {
     pub origin_timeout: Duration,
     /// Set when the edge shuts down: connectors are told to go elsewhere.
     pub going_away: watch::Sender<bool>,
+    /// Access policies and limits.
+    pub access: access::AccessState,
 }
 
 /// A configured edge, ready to serve.
 pub struct Edge {
     state: Arc<EdgeState>,
     settings: EdgeSettings,
+    tcp_ports: Vec<access::BoundTcpPort>,
 }
 
 impl Edge {
@@ -165,8 +172,25 @@ impl Edge {
             verify_keys: settings.verify_keys.clone(),
             origin_timeout: settings.origin_timeout,
             going_away: watch::channel(false).0,
+            access: access::AccessState::default(),
         });
-        Edge { state, settings }
+        Edge {
+            state,
+            settings,
+            tcp_ports: Vec::new(),
+        }
+    }
+
+    /// Puts access policies in force and serves `tcp_ports` (bound by the caller). An
+    /// edge without them keeps every raw-stream hostname closed.
+    pub fn with_access(
+        mut self,
+        policy: policy::AccessPolicy,
+        tcp_ports: Vec<access::BoundTcpPort>,
+    ) -> Edge {
+        self.state.access.set_policy(policy);
+        self.tcp_ports = tcp_ports;
+        self
     }
 
     /// The tunnel registry (for status and tests).
@@ -207,7 +231,10 @@ impl Edge {
                 default: self.settings.cert.certified()?,
                 others: Vec::new(),
             }));
-        tunnel_tls.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
+        tunnel_tls.alpn_protocols = vec![
+            crate::wire::ALPN.to_vec(),
+            crate::wire::ACCESS_ALPN.to_vec(),
+        ];
         let tunnel_addr = listeners.tunnel.local_addr().map_err(|e| e.to_string())?;
         let endpoint = crate::transport::quic::server_endpoint(
             listeners.tunnel,
@@ -249,6 +276,24 @@ impl Edge {
             tasks.push(tokio::spawn(front::serve(
                 l,
                 Some(acceptor),
+                self.state.clone(),
+            )));
+        }
+        for port in self.tcp_ports {
+            let spec = port.spec;
+            port.listener
+                .set_nonblocking(true)
+                .map_err(|e| e.to_string())?;
+            let l = tokio::net::TcpListener::from_std(port.listener).map_err(|e| e.to_string())?;
+            log::info!(
+                "edge {}: TCP port {} for {}",
+                self.state.name,
+                l.local_addr().map_err(|e| e.to_string())?,
+                spec.hostname
+            );
+            tasks.push(tokio::spawn(access::serve_tcp_port(
+                l,
+                spec,
                 self.state.clone(),
             )));
         }
