@@ -41,6 +41,8 @@ pub const USAGE: &str = "usage: mailslot access <ssh|tcp|ssh-config> --hostname 
 
 /// Largest token or CA file read.
 const MAX_FILE: u64 = 64 * 1024;
+/// Time allowed to close a stream cleanly at its end.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most local connections `access tcp` carries at once.
 const MAX_LOCAL_CONNS: usize = 256;
 
@@ -305,33 +307,49 @@ fn explain(e: ClientError, hostname: &str) -> String {
 /// `access ssh`: one stream, carried on stdin and stdout. Ends when the service closes.
 async fn run_stdio(client: Arc<AccessClient>) -> Result<(), String> {
     let host = client.options().hostname.clone();
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let stream = client.open().await.map_err(|e| explain(e, &host))?;
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let up = async {
-        let mut stdin = tokio::io::stdin();
-        let r = tokio::io::copy(&mut stdin, &mut wr).await;
-        let _ = wr.shutdown().await;
-        r
-    };
-    let down = async {
-        let mut stdout = tokio::io::stdout();
-        let r = tokio::io::copy(&mut rd, &mut stdout).await;
-        let _ = stdout.flush().await;
-        r
-    };
-    tokio::pin!(up, down);
-    let mut up_done = false;
-    let result = loop {
-        tokio::select! {
-            r = &mut up, if !up_done => {
-                up_done = true;
-                if let Err(e) = r {
-                    log::debug!("stdin: {e}");
+    let result = {
+        let up = async {
+            let mut stdin = tokio::io::stdin();
+            let r = tokio::io::copy(&mut stdin, &mut wr).await;
+            let _ = wr.shutdown().await;
+            r
+        };
+        let down = async {
+            let mut stdout = tokio::io::stdout();
+            let r = tokio::io::copy(&mut rd, &mut stdout).await;
+            let _ = stdout.flush().await;
+            r
+        };
+        tokio::pin!(up, down);
+        let mut up_done = false;
+        loop {
+            tokio::select! {
+                // ssh hangs up on its ProxyCommand when the session ends.
+                _ = hangup.recv() => break Ok(0),
+                _ = term.recv() => break Ok(0),
+                r = &mut up, if !up_done => {
+                    up_done = true;
+                    if let Err(e) = r {
+                        log::debug!("stdin: {e}");
+                    }
                 }
+                r = &mut down => break r,
             }
-            r = &mut down => break r,
         }
     };
+    // The service is done: end our side too (which also closes the transport cleanly)
+    // without waiting on stdin, and let the edge hear it before the connection closes.
+    let mut stream = rd.unsplit(wr);
+    let _ = tokio::time::timeout(SHUTDOWN_WAIT, async {
+        let _ = stream.shutdown().await;
+        stream.delivered().await;
+    })
+    .await;
     client.close().await;
     match result {
         Ok(_) => Ok(()),
@@ -382,6 +400,12 @@ async fn run_listener(
                 Ok(mut stream) => {
                     match tokio::io::copy_bidirectional(&mut tcp, &mut stream).await {
                         Ok((up, down)) => {
+                            // Both directions done: this closes the transport cleanly.
+                            let _ = tokio::time::timeout(SHUTDOWN_WAIT, async {
+                                let _ = stream.shutdown().await;
+                                stream.delivered().await;
+                            })
+                            .await;
                             log::info!("{peer}: done, {up} B to {host}, {down} B back")
                         }
                         Err(e) => log::info!("{peer}: connection to {host} ended: {e}"),

@@ -6,15 +6,17 @@
 //! client's streams share one connection.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::ws;
-use crate::transport::{quic, Session};
+use crate::transport::{quic, SendHalf, Session, TunnelStream};
 use crate::wire::{self, AccessCredential, AccessError, AccessReply, AccessRequest};
 
 /// Default QUIC port of an edge (its tunnel port).
@@ -154,8 +156,70 @@ pub enum ClientError {
 }
 
 /// A stream to the device's service.
-pub trait AccessIo: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> AccessIo for T {}
+pub enum AccessStream {
+    Quic(TunnelStream),
+    Https(Box<ws::WsStream<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl AccessStream {
+    /// Waits until the edge has everything written so far, after `shutdown`: closing
+    /// the QUIC connection before then could lose the end of the stream. The caller
+    /// bounds the wait.
+    pub async fn delivered(&mut self) {
+        match self {
+            AccessStream::Quic(s) =>
+            {
+                #[allow(unreachable_patterns)]
+                match &s.send {
+                    SendHalf::Quic(send) => {
+                        let _ = send.stopped().await;
+                    }
+                    _ => {}
+                }
+            }
+            // TCP delivers what it accepted before the close that follows.
+            AccessStream::Https(_) => {}
+        }
+    }
+}
+
+impl AsyncRead for AccessStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            AccessStream::Quic(s) => Pin::new(s).poll_read(cx, buf),
+            AccessStream::Https(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for AccessStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            AccessStream::Quic(s) => Pin::new(s).poll_write(cx, buf),
+            AccessStream::Https(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            AccessStream::Quic(s) => Pin::new(s).poll_flush(cx),
+            AccessStream::Https(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            AccessStream::Quic(s) => Pin::new(s).poll_shutdown(cx),
+            AccessStream::Https(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Opens access streams; holds the QUIC connection between them.
 pub struct AccessClient {
@@ -178,7 +242,7 @@ impl AccessClient {
     }
 
     /// One stream to the service, over the configured transport.
-    pub async fn open(&self) -> Result<Box<dyn AccessIo>, ClientError> {
+    pub async fn open(&self) -> Result<AccessStream, ClientError> {
         match self.opts.transport {
             Transport::Quic => self.open_quic(None).await,
             Transport::Https => self.open_https().await,
@@ -245,7 +309,7 @@ impl AccessClient {
         Ok(session)
     }
 
-    async fn open_quic(&self, wait: Option<Duration>) -> Result<Box<dyn AccessIo>, ClientError> {
+    async fn open_quic(&self, wait: Option<Duration>) -> Result<AccessStream, ClientError> {
         let wait = wait.unwrap_or(CONNECT_TIMEOUT);
         let mut fresh = false;
         loop {
@@ -279,7 +343,7 @@ impl AccessClient {
                     .map_err(std::io::Error::other)
             };
             return match tokio::time::timeout(REPLY_TIMEOUT, exchange).await {
-                Ok(Ok(AccessReply::Ok)) => Ok(Box::new(stream)),
+                Ok(Ok(AccessReply::Ok)) => Ok(AccessStream::Quic(stream)),
                 Ok(Ok(AccessReply::Err { error, message })) => {
                     Err(ClientError::Refused { error, message })
                 }
@@ -296,7 +360,7 @@ impl AccessClient {
         }
     }
 
-    async fn open_https(&self) -> Result<Box<dyn AccessIo>, ClientError> {
+    async fn open_https(&self) -> Result<AccessStream, ClientError> {
         let t = ClientError::Transport;
         let edge = &self.opts.https_edge;
         let remote = edge.resolve().await.map_err(t)?;
@@ -336,7 +400,7 @@ impl AccessClient {
             .await
         };
         match tokio::time::timeout(REPLY_TIMEOUT, handshake).await {
-            Ok(Ok(stream)) => Ok(Box::new(stream)),
+            Ok(Ok(stream)) => Ok(AccessStream::Https(Box::new(stream))),
             Ok(Err(ws::WsError::Status { status, message })) => Err(ClientError::Refused {
                 error: match status {
                     401 => AccessError::Unauthorized,

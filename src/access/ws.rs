@@ -17,7 +17,8 @@
 //! Payloads are streamed straight into the reader's buffer, so a peer's frame length
 //! never makes us allocate; control payloads are at most 125 bytes and discarded.
 //! A close frame is a half-close: the reader sees end of stream; shutting the writer
-//! down sends one.
+//! down sends one. Shutting down once both directions are done also closes the
+//! transport (TLS close_notify), so call `shutdown` again at the end.
 
 use std::io;
 use std::pin::Pin;
@@ -366,8 +367,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
             me.encode(OP_CLOSE, &1000u16.to_be_bytes());
             ready!(me.poll_drain(cx))?;
         }
-        // The transport stays open for the other direction; it closes when dropped.
-        Pin::new(&mut me.io).poll_flush(cx)
+        if me.read_done {
+            // Both directions are done: close the transport cleanly (TLS close_notify).
+            Pin::new(&mut me.io).poll_shutdown(cx)
+        } else {
+            // The transport stays open for the other direction.
+            Pin::new(&mut me.io).poll_flush(cx)
+        }
     }
 }
 

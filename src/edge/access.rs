@@ -360,7 +360,11 @@ where
     };
     let result = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
     let end = match result {
-        Ok(_) => "closed".to_string(),
+        Ok(_) => {
+            // Both directions are done; a WebSocket client's transport closes cleanly now.
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
+            "closed".to_string()
+        }
         Err(e) => {
             tunnel.abort();
             format!("ended: {e}")
@@ -396,11 +400,14 @@ pub async fn serve_tcp_port(
                 continue;
             }
         };
+        let via = format!(
+            "tcp port {}",
+            listener.local_addr().map_or(spec.listen, |a| a)
+        );
         if !spec.admits(peer.ip()) {
             log::info!(
-                "access denied: {} from {peer} over tcp port {}: address not in ip-allow",
+                "access denied: {} from {peer} over {via}: address not in ip-allow",
                 spec.hostname,
-                spec.listen
             );
             continue;
         }
