@@ -167,9 +167,9 @@ impl AccessStream {
     /// bounds the wait.
     pub async fn delivered(&mut self) {
         match self {
-            AccessStream::Quic(s) =>
-            {
-                #[allow(unreachable_patterns)]
+            AccessStream::Quic(s) => {
+                // Other transports (HTTP/2) deliver what they accepted before a close.
+                #[allow(unreachable_patterns, clippy::single_match)]
                 match &s.send {
                     SendHalf::Quic(send) => {
                         let _ = send.stopped().await;

@@ -154,7 +154,7 @@ impl EdgeConfig {
             raw.access,
             raw.service_tokens,
             raw.tcp_ports,
-            &abs,
+            abs,
         )?;
         Ok(EdgeConfig {
             name: raw.name.unwrap_or_else(|| "edge".into()),
