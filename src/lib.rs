@@ -5,7 +5,9 @@
 //! - [`tls`]: TLS client settings, tolerant of a device clock that is not set yet.
 //! - [`transport`]: QUIC (and HTTP/2) sessions behind one interface.
 //! - [`connector`]: the device side: supervisor, streams, origins.
+//! - [`access`]: the operator's client for SSH and TCP services (`mailslot access`).
 //! - `edge` (feature `edge`): the server visitors and connectors reach.
+pub mod access;
 pub mod config;
 pub mod connector;
 #[cfg(feature = "edge")]

@@ -14,6 +14,9 @@ commands:
   config check FILE.bin            validate a binary config and summarise it
   demo [--listen ADDR]             an edge, a connector and a hello-world service on
                                    loopback (default 127.0.0.1:8080, or any free port)
+  access ssh|tcp|ssh-config --hostname NAME [options]
+                                   reach a device's SSH or TCP service through the
+                                   edge (`mailslot access help` lists the options)
   version                          print the version
 
 RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
@@ -23,7 +26,10 @@ RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
 const DEFAULT_CONFIG: &str = "/etc/mailslot/config.bin";
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    // The access client talks on ssh's terminal: quiet unless RUST_LOG asks.
+    let access = std::env::args().nth(1).as_deref() == Some("access");
+    let level = if access { "warn" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp_secs()
         .init();
     match real_main() {
@@ -54,6 +60,7 @@ fn real_main() -> Result<ExitCode, String> {
     match cmd.as_str() {
         "config" => config_cmd(&mut parser),
         "run" => run_cmd(&mut parser),
+        "access" => mailslot::access::cli::main(&mut parser),
         #[cfg(feature = "edge")]
         "demo" => demo_cmd(&mut parser),
         #[cfg(not(feature = "edge"))]

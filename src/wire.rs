@@ -29,6 +29,17 @@
 //! ```
 //!
 //! postcard enums are encoded by variant index: variants are only ever appended.
+//!
+//! Access streams (operator's `mailslot access` to the edge, over QUIC with ALPN
+//! [`ACCESS_ALPN`], or inside a WebSocket over HTTPS): the client writes one
+//! [`AccessRequest`] frame, the edge answers one [`AccessReply`] frame; after an `Ok`
+//! reply the stream is a raw byte pipe to the device's service.
+//!
+//! ```text
+//!  client -> edge:  [u16 len][postcard AccessRequest]  then raw bytes ...
+//!  edge -> client:  [u16 len][postcard AccessReply]    then raw bytes ...
+//!                   len: 1..=MAX_ACCESS_FRAME
+//! ```
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -41,6 +52,12 @@ pub const ALPN: &[u8] = b"mailslot";
 pub const MAX_CONTROL_FRAME: usize = 128 * 1024;
 /// Largest stream header or reply.
 pub const MAX_STREAM_FRAME: usize = 2048;
+/// TLS ALPN of access clients on the edge's tunnel (QUIC) port.
+pub const ACCESS_ALPN: &[u8] = b"mailslot-access";
+/// WebSocket subprotocol of access streams carried over HTTPS.
+pub const ACCESS_WS_PROTOCOL: &str = "mailslot-access";
+/// Largest access request or reply.
+pub const MAX_ACCESS_FRAME: usize = 8192;
 
 /// Longest reason text carried in a message.
 const MAX_REASON: usize = 512;
@@ -162,6 +179,60 @@ pub enum StreamReply {
     Err { error: StreamError, message: String },
 }
 
+/// What an access client shows the edge. `Debug` masks secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessCredential {
+    /// Nothing: enough only for `public` hostnames.
+    None,
+    /// A signed access token (`msa1.…`).
+    Token(String),
+    /// A service token: client id and secret.
+    Service { id: String, secret: String },
+}
+
+impl std::fmt::Debug for AccessCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessCredential::None => f.write_str("None"),
+            AccessCredential::Token(_) => f.write_str("Token(***)"),
+            AccessCredential::Service { id, .. } => write!(f, "Service({id}, ***)"),
+        }
+    }
+}
+
+/// First frame of an access stream, from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRequest {
+    pub version: u16,
+    /// The hostname of the device's service (a raw-stream ingress rule).
+    pub hostname: String,
+    pub credential: AccessCredential,
+}
+
+/// Why the edge refused an access stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessError {
+    /// No credentials, or credentials that do not verify.
+    Unauthorized,
+    /// Valid credentials that this hostname's policy does not admit.
+    Forbidden,
+    /// No tunnel serves the hostname on this edge.
+    NoTunnel,
+    /// The tunnel is offline, or the device could not reach the service.
+    Unavailable,
+    /// The hostname is not a raw-stream (TCP) service.
+    NotStream,
+    /// The request was malformed or of another protocol version.
+    BadRequest,
+}
+
+/// The edge's answer to an [`AccessRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessReply {
+    Ok,
+    Err { error: AccessError, message: String },
+}
+
 /// Why reading or writing a frame failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -235,17 +306,7 @@ where
 
 /// Encodes a stream header or reply frame (u16 length prefix).
 pub fn encode_stream_frame<M: Serialize>(msg: &M) -> Result<Vec<u8>, WireError> {
-    let body = postcard::to_allocvec(msg).map_err(WireError::Malformed)?;
-    if body.is_empty() || body.len() > MAX_STREAM_FRAME {
-        return Err(WireError::TooLarge {
-            len: body.len(),
-            max: MAX_STREAM_FRAME,
-        });
-    }
-    let mut frame = Vec::with_capacity(2 + body.len());
-    frame.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&body);
-    Ok(frame)
+    encode_short_frame(msg, MAX_STREAM_FRAME)
 }
 
 /// Reads a stream header or reply frame.
@@ -254,19 +315,52 @@ where
     R: AsyncRead + Unpin,
     M: DeserializeOwned,
 {
+    read_short_frame(r, MAX_STREAM_FRAME).await
+}
+
+/// Encodes an access request or reply frame (u16 length prefix).
+pub fn encode_access_frame<M: Serialize>(msg: &M) -> Result<Vec<u8>, WireError> {
+    encode_short_frame(msg, MAX_ACCESS_FRAME)
+}
+
+/// Reads an access request or reply frame.
+pub async fn read_access_frame<R, M>(r: &mut R) -> Result<M, WireError>
+where
+    R: AsyncRead + Unpin,
+    M: DeserializeOwned,
+{
+    read_short_frame(r, MAX_ACCESS_FRAME).await
+}
+
+fn encode_short_frame<M: Serialize>(msg: &M, max: usize) -> Result<Vec<u8>, WireError> {
+    let body = postcard::to_allocvec(msg).map_err(WireError::Malformed)?;
+    if body.is_empty() || body.len() > max {
+        return Err(WireError::TooLarge {
+            len: body.len(),
+            max,
+        });
+    }
+    let mut frame = Vec::with_capacity(2 + body.len());
+    frame.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+async fn read_short_frame<R, M>(r: &mut R, max: usize) -> Result<M, WireError>
+where
+    R: AsyncRead + Unpin,
+    M: DeserializeOwned,
+{
     let mut len = [0u8; 2];
     read_prefix(r, &mut len).await?;
     let len = u16::from_be_bytes(len) as usize;
-    if len == 0 || len > MAX_STREAM_FRAME {
-        return Err(WireError::TooLarge {
-            len,
-            max: MAX_STREAM_FRAME,
-        });
+    if len == 0 || len > max {
+        return Err(WireError::TooLarge { len, max });
     }
-    let mut body = [0u8; MAX_STREAM_FRAME];
-    let body = &mut body[..len];
-    r.read_exact(body).await?;
-    postcard::from_bytes(body).map_err(WireError::Malformed)
+    // Bounded by `max` (at most 64 KiB by the u16 prefix) before allocating.
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    postcard::from_bytes(&body).map_err(WireError::Malformed)
 }
 
 /// Reads a length prefix, telling a clean close apart from a cut-off frame.
@@ -372,6 +466,38 @@ mod tests {
         let mut r = &frame[..];
         let got: StreamHeader = read_stream_frame(&mut r).await.unwrap();
         assert_eq!(got, h);
+    }
+
+    #[tokio::test]
+    async fn access_request_round_trip_and_limit() {
+        let req = AccessRequest {
+            version: PROTOCOL_VERSION,
+            hostname: "ssh.dev42.example.com".into(),
+            credential: AccessCredential::Service {
+                id: "ci".into(),
+                secret: "s".repeat(100),
+            },
+        };
+        let frame = encode_access_frame(&req).unwrap();
+        let (mut a, mut b) = tokio::io::duplex(5);
+        let w = tokio::spawn(async move { a.write_all(&frame).await });
+        let got: AccessRequest = read_access_frame(&mut b).await.unwrap();
+        w.await.unwrap().unwrap();
+        assert_eq!(got, req);
+        assert!(!format!("{got:?}").contains("sss"), "secrets are masked");
+        let big = AccessRequest {
+            credential: AccessCredential::Token("t".repeat(MAX_ACCESS_FRAME)),
+            ..req
+        };
+        assert!(matches!(
+            encode_access_frame(&big),
+            Err(WireError::TooLarge { .. })
+        ));
+        let mut r: &[u8] = &[0xff, 0xff];
+        assert!(matches!(
+            read_access_frame::<_, AccessRequest>(&mut r).await,
+            Err(WireError::TooLarge { .. })
+        ));
     }
 
     #[test]

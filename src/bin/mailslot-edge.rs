@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mailslot::edge::{config::EdgeConfig, init, Edge, EdgeSettings, Listeners};
+use mailslot::edge::{access, config::EdgeConfig, init, policy, Edge, EdgeSettings, Listeners};
 
 const USAGE: &str = "usage: mailslot-edge <command> [options]
 
@@ -16,6 +16,11 @@ commands:
         [--expires DURATION]
         print a signed tunnel token for the hostname patterns (exact or *.wildcard);
         DURATION like 90d, 12h, 30m (default 365d)
+  access-token --config edge.yml --user NAME --hostname PATTERN [--hostname PATTERN ...]
+        [--ttl DURATION]
+        print a signed access token for `mailslot access` and HTTP hostnames with an
+        access policy; PATTERN like ssh.dev42.example.com, *.dev42.example.com or
+        ssh.*.example.com; DURATION like 8h (the default), 30m, 7d (at most 31d)
   serve --config edge.yml
         serve connectors and visitors until SIGTERM or Ctrl-C
   version
@@ -63,6 +68,8 @@ fn real_main() -> Result<(), String> {
     let mut tunnel: Option<String> = None;
     let mut allow = Vec::new();
     let mut expires = Duration::from_secs(365 * 86400);
+    let mut user: Option<String> = None;
+    let mut ttl = Duration::from_secs(8 * 3600);
     while let Some(arg) = parser.next().map_err(arg_err)? {
         match arg {
             Long("config") | Short('c') => config = Some(parser.value().map_err(arg_err)?.into()),
@@ -74,8 +81,10 @@ fn real_main() -> Result<(), String> {
             Long("allow") => allow.push(string(&mut parser)?),
             Long("expires") => {
                 let v = string(&mut parser)?;
-                expires = parse_ttl(&v)?;
+                expires = parse_ttl("--expires", &v)?;
             }
+            Long("user") => user = Some(string(&mut parser)?),
+            Long("ttl") => ttl = parse_ttl("--ttl", &string(&mut parser)?)?,
             other => return Err(format!("{}\n\n{USAGE}", other.unexpected())),
         }
     }
@@ -126,11 +135,30 @@ fn real_main() -> Result<(), String> {
             );
             Ok(())
         }
+        "access-token" => {
+            let config = config.ok_or("access-token: --config edge.yml is required")?;
+            let user = user.ok_or("access-token: --user NAME is required")?;
+            if hostnames.is_empty() {
+                return Err("access-token: at least one --hostname PATTERN is required".into());
+            }
+            let cfg = EdgeConfig::load(&config)?;
+            let key_path = cfg.signing_key.ok_or(
+                "access-token: edge.yml has no signing-key; tokens are issued where the key is",
+            )?;
+            let key = init::load_signing_key(&key_path)?;
+            println!(
+                "{}",
+                policy::issue_access_token(&key, &user, &hostnames, ttl.as_secs())?
+            );
+            Ok(())
+        }
         "serve" => {
             let config = config.ok_or("serve: --config edge.yml is required")?;
             let cfg = EdgeConfig::load(&config)?;
             let settings = EdgeSettings::load(&cfg)?;
             let listeners = Listeners::bind(&cfg)?;
+            let access_policy = policy::AccessPolicy::load(&cfg.access)?;
+            let tcp_ports = access::bind_tcp_ports(&cfg.access.tcp_ports)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -138,7 +166,7 @@ fn real_main() -> Result<(), String> {
             rt.block_on(async move {
                 use tokio::signal::unix::{signal, SignalKind};
                 let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-                let edge = Edge::new(settings);
+                let edge = Edge::new(settings).with_access(access_policy, tcp_ports);
                 edge.serve(listeners, async move {
                     tokio::select! {
                         _ = term.recv() => {}
@@ -157,14 +185,14 @@ fn real_main() -> Result<(), String> {
 }
 
 /// "90d", "12h", "30m", "45s" or a number of seconds.
-fn parse_ttl(v: &str) -> Result<Duration, String> {
+fn parse_ttl(flag: &str, v: &str) -> Result<Duration, String> {
     if let Some(days) = v.strip_suffix('d') {
         let d: u64 = days
             .parse()
-            .map_err(|_| format!("--expires: {v:?} is not a duration like 90d"))?;
+            .map_err(|_| format!("{flag}: {v:?} is not a duration like 90d"))?;
         return Ok(Duration::from_secs(d.saturating_mul(86400)));
     }
-    mailslot::edge::config::parse_duration(v).map_err(|e| format!("--expires: {e}"))
+    mailslot::edge::config::parse_duration(v).map_err(|e| format!("{flag}: {e}"))
 }
 
 /// A hostname pattern: a DNS name, optionally starting with `*.`.

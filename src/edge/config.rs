@@ -35,6 +35,12 @@ struct Raw {
     keepalive: Option<RawDuration>,
     idle_timeout: Option<RawDuration>,
     #[serde(default)]
+    access: Vec<super::policy::RawPolicy>,
+    #[serde(default)]
+    service_tokens: Vec<super::policy::RawServiceToken>,
+    #[serde(default)]
+    tcp_ports: Vec<super::policy::RawTcpPort>,
+    #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
     rate_limits: Vec<shield::RawRate>,
@@ -252,6 +258,8 @@ pub struct EdgeConfig {
     pub shield: Arc<Shield>,
     /// Loopback address for `/metrics` and `/tunnels`; `None` = off.
     pub admin_listen: Option<SocketAddr>,
+    /// `access:`, `service-tokens:` and `tcp-ports:`.
+    pub access: super::policy::AccessConfig,
 }
 
 /// Parses "500ms", "15s", "2m", "1h" or a number of seconds.
@@ -323,6 +331,12 @@ impl EdgeConfig {
         if keepalive >= idle_timeout {
             return Err("keepalive must be shorter than idle-timeout".into());
         }
+        let access = super::policy::AccessConfig::from_raw(
+            raw.access,
+            raw.service_tokens,
+            raw.tcp_ports,
+            abs,
+        )?;
         Ok(EdgeConfig {
             name: raw.name.unwrap_or_else(|| "edge".into()),
             tunnel_listen,
@@ -362,6 +376,7 @@ impl EdgeConfig {
                     .collect::<Result<_, _>>()?,
             )),
             admin_listen: listen(raw.admin_listen, "none", "admin-listen")?,
+            access,
         })
     }
 }

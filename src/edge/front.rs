@@ -171,6 +171,10 @@ async fn route(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return proxy::text(StatusCode::BAD_REQUEST, "the request names no valid host");
     }
+    let req = match super::access::gate(req, &host, peer, scheme, state).await {
+        Ok(req) => req,
+        Err(resp) => return resp,
+    };
     let shield = &state.shield;
     let xff = req
         .headers()

@@ -8,12 +8,16 @@
 //! - [`tunnels`]: the tunnel listener and the control handshake.
 //! - [`front`]: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
 //! - [`proxy`]: HTTP through tunnel streams, pooled.
+//! - [`policy`]: access policies, service tokens and signed access tokens.
+//! - [`access`]: access clients, public TCP ports, and the gate for HTTP hostnames.
 
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod config;
 pub mod front;
 pub mod init;
+pub mod policy;
 pub mod proxy;
 pub mod registry;
 pub mod shield;
@@ -176,12 +180,15 @@ pub struct EdgeState {
     /// Set when the edge shuts down: connectors are told to go elsewhere.
     pub going_away: watch::Sender<bool>,
     pub shield: Arc<shield::Shield>,
+    /// Access policies and limits.
+    pub access: access::AccessState,
 }
 
 /// A configured edge, ready to serve.
 pub struct Edge {
     state: Arc<EdgeState>,
     settings: EdgeSettings,
+    tcp_ports: Vec<access::BoundTcpPort>,
 }
 
 impl Edge {
@@ -195,8 +202,25 @@ impl Edge {
             origin_timeout: settings.origin_timeout,
             going_away: watch::channel(false).0,
             shield: settings.shield.clone(),
+            access: access::AccessState::default(),
         });
-        Edge { state, settings }
+        Edge {
+            state,
+            settings,
+            tcp_ports: Vec::new(),
+        }
+    }
+
+    /// Puts access policies in force and serves `tcp_ports` (bound by the caller). An
+    /// edge without them keeps every raw-stream hostname closed.
+    pub fn with_access(
+        mut self,
+        policy: policy::AccessPolicy,
+        tcp_ports: Vec<access::BoundTcpPort>,
+    ) -> Edge {
+        self.state.access.set_policy(policy);
+        self.tcp_ports = tcp_ports;
+        self
     }
 
     /// The tunnel registry (for status and tests).
@@ -237,8 +261,13 @@ impl Edge {
                 default: self.settings.cert.certified()?,
                 others: Vec::new(),
             }));
+        // HTTP/2 tunnel connections on TCP speak only the tunnel protocol; QUIC also
+        // takes access clients.
         tunnel_tls.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
         let tunnel_tls_tcp = tunnel_tls.clone();
+        tunnel_tls
+            .alpn_protocols
+            .push(crate::wire::ACCESS_ALPN.to_vec());
         let tunnel_addr = listeners.tunnel.local_addr().map_err(|e| e.to_string())?;
         let endpoint = crate::transport::quic::server_endpoint(
             listeners.tunnel,
@@ -310,6 +339,24 @@ impl Edge {
                 l.local_addr().map_err(|e| e.to_string())?
             );
             tasks.push(tokio::spawn(admin::serve(l, self.state.clone())));
+        }
+        for port in self.tcp_ports {
+            let spec = port.spec;
+            port.listener
+                .set_nonblocking(true)
+                .map_err(|e| e.to_string())?;
+            let l = tokio::net::TcpListener::from_std(port.listener).map_err(|e| e.to_string())?;
+            log::info!(
+                "edge {}: TCP port {} for {}",
+                self.state.name,
+                l.local_addr().map_err(|e| e.to_string())?,
+                spec.hostname
+            );
+            tasks.push(tokio::spawn(access::serve_tcp_port(
+                l,
+                spec,
+                self.state.clone(),
+            )));
         }
         shutdown.await;
         log::info!(

@@ -29,7 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 
 use super::body::{read_prefix, BoxError, Guarded, Prefix, Refusal};
-use super::registry::{Registry, Route};
+use super::registry::{Conn, Registry, Route};
 use super::shield::Shield;
 use crate::transport::TunnelStream;
 use crate::wire::{self, RuleAction, StreamError, StreamHeader, StreamKind, StreamReply};
@@ -135,42 +135,54 @@ impl tower_service::Service<Uri> for TunnelDialer {
             let conn = registry
                 .conn(conn_id)
                 .ok_or_else(|| DialError::Tunnel("the connection closed".into()))?;
-            let header = StreamHeader {
-                rules_generation: generation,
-                rule,
-                kind: StreamKind::Http,
-                hostname: visitor.to_string(),
-            };
-            let dial = async {
-                let mut stream = conn
-                    .session
-                    .open_stream()
-                    .await
-                    .map_err(|e| DialError::Tunnel(e.to_string()))?;
-                let frame = wire::encode_stream_frame(&header)
-                    .map_err(|e| DialError::Tunnel(e.to_string()))?;
-                stream
-                    .write_all(&frame)
-                    .await
-                    .map_err(|e| DialError::Tunnel(e.to_string()))?;
-                match wire::read_stream_frame::<_, StreamReply>(&mut stream).await {
-                    Ok(StreamReply::Ok) => Ok(stream),
-                    Ok(StreamReply::Err { error, message }) => {
-                        Err(DialError::Device { error, message })
-                    }
-                    Err(e) => Err(DialError::Tunnel(e.to_string())),
-                }
-            };
-            match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
-                Ok(Ok(stream)) => Ok(PooledStream {
+            open_tunnel_stream(&conn, generation, rule, StreamKind::Http, visitor)
+                .await
+                .map(|stream| PooledStream {
                     io: TokioIo::new(stream),
-                }),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(DialError::Tunnel(format!(
-                    "no answer from the connector within {DIAL_TIMEOUT:?}"
-                ))),
-            }
+                })
         })
+    }
+}
+
+/// Opens a data stream on `conn` for `rule` of rule table `rules_generation`, sends the
+/// stream header and waits (bounded) for the connector's reply. On `Ok` the stream is
+/// a byte pipe to the origin.
+pub async fn open_tunnel_stream(
+    conn: &Conn,
+    rules_generation: u32,
+    rule: u16,
+    kind: StreamKind,
+    hostname: &str,
+) -> Result<TunnelStream, DialError> {
+    let header = StreamHeader {
+        rules_generation,
+        rule,
+        kind,
+        hostname: hostname.to_string(),
+    };
+    let dial = async {
+        let mut stream = conn
+            .session
+            .open_stream()
+            .await
+            .map_err(|e| DialError::Tunnel(e.to_string()))?;
+        let frame =
+            wire::encode_stream_frame(&header).map_err(|e| DialError::Tunnel(e.to_string()))?;
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| DialError::Tunnel(e.to_string()))?;
+        match wire::read_stream_frame::<_, StreamReply>(&mut stream).await {
+            Ok(StreamReply::Ok) => Ok(stream),
+            Ok(StreamReply::Err { error, message }) => Err(DialError::Device { error, message }),
+            Err(e) => Err(DialError::Tunnel(e.to_string())),
+        }
+    };
+    match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
+        Ok(r) => r,
+        Err(_) => Err(DialError::Tunnel(format!(
+            "no answer from the connector within {DIAL_TIMEOUT:?}"
+        ))),
     }
 }
 

@@ -43,6 +43,11 @@ pub async fn accept_quic(endpoint: quinn::Endpoint, state: Arc<EdgeState>) {
                     return;
                 }
             };
+            if super::access::is_access_connection(&conn) {
+                drop(permit);
+                super::access::serve_quic(conn, state).await;
+                return;
+            }
             serve_connection(Session::Quic(conn), state, Some(permit)).await;
         });
     }

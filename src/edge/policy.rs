@@ -1,0 +1,903 @@
+//! Access policies: who may reach which hostname through the edge, decided from
+//! `edge.yml` and the credentials a client shows, without a database.
+//!
+//! ```yaml
+//! service-tokens:
+//!   - id: ci
+//!     secret-file: ci.secret          # or secret: inline
+//! access:
+//!   - hostname: "ssh.*.example.com"   # exact, `*.` (one or more labels) or `*` labels
+//!     allow: [signed, service-token]  # public | service-token | signed
+//!     users: [alice]                  # optional: signed tokens of these users only
+//!     service-tokens: [ci]            # optional: these service tokens only
+//!     ip-allow: [203.0.113.0/24]      # optional: client addresses (CIDR)
+//! tcp-ports:
+//!   - listen: 0.0.0.0:2222
+//!     hostname: ssh.dev42.example.com
+//!     ip-allow: [203.0.113.0/24]      # required
+//! ```
+//!
+//! The first entry whose pattern matches the hostname decides. Without a matching entry
+//! a raw-stream (TCP, SSH, RDP) hostname is **closed**, so a TCP service is never exposed
+//! by accident, and an HTTP hostname is public.
+//!
+//! Signed access tokens are Ed25519 tokens of kind `msa1` ([`token::ACCESS_PREFIX`]):
+//! a tunnel token never verifies as one.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ring::signature::Ed25519KeyPair;
+use serde::{Deserialize, Serialize};
+
+use super::token::{self, TokenError, ACCESS_PREFIX};
+use crate::wire::{AccessCredential, AccessError};
+
+/// Most hostname patterns in one access token.
+pub const MAX_TOKEN_HOSTS: usize = 16;
+/// Longest user name in an access token.
+pub const MAX_USER_LEN: usize = 64;
+/// Longest lifetime of an access token, seconds (31 days): they are meant to be short.
+pub const MAX_ACCESS_TTL: u64 = 31 * 86400;
+/// Longest service token secret read from a file.
+const MAX_SECRET_LEN: usize = 1024;
+/// Shortest service token secret accepted in `edge.yml`.
+const MIN_SECRET_LEN: usize = 16;
+
+/// What a signed access token grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Who the token was issued to, for policies and logs.
+    pub user: String,
+    /// Hostname patterns the token is good for (see [`HostPattern`]).
+    pub hosts: Vec<String>,
+    /// Issue time, Unix seconds.
+    pub issued: u64,
+    /// Expiry time, Unix seconds.
+    pub expires: u64,
+}
+
+/// Signs an access token for `user` and `hosts`, valid for `ttl_secs` from now.
+pub fn issue_access_token(
+    key: &Ed25519KeyPair,
+    user: &str,
+    hosts: &[String],
+    ttl_secs: u64,
+) -> Result<String, String> {
+    if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(|c| c.is_control()) {
+        return Err(format!("--user: 1 to {MAX_USER_LEN} printable characters"));
+    }
+    if hosts.is_empty() || hosts.len() > MAX_TOKEN_HOSTS {
+        return Err(format!(
+            "an access token names 1 to {MAX_TOKEN_HOSTS} --hostname patterns"
+        ));
+    }
+    let hosts = hosts
+        .iter()
+        .map(|h| HostPattern::parse(h).map(|p| p.0))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ttl_secs == 0 || ttl_secs > MAX_ACCESS_TTL {
+        return Err("--ttl: access tokens live from 1 second to 31 days".into());
+    }
+    let now = token::now_unix();
+    sign_access_token(
+        key,
+        &AccessClaims {
+            user: user.to_string(),
+            hosts,
+            issued: now,
+            expires: now.saturating_add(ttl_secs),
+        },
+    )
+}
+
+/// Signs exactly these claims (tests use it for tokens that are already expired).
+pub fn sign_access_token(key: &Ed25519KeyPair, claims: &AccessClaims) -> Result<String, String> {
+    token::sign(key, ACCESS_PREFIX, claims)
+}
+
+/// Verifies an access token and its expiry at `now` (Unix seconds).
+pub fn verify_access(token: &str, keys: &[[u8; 32]], now: u64) -> Result<AccessClaims, TokenError> {
+    let claims: AccessClaims = token::verify(token, ACCESS_PREFIX, keys)?;
+    if claims.expires <= now {
+        return Err(TokenError::Expired(now - claims.expires));
+    }
+    Ok(claims)
+}
+
+/// A hostname pattern, lowercase: an exact name; `*.rest` (one or more labels before
+/// `rest`); or `*` labels elsewhere, each standing for exactly one label
+/// (`ssh.*.example.com` matches `ssh.dev42.example.com`). `*` alone matches every name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HostPattern(pub String);
+
+impl TryFrom<String> for HostPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        HostPattern::parse(&s)
+    }
+}
+
+impl HostPattern {
+    /// Checks a pattern's shape.
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let p = s.trim().trim_end_matches('.').to_ascii_lowercase();
+        let ok = !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                l == "*"
+                    || (!l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            });
+        if ok {
+            Ok(HostPattern(p))
+        } else {
+            Err(format!(
+                "{s:?} is not a hostname pattern (a DNS name whose labels may be `*`)"
+            ))
+        }
+    }
+
+    /// Does this pattern cover `host` (lowercase)?
+    pub fn matches(&self, host: &str) -> bool {
+        pattern_matches(&self.0, host)
+    }
+}
+
+fn pattern_matches(pattern: &str, host: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let h: Vec<&str> = host.split('.').collect();
+    let label_ok = |p: &str, h: &str| !h.is_empty() && (p == "*" || p.eq_ignore_ascii_case(h));
+    if p.len() > 1 && p[0] == "*" {
+        // Leading `*.`: one or more labels, then the rest label by label.
+        let rest = &p[1..];
+        return h.len() > rest.len()
+            && h[..h.len() - rest.len()].iter().all(|l| !l.is_empty())
+            && rest
+                .iter()
+                .zip(&h[h.len() - rest.len()..])
+                .all(|(p, h)| label_ok(p, h));
+    }
+    p.len() == h.len() && p.iter().zip(&h).all(|(p, h)| label_ok(p, h))
+}
+
+/// An address range in CIDR form (`10.0.0.0/8`, `2001:db8::/32`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Cidr::parse(&s)
+    }
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("{s:?} is not an address range like 10.0.0.0/8 or 2001:db8::/32");
+        let (ip, prefix) = match s.trim().split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Is `ip` inside the range? IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v4) => u128::from(u32::from(v4)),
+                IpAddr::V6(v6) => u128::from(v6),
+            }
+        };
+        let width = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => 32,
+            (IpAddr::V6(_), IpAddr::V6(_)) => 128,
+            _ => return false,
+        };
+        if self.prefix == 0 {
+            return true;
+        }
+        let shift = width - u32::from(self.prefix);
+        (bits(self.addr) >> shift) == (bits(ip) >> shift)
+    }
+}
+
+/// `::ffff:a.b.c.d` as `a.b.c.d`.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn allowed(list: &[Cidr], ip: IpAddr) -> bool {
+    list.iter().any(|c| c.contains(ip))
+}
+
+/// A way to be admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Anyone (within the IP allow-list).
+    Public,
+    /// A service token defined in `service-tokens`.
+    ServiceToken,
+    /// A signed access token from `mailslot-edge access-token`.
+    Signed,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// One `access:` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPolicy {
+    hostname: HostPattern,
+    allow: OneOrMany<Method>,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    service_tokens: Vec<String>,
+    #[serde(default)]
+    ip_allow: Vec<Cidr>,
+}
+
+/// One `service-tokens:` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawServiceToken {
+    id: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+}
+
+/// One `tcp-ports:` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawTcpPort {
+    listen: String,
+    hostname: String,
+    ip_allow: Vec<Cidr>,
+}
+
+/// An access policy for the hostnames its pattern covers.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub hostname: HostPattern,
+    pub allow: Vec<Method>,
+    /// Signed tokens of these users only (empty: any user).
+    pub users: Vec<String>,
+    /// These service tokens only (empty: any defined one).
+    pub service_tokens: Vec<String>,
+    /// Client addresses admitted (empty: any).
+    pub ip_allow: Vec<Cidr>,
+}
+
+/// Where a service token's secret comes from.
+#[derive(Clone)]
+pub enum SecretSource {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Inline(_) => f.write_str("Inline(***)"),
+            SecretSource::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+/// A public TCP port on the edge that leads to one raw-stream hostname.
+#[derive(Debug, Clone)]
+pub struct TcpPortSpec {
+    pub listen: SocketAddr,
+    pub hostname: String,
+    pub ip_allow: Vec<Cidr>,
+}
+
+impl TcpPortSpec {
+    /// Is a client at `ip` let in?
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        allowed(&self.ip_allow, ip)
+    }
+}
+
+/// The access sections of `edge.yml`, checked; secret files are read at start.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    pub policies: Vec<Policy>,
+    pub service_tokens: Vec<(String, SecretSource)>,
+    pub tcp_ports: Vec<TcpPortSpec>,
+}
+
+impl AccessConfig {
+    /// Checks the raw sections; `abs` resolves relative paths.
+    pub fn from_raw(
+        access: Vec<RawPolicy>,
+        service_tokens: Vec<RawServiceToken>,
+        tcp_ports: Vec<RawTcpPort>,
+        abs: impl Fn(PathBuf) -> PathBuf,
+    ) -> Result<AccessConfig, String> {
+        let mut tokens = Vec::new();
+        for t in service_tokens {
+            if t.id.is_empty() || t.id.len() > 64 || t.id.chars().any(|c| c.is_control()) {
+                return Err(format!(
+                    "service-tokens: id {:?} must be 1 to 64 printable characters",
+                    t.id
+                ));
+            }
+            if tokens.iter().any(|(id, _)| *id == t.id) {
+                return Err(format!("service-tokens: id {} is defined twice", t.id));
+            }
+            let source = match (t.secret, t.secret_file) {
+                (Some(s), None) => {
+                    check_secret(&s).map_err(|e| format!("service-tokens: {}: {e}", t.id))?;
+                    SecretSource::Inline(s)
+                }
+                (None, Some(p)) => SecretSource::File(abs(p)),
+                _ => {
+                    return Err(format!(
+                        "service-tokens: {} needs one of secret or secret-file",
+                        t.id
+                    ))
+                }
+            };
+            tokens.push((t.id, source));
+        }
+        let mut policies = Vec::new();
+        for (i, p) in access.into_iter().enumerate() {
+            let allow = p.allow.into_vec();
+            if allow.is_empty() {
+                return Err(format!("access[{i}] ({}): allow is empty", p.hostname.0));
+            }
+            for id in &p.service_tokens {
+                if !tokens.iter().any(|(t, _)| t == id) {
+                    return Err(format!(
+                        "access[{i}] ({}): service token {id} is not defined in service-tokens",
+                        p.hostname.0
+                    ));
+                }
+            }
+            if allow.contains(&Method::ServiceToken) && tokens.is_empty() {
+                return Err(format!(
+                    "access[{i}] ({}): allows service-token but service-tokens defines none",
+                    p.hostname.0
+                ));
+            }
+            policies.push(Policy {
+                hostname: p.hostname,
+                allow,
+                users: p.users,
+                service_tokens: p.service_tokens,
+                ip_allow: p.ip_allow,
+            });
+        }
+        let mut ports = Vec::new();
+        for (i, t) in tcp_ports.into_iter().enumerate() {
+            let listen: SocketAddr = t.listen.parse().map_err(|_| {
+                format!(
+                    "tcp-ports[{i}]: listen {:?} is not an address like 0.0.0.0:2222",
+                    t.listen
+                )
+            })?;
+            let host =
+                HostPattern::parse(&t.hostname).map_err(|e| format!("tcp-ports[{i}]: {e}"))?;
+            if host.0.contains('*') {
+                return Err(format!(
+                    "tcp-ports[{i}]: hostname must be one name, not a pattern"
+                ));
+            }
+            if t.ip_allow.is_empty() {
+                return Err(format!(
+                    "tcp-ports[{i}]: ip-allow is required (use [0.0.0.0/0, \"::/0\"] to admit everyone)"
+                ));
+            }
+            ports.push(TcpPortSpec {
+                listen,
+                hostname: host.0,
+                ip_allow: t.ip_allow,
+            });
+        }
+        Ok(AccessConfig {
+            policies,
+            service_tokens: tokens,
+            tcp_ports: ports,
+        })
+    }
+}
+
+fn check_secret(s: &str) -> Result<(), String> {
+    if s.len() < MIN_SECRET_LEN || s.len() > MAX_SECRET_LEN {
+        return Err(format!(
+            "a secret has {MIN_SECRET_LEN} to {MAX_SECRET_LEN} characters"
+        ));
+    }
+    Ok(())
+}
+
+/// What kind of service a hostname is, for the default when no policy matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// HTTP: public without a policy.
+    Http,
+    /// A raw stream (TCP, SSH, RDP): closed without a policy.
+    Stream,
+}
+
+/// Who was admitted, for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user, `service:<id>`, or `anonymous`.
+    pub who: String,
+    /// How: `signed token`, `service token`, `public`.
+    pub how: &'static str,
+}
+
+/// Why a client was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// `Unauthorized` (no or bad credentials) or `Forbidden` (valid but not admitted).
+    pub error: AccessError,
+    pub message: String,
+}
+
+fn unauthorized(message: String) -> Denied {
+    Denied {
+        error: AccessError::Unauthorized,
+        message,
+    }
+}
+
+fn forbidden(message: String) -> Denied {
+    Denied {
+        error: AccessError::Forbidden,
+        message,
+    }
+}
+
+/// The policies in force, with service token secrets loaded (as SHA-256 digests).
+#[derive(Debug, Default)]
+pub struct AccessPolicy {
+    policies: Vec<Policy>,
+    service_tokens: Vec<(String, [u8; 32])>,
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Compares digests without an early exit.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AccessPolicy {
+    /// Reads the secret files `cfg` names.
+    pub fn load(cfg: &AccessConfig) -> Result<AccessPolicy, String> {
+        let mut service_tokens = Vec::new();
+        for (id, source) in &cfg.service_tokens {
+            let secret = match source {
+                SecretSource::Inline(s) => s.clone(),
+                SecretSource::File(p) => read_secret(p)?,
+            };
+            service_tokens.push((id.clone(), sha256(secret.as_bytes())));
+        }
+        Ok(AccessPolicy {
+            policies: cfg.policies.clone(),
+            service_tokens,
+        })
+    }
+
+    /// The policy deciding for `host`, if any.
+    pub fn policy_for(&self, host: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.hostname.matches(host))
+    }
+
+    /// Decides whether a client at `peer` showing `cred` may reach `host`.
+    pub fn check(
+        &self,
+        host: &str,
+        kind: HostKind,
+        peer: IpAddr,
+        cred: &AccessCredential,
+        keys: &[[u8; 32]],
+        now: u64,
+    ) -> Result<Identity, Denied> {
+        let anonymous = Identity {
+            who: "anonymous".into(),
+            how: "public",
+        };
+        let Some(policy) = self.policy_for(host) else {
+            return match kind {
+                HostKind::Http => Ok(anonymous),
+                HostKind::Stream => Err(forbidden(format!(
+                    "{host} is a TCP service without an access policy on this edge, so it is \
+                     closed; the edge operator opens it with an `access:` entry in edge.yml"
+                ))),
+            };
+        };
+        let peer = canonical(peer);
+        if !policy.ip_allow.is_empty() && !allowed(&policy.ip_allow, peer) {
+            return Err(forbidden(format!(
+                "your address {peer} is not in the allow-list for {host}"
+            )));
+        }
+        let outcome = match cred {
+            AccessCredential::None => Err(unauthorized(format!(
+                "{host} requires {}; none was presented",
+                requirement(&policy.allow)
+            ))),
+            AccessCredential::Token(t) => self.check_token(policy, host, t, keys, now),
+            AccessCredential::Service { id, secret } => {
+                self.check_service(policy, host, id, secret)
+            }
+        };
+        match outcome {
+            Err(_) if policy.allow.contains(&Method::Public) => Ok(anonymous),
+            other => other,
+        }
+    }
+
+    fn check_token(
+        &self,
+        policy: &Policy,
+        host: &str,
+        token: &str,
+        keys: &[[u8; 32]],
+        now: u64,
+    ) -> Result<Identity, Denied> {
+        let claims = verify_access(token, keys, now).map_err(|e| {
+            unauthorized(match e {
+                TokenError::WrongKind(..) => {
+                    "a tunnel token is not an access token: ask the edge operator for one \
+                     (`mailslot-edge access-token`)"
+                        .into()
+                }
+                TokenError::Expired(secs) => {
+                    format!("the access token expired {secs} seconds ago: get a new one")
+                }
+                TokenError::BadSignature => {
+                    "the access token's signature is not valid for this edge".into()
+                }
+                TokenError::Malformed | TokenError::BadClaims => {
+                    "that is not a mailslot access token".into()
+                }
+            })
+        })?;
+        let user = claims.user;
+        if !claims.hosts.iter().any(|p| pattern_matches(p, host)) {
+            return Err(forbidden(format!(
+                "the access token of {user} does not cover {host} (it covers {})",
+                claims.hosts.join(", ")
+            )));
+        }
+        if !policy.allow.contains(&Method::Signed) {
+            return Err(forbidden(format!(
+                "{host} does not accept signed access tokens"
+            )));
+        }
+        if !policy.users.is_empty() && !policy.users.contains(&user) {
+            return Err(forbidden(format!("{user} is not allowed on {host}")));
+        }
+        Ok(Identity {
+            who: user,
+            how: "signed token",
+        })
+    }
+
+    fn check_service(
+        &self,
+        policy: &Policy,
+        host: &str,
+        id: &str,
+        secret: &str,
+    ) -> Result<Identity, Denied> {
+        let given = sha256(secret.as_bytes());
+        let known = self
+            .service_tokens
+            .iter()
+            .find(|(t, _)| t == id)
+            .is_some_and(|(_, digest)| same_digest(digest, &given));
+        if !known {
+            return Err(unauthorized(format!(
+                "service token {id:?} is unknown or its secret is wrong"
+            )));
+        }
+        if !policy.allow.contains(&Method::ServiceToken)
+            || (!policy.service_tokens.is_empty() && !policy.service_tokens.iter().any(|t| t == id))
+        {
+            return Err(forbidden(format!(
+                "service token {id} is not allowed on {host}"
+            )));
+        }
+        Ok(Identity {
+            who: format!("service:{id}"),
+            how: "service token",
+        })
+    }
+}
+
+fn requirement(allow: &[Method]) -> &'static str {
+    match (
+        allow.contains(&Method::Signed),
+        allow.contains(&Method::ServiceToken),
+    ) {
+        (true, true) => "a signed access token or a service token",
+        (true, false) => "a signed access token",
+        (false, true) => "a service token",
+        (false, false) => "credentials",
+    }
+}
+
+fn read_secret(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > MAX_SECRET_LEN as u64 + 2 {
+        return Err(format!(
+            "{}: a secret file holds one short line",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let s = text.trim().to_string();
+    check_secret(&s).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::rand::SystemRandom;
+    use ring::signature::KeyPair;
+
+    fn key() -> Ed25519KeyPair {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    fn pubkey(k: &Ed25519KeyPair) -> [u8; 32] {
+        k.public_key().as_ref().try_into().unwrap()
+    }
+
+    #[test]
+    fn patterns_with_inner_and_leading_wildcards() {
+        let p = HostPattern::parse("ssh.*.Example.com").unwrap();
+        assert!(p.matches("ssh.dev42.example.com"));
+        assert!(!p.matches("ssh.a.b.example.com"));
+        assert!(!p.matches("ssh.example.com"));
+        assert!(!p.matches("db.dev42.example.com"));
+        let p = HostPattern::parse("*.dev42.example.com").unwrap();
+        assert!(p.matches("ssh.dev42.example.com"));
+        assert!(p.matches("a.b.dev42.example.com"));
+        assert!(!p.matches("dev42.example.com"));
+        assert!(!p.matches("xdev42.example.com"));
+        assert!(HostPattern::parse("*").unwrap().matches("anything.example"));
+        assert!(HostPattern::parse("a..b").is_err());
+        assert!(HostPattern::parse("a.b*.c").is_err());
+        assert!(!pattern_matches("a.*.c", "a..c"));
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let c = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(c.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!c.contains("2001:db9::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1")
+            .unwrap()
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("ten/8").is_err());
+    }
+
+    fn policy(yaml_allow: &[Method], users: &[&str], ip: &[&str]) -> AccessPolicy {
+        AccessPolicy {
+            policies: vec![Policy {
+                hostname: HostPattern::parse("ssh.*.example.com").unwrap(),
+                allow: yaml_allow.to_vec(),
+                users: users.iter().map(|s| s.to_string()).collect(),
+                service_tokens: Vec::new(),
+                ip_allow: ip.iter().map(|s| Cidr::parse(s).unwrap()).collect(),
+            }],
+            service_tokens: vec![("ci".into(), sha256(b"0123456789abcdef"))],
+        }
+    }
+
+    const HOST: &str = "ssh.dev42.example.com";
+
+    #[test]
+    fn defaults_close_streams_and_open_http() {
+        let p = AccessPolicy::default();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let none = AccessCredential::None;
+        assert!(p
+            .check("web.example.com", HostKind::Http, lo, &none, &[], 0)
+            .is_ok());
+        let e = p
+            .check("db.example.com", HostKind::Stream, lo, &none, &[], 0)
+            .unwrap_err();
+        assert_eq!(e.error, AccessError::Forbidden);
+        assert!(e.message.contains("closed"), "{}", e.message);
+    }
+
+    #[test]
+    fn signed_tokens_are_checked_for_kind_expiry_host_and_user() {
+        let k = key();
+        let keys = [pubkey(&k)];
+        let p = policy(&[Method::Signed], &["alice"], &[]);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let now = 1_000_000;
+        let tok = |user: &str, host: &str, expires: u64| {
+            AccessCredential::Token(
+                sign_access_token(
+                    &k,
+                    &AccessClaims {
+                        user: user.into(),
+                        hosts: vec![host.into()],
+                        issued: now - 10,
+                        expires,
+                    },
+                )
+                .unwrap(),
+            )
+        };
+        let check = |c: &AccessCredential| p.check(HOST, HostKind::Stream, lo, c, &keys, now);
+        assert_eq!(
+            check(&tok("alice", "ssh.*.example.com", now + 60))
+                .unwrap()
+                .who,
+            "alice"
+        );
+        let e = check(&tok("alice", HOST, now - 5)).unwrap_err();
+        assert_eq!(e.error, AccessError::Unauthorized);
+        assert!(e.message.contains("expired 5 seconds"), "{}", e.message);
+        let e = check(&tok("alice", "web.dev42.example.com", now + 60)).unwrap_err();
+        assert_eq!(e.error, AccessError::Forbidden);
+        let e = check(&tok("mallory", HOST, now + 60)).unwrap_err();
+        assert_eq!(e.error, AccessError::Forbidden);
+        let e = check(&AccessCredential::None).unwrap_err();
+        assert_eq!(e.error, AccessError::Unauthorized);
+        // A tunnel token signed by the same key is the wrong kind.
+        let tunnel = token::sign(
+            &k,
+            token::TUNNEL_PREFIX,
+            &AccessClaims {
+                user: "alice".into(),
+                hosts: vec![HOST.into()],
+                issued: 0,
+                expires: u64::MAX,
+            },
+        )
+        .unwrap();
+        let e = check(&AccessCredential::Token(tunnel)).unwrap_err();
+        assert!(e.message.contains("tunnel token"), "{}", e.message);
+        let other_key = [pubkey(&key())];
+        let e = p
+            .check(
+                HOST,
+                HostKind::Stream,
+                lo,
+                &tok("alice", HOST, now + 60),
+                &other_key,
+                now,
+            )
+            .unwrap_err();
+        assert_eq!(e.error, AccessError::Unauthorized);
+    }
+
+    #[test]
+    fn service_tokens_and_ip_lists() {
+        let p = policy(&[Method::ServiceToken], &[], &["10.0.0.0/8"]);
+        let inside: IpAddr = "10.1.1.1".parse().unwrap();
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        let good = AccessCredential::Service {
+            id: "ci".into(),
+            secret: "0123456789abcdef".into(),
+        };
+        let bad = AccessCredential::Service {
+            id: "ci".into(),
+            secret: "0123456789abcdeX".into(),
+        };
+        assert_eq!(
+            p.check(HOST, HostKind::Stream, inside, &good, &[], 0)
+                .unwrap()
+                .who,
+            "service:ci"
+        );
+        assert_eq!(
+            p.check(HOST, HostKind::Stream, inside, &bad, &[], 0)
+                .unwrap_err()
+                .error,
+            AccessError::Unauthorized
+        );
+        assert_eq!(
+            p.check(HOST, HostKind::Stream, outside, &good, &[], 0)
+                .unwrap_err()
+                .error,
+            AccessError::Forbidden
+        );
+        let public = policy(&[Method::Public], &[], &[]);
+        assert_eq!(
+            public
+                .check(
+                    HOST,
+                    HostKind::Stream,
+                    outside,
+                    &AccessCredential::None,
+                    &[],
+                    0
+                )
+                .unwrap()
+                .how,
+            "public"
+        );
+    }
+
+    #[test]
+    fn config_sections_are_checked() {
+        let raw: Vec<RawPolicy> = yaml_serde::from_str(
+            "- hostname: ssh.*.example.com\n  allow: signed\n  ip-allow: [10.0.0.0/8]\n",
+        )
+        .unwrap();
+        let c = AccessConfig::from_raw(raw, Vec::new(), Vec::new(), |p| p).unwrap();
+        assert_eq!(c.policies[0].allow, vec![Method::Signed]);
+        let raw: Vec<RawPolicy> =
+            yaml_serde::from_str("- hostname: x.example.com\n  allow: service-token\n").unwrap();
+        assert!(AccessConfig::from_raw(raw, Vec::new(), Vec::new(), |p| p).is_err());
+        let e = yaml_serde::from_str::<Vec<RawPolicy>>(
+            "- hostname: x.example.com\n  allow: signed\n  ip-allow: [10.0.0.0/99]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("10.0.0.0/99"), "{e}");
+        let ports: Vec<RawTcpPort> = yaml_serde::from_str(
+            "- listen: 127.0.0.1:2222\n  hostname: db.example.com\n  ip-allow: []\n",
+        )
+        .unwrap();
+        let e = AccessConfig::from_raw(Vec::new(), Vec::new(), ports, |p| p).unwrap_err();
+        assert!(e.contains("ip-allow is required"), "{e}");
+    }
+}
