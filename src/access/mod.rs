@@ -10,18 +10,4 @@ pub mod cli;
 pub mod client;
 pub mod ws;
 
-/// Random bytes from the system, or from the clock if it has none.
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; N];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (t >> ((i % 16) * 8)) as u8;
-        }
-    }
-    b
-}
+pub(crate) use crate::connector::random_bytes;

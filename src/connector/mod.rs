@@ -155,7 +155,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// Random bytes from the system, or from the clock if it has none.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
     let mut b = [0u8; N];
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
