@@ -582,6 +582,9 @@ fn outage(cut: Duration) -> Duration {
     thread::sleep(cut);
     assert!(s.connector_alive(), "the connector exited");
     let c = s.connector();
+    // The connections did notice: all four were lost (idle timeout), none came back.
+    assert!(c.count("lost edge") >= 4, "{}", c.dump());
+    assert_eq!(c.count("registered: tunnel"), 4, "{}", c.dump());
     s.net.sh(&s.net.nat, "iptables -D FORWARD 1");
     let back = s
         .wait_serving(0, Duration::from_secs(90))
