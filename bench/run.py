@@ -48,26 +48,30 @@ class Proc:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
-            text=True,
         )
         self.lines = []
+        self.buf = b""
 
     def wait_line(self, pattern, timeout=30):
         deadline = time.time() + timeout
         rx = re.compile(pattern)
-        os.set_blocking(self.p.stdout.fileno(), False)
-        buf = ""
+        fd = self.p.stdout.fileno()
+        os.set_blocking(fd, False)
         while time.time() < deadline:
-            chunk = self.p.stdout.read()
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                line = line.decode(errors="replace")
+                self.lines.append(line)
+                m = rx.search(line)
+                if m:
+                    return m
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                chunk = None
             if chunk:
-                buf += chunk
-                while "\n" in buf:
-                    line, buf = buf.split("\n", 1)
-                    self.lines.append(line)
-                    m = rx.search(line)
-                    if m:
-                        return m
-            elif self.p.poll() is not None:
+                self.buf += chunk
+            elif chunk == b"" or self.p.poll() is not None:
                 break
             else:
                 time.sleep(0.02)

@@ -38,6 +38,15 @@ const AUTO_QUIC_WAIT: Duration = Duration::from_secs(3);
 const H2_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a slot on the HTTP/2 fallback checks whether QUIC works again.
 const QUIC_REPROBE: Duration = Duration::from_secs(30);
+/// After a registered connection ends (lost, or the edge went away), retry this long at
+/// a quick pace before the exponential schedule: an edge that restarts is back within
+/// seconds, and a fresh handshake every second finds it at once, where a long QUIC
+/// handshake only retransmits its Initial at growing intervals (about 1, 3, 7 s).
+const FAST_RETRY_FOR: Duration = Duration::from_secs(30);
+/// Delay between quick retries, before jitter: each is drawn from [d/2, d].
+const FAST_RETRY_DELAY: Duration = Duration::from_millis(300);
+/// QUIC handshake wait during quick retries.
+const FAST_QUIC_WAIT: Duration = Duration::from_millis(800);
 /// Concurrent streams the edge may open on one connection.
 pub const MAX_STREAMS_PER_CONN: u32 = 128;
 
@@ -187,10 +196,15 @@ impl Backoff {
     fn delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
-        let r = u64::from(u32::from_le_bytes(random_bytes()));
-        let half = d.as_millis() as u64 / 2;
-        Duration::from_millis(half + r % (half + 1))
+        jitter(d)
     }
+}
+
+/// A delay drawn from [d/2, d].
+fn jitter(d: Duration) -> Duration {
+    let r = u64::from(u32::from_le_bytes(random_bytes()));
+    let half = d.as_millis() as u64 / 2;
+    Duration::from_millis(half + r % (half + 1))
 }
 
 fn set_slot(shared: &Shared, slot: usize, state: SlotState) {
@@ -205,13 +219,21 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Backoff::new();
     let mut auto = AutoState::default();
     let mut draining = shared.draining.subscribe();
+    // Until when retries go at the quick pace (after losing a registered connection).
+    let mut fast_until: Option<Instant> = None;
     loop {
         if *draining.borrow() {
             return;
         }
         let started = Instant::now();
-        let result = connect_and_serve(&shared, slot, &mut auto).await;
+        let fast = fast_until.is_some_and(|t| started < t);
+        let result = connect_and_serve(&shared, slot, &mut auto, fast).await;
+        let was_registered = shared.slots.borrow().get(slot).is_some_and(|s| s.connected);
         set_slot(&shared, slot, SlotState::default());
+        if was_registered {
+            fast_until = Some(Instant::now() + FAST_RETRY_FOR);
+        }
+        let fast = fast_until.is_some_and(|t| Instant::now() < t);
         let lived = started.elapsed();
         if lived >= STABLE_AFTER {
             backoff.reset();
@@ -224,6 +246,14 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                     return;
                 }
                 Duration::from_millis(100)
+            }
+            Err(e) if fast => {
+                let d = jitter(FAST_RETRY_DELAY);
+                log::warn!(
+                    "connection {slot}: {e}; retrying in {:.1}s",
+                    d.as_secs_f32()
+                );
+                d
             }
             Err(e) => {
                 let d = backoff.delay();
@@ -384,6 +414,7 @@ async fn connect_and_serve(
     shared: &Arc<Shared>,
     slot: usize,
     auto: &mut AutoState,
+    fast: bool,
 ) -> Result<String, String> {
     let (addr, server_name) = edge_for_slot(shared, slot).await?;
     let rt = shared.current.borrow().clone();
@@ -404,15 +435,22 @@ async fn connect_and_serve(
             handshake_timeout: HANDSHAKE_TIMEOUT,
         },
     };
+    let (quic_wait, auto_wait) = if fast {
+        (FAST_QUIC_WAIT, FAST_QUIC_WAIT)
+    } else {
+        (HANDSHAKE_TIMEOUT, AUTO_QUIC_WAIT)
+    };
     let session = match cfg.protocol {
         Protocol::Quic => dial
-            .quic(shared, HANDSHAKE_TIMEOUT)
+            .quic(shared, quic_wait)
             .await
             .map_err(|e| dial.describe(e))?,
         Protocol::Http2 => dial.h2().await.map_err(|e| dial.describe(e))?,
-        Protocol::Auto if !auto.on_h2 => match dial.quic(shared, AUTO_QUIC_WAIT).await {
+        Protocol::Auto if !auto.on_h2 => match dial.quic(shared, auto_wait).await {
             Ok(s) => s,
             Err(e) if e.retry == Retry::Fallback => {
+                // Said only once TCP works: when both fail, the edge is just down.
+                let s = dial.h2().await.map_err(|e| dial.describe(e))?;
                 log::warn!(
                     "connection {slot}: UDP to {}:{} seems blocked ({}); using HTTP/2 over TCP",
                     dial.server_name,
@@ -420,7 +458,7 @@ async fn connect_and_serve(
                     e.message
                 );
                 auto.on_h2 = true;
-                dial.h2().await.map_err(|e| dial.describe(e))?
+                s
             }
             Err(e) => return Err(dial.describe(e)),
         },
@@ -433,29 +471,40 @@ async fn connect_and_serve(
             }
         },
     };
-    let probe = (cfg.protocol == Protocol::Auto && auto.on_h2).then_some(&dial);
-    let result = serve_session(shared, slot, session, rt, probe).await;
-    if let Ok(Ended::QuicIsBack) = result {
-        auto.on_h2 = false;
+    let auto_mode = cfg.protocol == Protocol::Auto;
+    let registered = register(shared, slot, &session, rt.clone()).await;
+    let mut current = match registered {
+        Ok(r) => (session, r),
+        Err(e) => {
+            session.close("connection ended");
+            return Err(e);
+        }
+    };
+    loop {
+        let probe = (auto_mode && auto.on_h2).then_some(&dial);
+        let (session, reg) = current;
+        match serve_session(shared, slot, session, reg, probe).await {
+            // Make before break: the QUIC connection is already registered, and the
+            // HTTP/2 one drains only now, so the edge always has this slot's connection.
+            Ok(Ended::QuicIsBack(next)) => {
+                log::info!(
+                    "connection {slot}: QUIC to the edge works again; moved back from HTTP/2"
+                );
+                auto.on_h2 = false;
+                current = *next;
+            }
+            Ok(Ended::GoAway(why)) => return Ok(why),
+            Err(e) => return Err(e),
+        }
     }
-    result.map(|e| e.describe())
 }
 
 /// Why a registered connection ended in an orderly way.
 enum Ended {
     /// The edge asked its connectors to go elsewhere.
     GoAway(String),
-    /// QUIC answers again: leave HTTP/2 for it.
-    QuicIsBack,
-}
-
-impl Ended {
-    fn describe(self) -> String {
-        match self {
-            Ended::GoAway(why) => why,
-            Ended::QuicIsBack => "QUIC to the edge works again; moving back from HTTP/2".into(),
-        }
-    }
+    /// QUIC answers again: here is a registered QUIC connection to serve instead.
+    QuicIsBack(Box<(Session, Registered)>),
 }
 
 /// Streams in flight on one session, for draining it.
@@ -476,10 +525,25 @@ impl Default for SessionStreams {
     }
 }
 
+/// How long a draining session still accepts streams: the edge may have opened some
+/// before it read our `Draining`.
+const LAME_DUCK: Duration = Duration::from_secs(2);
+
 /// Lets a replaced session finish its streams in the background, then closes it.
-fn drain_in_background(session: Session, streams: Arc<SessionStreams>, grace: Duration) {
+fn drain_in_background(
+    shared: Arc<Shared>,
+    session: Session,
+    streams: Arc<SessionStreams>,
+    grace: Duration,
+) {
     streams.draining.send_replace(true);
     tokio::spawn(async move {
+        let accept = async {
+            while let Ok(stream) = session.accept_stream().await {
+                spawn_stream(&shared, &streams, stream);
+            }
+        };
+        let _ = tokio::time::timeout(LAME_DUCK, accept).await;
         let wait = async {
             loop {
                 let notified = streams.done.notified();
@@ -489,8 +553,25 @@ fn drain_in_background(session: Session, streams: Arc<SessionStreams>, grace: Du
                 notified.await;
             }
         };
-        let _ = tokio::time::timeout(grace, wait).await;
+        let _ = tokio::time::timeout(grace.saturating_sub(LAME_DUCK), wait).await;
         session.close("drained");
+    });
+}
+
+/// Serves one stream the edge opened, counted for drains.
+fn spawn_stream(
+    shared: &Arc<Shared>,
+    streams: &Arc<SessionStreams>,
+    stream: crate::transport::TunnelStream,
+) {
+    let shared2 = shared.clone();
+    shared.active_streams.fetch_add(1, Ordering::AcqRel);
+    streams.count.fetch_add(1, Ordering::AcqRel);
+    let guard = StreamGuard(shared.clone(), streams.clone());
+    let drain = streams.draining.subscribe();
+    tokio::spawn(async move {
+        origin::serve_stream(stream, |gen| runtime_for(&shared2, gen), drain).await;
+        drop(guard);
     });
 }
 
@@ -498,31 +579,37 @@ async fn serve_session(
     shared: &Arc<Shared>,
     slot: usize,
     session: Session,
-    rt: Arc<Runtime>,
+    reg: Registered,
     probe: Option<&Dial>,
 ) -> Result<Ended, String> {
     let streams = Arc::new(SessionStreams::default());
-    let result = serve_registered(shared, slot, &session, rt, probe, &streams).await;
+    let result = serve_registered(shared, slot, &session, reg, probe, &streams).await;
     match &result {
         // Orderly: new streams go elsewhere; those in flight finish here first.
         Ok(_) => {
             let grace =
                 Duration::from_secs(u64::from(shared.current.borrow().config.grace_period_secs));
-            drain_in_background(session, streams, grace);
+            drain_in_background(shared.clone(), session, streams, grace);
         }
         Err(_) => session.close("connection ended"),
     }
     result
 }
 
-async fn serve_registered(
+/// A connection the edge accepted: its control stream and what it said.
+struct Registered {
+    control: crate::transport::TunnelStream,
+    edge_name: String,
+    generation: u32,
+}
+
+/// The control handshake: hello, register, registered. Marks the slot connected.
+async fn register(
     shared: &Arc<Shared>,
     slot: usize,
     session: &Session,
     rt: Arc<Runtime>,
-    probe: Option<&Dial>,
-    streams: &Arc<SessionStreams>,
-) -> Result<Ended, String> {
+) -> Result<Registered, String> {
     let addr = session.remote_addr();
     let mut control = tokio::time::timeout(REGISTER_TIMEOUT, session.accept_stream())
         .await
@@ -537,7 +624,7 @@ async fn serve_registered(
         EdgeMsg::Hello { version, .. } => return Err(version_mismatch(addr, version)),
         other => return Err(format!("edge {addr} sent {other:?} before hello")),
     };
-    let mut generation = rt.generation;
+    let generation = rt.generation;
     let register = ConnectorMsg::Register(Register {
         version: PROTOCOL_VERSION,
         token: rt.config.token.to_string(),
@@ -579,6 +666,45 @@ async fn serve_registered(
             protocol: session.protocol(),
         },
     );
+    Ok(Registered {
+        control,
+        edge_name,
+        generation,
+    })
+}
+
+/// A QUIC connection to the probed edge, registered; `None` while QUIC still fails.
+async fn probe_quic(
+    shared: &Arc<Shared>,
+    slot: usize,
+    dial: &Dial,
+) -> Option<(Session, Registered)> {
+    let session = dial.quic(shared, AUTO_QUIC_WAIT).await.ok()?;
+    let rt = shared.current.borrow().clone();
+    match register(shared, slot, &session, rt).await {
+        Ok(reg) => Some((session, reg)),
+        Err(e) => {
+            log::debug!("connection {slot}: QUIC answers but registering failed: {e}");
+            session.close("registration failed");
+            None
+        }
+    }
+}
+
+async fn serve_registered(
+    shared: &Arc<Shared>,
+    slot: usize,
+    session: &Session,
+    reg: Registered,
+    probe: Option<&Dial>,
+    streams: &Arc<SessionStreams>,
+) -> Result<Ended, String> {
+    let addr = session.remote_addr();
+    let Registered {
+        control,
+        edge_name,
+        mut generation,
+    } = reg;
 
     // The control stream's reader runs apart, so no select! branch is cut mid-frame.
     let (msgs_tx, mut msgs) = mpsc::channel::<Result<EdgeMsg, String>>(4);
@@ -603,11 +729,15 @@ async fn serve_registered(
         streams.draining.send_replace(true);
         let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
     }
+    // Probes are spread over [QUIC_REPROBE/2, QUIC_REPROBE] so slots that fell back
+    // together do not move back together.
+    let first_probe = jitter(QUIC_REPROBE);
     let mut probe_timer =
-        tokio::time::interval_at(tokio::time::Instant::now() + QUIC_REPROBE, QUIC_REPROBE);
-    let mut probing: Option<
-        std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>,
-    > = None;
+        tokio::time::interval_at(tokio::time::Instant::now() + first_probe, QUIC_REPROBE);
+    type Probe<'a> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Option<(Session, Registered)>> + Send + 'a>,
+    >;
+    let mut probing: Option<Probe<'_>> = None;
     loop {
         tokio::select! {
             stream = session.accept_stream() => {
@@ -615,16 +745,7 @@ async fn serve_registered(
                     Ok(s) => s,
                     Err(_) => return Err(format!("lost edge {edge_name} ({addr}): {}", session.closed().await)),
                 };
-                let shared2 = shared.clone();
-                let streams2 = streams.clone();
-                shared.active_streams.fetch_add(1, Ordering::AcqRel);
-                streams.count.fetch_add(1, Ordering::AcqRel);
-                tokio::spawn(async move {
-                    let drain = streams2.draining.subscribe();
-                    let guard = StreamGuard(shared2.clone(), streams2);
-                    origin::serve_stream(stream, |gen| runtime_for(&shared2, gen), drain).await;
-                    drop(guard);
-                });
+                spawn_stream(shared, streams, stream);
             }
             msg = msgs.recv() => match msg {
                 Some(Ok(EdgeMsg::GoAway { reason })) => {
@@ -663,24 +784,19 @@ async fn serve_registered(
             }
             _ = probe_timer.tick(), if probe.is_some() && probing.is_none() && !drained => {
                 if let Some(dial) = probe {
-                    probing = Some(Box::pin(async move {
-                        match dial.quic(shared, AUTO_QUIC_WAIT).await {
-                            Ok(s) => {
-                                s.close("probe");
-                                true
-                            }
-                            Err(_) => false,
-                        }
-                    }));
+                    probing = Some(Box::pin(probe_quic(shared, slot, dial)));
                 }
             }
-            works = async { match probing.as_mut() { Some(p) => p.await, None => std::future::pending().await } }, if probing.is_some() => {
+            next = async { match probing.as_mut() { Some(p) => p.await, None => std::future::pending().await } }, if probing.is_some() => {
                 probing = None;
-                if works {
-                    let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
-                    return Ok(Ended::QuicIsBack);
+                match next {
+                    Some(next) if !drained => {
+                        let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+                        return Ok(Ended::QuicIsBack(Box::new(next)));
+                    }
+                    Some((s, _)) => s.close("connector draining"),
+                    None => log::debug!("connection {slot}: QUIC still blocked; staying on HTTP/2"),
                 }
-                log::debug!("connection {slot}: QUIC still blocked; staying on HTTP/2");
             }
         }
     }

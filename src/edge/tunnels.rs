@@ -196,6 +196,10 @@ async fn register(
         return Err("first message was not a registration".into());
     };
     let outcome: Result<Arc<Conn>, (String, bool)> = async {
+        if *state.going_away.borrow() {
+            // Registering here would only earn a GoAway: send the connector elsewhere.
+            return Err(("this edge is shutting down; try another edge".into(), false));
+        }
         if reg.version != PROTOCOL_VERSION {
             let reason = if reg.version < PROTOCOL_VERSION {
                 format!(

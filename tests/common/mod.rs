@@ -569,3 +569,28 @@ pub fn udp_ports(pid: u32) -> Vec<u16> {
     }
     ports
 }
+
+impl Proc {
+    /// Log lines so far containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `n` log lines contain `needle`; how long that took, or `None` after
+    /// `within`. Reads the collected log, so lines already seen count too.
+    pub fn wait_count(&self, needle: &str, n: usize, within: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.count(needle) >= n {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}

@@ -1,0 +1,232 @@
+//! Network namespaces for scenario tests: a device behind a carrier-like NAT, two edges
+//! and a visitor, joined by a router. Built per test with unique names and removed on
+//! drop (also when the test panics), so tests run in parallel and leave nothing behind.
+//!
+//! ```text
+//!  device 192.168.77.2 ── .1 nat 100.64.0.2 ── .1 ┐
+//!  (INPUT: DROP but replies)  (MASQUERADE)         │ wan (router)
+//!                          edge1 10.1.0.2 ── .1 ───┤
+//!                          edge2 10.2.0.2 ── .1 ───┤
+//!                        visitor 10.3.0.2 ── .1 ───┘
+//! ```
+//!
+//! Only these private addresses and loopback are used. Interface names are only unique
+//! inside each namespace: veths are created with their peer directly in the other
+//! namespace, so nothing ever lands in the root namespace.
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const DEVICE_IP: &str = "192.168.77.2";
+pub const NAT_LAN_IP: &str = "192.168.77.1";
+pub const NAT_WAN_IP: &str = "100.64.0.2";
+pub const EDGE_IPS: [&str; 2] = ["10.1.0.2", "10.2.0.2"];
+pub const VISITOR_IP: &str = "10.3.0.2";
+/// The UDP port window the NAT maps connector flows to, and the one after a rebinding.
+pub const NAT_UDP_PORTS: [&str; 2] = ["20000-20999", "40000-40999"];
+
+/// Can this process build namespaces (root, `ip`, `iptables`)? Prints why not.
+pub fn available(test: &str) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !root {
+        eprintln!("SKIPPED {test}: network-namespace scenarios need root (CI runs them as root)");
+        return false;
+    }
+    for tool in ["ip", "iptables", "conntrack", "curl"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !found {
+            eprintln!("SKIPPED {test}: `{tool}` is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// The namespaces of one test.
+pub struct Net {
+    pub device: String,
+    pub nat: String,
+    pub wan: String,
+    pub edges: [String; 2],
+    pub visitor: String,
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+impl Net {
+    /// Builds the topology. Panics (after cleaning up) when a step fails.
+    pub fn new() -> Net {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let tag = format!(
+            "ms{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let name = |role: &str| format!("{tag}-{role}");
+        let net = Net {
+            device: name("dev"),
+            nat: name("nat"),
+            wan: name("wan"),
+            edges: [name("e1"), name("e2")],
+            visitor: name("vis"),
+        };
+        for ns in net.all() {
+            net.ok(&["ip", "netns", "add", ns]);
+            net.sh(ns, "ip link set lo up");
+        }
+        // The device's firewall first, before it has any link: nothing gets in but
+        // replies to its own connections.
+        net.sh(
+            &net.device,
+            "iptables -P INPUT DROP && iptables -A INPUT -i lo -j ACCEPT && \
+             iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT && \
+             ip6tables -P INPUT DROP && ip6tables -A INPUT -i lo -j ACCEPT && \
+             ip6tables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        );
+        net.veth(
+            &net.nat,
+            "lan0",
+            NAT_LAN_IP,
+            &net.device,
+            "eth0",
+            DEVICE_IP,
+            24,
+        );
+        net.veth(
+            &net.wan,
+            "nat0",
+            "100.64.0.1",
+            &net.nat,
+            "wan0",
+            NAT_WAN_IP,
+            24,
+        );
+        let edge_links = [("e1", "10.1.0.1"), ("e2", "10.2.0.1")];
+        for (i, (ifname, gw)) in edge_links.iter().enumerate() {
+            net.veth(&net.wan, ifname, gw, &net.edges[i], "eth0", EDGE_IPS[i], 24);
+            net.sh(&net.edges[i], &format!("ip route add default via {gw}"));
+        }
+        net.veth(
+            &net.wan,
+            "vis",
+            "10.3.0.1",
+            &net.visitor,
+            "eth0",
+            VISITOR_IP,
+            24,
+        );
+        net.sh(&net.visitor, "ip route add default via 10.3.0.1");
+        net.sh(
+            &net.device,
+            &format!("ip route add default via {NAT_LAN_IP}"),
+        );
+        net.sh(
+            &net.nat,
+            "sysctl -qw net.ipv4.ip_forward=1 && ip route add default via 100.64.0.1",
+        );
+        // The router knows the device subnet, so scans reach the device's own firewall.
+        net.sh(
+            &net.wan,
+            &format!(
+                "sysctl -qw net.ipv4.ip_forward=1 && ip route add 192.168.77.0/24 via {NAT_WAN_IP}"
+            ),
+        );
+        // Carrier NAT: every flow from the device leaves from the NAT's address; UDP
+        // from a port window so a rebinding can move it to another.
+        net.sh(
+            &net.nat,
+            &format!(
+                "iptables -t nat -A POSTROUTING -o wan0 -p udp -j MASQUERADE --to-ports {} && \
+                 iptables -t nat -A POSTROUTING -o wan0 -j MASQUERADE",
+                NAT_UDP_PORTS[0]
+            ),
+        );
+        net
+    }
+
+    fn all(&self) -> Vec<&String> {
+        let mut v = vec![&self.device, &self.nat, &self.wan];
+        v.extend(self.edges.iter());
+        v.push(&self.visitor);
+        v
+    }
+
+    /// A veth pair: `a_if` (in `a`, `a_ip`) to `b_if` (in `b`, `b_ip`).
+    #[allow(clippy::too_many_arguments)]
+    fn veth(&self, a: &str, a_if: &str, a_ip: &str, b: &str, b_if: &str, b_ip: &str, len: u8) {
+        self.sh(
+            a,
+            &format!(
+                "ip link add {a_if} type veth peer name {b_if} netns {b} && \
+                 ip addr add {a_ip}/{len} dev {a_if} && ip link set {a_if} up"
+            ),
+        );
+        self.sh(
+            b,
+            &format!("ip addr add {b_ip}/{len} dev {b_if} && ip link set {b_if} up"),
+        );
+    }
+
+    fn ok(&self, args: &[&str]) {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs a shell command line in namespace `ns`; panics when it fails.
+    pub fn sh(&self, ns: &str, line: &str) -> String {
+        let out = self.sh_status(ns, line);
+        assert!(
+            out.status.success(),
+            "in {ns}: `{line}` failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a shell command line in namespace `ns`; its output, whatever the status.
+    pub fn sh_status(&self, ns: &str, line: &str) -> Output {
+        run(&["ip", "netns", "exec", ns, "sh", "-c", line])
+    }
+
+    /// A command that runs `program` in namespace `ns`.
+    pub fn cmd(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.all() {
+            // Processes still inside (those the test started and did not stop) go first,
+            // by id; then the namespace, which removes its links and rules with it.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}

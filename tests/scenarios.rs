@@ -1,0 +1,723 @@
+#![cfg(feature = "edge")]
+//! Scenarios in network namespaces: a device behind a carrier-like NAT with a closed
+//! firewall, two edges and a visitor (see `tests/netns`). Real processes throughout:
+//! `mailslot run` and a Python origin in the device namespace, `mailslot-edge serve` in
+//! each edge namespace, curl and nmap as visitors. Needs root; skips with a message
+//! otherwise.
+//!
+//! The tests assert generous bounds and print what they measured; the ignored `bench`
+//! test repeats the timing scenarios and prints the figures for the README:
+//! `cargo test --release --test scenarios -- --ignored bench --nocapture`.
+
+mod common;
+mod netns;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use netns::*;
+
+const HOST: &str = "dev42.example.com";
+/// Size of the file the device's origin serves for long downloads.
+const BIG: u64 = 24 * 1024 * 1024;
+/// Size of the file downloaded over a lossy, slow path.
+const MID: u64 = 1024 * 1024;
+
+/// One test's world: namespaces, origin, edges and (once started) the connector.
+/// Fields drop in order: processes first, the namespaces last.
+struct Scene {
+    connector: Option<Proc>,
+    edges: [Option<Proc>; 2],
+    helpers: Vec<Proc>,
+    _origin: Proc,
+    edge_dir: TempDir,
+    dev_dir: TempDir,
+    _www: TempDir,
+    net: Net,
+}
+
+/// Device config keys added to the standard ones.
+#[derive(Default)]
+struct Device {
+    extra_yaml: &'static str,
+}
+
+impl Scene {
+    /// Namespaces, origin and both edges; the connector is started separately.
+    fn new() -> Scene {
+        let net = Net::new();
+        let www = TempDir::new("www");
+        std::fs::write(www.path().join("index.html"), "hello from the device\n").unwrap();
+        std::fs::write(www.path().join("big.bin"), pattern(BIG)).unwrap();
+        std::fs::write(www.path().join("mid.bin"), pattern(MID)).unwrap();
+        let origin = Proc::spawn(
+            "origin",
+            net.cmd(&net.device, "python3")
+                .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "8080"])
+                .arg("--directory")
+                .arg(www.path()),
+        );
+        origin.wait_line("Serving HTTP");
+        let edge_dir = TempDir::new("edges");
+        let out = Command::new(EDGE)
+            .args(["init", "--dir"])
+            .arg(edge_dir.path())
+            .args(["--hostname", EDGE_IPS[0], "--hostname", EDGE_IPS[1]])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (i, _) in EDGE_IPS.iter().enumerate() {
+            std::fs::write(
+                edge_dir.path().join(format!("edge{}.yml", i + 1)),
+                format!(
+                    "name: e{}\ntunnel-listen: 0.0.0.0:7844\nhttp-listen: 0.0.0.0:80\n\
+                     https-listen: none\ncert: edge.crt\nkey: edge.key\nsigning-key: signing.key\n",
+                    i + 1
+                ),
+            )
+            .unwrap();
+        }
+        let mut s = Scene {
+            connector: None,
+            edges: [None, None],
+            helpers: Vec::new(),
+            _origin: origin,
+            edge_dir,
+            dev_dir: TempDir::new("device"),
+            _www: www,
+            net,
+        };
+        s.start_edge(0);
+        s.start_edge(1);
+        s
+    }
+
+    fn edge_yml(&self, i: usize) -> PathBuf {
+        self.edge_dir.path().join(format!("edge{}.yml", i + 1))
+    }
+
+    /// Starts edge `i` and waits until it listens.
+    fn start_edge(&mut self, i: usize) {
+        let p = Proc::spawn(
+            &format!("e{}", i + 1),
+            self.net
+                .cmd(&self.net.edges[i], EDGE)
+                .arg("serve")
+                .arg("--config")
+                .arg(self.edge_yml(i)),
+        );
+        p.wait_line(": HTTP on ");
+        self.edges[i] = Some(p);
+    }
+
+    fn token(&self) -> String {
+        let out = Command::new(EDGE)
+            .arg("token")
+            .arg("--config")
+            .arg(self.edge_yml(0))
+            .args(["--tunnel", "dev42", "--allow", HOST, "--expires", "1d"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Compiles the device config and starts the connector (without waiting).
+    fn start_connector(&mut self, device: Device) {
+        let yaml = format!(
+            "tunnel: dev42\ntoken: {}\nedge: [\"{}:7844\", \"{}:7844\"]\nedge-ca: {}\n\
+             protocol: auto\nha-connections: 4\n{}\ningress:\n  - hostname: {HOST}\n    \
+             service: http://127.0.0.1:8080\n  - service: http_status:404\n",
+            self.token(),
+            EDGE_IPS[0],
+            EDGE_IPS[1],
+            self.edge_dir.path().join("ca.pem").display(),
+            device.extra_yaml,
+        );
+        let bin = compile(self.dev_dir.path(), &yaml);
+        let p = Proc::spawn(
+            "connector",
+            self.net
+                .cmd(&self.net.device, MAILSLOT)
+                .arg("run")
+                .arg("--config")
+                .arg(&bin),
+        );
+        self.connector = Some(p);
+    }
+
+    fn connector_alive(&mut self) -> bool {
+        let c = self.connector.as_mut().expect("connector started");
+        c.child.try_wait().unwrap().is_none()
+    }
+
+    fn connector(&self) -> &Proc {
+        self.connector.as_ref().expect("connector running")
+    }
+
+    /// Starts the connector and waits for its four connections, two at each edge.
+    fn connect(&mut self, device: Device) {
+        self.start_connector(device);
+        let c = self.connector();
+        for e in ["at edge e1", "at edge e2"] {
+            c.wait_count(e, 2, WAIT)
+                .unwrap_or_else(|| panic!("no two connections {e}; log:\n{}", c.dump()));
+        }
+    }
+
+    /// A visitor's GET through edge `i`: the status, or curl's error.
+    fn get(&self, i: usize, path: &str, max_time: u32) -> Result<u16, String> {
+        get_in(&self.net, i, path, max_time)
+    }
+
+    /// Polls GET / through edge `i` until it answers 200; how long that took.
+    fn wait_serving(&self, i: usize, within: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.get(i, "/", 2) == Ok(200) {
+                return Some(start.elapsed());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+fn get_in(net: &Net, i: usize, path: &str, max_time: u32) -> Result<u16, String> {
+    get_in_names(&net.visitor, i, path, max_time)
+}
+
+/// One request of a [`Load`]: when it started, through which edge, its outcome.
+type Sample = (Duration, usize, Result<u16, String>);
+
+/// Requests through the given edges in a loop, in the background, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    start: Instant,
+    thread: Option<thread::JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    fn start(scene: &Scene, edges: &'static [usize], max_time: u32) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Instant::now();
+        let net_names = (scene.net.visitor.clone(), scene.net.edges.clone());
+        let stop2 = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut out = Vec::new();
+            // Bounded: an hour of requests at most, whatever the test does.
+            for n in 0..100_000usize {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = edges[n % edges.len()];
+                let at = start.elapsed();
+                let r = get_in_names(&net_names.0, i, "/", max_time);
+                out.push((at, i, r));
+                thread::sleep(Duration::from_millis(50));
+            }
+            out
+        });
+        Load {
+            stop,
+            start,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and returns (time since start, edge, result) per request.
+    fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+fn get_in_names(visitor: &str, i: usize, path: &str, max_time: u32) -> Result<u16, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", visitor, "curl"])
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
+        .arg(max_time.to_string())
+        .args(["-H", &format!("Host: {HOST}")])
+        .arg(format!("http://{}{path}", EDGE_IPS[i]))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        return Err(format!(
+            "curl: {} (status {code})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    code.parse().map_err(|_| format!("curl printed {code:?}"))
+}
+
+fn failures(results: &[Sample]) -> Vec<&Sample> {
+    results.iter().filter(|(_, _, r)| *r != Ok(200)).collect()
+}
+
+macro_rules! need_root {
+    ($name:expr) => {
+        if !netns::available($name) {
+            return;
+        }
+    };
+}
+
+/// Open ports in nmap's grepable output (`open|filtered` is not open).
+fn open_ports(grepable: &str) -> Vec<String> {
+    let mut open = Vec::new();
+    for line in grepable.lines() {
+        let Some((host, ports)) = line.split_once("Ports: ") else {
+            continue;
+        };
+        for entry in ports.split(", ") {
+            let f: Vec<&str> = entry.split('/').collect();
+            if f.len() > 2 && f[1] == "open" {
+                open.push(format!("{} {}/{}", host.trim(), f[0].trim(), f[2]));
+            }
+        }
+    }
+    open
+}
+
+fn nmap(net: &Net, from: &str, args: &str) -> String {
+    let line = format!("timeout 600 nmap -n -Pn --max-retries 0 -oG - {args}");
+    net.sh(from, &line)
+}
+
+#[test]
+fn port_scans_find_nothing_open_while_the_service_is_reachable() {
+    need_root!("port_scans_find_nothing_open_while_the_service_is_reachable");
+    let mut s = Scene::new();
+    s.connect(Device::default());
+    assert_eq!(s.get(0, "/", 5), Ok(200));
+    assert_eq!(s.get(1, "/", 5), Ok(200));
+    // The parser sees an open port where there is one: the edge's HTTP listener.
+    let control = nmap(
+        &s.net,
+        &s.net.visitor,
+        &format!("-sS -p 80 {}", EDGE_IPS[0]),
+    );
+    assert_eq!(open_ports(&control).len(), 1, "{control}");
+    let started = Instant::now();
+    let sources = [s.net.visitor.clone(), s.net.edges[0].clone()];
+    for from in &sources {
+        let out = nmap(
+            &s.net,
+            from,
+            &format!("-sS -sU -p- --min-rate 20000 {DEVICE_IP} {NAT_WAN_IP}"),
+        );
+        for target in [DEVICE_IP, NAT_WAN_IP] {
+            assert!(
+                out.contains(&format!("Host: {target} ")),
+                "nmap did not scan {target}: {out}"
+            );
+        }
+        let open = open_ports(&out);
+        assert!(open.is_empty(), "open ports seen from {from}: {open:?}");
+    }
+    eprintln!(
+        "measured: full TCP+UDP scans of device and NAT from 2 places in {:.1}s, nothing open",
+        started.elapsed().as_secs_f32()
+    );
+    // The tunnel still works after the scans.
+    assert_eq!(s.get(0, "/", 5), Ok(200));
+}
+
+/// UDP blocked at the NAT: HTTP/2 serves within 5 s; unblocked: back to QUIC.
+/// Returns (time to serve over HTTP/2, time to have all connections on QUIC again).
+fn udp_blocked_then_unblocked() -> (Duration, Duration) {
+    let mut s = Scene::new();
+    s.net.sh(&s.net.nat, "iptables -I FORWARD -p udp -j DROP");
+    let started = Instant::now();
+    s.start_connector(Device::default());
+    let fallback = s
+        .wait_serving(0, Duration::from_secs(30))
+        .map(|_| started.elapsed())
+        .unwrap_or_else(|| panic!("no HTTP/2 fallback; log:\n{}", s.connector().dump()));
+    let c = s.connector();
+    assert!(c.count("seems blocked") >= 1, "{}", c.dump());
+    c.wait_count("over http2", 4, WAIT)
+        .unwrap_or_else(|| panic!("not all on HTTP/2; log:\n{}", c.dump()));
+    assert_eq!(c.count("over quic"), 0);
+    let load = Load::start(&s, &[0, 1], 10);
+    s.net.sh(&s.net.nat, "iptables -D FORWARD -p udp -j DROP");
+    let back = c
+        .wait_count("over quic", 4, Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("not back on QUIC; log:\n{}", c.dump()));
+    thread::sleep(Duration::from_secs(1));
+    let results = load.finish();
+    let failed = failures(&results);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while moving back to QUIC: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+    (fallback, back)
+}
+
+#[test]
+fn udp_blocked_falls_back_to_http2_and_returns_to_quic() {
+    need_root!("udp_blocked_falls_back_to_http2_and_returns_to_quic");
+    let (fallback, back) = udp_blocked_then_unblocked();
+    eprintln!(
+        "measured: serving over HTTP/2 {:.2}s after start; all on QUIC {:.1}s after unblocking",
+        fallback.as_secs_f32(),
+        back.as_secs_f32()
+    );
+    assert!(
+        fallback <= Duration::from_secs(5),
+        "fallback took {fallback:?}"
+    );
+    assert!(
+        back <= Duration::from_secs(60),
+        "return to QUIC took {back:?}"
+    );
+}
+
+/// SIGKILL one edge while visitors use the other; the last failure after the kill
+/// (`None`: none failed).
+fn edge_killed() -> Option<Duration> {
+    let mut s = Scene::new();
+    s.connect(Device::default());
+    let load = Load::start(&s, &[1], 3);
+    thread::sleep(Duration::from_secs(2));
+    let killed_at = load.start.elapsed();
+    let mut e1 = s.edges[0].take().unwrap();
+    e1.signal(9);
+    e1.wait_exit(Duration::from_secs(5)).expect("edge 1 exits");
+    thread::sleep(Duration::from_secs(5));
+    let results = load.finish();
+    let after: Vec<_> = results.iter().filter(|(t, _, _)| *t >= killed_at).collect();
+    assert!(after.len() >= 10, "too few requests: {}", after.len());
+    after
+        .iter()
+        .filter(|(_, _, r)| *r != Ok(200))
+        .map(|(t, _, _)| *t - killed_at)
+        .max()
+}
+
+#[test]
+fn killing_one_edge_leaves_the_other_serving() {
+    need_root!("killing_one_edge_leaves_the_other_serving");
+    let last_failure = edge_killed();
+    eprintln!("measured: last failed request via the other edge after the kill: {last_failure:?}");
+    if let Some(t) = last_failure {
+        assert!(
+            t <= Duration::from_secs(1),
+            "requests failed {t:?} after the kill"
+        );
+    }
+}
+
+/// Stops edge 1 (SIGTERM: it sends GoAway), keeps it down for `down`, starts it again;
+/// the time from its listening again to serving through it.
+fn edge_restarted(down: Duration) -> Duration {
+    let mut s = Scene::new();
+    s.connect(Device::default());
+    let mut e1 = s.edges[0].take().unwrap();
+    e1.signal(15);
+    let st = e1.wait_exit(Duration::from_secs(10)).expect("edge 1 exits");
+    assert!(st.success(), "edge exit status {st:?}");
+    drop(e1);
+    thread::sleep(down);
+    s.start_edge(0);
+    let t = s
+        .wait_serving(0, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("not serving via e1; log:\n{}", s.connector().dump()));
+    assert_eq!(s.get(1, "/", 5), Ok(200));
+    t
+}
+
+#[test]
+fn a_restarted_edge_serves_again_within_2s() {
+    need_root!("a_restarted_edge_serves_again_within_2s");
+    let t = edge_restarted(Duration::from_secs(6));
+    eprintln!(
+        "measured: serving through a restarted edge {:.2}s after it listens",
+        t.as_secs_f32()
+    );
+    assert!(t <= Duration::from_secs(2), "took {t:?}");
+}
+
+#[test]
+fn requests_succeed_with_loss_and_delay_at_the_nat() {
+    need_root!("requests_succeed_with_loss_and_delay_at_the_nat");
+    let has_nfq = Command::new("python3")
+        .args(["-c", "import netfilterqueue"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !has_nfq {
+        eprintln!("SKIPPED: python3 module netfilterqueue (PyPI NetfilterQueue) is missing");
+        return;
+    }
+    let mut s = Scene::new();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/netns/delay.py");
+    let delay = Proc::spawn(
+        "delay",
+        s.net
+            .cmd(&s.net.nat, "python3")
+            .arg("-u")
+            .arg(&script)
+            .args(["0", "100", "300"]),
+    );
+    delay.wait_line("delaying queue");
+    s.helpers.push(delay);
+    s.net.sh(
+        &s.net.nat,
+        "iptables -A FORWARD -m statistic --mode random --probability 0.05 -j DROP && \
+         iptables -A FORWARD -j NFQUEUE --queue-num 0 --queue-bypass",
+    );
+    s.connect(Device::default());
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for n in 0..40 {
+        let t = Instant::now();
+        let r = s.get(n % 2, "/", 20);
+        assert_eq!(r, Ok(200), "request {n} failed");
+        slowest = slowest.max(t.elapsed());
+    }
+    // A larger body, intact.
+    let dir = TempDir::new("dl");
+    let file = dir.path().join("mid.bin");
+    let out = s
+        .net
+        .cmd(&s.net.visitor, "curl")
+        .args(["-sS", "--max-time", "120", "-H", &format!("Host: {HOST}")])
+        .arg("-o")
+        .arg(&file)
+        .arg(format!("http://{}/mid.bin", EDGE_IPS[0]))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = std::fs::read(&file).unwrap();
+    assert_eq!(sha256_hex(&body), sha256_hex(&pattern(MID)));
+    eprintln!(
+        "measured: 40 requests and a {} MiB download with 5% loss and 100 ms delay each way \
+         in {:.1}s; slowest request {:.2}s",
+        MID >> 20,
+        started.elapsed().as_secs_f32(),
+        slowest.as_secs_f32()
+    );
+}
+
+#[test]
+fn quic_survives_nat_rebinding() {
+    need_root!("quic_survives_nat_rebinding");
+    let mut s = Scene::new();
+    s.connect(Device::default());
+    let c = s.connector();
+    assert_eq!(c.count("over quic"), 4, "{}", c.dump());
+    let load = Load::start(&s, &[0, 1], 30);
+    thread::sleep(Duration::from_secs(2));
+    s.net.sh(
+        &s.net.nat,
+        &format!(
+            "iptables -t nat -R POSTROUTING 1 -o wan0 -p udp -j MASQUERADE --to-ports {} && \
+             conntrack -D -p udp >/dev/null 2>&1; true",
+            NAT_UDP_PORTS[1]
+        ),
+    );
+    // Traffic goes on; the flows now leave from the new port window.
+    thread::sleep(Duration::from_secs(20));
+    let flows = s.net.sh(&s.net.nat, "conntrack -L -p udp 2>/dev/null");
+    let results = load.finish();
+    let moved = flows
+        .lines()
+        .filter(|l| l.contains("dport=7844"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.strip_prefix("dport="))
+                .nth(1)
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .filter(|p| (40000..=40999).contains(p))
+        .count();
+    assert!(moved >= 1, "no flow in the new window:\n{flows}");
+    let failed = failures(&results);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+    let c = s.connector();
+    assert_eq!(c.count("lost edge"), 0, "{}", c.dump());
+    let slowest = results
+        .windows(2)
+        .map(|w| w[1].0.saturating_sub(w[0].0))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "measured: {} requests across a NAT rebinding, none failed; longest gap {:.2}s",
+        results.len(),
+        slowest.as_secs_f32()
+    );
+}
+
+/// Cuts the NAT's forwarding for `cut`; the time from restoring it to serving.
+fn outage(cut: Duration) -> Duration {
+    let mut s = Scene::new();
+    s.connect(Device::default());
+    s.net.sh(&s.net.nat, "iptables -I FORWARD 1 -j DROP");
+    thread::sleep(cut);
+    assert!(s.connector_alive(), "the connector exited");
+    let c = s.connector();
+    // The connections did notice: all four were lost (idle timeout), none came back.
+    assert!(c.count("lost edge") >= 4, "{}", c.dump());
+    assert_eq!(c.count("registered: tunnel"), 4, "{}", c.dump());
+    s.net.sh(&s.net.nat, "iptables -D FORWARD 1");
+    let back = s
+        .wait_serving(0, Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("not serving after the outage; log:\n{}", c.dump()));
+    assert!(s.wait_serving(1, Duration::from_secs(90)).is_some());
+    back
+}
+
+#[test]
+fn serves_again_after_minutes_of_outage() {
+    need_root!("serves_again_after_minutes_of_outage");
+    let back = outage(Duration::from_secs(150));
+    eprintln!(
+        "measured: serving {:.1}s after a 150 s outage ended",
+        back.as_secs_f32()
+    );
+    assert!(back <= Duration::from_secs(45), "took {back:?}");
+}
+
+#[test]
+fn boots_without_a_network_and_connects_once_it_appears() {
+    need_root!("boots_without_a_network_and_connects_once_it_appears");
+    let mut s = Scene::new();
+    s.net.sh(&s.net.device, "ip route del default");
+    s.start_connector(Device::default());
+    thread::sleep(Duration::from_secs(8));
+    assert!(s.connector_alive(), "the connector exited");
+    let c = s.connector();
+    assert_eq!(c.count("registered: tunnel"), 0);
+    s.net.sh(
+        &s.net.device,
+        &format!("ip route add default via {NAT_LAN_IP}"),
+    );
+    let t = s
+        .wait_serving(0, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("never connected; log:\n{}", c.dump()));
+    eprintln!(
+        "measured: serving {:.1}s after the route appeared",
+        t.as_secs_f32()
+    );
+    assert!(t <= Duration::from_secs(35), "took {t:?}");
+}
+
+#[test]
+fn sigterm_lets_a_download_finish_and_exits_0() {
+    need_root!("sigterm_lets_a_download_finish_and_exits_0");
+    let mut s = Scene::new();
+    s.connect(Device::default());
+    let dir = TempDir::new("dl");
+    let file = dir.path().join("big.bin");
+    // 24 MiB at 3 MiB/s: about 8 s in flight.
+    let mut dl = Proc::spawn(
+        "download",
+        s.net
+            .cmd(&s.net.visitor, "curl")
+            .args(["-sS", "--limit-rate", "3M", "--max-time", "60"])
+            .args(["-H", &format!("Host: {HOST}"), "-w", "%{http_code}\n"])
+            .arg("-o")
+            .arg(&file)
+            .arg(format!("http://{}/big.bin", EDGE_IPS[0])),
+    );
+    let started = Instant::now();
+    while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) < 1024 * 1024 {
+        assert!(started.elapsed() < WAIT, "the download did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = s.connector.take().unwrap();
+    c.signal(15);
+    let term = Instant::now();
+    c.wait_line("draining");
+    // New requests during the drain: the only connector is leaving, so the edge says
+    // the tunnel is offline (502) rather than hanging.
+    let during = s.get(1, "/", 5);
+    let st = c
+        .wait_exit(Duration::from_secs(35))
+        .expect("exits within the grace period");
+    let exit_after = term.elapsed();
+    assert_eq!(st.code(), Some(0), "{}", c.dump());
+    let dst = dl
+        .wait_exit(Duration::from_secs(60))
+        .expect("download ends");
+    assert!(dst.success(), "{}", dl.dump());
+    assert_eq!(dl.count("200"), 1, "{}", dl.dump());
+    let body = std::fs::read(&file).unwrap();
+    assert_eq!(body.len() as u64, BIG);
+    assert_eq!(sha256_hex(&body), sha256_hex(&pattern(BIG)));
+    eprintln!(
+        "measured: download completed during the drain; connector exited 0 {:.1}s after \
+         SIGTERM; a new request during the drain got {during:?}",
+        exit_after.as_secs_f32()
+    );
+    assert!(exit_after <= Duration::from_secs(32));
+}
+
+/// Repeats the timing scenarios and prints the figures (for the README).
+#[test]
+#[ignore]
+fn bench() {
+    need_root!("bench");
+    let runs = 3;
+    let fmt = |v: &mut Vec<f32>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        format!(
+            "min {:.2}s  median {:.2}s  max {:.2}s",
+            v[0],
+            v[v.len() / 2],
+            v[v.len() - 1]
+        )
+    };
+    let (mut fallback, mut back, mut restart) = (Vec::new(), Vec::new(), Vec::new());
+    let mut failover = Vec::new();
+    for _ in 0..runs {
+        let (f, b) = udp_blocked_then_unblocked();
+        fallback.push(f.as_secs_f32());
+        back.push(b.as_secs_f32());
+        restart.push(edge_restarted(Duration::from_secs(6)).as_secs_f32());
+        failover.push(edge_killed().map_or(0.0, |d| d.as_secs_f32()));
+    }
+    println!("scenario figures over {runs} runs:");
+    println!(
+        "  HTTP/2 fallback (start to serving, UDP blocked): {}",
+        fmt(&mut fallback)
+    );
+    println!(
+        "  return to QUIC after unblocking UDP:             {}",
+        fmt(&mut back)
+    );
+    println!(
+        "  serving via a restarted edge after it listens:   {}",
+        fmt(&mut restart)
+    );
+    println!(
+        "  failed requests via the other edge after a kill: {}",
+        fmt(&mut failover)
+    );
+}
