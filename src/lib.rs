@@ -5,6 +5,9 @@
 //! - [`tls`]: TLS client settings, tolerant of a device clock that is not set yet.
 //! - [`transport`]: QUIC (and HTTP/2) sessions behind one interface.
 //! - [`connector`]: the device side: supervisor, streams, origins.
+//! - [`provision`]: first boot: a `config.bin` on the boot partition is installed.
+//! - [`runas`]: dropping root for an unprivileged user.
+//! - [`sdnotify`]: systemd readiness, watchdog and stop notifications.
 //! - `edge` (feature `edge`): the server visitors and connectors reach.
 pub mod config;
 pub mod connector;
@@ -12,6 +15,9 @@ pub mod connector;
 pub mod demo;
 #[cfg(feature = "edge")]
 pub mod edge;
+pub mod provision;
+pub mod runas;
+pub mod sdnotify;
 pub mod tls;
 pub mod transport;
 pub mod wire;
