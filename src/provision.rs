@@ -227,7 +227,7 @@ mod tests {
 
         // The same file again is only removed.
         fs::write(&s.boot, &newer).unwrap();
-        let reports = install_from_boot(&s.config, &[s.boot.clone()]);
+        let reports = install_from_boot(&s.config, std::slice::from_ref(&s.boot));
         assert_eq!(reports[0].outcome, Outcome::Unchanged);
         assert!(!s.boot.exists());
         assert_eq!(fs::read(store::prev_path(&s.config)).unwrap(), bytes);
