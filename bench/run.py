@@ -259,6 +259,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
     binaries = (os.path.join(ROOT, "target/release/mailslot-edge"), os.path.join(ROOT, "target/release/mailslot"))
     tmp = tempfile.mkdtemp(prefix="mailslot-bench-")
+    os.chmod(tmp, 0o755)  # nginx workers run as another user
     started = []
     rows = []
     try:

@@ -6,6 +6,9 @@
 //! - [`transport`]: QUIC (and HTTP/2) sessions behind one interface.
 //! - [`connector`]: the device side: supervisor, streams, origins.
 //! - [`access`]: the operator's client for SSH and TCP services (`mailslot access`).
+//! - [`provision`]: first boot: a `config.bin` on the boot partition is installed.
+//! - [`runas`]: dropping root for an unprivileged user.
+//! - [`sdnotify`]: systemd readiness, watchdog and stop notifications.
 //! - `edge` (feature `edge`): the server visitors and connectors reach.
 pub mod access;
 pub mod config;
@@ -14,6 +17,9 @@ pub mod connector;
 pub mod demo;
 #[cfg(feature = "edge")]
 pub mod edge;
+pub mod provision;
+pub mod runas;
+pub mod sdnotify;
 pub mod tls;
 pub mod transport;
 pub mod wire;

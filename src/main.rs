@@ -6,7 +6,12 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: mailslot <command> [options]
 
 commands:
-  run [--config FILE]              run the connector (default /etc/mailslot/config.bin)
+  run [--config FILE] [--boot-config FILE ...] [--user NAME]
+                                   run the connector (default /etc/mailslot/config.bin);
+                                   first install a valid --boot-config file as the config
+                                   and delete it; then, with --user, drop root
+  provision [--config FILE] [--boot-config FILE ...] [--user NAME]
+                                   only that first step (systemd's ExecStartPre)
   config compile FILE.yml --output FILE.bin
                                    compile a YAML config into the device's binary config
   config show FILE.bin [--show-secrets]
@@ -61,6 +66,7 @@ fn real_main() -> Result<ExitCode, String> {
         "config" => config_cmd(&mut parser),
         "run" => run_cmd(&mut parser),
         "access" => mailslot::access::cli::main(&mut parser),
+        "provision" => provision_cmd(&mut parser),
         #[cfg(feature = "edge")]
         "demo" => demo_cmd(&mut parser),
         #[cfg(not(feature = "edge"))]
@@ -133,15 +139,51 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+/// `--config`, `--boot-config` and `--user`, shared by `run` and `provision`.
+struct RunArgs {
+    path: PathBuf,
+    boot: Vec<PathBuf>,
+    user: Option<String>,
+}
+
+fn run_args(parser: &mut lexopt::Parser) -> Result<RunArgs, String> {
     use lexopt::prelude::*;
-    let mut path = PathBuf::from(DEFAULT_CONFIG);
+    let mut a = RunArgs {
+        path: PathBuf::from(DEFAULT_CONFIG),
+        boot: Vec::new(),
+        user: None,
+    };
     while let Some(arg) = parser.next().map_err(arg_err)? {
         match arg {
-            Long("config") | Short('c') => path = parser.value().map_err(arg_err)?.into(),
+            Long("config") | Short('c') => a.path = parser.value().map_err(arg_err)?.into(),
+            Long("boot-config") => a.boot.push(parser.value().map_err(arg_err)?.into()),
+            Long("user") => {
+                a.user = Some(parser.value().map_err(arg_err)?.string().map_err(arg_err)?)
+            }
             other => return Err(other.unexpected().to_string()),
         }
     }
+    Ok(a)
+}
+
+fn provision_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    let a = run_args(parser)?;
+    match mailslot::provision::prepare(&a.path, &a.boot, a.user.as_deref()) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            log::error!("{e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    let RunArgs { path, boot, user } = run_args(parser)?;
+    if let Err(e) = mailslot::provision::prepare(&path, &boot, user.as_deref()) {
+        log::error!("{e}");
+        return Ok(ExitCode::from(1));
+    }
+    let notify = mailslot::sdnotify::Notifier::from_env();
     let loaded = match mailslot::config::store::load(&path) {
         Ok(l) => l,
         Err(e) => {
@@ -172,6 +214,10 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        if let Some(n) = &notify {
+            let watchdog = mailslot::sdnotify::watchdog_from_env();
+            tokio::spawn(n.clone().run(connector.slots(), watchdog));
+        }
         let reloader = connector.clone();
         let reload_path = path.clone();
         tokio::spawn(async move {
@@ -193,6 +239,9 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 tokio::select! {
                     _ = term.recv() => log::info!("SIGTERM"),
                     _ = int.recv() => log::info!("SIGINT"),
+                }
+                if let Some(n) = &notify {
+                    n.stopping();
                 }
             })
             .await;

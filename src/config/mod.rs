@@ -327,4 +327,4 @@ impl Default for OriginOptions {
 }
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;

@@ -21,7 +21,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Copy buffer per direction.
 const COPY_BUF: usize = 16 * 1024;
 /// Quiet time after which a drained HTTP stream counts as an idle keep-alive.
-const DRAIN_IDLE: Duration = Duration::from_millis(500);
+const DRAIN_IDLE: Duration = Duration::from_secs(2);
 
 /// A connected origin, whatever its kind.
 pub trait OriginIo: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -126,7 +126,8 @@ async fn idle_while_draining(activity: &Activity, mut drain: watch::Receiver<boo
     }
     loop {
         let (to_edge, idle) = activity.last();
-        if to_edge && idle >= DRAIN_IDLE {
+        // A write waiting for the edge to take more (a slow visitor) is not idle.
+        if to_edge && idle >= DRAIN_IDLE && !activity.writing.load(Ordering::Relaxed) {
             return;
         }
         tokio::time::sleep(
@@ -143,6 +144,8 @@ async fn idle_while_draining(activity: &Activity, mut drain: watch::Receiver<boo
 struct Activity {
     /// Milliseconds since `EPOCH` of the last bytes, and bit 63 set when they went to the edge.
     last: AtomicU64,
+    /// A write towards the edge is waiting for flow control.
+    writing: std::sync::atomic::AtomicBool,
 }
 
 static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -193,6 +196,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
         let r = Pin::new(&mut me.inner).poll_write(cx, buf);
+        me.activity.writing.store(r.is_pending(), Ordering::Relaxed);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             me.activity.touch(true);
         }
