@@ -144,6 +144,7 @@ pub async fn run(http: TcpListener, shutdown: impl Future<Output = ()>) -> Resul
         origin_timeout: Duration::from_secs(30),
         keepalive: Duration::from_secs(15),
         idle_timeout: Duration::from_secs(60),
+        revoked: Vec::new(),
         shield: Arc::new(edge::shield::Shield::new(
             Default::default(),
             Vec::new(),

@@ -28,6 +28,7 @@ async fn refusal_for(version: u16) -> String {
         origin_timeout: Duration::from_secs(5),
         keepalive: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(20),
+        revoked: Vec::new(),
         shield: Arc::new(edge::shield::Shield::new(
             Default::default(),
             Vec::new(),

@@ -575,3 +575,42 @@ fn sigterm_drains_and_exits_zero() {
     assert!(ok, "{err}");
     assert_eq!(len, 60 * 1024 * 1024, "the transfer in flight completed");
 }
+
+#[test]
+fn a_revoked_tunnel_is_refused_although_its_token_verifies() {
+    let dir = init_edge("");
+    let out = Command::new(EDGE)
+        .arg("token")
+        .arg("--config")
+        .arg(dir.path().join("edge.yml"))
+        .args(["--tunnel", "dev42", "--allow", "dev42.example.com"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let note = String::from_utf8(out.stderr).unwrap();
+    let id = note
+        .split(" id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let yml = dir.path().join("edge.yml");
+    let mut text = std::fs::read_to_string(&yml).unwrap();
+    text.push_str(&format!("revoked-tunnels: [\"{id}\"]\n"));
+    std::fs::write(&yml, text).unwrap();
+    let edge = start_edge(dir);
+    let a = Origin::start("A");
+    let rules = format!(
+        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
+        a.addr
+    );
+    let dev = TempDir::new("device");
+    let bin = compile(dev.path(), &device_yaml(&edge, &token, 1, &rules));
+    let p = Proc::spawn(
+        "connector",
+        Command::new(MAILSLOT).arg("run").arg("--config").arg(&bin),
+    );
+    let line = p.wait_line("refused the tunnel");
+    assert!(line.contains("revoked"), "{line}");
+}

@@ -129,9 +129,20 @@ fn real_main() -> Result<(), String> {
                 .signing_key
                 .ok_or("token: edge.yml has no signing-key; tokens are issued where the key is")?;
             let key = init::load_signing_key(&key_path)?;
-            println!(
-                "{}",
-                init::issue_tunnel_token(&key, &tunnel, &allow, expires.as_secs())?
+            let token = init::issue_tunnel_token(&key, &tunnel, &allow, expires.as_secs())?;
+            let now = mailslot::edge::token::now_unix();
+            let claims =
+                mailslot::edge::token::verify_tunnel(&token, &[init::public_key_of(&key)], now)
+                    .map_err(|e| format!("the new token does not verify: {e}"))?;
+            // The token on stdout alone, so `$(mailslot-edge token ...)` captures just it.
+            println!("{token}");
+            eprintln!(
+                "tunnel {} id {} may serve {}; expires in {}s (revoke with revoked-tunnels: [{}])",
+                claims.tunnel,
+                mailslot::connector::hex(&claims.id),
+                claims.hosts.join(", "),
+                claims.expires.saturating_sub(now),
+                mailslot::connector::hex(&claims.id),
             );
             Ok(())
         }

@@ -49,6 +49,8 @@ struct Raw {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     admin_listen: Option<String>,
+    #[serde(default)]
+    revoked_tunnels: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +92,20 @@ struct RawHost {
 enum RawSize {
     Bytes(u64),
     Text(String),
+}
+
+/// Parses a tunnel id: 32 hex digits, as `token` and the logs print it.
+pub fn parse_tunnel_id(s: &str) -> Result<[u8; 16], String> {
+    let s = s.trim();
+    let bad = || format!("revoked-tunnels: {s:?} is not a tunnel id (32 hex digits)");
+    if s.len() != 32 || !s.is_ascii() {
+        return Err(bad());
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(id)
 }
 
 /// Parses "64KiB", "10MiB", "1GiB", "1000" (bytes).
@@ -258,6 +274,8 @@ pub struct EdgeConfig {
     pub shield: Arc<Shield>,
     /// Loopback address for `/metrics` and `/tunnels`; `None` = off.
     pub admin_listen: Option<SocketAddr>,
+    /// Tunnel ids refused although their tokens verify.
+    pub revoked_tunnels: Vec<[u8; 16]>,
     /// `access:`, `service-tokens:` and `tcp-ports:`.
     pub access: super::policy::AccessConfig,
 }
@@ -376,6 +394,11 @@ impl EdgeConfig {
                     .collect::<Result<_, _>>()?,
             )),
             admin_listen: listen(raw.admin_listen, "none", "admin-listen")?,
+            revoked_tunnels: raw
+                .revoked_tunnels
+                .iter()
+                .map(|id| parse_tunnel_id(id))
+                .collect::<Result<_, _>>()?,
             access,
         })
     }

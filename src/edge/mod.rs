@@ -90,6 +90,8 @@ pub struct EdgeSettings {
     pub keepalive: Duration,
     pub idle_timeout: Duration,
     pub shield: Arc<shield::Shield>,
+    /// Tunnel ids whose tokens are refused although their signatures are good.
+    pub revoked: Vec<[u8; 16]>,
 }
 
 impl EdgeSettings {
@@ -121,6 +123,7 @@ impl EdgeSettings {
             keepalive: cfg.keepalive,
             idle_timeout: cfg.idle_timeout,
             shield: cfg.shield.clone(),
+            revoked: cfg.revoked_tunnels.clone(),
         })
     }
 }
@@ -175,6 +178,8 @@ pub struct EdgeState {
     pub name: String,
     pub registry: Arc<Registry>,
     pub verify_keys: Vec<[u8; 32]>,
+    /// Revoked tunnel ids.
+    pub revoked: Vec<[u8; 16]>,
     pub client: proxy::TunnelClient,
     pub origin_timeout: Duration,
     /// Set when the edge shuts down: connectors are told to go elsewhere.
@@ -199,6 +204,7 @@ impl Edge {
             client: proxy::client(registry.clone()),
             registry,
             verify_keys: settings.verify_keys.clone(),
+            revoked: settings.revoked.clone(),
             origin_timeout: settings.origin_timeout,
             going_away: watch::channel(false).0,
             shield: settings.shield.clone(),

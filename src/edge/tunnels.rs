@@ -216,6 +216,9 @@ async fn register(
         }
         let claims = verify_tunnel(&reg.token, &state.verify_keys, super::token::now_unix())
             .map_err(|e| (format!("tunnel token refused: {e}"), true))?;
+        if state.revoked.contains(&claims.id) {
+            return Err((format!("tunnel token refused: tunnel {} ({}) is revoked on this edge", claims.tunnel, hex(&claims.id)), true));
+        }
         let rules = Rules::compile(reg.rules_generation, &reg.rules, &claims).map_err(|e| (e, true))?;
         let conn = Arc::new(Conn {
             session: session.clone(),
