@@ -23,7 +23,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Mutex};
 
-use super::quic::{CONN_RECEIVE_WINDOW, STREAM_RECEIVE_WINDOW};
+use super::quic::{
+    CONN_RECEIVE_WINDOW, DEVICE_CONN_RECEIVE_WINDOW, DEVICE_STREAM_RECEIVE_WINDOW,
+    STREAM_RECEIVE_WINDOW,
+};
 use super::{RecvHalf, Retry, SendHalf, Session, TransportError, TunnelStream};
 
 /// Largest DATA chunk written at once.
@@ -159,8 +162,8 @@ pub async fn connect(
             .map_err(|e| format!("TLS to {remote}: {e}"))?;
         let mut builder = h2::server::Builder::new();
         builder
-            .initial_window_size(STREAM_RECEIVE_WINDOW)
-            .initial_connection_window_size(CONN_RECEIVE_WINDOW)
+            .initial_window_size(DEVICE_STREAM_RECEIVE_WINDOW)
+            .initial_connection_window_size(DEVICE_CONN_RECEIVE_WINDOW)
             .max_concurrent_streams(max_streams)
             .max_send_buffer_size(MAX_WRITE);
         builder
