@@ -106,7 +106,7 @@ elif [ "$method" = host ]; then
     toolchain=stable
     build_std=()
     if ! rustup target list --toolchain stable --installed 2>/dev/null | grep -qx "$target"; then
-        if ! rustup target add --toolchain stable "$target" >&2; then
+        if ! rustup target add --toolchain stable "$target" >/dev/null 2>&1; then
             echo "build.sh: no prebuilt std for $target; using nightly -Zbuild-std" >&2
             toolchain=$nightly
         fi
@@ -162,7 +162,10 @@ elif [ "$method" = host ]; then
         rustflags=(-C link-self-contained=no -A linker_messages)
     fi
     if [ "$linker" = zig ]; then
-        cmd=(cargo "+$toolchain" zigbuild "${cargo_args[@]:1}" "${build_std[@]}")
+        # `cargo-zigbuild zigbuild|test`: the subcommand is cargo-zigbuild's own.
+        sub=zigbuild
+        [ "$mode" = test ] && sub=test
+        cmd=(env "RUSTUP_TOOLCHAIN=$toolchain" cargo-zigbuild "$sub" "${cargo_args[@]:1}" "${build_std[@]}")
     else
         cmd=(cargo "+$toolchain" "${cargo_args[@]}" "${build_std[@]}")
     fi
