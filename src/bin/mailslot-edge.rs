@@ -131,9 +131,12 @@ fn real_main() -> Result<(), String> {
             let key = init::load_signing_key(&key_path)?;
             let token = init::issue_tunnel_token(&key, &tunnel, &allow, expires.as_secs())?;
             let now = mailslot::edge::token::now_unix();
-            let claims =
-                mailslot::edge::token::verify_tunnel(&token, &[init::public_key_of(&key)], now)
-                    .map_err(|e| format!("the new token does not verify: {e}"))?;
+            let claims: mailslot::edge::token::TunnelClaims = mailslot::edge::token::verify(
+                &token,
+                mailslot::edge::token::TUNNEL_PREFIX,
+                &[init::public_key_of(&key)],
+            )
+            .map_err(|e| format!("the new token does not verify: {e}"))?;
             // The token on stdout alone, so `$(mailslot-edge token ...)` captures just it.
             println!("{token}");
             eprintln!(

@@ -19,7 +19,7 @@ use crate::wire::{self, StreamError, StreamHeader, StreamKind, StreamReply};
 /// How long the edge has to send the stream header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Copy buffer per direction.
-const COPY_BUF: usize = 16 * 1024;
+const COPY_BUF: usize = 8 * 1024;
 /// Quiet time after which a drained HTTP stream counts as an idle keep-alive.
 const DRAIN_IDLE: Duration = Duration::from_secs(2);
 

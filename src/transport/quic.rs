@@ -32,8 +32,8 @@ pub struct ClientTuning {
 
 /// Bytes the connector keeps in flight towards the edge per connection (its
 /// retransmission buffer), and the windows it grants the edge: a device holds less
-/// than an edge. 1 MiB covers a 50 Mbit/s link at 150 ms round trip.
-pub const DEVICE_SEND_WINDOW: u32 = 1024 * 1024;
+/// than an edge. 512 KiB covers about 40 Mbit/s at a 100 ms round trip per connection.
+pub const DEVICE_SEND_WINDOW: u32 = 512 * 1024;
 /// Bytes per stream the connector accepts from the edge before reading them.
 pub const DEVICE_STREAM_RECEIVE_WINDOW: u32 = 512 * 1024;
 /// Bytes per connection the connector accepts from the edge before reading them.
