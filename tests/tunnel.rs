@@ -614,3 +614,101 @@ fn a_revoked_tunnel_is_refused_although_its_token_verifies() {
     let line = p.wait_line("refused the tunnel");
     assert!(line.contains("revoked"), "{line}");
 }
+
+/// An HTTPS origin with a certificate for `localhost` from its own CA; (address, CA PEM).
+fn tls_origin(rt: &tokio::runtime::Runtime) -> (std::net::SocketAddr, String) {
+    let pki = mailslot::edge::init::generate_pki(&["localhost".into()]).unwrap();
+    let ck =
+        mailslot::edge::CertKey::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(mailslot::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(ck.chain, ck.key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let body = "origin TLS";
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, pki.ca_pem)
+}
+
+#[test]
+fn https_and_unix_socket_origins_with_their_options() {
+    let edge = start_edge(init_edge(""));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (tls_addr, ca_pem) = tls_origin(&rt);
+    let port = tls_addr.port();
+    let dev = TempDir::new("device");
+    let ca = dev.path().join("origin-ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    // A unix-socket origin: HTTP over the socket.
+    let sock = dev.path().join("origin.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    unix.set_nonblocking(true).unwrap();
+    rt.spawn(async move {
+        let unix = tokio::net::UnixListener::from_std(unix).unwrap();
+        while let Ok((s, _)) = unix.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\norigin unix").await;
+            });
+        }
+    });
+    let token = edge.token("dev42", &["*.dev42.example.com"], "1d");
+    let ca = ca.display();
+    let rules = format!(
+        "  - hostname: trusted.dev42.example.com\n    service: https://localhost:{port}\n    origin-request: {{ ca-pool: {ca} }}\n\
+         \x20 - hostname: insecure.dev42.example.com\n    service: https://127.0.0.1:{port}\n    origin-request: {{ no-tls-verify: true }}\n\
+         \x20 - hostname: named.dev42.example.com\n    service: https://127.0.0.1:{port}\n    originRequest: {{ originServerName: localhost, caPool: {ca} }}\n\
+         \x20 - hostname: strict.dev42.example.com\n    service: https://127.0.0.1:{port}\n    origin-request: {{ ca-pool: {ca} }}\n\
+         \x20 - hostname: public-roots.dev42.example.com\n    service: https://localhost:{port}\n\
+         \x20 - hostname: unix.dev42.example.com\n    service: unix:{}\n\
+         \x20 - service: http_status:404\n",
+        sock.display()
+    );
+    let _c = start_connector(dev.path(), &device_yaml(&edge, &token, 1, &rules), 1);
+    for host in ["trusted", "insecure", "named"] {
+        let (code, body) = get(&edge, &format!("{host}.dev42.example.com"), "/");
+        assert_eq!(
+            (code, String::from_utf8(body).unwrap()),
+            (200, "origin TLS".to_string()),
+            "{host}"
+        );
+    }
+    // Verification is real: the wrong name, and a private CA against the public roots, fail.
+    for host in ["strict", "public-roots"] {
+        let (code, body) = get(&edge, &format!("{host}.dev42.example.com"), "/");
+        assert_eq!(code, 502, "{host}: {}", String::from_utf8_lossy(&body));
+    }
+    let (code, body) = get(&edge, "unix.dev42.example.com", "/");
+    assert_eq!(
+        (code, String::from_utf8(body).unwrap()),
+        (200, "origin unix".to_string())
+    );
+}
