@@ -63,7 +63,8 @@ export SOURCE_DATE_EPOCH
 
 if [ -z "$binary" ]; then
     if [ -x cross/build.sh ]; then
-        cross/build.sh "$target"
+        # Its report goes to stderr: stdout carries only the tarball path.
+        cross/build.sh "$target" >&2
     else
         case "$target" in
             aarch64-unknown-linux-musl)
