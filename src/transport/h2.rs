@@ -12,7 +12,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -34,8 +33,6 @@ const MAX_WRITE: usize = 64 * 1024;
 /// Tunnel streams accepted but not yet taken by the connector.
 const ACCEPT_QUEUE: usize = 16;
 
-static NEXT_ID: AtomicUsize = AtomicUsize::new(1 << 40);
-
 /// One HTTP/2 tunnel connection, either end.
 #[derive(Clone)]
 pub struct H2Session {
@@ -43,7 +40,6 @@ pub struct H2Session {
 }
 
 struct Inner {
-    id: usize,
     remote: SocketAddr,
     role: Role,
     /// Set with a reason when the connection has ended.
@@ -61,13 +57,15 @@ enum Role {
 
 impl std::fmt::Debug for H2Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "H2Session({}, {})", self.inner.id, self.inner.remote)
+        write!(f, "H2Session({}, {})", self.id(), self.inner.remote)
     }
 }
 
 impl H2Session {
+    /// Unique among live connections, like quinn's `stable_id` (both are the address of
+    /// the connection's shared state, so the two kinds cannot collide either).
     pub fn id(&self) -> usize {
-        self.inner.id
+        Arc::as_ptr(&self.inner) as usize
     }
 
     pub fn remote_addr(&self) -> SocketAddr {
@@ -188,7 +186,6 @@ pub async fn connect(
     };
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let inner = Arc::new(Inner {
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         remote,
         role: Role::Server(Mutex::new(rx)),
         closed: watch::channel(None).0,
@@ -305,7 +302,6 @@ where
         .max_send_buffer_size(MAX_WRITE);
     let (send, mut conn) = builder.handshake::<_, Bytes>(io).await.map_err(h2_io)?;
     let inner = Arc::new(Inner {
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         remote,
         role: Role::Client(Mutex::new(send)),
         closed: watch::channel(None).0,
