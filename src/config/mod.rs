@@ -178,6 +178,8 @@ mod v1;
 pub mod validate;
 #[cfg(feature = "yaml")]
 mod yaml_in;
+#[cfg(feature = "yaml")]
+pub use yaml_in::parse_duration_ms;
 pub mod yaml_out;
 
 pub use codec::DecodeError;

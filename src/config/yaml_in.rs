@@ -199,7 +199,7 @@ impl<'de> Deserialize<'de> for Duration {
                 self.visit_u64(v)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-                parse_duration(v).map(Duration).map_err(E::custom)
+                parse_duration_ms(v).map(Duration).map_err(E::custom)
             }
         }
         d.deserialize_any(V)
@@ -207,7 +207,7 @@ impl<'de> Deserialize<'de> for Duration {
 }
 
 /// Milliseconds in `500ms`, `15s`, `2m`, `1h`, `1m30s` or `15` (seconds).
-fn parse_duration(text: &str) -> Result<u64, std::string::String> {
+pub fn parse_duration_ms(text: &str) -> Result<u64, std::string::String> {
     let bad = || {
         format!(
             "invalid duration {text:?}: expected e.g. 500ms, 15s, 2m, 1h or a number of seconds"

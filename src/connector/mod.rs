@@ -280,7 +280,9 @@ async fn edge_for_slot(shared: &Shared, slot: usize) -> Result<(SocketAddr, Stri
     }
     let idx = slot % edges.len();
     let entry = edges[idx].as_str();
-    let (host, port) = split_host_port(entry)?;
+    // Stored addresses were checked (and given their port) when the config was compiled.
+    let (host, port) = crate::config::validate::parse_edge_addr(entry)
+        .map_err(|e| format!("edge address {entry:?}: {e}"))?;
     let fresh = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
     let addrs = match fresh {
         Ok(Ok(it)) => {
@@ -314,25 +316,6 @@ async fn edge_for_slot(shared: &Shared, slot: usize) -> Result<(SocketAddr, Stri
     }
     let addr = addrs[(slot / edges.len()) % addrs.len()];
     Ok((addr, host.to_string()))
-}
-
-/// Splits `host:port` or `[v6]:port`; the port defaults to 7844.
-pub fn split_host_port(entry: &str) -> Result<(&str, u16), String> {
-    let bad = || format!("edge address {entry:?} is not host:port");
-    if let Some(rest) = entry.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if after.is_empty() => 7844,
-            None => return Err(bad()),
-        };
-        return Ok((host, port));
-    }
-    match entry.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Ok((h, p.parse().map_err(|_| bad())?)),
-        _ if !entry.contains(':') => Ok((entry, 7844)),
-        _ => Err(bad()),
-    }
 }
 
 fn endpoint_for(shared: &Shared, remote: SocketAddr) -> Result<quinn::Endpoint, String> {
@@ -862,23 +845,6 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_port_forms() {
-        assert_eq!(
-            split_host_port("edge.example.com:7844").unwrap(),
-            ("edge.example.com", 7844)
-        );
-        assert_eq!(
-            split_host_port("edge.example.com").unwrap(),
-            ("edge.example.com", 7844)
-        );
-        assert_eq!(split_host_port("[::1]:9").unwrap(), ("::1", 9));
-        assert_eq!(split_host_port("[::1]").unwrap(), ("::1", 7844));
-        assert!(split_host_port("::1:9").is_err());
-        assert!(split_host_port("a:b").is_err());
-        assert!(split_host_port("[::1]x").is_err());
-    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {

@@ -280,22 +280,10 @@ pub struct EdgeConfig {
     pub access: super::policy::AccessConfig,
 }
 
-/// Parses "500ms", "15s", "2m", "1h" or a number of seconds.
+/// Parses "500ms", "15s", "2m", "1h", "1m30s" or a number of seconds, as the device
+/// config does.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 15s"))?;
-    let d = match unit.trim() {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
-    };
-    Ok(d)
+    crate::config::parse_duration_ms(s).map(Duration::from_millis)
 }
 
 fn duration(v: Option<RawDuration>, default: Duration, key: &str) -> Result<Duration, String> {

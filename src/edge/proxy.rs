@@ -444,35 +444,25 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let prefix = match read_prefix(body, limits.body_buffer, max_body, limits.body_timeout).await {
         Ok(p) => p,
-        Err(Refusal::Slow) => {
-            return refuse(
-                shield,
-                &c.slow_body,
-                StatusCode::REQUEST_TIMEOUT,
-                visitor,
-                host,
-                "the request body arrived too slowly",
-            )
-        }
-        Err(Refusal::TooLarge) => {
-            return refuse(
-                shield,
-                &c.body_too_large,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                visitor,
-                host,
-                "the request body is too large",
-            )
-        }
-        Err(Refusal::Broken) => {
-            return refuse(
-                shield,
-                &c.bad_request,
-                StatusCode::BAD_REQUEST,
-                visitor,
-                host,
-                "the request body is malformed",
-            )
+        Err(refusal) => {
+            let (counter, status, why) = match refusal {
+                Refusal::Slow => (
+                    &c.slow_body,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body arrived too slowly",
+                ),
+                Refusal::TooLarge => (
+                    &c.body_too_large,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is too large",
+                ),
+                Refusal::Broken => (
+                    &c.bad_request,
+                    StatusCode::BAD_REQUEST,
+                    "the request body is malformed",
+                ),
+            };
+            return refuse(shield, counter, status, visitor, host, why);
         }
     };
     let (replayable, mut rest) = match prefix {

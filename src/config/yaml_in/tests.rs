@@ -369,14 +369,14 @@ fn services() {
 
 #[test]
 fn durations() {
-    assert_eq!(parse_duration("500ms"), Ok(500));
-    assert_eq!(parse_duration("15s"), Ok(15_000));
-    assert_eq!(parse_duration("2m"), Ok(120_000));
-    assert_eq!(parse_duration("1h"), Ok(3_600_000));
-    assert_eq!(parse_duration("1m30s"), Ok(90_000));
-    assert_eq!(parse_duration("15"), Ok(15_000));
+    assert_eq!(parse_duration_ms("500ms"), Ok(500));
+    assert_eq!(parse_duration_ms("15s"), Ok(15_000));
+    assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+    assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+    assert_eq!(parse_duration_ms("1m30s"), Ok(90_000));
+    assert_eq!(parse_duration_ms("15"), Ok(15_000));
     for bad in ["", "s", "15x", "1.5s", "-1s", "99999999999999999999s"] {
-        assert!(parse_duration(bad).is_err(), "{bad}");
+        assert!(parse_duration_ms(bad).is_err(), "{bad}");
     }
     let config = compile(&doc(
         "keepalive: 20\nidle-timeout: 1m\ngrace-period: 0s\n",
