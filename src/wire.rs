@@ -69,7 +69,8 @@ pub enum RuleAction {
     Http,
     /// Answer with this status at the edge; nothing reaches the device.
     Status(u16),
-    /// A raw byte stream (TCP, SSH, RDP): reached through access clients or TCP ports.
+    /// A raw byte stream (TCP, SSH, RDP, a unix socket): reached through access clients or
+    /// TCP ports.
     Stream,
 }
 

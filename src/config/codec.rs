@@ -295,6 +295,47 @@ mod tests {
         assert_eq!(decode(&bytes).unwrap(), config);
     }
 
+    /// Service variants are numbered by position: the raw unix stream, added after the
+    /// first files were written, is appended as variant 4 so those files keep decoding.
+    #[test]
+    fn unix_stream_service_is_variant_4() {
+        use crate::config::*;
+        let mut config = sample_config();
+        config.ingress.clear();
+        config.cas.clear();
+        config.edge_ca = None;
+        config.edges.clear();
+        config.edges.push("e:1".try_into().unwrap()).unwrap();
+        config.tunnel = "t".try_into().unwrap();
+        config.token = "k".try_into().unwrap();
+        let rule = |hostname: Option<&str>, service| IngressRule {
+            hostname: hostname.map(|h| h.try_into().unwrap()),
+            path: None,
+            service,
+            origin: OriginOptions::default(),
+        };
+        let raw = Service::UnixStream {
+            path: "/s".try_into().unwrap(),
+        };
+        config.ingress.push(rule(Some("a"), raw)).unwrap();
+        let catch_all = rule(None, Service::HttpStatus(404));
+        config.ingress.push(catch_all).unwrap();
+        let bytes = encode(&config).unwrap();
+        #[rustfmt::skip]
+        let payload: &[u8] = &[
+            1, b't', 1, b'k', 1, 3, b'e', b':', b'1', 0, 0, 0, 4, 15, 45, 30,
+            2,                       // two rules
+            1, 1, b'a', 0,           // hostname: Some("a"), path: None
+            4, 2, b'/', b's',        // Service::UnixStream { path: "/s" }
+            0, 0, 0, 0x90, 0x4e, 0,  // origin options
+            0, 0,
+            3, 0x94, 0x03,           // Service::HttpStatus(404), still variant 3
+            0, 0, 0, 0x90, 0x4e, 0,
+        ];
+        assert_eq!(bytes, wrap(1, payload));
+        assert_eq!(decode(&bytes).unwrap(), config);
+    }
+
     #[test]
     fn max_config_fits() {
         let config = max_config();

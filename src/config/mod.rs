@@ -142,6 +142,10 @@ pub enum Service {
     },
     /// `http_status:NNN`, answered by the edge.
     HttpStatus(u16),
+    /// `tcp+unix:/path`: a raw byte stream to a unix socket (a database or agent
+    /// listening on a socket file), reached like `tcp://` rules. Appended last: postcard
+    /// numbers variants by position, and older files must keep decoding.
+    UnixStream { path: String<MAX_SOCKET_PATH_LEN> },
 }
 
 /// The scheme a raw stream rule was written with.
@@ -275,6 +279,19 @@ impl StreamKind {
     }
 }
 
+/// The scheme of a raw-stream unix socket service, `tcp+unix:/path` (read as "a TCP-like
+/// stream over a unix socket", like the `http+unix://` of requests-unixsocket). `unix:`
+/// alone means HTTP over the socket, as in cloudflared.
+pub const UNIX_STREAM_SCHEME: &str = "tcp+unix";
+
+impl Service {
+    /// Is this a raw byte stream (reached through access clients and TCP ports) rather
+    /// than HTTP or a status answered by the edge?
+    pub fn is_raw_stream(&self) -> bool {
+        matches!(self, Service::Stream { .. } | Service::UnixStream { .. })
+    }
+}
+
 /// Writes `host:port` with brackets around IPv6 addresses, or just `host` when the
 /// port is `default_port`.
 struct HostPort<'a>(&'a str, u16, Option<u16>);
@@ -312,6 +329,7 @@ impl fmt::Display for Service {
                 write!(f, "{}://{hp}", kind.scheme())
             }
             Service::HttpStatus(code) => write!(f, "http_status:{code}"),
+            Service::UnixStream { path } => write!(f, "{UNIX_STREAM_SCHEME}:{path}"),
         }
     }
 }

@@ -181,6 +181,7 @@ fn arb_service() -> impl Strategy<Value = Service> {
             port
         }),
         (100u16..=599).prop_map(Service::HttpStatus),
+        "/[a-zA-Z0-9/._ -]{1,60}".prop_map(|p| Service::UnixStream { path: s(&p) }),
     ]
 }
 

@@ -182,7 +182,7 @@ fn validate_rule(i: usize, rule: &IngressRule) -> Result<(), ConfigError> {
                 return Err(invalid(field(), "port 0"));
             }
         }
-        Service::Unix { path, .. } => {
+        Service::Unix { path, .. } | Service::UnixStream { path } => {
             if !path.starts_with('/') {
                 return Err(invalid(
                     field(),

@@ -548,7 +548,7 @@ fn normalize_edge(edge: &str) -> std::string::String {
 }
 
 /// Parses a service: `http://host[:port]`, `https://`, `tcp://host:port`, `ssh://`,
-/// `rdp://`, `unix:/path`, `unix+tls:/path` or `http_status:NNN`.
+/// `rdp://`, `unix:/path`, `unix+tls:/path`, `tcp+unix:/path` or `http_status:NNN`.
 fn parse_service(field: &str, s: &str) -> Result<Service, CompileError> {
     let err = |reason: std::string::String| invalid(field, format!("{s:?}: {reason}"));
     if let Some(code) = s.strip_prefix("http_status:") {
@@ -556,6 +556,15 @@ fn parse_service(field: &str, s: &str) -> Result<Service, CompileError> {
             .parse::<u16>()
             .map_err(|_| err("expected http_status:NNN".into()))?;
         return Ok(Service::HttpStatus(code));
+    }
+    // `unix+tcp:` is accepted too for those who guess that order; it prints as
+    // `tcp+unix:`.
+    for prefix in ["tcp+unix:", "unix+tcp:"] {
+        if let Some(path) = strip_prefix_ci(s, prefix) {
+            return Ok(Service::UnixStream {
+                path: bounded(field, path)?,
+            });
+        }
     }
     for (prefix, tls) in [("unix+tls:", true), ("unix:", false)] {
         if let Some(path) = s.strip_prefix(prefix) {
@@ -567,7 +576,7 @@ fn parse_service(field: &str, s: &str) -> Result<Service, CompileError> {
     }
     let Some((scheme, rest)) = s.split_once("://") else {
         return Err(err(
-            "expected scheme://host[:port], unix:/path, unix+tls:/path or http_status:NNN".into(),
+            "expected scheme://host[:port], unix:/path, unix+tls:/path, tcp+unix:/path or http_status:NNN".into(),
         ));
     };
     enum Kind {
@@ -582,7 +591,7 @@ fn parse_service(field: &str, s: &str) -> Result<Service, CompileError> {
         "rdp" => (Kind::Stream(StreamKind::Rdp), Some(3389)),
         other => {
             return Err(err(format!(
-                "unsupported scheme {other:?} (use http, https, tcp, ssh, rdp, unix, unix+tls or http_status)"
+                "unsupported scheme {other:?} (use http, https, tcp, ssh, rdp, unix, unix+tls, tcp+unix or http_status)"
             )))
         }
     };
@@ -633,6 +642,13 @@ fn parse_service(field: &str, s: &str) -> Result<Service, CompileError> {
         Kind::Http(tls) => Service::Http { host, port, tls },
         Kind::Stream(kind) => Service::Stream { kind, host, port },
     })
+}
+
+/// `s` without `prefix`, compared ignoring ASCII case (schemes are case-insensitive).
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 #[cfg(test)]

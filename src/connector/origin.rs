@@ -222,7 +222,7 @@ fn check(rule: &RuntimeRule, header: &StreamHeader) -> Result<(), String> {
     }
     match (&rule.service, header.kind) {
         (Service::HttpStatus(_), _) => Err("status rules are answered by the edge".into()),
-        (Service::Stream { .. }, StreamKind::Http) => {
+        (s, StreamKind::Http) if s.is_raw_stream() => {
             Err("rule is a raw stream service, not HTTP".into())
         }
         _ => Ok(()),
@@ -262,6 +262,12 @@ async fn dial(rule: &RuntimeRule) -> Result<Box<dyn OriginIo>, (StreamError, Str
                     Some(tls) => Ok(Box::new(tls.handshake(unix).await?) as Box<dyn OriginIo>),
                     None => Ok(Box::new(unix) as Box<dyn OriginIo>),
                 }
+            }
+            Service::UnixStream { path } => {
+                let unix = UnixStream::connect(path.as_str())
+                    .await
+                    .map_err(|e| format!("cannot reach tcp+unix:{path}: {e}"))?;
+                Ok(Box::new(unix) as Box<dyn OriginIo>)
             }
             Service::HttpStatus(_) => Err("status rules are answered by the edge".to_string()),
         }

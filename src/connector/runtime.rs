@@ -100,7 +100,7 @@ impl Runtime {
                 path: r.path.as_ref().map(|p| p.to_string()),
                 action: match r.service {
                     Service::Http { .. } | Service::Unix { .. } => RuleAction::Http,
-                    Service::Stream { .. } => RuleAction::Stream,
+                    Service::Stream { .. } | Service::UnixStream { .. } => RuleAction::Stream,
                     Service::HttpStatus(code) => RuleAction::Status(code),
                 },
                 host_header: r.origin.http_host_header.as_ref().map(|h| h.to_string()),

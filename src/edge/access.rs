@@ -262,7 +262,7 @@ pub async fn open_raw(
             _ => {
                 return Err((
                     AccessError::NotStream,
-                    format!("{host} is not a TCP service (its ingress rule is not tcp://, ssh:// or rdp://)"),
+                    format!("{host} is not a TCP service (its ingress rule is not tcp://, ssh://, rdp:// or tcp+unix:)"),
                 ))
             }
         }

@@ -332,6 +332,14 @@ fn services() {
         }
     );
     assert_eq!(ok("http_status:418"), Service::HttpStatus(418));
+    let raw_unix = Service::UnixStream {
+        path: "/run/redis.sock".try_into().unwrap(),
+    };
+    assert_eq!(ok("tcp+unix:/run/redis.sock"), raw_unix);
+    assert_eq!(ok("unix+tcp:/run/redis.sock"), raw_unix);
+    assert_eq!(ok("TCP+Unix:/run/redis.sock"), raw_unix);
+    assert_eq!(raw_unix.to_string(), "tcp+unix:/run/redis.sock");
+    assert!(raw_unix.is_raw_stream());
     for bad in [
         "http://localhost/api",
         "http://localhost?x=1",
