@@ -18,6 +18,10 @@ use common::*;
 const SERVICE_SECRET: &str = "ci-secret-0123456789";
 const SSH_HOST: &str = "ssh.dev42.example.com";
 const DB_HOST: &str = "db.dev42.example.com";
+/// A raw-stream rule to a unix socket (`tcp+unix:`) where a redis may listen.
+const REDIS_HOST: &str = "redis.dev42.example.com";
+/// The socket's name in the device folder.
+const REDIS_SOCKET: &str = "redis.sock";
 
 /// Edge settings: short QUIC timers so idle sessions are tested in seconds.
 fn edge_yaml() -> String {
@@ -35,6 +39,8 @@ access:
     users: [alice]
   - hostname: secret.dev42.example.com
     allow: [signed, service-token]
+  - hostname: {REDIS_HOST}
+    allow: signed
 tcp-ports:
   - listen: 127.0.0.1:0
     hostname: {DB_HOST}
@@ -155,7 +161,8 @@ struct World {
     /// TCP ports: (admitting loopback, admitting only 10/8).
     tcp_open: SocketAddr,
     tcp_closed: SocketAddr,
-    _dev: TempDir,
+    /// The device's folder (config, the redis socket).
+    dev: TempDir,
 }
 
 fn world(with_sshd: bool) -> World {
@@ -177,14 +184,17 @@ fn world(with_sshd: bool) -> World {
     let tcp_closed = port_of(edge.proc.wait_line("TCP port "));
     let origin = Origin::start("A");
     let tunnel_token = edge.token("dev42", &["dev42.example.com", "*.dev42.example.com"], "1d");
+    let dev = TempDir::new("device");
     let rules = format!(
         "  - hostname: {SSH_HOST}\n    service: ssh://127.0.0.1:{ssh_port}\n\
          \x20 - hostname: {DB_HOST}\n    service: tcp://{o}\n\
+         \x20 - hostname: {REDIS_HOST}\n    service: tcp+unix:{redis}\n\
          \x20 - hostname: open.dev42.example.com\n    service: tcp://{o}\n\
          \x20 - hostname: secret.dev42.example.com\n    service: http://{o}\n\
          \x20 - hostname: web.dev42.example.com\n    service: http://{o}\n\
          \x20 - service: http_status:404\n",
-        o = origin.addr
+        o = origin.addr,
+        redis = dev.path().join(REDIS_SOCKET).display()
     );
     let yaml = format!(
         "tunnel: dev42\ntoken: {tunnel_token}\nedge: [\"{}\"]\nedge-ca: {}\nprotocol: quic\n\
@@ -192,7 +202,6 @@ fn world(with_sshd: bool) -> World {
         edge.tunnel,
         edge.ca().display()
     );
-    let dev = TempDir::new("device");
     let connector = start_connector(dev.path(), &yaml, 2);
     World {
         edge,
@@ -203,7 +212,7 @@ fn world(with_sshd: bool) -> World {
         tunnel_token,
         tcp_open,
         tcp_closed,
-        _dev: dev,
+        dev,
     }
 }
 
@@ -292,6 +301,23 @@ impl World {
             .env_remove("MAILSLOT_SERVICE_TOKEN_ID")
             .env_remove("MAILSLOT_SERVICE_TOKEN_SECRET");
         c
+    }
+}
+
+impl World {
+    /// Starts `mailslot access tcp --listen 127.0.0.1:0`; returns it and the address it
+    /// reports.
+    fn access_tcp(&self, host: &str, transport: &str, creds: &[&str]) -> (Proc, SocketAddr) {
+        let mut cmd = self.access("tcp", host, transport, creds);
+        let p = Proc::spawn("access-tcp", cmd.args(["--listen", "127.0.0.1:0"]));
+        let line = p.wait_line("listening on ");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        (p, addr)
     }
 }
 
@@ -396,17 +422,7 @@ fn access_tcp_listens_locally_and_carries_http() {
     std::fs::create_dir_all(&cfg).unwrap();
     std::fs::write(cfg.join("access-token"), &alice).unwrap();
     for transport in ["quic", "https"] {
-        let mut cmd = w.access("tcp", DB_HOST, transport, &["--listen", "127.0.0.1:0"]);
-        let p = Proc::spawn("access-tcp", &mut cmd);
-        let line = p.wait_line("listening on ");
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
+        let (p, addr) = w.access_tcp(DB_HOST, transport, &[]);
         for n in [0u64, 1, 2 * 1024 * 1024] {
             let (ok, body, err) = curl(&[
                 "-H",
@@ -763,4 +779,129 @@ fn idle_interactive_sessions_stay_up() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// `redis-server` on a unix socket only (`--port 0`), or why not (redis missing).
+fn start_redis(socket: &Path) -> Option<Proc> {
+    let have = |bin: &str| {
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !have("redis-server") || !have("redis-cli") {
+        eprintln!(
+            "SKIPPED: needs redis (apt-get install redis-server redis-tools): redis-server or redis-cli missing"
+        );
+        return None;
+    }
+    let dir = socket.parent().unwrap();
+    let proc = Proc::spawn(
+        "redis",
+        Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(socket)
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir),
+    );
+    // "ready to accept connections at PATH" (7.0), "Ready to accept connections unix" (7.2).
+    proc.wait_line("eady to accept connections");
+    Some(proc)
+}
+
+/// `redis-cli -h 127.0.0.1 -p PORT ARGS...` fed `stdin` (then closed); (success,
+/// stdout, stderr).
+fn redis_cli(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
+    let mut child = Command::new("redis-cli")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&input);
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("redis-cli {args:?} did not finish within 60 s"))
+        .unwrap();
+    let _ = writer.join();
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn access_tcp_carries_redis_from_a_unix_socket() {
+    let w = world(false);
+    let Some(_redis) = start_redis(&w.dev.path().join(REDIS_SOCKET)) else {
+        return;
+    };
+    let alice = w.access_token("alice", &[REDIS_HOST], "1h");
+    // 1 MiB of printable bytes: redis-cli prints a raw value followed by a newline.
+    let value: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| b'a' + (i.wrapping_mul(7) % 26) as u8)
+        .collect();
+    for transport in ["quic", "https"] {
+        let (p, addr) = w.access_tcp(REDIS_HOST, transport, &["--token", &alice]);
+        let (ok, out, err) = redis_cli(addr, &["PING"], b"");
+        assert!(ok, "{transport}: {err}\n{}", p.dump());
+        assert_eq!(out, b"PONG\n", "{transport}");
+        // -x: the last argument is read from stdin.
+        let key = format!("big-{transport}");
+        let started = Instant::now();
+        let (ok, out, err) = redis_cli(addr, &["-x", "SET", &key], &value);
+        assert!(ok, "{transport}: {err}");
+        assert_eq!(out, b"OK\n", "{transport}");
+        let (ok, out, err) = redis_cli(addr, &["STRLEN", &key], b"");
+        assert!(ok, "{transport}: {err}");
+        assert_eq!(out, b"1048576\n", "{transport}");
+        let (ok, out, err) = redis_cli(addr, &["GET", &key], b"");
+        assert!(ok, "{transport}: {err}");
+        assert_eq!(out.len(), value.len() + 1, "{transport}");
+        assert_eq!(
+            sha256_hex(&out[..value.len()]),
+            sha256_hex(&value),
+            "{transport}"
+        );
+        eprintln!(
+            "redis over {transport}: SET, STRLEN and GET of 1 MiB in {:?}",
+            started.elapsed()
+        );
+        // 200 commands on one connection, answered in order.
+        let counter = format!("n-{transport}");
+        let (ok, _, err) = redis_cli(addr, &["-r", "200", "INCR", &counter], b"");
+        assert!(ok, "{transport}: {err}");
+        let (ok, out, err) = redis_cli(addr, &["GET", &counter], b"");
+        assert!(ok, "{transport}: {err}");
+        assert_eq!(out, b"200\n", "{transport}");
+        w.edge
+            .proc
+            .wait_line("access: alice (signed token) redis.dev42.example.com");
+    }
+    // Without credentials the edge refuses, and redis-cli says the connection closed.
+    let (p, addr) = w.access_tcp(REDIS_HOST, "quic", &[]);
+    let (_, out, _) = redis_cli(addr, &["PING"], b"");
+    assert_ne!(out, b"PONG\n");
+    p.wait_line("the edge refused access");
 }
