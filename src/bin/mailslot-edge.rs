@@ -22,7 +22,8 @@ commands:
         access policy; PATTERN like ssh.dev42.example.com, *.dev42.example.com or
         ssh.*.example.com; DURATION like 8h (the default), 30m, 7d (at most 31d)
   serve --config edge.yml
-        serve connectors and visitors until SIGTERM or Ctrl-C
+        serve connectors and visitors until SIGTERM or Ctrl-C; SIGHUP reloads access
+        policies, service tokens, revocations and verify keys from edge.yml
   version
 
 RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
@@ -160,9 +161,15 @@ fn real_main() -> Result<(), String> {
                 "access-token: edge.yml has no signing-key; tokens are issued where the key is",
             )?;
             let key = init::load_signing_key(&key_path)?;
-            println!(
-                "{}",
-                policy::issue_access_token(&key, &user, &hostnames, ttl.as_secs())?
+            let token = policy::issue_access_token(&key, &user, &hostnames, ttl.as_secs())?;
+            // The token on stdout alone, so `$(mailslot-edge access-token ...)` captures it.
+            println!("{token}");
+            let id = mailslot::connector::hex(&policy::access_token_id(&token));
+            eprintln!(
+                "access token {id} for {user}: {}; expires in {}s (revoke with \
+                 revoked-access-tokens: [{id}] and SIGHUP)",
+                hostnames.join(", "),
+                ttl.as_secs()
             );
             Ok(())
         }
@@ -170,6 +177,7 @@ fn real_main() -> Result<(), String> {
             let config = config.ok_or("serve: --config edge.yml is required")?;
             let cfg = EdgeConfig::load(&config)?;
             let settings = EdgeSettings::load(&cfg)?;
+            let running = cfg.clone();
             let listeners = Listeners::bind(&cfg)?;
             let access_policy = policy::AccessPolicy::load(&cfg.access)?;
             let tcp_ports = access::bind_tcp_ports(&cfg.access.tcp_ports)?;
@@ -180,7 +188,16 @@ fn real_main() -> Result<(), String> {
             rt.block_on(async move {
                 use tokio::signal::unix::{signal, SignalKind};
                 let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+                let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
                 let edge = Edge::new(settings).with_access(access_policy, tcp_ports);
+                let mut reloader = edge.reloader(config.clone(), running);
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if let Err(e) = reloader.reload() {
+                            log::error!("edge.yml not reloaded, the running config stays: {e}");
+                        }
+                    }
+                });
                 edge.serve(listeners, async move {
                     tokio::select! {
                         _ = term.recv() => {}

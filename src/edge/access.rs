@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use super::policy::{AccessPolicy, Denied, HostKind, Identity, TcpPortSpec};
+use super::live::Live;
+use super::policy::{Denied, HostKind, Identity, TcpPortSpec};
 use super::proxy::{self, Body, DialError};
 use super::registry::Route;
 use super::EdgeState;
@@ -45,9 +46,8 @@ pub const CLIENT_ID_HEADER: &str = "mailslot-client-id";
 /// Header carrying a service token's secret.
 pub const CLIENT_SECRET_HEADER: &str = "mailslot-client-secret";
 
-/// The edge's access state: the policy in force and the caps.
+/// The edge's access caps (the policy in force is in [`EdgeState::live`]).
 pub struct AccessState {
-    policy: RwLock<Arc<AccessPolicy>>,
     streams: Arc<Semaphore>,
     conns: Arc<Semaphore>,
 }
@@ -55,7 +55,6 @@ pub struct AccessState {
 impl Default for AccessState {
     fn default() -> Self {
         AccessState {
-            policy: RwLock::new(Arc::new(AccessPolicy::default())),
             streams: Arc::new(Semaphore::new(MAX_ACCESS_STREAMS)),
             conns: Arc::new(Semaphore::new(MAX_ACCESS_CONNS)),
         }
@@ -63,20 +62,6 @@ impl Default for AccessState {
 }
 
 impl AccessState {
-    /// The policy in force.
-    pub fn policy(&self) -> Arc<AccessPolicy> {
-        // Writers only swap the Arc, so a poisoned lock still holds a whole policy.
-        self.policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Puts a new policy in force for new streams.
-    pub fn set_policy(&self, policy: AccessPolicy) {
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
-    }
-
     fn stream_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.streams.clone().try_acquire_owned().ok()
     }
@@ -160,6 +145,8 @@ async fn serve_quic_stream(mut client: TunnelStream, peer: SocketAddr, state: Ar
         }
     };
     let host = normalize_host(&req.hostname);
+    // Watching for reloads from before admission, so none is missed in between.
+    let recheck = Recheck::new(&state, req.credential.clone());
     let admitted = if req.version != wire::PROTOCOL_VERSION {
         Err((
             AccessError::BadRequest,
@@ -189,7 +176,7 @@ async fn serve_quic_stream(mut client: TunnelStream, peer: SocketAddr, state: Ar
     match admitted {
         Ok((identity, tunnel, permit)) if sent => {
             let log = AccessLog::new(identity, &host, peer, "quic");
-            pipe(client, tunnel, log, permit).await;
+            pipe(client, tunnel, log, permit, Some(recheck)).await;
         }
         Ok((_, mut tunnel, _)) => tunnel.abort(),
         Err(_) => {
@@ -212,15 +199,15 @@ async fn admit(
     ip: IpAddr,
     cred: &AccessCredential,
 ) -> Result<Admitted, (AccessError, String)> {
-    let identity = state
-        .access
-        .policy()
+    let live = state.live();
+    let identity = live
+        .policy
         .check(
             host,
             HostKind::Stream,
             ip,
             cred,
-            &state.verify_keys,
+            &live.verify_keys,
             super::token::now_unix(),
         )
         .map_err(|Denied { error, message }| (error, message))?;
@@ -349,9 +336,56 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
-/// Copies bytes both ways until both sides are done, then logs the access line.
-async fn pipe<C>(client: C, mut tunnel: TunnelStream, log: AccessLog, permit: OwnedSemaphorePermit)
-where
+/// What it takes to check an admitted client again when a reload changes the policy.
+struct Recheck {
+    credential: AccessCredential,
+    /// When the client was admitted (Unix seconds): a token that expires during a
+    /// session does not end it.
+    admitted_unix: u64,
+    live: watch::Receiver<Arc<Live>>,
+}
+
+impl Recheck {
+    fn new(state: &EdgeState, credential: AccessCredential) -> Recheck {
+        // Made before admission reads the policy, so a reload in between is not
+        // missed (at worst the same policy is checked twice).
+        Recheck {
+            credential,
+            admitted_unix: super::token::now_unix(),
+            live: state.live.subscribe(),
+        }
+    }
+
+    /// Resolves with the reason once a reload no longer admits the client.
+    async fn revoked(&mut self, host: &str, ip: IpAddr) -> String {
+        while self.live.changed().await.is_ok() {
+            let live = self.live.borrow_and_update().clone();
+            let check = live.policy.check(
+                host,
+                HostKind::Stream,
+                ip,
+                &self.credential,
+                &live.verify_keys,
+                self.admitted_unix,
+            );
+            if let Err(Denied { message, .. }) = check {
+                return message;
+            }
+        }
+        // The edge is going away; its shutdown ends the stream.
+        std::future::pending().await
+    }
+}
+
+/// Copies bytes both ways until both sides are done, or until a reload of the policy
+/// no longer admits the client (`recheck`), then logs the access line.
+async fn pipe<C>(
+    client: C,
+    mut tunnel: TunnelStream,
+    log: AccessLog,
+    permit: OwnedSemaphorePermit,
+    mut recheck: Option<Recheck>,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let _permit = permit;
@@ -360,16 +394,30 @@ where
         read: 0,
         written: 0,
     };
-    let result = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+    let ip = log.peer.ip();
+    let result = {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut tunnel);
+        let revoked = async {
+            match &mut recheck {
+                Some(r) => r.revoked(&log.host, ip).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = copy => r.map_err(|e| format!("ended: {e}")),
+            why = revoked => Err(format!("cut: no longer admitted after a reload of edge.yml: {why}")),
+        }
+    };
     let end = match result {
         Ok(_) => {
             // Both directions are done; a WebSocket client's transport closes cleanly now.
             let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
             "closed".to_string()
         }
-        Err(e) => {
+        Err(why) => {
             tunnel.abort();
-            format!("ended: {e}")
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
+            why
         }
     };
     log::info!(
@@ -434,7 +482,8 @@ pub async fn serve_tcp_port(
                         who: "anonymous".into(),
                         how: "ip-allow",
                     };
-                    pipe(tcp, tunnel, AccessLog::new(who, &host, peer, &via), permit).await;
+                    let log = AccessLog::new(who, &host, peer, &via);
+                    pipe(tcp, tunnel, log, permit, None).await;
                 }
                 Err((_, message)) => {
                     log::info!("access failed: {host} from {peer} over {via}: {message}")
@@ -522,18 +571,18 @@ pub async fn gate(
     if is_access_upgrade(&req) {
         return Err(upgrade(req, host, peer, scheme, state).await);
     }
-    let policy = state.access.policy();
-    if policy.policy_for(host).is_none() {
+    let live = state.live();
+    if live.policy.policy_for(host).is_none() {
         // HTTP without a policy is public; nothing to check or strip.
         return Ok(req);
     }
     let (cred, bearer) = credential_of(req.headers());
-    match policy.check(
+    match live.policy.check(
         host,
         HostKind::Http,
         peer.ip(),
         &cred,
-        &state.verify_keys,
+        &live.verify_keys,
         super::token::now_unix(),
     ) {
         Ok(identity) => {
@@ -599,6 +648,7 @@ async fn upgrade(
     };
     let (cred, _) = credential_of(req.headers());
     let via = format!("{scheme} (websocket)");
+    let recheck = Recheck::new(state, cred.clone());
     let (identity, tunnel, permit) = match admit(state, host, peer.ip(), &cred).await {
         Ok(x) => x,
         Err((error, message)) => {
@@ -612,7 +662,7 @@ async fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WsStream::new(TokioIo::new(upgraded), Role::Server, Vec::new());
-                pipe(ws, tunnel, log, permit).await;
+                pipe(ws, tunnel, log, permit, Some(recheck)).await;
             }
             Err(e) => {
                 let mut tunnel = tunnel;

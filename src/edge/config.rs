@@ -1,5 +1,6 @@
-//! `edge.yml`: the edge's settings, read once at start. Relative paths resolve against
-//! the file's folder.
+//! `edge.yml`: the edge's settings, read at start and again on SIGHUP (see
+//! [`super::live`] for what a reload changes). Relative paths resolve against the file's
+//! folder.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,12 @@ struct Raw {
     admin_listen: Option<String>,
     #[serde(default)]
     revoked_tunnels: Vec<String>,
+    #[serde(default)]
+    revoked_access_tokens: Vec<String>,
 }
+
+/// Largest `edge.yml` read.
+const MAX_FILE_LEN: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -96,8 +102,13 @@ enum RawSize {
 
 /// Parses a tunnel id: 32 hex digits, as `token` and the logs print it.
 pub fn parse_tunnel_id(s: &str) -> Result<[u8; 16], String> {
+    parse_id(s, "revoked-tunnels", "a tunnel id")
+}
+
+/// Parses the 32 hex digits of an id listed under `key`.
+fn parse_id(s: &str, key: &str, what: &str) -> Result<[u8; 16], String> {
     let s = s.trim();
-    let bad = || format!("revoked-tunnels: {s:?} is not a tunnel id (32 hex digits)");
+    let bad = || format!("{key}: {s:?} is not {what} (32 hex digits)");
     if s.len() != 32 || !s.is_ascii() {
         return Err(bad());
     }
@@ -276,7 +287,7 @@ pub struct EdgeConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Tunnel ids refused although their tokens verify.
     pub revoked_tunnels: Vec<[u8; 16]>,
-    /// `access:`, `service-tokens:` and `tcp-ports:`.
+    /// `access:`, `service-tokens:`, `tcp-ports:` and `revoked-access-tokens:`.
     pub access: super::policy::AccessConfig,
 }
 
@@ -307,6 +318,15 @@ fn listen(v: Option<String>, default: &str, key: &str) -> Result<Option<SocketAd
 impl EdgeConfig {
     /// Reads and checks `edge.yml`.
     pub fn load(path: &Path) -> Result<EdgeConfig, String> {
+        let len = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .len();
+        if len > MAX_FILE_LEN {
+            return Err(format!(
+                "{}: {len} bytes, above the {MAX_FILE_LEN}-byte limit of edge.yml",
+                path.display()
+            ));
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -337,12 +357,26 @@ impl EdgeConfig {
         if keepalive >= idle_timeout {
             return Err("keepalive must be shorter than idle-timeout".into());
         }
-        let access = super::policy::AccessConfig::from_raw(
+        let mut access = super::policy::AccessConfig::from_raw(
             raw.access,
             raw.service_tokens,
             raw.tcp_ports,
             abs,
         )?;
+        let max = super::policy::MAX_REVOKED;
+        for (key, len) in [
+            ("revoked-tunnels", raw.revoked_tunnels.len()),
+            ("revoked-access-tokens", raw.revoked_access_tokens.len()),
+        ] {
+            if len > max {
+                return Err(format!("{key}: at most {max} entries, not {len}"));
+            }
+        }
+        access.revoked_tokens = raw
+            .revoked_access_tokens
+            .iter()
+            .map(|id| parse_id(id, "revoked-access-tokens", "an access token id"))
+            .collect::<Result<_, _>>()?;
         Ok(EdgeConfig {
             name: raw.name.unwrap_or_else(|| "edge".into()),
             tunnel_listen,

@@ -10,6 +10,7 @@
 //! - [`proxy`]: HTTP through tunnel streams, pooled.
 //! - [`policy`]: access policies, service tokens and signed access tokens.
 //! - [`access`]: access clients, public TCP ports, and the gate for HTTP hostnames.
+//! - [`live`]: what a reload of `edge.yml` (SIGHUP) changes while the edge runs.
 
 pub mod access;
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod body;
 pub mod config;
 pub mod front;
 pub mod init;
+pub mod live;
 pub mod policy;
 pub mod proxy;
 pub mod registry;
@@ -35,6 +37,7 @@ use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
 use config::EdgeConfig;
+use live::Live;
 use registry::Registry;
 
 /// Time connectors get to move elsewhere after the edge announces it is going away.
@@ -103,17 +106,7 @@ impl EdgeSettings {
             .iter()
             .map(|c| CertKey::load(&c.cert, &c.key))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut verify_keys = Vec::new();
-        if let Some(path) = &cfg.signing_key {
-            verify_keys.push(init::public_key_of(&init::load_signing_key(path)?));
-        }
-        for path in &cfg.verify_keys {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            verify_keys.push(
-                token::parse_public_key(&text).map_err(|e| format!("{}: {e}", path.display()))?,
-            );
-        }
+        let verify_keys = live::load_verify_keys(cfg)?;
         Ok(EdgeSettings {
             name: cfg.name.clone(),
             cert,
@@ -177,16 +170,23 @@ pub fn bind_tunnel(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), String>
 pub struct EdgeState {
     pub name: String,
     pub registry: Arc<Registry>,
-    pub verify_keys: Vec<[u8; 32]>,
-    /// Revoked tunnel ids.
-    pub revoked: Vec<[u8; 16]>,
+    /// Keys, revocations and access policies: replaced whole by a reload, watched by
+    /// tunnel connections and access streams.
+    pub live: watch::Sender<Arc<Live>>,
     pub client: proxy::TunnelClient,
     pub origin_timeout: Duration,
     /// Set when the edge shuts down: connectors are told to go elsewhere.
     pub going_away: watch::Sender<bool>,
     pub shield: Arc<shield::Shield>,
-    /// Access policies and limits.
+    /// Access stream limits.
     pub access: access::AccessState,
+}
+
+impl EdgeState {
+    /// The keys, revocations and policies in force.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.borrow().clone()
+    }
 }
 
 /// A configured edge, ready to serve.
@@ -203,8 +203,12 @@ impl Edge {
             name: settings.name.clone(),
             client: proxy::client(registry.clone()),
             registry,
-            verify_keys: settings.verify_keys.clone(),
-            revoked: settings.revoked.clone(),
+            live: watch::channel(Arc::new(Live {
+                verify_keys: settings.verify_keys.clone(),
+                revoked: settings.revoked.iter().copied().collect(),
+                ..Live::default()
+            }))
+            .0,
             origin_timeout: settings.origin_timeout,
             going_away: watch::channel(false).0,
             shield: settings.shield.clone(),
@@ -224,9 +228,22 @@ impl Edge {
         policy: policy::AccessPolicy,
         tcp_ports: Vec<access::BoundTcpPort>,
     ) -> Edge {
-        self.state.access.set_policy(policy);
+        self.state.live.send_modify(|live| {
+            *live = Arc::new(Live {
+                verify_keys: live.verify_keys.clone(),
+                revoked: live.revoked.clone(),
+                policy,
+                generation: live.generation,
+            })
+        });
         self.tcp_ports = tcp_ports;
         self
+    }
+
+    /// Reloads `path` into this edge when asked (on SIGHUP); `running` is the config the
+    /// edge was started with.
+    pub fn reloader(&self, path: std::path::PathBuf, running: EdgeConfig) -> live::Reloader {
+        live::Reloader::new(self.state.clone(), path, running)
     }
 
     /// The tunnel registry (for status and tests).

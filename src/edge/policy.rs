@@ -43,6 +43,22 @@ pub const MAX_ACCESS_TTL: u64 = 31 * 86400;
 const MAX_SECRET_LEN: usize = 1024;
 /// Shortest service token secret accepted in `edge.yml`.
 const MIN_SECRET_LEN: usize = 16;
+/// Most `access:` entries.
+pub const MAX_POLICIES: usize = 4096;
+/// Most `service-tokens:`.
+pub const MAX_SERVICE_TOKENS: usize = 4096;
+/// Most `revoked-access-tokens:` (and `revoked-tunnels:`) entries.
+pub const MAX_REVOKED: usize = 65_536;
+
+/// The id of an access token: the first 16 bytes of the SHA-256 of its text, printed in
+/// hex by `mailslot-edge access-token` and listed in `revoked-access-tokens:` to refuse
+/// the token before it expires.
+pub fn access_token_id(token: &str) -> [u8; 16] {
+    let digest = sha256(token.trim().as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
 
 /// What a signed access token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,12 +352,15 @@ impl TcpPortSpec {
     }
 }
 
-/// The access sections of `edge.yml`, checked; secret files are read at start.
+/// The access sections of `edge.yml`, checked; secret files are read when the policy
+/// is loaded (at start and at each reload).
 #[derive(Debug, Clone, Default)]
 pub struct AccessConfig {
     pub policies: Vec<Policy>,
     pub service_tokens: Vec<(String, SecretSource)>,
     pub tcp_ports: Vec<TcpPortSpec>,
+    /// Ids ([`access_token_id`]) of signed access tokens refused before they expire.
+    pub revoked_tokens: Vec<[u8; 16]>,
 }
 
 impl AccessConfig {
@@ -352,6 +371,14 @@ impl AccessConfig {
         tcp_ports: Vec<RawTcpPort>,
         abs: impl Fn(PathBuf) -> PathBuf,
     ) -> Result<AccessConfig, String> {
+        if access.len() > MAX_POLICIES {
+            return Err(format!("access: at most {MAX_POLICIES} entries"));
+        }
+        if service_tokens.len() > MAX_SERVICE_TOKENS {
+            return Err(format!(
+                "service-tokens: at most {MAX_SERVICE_TOKENS} entries"
+            ));
+        }
         let mut tokens = Vec::new();
         for t in service_tokens {
             if t.id.is_empty() || t.id.len() > 64 || t.id.chars().any(|c| c.is_control()) {
@@ -436,6 +463,7 @@ impl AccessConfig {
             policies,
             service_tokens: tokens,
             tcp_ports: ports,
+            revoked_tokens: Vec::new(),
         })
     }
 }
@@ -494,6 +522,8 @@ fn forbidden(message: String) -> Denied {
 pub struct AccessPolicy {
     policies: Vec<Policy>,
     service_tokens: Vec<(String, [u8; 32])>,
+    /// Ids of revoked access tokens.
+    revoked_tokens: std::collections::HashSet<[u8; 16]>,
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -522,7 +552,17 @@ impl AccessPolicy {
         Ok(AccessPolicy {
             policies: cfg.policies.clone(),
             service_tokens,
+            revoked_tokens: cfg.revoked_tokens.iter().copied().collect(),
         })
+    }
+
+    /// `(access policies, service tokens, revoked access tokens)`, for logs.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.policies.len(),
+            self.service_tokens.len(),
+            self.revoked_tokens.len(),
+        )
     }
 
     /// The policy deciding for `host`, if any.
@@ -602,6 +642,15 @@ impl AccessPolicy {
             })
         })?;
         let user = claims.user;
+        if !self.revoked_tokens.is_empty() {
+            let id = access_token_id(token);
+            if self.revoked_tokens.contains(&id) {
+                return Err(unauthorized(format!(
+                    "the access token {} of {user} is revoked on this edge: ask for a new one",
+                    crate::connector::hex(&id)
+                )));
+            }
+        }
         if !claims.hosts.iter().any(|p| pattern_matches(p, host)) {
             return Err(forbidden(format!(
                 "the access token of {user} does not cover {host} (it covers {})",
@@ -743,6 +792,7 @@ mod tests {
                 ip_allow: ip.iter().map(|s| Cidr::parse(s).unwrap()).collect(),
             }],
             service_tokens: vec![("ci".into(), sha256(b"0123456789abcdef"))],
+            revoked_tokens: Default::default(),
         }
     }
 
@@ -826,6 +876,47 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.error, AccessError::Unauthorized);
+    }
+
+    #[test]
+    fn revoked_access_tokens_are_refused() {
+        let k = key();
+        let keys = [pubkey(&k)];
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let sign = |user: &str| {
+            sign_access_token(
+                &k,
+                &AccessClaims {
+                    user: user.into(),
+                    hosts: vec![HOST.into()],
+                    issued: 0,
+                    expires: u64::MAX,
+                },
+            )
+            .unwrap()
+        };
+        let (alice, bob) = (sign("alice"), sign("bob"));
+        let mut p = policy(&[Method::Signed], &[], &[]);
+        p.revoked_tokens.insert(access_token_id(&alice));
+        let check = |t: &str| {
+            p.check(
+                HOST,
+                HostKind::Stream,
+                lo,
+                &AccessCredential::Token(t.into()),
+                &keys,
+                1,
+            )
+        };
+        let e = check(&alice).unwrap_err();
+        assert_eq!(e.error, AccessError::Unauthorized);
+        assert!(e.message.contains("revoked"), "{}", e.message);
+        assert_eq!(check(&bob).unwrap().who, "bob");
+        // The id ignores the whitespace a token file adds.
+        assert_eq!(
+            access_token_id(&format!("{alice}\n")),
+            access_token_id(&alice)
+        );
     }
 
     #[test]

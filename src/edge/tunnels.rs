@@ -128,8 +128,23 @@ pub async fn serve_connection(
     );
     log::info!("{who}: registered");
     let mut going_away = state.going_away.subscribe();
+    // Registration read the revocations before this subscription: look once more.
+    let mut live = state.live.subscribe();
+    live.mark_changed();
+    let mut live_open = true;
+    let mut close_reason = "bye".to_string();
     let why = loop {
         tokio::select! {
+            changed = live.changed(), if live_open => {
+                if changed.is_err() {
+                    live_open = false;
+                    continue;
+                }
+                if live.borrow_and_update().revoked.contains(&conn.tunnel_id) {
+                    close_reason = revoked_reason(&conn.tunnel_name, &conn.tunnel_id);
+                    break format!("closed by the edge: {close_reason}");
+                }
+            }
             msg = wire::read_control::<_, ConnectorMsg>(&mut control.recv) => match msg {
                 Ok(ConnectorMsg::Draining) => {
                     conn.set_draining();
@@ -168,8 +183,16 @@ pub async fn serve_connection(
         }
     };
     state.registry.remove(&conn);
-    session.close("bye");
+    session.close(&wire::bounded_reason(close_reason));
     log::info!("{who}: disconnected: {why}");
+}
+
+/// Why a revoked tunnel is refused, for the connector's log and the edge's.
+fn revoked_reason(tunnel: &str, id: &[u8; 16]) -> String {
+    format!(
+        "tunnel token refused: tunnel {tunnel} ({}) is revoked on this edge",
+        hex(id)
+    )
 }
 
 async fn register(
@@ -214,10 +237,11 @@ async fn register(
             };
             return Err((reason, true));
         }
-        let claims = verify_tunnel(&reg.token, &state.verify_keys, super::token::now_unix())
+        let live = state.live();
+        let claims = verify_tunnel(&reg.token, &live.verify_keys, super::token::now_unix())
             .map_err(|e| (format!("tunnel token refused: {e}"), true))?;
-        if state.revoked.contains(&claims.id) {
-            return Err((format!("tunnel token refused: tunnel {} ({}) is revoked on this edge", claims.tunnel, hex(&claims.id)), true));
+        if live.revoked.contains(&claims.id) {
+            return Err((revoked_reason(&claims.tunnel, &claims.id), true));
         }
         let rules = Rules::compile(reg.rules_generation, &reg.rules, &claims).map_err(|e| (e, true))?;
         let conn = Arc::new(Conn {
