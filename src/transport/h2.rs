@@ -30,8 +30,6 @@ use super::{RecvHalf, Retry, SendHalf, Session, TransportError, TunnelStream};
 
 /// Largest DATA chunk written at once.
 const MAX_WRITE: usize = 64 * 1024;
-/// Tunnel streams accepted but not yet taken by the connector.
-const ACCEPT_QUEUE: usize = 16;
 
 /// One HTTP/2 tunnel connection, either end.
 #[derive(Clone)]
@@ -184,7 +182,10 @@ pub async fn connect(
             })
         }
     };
-    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    // Streams accepted but not yet taken by the connector. The edge never has more than
+    // `max_streams` open, so a queue that size refuses none of a burst; a smaller one
+    // reset streams whenever the accepting task ran late.
+    let (tx, rx) = mpsc::channel(max_streams.max(1) as usize);
     let inner = Arc::new(Inner {
         remote,
         role: Role::Server(Mutex::new(rx)),
@@ -262,7 +263,7 @@ async fn drive_server<T>(
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     if let Some(stream) = server_stream(req, respond) {
-                        // A full queue means the connector is overwhelmed: refuse the stream.
+                        // Full only if the edge exceeded `max_streams`: refuse the stream.
                         if let Err(mpsc::error::TrySendError::Full(mut s)) = tx.try_send(stream) {
                             s.abort();
                         }
