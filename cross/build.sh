@@ -17,6 +17,9 @@
 # Environment:
 #   MAILSLOT_BUILD=cross|host   force the method (default: cross when Docker works)
 #   MAILSLOT_NIGHTLY            the nightly toolchain for -Zbuild-std (default: nightly)
+#   MAILSLOT_BUILD_STD=1        nightly -Zbuild-std for every target (smaller: std
+#                               without its backtrace symbolizer); default only where
+#                               rustup has no prebuilt std (32-bit ARM)
 #   CARGO_TARGET_DIR            honoured; the binary is then under it
 # Extra arguments go to cargo (e.g. --features ..., -v).
 set -euo pipefail
@@ -105,7 +108,11 @@ elif [ "$method" = host ]; then
     # std from source.
     toolchain=stable
     build_std=()
-    if ! rustup target list --toolchain stable --installed 2>/dev/null | grep -qx "$target"; then
+    if [ "${MAILSLOT_BUILD_STD:-}" = 1 ]; then
+        # Opt-in for any target: std rebuilt without its backtrace symbolizer, as the
+        # 32-bit ARM builds always are (see below and cross/README.md).
+        toolchain=$nightly
+    elif ! rustup target list --toolchain stable --installed 2>/dev/null | grep -qx "$target"; then
         if ! rustup target add --toolchain stable "$target" >/dev/null 2>&1; then
             echo "build.sh: no prebuilt std for $target; using nightly -Zbuild-std" >&2
             toolchain=$nightly
@@ -119,7 +126,11 @@ elif [ "$method" = host ]; then
                 missing+=("rust-src: rustup component add rust-src --toolchain $toolchain")
         fi
         if [ "$mode" = build ]; then
-            build_std=(-Zbuild-std=std,panic_abort) # the release profile aborts on panic
+            # The release profile aborts on panic. std without its default features
+            # (`backtrace`: the DWARF symbolizer, gimli/addr2line/miniz_oxide, which
+            # finds nothing in a stripped binary anyway; `panic-unwind`): a panic still
+            # prints its message and location, a backtrace prints addresses.
+            build_std=(-Zbuild-std=std,panic_abort -Zbuild-std-features=)
         else
             build_std=(-Zbuild-std) # the test harness unwinds
         fi

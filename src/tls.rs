@@ -5,7 +5,14 @@
 //! against that clock would fail and leave the device offline, so the connector checks
 //! certificates against the later of the system clock and the time this binary was
 //! built: a certificate that expired before the build is still refused.
+//!
+//! Without an `edge-ca` (or an origin's `ca-pool`), certificates are checked against the
+//! public web PKI: the Mozilla roots compiled in (webpki-roots) in builds with the
+//! `webpki-roots` feature (the default features have it), else the system's CA file
+//! ([`SYSTEM_CA_FILES`], or `SSL_CERT_FILE`), which keeps 70 KB of roots out of
+//! device builds whose configs name their edge's CA anyway.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,14 +51,89 @@ fn effective_now(now: UnixTime) -> UnixTime {
     }
 }
 
-/// Roots: the given DER certificate, or the public web PKI.
+/// Roots: the given DER certificate, or the public web PKI ([`public_roots`]).
 pub fn root_store(ca: Option<&[u8]>) -> Result<RootCertStore, rustls::Error> {
-    let mut roots = RootCertStore::empty();
     match ca {
-        Some(der) => roots.add(CertificateDer::from(der.to_vec()))?,
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(der) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(CertificateDer::from(der.to_vec()))?;
+            Ok(roots)
+        }
+        None => public_roots(),
     }
+}
+
+/// The public web PKI: the Mozilla roots compiled into this build.
+#[cfg(feature = "webpki-roots")]
+pub fn public_roots() -> Result<RootCertStore, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     Ok(roots)
+}
+
+/// The public web PKI: this build has no roots of its own (no `webpki-roots` feature),
+/// so the system's CA file ([`system_roots`]).
+#[cfg(not(feature = "webpki-roots"))]
+pub fn public_roots() -> Result<RootCertStore, rustls::Error> {
+    let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+    let (roots, path) = system_roots(env.as_deref(), SYSTEM_CA_FILES)?;
+    log::debug!(
+        "public web PKI: {} roots from {}",
+        roots.len(),
+        path.display()
+    );
+    Ok(roots)
+}
+
+/// Where distributions keep their CA bundle (PEM), in the order they are tried:
+/// Debian, Raspberry Pi OS, Ubuntu, Alpine, Buildroot and OpenWrt (`ca-certificates`);
+/// Fedora and RHEL; Alpine and the BSDs; openSUSE.
+pub const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// Roots from a PEM CA bundle: `env` (`SSL_CERT_FILE`) when set, which must then be
+/// readable, else the first of `candidates` that exists. Certificates in the bundle
+/// that do not parse as trust anchors are skipped; a bundle without any is an error.
+/// Returns the roots and the file they came from.
+pub fn system_roots(
+    env: Option<&Path>,
+    candidates: &[&str],
+) -> Result<(RootCertStore, PathBuf), rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    let general = |msg: String| rustls::Error::General(msg);
+    let (path, pem) = match env {
+        Some(p) => match std::fs::read(p) {
+            Ok(pem) => (p.to_path_buf(), pem),
+            Err(e) => return Err(general(format!("SSL_CERT_FILE {}: {e}", p.display()))),
+        },
+        None => candidates
+            .iter()
+            .find_map(|c| std::fs::read(c).ok().map(|pem| (PathBuf::from(c), pem)))
+            .ok_or_else(|| {
+                general(format!(
+                    "no CA certificate to verify against: no edge-ca (or ca-pool) in the \
+                     config, and this build has no public roots of its own, nor is there a \
+                     system CA file ({}; or set SSL_CERT_FILE): give the config an edge-ca, \
+                     install the system's ca-certificates, or use a build with the \
+                     webpki-roots feature",
+                    candidates.join(", ")
+                ))
+            })?,
+    };
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok);
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(general(format!(
+            "CA file {} holds no usable PEM certificate",
+            path.display()
+        )));
+    }
+    Ok((roots, path))
 }
 
 /// WebPKI verification with a clock that cannot be earlier than the build.
@@ -194,5 +276,49 @@ mod tests {
         let late = UnixTime::since_unix_epoch(Duration::from_secs(BUILD_UNIX + 100));
         assert_eq!(effective_now(late).as_secs(), BUILD_UNIX + 100);
         const { assert!(BUILD_UNIX > 1_700_000_000, "build time recorded") };
+    }
+
+    /// A self-signed P-256 CA (`openssl req -x509`, valid until 2126).
+    const TEST_CA: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBkjCCATegAwIBAgIUVUE/IyHYybTuuBkj3aa+davMBmkwCgYIKoZIzj0EAwIw\n\
+HTEbMBkGA1UEAwwSbWFpbHNsb3QgdGVzdCByb290MCAXDTI2MTEyNzA4MzAwNFoY\n\
+DzIxMjYxMTAzMDgzMDA0WjAdMRswGQYDVQQDDBJtYWlsc2xvdCB0ZXN0IHJvb3Qw\n\
+WTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQoJMKu5cgTcsEWddG2ApqmkSw4pFZT\n\
+eecYZ8PA1z6chcGDpBtBEAhuBch1be+xpMNtEu9Np/dil6VECof/cbtHo1MwUTAd\n\
+BgNVHQ4EFgQU5gJpsXDSW5U9Jh7ZQ+nN28CDOMkwHwYDVR0jBBgwFoAU5gJpsXDS\n\
+W5U9Jh7ZQ+nN28CDOMkwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBG\n\
+AiEAxlUpLEpveAdDl2rswpnqXBNI7I+DrkfYRWjDM+e/tSkCIQDyLRh/j9wFOUx4\n\
+ecNOREkHPyqtZ4ARrvp/qzod+cLgZw==\n\
+-----END CERTIFICATE-----\n\
+";
+
+    #[test]
+    fn system_roots_from_a_bundle() {
+        let dir = std::env::temp_dir().join(format!("mailslot-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bundle = dir.join("bundle.pem");
+        // Two certificates with text around them, as distributions' bundles have.
+        std::fs::write(&bundle, format!("# a comment\n{TEST_CA}\nnoise\n{TEST_CA}")).unwrap();
+        let missing = dir.join("missing.pem");
+        let missing = missing.to_str().unwrap();
+        let found = bundle.to_str().unwrap();
+
+        // The first existing candidate wins.
+        let (roots, path) = system_roots(None, &[missing, found]).unwrap();
+        assert_eq!((roots.len(), path.as_path()), (2, bundle.as_path()));
+        // SSL_CERT_FILE wins, and must be readable.
+        let (roots, _) = system_roots(Some(&bundle), &[missing]).unwrap();
+        assert_eq!(roots.len(), 2);
+        let err = system_roots(Some(Path::new(missing)), &[found]).unwrap_err();
+        assert!(err.to_string().contains("SSL_CERT_FILE"), "{err}");
+        // Nothing found: the error says what to do.
+        let err = system_roots(None, &[missing]).unwrap_err().to_string();
+        assert!(err.contains("edge-ca") && err.contains(missing), "{err}");
+        // A file without certificates.
+        std::fs::write(&bundle, "not a certificate\n").unwrap();
+        let err = system_roots(None, &[found]).unwrap_err().to_string();
+        assert!(err.contains("no usable PEM certificate"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

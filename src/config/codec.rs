@@ -6,7 +6,7 @@
 //!  | magic  | version  | payload len  | payload             | CRC-32    |
 //!  | "MSLC" | u16 LE   | N, u32 LE    | N bytes of postcard | u32 LE    |
 //!  +--------+----------+--------------+---------------------+-----------+
-//!  |<------------- CRC-32 (IEEE, crc32fast) covers these ------------->|
+//!  |<------------- CRC-32 (IEEE, see [`crc32`]) covers these ---------->|
 //! ```
 //!
 //! - `magic`: the 4 bytes `MSLC` ("mailslot config").
@@ -156,7 +156,7 @@ pub fn encode(config: &DeviceConfig) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&header.to_bytes());
     out.extend_from_slice(&payload);
-    let crc = crc32fast::hash(&out);
+    let crc = crc32(CRC_INIT, &out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
@@ -189,10 +189,7 @@ pub fn decode_with_version(bytes: &[u8]) -> Result<(Box<DeviceConfig>, u16), Dec
         });
     }
     let stored = u32::from_le_bytes(*crc);
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(raw_header);
-    hasher.update(payload);
-    let computed = hasher.finalize();
+    let computed = crc32(crc32(CRC_INIT, raw_header), payload);
     if stored != computed {
         return Err(DecodeError::Checksum { stored, computed });
     }
@@ -200,6 +197,46 @@ pub fn decode_with_version(bytes: &[u8]) -> Result<(Box<DeviceConfig>, u16), Dec
     config.validate()?;
     Ok((config, header.version))
 }
+
+/// The CRC-32 of an empty input, to start [`crc32`] with.
+pub const CRC_INIT: u32 = 0;
+
+/// CRC-32/ISO-HDLC (the IEEE 802.3 polynomial, reflected, as in zlib, PNG and
+/// crc32fast): `crc32(CRC_INIT, b"123456789") == 0xcbf4_3926`. Continues from `crc`, the
+/// CRC of the bytes before `bytes`, i.e. `crc32(crc32(CRC_INIT, a), b)` is the CRC of `a`
+/// followed by `b`.
+///
+/// Byte-at-a-time with a 1 KiB table built at compile time: a config file is at most
+/// [`MAX_FILE_LEN`] bytes and read once at start, so speed does not matter here and a
+/// slice-by-16 implementation (crc32fast) would only add 28 KB to the device binary.
+pub fn crc32(crc: u32, bytes: &[u8]) -> u32 {
+    let mut crc = !crc;
+    for &b in bytes {
+        crc = CRC_TABLE[usize::from((crc as u8) ^ b)] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// `CRC_TABLE[i]`: the CRC register after shifting the byte `i` through it.
+static CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
 
 /// One reader per format version this build knows. Version 2 would add its reader and
 /// keep version 1's ([`super::v1`]), converting what it reads to the current model.
@@ -239,7 +276,7 @@ mod tests {
         };
         let mut out = header.to_bytes().to_vec();
         out.extend_from_slice(payload);
-        let crc = crc32fast::hash(&out);
+        let crc = crc32(CRC_INIT, &out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
@@ -251,7 +288,7 @@ mod tests {
         assert_eq!(&bytes[4..6], &[1, 0]);
         let len = u32::from_le_bytes(bytes[6..10].try_into().unwrap()) as usize;
         assert_eq!(bytes.len(), HEADER_LEN + len + CRC_LEN);
-        let crc = crc32fast::hash(&bytes[..bytes.len() - 4]);
+        let crc = crc32(CRC_INIT, &bytes[..bytes.len() - 4]);
         assert_eq!(&bytes[bytes.len() - 4..], &crc.to_le_bytes());
     }
 
@@ -292,6 +329,9 @@ mod tests {
             0,                       // ca_pool: None
         ];
         assert_eq!(bytes, wrap(1, payload));
+        // The CRC as crc32fast (and zlib) computed it when this layout was fixed: files
+        // written by earlier builds still verify.
+        assert_eq!(bytes[bytes.len() - 4..], 0x20f4_b1d4_u32.to_le_bytes());
         assert_eq!(decode(&bytes).unwrap(), config);
     }
 
@@ -334,6 +374,26 @@ mod tests {
         ];
         assert_eq!(bytes, wrap(1, payload));
         assert_eq!(decode(&bytes).unwrap(), config);
+    }
+
+    #[test]
+    fn crc32_check_values() {
+        // The catalogue's check value of CRC-32/ISO-HDLC, and the empty input.
+        assert_eq!(crc32(CRC_INIT, b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32(CRC_INIT, b""), 0);
+        assert_eq!(crc32(crc32(CRC_INIT, b"12345"), b"6789"), 0xcbf4_3926);
+    }
+
+    proptest! {
+        /// Same output as crc32fast, which wrote the files of earlier builds, in one
+        /// piece or continued at any split.
+        #[test]
+        fn crc32_matches_crc32fast(bytes in proptest::collection::vec(any::<u8>(), 0..2048), split in any::<prop::sample::Index>()) {
+            let at = split.index(bytes.len() + 1);
+            let (a, b) = bytes.split_at(at);
+            prop_assert_eq!(crc32(CRC_INIT, &bytes), crc32fast::hash(&bytes));
+            prop_assert_eq!(crc32(crc32(CRC_INIT, a), b), crc32fast::hash(&bytes));
+        }
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub struct DeviceConfig {
     pub token: String<MAX_TOKEN_LEN>,
     /// Edge addresses, "host:port"; a name may resolve to several addresses.
     pub edges: Vec<String<MAX_EDGE_ADDR_LEN>, MAX_EDGES>,
-    /// Index into `cas` of the CA that signs the edge certificate; `None` = webpki roots.
+    /// Index into `cas` of the CA that signs the edge certificate; `None` = the public web
+    /// PKI ([`crate::tls::public_roots`]).
     pub edge_ca: Option<u8>,
     /// Embedded DER certificates, referenced by index; each is used, none twice, listed
     /// in order of first use (edge CA, then rules in order).
