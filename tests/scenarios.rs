@@ -32,19 +32,25 @@ const MID: u64 = 1024 * 1024;
 /// Fields drop in order: processes first, the namespaces last.
 struct Scene {
     connector: Option<Proc>,
+    /// A second connector with the same config and token (a replica), when started.
+    replica: Option<Proc>,
     edges: [Option<Proc>; 2],
     helpers: Vec<Proc>,
-    _origin: Proc,
+    origin: Proc,
     edge_dir: TempDir,
     dev_dir: TempDir,
+    /// The tunnel token, shared by the connector and its replica.
+    token: String,
     _www: TempDir,
     net: Net,
 }
 
 /// Device config keys added to the standard ones.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Device {
     extra_yaml: &'static str,
+    /// `protocol:` (`auto` when `None`).
+    protocol: Option<&'static str>,
 }
 
 impl Scene {
@@ -55,11 +61,13 @@ impl Scene {
         std::fs::write(www.path().join("index.html"), "hello from the device\n").unwrap();
         std::fs::write(www.path().join("big.bin"), pattern(BIG)).unwrap();
         std::fs::write(www.path().join("mid.bin"), pattern(MID)).unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/netns/origin.py");
         let origin = Proc::spawn(
             "origin",
             net.cmd(&net.device, "python3")
-                .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "8080"])
-                .arg("--directory")
+                .arg("-u")
+                .arg(&script)
+                .arg("8080")
                 .arg(www.path()),
         );
         origin.wait_line("Serving HTTP");
@@ -88,14 +96,17 @@ impl Scene {
         }
         let mut s = Scene {
             connector: None,
+            replica: None,
             edges: [None, None],
             helpers: Vec::new(),
-            _origin: origin,
+            origin,
             edge_dir,
             dev_dir: TempDir::new("device"),
+            token: String::new(),
             _www: www,
             net,
         };
+        s.token = s.issue_token();
         s.start_edge(0);
         s.start_edge(1);
         s
@@ -119,7 +130,7 @@ impl Scene {
         self.edges[i] = Some(p);
     }
 
-    fn token(&self) -> String {
+    fn issue_token(&self) -> String {
         let out = Command::new(EDGE)
             .arg("token")
             .arg("--config")
@@ -137,26 +148,31 @@ impl Scene {
 
     /// Compiles the device config and starts the connector (without waiting).
     fn start_connector(&mut self, device: Device) {
+        self.connector = Some(self.spawn_connector("connector", device));
+    }
+
+    /// Compiles the device config and starts a `mailslot run` named `name`.
+    fn spawn_connector(&self, name: &str, device: Device) -> Proc {
         let yaml = format!(
             "tunnel: dev42\ntoken: {}\nedge: [\"{}:7844\", \"{}:7844\"]\nedge-ca: {}\n\
-             protocol: auto\nha-connections: 4\n{}\ningress:\n  - hostname: {HOST}\n    \
+             protocol: {}\nha-connections: 4\n{}\ningress:\n  - hostname: {HOST}\n    \
              service: http://127.0.0.1:8080\n  - service: http_status:404\n",
-            self.token(),
+            self.token,
             EDGE_IPS[0],
             EDGE_IPS[1],
             self.edge_dir.path().join("ca.pem").display(),
+            device.protocol.unwrap_or("auto"),
             device.extra_yaml,
         );
         let bin = compile(self.dev_dir.path(), &yaml);
-        let p = Proc::spawn(
-            "connector",
+        Proc::spawn(
+            name,
             self.net
                 .cmd(&self.net.device, MAILSLOT)
                 .arg("run")
                 .arg("--config")
                 .arg(&bin),
-        );
-        self.connector = Some(p);
+        )
     }
 
     fn connector_alive(&mut self) -> bool {
@@ -171,11 +187,14 @@ impl Scene {
     /// Starts the connector and waits for its four connections, two at each edge.
     fn connect(&mut self, device: Device) {
         self.start_connector(device);
-        let c = self.connector();
-        for e in ["at edge e1", "at edge e2"] {
-            c.wait_count(e, 2, WAIT)
-                .unwrap_or_else(|| panic!("no two connections {e}; log:\n{}", c.dump()));
-        }
+        wait_spread(self.connector());
+    }
+
+    /// Starts a replica of the connector and waits for its four connections.
+    fn connect_replica(&mut self, device: Device) {
+        let r = self.spawn_connector("replica", device);
+        wait_spread(&r);
+        self.replica = Some(r);
     }
 
     /// A visitor's GET through edge `i`: the status, or curl's error.
@@ -196,6 +215,14 @@ impl Scene {
     }
 }
 
+/// Waits for a connector's four connections, two at each edge.
+fn wait_spread(c: &Proc) {
+    for e in ["at edge e1", "at edge e2"] {
+        c.wait_count(e, 2, WAIT)
+            .unwrap_or_else(|| panic!("no two connections {e}; log:\n{}", c.dump()));
+    }
+}
+
 fn get_in(net: &Net, i: usize, path: &str, max_time: u32) -> Result<u16, String> {
     get_in_names(&net.visitor, i, path, max_time)
 }
@@ -212,6 +239,16 @@ struct Load {
 
 impl Load {
     fn start(scene: &Scene, edges: &'static [usize], max_time: u32) -> Load {
+        Load::start_paths(scene, edges, &["/"], max_time)
+    }
+
+    /// Requests cycle through `paths` as well as `edges`.
+    fn start_paths(
+        scene: &Scene,
+        edges: &'static [usize],
+        paths: &'static [&'static str],
+        max_time: u32,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
         let net_names = (scene.net.visitor.clone(), scene.net.edges.clone());
@@ -225,7 +262,7 @@ impl Load {
                 }
                 let i = edges[n % edges.len()];
                 let at = start.elapsed();
-                let r = get_in_names(&net_names.0, i, "/", max_time);
+                let r = get_in_names(&net_names.0, i, paths[n % paths.len()], max_time);
                 out.push((at, i, r));
                 thread::sleep(Duration::from_millis(50));
             }
@@ -571,6 +608,176 @@ fn quic_survives_nat_rebinding() {
         "measured: {} requests across a NAT rebinding, none failed; longest gap {:.2}s",
         results.len(),
         slowest.as_secs_f32()
+    );
+}
+
+/// A visitor's POST of a few bytes through edge `i`: the status, or curl's error.
+fn post_names(visitor: &str, i: usize, path: &str, max_time: u32) -> Result<u16, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", visitor, "curl"])
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
+        .arg(max_time.to_string())
+        .args(["-H", &format!("Host: {HOST}"), "--data", "order=1"])
+        .arg(format!("http://{}{path}", EDGE_IPS[i]))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        return Err(format!(
+            "curl: {} (status {code})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    code.parse().map_err(|_| format!("curl printed {code:?}"))
+}
+
+/// What a replica's death cost the visitors.
+struct ReplicaKill {
+    /// GETs started after the kill, and the slowest of them.
+    gets: usize,
+    slowest_get: Duration,
+    /// POSTs sent just after the kill, and how many the edge answered 502 without the
+    /// origin ever seeing them (they hit a dead connection and were not replayed).
+    posts: usize,
+    posts_refused: usize,
+    /// Requests the edges moved to another connection.
+    retried: usize,
+}
+
+/// Two connectors share the token (replicas); one is SIGKILLed: no goodbye, and over
+/// QUIC the edges hear nothing from its connections until their idle timeout. GETs
+/// through edge 1 (keep-alive pooled streams and new ones alternately) must all succeed,
+/// retried on the replica that lives; POSTs through edge 2 that hit a dead connection
+/// must not be replayed.
+fn replica_killed(protocol: &'static str) -> ReplicaKill {
+    let mut s = Scene::new();
+    // A short idle timeout bounds how long a POST on a dead connection waits.
+    let device = Device {
+        extra_yaml: "keepalive: 3s\nidle-timeout: 10s\n",
+        protocol: Some(protocol),
+    };
+    s.connect(device);
+    s.connect_replica(device);
+    let over = format!("over {protocol}");
+    assert_eq!(s.connector().count(&over), 4, "{}", s.connector().dump());
+    // Each edge holds four connections (two per replica): two requests on each leave
+    // an idle pooled stream everywhere.
+    for i in [0, 1] {
+        for _ in 0..8 {
+            assert_eq!(s.get(i, "/", 5), Ok(200));
+        }
+    }
+    let load = Load::start_paths(&s, &[0], &["/", "/?close"], 15);
+    thread::sleep(Duration::from_secs(2));
+    let killed_at = load.start.elapsed();
+    let mut victim = s.connector.take().unwrap();
+    victim.signal(9);
+    victim
+        .wait_exit(Duration::from_secs(5))
+        .expect("replica exits");
+    // Four POSTs at once through edge 2: round robin sends one to each of its four
+    // connections, two of them dead.
+    let posts: Vec<_> = (0..4)
+        .map(|n| {
+            let net_visitor = s.net.visitor.clone();
+            let path = format!("/post/{n}");
+            thread::spawn(move || {
+                let r = post_names(&net_visitor, 1, &path, 30);
+                (path, r)
+            })
+        })
+        .collect();
+    let posts: Vec<(String, Result<u16, String>)> =
+        posts.into_iter().map(|t| t.join().unwrap()).collect();
+    thread::sleep(Duration::from_secs(2));
+    let results = load.finish();
+    let after: Vec<_> = results.iter().filter(|(t, _, _)| *t >= killed_at).collect();
+    assert!(
+        after.len() >= 10,
+        "too few GETs after the kill: {}",
+        after.len()
+    );
+    let failed: Vec<_> = after.iter().filter(|(_, _, r)| *r != Ok(200)).collect();
+    let edge_logs = || {
+        s.edges
+            .iter()
+            .flatten()
+            .map(|e| e.dump())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        failed.is_empty(),
+        "{} of {} GETs after the kill failed: {failed:?}\nedges:\n{}",
+        failed.len(),
+        after.len(),
+        edge_logs()
+    );
+    let mut refused = 0;
+    for (path, r) in &posts {
+        let seen = s.origin.count(&format!("\"POST {path} "));
+        match r {
+            Ok(200) => assert_eq!(seen, 1, "{path}: answered 200, origin saw it {seen} times"),
+            other => {
+                assert_eq!(
+                    seen, 0,
+                    "{path}: answered {other:?}, origin saw it {seen} times"
+                );
+                refused += 1;
+            }
+        }
+    }
+    let retried = s
+        .edges
+        .iter()
+        .flatten()
+        .map(|e| e.count("retrying on another"))
+        .sum();
+    // Requests run back to back: the longest gap between starts bounds the slowest.
+    let slowest_get = after
+        .windows(2)
+        .map(|w| w[1].0.saturating_sub(w[0].0))
+        .max()
+        .unwrap_or_default();
+    eprintln!("POSTs just after the kill: {posts:?}");
+    ReplicaKill {
+        gets: after.len(),
+        slowest_get,
+        posts: posts.len(),
+        posts_refused: refused,
+        retried,
+    }
+}
+
+#[test]
+fn a_killed_replica_costs_no_get_and_replays_no_post_quic() {
+    need_root!("a_killed_replica_costs_no_get_and_replays_no_post_quic");
+    let r = replica_killed("quic");
+    eprintln!(
+        "measured (QUIC): {} GETs after SIGKILL of one replica, none failed, slowest {:.2}s; \
+         {} retried on another connection; {} of {} POSTs hit a dead connection: 502, not replayed",
+        r.gets,
+        r.slowest_get.as_secs_f32(),
+        r.retried,
+        r.posts_refused,
+        r.posts
+    );
+    assert!(r.retried >= 1, "no GET hit a dead connection");
+    assert!(r.posts_refused >= 1, "no POST hit a dead connection");
+}
+
+#[test]
+fn a_killed_replica_costs_no_get_and_replays_no_post_http2() {
+    need_root!("a_killed_replica_costs_no_get_and_replays_no_post_http2");
+    let r = replica_killed("http2");
+    eprintln!(
+        "measured (HTTP/2): {} GETs after SIGKILL of one replica, none failed, slowest {:.2}s; \
+         {} retried on another connection; {} of {} POSTs refused, none replayed",
+        r.gets,
+        r.slowest_get.as_secs_f32(),
+        r.retried,
+        r.posts_refused,
+        r.posts
     );
 }
 

@@ -570,8 +570,9 @@ pub async fn handle(
         set_forwarded(&mut headers, visitor, authority);
         *up.headers_mut() = headers;
 
-        let sent = tokio::time::timeout(origin_timeout, client.request(up)).await;
-        let mut resp = match sent {
+        let may_retry = can_retry && tried.len() < MAX_ATTEMPTS;
+        let watched = watch_silence(registry, &conn, may_retry, client.request(up));
+        let mut resp = match tokio::time::timeout(origin_timeout, watched).await {
             Err(_) => {
                 return text(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -581,8 +582,12 @@ pub async fn handle(
                     ),
                 )
             }
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => match find_dial_error(&e) {
+            Ok(None) => {
+                log::info!("{host}: the connector stopped answering on a tunnel connection; retrying on another");
+                continue;
+            }
+            Ok(Some(Ok(resp))) => resp,
+            Ok(Some(Err(e))) => match find_dial_error(&e) {
                 Some(DialError::Device {
                     error: StreamError::DialTimeout,
                     message,
@@ -638,6 +643,39 @@ pub async fn handle(
             _permit: permit,
         };
         return Response::from_parts(rparts, body.boxed());
+    }
+}
+
+/// Runs `request` on `conn` while watching its connector. When the connector sends
+/// nothing at all for [`Conn::silence_limit`] after the request began (its process died
+/// or its path went dark: over QUIC the edge hears nothing else until the idle timeout),
+/// new requests avoid the connection, and when `may_retry` this one is given up (`None`)
+/// to be retried on another. A live connector acknowledges what it receives within a
+/// round trip whatever its origin does, so one that sent nothing back did not take the
+/// request from the tunnel: nothing reached the origin. Otherwise the request waits as
+/// before: a request that cannot be retried is never abandoned here.
+async fn watch_silence<T>(
+    registry: &Registry,
+    conn: &Conn,
+    may_retry: bool,
+    request: impl Future<Output = T>,
+) -> Option<T> {
+    let Some(heard) = conn.heard() else {
+        return Some(request.await);
+    };
+    tokio::pin!(request);
+    tokio::select! {
+        r = &mut request => return Some(r),
+        _ = tokio::time::sleep(conn.silence_limit()) => {}
+    }
+    if conn.heard() != Some(heard) {
+        return Some(request.await);
+    }
+    registry.set_silent(conn, heard);
+    if may_retry {
+        None
+    } else {
+        Some(request.await)
     }
 }
 
