@@ -51,7 +51,12 @@ struct Device {
     extra_yaml: &'static str,
     /// `protocol:` (`auto` when `None`).
     protocol: Option<&'static str>,
+    /// Name the edges by [`EDGE_NAMES`] instead of their addresses.
+    edge_names: bool,
 }
+
+/// Names of the edges, resolved only where a test sets up name resolution.
+const EDGE_NAMES: [&str; 2] = ["e1.mailslot.test", "e2.mailslot.test"];
 
 impl Scene {
     /// Namespaces, origin and both edges; the connector is started separately.
@@ -76,6 +81,7 @@ impl Scene {
             .args(["init", "--dir"])
             .arg(edge_dir.path())
             .args(["--hostname", EDGE_IPS[0], "--hostname", EDGE_IPS[1]])
+            .args(["--hostname", EDGE_NAMES[0], "--hostname", EDGE_NAMES[1]])
             .output()
             .unwrap();
         assert!(
@@ -153,13 +159,18 @@ impl Scene {
 
     /// Compiles the device config and starts a `mailslot run` named `name`.
     fn spawn_connector(&self, name: &str, device: Device) -> Proc {
+        let edges = if device.edge_names {
+            EDGE_NAMES
+        } else {
+            EDGE_IPS
+        };
         let yaml = format!(
             "tunnel: dev42\ntoken: {}\nedge: [\"{}:7844\", \"{}:7844\"]\nedge-ca: {}\n\
              protocol: {}\nha-connections: 4\n{}\ningress:\n  - hostname: {HOST}\n    \
              service: http://127.0.0.1:8080\n  - service: http_status:404\n",
             self.token,
-            EDGE_IPS[0],
-            EDGE_IPS[1],
+            edges[0],
+            edges[1],
             self.edge_dir.path().join("ca.pem").display(),
             device.protocol.unwrap_or("auto"),
             device.extra_yaml,
@@ -195,6 +206,28 @@ impl Scene {
         let r = self.spawn_connector("replica", device);
         wait_spread(&r);
         self.replica = Some(r);
+    }
+
+    /// Stops edge `i` (SIGTERM: it sends GoAway), keeps it down for `down`, starts it
+    /// again; the time from its listening again to serving through it.
+    fn restart_edge(&mut self, i: usize, down: Duration) -> Duration {
+        let mut e = self.edges[i].take().unwrap();
+        e.signal(15);
+        let st = e
+            .wait_exit(Duration::from_secs(10))
+            .expect("the edge exits");
+        assert!(st.success(), "edge exit status {st:?}");
+        drop(e);
+        thread::sleep(down);
+        self.start_edge(i);
+        self.wait_serving(i, Duration::from_secs(60))
+            .unwrap_or_else(|| {
+                panic!(
+                    "not serving via e{}; log:\n{}",
+                    i + 1,
+                    self.connector().dump()
+                )
+            })
     }
 
     /// A visitor's GET through edge `i`: the status, or curl's error.
@@ -466,18 +499,29 @@ fn killing_one_edge_leaves_the_other_serving() {
 fn edge_restarted(down: Duration) -> Duration {
     let mut s = Scene::new();
     s.connect(Device::default());
-    let mut e1 = s.edges[0].take().unwrap();
-    e1.signal(15);
-    let st = e1.wait_exit(Duration::from_secs(10)).expect("edge 1 exits");
-    assert!(st.success(), "edge exit status {st:?}");
-    drop(e1);
-    thread::sleep(down);
-    s.start_edge(0);
-    let t = s
-        .wait_serving(0, Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("not serving via e1; log:\n{}", s.connector().dump()));
+    let t = s.restart_edge(0, down);
     assert_eq!(s.get(1, "/", 5), Ok(200));
+    // The quick retries while the edge was down were many; the log has one line each
+    // for its two slots (slots 0 and 2 are on edge 1).
+    let c = s.connector();
+    for slot in [0, 2] {
+        let lines = retry_lines(c, slot);
+        assert_eq!(
+            lines,
+            1,
+            "connection {slot}: {lines} retry lines\n{}",
+            c.dump()
+        );
+    }
     t
+}
+
+/// Lines where connection `slot` says it is retrying.
+fn retry_lines(c: &Proc, slot: usize) -> usize {
+    let log = c.log.lock().unwrap();
+    log.iter()
+        .filter(|l| l.contains(&format!("connection {slot}: ")) && l.contains("retrying"))
+        .count()
 }
 
 #[test]
@@ -655,6 +699,7 @@ fn replica_killed(protocol: &'static str) -> ReplicaKill {
     let device = Device {
         extra_yaml: "keepalive: 3s\nidle-timeout: 10s\n",
         protocol: Some(protocol),
+        ..Device::default()
     };
     s.connect(device);
     s.connect_replica(device);
@@ -779,6 +824,144 @@ fn a_killed_replica_costs_no_get_and_replays_no_post_http2() {
         r.posts_refused,
         r.posts
     );
+}
+
+#[test]
+fn dns_failure_keeps_the_last_good_addresses() {
+    need_root!("dns_failure_keeps_the_last_good_addresses");
+    let mut s = Scene::new();
+    let dev = s.net.device.clone();
+    let hosts = format!(
+        "127.0.0.1 localhost\n{} {}\n{} {}\n",
+        EDGE_IPS[0], EDGE_NAMES[0], EDGE_IPS[1], EDGE_NAMES[1]
+    );
+    // The device's own resolver: its hosts file, then a DNS server that is not there
+    // (loopback, refused at once). Nothing leaves the namespaces.
+    s.net.etc(&dev, "nsswitch.conf", "hosts: files dns\n");
+    s.net.etc(
+        &dev,
+        "resolv.conf",
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    );
+    s.net.etc(&dev, "hosts", &hosts);
+    s.connect(Device {
+        edge_names: true,
+        ..Device::default()
+    });
+    // DNS fails from now on.
+    s.net.etc(&dev, "hosts", "127.0.0.1 localhost\n");
+    let lookup = s
+        .net
+        .sh_status(&dev, &format!("getent hosts {}", EDGE_NAMES[0]));
+    assert!(!lookup.status.success(), "{} still resolves", EDGE_NAMES[0]);
+    // Each connection attempt to edge 1 ends in one TCP SYN (QUIC gets no answer, the
+    // HTTP/2 fallback is refused), and each attempt resolves the name first.
+    s.net.sh(
+        &dev,
+        &format!(
+            "iptables -A OUTPUT -p tcp -d {} --dport 7844 --syn",
+            EDGE_IPS[0]
+        ),
+    );
+    let t = s.restart_edge(0, Duration::from_secs(4));
+    let counters = s.net.sh(&dev, "iptables -L OUTPUT -v -x -n");
+    let attempts: u64 = counters
+        .lines()
+        .find(|l| l.contains(EDGE_IPS[0]) && l.contains("dpt:7844"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter:\n{counters}"));
+    let c = s.connector();
+    c.wait_count("registered: tunnel", 6, WAIT)
+        .unwrap_or_else(|| panic!("edge 1's connections did not return:\n{}", c.dump()));
+    let failed = format!("cannot resolve edge {}", EDGE_NAMES[0]);
+    assert!(attempts >= 3, "only {attempts} attempts:\n{}", c.dump());
+    assert_eq!(c.count(&failed), 1, "{}", c.dump());
+    let line = c
+        .dump()
+        .lines()
+        .find(|l| l.contains(&failed))
+        .map(String::from)
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!(
+            "using its last known addresses ({}:7844)",
+            EDGE_IPS[0]
+        )),
+        "{line}"
+    );
+    // DNS works again: said once too.
+    s.net.etc(&dev, "hosts", &hosts);
+    s.restart_edge(0, Duration::from_secs(1));
+    let c = s.connector();
+    let again = format!("edge {}:7844 resolves again", EDGE_NAMES[0]);
+    c.wait_count(&again, 1, WAIT)
+        .unwrap_or_else(|| panic!("no {again:?}:\n{}", c.dump()));
+    assert_eq!(c.count(&again), 1, "{}", c.dump());
+    eprintln!(
+        "measured: DNS failing, {attempts} attempts to reach restarted edge 1 by its last \
+         known address, serving {:.2}s after it listened; one log line: {line}",
+        t.as_secs_f32()
+    );
+}
+
+/// Edge 1 is SIGKILLed and stays down: after the quick-retry window its two slots
+/// connect to edge 2, so the tunnel keeps four connections; once edge 1 is back they
+/// move back to it. Returns (kill to both slots on edge 2, edge 1 listening to both
+/// back on it).
+fn edge_down_for_long() -> (Duration, Duration) {
+    let mut s = Scene::new();
+    // A short idle timeout: the connector notices the dead edge after 10 s, not 45 s.
+    let device = Device {
+        extra_yaml: "keepalive: 3s\nidle-timeout: 10s\n",
+        ..Device::default()
+    };
+    s.connect(device);
+    let mut e1 = s.edges[0].take().unwrap();
+    e1.signal(9);
+    e1.wait_exit(Duration::from_secs(5)).expect("edge 1 exits");
+    let killed = Instant::now();
+    let c = s.connector();
+    let lent = c
+        .wait_count("until it answers again", 2, Duration::from_secs(90))
+        .map(|_| killed.elapsed())
+        .unwrap_or_else(|| panic!("slots stayed on the dead edge:\n{}", c.dump()));
+    assert_eq!(c.count("at edge e2"), 4, "{}", c.dump());
+    assert_eq!(s.get(1, "/", 5), Ok(200));
+    // Minutes of retries for two slots, a few lines: the loss with the quick window's
+    // promise, maybe a backoff line, the move.
+    for slot in [0, 2] {
+        let lines = retry_lines(c, slot);
+        assert!(
+            lines <= 3,
+            "connection {slot}: {lines} retry lines\n{}",
+            c.dump()
+        );
+    }
+    s.start_edge(0);
+    let listening = Instant::now();
+    let c = s.connector();
+    let back = c
+        .wait_count("moved back from edge", 2, Duration::from_secs(60))
+        .map(|_| listening.elapsed())
+        .unwrap_or_else(|| panic!("slots did not move back:\n{}", c.dump()));
+    assert!(s.wait_serving(0, WAIT).is_some());
+    assert_eq!(s.get(1, "/", 5), Ok(200));
+    (lent, back)
+}
+
+#[test]
+fn slots_of_a_dead_edge_serve_through_the_live_one_until_it_returns() {
+    need_root!("slots_of_a_dead_edge_serve_through_the_live_one_until_it_returns");
+    let (lent, back) = edge_down_for_long();
+    eprintln!(
+        "measured: edge 1 killed: its slots on edge 2 after {:.1}s (idle timeout 10 s + \
+         30 s of quick retries); back on edge 1 {:.1}s after it listened",
+        lent.as_secs_f32(),
+        back.as_secs_f32()
+    );
+    assert!(lent <= Duration::from_secs(60), "took {lent:?}");
+    assert!(back <= Duration::from_secs(40), "took {back:?}");
 }
 
 /// Cuts the NAT's forwarding for `cut`; the time from restoring it to serving.
