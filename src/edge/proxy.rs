@@ -570,8 +570,8 @@ pub async fn handle(
         set_forwarded(&mut headers, visitor, authority);
         *up.headers_mut() = headers;
 
-        let may_retry = can_retry && tried.len() < MAX_ATTEMPTS;
-        let watched = watch_silence(registry, &conn, may_retry, client.request(up));
+        let retry = (can_retry && tried.len() < MAX_ATTEMPTS).then_some((host, &tried[..]));
+        let watched = watch_silence(registry, &conn, retry, client.request(up));
         let mut resp = match tokio::time::timeout(origin_timeout, watched).await {
             Err(_) => {
                 return text(
@@ -649,15 +649,18 @@ pub async fn handle(
 /// Runs `request` on `conn` while watching its connector. When the connector sends
 /// nothing at all for [`Conn::silence_limit`] after the request began (its process died
 /// or its path went dark: over QUIC the edge hears nothing else until the idle timeout),
-/// new requests avoid the connection, and when `may_retry` this one is given up (`None`)
-/// to be retried on another. A live connector acknowledges what it receives within a
-/// round trip whatever its origin does, so one that sent nothing back did not take the
-/// request from the tunnel: nothing reached the origin. Otherwise the request waits as
-/// before: a request that cannot be retried is never abandoned here.
+/// new requests avoid the connection, and when `retry` allows it (the request may be
+/// retried: its host and the connections tried) and another connection of the tunnel
+/// answers, this one is given up (`None`) to be retried there. A live connector
+/// acknowledges what it receives within a round trip whatever its origin does, so one
+/// that sent nothing back did not take the request from the tunnel: nothing reached the
+/// origin. Otherwise the request waits as before (a NAT rebinding silences all of a
+/// connector's connections until its next keep-alive), and a request that cannot be
+/// retried is never abandoned here.
 async fn watch_silence<T>(
     registry: &Registry,
     conn: &Conn,
-    may_retry: bool,
+    retry: Option<(&str, &[usize])>,
     request: impl Future<Output = T>,
 ) -> Option<T> {
     let Some(heard) = conn.heard() else {
@@ -672,10 +675,9 @@ async fn watch_silence<T>(
         return Some(request.await);
     }
     registry.set_silent(conn, heard);
-    if may_retry {
-        None
-    } else {
-        Some(request.await)
+    match retry {
+        Some((host, tried)) if registry.has_answering(host, tried) => None,
+        _ => Some(request.await),
     }
 }
 

@@ -304,6 +304,24 @@ impl Registry {
         }
     }
 
+    /// Whether the tunnel serving `host` has a connection besides those in `avoid` that
+    /// takes new streams and is not silent: somewhere a retry can go.
+    pub fn has_answering(&self, host: &str, avoid: &[usize]) -> bool {
+        let inner = lock(&self.inner);
+        let Some(t) = lookup_host(&inner.hosts, host).and_then(|id| inner.tunnels.get(&id)) else {
+            return false;
+        };
+        t.conns.iter().any(|c| {
+            let id = c.session.id();
+            !c.draining.load(Ordering::Acquire)
+                && !avoid.contains(&id)
+                && inner
+                    .silent
+                    .get(&id)
+                    .is_none_or(|&at| c.heard() != Some(at))
+        })
+    }
+
     /// The live connection with this id.
     pub fn conn(&self, id: usize) -> Option<Arc<Conn>> {
         lock(&self.inner).conns.get(&id).cloned()
