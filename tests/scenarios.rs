@@ -513,6 +513,8 @@ fn edge_restarted(down: Duration) -> Duration {
             c.dump()
         );
     }
+    // UDP was never blocked: the quick retries' short QUIC wait must not claim it was.
+    assert_eq!(c.count("seems blocked"), 0, "{}", c.dump());
     t
 }
 
@@ -898,6 +900,7 @@ fn dns_failure_keeps_the_last_good_addresses() {
     c.wait_count(&again, 1, WAIT)
         .unwrap_or_else(|| panic!("no {again:?}:\n{}", c.dump()));
     assert_eq!(c.count(&again), 1, "{}", c.dump());
+    assert_eq!(c.count("seems blocked"), 0, "{}", c.dump());
     eprintln!(
         "measured: DNS failing, {attempts} attempts to reach restarted edge 1 by its last \
          known address, serving {:.2}s after it listened; one log line: {line}",

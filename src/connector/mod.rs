@@ -530,6 +530,15 @@ async fn open_session(
             Err(e) if e.retry == Retry::Fallback => {
                 // Said only once TCP works: when both fail, the edge is just down.
                 let s = dial.h2().await.map_err(|e| dial.describe(e))?;
+                // A quick retry's short QUIC wait proves little: its first packet may
+                // have gone out while the edge was still down, and the resend comes
+                // after about a second. The edge is up now (TCP answered): ask again.
+                if fast {
+                    if let Ok(q) = dial.quic(shared, AUTO_QUIC_WAIT).await {
+                        s.close("QUIC answers");
+                        return Ok(q);
+                    }
+                }
                 log::warn!(
                     "connection {slot}: UDP to {}:{} seems blocked ({}); using HTTP/2 over TCP",
                     dial.server_name,
