@@ -1089,12 +1089,17 @@ fn bench() {
     };
     let (mut fallback, mut back, mut restart) = (Vec::new(), Vec::new(), Vec::new());
     let mut failover = Vec::new();
+    let (mut replica, mut lent, mut returned) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let (f, b) = udp_blocked_then_unblocked();
         fallback.push(f.as_secs_f32());
         back.push(b.as_secs_f32());
         restart.push(edge_restarted(Duration::from_secs(6)).as_secs_f32());
         failover.push(edge_killed().map_or(0.0, |d| d.as_secs_f32()));
+        replica.push(replica_killed("quic").slowest_get.as_secs_f32());
+        let (l, r) = edge_down_for_long();
+        lent.push(l.as_secs_f32());
+        returned.push(r.as_secs_f32());
     }
     println!("scenario figures over {runs} runs:");
     println!(
@@ -1112,5 +1117,17 @@ fn bench() {
     println!(
         "  failed requests via the other edge after a kill: {}",
         fmt(&mut failover)
+    );
+    println!(
+        "  longest GET gap after a replica's SIGKILL (QUIC): {}",
+        fmt(&mut replica)
+    );
+    println!(
+        "  dead edge's slots on the other edge after kill:  {}",
+        fmt(&mut lent)
+    );
+    println!(
+        "  slots back on a returned edge after it listens:  {}",
+        fmt(&mut returned)
     );
 }

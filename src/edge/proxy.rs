@@ -653,10 +653,11 @@ pub async fn handle(
 /// retried: its host and the connections tried) and another connection of the tunnel
 /// answers, this one is given up (`None`) to be retried there. A live connector
 /// acknowledges what it receives within a round trip whatever its origin does, so one
-/// that sent nothing back did not take the request from the tunnel: nothing reached the
-/// origin. Otherwise the request waits as before (a NAT rebinding silences all of a
-/// connector's connections until its next keep-alive), and a request that cannot be
-/// retried is never abandoned here.
+/// that sent nothing back had not taken the request from the tunnel: nothing had reached
+/// the origin. (Should that connection come back after all, the abandoned copy may
+/// still arrive: allowed for an idempotent request, RFC 9110 9.2.2.) Otherwise the
+/// request waits as before (a NAT rebinding silences all of a connector's connections
+/// until its next keep-alive), and a request that cannot be retried is never abandoned.
 async fn watch_silence<T>(
     registry: &Registry,
     conn: &Conn,
