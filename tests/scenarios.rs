@@ -32,20 +32,31 @@ const MID: u64 = 1024 * 1024;
 /// Fields drop in order: processes first, the namespaces last.
 struct Scene {
     connector: Option<Proc>,
+    /// A second connector with the same config and token (a replica), when started.
+    replica: Option<Proc>,
     edges: [Option<Proc>; 2],
     helpers: Vec<Proc>,
-    _origin: Proc,
+    origin: Proc,
     edge_dir: TempDir,
     dev_dir: TempDir,
+    /// The tunnel token, shared by the connector and its replica.
+    token: String,
     _www: TempDir,
     net: Net,
 }
 
 /// Device config keys added to the standard ones.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Device {
     extra_yaml: &'static str,
+    /// `protocol:` (`auto` when `None`).
+    protocol: Option<&'static str>,
+    /// Name the edges by [`EDGE_NAMES`] instead of their addresses.
+    edge_names: bool,
 }
+
+/// Names of the edges, resolved only where a test sets up name resolution.
+const EDGE_NAMES: [&str; 2] = ["e1.mailslot.test", "e2.mailslot.test"];
 
 impl Scene {
     /// Namespaces, origin and both edges; the connector is started separately.
@@ -55,11 +66,13 @@ impl Scene {
         std::fs::write(www.path().join("index.html"), "hello from the device\n").unwrap();
         std::fs::write(www.path().join("big.bin"), pattern(BIG)).unwrap();
         std::fs::write(www.path().join("mid.bin"), pattern(MID)).unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/netns/origin.py");
         let origin = Proc::spawn(
             "origin",
             net.cmd(&net.device, "python3")
-                .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "8080"])
-                .arg("--directory")
+                .arg("-u")
+                .arg(&script)
+                .arg("8080")
                 .arg(www.path()),
         );
         origin.wait_line("Serving HTTP");
@@ -68,6 +81,7 @@ impl Scene {
             .args(["init", "--dir"])
             .arg(edge_dir.path())
             .args(["--hostname", EDGE_IPS[0], "--hostname", EDGE_IPS[1]])
+            .args(["--hostname", EDGE_NAMES[0], "--hostname", EDGE_NAMES[1]])
             .output()
             .unwrap();
         assert!(
@@ -88,14 +102,17 @@ impl Scene {
         }
         let mut s = Scene {
             connector: None,
+            replica: None,
             edges: [None, None],
             helpers: Vec::new(),
-            _origin: origin,
+            origin,
             edge_dir,
             dev_dir: TempDir::new("device"),
+            token: String::new(),
             _www: www,
             net,
         };
+        s.token = s.issue_token();
         s.start_edge(0);
         s.start_edge(1);
         s
@@ -119,7 +136,7 @@ impl Scene {
         self.edges[i] = Some(p);
     }
 
-    fn token(&self) -> String {
+    fn issue_token(&self) -> String {
         let out = Command::new(EDGE)
             .arg("token")
             .arg("--config")
@@ -137,26 +154,36 @@ impl Scene {
 
     /// Compiles the device config and starts the connector (without waiting).
     fn start_connector(&mut self, device: Device) {
+        self.connector = Some(self.spawn_connector("connector", device));
+    }
+
+    /// Compiles the device config and starts a `mailslot run` named `name`.
+    fn spawn_connector(&self, name: &str, device: Device) -> Proc {
+        let edges = if device.edge_names {
+            EDGE_NAMES
+        } else {
+            EDGE_IPS
+        };
         let yaml = format!(
             "tunnel: dev42\ntoken: {}\nedge: [\"{}:7844\", \"{}:7844\"]\nedge-ca: {}\n\
-             protocol: auto\nha-connections: 4\n{}\ningress:\n  - hostname: {HOST}\n    \
+             protocol: {}\nha-connections: 4\n{}\ningress:\n  - hostname: {HOST}\n    \
              service: http://127.0.0.1:8080\n  - service: http_status:404\n",
-            self.token(),
-            EDGE_IPS[0],
-            EDGE_IPS[1],
+            self.token,
+            edges[0],
+            edges[1],
             self.edge_dir.path().join("ca.pem").display(),
+            device.protocol.unwrap_or("auto"),
             device.extra_yaml,
         );
         let bin = compile(self.dev_dir.path(), &yaml);
-        let p = Proc::spawn(
-            "connector",
+        Proc::spawn(
+            name,
             self.net
                 .cmd(&self.net.device, MAILSLOT)
                 .arg("run")
                 .arg("--config")
                 .arg(&bin),
-        );
-        self.connector = Some(p);
+        )
     }
 
     fn connector_alive(&mut self) -> bool {
@@ -171,11 +198,36 @@ impl Scene {
     /// Starts the connector and waits for its four connections, two at each edge.
     fn connect(&mut self, device: Device) {
         self.start_connector(device);
-        let c = self.connector();
-        for e in ["at edge e1", "at edge e2"] {
-            c.wait_count(e, 2, WAIT)
-                .unwrap_or_else(|| panic!("no two connections {e}; log:\n{}", c.dump()));
-        }
+        wait_spread(self.connector());
+    }
+
+    /// Starts a replica of the connector and waits for its four connections.
+    fn connect_replica(&mut self, device: Device) {
+        let r = self.spawn_connector("replica", device);
+        wait_spread(&r);
+        self.replica = Some(r);
+    }
+
+    /// Stops edge `i` (SIGTERM: it sends GoAway), keeps it down for `down`, starts it
+    /// again; the time from its listening again to serving through it.
+    fn restart_edge(&mut self, i: usize, down: Duration) -> Duration {
+        let mut e = self.edges[i].take().unwrap();
+        e.signal(15);
+        let st = e
+            .wait_exit(Duration::from_secs(10))
+            .expect("the edge exits");
+        assert!(st.success(), "edge exit status {st:?}");
+        drop(e);
+        thread::sleep(down);
+        self.start_edge(i);
+        self.wait_serving(i, Duration::from_secs(60))
+            .unwrap_or_else(|| {
+                panic!(
+                    "not serving via e{}; log:\n{}",
+                    i + 1,
+                    self.connector().dump()
+                )
+            })
     }
 
     /// A visitor's GET through edge `i`: the status, or curl's error.
@@ -196,6 +248,14 @@ impl Scene {
     }
 }
 
+/// Waits for a connector's four connections, two at each edge.
+fn wait_spread(c: &Proc) {
+    for e in ["at edge e1", "at edge e2"] {
+        c.wait_count(e, 2, WAIT)
+            .unwrap_or_else(|| panic!("no two connections {e}; log:\n{}", c.dump()));
+    }
+}
+
 fn get_in(net: &Net, i: usize, path: &str, max_time: u32) -> Result<u16, String> {
     get_in_names(&net.visitor, i, path, max_time)
 }
@@ -212,6 +272,16 @@ struct Load {
 
 impl Load {
     fn start(scene: &Scene, edges: &'static [usize], max_time: u32) -> Load {
+        Load::start_paths(scene, edges, &["/"], max_time)
+    }
+
+    /// Requests cycle through `paths` as well as `edges`.
+    fn start_paths(
+        scene: &Scene,
+        edges: &'static [usize],
+        paths: &'static [&'static str],
+        max_time: u32,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
         let net_names = (scene.net.visitor.clone(), scene.net.edges.clone());
@@ -225,7 +295,7 @@ impl Load {
                 }
                 let i = edges[n % edges.len()];
                 let at = start.elapsed();
-                let r = get_in_names(&net_names.0, i, "/", max_time);
+                let r = get_in_names(&net_names.0, i, paths[n % paths.len()], max_time);
                 out.push((at, i, r));
                 thread::sleep(Duration::from_millis(50));
             }
@@ -429,18 +499,31 @@ fn killing_one_edge_leaves_the_other_serving() {
 fn edge_restarted(down: Duration) -> Duration {
     let mut s = Scene::new();
     s.connect(Device::default());
-    let mut e1 = s.edges[0].take().unwrap();
-    e1.signal(15);
-    let st = e1.wait_exit(Duration::from_secs(10)).expect("edge 1 exits");
-    assert!(st.success(), "edge exit status {st:?}");
-    drop(e1);
-    thread::sleep(down);
-    s.start_edge(0);
-    let t = s
-        .wait_serving(0, Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("not serving via e1; log:\n{}", s.connector().dump()));
+    let t = s.restart_edge(0, down);
     assert_eq!(s.get(1, "/", 5), Ok(200));
+    // The quick retries while the edge was down were many; the log has one line each
+    // for its two slots (slots 0 and 2 are on edge 1).
+    let c = s.connector();
+    for slot in [0, 2] {
+        let lines = retry_lines(c, slot);
+        assert_eq!(
+            lines,
+            1,
+            "connection {slot}: {lines} retry lines\n{}",
+            c.dump()
+        );
+    }
+    // UDP was never blocked: the quick retries' short QUIC wait must not claim it was.
+    assert_eq!(c.count("seems blocked"), 0, "{}", c.dump());
     t
+}
+
+/// Lines where connection `slot` says it is retrying.
+fn retry_lines(c: &Proc, slot: usize) -> usize {
+    let log = c.log.lock().unwrap();
+    log.iter()
+        .filter(|l| l.contains(&format!("connection {slot}: ")) && l.contains("retrying"))
+        .count()
 }
 
 #[test]
@@ -574,6 +657,316 @@ fn quic_survives_nat_rebinding() {
     );
 }
 
+/// A visitor's POST of a few bytes through edge `i`: the status, or curl's error.
+fn post_names(visitor: &str, i: usize, path: &str, max_time: u32) -> Result<u16, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", visitor, "curl"])
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
+        .arg(max_time.to_string())
+        .args(["-H", &format!("Host: {HOST}"), "--data", "order=1"])
+        .arg(format!("http://{}{path}", EDGE_IPS[i]))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        return Err(format!(
+            "curl: {} (status {code})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    code.parse().map_err(|_| format!("curl printed {code:?}"))
+}
+
+/// What a replica's death cost the visitors.
+struct ReplicaKill {
+    /// GETs started after the kill, and the slowest of them.
+    gets: usize,
+    slowest_get: Duration,
+    /// POSTs sent just after the kill, and how many the edge answered 502 without the
+    /// origin ever seeing them (they hit a dead connection and were not replayed).
+    posts: usize,
+    posts_refused: usize,
+    /// Requests the edges moved to another connection.
+    retried: usize,
+}
+
+/// Two connectors share the token (replicas); one is SIGKILLed: no goodbye, and over
+/// QUIC the edges hear nothing from its connections until their idle timeout. GETs
+/// through edge 1 (keep-alive pooled streams and new ones alternately) must all succeed,
+/// retried on the replica that lives; POSTs through edge 2 that hit a dead connection
+/// must not be replayed.
+fn replica_killed(protocol: &'static str) -> ReplicaKill {
+    let mut s = Scene::new();
+    // A short idle timeout bounds how long a POST on a dead connection waits.
+    let device = Device {
+        extra_yaml: "keepalive: 3s\nidle-timeout: 10s\n",
+        protocol: Some(protocol),
+        ..Device::default()
+    };
+    s.connect(device);
+    s.connect_replica(device);
+    let over = format!("over {protocol}");
+    assert_eq!(s.connector().count(&over), 4, "{}", s.connector().dump());
+    // Each edge holds four connections (two per replica): two requests on each leave
+    // an idle pooled stream everywhere.
+    for i in [0, 1] {
+        for _ in 0..8 {
+            assert_eq!(s.get(i, "/", 5), Ok(200));
+        }
+    }
+    let load = Load::start_paths(&s, &[0], &["/", "/?close"], 15);
+    thread::sleep(Duration::from_secs(2));
+    let killed_at = load.start.elapsed();
+    let mut victim = s.connector.take().unwrap();
+    victim.signal(9);
+    victim
+        .wait_exit(Duration::from_secs(5))
+        .expect("replica exits");
+    // Four POSTs at once through edge 2: round robin sends one to each of its four
+    // connections, two of them dead.
+    let posts: Vec<_> = (0..4)
+        .map(|n| {
+            let net_visitor = s.net.visitor.clone();
+            let path = format!("/post/{n}");
+            thread::spawn(move || {
+                let r = post_names(&net_visitor, 1, &path, 30);
+                (path, r)
+            })
+        })
+        .collect();
+    let posts: Vec<(String, Result<u16, String>)> =
+        posts.into_iter().map(|t| t.join().unwrap()).collect();
+    thread::sleep(Duration::from_secs(2));
+    let results = load.finish();
+    let after: Vec<_> = results.iter().filter(|(t, _, _)| *t >= killed_at).collect();
+    assert!(
+        after.len() >= 10,
+        "too few GETs after the kill: {}",
+        after.len()
+    );
+    let failed: Vec<_> = after.iter().filter(|(_, _, r)| *r != Ok(200)).collect();
+    let edge_logs = || {
+        s.edges
+            .iter()
+            .flatten()
+            .map(|e| e.dump())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        failed.is_empty(),
+        "{} of {} GETs after the kill failed: {failed:?}\nedges:\n{}",
+        failed.len(),
+        after.len(),
+        edge_logs()
+    );
+    let mut refused = 0;
+    for (path, r) in &posts {
+        let seen = s.origin.count(&format!("\"POST {path} "));
+        match r {
+            Ok(200) => assert_eq!(seen, 1, "{path}: answered 200, origin saw it {seen} times"),
+            other => {
+                assert_eq!(
+                    seen, 0,
+                    "{path}: answered {other:?}, origin saw it {seen} times"
+                );
+                refused += 1;
+            }
+        }
+    }
+    let retried = s
+        .edges
+        .iter()
+        .flatten()
+        .map(|e| e.count("retrying on another"))
+        .sum();
+    // Requests run back to back: the longest gap between starts bounds the slowest.
+    let slowest_get = after
+        .windows(2)
+        .map(|w| w[1].0.saturating_sub(w[0].0))
+        .max()
+        .unwrap_or_default();
+    eprintln!("POSTs just after the kill: {posts:?}");
+    ReplicaKill {
+        gets: after.len(),
+        slowest_get,
+        posts: posts.len(),
+        posts_refused: refused,
+        retried,
+    }
+}
+
+#[test]
+fn a_killed_replica_costs_no_get_and_replays_no_post_quic() {
+    need_root!("a_killed_replica_costs_no_get_and_replays_no_post_quic");
+    let r = replica_killed("quic");
+    eprintln!(
+        "measured (QUIC): {} GETs after SIGKILL of one replica, none failed, slowest {:.2}s; \
+         {} retried on another connection; {} of {} POSTs hit a dead connection: 502, not replayed",
+        r.gets,
+        r.slowest_get.as_secs_f32(),
+        r.retried,
+        r.posts_refused,
+        r.posts
+    );
+    assert!(r.retried >= 1, "no GET hit a dead connection");
+    assert!(r.posts_refused >= 1, "no POST hit a dead connection");
+}
+
+#[test]
+fn a_killed_replica_costs_no_get_and_replays_no_post_http2() {
+    need_root!("a_killed_replica_costs_no_get_and_replays_no_post_http2");
+    let r = replica_killed("http2");
+    eprintln!(
+        "measured (HTTP/2): {} GETs after SIGKILL of one replica, none failed, slowest {:.2}s; \
+         {} retried on another connection; {} of {} POSTs refused, none replayed",
+        r.gets,
+        r.slowest_get.as_secs_f32(),
+        r.retried,
+        r.posts_refused,
+        r.posts
+    );
+}
+
+#[test]
+fn dns_failure_keeps_the_last_good_addresses() {
+    need_root!("dns_failure_keeps_the_last_good_addresses");
+    let mut s = Scene::new();
+    let dev = s.net.device.clone();
+    let hosts = format!(
+        "127.0.0.1 localhost\n{} {}\n{} {}\n",
+        EDGE_IPS[0], EDGE_NAMES[0], EDGE_IPS[1], EDGE_NAMES[1]
+    );
+    // The device's own resolver: its hosts file, then a DNS server that is not there
+    // (loopback, refused at once). Nothing leaves the namespaces.
+    s.net.etc(&dev, "nsswitch.conf", "hosts: files dns\n");
+    s.net.etc(
+        &dev,
+        "resolv.conf",
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    );
+    s.net.etc(&dev, "hosts", &hosts);
+    s.connect(Device {
+        edge_names: true,
+        ..Device::default()
+    });
+    // DNS fails from now on.
+    s.net.etc(&dev, "hosts", "127.0.0.1 localhost\n");
+    let lookup = s
+        .net
+        .sh_status(&dev, &format!("getent hosts {}", EDGE_NAMES[0]));
+    assert!(!lookup.status.success(), "{} still resolves", EDGE_NAMES[0]);
+    // Each connection attempt to edge 1 ends in one TCP SYN (QUIC gets no answer, the
+    // HTTP/2 fallback is refused), and each attempt resolves the name first.
+    s.net.sh(
+        &dev,
+        &format!(
+            "iptables -A OUTPUT -p tcp -d {} --dport 7844 --syn",
+            EDGE_IPS[0]
+        ),
+    );
+    let t = s.restart_edge(0, Duration::from_secs(4));
+    let counters = s.net.sh(&dev, "iptables -L OUTPUT -v -x -n");
+    let attempts: u64 = counters
+        .lines()
+        .find(|l| l.contains(EDGE_IPS[0]) && l.contains("dpt:7844"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter:\n{counters}"));
+    let c = s.connector();
+    c.wait_count("registered: tunnel", 6, WAIT)
+        .unwrap_or_else(|| panic!("edge 1's connections did not return:\n{}", c.dump()));
+    let failed = format!("cannot resolve edge {}", EDGE_NAMES[0]);
+    assert!(attempts >= 3, "only {attempts} attempts:\n{}", c.dump());
+    assert_eq!(c.count(&failed), 1, "{}", c.dump());
+    let line = c
+        .dump()
+        .lines()
+        .find(|l| l.contains(&failed))
+        .map(String::from)
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!(
+            "using its last known addresses ({}:7844)",
+            EDGE_IPS[0]
+        )),
+        "{line}"
+    );
+    // DNS works again: said once too.
+    s.net.etc(&dev, "hosts", &hosts);
+    s.restart_edge(0, Duration::from_secs(1));
+    let c = s.connector();
+    let again = format!("edge {}:7844 resolves again", EDGE_NAMES[0]);
+    c.wait_count(&again, 1, WAIT)
+        .unwrap_or_else(|| panic!("no {again:?}:\n{}", c.dump()));
+    assert_eq!(c.count(&again), 1, "{}", c.dump());
+    assert_eq!(c.count("seems blocked"), 0, "{}", c.dump());
+    eprintln!(
+        "measured: DNS failing, {attempts} attempts to reach restarted edge 1 by its last \
+         known address, serving {:.2}s after it listened; one log line: {line}",
+        t.as_secs_f32()
+    );
+}
+
+/// Edge 1 is SIGKILLed and stays down: after the quick-retry window its two slots
+/// connect to edge 2, so the tunnel keeps four connections; once edge 1 is back they
+/// move back to it. Returns (kill to both slots on edge 2, edge 1 listening to both
+/// back on it).
+fn edge_down_for_long() -> (Duration, Duration) {
+    let mut s = Scene::new();
+    // A short idle timeout: the connector notices the dead edge after 10 s, not 45 s.
+    let device = Device {
+        extra_yaml: "keepalive: 3s\nidle-timeout: 10s\n",
+        ..Device::default()
+    };
+    s.connect(device);
+    let mut e1 = s.edges[0].take().unwrap();
+    e1.signal(9);
+    e1.wait_exit(Duration::from_secs(5)).expect("edge 1 exits");
+    let killed = Instant::now();
+    let c = s.connector();
+    let lent = c
+        .wait_count("until it answers again", 2, Duration::from_secs(90))
+        .map(|_| killed.elapsed())
+        .unwrap_or_else(|| panic!("slots stayed on the dead edge:\n{}", c.dump()));
+    assert_eq!(c.count("at edge e2"), 4, "{}", c.dump());
+    assert_eq!(s.get(1, "/", 5), Ok(200));
+    // Minutes of retries for two slots, a few lines: the loss with the quick window's
+    // promise, maybe a backoff line, the move.
+    for slot in [0, 2] {
+        let lines = retry_lines(c, slot);
+        assert!(
+            lines <= 3,
+            "connection {slot}: {lines} retry lines\n{}",
+            c.dump()
+        );
+    }
+    s.start_edge(0);
+    let listening = Instant::now();
+    let c = s.connector();
+    let back = c
+        .wait_count("moved back from edge", 2, Duration::from_secs(60))
+        .map(|_| listening.elapsed())
+        .unwrap_or_else(|| panic!("slots did not move back:\n{}", c.dump()));
+    assert!(s.wait_serving(0, WAIT).is_some());
+    assert_eq!(s.get(1, "/", 5), Ok(200));
+    (lent, back)
+}
+
+#[test]
+fn slots_of_a_dead_edge_serve_through_the_live_one_until_it_returns() {
+    need_root!("slots_of_a_dead_edge_serve_through_the_live_one_until_it_returns");
+    let (lent, back) = edge_down_for_long();
+    eprintln!(
+        "measured: edge 1 killed: its slots on edge 2 after {:.1}s (idle timeout 10 s + \
+         30 s of quick retries); back on edge 1 {:.1}s after it listened",
+        lent.as_secs_f32(),
+        back.as_secs_f32()
+    );
+    assert!(lent <= Duration::from_secs(60), "took {lent:?}");
+    assert!(back <= Duration::from_secs(40), "took {back:?}");
+}
+
 /// Cuts the NAT's forwarding for `cut`; the time from restoring it to serving.
 fn outage(cut: Duration) -> Duration {
     let mut s = Scene::new();
@@ -696,12 +1089,17 @@ fn bench() {
     };
     let (mut fallback, mut back, mut restart) = (Vec::new(), Vec::new(), Vec::new());
     let mut failover = Vec::new();
+    let (mut replica, mut lent, mut returned) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let (f, b) = udp_blocked_then_unblocked();
         fallback.push(f.as_secs_f32());
         back.push(b.as_secs_f32());
         restart.push(edge_restarted(Duration::from_secs(6)).as_secs_f32());
         failover.push(edge_killed().map_or(0.0, |d| d.as_secs_f32()));
+        replica.push(replica_killed("quic").slowest_get.as_secs_f32());
+        let (l, r) = edge_down_for_long();
+        lent.push(l.as_secs_f32());
+        returned.push(r.as_secs_f32());
     }
     println!("scenario figures over {runs} runs:");
     println!(
@@ -719,5 +1117,17 @@ fn bench() {
     println!(
         "  failed requests via the other edge after a kill: {}",
         fmt(&mut failover)
+    );
+    println!(
+        "  longest GET gap after a replica's SIGKILL (QUIC): {}",
+        fmt(&mut replica)
+    );
+    println!(
+        "  dead edge's slots on the other edge after kill:  {}",
+        fmt(&mut lent)
+    );
+    println!(
+        "  slots back on a returned edge after it listens:  {}",
+        fmt(&mut returned)
     );
 }

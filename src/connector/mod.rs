@@ -45,6 +45,10 @@ const QUIC_REPROBE: Duration = Duration::from_secs(30);
 const FAST_RETRY_FOR: Duration = Duration::from_secs(30);
 /// Delay between quick retries, before jitter: each is drawn from [d/2, d].
 const FAST_RETRY_DELAY: Duration = Duration::from_millis(300);
+/// A slot whose own edge has been unreachable this long connects to another edge that
+/// is up (one other slots are connected to) meanwhile, so the tunnel keeps its
+/// `ha-connections`; it moves back once its own edge answers a probe again.
+const BORROW_AFTER: Duration = FAST_RETRY_FOR;
 /// QUIC handshake wait during quick retries.
 const FAST_QUIC_WAIT: Duration = Duration::from_millis(800);
 /// Concurrent streams the edge may open on one connection.
@@ -55,6 +59,8 @@ pub const MAX_STREAMS_PER_CONN: u32 = 128;
 pub struct SlotState {
     pub connected: bool,
     pub edge: Option<SocketAddr>,
+    /// Index of the `edge:` entry it is connected to.
+    pub entry: Option<usize>,
     pub protocol: &'static str,
 }
 
@@ -68,6 +74,8 @@ struct Shared {
     slots: watch::Sender<Vec<SlotState>>,
     /// Last good addresses per edge entry, kept when DNS fails.
     resolved: Mutex<Vec<Vec<SocketAddr>>>,
+    /// Per edge entry: resolving it fails now (said once, not per attempt).
+    dns_failing: Mutex<Vec<bool>>,
     endpoints: Mutex<(Option<quinn::Endpoint>, Option<quinn::Endpoint>)>,
 }
 
@@ -93,6 +101,7 @@ impl Connector {
                 streams_done: Notify::new(),
                 slots: watch::channel(slots).0,
                 resolved: Mutex::new(vec![Vec::new(); edges]),
+                dns_failing: Mutex::new(vec![false; edges]),
                 endpoints: Mutex::new((None, None)),
             }),
         })
@@ -215,23 +224,51 @@ fn set_slot(shared: &Shared, slot: usize, state: SlotState) {
     });
 }
 
+/// A slot's own edge entry (`slot % edges`), and since when it has been unreachable.
+struct Home {
+    entry: usize,
+    down_since: Option<Instant>,
+}
+
 async fn run_slot(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Backoff::new();
     let mut auto = AutoState::default();
     let mut draining = shared.draining.subscribe();
+    let edges = shared.current.borrow().config.edges.len().max(1);
+    let mut home = Home {
+        entry: slot % edges,
+        down_since: None,
+    };
     // Until when retries go at the quick pace (after losing a registered connection).
     let mut fast_until: Option<Instant> = None;
+    // The quick window's first failure was logged: the others go to debug.
+    let mut told = false;
     loop {
         if *draining.borrow() {
             return;
         }
         let started = Instant::now();
         let fast = fast_until.is_some_and(|t| started < t);
-        let result = connect_and_serve(&shared, slot, &mut auto, fast).await;
-        let was_registered = shared.slots.borrow().get(slot).is_some_and(|s| s.connected);
+        let connected = || shared.slots.borrow().get(slot).is_some_and(|s| s.connected);
+        let entry = home.entry;
+        let mut result = connect_and_serve(&shared, slot, &mut auto, fast, entry, &mut home).await;
+        let mut was_registered = connected();
+        if !was_registered && result.is_err() {
+            home.down_since.get_or_insert_with(Instant::now);
+            // Its own edge just failed again: after long enough, another edge that is
+            // up serves this slot meanwhile.
+            if let Some(other) = borrow_entry(&shared, slot, &home) {
+                if let Err(e) = &result {
+                    log::debug!("connection {slot}: {e}; trying edge entry {other} meanwhile");
+                }
+                result = connect_and_serve(&shared, slot, &mut auto, fast, other, &mut home).await;
+                was_registered = connected();
+            }
+        }
         set_slot(&shared, slot, SlotState::default());
         if was_registered {
             fast_until = Some(Instant::now() + FAST_RETRY_FOR);
+            told = false;
         }
         let fast = fast_until.is_some_and(|t| Instant::now() < t);
         let lived = started.elapsed();
@@ -247,13 +284,23 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                 }
                 Duration::from_millis(100)
             }
-            Err(e) if fast => {
+            // One line per outage: the loss (or first failure) says what the quick
+            // retries will do, and only their success is logged at info.
+            Err(e) if fast && told => {
                 let d = jitter(FAST_RETRY_DELAY);
-                log::warn!(
+                log::debug!(
                     "connection {slot}: {e}; retrying in {:.1}s",
                     d.as_secs_f32()
                 );
                 d
+            }
+            Err(e) if fast => {
+                told = true;
+                log::warn!(
+                    "connection {slot}: {e}; retrying about every second for up to {}s",
+                    FAST_RETRY_FOR.as_secs()
+                );
+                jitter(FAST_RETRY_DELAY)
             }
             Err(e) => {
                 let d = backoff.delay();
@@ -271,51 +318,91 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
     }
 }
 
-/// Resolves the edge entry for `slot`, keeping the last good addresses when DNS fails.
-async fn edge_for_slot(shared: &Shared, slot: usize) -> Result<(SocketAddr, String), String> {
+/// The edge entry a slot tries after its own failed, once that has been unreachable
+/// for [`BORROW_AFTER`]: among the entries other slots are connected to now (so they
+/// are up), the one serving the fewest of them. `None`: keep to its own.
+fn borrow_entry(shared: &Shared, slot: usize, home: &Home) -> Option<usize> {
+    if home.down_since?.elapsed() < BORROW_AFTER {
+        return None;
+    }
+    let slots = shared.slots.borrow();
+    let mut counts: Vec<(usize, usize)> = Vec::new();
+    for (i, s) in slots.iter().enumerate() {
+        let Some(e) = s
+            .entry
+            .filter(|&e| i != slot && s.connected && e != home.entry)
+        else {
+            continue;
+        };
+        match counts.iter_mut().find(|(x, _)| *x == e) {
+            Some(c) => c.1 += 1,
+            None => counts.push((e, 1)),
+        }
+    }
+    counts.into_iter().min_by_key(|&(_, n)| n).map(|(e, _)| e)
+}
+
+/// Resolves edge entry `idx` for `slot`. When DNS fails the last good addresses are
+/// used; that is said once per failing spell, and once when the name resolves again.
+async fn edge_for(
+    shared: &Shared,
+    slot: usize,
+    idx: usize,
+) -> Result<(SocketAddr, String), String> {
     let rt = shared.current.borrow().clone();
     let edges = &rt.config.edges;
-    if edges.is_empty() {
+    let Some(entry) = edges.get(idx).map(|e| e.as_str()) else {
         return Err("no edge addresses configured".into());
-    }
-    let idx = slot % edges.len();
-    let entry = edges[idx].as_str();
+    };
     // Stored addresses were checked (and given their port) when the config was compiled.
     let (host, port) = crate::config::validate::parse_edge_addr(entry)
         .map_err(|e| format!("edge address {entry:?}: {e}"))?;
+    let pick = |addrs: &[SocketAddr]| addrs[(slot / edges.len()) % addrs.len()];
     let fresh = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
-    let addrs = match fresh {
+    let why = match fresh {
         Ok(Ok(it)) => {
             let mut v: Vec<SocketAddr> = it.collect();
             v.sort_by_key(|a| a.is_ipv6()); // IPv4 first: the common case on cellular NAT
-            if !v.is_empty() {
+            if v.is_empty() {
+                "it has no address".to_string()
+            } else {
                 if let Some(cache) = lock(&shared.resolved).get_mut(idx) {
-                    *cache = v.clone();
+                    cache.clone_from(&v);
                 }
+                if set_dns_failing(shared, idx, false) {
+                    log::info!("edge {entry} resolves again ({})", addr_list(&v));
+                }
+                return Ok((pick(&v), host.to_string()));
             }
-            v
         }
-        Ok(Err(e)) => {
-            let cached = lock(&shared.resolved).get(idx).cloned().unwrap_or_default();
-            if cached.is_empty() {
-                return Err(format!("cannot resolve edge {entry}: {e}"));
-            }
-            log::warn!("cannot resolve edge {entry} ({e}); using its last known addresses");
-            cached
-        }
-        Err(_) => {
-            let cached = lock(&shared.resolved).get(idx).cloned().unwrap_or_default();
-            if cached.is_empty() {
-                return Err(format!("resolving edge {entry} timed out"));
-            }
-            cached
-        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {}s", RESOLVE_TIMEOUT.as_secs()),
     };
-    if addrs.is_empty() {
-        return Err(format!("edge {entry} resolves to no address"));
+    let cached = lock(&shared.resolved).get(idx).cloned().unwrap_or_default();
+    if cached.is_empty() {
+        return Err(format!("cannot resolve edge {entry}: {why}"));
     }
-    let addr = addrs[(slot / edges.len()) % addrs.len()];
-    Ok((addr, host.to_string()))
+    if !set_dns_failing(shared, idx, true) {
+        log::warn!(
+            "cannot resolve edge {entry} ({why}); using its last known addresses ({}) \
+             until it resolves again",
+            addr_list(&cached)
+        );
+    }
+    Ok((pick(&cached), host.to_string()))
+}
+
+/// Records whether resolving edge entry `idx` fails; what it was before.
+fn set_dns_failing(shared: &Shared, idx: usize, failing: bool) -> bool {
+    lock(&shared.dns_failing)
+        .get_mut(idx)
+        .map(|f| std::mem::replace(f, failing))
+        .unwrap_or(false)
+}
+
+fn addr_list(addrs: &[SocketAddr]) -> String {
+    let v: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    v.join(", ")
 }
 
 fn endpoint_for(shared: &Shared, remote: SocketAddr) -> Result<quinn::Endpoint, String> {
@@ -333,7 +420,6 @@ fn endpoint_for(shared: &Shared, remote: SocketAddr) -> Result<quinn::Endpoint, 
     Ok(ep)
 }
 
-/// One connection's life: dial, register, serve. `Ok` is an orderly end.
 /// How a slot in `protocol: auto` currently reaches its edge.
 #[derive(Default)]
 struct AutoState {
@@ -343,6 +429,8 @@ struct AutoState {
 
 /// Everything needed to dial one edge address.
 struct Dial {
+    /// The edge entry (index in the config's `edge:` list) the address came from.
+    entry: usize,
     addr: SocketAddr,
     server_name: String,
     tls: rustls::ClientConfig,
@@ -392,14 +480,9 @@ impl Dial {
     }
 }
 
-/// One connection's life: dial, register, serve. `Ok` is an orderly end.
-async fn connect_and_serve(
-    shared: &Arc<Shared>,
-    slot: usize,
-    auto: &mut AutoState,
-    fast: bool,
-) -> Result<String, String> {
-    let (addr, server_name) = edge_for_slot(shared, slot).await?;
+/// Resolves edge entry `entry` and prepares what dialing it takes.
+async fn prepare_dial(shared: &Shared, slot: usize, entry: usize) -> Result<Dial, String> {
+    let (addr, server_name) = edge_for(shared, slot, entry).await?;
     let rt = shared.current.borrow().clone();
     let cfg = &rt.config;
     let ca = cfg
@@ -407,7 +490,8 @@ async fn connect_and_serve(
         .and_then(|i| cfg.cas.get(usize::from(i)))
         .map(|c| c.as_slice());
     let tls = crate::tls::edge_client_config(ca).map_err(|e| format!("edge TLS setup: {e}"))?;
-    let dial = Dial {
+    Ok(Dial {
+        entry,
         addr,
         server_name,
         tls,
@@ -417,13 +501,25 @@ async fn connect_and_serve(
             max_streams: MAX_STREAMS_PER_CONN,
             handshake_timeout: HANDSHAKE_TIMEOUT,
         },
-    };
+    })
+}
+
+/// Opens a session to `dial` with `protocol`; in `auto`, QUIC first and HTTP/2 when
+/// UDP seems blocked (remembered in `auto`).
+async fn open_session(
+    shared: &Shared,
+    dial: &Dial,
+    slot: usize,
+    protocol: Protocol,
+    auto: &mut AutoState,
+    fast: bool,
+) -> Result<Session, String> {
     let (quic_wait, auto_wait) = if fast {
         (FAST_QUIC_WAIT, FAST_QUIC_WAIT)
     } else {
         (HANDSHAKE_TIMEOUT, AUTO_QUIC_WAIT)
     };
-    let session = match cfg.protocol {
+    Ok(match protocol {
         Protocol::Quic => dial
             .quic(shared, quic_wait)
             .await
@@ -434,10 +530,19 @@ async fn connect_and_serve(
             Err(e) if e.retry == Retry::Fallback => {
                 // Said only once TCP works: when both fail, the edge is just down.
                 let s = dial.h2().await.map_err(|e| dial.describe(e))?;
+                // A quick retry's short QUIC wait proves little: its first packet may
+                // have gone out while the edge was still down, and the resend comes
+                // after about a second. The edge is up now (TCP answered): ask again.
+                if fast {
+                    if let Ok(q) = dial.quic(shared, AUTO_QUIC_WAIT).await {
+                        s.close("QUIC answers");
+                        return Ok(q);
+                    }
+                }
                 log::warn!(
                     "connection {slot}: UDP to {}:{} seems blocked ({}); using HTTP/2 over TCP",
                     dial.server_name,
-                    addr.port(),
+                    dial.addr.port(),
                     e.message
                 );
                 auto.on_h2 = true;
@@ -453,9 +558,25 @@ async fn connect_and_serve(
                 return Err(dial.describe(e));
             }
         },
-    };
-    let auto_mode = cfg.protocol == Protocol::Auto;
-    let registered = register(shared, slot, &session, rt.clone()).await;
+    })
+}
+
+/// One connection's life: dial edge entry `entry`, register, serve. `Ok` is an orderly
+/// end. Serving away from the slot's own edge, it tries its own now and then and moves
+/// back (make before break) when it answers.
+async fn connect_and_serve(
+    shared: &Arc<Shared>,
+    slot: usize,
+    auto: &mut AutoState,
+    fast: bool,
+    entry: usize,
+    home: &mut Home,
+) -> Result<String, String> {
+    let mut dial = prepare_dial(shared, slot, entry).await?;
+    let rt = shared.current.borrow().clone();
+    let protocol = rt.config.protocol;
+    let session = open_session(shared, &dial, slot, protocol, auto, fast).await?;
+    let registered = register(shared, slot, &session, rt.clone(), entry).await;
     let mut current = match registered {
         Ok(r) => (session, r),
         Err(e) => {
@@ -463,18 +584,56 @@ async fn connect_and_serve(
             return Err(e);
         }
     };
+    if entry == home.entry {
+        home.down_since = None;
+    } else {
+        let own = rt.config.edges.get(home.entry).map_or("?", |e| e.as_str());
+        log::warn!(
+            "connection {slot}: its edge {own} has been unreachable for {}s; serving \
+             through edge {} until it answers again",
+            home.down_since.map_or(0, |t| t.elapsed().as_secs()),
+            dial.server_name
+        );
+    }
+    let auto_mode = protocol == Protocol::Auto;
     loop {
-        let probe = (auto_mode && auto.on_h2).then_some(&dial);
+        let probe = if dial.entry != home.entry {
+            Some(Probe::Home(home.entry))
+        } else if auto_mode && auto.on_h2 {
+            Some(Probe::Quic(&dial))
+        } else {
+            None
+        };
         let (session, reg) = current;
-        match serve_session(shared, slot, session, reg, probe).await {
-            // Make before break: the QUIC connection is already registered, and the
-            // HTTP/2 one drains only now, so the edge always has this slot's connection.
-            Ok(Ended::QuicIsBack(next)) => {
-                log::info!(
-                    "connection {slot}: QUIC to the edge works again; moved back from HTTP/2"
-                );
-                auto.on_h2 = false;
-                current = *next;
+        let ended = serve_session(shared, slot, session, reg, probe).await;
+        match ended {
+            // Make before break: the new connection is already registered, and the old
+            // one drains only now, so the edge always has this slot's connection.
+            Ok(Ended::Moved(next)) => {
+                let Moved {
+                    session,
+                    reg,
+                    dial: to,
+                } = *next;
+                match to {
+                    Some(to) => {
+                        log::info!(
+                            "connection {slot}: edge {} answers again; moved back from edge {}",
+                            to.server_name,
+                            dial.server_name
+                        );
+                        home.down_since = None;
+                        auto.on_h2 = session.protocol() == "http2";
+                        dial = to;
+                    }
+                    None => {
+                        log::info!(
+                            "connection {slot}: QUIC to the edge works again; moved back from HTTP/2"
+                        );
+                        auto.on_h2 = false;
+                    }
+                }
+                current = (session, reg);
             }
             Ok(Ended::GoAway(why)) => return Ok(why),
             Err(e) => return Err(e),
@@ -486,8 +645,24 @@ async fn connect_and_serve(
 enum Ended {
     /// The edge asked its connectors to go elsewhere.
     GoAway(String),
-    /// QUIC answers again: here is a registered QUIC connection to serve instead.
-    QuicIsBack(Box<(Session, Registered)>),
+    /// A probe found a better way: serve this registered connection instead.
+    Moved(Box<Moved>),
+}
+
+/// A registered connection found by a probe; `dial` is set when it is to another edge.
+struct Moved {
+    session: Session,
+    reg: Registered,
+    dial: Option<Dial>,
+}
+
+/// What a registered connection tries now and then.
+#[derive(Clone, Copy)]
+enum Probe<'a> {
+    /// On the HTTP/2 fallback: QUIC to the same edge.
+    Quic(&'a Dial),
+    /// Away from the slot's own edge entry: that entry.
+    Home(usize),
 }
 
 /// Streams in flight on one session, for draining it.
@@ -563,7 +738,7 @@ async fn serve_session(
     slot: usize,
     session: Session,
     reg: Registered,
-    probe: Option<&Dial>,
+    probe: Option<Probe<'_>>,
 ) -> Result<Ended, String> {
     let streams = Arc::new(SessionStreams::default());
     let result = serve_registered(shared, slot, &session, reg, probe, &streams).await;
@@ -592,6 +767,7 @@ async fn register(
     slot: usize,
     session: &Session,
     rt: Arc<Runtime>,
+    entry: usize,
 ) -> Result<Registered, String> {
     let addr = session.remote_addr();
     let mut control = tokio::time::timeout(REGISTER_TIMEOUT, session.accept_stream())
@@ -646,6 +822,7 @@ async fn register(
         SlotState {
             connected: true,
             edge: Some(addr),
+            entry: Some(entry),
             protocol: session.protocol(),
         },
     );
@@ -657,17 +834,44 @@ async fn register(
 }
 
 /// A QUIC connection to the probed edge, registered; `None` while QUIC still fails.
-async fn probe_quic(
-    shared: &Arc<Shared>,
-    slot: usize,
-    dial: &Dial,
-) -> Option<(Session, Registered)> {
+async fn probe_quic(shared: &Arc<Shared>, slot: usize, dial: &Dial) -> Option<Moved> {
     let session = dial.quic(shared, AUTO_QUIC_WAIT).await.ok()?;
     let rt = shared.current.borrow().clone();
-    match register(shared, slot, &session, rt).await {
-        Ok(reg) => Some((session, reg)),
+    match register(shared, slot, &session, rt, dial.entry).await {
+        Ok(reg) => Some(Moved {
+            session,
+            reg,
+            dial: None,
+        }),
         Err(e) => {
             log::debug!("connection {slot}: QUIC answers but registering failed: {e}");
+            session.close("registration failed");
+            None
+        }
+    }
+}
+
+/// A registered connection to edge entry `home`; `None` while it does not answer.
+async fn probe_home(shared: &Arc<Shared>, slot: usize, home: usize) -> Option<Moved> {
+    let dial = prepare_dial(shared, slot, home).await.ok()?;
+    let rt = shared.current.borrow().clone();
+    let mut auto = AutoState::default();
+    let session =
+        match open_session(shared, &dial, slot, rt.config.protocol, &mut auto, false).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("connection {slot}: its own edge is still unreachable: {e}");
+                return None;
+            }
+        };
+    match register(shared, slot, &session, rt, home).await {
+        Ok(reg) => Some(Moved {
+            session,
+            reg,
+            dial: Some(dial),
+        }),
+        Err(e) => {
+            log::debug!("connection {slot}: its own edge answers but registering failed: {e}");
             session.close("registration failed");
             None
         }
@@ -679,7 +883,7 @@ async fn serve_registered(
     slot: usize,
     session: &Session,
     reg: Registered,
-    probe: Option<&Dial>,
+    probe: Option<Probe<'_>>,
     streams: &Arc<SessionStreams>,
 ) -> Result<Ended, String> {
     let addr = session.remote_addr();
@@ -713,14 +917,13 @@ async fn serve_registered(
         let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
     }
     // Probes are spread over [QUIC_REPROBE/2, QUIC_REPROBE] so slots that fell back
-    // together do not move back together.
+    // (or moved to another edge) together do not move back together.
     let first_probe = jitter(QUIC_REPROBE);
     let mut probe_timer =
         tokio::time::interval_at(tokio::time::Instant::now() + first_probe, QUIC_REPROBE);
-    type Probe<'a> = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Option<(Session, Registered)>> + Send + 'a>,
-    >;
-    let mut probing: Option<Probe<'_>> = None;
+    type Probing<'a> =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Option<Moved>> + Send + 'a>>;
+    let mut probing: Option<Probing<'_>> = None;
     loop {
         tokio::select! {
             stream = session.accept_stream() => {
@@ -766,19 +969,21 @@ async fn serve_registered(
                 let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
             }
             _ = probe_timer.tick(), if probe.is_some() && probing.is_none() && !drained => {
-                if let Some(dial) = probe {
-                    probing = Some(Box::pin(probe_quic(shared, slot, dial)));
-                }
+                probing = match probe {
+                    Some(Probe::Quic(dial)) => Some(Box::pin(probe_quic(shared, slot, dial))),
+                    Some(Probe::Home(home)) => Some(Box::pin(probe_home(shared, slot, home))),
+                    None => None,
+                };
             }
             next = async { match probing.as_mut() { Some(p) => p.await, None => std::future::pending().await } }, if probing.is_some() => {
                 probing = None;
                 match next {
                     Some(next) if !drained => {
                         let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
-                        return Ok(Ended::QuicIsBack(Box::new(next)));
+                        return Ok(Ended::Moved(Box::new(next)));
                     }
-                    Some((s, _)) => s.close("connector draining"),
-                    None => log::debug!("connection {slot}: QUIC still blocked; staying on HTTP/2"),
+                    Some(next) => next.session.close("connector draining"),
+                    None => log::debug!("connection {slot}: probe failed; staying"),
                 }
             }
         }

@@ -570,8 +570,9 @@ pub async fn handle(
         set_forwarded(&mut headers, visitor, authority);
         *up.headers_mut() = headers;
 
-        let sent = tokio::time::timeout(origin_timeout, client.request(up)).await;
-        let mut resp = match sent {
+        let retry = (can_retry && tried.len() < MAX_ATTEMPTS).then_some((host, &tried[..]));
+        let watched = watch_silence(registry, &conn, retry, client.request(up));
+        let mut resp = match tokio::time::timeout(origin_timeout, watched).await {
             Err(_) => {
                 return text(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -581,8 +582,12 @@ pub async fn handle(
                     ),
                 )
             }
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => match find_dial_error(&e) {
+            Ok(None) => {
+                log::info!("{host}: the connector stopped answering on a tunnel connection; retrying on another");
+                continue;
+            }
+            Ok(Some(Ok(resp))) => resp,
+            Ok(Some(Err(e))) => match find_dial_error(&e) {
                 Some(DialError::Device {
                     error: StreamError::DialTimeout,
                     message,
@@ -638,6 +643,42 @@ pub async fn handle(
             _permit: permit,
         };
         return Response::from_parts(rparts, body.boxed());
+    }
+}
+
+/// Runs `request` on `conn` while watching its connector. When the connector sends
+/// nothing at all for [`Conn::silence_limit`] after the request began (its process died
+/// or its path went dark: over QUIC the edge hears nothing else until the idle timeout),
+/// new requests avoid the connection, and when `retry` allows it (the request may be
+/// retried: its host and the connections tried) and another connection of the tunnel
+/// answers, this one is given up (`None`) to be retried there. A live connector
+/// acknowledges what it receives within a round trip whatever its origin does, so one
+/// that sent nothing back had not taken the request from the tunnel: nothing had reached
+/// the origin. (Should that connection come back after all, the abandoned copy may
+/// still arrive: allowed for an idempotent request, RFC 9110 9.2.2.) Otherwise the
+/// request waits as before (a NAT rebinding silences all of a connector's connections
+/// until its next keep-alive), and a request that cannot be retried is never abandoned.
+async fn watch_silence<T>(
+    registry: &Registry,
+    conn: &Conn,
+    retry: Option<(&str, &[usize])>,
+    request: impl Future<Output = T>,
+) -> Option<T> {
+    let Some(heard) = conn.heard() else {
+        return Some(request.await);
+    };
+    tokio::pin!(request);
+    tokio::select! {
+        r = &mut request => return Some(r),
+        _ = tokio::time::sleep(conn.silence_limit()) => {}
+    }
+    if conn.heard() != Some(heard) {
+        return Some(request.await);
+    }
+    registry.set_silent(conn, heard);
+    match retry {
+        Some((host, tried)) if registry.has_answering(host, tried) => None,
+        _ => Some(request.await),
     }
 }
 

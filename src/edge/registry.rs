@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use regex::Regex;
 use tokio::sync::Semaphore;
@@ -26,6 +27,10 @@ pub const MAX_TUNNELS: usize = 10_000;
 pub const MAX_CONNS_PER_TUNNEL: usize = 64;
 /// Most rules one connection may register.
 pub const MAX_RULES: usize = 64;
+/// Silence from a connector that counts as gone: at least this...
+const SILENCE_BASE: Duration = Duration::from_secs(1);
+/// ...plus eight round trips, at most this.
+const SILENCE_MAX: Duration = Duration::from_secs(5);
 /// Largest compiled path regex.
 const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
@@ -132,6 +137,27 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Datagrams received from the connector so far, where the transport counts them
+    /// (QUIC); `None` over HTTP/2, whose TCP connection reports a vanished peer itself
+    /// (it closes when the connector's process dies).
+    pub fn heard(&self) -> Option<u64> {
+        match &self.session {
+            Session::Quic(c) => Some(c.stats().udp_rx.datagrams),
+            Session::H2(_) => None,
+        }
+    }
+
+    /// How long a connector that is alive may stay silent while the edge waits on it: its
+    /// QUIC stack acknowledges within a round trip (plus retransmissions on a lossy
+    /// path), whatever its origin is doing.
+    pub fn silence_limit(&self) -> Duration {
+        let rtt = match &self.session {
+            Session::Quic(c) => c.rtt(),
+            Session::H2(_) => Duration::ZERO,
+        };
+        (SILENCE_BASE + rtt * 8).min(SILENCE_MAX)
+    }
+
     pub fn rules(&self) -> Arc<Rules> {
         lock(&self.rules).clone()
     }
@@ -159,6 +185,9 @@ struct Inner {
     hosts: HashMap<String, [u8; 16]>,
     /// Connection id → connection.
     conns: HashMap<usize, Arc<Conn>>,
+    /// Connections whose connector stopped answering: id → what [`Conn::heard`] said
+    /// then. Routing avoids them until they hear from the connector again.
+    silent: HashMap<usize, u64>,
 }
 
 /// All tunnels on this edge.
@@ -250,6 +279,7 @@ impl Registry {
             .is_some_and(|c| Arc::ptr_eq(c, conn))
         {
             inner.conns.remove(&conn.session.id());
+            inner.silent.remove(&conn.session.id());
         }
         if let Some(t) = inner.tunnels.get_mut(&conn.tunnel_id) {
             t.conns.retain(|c| !Arc::ptr_eq(c, conn));
@@ -260,6 +290,36 @@ impl Registry {
         rebuild_hosts(&mut inner, conn.tunnel_id);
         drop(inner);
         self.changed.notify_waiters();
+    }
+
+    /// Notes that `conn`'s connector has sent nothing since [`Conn::heard`] said `heard`
+    /// (a request on it waited [`Conn::silence_limit`] without a packet back): new
+    /// requests go to the tunnel's other connections until it is heard from again, or
+    /// its idle timeout ends it.
+    pub fn set_silent(&self, conn: &Conn, heard: u64) {
+        let id = conn.session.id();
+        let mut inner = lock(&self.inner);
+        if inner.conns.contains_key(&id) {
+            inner.silent.insert(id, heard);
+        }
+    }
+
+    /// Whether the tunnel serving `host` has a connection besides those in `avoid` that
+    /// takes new streams and is not silent: somewhere a retry can go.
+    pub fn has_answering(&self, host: &str, avoid: &[usize]) -> bool {
+        let inner = lock(&self.inner);
+        let Some(t) = lookup_host(&inner.hosts, host).and_then(|id| inner.tunnels.get(&id)) else {
+            return false;
+        };
+        t.conns.iter().any(|c| {
+            let id = c.session.id();
+            !c.draining.load(Ordering::Acquire)
+                && !avoid.contains(&id)
+                && inner
+                    .silent
+                    .get(&id)
+                    .is_none_or(|&at| c.heard() != Some(at))
+        })
     }
 
     /// The live connection with this id.
@@ -274,20 +334,41 @@ impl Registry {
 
     /// As [`route`](Self::route), avoiding the listed connections (a retry).
     pub fn route_excluding(&self, host: &str, path: &str, avoid: &[usize]) -> Route {
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
         let Some(id) = lookup_host(&inner.hosts, host) else {
             return Route::NoTunnel;
         };
         let Some(t) = inner.tunnels.get(&id) else {
             return Route::NoTunnel;
         };
-        let live: Vec<&Arc<Conn>> = t
+        let mut live: Vec<&Arc<Conn>> = t
             .conns
             .iter()
             .filter(|c| !c.draining.load(Ordering::Acquire) && !avoid.contains(&c.session.id()))
             .collect();
         if live.is_empty() {
             return Route::Offline;
+        }
+        if !inner.silent.is_empty() {
+            // A silent connection heard from again is back in the rotation; while some
+            // stay silent, the others take the requests (all silent: try them anyway).
+            let silent = &mut inner.silent;
+            let mut still = |c: &Arc<Conn>| {
+                let id = c.session.id();
+                match silent.get(&id) {
+                    Some(&at) if c.heard() == Some(at) => true,
+                    Some(_) => {
+                        silent.remove(&id);
+                        false
+                    }
+                    None => false,
+                }
+            };
+            let answering: Vec<&Arc<Conn>> = live.iter().copied().filter(|c| !still(c)).collect();
+            if !answering.is_empty() {
+                live = answering;
+            }
         }
         let conn = live[t.next.fetch_add(1, Ordering::Relaxed) % live.len()].clone();
         let rules = conn.rules();

@@ -208,6 +208,24 @@ impl Net {
         run(&["ip", "netns", "exec", ns, "sh", "-c", line])
     }
 
+    /// Writes `/etc/netns/<ns>/<file>`: `ip netns exec` mounts it over `/etc/<file>` for
+    /// the programs it starts from then on (resolv.conf, hosts, nsswitch.conf), so a
+    /// namespace gets its own name resolution without touching the machine's. Later
+    /// writes go to the same file, so programs already running see them too.
+    pub fn etc(&self, ns: &str, file: &str, content: &str) {
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(file);
+        // Rewritten in place (same inode): the mount in running programs stays valid.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        std::io::Write::write_all(&mut f, content.as_bytes()).unwrap();
+    }
+
     /// A command that runs `program` in namespace `ns`.
     pub fn cmd(&self, ns: &str, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -227,6 +245,7 @@ impl Drop for Net {
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(ns));
         }
     }
 }
