@@ -1,13 +1,12 @@
 //! Serving one tunnel stream: check the rule the edge named, dial the service, pipe bytes.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
@@ -18,8 +17,10 @@ use crate::wire::{self, StreamError, StreamHeader, StreamKind, StreamReply};
 
 /// How long the edge has to send the stream header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Copy buffer per direction.
-const COPY_BUF: usize = 8 * 1024;
+/// Largest chunk moved at once in either direction.
+const COPY_BUF: usize = 16 * 1024;
+/// First read buffer from an origin; a stream moves to `COPY_BUF` while reads fill it.
+const SMALL_READ: usize = 4 * 1024;
 /// Quiet time after which a drained HTTP stream counts as an idle keep-alive.
 const DRAIN_IDLE: Duration = Duration::from_secs(2);
 
@@ -33,21 +34,18 @@ pub async fn serve_stream(
     lookup: impl Fn(u32) -> Option<Arc<Runtime>>,
     drain: watch::Receiver<bool>,
 ) {
-    let mut stream = Watched {
-        inner: stream,
-        activity: Arc::new(Activity::default()),
-    };
+    let mut stream = stream;
     let header: StreamHeader =
         match tokio::time::timeout(HEADER_TIMEOUT, wire::read_stream_frame(&mut stream)).await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 log::debug!("stream dropped before its header: {e}");
-                stream.inner.abort();
+                stream.abort();
                 return;
             }
             Err(_) => {
                 log::debug!("stream header not received within {HEADER_TIMEOUT:?}");
-                stream.inner.abort();
+                stream.abort();
                 return;
             }
         };
@@ -70,7 +68,7 @@ pub async fn serve_stream(
             Ok(()) => dial(&rule).await,
         },
     };
-    let mut origin = match origin {
+    let origin = match origin {
         Ok(o) => o,
         Err((error, message)) => {
             log::warn!("stream for {} refused: {message}", header.hostname);
@@ -92,9 +90,8 @@ pub async fn serve_stream(
     if stream.write_all(&ok).await.is_err() {
         return;
     }
-    let activity = stream.activity.clone();
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut origin, COPY_BUF, COPY_BUF);
+    let activity = Activity::default();
+    let copy = pipe(&mut stream, origin, &activity);
     let result = tokio::select! {
         r = copy => r,
         _ = idle_while_draining(&activity, drain), if header.kind == StreamKind::Http => {
@@ -108,11 +105,62 @@ pub async fn serve_stream(
         ),
         Err(e) => {
             log::debug!("stream for {} ended: {e}", header.hostname);
-            stream.inner.abort();
+            stream.abort();
             return;
         }
     }
-    let _ = stream.inner.shutdown().await;
+    let _ = stream.shutdown().await;
+}
+
+/// Copies both ways until both directions have ended; `(to origin, to edge)` bytes.
+///
+/// Bytes travel as owned buffers: a chunk from the edge is written to the origin as the
+/// transport received it, and a read from the origin is handed to the transport whole,
+/// so the connector copies nothing itself. Reads from the origin start in a small
+/// buffer and move to `COPY_BUF`-sized ones only while they keep filling them, so an
+/// idle keep-alive stream holds little.
+async fn pipe(
+    stream: &mut TunnelStream,
+    origin: Box<dyn OriginIo>,
+    activity: &Activity,
+) -> io::Result<(u64, u64)> {
+    let (mut from_origin, mut to_origin) = tokio::io::split(origin);
+    let up = async {
+        let mut n = 0u64;
+        while let Some(chunk) = stream.recv.read_bytes(COPY_BUF).await? {
+            activity.touch(false);
+            n += chunk.len() as u64;
+            to_origin.write_all(&chunk).await?;
+        }
+        to_origin.shutdown().await?;
+        Ok::<_, io::Error>(n)
+    };
+    let down = async {
+        let mut n = 0u64;
+        let mut size = SMALL_READ;
+        let mut buf = BytesMut::new();
+        loop {
+            if buf.capacity() < size / 2 {
+                buf = BytesMut::with_capacity(size);
+            }
+            let k = from_origin.read_buf(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            // A read that filled its buffer suggests a bulk transfer: use larger ones.
+            if buf.capacity() == buf.len() {
+                size = COPY_BUF;
+            }
+            n += k as u64;
+            activity.writing.store(true, Ordering::Relaxed);
+            stream.send.write_bytes(buf.split().freeze()).await?;
+            activity.writing.store(false, Ordering::Relaxed);
+            activity.touch(true);
+        }
+        stream.send.shutdown().await?;
+        Ok::<_, io::Error>(n)
+    };
+    tokio::try_join!(up, down)
 }
 
 /// When a drain has begun, an HTTP stream whose last bytes went to the edge and which
@@ -163,50 +211,6 @@ impl Activity {
             v >> 63 == 1,
             Duration::from_millis(now.saturating_sub(v & !(1 << 63))),
         )
-    }
-}
-
-/// A tunnel stream that records when bytes pass and which way.
-struct Watched {
-    inner: TunnelStream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            me.activity.touch(false);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
-        me.activity.writing.store(r.is_pending(), Ordering::Relaxed);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            me.activity.touch(true);
-        }
-        r
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -337,6 +337,29 @@ impl H2Send {
     }
 }
 
+impl H2Send {
+    /// Sends `data` as DATA frames as window capacity allows, without copying it.
+    pub async fn write_bytes(&mut self, mut data: Bytes) -> io::Result<()> {
+        while !data.is_empty() {
+            self.stream.reserve_capacity(data.len().min(MAX_WRITE));
+            let cap = loop {
+                let cap = self.stream.capacity();
+                if cap > 0 {
+                    break cap;
+                }
+                match std::future::poll_fn(|cx| self.stream.poll_capacity(cx)).await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(h2_io(e)),
+                    None => return Err(io::ErrorKind::BrokenPipe.into()),
+                }
+            };
+            let chunk = data.split_to(cap.min(data.len()));
+            self.stream.send_data(chunk, false).map_err(h2_io)?;
+        }
+        Ok(())
+    }
+}
+
 impl AsyncWrite for H2Send {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -393,20 +416,19 @@ impl H2Recv {
     }
 }
 
-impl AsyncRead for H2Recv {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl H2Recv {
+    /// The next bytes received, at most `max` (> 0); `None` at the end of the stream.
+    pub fn poll_bytes(
+        &mut self,
         cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
         loop {
-            if !me.buf.is_empty() {
-                let n = me.buf.len().min(out.remaining());
-                out.put_slice(&me.buf.split_to(n));
-                return Poll::Ready(Ok(()));
+            if !self.buf.is_empty() {
+                let n = self.buf.len().min(max);
+                return Poll::Ready(Ok(Some(self.buf.split_to(n))));
             }
-            match &mut me.state {
+            match &mut self.state {
                 RecvState::Head(fut) => {
                     let resp = ready!(Pin::new(fut).poll(cx)).map_err(h2_io)?;
                     if resp.status() != http::StatusCode::OK {
@@ -415,22 +437,38 @@ impl AsyncRead for H2Recv {
                             resp.status()
                         ))));
                     }
-                    me.state = RecvState::Body(resp.into_body());
+                    self.state = RecvState::Body(resp.into_body());
                 }
                 RecvState::Body(body) => match ready!(body.poll_data(cx)) {
                     Some(Ok(data)) => {
                         let _ = body.flow_control().release_capacity(data.len());
-                        me.buf = data;
+                        self.buf = data;
                     }
                     Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
                     None => {
-                        me.state = RecvState::Done;
-                        return Poll::Ready(Ok(()));
+                        self.state = RecvState::Done;
+                        return Poll::Ready(Ok(None));
                     }
                 },
-                RecvState::Done => return Poll::Ready(Ok(())),
+                RecvState::Done => return Poll::Ready(Ok(None)),
             }
         }
+    }
+}
+
+impl AsyncRead for H2Recv {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(data) = ready!(self.get_mut().poll_bytes(cx, out.remaining()))? {
+            out.put_slice(&data);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the supervisor should do after a transport error.
@@ -155,6 +156,31 @@ impl TunnelStream {
                 let _ = r.stop(1u32.into());
             }
             RecvHalf::H2(r) => r.abort(),
+        }
+    }
+}
+
+impl SendHalf {
+    /// Sends `data`, handing the buffer itself to the transport: no copy is made on the
+    /// way to the packet or frame that carries it.
+    pub async fn write_bytes(&mut self, data: Bytes) -> io::Result<()> {
+        match self {
+            SendHalf::Quic(s) => s.write_chunk(data).await.map_err(io::Error::from),
+            SendHalf::H2(s) => s.write_bytes(data).await,
+        }
+    }
+}
+
+impl RecvHalf {
+    /// The next bytes from the peer, at most `max`, as the transport received them (no
+    /// copy); `None` once the peer has ended its side.
+    pub async fn read_bytes(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        match self {
+            RecvHalf::Quic(r) => match r.read_chunk(max, true).await {
+                Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
+                Err(e) => Err(io::Error::from(e)),
+            },
+            RecvHalf::H2(r) => std::future::poll_fn(|cx| r.poll_bytes(cx, max)).await,
         }
     }
 }
