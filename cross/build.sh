@@ -56,6 +56,8 @@ esac
 
 if [ "$mode" = build ]; then
     cargo_args=(build --release --locked --no-default-features --bin mailslot --target "$target")
+    # The release profile is tuned for speed (the edge); the device binary for size.
+    export CARGO_PROFILE_RELEASE_OPT_LEVEL=${CARGO_PROFILE_RELEASE_OPT_LEVEL:-z}
 else
     cargo_args=(test --locked --no-default-features --lib --target "$target")
 fi

@@ -77,7 +77,8 @@ if [ -z "$binary" ]; then
                 exit 1
                 ;;
         esac
-        cargo build --release --locked --no-default-features --bin mailslot --target "$target"
+        CARGO_PROFILE_RELEASE_OPT_LEVEL=${CARGO_PROFILE_RELEASE_OPT_LEVEL:-z} \
+            cargo build --release --locked --no-default-features --bin mailslot --target "$target"
     fi
     binary=$target_dir/$target/release/mailslot
 fi

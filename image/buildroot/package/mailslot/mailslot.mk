@@ -14,7 +14,8 @@ MAILSLOT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
 
 # The device build: no edge, no YAML (see Cargo.toml's features).
 MAILSLOT_CARGO_BUILD_OPTS = --no-default-features --bin mailslot
-MAILSLOT_CARGO_ENV = SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH)
+# The release profile is tuned for speed (the edge); a board's binary for size.
+MAILSLOT_CARGO_ENV = SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) CARGO_PROFILE_RELEASE_OPT_LEVEL=z
 
 MAILSLOT_OVERLAY = $(BR2_EXTERNAL_MAILSLOT_PATH)/../overlay
 
