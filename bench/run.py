@@ -10,6 +10,10 @@ and, when installed, rathole over TLS and bore (plain TCP). For each row:
 Every figure is also given as a ratio to direct. Everything binds 127.0.0.1, runs for
 a bounded time and is stopped at the end.
 
+The mailslot rows run the release build (opt-level 3, what an edge and a workstation
+run); one more row runs the connector as boards get it (cross/build.sh's opt-level z,
+no default features) against the same edge.
+
 Usage: python3 bench/run.py [--quick]   (needs nginx, wrk, curl; builds --release)
 """
 
@@ -177,8 +181,9 @@ def measure(name, url, host, tmp, procs):
     return dict(name=name, down=down, up=up, rps=rps, p50=p50, p99=p99, errors=errs, cpu=cpu, hwm=hwm)
 
 
-def mailslot(protocol, tmp, origin_port, binaries):
+def mailslot(protocol, tmp, origin_port, binaries, connector_bin=None):
     edge_bin, mailslot_bin = binaries
+    connector_bin = connector_bin or mailslot_bin
     d = tempfile.mkdtemp(dir=tmp)
     run([edge_bin, "init", "--dir", d, "--hostname", "127.0.0.1"])
     yml = os.path.join(d, "edge.yml")
@@ -198,7 +203,7 @@ def mailslot(protocol, tmp, origin_port, binaries):
                 f"protocol: {protocol}\nha-connections: 2\ningress:\n"
                 f"  - hostname: {HOST}\n    service: http://127.0.0.1:{origin_port}\n  - service: http_status:404\n")
     run([mailslot_bin, "config", "compile", cfg, "--output", os.path.join(d, "config.bin")])
-    conn = Proc([mailslot_bin, "run", "--config", os.path.join(d, "config.bin")], env={"RUST_LOG": "info"})
+    conn = Proc([connector_bin, "run", "--config", os.path.join(d, "config.bin")], env={"RUST_LOG": "info"})
     for _ in range(2):
         conn.wait_line("registered: tunnel")
     return f"http://{http}/", {"connector": conn, "edge": edge}
@@ -258,6 +263,11 @@ def main():
     print("building release binaries ...", flush=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
     binaries = (os.path.join(ROOT, "target/release/mailslot-edge"), os.path.join(ROOT, "target/release/mailslot"))
+    device_dir = os.path.join(ROOT, "target", "bench-device")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--no-default-features", "--bin", "mailslot",
+                    "--target-dir", device_dir], cwd=ROOT, check=True,
+                   env={**os.environ, "CARGO_PROFILE_RELEASE_OPT_LEVEL": "z"})
+    device_bin = os.path.join(device_dir, "release", "mailslot")
     tmp = tempfile.mkdtemp(prefix="mailslot-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as another user
     started = []
@@ -270,6 +280,7 @@ def main():
         for label, setup in [
             ("mailslot quic", lambda: mailslot("quic", tmp, origin_port, binaries)),
             ("mailslot http2", lambda: mailslot("http2", tmp, origin_port, binaries)),
+            ("quic, device build", lambda: mailslot("quic", tmp, origin_port, binaries, device_bin)),
             ("rathole tls", lambda: rathole(tmp, origin_port)),
             ("bore (plain tcp)", lambda: bore(tmp, origin_port)),
         ]:
@@ -290,7 +301,7 @@ def main():
     base = rows[0]
     print()
     print(f"bulk {BULK_MIB} MiB, wrk -t2 -c50 -d{WRK_SECS}s on 1 KiB; ratios are to direct in this run")
-    hdr = (f"{'row':<18}{'down MiB/s':>16}{'up MiB/s':>16}{'req/s':>16}{'p50 ms':>9}{'p99 ms':>9}"
+    hdr = (f"{'row':<20}{'down MiB/s':>16}{'up MiB/s':>16}{'req/s':>16}{'p50 ms':>9}{'p99 ms':>9}"
            f"{'conn cpu s':>11}{'conn peak':>11}{'edge cpu s':>11}{'edge peak':>11}")
     print(hdr)
     print("-" * len(hdr))
@@ -301,7 +312,7 @@ def main():
         ch, eh = r["hwm"].get("connector"), r["hwm"].get("edge")
         fmt_cpu = lambda v: f"{v:11.2f}" if v is not None else f"{'-':>11}"
         fmt_mem = lambda v: f"{v / 1024:8.1f}MiB" if v is not None else f"{'-':>11}"
-        print(f"{r['name']:<18}{rel('down'):>16}{rel('up'):>16}{rel('rps'):>16}{r['p50']:9.2f}{r['p99']:9.2f}"
+        print(f"{r['name']:<20}{rel('down'):>16}{rel('up'):>16}{rel('rps'):>16}{r['p50']:9.2f}{r['p99']:9.2f}"
               f"{fmt_cpu(c)}{fmt_mem(ch)}{fmt_cpu(e)}{fmt_mem(eh)}")
         if r["errors"]:
             print(f"  ! {r['errors']} non-2xx responses")
