@@ -485,11 +485,7 @@ async fn prepare_dial(shared: &Shared, slot: usize, entry: usize) -> Result<Dial
     let (addr, server_name) = edge_for(shared, slot, entry).await?;
     let rt = shared.current.borrow().clone();
     let cfg = &rt.config;
-    let ca = cfg
-        .edge_ca
-        .and_then(|i| cfg.cas.get(usize::from(i)))
-        .map(|c| c.as_slice());
-    let tls = crate::tls::edge_client_config(ca).map_err(|e| format!("edge TLS setup: {e}"))?;
+    let tls = rt.edge_tls()?;
     Ok(Dial {
         entry,
         addr,

@@ -1,7 +1,7 @@
 //! The running form of a config: rules with their TLS settings built once, the rule
 //! table as the edge sees it, and a generation number.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
@@ -42,6 +42,9 @@ pub struct Runtime {
     pub config: Box<DeviceConfig>,
     pub rules: Vec<RuntimeRule>,
     pub rule_infos: Vec<RuleInfo>,
+    /// The TLS client for the edges, built on first use and kept for this config's
+    /// life: without an `edge-ca`, building it reads and parses the system's CA file.
+    edge_tls: Mutex<Option<rustls::ClientConfig>>,
 }
 
 impl Runtime {
@@ -111,6 +114,24 @@ impl Runtime {
             config,
             rules,
             rule_infos,
+            edge_tls: Mutex::new(None),
         })
+    }
+
+    /// The TLS client config for dialing an edge. A failure (no CA file yet) is not
+    /// kept: the next dial tries again.
+    pub fn edge_tls(&self) -> Result<rustls::ClientConfig, String> {
+        let mut cached = self.edge_tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tls) = cached.as_ref() {
+            return Ok(tls.clone());
+        }
+        let cfg = &self.config;
+        let ca = cfg
+            .edge_ca
+            .and_then(|i| cfg.cas.get(usize::from(i)))
+            .map(|c| c.as_slice());
+        let tls = crate::tls::edge_client_config(ca).map_err(|e| format!("edge TLS setup: {e}"))?;
+        *cached = Some(tls.clone());
+        Ok(tls)
     }
 }

@@ -190,6 +190,13 @@ struct Inner {
     silent: HashMap<usize, u64>,
 }
 
+/// Whether `c` is in `silent` and has not been heard from since it was put there.
+fn still_silent(silent: &HashMap<usize, u64>, c: &Conn) -> bool {
+    silent
+        .get(&c.session.id())
+        .is_some_and(|&at| c.heard() == Some(at))
+}
+
 /// All tunnels on this edge.
 pub struct Registry {
     inner: Mutex<Inner>,
@@ -315,10 +322,7 @@ impl Registry {
             let id = c.session.id();
             !c.draining.load(Ordering::Acquire)
                 && !avoid.contains(&id)
-                && inner
-                    .silent
-                    .get(&id)
-                    .is_none_or(|&at| c.heard() != Some(at))
+                && !still_silent(&inner.silent, c)
         })
     }
 
@@ -353,19 +357,15 @@ impl Registry {
         if !inner.silent.is_empty() {
             // A silent connection heard from again is back in the rotation; while some
             // stay silent, the others take the requests (all silent: try them anyway).
-            let silent = &mut inner.silent;
-            let mut still = |c: &Arc<Conn>| {
-                let id = c.session.id();
-                match silent.get(&id) {
-                    Some(&at) if c.heard() == Some(at) => true,
-                    Some(_) => {
-                        silent.remove(&id);
-                        false
-                    }
-                    None => false,
-                }
-            };
-            let answering: Vec<&Arc<Conn>> = live.iter().copied().filter(|c| !still(c)).collect();
+            let conns = &inner.conns;
+            inner
+                .silent
+                .retain(|id, at| conns.get(id).is_some_and(|c| c.heard() == Some(*at)));
+            let answering: Vec<&Arc<Conn>> = live
+                .iter()
+                .copied()
+                .filter(|c| !still_silent(&inner.silent, c))
+                .collect();
             if !answering.is_empty() {
                 live = answering;
             }

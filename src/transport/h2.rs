@@ -335,26 +335,30 @@ impl H2Send {
     pub fn abort(&mut self) {
         self.stream.send_reset(Reason::CANCEL);
     }
-}
 
-impl H2Send {
+    /// Waits until the stream may send some of `want` bytes (> 0): how many.
+    fn poll_capacity(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.stream.reserve_capacity(want.min(MAX_WRITE));
+        loop {
+            let cap = self.stream.capacity();
+            if cap > 0 {
+                return Poll::Ready(Ok(cap.min(want)));
+            }
+            match ready!(self.stream.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
     /// Sends `data` as DATA frames as window capacity allows, without copying it.
     pub async fn write_bytes(&mut self, mut data: Bytes) -> io::Result<()> {
         while !data.is_empty() {
-            self.stream.reserve_capacity(data.len().min(MAX_WRITE));
-            let cap = loop {
-                let cap = self.stream.capacity();
-                if cap > 0 {
-                    break cap;
-                }
-                match std::future::poll_fn(|cx| self.stream.poll_capacity(cx)).await {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(h2_io(e)),
-                    None => return Err(io::ErrorKind::BrokenPipe.into()),
-                }
-            };
-            let chunk = data.split_to(cap.min(data.len()));
-            self.stream.send_data(chunk, false).map_err(h2_io)?;
+            let n = std::future::poll_fn(|cx| self.poll_capacity(cx, data.len())).await?;
+            self.stream
+                .send_data(data.split_to(n), false)
+                .map_err(h2_io)?;
         }
         Ok(())
     }
@@ -370,22 +374,11 @@ impl AsyncWrite for H2Send {
             return Poll::Ready(Ok(0));
         }
         let me = self.get_mut();
-        me.stream.reserve_capacity(buf.len().min(MAX_WRITE));
-        loop {
-            let cap = me.stream.capacity();
-            if cap > 0 {
-                let n = cap.min(buf.len());
-                me.stream
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(h2_io)?;
-                return Poll::Ready(Ok(n));
-            }
-            match ready!(me.stream.poll_capacity(cx)) {
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        }
+        let n = ready!(me.poll_capacity(cx, buf.len()))?;
+        me.stream
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(h2_io)?;
+        Poll::Ready(Ok(n))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
