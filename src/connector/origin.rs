@@ -5,20 +5,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
 use super::runtime::{Runtime, RuntimeRule};
 use crate::config::Service;
-use crate::transport::TunnelStream;
+use crate::transport::{write_all_chunks, TunnelStream};
 use crate::wire::{self, StreamError, StreamHeader, StreamKind, StreamReply};
 
 /// How long the edge has to send the stream header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest chunk moved at once in either direction.
+/// Largest read from an origin.
 const COPY_BUF: usize = 16 * 1024;
+/// Chunks received from the edge passed to the origin in one vectored write.
+const GATHER: usize = 32;
 /// First read buffer from an origin; a stream moves to `COPY_BUF` while reads fill it.
 const SMALL_READ: usize = 4 * 1024;
 /// Quiet time after which a drained HTTP stream counts as an idle keep-alive.
@@ -127,10 +129,11 @@ async fn pipe(
     let (mut from_origin, mut to_origin) = tokio::io::split(origin);
     let up = async {
         let mut n = 0u64;
-        while let Some(chunk) = stream.recv.read_bytes(COPY_BUF).await? {
+        let mut chunks: [Bytes; GATHER] = Default::default();
+        while let Some(k) = stream.recv.read_chunks(&mut chunks).await? {
             activity.touch(false);
-            n += chunk.len() as u64;
-            to_origin.write_all(&chunk).await?;
+            n += chunks[..k].iter().map(|c| c.len() as u64).sum::<u64>();
+            write_all_chunks(&mut to_origin, &mut chunks[..k]).await?;
         }
         to_origin.shutdown().await?;
         Ok::<_, io::Error>(n)

@@ -449,6 +449,37 @@ impl H2Recv {
     }
 }
 
+impl H2Recv {
+    /// Fills `bufs` with the DATA frames already received: waits for the first, takes
+    /// the rest only while they are ready. `None` at the end of the stream.
+    pub fn poll_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &mut [Bytes],
+    ) -> Poll<io::Result<Option<usize>>> {
+        let Some(slot) = bufs.first_mut() else {
+            return Poll::Ready(Ok(Some(0)));
+        };
+        match ready!(self.poll_bytes(cx, usize::MAX))? {
+            Some(data) => *slot = data,
+            None => return Poll::Ready(Ok(None)),
+        }
+        let mut n = 1;
+        while n < bufs.len() {
+            match self.poll_bytes(cx, usize::MAX) {
+                Poll::Ready(Ok(Some(data))) => {
+                    bufs[n] = data;
+                    n += 1;
+                }
+                // The end or an error shows on the next call, after these bytes.
+                Poll::Ready(Ok(None)) | Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(Some(n)))
+    }
+}
+
 impl AsyncRead for H2Recv {
     fn poll_read(
         self: Pin<&mut Self>,
