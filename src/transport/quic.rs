@@ -79,14 +79,132 @@ fn transport(
     t
 }
 
+/// Kernel buffer the connector asks for on its UDP socket, each way. The default
+/// (208 KiB on most kernels) overflows when a burst of the edge's full window arrives
+/// while the connector is busy, and every drop costs a congestion back-off. The kernel
+/// caps it at `net.core.rmem_max`/`wmem_max`.
+pub const DEVICE_SOCKET_BUFFER: usize = 1024 * 1024;
+/// Kernel buffer the edge asks for on its UDP socket, each way (it serves many
+/// connectors). Raise `net.core.rmem_max` and `wmem_max` to this for it to take effect.
+pub const EDGE_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Sets the socket's kernel buffers to `bytes` each way where the kernel allows, and
+/// returns the receive buffer it granted (Linux reports twice the usable size).
+fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) -> usize {
+    let s = socket2::SockRef::from(socket);
+    // Refusals leave the default in place: slower, never wrong.
+    let _ = s.set_recv_buffer_size(bytes);
+    let _ = s.set_send_buffer_size(bytes);
+    s.recv_buffer_size().unwrap_or(0)
+}
+
 /// A client endpoint on an unspecified local address of `remote`'s family.
+///
+/// Receive offload (UDP GRO) is turned off: with it quinn reads into a buffer sized for
+/// 32 batches of 64 coalesced datagrams (3 MiB, touched under load), which a device
+/// cannot spare; without it the buffer is 32 datagrams (46 KiB), read in one
+/// `recvmmsg` all the same. Send offload (GSO) stays on.
 pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let local: SocketAddr = if remote.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    quinn::Endpoint::client(local)
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(local),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if local.is_ipv6() {
+        // Reach IPv4 edges through a v6 socket where the system allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&local.into())?;
+    let socket = std::net::UdpSocket::from(socket);
+    let granted = size_buffers(&socket, DEVICE_SOCKET_BUFFER);
+    log::debug!("UDP socket buffers: {} KiB granted", granted / 1024);
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    let wrapped = single_datagram_reads(socket, runtime.as_ref())?;
+    quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        wrapped,
+        runtime,
+    )
+}
+
+/// Wraps `socket` for quinn with receive offload turned off, so quinn sizes its receive
+/// buffer for one datagram per read slot. Where the kernel would not turn it off, the
+/// socket is left as quinn set it up.
+fn single_datagram_reads(
+    socket: std::net::UdpSocket,
+    runtime: &dyn quinn::Runtime,
+) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        /// `UDP_GRO` from linux/udp.h (not exported by libc for every target).
+        const UDP_GRO: libc::c_int = 104;
+        let fd = socket.as_raw_fd();
+        // quinn-udp turns GRO on while wrapping; turn it off after.
+        let wrapped = runtime.wrap_udp_socket(socket)?;
+        let off: libc::c_int = 0;
+        // SAFETY: `fd` is the socket `wrapped` owns and keeps open; the option value is
+        // a c_int that lives across the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_UDP,
+                UDP_GRO,
+                (&off as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Ok(wrapped);
+        }
+        Ok(Arc::new(NoReceiveOffload(wrapped)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        runtime.wrap_udp_socket(socket)
+    }
+}
+
+/// A quinn socket whose kernel delivers one datagram per read.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct NoReceiveOffload(Arc<dyn quinn::AsyncUdpSocket>);
+
+#[cfg(target_os = "linux")]
+impl quinn::AsyncUdpSocket for NoReceiveOffload {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.0.clone().create_io_poller()
+    }
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.0.try_send(transmit)
+    }
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.poll_recv(cx, bufs, meta)
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+    fn max_transmit_segments(&self) -> usize {
+        self.0.max_transmit_segments()
+    }
+    fn max_receive_segments(&self) -> usize {
+        1
+    }
+    fn may_fragment(&self) -> bool {
+        self.0.may_fragment()
+    }
 }
 
 /// Dials the edge and completes the QUIC handshake.
@@ -139,6 +257,15 @@ pub fn server_endpoint(
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     // Connectors never open streams; the edge opens them all.
     cfg.transport_config(Arc::new(transport(keepalive, idle, 0, EDGE)));
+    let granted = size_buffers(&socket, EDGE_SOCKET_BUFFER);
+    if granted < EDGE_SOCKET_BUFFER {
+        log::info!(
+            "tunnel UDP socket: the kernel granted a {} KiB receive buffer; raise \
+             net.core.rmem_max and net.core.wmem_max to {} for fast uploads from devices",
+            granted / 1024,
+            EDGE_SOCKET_BUFFER
+        );
+    }
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
     quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(cfg), socket, runtime)
