@@ -11,8 +11,8 @@ Every figure is also given as a ratio to direct. Everything binds 127.0.0.1, run
 a bounded time and is stopped at the end.
 
 The mailslot rows run the release build (opt-level 3, what an edge and a workstation
-run); one more row runs the connector as boards get it (cross/build.sh's opt-level z,
-no default features) against the same edge.
+run); one more row runs the connector as boards get it (cross/build.sh's static musl
+build at opt-level z, no default features) against the same edge.
 
 Usage: python3 bench/run.py [--quick]   (needs nginx, wrk, curl; builds --release)
 """
@@ -256,6 +256,26 @@ def bore(tmp, origin_port):
     return f"http://127.0.0.1:{port}/", {"connector": client, "edge": server}
 
 
+def device_build():
+    """The connector as boards get it: cross/build.sh's static musl build for this
+    machine's architecture (opt-level z, no default features) when its rustup target is
+    installed, else the same build against the host's libc."""
+    arch = os.uname().machine
+    target = f"{arch}-unknown-linux-musl"
+    installed = subprocess.run(["rustup", "target", "list", "--installed"], capture_output=True,
+                               text=True).stdout.split() if shutil.which("rustup") else []
+    if target in installed:
+        subprocess.run(["bash", "cross/build.sh", target], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return os.path.join(ROOT, "target", target, "release", "mailslot"), "quic, device (musl)"
+    print(f"(device row: rustup target {target} not installed; using the host libc build)")
+    device_dir = os.path.join(ROOT, "target", "bench-device")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--no-default-features", "--bin", "mailslot",
+                    "--target-dir", device_dir], cwd=ROOT, check=True,
+                   env={**os.environ, "CARGO_PROFILE_RELEASE_OPT_LEVEL": "z"})
+    return os.path.join(device_dir, "release", "mailslot"), "quic, device (libc)"
+
+
 def main():
     for tool in ("nginx", "wrk", "curl"):
         if not shutil.which(tool):
@@ -263,11 +283,7 @@ def main():
     print("building release binaries ...", flush=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
     binaries = (os.path.join(ROOT, "target/release/mailslot-edge"), os.path.join(ROOT, "target/release/mailslot"))
-    device_dir = os.path.join(ROOT, "target", "bench-device")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--no-default-features", "--bin", "mailslot",
-                    "--target-dir", device_dir], cwd=ROOT, check=True,
-                   env={**os.environ, "CARGO_PROFILE_RELEASE_OPT_LEVEL": "z"})
-    device_bin = os.path.join(device_dir, "release", "mailslot")
+    device_bin, device_label = device_build()
     tmp = tempfile.mkdtemp(prefix="mailslot-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as another user
     started = []
@@ -280,7 +296,7 @@ def main():
         for label, setup in [
             ("mailslot quic", lambda: mailslot("quic", tmp, origin_port, binaries)),
             ("mailslot http2", lambda: mailslot("http2", tmp, origin_port, binaries)),
-            ("quic, device build", lambda: mailslot("quic", tmp, origin_port, binaries, device_bin)),
+            (device_label, lambda: mailslot("quic", tmp, origin_port, binaries, device_bin)),
             ("rathole tls", lambda: rathole(tmp, origin_port)),
             ("bore (plain tcp)", lambda: bore(tmp, origin_port)),
         ]:

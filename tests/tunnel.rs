@@ -272,6 +272,44 @@ fn idle_tunnel_streams_are_reused() {
 }
 
 #[test]
+fn concurrent_visitors_reuse_origin_connections() {
+    // 1000 requests from 50 keep-alive visitor connections at once: each request takes
+    // a stream that another has just finished with, so the origin sees about as many
+    // connections as there are visitors, not one per request.
+    let s = setup("", 1);
+    let dir = TempDir::new("reuse");
+    let cfg = dir.path().join("urls");
+    let mut text = String::new();
+    for i in 0..1000 {
+        text.push_str(&format!(
+            "url = \"http://{}/bytes/{}\"\nheader = \"Host: dev42.example.com\"\noutput = \"/dev/null\"\n",
+            s.edge.http,
+            100 + i
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let (ok, out, err) = curl(&[
+        "--parallel",
+        "--parallel-max",
+        "50",
+        "-K",
+        cfg.to_str().unwrap(),
+        "-w",
+        "%{http_code}\n",
+    ]);
+    assert!(ok, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(out.lines().filter(|l| *l == "200").count(), 1000, "{out}");
+    let (_, body) = get(&s.edge, "dev42.example.com", "/connections");
+    let origin_conns: usize = String::from_utf8(body).unwrap().parse().unwrap();
+    eprintln!("origin connections: {origin_conns}");
+    assert!(
+        (1..=55).contains(&origin_conns),
+        "{origin_conns} origin connections for 50 visitors"
+    );
+}
+
+#[test]
 fn many_concurrent_requests_over_one_connection() {
     let s = setup("", 1);
     let dir = TempDir::new("par");

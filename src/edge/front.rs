@@ -194,7 +194,7 @@ async fn route(
     };
     proxy::handle(
         &state.registry,
-        &state.client,
+        &state.pool,
         shield,
         state.origin_timeout,
         req,

@@ -20,6 +20,7 @@ pub mod front;
 pub mod init;
 pub mod live;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod registry;
 pub mod shield;
@@ -173,7 +174,8 @@ pub struct EdgeState {
     /// Keys, revocations and access policies: replaced whole by a reload, watched by
     /// tunnel connections and access streams.
     pub live: watch::Sender<Arc<Live>>,
-    pub client: proxy::TunnelClient,
+    /// Keep-alive origin connections inside tunnel streams.
+    pub pool: Arc<pool::Pool>,
     pub origin_timeout: Duration,
     /// Set when the edge shuts down: connectors are told to go elsewhere.
     pub going_away: watch::Sender<bool>,
@@ -201,7 +203,7 @@ impl Edge {
         let registry = Arc::new(Registry::new(settings.shield.limits.max_streams_per_tunnel));
         let state = Arc::new(EdgeState {
             name: settings.name.clone(),
-            client: proxy::client(registry.clone()),
+            pool: Arc::default(),
             registry,
             live: watch::channel(Arc::new(Live {
                 verify_keys: settings.verify_keys.clone(),
@@ -299,6 +301,7 @@ impl Edge {
             self.settings.idle_timeout,
         )
         .map_err(|e| format!("tunnel listener on {tunnel_addr}: {e}"))?;
+        self.state.pool.spawn_sweeper();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(tunnels::accept_quic(
             endpoint.clone(),

@@ -1,15 +1,6 @@
 //! HTTP through the tunnel: the edge speaks HTTP/1.1 to the origin inside tunnel
-//! streams, keeping idle streams pooled (keep-alive) for later requests.
-//!
-//! The pool is hyper's: a tunnel stream is "a connection to the origin", dialed by
-//! [`TunnelDialer`] for a synthetic authority that names the visitor hostname, the
-//! tunnel connection, its rule table generation and the rule:
-//!
-//! ```text
-//!  http://<visitor-host>.c<conn>-g<generation>-r<rule>.tunnel/<path>
-//! ```
+//! streams, keeping idle ones for later requests ([`super::pool`]).
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -24,11 +15,11 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
 use super::body::{read_prefix, BoxError, Guarded, Prefix, Refusal};
+use super::pool::{Pool, SendError};
 use super::registry::{Conn, Registry, Route};
 use super::shield::Shield;
 use crate::transport::TunnelStream;
@@ -37,15 +28,9 @@ use tokio::sync::OwnedSemaphorePermit;
 
 /// Body type of everything the edge sends or forwards.
 pub type Body = BoxBody<Bytes, BoxError>;
-/// The pooled client that reaches origins through tunnels.
-pub type TunnelClient = hyper_util::client::legacy::Client<TunnelDialer, Body>;
 
 /// Time to open a tunnel stream and hear the connector's reply.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle pooled streams are closed after this long.
-const POOL_IDLE: Duration = Duration::from_secs(60);
-/// Most idle pooled streams per (hostname, connection, rule).
-const POOL_MAX_IDLE: usize = 32;
 /// Attempts on distinct connections for a request that can be retried.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -58,90 +43,6 @@ pub enum DialError {
     /// The connector answered that it could not reach the origin.
     #[error("{message}")]
     Device { error: StreamError, message: String },
-    /// The synthetic authority does not parse (a bug, not a visitor's fault).
-    #[error("bad tunnel address {0}")]
-    BadAddress(String),
-}
-
-/// Opens tunnel streams for the pooled client.
-#[derive(Clone)]
-pub struct TunnelDialer {
-    registry: Arc<Registry>,
-}
-
-/// A tunnel stream as hyper's client sees it.
-pub struct PooledStream {
-    io: TokioIo<TunnelStream>,
-}
-
-impl Connection for PooledStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for PooledStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for PooledStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-/// Parses `<host>.c<conn>-g<gen>-r<rule>.tunnel`.
-fn parse_authority(host: &str) -> Option<(&str, usize, u32, u16)> {
-    let rest = host.strip_suffix(".tunnel")?;
-    let (visitor, ids) = rest.rsplit_once('.')?;
-    let mut parts = ids.split('-');
-    let conn = parts.next()?.strip_prefix('c')?.parse().ok()?;
-    let generation = parts.next()?.strip_prefix('g')?.parse().ok()?;
-    let rule = parts.next()?.strip_prefix('r')?.parse().ok()?;
-    Some((visitor, conn, generation, rule))
-}
-
-impl tower_service::Service<Uri> for TunnelDialer {
-    type Response = PooledStream;
-    type Error = DialError;
-    type Future = Pin<Box<dyn Future<Output = Result<PooledStream, DialError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DialError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let registry = self.registry.clone();
-        Box::pin(async move {
-            let host = uri.host().unwrap_or_default();
-            let (visitor, conn_id, generation, rule) =
-                parse_authority(host).ok_or_else(|| DialError::BadAddress(host.to_string()))?;
-            let conn = registry
-                .conn(conn_id)
-                .ok_or_else(|| DialError::Tunnel("the connection closed".into()))?;
-            open_tunnel_stream(&conn, generation, rule, StreamKind::Http, visitor)
-                .await
-                .map(|stream| PooledStream {
-                    io: TokioIo::new(stream),
-                })
-        })
-    }
 }
 
 /// Opens a data stream on `conn` for `rule` of rule table `rules_generation`, sends the
@@ -184,17 +85,6 @@ pub async fn open_tunnel_stream(
             "no answer from the connector within {DIAL_TIMEOUT:?}"
         ))),
     }
-}
-
-/// Builds the pooled client over `registry`.
-pub fn client(registry: Arc<Registry>) -> TunnelClient {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .set_host(false)
-        .build(TunnelDialer { registry })
 }
 
 /// What the front knows about a visitor's request.
@@ -361,7 +251,7 @@ impl<B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin> http_body::Body
 #[allow(clippy::too_many_arguments)]
 pub async fn handle(
     registry: &Registry,
-    client: &TunnelClient,
+    pool: &Arc<Pool>,
     shield: &Shield,
     origin_timeout: Duration,
     mut req: Request<Incoming>,
@@ -441,7 +331,7 @@ pub async fn handle(
     }
     let upgrade = upgrade_of(req.headers());
     let visitor_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let prefix = match read_prefix(body, limits.body_buffer, max_body, limits.body_timeout).await {
         Ok(p) => p,
         Err(refusal) => {
@@ -527,19 +417,7 @@ pub async fn handle(
                 return with_retry_after(r, 1);
             }
         };
-        let conn_id = conn.session.id();
-        tried.push(conn_id);
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!(
-            "http://{host}.c{conn_id}-g{}-r{rule}.tunnel{pq}",
-            rules.generation
-        );
-        let Ok(uri) = uri.parse::<Uri>() else {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "request target cannot be forwarded",
-            );
-        };
+        tried.push(conn.session.id());
         let body: Body = match (&replayable, rest.take()) {
             (Some(b), _) if b.is_empty() => empty(),
             (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
@@ -553,9 +431,18 @@ pub async fn handle(
         };
         let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
+        // Origin-form: the path and query only, whatever form the visitor sent.
+        *up.uri_mut() = match parts.uri.path_and_query() {
+            Some(pq) => Uri::from(pq.clone()),
+            None => Uri::from_static("/"),
+        };
         *up.version_mut() = http::Version::HTTP_11;
-        let mut headers = parts.headers.clone();
+        // The visitor's headers are kept only while another attempt may need them.
+        let mut headers = if can_retry && tried.len() < MAX_ATTEMPTS {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
         strip_hop_by_hop(&mut headers);
         if let Some(proto) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -571,7 +458,8 @@ pub async fn handle(
         *up.headers_mut() = headers;
 
         let retry = (can_retry && tried.len() < MAX_ATTEMPTS).then_some((host, &tried[..]));
-        let watched = watch_silence(registry, &conn, retry, client.request(up));
+        let send = pool.send(&conn, rules.generation, rule, host, up);
+        let watched = watch_silence(registry, &conn, retry, send);
         let mut resp = match tokio::time::timeout(origin_timeout, watched).await {
             Err(_) => {
                 return text(
@@ -587,32 +475,32 @@ pub async fn handle(
                 continue;
             }
             Ok(Some(Ok(resp))) => resp,
-            Ok(Some(Err(e))) => match find_dial_error(&e) {
-                Some(DialError::Device {
+            Ok(Some(Err(SendError::Dial(e)))) => match e {
+                DialError::Device {
                     error: StreamError::DialTimeout,
                     message,
-                }) => {
+                } => {
                     return text(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!("origin unreachable: {message}"),
                     )
                 }
-                Some(DialError::Device { message, .. }) => {
+                DialError::Device { message, .. } => {
                     return text(
                         StatusCode::BAD_GATEWAY,
                         format!("origin unreachable: {message}"),
                     )
                 }
-                Some(DialError::Tunnel(m)) if can_retry && tried.len() < MAX_ATTEMPTS => {
+                DialError::Tunnel(m) if can_retry && tried.len() < MAX_ATTEMPTS => {
                     log::info!("{host}: tunnel connection failed ({m}); retrying on another");
                     continue;
                 }
-                Some(other) => return text(StatusCode::BAD_GATEWAY, other.to_string()),
-                None => {
-                    log::debug!("{host}: origin request failed: {e:?}");
-                    return text(StatusCode::BAD_GATEWAY, "the origin closed the connection");
-                }
+                other => return text(StatusCode::BAD_GATEWAY, other.to_string()),
             },
+            Ok(Some(Err(SendError::Origin(e)))) => {
+                log::debug!("{host}: origin request failed: {e:?}");
+                return text(StatusCode::BAD_GATEWAY, "the origin closed the connection");
+            }
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(visitor_up) = visitor_upgrade {
@@ -700,30 +588,9 @@ fn set_forwarded(headers: &mut HeaderMap, visitor: &Visitor, authority: &str) {
     }
 }
 
-fn find_dial_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a DialError> {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(d) = err.downcast_ref::<DialError>() {
-            return Some(d);
-        }
-        cur = err.source();
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn authority_round_trip() {
-        assert_eq!(
-            parse_authority("dev42.example.com.c17-g3-r2.tunnel"),
-            Some(("dev42.example.com", 17, 3, 2))
-        );
-        assert_eq!(parse_authority("dev42.example.com.tunnel"), None);
-        assert_eq!(parse_authority("x.c1-g2.tunnel"), None);
-    }
 
     #[test]
     fn hop_by_hop_headers_go() {

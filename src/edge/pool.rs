@@ -1,0 +1,362 @@
+//! Keep-alive HTTP/1.1 connections to origins, each one inside a tunnel stream.
+//!
+//! A request takes an idle connection of the same tunnel connection, rule table
+//! generation, rule and visitor hostname (the stream header named them, and the
+//! connector checked them once), or opens a new stream. A connection goes back to the
+//! pool when its response body has been read to the end; one whose response was
+//! abandoned, or that switched protocols, is closed. Idle connections are closed after
+//! [`IDLE_TIMEOUT`]; the pool holds at most [`MAX_IDLE_PER_KEY`] per key and
+//! [`MAX_IDLE`] in all.
+//!
+//! Unlike a general-purpose client pool, nothing here races a new stream against a
+//! connection about to come free: a request with no idle connection opens a stream at
+//! once and keeps it. Racing opened streams that were then dropped whenever more than a
+//! handful came free together, which on a busy tunnel cost a stream and an origin
+//! connection for one request in twenty.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use super::proxy::{open_tunnel_stream, Body, DialError};
+use super::registry::Conn;
+use crate::wire::StreamKind;
+
+/// Idle connections are closed after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most idle connections per (tunnel connection, generation, rule).
+pub const MAX_IDLE_PER_KEY: usize = 64;
+/// Most idle connections in all.
+pub const MAX_IDLE: usize = 4096;
+/// How often closed and expired connections are swept out.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// Tunnel connection id, rule table generation, rule.
+type Key = (usize, u32, u16);
+
+struct Idle {
+    host: Arc<str>,
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Table {
+    by_key: HashMap<Key, Vec<Idle>>,
+    count: usize,
+}
+
+/// Why a request could not be forwarded.
+#[derive(Debug)]
+pub enum SendError {
+    /// No tunnel stream: the tunnel connection failed, or the connector could not
+    /// reach the origin.
+    Dial(DialError),
+    /// The origin connection failed while the request was under way.
+    Origin(hyper::Error),
+}
+
+/// The pool of origin connections of one edge.
+pub struct Pool {
+    table: Mutex<Table>,
+    builder: http1::Builder,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            table: Mutex::default(),
+            builder: http1::Builder::new(),
+        }
+    }
+}
+
+impl Pool {
+    /// Closes idle connections that expired or whose stream is gone, every
+    /// 15 s, for as long as the pool exists.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep(Instant::now());
+            }
+        });
+    }
+
+    fn sweep(&self, now: Instant) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut removed = 0;
+        t.by_key.retain(|_, idle| {
+            let before = idle.len();
+            idle.retain(|i| !i.tx.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
+            removed += before - idle.len();
+            !idle.is_empty()
+        });
+        t.count -= removed;
+    }
+
+    /// Idle connections held now.
+    pub fn idle(&self) -> usize {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).count
+    }
+
+    /// The most recently used idle connection for `key` and `host` that is still open.
+    fn checkout(&self, key: Key, host: &str) -> Option<Idle> {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = t.by_key.get_mut(&key)?;
+        let now = Instant::now();
+        let mut taken = None;
+        let mut removed = 0;
+        // Newest last: search from the end, dropping dead ones on the way.
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].tx.is_closed() || now.duration_since(idle[i].since) >= IDLE_TIMEOUT {
+                idle.swap_remove(i);
+                removed += 1;
+                continue;
+            }
+            if *idle[i].host == *host {
+                taken = Some(idle.remove(i));
+                removed += 1;
+                break;
+            }
+        }
+        if idle.is_empty() {
+            t.by_key.remove(&key);
+        }
+        t.count -= removed;
+        taken
+    }
+
+    fn checkin(&self, key: Key, mut idle: Idle) {
+        idle.since = Instant::now();
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if t.count >= MAX_IDLE {
+            return; // dropping the sender closes the connection
+        }
+        let list = t.by_key.entry(key).or_default();
+        if list.len() >= MAX_IDLE_PER_KEY {
+            return;
+        }
+        list.push(idle);
+        t.count += 1;
+    }
+
+    /// Sends `req` (origin-form target, `Host` set) to the origin of `rule` through
+    /// `conn`, on an idle connection when there is one.
+    pub async fn send(
+        self: &Arc<Self>,
+        conn: &Conn,
+        generation: u32,
+        rule: u16,
+        host: &str,
+        mut req: Request<Body>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let key = (conn.session.id(), generation, rule);
+        while let Some(mut idle) = self.checkout(key, host) {
+            match idle.tx.try_send_request(req).await {
+                Ok(resp) => return Ok(self.clone().wrap(resp, key, idle)),
+                Err(mut e) => match e.take_message() {
+                    // The connection closed before the request went out: try another.
+                    Some(r) => req = r,
+                    None => return Err(SendError::Origin(e.into_error())),
+                },
+            }
+        }
+        let stream = open_tunnel_stream(conn, generation, rule, StreamKind::Http, host)
+            .await
+            .map_err(SendError::Dial)?;
+        let (mut tx, connection) = self
+            .builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Origin)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                log::debug!("origin connection: {e}");
+            }
+        });
+        let resp = tx.send_request(req).await.map_err(SendError::Origin)?;
+        let idle = Idle {
+            host: host.into(),
+            tx,
+            since: Instant::now(),
+        };
+        Ok(self.clone().wrap(resp, key, idle))
+    }
+
+    fn wrap(
+        self: Arc<Self>,
+        resp: Response<Incoming>,
+        key: Key,
+        idle: Idle,
+    ) -> Response<PooledBody> {
+        // A connection that switched protocols carries the upgraded stream now.
+        let back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(Back {
+            pool: self,
+            key,
+            idle,
+        });
+        resp.map(|body| PooledBody { body, back })
+    }
+}
+
+/// Where a connection goes once its response is read.
+struct Back {
+    pool: Arc<Pool>,
+    key: Key,
+    idle: Idle,
+}
+
+impl Back {
+    fn give(self) {
+        if self.idle.tx.is_ready() {
+            self.pool.checkin(self.key, self.idle);
+            return;
+        }
+        // The connection task has not yet taken in the end of the exchange (or the
+        // request body is still being sent): return it once it is ready, or never.
+        let Back {
+            pool,
+            key,
+            mut idle,
+        } = self;
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, idle.tx.ready()).await {
+                pool.checkin(key, idle);
+            }
+        });
+    }
+}
+
+/// A response body from the origin; its connection returns to the pool when the body
+/// has been read to its end.
+pub struct PooledBody {
+    body: Incoming,
+    back: Option<Back>,
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let me = self.get_mut();
+        let frame = ready!(Pin::new(&mut me.body).poll_frame(cx));
+        let done = match &frame {
+            // The end of a chunked body, or trailers read.
+            None => true,
+            // The last bytes of a body of known length.
+            Some(Ok(_)) => me.body.is_end_stream(),
+            Some(Err(_)) => {
+                me.back = None;
+                false
+            }
+        };
+        if done {
+            if let Some(back) = me.back.take() {
+                back.give();
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // An empty body may never be polled; one dropped before its end leaves the
+        // connection mid-response, and it closes with the sender.
+        if let Some(back) = self.back.take() {
+            if http_body::Body::is_end_stream(&self.body) {
+                back.give();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sender() -> http1::SendRequest<Body> {
+        let (io, _peer) = tokio::io::duplex(64);
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        tx
+    }
+
+    async fn idle(host: &str) -> Idle {
+        Idle {
+            host: host.into(),
+            tx: sender().await,
+            since: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_bounded_matched_and_expire() {
+        let pool = Pool::default();
+        for _ in 0..MAX_IDLE_PER_KEY + 6 {
+            pool.checkin((1, 0, 0), idle("a.example").await);
+        }
+        assert_eq!(pool.idle(), MAX_IDLE_PER_KEY, "capped per key");
+        pool.checkin((1, 0, 1), idle("b.example").await);
+        assert_eq!(pool.idle(), MAX_IDLE_PER_KEY + 1);
+
+        // Only the same connection, generation, rule and hostname match.
+        assert!(pool.checkout((1, 0, 1), "a.example").is_none());
+        assert!(pool.checkout((2, 0, 1), "b.example").is_none());
+        assert!(pool.checkout((1, 1, 1), "b.example").is_none());
+        assert!(pool.checkout((1, 0, 1), "b.example").is_some());
+        assert!(pool.checkout((1, 0, 1), "b.example").is_none());
+        assert_eq!(pool.idle(), MAX_IDLE_PER_KEY);
+
+        // A closed connection is never handed out.
+        let mut dead = idle("c.example").await;
+        dead.tx = {
+            let (io, peer) = tokio::io::duplex(64);
+            drop(peer);
+            let (mut tx, conn) = http1::Builder::new()
+                .handshake::<_, Body>(TokioIo::new(io))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            // The connection task ends at once; the sender then reports it closed.
+            let _ = tx.ready().await;
+            tx
+        };
+        pool.checkin((3, 0, 0), dead);
+        assert!(pool.checkout((3, 0, 0), "c.example").is_none());
+
+        // Everything idle past the timeout is swept.
+        pool.sweep(Instant::now() + IDLE_TIMEOUT);
+        assert_eq!(pool.idle(), 0);
+    }
+}
