@@ -271,27 +271,25 @@ fn idle_tunnel_streams_are_reused() {
     assert_eq!(String::from_utf8(body).unwrap(), "1");
 }
 
-#[test]
-fn concurrent_visitors_reuse_origin_connections() {
-    // 1000 requests from 50 keep-alive visitor connections at once: each request takes
-    // a stream that another has just finished with, so the origin sees about as many
-    // connections as there are visitors, not one per request.
-    let s = setup("", 1);
-    let dir = TempDir::new("reuse");
+/// Runs `count` GETs of `/bytes/<first + i>` for dev42.example.com with curl, at most
+/// `parallel` at once over keep-alive connections, and returns how many answered 200.
+fn parallel_gets(edge: &EdgeProc, count: usize, first: usize, parallel: usize) -> usize {
+    let dir = TempDir::new("par");
     let cfg = dir.path().join("urls");
     let mut text = String::new();
-    for i in 0..1000 {
+    for i in 0..count {
         text.push_str(&format!(
             "url = \"http://{}/bytes/{}\"\nheader = \"Host: dev42.example.com\"\noutput = \"/dev/null\"\n",
-            s.edge.http,
-            100 + i
+            edge.http,
+            first + i
         ));
     }
     std::fs::write(&cfg, text).unwrap();
+    let parallel = parallel.to_string();
     let (ok, out, err) = curl(&[
         "--parallel",
         "--parallel-max",
-        "50",
+        &parallel,
         "-K",
         cfg.to_str().unwrap(),
         "-w",
@@ -299,7 +297,16 @@ fn concurrent_visitors_reuse_origin_connections() {
     ]);
     assert!(ok, "{err}");
     let out = String::from_utf8(out).unwrap();
-    assert_eq!(out.lines().filter(|l| *l == "200").count(), 1000, "{out}");
+    out.lines().filter(|l| *l == "200").count()
+}
+
+#[test]
+fn concurrent_visitors_reuse_origin_connections() {
+    // 1000 requests from 50 keep-alive visitor connections at once: each request takes
+    // a stream that another has just finished with, so the origin sees about as many
+    // connections as there are visitors, not one per request.
+    let s = setup("", 1);
+    assert_eq!(parallel_gets(&s.edge, 1000, 100, 50), 1000);
     let (_, body) = get(&s.edge, "dev42.example.com", "/connections");
     let origin_conns: usize = String::from_utf8(body).unwrap().parse().unwrap();
     eprintln!("origin connections: {origin_conns}");
@@ -312,29 +319,7 @@ fn concurrent_visitors_reuse_origin_connections() {
 #[test]
 fn many_concurrent_requests_over_one_connection() {
     let s = setup("", 1);
-    let dir = TempDir::new("par");
-    let cfg = dir.path().join("urls");
-    let mut text = String::new();
-    for i in 0..300 {
-        text.push_str(&format!(
-            "url = \"http://{}/bytes/{}\"\nheader = \"Host: dev42.example.com\"\noutput = \"/dev/null\"\n",
-            s.edge.http,
-            1000 + i
-        ));
-    }
-    std::fs::write(&cfg, text).unwrap();
-    let (ok, out, err) = curl(&[
-        "--parallel",
-        "--parallel-max",
-        "100",
-        "-K",
-        cfg.to_str().unwrap(),
-        "-w",
-        "%{http_code}\n",
-    ]);
-    assert!(ok, "{err}");
-    let out = String::from_utf8(out).unwrap();
-    assert_eq!(out.lines().filter(|l| *l == "200").count(), 300, "{out}");
+    assert_eq!(parallel_gets(&s.edge, 300, 1000, 100), 300);
 }
 
 #[test]
