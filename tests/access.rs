@@ -310,13 +310,7 @@ impl World {
     fn access_tcp(&self, host: &str, transport: &str, creds: &[&str]) -> (Proc, SocketAddr) {
         let mut cmd = self.access("tcp", host, transport, creds);
         let p = Proc::spawn("access-tcp", cmd.args(["--listen", "127.0.0.1:0"]));
-        let line = p.wait_line("listening on ");
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let addr = p.wait_listen_addr();
         (p, addr)
     }
 }

@@ -139,13 +139,7 @@ impl World {
             .env_remove("MAILSLOT_SERVICE_TOKEN_ID")
             .env_remove("MAILSLOT_SERVICE_TOKEN_SECRET");
         let p = Proc::spawn("access-tcp", &mut cmd);
-        let line = p.wait_line("listening on ");
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let addr = p.wait_listen_addr();
         (p, addr)
     }
 

@@ -292,9 +292,9 @@ mod tests {
         assert_eq!(&bytes[bytes.len() - 4..], &crc.to_le_bytes());
     }
 
-    #[test]
-    fn minimal_config_bytes() {
-        use crate::config::*;
+    /// The sample config cut to tunnel "t", token "k", edge "e:1" and no rules or CAs:
+    /// the fixed layout tests below spell out its bytes.
+    fn minimal_config() -> Box<DeviceConfig> {
         let mut config = sample_config();
         config.ingress.clear();
         config.cas.clear();
@@ -303,13 +303,27 @@ mod tests {
         config.edges.push("e:1".try_into().unwrap()).unwrap();
         config.tunnel = "t".try_into().unwrap();
         config.token = "k".try_into().unwrap();
-        let catch_all = IngressRule {
-            hostname: None,
+        config
+    }
+
+    /// A rule with default origin options.
+    fn rule(hostname: Option<&str>, service: crate::config::Service) -> crate::config::IngressRule {
+        crate::config::IngressRule {
+            hostname: hostname.map(|h| h.try_into().unwrap()),
             path: None,
-            service: Service::HttpStatus(404),
-            origin: OriginOptions::default(),
-        };
-        config.ingress.push(catch_all).unwrap();
+            service,
+            origin: crate::config::OriginOptions::default(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_bytes() {
+        use crate::config::*;
+        let mut config = minimal_config();
+        config
+            .ingress
+            .push(rule(None, Service::HttpStatus(404)))
+            .unwrap();
         let bytes = encode(&config).unwrap();
         #[rustfmt::skip]
         let payload: &[u8] = &[
@@ -340,20 +354,7 @@ mod tests {
     #[test]
     fn unix_stream_service_is_variant_4() {
         use crate::config::*;
-        let mut config = sample_config();
-        config.ingress.clear();
-        config.cas.clear();
-        config.edge_ca = None;
-        config.edges.clear();
-        config.edges.push("e:1".try_into().unwrap()).unwrap();
-        config.tunnel = "t".try_into().unwrap();
-        config.token = "k".try_into().unwrap();
-        let rule = |hostname: Option<&str>, service| IngressRule {
-            hostname: hostname.map(|h| h.try_into().unwrap()),
-            path: None,
-            service,
-            origin: OriginOptions::default(),
-        };
+        let mut config = minimal_config();
         let raw = Service::UnixStream {
             path: "/s".try_into().unwrap(),
         };

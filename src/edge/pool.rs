@@ -108,7 +108,8 @@ impl Pool {
     }
 
     /// Idle connections held now.
-    pub fn idle(&self) -> usize {
+    #[cfg(test)]
+    fn idle(&self) -> usize {
         self.table.lock().unwrap_or_else(|e| e.into_inner()).count
     }
 

@@ -418,6 +418,8 @@ pub async fn handle(
             }
         };
         tried.push(conn.session.id());
+        // Another attempt may follow this one.
+        let may_retry = can_retry && tried.len() < MAX_ATTEMPTS;
         let body: Body = match (&replayable, rest.take()) {
             (Some(b), _) if b.is_empty() => empty(),
             (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
@@ -438,7 +440,7 @@ pub async fn handle(
         };
         *up.version_mut() = http::Version::HTTP_11;
         // The visitor's headers are kept only while another attempt may need them.
-        let mut headers = if can_retry && tried.len() < MAX_ATTEMPTS {
+        let mut headers = if may_retry {
             parts.headers.clone()
         } else {
             std::mem::take(&mut parts.headers)
@@ -457,7 +459,7 @@ pub async fn handle(
         set_forwarded(&mut headers, visitor, authority);
         *up.headers_mut() = headers;
 
-        let retry = (can_retry && tried.len() < MAX_ATTEMPTS).then_some((host, &tried[..]));
+        let retry = may_retry.then_some((host, &tried[..]));
         let send = pool.send(&conn, rules.generation, rule, host, up);
         let watched = watch_silence(registry, &conn, retry, send);
         let mut resp = match tokio::time::timeout(origin_timeout, watched).await {
@@ -491,7 +493,7 @@ pub async fn handle(
                         format!("origin unreachable: {message}"),
                     )
                 }
-                DialError::Tunnel(m) if can_retry && tried.len() < MAX_ATTEMPTS => {
+                DialError::Tunnel(m) if may_retry => {
                     log::info!("{host}: tunnel connection failed ({m}); retrying on another");
                     continue;
                 }

@@ -121,6 +121,16 @@ impl Proc {
         }
     }
 
+    /// Waits for the "listening on ADDR" line of a client that bound port 0; its ADDR.
+    pub fn wait_listen_addr(&self) -> SocketAddr {
+        let line = self.wait_line("listening on ");
+        line.split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no address in {line:?}", self.name))
+    }
+
     /// Waits for `n` lines containing `needle`.
     pub fn wait_lines(&self, needle: &str, n: usize) {
         for _ in 0..n {
