@@ -100,10 +100,8 @@ fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) -> usize {
 
 /// A client endpoint on an unspecified local address of `remote`'s family.
 ///
-/// Receive offload (UDP GRO) is turned off: with it quinn reads into a buffer sized for
-/// 32 batches of 64 coalesced datagrams (3 MiB, touched under load), which a device
-/// cannot spare; without it the buffer is 32 datagrams (46 KiB), read in one
-/// `recvmmsg` all the same. Send offload (GSO) stays on.
+/// Receive offload (UDP GRO) stays on, but quinn reads into only
+/// `DEVICE_RECEIVE_SLOTS` of its 32 batch slots (see [`BoundedReceive`]).
 pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let local: SocketAddr = if remote.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -125,60 +123,26 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     log::debug!("UDP socket buffers: {} KiB granted", granted / 1024);
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
-    let wrapped = single_datagram_reads(socket, runtime.as_ref())?;
+    let wrapped = runtime.wrap_udp_socket(socket)?;
     quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         None,
-        wrapped,
+        Arc::new(BoundedReceive(wrapped)),
         runtime,
     )
 }
 
-/// Wraps `socket` for quinn with receive offload turned off, so quinn sizes its receive
-/// buffer for one datagram per read slot. Where the kernel would not turn it off, the
-/// socket is left as quinn set it up.
-fn single_datagram_reads(
-    socket: std::net::UdpSocket,
-    runtime: &dyn quinn::Runtime,
-) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        /// `UDP_GRO` from linux/udp.h (not exported by libc for every target).
-        const UDP_GRO: libc::c_int = 104;
-        let fd = socket.as_raw_fd();
-        // quinn-udp turns GRO on while wrapping; turn it off after.
-        let wrapped = runtime.wrap_udp_socket(socket)?;
-        let off: libc::c_int = 0;
-        // SAFETY: `fd` is the socket `wrapped` owns and keeps open; the option value is
-        // a c_int that lives across the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_UDP,
-                UDP_GRO,
-                (&off as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Ok(wrapped);
-        }
-        Ok(Arc::new(NoReceiveOffload(wrapped)))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        runtime.wrap_udp_socket(socket)
-    }
-}
+/// Batch slots the connector's quinn endpoint reads into per `recvmmsg`.
+pub const DEVICE_RECEIVE_SLOTS: usize = 2;
 
-/// A quinn socket whose kernel delivers one datagram per read.
-#[cfg(target_os = "linux")]
+/// A quinn socket that reads into the first `DEVICE_RECEIVE_SLOTS` slots of quinn's
+/// receive buffer only. quinn sizes that buffer for 32 slots of 64 coalesced
+/// datagrams (3 MiB with GRO); the slots never read stay untouched, so they cost
+/// address space, not memory.
 #[derive(Debug)]
-struct NoReceiveOffload(Arc<dyn quinn::AsyncUdpSocket>);
+struct BoundedReceive(Arc<dyn quinn::AsyncUdpSocket>);
 
-#[cfg(target_os = "linux")]
-impl quinn::AsyncUdpSocket for NoReceiveOffload {
+impl quinn::AsyncUdpSocket for BoundedReceive {
     fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
         self.0.clone().create_io_poller()
     }
@@ -191,7 +155,8 @@ impl quinn::AsyncUdpSocket for NoReceiveOffload {
         bufs: &mut [std::io::IoSliceMut<'_>],
         meta: &mut [quinn::udp::RecvMeta],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        self.0.poll_recv(cx, bufs, meta)
+        let n = bufs.len().min(DEVICE_RECEIVE_SLOTS);
+        self.0.poll_recv(cx, &mut bufs[..n], &mut meta[..n])
     }
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.0.local_addr()
@@ -200,7 +165,7 @@ impl quinn::AsyncUdpSocket for NoReceiveOffload {
         self.0.max_transmit_segments()
     }
     fn max_receive_segments(&self) -> usize {
-        1
+        self.0.max_receive_segments()
     }
     fn may_fragment(&self) -> bool {
         self.0.may_fragment()
