@@ -735,3 +735,72 @@ fn https_and_unix_socket_origins_with_their_options() {
         (200, "origin unix".to_string())
     );
 }
+
+/// Two replicas of a connector (one token, two connections each); one stops answering
+/// (SIGSTOP: a hung board, or one whose path went dark, sends nothing and closes
+/// nothing). GETs one after another through the edge must all succeed, each within a
+/// few seconds: the edge notices the silence of the stopped replica's connections and
+/// retries on the replica that answers. Returns the slowest GET.
+fn hung_replica(protocol: &str) -> Duration {
+    let edge = start_edge(init_edge(""));
+    let origin = Origin::start("A");
+    let token = edge.token("dev42", &["dev42.example.com"], "1d");
+    let rules = format!(
+        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
+        origin.addr
+    );
+    let yaml = device_yaml_with(
+        &edge.tunnel.to_string(),
+        &edge.ca(),
+        protocol,
+        &token,
+        2,
+        &rules,
+    );
+    let (d1, d2) = (TempDir::new("replica1"), TempDir::new("replica2"));
+    let _live = start_connector(d1.path(), &yaml, 2);
+    let hung = start_connector(d2.path(), &yaml, 2);
+    // Every connection carries a request and keeps a pooled stream.
+    for _ in 0..8 {
+        assert_eq!(get(&edge, "dev42.example.com", "/").0, 200);
+    }
+    hung.signal(19); // SIGSTOP
+    let mut slowest = Duration::ZERO;
+    for n in 0..16 {
+        let url = format!("http://{}/n{n}", edge.http);
+        let started = std::time::Instant::now();
+        let (ok, out, err) = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "8",
+            "-H",
+            "Host: dev42.example.com",
+            &url,
+        ]);
+        let took = started.elapsed();
+        assert!(
+            ok && out == b"200",
+            "GET {n} over {protocol} with one replica hung: {} {err} after {took:?}\n{}",
+            String::from_utf8_lossy(&out),
+            edge.proc.dump()
+        );
+        slowest = slowest.max(took);
+    }
+    hung.signal(18); // SIGCONT, so that it can be stopped
+    slowest
+}
+
+#[test]
+fn a_hung_replica_costs_no_get_over_quic() {
+    let slowest = hung_replica("quic");
+    eprintln!("slowest GET with one replica hung (QUIC): {slowest:?}");
+}
+
+#[test]
+fn a_hung_replica_costs_no_get_over_http2() {
+    let slowest = hung_replica("http2");
+    eprintln!("slowest GET with one replica hung (HTTP/2): {slowest:?}");
+}

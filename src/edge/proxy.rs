@@ -537,32 +537,40 @@ pub async fn handle(
 }
 
 /// Runs `request` on `conn` while watching its connector. When the connector sends
-/// nothing at all for [`Conn::silence_limit`] after the request began (its process died
-/// or its path went dark: over QUIC the edge hears nothing else until the idle timeout),
-/// new requests avoid the connection, and when `retry` allows it (the request may be
-/// retried: its host and the connections tried) and another connection of the tunnel
-/// answers, this one is given up (`None`) to be retried there. A live connector
-/// acknowledges what it receives within a round trip whatever its origin does, so one
-/// that sent nothing back had not taken the request from the tunnel: nothing had reached
-/// the origin. (Should that connection come back after all, the abandoned copy may
-/// still arrive: allowed for an idempotent request, RFC 9110 9.2.2.) Otherwise the
-/// request waits as before (a NAT rebinding silences all of a connector's connections
-/// until its next keep-alive), and a request that cannot be retried is never abandoned.
+/// nothing at all for [`Conn::silence_limit`] after the request began (its process hung
+/// or died, or its path went dark: the edge would hear nothing else until the idle
+/// timeout), new requests avoid the connection, and when `retry` allows it (the request
+/// may be retried: its host and the connections tried) and another connection of the
+/// tunnel answers, this one is given up (`None`) to be retried there. Halfway through
+/// a silence the connector is asked for an answer ([`Conn::nudge`]). A live connector
+/// answers within a round trip whatever its origin does, so one that sent nothing back
+/// had not taken the request from the tunnel: nothing had reached the origin. (Should
+/// that connection come back after all, the abandoned copy may still arrive: allowed for
+/// an idempotent request, RFC 9110 9.2.2.) Otherwise the request waits as before (a NAT
+/// rebinding silences all of a connector's connections until its next keep-alive), and
+/// a request that cannot be retried is never abandoned.
 async fn watch_silence<T>(
     registry: &Registry,
     conn: &Conn,
     retry: Option<(&str, &[usize])>,
     request: impl Future<Output = T>,
 ) -> Option<T> {
-    let Some(heard) = conn.heard() else {
-        return Some(request.await);
-    };
+    let heard = conn.heard();
+    let half = conn.silence_limit() / 2;
     tokio::pin!(request);
     tokio::select! {
         r = &mut request => return Some(r),
-        _ = tokio::time::sleep(conn.silence_limit()) => {}
+        _ = tokio::time::sleep(half) => {}
     }
-    if conn.heard() != Some(heard) {
+    if conn.heard() != heard {
+        return Some(request.await);
+    }
+    conn.nudge();
+    tokio::select! {
+        r = &mut request => return Some(r),
+        _ = tokio::time::sleep(half) => {}
+    }
+    if conn.heard() != heard {
         return Some(request.await);
     }
     registry.set_silent(conn, heard);

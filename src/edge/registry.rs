@@ -137,23 +137,31 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Datagrams received from the connector so far, where the transport counts them
-    /// (QUIC); `None` over HTTP/2, whose TCP connection reports a vanished peer itself
-    /// (it closes when the connector's process dies).
-    pub fn heard(&self) -> Option<u64> {
+    /// What the edge has received from the connector so far: datagrams over QUIC,
+    /// bytes over HTTP/2. A connector that is alive adds to it within a round trip of
+    /// a request (QUIC acknowledges the request's packets; over HTTP/2 it answers the
+    /// ping [`Conn::nudge`] sends), whatever its origin is doing.
+    pub fn heard(&self) -> u64 {
         match &self.session {
-            Session::Quic(c) => Some(c.stats().udp_rx.datagrams),
-            Session::H2(_) => None,
+            Session::Quic(c) => c.stats().udp_rx.datagrams,
+            Session::H2(h) => h.heard(),
         }
     }
 
-    /// How long a connector that is alive may stay silent while the edge waits on it: its
-    /// QUIC stack acknowledges within a round trip (plus retransmissions on a lossy
-    /// path), whatever its origin is doing.
+    /// Asks the connector for an answer now, where the transport needs one asked for
+    /// (HTTP/2: a ping; QUIC acknowledges what it receives by itself).
+    pub fn nudge(&self) {
+        if let Session::H2(h) = &self.session {
+            h.nudge();
+        }
+    }
+
+    /// How long a connector that is alive may stay silent while the edge waits on it:
+    /// a round trip or a few (retransmissions on a lossy path) and then some.
     pub fn silence_limit(&self) -> Duration {
         let rtt = match &self.session {
             Session::Quic(c) => c.rtt(),
-            Session::H2(_) => Duration::ZERO,
+            Session::H2(h) => h.rtt(),
         };
         (SILENCE_BASE + rtt * 8).min(SILENCE_MAX)
     }
@@ -194,7 +202,7 @@ struct Inner {
 fn still_silent(silent: &HashMap<usize, u64>, c: &Conn) -> bool {
     silent
         .get(&c.session.id())
-        .is_some_and(|&at| c.heard() == Some(at))
+        .is_some_and(|&at| c.heard() == at)
 }
 
 /// All tunnels on this edge.
@@ -360,7 +368,7 @@ impl Registry {
             let conns = &inner.conns;
             inner
                 .silent
-                .retain(|id, at| conns.get(id).is_some_and(|c| c.heard() == Some(*at)));
+                .retain(|id, at| conns.get(id).is_some_and(|c| c.heard() == *at));
             let answering: Vec<&Arc<Conn>> = live
                 .iter()
                 .copied()

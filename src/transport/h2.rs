@@ -12,15 +12,16 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex, Notify};
 
 use super::quic::{
     CONN_RECEIVE_WINDOW, DEVICE_CONN_RECEIVE_WINDOW, DEVICE_STREAM_RECEIVE_WINDOW,
@@ -44,6 +45,27 @@ struct Inner {
     closed: watch::Sender<Option<String>>,
     /// Set to ask the driver task to close the connection.
     close: watch::Sender<Option<String>>,
+    /// Bytes received from the peer so far (counted on the edge's end; 0 on the
+    /// connector's).
+    heard: Arc<AtomicU64>,
+    /// The round trip of the last answered ping, in microseconds (0 before one).
+    rtt_us: AtomicU64,
+    /// Asks the pinger for a ping now.
+    nudge: Notify,
+}
+
+impl Inner {
+    fn new(remote: SocketAddr, role: Role, heard: Arc<AtomicU64>) -> Arc<Inner> {
+        Arc::new(Inner {
+            remote,
+            role,
+            closed: watch::channel(None).0,
+            close: watch::channel(None).0,
+            heard,
+            rtt_us: AtomicU64::new(0),
+            nudge: Notify::new(),
+        })
+    }
 }
 
 enum Role {
@@ -76,6 +98,23 @@ impl H2Session {
 
     pub async fn closed(&self) -> String {
         wait_reason(&mut self.inner.closed.subscribe()).await
+    }
+
+    /// Bytes received from the connector so far (the edge's end counts them): a
+    /// connector that is alive answers a ping ([`H2Session::nudge`]) within a round
+    /// trip, so a count that stands still says it is not.
+    pub fn heard(&self) -> u64 {
+        self.inner.heard.load(Ordering::Relaxed)
+    }
+
+    /// Sends a ping now (unless one is already waiting for its answer).
+    pub fn nudge(&self) {
+        self.inner.nudge.notify_one();
+    }
+
+    /// The round trip of the last answered ping (zero before the first).
+    pub fn rtt(&self) -> Duration {
+        Duration::from_micros(self.inner.rtt_us.load(Ordering::Relaxed))
     }
 
     pub async fn open_stream(&self) -> io::Result<TunnelStream> {
@@ -186,17 +225,13 @@ pub async fn connect(
     // `max_streams` open, so a queue that size refuses none of a burst; a smaller one
     // reset streams whenever the accepting task ran late.
     let (tx, rx) = mpsc::channel(max_streams.max(1) as usize);
-    let inner = Arc::new(Inner {
-        remote,
-        role: Role::Server(Mutex::new(rx)),
-        closed: watch::channel(None).0,
-        close: watch::channel(None).0,
-    });
+    let inner = Inner::new(remote, Role::Server(Mutex::new(rx)), Arc::default());
     tokio::spawn(drive_server(conn, tx, inner.clone(), keepalive, idle));
     Ok(Session::H2(H2Session { inner }))
 }
 
-/// Pings every `keepalive`; a ping unanswered within `idle` closes the connection.
+/// Pings every `keepalive`, and when nudged; a ping unanswered within `idle` closes
+/// the connection.
 fn spawn_pinger(
     mut pinger: h2::PingPong,
     inner: Arc<Inner>,
@@ -209,10 +244,15 @@ fn spawn_pinger(
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(keepalive) => {}
+                _ = inner.nudge.notified() => {}
                 _ = wait_reason(&mut closed) => return,
             }
+            let sent = Instant::now();
             match tokio::time::timeout(idle, pinger.ping(h2::Ping::opaque())).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    let rtt = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    inner.rtt_us.store(rtt, Ordering::Relaxed);
+                }
                 Ok(Err(_)) => return,
                 Err(_) => {
                     inner
@@ -301,13 +341,13 @@ where
         .initial_window_size(STREAM_RECEIVE_WINDOW)
         .initial_connection_window_size(CONN_RECEIVE_WINDOW)
         .max_send_buffer_size(MAX_WRITE);
+    let heard = Arc::new(AtomicU64::new(0));
+    let io = Counted {
+        io,
+        count: heard.clone(),
+    };
     let (send, mut conn) = builder.handshake::<_, Bytes>(io).await.map_err(h2_io)?;
-    let inner = Arc::new(Inner {
-        remote,
-        role: Role::Client(Mutex::new(send)),
-        closed: watch::channel(None).0,
-        close: watch::channel(None).0,
-    });
+    let inner = Inner::new(remote, Role::Client(Mutex::new(send)), heard);
     if let Some(p) = conn.ping_pong() {
         spawn_pinger(p, inner.clone(), keepalive, idle, "connector");
     }
@@ -324,6 +364,53 @@ where
         driver.closed.send_replace(Some(reason));
     });
     Ok(Session::H2(H2Session { inner }))
+}
+
+/// An IO that counts the bytes read from it.
+struct Counted<T> {
+    io: T,
+    count: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut me.io).poll_read(cx, buf))?;
+        let n = (buf.filled().len() - before) as u64;
+        me.count.fetch_add(n, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Sending half of an HTTP/2 tunnel stream.
