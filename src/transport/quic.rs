@@ -101,7 +101,7 @@ fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) -> usize {
 /// A client endpoint on an unspecified local address of `remote`'s family.
 ///
 /// Receive offload (UDP GRO) stays on, but quinn reads into only
-/// `DEVICE_RECEIVE_SLOTS` of its 32 batch slots (see [`BoundedReceive`]).
+/// `DEVICE_RECEIVE_SLOTS` of its 32 batch slots (see `BoundedReceive`).
 pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let local: SocketAddr = if remote.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
