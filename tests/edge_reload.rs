@@ -1,7 +1,8 @@
 #![cfg(feature = "edge")]
-//! Reloading `edge.yml` with SIGHUP on a running edge: a revoked tunnel is closed and
-//! kept out, policies tighten for the next request, open access sessions that a new
-//! policy no longer admits are cut, and a bad file changes nothing.
+//! Reloading `edge.yml` with SIGHUP on a running edge: renewed certificates are served,
+//! a revoked tunnel is closed and kept out, policies tighten for the next request, open
+//! access sessions that a new policy no longer admits are cut, and a bad file changes
+//! nothing.
 
 mod common;
 
@@ -339,4 +340,74 @@ fn open_sessions_a_reload_no_longer_admits_are_cut() {
         .proc
         .wait_line("cut: no longer admitted after a reload of edge.yml");
     assert!(line.contains("service:ci"), "{line}");
+}
+
+/// `GET /` for `WEB` over HTTPS, trusting only `ca`: the status, or curl's complaint.
+fn https_get(w: &World, ca: &std::path::Path) -> Result<u16, String> {
+    let port = w.edge.https.port();
+    let resolve = format!("{WEB}:{port}:127.0.0.1");
+    let url = format!("https://{WEB}:{port}/");
+    let (ok, out, err) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        &url,
+    ]);
+    if !ok {
+        return Err(err);
+    }
+    Ok(String::from_utf8_lossy(&out).parse().unwrap())
+}
+
+#[test]
+fn renewed_certificates_are_served_after_sighup_without_dropping_tunnels() {
+    let mut w = world("");
+    let old_ca = w.edge.ca();
+    assert_eq!(https_get(&w, &old_ca), Ok(200));
+    // A renewal: a certificate for the same names from another CA, written over the
+    // files edge.yml names, as an ACME client renews in place.
+    let renewed = init_edge("");
+    let new_ca = renewed.path().join("ca.pem");
+    let old_key = std::fs::read(w.edge.dir.path().join("edge.key")).unwrap();
+    for f in ["edge.crt", "edge.key"] {
+        std::fs::copy(renewed.path().join(f), w.edge.dir.path().join(f)).unwrap();
+    }
+    assert!(
+        https_get(&w, &new_ca).is_err(),
+        "the renewed certificate was served before the reload"
+    );
+    w.reload("");
+    assert_eq!(https_get(&w, &new_ca), Ok(200));
+    assert!(
+        https_get(&w, &old_ca).is_err(),
+        "the old certificate is still served"
+    );
+    // The tunnel stayed up through it, and connectors that trust the new CA get in.
+    assert_eq!(w.get(WEB, &[]).0, 200);
+    assert_eq!(w.connector.count("lost edge"), 0, "{}", w.connector.dump());
+    let token = w.edge.token("dev42", &["*.dev42.example.com"], "1d");
+    let dev = TempDir::new("device-new-ca");
+    let rules = format!(
+        "  - hostname: new.dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
+        w.origin.addr
+    );
+    let yaml = device_yaml_with(
+        &w.edge.tunnel.to_string(),
+        &new_ca,
+        "quic",
+        &token,
+        1,
+        &rules,
+    );
+    let _replica = start_connector(dev.path(), &yaml, 1);
+    // A key that does not fit its certificate is refused whole; the renewed one stays.
+    std::fs::write(w.edge.dir.path().join("edge.key"), old_key).unwrap();
+    let line = w.reload_refused(&w.base);
+    assert!(line.contains("do not fit"), "{line}");
+    assert_eq!(https_get(&w, &new_ca), Ok(200));
 }

@@ -19,22 +19,37 @@ use tokio::sync::Semaphore;
 use super::proxy::{self, Body, Visitor};
 use super::EdgeState;
 
-/// Picks the certificate whose names cover the SNI name, else the edge's own.
+/// Picks the certificate whose names cover the SNI name, else the edge's own, from the
+/// certificates in force (a reload replaces them for the handshakes after it).
 #[derive(Debug)]
 pub struct SniResolver {
-    pub default: Arc<CertifiedKey>,
-    pub others: Vec<Arc<CertifiedKey>>,
+    certs: tokio::sync::watch::Receiver<Option<Arc<super::Certs>>>,
+    /// Whether `certs:` are offered at all (the tunnel listener presents the edge's own).
+    by_name: bool,
+}
+
+impl SniResolver {
+    pub fn new(state: &EdgeState, by_name: bool) -> SniResolver {
+        SniResolver {
+            certs: state.certs.subscribe(),
+            by_name,
+        }
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let certs = self.certs.borrow().clone()?;
+        if !self.by_name {
+            return Some(certs.default.clone());
+        }
         let Some(name) = hello.server_name() else {
-            return Some(self.default.clone());
+            return Some(certs.default.clone());
         };
         let Ok(name) = rustls::pki_types::ServerName::try_from(name.to_string()) else {
-            return Some(self.default.clone());
+            return Some(certs.default.clone());
         };
-        for ck in &self.others {
+        for ck in &certs.others {
             let Some(leaf) = ck.cert.first() else {
                 continue;
             };
@@ -44,7 +59,7 @@ impl ResolvesServerCert for SniResolver {
                 }
             }
         }
-        Some(self.default.clone())
+        Some(certs.default.clone())
     }
 }
 

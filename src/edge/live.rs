@@ -3,7 +3,7 @@
 //!
 //! | changes live | read at start only (a change is logged as needing a restart) |
 //! |---|---|
-//! | `access:`, `service-tokens:` (secret files are read again), `revoked-access-tokens:`, `revoked-tunnels:`, `signing-key`, `verify-keys` | listeners, `cert`/`key`/`certs`, `tcp-ports:`, `limits:`, `rate-limits:`, `hosts:`, `trusted-proxies:`, timers, `name` |
+//! | `access:`, `service-tokens:` (secret files are read again), `revoked-access-tokens:`, `revoked-tunnels:`, `signing-key`, `verify-keys`, `cert`/`key`/`certs` (the files are read again) | listeners, `tcp-ports:`, `limits:`, `rate-limits:`, `hosts:`, `trusted-proxies:`, timers, `name` |
 //!
 //! What a reload does to what is already running:
 //!
@@ -13,7 +13,9 @@
 //!   credentials it was admitted with and as of the time it was admitted (a token that
 //!   expired during a session does not cut it; a removed service token, a user dropped
 //!   from `users:`, a revoked token or a narrowed `ip-allow` does);
-//! - HTTP requests are checked one by one, so the next request meets the new policy.
+//! - HTTP requests are checked one by one, so the next request meets the new policy;
+//! - TLS handshakes after the reload (visitors, connectors, access clients) get the
+//!   certificates read again; connections already up keep theirs.
 //!
 //! A file that does not load (bad YAML, a missing secret file, an unreadable key) is
 //! refused as a whole: the running config stays and the reason is logged.
@@ -24,7 +26,7 @@ use std::sync::Arc;
 
 use super::config::EdgeConfig;
 use super::policy::AccessPolicy;
-use super::{init, token, EdgeState};
+use super::{init, token, Certs, EdgeState};
 
 /// The part of the edge's config that a reload replaces.
 #[derive(Debug, Default)]
@@ -86,6 +88,7 @@ impl Reloader {
     pub fn reload(&mut self) -> Result<(), String> {
         let cfg = EdgeConfig::load(&self.path)?;
         let mut live = Live::load(&cfg).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let certs = Certs::load(&cfg)?;
         let old = self.state.live();
         live.generation = old.generation + 1;
         let newly_revoked = live
@@ -97,14 +100,16 @@ impl Reloader {
         log::info!(
             "edge {}: {} reloaded (generation {}): {policies} access policies, \
              {service_tokens} service tokens, {revoked_tokens} revoked access tokens, \
-             {} revoked tunnels ({newly_revoked} new), {} verify keys",
+             {} revoked tunnels ({newly_revoked} new), {} verify keys, {} certificates",
             self.state.name,
             self.path.display(),
             live.generation,
             live.revoked.len(),
             live.verify_keys.len(),
+            1 + certs.others.len(),
         );
         self.state.live.send_replace(Arc::new(live));
+        self.state.certs.send_replace(Some(Arc::new(certs)));
         let changed: Vec<&str> = restart_only(&self.running)
             .into_iter()
             .zip(restart_only(&cfg))
@@ -133,7 +138,6 @@ fn restart_only(c: &EdgeConfig) -> Vec<(&'static str, String)> {
         ("http-listen", format!("{:?}", c.http_listen)),
         ("https-listen", format!("{:?}", c.https_listen)),
         ("admin-listen", format!("{:?}", c.admin_listen)),
-        ("cert/key/certs", format!("{:?} {:?}", c.cert, c.certs)),
         ("keepalive", format!("{:?}", c.keepalive)),
         ("idle-timeout", format!("{:?}", c.idle_timeout)),
         (

@@ -84,6 +84,38 @@ impl CertKey {
     }
 }
 
+/// The certificates the edge presents: its own, and those of `certs:`, chosen by the
+/// name a client asks for (SNI). Read at start and again at each reload.
+#[derive(Debug)]
+pub struct Certs {
+    pub default: Arc<CertifiedKey>,
+    pub others: Vec<Arc<CertifiedKey>>,
+}
+
+impl Certs {
+    /// Checks that each key fits its certificate.
+    pub fn new(own: &CertKey, others: &[CertKey]) -> Result<Certs, String> {
+        Ok(Certs {
+            default: own.certified()?,
+            others: others
+                .iter()
+                .map(|c| c.certified())
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Reads the certificate and key files `cfg` names.
+    pub fn load(cfg: &EdgeConfig) -> Result<Certs, String> {
+        let own = CertKey::load(&cfg.cert.cert, &cfg.cert.key)?;
+        let others = cfg
+            .certs
+            .iter()
+            .map(|c| CertKey::load(&c.cert, &c.key))
+            .collect::<Result<Vec<_>, _>>()?;
+        Certs::new(&own, &others).map_err(|e| format!("{}: {e}", cfg.cert.cert.display()))
+    }
+}
+
 /// Everything the edge needs, loaded.
 pub struct EdgeSettings {
     pub name: String,
@@ -174,6 +206,9 @@ pub struct EdgeState {
     /// Keys, revocations and access policies: replaced whole by a reload, watched by
     /// tunnel connections and access streams.
     pub live: watch::Sender<Arc<Live>>,
+    /// The certificates presented to visitors and connectors (set when serving starts,
+    /// replaced by a reload); new TLS handshakes read them.
+    pub certs: watch::Sender<Option<Arc<Certs>>>,
     /// Keep-alive origin connections inside tunnel streams.
     pub pool: Arc<pool::Pool>,
     pub origin_timeout: Duration,
@@ -211,6 +246,7 @@ impl Edge {
                 ..Live::default()
             }))
             .0,
+            certs: watch::channel(None).0,
             origin_timeout: settings.origin_timeout,
             going_away: watch::channel(false).0,
             shield: settings.shield.clone(),
@@ -254,20 +290,11 @@ impl Edge {
     }
 
     fn tls_server_config(&self, alpn: Vec<Vec<u8>>) -> Result<rustls::ServerConfig, String> {
-        let resolver = front::SniResolver {
-            default: self.settings.cert.certified()?,
-            others: self
-                .settings
-                .extra_certs
-                .iter()
-                .map(|c| c.certified())
-                .collect::<Result<_, _>>()?,
-        };
         let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(resolver));
+            .with_cert_resolver(Arc::new(front::SniResolver::new(&self.state, true)));
         cfg.alpn_protocols = alpn;
         Ok(cfg)
     }
@@ -278,14 +305,14 @@ impl Edge {
         listeners: Listeners,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
+        let certs = Certs::new(&self.settings.cert, &self.settings.extra_certs)?;
+        self.state.certs.send_replace(Some(Arc::new(certs)));
+        // Connectors check the edge's own certificate; `certs:` are for visitors.
         let mut tunnel_tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(front::SniResolver {
-                default: self.settings.cert.certified()?,
-                others: Vec::new(),
-            }));
+            .with_cert_resolver(Arc::new(front::SniResolver::new(&self.state, false)));
         // HTTP/2 tunnel connections on TCP speak only the tunnel protocol; QUIC also
         // takes access clients.
         tunnel_tls.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
