@@ -251,9 +251,11 @@ fn revoking_a_tunnel_closes_its_connections_and_keeps_it_out() {
     assert_ne!(code, 200, "{body}");
     assert_eq!(w.origin.requests.load(Ordering::SeqCst), requests);
 
-    // Lifting the revocation lets the connector back in at its next attempt; the edge
-    // logs a registration once the connection routes.
+    // Lifting the revocation lets the connector back in at its next attempt (after a
+    // refusal for good, a minute or more away; a reload of the device config tries at
+    // once); the edge logs a registration once the connection routes.
     w.reload(&sections);
+    w.connector.signal(SIGHUP);
     w.edge.proc.wait_line(": registered");
     assert_eq!(w.get(WEB, &[]).0, 200);
 }

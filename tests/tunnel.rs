@@ -636,6 +636,32 @@ fn a_revoked_tunnel_is_refused_although_its_token_verifies() {
     );
     let line = p.wait_line("refused the tunnel");
     assert!(line.contains("revoked"), "{line}");
+    // Retrying cannot help until someone changes something: the next try is a
+    // minute or so away, not seconds (each try costs a device a handshake of data).
+    let secs: f32 = line
+        .split("retrying in ")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no delay in {line:?}"));
+    assert!(secs >= 30.0, "{line}");
+    // The operator lifts the revocation; a reload of the device's config retries now.
+    let text = std::fs::read_to_string(&yml).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("revoked-tunnels:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&yml, text).unwrap();
+    edge.proc.signal(1);
+    edge.proc.wait_line("reloaded (generation 1)");
+    p.signal(1);
+    assert!(
+        p.wait_line_within("registered: tunnel", Duration::from_secs(10))
+            .is_some(),
+        "not registered within 10 s of the reload:\n{}",
+        p.dump()
+    );
 }
 
 /// An HTTPS origin with a certificate for `localhost` from its own CA; (address, CA PEM).

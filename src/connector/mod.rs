@@ -26,6 +26,13 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that lived this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// First delay after the edge refused the tunnel for good (revoked, a bad or expired
+/// token, rules it cannot take, a protocol version it does not speak): only its
+/// operator or a new device config changes that, and every attempt costs a handshake
+/// of cellular data. A reload of the device config retries at once.
+const REFUSED_MIN: Duration = Duration::from_secs(60);
+/// Longest delay after such refusals.
+const REFUSED_MAX: Duration = Duration::from_secs(15 * 60);
 /// Time allowed for the control handshake after the transport is up.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to resolve an edge name.
@@ -193,19 +200,48 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 /// Exponential backoff with jitter: each delay is drawn from [d/2, d].
 struct Backoff {
     next: Duration,
+    min: Duration,
+    max: Duration,
 }
 
 impl Backoff {
-    fn new() -> Self {
-        Backoff { next: BACKOFF_MIN }
+    fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
     }
     fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
+        self.next = self.min;
     }
     fn delay(&mut self) -> Duration {
         let d = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.next = (self.next * 2).min(self.max);
         jitter(d)
+    }
+}
+
+/// Why a connection attempt or a connection failed.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    /// The edge refused the tunnel for a reason retrying cannot change.
+    refused: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            refused: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -231,7 +267,9 @@ struct Home {
 }
 
 async fn run_slot(shared: Arc<Shared>, slot: usize) {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    let mut refusals = Backoff::new(REFUSED_MIN, REFUSED_MAX);
+    let mut config = shared.current.subscribe();
     let mut auto = AutoState::default();
     let mut draining = shared.draining.subscribe();
     let edges = shared.current.borrow().config.edges.len().max(1);
@@ -247,6 +285,8 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
         if *draining.borrow() {
             return;
         }
+        // Reloads from here on wake the wait after this attempt.
+        config.borrow_and_update();
         let started = Instant::now();
         let fast = fast_until.is_some_and(|t| started < t);
         let connected = || shared.slots.borrow().get(slot).is_some_and(|s| s.connected);
@@ -275,6 +315,9 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
         if lived >= STABLE_AFTER {
             backoff.reset();
         }
+        if was_registered {
+            refusals.reset();
+        }
         let delay = match result {
             Ok(reason) => {
                 log::info!("connection {slot}: {reason}; reconnecting");
@@ -283,6 +326,15 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                     return;
                 }
                 Duration::from_millis(100)
+            }
+            Err(e) if e.refused => {
+                let d = refusals.delay();
+                log::warn!(
+                    "connection {slot}: {e}; retrying in {:.0}s (at once when the device \
+                     config is reloaded)",
+                    d.as_secs_f32()
+                );
+                d
             }
             // One line per outage: the loss (or first failure) says what the quick
             // retries will do, and only their success is logged at info.
@@ -313,6 +365,8 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
         };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            // A new config (a new token, say) is worth trying now.
+            _ = config.changed() => {}
             _ = wait_true(&mut draining) => return,
         }
     }
@@ -567,7 +621,7 @@ async fn connect_and_serve(
     fast: bool,
     entry: usize,
     home: &mut Home,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
     let mut dial = prepare_dial(shared, slot, entry).await?;
     let rt = shared.current.borrow().clone();
     let protocol = rt.config.protocol;
@@ -632,7 +686,7 @@ async fn connect_and_serve(
                 current = (session, reg);
             }
             Ok(Ended::GoAway(why)) => return Ok(why),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -764,7 +818,7 @@ async fn register(
     session: &Session,
     rt: Arc<Runtime>,
     entry: usize,
-) -> Result<Registered, String> {
+) -> Result<Registered, Failure> {
     let addr = session.remote_addr();
     let mut control = tokio::time::timeout(REGISTER_TIMEOUT, session.accept_stream())
         .await
@@ -776,8 +830,14 @@ async fn register(
         .map_err(|e| format!("edge {addr}: {e}"))?;
     let edge_name = match hello {
         EdgeMsg::Hello { version, edge } if version == PROTOCOL_VERSION => edge,
-        EdgeMsg::Hello { version, .. } => return Err(version_mismatch(addr, version)),
-        other => return Err(format!("edge {addr} sent {other:?} before hello")),
+        // Only an upgrade of one side changes this.
+        EdgeMsg::Hello { version, .. } => {
+            return Err(Failure {
+                message: version_mismatch(addr, version),
+                refused: true,
+            })
+        }
+        other => return Err(format!("edge {addr} sent {other:?} before hello").into()),
     };
     let generation = rt.generation;
     let register = ConnectorMsg::Register(Register {
@@ -799,12 +859,13 @@ async fn register(
             .map_err(|e| format!("edge {addr}: {e}"))?;
     let tunnel_id = match reply {
         EdgeMsg::Registered { tunnel_id, .. } => tunnel_id,
-        EdgeMsg::Refused { reason, .. } => {
-            return Err(format!(
-                "edge {edge_name} ({addr}) refused the tunnel: {reason}"
-            ))
+        EdgeMsg::Refused { reason, permanent } => {
+            return Err(Failure {
+                message: format!("edge {edge_name} ({addr}) refused the tunnel: {reason}"),
+                refused: permanent,
+            })
         }
-        other => return Err(format!("edge {addr} answered {other:?}")),
+        other => return Err(format!("edge {addr} answered {other:?}").into()),
     };
     log::info!(
         "connection {slot} registered: tunnel {} ({}) at edge {edge_name} ({addr}) over {}",
@@ -1049,7 +1110,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
-        let mut b = Backoff::new();
+        let mut b = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let first = b.delay();
         assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
         for _ in 0..20 {
