@@ -133,7 +133,7 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
 }
 
 /// Batch slots the connector's quinn endpoint reads into per `recvmmsg` (each up to 64
-/// coalesced datagrams, 94 KiB). Two moved downloads 8 % slower than eight (the edge's
+/// coalesced datagrams, 94 KiB). Two moved downloads 7–14 % slower than eight (the edge's
 /// ACK-sized datagrams do not coalesce); eight touch at most 750 KiB.
 pub const DEVICE_RECEIVE_SLOTS: usize = 8;
 
