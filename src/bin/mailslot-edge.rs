@@ -23,7 +23,8 @@ commands:
         ssh.*.example.com; DURATION like 8h (the default), 30m, 7d (at most 31d)
   serve --config edge.yml
         serve connectors and visitors until SIGTERM or Ctrl-C; SIGHUP reloads access
-        policies, service tokens, revocations and verify keys from edge.yml
+        policies, service tokens, revocations, verify keys and certificates from
+        edge.yml
   version
 
 RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
