@@ -64,6 +64,18 @@ impl CertKey {
         Ok(CertKey { chain, key })
     }
 
+    /// The edge's own certificate (`cert`/`key`) and those of `certs:`, from the files
+    /// `cfg` names.
+    pub fn load_all(cfg: &EdgeConfig) -> Result<(CertKey, Vec<CertKey>), String> {
+        let own = CertKey::load(&cfg.cert.cert, &cfg.cert.key)?;
+        let others = cfg
+            .certs
+            .iter()
+            .map(|c| CertKey::load(&c.cert, &c.key))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((own, others))
+    }
+
     /// Parses PEM text.
     pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<CertKey, String> {
         let chain = CertificateDer::pem_slice_iter(cert)
@@ -96,23 +108,19 @@ impl Certs {
     /// Checks that each key fits its certificate.
     pub fn new(own: &CertKey, others: &[CertKey]) -> Result<Certs, String> {
         Ok(Certs {
-            default: own.certified()?,
+            default: own.certified().map_err(|e| format!("cert/key: {e}"))?,
             others: others
                 .iter()
-                .map(|c| c.certified())
+                .enumerate()
+                .map(|(i, c)| c.certified().map_err(|e| format!("certs[{i}]: {e}")))
                 .collect::<Result<_, _>>()?,
         })
     }
 
     /// Reads the certificate and key files `cfg` names.
     pub fn load(cfg: &EdgeConfig) -> Result<Certs, String> {
-        let own = CertKey::load(&cfg.cert.cert, &cfg.cert.key)?;
-        let others = cfg
-            .certs
-            .iter()
-            .map(|c| CertKey::load(&c.cert, &c.key))
-            .collect::<Result<Vec<_>, _>>()?;
-        Certs::new(&own, &others).map_err(|e| format!("{}: {e}", cfg.cert.cert.display()))
+        let (own, others) = CertKey::load_all(cfg)?;
+        Certs::new(&own, &others)
     }
 }
 
@@ -133,12 +141,7 @@ pub struct EdgeSettings {
 impl EdgeSettings {
     /// Loads the files `edge.yml` names.
     pub fn load(cfg: &EdgeConfig) -> Result<EdgeSettings, String> {
-        let cert = CertKey::load(&cfg.cert.cert, &cfg.cert.key)?;
-        let extra_certs = cfg
-            .certs
-            .iter()
-            .map(|c| CertKey::load(&c.cert, &c.key))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (cert, extra_certs) = CertKey::load_all(cfg)?;
         let verify_keys = live::load_verify_keys(cfg)?;
         Ok(EdgeSettings {
             name: cfg.name.clone(),
