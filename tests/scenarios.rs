@@ -657,6 +657,70 @@ fn quic_survives_nat_rebinding() {
     );
 }
 
+#[test]
+fn a_jumbo_frame_lan_behind_a_narrow_uplink_still_carries_bulk_downloads() {
+    need_root!("a_jumbo_frame_lan_behind_a_narrow_uplink_still_carries_bulk_downloads");
+    let mut s = Scene::new();
+    // The device's LAN carries 9000-byte frames; the NAT's uplink carries 1500, and the
+    // NAT drops larger packets without the ICMP answer that would tell the sender (a
+    // path-MTU black hole). (A length match would see the device's offload batches
+    // whole on veth links, so the kernel's own forwarding check drops them instead.)
+    s.net.sh(&s.net.device, "ip link set eth0 mtu 9000");
+    s.net.sh(
+        &s.net.nat,
+        "ip link set lan0 mtu 9000 && \
+         iptables -A OUTPUT -p icmp --icmp-type fragmentation-needed -j DROP",
+    );
+    s.connect(Device {
+        protocol: Some("quic"),
+        ..Device::default()
+    });
+    let dir = TempDir::new("dl");
+    let file = dir.path().join("big.bin");
+    let started = Instant::now();
+    let out = s
+        .net
+        .cmd(&s.net.visitor, "curl")
+        .args(["-sS", "--max-time", "60", "-H", &format!("Host: {HOST}")])
+        .arg("-o")
+        .arg(&file)
+        .arg(format!("http://{}/big.bin", EDGE_IPS[0]))
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\nconnector log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.connector().dump()
+    );
+    let body = std::fs::read(&file).unwrap();
+    assert_eq!(sha256_hex(&body), sha256_hex(&pattern(BIG)));
+    // The connector did probe past 1500 bytes (its route allows 9000), and every probe
+    // fell into the hole.
+    let dropped: u64 = s
+        .net
+        .sh(&s.net.nat, "iptables -nvxL OUTPUT")
+        .lines()
+        .find(|l| l.contains("icmptype 3 code 4"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the NAT's drop rule");
+    assert!(dropped > 0, "no packet larger than 1500 bytes was sent");
+    assert_eq!(
+        s.connector().count("lost edge"),
+        0,
+        "{}",
+        s.connector().dump()
+    );
+    eprintln!(
+        "measured: {} MiB through a 9000-byte LAN and a 1500-byte black-holing uplink in \
+         {:.1}s; {dropped} oversized probes dropped",
+        BIG >> 20,
+        took.as_secs_f32()
+    );
+}
+
 /// A visitor's POST of a few bytes through edge `i`: the status, or curl's error.
 fn post_names(visitor: &str, i: usize, path: &str, max_time: u32) -> Result<u16, String> {
     let out = Command::new("ip")

@@ -830,3 +830,83 @@ fn a_hung_replica_costs_no_get_over_http2() {
     let slowest = hung_replica("http2");
     eprintln!("slowest GET with one replica hung (HTTP/2): {slowest:?}");
 }
+
+/// The admin listener's address from the edge's log.
+fn admin_addr(edge: &EdgeProc) -> std::net::SocketAddr {
+    let marker = "admin (/tunnels, /metrics) on ";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(line) = edge.proc.dump().lines().find(|l| l.contains(marker)) {
+            let rest = &line[line.find(marker).unwrap() + marker.len()..];
+            return rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no admin listener logged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of `key=` in a `/tunnels` line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+#[test]
+fn fleet_status_lists_each_connection_with_its_round_trip_and_packet_size() {
+    let s = setup("admin-listen: 127.0.0.1:0\n", 2);
+    let admin = admin_addr(&s.edge);
+    let url = format!("http://{}/bytes/{}", s.edge.http, 4 << 20);
+    let (ok, body, err) = curl(&["-H", "Host: dev42.example.com", &url]);
+    assert!(ok && body.len() == 4 << 20, "download: {err}");
+    // Loopback carries 64 KiB packets: MTU discovery grows QUIC's packets from 1200
+    // bytes past an Ethernet MTU's 1452 (to MAX_PACKET, 6540) within a few round trips.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let (ok, out, err) = curl(&[&format!("http://{admin}/tunnels")]);
+        assert!(ok, "{err}");
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<String> = text.lines().map(String::from).collect();
+        let grown = |l: &String| field(l, "packet").parse::<u32>().is_ok_and(|p| p > 1452);
+        if lines.len() == 2 && lines.iter().all(grown) {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections did not grow their packets:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for l in &lines {
+        assert_eq!(field(l, "tunnel"), "dev42");
+        assert_eq!(field(l, "protocol"), "quic");
+        assert!(field(l, "from").starts_with("127.0.0.1:"), "{l}");
+        assert_eq!(field(l, "packet"), "6540", "{l}");
+        let rtt: f64 = field(l, "rtt_ms").parse().unwrap();
+        assert!(
+            rtt > 0.0 && rtt < 100.0,
+            "loopback round trip {rtt} ms: {l}"
+        );
+        assert_eq!(field(l, "draining"), "false");
+        assert!(field(l, "hosts").contains("dev42.example.com"), "{l}");
+    }
+    let mut indexes: Vec<&str> = lines.iter().map(|l| field(l, "index")).collect();
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1"]);
+}
+
+#[test]
+fn fleet_status_of_http2_connections_has_no_packet_size() {
+    let s = setup_with("admin-listen: 127.0.0.1:0\n", 1, "http2");
+    let admin = admin_addr(&s.edge);
+    let (ok, out, err) = curl(&[&format!("http://{admin}/tunnels")]);
+    assert!(ok, "{err}");
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(field(lines[0], "protocol"), "http2");
+    assert_eq!(field(lines[0], "packet"), "-");
+}

@@ -324,17 +324,18 @@ impl Edge {
             .alpn_protocols
             .push(crate::wire::ACCESS_ALPN.to_vec());
         let tunnel_addr = listeners.tunnel.local_addr().map_err(|e| e.to_string())?;
-        let endpoint = crate::transport::quic::server_endpoint(
+        let listener = crate::transport::quic::Listener::new(
             listeners.tunnel,
             tunnel_tls,
             self.settings.keepalive,
             self.settings.idle_timeout,
         )
         .map_err(|e| format!("tunnel listener on {tunnel_addr}: {e}"))?;
+        let endpoint = listener.endpoint.clone();
         self.state.pool.spawn_sweeper();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(tunnels::accept_quic(
-            endpoint.clone(),
+            Arc::new(listener),
             self.state.clone(),
         )));
         match listeners.tunnel_tcp {

@@ -159,11 +159,7 @@ impl Conn {
     /// How long a connector that is alive may stay silent while the edge waits on it:
     /// a round trip or a few (retransmissions on a lossy path) and then some.
     pub fn silence_limit(&self) -> Duration {
-        let rtt = match &self.session {
-            Session::Quic(c) => c.rtt(),
-            Session::H2(h) => h.rtt(),
-        };
-        (SILENCE_BASE + rtt * 8).min(SILENCE_MAX)
+        (SILENCE_BASE + self.session.rtt() * 8).min(SILENCE_MAX)
     }
 
     pub fn rules(&self) -> Arc<Rules> {
@@ -447,14 +443,21 @@ impl Registry {
             .flat_map(|(id, t)| {
                 t.conns.iter().map(move |c| {
                     let hosts: Vec<String> = c.rules().hostnames().map(String::from).collect();
+                    let packet = c
+                        .session
+                        .packet_size()
+                        .map_or_else(|| "-".to_string(), |p| p.to_string());
                     format!(
-                        "tunnel={} id={} connector={} index={} protocol={} from={} draining={} hosts={}",
+                        "tunnel={} id={} connector={} index={} protocol={} from={} rtt_ms={:.1} \
+                         packet={} draining={} hosts={}",
                         t.name,
                         hex(id),
                         &hex(&c.connector_id)[..8],
                         c.index,
                         c.session.protocol(),
                         c.remote,
+                        c.session.rtt().as_secs_f64() * 1000.0,
+                        packet,
                         c.draining.load(Ordering::Acquire),
                         hosts.join(",")
                     )

@@ -10,7 +10,8 @@ use super::registry::{Conn, Rules};
 use super::token::verify_tunnel;
 use super::EdgeState;
 use crate::connector::hex;
-use crate::transport::{quic::describe_close, Session};
+use crate::transport::quic::{describe_close, Listener};
+use crate::transport::Session;
 use crate::wire::{self, ConnectorMsg, EdgeMsg, PROTOCOL_VERSION};
 
 /// Time a connector has to register after connecting.
@@ -19,17 +20,28 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HANDSHAKES: usize = 256;
 
 /// Accepts QUIC connections until the endpoint closes.
-pub async fn accept_quic(endpoint: quinn::Endpoint, state: Arc<EdgeState>) {
+pub async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    while let Some(incoming) = endpoint.accept().await {
+    while let Some(incoming) = listener.endpoint.accept().await {
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             incoming.refuse();
             continue;
         };
         let state = state.clone();
+        let listener = listener.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let conn = match tokio::time::timeout(REGISTER_TIMEOUT, incoming).await {
+            let connecting = match listener.accept(incoming) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::info!(
+                        "tunnel handshake from {remote} failed: {}",
+                        describe_close(&e)
+                    );
+                    return;
+                }
+            };
+            let conn = match tokio::time::timeout(REGISTER_TIMEOUT, connecting).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     log::info!(

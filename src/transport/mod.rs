@@ -17,6 +17,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -112,6 +113,23 @@ impl Session {
         match self {
             Session::Quic(_) => "quic",
             Session::H2(_) => "http2",
+        }
+    }
+
+    /// The current round-trip estimate.
+    pub fn rtt(&self) -> Duration {
+        match self {
+            Session::Quic(c) => c.rtt(),
+            Session::H2(h) => h.rtt(),
+        }
+    }
+
+    /// The largest UDP payload the connection sends in one packet (QUIC), as its MTU
+    /// discovery found it; `None` over TCP, where the kernel sizes segments.
+    pub fn packet_size(&self) -> Option<u16> {
+        match self {
+            Session::Quic(c) => Some(c.stats().path.current_mtu),
+            Session::H2(_) => None,
         }
     }
 
