@@ -20,7 +20,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedCipherSuite};
 
 /// Unix time at which this binary was built.
 pub const BUILD_UNIX: u64 = match u64::from_str_radix(env!("MAILSLOT_BUILD_UNIX"), 10) {
@@ -33,9 +33,23 @@ pub const BUILD_UNIX: u64 = match u64::from_str_radix(env!("MAILSLOT_BUILD_UNIX"
 /// order, so the connector's CPU picks the cipher of its tunnel connections.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::ring::default_provider();
-    let aes = aes_in_hardware();
-    p.cipher_suites.sort_by_key(|s| suite_rank(s.suite(), aes));
+    p.cipher_suites = ordered(&p.cipher_suites, aes_in_hardware());
     Arc::new(p)
+}
+
+/// `suites` by [`suite_rank`], with no sort routine linked into the device binary.
+fn ordered(suites: &[SupportedCipherSuite], aes_hardware: bool) -> Vec<SupportedCipherSuite> {
+    let mut out = Vec::with_capacity(suites.len());
+    for version in 0..2 {
+        for cipher in 0..3 {
+            out.extend(
+                suites
+                    .iter()
+                    .filter(|s| suite_rank(s.suite(), aes_hardware) == (version, cipher)),
+            );
+        }
+    }
+    out
 }
 
 /// Preference of a cipher suite (lower first), all of them sound: AES-128-GCM before
@@ -78,12 +92,19 @@ fn aes_in_hardware() -> bool {
         std::arch::is_x86_feature_detected!("aes")
             && std::arch::is_x86_feature_detected!("pclmulqdq")
     }
-    #[cfg(target_arch = "aarch64")]
+    #[cfg(all(target_arch = "aarch64", target_os = "linux"))]
     {
-        // The "aes" feature includes the PMULL instructions GCM uses.
-        std::arch::is_aarch64_feature_detected!("aes")
+        // The kernel's hardware capability bits (std's detection macro would link
+        // several KB more into the device binary).
+        // SAFETY: getauxval reads the process's auxiliary vector; any key is valid.
+        let caps = unsafe { libc::getauxval(libc::AT_HWCAP) };
+        caps & libc::HWCAP_AES != 0 && caps & libc::HWCAP_PMULL != 0
     }
-    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
+    #[cfg(not(any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        all(target_arch = "aarch64", target_os = "linux")
+    )))]
     {
         // 32-bit ARM boards (armv7) run AES in software.
         false
@@ -327,13 +348,10 @@ mod tests {
     use super::*;
 
     fn order(aes_hardware: bool) -> Vec<rustls::CipherSuite> {
-        let mut suites: Vec<_> = rustls::crypto::ring::default_provider()
-            .cipher_suites
+        ordered(rustls::crypto::ring::DEFAULT_CIPHER_SUITES, aes_hardware)
             .iter()
             .map(|s| s.suite())
-            .collect();
-        suites.sort_by_key(|&s| suite_rank(s, aes_hardware));
-        suites
+            .collect()
     }
 
     #[test]
