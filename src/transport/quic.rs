@@ -427,7 +427,18 @@ mod tests {
     #[test]
     fn loopback_routes_allow_large_packets() {
         // Loopback's MTU is 64 KiB: the probe limit is MAX_PACKET, for both families.
-        let payload = route_payload("127.0.0.1:9".parse().unwrap()).unwrap();
+        let Some(payload) = route_payload("127.0.0.1:9".parse().unwrap()) else {
+            // qemu-user, which runs the ARM builds' tests in CI, does not emulate IP_MTU:
+            // without a route MTU, quinn's default limit stays. Native runs must read it.
+            #[cfg(target_arch = "x86_64")]
+            panic!("no route MTU for loopback");
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                assert_eq!(probe_limit("127.0.0.1:9".parse().unwrap()), None);
+                eprintln!("SKIPPED: this system reports no route MTU (qemu-user)");
+                return;
+            }
+        };
         assert!(
             payload > 65_000,
             "loopback carries {payload}-byte UDP payloads"
