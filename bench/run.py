@@ -14,7 +14,11 @@ The mailslot rows run the release build (opt-level 3, what an edge and a worksta
 run); one more row runs the connector as boards get it (cross/build.sh's static musl
 build at opt-level z, no default features) against the same edge.
 
-Usage: python3 bench/run.py [--quick]   (needs nginx, wrk, curl; builds --release)
+With --rounds N the rows run N times, interleaved (every row once, then every row
+again, ...), and each figure is the median over the rounds (peak RSS: the largest).
+On a small shared machine one run is one sample; interleaved medians are what to compare.
+
+Usage: python3 bench/run.py [--quick] [--rounds N]   (needs nginx, wrk, curl; builds --release)
 """
 
 import os
@@ -30,6 +34,22 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "--quick" in sys.argv
+
+
+def rounds_arg():
+    if "--rounds" not in sys.argv:
+        return 1
+    i = sys.argv.index("--rounds")
+    try:
+        n = int(sys.argv[i + 1])
+    except (IndexError, ValueError):
+        sys.exit("bench: --rounds takes a count (1-20)")
+    if not 1 <= n <= 20:
+        sys.exit("bench: --rounds takes a count (1-20)")
+    return n
+
+
+ROUNDS = rounds_arg()
 BULK_MIB = 20 if QUICK else 100
 WRK_SECS = 3 if QUICK else 10
 BULK_RUNS = 3
@@ -185,6 +205,16 @@ def measure(name, url, host, tmp, procs):
     return dict(name=name, down=down, up=up, rps=rps, p50=p50, p99=p99, errors=errs, cpu=cpu, hwm=hwm)
 
 
+def combine(runs):
+    """One row from its rounds: medians; peak RSS the largest; errors summed."""
+    med = lambda key: statistics.median(r[key] for r in runs)
+    roles = runs[0]["cpu"].keys()
+    return dict(name=runs[0]["name"], down=med("down"), up=med("up"), rps=med("rps"), p50=med("p50"),
+                p99=med("p99"), errors=sum(r["errors"] for r in runs),
+                cpu={k: statistics.median(r["cpu"][k] for r in runs) for k in roles},
+                hwm={k: max(r["hwm"][k] for r in runs) for k in roles})
+
+
 def mailslot(protocol, tmp, origin_port, binaries, connector_bin=None):
     edge_bin, mailslot_bin = binaries
     connector_bin = connector_bin or mailslot_bin
@@ -291,36 +321,47 @@ def main():
     tmp = tempfile.mkdtemp(prefix="mailslot-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as another user
     started = []
-    rows = []
+    results = {}  # label -> one measurement per round, in row order
     try:
         origin, origin_port = nginx(tmp)
         started.append(origin)
         direct = f"http://127.0.0.1:{origin_port}/"
-        rows.append(measure("direct", direct, HOST, tmp, {}))
-        for label, setup in [
+        setups = [
+            ("direct", None),
             ("mailslot quic", lambda: mailslot("quic", tmp, origin_port, binaries)),
             ("mailslot http2", lambda: mailslot("http2", tmp, origin_port, binaries)),
             (device_label, lambda: mailslot("quic", tmp, origin_port, binaries, device_bin)),
             ("rathole tls", lambda: rathole(tmp, origin_port)),
             ("bore (plain tcp)", lambda: bore(tmp, origin_port)),
-        ]:
-            got = setup()
-            if got is None:
-                print(f"({label}: not installed, skipped)")
-                continue
-            url, procs = got
-            started.extend(procs.values())
-            rows.append(measure(label, url, HOST, tmp, procs))
-            for p in procs.values():
-                p.stop()
+        ]
+        for n in range(ROUNDS):
+            if ROUNDS > 1:
+                print(f"round {n + 1} of {ROUNDS} ...", flush=True)
+            for label, setup in setups:
+                if setup is None:
+                    results.setdefault(label, []).append(measure(label, direct, HOST, tmp, {}))
+                    continue
+                got = setup()
+                if got is None:
+                    if n == 0:
+                        print(f"({label}: not installed, skipped)")
+                    continue
+                url, procs = got
+                started.extend(procs.values())
+                results.setdefault(label, []).append(measure(label, url, HOST, tmp, procs))
+                for p in procs.values():
+                    p.stop()
     finally:
         for p in started:
             p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    rows = [combine(runs) for runs in results.values()]
 
     base = rows[0]
     print()
-    print(f"bulk {BULK_MIB} MiB (median of {BULK_RUNS}), wrk -t2 -c50 -d{WRK_SECS}s on 1 KiB; ratios are to direct in this run")
+    rounds = f"; medians of {ROUNDS} interleaved rounds" if ROUNDS > 1 else ""
+    print(f"bulk {BULK_MIB} MiB (median of {BULK_RUNS}), wrk -t2 -c50 -d{WRK_SECS}s on 1 KiB{rounds}; "
+          "ratios are to direct in this run")
     hdr = (f"{'row':<20}{'down MiB/s':>16}{'up MiB/s':>16}{'req/s':>16}{'p50 ms':>9}{'p99 ms':>9}"
            f"{'conn cpu s':>11}{'conn peak':>11}{'edge cpu s':>11}{'edge peak':>11}")
     print(hdr)
