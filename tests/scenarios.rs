@@ -235,6 +235,26 @@ impl Scene {
         get_in(&self.net, i, path, max_time)
     }
 
+    /// A visitor's download of the origin's file `name` through edge 1, within
+    /// `max_time` seconds: the body, or curl's error.
+    fn download(&self, name: &str, max_time: u32) -> Result<Vec<u8>, String> {
+        let dir = TempDir::new("dl");
+        let file = dir.path().join(name);
+        let out = self
+            .net
+            .cmd(&self.net.visitor, "curl")
+            .args(["-sS", "--max-time", &max_time.to_string()])
+            .args(["-H", &format!("Host: {HOST}"), "-o"])
+            .arg(&file)
+            .arg(format!("http://{}/{name}", EDGE_IPS[0]))
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(std::fs::read(&file).unwrap())
+    }
+
     /// Polls GET / through edge `i` until it answers 200; how long that took.
     fn wait_serving(&self, i: usize, within: Duration) -> Option<Duration> {
         let start = Instant::now();
@@ -576,23 +596,7 @@ fn requests_succeed_with_loss_and_delay_at_the_nat() {
         slowest = slowest.max(t.elapsed());
     }
     // A larger body, intact.
-    let dir = TempDir::new("dl");
-    let file = dir.path().join("mid.bin");
-    let out = s
-        .net
-        .cmd(&s.net.visitor, "curl")
-        .args(["-sS", "--max-time", "120", "-H", &format!("Host: {HOST}")])
-        .arg("-o")
-        .arg(&file)
-        .arg(format!("http://{}/mid.bin", EDGE_IPS[0]))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let body = std::fs::read(&file).unwrap();
+    let body = s.download("mid.bin", 120).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(sha256_hex(&body), sha256_hex(&pattern(MID)));
     eprintln!(
         "measured: 40 requests and a {} MiB download with 5% loss and 100 ms delay each way \
@@ -675,26 +679,10 @@ fn a_jumbo_frame_lan_behind_a_narrow_uplink_still_carries_bulk_downloads() {
         protocol: Some("quic"),
         ..Device::default()
     });
-    let dir = TempDir::new("dl");
-    let file = dir.path().join("big.bin");
     let started = Instant::now();
-    let out = s
-        .net
-        .cmd(&s.net.visitor, "curl")
-        .args(["-sS", "--max-time", "60", "-H", &format!("Host: {HOST}")])
-        .arg("-o")
-        .arg(&file)
-        .arg(format!("http://{}/big.bin", EDGE_IPS[0]))
-        .output()
-        .unwrap();
+    let body = s.download("big.bin", 60);
     let took = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{}\nconnector log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        s.connector().dump()
-    );
-    let body = std::fs::read(&file).unwrap();
+    let body = body.unwrap_or_else(|e| panic!("{e}\nconnector log:\n{}", s.connector().dump()));
     assert_eq!(sha256_hex(&body), sha256_hex(&pattern(BIG)));
     // The connector did probe past 1500 bytes (its route allows 9000), and every probe
     // fell into the hole.

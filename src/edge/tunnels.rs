@@ -31,17 +31,8 @@ pub async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
         let listener = listener.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let connecting = match listener.accept(incoming) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::info!(
-                        "tunnel handshake from {remote} failed: {}",
-                        describe_close(&e)
-                    );
-                    return;
-                }
-            };
-            let conn = match tokio::time::timeout(REGISTER_TIMEOUT, connecting).await {
+            let handshake = async move { listener.accept(incoming)?.await };
+            let conn = match tokio::time::timeout(REGISTER_TIMEOUT, handshake).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     log::info!(
