@@ -467,6 +467,33 @@ impl AsyncWrite for H2Send {
             .map_err(h2_io)?;
         Poll::Ready(Ok(n))
     }
+    /// Gathers the slices into one DATA frame, as much as the window allows: one copy,
+    /// one frame, where writing them one by one would cost a frame each.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let me = self.get_mut();
+        let n = ready!(me.poll_capacity(cx, total))?;
+        let mut frame = bytes::BytesMut::with_capacity(n);
+        for b in bufs {
+            let take = b.len().min(n - frame.len());
+            frame.extend_from_slice(&b[..take]);
+            if frame.len() == n {
+                break;
+            }
+        }
+        me.stream.send_data(frame.freeze(), false).map_err(h2_io)?;
+        Poll::Ready(Ok(n))
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }

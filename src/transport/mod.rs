@@ -268,6 +268,42 @@ impl AsyncWrite for SendHalf {
             SendHalf::H2(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
+    /// Vectored, so that an HTTP/1.1 client writing through the stream (the edge's
+    /// hyper) queues body chunks as they are instead of first copying them into its own
+    /// buffer: the transport's copy is then the only one.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SendHalf::Quic(s) => {
+                // quinn takes one slice per call and copies only what its buffers
+                // accept; stop at the first slice it does not take whole.
+                let mut written = 0;
+                for b in bufs.iter().filter(|b| !b.is_empty()) {
+                    match Pin::new(&mut *s).poll_write(cx, b) {
+                        Poll::Ready(Ok(n)) => {
+                            written += n;
+                            if n < b.len() {
+                                break;
+                            }
+                        }
+                        Poll::Ready(Err(e)) if written == 0 => return Poll::Ready(Err(e.into())),
+                        Poll::Pending if written == 0 => return Poll::Pending,
+                        // What was taken is reported; the error or the wait comes
+                        // with the next call.
+                        Poll::Ready(Err(_)) | Poll::Pending => break,
+                    }
+                }
+                Poll::Ready(Ok(written))
+            }
+            SendHalf::H2(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             SendHalf::Quic(s) => Pin::new(s).poll_flush(cx),
@@ -299,6 +335,16 @@ impl AsyncWrite for TunnelStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().send).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().send).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().send).poll_flush(cx)
