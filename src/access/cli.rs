@@ -108,7 +108,7 @@ pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     }
     let args = parse_args(parser)?;
     match sub.as_str() {
-        "ssh" => with_client(&args, false, |client, rt| rt.block_on(run_stdio(client))),
+        "ssh" => with_client(&args, |client, rt| rt.block_on(run_stdio(client))),
         "tcp" => {
             let listen = args
                 .listen
@@ -117,7 +117,7 @@ pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             let listen: std::net::SocketAddr = listen.parse().map_err(|_| {
                 format!("--listen {listen:?} is not an address like 127.0.0.1:5432")
             })?;
-            with_client(&args, true, |client, rt| {
+            with_client(&args, |client, rt| {
                 rt.block_on(run_listener(client, listen))
             })
         }
@@ -131,21 +131,13 @@ pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
 
 fn with_client(
     args: &Args,
-    multi_thread: bool,
     run: impl FnOnce(Arc<AccessClient>, &tokio::runtime::Runtime) -> Result<(), String>,
 ) -> Result<ExitCode, String> {
     let opts = options(args)?;
-    let rt = if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    }
-    .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let client = AccessClient::new(opts);
     let result = run(client, &rt);
     // A blocking read of stdin may still be pending: do not wait for it.
