@@ -134,10 +134,7 @@ fn with_client(
     run: impl FnOnce(Arc<AccessClient>, &tokio::runtime::Runtime) -> Result<(), String>,
 ) -> Result<ExitCode, String> {
     let opts = options(args)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let rt = crate::runtime()?;
     let client = AccessClient::new(opts);
     let result = run(client, &rt);
     // A blocking read of stdin may still be pending: do not wait for it.
