@@ -1,12 +1,13 @@
 //! The visitor front: HTTP/1.1 and HTTP/2 (ALPN over TLS, or prior knowledge in the
 //! clear) on the edge's public listeners; TLS certificates chosen by SNI.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -196,11 +197,7 @@ async fn route(
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
     let client_ip = shield.client_ip(peer.ip(), xff);
-    let forwarded_for = match xff {
-        // Only a trusted proxy's chain is passed on; anyone else's is replaced.
-        Some(chain) if shield.is_trusted(peer.ip()) => format!("{chain}, {}", peer.ip()),
-        _ => peer.ip().to_string(),
-    };
+    let forwarded_for = forwarded_for(peer.ip(), xff.filter(|_| shield.is_trusted(peer.ip())));
     let visitor = Visitor {
         peer,
         client_ip,
@@ -220,19 +217,38 @@ async fn route(
     .await
 }
 
-/// The lowercase host of an authority, without port or IPv6 brackets.
-fn host_of(authority: &str) -> String {
+/// The `X-Forwarded-For` value to send on: the peer's address after a trusted proxy's
+/// `chain`; anyone else's chain is replaced.
+fn forwarded_for(peer: IpAddr, chain: Option<&str>) -> HeaderValue {
+    use std::fmt::Write;
+    // An address fits in 45 characters: formatted without a heap allocation.
+    let mut ip = heapless::String::<48>::new();
+    let _ = write!(ip, "{peer}");
+    chain
+        .and_then(|chain| HeaderValue::from_str(&format!("{chain}, {ip}")).ok())
+        .or_else(|| HeaderValue::from_str(&ip).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("unknown"))
+}
+
+/// The lowercase host of an authority, without port or IPv6 brackets (borrowed when
+/// already lowercase, as nearly every client sends it).
+fn host_of(authority: &str) -> Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::host_of;
+    use super::{forwarded_for, host_of};
 
     #[test]
     fn hosts() {
@@ -240,5 +256,20 @@ mod tests {
         assert_eq!(host_of("dev42.example.com."), "dev42.example.com");
         assert_eq!(host_of("[::1]:80"), "::1");
         assert_eq!(host_of("x"), "x");
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer_to_a_trusted_chain() {
+        let peer = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        assert_eq!(
+            forwarded_for(peer, None),
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert_eq!(
+            forwarded_for(peer, Some("198.51.100.4")),
+            "198.51.100.4, 2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        let v4 = "192.0.2.1".parse().unwrap();
+        assert_eq!(forwarded_for(v4, Some("bad\u{7f}")), "192.0.2.1");
     }
 }

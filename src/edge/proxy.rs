@@ -93,7 +93,7 @@ pub struct Visitor {
     /// The client's address: the peer, or from `X-Forwarded-For` behind a trusted proxy.
     pub client_ip: IpAddr,
     /// The `X-Forwarded-For` value to send on.
-    pub forwarded_for: String,
+    pub forwarded_for: HeaderValue,
     pub scheme: &'static str,
 }
 
@@ -139,14 +139,20 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+    // The headers each Connection value names go too. A value is cloned (a reference
+    // count) so that the map can change meanwhile, and names are looked up as text:
+    // nothing is allocated.
+    let mut i = 0;
+    while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() {
+        i += 1;
+        for name in value.to_str().unwrap_or("").split(',') {
+            let name = name.trim();
+            if !name.eq_ignore_ascii_case("connection") {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
@@ -230,14 +236,20 @@ struct WithPermit<B> {
     _permit: OwnedSemaphorePermit,
 }
 
-impl<B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin> http_body::Body for WithPermit<B> {
+impl<B> http_body::Body for WithPermit<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        Pin::new(&mut self.get_mut().body)
+            .poll_frame(cx)
+            .map_err(Into::into)
     }
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
@@ -282,8 +294,12 @@ pub async fn handle(
             "the URL is too long",
         );
     }
-    let path = req.uri().path().to_string();
-    if let Err(secs) = shield.rate_check(visitor.client_ip, host, &path) {
+    let upgrade = upgrade_of(req.headers());
+    let visitor_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let bodiless = http_body::Body::is_end_stream(req.body());
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    if let Err(secs) = shield.rate_check(visitor.client_ip, host, path) {
         let r = refuse(
             shield,
             &c.rate_limited,
@@ -295,10 +311,11 @@ pub async fn handle(
         return with_retry_after(r, secs);
     }
     // Answer what needs no tunnel stream before reading any body.
-    match registry.route(host, &path) {
+    let first = registry.route(host, path);
+    match &first {
         Route::NoTunnel => return text(StatusCode::NOT_FOUND, format!("no tunnel serves {host} on this edge")),
         Route::Offline => return text(StatusCode::BAD_GATEWAY, format!("the tunnel for {host} is offline")),
-        Route::Rule { rules, rule, .. } => match rules.rules.get(usize::from(rule)).map(|r| r.action) {
+        Route::Rule { rules, rule, .. } => match rules.rules.get(usize::from(*rule)).map(|r| r.action) {
             Some(RuleAction::Status(code)) => {
                 let mut resp = Response::new(empty());
                 *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::NOT_FOUND);
@@ -314,8 +331,8 @@ pub async fn handle(
         },
     }
     let max_body = shield.max_body(host);
-    let declared = req
-        .headers()
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -329,9 +346,6 @@ pub async fn handle(
             "the request body is too large",
         );
     }
-    let upgrade = upgrade_of(req.headers());
-    let visitor_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
     let prefix = match read_prefix(body, limits.body_buffer, max_body, limits.body_timeout).await {
         Ok(p) => p,
         Err(refusal) => {
@@ -368,9 +382,22 @@ pub async fn handle(
         ),
     };
     let can_retry = replayable.is_some() && idempotent(&parts.method);
-    let mut tried: Vec<usize> = Vec::new();
+    // The Host the origin sees (unless its rule sets one) and X-Forwarded-Host: the
+    // visitor's own Host header when it names the authority, as it nearly always does.
+    let authority_value = match parts.headers.get(header::HOST) {
+        Some(v) if v.as_bytes() == authority.as_bytes() => Some(v.clone()),
+        _ => HeaderValue::from_str(authority).ok(),
+    };
+    // A request without a body goes where the first look-up sent it; one whose body
+    // was awaited looks again, as its tunnel's connections may have changed meanwhile.
+    let mut first = bodiless.then_some(first);
+    let mut tried = heapless::Vec::<usize, MAX_ATTEMPTS>::new();
     loop {
-        let (conn, rules, rule, permits) = match registry.route_excluding(host, &path, &tried) {
+        let route = match first.take() {
+            Some(route) => route,
+            None => registry.route_excluding(host, path, &tried),
+        };
+        let (conn, rules, rule, permits) = match route {
             Route::NoTunnel => {
                 return text(
                     StatusCode::NOT_FOUND,
@@ -417,7 +444,8 @@ pub async fn handle(
                 return with_retry_after(r, 1);
             }
         };
-        tried.push(conn.session.id());
+        // At most MAX_ATTEMPTS: no attempt follows the last (`may_retry` below).
+        let _ = tried.push(conn.session.id());
         // Another attempt may follow this one.
         let may_retry = can_retry && tried.len() < MAX_ATTEMPTS;
         let body: Body = match (&replayable, rest.take()) {
@@ -450,13 +478,17 @@ pub async fn handle(
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
         }
-        match HeaderValue::from_str(r.host_header.as_deref().unwrap_or(authority)) {
-            Ok(v) => {
+        let host_value = match r.host_header.as_deref() {
+            Some(h) => HeaderValue::from_str(h).ok(),
+            None => authority_value.clone(),
+        };
+        match host_value {
+            Some(v) => {
                 headers.insert(header::HOST, v);
             }
-            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid Host"),
+            None => return text(StatusCode::BAD_REQUEST, "invalid Host"),
         }
-        set_forwarded(&mut headers, visitor, authority);
+        set_forwarded(&mut headers, visitor, authority_value.as_ref());
         *up.headers_mut() = headers;
 
         let retry = may_retry.then_some((host, &tried[..]));
@@ -529,7 +561,7 @@ pub async fn handle(
         }
         let (rparts, rbody) = resp.into_parts();
         let body = WithPermit {
-            body: rbody.map_err(BoxError::from).boxed(),
+            body: rbody,
             _permit: permit,
         };
         return Response::from_parts(rparts, body.boxed());
@@ -580,22 +612,17 @@ async fn watch_silence<T>(
     }
 }
 
-fn set_forwarded(headers: &mut HeaderMap, visitor: &Visitor, authority: &str) {
-    match HeaderValue::from_str(&visitor.forwarded_for) {
-        Ok(v) => {
-            headers.insert("x-forwarded-for", v);
-        }
-        Err(_) => {
-            headers.remove("x-forwarded-for");
-        }
-    }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(visitor.scheme),
-    );
-    if let Ok(v) = HeaderValue::from_str(authority) {
-        headers.insert("x-forwarded-host", v);
-    }
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+fn set_forwarded(headers: &mut HeaderMap, visitor: &Visitor, authority: Option<&HeaderValue>) {
+    headers.insert(X_FORWARDED_FOR, visitor.forwarded_for.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(visitor.scheme));
+    match authority {
+        Some(v) => headers.insert(X_FORWARDED_HOST, v.clone()),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
 }
 
 #[cfg(test)]
@@ -609,7 +636,12 @@ mod tests {
             header::CONNECTION,
             HeaderValue::from_static("close, x-secret"),
         );
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Connection,X-Other"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(
             header::TRANSFER_ENCODING,

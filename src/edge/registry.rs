@@ -350,14 +350,15 @@ impl Registry {
         let Some(t) = inner.tunnels.get(&id) else {
             return Route::NoTunnel;
         };
-        let mut live: Vec<&Arc<Conn>> = t
-            .conns
-            .iter()
-            .filter(|c| !c.draining.load(Ordering::Acquire) && !avoid.contains(&c.session.id()))
-            .collect();
-        if live.is_empty() {
+        // Counted, then picked round-robin by position: no list is built per request.
+        let live = |c: &&Arc<Conn>| {
+            !c.draining.load(Ordering::Acquire) && !avoid.contains(&c.session.id())
+        };
+        let mut n = t.conns.iter().filter(live).count();
+        if n == 0 {
             return Route::Offline;
         }
+        let mut answering_only = false;
         if !inner.silent.is_empty() {
             // A silent connection heard from again is back in the rotation; while some
             // stay silent, the others take the requests (all silent: try them anyway).
@@ -365,16 +366,26 @@ impl Registry {
             inner
                 .silent
                 .retain(|id, at| conns.get(id).is_some_and(|c| c.heard() == *at));
-            let answering: Vec<&Arc<Conn>> = live
+            let answering = t
+                .conns
                 .iter()
-                .copied()
+                .filter(live)
                 .filter(|c| !still_silent(&inner.silent, c))
-                .collect();
-            if !answering.is_empty() {
-                live = answering;
+                .count();
+            if answering > 0 {
+                n = answering;
+                answering_only = true;
             }
         }
-        let conn = live[t.next.fetch_add(1, Ordering::Relaxed) % live.len()].clone();
+        let pick = t.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut candidates = t
+            .conns
+            .iter()
+            .filter(live)
+            .filter(|c| !answering_only || !still_silent(&inner.silent, c));
+        let Some(conn) = candidates.nth(pick).cloned() else {
+            return Route::Offline;
+        };
         let rules = conn.rules();
         match rules.matching(host, path) {
             Some((rule, _)) => Route::Rule {
