@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use mailslot::edge::{access, config::EdgeConfig, init, policy, Edge, EdgeSettings, Listeners};
 
+/// See the `jemalloc` feature in Cargo.toml for why.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "usage: mailslot-edge <command> [options]
 
 commands:
