@@ -271,6 +271,35 @@ fn idle_tunnel_streams_are_reused() {
     assert_eq!(String::from_utf8(body).unwrap(), "1");
 }
 
+#[test]
+fn requests_take_turns_on_the_tunnel_connections() {
+    // Two tunnel connections. One request after another, they alternate between the
+    // connections, and each connection keeps one pooled stream to the origin: the
+    // origin sees two connections. Had one tunnel connection taken every request, it
+    // would see one.
+    let s = setup("", 2);
+    let seen = || s.a.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let url = format!("http://{}/sha256", s.edge.http);
+    for _ in 0..4 {
+        // A request with a body: its route is looked at first and picked after the
+        // body's start has arrived.
+        let (ok, out, err) = curl(&[
+            "-H",
+            "Host: dev42.example.com",
+            "--data-binary",
+            "abc",
+            &url,
+        ]);
+        assert!(ok, "{err}");
+        assert!(String::from_utf8_lossy(&out).ends_with(" 3"));
+    }
+    assert_eq!(seen(), 2, "requests with a body");
+    for _ in 0..4 {
+        assert_eq!(get(&s.edge, "dev42.example.com", "/x").0, 200);
+    }
+    assert_eq!(seen(), 2, "requests without a body");
+}
+
 /// Runs `count` GETs of `/bytes/<first + i>` for dev42.example.com with curl, at most
 /// `parallel` at once over keep-alive connections, and returns how many answered 200.
 fn parallel_gets(edge: &EdgeProc, count: usize, first: usize, parallel: usize) -> usize {

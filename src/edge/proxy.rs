@@ -310,8 +310,15 @@ pub async fn handle(
         );
         return with_retry_after(r, secs);
     }
-    // Answer what needs no tunnel stream before reading any body.
-    let first = registry.route(host, path);
+    // Answer what needs no tunnel stream before reading any body. A request without a
+    // body goes where this look-up sends it; one with a body only peeks now and looks
+    // again once the body's start has arrived (its tunnel's connections may have
+    // changed meanwhile).
+    let first = if bodiless {
+        registry.route(host, path)
+    } else {
+        registry.peek(host, path)
+    };
     match &first {
         Route::NoTunnel => return text(StatusCode::NOT_FOUND, format!("no tunnel serves {host} on this edge")),
         Route::Offline => return text(StatusCode::BAD_GATEWAY, format!("the tunnel for {host} is offline")),
@@ -388,8 +395,6 @@ pub async fn handle(
         Some(v) if v.as_bytes() == authority.as_bytes() => Some(v.clone()),
         _ => HeaderValue::from_str(authority).ok(),
     };
-    // A request without a body goes where the first look-up sent it; one whose body
-    // was awaited looks again, as its tunnel's connections may have changed meanwhile.
     let mut first = bodiless.then_some(first);
     let mut tried = heapless::Vec::<usize, MAX_ATTEMPTS>::new();
     loop {

@@ -337,11 +337,23 @@ impl Registry {
 
     /// Picks a live connection for `host` (round robin) and the rule for `path`.
     pub fn route(&self, host: &str, path: &str) -> Route {
-        self.route_excluding(host, path, &[])
+        self.pick(host, path, &[], true)
     }
 
     /// As [`route`](Self::route), avoiding the listed connections (a retry).
     pub fn route_excluding(&self, host: &str, path: &str, avoid: &[usize]) -> Route {
+        self.pick(host, path, avoid, true)
+    }
+
+    /// As [`route`](Self::route) without turning the round robin: a look at what
+    /// would serve the request, when the connection is picked later. (Turning it
+    /// twice per request would, with an even number of connections, leave every
+    /// other one idle.)
+    pub fn peek(&self, host: &str, path: &str) -> Route {
+        self.pick(host, path, &[], false)
+    }
+
+    fn pick(&self, host: &str, path: &str, avoid: &[usize], turn: bool) -> Route {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let Some(id) = lookup_host(&inner.hosts, host) else {
@@ -377,7 +389,11 @@ impl Registry {
                 answering_only = true;
             }
         }
-        let pick = t.next.fetch_add(1, Ordering::Relaxed) % n;
+        let pick = if turn {
+            t.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            t.next.load(Ordering::Relaxed)
+        } % n;
         let mut candidates = t
             .conns
             .iter()
