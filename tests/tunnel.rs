@@ -925,6 +925,28 @@ fn fleet_status_lists_each_connection_with_its_round_trip_and_packet_size() {
     let mut indexes: Vec<&str> = lines.iter().map(|l| field(l, "index")).collect();
     indexes.sort();
     assert_eq!(indexes, ["0", "1"]);
+    // The download took one tunnel stream; two more requests, one after the other,
+    // take their turns on both connections, where each keeps one pooled stream.
+    let streams = |lines: &[String]| -> Vec<u64> {
+        let mut v: Vec<u64> = lines
+            .iter()
+            .map(|l| field(l, "streams").parse().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(streams(&lines), [0, 1], "{lines:?}");
+    for _ in 0..2 {
+        assert_eq!(get(&s.edge, "dev42.example.com", "/x").0, 200);
+    }
+    let (ok, out, err) = curl(&[&format!("http://{admin}/tunnels")]);
+    assert!(ok, "{err}");
+    let lines: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(streams(&lines), [1, 1], "{lines:?}");
 }
 
 #[test]

@@ -67,6 +67,7 @@ pub async fn open_tunnel_stream(
             .open_stream()
             .await
             .map_err(|e| DialError::Tunnel(e.to_string()))?;
+        conn.streams.fetch_add(1, Ordering::Relaxed);
         let frame =
             wire::encode_stream_frame(&header).map_err(|e| DialError::Tunnel(e.to_string()))?;
         stream

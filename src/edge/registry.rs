@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -132,6 +132,9 @@ pub struct Conn {
     pub rules: Mutex<Arc<Rules>>,
     /// The connector said it is draining: no new streams.
     pub draining: AtomicBool,
+    /// Tunnel streams the edge has opened on it: origin connections for HTTP (each
+    /// carries many requests) and access sessions.
+    pub streams: AtomicU64,
     /// What the connection's token granted at registration.
     pub claims: TunnelClaims,
 }
@@ -476,7 +479,7 @@ impl Registry {
                         .map_or_else(|| "-".to_string(), |p| p.to_string());
                     format!(
                         "tunnel={} id={} connector={} index={} protocol={} from={} rtt_ms={:.1} \
-                         packet={} draining={} hosts={}",
+                         packet={} draining={} streams={} hosts={}",
                         t.name,
                         hex(id),
                         &hex(&c.connector_id)[..8],
@@ -486,6 +489,7 @@ impl Registry {
                         c.session.rtt().as_secs_f64() * 1000.0,
                         packet,
                         c.draining.load(Ordering::Acquire),
+                        c.streams.load(Ordering::Relaxed),
                         hosts.join(",")
                     )
                 })

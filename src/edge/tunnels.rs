@@ -256,6 +256,7 @@ async fn register(
             remote: session.remote_addr(),
             rules: std::sync::Mutex::new(Arc::new(rules)),
             draining: false.into(),
+            streams: 0.into(),
             claims,
         });
         state.registry.add(conn.clone()).map_err(|e| (e, false))?;
