@@ -365,44 +365,38 @@ impl Registry {
         let Some(t) = inner.tunnels.get(&id) else {
             return Route::NoTunnel;
         };
-        // Counted, then picked round-robin by position: no list is built per request.
-        let live = |c: &&Arc<Conn>| {
-            !c.draining.load(Ordering::Acquire) && !avoid.contains(&c.session.id())
-        };
-        let mut n = t.conns.iter().filter(live).count();
-        if n == 0 {
-            return Route::Offline;
-        }
-        let mut answering_only = false;
         if !inner.silent.is_empty() {
-            // A silent connection heard from again is back in the rotation; while some
-            // stay silent, the others take the requests (all silent: try them anyway).
+            // A silent connection heard from again is back in the rotation.
             let conns = &inner.conns;
             inner
                 .silent
                 .retain(|id, at| conns.get(id).is_some_and(|c| c.heard() == *at));
-            let answering = t
-                .conns
-                .iter()
-                .filter(live)
-                .filter(|c| !still_silent(&inner.silent, c))
-                .count();
-            if answering > 0 {
-                n = answering;
-                answering_only = true;
-            }
+        }
+        let silent = &inner.silent;
+        let usable = |c: &Arc<Conn>, answering_only: bool| {
+            let skipped = answering_only && still_silent(silent, c);
+            !c.draining.load(Ordering::Acquire) && !avoid.contains(&c.session.id()) && !skipped
+        };
+        // Counted, then picked round-robin by position: no list is built per request.
+        let count = |answering_only| t.conns.iter().filter(|c| usable(c, answering_only)).count();
+        // While some connections stay silent, the others take the requests (all
+        // silent: try them anyway).
+        let answering_only = !silent.is_empty() && count(true) > 0;
+        let n = count(answering_only);
+        if n == 0 {
+            return Route::Offline;
         }
         let pick = if turn {
             t.next.fetch_add(1, Ordering::Relaxed)
         } else {
             t.next.load(Ordering::Relaxed)
         } % n;
-        let mut candidates = t
+        let chosen = t
             .conns
             .iter()
-            .filter(live)
-            .filter(|c| !answering_only || !still_silent(&inner.silent, c));
-        let Some(conn) = candidates.nth(pick).cloned() else {
+            .filter(|c| usable(c, answering_only))
+            .nth(pick);
+        let Some(conn) = chosen.cloned() else {
             return Route::Offline;
         };
         let rules = conn.rules();
