@@ -9,6 +9,7 @@
 //! - [`provision`]: first boot: a `config.bin` on the boot partition is installed.
 //! - [`runas`]: dropping root for an unprivileged user.
 //! - [`sdnotify`]: systemd readiness, watchdog and stop notifications.
+//! - [`heap`]: the device binary's allocator on musl.
 //! - `edge` (feature `edge`): the server visitors and connectors reach.
 pub mod access;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod connector;
 pub mod demo;
 #[cfg(feature = "edge")]
 pub mod edge;
+pub mod heap;
 pub mod provision;
 pub mod runas;
 pub mod sdnotify;

@@ -3,6 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// musl's malloc maps and unmaps every mid-sized block; see [`mailslot::heap`].
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mailslot::heap::Global = mailslot::heap::Global;
+
 const USAGE: &str = "usage: mailslot <command> [options]
 
 commands:

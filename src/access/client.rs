@@ -300,6 +300,8 @@ impl AccessClient {
                 idle_timeout: IDLE_TIMEOUT,
                 max_streams: 0,
                 handshake_timeout: wait,
+                // One connection of the operator's own; its uploads are what it sends.
+                send_window: quic::device_send_window(1),
             },
         )
         .await

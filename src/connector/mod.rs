@@ -138,6 +138,9 @@ impl Connector {
             let shared = self.shared.clone();
             tasks.push(tokio::spawn(async move { run_slot(shared, slot).await }));
         }
+        if cfg!(target_env = "musl") {
+            tasks.push(tokio::spawn(trim_heap_when_quiet()));
+        }
         shutdown.await;
         let grace = Duration::from_secs(u64::from(
             self.shared.current.borrow().config.grace_period_secs,
@@ -550,6 +553,7 @@ async fn prepare_dial(shared: &Shared, slot: usize, entry: usize) -> Result<Dial
             idle_timeout: Duration::from_secs(u64::from(cfg.idle_timeout_secs.max(2))),
             max_streams: MAX_STREAMS_PER_CONN,
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            send_window: quic::device_send_window(cfg.ha_connections),
         },
     })
 }
@@ -1078,6 +1082,22 @@ fn runtime_for(shared: &Shared, generation: u32) -> Option<Arc<Runtime>> {
 }
 
 /// Counts a stream in flight, for the shutdown grace period and session drains.
+/// How often the musl build looks whether its block cache ([`crate::heap`]) went quiet.
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(20);
+
+/// Hands the allocator's cached blocks back once a transfer has ended: a look finds
+/// them unused since the one before.
+async fn trim_heap_when_quiet() {
+    let mut tick = tokio::time::interval(HEAP_TRIM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if crate::heap::HEAP.trim_if_quiet() {
+            log::debug!("allocator cache returned to the system");
+        }
+    }
+}
+
 struct StreamGuard(Arc<Shared>, Arc<SessionStreams>);
 
 impl Drop for StreamGuard {

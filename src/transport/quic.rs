@@ -1,8 +1,8 @@
 //! QUIC (quinn) endpoints for both ends of the tunnel, and their memory bounds.
 //!
 //! Per connection, the connector buffers at most `DEVICE_CONN_RECEIVE_WINDOW` bytes received
-//! from the edge (`DEVICE_STREAM_RECEIVE_WINDOW` per stream) and `DEVICE_SEND_WINDOW` bytes
-//! unacknowledged towards it, and the edge
+//! from the edge (`DEVICE_STREAM_RECEIVE_WINDOW` per stream) and its share of
+//! `DEVICE_SEND_BUDGET` unacknowledged towards it ([`device_send_window`]), and the edge
 //! may open at most `max_streams` concurrent streams on it.
 //!
 //! Packet size: QUIC starts at 1200-byte packets and discovers the path's MTU by probing
@@ -35,12 +35,23 @@ pub struct ClientTuning {
     pub max_streams: u32,
     /// How long a handshake may take before the path counts as blocked.
     pub handshake_timeout: Duration,
+    /// Bytes kept in flight towards the edge (see [`device_send_window`]).
+    pub send_window: u32,
 }
 
-/// Bytes the connector keeps in flight towards the edge per connection (its
-/// retransmission buffer), and the windows it grants the edge: a device holds less
-/// than an edge. 512 KiB covers about 40 Mbit/s at a 100 ms round trip per connection.
-pub const DEVICE_SEND_WINDOW: u32 = 512 * 1024;
+/// Bytes the connector keeps in flight towards the edge (its retransmission buffers),
+/// all its connections together: under many concurrent responses every connection
+/// fills its send window, so the windows' sum is most of the connector's peak memory.
+pub const DEVICE_SEND_BUDGET: u32 = 1024 * 1024;
+/// The smallest send window a connection gets: about 20 Mbit/s at a 100 ms round trip.
+pub const MIN_DEVICE_SEND_WINDOW: u32 = 256 * 1024;
+
+/// One connection's share of [`DEVICE_SEND_BUDGET`] among `connections`: 256 KiB each
+/// for the default four (20 Mbit/s per connection at a 100 ms round trip), 1 MiB for
+/// a single one.
+pub fn device_send_window(connections: u8) -> u32 {
+    (DEVICE_SEND_BUDGET / u32::from(connections.max(1))).max(MIN_DEVICE_SEND_WINDOW)
+}
 /// Bytes per stream the connector accepts from the edge before reading them.
 pub const DEVICE_STREAM_RECEIVE_WINDOW: u32 = 512 * 1024;
 /// Bytes per connection the connector accepts from the edge before reading them.
@@ -57,7 +68,7 @@ struct Windows {
 const DEVICE: Windows = Windows {
     stream_receive: DEVICE_STREAM_RECEIVE_WINDOW,
     conn_receive: DEVICE_CONN_RECEIVE_WINDOW,
-    send: DEVICE_SEND_WINDOW,
+    send: MIN_DEVICE_SEND_WINDOW,
 };
 
 const EDGE: Windows = Windows {
@@ -316,7 +327,10 @@ pub async fn connect(
         tuning.keepalive,
         tuning.idle_timeout,
         tuning.max_streams,
-        DEVICE,
+        Windows {
+            send: tuning.send_window,
+            ..DEVICE
+        },
         probe_limit(remote),
     )));
     let connecting = endpoint
@@ -423,6 +437,20 @@ pub fn describe_close(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_send_budget_is_shared_by_the_connections() {
+        assert_eq!(device_send_window(1), 1024 * 1024);
+        assert_eq!(
+            device_send_window(0),
+            1024 * 1024,
+            "a zero count is taken as one"
+        );
+        assert_eq!(device_send_window(2), 512 * 1024);
+        assert_eq!(device_send_window(4), 256 * 1024);
+        // Past four connections each keeps the floor: the sum grows again.
+        assert_eq!(device_send_window(16), MIN_DEVICE_SEND_WINDOW);
+    }
 
     #[test]
     fn loopback_routes_allow_large_packets() {
