@@ -11,7 +11,9 @@
 //!
 //! [`BlockCache`] rounds requests in (`SMALL`, `LARGEST`] up to a power of two and keeps
 //! freed blocks of each size for the next request of that size, up to `CACHE_BYTES`
-//! in all; everything else goes to the system allocator untouched. The `mailslot`
+//! in all; a miss hands back about as many cached bytes of other sizes, so the cache
+//! does not hold one size while the process grows for another. Everything else goes
+//! to the system allocator untouched. The `mailslot`
 //! binary built for musl installs [`Global`] (the cache [`HEAP`]) as its allocator, and
 //! the connector calls [`BlockCache::trim_if_quiet`] now and then so that a tunnel that
 //! has gone quiet hands the cached blocks back.
@@ -29,9 +31,10 @@ const FIRST_SHIFT: u32 = 11;
 const CLASSES: usize = 7;
 /// The largest cached block; larger requests are the system's (musl maps them).
 const LARGEST: usize = 1 << (FIRST_SHIFT + CLASSES as u32 - 1);
-/// Bytes the cache may hold, all classes together: a stream's receive window of
-/// 64 KiB blocks (512 KiB) plus room for the smaller ones.
-pub const CACHE_BYTES: usize = 768 * 1024;
+/// Bytes the cache may hold, all classes together: the connection receive window's
+/// worth (1 MiB) of received-datagram blocks. With 768 KiB a 100 MiB upload still
+/// mapped 686 blocks; with 1 MiB none.
+pub const CACHE_BYTES: usize = 1024 * 1024;
 /// Blocks per class at most.
 const SLOTS: usize = 64;
 /// Alignment every cached block has (musl's malloc guarantees 16).
@@ -135,17 +138,31 @@ impl BlockCache {
         self.bins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A cached block of `class`, or null. A miss first hands back about as many
+    /// cached bytes of other sizes as the caller is about to take from the system: the
+    /// cache does not sit on blocks of one size while the process grows for another.
     fn take(&self, class: usize) -> *mut u8 {
         let mut bins = self.lock();
+        let bins = &mut *bins;
         let bin = &mut bins.free[class];
-        if bin.len == 0 {
-            return ptr::null_mut();
+        if bin.len > 0 {
+            bin.len -= 1;
+            bins.bytes -= class_size(class);
+            bins.taken += 1;
+            return bin.blocks[bin.len];
         }
-        bin.len -= 1;
-        let block = bin.blocks[bin.len];
-        bins.bytes -= class_size(class);
-        bins.taken += 1;
-        block
+        let mut owed = class_size(class);
+        for other in (0..CLASSES).rev().filter(|&c| c != class) {
+            let bin = &mut bins.free[other];
+            while owed > 0 && bin.len > 0 {
+                bin.len -= 1;
+                // SAFETY: cached blocks came from `System` with their class's layout.
+                unsafe { System.dealloc(bin.blocks[bin.len], class_layout(other)) };
+                bins.bytes -= class_size(other);
+                owed = owed.saturating_sub(class_size(other));
+            }
+        }
+        ptr::null_mut()
     }
 
     /// Keeps `block` if there is room; false if the caller must free it.
@@ -288,10 +305,10 @@ mod tests {
             assert_eq!(a, b);
             assert_eq!(cache.cached_bytes(), 0);
             b.write_bytes(0x5a, 65_536);
-            // Another class does not take it.
+            // Another class does not take it, but its miss hands it back.
             cache.dealloc(b, layout(65_536));
             let c = cache.alloc(layout(20_000));
-            assert_ne!(c, b);
+            assert_eq!(cache.cached_bytes(), 0);
             cache.dealloc(c, layout(20_000));
             let z = cache.alloc_zeroed(layout(30_000));
             assert!(std::slice::from_raw_parts(z, 30_000)
@@ -314,10 +331,11 @@ mod tests {
                 cache.dealloc(b, layout(60_000));
             }
             assert_eq!(cache.cached_bytes(), CACHE_BYTES);
-            // Smaller blocks find no room either until the cache is trimmed.
+            // A miss of another size makes room by handing back one 64 KiB block.
             let small = cache.alloc(layout(5_000));
+            assert_eq!(cache.cached_bytes(), CACHE_BYTES - 64 * 1024);
             cache.dealloc(small, layout(5_000));
-            assert_eq!(cache.cached_bytes(), CACHE_BYTES);
+            assert_eq!(cache.cached_bytes(), CACHE_BYTES - 56 * 1024);
             cache.trim();
             assert_eq!(cache.cached_bytes(), 0);
             // A class holds at most SLOTS blocks, however small.
@@ -326,6 +344,33 @@ mod tests {
                 cache.dealloc(b, layout(1500));
             }
             assert_eq!(cache.cached_bytes(), SLOTS * 2048);
+            cache.trim();
+        }
+    }
+
+    #[test]
+    fn a_miss_hands_back_as_much_of_other_sizes() {
+        let cache = BlockCache::new();
+        unsafe {
+            let small: Vec<*mut u8> = (0..6).map(|_| cache.alloc(layout(3000))).collect();
+            let big = cache.alloc(layout(9000));
+            for &p in &small {
+                cache.dealloc(p, layout(3000));
+            }
+            cache.dealloc(big, layout(9000));
+            assert_eq!(cache.cached_bytes(), 6 * 4096 + 16 * 1024);
+            // A 16 KiB miss... is no miss: the 16 KiB block is reused.
+            let again = cache.alloc(layout(16_000));
+            assert_eq!(again, big);
+            // A 32 KiB miss gives back other sizes, the largest first, up to 32 KiB: all six.
+            let p = cache.alloc(layout(32_000));
+            assert_eq!(cache.cached_bytes(), 0);
+            cache.dealloc(p, layout(32_000));
+            cache.dealloc(again, layout(16_000));
+            // An 8 KiB miss gives back the 32 KiB block, no more: the 16 KiB one stays.
+            let q = cache.alloc(layout(5000));
+            assert_eq!(cache.cached_bytes(), 16 * 1024);
+            cache.dealloc(q, layout(5000));
             cache.trim();
         }
     }
