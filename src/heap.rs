@@ -25,12 +25,21 @@ use std::sync::Mutex;
 /// Requests up to this size go to the system allocator: its size classes serve them
 /// from shared groups without a mapping each.
 const SMALL: usize = 1024;
-/// log2 of the smallest cached block (2 KiB).
-const FIRST_SHIFT: u32 = 11;
-/// Cached block sizes: 2, 4, 8, 16, 32, 64 and 128 KiB.
-const CLASSES: usize = 7;
+/// log2 of `SMALL`.
+const SMALL_SHIFT: u32 = 10;
+/// log2 of the cached sizes per doubling above `SMALL`: two, 1.5 and 2 times a power
+/// of two (1 536, 2 048, 3 072, 4 096, ... 131 072 bytes), so a block wastes at most a
+/// third of itself. Whole powers of two wasted up to half (an HTTP/2 DATA frame of
+/// 16 KiB and its 9-byte header took 32 KiB); four steps per doubling spread the
+/// received-datagram blocks over so many sizes that a 100 MiB upload mapped 308 of
+/// them again.
+const STEP_BITS: u32 = 1;
+/// Doublings covered: from 1 KiB to 128 KiB.
+const DOUBLINGS: u32 = 7;
+/// Cached block sizes.
+const CLASSES: usize = (DOUBLINGS << STEP_BITS) as usize;
 /// The largest cached block; larger requests are the system's (musl maps them).
-const LARGEST: usize = 1 << (FIRST_SHIFT + CLASSES as u32 - 1);
+const LARGEST: usize = 1 << (SMALL_SHIFT + DOUBLINGS);
 /// Bytes the cache may hold, all classes together: the connection receive window's
 /// worth (1 MiB) of received-datagram blocks. With 768 KiB a 100 MiB upload still
 /// mapped 686 blocks; with 1 MiB none.
@@ -78,6 +87,8 @@ struct Bins {
 struct Bin {
     blocks: [*mut u8; SLOTS],
     len: usize,
+    /// A block was reused from this bin since the last miss.
+    hit: bool,
 }
 
 // SAFETY: the raw pointers are blocks owned by the cache, touched only under the lock.
@@ -88,6 +99,7 @@ impl BlockCache {
         const EMPTY: Bin = Bin {
             blocks: [ptr::null_mut(); SLOTS],
             len: 0,
+            hit: false,
         };
         BlockCache {
             bins: Mutex::new(Bins {
@@ -139,14 +151,17 @@ impl BlockCache {
     }
 
     /// A cached block of `class`, or null. A miss first hands back about as many
-    /// cached bytes of other sizes as the caller is about to take from the system: the
-    /// cache does not sit on blocks of one size while the process grows for another.
+    /// cached bytes of other sizes as the caller is about to take from the system, from
+    /// sizes not reused since the last miss: the cache does not sit on blocks of one
+    /// size while the process grows for another, and sizes in use side by side (the
+    /// received-datagram blocks of one transfer span two) do not evict each other.
     fn take(&self, class: usize) -> *mut u8 {
         let mut bins = self.lock();
         let bins = &mut *bins;
         let bin = &mut bins.free[class];
         if bin.len > 0 {
             bin.len -= 1;
+            bin.hit = true;
             bins.bytes -= class_size(class);
             bins.taken += 1;
             return bin.blocks[bin.len];
@@ -154,7 +169,8 @@ impl BlockCache {
         let mut owed = class_size(class);
         for other in (0..CLASSES).rev().filter(|&c| c != class) {
             let bin = &mut bins.free[other];
-            while owed > 0 && bin.len > 0 {
+            let idle = !std::mem::take(&mut bin.hit);
+            while idle && owed > 0 && bin.len > 0 {
                 bin.len -= 1;
                 // SAFETY: cached blocks came from `System` with their class's layout.
                 unsafe { System.dealloc(bin.blocks[bin.len], class_layout(other)) };
@@ -191,16 +207,22 @@ fn class_of(size: usize, align: usize) -> Option<usize> {
     if size <= SMALL || size > LARGEST || align > ALIGN {
         return None;
     }
-    let shift = size.next_power_of_two().trailing_zeros();
-    Some(shift.saturating_sub(FIRST_SHIFT) as usize)
+    // 2^shift <= size - 1 < 2^(shift + 1), and the STEP_BITS bits below the top one
+    // pick the step: the class is the smallest (steps + 1 ..= 2 * steps) *
+    // 2^(shift - STEP_BITS) that holds `size`.
+    let s = size - 1;
+    let shift = usize::BITS - 1 - s.leading_zeros();
+    let step = (s >> (shift - STEP_BITS)) & ((1 << STEP_BITS) - 1);
+    Some((((shift - SMALL_SHIFT) << STEP_BITS) as usize) + step)
 }
 
 fn class_size(class: usize) -> usize {
-    1 << (FIRST_SHIFT + class as u32)
+    let steps = 1usize << STEP_BITS;
+    (steps + 1 + class % steps) << (class / steps + (SMALL_SHIFT - STEP_BITS) as usize)
 }
 
 fn class_layout(class: usize) -> Layout {
-    // SAFETY: a power of two up to 128 KiB with alignment 16 is a valid layout.
+    // SAFETY: a size up to 128 KiB, a multiple of 256, with alignment 16 is valid.
     unsafe { Layout::from_size_align_unchecked(class_size(class), ALIGN) }
 }
 
@@ -279,10 +301,28 @@ mod tests {
     fn classes_cover_only_mid_sized_requests() {
         assert_eq!(class_of(1024, 8), None);
         assert_eq!(class_of(1025, 8), Some(0));
-        assert_eq!(class_of(2048, 8), Some(0));
-        assert_eq!(class_of(2049, 8), Some(1));
-        assert_eq!(class_of(57_000, 8), Some(5));
-        assert_eq!(class_of(128 * 1024, 16), Some(6));
+        assert_eq!(class_size(0), 1536);
+        assert_eq!(class_of(1536, 8), Some(0));
+        assert_eq!(class_of(1537, 8), Some(1));
+        assert_eq!(class_size(1), 2048);
+        assert_eq!(class_of(2049, 8), Some(2));
+        assert_eq!(class_size(2), 3072);
+        // A 16 KiB HTTP/2 frame with its header: 24 KiB, not 32.
+        assert_eq!(class_size(class_of(16_393, 8).unwrap()), 24 * 1024);
+        // Received-datagram blocks of 48-64 KiB share one size.
+        assert_eq!(class_of(49_153, 8), class_of(65_536, 8));
+        assert_eq!(class_of(128 * 1024, 16), Some(CLASSES - 1));
+        assert_eq!(class_size(CLASSES - 1), 128 * 1024);
+        // Every size maps to the smallest class that holds it.
+        for size in (SMALL + 1)..=LARGEST {
+            let c = class_of(size, 8).unwrap();
+            assert!(class_size(c) >= size, "{size}");
+            assert!(c == 0 || class_size(c - 1) < size, "{size}");
+            assert!(
+                class_size(c) * 2 < size * 3,
+                "{size} wastes more than a third"
+            );
+        }
         assert_eq!(class_of(128 * 1024 + 1, 8), None);
         assert_eq!(
             class_of(16 * 1024, 64),
@@ -299,18 +339,21 @@ mod tests {
             assert!(!a.is_null());
             a.write_bytes(0xa5, 40_000);
             cache.dealloc(a, layout(40_000));
-            assert_eq!(cache.cached_bytes(), 64 * 1024);
-            // Any size that rounds to 64 KiB gets the same block back, all of it usable.
-            let b = cache.alloc(layout(65_536));
+            assert_eq!(cache.cached_bytes(), 48 * 1024);
+            // Any size that rounds to 48 KiB gets the same block back, all of it usable.
+            let b = cache.alloc(layout(49_152));
             assert_eq!(a, b);
             assert_eq!(cache.cached_bytes(), 0);
-            b.write_bytes(0x5a, 65_536);
-            // Another class does not take it, but its miss hands it back.
-            cache.dealloc(b, layout(65_536));
+            b.write_bytes(0x5a, 49_152);
+            // Another size does not take it, and its miss keeps it: it was reused
+            // since the last miss.
+            cache.dealloc(b, layout(49_152));
             let c = cache.alloc(layout(20_000));
-            assert_eq!(cache.cached_bytes(), 0);
+            assert_eq!(cache.cached_bytes(), 48 * 1024);
             cache.dealloc(c, layout(20_000));
+            // The next miss hands it back: idle since.
             let z = cache.alloc_zeroed(layout(30_000));
+            assert_eq!(cache.cached_bytes(), 24 * 1024);
             assert!(std::slice::from_raw_parts(z, 30_000)
                 .iter()
                 .all(|&x| x == 0));
@@ -325,17 +368,17 @@ mod tests {
         let cache = BlockCache::new();
         let n = CACHE_BYTES / (64 * 1024) + 3;
         unsafe {
-            let blocks: Vec<*mut u8> = (0..n).map(|_| cache.alloc(layout(60_000))).collect();
+            let blocks: Vec<*mut u8> = (0..n).map(|_| cache.alloc(layout(65_536))).collect();
             assert!(blocks.iter().all(|b| !b.is_null()));
             for b in blocks {
-                cache.dealloc(b, layout(60_000));
+                cache.dealloc(b, layout(65_536));
             }
             assert_eq!(cache.cached_bytes(), CACHE_BYTES);
             // A miss of another size makes room by handing back one 64 KiB block.
             let small = cache.alloc(layout(5_000));
             assert_eq!(cache.cached_bytes(), CACHE_BYTES - 64 * 1024);
             cache.dealloc(small, layout(5_000));
-            assert_eq!(cache.cached_bytes(), CACHE_BYTES - 56 * 1024);
+            assert_eq!(cache.cached_bytes(), CACHE_BYTES - 64 * 1024 + 6 * 1024);
             cache.trim();
             assert_eq!(cache.cached_bytes(), 0);
             // A class holds at most SLOTS blocks, however small.
@@ -343,7 +386,7 @@ mod tests {
             for b in blocks {
                 cache.dealloc(b, layout(1500));
             }
-            assert_eq!(cache.cached_bytes(), SLOTS * 2048);
+            assert_eq!(cache.cached_bytes(), SLOTS * 1536);
             cache.trim();
         }
     }
@@ -358,18 +401,18 @@ mod tests {
                 cache.dealloc(p, layout(3000));
             }
             cache.dealloc(big, layout(9000));
-            assert_eq!(cache.cached_bytes(), 6 * 4096 + 16 * 1024);
-            // A 16 KiB miss... is no miss: the 16 KiB block is reused.
-            let again = cache.alloc(layout(16_000));
+            assert_eq!(cache.cached_bytes(), 6 * 3072 + 12 * 1024);
+            // The 12 KiB block serves the next request of its class.
+            let again = cache.alloc(layout(10_000));
             assert_eq!(again, big);
             // A 32 KiB miss gives back other sizes, the largest first, up to 32 KiB: all six.
             let p = cache.alloc(layout(32_000));
             assert_eq!(cache.cached_bytes(), 0);
             cache.dealloc(p, layout(32_000));
-            cache.dealloc(again, layout(16_000));
-            // An 8 KiB miss gives back the 32 KiB block, no more: the 16 KiB one stays.
+            cache.dealloc(again, layout(10_000));
+            // A 6 KiB miss gives back the 32 KiB block, no more: the 12 KiB one stays.
             let q = cache.alloc(layout(5000));
-            assert_eq!(cache.cached_bytes(), 16 * 1024);
+            assert_eq!(cache.cached_bytes(), 12 * 1024);
             cache.dealloc(q, layout(5000));
             cache.trim();
         }
@@ -391,7 +434,7 @@ mod tests {
             }
             // Reused since the last look: kept, and the next look finds it quiet.
             assert!(!cache.trim_if_quiet());
-            assert_eq!(cache.cached_bytes(), 16 * 1024);
+            assert_eq!(cache.cached_bytes(), 12 * 1024);
             assert!(cache.trim_if_quiet());
             assert_eq!(cache.cached_bytes(), 0);
         }
