@@ -9,14 +9,14 @@
 //! connector made 1 800 `mmap`/`munmap` pairs, and the page faults, page clearing and
 //! TLB shootdowns that come with them were a fifth of its CPU time.
 //!
-//! [`BlockCache`] rounds requests in (`SMALL`, `LARGEST`] up to a power of two and keeps
-//! freed blocks of each size for the next request of that size, up to `CACHE_BYTES`
-//! in all; a miss hands back about as many cached bytes of other sizes, so the cache
-//! does not hold one size while the process grows for another. Everything else goes
-//! to the system allocator untouched. The `mailslot`
+//! [`BlockCache`] rounds requests in (`SMALL`, `LARGEST`] up to 1.5 or 2 times a power
+//! of two and keeps freed blocks of each size for the next request of that size, up
+//! to `CACHE_BYTES` in all; a miss hands back about as many cached bytes of sizes
+//! not reused lately, so the cache does not hold one size while the process grows for
+//! another. Everything else goes to the system allocator untouched. The `mailslot`
 //! binary built for musl installs [`Global`] (the cache [`HEAP`]) as its allocator, and
-//! the connector calls [`BlockCache::trim_if_quiet`] now and then so that a tunnel that
-//! has gone quiet hands the cached blocks back.
+//! the connector calls [`BlockCache::trim_if_quiet`] now and then so that sizes a
+//! tunnel no longer uses are handed back.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
@@ -46,7 +46,7 @@ const LARGEST: usize = 1 << (SMALL_SHIFT + DOUBLINGS);
 pub const CACHE_BYTES: usize = 1024 * 1024;
 /// Blocks per class at most.
 const SLOTS: usize = 64;
-/// Alignment every cached block has (musl's malloc guarantees 16).
+/// Alignment every cached block has: `class_layout` asks the system for it.
 const ALIGN: usize = 16;
 
 /// The cache behind [`Global`]; unused where another allocator is installed.
@@ -80,8 +80,6 @@ struct Bins {
     free: [Bin; CLASSES],
     /// Bytes held in all bins.
     bytes: usize,
-    /// Blocks served from the bins since the last `trim_if_quiet`.
-    taken: usize,
 }
 
 struct Bin {
@@ -89,6 +87,8 @@ struct Bin {
     len: usize,
     /// A block was reused from this bin since the last miss.
     hit: bool,
+    /// A block was reused from this bin since the last `trim_if_quiet`.
+    used: bool,
 }
 
 // SAFETY: the raw pointers are blocks owned by the cache, touched only under the lock.
@@ -100,44 +100,48 @@ impl BlockCache {
             blocks: [ptr::null_mut(); SLOTS],
             len: 0,
             hit: false,
+            used: false,
         };
         BlockCache {
             bins: Mutex::new(Bins {
                 free: [EMPTY; CLASSES],
                 bytes: 0,
-                taken: 0,
             }),
         }
     }
 
     /// Returns every cached block to the system allocator.
     pub fn trim(&self) {
-        let mut bins = self.lock();
-        Self::release(&mut bins);
+        self.release(|_| true);
     }
 
-    /// Trims if no cached block was reused since the last call: the blocks are no
-    /// longer part of a steady flow. True if it trimmed anything.
+    /// Returns the cached blocks of every size not reused since the last call: those
+    /// are no longer part of a steady flow. True if it returned any.
     pub fn trim_if_quiet(&self) -> bool {
-        let mut bins = self.lock();
-        let quiet = bins.taken == 0 && bins.bytes > 0;
-        bins.taken = 0;
-        if quiet {
-            Self::release(&mut bins);
-        }
-        quiet
+        self.release(|bin| !std::mem::take(&mut bin.used))
     }
 
-    fn release(bins: &mut Bins) {
+    /// Frees the blocks of the bins `pick` chooses; true if there were any. The
+    /// frees happen under the lock: the connector allocates from one thread, so
+    /// nobody waits on it.
+    fn release(&self, mut pick: impl FnMut(&mut Bin) -> bool) -> bool {
+        let mut bins = self.lock();
+        let bins = &mut *bins;
+        let mut any = false;
         for (class, bin) in bins.free.iter_mut().enumerate() {
+            if !pick(bin) || bin.len == 0 {
+                continue;
+            }
+            any = true;
             for block in bin.blocks[..bin.len].iter_mut() {
                 // SAFETY: cached blocks came from `System` with this class's layout.
                 unsafe { System.dealloc(*block, class_layout(class)) };
                 *block = ptr::null_mut();
             }
+            bins.bytes -= bin.len * class_size(class);
             bin.len = 0;
         }
-        bins.bytes = 0;
+        any
     }
 
     /// Bytes the cache holds now.
@@ -162,8 +166,8 @@ impl BlockCache {
         if bin.len > 0 {
             bin.len -= 1;
             bin.hit = true;
+            bin.used = true;
             bins.bytes -= class_size(class);
-            bins.taken += 1;
             return bin.blocks[bin.len];
         }
         let mut owed = class_size(class);
@@ -419,7 +423,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quiet_cache_is_trimmed_and_a_busy_one_kept() {
+    fn sizes_not_reused_since_the_last_look_are_trimmed() {
         let cache = BlockCache::new();
         unsafe {
             let a = cache.alloc(layout(10_000));
@@ -428,13 +432,18 @@ mod tests {
             assert!(cache.trim_if_quiet());
             assert_eq!(cache.cached_bytes(), 0);
             assert!(!cache.trim_if_quiet(), "nothing left to trim");
+            // 12 KiB blocks keep being reused; a 48 KiB one sits in the cache.
             for _ in 0..3 {
                 let b = cache.alloc(layout(10_000));
                 cache.dealloc(b, layout(10_000));
             }
-            // Reused since the last look: kept, and the next look finds it quiet.
-            assert!(!cache.trim_if_quiet());
+            let idle = cache.alloc(layout(40_000));
+            cache.dealloc(idle, layout(40_000));
+            assert_eq!(cache.cached_bytes(), 60 * 1024);
+            // One look hands back the idle size and keeps the busy one...
+            assert!(cache.trim_if_quiet());
             assert_eq!(cache.cached_bytes(), 12 * 1024);
+            // ...which the next look finds quiet.
             assert!(cache.trim_if_quiet());
             assert_eq!(cache.cached_bytes(), 0);
         }
@@ -442,24 +451,57 @@ mod tests {
 
     #[test]
     fn realloc_keeps_the_bytes_across_classes_and_the_system() {
+        // A pattern that differs from step to step, so that a skipped or misplaced
+        // copy shows even in a reused block.
+        let byte = |i: usize, step: usize| ((i + step * 31) % 251) as u8;
         let cache = BlockCache::new();
         unsafe {
             let mut size = 1000;
             let mut p = cache.alloc(layout(size));
-            p.write_bytes(7, size);
-            // Grow through the system's sizes, every class, and past the largest.
-            for next in [3000, 5000, 8192, 9000, 70_000, 131_072, 200_000, 6000, 100] {
+            for i in 0..size {
+                *p.add(i) = byte(i, 0);
+            }
+            // System to system, into a class, within it both ways, through the larger
+            // classes, past the largest, and back down.
+            let steps = [
+                1020, 1100, 1500, 1200, 3000, 5000, 8192, 9000, 70_000, 131_072, 200_000, 300_000,
+                6000, 100,
+            ];
+            for (step, next) in steps.into_iter().enumerate() {
                 p = cache.realloc(p, layout(size), next);
                 assert!(!p.is_null());
-                let kept = size.min(next);
-                assert!(
-                    std::slice::from_raw_parts(p, kept).iter().all(|&x| x == 7),
-                    "{size} -> {next}"
-                );
-                p.write_bytes(7, next);
+                for i in 0..size.min(next) {
+                    assert_eq!(*p.add(i), byte(i, step), "{size} -> {next} at {i}");
+                }
+                for i in 0..next {
+                    *p.add(i) = byte(i, step + 1);
+                }
                 size = next;
             }
             cache.dealloc(p, layout(size));
+            cache.trim();
+        }
+    }
+
+    #[test]
+    fn a_reused_block_is_zeroed_and_aligned_on_request() {
+        let cache = BlockCache::new();
+        unsafe {
+            let dirty = cache.alloc(layout(30_000));
+            dirty.write_bytes(0xff, 30_000);
+            cache.dealloc(dirty, layout(30_000));
+            let z = cache.alloc_zeroed(layout(30_000));
+            assert_eq!(z, dirty, "the cached block is reused");
+            assert!(std::slice::from_raw_parts(z, 30_000)
+                .iter()
+                .all(|&x| x == 0));
+            cache.dealloc(z, layout(30_000));
+            let wide = Layout::from_size_align(3000, 16).unwrap();
+            let blocks: Vec<*mut u8> = (0..4).map(|_| cache.alloc(wide)).collect();
+            assert!(blocks.iter().all(|&b| b as usize % 16 == 0));
+            for b in blocks {
+                cache.dealloc(b, wide);
+            }
             cache.trim();
         }
     }
