@@ -1081,12 +1081,11 @@ fn runtime_for(shared: &Shared, generation: u32) -> Option<Arc<Runtime>> {
         .cloned()
 }
 
-/// Counts a stream in flight, for the shutdown grace period and session drains.
 /// How often the musl build looks whether its block cache ([`crate::heap`]) went quiet.
 const HEAP_TRIM_EVERY: Duration = Duration::from_secs(20);
 
-/// Hands the allocator's cached blocks back once a transfer has ended: a look finds
-/// them unused since the one before.
+/// Hands the allocator's cached blocks of each size back once no transfer uses that
+/// size any more: a look finds them not reused since the one before.
 async fn trim_heap_when_quiet() {
     let mut tick = tokio::time::interval(HEAP_TRIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1098,6 +1097,7 @@ async fn trim_heap_when_quiet() {
     }
 }
 
+/// Counts a stream in flight, for the shutdown grace period and session drains.
 struct StreamGuard(Arc<Shared>, Arc<SessionStreams>);
 
 impl Drop for StreamGuard {

@@ -52,6 +52,7 @@ pub const MIN_DEVICE_SEND_WINDOW: u32 = 256 * 1024;
 pub fn device_send_window(connections: u8) -> u32 {
     (DEVICE_SEND_BUDGET / u32::from(connections.max(1))).max(MIN_DEVICE_SEND_WINDOW)
 }
+
 /// Bytes per stream the connector accepts from the edge before reading them.
 pub const DEVICE_STREAM_RECEIVE_WINDOW: u32 = 512 * 1024;
 /// Bytes per connection the connector accepts from the edge before reading them.
