@@ -30,9 +30,9 @@ const SMALL_SHIFT: u32 = 10;
 /// log2 of the cached sizes per doubling above `SMALL`: two, 1.5 and 2 times a power
 /// of two (1 536, 2 048, 3 072, 4 096, ... 131 072 bytes), so a block wastes at most a
 /// third of itself. Whole powers of two wasted up to half (an HTTP/2 DATA frame of
-/// 16 KiB and its 9-byte header took 32 KiB); four steps per doubling spread the
-/// received-datagram blocks over so many sizes that a 100 MiB upload mapped 308 of
-/// them again.
+/// 16 KiB and its 9-byte header took 32 KiB). Four steps per doubling wasted less but
+/// spread one transfer's received-datagram blocks over more sizes, which then evicted
+/// each other (a 100 MiB upload mapped 308 blocks again).
 const STEP_BITS: u32 = 1;
 /// Doublings covered: from 1 KiB to 128 KiB.
 const DOUBLINGS: u32 = 7;
@@ -41,8 +41,9 @@ const CLASSES: usize = (DOUBLINGS << STEP_BITS) as usize;
 /// The largest cached block; larger requests are the system's (musl maps them).
 const LARGEST: usize = 1 << (SMALL_SHIFT + DOUBLINGS);
 /// Bytes the cache may hold, all classes together: the connection receive window's
-/// worth (1 MiB) of received-datagram blocks. With 768 KiB a 100 MiB upload still
-/// mapped 686 blocks; with 1 MiB none.
+/// worth (1 MiB) of received-datagram blocks. With power-of-two sizes, 768 KiB left a
+/// 100 MiB upload mapping 686 blocks and 1 MiB none; with the sizes and hand-back
+/// rules of this file, 252 (1 800 without the cache) and none over HTTP/2.
 pub const CACHE_BYTES: usize = 1024 * 1024;
 /// Blocks per class at most.
 const SLOTS: usize = 64;
