@@ -95,6 +95,16 @@ struct Bin {
 // SAFETY: the raw pointers are blocks owned by the cache, touched only under the lock.
 unsafe impl Send for Bins {}
 
+impl Bins {
+    /// Takes the last cached block of `class` out of the cache.
+    fn pop(&mut self, class: usize) -> Option<*mut u8> {
+        let bin = &mut self.free[class];
+        bin.len = bin.len.checked_sub(1)?;
+        self.bytes -= class_size(class);
+        Some(bin.blocks[bin.len])
+    }
+}
+
 impl BlockCache {
     pub const fn new() -> BlockCache {
         const EMPTY: Bin = Bin {
@@ -127,20 +137,16 @@ impl BlockCache {
     /// nobody waits on it.
     fn release(&self, mut pick: impl FnMut(&mut Bin) -> bool) -> bool {
         let mut bins = self.lock();
-        let bins = &mut *bins;
         let mut any = false;
-        for (class, bin) in bins.free.iter_mut().enumerate() {
-            if !pick(bin) || bin.len == 0 {
+        for class in 0..CLASSES {
+            if !pick(&mut bins.free[class]) {
                 continue;
             }
-            any = true;
-            for block in bin.blocks[..bin.len].iter_mut() {
+            while let Some(block) = bins.pop(class) {
                 // SAFETY: cached blocks came from `System` with this class's layout.
-                unsafe { System.dealloc(*block, class_layout(class)) };
-                *block = ptr::null_mut();
+                unsafe { System.dealloc(block, class_layout(class)) };
+                any = true;
             }
-            bins.bytes -= bin.len * class_size(class);
-            bin.len = 0;
         }
         any
     }
@@ -162,24 +168,21 @@ impl BlockCache {
     /// received-datagram blocks of one transfer span two) do not evict each other.
     fn take(&self, class: usize) -> *mut u8 {
         let mut bins = self.lock();
-        let bins = &mut *bins;
-        let bin = &mut bins.free[class];
-        if bin.len > 0 {
-            bin.len -= 1;
+        if let Some(block) = bins.pop(class) {
+            let bin = &mut bins.free[class];
             bin.hit = true;
             bin.used = true;
-            bins.bytes -= class_size(class);
-            return bin.blocks[bin.len];
+            return block;
         }
         let mut owed = class_size(class);
         for other in (0..CLASSES).rev().filter(|&c| c != class) {
-            let bin = &mut bins.free[other];
-            let idle = !std::mem::take(&mut bin.hit);
-            while idle && owed > 0 && bin.len > 0 {
-                bin.len -= 1;
+            if std::mem::take(&mut bins.free[other].hit) {
+                continue;
+            }
+            while owed > 0 {
+                let Some(block) = bins.pop(other) else { break };
                 // SAFETY: cached blocks came from `System` with their class's layout.
-                unsafe { System.dealloc(bin.blocks[bin.len], class_layout(other)) };
-                bins.bytes -= class_size(other);
+                unsafe { System.dealloc(block, class_layout(other)) };
                 owed = owed.saturating_sub(class_size(other));
             }
         }

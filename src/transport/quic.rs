@@ -69,6 +69,7 @@ struct Windows {
 const DEVICE: Windows = Windows {
     stream_receive: DEVICE_STREAM_RECEIVE_WINDOW,
     conn_receive: DEVICE_CONN_RECEIVE_WINDOW,
+    // Each connection gets its share of the budget instead (`ClientTuning::send_window`).
     send: MIN_DEVICE_SEND_WINDOW,
 };
 
