@@ -5,7 +5,8 @@ Rows: direct (the baseline of this run), mailslot over QUIC, mailslot over HTTP/
 and, when installed, rathole over TLS and bore (plain TCP). For each row:
   bulk   a 100 MiB download and a 100 MiB upload with curl (MiB/s, median of 3)
   req    wrk -t2 -c50 -d10s on a 1 KiB body (req/s, p50, p99)
-  cpu    the connector's and the edge's CPU seconds during the row (all its loads)
+  cpu    the connector's and the edge's CPU seconds during the row (all its loads), and
+         per load: one bulk transfer each way and the wrk run
   rss    the connector's and the edge's peak RSS (VmHWM) after the row
 Every figure is also given as a ratio to direct. Everything binds 127.0.0.1, runs for
 a bounded time and is stopped at the end.
@@ -18,7 +19,8 @@ With --rounds N the rows run N times, interleaved (every row once, then every ro
 again, ...), and each figure is the median over the rounds (peak RSS: the largest).
 On a small shared machine one run is one sample; interleaved medians are what to compare.
 
-Usage: python3 bench/run.py [--quick] [--rounds N]   (needs nginx, wrk, curl; builds --release)
+Usage: python3 bench/run.py [--quick] [--rounds N] [--rows quic,http2,device,rathole,bore]
+       (needs nginx, wrk, curl; builds --release; --help lists the options)
 """
 
 import os
@@ -33,23 +35,34 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = "--quick" in sys.argv
+ROWS = ("quic", "http2", "device", "rathole", "bore")
 
 
-def rounds_arg():
-    if "--rounds" not in sys.argv:
-        return 1
-    i = sys.argv.index("--rounds")
-    try:
-        n = int(sys.argv[i + 1])
-    except (IndexError, ValueError):
-        sys.exit("bench: --rounds takes a count (1-20)")
-    if not 1 <= n <= 20:
-        sys.exit("bench: --rounds takes a count (1-20)")
-    return n
+def parse_args(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Data-path benchmark on loopback: direct, mailslot (QUIC, HTTP/2, device build), "
+                    "rathole (TLS) and bore (plain TCP) when installed.")
+    ap.add_argument("--quick", action="store_true", help="20 MiB bulk and 3 s of wrk instead of 100 MiB and 10 s")
+    ap.add_argument("--rounds", type=int, default=1, metavar="N",
+                    help="run every row N times, interleaved, and print medians (1-20; default 1)")
+    ap.add_argument("--rows", default=",".join(ROWS), metavar="LIST",
+                    help="comma-separated rows to run besides direct, from: " + ", ".join(ROWS) + " (default: all)")
+    args = ap.parse_args(argv)
+    if not 1 <= args.rounds <= 20:
+        ap.error("--rounds takes a count from 1 to 20")
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        ap.error(f"--rows: unknown row {', '.join(unknown)} (known: {', '.join(ROWS)})")
+    args.rows = set(rows)
+    return args
 
 
-ROUNDS = rounds_arg()
+ARGS = parse_args(None if __name__ == "__main__" else [])
+QUICK = ARGS.quick
+ROUNDS = ARGS.rounds
 BULK_MIB = 20 if QUICK else 100
 WRK_SECS = 3 if QUICK else 10
 BULK_RUNS = 3
@@ -194,15 +207,26 @@ def wrk(url, host):
 def measure(name, url, host, tmp, procs):
     """Runs the loads against url; procs maps role -> Proc for CPU and RSS."""
     upload = os.path.join(tmp, "www", "bulk")
-    cpu0 = {k: p.cpu() for k, p in procs.items()}
+    cpu = lambda: {k: p.cpu() for k, p in procs.items()}
+    since = lambda before, after: {k: after[k] - before[k] for k in before}
+    cpu0 = cpu()
     # The median of three: one transfer lasts well under a second here, and a single
     # one swings with whatever else the two cores were doing at that moment.
     down = statistics.median(curl_speed(url, host) for _ in range(BULK_RUNS))
+    cpu1 = cpu()
     up = statistics.median(curl_speed(url, host, upload=upload) for _ in range(BULK_RUNS))
+    cpu2 = cpu()
     rps, p50, p99, errs = wrk(url, host)
-    cpu = {k: p.cpu() - cpu0[k] for k, p in procs.items()}
+    cpu3 = cpu()
     hwm = {k: p.hwm_kib() for k, p in procs.items()}
-    return dict(name=name, down=down, up=up, rps=rps, p50=p50, p99=p99, errors=errs, cpu=cpu, hwm=hwm)
+    # Per load: CPU seconds of one bulk transfer (the mean of the three) and of the wrk run.
+    per_load = {
+        "down": {k: v / BULK_RUNS for k, v in since(cpu0, cpu1).items()},
+        "up": {k: v / BULK_RUNS for k, v in since(cpu1, cpu2).items()},
+        "req": since(cpu2, cpu3),
+    }
+    return dict(name=name, down=down, up=up, rps=rps, p50=p50, p99=p99, errors=errs,
+                cpu=since(cpu0, cpu3), load_cpu=per_load, hwm=hwm)
 
 
 def combine(runs):
@@ -212,6 +236,8 @@ def combine(runs):
     return dict(name=runs[0]["name"], down=med("down"), up=med("up"), rps=med("rps"), p50=med("p50"),
                 p99=med("p99"), errors=sum(r["errors"] for r in runs),
                 cpu={k: statistics.median(r["cpu"][k] for r in runs) for k in roles},
+                load_cpu={load: {k: statistics.median(r["load_cpu"][load][k] for r in runs) for k in roles}
+                          for load in ("down", "up", "req")},
                 hwm={k: max(r["hwm"][k] for r in runs) for k in roles})
 
 
@@ -317,7 +343,7 @@ def main():
     print("building release binaries ...", flush=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
     binaries = (os.path.join(ROOT, "target/release/mailslot-edge"), os.path.join(ROOT, "target/release/mailslot"))
-    device_bin, device_label = device_build()
+    device_bin, device_label = device_build() if "device" in ARGS.rows else (None, None)
     tmp = tempfile.mkdtemp(prefix="mailslot-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as another user
     started = []
@@ -327,13 +353,14 @@ def main():
         started.append(origin)
         direct = f"http://127.0.0.1:{origin_port}/"
         setups = [
-            ("direct", None),
-            ("mailslot quic", lambda: mailslot("quic", tmp, origin_port, binaries)),
-            ("mailslot http2", lambda: mailslot("http2", tmp, origin_port, binaries)),
-            (device_label, lambda: mailslot("quic", tmp, origin_port, binaries, device_bin)),
-            ("rathole tls", lambda: rathole(tmp, origin_port)),
-            ("bore (plain tcp)", lambda: bore(tmp, origin_port)),
+            ("direct", "direct", None),
+            ("quic", "mailslot quic", lambda: mailslot("quic", tmp, origin_port, binaries)),
+            ("http2", "mailslot http2", lambda: mailslot("http2", tmp, origin_port, binaries)),
+            ("device", device_label, lambda: mailslot("quic", tmp, origin_port, binaries, device_bin)),
+            ("rathole", "rathole tls", lambda: rathole(tmp, origin_port)),
+            ("bore", "bore (plain tcp)", lambda: bore(tmp, origin_port)),
         ]
+        setups = [(label, setup) for key, label, setup in setups if key == "direct" or key in ARGS.rows]
         for n in range(ROUNDS):
             if ROUNDS > 1:
                 print(f"round {n + 1} of {ROUNDS} ...", flush=True)
@@ -377,6 +404,30 @@ def main():
               f"{fmt_cpu(c)}{fmt_mem(ch)}{fmt_cpu(e)}{fmt_mem(eh)}")
         if r["errors"]:
             print(f"  ! {r['errors']} non-2xx responses")
+    print()
+    print(f"CPU seconds per load: one {BULK_MIB} MiB transfer (down, up) and the whole wrk run (req)")
+    hdr2 = f"{'row':<20}" + "".join(f"{h:>11}" for h in ("conn down", "conn up", "conn req", "edge down",
+                                                             "edge up", "edge req", "sum down", "sum up", "us/req"))
+    print(hdr2)
+    print("-" * len(hdr2))
+    for r in rows[1:]:
+        lc = r["load_cpu"]
+        cells = [lc[load].get(role) for role in ("connector", "edge") for load in ("down", "up", "req")]
+        cells += [sum(lc[load].values()) for load in ("down", "up")]
+        # Both ends' CPU per request under wrk, in microseconds.
+        cells.append(sum(lc["req"].values()) / (r["rps"] * WRK_SECS) * 1e6 if r["rps"] else None)
+        print(f"{r['name']:<20}" + "".join(f"{v:11.3f}" if v is not None else f"{'-':>11}" for v in cells[:-1])
+              + (f"{cells[-1]:11.1f}" if cells[-1] is not None else f"{'-':>11}"))
+    rathole_row = next((r for r in rows if r["name"] == "rathole tls"), None)
+    if rathole_row is not None:
+        print()
+        print("against rathole tls (the issue's goals: bulk and req/s >= 1.2x, p99 no worse):")
+        for r in rows[1:]:
+            if r is rathole_row or r["name"].startswith("bore"):
+                continue
+            ratio = lambda key: r[key] / rathole_row[key] if rathole_row[key] else float("nan")
+            print(f"  {r['name']:<20} down {ratio('down'):5.2f}x  up {ratio('up'):5.2f}x  "
+                  f"req/s {ratio('rps'):5.2f}x  p99 {r['p99']:.2f} vs {rathole_row['p99']:.2f} ms")
 
 
 if __name__ == "__main__":
