@@ -421,7 +421,7 @@ def main():
     rathole_row = next((r for r in rows if r["name"] == "rathole tls"), None)
     if rathole_row is not None:
         print()
-        print("against rathole tls (the issue's goals: bulk and req/s >= 1.2x, p99 no worse):")
+        print("against rathole tls (goals: bulk and req/s >= 1.2x, p99 no worse):")
         for r in rows[1:]:
             if r is rathole_row or r["name"].startswith("bore"):
                 continue
