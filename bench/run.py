@@ -78,7 +78,11 @@ def free_port():
 
 
 class Proc:
-    """A child process whose output lines are scanned for readiness."""
+    """A child process whose output lines are scanned for readiness. Every one started
+    is listed in `Proc.live`, so that main stops them all, even those of a setup that
+    failed half way."""
+
+    live = []
 
     def __init__(self, args, env=None):
         self.p = subprocess.Popen(
@@ -88,6 +92,7 @@ class Proc:
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )
+        Proc.live.append(self)
         self.lines = []
         self.buf = b""
 
@@ -346,11 +351,9 @@ def main():
     device_bin, device_label = device_build() if "device" in ARGS.rows else (None, None)
     tmp = tempfile.mkdtemp(prefix="mailslot-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as another user
-    started = []
     results = {}  # label -> one measurement per round, in row order
     try:
-        origin, origin_port = nginx(tmp)
-        started.append(origin)
+        _, origin_port = nginx(tmp)
         direct = f"http://127.0.0.1:{origin_port}/"
         setups = [
             ("direct", "direct", None),
@@ -374,12 +377,11 @@ def main():
                         print(f"({label}: not installed, skipped)")
                     continue
                 url, procs = got
-                started.extend(procs.values())
                 results.setdefault(label, []).append(measure(label, url, HOST, tmp, procs))
                 for p in procs.values():
                     p.stop()
     finally:
-        for p in started:
+        for p in Proc.live:
             p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     rows = [combine(runs) for runs in results.values()]
