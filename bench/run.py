@@ -198,10 +198,15 @@ def curl_speed(url, host, upload=None):
 def wrk(url, host):
     out = run(["wrk", "-t2", "-c50", f"-d{WRK_SECS}s", "--latency", "-H", f"Host: {host}", url + "1k"],
               timeout=WRK_SECS + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk printed no request rate for {url}:\n{out}")
+    rps = float(found.group(1))
 
     def ms(label):
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        if m is None:
+            raise RuntimeError(f"wrk printed no p{label} latency for {url}:\n{out}")
         v, unit = float(m.group(1)), m.group(2)
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
