@@ -211,7 +211,8 @@ def wrk(url, host):
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, ms("50"), ms("99"), int(errors.group(1)) if errors else 0
+    count = re.search(r"(\d+) requests in", out)
+    return rps, ms("50"), ms("99"), int(errors.group(1)) if errors else 0, int(count.group(1)) if count else 0
 
 
 def measure(name, url, host, tmp, procs):
@@ -226,7 +227,7 @@ def measure(name, url, host, tmp, procs):
     cpu1 = cpu()
     up = statistics.median(curl_speed(url, host, upload=upload) for _ in range(BULK_RUNS))
     cpu2 = cpu()
-    rps, p50, p99, errs = wrk(url, host)
+    rps, p50, p99, errs, requests = wrk(url, host)
     cpu3 = cpu()
     hwm = {k: p.hwm_kib() for k, p in procs.items()}
     # Per load: CPU seconds of one bulk transfer (the mean of the three) and of the wrk run.
@@ -235,8 +236,10 @@ def measure(name, url, host, tmp, procs):
         "up": {k: v / BULK_RUNS for k, v in since(cpu1, cpu2).items()},
         "req": since(cpu2, cpu3),
     }
+    # Both ends' CPU per request under wrk, in microseconds.
+    us_per_req = sum(per_load["req"].values()) / requests * 1e6 if requests and procs else None
     return dict(name=name, down=down, up=up, rps=rps, p50=p50, p99=p99, errors=errs,
-                cpu=since(cpu0, cpu3), load_cpu=per_load, hwm=hwm)
+                cpu=since(cpu0, cpu3), load_cpu=per_load, us_per_req=us_per_req, hwm=hwm)
 
 
 def combine(runs):
@@ -245,6 +248,7 @@ def combine(runs):
     roles = runs[0]["cpu"].keys()
     return dict(name=runs[0]["name"], down=med("down"), up=med("up"), rps=med("rps"), p50=med("p50"),
                 p99=med("p99"), errors=sum(r["errors"] for r in runs),
+                us_per_req=statistics.median(r["us_per_req"] for r in runs) if runs[0]["us_per_req"] else None,
                 cpu={k: statistics.median(r["cpu"][k] for r in runs) for k in roles},
                 load_cpu={load: {k: statistics.median(r["load_cpu"][load][k] for r in runs) for k in roles}
                           for load in ("down", "up", "req")},
@@ -356,7 +360,7 @@ def main():
     device_bin, device_label = device_build() if "device" in ARGS.rows else (None, None)
     tmp = tempfile.mkdtemp(prefix="mailslot-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as another user
-    results = {}  # label -> one measurement per round, in row order
+    results = {}  # row key -> one measurement per round, in row order
     try:
         _, origin_port = nginx(tmp)
         direct = f"http://127.0.0.1:{origin_port}/"
@@ -368,13 +372,13 @@ def main():
             ("rathole", "rathole tls", lambda: rathole(tmp, origin_port)),
             ("bore", "bore (plain tcp)", lambda: bore(tmp, origin_port)),
         ]
-        setups = [(label, setup) for key, label, setup in setups if key == "direct" or key in ARGS.rows]
+        setups = [row for row in setups if row[0] == "direct" or row[0] in ARGS.rows]
         for n in range(ROUNDS):
             if ROUNDS > 1:
                 print(f"round {n + 1} of {ROUNDS} ...", flush=True)
-            for label, setup in setups:
+            for key, label, setup in setups:
                 if setup is None:
-                    results.setdefault(label, []).append(measure(label, direct, HOST, tmp, {}))
+                    results.setdefault(key, []).append(measure(label, direct, HOST, tmp, {}))
                     continue
                 got = setup()
                 if got is None:
@@ -382,14 +386,15 @@ def main():
                         print(f"({label}: not installed, skipped)")
                     continue
                 url, procs = got
-                results.setdefault(label, []).append(measure(label, url, HOST, tmp, procs))
+                results.setdefault(key, []).append(measure(label, url, HOST, tmp, procs))
                 for p in procs.values():
                     p.stop()
     finally:
         for p in Proc.live:
             p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    rows = [combine(runs) for runs in results.values()]
+    by_key = {key: combine(runs) for key, runs in results.items()}
+    rows = list(by_key.values())
 
     base = rows[0]
     print()
@@ -421,16 +426,16 @@ def main():
         lc = r["load_cpu"]
         cells = [lc[load].get(role) for role in ("connector", "edge") for load in ("down", "up", "req")]
         cells += [sum(lc[load].values()) for load in ("down", "up")]
-        # Both ends' CPU per request under wrk, in microseconds.
-        cells.append(sum(lc["req"].values()) / (r["rps"] * WRK_SECS) * 1e6 if r["rps"] else None)
-        print(f"{r['name']:<20}" + "".join(f"{v:11.3f}" if v is not None else f"{'-':>11}" for v in cells[:-1])
-              + (f"{cells[-1]:11.1f}" if cells[-1] is not None else f"{'-':>11}"))
-    rathole_row = next((r for r in rows if r["name"] == "rathole tls"), None)
+        us = r["us_per_req"]
+        print(f"{r['name']:<20}" + "".join(f"{v:11.3f}" if v is not None else f"{'-':>11}" for v in cells)
+              + (f"{us:11.1f}" if us is not None else f"{'-':>11}"))
+    rathole_row = by_key.get("rathole")
     if rathole_row is not None:
         print()
         print("against rathole tls (goals: bulk and req/s >= 1.2x, p99 no worse):")
-        for r in rows[1:]:
-            if r is rathole_row or r["name"].startswith("bore"):
+        for key in ("quic", "http2", "device"):
+            r = by_key.get(key)
+            if r is None:
                 continue
             ratio = lambda key: r[key] / rathole_row[key] if rathole_row[key] else float("nan")
             print(f"  {r['name']:<20} down {ratio('down'):5.2f}x  up {ratio('up'):5.2f}x  "
