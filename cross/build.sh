@@ -9,7 +9,7 @@
 #   cross/build.sh --test TARGET    # instead: the library's unit tests, run under qemu-user
 #
 # With a Docker engine (`docker info` works) and `cross` installed, it runs `cross build`
-# (configuration: cross/Cross.toml). Otherwise it uses the host toolchain: stable with
+# (configuration: Cross.toml at the repository root). Otherwise it uses the host toolchain: stable with
 # the rustup target where rustup has it, else nightly with -Zbuild-std; Debian's gcc as
 # the linker for aarch64, `cargo zigbuild` for 32-bit ARM. It installs nothing but the
 # rustup target/component; what is missing is printed with the command that installs it.
@@ -99,7 +99,7 @@ if [ "$method" = cross ]; then
     need cross "cargo install cross --locked"
     report_missing
     echo "build.sh: cross ${cargo_args[*]}" >&2
-    CROSS_CONFIG=$root/cross/Cross.toml cross "${cargo_args[@]}" "$@"
+    CROSS_CONFIG=$root/Cross.toml cross "${cargo_args[@]}" "$@"
 elif [ "$method" = host ]; then
     need cargo "https://rustup.rs"
     need rustup "https://rustup.rs"
