@@ -197,7 +197,7 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
              no NTP); certificates are checked against the build time until it is"
         );
     }
-    let connector = mailslot::connector::Connector::for_file(loaded.config, &path)?;
+    let connector = mailslot::connector::Connector::new(loaded.config)?;
     log::info!(
         "mailslot {} starting with {}",
         env!("CARGO_PKG_VERSION"),

@@ -119,11 +119,11 @@ pub struct Register {
 /// from connectors that predate it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterTail {
-    /// Id of this connector instance: the same for every process one supervisor starts
-    /// with one config on one boot of one board, distinct between replicas. With the
-    /// per-process [`Register::connector_id`] it tells a connector that restarted (the
-    /// same instance, another process) from a replica: the edge closes the connections
-    /// the previous process of the instance left behind.
+    /// Id of this connector instance: never shared by two live processes, and taken
+    /// again by a connector started after its predecessor died (see
+    /// `connector::instance`). With the per-process [`Register::connector_id`] it tells a
+    /// connector that restarted (the same instance, another process) from a replica: the
+    /// edge closes the connections the previous process of the instance left behind.
     pub instance: [u8; 16],
 }
 

@@ -1162,16 +1162,20 @@ fn a_tunnel_whose_connector_died_answers_502_within_seconds() {
 fn a_connector_restarted_after_a_crash_replaces_its_dead_connections_at_once() {
     let edge = start_edge(init_edge(""));
     let origin = Origin::start("A");
-    let token = edge.token("dev42", &["dev42.example.com"], "1d");
+    // A tunnel name of its own: instance slots are shared by every connector of one
+    // tunnel name and user on this machine, other tests' included.
+    let tunnel = format!("crashy{}", std::process::id());
+    let token = edge.token(&tunnel, &["dev42.example.com"], "1d");
     let rules = format!(
         "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
         origin.addr
     );
-    let yaml = device_yaml(&edge, &token, 2, &rules);
+    let yaml = device_yaml(&edge, &token, 2, &rules)
+        .replace("tunnel: dev42\n", &format!("tunnel: {tunnel}\n"));
     let dev = TempDir::new("device");
-    // A replica with its own config file: another instance, never replaced.
-    let other = TempDir::new("replica");
-    let _replica = start_connector(other.path(), &yaml, 2);
+    // A replica with the very same config on the same machine: another instance,
+    // never replaced.
+    let _replica = start_connector(dev.path(), &yaml, 2);
     let mut first = start_connector(dev.path(), &yaml, 2);
     for _ in 0..8 {
         assert_eq!(get(&edge, "dev42.example.com", "/").0, 200);

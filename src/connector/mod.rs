@@ -4,6 +4,7 @@
 //!
 //! The connector listens on nothing: it only dials out.
 
+mod instance;
 pub mod origin;
 pub mod runtime;
 
@@ -74,8 +75,8 @@ pub struct SlotState {
 struct Shared {
     /// Random id of this process.
     connector_id: [u8; 16],
-    /// Id of this connector instance, stable across restarts ([`instance_id`]).
-    instance: Option<[u8; 16]>,
+    /// Id of this connector instance, the same for its restart ([`instance`]).
+    instance: Option<instance::Instance>,
     current: watch::Sender<Arc<Runtime>>,
     previous: Mutex<Option<Arc<Runtime>>>,
     draining: watch::Sender<bool>,
@@ -97,30 +98,14 @@ pub struct Connector {
 
 impl Connector {
     /// Prepares a connector for `config`; fails on unusable embedded certificates.
-    /// Its instance id has no config file in it: for one connector per tunnel and user
-    /// (the demo); [`Connector::for_file`] is the connector `mailslot run` starts.
     pub fn new(config: Box<DeviceConfig>) -> Result<Self, String> {
-        let instance = instance_id(&config.tunnel, None);
-        Self::with_instance(config, instance)
-    }
-
-    /// Prepares a connector for `config`, read from `path`: the path is part of the
-    /// instance id, so that replicas started with their own config files on one board
-    /// never replace each other's connections.
-    pub fn for_file(config: Box<DeviceConfig>, path: &std::path::Path) -> Result<Self, String> {
-        let instance = instance_id(&config.tunnel, Some(path));
-        Self::with_instance(config, instance)
-    }
-
-    fn with_instance(
-        config: Box<DeviceConfig>,
-        instance: Option<[u8; 16]>,
-    ) -> Result<Self, String> {
+        let instance = instance::Instance::claim(&config.tunnel);
         match &instance {
-            Some(id) => log::debug!("connector instance {}", &hex(id)[..8]),
+            Some(i) => log::debug!("connector instance {}", &hex(&i.id)[..8]),
             None => log::info!(
-                "no boot id to derive a connector instance id from: after a crash, the edge \
-                 keeps this connector's old connections until they time out"
+                "no connector instance id (no boot id, network namespace or free slot): \
+                 after a crash, the edge keeps this connector's old connections until they \
+                 time out"
             ),
         }
         let rt = Arc::new(Runtime::new(config, 1)?);
@@ -210,50 +195,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave their data half-updated (every
     // critical section is a single assignment), so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Where the kernel keeps the id it draws at each boot.
-const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
-
-/// The id of this connector instance: a hash of the kernel's boot id, the effective
-/// user, the tunnel's name and the config file's absolute path. Every process a
-/// supervisor starts with the same config on one boot gets the same id, with nothing
-/// written anywhere (the boot id lives in the kernel's memory); replicas with their own
-/// config files, other users, other boards (or a board booted again) get others.
-/// `None` without a boot id (not Linux): the edge then replaces nothing.
-fn instance_id(tunnel: &str, config: Option<&std::path::Path>) -> Option<[u8; 16]> {
-    let boot = std::fs::read_to_string(BOOT_ID).ok()?;
-    let boot = boot.trim();
-    if boot.is_empty() {
-        return None;
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    let path = config.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
-    Some(instance_digest(boot, uid, tunnel, path.as_deref()))
-}
-
-fn instance_digest(
-    boot: &str,
-    uid: u32,
-    tunnel: &str,
-    config: Option<&std::path::Path>,
-) -> [u8; 16] {
-    use std::os::unix::ffi::OsStrExt;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"mailslot connector instance 1\0");
-    for part in [boot.as_bytes(), &uid.to_be_bytes(), tunnel.as_bytes()] {
-        ctx.update(&(part.len() as u32).to_be_bytes());
-        ctx.update(part);
-    }
-    if let Some(p) = config {
-        let p = p.as_os_str().as_bytes();
-        ctx.update(&(p.len() as u32).to_be_bytes());
-        ctx.update(p);
-    }
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&ctx.finish().as_ref()[..16]);
-    id
 }
 
 /// Random bytes from the system, or from the clock if it has none.
@@ -926,9 +867,11 @@ async fn register(
         rules: rt.rule_infos.clone(),
         software: env!("CARGO_PKG_VERSION").into(),
     });
-    let sent = match shared.instance {
+    let sent = match &shared.instance {
         Some(instance) => {
-            let tail = RegisterTail { instance };
+            let tail = RegisterTail {
+                instance: instance.id,
+            };
             wire::write_control_with_tail(&mut control.send, &register, &tail).await
         }
         None => wire::write_control(&mut control.send, &register).await,
@@ -1218,36 +1161,5 @@ mod tests {
         assert!(b.delay() >= BACKOFF_MAX / 2);
         b.reset();
         assert!(b.delay() <= BACKOFF_MIN);
-    }
-
-    #[test]
-    fn instance_ids_are_stable_and_tell_replicas_apart() {
-        use std::path::Path;
-        let boot = "0e6c1a3e-5f0b-4b8e-9a43-6a2f0c0d9b11";
-        let cfg = Some(Path::new("/etc/mailslot/config.bin"));
-        let id = instance_digest(boot, 0, "dev42", cfg);
-        assert_eq!(id, instance_digest(boot, 0, "dev42", cfg));
-        for other in [
-            instance_digest("1e6c1a3e-5f0b-4b8e-9a43-6a2f0c0d9b11", 0, "dev42", cfg),
-            instance_digest(boot, 1000, "dev42", cfg),
-            instance_digest(boot, 0, "dev43", cfg),
-            instance_digest(boot, 0, "dev42", Some(Path::new("/etc/mailslot/b.bin"))),
-            instance_digest(boot, 0, "dev42", None),
-            // Parts are length-prefixed: moving a byte between them changes the id.
-            instance_digest(
-                boot,
-                0,
-                "dev42/",
-                Some(Path::new("etc/mailslot/config.bin")),
-            ),
-        ] {
-            assert_ne!(id, other);
-        }
-        // On Linux the running process has one, the same each time.
-        if Path::new(BOOT_ID).exists() {
-            let a = instance_id("dev42", cfg);
-            assert!(a.is_some());
-            assert_eq!(a, instance_id("dev42", cfg));
-        }
     }
 }
