@@ -1175,7 +1175,7 @@ fn a_connector_restarted_after_a_crash_replaces_its_dead_connections_at_once() {
     let dev = TempDir::new("device");
     // A replica with the very same config on the same machine: another instance,
     // never replaced.
-    let _replica = start_connector(dev.path(), &yaml, 2);
+    let mut replica = start_connector(dev.path(), &yaml, 2);
     let mut first = start_connector(dev.path(), &yaml, 2);
     for _ in 0..8 {
         assert_eq!(get(&edge, "dev42.example.com", "/").0, 200);
@@ -1184,7 +1184,7 @@ fn a_connector_restarted_after_a_crash_replaces_its_dead_connections_at_once() {
     first.wait_exit(WAIT).unwrap();
     let gone_before = edge.proc.count(": disconnected: ");
     // The supervisor starts it again, with the same config.
-    let _second = start_connector(dev.path(), &yaml, 2);
+    let mut second = start_connector(dev.path(), &yaml, 2);
     // The dead process's two connections are closed at once, not after the idle timeout
     // (45 s); the replica's stay.
     let took = edge
@@ -1212,5 +1212,16 @@ fn a_connector_restarted_after_a_crash_replaces_its_dead_connections_at_once() {
         gone_before + 2,
         "only the dead process's connections go\n{}",
         edge.proc.dump()
+    );
+    // Both stop cleanly: the next visitor hears at once that nothing serves the host
+    // (before, the killed process's connections still took requests, for 30 s each).
+    for p in [&mut second, &mut replica] {
+        p.signal(15);
+        assert!(p.wait_exit(WAIT).is_some_and(|s| s.success()));
+    }
+    let (code, took) = timed_get(&edge, "dev42.example.com", "/", 10);
+    assert!(
+        code == "404" && took < Duration::from_secs(3),
+        "{code:?} after {took:?}"
     );
 }
