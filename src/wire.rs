@@ -19,6 +19,19 @@
 //! [`EdgeMsg::Refused`]. Both carry [`PROTOCOL_VERSION`], so a mismatch is reported in
 //! words on both sides.
 //!
+//! The registration frame may carry a tail after the message: postcard structs have no
+//! room for a field added later, but a decoder reads one message from the front of the
+//! frame and leaves the rest, so edges that predate the tail read the message and
+//! ignore it, and a connector that predates it sends none. Later parts are appended
+//! after the tail the same way.
+//!
+//! ```text
+//!  +-------+------------------------------+------------------------+
+//!  |  len  | postcard ConnectorMsg::      | postcard RegisterTail  |
+//!  |       | Register                     | (optional)             |
+//!  +-------+------------------------------+------------------------+
+//! ```
+//!
 //! Data stream: the edge writes one [`StreamHeader`] frame, the connector dials the
 //! service and answers one [`StreamReply`] frame; after an `Ok` reply the stream is a raw
 //! byte pipe to the service in both directions.
@@ -100,6 +113,18 @@ pub struct Register {
     pub rules: Vec<RuleInfo>,
     /// Software version, for the fleet status.
     pub software: String,
+}
+
+/// What a connector appends to its registration frame (see the module doc): absent
+/// from connectors that predate it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterTail {
+    /// Id of this connector instance: never shared by two live processes, and taken
+    /// again by a connector started after its predecessor died (see
+    /// `connector::instance`). With the per-process [`Register::connector_id`] it tells a
+    /// connector that restarted (the same instance, another process) from a replica: the
+    /// edge closes the connections the previous process of the instance left behind.
+    pub instance: [u8; 16],
 }
 
 /// Messages the connector sends on the control stream.
@@ -285,12 +310,46 @@ where
     Ok(())
 }
 
-/// Reads one control frame; `Closed` on a clean end of stream before the frame.
+/// Writes one control frame holding `msg` followed by `tail` (a registration and its
+/// [`RegisterTail`]).
+pub async fn write_control_with_tail<W, M, T>(w: &mut W, msg: &M, tail: &T) -> Result<(), WireError>
+where
+    W: AsyncWrite + Unpin,
+    M: Serialize,
+    T: Serialize,
+{
+    write_control(w, &(msg, tail)).await
+}
+
+/// Reads one control frame; `Closed` on a clean end of stream before the frame. Bytes
+/// after the message (a tail this build does not expect) are ignored.
 pub async fn read_control<R, M>(r: &mut R) -> Result<M, WireError>
 where
     R: AsyncRead + Unpin,
     M: DeserializeOwned,
 {
+    let body = read_control_frame(r).await?;
+    postcard::from_bytes(&body).map_err(WireError::Malformed)
+}
+
+/// Reads one control frame holding a message and, when the sender appended one, a
+/// tail; parts appended after the tail are ignored.
+pub async fn read_control_with_tail<R, M, T>(r: &mut R) -> Result<(M, Option<T>), WireError>
+where
+    R: AsyncRead + Unpin,
+    M: DeserializeOwned,
+    T: DeserializeOwned,
+{
+    let body = read_control_frame(r).await?;
+    let (msg, rest) = postcard::take_from_bytes(&body).map_err(WireError::Malformed)?;
+    if rest.is_empty() {
+        return Ok((msg, None));
+    }
+    let (tail, _later) = postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
+    Ok((msg, Some(tail)))
+}
+
+async fn read_control_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, WireError> {
     let mut len = [0u8; 4];
     read_prefix(r, &mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -302,7 +361,7 @@ where
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
-    postcard::from_bytes(&body).map_err(WireError::Malformed)
+    Ok(body)
 }
 
 /// Encodes a stream header or reply frame (u16 length prefix).
@@ -407,6 +466,69 @@ mod tests {
         let got: ConnectorMsg = read_control(&mut b).await.unwrap();
         writer.await.unwrap().unwrap();
         assert_eq!(got, msg);
+    }
+
+    fn register_msg() -> ConnectorMsg {
+        ConnectorMsg::Register(Register {
+            version: PROTOCOL_VERSION,
+            token: "t".repeat(40),
+            connector_id: [7; 16],
+            conn_index: 1,
+            rules_generation: 1,
+            rules: vec![RuleInfo {
+                hostname: None,
+                path: None,
+                action: RuleAction::Status(404),
+                host_header: None,
+            }],
+            software: "0.1.0".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_registration_tail_is_read_by_new_edges_and_ignored_by_old_ones() {
+        let msg = register_msg();
+        let tail = RegisterTail { instance: [9; 16] };
+        let mut framed = Vec::new();
+        write_control_with_tail(&mut framed, &msg, &tail)
+            .await
+            .unwrap();
+        // An edge of the previous version reads the message alone.
+        let old: ConnectorMsg = read_control(&mut &framed[..]).await.unwrap();
+        assert_eq!(old, msg);
+        // This version reads both.
+        let (got, got_tail) =
+            read_control_with_tail::<_, ConnectorMsg, RegisterTail>(&mut &framed[..])
+                .await
+                .unwrap();
+        assert_eq!((got, got_tail), (msg.clone(), Some(tail.clone())));
+        // A connector of the previous version sends no tail.
+        let mut plain = Vec::new();
+        write_control(&mut plain, &msg).await.unwrap();
+        let (got, got_tail) =
+            read_control_with_tail::<_, ConnectorMsg, RegisterTail>(&mut &plain[..])
+                .await
+                .unwrap();
+        assert_eq!((got, got_tail), (msg.clone(), None));
+        // A later version's further parts after the tail are ignored.
+        let mut later = Vec::new();
+        write_control(&mut later, &(&msg, &tail, 77u32))
+            .await
+            .unwrap();
+        let (_, got_tail) =
+            read_control_with_tail::<_, ConnectorMsg, RegisterTail>(&mut &later[..])
+                .await
+                .unwrap();
+        assert_eq!(got_tail, Some(tail));
+        // A cut tail is an error, not a panic.
+        let mut cut = plain.clone();
+        cut.push(3);
+        let len = (cut.len() - 4) as u32;
+        cut[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(
+            read_control_with_tail::<_, ConnectorMsg, RegisterTail>(&mut &cut[..]).await,
+            Err(WireError::Malformed(_))
+        ));
     }
 
     #[tokio::test]

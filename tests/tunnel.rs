@@ -961,3 +961,267 @@ fn fleet_status_of_http2_connections_has_no_packet_size() {
     assert_eq!(field(lines[0], "protocol"), "http2");
     assert_eq!(field(lines[0], "packet"), "-");
 }
+
+/// GET `path` of `host` with extra request headers; (status, body).
+fn get_with(edge: &EdgeProc, host: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    let url = format!("http://{}{path}", edge.http);
+    let mut args = vec!["-H".to_string(), format!("Host: {host}")];
+    for h in headers {
+        args.push("-H".into());
+        args.push(h.to_string());
+    }
+    args.extend(["-w".to_string(), "\n%{http_code}".to_string(), url.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, err) = curl(&args);
+    assert!(ok, "curl {url} failed: {err}");
+    let out = String::from_utf8(out).unwrap();
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// Client-address headers a visitor sends.
+const SPOOFED: [&str; 5] = [
+    "X-Real-IP: 6.6.6.6",
+    "Forwarded: for=6.6.6.6;proto=https",
+    "True-Client-IP: 6.6.6.6",
+    "X-Forwarded-Port: 6666",
+    "X-Forwarded-For: 6.6.6.6",
+];
+
+#[test]
+fn client_address_headers_from_visitors_never_reach_the_origin() {
+    let s = setup("", 1);
+    let (code, h) = get_with(&s.edge, "dev42.example.com", "/headers", &SPOOFED);
+    assert_eq!(code, 200);
+    assert!(!h.contains("6.6.6.6") && !h.contains("6666"), "{h}");
+    assert!(!h.contains("true-client-ip"), "{h}");
+    assert!(h.contains("x-real-ip: 127.0.0.1\n"), "{h}");
+    assert!(h.contains("x-forwarded-for: 127.0.0.1\n"), "{h}");
+    assert!(h.contains("x-forwarded-port: 80\n"), "{h}");
+    assert!(
+        h.contains("forwarded: for=127.0.0.1;host=\"dev42.example.com\";proto=http\n"),
+        "{h}"
+    );
+}
+
+#[test]
+fn client_address_headers_from_a_trusted_proxy_are_kept_and_extended() {
+    let s = setup("trusted-proxies: [127.0.0.1/32]", 1);
+    let (code, h) = get_with(&s.edge, "dev42.example.com", "/headers", &SPOOFED);
+    assert_eq!(code, 200);
+    // The proxy speaks for the visitor: its client is the client.
+    assert!(h.contains("x-real-ip: 6.6.6.6\n"), "{h}");
+    assert!(h.contains("x-forwarded-for: 6.6.6.6, 127.0.0.1\n"), "{h}");
+    assert!(h.contains("true-client-ip: 6.6.6.6\n"), "{h}");
+    assert!(h.contains("x-forwarded-port: 6666\n"), "{h}");
+    assert!(
+        h.contains(
+            "forwarded: for=6.6.6.6;proto=https, for=127.0.0.1;host=\"dev42.example.com\";proto=http\n"
+        ),
+        "{h}"
+    );
+}
+
+#[test]
+fn only_websocket_upgrades_reach_the_origin() {
+    let s = setup("", 1);
+    // curl's own h2c upgrade (`--http2` on an http:// URL): answered in HTTP/1.1, and
+    // the origin never hears of the upgrade.
+    let url = format!("http://{}/headers", s.edge.http);
+    let (ok, out, err) = curl(&["--http2", "-i", "-H", "Host: dev42.example.com", &url]);
+    assert!(ok, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let lower = out.to_ascii_lowercase();
+    assert!(
+        !lower.contains("upgrade") && !lower.contains("h2c"),
+        "{out}"
+    );
+    // Any other protocol by hand, too.
+    let (code, h) = get_with(
+        &s.edge,
+        "dev42.example.com",
+        "/headers",
+        &["Connection: Upgrade", "Upgrade: mailslot-raw"],
+    );
+    assert_eq!(code, 200);
+    assert!(!h.contains("upgrade"), "{h}");
+}
+
+#[test]
+fn a_dead_origin_shows_the_visitor_no_address_or_error() {
+    let s = setup("", 1);
+    let (code, body) = get(&s.edge, "dead.dev42.example.com", "/");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("unreachable"), "{body}");
+    assert!(
+        !body.contains("127.0.0.1") && !body.to_lowercase().contains("refused"),
+        "{body}"
+    );
+    // The detail is in the edge's log, and the connector's.
+    s.edge
+        .proc
+        .wait_line("origin unreachable: cannot reach 127.0.0.1:");
+    s.connector.wait_line("cannot reach 127.0.0.1:");
+}
+
+#[test]
+fn an_http10_origin_is_answered_in_http11() {
+    let edge = start_edge(init_edge(""));
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for tcp in origin.incoming() {
+            let Ok(mut tcp) = tcp else { continue };
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tcp.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold origin");
+        }
+    });
+    let token = edge.token("dev42", &["dev42.example.com"], "1d");
+    let dev = TempDir::new("device");
+    let rules =
+        format!("  - hostname: dev42.example.com\n    service: http://{origin_addr}\n  - service: http_status:404\n");
+    let _c = start_connector(dev.path(), &device_yaml(&edge, &token, 1, &rules), 1);
+    let url = format!("http://{}/", edge.http);
+    let (ok, out, err) = curl(&["--http1.1", "-i", "-H", "Host: dev42.example.com", &url]);
+    assert!(ok, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("old origin"), "{out}");
+}
+
+/// A GET through the edge with curl's own time limit; (status, how long it took).
+fn timed_get(edge: &EdgeProc, host: &str, path: &str, max_secs: u32) -> (String, Duration) {
+    let url = format!("http://{}{path}", edge.http);
+    let started = std::time::Instant::now();
+    let (_, out, _) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        &max_secs.to_string(),
+        "-H",
+        &format!("Host: {host}"),
+        &url,
+    ]);
+    (String::from_utf8(out).unwrap(), started.elapsed())
+}
+
+#[test]
+fn a_tunnel_whose_connector_died_answers_502_within_seconds() {
+    let mut s = setup("", 2);
+    for _ in 0..4 {
+        assert_eq!(get(&s.edge, "dev42.example.com", "/").0, 200);
+    }
+    // Killed: its connections stay open at the edge until the QUIC idle timeout.
+    s.connector.signal(9);
+    s.connector.wait_exit(WAIT).unwrap();
+    for n in 0..3 {
+        let (code, took) = timed_get(&s.edge, "dev42.example.com", &format!("/n{n}"), 20);
+        assert!(
+            code == "502" && took < Duration::from_secs(8),
+            "GET {n} to a tunnel without a live connector: {code:?} after {took:?}\n{}",
+            s.edge.proc.dump()
+        );
+    }
+    // A POST (not retried) too.
+    let url = format!("http://{}/post", s.edge.http);
+    let started = std::time::Instant::now();
+    let (_, out, _) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "20",
+        "-H",
+        "Host: dev42.example.com",
+        "--data",
+        "x=1",
+        &url,
+    ]);
+    let took = started.elapsed();
+    assert!(
+        out == b"502" && took < Duration::from_secs(8),
+        "POST: {} after {took:?}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+#[test]
+fn a_connector_restarted_after_a_crash_replaces_its_dead_connections_at_once() {
+    let edge = start_edge(init_edge(""));
+    let origin = Origin::start("A");
+    // A tunnel name of its own: instance slots are shared by every connector of one
+    // tunnel name and user on this machine, other tests' included.
+    let tunnel = format!("crashy{}", std::process::id());
+    let token = edge.token(&tunnel, &["dev42.example.com"], "1d");
+    let rules = format!(
+        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
+        origin.addr
+    );
+    let yaml = device_yaml(&edge, &token, 2, &rules)
+        .replace("tunnel: dev42\n", &format!("tunnel: {tunnel}\n"));
+    let dev = TempDir::new("device");
+    // A replica with the very same config on the same machine: another instance,
+    // never replaced.
+    let mut replica = start_connector(dev.path(), &yaml, 2);
+    let mut first = start_connector(dev.path(), &yaml, 2);
+    for _ in 0..8 {
+        assert_eq!(get(&edge, "dev42.example.com", "/").0, 200);
+    }
+    first.signal(9); // SIGKILL: nothing tells the edge
+    first.wait_exit(WAIT).unwrap();
+    let gone_before = edge.proc.count(": disconnected: ");
+    // The supervisor starts it again, with the same config.
+    let mut second = start_connector(dev.path(), &yaml, 2);
+    // The dead process's two connections are closed at once, not after the idle timeout
+    // (45 s); the replica's stay.
+    let took = edge
+        .proc
+        .wait_count(": disconnected: ", gone_before + 2, Duration::from_secs(5));
+    assert!(
+        took.is_some(),
+        "the dead connections are still listed\n{}",
+        edge.proc.dump()
+    );
+    assert_eq!(edge.proc.count("superseded"), 2, "{}", edge.proc.dump());
+    // Requests are served at once: none meets a dead connection.
+    for n in 0..12 {
+        let (code, _) = timed_get(&edge, "dev42.example.com", &format!("/n{n}"), 10);
+        assert_eq!(code, "200");
+    }
+    assert_eq!(
+        edge.proc.count("stopped answering"),
+        0,
+        "{}",
+        edge.proc.dump()
+    );
+    assert_eq!(
+        edge.proc.count(": disconnected: "),
+        gone_before + 2,
+        "only the dead process's connections go\n{}",
+        edge.proc.dump()
+    );
+    // Both stop cleanly: the next visitor hears at once that nothing serves the host
+    // (before, the killed process's connections still took requests, for 30 s each).
+    for p in [&mut second, &mut replica] {
+        p.signal(15);
+        assert!(p.wait_exit(WAIT).is_some_and(|s| s.success()));
+    }
+    let (code, took) = timed_get(&edge, "dev42.example.com", "/", 10);
+    assert!(
+        code == "404" && took < Duration::from_secs(3),
+        "{code:?} after {took:?}"
+    );
+}

@@ -4,6 +4,7 @@
 //!
 //! The connector listens on nothing: it only dials out.
 
+mod instance;
 pub mod origin;
 pub mod runtime;
 
@@ -17,7 +18,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{DeviceConfig, Protocol};
 use crate::transport::{quic, Retry, Session, TransportError};
-use crate::wire::{self, ConnectorMsg, EdgeMsg, Register, PROTOCOL_VERSION};
+use crate::wire::{self, ConnectorMsg, EdgeMsg, Register, RegisterTail, PROTOCOL_VERSION};
 pub use runtime::Runtime;
 
 /// First reconnect delay.
@@ -72,7 +73,10 @@ pub struct SlotState {
 }
 
 struct Shared {
+    /// Random id of this process.
     connector_id: [u8; 16],
+    /// Id of this connector instance, the same for its restart ([`instance`]).
+    instance: Option<instance::Instance>,
     current: watch::Sender<Arc<Runtime>>,
     previous: Mutex<Option<Arc<Runtime>>>,
     draining: watch::Sender<bool>,
@@ -95,12 +99,22 @@ pub struct Connector {
 impl Connector {
     /// Prepares a connector for `config`; fails on unusable embedded certificates.
     pub fn new(config: Box<DeviceConfig>) -> Result<Self, String> {
+        let instance = instance::Instance::claim(&config.tunnel);
+        match &instance {
+            Some(i) => log::debug!("connector instance {}", &hex(&i.id)[..8]),
+            None => log::info!(
+                "no connector instance id (no boot id, network namespace or free slot): \
+                 after a crash, the edge keeps this connector's old connections until they \
+                 time out"
+            ),
+        }
         let rt = Arc::new(Runtime::new(config, 1)?);
         let slots = vec![SlotState::default(); usize::from(rt.config.ha_connections.max(1))];
         let edges = rt.config.edges.len();
         Ok(Connector {
             shared: Arc::new(Shared {
                 connector_id: random_bytes(),
+                instance,
                 current: watch::channel(rt).0,
                 previous: Mutex::new(None),
                 draining: watch::channel(false).0,
@@ -853,9 +867,16 @@ async fn register(
         rules: rt.rule_infos.clone(),
         software: env!("CARGO_PKG_VERSION").into(),
     });
-    wire::write_control(&mut control.send, &register)
-        .await
-        .map_err(|e| format!("edge {addr}: {e}"))?;
+    let sent = match &shared.instance {
+        Some(instance) => {
+            let tail = RegisterTail {
+                instance: instance.id,
+            };
+            wire::write_control_with_tail(&mut control.send, &register, &tail).await
+        }
+        None => wire::write_control(&mut control.send, &register).await,
+    };
+    sent.map_err(|e| format!("edge {addr}: {e}"))?;
     let reply: EdgeMsg =
         tokio::time::timeout(REGISTER_TIMEOUT, wire::read_control(&mut control.recv))
             .await

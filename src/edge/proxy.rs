@@ -159,7 +159,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+/// The protocol a visitor asks to switch to, when the edge lets it through: WebSocket
+/// only (on a GET, as RFC 6455 requires). Anything else (`h2c` above all: after it
+/// the origin would read raw HTTP/2 that no path rule or rate limit sees) is not
+/// forwarded: the request goes on as plain HTTP/1.1 without its `Upgrade`, which is
+/// how a client asking for an optional upgrade expects a server that declines it to
+/// answer (RFC 9110 7.8).
+fn upgrade_of(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
     let wants = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -168,11 +174,18 @@ fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         });
-    if wants {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
+    if !wants || *method != Method::GET {
+        return None;
     }
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    value
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"websocket")
+        .then(|| HeaderValue::from_static("websocket"))
 }
 
 /// Request shapes that proxies disagree about, and so open the door to smuggling.
@@ -295,7 +308,7 @@ pub async fn handle(
             "the URL is too long",
         );
     }
-    let upgrade = upgrade_of(req.headers());
+    let upgrade = upgrade_of(req.method(), req.headers());
     let visitor_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let bodiless = http_body::Body::is_end_stream(req.body());
     let (mut parts, body) = req.into_parts();
@@ -494,12 +507,17 @@ pub async fn handle(
             }
             None => return text(StatusCode::BAD_REQUEST, "invalid Host"),
         }
-        set_forwarded(&mut headers, visitor, authority_value.as_ref());
+        set_forwarded(
+            &mut headers,
+            visitor,
+            authority_value.as_ref(),
+            shield.is_trusted(visitor.peer.ip()),
+        );
         *up.headers_mut() = headers;
 
-        let retry = may_retry.then_some((host, &tried[..]));
+        let retry = may_retry.then_some(&tried[..]);
         let send = pool.send(&conn, rules.generation, rule, host, up);
-        let watched = watch_silence(registry, &conn, retry, send);
+        let watched = watch_silence(registry, &conn, retry, host, send);
         let mut resp = match tokio::time::timeout(origin_timeout, watched).await {
             Err(_) => {
                 return text(
@@ -510,52 +528,82 @@ pub async fn handle(
                     ),
                 )
             }
-            Ok(None) => {
+            Ok(Watched::Retry) => {
                 log::info!("{host}: the connector stopped answering on a tunnel connection; retrying on another");
                 continue;
             }
-            Ok(Some(Ok(resp))) => resp,
-            Ok(Some(Err(SendError::Dial(e)))) => match e {
-                DialError::Device {
-                    error: StreamError::DialTimeout,
-                    message,
-                } => {
-                    return text(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!("origin unreachable: {message}"),
-                    )
-                }
-                DialError::Device { message, .. } => {
-                    return text(
-                        StatusCode::BAD_GATEWAY,
-                        format!("origin unreachable: {message}"),
-                    )
+            Ok(Watched::Done(Ok(resp))) => resp,
+            Ok(Watched::Done(Err(SendError::Dial(e)))) => match e {
+                // What went wrong (an address, an error from the device's system) is
+                // for the operator: logged here and by the connector, never shown to
+                // the visitor.
+                DialError::Device { error, message } => {
+                    let status = if error == StreamError::DialTimeout {
+                        StatusCode::GATEWAY_TIMEOUT
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    };
+                    shield.log_rejection(format_args!(
+                        "{} {host} from {}: origin unreachable: {message}",
+                        status.as_u16(),
+                        visitor.client_ip
+                    ));
+                    return text(status, "origin unreachable");
                 }
                 DialError::Tunnel(m) if may_retry => {
                     log::info!("{host}: tunnel connection failed ({m}); retrying on another");
                     continue;
                 }
-                other => return text(StatusCode::BAD_GATEWAY, other.to_string()),
+                DialError::Tunnel(m) => {
+                    shield.log_rejection(format_args!(
+                        "502 {host} from {}: tunnel connection failed: {m}",
+                        visitor.client_ip
+                    ));
+                    return text(StatusCode::BAD_GATEWAY, "the tunnel connection failed");
+                }
             },
-            Ok(Some(Err(SendError::Origin(e)))) => {
+            Ok(Watched::Done(Err(SendError::Origin(e)))) => {
                 log::debug!("{host}: origin request failed: {e:?}");
                 return text(StatusCode::BAD_GATEWAY, "the origin closed the connection");
             }
-        };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(visitor_up) = visitor_upgrade {
-                let origin_up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let (Ok(v), Ok(o)) = (visitor_up.await, origin_up.await) else {
-                        return;
-                    };
-                    let (mut v, mut o) = (TokioIo::new(v), TokioIo::new(o));
-                    let _ = tokio::io::copy_bidirectional(&mut v, &mut o).await;
-                });
-                let (rparts, _) = resp.into_parts();
-                return Response::from_parts(rparts, empty());
+            Ok(Watched::Silent) => {
+                shield.log_rejection(format_args!(
+                    "502 {host} from {}: no connection of its tunnel answers",
+                    visitor.client_ip
+                ));
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the tunnel for {host} is not answering"),
+                );
             }
+        };
+        // A proxy answers in its own HTTP version, whatever the origin spoke (an
+        // HTTP/1.0 origin must not make the edge say HTTP/1.0 to an HTTP/1.1 visitor).
+        *resp.version_mut() = http::Version::HTTP_11;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(visitor_up) = visitor_upgrade else {
+                // Nothing was asked for: switching now would hand the visitor's
+                // connection to a protocol the edge never agreed to.
+                shield.log_rejection(format_args!(
+                    "502 {host} from {}: the origin switched protocols unasked",
+                    visitor.client_ip
+                ));
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    "the origin sent an invalid response",
+                );
+            };
+            let origin_up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let (Ok(v), Ok(o)) = (visitor_up.await, origin_up.await) else {
+                    return;
+                };
+                let (mut v, mut o) = (TokioIo::new(v), TokioIo::new(o));
+                let _ = tokio::io::copy_bidirectional(&mut v, &mut o).await;
+            });
+            let (rparts, _) = resp.into_parts();
+            return Response::from_parts(rparts, empty());
         }
         strip_hop_by_hop(resp.headers_mut());
         if let Some(policy) = shield.host_policy(host) {
@@ -574,61 +622,154 @@ pub async fn handle(
     }
 }
 
+/// What came of a request [`watch_silence`] watched.
+enum Watched<T> {
+    /// The request ended (well or not) on its connection.
+    Done(T),
+    /// The connector went silent and another connection answers: retry there.
+    Retry,
+    /// The connector went silent and no connection of the tunnel answers.
+    Silent,
+}
+
 /// Runs `request` on `conn` while watching its connector. When the connector sends
 /// nothing at all for [`Conn::silence_limit`] after the request began (its process hung
 /// or died, or its path went dark: the edge would hear nothing else until the idle
-/// timeout), new requests avoid the connection, and when `retry` allows it (the request
-/// may be retried: its host and the connections tried) and another connection of the
-/// tunnel answers, this one is given up (`None`) to be retried there. Halfway through
-/// a silence the connector is asked for an answer ([`Conn::nudge`]). A live connector
-/// answers within a round trip whatever its origin does, so one that sent nothing back
-/// had not taken the request from the tunnel: nothing had reached the origin. (Should
-/// that connection come back after all, the abandoned copy may still arrive: allowed for
-/// an idempotent request, RFC 9110 9.2.2.) Otherwise the request waits as before (a NAT
-/// rebinding silences all of a connector's connections until its next keep-alive), and
-/// a request that cannot be retried is never abandoned.
+/// timeout), new requests avoid the connection, and:
+/// - when no other connection of the tunnel answers, the request is given up
+///   ([`Watched::Silent`]): the visitor hears within the silence window that the
+///   tunnel is not answering, instead of waiting out the dial timeout;
+/// - when `retry` allows it (the request may be retried: the connections tried) and another connection answers, this one is given up ([`Watched::Retry`])
+///   to be retried there;
+/// - otherwise (another connection answers, but the request cannot be repeated) it
+///   waits as before: a NAT rebinding silences a connection until its next keep-alive.
+///
+/// Halfway through a silence the connector is asked for an answer ([`Conn::nudge`]). A
+/// live connector answers within a round trip whatever its origin does, so one that
+/// sent nothing back had not taken the request from the tunnel: nothing had reached the
+/// origin. (Should that connection come back after all, the abandoned copy may still
+/// arrive: allowed for an idempotent request, RFC 9110 9.2.2; for another request the
+/// visitor was told 502, which does not claim that nothing happened.)
 async fn watch_silence<T>(
     registry: &Registry,
     conn: &Conn,
-    retry: Option<(&str, &[usize])>,
+    retry: Option<&[usize]>,
+    host: &str,
     request: impl Future<Output = T>,
-) -> Option<T> {
+) -> Watched<T> {
     let heard = conn.heard();
     let half = conn.silence_limit() / 2;
     tokio::pin!(request);
     tokio::select! {
-        r = &mut request => return Some(r),
+        r = &mut request => return Watched::Done(r),
         _ = tokio::time::sleep(half) => {}
     }
     if conn.heard() != heard {
-        return Some(request.await);
+        return Watched::Done(request.await);
     }
     conn.nudge();
     tokio::select! {
-        r = &mut request => return Some(r),
+        r = &mut request => return Watched::Done(r),
         _ = tokio::time::sleep(half) => {}
     }
     if conn.heard() != heard {
-        return Some(request.await);
+        return Watched::Done(request.await);
     }
     registry.set_silent(conn, heard);
+    if !registry.has_answering(host, &[conn.session.id()]) {
+        return Watched::Silent;
+    }
     match retry {
-        Some((host, tried)) if registry.has_answering(host, tried) => None,
-        _ => Some(request.await),
+        Some(tried) if registry.has_answering(host, tried) => Watched::Retry,
+        _ => Watched::Done(request.await),
     }
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
 
-fn set_forwarded(headers: &mut HeaderMap, visitor: &Visitor, authority: Option<&HeaderValue>) {
+/// The headers that tell the origin who asked and how. A visitor cannot choose what
+/// they say: each is set by the edge, or removed. Only a peer in `trusted-proxies`
+/// speaks for the visitor: its `X-Forwarded-For` and `Forwarded` chains get the peer
+/// appended, its `X-Forwarded-Port` and `True-Client-IP` pass. `X-Real-IP` is the
+/// client address the edge uses everywhere else (the peer, or from a trusted proxy's
+/// `X-Forwarded-For`).
+fn set_forwarded(
+    headers: &mut HeaderMap,
+    visitor: &Visitor,
+    authority: Option<&HeaderValue>,
+    trusted: bool,
+) {
     headers.insert(X_FORWARDED_FOR, visitor.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(visitor.scheme));
     match authority {
         Some(v) => headers.insert(X_FORWARDED_HOST, v.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
+    headers.insert(X_REAL_IP, ip_header(visitor.client_ip));
+    let forwarded = forwarded_element(visitor, authority);
+    let chain = headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let forwarded = if trusted && !chain.is_empty() {
+        HeaderValue::from_str(&format!("{chain}, {forwarded}")).ok()
+    } else {
+        HeaderValue::from_str(&forwarded).ok()
+    };
+    headers.remove(header::FORWARDED);
+    if let Some(v) = forwarded {
+        headers.insert(header::FORWARDED, v);
+    }
+    if !trusted {
+        headers.remove(TRUE_CLIENT_IP);
+        let port = authority
+            .and_then(|a| a.to_str().ok())
+            .and_then(port_of)
+            .unwrap_or(if visitor.scheme == "https" { 443 } else { 80 });
+        headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+    }
+}
+
+/// An address as a header value.
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    use std::fmt::Write;
+    // An address fits in 45 characters: formatted without a heap allocation.
+    let mut s = heapless::String::<48>::new();
+    let _ = write!(s, "{ip}");
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// This hop's element of `Forwarded` (RFC 7239): the peer, the authority asked for
+/// and the scheme.
+fn forwarded_element(visitor: &Visitor, authority: Option<&HeaderValue>) -> String {
+    let mut el = match visitor.peer.ip() {
+        IpAddr::V4(ip) => format!("for={ip}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+    };
+    if let Some(a) = authority.and_then(|a| a.to_str().ok()) {
+        if !a.contains(['"', '\\']) {
+            el.push_str(&format!(";host=\"{a}\""));
+        }
+    }
+    el.push_str(";proto=");
+    el.push_str(visitor.scheme);
+    el
+}
+
+/// The port of an authority, when it names one.
+fn port_of(authority: &str) -> Option<u16> {
+    let (host, port) = authority.rsplit_once(':')?;
+    if host.starts_with('[') && !host.ends_with(']') {
+        return None; // an IPv6 address without a port
+    }
+    port.parse().ok()
 }
 
 #[cfg(test)]

@@ -127,6 +127,8 @@ pub struct Conn {
     pub tunnel_id: [u8; 16],
     pub tunnel_name: String,
     pub connector_id: [u8; 16],
+    /// The connector's instance id (stable across its restarts), when it sent one.
+    pub instance: Option<[u8; 16]>,
     pub index: u8,
     pub remote: SocketAddr,
     pub rules: Mutex<Arc<Rules>>,
@@ -273,6 +275,47 @@ impl Registry {
         drop(inner);
         self.changed.notify_waiters();
         Ok(())
+    }
+
+    /// Closes what a connector process that is gone left behind: the connections of
+    /// `conn`'s tunnel with `conn`'s instance id but another process id. A connector
+    /// killed without a goodbye (`kill -9`, a crash, power loss of a board that keeps
+    /// its boot) and started again reaches this as soon as its new process registers,
+    /// instead of the old connections lingering (and taking requests) until their idle
+    /// timeout. Connections of the registering process and of other instances (replicas)
+    /// stay. Returns how many went.
+    pub fn supersede(&self, conn: &Arc<Conn>) -> usize {
+        let Some(instance) = conn.instance else {
+            return 0;
+        };
+        let old: Vec<Arc<Conn>> = {
+            let inner = lock(&self.inner);
+            let Some(t) = inner.tunnels.get(&conn.tunnel_id) else {
+                return 0;
+            };
+            t.conns
+                .iter()
+                .filter(|c| c.instance == Some(instance) && c.connector_id != conn.connector_id)
+                .cloned()
+                .collect()
+        };
+        for c in &old {
+            c.set_draining();
+            log::info!(
+                "tunnel {} ({}) connector {} #{} from {}: superseded by connector {}, the \
+                 same instance started again; closing",
+                c.tunnel_name,
+                hex(&c.tunnel_id),
+                &hex(&c.connector_id)[..8],
+                c.index,
+                c.remote,
+                &hex(&conn.connector_id)[..8],
+            );
+            c.session
+                .close("superseded: this connector instance registered again from a new process");
+            self.remove(c);
+        }
+        old.len()
     }
 
     /// Replaces a connection's rule table (after a reload on the device).

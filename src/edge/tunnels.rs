@@ -12,7 +12,7 @@ use super::EdgeState;
 use crate::connector::hex;
 use crate::transport::quic::{describe_close, Listener};
 use crate::transport::Session;
-use crate::wire::{self, ConnectorMsg, EdgeMsg, PROTOCOL_VERSION};
+use crate::wire::{self, ConnectorMsg, EdgeMsg, RegisterTail, PROTOCOL_VERSION};
 
 /// Time a connector has to register after connecting.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -215,9 +215,10 @@ async fn register(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let msg: ConnectorMsg = wire::read_control(&mut control.recv)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (msg, tail): (ConnectorMsg, Option<RegisterTail>) =
+        wire::read_control_with_tail(&mut control.recv)
+            .await
+            .map_err(|e| e.to_string())?;
     let ConnectorMsg::Register(reg) = msg else {
         return Err("first message was not a registration".into());
     };
@@ -252,6 +253,7 @@ async fn register(
             tunnel_id: claims.id,
             tunnel_name: claims.tunnel.clone(),
             connector_id: reg.connector_id,
+            instance: tail.map(|t| t.instance),
             index: reg.conn_index,
             remote: session.remote_addr(),
             rules: std::sync::Mutex::new(Arc::new(rules)),
@@ -259,6 +261,8 @@ async fn register(
             streams: 0.into(),
             claims,
         });
+        // First, so that a dead process's connections do not count against the limits.
+        state.registry.supersede(&conn);
         state.registry.add(conn.clone()).map_err(|e| (e, false))?;
         Ok(conn)
     }
