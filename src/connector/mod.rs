@@ -2,7 +2,7 @@
 //! edges, each in its own slot that reconnects with backoff; streams the edge opens are
 //! served by [`origin`].
 //!
-//! - [`slot`]: each slot's reconnection policy as a state machine without I/O (backoff,
+//! - `slot`: each slot's reconnection policy as a state machine without I/O (backoff,
 //!   refusals, quick retries, borrowing another edge and moving back, the `auto`
 //!   fallback and its probes, DNS memory), tested with explicit instants;
 //! - `dial`: resolving edge names and opening a QUIC or HTTP/2 session;
