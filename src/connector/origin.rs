@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
-use super::runtime::{Runtime, RuntimeRule};
+use super::active::{ActiveConfig, ActiveRule};
 use crate::config::Service;
 use crate::transport::{write_all_chunks, TunnelStream};
 use crate::wire::{self, StreamError, StreamHeader, StreamKind, StreamReply};
@@ -33,7 +33,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> OriginIo for T {}
 /// Serves one stream to its end. Errors are logged here, once.
 pub async fn serve_stream(
     stream: TunnelStream,
-    lookup: impl Fn(u32) -> Option<Arc<Runtime>>,
+    lookup: impl Fn(u32) -> Option<Arc<ActiveConfig>>,
     drain: watch::Receiver<bool>,
 ) {
     let mut stream = stream;
@@ -218,7 +218,7 @@ impl Activity {
 }
 
 /// Does the stream header fit the rule it names?
-fn check(rule: &RuntimeRule, header: &StreamHeader) -> Result<(), String> {
+fn check(rule: &ActiveRule, header: &StreamHeader) -> Result<(), String> {
     if let Some(pattern) = &rule.hostname {
         if !hostname_matches(pattern, &header.hostname) {
             return Err(format!(
@@ -247,7 +247,7 @@ pub fn hostname_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-async fn dial(rule: &RuntimeRule) -> Result<Box<dyn OriginIo>, (StreamError, String)> {
+async fn dial(rule: &ActiveRule) -> Result<Box<dyn OriginIo>, (StreamError, String)> {
     let timeout = rule.connect_timeout;
     let fut = async {
         match &rule.service {

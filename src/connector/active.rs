@@ -1,5 +1,5 @@
-//! The running form of a config: rules with their TLS settings built once, the rule
-//! table as the edge sees it, and a generation number.
+//! A device config compiled for serving ([`ActiveConfig`]): rules with their TLS
+//! settings built once, the rule table as the edge sees it, and a generation number.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,25 +29,26 @@ impl OriginTls {
 
 /// One rule, ready to serve.
 #[derive(Clone)]
-pub struct RuntimeRule {
+pub struct ActiveRule {
     pub hostname: Option<String>,
     pub service: Service,
     pub connect_timeout: Duration,
     pub tls: Option<Arc<OriginTls>>,
 }
 
-/// A config ready to serve streams.
-pub struct Runtime {
+/// A config ready to serve streams: the one in force, or the one before a reload while
+/// streams opened under it finish.
+pub struct ActiveConfig {
     pub generation: u32,
     pub config: Box<DeviceConfig>,
-    pub rules: Vec<RuntimeRule>,
+    pub rules: Vec<ActiveRule>,
     pub rule_infos: Vec<RuleInfo>,
     /// The TLS client for the edges, built on first use and kept for this config's
     /// life: without an `edge-ca`, building it reads and parses the system's CA file.
     edge_tls: Mutex<Option<rustls::ClientConfig>>,
 }
 
-impl Runtime {
+impl ActiveConfig {
     /// Builds the running form; fails only on unusable embedded certificates.
     pub fn new(config: Box<DeviceConfig>, generation: u32) -> Result<Self, String> {
         let mut rules = Vec::with_capacity(config.ingress.len());
@@ -90,7 +91,7 @@ impl Runtime {
                     }))
                 }
             };
-            rules.push(RuntimeRule {
+            rules.push(ActiveRule {
                 hostname: r.hostname.as_ref().map(|h| h.to_string()),
                 service: r.service.clone(),
                 connect_timeout: Duration::from_millis(u64::from(
@@ -109,7 +110,7 @@ impl Runtime {
                 host_header: r.origin.http_host_header.as_ref().map(|h| h.to_string()),
             });
         }
-        Ok(Runtime {
+        Ok(ActiveConfig {
             generation,
             config,
             rules,

@@ -1,0 +1,474 @@
+//! One registered connection: the control handshake (hello, register, registered),
+//! serving the streams the edge opens, the probes that find a better way (its own edge
+//! again, QUIC again) and the drain of a session that is replaced or told to go.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::active::ActiveConfig;
+use super::dial::{self, Dial};
+use super::hex;
+use super::slot::{self, Auto, Transport};
+use super::{origin, runtime_for, set_slot, wait_true, AbortOnDrop, Shared, SlotState};
+use crate::transport::Session;
+use crate::wire::{self, ConnectorMsg, EdgeMsg, Register, RegisterTail, PROTOCOL_VERSION};
+
+/// Time allowed for the control handshake after the transport is up.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection attempt or a connection failed.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub(super) message: String,
+    /// The edge refused the tunnel for a reason retrying cannot change.
+    pub(super) refused: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            refused: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A connection the edge accepted: its control stream and what it said.
+pub(super) struct Registered {
+    control: crate::transport::TunnelStream,
+    edge_name: String,
+    generation: u32,
+}
+
+/// The control handshake: hello, register, registered. Marks the slot connected.
+pub(super) async fn register(
+    shared: &Arc<Shared>,
+    slot: usize,
+    session: &Session,
+    rt: Arc<ActiveConfig>,
+    entry: usize,
+) -> Result<Registered, Failure> {
+    let addr = session.remote_addr();
+    let mut control = tokio::time::timeout(REGISTER_TIMEOUT, session.accept_stream())
+        .await
+        .map_err(|_| format!("edge {addr} opened no control stream"))?
+        .map_err(|e| format!("edge {addr}: {e}"))?;
+    let hello: EdgeMsg = tokio::time::timeout(REGISTER_TIMEOUT, wire::read_control(&mut control))
+        .await
+        .map_err(|_| format!("edge {addr} sent no hello"))?
+        .map_err(|e| format!("edge {addr}: {e}"))?;
+    let edge_name = match hello {
+        EdgeMsg::Hello { version, edge } if version == PROTOCOL_VERSION => edge,
+        // Only an upgrade of one side changes this.
+        EdgeMsg::Hello { version, .. } => {
+            return Err(Failure {
+                message: version_mismatch(addr, version),
+                refused: true,
+            })
+        }
+        other => return Err(format!("edge {addr} sent {other:?} before hello").into()),
+    };
+    let generation = rt.generation;
+    let register = ConnectorMsg::Register(Register {
+        version: PROTOCOL_VERSION,
+        token: rt.config.token.to_string(),
+        connector_id: shared.connector_id,
+        conn_index: slot as u8,
+        rules_generation: generation,
+        rules: rt.rule_infos.clone(),
+        software: env!("CARGO_PKG_VERSION").into(),
+    });
+    let sent = match &shared.instance {
+        Some(instance) => {
+            let tail = RegisterTail {
+                instance: instance.id,
+            };
+            wire::write_control_with_tail(&mut control.send, &register, &tail).await
+        }
+        None => wire::write_control(&mut control.send, &register).await,
+    };
+    sent.map_err(|e| format!("edge {addr}: {e}"))?;
+    let reply: EdgeMsg =
+        tokio::time::timeout(REGISTER_TIMEOUT, wire::read_control(&mut control.recv))
+            .await
+            .map_err(|_| format!("edge {addr} did not answer the registration"))?
+            .map_err(|e| format!("edge {addr}: {e}"))?;
+    let tunnel_id = match reply {
+        EdgeMsg::Registered { tunnel_id, .. } => tunnel_id,
+        EdgeMsg::Refused { reason, permanent } => {
+            return Err(Failure {
+                message: format!("edge {edge_name} ({addr}) refused the tunnel: {reason}"),
+                refused: permanent,
+            })
+        }
+        other => return Err(format!("edge {addr} answered {other:?}").into()),
+    };
+    log::info!(
+        "connection {slot} registered: tunnel {} ({}) at edge {edge_name} ({addr}) over {}",
+        rt.config.tunnel,
+        hex(&tunnel_id),
+        session.protocol()
+    );
+    set_slot(
+        shared,
+        slot,
+        SlotState {
+            connected: true,
+            edge: Some(addr),
+            entry: Some(entry),
+            protocol: Some(Transport::of(session)),
+        },
+    );
+    Ok(Registered {
+        control,
+        edge_name,
+        generation,
+    })
+}
+
+fn version_mismatch(addr: SocketAddr, version: u16) -> String {
+    if version > PROTOCOL_VERSION {
+        format!(
+            "edge {addr} speaks tunnel protocol {version}, this mailslot speaks \
+             {PROTOCOL_VERSION}: update mailslot"
+        )
+    } else {
+        format!(
+            "edge {addr} speaks tunnel protocol {version}, older than this mailslot's \
+             {PROTOCOL_VERSION}: the edge needs an update"
+        )
+    }
+}
+
+/// Why a registered connection ended in an orderly way.
+pub(super) enum Ended {
+    /// The edge asked its connectors to go elsewhere.
+    GoAway(GoAway),
+    /// A probe found a better way: serve this registered connection instead.
+    Moved(Box<Moved>),
+}
+
+/// The orderly end of a registered connection: which edge is going away, and why.
+#[derive(Debug)]
+pub(super) struct GoAway(String);
+
+impl std::fmt::Display for GoAway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A registered connection found by a probe; `dial` is set when it is to another edge.
+pub(super) struct Moved {
+    pub(super) session: Session,
+    pub(super) reg: Registered,
+    pub(super) dial: Option<Dial>,
+}
+
+/// What a registered connection tries now and then.
+#[derive(Clone, Copy)]
+pub(super) enum Probe<'a> {
+    /// On the HTTP/2 fallback: QUIC to the same edge.
+    Quic(&'a Dial),
+    /// Away from the slot's own edge entry: that entry.
+    Home(usize),
+}
+
+/// A QUIC connection to the probed edge, registered; `None` while QUIC still fails.
+async fn probe_quic(shared: &Arc<Shared>, slot: usize, dial: &Dial) -> Option<Moved> {
+    let session = dial.quic(shared, slot::AUTO_QUIC_WAIT).await.ok()?;
+    let rt = shared.current.borrow().clone();
+    match register(shared, slot, &session, rt, dial.entry).await {
+        Ok(reg) => Some(Moved {
+            session,
+            reg,
+            dial: None,
+        }),
+        Err(e) => {
+            log::debug!("connection {slot}: QUIC answers but registering failed: {e}");
+            session.close("registration failed");
+            None
+        }
+    }
+}
+
+/// A registered connection to edge entry `home`; `None` while it does not answer.
+async fn probe_home(shared: &Arc<Shared>, slot: usize, home: usize) -> Option<Moved> {
+    let dial = dial::prepare(shared, slot, home).await.ok()?;
+    let rt = shared.current.borrow().clone();
+    let mut auto = Auto::default();
+    let session =
+        match dial::open_session(shared, &dial, slot, rt.config.protocol, &mut auto, false).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("connection {slot}: its own edge is still unreachable: {e}");
+                return None;
+            }
+        };
+    match register(shared, slot, &session, rt, home).await {
+        Ok(reg) => Some(Moved {
+            session,
+            reg,
+            dial: Some(dial),
+        }),
+        Err(e) => {
+            log::debug!("connection {slot}: its own edge answers but registering failed: {e}");
+            session.close("registration failed");
+            None
+        }
+    }
+}
+
+/// When to probe, as [`super::slot::Slot::probe`] decided.
+pub(super) type ProbeAt = (Instant, Duration);
+
+/// Serves a registered session until it ends; an orderly end (or a move) drains it in
+/// the background, a loss closes it.
+pub(super) async fn serve_session(
+    shared: &Arc<Shared>,
+    slot: usize,
+    session: Session,
+    reg: Registered,
+    probe: Option<(Probe<'_>, ProbeAt)>,
+) -> Result<Ended, String> {
+    let streams = Arc::new(SessionStreams::default());
+    let result = serve_registered(shared, slot, &session, reg, probe, &streams).await;
+    match &result {
+        // Orderly: new streams go elsewhere; those in flight finish here first.
+        Ok(_) => {
+            let grace =
+                Duration::from_secs(u64::from(shared.current.borrow().config.grace_period_secs));
+            drain_in_background(shared.clone(), session, streams, grace);
+        }
+        Err(_) => session.close("connection ended"),
+    }
+    result
+}
+
+type Probing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Moved>> + Send + 'a>>;
+
+async fn serve_registered(
+    shared: &Arc<Shared>,
+    slot: usize,
+    session: &Session,
+    reg: Registered,
+    probe: Option<(Probe<'_>, ProbeAt)>,
+    streams: &Arc<SessionStreams>,
+) -> Result<Ended, String> {
+    let addr = session.remote_addr();
+    let Registered {
+        control,
+        edge_name,
+        mut generation,
+    } = reg;
+    let (mut msgs, _reader_guard) = read_control_apart(control.recv);
+    let mut send = control.send;
+    let mut rules = shared.current.subscribe();
+    let mut draining = shared.draining.subscribe();
+    let mut drained = *draining.borrow();
+    if drained {
+        streams.draining.send_replace(true);
+        let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+    }
+    let (first, every) = probe.map_or((Instant::now(), Duration::from_secs(30)), |p| p.1);
+    let mut probe_timer = tokio::time::interval_at(first.into(), every);
+    let probe = probe.map(|p| p.0);
+    let mut probing: Option<Probing<'_>> = None;
+    loop {
+        tokio::select! {
+            stream = session.accept_stream() => {
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(_) => return Err(format!("lost edge {edge_name} ({addr}): {}", session.closed().await)),
+                };
+                spawn_stream(shared, streams, stream);
+            }
+            msg = msgs.recv() => {
+                if let Some(end) = on_control(slot, msg, &mut send, &edge_name, addr).await {
+                    return end;
+                }
+            }
+            changed = rules.changed(), if !drained => {
+                if changed.is_err() { continue; }
+                let rt = rules.borrow_and_update().clone();
+                if rt.generation != generation {
+                    generation = rt.generation;
+                    let m = ConnectorMsg::UpdateRules { generation, rules: rt.rule_infos.clone() };
+                    if let Err(e) = wire::write_control(&mut send, &m).await {
+                        return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+                    }
+                }
+            }
+            _ = wait_true(&mut draining), if !drained => {
+                drained = true;
+                streams.draining.send_replace(true);
+                let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+            }
+            _ = probe_timer.tick(), if probe.is_some() && probing.is_none() && !drained => {
+                probing = match probe {
+                    Some(Probe::Quic(dial)) => Some(Box::pin(probe_quic(shared, slot, dial))),
+                    Some(Probe::Home(home)) => Some(Box::pin(probe_home(shared, slot, home))),
+                    None => None,
+                };
+            }
+            next = async { match probing.as_mut() { Some(p) => p.await, None => std::future::pending().await } }, if probing.is_some() => {
+                probing = None;
+                match next {
+                    Some(next) if !drained => {
+                        let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+                        return Ok(Ended::Moved(Box::new(next)));
+                    }
+                    Some(next) => next.session.close("connector draining"),
+                    None => log::debug!("connection {slot}: probe failed; staying"),
+                }
+            }
+        }
+    }
+}
+
+/// The control stream's reader runs apart, so no select! branch is cut mid-frame.
+fn read_control_apart(
+    mut recv: crate::transport::RecvHalf,
+) -> (mpsc::Receiver<Result<EdgeMsg, String>>, AbortOnDrop) {
+    let (msgs_tx, msgs) = mpsc::channel::<Result<EdgeMsg, String>>(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = wire::read_control::<_, EdgeMsg>(&mut recv)
+                .await
+                .map_err(|e| e.to_string());
+            let end = m.is_err();
+            if msgs_tx.send(m).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    (msgs, AbortOnDrop(reader))
+}
+
+/// Acts on a message from the edge's control stream; `Some` ends the session.
+async fn on_control(
+    slot: usize,
+    msg: Option<Result<EdgeMsg, String>>,
+    send: &mut crate::transport::SendHalf,
+    edge_name: &str,
+    addr: SocketAddr,
+) -> Option<Result<Ended, String>> {
+    match msg {
+        Some(Ok(EdgeMsg::GoAway { reason })) => {
+            let _ = wire::write_control(send, &ConnectorMsg::Draining).await;
+            return Some(Ok(Ended::GoAway(GoAway(format!(
+                "edge {edge_name} ({addr}) is going away: {reason}"
+            )))));
+        }
+        Some(Ok(EdgeMsg::RulesAccepted { generation })) => {
+            log::info!("connection {slot}: edge accepted rule table {generation}");
+        }
+        Some(Ok(EdgeMsg::Refused { reason, .. })) => {
+            log::error!("connection {slot}: edge refused the new rules: {reason}");
+        }
+        Some(Ok(other)) => log::debug!("connection {slot}: ignoring {other:?}"),
+        Some(Err(e)) => {
+            return Some(Err(format!(
+                "lost edge {edge_name} ({addr}): control stream: {e}"
+            )));
+        }
+        None => {
+            return Some(Err(format!(
+                "lost edge {edge_name} ({addr}): control stream ended"
+            )));
+        }
+    }
+    None
+}
+
+/// Streams in flight on one session, for draining it.
+struct SessionStreams {
+    count: AtomicUsize,
+    done: Notify,
+    /// Set when the session drains: idle keep-alive streams then end early.
+    draining: watch::Sender<bool>,
+}
+
+impl Default for SessionStreams {
+    fn default() -> Self {
+        SessionStreams {
+            count: AtomicUsize::new(0),
+            done: Notify::new(),
+            draining: watch::channel(false).0,
+        }
+    }
+}
+
+/// How long a draining session still accepts streams: the edge may have opened some
+/// before it read our `Draining`.
+const LAME_DUCK: Duration = Duration::from_secs(2);
+
+/// Lets a replaced session finish its streams in the background, then closes it.
+fn drain_in_background(
+    shared: Arc<Shared>,
+    session: Session,
+    streams: Arc<SessionStreams>,
+    grace: Duration,
+) {
+    streams.draining.send_replace(true);
+    tokio::spawn(async move {
+        let accept = async {
+            while let Ok(stream) = session.accept_stream().await {
+                spawn_stream(&shared, &streams, stream);
+            }
+        };
+        let _ = tokio::time::timeout(LAME_DUCK, accept).await;
+        let wait = async {
+            loop {
+                let notified = streams.done.notified();
+                if streams.count.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(grace.saturating_sub(LAME_DUCK), wait).await;
+        session.close("drained");
+    });
+}
+
+/// Serves one stream the edge opened, counted for drains.
+fn spawn_stream(
+    shared: &Arc<Shared>,
+    streams: &Arc<SessionStreams>,
+    stream: crate::transport::TunnelStream,
+) {
+    let shared2 = shared.clone();
+    shared.active_streams.fetch_add(1, Ordering::AcqRel);
+    streams.count.fetch_add(1, Ordering::AcqRel);
+    let guard = StreamGuard(shared.clone(), streams.clone());
+    let drain = streams.draining.subscribe();
+    tokio::spawn(async move {
+        origin::serve_stream(stream, |gen| runtime_for(&shared2, gen), drain).await;
+        drop(guard);
+    });
+}
+
+/// Counts a stream in flight, for the shutdown grace period and session drains.
+struct StreamGuard(Arc<Shared>, Arc<SessionStreams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.active_streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.streams_done.notify_waiters();
+        }
+        if self.1.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.1.done.notify_waiters();
+        }
+    }
+}

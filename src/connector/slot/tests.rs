@@ -1,0 +1,439 @@
+//! The slot policy driven with explicit instants: no sockets, no sleeps.
+
+use super::*;
+
+const S: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+/// Seeds for the jitter: each timing must hold whatever the draw.
+fn seeds() -> impl Iterator<Item = u64> {
+    (1..40u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+fn in_range(d: Duration, lo: Duration, hi: Duration) {
+    assert!(d >= lo && d <= hi, "{d:?} not in [{lo:?}, {hi:?}]");
+}
+
+/// One attempt at `now` to the slot's own entry that fails with `end`.
+fn fail(s: &mut Slot, now: Instant, end: End) -> (Duration, Say) {
+    s.attempt(now).expect("no wait pending");
+    match s.ended(now, end, &[]) {
+        Next::Wait { delay, say } => (delay, say),
+        other => panic!("expected a wait, got {other:?}"),
+    }
+}
+
+/// An attempt at `at` that registers at the slot's own entry and is lost at `lost`.
+fn up_then_lost(s: &mut Slot, at: Instant, lost: Instant) -> (Duration, Say) {
+    s.attempt(at).expect("no wait pending");
+    assert_eq!(s.registered(at, s.home()), None);
+    match s.ended(lost, End::Failed, &[]) {
+        Next::Wait { delay, say } => (delay, say),
+        other => panic!("expected a wait, got {other:?}"),
+    }
+}
+
+#[test]
+fn jitter_draws_from_the_upper_half() {
+    let mut rng = Rng::new(7);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let d = rng.jitter(30 * S);
+        in_range(d, 15 * S, 30 * S);
+        seen.insert(d);
+    }
+    assert!(
+        seen.len() > 50,
+        "jitter should spread: {} values",
+        seen.len()
+    );
+    assert_eq!(Rng::new(0).jitter(Duration::ZERO), Duration::ZERO);
+}
+
+/// how-it-works, Redundancy: "exponential backoff and jitter (1 s to 30 s ...)".
+#[test]
+fn failures_back_off_from_1s_to_30s_with_jitter() {
+    for seed in seeds() {
+        let mut s = Slot::new(0, 1, seed);
+        let mut now = Instant::now();
+        let mut cap = S;
+        for _ in 0..10 {
+            let (d, say) = fail(&mut s, now, End::Failed);
+            assert_eq!(say, Say::Backoff);
+            in_range(d, cap / 2, cap);
+            // Waiting: no attempt before the delay is over, one right after.
+            assert_eq!(s.attempt(now + d - MS), Err(now + d));
+            now += d;
+            cap = (cap * 2).min(30 * S);
+        }
+    }
+}
+
+/// how-it-works, Redundancy: "... reset after a minute of stable service".
+#[test]
+fn backoff_resets_after_60s_of_stable_service() {
+    for (lived, reset) in [(60 * S, true), (59 * S, false)] {
+        let mut s = Slot::new(0, 1, 3);
+        let mut now = Instant::now();
+        for _ in 0..6 {
+            now += fail(&mut s, now, End::Failed).0; // the backoff is at 30 s now
+        }
+        let (d, say) = up_then_lost(&mut s, now, now + lived);
+        assert_eq!(say, Say::FastFirst);
+        now += lived + d;
+        // Past the quick-retry window, the exponential schedule again.
+        let (d, say) = fail(&mut s, now + 31 * S, End::Failed);
+        assert_eq!(say, Say::Backoff);
+        if reset {
+            in_range(d, S / 2, S);
+        } else {
+            in_range(d, 15 * S, 30 * S);
+        }
+    }
+}
+
+/// how-it-works, Redundancy: a lasting refusal waits "30–60 s apart at first and up to
+/// 15 minutes later".
+#[test]
+fn refusals_wait_30_to_60s_then_up_to_15_minutes() {
+    for seed in seeds() {
+        let mut s = Slot::new(1, 2, seed);
+        let mut now = Instant::now();
+        let mut cap = 60 * S;
+        for _ in 0..8 {
+            let (d, say) = fail(&mut s, now, End::Refused);
+            assert_eq!(say, Say::Refused);
+            in_range(d, cap / 2, cap);
+            now += d;
+            cap = (cap * 2).min(15 * 60 * S);
+        }
+        assert_eq!(cap, 15 * 60 * S);
+    }
+}
+
+/// how-it-works, Redundancy: "a reload of the device config (SIGHUP) tries at once".
+#[test]
+fn a_reload_retries_at_once() {
+    let mut s = Slot::new(0, 1, 5);
+    let t0 = Instant::now();
+    let (d, _) = fail(&mut s, t0, End::Refused);
+    assert!(d >= 30 * S);
+    let until = s.attempt(t0 + S).expect_err("waiting after a refusal");
+    assert_eq!(until, t0 + d);
+    s.reload();
+    assert_eq!(
+        s.attempt(t0 + S),
+        Ok(Attempt {
+            entry: 0,
+            fast: false
+        })
+    );
+}
+
+#[test]
+fn refusals_start_over_after_a_registration() {
+    let mut s = Slot::new(0, 1, 9);
+    let mut now = Instant::now();
+    for _ in 0..4 {
+        now += fail(&mut s, now, End::Refused).0;
+    }
+    now += up_then_lost(&mut s, now, now + 5 * S).0 + 5 * S;
+    let (d, say) = fail(&mut s, now, End::Refused);
+    assert_eq!(say, Say::Refused);
+    in_range(d, 30 * S, 60 * S);
+}
+
+/// how-it-works, Redundancy: "after losing a connection that was up (or a GoAway), a
+/// slot first retries about every second for 30 s ...; the log says so once per slot,
+/// not once per attempt". testing.md: an edge restarted is in use within 2 s.
+#[test]
+fn a_lost_connection_retries_quickly_for_30s_said_once() {
+    for seed in seeds() {
+        let mut s = Slot::new(0, 1, seed);
+        let t0 = Instant::now();
+        let (d, say) = up_then_lost(&mut s, t0, t0 + 100 * S);
+        assert_eq!(say, Say::FastFirst);
+        in_range(d, 150 * MS, 300 * MS);
+        let lost = t0 + 100 * S;
+        let mut now = lost + d;
+        let mut attempts = 0;
+        while now < lost + 30 * S - 2 * S {
+            let a = s.attempt(now).expect("the wait is over");
+            assert!(a.fast, "quick retries use short handshake waits");
+            // A quick retry waits 0.8 s for QUIC: with the delay, about every second.
+            assert_eq!(
+                s.auto.plan(Protocol::Quic, a.fast),
+                Plan::Quic {
+                    wait: FAST_QUIC_WAIT
+                }
+            );
+            let handshake = FAST_QUIC_WAIT;
+            let Next::Wait { delay, say } = s.ended(now + handshake, End::Failed, &[]) else {
+                panic!("no other edge to borrow");
+            };
+            assert_eq!(say, Say::FastQuiet, "said once per outage");
+            in_range(delay, 150 * MS, 300 * MS);
+            now += handshake + delay;
+            attempts += 1;
+        }
+        assert!((25..=28).contains(&attempts), "{attempts} attempts in 28 s");
+        // After the window: the exponential schedule, said at each failure.
+        let (d, say) = fail(&mut s, lost + 30 * S, End::Failed);
+        assert_eq!(say, Say::Backoff);
+        assert!(!s.attempt(lost + 30 * S + d).expect("after the wait").fast);
+        // The next loss opens a new window, said once again.
+        let now = lost + 60 * S;
+        let (_, say) = up_then_lost(&mut s, now, now + S);
+        assert_eq!(say, Say::FastFirst);
+    }
+}
+
+#[test]
+fn a_goaway_reconnects_at_once_then_quickly() {
+    let mut s = Slot::new(0, 1, 11);
+    let t0 = Instant::now();
+    s.attempt(t0).unwrap();
+    s.registered(t0, 0);
+    let Next::Wait { delay, say } = s.ended(t0 + 10 * S, End::Orderly, &[]) else {
+        panic!("a GoAway never borrows");
+    };
+    assert_eq!((delay, say), (AFTER_GOAWAY, Say::Reconnecting));
+    let now = t0 + 10 * S + delay;
+    let (d, say) = fail(&mut s, now, End::Failed);
+    assert_eq!(say, Say::FastFirst);
+    in_range(d, 150 * MS, 300 * MS);
+}
+
+/// how-it-works, Redundancy: "a slot whose own edge stays unreachable past those 30 s
+/// connects meanwhile to an edge other slots are connected to". testing.md: an edge
+/// SIGKILLed for long.
+#[test]
+fn borrows_another_edge_after_30s_unreachable() {
+    // Slot 2 of four over two edges: its own entry is 0.
+    let mut s = Slot::new(2, 2, 13);
+    assert_eq!(s.home(), 0);
+    let t0 = Instant::now();
+    s.attempt(t0).unwrap();
+    s.registered(t0, 0);
+    let lost = t0 + 300 * S;
+    let Next::Wait { delay, .. } = s.ended(lost, End::Failed, &[1, 1, 0]) else {
+        panic!("a registered connection's loss does not borrow");
+    };
+    let mut now = lost + delay;
+    // The first failure starts the unreachable spell; before 30 s, no borrowing.
+    let down = now;
+    while now < down + 30 * S {
+        s.attempt(now).unwrap();
+        match s.ended(now, End::Failed, &[1, 1, 0]) {
+            Next::Wait { delay, .. } => now += delay,
+            Next::Borrow(_) => panic!("borrowed {:?} after its edge was down", now - down),
+        }
+    }
+    // No other edge is up: keep to its own.
+    s.attempt(now).unwrap();
+    assert!(matches!(s.ended(now, End::Failed, &[0]), Next::Wait { .. }));
+    s.reload();
+    // Another edge is up: borrow it, once per attempt.
+    let a = s.attempt(now).unwrap();
+    assert_eq!(a.entry, 0);
+    let Next::Borrow(b) = s.ended(now, End::Failed, &[1, 1, 0]) else {
+        panic!("should borrow after 30 s");
+    };
+    assert_eq!(
+        b,
+        Attempt {
+            entry: 1,
+            fast: a.fast
+        }
+    );
+    assert!(matches!(
+        s.ended(now + S, End::Failed, &[1, 1, 0]),
+        Next::Wait { .. }
+    ));
+    // The borrowed edge registers: say for how long its own was unreachable.
+    s.reload();
+    s.attempt(now + S).unwrap();
+    let Next::Borrow(b) = s.ended(now + S, End::Failed, &[1, 1, 0]) else {
+        panic!("should borrow again");
+    };
+    let away = s
+        .registered(now + S, b.entry)
+        .expect("away from its own edge");
+    assert_eq!(away, now + S - down);
+}
+
+#[test]
+fn borrows_the_least_used_edge_that_is_up() {
+    assert_eq!(least_used(&[], 0), None);
+    assert_eq!(least_used(&[0, 0], 0), None);
+    assert_eq!(least_used(&[1, 2, 1], 0), Some(2));
+    assert_eq!(least_used(&[2, 1], 0), Some(2), "ties go to the first");
+    assert_eq!(least_used(&[0, 1, 2, 2, 1, 1], 2), Some(0));
+}
+
+/// how-it-works, Redundancy: "... and moves back (make before break) within 30 s of
+/// its own edge answering again". testing.md: back on it once it listens (≤ 40 s).
+#[test]
+fn away_from_home_it_probes_home_within_30s() {
+    for seed in seeds() {
+        let mut s = Slot::new(1, 2, seed);
+        let now = Instant::now();
+        let p = s.probe(now, 0, Protocol::Quic).expect("away: probe home");
+        assert_eq!(p.target, ProbeFor::Home(1));
+        in_range(p.first - now, 15 * S, 30 * S);
+        assert_eq!(p.every, 30 * S);
+        // Home again over QUIC: nothing to probe.
+        s.moved_home(Transport::Quic);
+        assert_eq!(s.probe(now, 1, Protocol::Quic), None);
+        assert_eq!(s.probe(now, 1, Protocol::Auto), None);
+        assert_eq!(s.registered(now, 1), None);
+    }
+}
+
+#[test]
+fn moving_home_over_http2_keeps_probing_quic() {
+    let mut s = Slot::new(0, 2, 17);
+    let now = Instant::now();
+    s.moved_home(Transport::Http2);
+    let p = s.probe(now, 0, Protocol::Auto).expect("on HTTP/2 in auto");
+    assert_eq!(p.target, ProbeFor::Quic);
+}
+
+/// how-it-works, Two transports: "In `protocol: auto` a connection tries QUIC for 3 s,
+/// then falls back"; testing.md: serves over HTTP/2 within 5 s.
+#[test]
+fn auto_waits_3s_for_quic_then_stays_on_http2() {
+    let mut auto = Auto::default();
+    assert_eq!(
+        auto.plan(Protocol::Auto, false),
+        Plan::QuicFirst {
+            wait: 3 * S,
+            recheck: None
+        }
+    );
+    // During quick retries: a short wait, and QUIC asked again once TCP answers.
+    assert_eq!(
+        auto.plan(Protocol::Auto, true),
+        Plan::QuicFirst {
+            wait: 800 * MS,
+            recheck: Some(3 * S)
+        }
+    );
+    auto.udp_blocked();
+    assert_eq!(auto.plan(Protocol::Auto, false), Plan::Http2Fallback);
+    assert_eq!(auto.plan(Protocol::Auto, true), Plan::Http2Fallback);
+    // TCP fails too: the edge is down, start from QUIC again.
+    auto.quic_again();
+    assert!(matches!(
+        auto.plan(Protocol::Auto, false),
+        Plan::QuicFirst { .. }
+    ));
+    // Fixed protocols ignore what auto learned.
+    auto.udp_blocked();
+    assert_eq!(auto.plan(Protocol::Quic, false), Plan::Quic { wait: 5 * S });
+    assert_eq!(auto.plan(Protocol::Http2, false), Plan::Http2);
+}
+
+/// how-it-works: "`protocol: auto` probes QUIC while on HTTP/2 (first after 15–30 s,
+/// then every 30 s)"; testing.md: all connections back on QUIC within 60 s.
+#[test]
+fn auto_on_http2_probes_quic_after_15_to_30s_then_every_30s() {
+    let mut firsts = std::collections::HashSet::new();
+    for seed in seeds() {
+        let mut s = Slot::new(0, 1, seed);
+        let now = Instant::now();
+        assert_eq!(s.probe(now, 0, Protocol::Auto), None, "on QUIC: no probe");
+        s.auto.udp_blocked();
+        let p = s
+            .probe(now, 0, Protocol::Auto)
+            .expect("on HTTP/2: probe QUIC");
+        assert_eq!(p.target, ProbeFor::Quic);
+        in_range(p.first - now, 15 * S, 30 * S);
+        assert_eq!(p.every, 30 * S);
+        firsts.insert(p.first - now);
+        assert_eq!(s.probe(now, 0, Protocol::Http2), None);
+        s.moved_to_quic();
+        assert_eq!(s.probe(now, 0, Protocol::Auto), None);
+        assert!(matches!(
+            s.auto.plan(Protocol::Auto, false),
+            Plan::QuicFirst { .. }
+        ));
+    }
+    assert!(
+        firsts.len() > 10,
+        "slots that fell back together spread their probes"
+    );
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// how-it-works, Redundancy: "DNS failures fall back to the last good addresses (said
+/// once, and once when the name resolves again)"; testing.md: DNS fails.
+#[test]
+fn dns_failure_uses_the_last_good_addresses_said_once() {
+    let mut n = Names::new(2);
+    let a = addr("192.0.2.1:7844");
+    assert_eq!(n.failed(0, 0, 2), Resolved::Unknown, "never resolved");
+    assert_eq!(
+        n.resolved(0, vec![a], 0, 2),
+        Resolved::Fresh {
+            addr: a,
+            again: false,
+            addrs: vec![a]
+        }
+    );
+    let cached = |first| Resolved::Cached {
+        addr: a,
+        first,
+        addrs: vec![a],
+    };
+    assert_eq!(n.failed(0, 0, 2), cached(true));
+    assert_eq!(n.failed(0, 2, 2), cached(false));
+    assert_eq!(
+        n.resolved(0, vec![], 0, 2),
+        cached(false),
+        "no address is a failure"
+    );
+    assert_eq!(
+        n.resolved(0, vec![a], 0, 2),
+        Resolved::Fresh {
+            addr: a,
+            again: true,
+            addrs: vec![a]
+        }
+    );
+    assert!(matches!(
+        n.resolved(0, vec![a], 0, 2),
+        Resolved::Fresh { again: false, .. }
+    ));
+    // Entries are apart.
+    assert_eq!(n.failed(1, 1, 2), Resolved::Unknown);
+    assert_eq!(n.failed(5, 1, 2), Resolved::Unknown);
+}
+
+#[test]
+fn resolved_addresses_ipv4_first_spread_over_slots() {
+    let mut n = Names::new(2);
+    let v6 = addr("[2001:db8::1]:7844");
+    let a = addr("192.0.2.1:7844");
+    let b = addr("192.0.2.2:7844");
+    // Slots 0 and 2 share entry 0 (two entries): they take different addresses.
+    let Resolved::Fresh {
+        addr: first, addrs, ..
+    } = n.resolved(0, vec![v6, a, b], 0, 2)
+    else {
+        panic!("resolved");
+    };
+    assert_eq!(addrs, vec![a, b, v6]);
+    assert_eq!(first, a);
+    let Resolved::Fresh { addr: second, .. } = n.resolved(0, vec![v6, a, b], 2, 2) else {
+        panic!("resolved");
+    };
+    assert_eq!(second, b);
+    let Resolved::Cached { addr, .. } = n.failed(0, 2, 2) else {
+        panic!("cached");
+    };
+    assert_eq!(addr, b);
+}
