@@ -203,9 +203,13 @@ fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) -> usize {
 }
 
 /// Endpoint settings of both ends: packets of up to [`MAX_PACKET`] are accepted (what
-/// the peer's MTU discovery may probe up to).
-fn endpoint_config() -> quinn::EndpointConfig {
-    let mut cfg = quinn::EndpointConfig::default();
+/// the peer's MTU discovery may probe up to). `reset_key` signs stateless resets; a
+/// random one (the connector's) when `None`.
+fn endpoint_config(reset_key: Option<Arc<ring::hmac::Key>>) -> quinn::EndpointConfig {
+    let mut cfg = match reset_key {
+        Some(key) => quinn::EndpointConfig::new(key),
+        None => quinn::EndpointConfig::default(),
+    };
     // MAX_PACKET lies within the range quinn accepts (1200..=65527).
     let _ = cfg.max_udp_payload_size(MAX_PACKET);
     cfg
@@ -234,13 +238,37 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let socket = std::net::UdpSocket::from(socket);
     let granted = size_buffers(&socket, DEVICE_SOCKET_BUFFER);
     log::debug!("UDP socket buffers: {} KiB granted", granted / 1024);
-    endpoint(socket, None, DEVICE_RECEIVE_SLOTS)
+    endpoint(socket, None, DEVICE_RECEIVE_SLOTS, None)
+}
+
+/// The label the edge's stateless-reset key is derived under.
+const RESET_KEY_LABEL: &[u8] = b"mailslot edge QUIC stateless reset key v1";
+
+/// The key that signs the edge's QUIC stateless resets, derived from its private key
+/// (`secret`, the key file's DER bytes) with HMAC-SHA256 under a fixed label.
+///
+/// A stateless reset tells a peer that the edge lost its connection (a crash, a kill,
+/// a restart): the peer believes it only when the reset's token matches the one the
+/// edge handed out for that connection, which is an HMAC of the connection id under
+/// this key. With a random key per process (quinn's default), an edge restarted after
+/// SIGKILL sends resets its connectors ignore, and they hold on to dead connections
+/// until their idle timeout. Derived from the key material, every restart and every
+/// replica of one edge identity signs with the same key; the private key itself never
+/// leaves the HMAC.
+pub fn reset_key(secret: &[u8]) -> Arc<ring::hmac::Key> {
+    let kdf = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let derived = ring::hmac::sign(&kdf, RESET_KEY_LABEL);
+    Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        derived.as_ref(),
+    ))
 }
 
 fn endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
     receive_slots: usize,
+    reset_key: Option<Arc<ring::hmac::Key>>,
 ) -> std::io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
@@ -248,7 +276,12 @@ fn endpoint(
         inner: runtime.wrap_udp_socket(socket)?,
         receive_slots,
     };
-    quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, Arc::new(socket), runtime)
+    quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(reset_key),
+        server,
+        Arc::new(socket),
+        runtime,
+    )
 }
 
 /// Batch slots the connector's quinn endpoint reads into per `recvmmsg` (each up to one
@@ -366,12 +399,14 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// A listener on an already-bound UDP socket.
+    /// A listener on an already-bound UDP socket; `reset_key` (see [`reset_key`]) signs
+    /// its stateless resets.
     pub fn new(
         socket: std::net::UdpSocket,
         tls: rustls::ServerConfig,
         keepalive: Duration,
         idle: Duration,
+        reset_key: Arc<ring::hmac::Key>,
     ) -> std::io::Result<Self> {
         let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -386,7 +421,12 @@ impl Listener {
                 EDGE_SOCKET_BUFFER
             );
         }
-        let endpoint = endpoint(socket, Some(config.clone()), EDGE_RECEIVE_SLOTS)?;
+        let endpoint = endpoint(
+            socket,
+            Some(config.clone()),
+            EDGE_RECEIVE_SLOTS,
+            Some(reset_key),
+        )?;
         Ok(Self {
             endpoint,
             config,
