@@ -168,7 +168,10 @@ pub async fn serve_quic(conn: quinn::Connection, state: Arc<EdgeState>) {
             Warn,
             "access client {peer} refused: {MAX_ACCESS_CONNS_PER_ADDR} clients connected from its address"
         );
-        conn.close(1u32.into(), b"edge busy: too many access clients from this address");
+        conn.close(
+            1u32.into(),
+            b"edge busy: too many access clients from this address",
+        );
         return;
     };
     let Ok(_conn_permit) = state.access.conns.clone().try_acquire_owned() else {

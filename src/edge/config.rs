@@ -341,7 +341,10 @@ impl AdminToken {
     /// Does `presented` match? Time depends on neither value (both are hashed first).
     pub fn matches(&self, presented: &[u8]) -> bool {
         let d = Self::digest(presented);
-        d.iter().zip(self.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        d.iter()
+            .zip(self.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 }
 
@@ -574,9 +577,12 @@ mod tests {
     #[test]
     fn admin_token_is_required_off_loopback() {
         let base = "cert: a\nkey: b\nsigning-key: c\n";
-        let e = EdgeConfig::parse(&format!("{base}admin-listen: 0.0.0.0:7845\n"), Path::new("."))
-            .err()
-            .unwrap();
+        let e = EdgeConfig::parse(
+            &format!("{base}admin-listen: 0.0.0.0:7845\n"),
+            Path::new("."),
+        )
+        .err()
+        .unwrap();
         assert!(e.contains("admin-token"), "{e}");
         let c = EdgeConfig::parse(
             &format!("{base}admin-listen: 0.0.0.0:7845\nadmin-token: 0123456789abcdef\n"),
@@ -588,8 +594,11 @@ mod tests {
         assert!(!t.matches(b"0123456789abcdeF"));
         assert!(!t.matches(b""));
         assert_eq!(format!("{t:?}"), "AdminToken(***)");
-        let c = EdgeConfig::parse(&format!("{base}admin-listen: 127.0.0.1:7845\n"), Path::new("."))
-            .unwrap();
+        let c = EdgeConfig::parse(
+            &format!("{base}admin-listen: 127.0.0.1:7845\n"),
+            Path::new("."),
+        )
+        .unwrap();
         assert!(c.admin_token.is_none());
         let e = EdgeConfig::parse(&format!("{base}admin-token: short\n"), Path::new("."))
             .err()

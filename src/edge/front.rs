@@ -2,8 +2,8 @@
 //! clear) on the edge's public listeners; TLS certificates chosen by SNI.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,7 +101,11 @@ pub async fn serve(
             }
         };
         let Some(entry) = table.insert() else {
-            state.shield.counters.conn_limit.fetch_add(1, Ordering::Relaxed);
+            state
+                .shield
+                .counters
+                .conn_limit
+                .fetch_add(1, Ordering::Relaxed);
             state.shield.log_rejection(format_args!(
                 "connection from {peer}: all {} connections busy with requests",
                 state.shield.limits.max_conns
@@ -117,7 +121,9 @@ pub async fn serve(
             let limits = state.shield.limits.clone();
             // Until the first request: the TLS handshake's time, then a request head's.
             let first = match tls {
-                Some(_) => limits.tls_handshake_timeout.max(limits.request_head_timeout),
+                Some(_) => limits
+                    .tls_handshake_timeout
+                    .max(limits.request_head_timeout),
                 None => limits.request_head_timeout,
             };
             let conn = entry.clone();
@@ -134,7 +140,11 @@ pub async fn serve(
                             }
                             Ok(Err(e)) => log::debug!("TLS handshake from {peer} failed: {e}"),
                             Err(_) => {
-                                state.shield.counters.tls_timeout.fetch_add(1, Ordering::Relaxed);
+                                state
+                                    .shield
+                                    .counters
+                                    .tls_timeout
+                                    .fetch_add(1, Ordering::Relaxed);
                                 log::debug!("TLS handshake from {peer} timed out");
                             }
                         }
@@ -313,7 +323,11 @@ async fn serve_conn<I>(
         async move {
             let resp = if req.headers().len() > state.shield.limits.max_headers {
                 // HTTP/1.1 heads are held to this by the parser; HTTP/2 ones here.
-                state.shield.counters.bad_request.fetch_add(1, Ordering::Relaxed);
+                state
+                    .shield
+                    .counters
+                    .bad_request
+                    .fetch_add(1, Ordering::Relaxed);
                 proxy::text(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "too many request headers",

@@ -97,7 +97,11 @@ pub async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
         let permit = match handshakes.admit(remote.ip()) {
             Ok(p) => p,
             Err(why) => {
-                log_limited!(HANDSHAKE_LOG, Info, "tunnel connection from {remote} refused: {why}");
+                log_limited!(
+                    HANDSHAKE_LOG,
+                    Info,
+                    "tunnel connection from {remote} refused: {why}"
+                );
                 incoming.refuse();
                 continue;
             }
@@ -118,7 +122,11 @@ pub async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
                     return;
                 }
                 Err(_) => {
-                    log_limited!(HANDSHAKE_LOG, Info, "tunnel handshake from {remote} timed out");
+                    log_limited!(
+                        HANDSHAKE_LOG,
+                        Info,
+                        "tunnel handshake from {remote} timed out"
+                    );
                     return;
                 }
             };
@@ -153,7 +161,11 @@ pub async fn accept_h2(
         let permit = match handshakes.admit(remote.ip()) {
             Ok(p) => p,
             Err(why) => {
-                log_limited!(HANDSHAKE_LOG, Info, "tunnel connection from {remote} refused: {why}");
+                log_limited!(
+                    HANDSHAKE_LOG,
+                    Info,
+                    "tunnel connection from {remote} refused: {why}"
+                );
                 continue; // dropping the socket refuses it
             }
         };
@@ -163,11 +175,19 @@ pub async fn accept_h2(
             let stream = match tokio::time::timeout(TLS_TIMEOUT, tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    log_limited!(HANDSHAKE_LOG, Info, "tunnel TLS handshake from {remote} failed: {e}");
+                    log_limited!(
+                        HANDSHAKE_LOG,
+                        Info,
+                        "tunnel TLS handshake from {remote} failed: {e}"
+                    );
                     return;
                 }
                 Err(_) => {
-                    log_limited!(HANDSHAKE_LOG, Info, "tunnel TLS handshake from {remote} timed out");
+                    log_limited!(
+                        HANDSHAKE_LOG,
+                        Info,
+                        "tunnel TLS handshake from {remote} timed out"
+                    );
                     return;
                 }
             };
@@ -201,12 +221,20 @@ async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Optio
     let (conn, mut control) = match registered {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
-            log_limited!(HANDSHAKE_LOG, Warn, "tunnel connection from {remote} refused: {e}");
+            log_limited!(
+                HANDSHAKE_LOG,
+                Warn,
+                "tunnel connection from {remote} refused: {e}"
+            );
             session.close(&wire::bounded_reason(e));
             return;
         }
         Err(_) => {
-            log_limited!(HANDSHAKE_LOG, Warn, "tunnel connection from {remote} did not register in time");
+            log_limited!(
+                HANDSHAKE_LOG,
+                Warn,
+                "tunnel connection from {remote} did not register in time"
+            );
             session.close("registration timed out");
             return;
         }

@@ -207,7 +207,14 @@ fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) -> usize {
 /// random one (the connector's) when `None`.
 fn endpoint_config(reset_key: Option<Arc<ring::hmac::Key>>) -> quinn::EndpointConfig {
     let mut cfg = match reset_key {
-        Some(key) => quinn::EndpointConfig::new(key),
+        Some(key) => {
+            let mut cfg = quinn::EndpointConfig::new(key);
+            // quinn's default generator signs its ids with a key made per process and
+            // drops packets whose ids it did not sign: the packets of connections from
+            // before a restart would be dropped without a reset.
+            cfg.cid_generator(|| Box::new(RandomCids));
+            cfg
+        }
         None => quinn::EndpointConfig::default(),
     };
     // MAX_PACKET lies within the range quinn accepts (1200..=65527).
@@ -239,6 +246,33 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let granted = size_buffers(&socket, DEVICE_SOCKET_BUFFER);
     log::debug!("UDP socket buffers: {} KiB granted", granted / 1024);
     endpoint(socket, None, DEVICE_RECEIVE_SLOTS, None)
+}
+
+/// Random 8-byte connection ids that any process of the edge accepts as its own, so
+/// that a packet of a connection from before a restart earns a stateless reset. A
+/// packet with an unknown id gets at most one reset, smaller than itself, per 20 ms
+/// (quinn's `min_reset_interval`): no amplification.
+struct RandomCids;
+
+/// Bytes in a connection id the edge hands out (quinn's default length).
+const CID_LEN: usize = 8;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; CID_LEN];
+        // The system RNG does not fail on the systems the edge runs on; if it ever did,
+        // the id would repeat and quinn would ask for another.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The label the edge's stateless-reset key is derived under.
@@ -492,6 +526,16 @@ mod tests {
         assert_eq!(device_send_window(4), 256 * 1024);
         // Past four connections each keeps the floor: the sum grows again.
         assert_eq!(device_send_window(16), MIN_DEVICE_SEND_WINDOW);
+    }
+
+    #[test]
+    fn the_reset_key_depends_on_the_key_material_only() {
+        let tag = |k: &ring::hmac::Key| ring::hmac::sign(k, b"cid").as_ref().to_vec();
+        assert_eq!(tag(&reset_key(b"edge key")), tag(&reset_key(b"edge key")));
+        assert_ne!(tag(&reset_key(b"edge key")), tag(&reset_key(b"other key")));
+        // The key is not the private key itself.
+        let raw = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"edge key");
+        assert_ne!(tag(&reset_key(b"edge key")), tag(&raw));
     }
 
     #[test]
