@@ -159,16 +159,11 @@ fn connections_without_a_request_are_closed() {
             .await
             .expect("TLS handshake with the edge")
     });
-    let t = closed_within(&mut silent, within).map(|_| opened.elapsed());
-    println!("silent TCP closed {t:?} after it opened");
-    assert!(t.is_some(), "a silent connection stays open");
-    let t = closed_within(&mut preface, within).map(|_| opened.elapsed());
-    println!("preface-only HTTP/2 closed {t:?} after it opened");
-    assert!(
-        t.is_some(),
-        "an HTTP/2 connection with only its preface stays open"
-    );
-    let t = rt.block_on(async {
+    let t_silent = closed_within(&mut silent, within).map(|_| opened.elapsed());
+    println!("silent TCP closed {t_silent:?} after it opened");
+    let t_preface = closed_within(&mut preface, within).map(|_| opened.elapsed());
+    println!("preface-only HTTP/2 closed {t_preface:?} after it opened");
+    let t_tls = rt.block_on(async {
         use tokio::io::AsyncReadExt;
         let mut tls = tls_idle;
         let mut buf = [0u8; 64];
@@ -177,8 +172,13 @@ fn connections_without_a_request_are_closed() {
             Err(_) => None,
         }
     });
-    println!("idle TLS closed {t:?} after the connections opened");
-    assert!(t.is_some(), "an idle TLS connection stays open");
+    println!("idle TLS closed {t_tls:?} after the connections opened");
+    assert!(t_silent.is_some(), "a silent connection stays open");
+    assert!(
+        t_preface.is_some(),
+        "an HTTP/2 connection with only its preface stays open"
+    );
+    assert!(t_tls.is_some(), "an idle TLS connection stays open");
 }
 
 #[test]
@@ -469,4 +469,57 @@ fn a_killed_edge_restarted_on_its_port_is_used_again_at_once() {
         took < Duration::from_secs(12),
         "{took:?} to serve again: the connector waited for its idle timeout"
     );
+}
+
+#[test]
+fn access_clients_are_capped_per_address_and_closed_when_idle() {
+    let edge = start_edge(init_edge(""));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ca = {
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(edge.ca()).unwrap();
+        rustls_pki_types::CertificateDer::from_pem_slice(&pem)
+            .unwrap()
+            .to_vec()
+    };
+    rt.block_on(async {
+        let mut tls = mailslot::tls::edge_client_config(Some(&ca)).unwrap();
+        tls.alpn_protocols = vec![mailslot::wire::ACCESS_ALPN.to_vec()];
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        )));
+        // 33 access connections from one address that never open a stream.
+        let mut conns = Vec::new();
+        for _ in 0..33 {
+            let c = tokio::time::timeout(
+                Duration::from_secs(10),
+                ep.connect(edge.tunnel, "127.0.0.1").unwrap(),
+            )
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+            conns.push(c);
+        }
+        let opened = Instant::now();
+        // The last is one too many for its address.
+        let last = conns.pop().unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(5), last.closed()).await;
+        println!("33rd access connection: {why:?}");
+        let why = why.expect("the 33rd access connection from one address stays open");
+        assert!(why.to_string().contains("too many access clients"), "{why}");
+        // The others are closed for idling without a stream.
+        for c in conns {
+            let why = tokio::time::timeout(Duration::from_secs(20), c.closed()).await;
+            let why = why.expect("an access connection without a stream stays open");
+            assert!(why.to_string().contains("idle"), "{why}");
+        }
+        println!(
+            "idle access connections closed {:?} after they opened",
+            opened.elapsed()
+        );
+    });
 }

@@ -42,9 +42,11 @@ pub const MAX_STREAMS_PER_CLIENT: u32 = 64;
 pub const MAX_ACCESS_CONNS_PER_ADDR: usize = 32;
 /// Time a client has to send its access request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest time an access client connection stays open without an admitted stream:
-/// from its handshake to its first admitted stream, and after its last one ended. The
-/// client dials again when it needs the connection.
+/// Time from an access client's handshake to its first admitted stream (a client
+/// opens its stream at once).
+pub const ACCESS_FIRST_TIMEOUT: Duration = REQUEST_TIMEOUT;
+/// Longest time an access client connection stays open without an admitted stream
+/// after its last one ended. The client dials again when it needs the connection.
 pub const ACCESS_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts on distinct tunnel connections before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -73,6 +75,8 @@ impl Default for AccessState {
 /// Admitted streams of one access client connection, and since when it has had none.
 struct ClientActivity {
     admitted: std::sync::atomic::AtomicUsize,
+    /// Whether a stream was ever admitted.
+    ever: std::sync::atomic::AtomicBool,
     since: std::sync::Mutex<std::time::Instant>,
 }
 
@@ -80,6 +84,7 @@ impl ClientActivity {
     fn new() -> Arc<ClientActivity> {
         Arc::new(ClientActivity {
             admitted: 0.into(),
+            ever: false.into(),
             since: std::sync::Mutex::new(std::time::Instant::now()),
         })
     }
@@ -92,12 +97,19 @@ impl ClientActivity {
     fn admitted(self: &Arc<Self>) -> AdmittedStream {
         self.admitted
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.ever.store(true, std::sync::atomic::Ordering::Release);
         AdmittedStream(self.clone())
     }
 
-    /// Resolves once the connection has had no admitted stream for `limit`.
-    async fn idle(&self, limit: Duration) {
+    /// Resolves once the connection has had no admitted stream for `first` after its
+    /// start, or for `idle` after its last one ended.
+    async fn idle(&self, first: Duration, idle: Duration) {
         loop {
+            let limit = if self.ever.load(std::sync::atomic::Ordering::Acquire) {
+                idle
+            } else {
+                first
+            };
             let wait = if self.admitted.load(std::sync::atomic::Ordering::Acquire) > 0 {
                 limit
             } else {
@@ -189,7 +201,7 @@ pub async fn serve_quic(conn: quinn::Connection, state: Arc<EdgeState>) {
     loop {
         let accepted = tokio::select! {
             s = conn.accept_bi() => s,
-            () = activity.idle(ACCESS_IDLE_TIMEOUT) => {
+            () = activity.idle(ACCESS_FIRST_TIMEOUT, ACCESS_IDLE_TIMEOUT) => {
                 log::debug!("access client {peer}: idle, closed");
                 conn.close(0u32.into(), b"idle: no access stream");
                 return;
