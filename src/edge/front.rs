@@ -186,6 +186,8 @@ struct ConnEntry {
     born: Instant,
     /// Told when the connection is closed to make room.
     evicted: Notify,
+    /// Told when a request starts or ends.
+    activity: Notify,
 }
 
 impl ConnTable {
@@ -218,6 +220,7 @@ impl ConnTable {
             last: AtomicU64::new(0),
             born: Instant::now(),
             evicted: Notify::new(),
+            activity: Notify::new(),
         });
         open.insert(id, entry.clone());
         Some(entry)
@@ -241,6 +244,7 @@ impl ConnEntry {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.touch();
+        self.activity.notify_one();
         Active(self.clone())
     }
 
@@ -266,7 +270,11 @@ impl ConnEntry {
             } else {
                 limit - since
             };
-            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+            // A request that starts or ends changes the limit: look again then.
+            tokio::select! {
+                () = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+                () = self.activity.notified() => {}
+            }
         }
     }
 }
@@ -278,6 +286,7 @@ impl Drop for Active {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.activity.notify_one();
     }
 }
 
@@ -469,7 +478,27 @@ fn host_of(authority: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{forwarded_for, host_of};
+    use super::{forwarded_for, host_of, ConnTable};
+
+    #[test]
+    fn a_full_table_closes_its_oldest_idle_connection() {
+        let t = ConnTable::new(2);
+        let a = t.insert().unwrap();
+        let b = t.insert().unwrap();
+        let busy_a = a.begin();
+        let c = t.insert().expect("b is idle: it makes room");
+        assert!(
+            t.open.lock().unwrap().get(&b.id).is_none(),
+            "b was told to go"
+        );
+        let _busy_c = c.begin();
+        assert!(t.insert().is_none(), "every connection is busy");
+        drop(busy_a);
+        let d = t.insert().expect("a is idle again");
+        assert!(t.open.lock().unwrap().get(&a.id).is_none());
+        t.remove(&d);
+        assert!(t.insert().is_some());
+    }
 
     #[test]
     fn hosts() {
