@@ -346,6 +346,15 @@ fn an_idle_flood_does_not_keep_a_connector_from_registering() {
 
 #[test]
 fn an_expired_token_closes_its_connection() {
+    expired_token_closes("quic");
+}
+
+#[test]
+fn an_expired_token_closes_its_http2_connection() {
+    expired_token_closes("http2");
+}
+
+fn expired_token_closes(protocol: &str) {
     let edge = start_edge(init_edge(""));
     let origin = Origin::start("A");
     let token = edge.token("dev42", &["dev42.example.com"], "4s");
@@ -354,9 +363,20 @@ fn an_expired_token_closes_its_connection() {
         origin.addr
     );
     let dev = TempDir::new("device");
-    let connector = start_connector(dev.path(), &device_yaml(&edge, &token, 1, &rules), 1);
+    let yaml = device_yaml_with(
+        &edge.tunnel.to_string(),
+        &edge.ca(),
+        protocol,
+        &token,
+        1,
+        &rules,
+    );
+    let connector = start_connector(dev.path(), &yaml, 1);
     assert_eq!(status_within(&edge, 10, &[]), 200);
-    let line = connector.wait_line_within("expired", Duration::from_secs(12));
+    let line = connector.wait_line_within(
+        "tunnel token of tunnel dev42 expired",
+        Duration::from_secs(12),
+    );
     assert!(
         line.is_some(),
         "the connection outlived its token; connector log:\n{}",

@@ -267,10 +267,14 @@ async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Optio
                 }
                 close_reason = expired_reason(&conn.tunnel_name, conn.claims.expires);
                 let msg = EdgeMsg::GoAway { reason: wire::bounded_reason(close_reason.clone()) };
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    wire::write_control(&mut control.send, &msg),
-                )
+                // Told why, the connector leaves on its own; the edge closes after a
+                // moment either way (closing at once could overtake the message).
+                conn.set_draining();
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    if wire::write_control(&mut control.send, &msg).await.is_ok() {
+                        session.closed().await;
+                    }
+                })
                 .await;
                 break format!("closed by the edge: {close_reason}");
             }
