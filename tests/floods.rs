@@ -415,6 +415,18 @@ fn the_admin_listener_requires_its_bearer_token() {
     );
     let good = format!("Authorization: Bearer {TOKEN}");
     assert_eq!(code(&["-H", &good]), "200");
+    // A reload puts a new token in force.
+    const NEW: &str = "admin-new-0123456789-secret";
+    let yml = edge.dir.path().join("edge.yml");
+    let text = std::fs::read_to_string(&yml).unwrap().replace(TOKEN, NEW);
+    std::fs::write(&yml, text).unwrap();
+    edge.proc.signal(1); // SIGHUP
+    edge.proc.wait_line("reloaded (generation 1)");
+    assert_eq!(code(&["-H", &good]), "401");
+    assert_eq!(
+        code(&["-H", &format!("Authorization: Bearer {NEW}")]),
+        "200"
+    );
     // An idle connection is closed.
     let mut idle = TcpStream::connect(admin).unwrap();
     idle.set_read_timeout(Some(Duration::from_millis(200)))
