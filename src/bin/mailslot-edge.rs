@@ -195,7 +195,9 @@ fn real_main() -> Result<(), String> {
                 use tokio::signal::unix::{signal, SignalKind};
                 let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
                 let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-                let edge = Edge::new(settings).with_access(access_policy, tcp_ports);
+                let edge = Edge::new(settings)
+                    .with_access(access_policy, tcp_ports)
+                    .with_admin_token(cfg.admin_token.clone());
                 let mut reloader = edge.reloader(config.clone(), running);
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {

@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use super::flood::log_limited;
 use super::live::Live;
 use super::policy::{Denied, HostKind, Identity, TcpPortSpec};
 use super::proxy::{self, Body, DialError};
@@ -37,8 +38,16 @@ pub const MAX_ACCESS_STREAMS: usize = 4096;
 pub const MAX_ACCESS_CONNS: usize = 1024;
 /// Concurrent streams one access client connection may open.
 pub const MAX_STREAMS_PER_CLIENT: u32 = 64;
+/// Access client connections (QUIC) at once from one address (IPv6: one /64).
+pub const MAX_ACCESS_CONNS_PER_ADDR: usize = 32;
 /// Time a client has to send its access request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time from an access client's handshake to its first admitted stream (a client
+/// opens its stream at once).
+pub const ACCESS_FIRST_TIMEOUT: Duration = REQUEST_TIMEOUT;
+/// Longest time an access client connection stays open without an admitted stream
+/// after its last one ended. The client dials again when it needs the connection.
+pub const ACCESS_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts on distinct tunnel connections before giving up.
 const MAX_ATTEMPTS: usize = 3;
 /// Header carrying a service token's id.
@@ -50,6 +59,7 @@ pub const CLIENT_SECRET_HEADER: &str = "mailslot-client-secret";
 pub struct AccessState {
     streams: Arc<Semaphore>,
     conns: Arc<Semaphore>,
+    per_addr: Arc<super::flood::PerAddr>,
 }
 
 impl Default for AccessState {
@@ -57,7 +67,72 @@ impl Default for AccessState {
         AccessState {
             streams: Arc::new(Semaphore::new(MAX_ACCESS_STREAMS)),
             conns: Arc::new(Semaphore::new(MAX_ACCESS_CONNS)),
+            per_addr: super::flood::PerAddr::new(MAX_ACCESS_CONNS_PER_ADDR, MAX_ACCESS_CONNS),
         }
+    }
+}
+
+/// Admitted streams of one access client connection, and since when it has had none.
+struct ClientActivity {
+    admitted: std::sync::atomic::AtomicUsize,
+    /// Whether a stream was ever admitted.
+    ever: std::sync::atomic::AtomicBool,
+    since: std::sync::Mutex<std::time::Instant>,
+}
+
+impl ClientActivity {
+    fn new() -> Arc<ClientActivity> {
+        Arc::new(ClientActivity {
+            admitted: 0.into(),
+            ever: false.into(),
+            since: std::sync::Mutex::new(std::time::Instant::now()),
+        })
+    }
+
+    fn since(&self) -> std::sync::MutexGuard<'_, std::time::Instant> {
+        self.since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts an admitted stream until the guard drops.
+    fn admitted(self: &Arc<Self>) -> AdmittedStream {
+        self.admitted
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.ever.store(true, std::sync::atomic::Ordering::Release);
+        AdmittedStream(self.clone())
+    }
+
+    /// Resolves once the connection has had no admitted stream for `first` after its
+    /// start, or for `idle` after its last one ended.
+    async fn idle(&self, first: Duration, idle: Duration) {
+        loop {
+            let limit = if self.ever.load(std::sync::atomic::Ordering::Acquire) {
+                idle
+            } else {
+                first
+            };
+            let wait = if self.admitted.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                limit
+            } else {
+                let idle = self.since().elapsed();
+                if idle >= limit {
+                    return;
+                }
+                limit - idle
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+        }
+    }
+}
+
+/// An admitted access stream of a [`ClientActivity`].
+struct AdmittedStream(Arc<ClientActivity>);
+
+impl Drop for AdmittedStream {
+    fn drop(&mut self) {
+        *self.0.since() = std::time::Instant::now();
+        self.0
+            .admitted
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -99,15 +174,40 @@ pub fn is_access_connection(conn: &quinn::Connection) -> bool {
 /// Serves one access client's QUIC connection: each stream it opens is one access.
 pub async fn serve_quic(conn: quinn::Connection, state: Arc<EdgeState>) {
     let peer = conn.remote_address();
+    let Some(_addr_slot) = state.access.per_addr.admit(peer.ip()) else {
+        log_limited!(
+            ACCESS_LOG,
+            Warn,
+            "access client {peer} refused: {MAX_ACCESS_CONNS_PER_ADDR} clients connected from its address"
+        );
+        conn.close(
+            1u32.into(),
+            b"edge busy: too many access clients from this address",
+        );
+        return;
+    };
     let Ok(_conn_permit) = state.access.conns.clone().try_acquire_owned() else {
-        log::warn!("access client {peer} refused: {MAX_ACCESS_CONNS} clients connected");
+        log_limited!(
+            ACCESS_LOG,
+            Warn,
+            "access client {peer} refused: {MAX_ACCESS_CONNS} clients connected"
+        );
         conn.close(1u32.into(), b"edge busy: too many access clients");
         return;
     };
     conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CLIENT));
     log::debug!("access client {peer} connected");
+    let activity = ClientActivity::new();
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let accepted = tokio::select! {
+            s = conn.accept_bi() => s,
+            () = activity.idle(ACCESS_FIRST_TIMEOUT, ACCESS_IDLE_TIMEOUT) => {
+                log::debug!("access client {peer}: idle, closed");
+                conn.close(0u32.into(), b"idle: no access stream");
+                return;
+            }
+        };
+        let (send, recv) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 log::debug!(
@@ -121,11 +221,25 @@ pub async fn serve_quic(conn: quinn::Connection, state: Arc<EdgeState>) {
             send: SendHalf::Quic(send),
             recv: RecvHalf::Quic(recv),
         };
-        tokio::spawn(serve_quic_stream(stream, peer, state.clone()));
+        tokio::spawn(serve_quic_stream(
+            stream,
+            peer,
+            state.clone(),
+            activity.clone(),
+        ));
     }
 }
 
-async fn serve_quic_stream(mut client: TunnelStream, peer: SocketAddr, state: Arc<EdgeState>) {
+/// Refusals of access clients are logged at most this often.
+static ACCESS_LOG: super::flood::LogLimit =
+    super::flood::LogLimit::new(10, Duration::from_secs(10));
+
+async fn serve_quic_stream(
+    mut client: TunnelStream,
+    peer: SocketAddr,
+    state: Arc<EdgeState>,
+    activity: Arc<ClientActivity>,
+) {
     let req = match tokio::time::timeout(
         REQUEST_TIMEOUT,
         wire::read_access_frame::<_, AccessRequest>(&mut client),
@@ -175,6 +289,7 @@ async fn serve_quic_stream(mut client: TunnelStream, peer: SocketAddr, state: Ar
     };
     match admitted {
         Ok((identity, tunnel, permit)) if sent => {
+            let _admitted = activity.admitted();
             let log = AccessLog::new(identity, &host, peer, "quic");
             pipe(client, tunnel, log, permit, Some(recheck)).await;
         }
@@ -276,6 +391,9 @@ struct AccessLog {
     identity: Identity,
     host: String,
     peer: SocketAddr,
+    /// The client's address policies see (the peer, or behind a trusted proxy the
+    /// address it forwarded for).
+    client_ip: IpAddr,
     via: String,
     started_unix: u64,
     started: Instant,
@@ -287,6 +405,7 @@ impl AccessLog {
             identity,
             host: host.to_string(),
             peer,
+            client_ip: peer.ip(),
             via: via.to_string(),
             started_unix: super::token::now_unix(),
             started: Instant::now(),
@@ -394,7 +513,7 @@ async fn pipe<C>(
         read: 0,
         written: 0,
     };
-    let ip = log.peer.ip();
+    let ip = log.client_ip;
     let result = {
         let copy = tokio::io::copy_bidirectional(&mut client, &mut tunnel);
         let revoked = async {
@@ -560,16 +679,20 @@ fn refusal(error: AccessError, message: String) -> Response<Body> {
 
 /// The gate in front of the HTTP proxy: access upgrades are served here; requests for
 /// hostnames with a policy need credentials, which are then removed before the request
-/// goes on. `Err` is the answer to send instead of proxying.
+/// goes on. `Err` is the answer to send instead of proxying. `client_ip` is the
+/// client's address as rate limits see it (`Shield::client_ip`: the peer, or behind a
+/// trusted proxy the address it forwarded for), so that `ip-allow` and rate limits
+/// agree on who the client is.
 pub async fn gate(
     mut req: Request<Incoming>,
     host: &str,
     peer: SocketAddr,
+    client_ip: IpAddr,
     scheme: &str,
     state: &EdgeState,
 ) -> Result<Request<Incoming>, Response<Body>> {
     if is_access_upgrade(&req) {
-        return Err(upgrade(req, host, peer, scheme, state).await);
+        return Err(upgrade(req, host, peer, client_ip, scheme, state).await);
     }
     let live = state.live();
     if live.policy.policy_for(host).is_none() {
@@ -580,7 +703,7 @@ pub async fn gate(
     match live.policy.check(
         host,
         HostKind::Http,
-        peer.ip(),
+        client_ip,
         &cred,
         &live.verify_keys,
         super::token::now_unix(),
@@ -621,6 +744,7 @@ async fn upgrade(
     mut req: Request<Incoming>,
     host: &str,
     peer: SocketAddr,
+    client_ip: IpAddr,
     scheme: &str,
     state: &EdgeState,
 ) -> Response<Body> {
@@ -649,7 +773,7 @@ async fn upgrade(
     let (cred, _) = credential_of(req.headers());
     let via = format!("{scheme} (websocket)");
     let recheck = Recheck::new(state, cred.clone());
-    let (identity, tunnel, permit) = match admit(state, host, peer.ip(), &cred).await {
+    let (identity, tunnel, permit) = match admit(state, host, client_ip, &cred).await {
         Ok(x) => x,
         Err((error, message)) => {
             log::info!("access denied: {host} from {peer} over {via}: {message}");
@@ -657,7 +781,8 @@ async fn upgrade(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let log = AccessLog::new(identity, host, peer, &via);
+    let mut log = AccessLog::new(identity, host, peer, &via);
+    log.client_ip = client_ip;
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {

@@ -50,6 +50,9 @@ struct Raw {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     admin_listen: Option<String>,
+    /// Bearer token the admin listener requires, inline or in a file.
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
     #[serde(default)]
     revoked_tunnels: Vec<String>,
     #[serde(default)]
@@ -64,6 +67,7 @@ const MAX_FILE_LEN: u64 = 4 * 1024 * 1024;
 struct RawLimits {
     tls_handshake_timeout: Option<RawDuration>,
     request_head_timeout: Option<RawDuration>,
+    conn_idle_timeout: Option<RawDuration>,
     body_timeout: Option<RawDuration>,
     body_idle_timeout: Option<RawDuration>,
     body_buffer: Option<RawSize>,
@@ -159,6 +163,11 @@ fn build_limits(r: RawLimits) -> Result<Limits, String> {
             r.request_head_timeout,
             d.request_head_timeout,
             "limits.request-head-timeout",
+        )?,
+        conn_idle_timeout: duration(
+            r.conn_idle_timeout,
+            d.conn_idle_timeout,
+            "limits.conn-idle-timeout",
         )?,
         body_timeout: duration(r.body_timeout, d.body_timeout, "limits.body-timeout")?,
         body_idle_timeout: duration(
@@ -285,10 +294,58 @@ pub struct EdgeConfig {
     pub shield: Arc<Shield>,
     /// Loopback address for `/metrics` and `/tunnels`; `None` = off.
     pub admin_listen: Option<SocketAddr>,
+    /// SHA-256 of the bearer token the admin listener requires (`admin-token` or
+    /// `admin-token-file`); `None` = none required (loopback only).
+    pub admin_token: Option<AdminToken>,
     /// Tunnel ids refused although their tokens verify.
     pub revoked_tunnels: Vec<[u8; 16]>,
     /// `access:`, `service-tokens:`, `tcp-ports:` and `revoked-access-tokens:`.
     pub access: super::policy::AccessConfig,
+}
+
+/// The admin listener's bearer token, kept as its SHA-256 only and compared in constant
+/// time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
+impl AdminToken {
+    /// Shortest and longest token accepted, as for service-token secrets.
+    const MIN_LEN: usize = 16;
+    const MAX_LEN: usize = 1024;
+
+    pub fn new(token: &str) -> Result<AdminToken, String> {
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&token.len())
+            || !token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "a token has {} to {} printable characters without spaces",
+                Self::MIN_LEN,
+                Self::MAX_LEN
+            ));
+        }
+        Ok(AdminToken(Self::digest(token.as_bytes())))
+    }
+
+    fn digest(b: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
+        out
+    }
+
+    /// Does `presented` match? Time depends on neither value (both are hashed first).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let d = Self::digest(presented);
+        d.iter()
+            .zip(self.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
 }
 
 /// Parses "500ms", "15s", "2m", "1h", "1m30s" or a number of seconds, as the device
@@ -377,6 +434,31 @@ impl EdgeConfig {
             .iter()
             .map(|id| parse_id(id, "revoked-access-tokens", "an access token id"))
             .collect::<Result<_, _>>()?;
+        let admin_listen = listen(raw.admin_listen, "none", "admin-listen")?;
+        let admin_token = match (raw.admin_token, raw.admin_token_file) {
+            (Some(_), Some(_)) => {
+                return Err("admin-token and admin-token-file: set one, not both".into())
+            }
+            (Some(t), None) => Some(AdminToken::new(&t).map_err(|e| format!("admin-token: {e}"))?),
+            (None, Some(f)) => {
+                let f = abs(f);
+                let text = std::fs::read_to_string(&f)
+                    .map_err(|e| format!("admin-token-file: cannot read {}: {e}", f.display()))?;
+                Some(
+                    AdminToken::new(text.trim())
+                        .map_err(|e| format!("admin-token-file {}: {e}", f.display()))?,
+                )
+            }
+            (None, None) => None,
+        };
+        if let Some(a) = admin_listen {
+            if !a.ip().is_loopback() && admin_token.is_none() {
+                return Err(format!(
+                    "admin-listen {a} is not a loopback address: the fleet status it serves \
+                     needs admin-token (or admin-token-file) there, or listen on 127.0.0.1"
+                ));
+            }
+        }
         Ok(EdgeConfig {
             name: raw.name.unwrap_or_else(|| "edge".into()),
             tunnel_listen,
@@ -415,7 +497,8 @@ impl EdgeConfig {
                     .map(|c| parse_cidr(c))
                     .collect::<Result<_, _>>()?,
             )),
-            admin_listen: listen(raw.admin_listen, "none", "admin-listen")?,
+            admin_listen,
+            admin_token,
             revoked_tunnels: raw
                 .revoked_tunnels
                 .iter()
@@ -489,6 +572,48 @@ mod tests {
         assert_eq!(c.http_listen, Some("0.0.0.0:80".parse().unwrap()));
         assert_eq!(c.cert.cert, Path::new("/etc/mailslot-edge/edge.crt"));
         assert_eq!(c.origin_response_timeout, Duration::from_secs(100));
+    }
+
+    #[test]
+    fn admin_token_is_required_off_loopback() {
+        let base = "cert: a\nkey: b\nsigning-key: c\n";
+        let e = EdgeConfig::parse(
+            &format!("{base}admin-listen: 0.0.0.0:7845\n"),
+            Path::new("."),
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("admin-token"), "{e}");
+        let c = EdgeConfig::parse(
+            &format!("{base}admin-listen: 0.0.0.0:7845\nadmin-token: 0123456789abcdef\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        let t = c.admin_token.unwrap();
+        assert!(t.matches(b"0123456789abcdef"));
+        assert!(!t.matches(b"0123456789abcdeF"));
+        assert!(!t.matches(b""));
+        assert_eq!(format!("{t:?}"), "AdminToken(***)");
+        let c = EdgeConfig::parse(
+            &format!("{base}admin-listen: 127.0.0.1:7845\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(c.admin_token.is_none());
+        let e = EdgeConfig::parse(&format!("{base}admin-token: short\n"), Path::new("."))
+            .err()
+            .unwrap();
+        assert!(e.contains("16"), "{e}");
+    }
+
+    #[test]
+    fn conn_idle_timeout_parses() {
+        let c = EdgeConfig::parse(
+            "cert: a\nkey: b\nsigning-key: c\nlimits:\n  conn-idle-timeout: 5s\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.shield.limits.conn_idle_timeout, Duration::from_secs(5));
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! clear) on the edge's public listeners; TLS certificates chosen by SNI.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,7 +18,7 @@ use hyper_util::server::conn::auto;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
 use super::proxy::{self, Body, Visitor};
 use super::EdgeState;
@@ -65,19 +68,20 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// Accepts visitors on `listener` until the task is dropped; `tls` makes it HTTPS.
+///
+/// Accepting never waits: when `max-conns` connections are open, the one idle longest
+/// (no request in flight: silent, mid TLS handshake, or between requests) is closed to
+/// make room, and when none is idle the newcomer is refused. Each connection must
+/// finish its TLS handshake within `tls-handshake-timeout`, start its first request
+/// within `request-head-timeout`, and is closed after `conn-idle-timeout` without a
+/// request in flight, whatever protocol it speaks.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<EdgeState>,
 ) {
-    let limit = Arc::new(Semaphore::new(
-        state.shield.limits.max_conns.min(Semaphore::MAX_PERMITS),
-    ));
+    let table = ConnTable::new(state.shield.limits.max_conns);
     loop {
-        let permit = match limit.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => return,
-        };
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -87,7 +91,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let slot = match state.shield.admit(peer.ip()) {
+        let slot = match state.shield.admit(super::flood::addr_key(peer.ip())) {
             Ok(s) => s,
             Err(why) => {
                 state
@@ -96,32 +100,219 @@ pub async fn serve(
                 continue; // dropping the socket closes it
             }
         };
+        let Some(entry) = table.insert() else {
+            state
+                .shield
+                .counters
+                .conn_limit
+                .fetch_add(1, Ordering::Relaxed);
+            state.shield.log_rejection(format_args!(
+                "connection from {peer}: all {} connections busy with requests",
+                state.shield.limits.max_conns
+            ));
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let state = state.clone();
         let tls = tls.clone();
+        let table = table.clone();
         tokio::spawn(async move {
-            let _permit = (permit, slot);
-            match tls {
-                None => serve_conn(TokioIo::new(tcp), peer, "http", state).await,
-                Some(acceptor) => {
-                    let handshake = state.shield.limits.tls_handshake_timeout;
-                    match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            serve_conn(TokioIo::new(stream), peer, "https", state).await
-                        }
-                        Ok(Err(e)) => log::debug!("TLS handshake from {peer} failed: {e}"),
-                        Err(_) => {
-                            state
-                                .shield
-                                .counters
-                                .tls_timeout
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            log::debug!("TLS handshake from {peer} timed out");
+            let _slot = slot;
+            let limits = state.shield.limits.clone();
+            // Until the first request: the TLS handshake's time, then a request head's.
+            let first = match tls {
+                Some(_) => limits
+                    .tls_handshake_timeout
+                    .max(limits.request_head_timeout),
+                None => limits.request_head_timeout,
+            };
+            let conn = entry.clone();
+            let serve = async move {
+                match tls {
+                    None => serve_conn(TokioIo::new(tcp), peer, "http", state, conn).await,
+                    Some(acceptor) => {
+                        let handshake = limits.tls_handshake_timeout;
+                        match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                // The first request's time starts now.
+                                conn.touch();
+                                serve_conn(TokioIo::new(stream), peer, "https", state, conn).await
+                            }
+                            Ok(Err(e)) => log::debug!("TLS handshake from {peer} failed: {e}"),
+                            Err(_) => {
+                                state
+                                    .shield
+                                    .counters
+                                    .tls_timeout
+                                    .fetch_add(1, Ordering::Relaxed);
+                                log::debug!("TLS handshake from {peer} timed out");
+                            }
                         }
                     }
                 }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = entry.evicted.notified() => {
+                    log::debug!("visitor {peer}: idle connection closed to make room");
+                }
+                _ = entry.idle_expired(first, limits.request_head_timeout, limits.conn_idle_timeout) => {
+                    log::debug!("visitor {peer}: idle connection closed");
+                }
             }
+            table.remove(&entry);
         });
+    }
+}
+
+/// The visitor connections open on one listener, by age, with whether each has a
+/// request in flight: the oldest idle one makes room for a newcomer.
+struct ConnTable {
+    max: usize,
+    next: AtomicU64,
+    open: Mutex<BTreeMap<u64, Arc<ConnEntry>>>,
+}
+
+/// One visitor connection's activity.
+struct ConnEntry {
+    id: u64,
+    /// Requests whose responses are still being sent.
+    in_flight: AtomicUsize,
+    /// Requests started so far.
+    requests: AtomicU64,
+    /// Last start or end of a request (or of the TLS handshake), in ms after `born`,
+    /// plus one: 0 until then.
+    last: AtomicU64,
+    born: Instant,
+    /// Told when the connection is closed to make room.
+    evicted: Notify,
+    /// Told when a request starts or ends.
+    activity: Notify,
+}
+
+impl ConnTable {
+    fn new(max: usize) -> Arc<ConnTable> {
+        Arc::new(ConnTable {
+            max: max.max(1),
+            next: AtomicU64::new(0),
+            open: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// A place for a new connection; when all are taken, the oldest idle connection
+    /// is told to close and gives up its place. `None` when every one is busy.
+    fn insert(&self) -> Option<Arc<ConnEntry>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= self.max {
+            let idle = open
+                .iter()
+                .find(|(_, c)| c.in_flight.load(Ordering::Acquire) == 0)
+                .map(|(id, _)| *id)?;
+            if let Some(old) = open.remove(&idle) {
+                old.evicted.notify_one();
+            }
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(ConnEntry {
+            id,
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            last: AtomicU64::new(0),
+            born: Instant::now(),
+            evicted: Notify::new(),
+            activity: Notify::new(),
+        });
+        open.insert(id, entry.clone());
+        Some(entry)
+    }
+
+    fn remove(&self, entry: &ConnEntry) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.remove(&entry.id);
+    }
+}
+
+impl ConnEntry {
+    fn touch(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last.store(ms + 1, Ordering::Release);
+    }
+
+    /// Marks a request as started; the guard marks it finished when dropped (with the
+    /// response body, so a long download counts as activity).
+    fn begin(self: &Arc<Self>) -> Active {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        self.activity.notify_one();
+        Active(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight for its limit:
+    /// `first` from its start, `head` after the TLS handshake until a first request,
+    /// `idle` between requests.
+    async fn idle_expired(&self, first: Duration, head: Duration, idle: Duration) {
+        loop {
+            let touched = self.last.load(Ordering::Acquire);
+            let last = Duration::from_millis(touched.saturating_sub(1));
+            let limit = if self.requests.load(Ordering::Relaxed) > 0 {
+                idle
+            } else if touched == 0 {
+                first
+            } else {
+                head
+            };
+            let since = self.born.elapsed().saturating_sub(last);
+            let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
+                limit
+            } else if since >= limit {
+                return;
+            } else {
+                limit - since
+            };
+            // A request that starts or ends changes the limit: look again then.
+            tokio::select! {
+                () = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+                () = self.activity.notified() => {}
+            }
+        }
+    }
+}
+
+/// A request in flight on a [`ConnEntry`].
+struct Active(Arc<ConnEntry>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.activity.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is sent.
+struct Tracked {
+    inner: Body,
+    _active: Active,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = super::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -130,13 +321,37 @@ async fn serve_conn<I>(
     peer: SocketAddr,
     scheme: &'static str,
     state: Arc<EdgeState>,
+    conn: Arc<ConnEntry>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = state.shield.limits.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(route(req, peer, scheme, &state).await) }
+        let active = conn.begin();
+        async move {
+            let resp = if req.headers().len() > state.shield.limits.max_headers {
+                // HTTP/1.1 heads are held to this by the parser; HTTP/2 ones here.
+                state
+                    .shield
+                    .counters
+                    .bad_request
+                    .fetch_add(1, Ordering::Relaxed);
+                proxy::text(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "too many request headers",
+                )
+            } else {
+                route(req, peer, scheme, &state).await
+            };
+            Ok::<_, Infallible>(resp.map(|inner| {
+                Tracked {
+                    inner,
+                    _active: active,
+                }
+                .boxed()
+            }))
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -148,11 +363,20 @@ async fn serve_conn<I>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // Header blocks are held to the same size as HTTP/1.1 heads.
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+        // A peer gone silent mid-request is found by pings.
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
         log::debug!("visitor {peer}: {e}");
     }
 }
+
+/// How often an HTTP/2 visitor connection is pinged, and how long an answer may take.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn route(
     req: Request<Incoming>,
@@ -187,16 +411,22 @@ async fn route(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return proxy::text(StatusCode::BAD_REQUEST, "the request names no valid host");
     }
-    let req = match super::access::gate(req, &host, peer, scheme, state).await {
+    let shield = &state.shield;
+    // One client address for access policies (`ip-allow`) and rate limits alike.
+    let client_ip = shield.client_ip(
+        peer.ip(),
+        req.headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let req = match super::access::gate(req, &host, peer, client_ip, scheme, state).await {
         Ok(req) => req,
         Err(resp) => return resp,
     };
-    let shield = &state.shield;
     let xff = req
         .headers()
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
-    let client_ip = shield.client_ip(peer.ip(), xff);
     let forwarded_for = forwarded_for(peer.ip(), xff.filter(|_| shield.is_trusted(peer.ip())));
     let visitor = Visitor {
         peer,
@@ -248,7 +478,27 @@ fn host_of(authority: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{forwarded_for, host_of};
+    use super::{forwarded_for, host_of, ConnTable};
+
+    #[test]
+    fn a_full_table_closes_its_oldest_idle_connection() {
+        let t = ConnTable::new(2);
+        let a = t.insert().unwrap();
+        let b = t.insert().unwrap();
+        let busy_a = a.begin();
+        let c = t.insert().expect("b is idle: it makes room");
+        assert!(
+            t.open.lock().unwrap().get(&b.id).is_none(),
+            "b was told to go"
+        );
+        let _busy_c = c.begin();
+        assert!(t.insert().is_none(), "every connection is busy");
+        drop(busy_a);
+        let d = t.insert().expect("a is idle again");
+        assert!(t.open.lock().unwrap().get(&a.id).is_none());
+        t.remove(&d);
+        assert!(t.insert().is_some());
+    }
 
     #[test]
     fn hosts() {

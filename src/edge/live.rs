@@ -3,7 +3,7 @@
 //!
 //! | changes live | read at start only (a change is logged as needing a restart) |
 //! |---|---|
-//! | `access:`, `service-tokens:` (secret files are read again), `revoked-access-tokens:`, `revoked-tunnels:`, `signing-key`, `verify-keys`, `cert`/`key`/`certs` (the files are read again) | listeners, `tcp-ports:`, `limits:`, `rate-limits:`, `hosts:`, `trusted-proxies:`, timers, `name` |
+//! | `access:`, `service-tokens:` (secret files are read again), `admin-token` (its file is read again), `revoked-access-tokens:`, `revoked-tunnels:`, `signing-key`, `verify-keys`, `cert`/`key`/`certs` (the files are read again) | listeners, `tcp-ports:`, `limits:`, `rate-limits:`, `hosts:`, `trusted-proxies:`, timers, `name` |
 //!
 //! What a reload does to what is already running:
 //!
@@ -109,6 +109,20 @@ impl Reloader {
             1 + certs.others.len(),
         );
         self.state.live.send_replace(Arc::new(live));
+        let admin_off_loopback = self
+            .running
+            .admin_listen
+            .is_some_and(|a| !a.ip().is_loopback());
+        if cfg.admin_token.is_none() && admin_off_loopback {
+            // The listener stays where it was started: it keeps its token.
+            log::warn!(
+                "edge {}: admin-token removed, but the admin listener is not on loopback: \
+                 the running token stays until a restart",
+                self.state.name
+            );
+        } else {
+            self.state.admin_token.send_replace(cfg.admin_token.clone());
+        }
         self.state.certs.send_replace(Some(Arc::new(certs)));
         let changed: Vec<&str> = restart_only(&self.running)
             .into_iter()

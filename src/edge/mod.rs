@@ -6,6 +6,7 @@
 //! - [`token`]: signed tunnel (and access) tokens.
 //! - [`registry`]: tunnels, hostnames, connections, rule matching.
 //! - [`tunnels`]: the tunnel listener and the control handshake.
+//! - [`flood`]: per-address counts (IPv6 per /64) and rate-limited logs against floods.
 //! - [`front`]: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
 //! - [`proxy`]: HTTP through tunnel streams, pooled.
 //! - [`policy`]: access policies, service tokens and signed access tokens.
@@ -16,6 +17,7 @@ pub mod access;
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod flood;
 pub mod front;
 pub mod init;
 pub mod live;
@@ -220,6 +222,8 @@ pub struct EdgeState {
     pub shield: Arc<shield::Shield>,
     /// Access stream limits.
     pub access: access::AccessState,
+    /// Bearer token the admin listener requires (`admin-token`); a reload replaces it.
+    pub admin_token: watch::Sender<Option<config::AdminToken>>,
 }
 
 impl EdgeState {
@@ -254,6 +258,7 @@ impl Edge {
             going_away: watch::channel(false).0,
             shield: settings.shield.clone(),
             access: access::AccessState::default(),
+            admin_token: watch::channel(None).0,
         });
         Edge {
             state,
@@ -278,6 +283,13 @@ impl Edge {
             })
         });
         self.tcp_ports = tcp_ports;
+        self
+    }
+
+    /// Requires `token` as `Authorization: Bearer` on the admin listener (a reload
+    /// replaces it with the file's `admin-token`).
+    pub fn with_admin_token(self, token: Option<config::AdminToken>) -> Edge {
+        self.state.admin_token.send_replace(token);
         self
     }
 
@@ -324,11 +336,13 @@ impl Edge {
             .alpn_protocols
             .push(crate::wire::ACCESS_ALPN.to_vec());
         let tunnel_addr = listeners.tunnel.local_addr().map_err(|e| e.to_string())?;
+        let reset_key = crate::transport::quic::reset_key(self.settings.cert.key.secret_der());
         let listener = crate::transport::quic::Listener::new(
             listeners.tunnel,
             tunnel_tls,
             self.settings.keepalive,
             self.settings.idle_timeout,
+            reset_key,
         )
         .map_err(|e| format!("tunnel listener on {tunnel_addr}: {e}"))?;
         let endpoint = listener.endpoint.clone();

@@ -27,6 +27,10 @@ pub struct Limits {
     /// Time to receive a whole request head (slowloris), and idle time between
     /// keep-alive requests.
     pub request_head_timeout: Duration,
+    /// Longest time a visitor connection stays open without a request in flight,
+    /// after its first request (HTTP/2 above all: HTTP/1.1 waits for a next request
+    /// head at most `request_head_timeout`).
+    pub conn_idle_timeout: Duration,
     /// Time to receive the first `body_buffer` bytes of a body (slow POST).
     pub body_timeout: Duration,
     /// Longest silence in a body after the buffered part.
@@ -51,6 +55,7 @@ impl Default for Limits {
         Limits {
             tls_handshake_timeout: Duration::from_secs(10),
             request_head_timeout: Duration::from_secs(10),
+            conn_idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
             body_buffer: 64 * 1024,

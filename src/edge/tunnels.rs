@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use super::flood::{log_limited, AddrSlot, LogLimit, PerAddr};
 use super::registry::{Conn, Rules};
 use super::token::verify_tunnel;
 use super::EdgeState;
@@ -16,33 +17,116 @@ use crate::wire::{self, ConnectorMsg, EdgeMsg, RegisterTail, PROTOCOL_VERSION};
 
 /// Time a connector has to register after connecting.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time from a TCP connection to the end of its TLS handshake, and from a QUIC
+/// connection's first packet to the end of its handshake: a connector's hello arrives
+/// at once, so a silent socket is closed early instead of holding a handshake slot.
+const TLS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections in the handshake at once.
 const MAX_HANDSHAKES: usize = 256;
+/// Most connections in the handshake at once from one address (IPv6: one /64). A
+/// connector holds at most a few; many behind one carrier NAT rarely all at once, and
+/// those refused try again after their backoff.
+const MAX_HANDSHAKES_PER_ADDR: usize = 16;
+/// Addresses tracked for [`MAX_HANDSHAKES_PER_ADDR`]: at most one per handshake.
+const MAX_HANDSHAKE_ADDRS: usize = MAX_HANDSHAKES;
+/// QUIC handshakes in flight above which a new one must first prove its address with
+/// a Retry round trip (spoofed sources cannot answer it).
+const RETRY_ABOVE: usize = MAX_HANDSHAKES / 4;
+
+/// Handshake failures and refusals are logged at most this often: a flood makes them
+/// by the thousand.
+static HANDSHAKE_LOG: LogLimit = LogLimit::new(10, Duration::from_secs(10));
+
+/// Handshake slots: one pool, and a cap per address.
+struct Handshakes {
+    all: Arc<Semaphore>,
+    per_addr: Arc<PerAddr>,
+}
+
+/// A connection's handshake slot, given back when dropped.
+struct HandshakeSlot {
+    _all: tokio::sync::OwnedSemaphorePermit,
+    _addr: AddrSlot,
+}
+
+impl Handshakes {
+    fn new() -> Handshakes {
+        Handshakes {
+            all: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            per_addr: PerAddr::new(MAX_HANDSHAKES_PER_ADDR, MAX_HANDSHAKE_ADDRS),
+        }
+    }
+
+    /// A slot for a handshake from `ip`, or why not.
+    fn admit(&self, ip: std::net::IpAddr) -> Result<HandshakeSlot, &'static str> {
+        let addr = self
+            .per_addr
+            .admit(ip)
+            .ok_or("too many handshakes from this address")?;
+        let all = self
+            .all
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "too many handshakes in progress")?;
+        Ok(HandshakeSlot {
+            _all: all,
+            _addr: addr,
+        })
+    }
+
+    fn in_flight(&self) -> usize {
+        MAX_HANDSHAKES - self.all.available_permits()
+    }
+}
 
 /// Accepts QUIC connections until the endpoint closes.
 pub async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let handshakes = Handshakes::new();
     while let Some(incoming) = listener.endpoint.accept().await {
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            incoming.refuse();
+        let remote = incoming.remote_address();
+        // Under load, a handshake starts only from an address that proved it receives
+        // packets sent to it (a spoofed flood cannot), at the cost of one round trip.
+        if handshakes.in_flight() >= RETRY_ABOVE && !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                incoming.ignore();
+            }
             continue;
+        }
+        let permit = match handshakes.admit(remote.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                log_limited!(
+                    HANDSHAKE_LOG,
+                    Info,
+                    "tunnel connection from {remote} refused: {why}"
+                );
+                incoming.refuse();
+                continue;
+            }
         };
         let state = state.clone();
         let listener = listener.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
             let handshake = async move { listener.accept(incoming)?.await };
-            let conn = match tokio::time::timeout(REGISTER_TIMEOUT, handshake).await {
+            let conn = match tokio::time::timeout(TLS_TIMEOUT, handshake).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
-                    log::info!(
+                    log_limited!(
+                        HANDSHAKE_LOG,
+                        Info,
                         "tunnel handshake from {remote} failed: {}",
                         describe_close(&e)
                     );
                     return;
                 }
                 Err(_) => {
-                    log::info!("tunnel handshake from {remote} timed out");
+                    log_limited!(
+                        HANDSHAKE_LOG,
+                        Info,
+                        "tunnel handshake from {remote} timed out"
+                    );
                     return;
                 }
             };
@@ -64,59 +148,93 @@ pub async fn accept_h2(
     keepalive: Duration,
     idle: Duration,
 ) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let handshakes = Handshakes::new();
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                log::warn!("tunnel accept failed: {e}");
+                log_limited!(HANDSHAKE_LOG, Warn, "tunnel accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            continue; // dropping the socket refuses it
+        let permit = match handshakes.admit(remote.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                log_limited!(
+                    HANDSHAKE_LOG,
+                    Info,
+                    "tunnel connection from {remote} refused: {why}"
+                );
+                continue; // dropping the socket refuses it
+            }
         };
         let _ = tcp.set_nodelay(true);
         let (tls, state) = (tls.clone(), state.clone());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(REGISTER_TIMEOUT, tls.accept(tcp)).await {
+            let stream = match tokio::time::timeout(TLS_TIMEOUT, tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    log::info!("tunnel TLS handshake from {remote} failed: {e}");
+                    log_limited!(
+                        HANDSHAKE_LOG,
+                        Info,
+                        "tunnel TLS handshake from {remote} failed: {e}"
+                    );
                     return;
                 }
                 Err(_) => {
-                    log::info!("tunnel TLS handshake from {remote} timed out");
+                    log_limited!(
+                        HANDSHAKE_LOG,
+                        Info,
+                        "tunnel TLS handshake from {remote} timed out"
+                    );
                     return;
                 }
             };
-            match crate::transport::h2::accept(stream, remote, keepalive, idle).await {
-                Ok(session) => serve_connection(session, state, Some(permit)).await,
-                Err(e) => log::info!("HTTP/2 tunnel handshake from {remote} failed: {e}"),
+            let accepted = tokio::time::timeout(
+                REGISTER_TIMEOUT,
+                crate::transport::h2::accept(stream, remote, keepalive, idle),
+            )
+            .await;
+            match accepted {
+                Ok(Ok(session)) => serve_connection(session, state, Some(permit)).await,
+                Ok(Err(e)) => log_limited!(
+                    HANDSHAKE_LOG,
+                    Info,
+                    "HTTP/2 tunnel handshake from {remote} failed: {e}"
+                ),
+                Err(_) => log_limited!(
+                    HANDSHAKE_LOG,
+                    Info,
+                    "HTTP/2 tunnel handshake from {remote} timed out"
+                ),
             }
         });
     }
 }
 
 /// Runs one tunnel connection: handshake, then its control stream until it ends.
-pub async fn serve_connection(
-    session: Session,
-    state: Arc<EdgeState>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-) {
+async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Option<HandshakeSlot>) {
     let remote = session.remote_addr();
     let registered = tokio::time::timeout(REGISTER_TIMEOUT, register(&session, &state)).await;
     drop(permit);
     let (conn, mut control) = match registered {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
-            log::warn!("tunnel connection from {remote} refused: {e}");
+            log_limited!(
+                HANDSHAKE_LOG,
+                Warn,
+                "tunnel connection from {remote} refused: {e}"
+            );
             session.close(&wire::bounded_reason(e));
             return;
         }
         Err(_) => {
-            log::warn!("tunnel connection from {remote} did not register in time");
+            log_limited!(
+                HANDSHAKE_LOG,
+                Warn,
+                "tunnel connection from {remote} did not register in time"
+            );
             session.close("registration timed out");
             return;
         }
@@ -136,8 +254,30 @@ pub async fn serve_connection(
     live.mark_changed();
     let mut live_open = true;
     let mut close_reason = "bye".to_string();
+    let expiry = tokio::time::sleep(until_expiry(conn.claims.expires).min(EXPIRY_RECHECK));
+    tokio::pin!(expiry);
     let why = loop {
         tokio::select! {
+            () = &mut expiry => {
+                // The timer may fire a little early (clock steps): look at the clock.
+                let left = until_expiry(conn.claims.expires);
+                if !left.is_zero() {
+                    expiry.as_mut().reset(tokio::time::Instant::now() + left.min(EXPIRY_RECHECK));
+                    continue;
+                }
+                close_reason = expired_reason(&conn.tunnel_name, conn.claims.expires);
+                let msg = EdgeMsg::GoAway { reason: wire::bounded_reason(close_reason.clone()) };
+                // Told why, the connector leaves on its own; the edge closes after a
+                // moment either way (closing at once could overtake the message).
+                conn.set_draining();
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    if wire::write_control(&mut control.send, &msg).await.is_ok() {
+                        session.closed().await;
+                    }
+                })
+                .await;
+                break format!("closed by the edge: {close_reason}");
+            }
             changed = live.changed(), if live_open => {
                 if changed.is_err() {
                     live_open = false;
@@ -152,6 +292,13 @@ pub async fn serve_connection(
                 Ok(ConnectorMsg::Draining) => {
                     conn.set_draining();
                     log::info!("{who}: draining");
+                }
+                Ok(ConnectorMsg::UpdateRules { .. }) if until_expiry(conn.claims.expires).is_zero() => {
+                    close_reason = expired_reason(&conn.tunnel_name, conn.claims.expires);
+                    log::warn!("{who}: rule table refused: {close_reason}");
+                    let reply = EdgeMsg::Refused { reason: wire::bounded_reason(close_reason.clone()), permanent: true };
+                    let _ = wire::write_control(&mut control.send, &reply).await;
+                    break format!("closed by the edge: {close_reason}");
                 }
                 Ok(ConnectorMsg::UpdateRules { generation, rules }) => {
                     let reply = match Rules::compile(generation, &rules, &conn.claims)
@@ -188,6 +335,26 @@ pub async fn serve_connection(
     state.registry.remove(&conn);
     session.close(&wire::bounded_reason(close_reason));
     log::info!("{who}: disconnected: {why}");
+}
+
+/// Longest single wait for a token's expiry; the clock is read again after it.
+const EXPIRY_RECHECK: Duration = Duration::from_secs(3600);
+
+/// Time until a token that expires at `expires` (Unix seconds) has expired; zero once
+/// it has (a token is valid up to, not including, its expiry second).
+fn until_expiry(expires: u64) -> Duration {
+    let now = super::token::now_unix();
+    Duration::from_secs(expires.saturating_sub(now))
+}
+
+/// Why a connection whose token expired is closed, for the connector's log and the
+/// edge's.
+fn expired_reason(tunnel: &str, expires: u64) -> String {
+    let ago = super::token::now_unix().saturating_sub(expires);
+    format!(
+        "tunnel token of tunnel {tunnel} expired {ago} seconds ago: issue a new token \
+         (mailslot-edge token) and update the device"
+    )
 }
 
 /// Why a revoked tunnel is refused, for the connector's log and the edge's.

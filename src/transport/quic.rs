@@ -203,9 +203,20 @@ fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) -> usize {
 }
 
 /// Endpoint settings of both ends: packets of up to [`MAX_PACKET`] are accepted (what
-/// the peer's MTU discovery may probe up to).
-fn endpoint_config() -> quinn::EndpointConfig {
-    let mut cfg = quinn::EndpointConfig::default();
+/// the peer's MTU discovery may probe up to). `reset_key` signs stateless resets; a
+/// random one (the connector's) when `None`.
+fn endpoint_config(reset_key: Option<Arc<ring::hmac::Key>>) -> quinn::EndpointConfig {
+    let mut cfg = match reset_key {
+        Some(key) => {
+            let mut cfg = quinn::EndpointConfig::new(key);
+            // quinn's default generator signs its ids with a key made per process and
+            // drops packets whose ids it did not sign: the packets of connections from
+            // before a restart would be dropped without a reset.
+            cfg.cid_generator(|| Box::new(RandomCids));
+            cfg
+        }
+        None => quinn::EndpointConfig::default(),
+    };
     // MAX_PACKET lies within the range quinn accepts (1200..=65527).
     let _ = cfg.max_udp_payload_size(MAX_PACKET);
     cfg
@@ -234,13 +245,64 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let socket = std::net::UdpSocket::from(socket);
     let granted = size_buffers(&socket, DEVICE_SOCKET_BUFFER);
     log::debug!("UDP socket buffers: {} KiB granted", granted / 1024);
-    endpoint(socket, None, DEVICE_RECEIVE_SLOTS)
+    endpoint(socket, None, DEVICE_RECEIVE_SLOTS, None)
+}
+
+/// Random 8-byte connection ids that any process of the edge accepts as its own, so
+/// that a packet of a connection from before a restart earns a stateless reset. A
+/// packet with an unknown id gets at most one reset, smaller than itself, per 20 ms
+/// (quinn's `min_reset_interval`): no amplification.
+struct RandomCids;
+
+/// Bytes in a connection id the edge hands out (quinn's default length).
+const CID_LEN: usize = 8;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; CID_LEN];
+        // The system RNG does not fail on the systems the edge runs on; if it ever did,
+        // the id would repeat and quinn would ask for another.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The label the edge's stateless-reset key is derived under.
+const RESET_KEY_LABEL: &[u8] = b"mailslot edge QUIC stateless reset key v1";
+
+/// The key that signs the edge's QUIC stateless resets, derived from its private key
+/// (`secret`, the key file's DER bytes) with HMAC-SHA256 under a fixed label.
+///
+/// A stateless reset tells a peer that the edge lost its connection (a crash, a kill,
+/// a restart): the peer believes it only when the reset's token matches the one the
+/// edge handed out for that connection, which is an HMAC of the connection id under
+/// this key. With a random key per process (quinn's default), an edge restarted after
+/// SIGKILL sends resets its connectors ignore, and they hold on to dead connections
+/// until their idle timeout. Derived from the key material, every restart and every
+/// replica of one edge identity signs with the same key; the private key itself never
+/// leaves the HMAC.
+pub fn reset_key(secret: &[u8]) -> Arc<ring::hmac::Key> {
+    let kdf = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let derived = ring::hmac::sign(&kdf, RESET_KEY_LABEL);
+    Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        derived.as_ref(),
+    ))
 }
 
 fn endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
     receive_slots: usize,
+    reset_key: Option<Arc<ring::hmac::Key>>,
 ) -> std::io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
@@ -248,7 +310,12 @@ fn endpoint(
         inner: runtime.wrap_udp_socket(socket)?,
         receive_slots,
     };
-    quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, Arc::new(socket), runtime)
+    quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(reset_key),
+        server,
+        Arc::new(socket),
+        runtime,
+    )
 }
 
 /// Batch slots the connector's quinn endpoint reads into per `recvmmsg` (each up to one
@@ -366,12 +433,14 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// A listener on an already-bound UDP socket.
+    /// A listener on an already-bound UDP socket; `reset_key` (see [`reset_key`]) signs
+    /// its stateless resets.
     pub fn new(
         socket: std::net::UdpSocket,
         tls: rustls::ServerConfig,
         keepalive: Duration,
         idle: Duration,
+        reset_key: Arc<ring::hmac::Key>,
     ) -> std::io::Result<Self> {
         let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -386,7 +455,12 @@ impl Listener {
                 EDGE_SOCKET_BUFFER
             );
         }
-        let endpoint = endpoint(socket, Some(config.clone()), EDGE_RECEIVE_SLOTS)?;
+        let endpoint = endpoint(
+            socket,
+            Some(config.clone()),
+            EDGE_RECEIVE_SLOTS,
+            Some(reset_key),
+        )?;
         Ok(Self {
             endpoint,
             config,
@@ -452,6 +526,16 @@ mod tests {
         assert_eq!(device_send_window(4), 256 * 1024);
         // Past four connections each keeps the floor: the sum grows again.
         assert_eq!(device_send_window(16), MIN_DEVICE_SEND_WINDOW);
+    }
+
+    #[test]
+    fn the_reset_key_depends_on_the_key_material_only() {
+        let tag = |k: &ring::hmac::Key| ring::hmac::sign(k, b"cid").as_ref().to_vec();
+        assert_eq!(tag(&reset_key(b"edge key")), tag(&reset_key(b"edge key")));
+        assert_ne!(tag(&reset_key(b"edge key")), tag(&reset_key(b"other key")));
+        // The key is not the private key itself.
+        let raw = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"edge key");
+        assert_ne!(tag(&reset_key(b"edge key")), tag(&raw));
     }
 
     #[test]
