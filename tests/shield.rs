@@ -396,6 +396,11 @@ fn an_empty_dns_label_does_not_bypass_an_access_policy() {
             "h2 :authority {host}"
         );
     }
+    // Two Host headers, or a bad one beside an absolute-form target: 400 too.
+    let two = "GET / HTTP/1.1\r\nHost: grafana.dev42.example.com\r\nHost: x.example.com\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(s.edge.http, two), "400");
+    let bad_beside = "GET http://x.dev42.example.com/ HTTP/1.1\r\nHost: grafana..dev42.example.com\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(s.edge.http, bad_beside), "400");
     assert_eq!(
         s.origin.requests.load(Ordering::SeqCst),
         0,
@@ -453,9 +458,9 @@ fn path_spellings_do_not_bypass_path_rules_or_rate_limits() {
 fn a_rule_table_over_the_compiled_pattern_budget_is_refused_with_the_reason() {
     let edge = start_edge(init_edge(""));
     let token = edge.token("dev42", &["dev42.example.com"], "1d");
-    // Eight patterns, each within the per-pattern limit, too big together.
+    // Sixteen patterns, each within the per-pattern limit, too big together.
     let mut rules = String::new();
-    for i in 0..8 {
+    for i in 0..16 {
         rules.push_str(&format!(
             "  - hostname: dev42.example.com\n    path: ^/{i}/[a-z]{{1000}}\n    service: http_status:418\n"
         ));
@@ -472,7 +477,7 @@ fn a_rule_table_over_the_compiled_pattern_budget_is_refused_with_the_reason() {
     );
     let line = connector.wait_line("refused the tunnel");
     assert!(
-        line.contains("budget of 1024 KiB per tunnel"),
+        line.contains("budget of 4096 KiB per tunnel"),
         "refusal without the reason: {line}"
     );
 }

@@ -223,14 +223,23 @@ fn canonical_request(
     req: Request<Incoming>,
 ) -> Result<(Request<Incoming>, String, String), Cow<'static, str>> {
     let (mut parts, body) = req.into_parts();
+    // One Host header at most, and a valid one even where the target's authority is
+    // the one used (RFC 9112 3.2): two spellings of a host are one too many.
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("the request names more than one Host".into());
+    }
+    let host_header = host_header
+        .map(|h| h.to_str().map_err(|_| "the request names no valid host"))
+        .transpose()?;
+    if let Some(h) = host_header {
+        crate::hostname::split_authority(h)
+            .map_err(|e| Cow::Owned(format!("the Host header is not valid: {e}")))?;
+    }
     let authority = match parts.uri.authority() {
         Some(a) => a.as_str(),
-        None => parts
-            .headers
-            .get(http::header::HOST)
-            .ok_or("the request names no host")?
-            .to_str()
-            .map_err(|_| "the request names no valid host")?,
+        None => host_header.ok_or("the request names no host")?,
     };
     let (host, authority) = host_of(authority)
         .map_err(|e| Cow::Owned(format!("the request names no valid host: {e}")))?;

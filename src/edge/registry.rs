@@ -21,7 +21,7 @@ use crate::transport::Session;
 use crate::wire::{RuleAction, RuleInfo};
 
 mod paths;
-pub use paths::{PathTable, EDGE_BUDGET, SIZE_TIERS, TUNNEL_BUDGET};
+pub use paths::{PathTable, EDGE_BUDGET, OVERHEAD, SIZE_TIERS, TUNNEL_BUDGET};
 
 /// Most tunnels one edge holds.
 pub const MAX_TUNNELS: usize = 10_000;
