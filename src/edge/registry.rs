@@ -5,6 +5,8 @@
 //! tunnel at a time; another tunnel claiming it is refused until the first is gone.
 //! Each connection carries its own rule table (replicas may run different configs
 //! for a while), so routing picks a connection first, then matches its rules.
+//! Compiled path patterns are shared among all tables with the same patterns, within a
+//! budget per tunnel and per edge ([`PathTable`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
