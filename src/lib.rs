@@ -2,6 +2,7 @@
 //!
 //! - [`wire`]: every byte that crosses the tunnel: version, messages, framing.
 //! - [`config`]: the device config model, its bounded binary format and atomic store.
+//! - [`hostname`]: the canonical form of hostnames and the one hostname-pattern grammar.
 //! - [`tls`]: TLS client settings, tolerant of a device clock that is not set yet.
 //! - [`transport`]: QUIC (and HTTP/2) sessions behind one interface.
 //! - [`connector`]: the device side: supervisor, streams, origins.
@@ -19,6 +20,7 @@ pub mod demo;
 #[cfg(feature = "edge")]
 pub mod edge;
 pub mod heap;
+pub mod hostname;
 pub mod provision;
 pub mod runas;
 pub mod sdnotify;

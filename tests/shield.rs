@@ -308,3 +308,176 @@ fn a_thousand_visitors_on_one_tunnel_do_not_starve_another() {
     eprintln!("busy connector peak RSS: {hwm} KiB (debug build)");
     assert!(hwm < 64 * 1024, "connector peak RSS {hwm} KiB");
 }
+
+/// An edge whose device serves `*.dev42.example.com` (and `dev42.example.com`) with
+/// `rules` first, then the origin.
+fn setup_with(edge_yaml: &str, rules: &str) -> Shielded {
+    let edge = start_edge(init_edge(edge_yaml));
+    let origin = Origin::start("A");
+    let token = edge.token("dev42", &["dev42.example.com", "*.dev42.example.com"], "1d");
+    let rules = format!(
+        "{rules}  - hostname: dev42.example.com\n    service: http://{o}\n  - hostname: \"*.dev42.example.com\"\n    service: http://{o}\n  - service: http_status:404\n",
+        o = origin.addr
+    );
+    let dev = TempDir::new("device");
+    let connector = start_connector(dev.path(), &device_yaml(&edge, &token, 1, &rules), 1);
+    Shielded {
+        edge,
+        _connector: connector,
+        origin,
+        _dev: dev,
+    }
+}
+
+/// Sends `req` as is over one TCP connection; the status line's code.
+fn raw_status(addr: std::net::SocketAddr, req: &str) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(req.as_bytes()).unwrap();
+    let (resp, _) = read_until_close(&mut c, Duration::from_secs(10));
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    resp.get(9..12).unwrap_or(&resp).to_string()
+}
+
+/// curl's status code for `args`.
+fn curl_code(args: &[&str]) -> String {
+    let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    all.extend_from_slice(args);
+    let (_, out, _) = curl(&all);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn an_empty_dns_label_does_not_bypass_an_access_policy() {
+    let s = setup_with(
+        "access:\n  - hostname: \"*.dev42.example.com\"\n    allow: signed\n",
+        "",
+    );
+    let http = format!("http://{}/", s.edge.http);
+    let https = format!("https://127.0.0.1:{}/", s.edge.https.port());
+    let ca = s.edge.ca();
+    let ca = ca.to_str().unwrap();
+    // The proper name asks for credentials, however it is spelled.
+    for host in [
+        "grafana.dev42.example.com",
+        "GRAFANA.Dev42.example.com.",
+        "grafana.dev42.example.com:80",
+    ] {
+        let h = format!("Host: {host}");
+        assert_eq!(curl_code(&["-H", &h, &http]), "401", "{host}");
+    }
+    // Spellings with an empty label (and other non-names) never reach the origin:
+    // HTTP/1.1 Host header, absolute-form target, HTTP/2 :authority (h2c and TLS).
+    for (host, h2) in [
+        ("grafana..dev42.example.com", true),
+        (".dev42.example.com", true),
+        ("grafana.dev42.example.com..", true),
+        ("grafana_x.dev42.example.com", true),
+        // Not an authority HTTP/2 carries at all.
+        ("grafana.dev42.example.com:", false),
+    ] {
+        let h = format!("Host: {host}");
+        assert_eq!(curl_code(&["-H", &h, &http]), "400", "Host: {host}");
+        let absolute = format!(
+            "GET http://{host}/ HTTP/1.1\r\nHost: grafana.dev42.example.com\r\nConnection: close\r\n\r\n"
+        );
+        let code = raw_status(s.edge.http, &absolute);
+        assert!(code == "400", "absolute-form {host}: {code}");
+        if !h2 {
+            continue;
+        }
+        assert_eq!(
+            curl_code(&["--http2-prior-knowledge", "-H", &h, &http]),
+            "400",
+            "h2c :authority {host}"
+        );
+        assert_eq!(
+            curl_code(&["--http2", "--cacert", ca, "-H", &h, &https]),
+            "400",
+            "h2 :authority {host}"
+        );
+    }
+    // Two Host headers, or a bad one beside an absolute-form target: 400 too.
+    let two = "GET / HTTP/1.1\r\nHost: grafana.dev42.example.com\r\nHost: x.example.com\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(s.edge.http, two), "400");
+    let bad_beside = "GET http://x.dev42.example.com/ HTTP/1.1\r\nHost: grafana..dev42.example.com\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(s.edge.http, bad_beside), "400");
+    assert_eq!(
+        s.origin.requests.load(Ordering::SeqCst),
+        0,
+        "a request past the access policy reached the origin"
+    );
+}
+
+#[test]
+fn path_spellings_do_not_bypass_path_rules_or_rate_limits() {
+    let s = setup_with(
+        "rate-limits:\n  - hostname: dev42.example.com\n    path: ^/login\n    rate: 1/h\n    burst: 1\n",
+        "  - hostname: dev42.example.com\n    path: ^/admin\n    service: http_status:403\n",
+    );
+    let url = |p: &str| format!("http://{}{p}", s.edge.http);
+    let host = "Host: dev42.example.com";
+    let code = |p: &str| curl_code(&["--path-as-is", "-H", host, &url(p)]);
+    for p in [
+        "/admin/",
+        "/%61dmin/",
+        "/%61%64%6D%69%6E/",
+        "//admin/",
+        "/x/../admin/",
+        "/./admin/",
+        "/x/%2e%2e/admin/",
+    ] {
+        assert_eq!(code(p), "403", "{p}");
+    }
+    assert_eq!(
+        s.origin.requests.load(Ordering::SeqCst),
+        0,
+        "a path rule was bypassed"
+    );
+    // Ambiguous spellings are refused outright.
+    for p in ["/x%2F..%2Fadmin/", "/x/..;/admin/", "/admin%00", "/%zz"] {
+        assert_eq!(code(p), "400", "{p}");
+    }
+    // The origin gets the normal form.
+    let (_, body, _) = curl(&[
+        "--path-as-is",
+        "-H",
+        host,
+        &url("/a/./b//%63/../d%7e?q=/../x"),
+    ]);
+    assert_eq!(String::from_utf8(body).unwrap(), "origin A /a/b/d~");
+    let before = s.origin.requests.load(Ordering::SeqCst);
+    // One login an hour: the first spelling takes it, the others are limited.
+    assert_eq!(code("/login"), "200");
+    for p in ["/%6cogin", "//login", "/x/../login", "/./login"] {
+        assert_eq!(code(p), "429", "{p}");
+    }
+    assert_eq!(s.origin.requests.load(Ordering::SeqCst), before + 1);
+}
+
+#[test]
+fn a_rule_table_over_the_compiled_pattern_budget_is_refused_with_the_reason() {
+    let edge = start_edge(init_edge(""));
+    let token = edge.token("dev42", &["dev42.example.com"], "1d");
+    // Sixteen patterns, each within the per-pattern limit, too big together.
+    let mut rules = String::new();
+    for i in 0..16 {
+        rules.push_str(&format!(
+            "  - hostname: dev42.example.com\n    path: ^/{i}/[a-z]{{1000}}\n    service: http_status:418\n"
+        ));
+    }
+    rules.push_str("  - service: http_status:404\n");
+    let dev = TempDir::new("device");
+    let bin = compile(dev.path(), &device_yaml(&edge, &token, 1, &rules));
+    let connector = Proc::spawn(
+        "connector",
+        std::process::Command::new(MAILSLOT)
+            .arg("run")
+            .arg("--config")
+            .arg(&bin),
+    );
+    let line = connector.wait_line("refused the tunnel");
+    assert!(
+        line.contains("budget of 4096 KiB per tunnel"),
+        "refusal without the reason: {line}"
+    );
+}

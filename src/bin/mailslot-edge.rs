@@ -234,23 +234,12 @@ fn parse_ttl(flag: &str, v: &str) -> Result<Duration, String> {
     mailslot::edge::config::parse_duration(v).map_err(|e| format!("{flag}: {e}"))
 }
 
-/// A hostname pattern: a DNS name, optionally starting with `*.`.
+/// A tunnel token's hostname pattern: exact or `*.` ([`mailslot::hostname`]).
 fn check_pattern(p: &str) -> Result<(), String> {
-    let name = p.strip_prefix("*.").unwrap_or(p);
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    match mailslot::hostname::HostPattern::parse(p) {
+        Ok(pattern) if pattern.is_routable() => Ok(()),
+        _ => Err(format!(
             "--allow {p:?} is not a hostname or *.wildcard pattern"
-        ))
+        )),
     }
 }

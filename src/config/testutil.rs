@@ -139,8 +139,9 @@ pub fn max_config() -> Box<DeviceConfig> {
     config
 }
 
+/// A DNS name; its last label is not all digits (only an IPv4 address ends so).
 fn arb_dns() -> impl Strategy<Value = std::string::String> {
-    "[a-z0-9]{1,10}(\\.[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?){0,3}"
+    "([a-z0-9]{1,10}\\.){0,3}[a-z]([a-z0-9-]{0,8}[a-z0-9])?"
 }
 
 fn arb_host() -> impl Strategy<Value = Hostname> {

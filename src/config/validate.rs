@@ -4,9 +4,10 @@
 //! Field names in the messages are the YAML ones (`ingress[3].hostname`,
 //! `edge-ca`), so an operator can find what to fix in the file they wrote.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use super::{DeviceConfig, IngressRule, Service, MAX_HA_CONNECTIONS};
+use crate::hostname::HostError;
 
 /// A config that breaks one of the invariants.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -242,50 +243,20 @@ fn check_token(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A rule hostname: a lowercase DNS name, or `*.` followed by one.
+/// A rule hostname: a hostname pattern in canonical form (see [`crate::hostname`]), exact
+/// or `*.` followed by an exact name (the edge claims these for the tunnel).
 pub fn check_rule_hostname(name: &str) -> Result<(), &'static str> {
-    check_dns_name(name.strip_prefix("*.").unwrap_or(name), false)
+    crate::hostname::check_pattern(name).map_err(HostError::reason)?;
+    if name == "*" || !crate::hostname::is_routable(name) {
+        return Err("'*' is only allowed as a leading \"*.\"");
+    }
+    Ok(())
 }
 
 /// An origin or edge host: an IPv4 address, an IPv6 address (no brackets) or a
 /// lowercase DNS name (underscores allowed, as in container names).
 pub fn check_host(host: &str) -> Result<(), &'static str> {
-    if host.parse::<Ipv4Addr>().is_ok() || host.parse::<Ipv6Addr>().is_ok() {
-        return Ok(());
-    }
-    check_dns_name(host, true)
-}
-
-/// A lowercase DNS name: 1 to 253 bytes, labels of 1 to 63 letters, digits and inner
-/// hyphens (and underscores when `underscore_ok`).
-fn check_dns_name(name: &str, underscore_ok: bool) -> Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("empty name");
-    }
-    if name.len() > 253 {
-        return Err("longer than 253 bytes");
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err("empty label (two dots, or a dot at an end)");
-        }
-        if label.len() > 63 {
-            return Err("label longer than 63 bytes");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err("label starts or ends with '-'");
-        }
-        for b in label.bytes() {
-            match b {
-                b'a'..=b'z' | b'0'..=b'9' | b'-' => {}
-                b'_' if underscore_ok => {}
-                b'A'..=b'Z' => return Err("uppercase letters (write names in lowercase)"),
-                b'*' => return Err("'*' is only allowed as a leading \"*.\""),
-                _ => return Err("not a DNS name (letters, digits, '-' and '.' only)"),
-            }
-        }
-    }
-    Ok(())
+    crate::hostname::check_dial_host(host).map_err(HostError::reason)
 }
 
 /// Splits an edge address `host:port` or `[v6]:port` and checks both parts.

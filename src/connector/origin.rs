@@ -220,7 +220,7 @@ impl Activity {
 /// Does the stream header fit the rule it names?
 fn check(rule: &ActiveRule, header: &StreamHeader) -> Result<(), String> {
     if let Some(pattern) = &rule.hostname {
-        if !hostname_matches(pattern, &header.hostname) {
+        if !crate::hostname::matches(pattern, &header.hostname) {
             return Err(format!(
                 "hostname {} does not match rule {pattern}",
                 header.hostname
@@ -233,17 +233,6 @@ fn check(rule: &ActiveRule, header: &StreamHeader) -> Result<(), String> {
             Err("rule is a raw stream service, not HTTP".into())
         }
         _ => Ok(()),
-    }
-}
-
-/// Exact match, or `*.suffix` matching any name with at least one more label.
-pub fn hostname_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => host
-            .strip_suffix(suffix)
-            .and_then(|p| p.strip_suffix('.'))
-            .is_some_and(|label| !label.is_empty()),
-        None => pattern.eq_ignore_ascii_case(host),
     }
 }
 
@@ -291,34 +280,19 @@ async fn dial(rule: &ActiveRule) -> Result<Box<dyn OriginIo>, (StreamError, Stri
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn wildcards_need_one_more_label() {
-        assert!(hostname_matches(
-            "*.dev42.example.com",
-            "api.dev42.example.com"
-        ));
-        assert!(hostname_matches(
-            "*.dev42.example.com",
-            "a.b.dev42.example.com"
-        ));
-        assert!(!hostname_matches(
-            "*.dev42.example.com",
-            "dev42.example.com"
-        ));
-        assert!(!hostname_matches(
-            "*.dev42.example.com",
-            "xdev42.example.com"
-        ));
-        assert!(!hostname_matches(
-            "*.dev42.example.com",
-            ".dev42.example.com"
-        ));
-        assert!(hostname_matches("dev42.example.com", "DEV42.example.com"));
-        assert!(!hostname_matches(
-            "dev42.example.com",
-            "api.dev42.example.com"
-        ));
+        let m = crate::hostname::matches;
+        assert!(m("*.dev42.example.com", "api.dev42.example.com"));
+        assert!(m("*.dev42.example.com", "a.b.dev42.example.com"));
+        assert!(!m("*.dev42.example.com", "dev42.example.com"));
+        assert!(!m("*.dev42.example.com", "xdev42.example.com"));
+        assert!(!m("*.dev42.example.com", ".dev42.example.com"));
+        assert!(!m("*.dev42.example.com", "grafana..dev42.example.com"));
+        assert!(
+            !m("dev42.example.com", "DEV42.example.com"),
+            "the edge sends canonical names"
+        );
+        assert!(!m("dev42.example.com", "api.dev42.example.com"));
     }
 }

@@ -259,9 +259,15 @@ async fn serve_quic_stream(
         }
     };
     let host = normalize_host(&req.hostname);
+    let (host, bad_host) = match host {
+        Ok(h) => (h, None),
+        Err(e) => (String::new(), Some(e)),
+    };
     // Watching for reloads from before admission, so none is missed in between.
     let recheck = Recheck::new(&state, req.credential.clone());
-    let admitted = if req.version != wire::PROTOCOL_VERSION {
+    let admitted = if let Some(e) = bad_host {
+        Err(e)
+    } else if req.version != wire::PROTOCOL_VERSION {
         Err((
             AccessError::BadRequest,
             format!(
@@ -300,9 +306,16 @@ async fn serve_quic_stream(
     }
 }
 
-/// Lowercase, without a trailing dot.
-fn normalize_host(h: &str) -> String {
-    h.trim().trim_end_matches('.').to_ascii_lowercase()
+/// The hostname an access client asked for, in canonical form (see [`crate::hostname`]).
+fn normalize_host(h: &str) -> Result<String, (AccessError, String)> {
+    crate::hostname::canonical(h.trim())
+        .map(|h| h.into_owned())
+        .map_err(|e| {
+            (
+                AccessError::BadRequest,
+                format!("{h:?} is not a hostname: {e}"),
+            )
+        })
 }
 
 type Admitted = (Identity, TunnelStream, OwnedSemaphorePermit);

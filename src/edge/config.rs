@@ -241,8 +241,10 @@ fn build_host(h: RawHost) -> Result<HostPolicy, String> {
     for (k, v) in &h.headers {
         push(k, v)?;
     }
+    let hostname = crate::hostname::HostPattern::parse(&h.hostname)
+        .map_err(|e| format!("hosts: hostname {:?}: {e}", h.hostname))?;
     Ok(HostPolicy {
-        hostname: h.hostname.to_ascii_lowercase(),
+        hostname,
         max_body_bytes: h
             .max_body_bytes
             .map(|s| size(Some(s), 0, "hosts.max-body-bytes"))

@@ -384,33 +384,19 @@ async fn route(
     scheme: &'static str,
     state: &EdgeState,
 ) -> Response<Body> {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(String::from)
-        });
-    let Some(authority) = authority else {
-        return proxy::text(StatusCode::BAD_REQUEST, "the request names no host");
+    // Host and path in canonical form before anything looks at them: access policies,
+    // routing, rate limits and the origin see one spelling of each.
+    let (req, host, authority) = match canonical_request(req) {
+        Ok(x) => x,
+        Err(why) => {
+            state
+                .shield
+                .counters
+                .bad_request
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return proxy::text(StatusCode::BAD_REQUEST, why);
+        }
     };
-    let host = host_of(&authority);
-    if host.is_empty()
-        || host.len() > 253
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
-    {
-        state
-            .shield
-            .counters
-            .bad_request
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return proxy::text(StatusCode::BAD_REQUEST, "the request names no valid host");
-    }
     let shield = &state.shield;
     // One client address for access policies (`ip-allow`) and rate limits alike.
     let client_ip = shield.client_ip(
@@ -460,20 +446,71 @@ fn forwarded_for(peer: IpAddr, chain: Option<&str>) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static("unknown"))
 }
 
-/// The lowercase host of an authority, without port or IPv6 brackets (borrowed when
-/// already lowercase, as nearly every client sends it).
-fn host_of(authority: &str) -> Cow<'_, str> {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    let host = host.trim_end_matches('.');
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
+/// The request with its URI's path in normal form ([`super::path`]) and its authority
+/// canonical, with the canonical host and authority (`host[:port]`). The authority is
+/// the URI's (absolute-form target, HTTP/2 `:authority`), else the Host header's.
+fn canonical_request(
+    req: Request<Incoming>,
+) -> Result<(Request<Incoming>, String, String), Cow<'static, str>> {
+    let (mut parts, body) = req.into_parts();
+    // One Host header at most, and a valid one even where the target's authority is
+    // the one used (RFC 9112 3.2): two spellings of a host are one too many.
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("the request names more than one Host".into());
     }
+    let host_header = host_header
+        .map(|h| h.to_str().map_err(|_| "the request names no valid host"))
+        .transpose()?;
+    if let Some(h) = host_header {
+        crate::hostname::split_authority(h)
+            .map_err(|e| Cow::Owned(format!("the Host header is not valid: {e}")))?;
+    }
+    let authority = match parts.uri.authority() {
+        Some(a) => a.as_str(),
+        None => host_header.ok_or("the request names no host")?,
+    };
+    let (host, authority) = host_of(authority)
+        .map_err(|e| Cow::Owned(format!("the request names no valid host: {e}")))?;
+    let path = super::path::normalize(parts.uri.path()).map_err(|e| Cow::Borrowed(e.reason()))?;
+    let uri_authority_ok = parts
+        .uri
+        .authority()
+        .is_none_or(|a| a.as_str() == authority);
+    if let Cow::Owned(path) = path {
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(pq.parse().map_err(|_| "the path is not valid")?);
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| "the path is not valid")?;
+    }
+    if !uri_authority_ok {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.authority = Some(
+            authority
+                .parse()
+                .map_err(|_| "the request names no valid host")?,
+        );
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| "the request names no valid host")?;
+    }
+    Ok((Request::from_parts(parts, body), host, authority))
+}
+
+/// The canonical host of an authority ([`crate::hostname`]: lowercase, no trailing dot,
+/// IPv6 without brackets) and the authority rebuilt from it (`host[:port]`).
+fn host_of(authority: &str) -> Result<(String, String), crate::hostname::HostError> {
+    let (host, port) = crate::hostname::split_authority(authority)?;
+    let host = host.into_owned();
+    let authority = match (port, host.contains(':')) {
+        (None, false) => host.clone(),
+        (None, true) => format!("[{host}]"),
+        (Some(p), false) => format!("{host}:{p}"),
+        (Some(p), true) => format!("[{host}]:{p}"),
+    };
+    Ok((host, authority))
 }
 
 #[cfg(test)]
@@ -502,10 +539,19 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(host_of("Dev42.Example.com:8080"), "dev42.example.com");
-        assert_eq!(host_of("dev42.example.com."), "dev42.example.com");
-        assert_eq!(host_of("[::1]:80"), "::1");
-        assert_eq!(host_of("x"), "x");
+        let h = |a| host_of(a).unwrap();
+        assert_eq!(
+            h("Dev42.Example.com:8080"),
+            ("dev42.example.com".into(), "dev42.example.com:8080".into())
+        );
+        assert_eq!(
+            h("dev42.example.com."),
+            ("dev42.example.com".into(), "dev42.example.com".into())
+        );
+        assert_eq!(h("[::1]:80"), ("::1".into(), "[::1]:80".into()));
+        assert_eq!(h("x"), ("x".into(), "x".into()));
+        assert!(host_of("grafana..dev42.example.com").is_err());
+        assert!(host_of("a_b.example.com:80").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`tunnels`]: the tunnel listener and the control handshake.
 //! - [`flood`]: per-address counts (IPv6 per /64) and rate-limited logs against floods.
 //! - [`front`]: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
+//! - [`path`]: the normal form of request paths, made before any rule matches them.
 //! - [`proxy`]: HTTP through tunnel streams, pooled.
 //! - [`policy`]: access policies, service tokens and signed access tokens.
 //! - [`access`]: access clients, public TCP ports, and the gate for HTTP hostnames.
@@ -21,6 +22,7 @@ pub mod flood;
 pub mod front;
 pub mod init;
 pub mod live;
+pub mod path;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

@@ -90,7 +90,11 @@ pub fn issue_access_token(
     }
     let hosts = hosts
         .iter()
-        .map(|h| HostPattern::parse(h).map(|p| p.0))
+        .map(|h| {
+            HostPattern::parse(h)
+                .map(|p| p.as_str().to_string())
+                .map_err(|e| format!("--hostname {h:?}: {e}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if ttl_secs == 0 || ttl_secs > MAX_ACCESS_TTL {
         return Err("--ttl: access tokens live from 1 second to 31 days".into());
@@ -121,67 +125,9 @@ pub fn verify_access(token: &str, keys: &[[u8; 32]], now: u64) -> Result<AccessC
     Ok(claims)
 }
 
-/// A hostname pattern, lowercase: an exact name; `*.rest` (one or more labels before
-/// `rest`); or `*` labels elsewhere, each standing for exactly one label
-/// (`ssh.*.example.com` matches `ssh.dev42.example.com`). `*` alone matches every name.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct HostPattern(pub String);
-
-impl TryFrom<String> for HostPattern {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        HostPattern::parse(&s)
-    }
-}
-
-impl HostPattern {
-    /// Checks a pattern's shape.
-    pub fn parse(s: &str) -> Result<HostPattern, String> {
-        let p = s.trim().trim_end_matches('.').to_ascii_lowercase();
-        let ok = !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|l| {
-                l == "*"
-                    || (!l.is_empty()
-                        && l.len() <= 63
-                        && l.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-            });
-        if ok {
-            Ok(HostPattern(p))
-        } else {
-            Err(format!(
-                "{s:?} is not a hostname pattern (a DNS name whose labels may be `*`)"
-            ))
-        }
-    }
-
-    /// Does this pattern cover `host` (lowercase)?
-    pub fn matches(&self, host: &str) -> bool {
-        pattern_matches(&self.0, host)
-    }
-}
-
-fn pattern_matches(pattern: &str, host: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    let p: Vec<&str> = pattern.split('.').collect();
-    let h: Vec<&str> = host.split('.').collect();
-    let label_ok = |p: &str, h: &str| !h.is_empty() && (p == "*" || p.eq_ignore_ascii_case(h));
-    if p.len() > 1 && p[0] == "*" {
-        // Leading `*.`: one or more labels, then the rest label by label.
-        let rest = &p[1..];
-        return h.len() > rest.len()
-            && h[..h.len() - rest.len()].iter().all(|l| !l.is_empty())
-            && rest
-                .iter()
-                .zip(&h[h.len() - rest.len()..])
-                .all(|(p, h)| label_ok(p, h));
-    }
-    p.len() == h.len() && p.iter().zip(&h).all(|(p, h)| label_ok(p, h))
-}
+/// Hostname patterns: the grammar of [`crate::hostname`] (exact, `*.rest`, `*` labels,
+/// `*` alone).
+pub use crate::hostname::HostPattern;
 
 /// An address range in CIDR form (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -409,20 +355,20 @@ impl AccessConfig {
         for (i, p) in access.into_iter().enumerate() {
             let allow = p.allow.into_vec();
             if allow.is_empty() {
-                return Err(format!("access[{i}] ({}): allow is empty", p.hostname.0));
+                return Err(format!("access[{i}] ({}): allow is empty", p.hostname));
             }
             for id in &p.service_tokens {
                 if !tokens.iter().any(|(t, _)| t == id) {
                     return Err(format!(
                         "access[{i}] ({}): service token {id} is not defined in service-tokens",
-                        p.hostname.0
+                        p.hostname
                     ));
                 }
             }
             if allow.contains(&Method::ServiceToken) && tokens.is_empty() {
                 return Err(format!(
                     "access[{i}] ({}): allows service-token but service-tokens defines none",
-                    p.hostname.0
+                    p.hostname
                 ));
             }
             policies.push(Policy {
@@ -443,7 +389,7 @@ impl AccessConfig {
             })?;
             let host =
                 HostPattern::parse(&t.hostname).map_err(|e| format!("tcp-ports[{i}]: {e}"))?;
-            if host.0.contains('*') {
+            if host.as_str().contains('*') {
                 return Err(format!(
                     "tcp-ports[{i}]: hostname must be one name, not a pattern"
                 ));
@@ -455,7 +401,7 @@ impl AccessConfig {
             }
             ports.push(TcpPortSpec {
                 listen,
-                hostname: host.0,
+                hostname: host.as_str().to_string(),
                 ip_allow: t.ip_allow,
             });
         }
@@ -651,7 +597,8 @@ impl AccessPolicy {
                 )));
             }
         }
-        if !claims.hosts.iter().any(|p| pattern_matches(p, host)) {
+        let covered = |p: &String| HostPattern::parse(p).is_ok_and(|p| p.matches(host));
+        if !claims.hosts.iter().any(covered) {
             return Err(forbidden(format!(
                 "the access token of {user} does not cover {host} (it covers {})",
                 claims.hosts.join(", ")
@@ -759,7 +706,8 @@ mod tests {
         assert!(HostPattern::parse("*").unwrap().matches("anything.example"));
         assert!(HostPattern::parse("a..b").is_err());
         assert!(HostPattern::parse("a.b*.c").is_err());
-        assert!(!pattern_matches("a.*.c", "a..c"));
+        assert!(!HostPattern::parse("a.*.c").unwrap().matches("a..c"));
+        assert!(HostPattern::parse("a_b.example.com").is_err());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! tunnel at a time; another tunnel claiming it is refused until the first is gone.
 //! Each connection carries its own rule table (replicas may run different configs
 //! for a while), so routing picks a connection first, then matches its rules.
+//! Compiled path patterns are shared among all tables with the same patterns, within a
+//! budget per tunnel and per edge ([`PathTable`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,14 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use regex::Regex;
 use tokio::sync::Semaphore;
 
 use crate::connector::hex;
-use crate::connector::origin::hostname_matches;
 use crate::edge::token::{pattern_allows, TunnelClaims};
+use crate::hostname::{self, HostPattern};
 use crate::transport::Session;
 use crate::wire::{RuleAction, RuleInfo};
+
+mod paths;
+pub use paths::{PathTable, EDGE_BUDGET, OVERHEAD, SIZE_TIERS, TUNNEL_BUDGET};
 
 /// Most tunnels one edge holds.
 pub const MAX_TUNNELS: usize = 10_000;
@@ -31,13 +35,13 @@ pub const MAX_RULES: usize = 64;
 const SILENCE_BASE: Duration = Duration::from_secs(1);
 /// ...plus eight round trips, at most this.
 const SILENCE_MAX: Duration = Duration::from_secs(5);
-/// Largest compiled path regex.
-const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
 /// A rule ready for matching.
 pub struct Rule {
-    pub hostname: Option<String>,
-    pub path: Option<Regex>,
+    /// Exact or `*.` (see [`HostPattern::is_routable`]).
+    pub hostname: Option<HostPattern>,
+    /// Whether the rule has a path pattern (compiled in [`Rules::paths`]).
+    pub has_path: bool,
     pub action: RuleAction,
     pub host_header: Option<String>,
 }
@@ -46,6 +50,8 @@ pub struct Rule {
 pub struct Rules {
     pub generation: u32,
     pub rules: Vec<Rule>,
+    /// The rules' path patterns, shared with every table that has the same ones.
+    pub paths: Arc<PathTable>,
 }
 
 impl Rules {
@@ -63,22 +69,9 @@ impl Rules {
         }
         let mut rules = Vec::with_capacity(infos.len());
         for (i, r) in infos.iter().enumerate() {
-            if let Some(h) = &r.hostname {
-                if !claims.hosts.iter().any(|p| pattern_allows(p, h)) {
-                    return Err(format!(
-                        "hostname {h} is not allowed by this tunnel's token (it allows: {})",
-                        claims.hosts.join(", ")
-                    ));
-                }
-            }
-            let path = match &r.path {
+            let hostname = match &r.hostname {
                 None => None,
-                Some(p) => Some(
-                    regex::RegexBuilder::new(p)
-                        .size_limit(REGEX_SIZE_LIMIT)
-                        .build()
-                        .map_err(|e| format!("ingress[{i}] path {p:?}: {e}"))?,
-                ),
+                Some(h) => Some(rule_hostname(i, h, claims)?),
             };
             if let RuleAction::Status(code) = r.action {
                 if !(100..=599).contains(&code) {
@@ -88,37 +81,64 @@ impl Rules {
                 }
             }
             rules.push(Rule {
-                hostname: r.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
-                path,
+                hostname,
+                has_path: r.path.is_some(),
                 action: r.action,
                 host_header: r.host_header.clone(),
             });
         }
         let last = &rules[rules.len() - 1];
-        if last.hostname.is_some() || last.path.is_some() {
+        if last.hostname.is_some() || last.has_path {
             return Err(
                 "the last ingress rule must match everything (no hostname, no path)".into(),
             );
         }
-        Ok(Rules { generation, rules })
+        let paths = paths::table(infos)?;
+        Ok(Rules {
+            generation,
+            rules,
+            paths,
+        })
     }
 
     /// The first rule matching `host` and `path`.
     pub fn matching(&self, host: &str, path: &str) -> Option<(u16, &Rule)> {
         self.rules.iter().enumerate().find_map(|(i, r)| {
-            let host_ok = r
-                .hostname
-                .as_deref()
-                .is_none_or(|p| hostname_matches(p, host));
-            let path_ok = r.path.as_ref().is_none_or(|re| re.is_match(path));
+            let host_ok = r.hostname.as_ref().is_none_or(|p| p.matches(host));
+            let path_ok = !r.has_path
+                || self
+                    .paths
+                    .get(i)
+                    .is_some_and(|re| re.is_match(path.as_bytes()));
             (host_ok && path_ok).then_some((i as u16, r))
         })
     }
 
     /// Hostnames (exact or `*.`) this table names.
     fn hostnames(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().filter_map(|r| r.hostname.as_deref())
+        self.rules
+            .iter()
+            .filter_map(|r| r.hostname.as_ref().map(HostPattern::as_str))
     }
+}
+
+/// Rule `i`'s hostname as a pattern: exact or `*.` (a hostname is claimed by one
+/// tunnel, so inner wildcards, which no look-up by name can find, are refused), and
+/// allowed by the token.
+fn rule_hostname(i: usize, h: &str, claims: &TunnelClaims) -> Result<HostPattern, String> {
+    let pattern = HostPattern::parse(h).map_err(|e| format!("ingress[{i}] hostname {h:?}: {e}"))?;
+    if !pattern.is_routable() {
+        return Err(format!(
+            "ingress[{i}] hostname {h:?}: a rule names an exact hostname or `*.` and one"
+        ));
+    }
+    if !claims.hosts.iter().any(|p| pattern_allows(p, &pattern)) {
+        return Err(format!(
+            "hostname {h} is not allowed by this tunnel's token (it allows: {})",
+            claims.hosts.join(", ")
+        ));
+    }
+    Ok(pattern)
 }
 
 /// One live tunnel connection.
@@ -250,6 +270,7 @@ impl Registry {
         let mut inner = lock(&self.inner);
         let rules = conn.rules();
         check_claims(&inner, conn.tunnel_id, &rules)?;
+        check_budget(&inner, conn.tunnel_id, None, &rules)?;
         if !inner.tunnels.contains_key(&conn.tunnel_id) && inner.tunnels.len() >= MAX_TUNNELS {
             return Err("this edge is full (tunnel limit reached); try another edge".into());
         }
@@ -322,6 +343,7 @@ impl Registry {
     pub fn update_rules(&self, conn: &Conn, rules: Rules) -> Result<(), String> {
         let mut inner = lock(&self.inner);
         check_claims(&inner, conn.tunnel_id, &rules)?;
+        check_budget(&inner, conn.tunnel_id, Some(conn), &rules)?;
         *lock(&conn.rules) = Arc::new(rules);
         rebuild_hosts(&mut inner, conn.tunnel_id);
         Ok(())
@@ -547,7 +569,12 @@ impl Registry {
     }
 }
 
+/// The tunnel claiming canonical `host`: exact name first, then the most specific
+/// wildcard. A name not in canonical form has none.
 fn lookup_host(hosts: &HashMap<String, [u8; 16]>, host: &str) -> Option<[u8; 16]> {
+    if !hostname::is_canonical(host) {
+        return None;
+    }
     if let Some(id) = hosts.get(host) {
         return Some(*id);
     }
@@ -574,6 +601,33 @@ fn check_claims(inner: &Inner, tunnel: [u8; 16], rules: &Rules) -> Result<(), St
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses `rules` when the distinct path tables of the tunnel's connections (`replaced`
+/// giving up its own) and `rules`' would together exceed [`TUNNEL_BUDGET`].
+fn check_budget(
+    inner: &Inner,
+    tunnel: [u8; 16],
+    replaced: Option<&Conn>,
+    rules: &Rules,
+) -> Result<(), String> {
+    let mut seen: Vec<Arc<PathTable>> = vec![rules.paths.clone()];
+    if let Some(t) = inner.tunnels.get(&tunnel) {
+        for c in &t.conns {
+            if replaced.is_some_and(|r| std::ptr::eq(r, &**c)) {
+                continue;
+            }
+            let p = c.rules().paths.clone();
+            if !seen.iter().any(|s| Arc::ptr_eq(s, &p)) {
+                seen.push(p);
+            }
+        }
+    }
+    let charge: usize = seen.iter().map(|p| p.charge()).sum();
+    if charge > TUNNEL_BUDGET {
+        return Err(paths::too_big(charge));
     }
     Ok(())
 }

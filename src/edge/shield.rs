@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::connector::origin::hostname_matches;
+use crate::hostname::HostPattern;
 
 /// Most client IPs tracked for connection counts.
 const MAX_TRACKED_IPS: usize = 100_000;
@@ -74,7 +74,7 @@ impl Default for Limits {
 /// A rate limit: `rate` requests per second per client IP, bursts up to `burst`.
 #[derive(Debug, Clone)]
 pub struct RateRule {
-    pub hostname: Option<String>,
+    pub hostname: Option<HostPattern>,
     pub path: Option<Regex>,
     pub rate: f64,
     pub burst: f64,
@@ -82,17 +82,15 @@ pub struct RateRule {
 
 impl RateRule {
     fn matches(&self, host: &str, path: &str) -> bool {
-        self.hostname
-            .as_deref()
-            .is_none_or(|p| p == "*" || hostname_matches(p, host))
+        self.hostname.as_ref().is_none_or(|p| p.matches(host))
             && self.path.as_ref().is_none_or(|re| re.is_match(path))
     }
 }
 
 /// Per-hostname overrides: body size and security headers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HostPolicy {
-    pub hostname: String,
+    pub hostname: HostPattern,
     pub max_body_bytes: Option<u64>,
     /// Response headers added when the origin did not set them.
     pub add_headers: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -261,9 +259,7 @@ impl Shield {
 
     /// The policy for `host`, if any.
     pub fn host_policy(&self, host: &str) -> Option<&HostPolicy> {
-        self.hosts
-            .iter()
-            .find(|h| hostname_matches(&h.hostname, host))
+        self.hosts.iter().find(|h| h.hostname.matches(host))
     }
 
     /// The largest body accepted for `host`.
@@ -406,8 +402,12 @@ impl RawRate {
             None => None,
             Some(p) => Some(Regex::new(&p).map_err(|e| format!("rate-limits path {p:?}: {e}"))?),
         };
+        let hostname = self
+            .hostname
+            .map(|h| HostPattern::parse(&h).map_err(|e| format!("rate-limits hostname {h:?}: {e}")))
+            .transpose()?;
         Ok(RateRule {
-            hostname: self.hostname.map(|h| h.to_ascii_lowercase()),
+            hostname,
             path,
             rate: n / secs,
             burst: f64::from(self.burst.unwrap_or((n.ceil() as u32).max(1))),

@@ -14,6 +14,8 @@ use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
+use crate::hostname::HostPattern;
+
 /// Prefix of tunnel tokens.
 pub const TUNNEL_PREFIX: &str = "mst1";
 /// Prefix of access tokens for operators and visitors.
@@ -123,20 +125,9 @@ pub fn verify_tunnel(token: &str, keys: &[[u8; 32]], now: u64) -> Result<TunnelC
 }
 
 /// Does a token's hostname pattern allow this rule hostname (itself exact or `*.`)?
-pub fn pattern_allows(pattern: &str, hostname: &str) -> bool {
-    let pattern = pattern.to_ascii_lowercase();
-    let hostname = hostname.to_ascii_lowercase();
-    if pattern == hostname {
-        return true;
-    }
-    match pattern.strip_prefix("*.") {
-        // `*.a.b` allows `x.a.b`, `x.y.a.b` and the wildcard `*.x.a.b`.
-        Some(suffix) => hostname
-            .strip_suffix(suffix)
-            .and_then(|p| p.strip_suffix('.'))
-            .is_some_and(|label| !label.is_empty()),
-        None => false,
-    }
+/// A pattern that does not parse allows nothing.
+pub fn pattern_allows(pattern: &str, hostname: &HostPattern) -> bool {
+    HostPattern::parse(pattern).is_ok_and(|p| p.covers(hostname))
 }
 
 /// The public half of a signing key, as written to `.pub` files.
@@ -242,25 +233,15 @@ mod tests {
 
     #[test]
     fn patterns() {
-        assert!(pattern_allows("dev42.example.com", "dev42.example.com"));
-        assert!(pattern_allows(
-            "*.dev42.example.com",
-            "api.dev42.example.com"
-        ));
-        assert!(pattern_allows(
-            "*.dev42.example.com",
-            "*.api.dev42.example.com"
-        ));
-        assert!(!pattern_allows("*.dev42.example.com", "dev42.example.com"));
-        assert!(!pattern_allows(
-            "*.dev42.example.com",
-            "*.dev42.example.com.evil"
-        ));
-        assert!(!pattern_allows("dev42.example.com", "*.dev42.example.com"));
-        assert!(!pattern_allows(
-            "*.dev42.example.com",
-            "evildev42.example.com"
-        ));
+        let allows = |p: &str, h: &str| pattern_allows(p, &HostPattern::parse(h).unwrap());
+        assert!(allows("dev42.example.com", "dev42.example.com"));
+        assert!(allows("*.dev42.example.com", "api.dev42.example.com"));
+        assert!(allows("*.dev42.example.com", "*.api.dev42.example.com"));
+        assert!(!allows("*.dev42.example.com", "dev42.example.com"));
+        assert!(!allows("*.dev42.example.com", "*.dev42.example.com.evil"));
+        assert!(!allows("dev42.example.com", "*.dev42.example.com"));
+        assert!(!allows("*.dev42.example.com", "evildev42.example.com"));
+        assert!(!allows("x..b", "x.b"));
     }
 
     #[test]
