@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::crash::*;
 use crate::failover::*;
 use crate::nat::*;
 
@@ -20,6 +21,9 @@ pub fn bench() {
     let (mut fallback, mut back, mut restart) = (Vec::new(), Vec::new(), Vec::new());
     let mut failover = Vec::new();
     let (mut replica, mut lent, mut returned) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut crashed, mut stopped, mut killed) = (Vec::new(), Vec::new(), Vec::new());
+    // The slower of the two visits (one through each edge).
+    let slower = |v: &[(Duration, Result<u16, String>); 2]| v[0].0.max(v[1].0).as_secs_f32();
     for _ in 0..runs {
         let (f, b) = udp_blocked_then_unblocked();
         fallback.push(f.as_secs_f32());
@@ -30,6 +34,9 @@ pub fn bench() {
         let (l, r) = edge_down_for_long();
         lent.push(l.as_secs_f32());
         returned.push(r.as_secs_f32());
+        crashed.push(edge_crash_restarted().as_secs_f32());
+        stopped.push(slower(&connector_crash_restarted().after_stop));
+        killed.push(slower(&connector_killed()));
     }
     println!("scenario figures over {runs} runs:");
     println!(
@@ -59,5 +66,17 @@ pub fn bench() {
     println!(
         "  slots back on a returned edge after it listens:  {}",
         fmt(&mut returned)
+    );
+    println!(
+        "  serving via an edge SIGKILLed and restarted:     {}",
+        fmt(&mut crashed)
+    );
+    println!(
+        "  502 after a connector's crash, restart, stop:    {}",
+        fmt(&mut stopped)
+    );
+    println!(
+        "  502 after the only connector's SIGKILL:          {}",
+        fmt(&mut killed)
     );
 }

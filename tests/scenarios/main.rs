@@ -18,6 +18,7 @@ mod common;
 mod netns;
 
 mod bench;
+mod crash;
 mod dns;
 mod drain;
 mod failover;
@@ -138,6 +139,21 @@ fn main() {
             "sigterm_lets_a_download_finish_and_exits_0",
             Namespaces,
             drain::sigterm_lets_a_download_finish_and_exits_0,
+        ),
+        scenario(
+            "a_sigkilled_edge_restarted_serves_again_within_one_keepalive",
+            Namespaces,
+            crash::a_sigkilled_edge_restarted_serves_again_within_one_keepalive,
+        ),
+        scenario(
+            "a_sigkilled_connector_restarted_supersedes_its_dead_connections",
+            Namespaces,
+            crash::a_sigkilled_connector_restarted_supersedes_its_dead_connections,
+        ),
+        scenario(
+            "a_sigkilled_connector_not_restarted_gets_visitors_a_quick_502",
+            Namespaces,
+            crash::a_sigkilled_connector_not_restarted_gets_visitors_a_quick_502,
         ),
         scenario("bench", Namespaces, bench::bench).with_ignored_flag(true),
     ];

@@ -44,6 +44,9 @@ pub struct Device {
     pub edge_names: bool,
 }
 
+/// Each edge's admin listener, on the loopback of its own namespace.
+pub const ADMIN: &str = "127.0.0.1:9090";
+
 /// Names of the edges, resolved only where a test sets up name resolution.
 pub const EDGE_NAMES: [&str; 2] = ["e1.mailslot.test", "e2.mailslot.test"];
 
@@ -83,7 +86,8 @@ impl Scene {
                 edge_dir.path().join(format!("edge{}.yml", i + 1)),
                 format!(
                     "name: e{}\ntunnel-listen: 0.0.0.0:7844\nhttp-listen: 0.0.0.0:80\n\
-                     https-listen: none\ncert: edge.crt\nkey: edge.key\nsigning-key: signing.key\n",
+                     https-listen: none\ncert: edge.crt\nkey: edge.key\nsigning-key: signing.key\n\
+                     admin-listen: {ADMIN}\n",
                     i + 1
                 ),
             )
@@ -242,6 +246,19 @@ impl Scene {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
         Ok(std::fs::read(&file).unwrap())
+    }
+
+    /// The connections edge `i` lists for the tunnel (its admin `/tunnels`), one line each.
+    pub fn tunnel_lines(&self, i: usize) -> Vec<String> {
+        self.net
+            .sh(
+                &self.net.edges[i],
+                &format!("curl -sS --max-time 5 http://{ADMIN}/tunnels"),
+            )
+            .lines()
+            .filter(|l| l.starts_with("tunnel=dev42 "))
+            .map(String::from)
+            .collect()
     }
 
     /// Polls GET / through edge `i` until it answers 200; how long that took.
