@@ -6,7 +6,8 @@
 //!
 //! Needs root and: tar, gzip, unshare, chroot, qemu-aarch64-static, dpkg-deb, apt-get
 //! (for busybox-static:arm64), the aarch64-unknown-linux-musl rustup target and its
-//! linker. Each test says why it skips when something is missing; `.ci/image.sh`
+//! linker. A test that cannot run here is reported as ignored, with the reason (the
+//! harness is libtest-mimic's, see `tests/scenarios/main.rs`); `.ci/image.sh`
 //! installs it all.
 
 mod common;
@@ -19,11 +20,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
+use libtest_mimic::{Arguments, Completion, Trial};
 
 const TARGET: &str = "aarch64-unknown-linux-musl";
 
-fn skip(why: &str) {
-    eprintln!("SKIPPED: {why}");
+/// A test that cannot run here: reported as ignored, with the reason.
+fn skip(why: &str) -> Completion {
+    Completion::ignored_with(why)
 }
 
 fn have(cmd: &str) -> bool {
@@ -129,8 +132,7 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-#[test]
-fn tarball_lists_what_ships_with_fixed_modes_and_is_reproducible() {
+fn tarball_lists_what_ships_with_fixed_modes_and_is_reproducible() -> Completion {
     let first = match overlay() {
         Ok(p) => p,
         Err(e) => return skip(&e),
@@ -207,6 +209,7 @@ fn tarball_lists_what_ships_with_fixed_modes_and_is_reproducible() {
         "e_machine: aarch64"
     );
     eprintln!("overlay: {} bytes, binary {} bytes", a.len(), bin.len());
+    Completion::Completed
 }
 
 /// Debian's busybox-static for arm64: `MAILSLOT_BUSYBOX_DEB`, or downloaded once with
@@ -305,8 +308,7 @@ fn ctl(rootfs: &Path, cmd: &str) {
         .unwrap();
 }
 
-#[test]
-fn overlay_boots_provisions_serves_and_restarts_under_qemu() {
+fn overlay_boots_provisions_serves_and_restarts_under_qemu() -> Completion {
     if !is_root() {
         return skip("needs root (namespaces, chroot, binfmt_misc)");
     }
@@ -524,6 +526,7 @@ exec chroot {root} /bin/sh /ctl.sh
     ctl(&rootfs, "exit");
     assert!(ns.wait_exit(WAIT).is_some(), "the namespace did not end");
     eprintln!("board test took {:?}", started.elapsed());
+    Completion::Completed
 }
 
 /// Waits until `needle` was logged `n` times in all; the last such line.
@@ -555,8 +558,7 @@ fn which(cmd: &str) -> String {
     String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
-#[test]
-fn sd_notify_from_a_real_connector() {
+fn sd_notify_from_a_real_connector() -> Completion {
     use std::os::unix::net::UnixDatagram;
     let edge = start_edge(init_edge(""));
     let origin = Origin::start("o");
@@ -610,10 +612,10 @@ fn sd_notify_from_a_real_connector() {
         1,
         "{seen:?}"
     );
+    Completion::Completed
 }
 
-#[test]
-fn buildroot_tree_parses() {
+fn buildroot_tree_parses() -> Completion {
     let br = root().join("image/buildroot");
     let desc = std::fs::read_to_string(br.join("external.desc")).unwrap();
     assert!(desc.lines().any(|l| l == "name: MAILSLOT"), "{desc}");
@@ -692,10 +694,10 @@ all: ; @:
         pkg.starts_with("config BR2_PACKAGE_MAILSLOT\n\tbool \"mailslot\"\n"),
         "{pkg}"
     );
+    Completion::Completed
 }
 
-#[test]
-fn systemd_unit_verifies() {
+fn systemd_unit_verifies() -> Completion {
     if !have("systemd-analyze") {
         return skip("systemd-analyze is not installed");
     }
@@ -730,4 +732,32 @@ fn systemd_unit_verifies() {
     let mut s = String::new();
     f.read_to_string(&mut s).unwrap();
     assert!(s.contains("--boot-config /boot/firmware/mailslot/config.bin"));
+    Completion::Completed
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = std::env::var("RUST_TEST_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok());
+    }
+    let test = |name: &str, run: fn() -> Completion| Trial::ignorable_test(name, move || Ok(run()));
+    let trials = vec![
+        test(
+            "tarball_lists_what_ships_with_fixed_modes_and_is_reproducible",
+            tarball_lists_what_ships_with_fixed_modes_and_is_reproducible,
+        ),
+        test(
+            "overlay_boots_provisions_serves_and_restarts_under_qemu",
+            overlay_boots_provisions_serves_and_restarts_under_qemu,
+        ),
+        test(
+            "sd_notify_from_a_real_connector",
+            sd_notify_from_a_real_connector,
+        ),
+        test("buildroot_tree_parses", buildroot_tree_parses),
+        test("systemd_unit_verifies", systemd_unit_verifies),
+    ];
+    libtest_mimic::run(&args, trials).exit();
 }

@@ -27,29 +27,40 @@ pub const VISITOR_IP: &str = "10.3.0.2";
 /// The UDP port window the NAT maps connector flows to, and the one after a rebinding.
 pub const NAT_UDP_PORTS: [&str; 2] = ["20000-20999", "40000-40999"];
 
-/// Can this process build namespaces (root, `ip`, `iptables`)? Prints why not.
-pub fn available(test: &str) -> bool {
+/// Why this process cannot build the namespaces (not root, `ip`, `iptables`,
+/// `conntrack`, `curl` or `python3` missing), or `None` when it can.
+pub fn missing() -> Option<String> {
     let root = Command::new("id")
         .arg("-u")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
     if !root {
-        eprintln!("SKIPPED {test}: network-namespace scenarios need root (CI runs them as root)");
-        return false;
+        return Some("network-namespace scenarios need root (CI runs them as root)".into());
     }
-    for tool in ["ip", "iptables", "conntrack", "curl"] {
+    missing_tools(&["ip", "iptables", "conntrack", "curl", "python3"])
+}
+
+/// The first of `tools` that is not installed, said as a reason to skip.
+pub fn missing_tools(tools: &[&str]) -> Option<String> {
+    tools.iter().find_map(|tool| {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
-        if !found {
-            eprintln!("SKIPPED {test}: `{tool}` is not installed");
-            return false;
-        }
-    }
-    true
+        (!found).then(|| format!("`{tool}` is not installed"))
+    })
+}
+
+/// Why the NFQUEUE delay program (`delay.py`) cannot run, or `None` when it can.
+pub fn netfilterqueue_missing() -> Option<String> {
+    let has = Command::new("python3")
+        .args(["-c", "import netfilterqueue"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    (!has).then(|| "python3 module netfilterqueue (PyPI NetfilterQueue) is missing".into())
 }
 
 /// The namespaces of one test.
