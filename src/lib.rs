@@ -3,6 +3,7 @@
 //! - [`wire`]: every byte that crosses the tunnel: version, messages, framing.
 //! - [`config`]: the device config model, its bounded binary format and atomic store.
 //! - [`tls`]: TLS client settings, tolerant of a device clock that is not set yet.
+//! - [`clock`]: the time certificates are checked against, and the last-known-good time.
 //! - [`transport`]: QUIC (and HTTP/2) sessions behind one interface.
 //! - [`connector`]: the device side: supervisor, streams, origins.
 //! - [`access`]: the operator's client for SSH and TCP services (`mailslot access`).
@@ -12,6 +13,7 @@
 //! - [`heap`]: the device binary's allocator on musl.
 //! - `edge` (feature `edge`): the server visitors and connectors reach.
 pub mod access;
+pub mod clock;
 pub mod config;
 pub mod connector;
 #[cfg(feature = "edge")]

@@ -191,10 +191,12 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             loaded.path.display()
         );
     }
+    let mut clock = mailslot::clock::Keeper::load(&path);
     if mailslot::tls::clock_unset() {
         log::warn!(
-            "the system clock reads earlier than this build: it is probably not set yet (no RTC, \
-             no NTP); certificates are checked against the build time until it is"
+            "the system clock reads earlier than this build or the last time a set clock was \
+             seen: it is probably not set yet (no RTC, no NTP); certificates are checked \
+             against the later of those until it is"
         );
     }
     let connector = mailslot::connector::Connector::new(loaded.config)?;
@@ -212,6 +214,21 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             let watchdog = mailslot::sdnotify::watchdog_from_env();
             tokio::spawn(n.clone().run(connector.slots(), watchdog));
         }
+        // The last-known-good time: looked at hourly, written at most daily.
+        let (clock_tx, mut clock_rx) = tokio::sync::oneshot::channel();
+        let clock_task = tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(mailslot::clock::CHECK_EVERY_SECS);
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut clock_rx => break,
+                }
+                clock.save_if_due(mailslot::clock::system_secs());
+            }
+            // A clean stop.
+            clock.save_if_due(mailslot::clock::system_secs());
+        });
         let reloader = connector.clone();
         let reload_path = path.clone();
         tokio::spawn(async move {
@@ -239,6 +256,8 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 }
             })
             .await;
+        let _ = clock_tx.send(());
+        let _ = clock_task.await;
         Ok::<_, String>(())
     })?;
     Ok(ExitCode::SUCCESS)
