@@ -97,6 +97,8 @@ pub struct Keeper {
     path: PathBuf,
     /// The time in the file (as loaded or last written).
     stored: Option<u64>,
+    /// A failed write was logged: later ones are not (the check runs hourly).
+    warned: bool,
 }
 
 impl Keeper {
@@ -113,8 +115,21 @@ impl Keeper {
         };
         if let Some(t) = stored {
             remember(t);
+            let now = system_secs();
+            if now >= BUILD_UNIX && now.saturating_add(WRITE_EVERY_SECS) < t {
+                log::warn!(
+                    "the system clock ({now}) reads more than a day earlier than the \
+                     last-known-good time {t} in {}: certificates are checked against that \
+                     time; if the clock is right, that file is wrong: delete it",
+                    path.display()
+                );
+            }
         }
-        Keeper { path, stored }
+        Keeper {
+            path,
+            stored,
+            warned: false,
+        }
     }
 
     /// The time in the file.
@@ -123,7 +138,7 @@ impl Keeper {
     }
 
     /// Writes `now` (the system clock, Unix seconds) when [`due`]; returns whether it
-    /// wrote. A failed write is logged and tried again at the next call.
+    /// wrote. A failed write is logged (the first time) and tried again at the next call.
     pub fn save_if_due(&mut self, now: u64) -> bool {
         if !due(self.stored, now) {
             return false;
@@ -131,14 +146,21 @@ impl Keeper {
         remember(now);
         match write_atomic(&self.path, now) {
             Ok(()) => {
+                log::info!(
+                    "last-known-good time {now} saved to {}",
+                    self.path.display()
+                );
                 self.stored = Some(now);
                 true
             }
             Err(e) => {
-                log::warn!(
-                    "cannot save the last-known-good time to {}: {e}",
-                    self.path.display()
-                );
+                if !std::mem::replace(&mut self.warned, true) {
+                    log::warn!(
+                        "cannot save the last-known-good time to {}: {e}; a device without \
+                         a clock falls back to the build time after a restart",
+                        self.path.display()
+                    );
+                }
                 false
             }
         }
