@@ -256,7 +256,7 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             loaded.path.display()
         );
     }
-    let mut clock = mailslot::clock::Keeper::load(&path);
+    let clock = mailslot::clock::Keeper::load(&path);
     if mailslot::tls::clock_unset() {
         log::warn!(
             "the system clock reads earlier than this build or the last time a set clock was \
@@ -279,20 +279,19 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             let watchdog = mailslot::sdnotify::watchdog_from_env();
             tokio::spawn(n.clone().run(connector.slots(), watchdog));
         }
-        // The last-known-good time: looked at hourly, written at most daily.
-        let (clock_tx, mut clock_rx) = tokio::sync::oneshot::channel();
+        // The last-known-good time: looked at hourly, written at most daily, and looked
+        // at once more at a clean stop (below).
+        let clock = std::sync::Arc::new(std::sync::Mutex::new(clock));
+        let hourly = clock.clone();
         let clock_task = tokio::spawn(async move {
             let every = std::time::Duration::from_secs(mailslot::clock::CHECK_EVERY_SECS);
             let mut tick = tokio::time::interval(every);
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = &mut clock_rx => break,
+                tick.tick().await;
+                if let Ok(mut k) = hourly.lock() {
+                    k.save_if_due(mailslot::clock::system_secs());
                 }
-                clock.save_if_due(mailslot::clock::system_secs());
             }
-            // A clean stop.
-            clock.save_if_due(mailslot::clock::system_secs());
         });
         let reloader = connector.clone();
         let reload_path = path.clone();
@@ -321,8 +320,10 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 }
             })
             .await;
-        let _ = clock_tx.send(());
-        let _ = clock_task.await;
+        clock_task.abort();
+        if let Ok(mut k) = clock.lock() {
+            k.save_if_due(mailslot::clock::system_secs());
+        }
         Ok::<_, String>(())
     })?;
     Ok(ExitCode::SUCCESS)
