@@ -41,7 +41,7 @@ pub const WRITE_EVERY_SECS: u64 = 24 * 3600;
 pub const CHECK_EVERY_SECS: u64 = 3600;
 
 /// Largest last-known-good file read: one line of digits.
-const MAX_FILE_LEN: u64 = 32;
+const MAX_FILE_LEN: usize = 32;
 
 /// The last-known-good time this process knows, Unix seconds (0: none).
 static LAST_KNOWN_GOOD: AtomicU64 = AtomicU64::new(0);
@@ -92,7 +92,6 @@ pub fn due(stored: Option<u64>, now: u64) -> bool {
 
 /// Keeps the last-known-good file of one config: loads it once, then writes it when
 /// [`due`].
-#[derive(Debug)]
 pub struct Keeper {
     path: PathBuf,
     /// The time in the file (as loaded or last written).
@@ -169,17 +168,19 @@ impl Keeper {
 
 /// The time in `path`: `None` when there is no file.
 fn read(path: &Path) -> io::Result<Option<u64>> {
-    let file = match fs::File::open(path) {
+    let mut file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut text = String::new();
-    file.take(MAX_FILE_LEN).read_to_string(&mut text)?;
-    text.trim()
-        .parse()
+    // One read of a few bytes: the file is one short line, written whole by rename.
+    let mut buf = [0u8; MAX_FILE_LEN];
+    let n = file.read(&mut buf)?;
+    std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
         .map(Some)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not a number of seconds"))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a number of seconds"))
 }
 
 /// Writes `secs` to `path` through a temp file beside it, fsynced and renamed.

@@ -279,20 +279,6 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             let watchdog = mailslot::sdnotify::watchdog_from_env();
             tokio::spawn(n.clone().run(connector.slots(), watchdog));
         }
-        // The last-known-good time: looked at hourly, written at most daily, and looked
-        // at once more at a clean stop (below).
-        let clock = std::sync::Arc::new(std::sync::Mutex::new(clock));
-        let hourly = clock.clone();
-        let clock_task = tokio::spawn(async move {
-            let every = std::time::Duration::from_secs(mailslot::clock::CHECK_EVERY_SECS);
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                if let Ok(mut k) = hourly.lock() {
-                    k.save_if_due(mailslot::clock::system_secs());
-                }
-            }
-        });
         let reloader = connector.clone();
         let reload_path = path.clone();
         tokio::spawn(async move {
@@ -309,21 +295,28 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 }
             }
         });
+        // Until a signal to stop, the last-known-good time is looked at hourly (written
+        // at most daily); then once more, at the clean stop.
+        let mut clock = clock;
         connector
             .run(async move {
-                tokio::select! {
-                    _ = term.recv() => log::info!("SIGTERM"),
-                    _ = int.recv() => log::info!("SIGINT"),
+                let every = std::time::Duration::from_secs(mailslot::clock::CHECK_EVERY_SECS);
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = term.recv() => break log::info!("SIGTERM"),
+                        _ = int.recv() => break log::info!("SIGINT"),
+                        _ = tick.tick() => {
+                            clock.save_if_due(mailslot::clock::system_secs());
+                        }
+                    }
                 }
+                clock.save_if_due(mailslot::clock::system_secs());
                 if let Some(n) = &notify {
                     n.stopping();
                 }
             })
             .await;
-        clock_task.abort();
-        if let Ok(mut k) = clock.lock() {
-            k.save_if_due(mailslot::clock::system_secs());
-        }
         Ok::<_, String>(())
     })?;
     Ok(ExitCode::SUCCESS)
