@@ -264,11 +264,18 @@ mod tests {
         assert!(e.contains("no user \"no-such-user-here\""), "{e}");
     }
 
+    /// Says on the terminal that a test did not run: straight to stderr, which the test
+    /// harness does not capture (it captures `eprintln!`).
+    fn skipped(test: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED runas::{test}: chown needs root");
+    }
+
     #[test]
     fn hand_over_a_dedicated_folder_only() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: chown needs root");
+            skipped("hand_over_a_dedicated_folder_only");
             return;
         }
         let dir = TempDir::new();
@@ -310,7 +317,7 @@ mod tests {
     fn hard_links_are_not_handed_over() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED hard_links_are_not_handed_over: chown needs root");
+            skipped("hard_links_are_not_handed_over");
             return;
         }
         let dir = TempDir::new();
