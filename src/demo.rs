@@ -116,6 +116,7 @@ pub fn demo_config(
         idle_timeout_secs: 45,
         grace_period_secs: 5,
         ingress,
+        edge_pins: heapless::Vec::new(),
     }))
 }
 

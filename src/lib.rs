@@ -4,6 +4,7 @@
 //! - [`config`]: the device config model, its bounded binary format and atomic store.
 //! - [`hostname`]: the canonical form of hostnames and the one hostname-pattern grammar.
 //! - [`tls`]: TLS client settings, tolerant of a device clock that is not set yet.
+//! - [`clock`]: the time certificates are checked against, and the last-known-good time.
 //! - [`transport`]: QUIC (and HTTP/2) sessions behind one interface.
 //! - [`connector`]: the device side: supervisor, streams, origins.
 //! - [`access`]: the operator's client for SSH and TCP services (`mailslot access`).
@@ -13,6 +14,7 @@
 //! - [`heap`]: the device binary's allocator on musl.
 //! - `edge` (feature `edge`): the server visitors and connectors reach.
 pub mod access;
+pub mod clock;
 pub mod config;
 pub mod connector;
 #[cfg(feature = "edge")]

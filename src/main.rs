@@ -32,6 +32,37 @@ commands:
 RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
 ";
 
+/// The usage of one command: its lines of [`USAGE`] (all those starting with `cmd`,
+/// and the lines under each), as `usage: mailslot ...`.
+fn usage_of(cmd: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in USAGE.lines() {
+        let body = line.strip_prefix("  ").unwrap_or(line);
+        if line.starts_with("  ") && !body.starts_with(' ') {
+            inside = body == cmd || body.starts_with(&format!("{cmd} "));
+            if inside {
+                out.push_str("usage: mailslot ");
+                out.push_str(body);
+                out.push('\n');
+                continue;
+            }
+        } else if !line.starts_with("    ") {
+            inside = false;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// True when the next argument asks for help; it is then consumed.
+fn wants_help(arg: &lexopt::Arg<'_>) -> bool {
+    matches!(arg, lexopt::Arg::Long("help") | lexopt::Arg::Short('h'))
+}
+
 /// Where `run` looks for its config by default.
 const DEFAULT_CONFIG: &str = "/etc/mailslot/config.bin";
 
@@ -75,10 +106,23 @@ fn real_main() -> Result<ExitCode, String> {
         #[cfg(feature = "edge")]
         "demo" => demo_cmd(&mut parser),
         #[cfg(not(feature = "edge"))]
-        "demo" => {
-            Err("this build has no edge (device build); the demo needs the default features".into())
-        }
+        "demo" => match parser.next().map_err(arg_err)? {
+            Some(arg) if wants_help(&arg) => {
+                print!("{}", usage_of("demo"));
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => Err(
+                "this build has no edge (device build); the demo needs the default features".into(),
+            ),
+        },
         "version" => {
+            if let Some(arg) = parser.next().map_err(arg_err)? {
+                if wants_help(&arg) {
+                    print!("{}", usage_of("version"));
+                    return Ok(ExitCode::SUCCESS);
+                }
+                return Err(arg.unexpected().to_string());
+            }
             println!("mailslot {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
@@ -94,6 +138,10 @@ fn config_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     use lexopt::prelude::*;
     let sub = match parser.next().map_err(arg_err)? {
         Some(Value(v)) => v.string().map_err(arg_err)?,
+        Some(arg) if wants_help(&arg) => {
+            print!("{}", usage_of("config"));
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {
             return Err(format!(
                 "config needs a subcommand: compile, show or check\n\n{USAGE}"
@@ -105,6 +153,14 @@ fn config_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     let mut show_secrets = false;
     while let Some(arg) = parser.next().map_err(arg_err)? {
         match arg {
+            arg if wants_help(&arg) => {
+                let usage = usage_of(&format!("config {sub}"));
+                if usage.is_empty() {
+                    return Err(format!("unknown config subcommand {sub:?}"));
+                }
+                print!("{usage}");
+                return Ok(ExitCode::SUCCESS);
+            }
             Long("output") | Short('o') => output = Some(parser.value().map_err(arg_err)?.into()),
             Long("show-secrets") => show_secrets = true,
             Value(v) if file.is_none() => file = Some(v.into()),
@@ -140,7 +196,8 @@ struct RunArgs {
     user: Option<String>,
 }
 
-fn run_args(parser: &mut lexopt::Parser) -> Result<RunArgs, String> {
+/// `None` when `--help` was asked for (and `cmd`'s usage printed).
+fn run_args(parser: &mut lexopt::Parser, cmd: &str) -> Result<Option<RunArgs>, String> {
     use lexopt::prelude::*;
     let mut a = RunArgs {
         path: PathBuf::from(DEFAULT_CONFIG),
@@ -149,6 +206,10 @@ fn run_args(parser: &mut lexopt::Parser) -> Result<RunArgs, String> {
     };
     while let Some(arg) = parser.next().map_err(arg_err)? {
         match arg {
+            arg if wants_help(&arg) => {
+                print!("{}", usage_of(cmd));
+                return Ok(None);
+            }
             Long("config") | Short('c') => a.path = parser.value().map_err(arg_err)?.into(),
             Long("boot-config") => a.boot.push(parser.value().map_err(arg_err)?.into()),
             Long("user") => {
@@ -157,11 +218,13 @@ fn run_args(parser: &mut lexopt::Parser) -> Result<RunArgs, String> {
             other => return Err(other.unexpected().to_string()),
         }
     }
-    Ok(a)
+    Ok(Some(a))
 }
 
 fn provision_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
-    let a = run_args(parser)?;
+    let Some(a) = run_args(parser, "provision")? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     match mailslot::provision::prepare(&a.path, &a.boot, a.user.as_deref()) {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => {
@@ -172,7 +235,9 @@ fn provision_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
 }
 
 fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
-    let RunArgs { path, boot, user } = run_args(parser)?;
+    let Some(RunArgs { path, boot, user }) = run_args(parser, "run")? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     if let Err(e) = mailslot::provision::prepare(&path, &boot, user.as_deref()) {
         log::error!("{e}");
         return Ok(ExitCode::from(1));
@@ -191,10 +256,12 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             loaded.path.display()
         );
     }
+    let clock = mailslot::clock::Keeper::load(&path);
     if mailslot::tls::clock_unset() {
         log::warn!(
-            "the system clock reads earlier than this build: it is probably not set yet (no RTC, \
-             no NTP); certificates are checked against the build time until it is"
+            "the system clock reads earlier than this build or the last time a set clock was \
+             seen: it is probably not set yet (no RTC, no NTP); certificates are checked \
+             against the later of those until it is"
         );
     }
     let connector = mailslot::connector::Connector::new(loaded.config)?;
@@ -228,12 +295,23 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 }
             }
         });
+        // Until a signal to stop, the last-known-good time is looked at hourly (written
+        // at most daily); then once more, at the clean stop.
+        let mut clock = clock;
         connector
             .run(async move {
-                tokio::select! {
-                    _ = term.recv() => log::info!("SIGTERM"),
-                    _ = int.recv() => log::info!("SIGINT"),
+                let every = std::time::Duration::from_secs(mailslot::clock::CHECK_EVERY_SECS);
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = term.recv() => break log::info!("SIGTERM"),
+                        _ = int.recv() => break log::info!("SIGINT"),
+                        _ = tick.tick() => {
+                            clock.save_if_due(mailslot::clock::system_secs());
+                        }
+                    }
                 }
+                clock.save_if_due(mailslot::clock::system_secs());
                 if let Some(n) = &notify {
                     n.stopping();
                 }
@@ -250,6 +328,10 @@ fn demo_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     let mut listen: Option<std::net::SocketAddr> = None;
     while let Some(arg) = parser.next().map_err(arg_err)? {
         match arg {
+            arg if wants_help(&arg) => {
+                print!("{}", usage_of("demo"));
+                return Ok(ExitCode::SUCCESS);
+            }
             Long("listen") => {
                 let v = parser.value().map_err(arg_err)?.string().map_err(arg_err)?;
                 listen = Some(v.parse().map_err(|_| {

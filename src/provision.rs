@@ -10,7 +10,8 @@
 //!  /etc/mailslot/config.bin             written with store::write_atomic (the old
 //!        │                              file is kept as config.bin.prev)
 //!        ▼
-//!  the boot copy is deleted             the token must not linger on a FAT partition
+//!  the boot copy is zeroed, fsynced,    the token must not linger on a FAT partition
+//!  then deleted
 //! ```
 //!
 //! Boot files are looked at in the order given; a missing one is not an error. Each
@@ -142,8 +143,15 @@ fn install(config: &Path, bytes: &[u8]) -> io::Result<()> {
     store::write_atomic(config, bytes)
 }
 
-/// Removes `path` and syncs its folder, so the removal survives a power cut.
+/// Overwrites `path`'s contents with zeros and syncs them, then removes it and syncs
+/// its folder, so neither the token nor the file survives a power cut.
+///
+/// Unlinking alone leaves the bytes in the partition's free clusters, readable from a
+/// raw image of it. Zeros written over the file's own length reach the same clusters
+/// on FAT and ext4 (no copy-on-write); the flash controller of an SD card or USB stick
+/// may still keep the old pages until it reuses them (see image/README.md).
 fn remove_durably(path: &Path) -> io::Result<()> {
+    wipe(path)?;
     fs::remove_file(path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // Some file systems cannot sync a folder; the removal itself has happened.
@@ -152,6 +160,29 @@ fn remove_durably(path: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes zeros over the whole of `path` (no symlink followed; its length as opened)
+/// and fsyncs them.
+fn wipe(path: &Path) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let zeros = [0u8; 4096];
+    let mut left = meta.len();
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()
 }
 
 #[cfg(test)]
@@ -231,6 +262,34 @@ mod tests {
         assert_eq!(reports[0].outcome, Outcome::Unchanged);
         assert!(!s.boot.exists());
         assert_eq!(fs::read(store::prev_path(&s.config)).unwrap(), bytes);
+    }
+
+    /// The boot file's bytes are zeros on the partition before it is removed: a second
+    /// name of the same file (a hard link the test keeps) shows what is left of it.
+    #[test]
+    fn boot_copy_zeroed_before_removal() {
+        let s = setup();
+        let bytes = encode(&sample_config()).unwrap();
+        fs::write(&s.boot, &bytes).unwrap();
+        let witness = s.boot.with_file_name("witness");
+        fs::hard_link(&s.boot, &witness).unwrap();
+        let reports = install_from_boot(&s.config, std::slice::from_ref(&s.boot));
+        assert_eq!(reports[0].outcome, Outcome::Installed);
+        assert!(!s.boot.exists());
+        let left = fs::read(&witness).unwrap();
+        assert_eq!(left.len(), bytes.len());
+        assert!(
+            left.iter().all(|&b| b == 0),
+            "token bytes left on the partition"
+        );
+
+        // The same when the file only duplicates the installed config.
+        fs::write(&s.boot, &bytes).unwrap();
+        fs::remove_file(&witness).unwrap();
+        fs::hard_link(&s.boot, &witness).unwrap();
+        let reports = install_from_boot(&s.config, std::slice::from_ref(&s.boot));
+        assert_eq!(reports[0].outcome, Outcome::Unchanged);
+        assert!(fs::read(&witness).unwrap().iter().all(|&b| b == 0));
     }
 
     #[test]

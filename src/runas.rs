@@ -60,18 +60,24 @@ fn lookup_in(passwd: &str, name: &str) -> Option<Account> {
     })
 }
 
-/// Gives `config`, its `.prev` and their folder to `account`, and closes the folder to
+/// Gives `config`, its `.prev` (and the last-known-good time beside them,
+/// [`crate::clock::state_path`]) and their folder to `account`, and closes the folder to
 /// everyone else (it holds the token). Nothing is written when all is as it should be.
 ///
 /// The folder is handed over only when it holds nothing but the config's own files, so a
 /// config kept directly in, say, `/etc` does not give `/etc` away.
+///
+/// Root runs this, in a folder the account may write to (it owns it from the last
+/// start): every file is opened without following a symlink, checked on the open
+/// descriptor and changed through it (`fchown`), so nothing the account placed there can
+/// make root change another file. A file is handed over only if root created it (owned by
+/// root, one link: a hard link to someone else's file has two) or it is the account's
+/// already.
 pub fn hand_over(config: &Path, account: &Account) -> Result<(), String> {
     let prev = store::prev_path(config);
-    for file in [config, prev.as_path()] {
-        match fs::symlink_metadata(file) {
-            Ok(m) if m.is_file() => give(file, &m, account, None)?,
-            _ => {}
-        }
+    let clock = crate::clock::state_path(config);
+    for file in [config, prev.as_path(), clock.as_path()] {
+        give(file, Kind::File, account, None)?;
     }
     let Some(dir) = config.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
@@ -88,10 +94,10 @@ pub fn hand_over(config: &Path, account: &Account) -> Result<(), String> {
             let own = name.as_encoded_bytes();
             n.starts_with(own) || (n.first() == Some(&b'.') && n[1..].starts_with(own))
         });
-    let meta = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if dedicated {
-        give(dir, &meta, account, Some(0o700))
+        give(dir, Kind::Dir, account, Some(0o700))
     } else {
+        let meta = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if meta.uid() != account.uid {
             log::warn!(
                 "{} holds other files: not handing it to user {}; it must let that user in",
@@ -103,25 +109,82 @@ pub fn hand_over(config: &Path, account: &Account) -> Result<(), String> {
     }
 }
 
-/// chowns `path` to `account` and sets `mode` when they differ.
-fn give(
-    path: &Path,
-    meta: &fs::Metadata,
-    account: &Account,
-    mode: Option<u32>,
-) -> Result<(), String> {
-    if meta.uid() != account.uid || meta.gid() != account.gid {
-        std::os::unix::fs::chown(path, Some(account.uid), Some(account.gid)).map_err(|e| {
-            format!(
-                "cannot give {} to user {}: {e}",
-                path.display(),
-                account.name
+/// What [`give`] expects to find.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+}
+
+/// chowns `path` to `account` and sets `mode` when they differ, through a descriptor
+/// opened without following symlinks. A missing file, or a symlink in the file's place,
+/// is left alone (the config loader refuses what it cannot read).
+fn give(path: &Path, kind: Kind, account: &Account, mode: Option<u32>) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    if kind == Kind::Dir {
+        flags |= libc::O_DIRECTORY;
+    }
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // O_NOFOLLOW on a symlink: not ours to touch.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(()),
+        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let refuse = |why: String| {
+        Err(format!(
+            "refusing to give {} to user {}: {why}; remove it (root did not create it)",
+            path.display(),
+            account.name
+        ))
+    };
+    match kind {
+        Kind::File if !meta.is_file() => return Ok(()),
+        Kind::Dir if !meta.is_dir() => return refuse("not a folder".into()),
+        _ => {}
+    }
+    let theirs = meta.uid() == account.uid && meta.gid() == account.gid;
+    if !theirs {
+        if meta.uid() != 0 {
+            return refuse(format!(
+                "it belongs to uid {}, neither root nor that user",
+                meta.uid()
+            ));
+        }
+        if kind == Kind::File && meta.nlink() != 1 {
+            return refuse(format!(
+                "it has {} hard links: another name of the same file is elsewhere",
+                meta.nlink()
+            ));
+        }
+        // SAFETY: fchown takes the descriptor `file` owns, open for this call's length.
+        let rc = unsafe {
+            libc::fchown(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                account.uid as libc::uid_t,
+                account.gid as libc::gid_t,
             )
-        })?;
+        };
+        if rc != 0 {
+            return Err(format!(
+                "cannot give {} to user {}: {}",
+                path.display(),
+                account.name,
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     if let Some(mode) = mode {
         if meta.permissions().mode() & 0o7777 != mode {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            file.set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
         }
     }
@@ -201,11 +264,18 @@ mod tests {
         assert!(e.contains("no user \"no-such-user-here\""), "{e}");
     }
 
+    /// Says on the terminal that a test did not run: straight to stderr, which the test
+    /// harness does not capture (it captures `eprintln!`).
+    fn skipped(test: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED runas::{test}: chown needs root");
+    }
+
     #[test]
     fn hand_over_a_dedicated_folder_only() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: chown needs root");
+            skipped("hand_over_a_dedicated_folder_only");
             return;
         }
         let dir = TempDir::new();
@@ -239,5 +309,55 @@ mod tests {
         hand_over(&config, &acct).unwrap();
         assert_eq!(fs::metadata(&shared).unwrap().uid(), 0);
         assert_eq!(fs::metadata(&config).unwrap().uid(), 4242);
+    }
+
+    /// A hard link planted where a config file is handed over: the file it names (owned
+    /// by someone else, or by root outside the folder) keeps its owner.
+    #[test]
+    fn hard_links_are_not_handed_over() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            skipped("hard_links_are_not_handed_over");
+            return;
+        }
+        let dir = TempDir::new();
+        let acct = Account {
+            name: "test".into(),
+            uid: 4242,
+            gid: 4343,
+        };
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let shadow = outside.join("shadow");
+        fs::write(&shadow, b"root's").unwrap();
+        let theirs = outside.join("theirs");
+        fs::write(&theirs, b"another user's").unwrap();
+        std::os::unix::fs::chown(&theirs, Some(5555), Some(5555)).unwrap();
+
+        let etc = dir.path().join("mailslot");
+        fs::create_dir(&etc).unwrap();
+        let config = etc.join("config.bin");
+        fs::write(&config, b"x").unwrap();
+        for (target, planted) in [
+            (&shadow, store::prev_path(&config)),
+            (&theirs, crate::clock::state_path(&config)),
+        ] {
+            fs::hard_link(target, &planted).unwrap();
+            let err = hand_over(&config, &acct).unwrap_err();
+            assert!(err.contains(&planted.display().to_string()), "{err}");
+            fs::remove_file(&planted).unwrap();
+        }
+        // A symlink is not followed either.
+        std::os::unix::fs::symlink(&shadow, store::prev_path(&config)).unwrap();
+        hand_over(&config, &acct).unwrap();
+        assert_eq!(fs::metadata(&shadow).unwrap().uid(), 0);
+        assert_eq!(fs::metadata(&theirs).unwrap().uid(), 5555);
+        assert_eq!(fs::metadata(&config).unwrap().uid(), 4242);
+
+        // A config that belongs to a third user is not taken from it.
+        std::os::unix::fs::chown(&config, Some(5555), Some(5555)).unwrap();
+        let err = hand_over(&config, &acct).unwrap_err();
+        assert!(err.contains("uid 5555"), "{err}");
+        assert_eq!(fs::metadata(&config).unwrap().uid(), 5555);
     }
 }

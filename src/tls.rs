@@ -3,8 +3,19 @@
 //!
 //! A board without an RTC boots at 1970 until NTP answers. Certificate validity checks
 //! against that clock would fail and leave the device offline, so the connector checks
-//! certificates against the later of the system clock and the time this binary was
-//! built: a certificate that expired before the build is still refused.
+//! certificates against the latest of the system clock, the time this binary was built
+//! and the last-known-good time a set clock showed on an earlier run ([`crate::clock`]):
+//! a certificate that expired before any of them is refused.
+//!
+//! A config may also pin the edge's public key (`edge-pin: sha256//BASE64`, the SHA-256
+//! of the certificate's DER SubjectPublicKeyInfo, as curl's `--pinnedpubkey` and HPKP
+//! write it). The pin is checked *in addition to* the CA verification, never instead:
+//! the CA check still binds the certificate to the edge's name and to a validity
+//! period, and the pin narrows the keys it accepts to the ones the operator chose. With
+//! an unset clock, the CA check alone would accept any certificate the CA ever signed
+//! for that name whose validity reaches the floor time, including one whose key leaked
+//! and was replaced since; with a pin, only the pinned keys. A pin never makes a
+//! certificate acceptable that the CA check refuses.
 //!
 //! Without an `edge-ca` (or an origin's `ca-pool`), certificates are checked against the
 //! public web PKI: the Mozilla roots compiled in (webpki-roots) in builds with the
@@ -14,7 +25,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -22,11 +33,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedCipherSuite};
 
-/// Unix time at which this binary was built.
-pub const BUILD_UNIX: u64 = match u64::from_str_radix(env!("MAILSLOT_BUILD_UNIX"), 10) {
-    Ok(t) => t,
-    Err(_) => 0,
-};
+pub use crate::clock::BUILD_UNIX;
 
 /// The ring crypto provider shared by every TLS config, its cipher suites in the order
 /// that is fastest on this CPU (see `suite_rank`). A TLS server takes the client's
@@ -111,22 +118,93 @@ fn aes_in_hardware() -> bool {
     }
 }
 
-/// True when the system clock reads earlier than the build time: it has not been set.
+/// True when the system clock reads earlier than the build time or the last-known-good
+/// time: it has not been set.
 pub fn clock_unset() -> bool {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    now < BUILD_UNIX
+    crate::clock::unset()
 }
 
-fn effective_now(now: UnixTime) -> UnixTime {
-    let floor = UnixTime::since_unix_epoch(Duration::from_secs(BUILD_UNIX));
-    if now.as_secs() < floor.as_secs() {
-        floor
-    } else {
-        now
+/// `now` raised to the build time and to `last_known_good`.
+fn effective_now(now: UnixTime, last_known_good: u64) -> UnixTime {
+    let secs = crate::clock::effective_secs(now.as_secs(), last_known_good);
+    UnixTime::since_unix_epoch(Duration::from_secs(secs))
+}
+
+/// The prefix of a written pin.
+const PIN_PREFIX: &str = "sha256//";
+
+/// Reads a pin written `sha256//BASE64` (44 characters of standard base64: 32 bytes).
+pub fn parse_pin(text: &str) -> Result<crate::config::EdgePin, String> {
+    let b64 = text.trim().strip_prefix(PIN_PREFIX).ok_or_else(|| {
+        format!("{text:?} is not a pin: write sha256//BASE64 (as `mailslot-edge init` prints it)")
+    })?;
+    let bytes = crate::config::pem::base64_decode(b64)
+        .map_err(|e| format!("{text:?} is not a pin: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("{text:?} is not a pin: {} bytes, a SHA-256 has 32", b.len()))
+}
+
+/// A pin as written in the config: `sha256//BASE64`.
+pub fn pin_to_string(pin: &crate::config::EdgePin) -> String {
+    format!("{PIN_PREFIX}{}", crate::config::pem::base64_encode(pin))
+}
+
+/// The pin of a public key given as DER SubjectPublicKeyInfo: its SHA-256.
+pub fn pin_of_spki(spki: &[u8]) -> crate::config::EdgePin {
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki);
+    let mut pin = [0; 32];
+    pin.copy_from_slice(digest.as_ref());
+    pin
+}
+
+/// The DER SubjectPublicKeyInfo (tag and length included) of a DER certificate, or
+/// `None` if it is not shaped like one:
+///
+/// ```text
+///  Certificate SEQUENCE { tbsCertificate SEQUENCE { [0] version (optional),
+///    serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, .. } .. }
+/// ```
+pub fn spki_of_cert(cert: &[u8]) -> Option<&[u8]> {
+    let (_, cert_body, _) = der_element(cert, 0x30)?;
+    let (_, mut tbs, _) = der_element(cert_body, 0x30)?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = der_element(tbs, 0xa0)?.2;
     }
+    for tag in [0x02, 0x30, 0x30, 0x30, 0x30] {
+        tbs = der_element(tbs, tag)?.2;
+    }
+    der_element(tbs, 0x30).map(|(whole, _, _)| whole)
+}
+
+/// Splits the DER element of tag `tag` at the start of `bytes`: (the whole element, its
+/// content, what follows). Not inlined: [`spki_of_cert`] calls it eight times.
+#[inline(never)]
+fn der_element(bytes: &[u8], tag: u8) -> Option<(&[u8], &[u8], &[u8])> {
+    let (&t, rest) = bytes.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (digits, after) = rest.split_at(n);
+        rest = after;
+        digits
+            .iter()
+            .fold(0usize, |acc, &d| (acc << 8) | usize::from(d))
+    };
+    let header = bytes.len() - rest.len();
+    if rest.len() < len {
+        return None;
+    }
+    let (content, after) = rest.split_at(len);
+    Some((&bytes[..header + len], content, after))
 }
 
 /// Roots: the given DER certificate, or the public web PKI ([`public_roots`]).
@@ -214,9 +292,33 @@ pub fn system_roots(
     Ok((roots, path))
 }
 
-/// WebPKI verification with a clock that cannot be earlier than the build.
-#[derive(Debug)]
-struct ClockTolerant(Arc<WebPkiServerVerifier>);
+/// WebPKI verification with a clock that cannot be earlier than the build or the
+/// last-known-good time, then the pins if there are any.
+struct ClockTolerant {
+    inner: Arc<WebPkiServerVerifier>,
+    /// Keys the end-entity certificate must carry one of; empty: any.
+    pins: Vec<crate::config::EdgePin>,
+    /// The last-known-good time ([`crate::clock::floor`]; tests give their own).
+    last_known_good: fn() -> u64,
+}
+
+/// By hand: a derived `Debug` would print every pin byte by byte, code the device
+/// binary does not need.
+impl std::fmt::Debug for ClockTolerant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClockTolerant({} pins)", self.pins.len())
+    }
+}
+
+impl ClockTolerant {
+    fn new(inner: Arc<WebPkiServerVerifier>, pins: &[crate::config::EdgePin]) -> Self {
+        ClockTolerant {
+            inner,
+            pins: pins.to_vec(),
+            last_known_good: crate::clock::floor,
+        }
+    }
+}
 
 impl ServerCertVerifier for ClockTolerant {
     fn verify_server_cert(
@@ -227,13 +329,30 @@ impl ServerCertVerifier for ClockTolerant {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0.verify_server_cert(
+        let verified = self.inner.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp,
-            effective_now(now),
-        )
+            effective_now(now, (self.last_known_good)()),
+        )?;
+        if self.pins.is_empty() {
+            return Ok(verified);
+        }
+        let Some(spki) = spki_of_cert(end_entity) else {
+            return Err(rustls::Error::General(
+                "edge certificate has no public key to check against edge-pin".into(),
+            ));
+        };
+        let pin = pin_of_spki(spki);
+        if self.pins.contains(&pin) {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::General(format!(
+                "edge key {} is not one of the config's edge-pin keys",
+                pin_to_string(&pin)
+            )))
+        }
     }
     fn verify_tls12_signature(
         &self,
@@ -241,7 +360,7 @@ impl ServerCertVerifier for ClockTolerant {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.inner.verify_tls12_signature(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
@@ -249,10 +368,10 @@ impl ServerCertVerifier for ClockTolerant {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.inner.verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -306,6 +425,15 @@ impl ServerCertVerifier for NoVerify {
 /// Client config for dialing the edge: TLS 1.3, ALPN `mailslot`, verified against `ca`
 /// or the web PKI with the clock floor.
 pub fn edge_client_config(ca: Option<&[u8]>) -> Result<rustls::ClientConfig, rustls::Error> {
+    edge_client_config_pinned(ca, &[])
+}
+
+/// [`edge_client_config`] that also requires the edge's key to be one of `pins` (none:
+/// any key).
+pub fn edge_client_config_pinned(
+    ca: Option<&[u8]>,
+    pins: &[crate::config::EdgePin],
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
     let verifier =
         WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(ca)?), provider.clone())
@@ -314,7 +442,7 @@ pub fn edge_client_config(ca: Option<&[u8]>) -> Result<rustls::ClientConfig, rus
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ClockTolerant(verifier)))
+        .with_custom_certificate_verifier(Arc::new(ClockTolerant::new(verifier, pins)))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
     Ok(cfg)
@@ -336,7 +464,7 @@ pub fn origin_client_config(
             WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(ca)?), provider)
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-        builder.with_custom_certificate_verifier(Arc::new(ClockTolerant(verifier)))
+        builder.with_custom_certificate_verifier(Arc::new(ClockTolerant::new(verifier, &[])))
     };
     let mut cfg = cfg.with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -386,10 +514,154 @@ mod tests {
     #[test]
     fn clock_floor_moves_1970_to_build_time() {
         let early = UnixTime::since_unix_epoch(Duration::from_secs(10));
-        assert_eq!(effective_now(early).as_secs(), BUILD_UNIX);
+        assert_eq!(effective_now(early, 0).as_secs(), BUILD_UNIX);
+        assert_eq!(
+            effective_now(early, BUILD_UNIX + 7).as_secs(),
+            BUILD_UNIX + 7
+        );
         let late = UnixTime::since_unix_epoch(Duration::from_secs(BUILD_UNIX + 100));
-        assert_eq!(effective_now(late).as_secs(), BUILD_UNIX + 100);
+        assert_eq!(effective_now(late, 0).as_secs(), BUILD_UNIX + 100);
         const { assert!(BUILD_UNIX > 1_700_000_000, "build time recorded") };
+    }
+
+    const DAY: u64 = 24 * 3600;
+
+    /// A CA and an edge certificate for "edge.test" valid from a day before the build
+    /// to a day after it: it expired after the build.
+    #[cfg(feature = "edge")] // rcgen
+    struct Pki {
+        ca: Vec<u8>,
+        leaf: Vec<u8>,
+        leaf_spki: Vec<u8>,
+    }
+
+    #[cfg(feature = "edge")] // rcgen
+    fn pki() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let at = |secs: u64| rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(secs);
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.not_before = at(BUILD_UNIX - 10 * DAY);
+        ca_params.not_after = at(BUILD_UNIX + 3650 * DAY);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["edge.test".to_string()]).unwrap();
+        params.not_before = at(BUILD_UNIX - DAY);
+        params.not_after = at(BUILD_UNIX + DAY);
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf = params.signed_by(&key, &issuer).unwrap();
+        Pki {
+            ca: ca.der().to_vec(),
+            leaf: leaf.der().to_vec(),
+            leaf_spki: rcgen::PublicKeyData::subject_public_key_info(&key),
+        }
+    }
+
+    #[cfg(feature = "edge")] // rcgen
+    fn verifier(pki: &Pki, pins: &[crate::config::EdgePin], lkg: fn() -> u64) -> ClockTolerant {
+        let inner = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(root_store(Some(&pki.ca)).unwrap()),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let mut v = ClockTolerant::new(inner, pins);
+        v.last_known_good = lkg;
+        v
+    }
+
+    #[cfg(feature = "edge")] // rcgen
+    fn check(v: &ClockTolerant, pki: &Pki, now: u64) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from("edge.test").unwrap();
+        let now = UnixTime::since_unix_epoch(Duration::from_secs(now));
+        v.verify_server_cert(
+            &CertificateDer::from(pki.leaf.clone()),
+            &[],
+            &name,
+            &[],
+            now,
+        )
+        .map(|_| ())
+    }
+
+    #[cfg(feature = "edge")] // rcgen
+    #[test]
+    fn expired_certificate_refused_after_the_last_known_good_time() {
+        let pki = pki();
+        // No last-known-good time: a 1970 clock is raised to the build time, at which
+        // the certificate is still valid.
+        let none = verifier(&pki, &[], || 0);
+        check(&none, &pki, 10).unwrap();
+        // A run ten days after the build saw a set clock: the certificate expired
+        // before that, so a 1970 clock must not bring it back.
+        let later = verifier(&pki, &[], || BUILD_UNIX + 10 * DAY);
+        let err = check(&later, &pki, 10).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
+                    | rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::ExpiredContext { .. }
+                    )
+            ),
+            "{err:?}"
+        );
+        // The system clock, when later still, wins as before.
+        check(&none, &pki, BUILD_UNIX + 2 * DAY).unwrap_err();
+    }
+
+    #[cfg(feature = "edge")] // rcgen
+    #[test]
+    fn edge_pin_checked_after_the_ca() {
+        let pki = pki();
+        let spki = spki_of_cert(&pki.leaf).unwrap();
+        assert_eq!(
+            spki,
+            pki.leaf_spki.as_slice(),
+            "SPKI found in the certificate"
+        );
+        let pin = pin_of_spki(spki);
+        // Matching pin (among others): accepted.
+        let v = verifier(&pki, &[[1; 32], pin], || 0);
+        check(&v, &pki, BUILD_UNIX).unwrap();
+        // No matching pin: refused, naming the key the edge showed.
+        let v = verifier(&pki, &[[1; 32]], || 0);
+        let err = check(&v, &pki, BUILD_UNIX).unwrap_err().to_string();
+        assert!(err.contains(&pin_to_string(&pin)), "{err}");
+        // A pin does not replace the CA check: an expired certificate stays refused.
+        let v = verifier(&pki, &[pin], || BUILD_UNIX + 10 * DAY);
+        check(&v, &pki, 10).unwrap_err();
+    }
+
+    #[cfg(feature = "edge")] // rcgen
+    #[test]
+    fn pins_written_and_read() {
+        let pin = pin_of_spki(b"key");
+        let text = pin_to_string(&pin);
+        assert!(
+            text.starts_with("sha256//") && text.len() == 8 + 44,
+            "{text}"
+        );
+        assert_eq!(parse_pin(&text).unwrap(), pin);
+        assert_eq!(parse_pin(&format!(" {text}\n")).unwrap(), pin);
+        for bad in [
+            "",
+            "sha256/AAAA",
+            &text[8..],
+            "sha256//AAAA",
+            "sha256//!!!!",
+            "sha1//AAAA",
+        ] {
+            assert!(parse_pin(bad).is_err(), "{bad:?}");
+        }
+        // Truncated or junk DER has no SPKI, and never panics.
+        let pki = pki();
+        for n in 0..pki.leaf.len() {
+            let _ = spki_of_cert(&pki.leaf[..n]);
+        }
+        assert_eq!(spki_of_cert(b""), None);
+        assert_eq!(spki_of_cert(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
     }
 
     /// A self-signed P-256 CA (`openssl req -x509`, valid until 2126).

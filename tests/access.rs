@@ -899,3 +899,111 @@ fn access_tcp_carries_redis_from_a_unix_socket() {
     assert_ne!(out, b"PONG\n");
     p.wait_line("the edge refused access");
 }
+
+/// What `access ssh-config` writes reaches `mailslot access ssh` through real ssh (its
+/// ssh_config parser, its `%` expansion and the shell it runs the ProxyCommand with)
+/// exactly as given: `$()`, backquotes, quotes, `#` and `%` in an option stay data.
+#[test]
+fn ssh_config_options_reach_the_client_as_data() {
+    if Command::new("ssh").arg("-V").output().is_err() {
+        eprintln!(
+            "SKIPPED ssh_config_options_reach_the_client_as_data: needs ssh (openssh-client)"
+        );
+        return;
+    }
+    let dir = TempDir::new("sshcfg");
+    let marker = dir.path().join("ran");
+    let ca = dir.path().join(format!(
+        "ca $(touch {m}) `touch {m}` it's \"# 100%h.pem",
+        m = marker.display()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
+        .args(["access", "ssh-config", "--hostname", SSH_HOST])
+        .arg("--edge-ca")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.path().join("ssh_config");
+    std::fs::write(&config, &out.stdout).unwrap();
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", SSH_HOST, "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!marker.exists(), "the ProxyCommand ran a command:\n{err}");
+    // The client got the path as written, and said it does not exist.
+    assert!(
+        err.contains(&format!("--edge-ca {}: No such file", ca.display())),
+        "{err}"
+    );
+
+    // A line break cannot smuggle a line into the config: refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
+        .args(["access", "ssh-config", "--hostname", SSH_HOST])
+        .args(["--edge", "e:1\nHost *\n  ProxyCommand touch /tmp/x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("control character"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `access tcp` and `access ssh` warn once when a secret is on their command line.
+#[test]
+fn secret_on_the_command_line_is_warned_about() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
+        .args([
+            "access",
+            "ssh",
+            "--hostname",
+            SSH_HOST,
+            "--transport",
+            "https",
+        ])
+        .args([
+            "--edge",
+            &format!("127.0.0.1:{port}"),
+            "--token",
+            "msa1.x.y",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("/proc/PID/cmdline").count(), 1, "{err}");
+    assert!(err.contains("--token-file"), "{err}");
+    assert!(!err.contains("msa1.x.y"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
+        .args([
+            "access",
+            "ssh",
+            "--hostname",
+            SSH_HOST,
+            "--transport",
+            "https",
+        ])
+        .args(["--edge", &format!("127.0.0.1:{port}")])
+        .env("MAILSLOT_ACCESS_TOKEN", "msa1.x.y")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("/proc/PID/cmdline"), "{err}");
+}

@@ -216,3 +216,92 @@ fn bad_binaries() {
         stderr(&out)
     );
 }
+
+/// Runs `mailslot run --config BIN` until `ready` shows on stderr, stops it with SIGTERM
+/// and returns everything it logged.
+fn run_then_stop(bin: &std::path::Path, ready: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = mailslot()
+        .env("RUST_LOG", "info")
+        .args([
+            std::ffi::OsStr::new("run"),
+            "--config".as_ref(),
+            bin.as_os_str(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains(ready) {
+            break;
+        }
+    }
+    assert!(log.contains(ready), "{log}");
+    // SAFETY: kill takes a pid and a signal number.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    for line in lines {
+        log.push_str(&line.unwrap());
+        log.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    log
+}
+
+/// The connector keeps the last time it saw a set clock beside its config, written at
+/// most once a day: a second run within the day writes nothing, not even at its stop.
+#[test]
+fn run_keeps_a_last_known_good_time_written_at_most_daily() {
+    let dir = TempDir::new("clock");
+    // An edge port nobody listens on: the connector logs its first failed dial at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = dir.join("config.yml");
+    fs::write(
+        &yaml,
+        format!(
+            "tunnel: t\ntoken: k\nedge: [\"127.0.0.1:{port}\"]\nprotocol: http2\n\
+             ingress:\n  - service: http_status:404\n"
+        ),
+    )
+    .unwrap();
+    let bin = dir.join("config.bin");
+    let out = config(&[&"compile", &yaml, &"--output", &bin]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let clock = dir.join("config.bin.clock");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+
+    let before = now();
+    let log = run_then_stop(&bin, "last-known-good time");
+    assert_eq!(log.matches("last-known-good time").count(), 1, "{log}");
+    let saved: u64 = fs::read_to_string(&clock).unwrap().trim().parse().unwrap();
+    assert!((before..=now()).contains(&saved), "{saved}");
+    let written = fs::metadata(&clock).unwrap().modified().unwrap();
+
+    // Stopped once it runs (its signal handlers are in place when it dials).
+    let log = run_then_stop(&bin, "cannot connect to edge");
+    assert!(!log.contains("last-known-good time"), "{log}");
+    assert_eq!(fs::metadata(&clock).unwrap().modified().unwrap(), written);
+    assert_eq!(fs::read_to_string(&clock).unwrap(), format!("{saved}\n"));
+
+    // A time two days old is replaced.
+    fs::write(&clock, format!("{}\n", saved - 2 * 86400)).unwrap();
+    let log = run_then_stop(&bin, "last-known-good time");
+    assert!(log.contains("saved to"), "{log}");
+    let again: u64 = fs::read_to_string(&clock).unwrap().trim().parse().unwrap();
+    assert!(again >= saved, "{again}");
+}

@@ -69,11 +69,13 @@ fn string(parser: &mut lexopt::Parser) -> Result<String, String> {
     parser.value().map_err(arg_err)?.string().map_err(arg_err)
 }
 
-fn parse_args(parser: &mut lexopt::Parser) -> Result<Args, String> {
+/// The arguments after the subcommand; `None` when they ask for help.
+fn parse_args(parser: &mut lexopt::Parser) -> Result<Option<Args>, String> {
     use lexopt::prelude::*;
     let mut a = Args::default();
     while let Some(arg) = parser.next().map_err(arg_err)? {
         match arg {
+            Long("help") | Short('h') => return Ok(None),
             Long("hostname") => a.hostname = Some(string(parser)?),
             Long("edge") => a.edge = Some(string(parser)?),
             Long("edge-https") => a.edge_https = Some(string(parser)?),
@@ -87,7 +89,7 @@ fn parse_args(parser: &mut lexopt::Parser) -> Result<Args, String> {
             other => return Err(other.unexpected().to_string()),
         }
     }
-    Ok(a)
+    Ok(Some(a))
 }
 
 /// Runs `mailslot access …`; usage errors come back as `Err`.
@@ -106,7 +108,18 @@ pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         print!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     }
-    let args = parse_args(parser)?;
+    if !matches!(sub.as_str(), "ssh" | "tcp" | "ssh-config") {
+        return Err(format!("unknown access subcommand {sub:?}\n\n{USAGE}"));
+    }
+    let Some(args) = parse_args(parser)? else {
+        print!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    if sub != "ssh-config" {
+        if let Some(warning) = cmdline_secret_warning(&args) {
+            eprintln!("{warning}");
+        }
+    }
     match sub.as_str() {
         "ssh" => with_client(&args, |client, rt| rt.block_on(run_stdio(client))),
         "tcp" => {
@@ -127,6 +140,25 @@ pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         }
         _ => Err(format!("unknown access subcommand {sub:?}\n\n{USAGE}")),
     }
+}
+
+/// The warning for a secret on the command line, which any local user can read in
+/// `/proc/PID/cmdline` (`ps`) for as long as the client runs.
+fn cmdline_secret_warning(a: &Args) -> Option<String> {
+    let flag = match (&a.token, &a.service_secret) {
+        (Some(_), _) => "--token",
+        (None, Some(_)) => "--service-token-secret",
+        (None, None) => return None,
+    };
+    let instead = if a.token.is_some() {
+        "--token-file FILE, MAILSLOT_ACCESS_TOKEN or ~/.config/mailslot/access-token"
+    } else {
+        "MAILSLOT_SERVICE_TOKEN_SECRET"
+    };
+    Some(format!(
+        "mailslot access: warning: the secret given with {flag} can be read by every local user \
+         (ps, /proc/PID/cmdline) for as long as this runs; use {instead} instead"
+    ))
 }
 
 fn with_client(
@@ -408,15 +440,33 @@ async fn run_listener(
     Ok(())
 }
 
-fn quote(arg: &OsString) -> String {
-    let s = arg.to_string_lossy();
-    if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-:%@=+,".contains(c))
-    {
-        s.into_owned()
-    } else {
-        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+/// One argument of the `ProxyCommand` line `access ssh-config` writes.
+///
+/// ssh expands `%` tokens in the line, then runs it with the user's shell (`$SHELL -c
+/// "exec ..."`); OpenSSH also checks the line's quotes when it reads it. An argument
+/// made only of characters that mean nothing to either is written as it is; any other
+/// is put in single quotes, inside which a shell takes every character literally (`$`,
+/// backquotes, `;`, `"`, `\`), with a `'` written `'\''` (which ssh_config reads as
+/// balanced quotes too), and every `%` doubled for ssh. A line break or other control
+/// character cannot be written into one ssh_config line at all: it is refused.
+fn quote(what: &str, arg: &OsString) -> Result<String, String> {
+    let Some(s) = arg.to_str() else {
+        return Err(format!("{what}: {arg:?} is not UTF-8"));
+    };
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{what}: {s:?} holds the control character {c:?}, which cannot go into ssh_config"
+        ));
     }
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:@=+,".contains(c));
+    let quoted = if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    };
+    Ok(quoted.replace('%', "%%"))
 }
 
 /// The ssh_config block for `access ssh-config`. Secrets are never written into it.
@@ -432,7 +482,7 @@ fn ssh_config(a: &Args) -> Result<String, String> {
         .map(|p| p.into_os_string())
         .unwrap_or_else(|_| OsString::from("mailslot"));
     let mut cmd = vec![
-        quote(&exe),
+        quote("the mailslot binary's path", &exe)?,
         "access".into(),
         "ssh".into(),
         "--hostname".into(),
@@ -443,14 +493,18 @@ fn ssh_config(a: &Args) -> Result<String, String> {
             .unwrap_or_else(|_| p.clone())
             .into_os_string()
     };
+    let mut option = |flag: &str, value: &OsString| -> Result<(), String> {
+        cmd.extend([flag.to_string(), quote(flag, value)?]);
+        Ok(())
+    };
     if let Some(e) = &a.edge {
-        cmd.extend(["--edge".into(), quote(&e.into())]);
+        option("--edge", &e.into())?;
     }
     if let Some(e) = &a.edge_https {
-        cmd.extend(["--edge-https".into(), quote(&e.into())]);
+        option("--edge-https", &e.into())?;
     }
     if let Some(p) = &a.edge_ca {
-        cmd.extend(["--edge-ca".into(), quote(&abs(p))]);
+        option("--edge-ca", &abs(p))?;
     }
     if let Some(t) = a.transport {
         let t = match t {
@@ -458,13 +512,13 @@ fn ssh_config(a: &Args) -> Result<String, String> {
             Transport::Quic => "quic",
             Transport::Https => "https",
         };
-        cmd.extend(["--transport".into(), t.into()]);
+        option("--transport", &t.into())?;
     }
     if let Some(p) = &a.token_file {
-        cmd.extend(["--token-file".into(), quote(&abs(p))]);
+        option("--token-file", &abs(p))?;
     }
     if let Some(id) = &a.service_id {
-        cmd.extend(["--service-token-id".into(), quote(&id.into())]);
+        option("--service-token-id", &id.into())?;
     }
     Ok(format!(
         "# mailslot: ssh to {hostname} through the edge\nHost {hostname}\n  ProxyCommand {}\n",
@@ -519,5 +573,123 @@ mod tests {
             "127.0.0.1:8443"
         );
         assert!(validate_hostname("bad host").is_err());
+    }
+
+    /// The words a shell makes of the ProxyCommand line after ssh's `%` expansion
+    /// (`%h` → `host`, `%%` → `%`), as ssh runs it.
+    fn shell_words(text: &str, host: &str) -> Vec<String> {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("  ProxyCommand "))
+            .unwrap();
+        let mut expanded = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match (c, c == '%') {
+                (_, true) => match chars.next() {
+                    Some('%') => expanded.push('%'),
+                    Some('h') => expanded.push_str(host),
+                    other => panic!("unexpected %{other:?} in {line}"),
+                },
+                (c, false) => expanded.push(c),
+            }
+        }
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\0' {expanded}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_terminator('\0')
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn ssh_config_quotes_what_the_shell_and_ssh_would_read() {
+        let dir = crate::config::testutil::TempDir::new();
+        let marker = dir.path().join("ran");
+        let evil = format!("$(touch {})`touch {}`", marker.display(), marker.display());
+        let a = Args {
+            hostname: Some("ssh.dev42.example.com".into()),
+            edge: Some(format!("{evil}:7844")),
+            edge_https: Some("it's \"a\" 100%h; \\ # x".into()),
+            edge_ca: Some(dir.path().join("my ca's $HOME.pem")),
+            service_id: Some("id%%".into()),
+            ..Args::default()
+        };
+        let text = ssh_config(&a).unwrap();
+        let words = shell_words(&text, "ssh.dev42.example.com");
+        assert!(!marker.exists(), "the shell ran a command from:\n{text}");
+        let exe = std::env::current_exe().unwrap();
+        let ca = dir.path().join("my ca's $HOME.pem");
+        let expect = [
+            exe.to_str().unwrap(),
+            "access",
+            "ssh",
+            "--hostname",
+            "ssh.dev42.example.com",
+            "--edge",
+            &format!("{evil}:7844"),
+            "--edge-https",
+            "it's \"a\" 100%h; \\ # x",
+            "--edge-ca",
+            ca.to_str().unwrap(),
+            "--service-token-id",
+            "id%%",
+        ];
+        assert_eq!(words, expect, "{text}");
+        // The block is three lines whatever the options hold.
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
+    fn ssh_config_refuses_line_breaks_and_control_characters() {
+        for bad in [
+            "e\nHost *\n  ProxyCommand touch /tmp/x",
+            "e\r",
+            "e\0",
+            "e\x1b[2J",
+        ] {
+            let a = Args {
+                hostname: Some("ssh.dev42.example.com".into()),
+                edge: Some(bad.into()),
+                ..Args::default()
+            };
+            let err = ssh_config(&a).unwrap_err();
+            assert!(err.contains("--edge") && err.contains("control"), "{err}");
+        }
+    }
+
+    #[test]
+    fn secrets_on_the_command_line_are_warned_about() {
+        let a = Args {
+            token: Some("msa1.x.y".into()),
+            ..Args::default()
+        };
+        let w = cmdline_secret_warning(&a).unwrap();
+        assert!(
+            w.contains("--token") && w.contains("/proc/PID/cmdline"),
+            "{w}"
+        );
+        assert!(
+            w.contains("--token-file") && w.contains("MAILSLOT_ACCESS_TOKEN"),
+            "{w}"
+        );
+        let a = Args {
+            service_id: Some("id".into()),
+            service_secret: Some("s".into()),
+            ..Args::default()
+        };
+        let w = cmdline_secret_warning(&a).unwrap();
+        assert!(w.contains("MAILSLOT_SERVICE_TOKEN_SECRET"), "{w}");
+        let a = Args {
+            token_file: Some("/t".into()),
+            service_id: Some("id".into()),
+            ..Args::default()
+        };
+        assert_eq!(cmdline_secret_warning(&a), None);
     }
 }

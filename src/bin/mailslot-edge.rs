@@ -46,6 +46,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// The usage of one command: its lines of [`USAGE`] (the line starting with `cmd` and
+/// the lines under it), as `usage: mailslot-edge ...`.
+fn usage_of(cmd: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in USAGE.lines() {
+        let body = line.strip_prefix("  ").unwrap_or(line);
+        if line.starts_with("  ") && !body.starts_with(' ') {
+            inside = body == cmd || body.starts_with(&format!("{cmd} "));
+            if inside {
+                out.push_str("usage: mailslot-edge ");
+                out.push_str(body);
+                out.push('\n');
+                continue;
+            }
+        } else if !line.starts_with("    ") {
+            inside = false;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 fn arg_err(e: lexopt::Error) -> String {
     e.to_string()
 }
@@ -79,6 +105,14 @@ fn real_main() -> Result<(), String> {
     let mut ttl = Duration::from_secs(8 * 3600);
     while let Some(arg) = parser.next().map_err(arg_err)? {
         match arg {
+            Long("help") | Short('h') => {
+                let usage = usage_of(&cmd);
+                if usage.is_empty() {
+                    return Err(format!("unknown command {cmd:?}\n\n{USAGE}"));
+                }
+                print!("{usage}");
+                return Ok(());
+            }
             Long("config") | Short('c') => config = Some(parser.value().map_err(arg_err)?.into()),
             Long("dir") => dir = Some(parser.value().map_err(arg_err)?.into()),
             Long("hostname") => hostnames.push(string(&mut parser)?),
@@ -107,9 +141,17 @@ fn real_main() -> Result<(), String> {
                 _ => return Err("init: --cert and --key go together".into()),
             };
             let own_pki = cert.is_none();
+            let cert_file = match &cert {
+                Some((c, _)) => c.clone(),
+                None => dir.join(init::CERT),
+            };
             for f in init::init(&dir, &hostnames, cert)? {
                 println!("wrote {}", f.display());
             }
+            println!(
+                "\nThe edge's key, for devices that pin it (`edge-pin:` in the device config):\n  {}",
+                init::edge_pin_of_cert_file(&cert_file)?
+            );
             if own_pki {
                 println!(
                     "\nThe certificate is signed by a private CA ({}): give it to connectors as `edge-ca`.",

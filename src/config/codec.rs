@@ -10,9 +10,10 @@
 //! ```
 //!
 //! - `magic`: the 4 bytes `MSLC` ("mailslot config").
-//! - `version`: the format version, [`FORMAT_VERSION`] (1) for files written by this
-//!   build. A reader refuses newer versions ("written by a newer mailslot: update") and
-//!   reads every older one it knows.
+//! - `version`: the format version. This build writes version 1 for a config without
+//!   `edge-pin`s, so that older mailslots keep reading it, and [`FORMAT_VERSION`] (2),
+//!   whose payload appends the pins, for one with them. A reader refuses newer versions
+//!   ("written by a newer mailslot: update") and reads every older one it knows.
 //! - `payload len`: the postcard payload's length; the file must be exactly
 //!   `14 + N` bytes.
 //! - `payload`: the [`DeviceConfig`] encoded with postcard (varint integers,
@@ -28,8 +29,10 @@ use super::{ConfigError, DeviceConfig};
 
 /// The file's first 4 bytes.
 pub const MAGIC: [u8; 4] = *b"MSLC";
-/// The format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this build writes and reads (2: `edge_pins` appended).
+pub const FORMAT_VERSION: u16 = 2;
+/// The version written for a config without edge pins, which version 1 readers know.
+pub const PINLESS_VERSION: u16 = 1;
 /// Bytes before the payload: magic, version, payload length.
 pub const HEADER_LEN: usize = 10;
 /// Bytes after the payload: the CRC-32.
@@ -143,14 +146,24 @@ impl Header {
 /// Encodes a config as a complete `config.bin`, after checking its invariants.
 pub fn encode(config: &DeviceConfig) -> Result<Vec<u8>, EncodeError> {
     config.validate()?;
-    let payload = postcard::to_allocvec(config).map_err(EncodeError::Serialize)?;
+    let mut payload = postcard::to_allocvec(config).map_err(EncodeError::Serialize)?;
+    let version = if config.edge_pins.is_empty() {
+        // `edge_pins` is the payload's last field; empty, postcard writes it as one
+        // length byte 0. Without that byte the payload is version 1's, to the byte.
+        if payload.pop() != Some(0) {
+            return Err(EncodeError::Serialize(postcard::Error::SerdeSerCustom));
+        }
+        PINLESS_VERSION
+    } else {
+        FORMAT_VERSION
+    };
     let total = HEADER_LEN + payload.len() + CRC_LEN;
     let payload_len = u32::try_from(payload.len()).map_err(|_| EncodeError::TooLarge(total))?;
     if total > MAX_FILE_LEN {
         return Err(EncodeError::TooLarge(total));
     }
     let header = Header {
-        version: FORMAT_VERSION,
+        version,
         payload_len,
     };
     let mut out = Vec::with_capacity(total);
@@ -238,11 +251,11 @@ static CRC_TABLE: [u32; 256] = {
     table
 };
 
-/// One reader per format version this build knows. Version 2 would add its reader and
-/// keep version 1's ([`super::v1`]), converting what it reads to the current model.
+/// One reader per format version this build knows: versions 1 and 2 differ only by
+/// the field version 2 appends, and share [`super::v1`]'s reader.
 fn read_payload(version: u16, payload: &[u8]) -> Result<Box<DeviceConfig>, DecodeError> {
     let read = match version {
-        1 => super::v1::read(payload),
+        1 | 2 => super::v1::read(version, payload),
         // Header::parse admits only versions 1..=FORMAT_VERSION, all handled above.
         _ => return Err(DecodeError::NewerVersion(version)),
     };
@@ -434,10 +447,59 @@ mod tests {
         }
     }
 
+    /// Pins make a version 2 file: version 1's payload, then the pins as a count and
+    /// 32 bytes each. A version 1 file (no pins) keeps reading, and so does a version 2
+    /// file with none.
+    #[test]
+    fn edge_pins_make_a_version_2_file() {
+        use crate::config::*;
+        let mut config = minimal_config();
+        config
+            .ingress
+            .push(rule(None, Service::HttpStatus(404)))
+            .unwrap();
+        let v1 = encode(&config).unwrap();
+        assert_eq!(&v1[4..6], &[1, 0]);
+        let v1_payload = v1[HEADER_LEN..v1.len() - CRC_LEN].to_vec();
+        assert_eq!(decode_with_version(&v1).unwrap(), (config.clone(), 1));
+
+        config.edge_pins.push([7; 32]).unwrap();
+        config.edge_pins.push([9; 32]).unwrap();
+        let v2 = encode(&config).unwrap();
+        let mut payload = v1_payload.clone();
+        payload.push(2);
+        payload.extend([7; 32]);
+        payload.extend([9; 32]);
+        assert_eq!(v2, wrap(2, &payload));
+        assert_eq!(decode_with_version(&v2).unwrap(), (config.clone(), 2));
+
+        // Version 2 without pins; version 1 with the pins' bytes is refused.
+        let mut none = v1_payload.clone();
+        none.push(0);
+        let back = decode(&wrap(2, &none)).unwrap();
+        assert!(back.edge_pins.is_empty());
+        assert!(matches!(
+            decode(&wrap(1, &payload)),
+            Err(DecodeError::TrailingBytes(65))
+        ));
+        // A version 2 payload cut before its pins is refused, as is one with too many.
+        assert!(matches!(
+            decode(&wrap(2, &v1_payload)),
+            Err(DecodeError::Payload(_))
+        ));
+        let mut five = v1_payload;
+        five.push(5);
+        five.extend([1; 5 * 32]);
+        assert!(matches!(
+            decode(&wrap(2, &five)),
+            Err(DecodeError::Payload(_))
+        ));
+    }
+
     #[test]
     fn newer_version_refused() {
         let mut bytes = encode(&sample_config()).unwrap();
-        bytes[4] = 2;
+        bytes[4] = 3;
         let msg = decode(&bytes).unwrap_err().to_string();
         assert!(msg.contains("written by a newer mailslot: update"), "{msg}");
         bytes[4] = 0;
@@ -494,7 +556,7 @@ mod tests {
         let mut config = sample_config();
         config.ingress.pop();
         let payload = postcard::to_allocvec(&config).unwrap();
-        let err = decode(&wrap(1, &payload)).unwrap_err();
+        let err = decode(&wrap(2, &payload)).unwrap_err();
         assert!(
             matches!(err, DecodeError::Invalid(ConfigError::NoCatchAll(_))),
             "{err}"
@@ -515,7 +577,7 @@ mod tests {
         #[test]
         fn reader_matches_derived(config in arb_config()) {
             let payload = postcard::to_allocvec(&config).unwrap();
-            let ours = super::super::v1::read(&payload).ok().unwrap();
+            let ours = super::super::v1::read(FORMAT_VERSION, &payload).ok().unwrap();
             let derived = big_stack(move || postcard::from_bytes::<DeviceConfig>(&payload).unwrap());
             prop_assert_eq!(&*ours, &*derived);
         }

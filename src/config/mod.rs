@@ -25,6 +25,9 @@ use std::fmt;
 use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
+/// Most edge key pins a config holds (`edge-pin`): the current key and the next ones,
+/// for a key change without a gap.
+pub const MAX_EDGE_PINS: usize = 4;
 /// Most ingress rules a config holds.
 pub const MAX_RULES: usize = 64;
 /// Most edge addresses a config lists.
@@ -106,7 +109,16 @@ pub struct DeviceConfig {
     pub grace_period_secs: u16,
     /// Ordered ingress rules; the last one is a catch-all.
     pub ingress: Vec<IngressRule, MAX_RULES>,
+    /// SHA-256 digests of the edge public keys (SubjectPublicKeyInfo DER) the edge's
+    /// certificate must carry, besides passing the CA check (`edge-pin`); empty: any key
+    /// the CA vouches for. Format version 2; files without pins are written as version 1
+    /// ([`codec`]).
+    pub edge_pins: Vec<EdgePin, MAX_EDGE_PINS>,
 }
+
+/// The SHA-256 of an edge's public key (its DER SubjectPublicKeyInfo), written
+/// `sha256//BASE64` as curl's `--pinnedpubkey` and HPKP do ([`crate::tls::pin_to_string`]).
+pub type EdgePin = [u8; 32];
 
 /// One ingress rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +232,7 @@ impl fmt::Debug for DeviceConfig {
             .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("grace_period_secs", &self.grace_period_secs)
             .field("ingress", &self.ingress)
+            .field("edge_pins", &self.edge_pins.len())
             .finish()
     }
 }
@@ -240,6 +253,7 @@ impl DeviceConfig {
             idle_timeout_secs: 0,
             grace_period_secs: 0,
             ingress: Vec::new(),
+            edge_pins: Vec::new(),
         })
     }
 

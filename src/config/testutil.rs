@@ -118,6 +118,9 @@ pub fn max_config() -> Box<DeviceConfig> {
         config.cas.push(fake_der(MAX_CERT_LEN, i as u8)).unwrap();
     }
     config.edge_ca = Some(0);
+    for i in 0..MAX_EDGE_PINS {
+        config.edge_pins.push([i as u8 ^ 0xa5; 32]).unwrap();
+    }
     config.ingress.clear();
     for i in 0..MAX_RULES {
         let host = long_name('h');
@@ -244,11 +247,12 @@ pub fn arb_config() -> impl Strategy<Value = Box<DeviceConfig>> {
         prop::collection::vec(arb_rule(), 0..8),
         arb_service(),
         any::<bool>(),
+        prop::collection::vec(any::<[u8; 32]>(), 0..=MAX_EDGE_PINS),
     );
     (head, rules).prop_map(|(head, rules)| {
         let (tunnel, token, edge_list, edge_slot, protocol, ha, (keepalive, idle_extra, grace)) =
             head;
-        let (mut rule_list, last_service, seed) = rules;
+        let (mut rule_list, last_service, seed, pins) = rules;
         let mut last = rule(None, None, last_service);
         last.origin.no_tls_verify = seed;
         rule_list.push(last);
@@ -296,6 +300,9 @@ pub fn arb_config() -> impl Strategy<Value = Box<DeviceConfig>> {
             .saturating_add(1)
             .max(keepalive.saturating_add(idle_extra % 5000));
         c.grace_period_secs = grace;
+        for p in pins {
+            c.edge_pins.push(p).unwrap();
+        }
         c
     })
 }

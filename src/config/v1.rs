@@ -1,4 +1,5 @@
-//! Format version 1's payload reader: postcard decoded straight into a boxed config.
+//! The payload reader of format versions 1 and 2: postcard decoded straight into a boxed
+//! config.
 //!
 //! A version 1 payload is exactly what the derived `Serialize` of [`DeviceConfig`]
 //! writes with postcard: the struct's fields in order, lists as a varint count followed
@@ -9,7 +10,9 @@
 //! the stack holds one rule at most. A count above a list's capacity fails at the entry
 //! past it, before anything is allocated.
 //!
-//! When version 2 changes the model, this file keeps reading version 1 and converts.
+//! Version 2 appended one field, `edge_pins`; a version 1 payload ends before it and
+//! reads as a config without pins. A version that changes more than appending would
+//! get its own reader and keep this one, converting.
 
 use std::fmt;
 
@@ -30,14 +33,23 @@ const FIELDS: &[&str] = &[
     "idle_timeout_secs",
     "grace_period_secs",
     "ingress",
+    "edge_pins",
 ];
 
-/// Decodes a version 1 payload, which must be consumed exactly. The config is not
+/// Fields of a version 1 payload: all but the last.
+const V1_FIELDS: usize = 11;
+
+/// Decodes a version 1 or 2 payload, which must be consumed exactly. The config is not
 /// validated here.
-pub(super) fn read(payload: &[u8]) -> Result<Box<DeviceConfig>, ReadError> {
+pub(super) fn read(version: u16, payload: &[u8]) -> Result<Box<DeviceConfig>, ReadError> {
     let mut config = DeviceConfig::blank();
     let mut de = postcard::Deserializer::from_bytes(payload);
-    Fill(&mut config)
+    let fields = if version == 1 {
+        &FIELDS[..V1_FIELDS]
+    } else {
+        FIELDS
+    };
+    Fill(&mut config, fields)
         .deserialize(&mut de)
         .map_err(ReadError::Payload)?;
     let rest = de.finalize().map_err(ReadError::Payload)?;
@@ -55,18 +67,19 @@ pub(super) enum ReadError {
     Trailing(usize),
 }
 
-/// Fills a config's fields from a postcard struct.
-struct Fill<'a>(&'a mut DeviceConfig);
+/// Fills a config's fields from a postcard struct of the given fields.
+struct Fill<'a>(&'a mut DeviceConfig, &'static [&'static str]);
 
 impl<'de> DeserializeSeed<'de> for Fill<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_struct("DeviceConfig", FIELDS, self)
+        let fields = self.1;
+        d.deserialize_struct("DeviceConfig", fields, self)
     }
 }
 
 fn missing<E: de::Error>(index: usize) -> E {
-    E::invalid_length(index, &"the 11 fields of a DeviceConfig")
+    E::invalid_length(index, &"the fields of a DeviceConfig")
 }
 
 impl<'de> Visitor<'de> for Fill<'_> {
@@ -92,6 +105,10 @@ impl<'de> Visitor<'de> for Fill<'_> {
         c.grace_period_secs = seq.next_element()?.ok_or_else(|| missing(9))?;
         seq.next_element_seed(Push(&mut c.ingress))?
             .ok_or_else(|| missing(10))?;
+        if self.1.len() > V1_FIELDS {
+            seq.next_element_seed(Push(&mut c.edge_pins))?
+                .ok_or_else(|| missing(11))?;
+        }
         Ok(())
     }
 }

@@ -93,6 +93,7 @@ struct Doc {
     token_file: Option<std::string::String>,
     edge: OneOrMany,
     edge_ca: Option<std::string::String>,
+    edge_pin: Option<OneOrMany>,
     protocol: Option<YamlProtocol>,
     ha_connections: Option<u64>,
     keepalive: Option<Duration>,
@@ -159,7 +160,7 @@ impl<'de> Deserialize<'de> for OneOrMany {
         impl<'de> Visitor<'de> for V {
             type Value = OneOrMany;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an address or a list of addresses")
+                f.write_str("a string or a list of strings")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
                 Ok(OneOrMany(vec![v.to_string()]))
@@ -358,6 +359,17 @@ impl Compiler<'_> {
             Some(v) => Some(self.ca("edge-ca", v)?),
             None => None,
         };
+        let mut edge_pins = heapless::Vec::<EdgePin, MAX_EDGE_PINS>::new();
+        let pin_list = doc.edge_pin.map(|p| p.0).unwrap_or_default();
+        for (i, pin) in pin_list.iter().enumerate() {
+            let pin =
+                crate::tls::parse_pin(pin).map_err(|e| invalid(format!("edge-pin[{i}]"), e))?;
+            edge_pins.push(pin).map_err(|_| CompileError::TooMany {
+                field: "edge-pin".into(),
+                count: pin_list.len(),
+                limit: MAX_EDGE_PINS,
+            })?;
+        }
         let protocol = match doc.protocol {
             None | Some(YamlProtocol::Auto) => Protocol::Auto,
             Some(YamlProtocol::Quic) => Protocol::Quic,
@@ -412,6 +424,7 @@ impl Compiler<'_> {
         config.keepalive_secs = keepalive_secs;
         config.idle_timeout_secs = idle_timeout_secs;
         config.grace_period_secs = grace_period_secs;
+        config.edge_pins = edge_pins;
         config.validate()?;
         Ok(config)
     }

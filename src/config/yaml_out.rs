@@ -38,6 +38,12 @@ pub fn to_yaml(config: &DeviceConfig, show_secrets: bool) -> String {
     if let Some(der) = config.edge_ca.and_then(|i| config.cas.get(usize::from(i))) {
         block(o, 0, "edge-ca", &der_to_pem(der));
     }
+    if !config.edge_pins.is_empty() {
+        let _ = writeln!(o, "edge-pin:");
+        for pin in &config.edge_pins {
+            let _ = writeln!(o, "  - {}", crate::tls::pin_to_string(pin));
+        }
+    }
     let _ = writeln!(o, "protocol: {}", config.protocol.as_str());
     let _ = writeln!(o, "ha-connections: {}", config.ha_connections);
     let _ = writeln!(o, "keepalive: {}", secs(config.keepalive_secs));

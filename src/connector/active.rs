@@ -131,7 +131,8 @@ impl ActiveConfig {
             .edge_ca
             .and_then(|i| cfg.cas.get(usize::from(i)))
             .map(|c| c.as_slice());
-        let tls = crate::tls::edge_client_config(ca).map_err(|e| format!("edge TLS setup: {e}"))?;
+        let tls = crate::tls::edge_client_config_pinned(ca, &cfg.edge_pins)
+            .map_err(|e| format!("edge TLS setup: {e}"))?;
         *cached = Some(tls.clone());
         Ok(tls)
     }

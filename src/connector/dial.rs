@@ -135,7 +135,8 @@ impl Dial {
 
     fn describe(&self, e: TransportError) -> String {
         let clock = if crate::tls::clock_unset() {
-            " (the system clock is not set; certificates are checked against the build time)"
+            " (the system clock is not set; certificates are checked against the later of the \
+             build time and the last-known-good time)"
         } else {
             ""
         };

@@ -68,6 +68,21 @@ pub fn generate_pki(names: &[String]) -> Result<GeneratedPki, String> {
     })
 }
 
+/// The `edge-pin` of the first certificate in a PEM file: `sha256//BASE64` of its
+/// public key (see [`crate::tls`]). It changes when the certificate gets a new key, not
+/// when it is renewed with the same one.
+pub fn edge_pin_of_cert_file(path: &Path) -> Result<String, String> {
+    use rustls::pki_types::CertificateDer;
+    let cert = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .next()
+        .ok_or_else(|| format!("{}: no certificate", path.display()))?
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let spki = crate::tls::spki_of_cert(&cert)
+        .ok_or_else(|| format!("{}: not an X.509 certificate", path.display()))?;
+    Ok(crate::tls::pin_to_string(&crate::tls::pin_of_spki(spki)))
+}
+
 /// A fresh Ed25519 signing key as PKCS#8 DER.
 pub fn generate_signing_key() -> Result<Vec<u8>, String> {
     Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
@@ -236,6 +251,16 @@ mod tests {
         let t = issue_tunnel_token(&key, "dev42", &["dev42.example.com".into()], 60).unwrap();
         let c = token::verify_tunnel(&t, &settings.verify_keys, token::now_unix()).unwrap();
         assert_eq!(c.tunnel, "dev42");
+        // The pin printed for connectors is the SHA-256 of the edge key's SPKI.
+        let pin = edge_pin_of_cert_file(&dir.join(CERT)).unwrap();
+        let key_pem = std::fs::read_to_string(dir.join(KEY)).unwrap();
+        let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        assert_eq!(
+            crate::tls::parse_pin(&pin).unwrap(),
+            crate::tls::pin_of_spki(&spki)
+        );
+        assert!(edge_pin_of_cert_file(&dir.join(SIGNING_PUB)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

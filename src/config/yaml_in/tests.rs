@@ -72,6 +72,28 @@ fn example_compiles() {
 }
 
 #[test]
+fn edge_pins() {
+    let pin = crate::tls::pin_to_string(&[3; 32]);
+    let config = compile(&doc(&format!("edge-pin: {pin}\n"), "")).unwrap();
+    assert_eq!(config.edge_pins.as_slice(), &[[3; 32]]);
+    let other = crate::tls::pin_to_string(&[4; 32]);
+    let config = compile(&doc(&format!("edge-pin: [{pin}, \"{other}\"]\n"), "")).unwrap();
+    assert_eq!(config.edge_pins.as_slice(), &[[3; 32], [4; 32]]);
+    assert!(compile(&doc("", "")).unwrap().edge_pins.is_empty());
+
+    let msg = err(&doc("edge-pin: sha256/AAAA\n", ""));
+    assert!(
+        msg.starts_with("edge-pin[0]: ") && msg.contains("sha256//BASE64"),
+        "{msg}"
+    );
+    let msg = err(&doc("edge-pin: [\"sha256//AAAA\"]\n", ""));
+    assert!(msg.contains("3 bytes, a SHA-256 has 32"), "{msg}");
+    let five = [pin.as_str(); 5].join(", ");
+    let msg = err(&doc(&format!("edge-pin: [{five}]\n"), ""));
+    assert!(msg.contains("edge-pin") && msg.contains("limit 4"), "{msg}");
+}
+
+#[test]
 fn defaults() {
     let config = compile(&doc("", "")).unwrap();
     assert_eq!(config.edges[0], "e.example.com:7844");
