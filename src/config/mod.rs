@@ -185,6 +185,9 @@ pub mod validate;
 mod yaml_in;
 #[cfg(feature = "yaml")]
 pub use yaml_in::parse_duration_ms;
+#[cfg(feature = "yaml")]
+#[doc(hidden)] // for the fuzz target (fuzz/edge/fuzz_targets/device_yaml.rs)
+pub use yaml_in::compile_str;
 pub mod yaml_out;
 
 pub use codec::DecodeError;
