@@ -112,7 +112,10 @@ fuzz_target!(|data: &[u8]| {
     let file = build(wrong, payload);
     let result = decode(&file);
     if file.len() > MAX_FILE_LEN {
-        assert!(matches!(result, Err(DecodeError::TooLarge { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(DecodeError::TooLarge { .. })),
+            "{result:?}"
+        );
         return;
     }
     match wrong {

@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     // Bytes as bytes: encodings round-trip.
     let b64 = base64_encode(data);
     assert_eq!(base64_decode(&b64).expect("our base64 decodes"), data);
-    assert_eq!(pem_to_der(&der_to_pem(data)).expect("our PEM decodes"), data);
+    assert_eq!(
+        pem_to_der(&der_to_pem(data)).expect("our PEM decodes"),
+        data
+    );
 
     // Bytes as text: the decoders are strict.
     let Ok(text) = std::str::from_utf8(data) else {
@@ -23,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(bytes) = base64_decode(text) {
         let canonical: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-        assert_eq!(base64_encode(&bytes), canonical, "two encodings of one byte string");
+        assert_eq!(
+            base64_encode(&bytes),
+            canonical,
+            "two encodings of one byte string"
+        );
     }
     let _ = is_pem(text);
     if let Ok(der) = pem_to_der(text) {

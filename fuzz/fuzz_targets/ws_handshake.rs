@@ -109,7 +109,9 @@ impl AsyncWrite for Edge<'_> {
 /// The request head holds the lines the client meant to write, and nothing else.
 fn check_request(written: &[u8], credential: &str) {
     let text = std::str::from_utf8(written).expect("the request is text");
-    let head = text.strip_suffix("\r\n\r\n").expect("one head, ending in an empty line");
+    let head = text
+        .strip_suffix("\r\n\r\n")
+        .expect("one head, ending in an empty line");
     let lines: Vec<&str> = head.split("\r\n").collect();
     assert_eq!(lines[0], "GET / HTTP/1.1");
     assert!(lines.iter().all(|l| !l.contains(['\r', '\n'])), "{lines:?}");
@@ -131,7 +133,11 @@ fuzz_target!(|input: &[u8]| {
         script,
         answer: None,
         pos: 0,
-        cut: if *cut == 0 { usize::MAX } else { usize::from(*cut) },
+        cut: if *cut == 0 {
+            usize::MAX
+        } else {
+            usize::from(*cut)
+        },
         written: written.clone(),
     };
     let result = now(client_handshake(

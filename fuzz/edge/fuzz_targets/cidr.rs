@@ -25,7 +25,10 @@ fn octets(ip: IpAddr) -> Vec<u8> {
 /// Do `a` and `b` (same family) agree on their first `bits` bits?
 fn same_prefix(a: IpAddr, b: IpAddr, bits: u8) -> bool {
     let (a, b) = (octets(a), octets(b));
-    assert!(usize::from(bits) <= a.len() * 8, "prefix {bits} longer than the address");
+    assert!(
+        usize::from(bits) <= a.len() * 8,
+        "prefix {bits} longer than the address"
+    );
     (0..usize::from(bits)).all(|i| (a[i / 8] ^ b[i / 8]) & (0x80 >> (i % 8)) == 0)
 }
 
@@ -49,19 +52,26 @@ fuzz_target!(|data: &[u8]| {
     // `trusted-proxies:`: a prefix within the family, and membership by prefix bits.
     if let Ok((net, bits)) = parse_cidr(&text) {
         assert!(bits <= if net.is_ipv4() { 32 } else { 128 });
-        assert!(in_cidr(net, net, bits), "{text:?} does not contain its own address");
+        assert!(
+            in_cidr(net, net, bits),
+            "{text:?} does not contain its own address"
+        );
         let expected = net.is_ipv4() == ip.is_ipv4() && same_prefix(net, ip, bits);
         assert_eq!(in_cidr(ip, net, bits), expected, "{text:?} and {ip}");
     }
 
     // `ip-allow:`: the same, except that an IPv4-mapped IPv6 probe counts as IPv4.
     if let Ok(cidr) = Cidr::parse(&text) {
-        let (net, bits) = parse_cidr(text.trim()).expect("trusted-proxies reads what ip-allow reads");
+        let (net, bits) =
+            parse_cidr(text.trim()).expect("trusted-proxies reads what ip-allow reads");
         let canonical = mailslot::edge::policy::canonical(ip);
         let expected = net.is_ipv4() == canonical.is_ipv4() && same_prefix(net, canonical, bits);
         assert_eq!(cidr.contains(ip), expected, "{text:?} and {ip}");
         if !matches!(net, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()) {
-            assert!(cidr.contains(net), "{text:?} does not contain its own address");
+            assert!(
+                cidr.contains(net),
+                "{text:?} does not contain its own address"
+            );
         }
     }
 });

@@ -46,9 +46,14 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else {
         return;
     };
-    let peer: IpAddr = PEERS[usize::from(pick) % PEERS.len()].parse().expect("valid");
+    let peer: IpAddr = PEERS[usize::from(pick) % PEERS.len()]
+        .parse()
+        .expect("valid");
     // What `HeaderValue::to_str` lets through, as the edge reads the header.
-    if !rest.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+    if !rest
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
         return;
     }
     let xff = String::from_utf8_lossy(rest);
@@ -59,7 +64,10 @@ fuzz_target!(|data: &[u8]| {
     let sent = forwarded_for(peer, Some(&*xff).filter(|_| trusted));
     let sent = sent.to_str().expect("visible ASCII");
     let own = peer.to_string();
-    assert!(sent == own || sent.ends_with(&format!(", {own}")), "{sent:?}");
+    assert!(
+        sent == own || sent.ends_with(&format!(", {own}")),
+        "{sent:?}"
+    );
     if !trusted {
         assert_eq!(sent, own, "an untrusted peer's chain was forwarded");
     }

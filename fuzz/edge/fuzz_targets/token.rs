@@ -82,9 +82,16 @@ fn check(edge: &Edge, text: &str, forged: bool) {
     if let Ok(claims) = &tunnel {
         assert!(claims.expires > NOW);
         let again = token::sign(&edge.key, TUNNEL_PREFIX, claims).expect("claims encode");
-        assert_eq!(token::verify_tunnel(&again, &keys, NOW).as_ref(), Ok(claims));
+        assert_eq!(
+            token::verify_tunnel(&again, &keys, NOW).as_ref(),
+            Ok(claims)
+        );
         if forged {
-            assert_eq!(text.trim(), again, "a tunnel token verifies under another text");
+            assert_eq!(
+                text.trim(),
+                again,
+                "a tunnel token verifies under another text"
+            );
         }
     }
     let access = verify_access(text, &keys, NOW);
@@ -93,7 +100,11 @@ fn check(edge: &Edge, text: &str, forged: bool) {
         let again = sign_access_token(&edge.key, claims).expect("claims encode");
         assert_eq!(verify_access(&again, &keys, NOW).as_ref(), Ok(claims));
         if forged {
-            assert_eq!(text.trim(), again, "an access token verifies under another text");
+            assert_eq!(
+                text.trim(),
+                again,
+                "an access token verifies under another text"
+            );
             assert_eq!(access_token_id(text), access_token_id(&again));
         }
     }
@@ -111,7 +122,9 @@ fn check(edge: &Edge, text: &str, forged: bool) {
     ] {
         let admitted = edge.policy.check(host, kind, peer, &cred, &keys, NOW);
         if admitted.is_ok() {
-            let claims = access.as_ref().expect("admitted with a token that verifies");
+            let claims = access
+                .as_ref()
+                .expect("admitted with a token that verifies");
             assert!(claims.user == "ops" || claims.user == "alice" || host == "db.internal");
         }
     }
