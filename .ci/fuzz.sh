@@ -28,7 +28,7 @@ skipped() {
 if [ "${MAILSLOT_FUZZ:-}" = skip ]; then
     skipped "MAILSLOT_FUZZ=skip is set; no fuzz target ran" 0
 fi
-if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+if ! rustup toolchain list 2>/dev/null | grep '^nightly' >/dev/null; then
     echo "fuzz: installing the nightly toolchain (cargo-fuzz needs it)"
     rustup toolchain install nightly --profile minimal >/dev/null 2>&1 \
         || skipped "no nightly toolchain, and 'rustup toolchain install nightly' failed"
