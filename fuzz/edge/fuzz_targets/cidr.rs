@@ -2,8 +2,10 @@
 //! (`src/edge/policy.rs` `Cidr`) and `trusted-proxies:` (`src/edge/shield.rs`
 //! `parse_cidr`, `in_cidr`). Any text parses to a range or an error, never a panic, and
 //! a range contains exactly the addresses whose first `prefix` bits are its own:
-//! checked bit by bit against the address the input ends with, and against the range's
-//! own address, for IPv4 and IPv6 and every prefix length from 0 to 128.
+//! checked bit by bit against the address the input starts with, and against the
+//! range's own address, for IPv4 and IPv6 and every prefix length from 0 to 128.
+//! `ip-allow` takes an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack
+//! socket shows an IPv4 peer) as IPv4; `trusted-proxies` may do either.
 //!
 //! Input: byte 0 picks the address family of the probe (even IPv4, odd IPv6), the next
 //! 4 or 16 bytes are the probe, the rest is the range's text.
@@ -56,8 +58,16 @@ fuzz_target!(|data: &[u8]| {
             in_cidr(net, net, bits),
             "{text:?} does not contain its own address"
         );
-        let expected = net.is_ipv4() == ip.is_ipv4() && same_prefix(net, ip, bits);
-        assert_eq!(in_cidr(ip, net, bits), expected, "{text:?} and {ip}");
+        let strict = net.is_ipv4() == ip.is_ipv4() && same_prefix(net, ip, bits);
+        // Today an IPv4-mapped probe is not in an IPv4 range here (unlike `ip-allow`);
+        // taking it as IPv4 is as right, but nothing else is.
+        let canonical = mailslot::edge::policy::canonical(ip);
+        let mapped = net.is_ipv4() == canonical.is_ipv4() && same_prefix(net, canonical, bits);
+        let found = in_cidr(ip, net, bits);
+        assert!(
+            found == strict || found == mapped,
+            "{text:?} and {ip}: {found}"
+        );
     }
 
     // `ip-allow:`: the same, except that an IPv4-mapped IPv6 probe counts as IPv4.
