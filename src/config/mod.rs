@@ -196,6 +196,9 @@ pub mod validate;
 #[cfg(feature = "yaml")]
 mod yaml_in;
 #[cfg(feature = "yaml")]
+#[doc(hidden)] // for the fuzz target (fuzz/edge/fuzz_targets/device_yaml.rs)
+pub use yaml_in::compile_str;
+#[cfg(feature = "yaml")]
 pub use yaml_in::parse_duration_ms;
 pub mod yaml_out;
 

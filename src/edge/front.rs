@@ -435,7 +435,8 @@ async fn route(
 
 /// The `X-Forwarded-For` value to send on: the peer's address after a trusted proxy's
 /// `chain`; anyone else's chain is replaced.
-fn forwarded_for(peer: IpAddr, chain: Option<&str>) -> HeaderValue {
+#[doc(hidden)] // pub for the fuzz target (fuzz/edge/fuzz_targets/forwarded_for.rs)
+pub fn forwarded_for(peer: IpAddr, chain: Option<&str>) -> HeaderValue {
     use std::fmt::Write;
     // An address fits in 45 characters: formatted without a heap allocation.
     let mut ip = heapless::String::<48>::new();
