@@ -20,20 +20,22 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use super::proxy::{self, Body, Visitor};
+use super::body::{self, Body};
+use super::forward::Visitor;
+use super::proxy;
 use super::EdgeState;
 
 /// Picks the certificate whose names cover the SNI name, else the edge's own, from the
 /// certificates in force (a reload replaces them for the handshakes after it).
 #[derive(Debug)]
-pub struct SniResolver {
+pub(crate) struct SniResolver {
     certs: tokio::sync::watch::Receiver<Option<Arc<super::Certs>>>,
     /// Whether `certs:` are offered at all (the tunnel listener presents the edge's own).
     by_name: bool,
 }
 
 impl SniResolver {
-    pub fn new(state: &EdgeState, by_name: bool) -> SniResolver {
+    pub(crate) fn new(state: &EdgeState, by_name: bool) -> SniResolver {
         SniResolver {
             certs: state.certs.subscribe(),
             by_name,
@@ -75,7 +77,7 @@ impl ResolvesServerCert for SniResolver {
 /// finish its TLS handshake within `tls-handshake-timeout`, start its first request
 /// within `request-head-timeout`, and is closed after `conn-idle-timeout` without a
 /// request in flight, whatever protocol it speaks.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<EdgeState>,
@@ -337,7 +339,7 @@ async fn serve_conn<I>(
                     .counters
                     .bad_request
                     .fetch_add(1, Ordering::Relaxed);
-                proxy::text(
+                body::text(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "too many request headers",
                 )
@@ -394,7 +396,7 @@ async fn route(
                 .counters
                 .bad_request
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return proxy::text(StatusCode::BAD_REQUEST, why);
+            return body::text(StatusCode::BAD_REQUEST, why);
         }
     };
     let shield = &state.shield;
@@ -420,17 +422,16 @@ async fn route(
         forwarded_for,
         scheme,
     };
-    proxy::handle(
-        &state.registry,
-        &state.pool,
+    let cx = proxy::Ctx {
+        registry: &state.registry,
+        pool: &state.pool,
         shield,
-        state.origin_timeout,
-        req,
-        &host,
-        &authority,
-        &visitor,
-    )
-    .await
+        origin_timeout: state.origin_timeout,
+        visitor: &visitor,
+        host: &host,
+        authority: &authority,
+    };
+    proxy::handle(&cx, req).await
 }
 
 /// The `X-Forwarded-For` value to send on: the peer's address after a trusted proxy's

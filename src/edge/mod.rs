@@ -9,27 +9,37 @@
 //! - [`flood`]: per-address counts (IPv6 per /64) and rate-limited logs against floods.
 //! - [`front`]: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
 //! - [`path`]: the normal form of request paths, made before any rule matches them.
-//! - [`proxy`]: HTTP through tunnel streams, pooled.
+//! - [`proxy`]: one visitor request through a tunnel, as named steps (admit, route,
+//!   attempt with retry, upgrade, respond).
+//! - [`forward`]: header rewriting: smuggling checks, hop-by-hop headers, upgrades,
+//!   `X-Forwarded-*` and `Forwarded`.
+//! - [`stream`]: tunnel streams to an origin (stream header, the connector's reply).
+//! - [`pool`]: keep-alive origin connections inside tunnel streams.
+//! - [`body`]: the edge's body type, its own text responses, bounded request bodies.
 //! - [`policy`]: access policies, service tokens and signed access tokens.
 //! - [`access`]: access clients, public TCP ports, and the gate for HTTP hostnames.
 //! - [`live`]: what a reload of `edge.yml` (SIGHUP) changes while the edge runs.
+//! - [`shield`]: limits, rate limits and counters against abusive visitors.
+//! - [`admin`]: the admin listener (`/tunnels`, `/metrics`).
 
 pub mod access;
 pub mod admin;
-pub mod body;
+pub(crate) mod body;
 pub mod config;
-pub mod flood;
-pub mod front;
+pub(crate) mod flood;
+pub(crate) mod forward;
+pub(crate) mod front;
 pub mod init;
 pub mod live;
 pub mod path;
 pub mod policy;
-pub mod pool;
-pub mod proxy;
+pub(crate) mod pool;
+pub(crate) mod proxy;
 pub mod registry;
 pub mod shield;
+pub(crate) mod stream;
 pub mod token;
-pub mod tunnels;
+pub(crate) mod tunnels;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -208,29 +218,29 @@ pub fn bind_tunnel(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), String>
 
 /// State shared by the edge's tasks.
 pub struct EdgeState {
-    pub name: String,
-    pub registry: Arc<Registry>,
+    pub(crate) name: String,
+    pub(crate) registry: Arc<Registry>,
     /// Keys, revocations and access policies: replaced whole by a reload, watched by
     /// tunnel connections and access streams.
-    pub live: watch::Sender<Arc<Live>>,
+    pub(crate) live: watch::Sender<Arc<Live>>,
     /// The certificates presented to visitors and connectors (set when serving starts,
     /// replaced by a reload); new TLS handshakes read them.
-    pub certs: watch::Sender<Option<Arc<Certs>>>,
+    pub(crate) certs: watch::Sender<Option<Arc<Certs>>>,
     /// Keep-alive origin connections inside tunnel streams.
-    pub pool: Arc<pool::Pool>,
-    pub origin_timeout: Duration,
+    pub(crate) pool: Arc<pool::Pool>,
+    pub(crate) origin_timeout: Duration,
     /// Set when the edge shuts down: connectors are told to go elsewhere.
-    pub going_away: watch::Sender<bool>,
-    pub shield: Arc<shield::Shield>,
+    pub(crate) going_away: watch::Sender<bool>,
+    pub(crate) shield: Arc<shield::Shield>,
     /// Access stream limits.
-    pub access: access::AccessState,
+    pub(crate) access: access::AccessState,
     /// Bearer token the admin listener requires (`admin-token`); a reload replaces it.
-    pub admin_token: watch::Sender<Option<config::AdminToken>>,
+    pub(crate) admin_token: watch::Sender<Option<config::AdminToken>>,
 }
 
 impl EdgeState {
     /// The keys, revocations and policies in force.
-    pub fn live(&self) -> Arc<Live> {
+    pub(crate) fn live(&self) -> Arc<Live> {
         self.live.borrow().clone()
     }
 }

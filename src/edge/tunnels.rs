@@ -80,7 +80,7 @@ impl Handshakes {
 }
 
 /// Accepts QUIC connections until the endpoint closes.
-pub async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
+pub(crate) async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
     let handshakes = Handshakes::new();
     while let Some(incoming) = listener.endpoint.accept().await {
         let remote = incoming.remote_address();
@@ -141,7 +141,7 @@ pub async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
 }
 
 /// Accepts HTTP/2-over-TLS tunnel connections (the fallback) until the task is dropped.
-pub async fn accept_h2(
+pub(crate) async fn accept_h2(
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     state: Arc<EdgeState>,
