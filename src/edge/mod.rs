@@ -50,6 +50,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use config::EdgeConfig;
 use live::Live;
@@ -334,88 +335,11 @@ impl Edge {
     ) -> Result<(), String> {
         let certs = Certs::new(&self.settings.cert, &self.settings.extra_certs)?;
         self.state.certs.send_replace(Some(Arc::new(certs)));
-        // Connectors check the edge's own certificate; `certs:` are for visitors.
-        let mut tunnel_tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(front::SniResolver::new(&self.state, false)));
-        // HTTP/2 tunnel connections on TCP speak only the tunnel protocol; QUIC also
-        // takes access clients.
-        tunnel_tls.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
-        let tunnel_tls_tcp = tunnel_tls.clone();
-        tunnel_tls
-            .alpn_protocols
-            .push(crate::wire::ACCESS_ALPN.to_vec());
-        let tunnel_addr = listeners.tunnel.local_addr().map_err(|e| e.to_string())?;
-        let reset_key = crate::transport::quic::reset_key(self.settings.cert.key.secret_der());
-        let listener = crate::transport::quic::Listener::new(
-            listeners.tunnel,
-            tunnel_tls,
-            self.settings.keepalive,
-            self.settings.idle_timeout,
-            reset_key,
-        )
-        .map_err(|e| format!("tunnel listener on {tunnel_addr}: {e}"))?;
-        let endpoint = listener.endpoint.clone();
-        self.state.pool.spawn_sweeper();
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(tunnels::accept_quic(
-            Arc::new(listener),
-            self.state.clone(),
-        )));
-        match listeners.tunnel_tcp {
-            Some(l) => {
-                l.set_nonblocking(true).map_err(|e| e.to_string())?;
-                let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-                let tcp_addr = l.local_addr().map_err(|e| e.to_string())?;
-                log::info!(
-                    "edge {}: tunnel listener on udp {tunnel_addr} (QUIC) and tcp {tcp_addr} (HTTP/2)",
-                    self.state.name
-                );
-                let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tunnel_tls_tcp));
-                tasks.push(tokio::spawn(tunnels::accept_h2(
-                    l,
-                    tls,
-                    self.state.clone(),
-                    self.settings.keepalive,
-                    self.settings.idle_timeout,
-                )));
-            }
-            None => log::info!(
-                "edge {}: tunnel listener on udp {tunnel_addr} (QUIC)",
-                self.state.name
-            ),
-        }
-        if let Some(l) = listeners.http {
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-            log::info!(
-                "edge {}: HTTP on {}",
-                self.state.name,
-                l.local_addr().map_err(|e| e.to_string())?
-            );
-            tasks.push(tokio::spawn(front::serve(l, None, self.state.clone())));
-        }
-        if let Some(l) = listeners.https {
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-            let tls = self.tls_server_config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
-            log::info!(
-                "edge {}: HTTPS on {}",
-                self.state.name,
-                l.local_addr().map_err(|e| e.to_string())?
-            );
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-            tasks.push(tokio::spawn(front::serve(
-                l,
-                Some(acceptor),
-                self.state.clone(),
-            )));
-        }
+        let endpoint = self.serve_tunnels(listeners.tunnel, listeners.tunnel_tcp, &mut tasks)?;
+        self.serve_visitors(listeners.http, listeners.https, &mut tasks)?;
         if let Some(l) = listeners.admin {
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+            let l = to_tokio(l)?;
             log::info!(
                 "edge {}: admin (/tunnels, /metrics) on {}",
                 self.state.name,
@@ -425,10 +349,7 @@ impl Edge {
         }
         for port in self.tcp_ports {
             let spec = port.spec;
-            port.listener
-                .set_nonblocking(true)
-                .map_err(|e| e.to_string())?;
-            let l = tokio::net::TcpListener::from_std(port.listener).map_err(|e| e.to_string())?;
+            let l = to_tokio(port.listener)?;
             log::info!(
                 "edge {}: TCP port {} for {}",
                 self.state.name,
@@ -442,23 +363,135 @@ impl Edge {
             )));
         }
         shutdown.await;
-        log::info!(
-            "edge {}: shutting down; telling connectors to reconnect elsewhere",
-            self.state.name
-        );
-        self.state.going_away.send_replace(true);
-        let registry = self.state.registry.clone();
-        let all_gone = async {
-            while !registry.all_conns().is_empty() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        let _ = tokio::time::timeout(GO_AWAY_GRACE, all_gone).await;
-        for t in tasks {
-            t.abort();
-        }
-        endpoint.close(0u32.into(), b"edge shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        go_away(&self.state, tasks, endpoint).await;
         Ok(())
     }
+
+    /// The TLS settings of the tunnel listener, for QUIC and for HTTP/2 over TCP.
+    /// Connectors check the edge's own certificate; `certs:` are for visitors.
+    fn tunnel_tls(&self) -> Result<(rustls::ServerConfig, rustls::ServerConfig), String> {
+        let mut quic = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(front::SniResolver::new(&self.state, false)));
+        // HTTP/2 tunnel connections on TCP speak only the tunnel protocol; QUIC also
+        // takes access clients.
+        quic.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
+        let tcp = quic.clone();
+        quic.alpn_protocols.push(crate::wire::ACCESS_ALPN.to_vec());
+        Ok((quic, tcp))
+    }
+
+    /// Starts the tunnel listener: QUIC on `udp` and, when given, HTTP/2 on `tcp`.
+    /// Returns the QUIC endpoint, closed at shutdown.
+    fn serve_tunnels(
+        &self,
+        udp: UdpSocket,
+        tcp: Option<TcpListener>,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Result<quinn::Endpoint, String> {
+        let (quic_tls, tcp_tls) = self.tunnel_tls()?;
+        let tunnel_addr = udp.local_addr().map_err(|e| e.to_string())?;
+        let reset_key = crate::transport::quic::reset_key(self.settings.cert.key.secret_der());
+        let listener = crate::transport::quic::Listener::new(
+            udp,
+            quic_tls,
+            self.settings.keepalive,
+            self.settings.idle_timeout,
+            reset_key,
+        )
+        .map_err(|e| format!("tunnel listener on {tunnel_addr}: {e}"))?;
+        let endpoint = listener.endpoint.clone();
+        self.state.pool.spawn_sweeper();
+        tasks.push(tokio::spawn(tunnels::accept_quic(
+            Arc::new(listener),
+            self.state.clone(),
+        )));
+        let Some(l) = tcp else {
+            log::info!(
+                "edge {}: tunnel listener on udp {tunnel_addr} (QUIC)",
+                self.state.name
+            );
+            return Ok(endpoint);
+        };
+        let l = to_tokio(l)?;
+        let tcp_addr = l.local_addr().map_err(|e| e.to_string())?;
+        log::info!(
+            "edge {}: tunnel listener on udp {tunnel_addr} (QUIC) and tcp {tcp_addr} (HTTP/2)",
+            self.state.name
+        );
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls));
+        tasks.push(tokio::spawn(tunnels::accept_h2(
+            l,
+            tls,
+            self.state.clone(),
+            self.settings.keepalive,
+            self.settings.idle_timeout,
+        )));
+        Ok(endpoint)
+    }
+
+    /// Starts the visitor listeners: HTTP in the clear, and HTTPS (HTTP/2 or HTTP/1.1
+    /// by ALPN).
+    fn serve_visitors(
+        &self,
+        http: Option<TcpListener>,
+        https: Option<TcpListener>,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Result<(), String> {
+        if let Some(l) = http {
+            let l = to_tokio(l)?;
+            log::info!(
+                "edge {}: HTTP on {}",
+                self.state.name,
+                l.local_addr().map_err(|e| e.to_string())?
+            );
+            tasks.push(tokio::spawn(front::serve(l, None, self.state.clone())));
+        }
+        if let Some(l) = https {
+            let l = to_tokio(l)?;
+            let tls = self.tls_server_config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
+            log::info!(
+                "edge {}: HTTPS on {}",
+                self.state.name,
+                l.local_addr().map_err(|e| e.to_string())?
+            );
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            tasks.push(tokio::spawn(front::serve(
+                l,
+                Some(acceptor),
+                self.state.clone(),
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A bound listener, handed to tokio.
+fn to_tokio(l: TcpListener) -> Result<tokio::net::TcpListener, String> {
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())
+}
+
+/// Shuts the edge down: connectors are told to reconnect elsewhere and get
+/// [`GO_AWAY_GRACE`] to leave, then every task stops and the QUIC endpoint closes.
+async fn go_away(state: &EdgeState, tasks: Vec<JoinHandle<()>>, endpoint: quinn::Endpoint) {
+    log::info!(
+        "edge {}: shutting down; telling connectors to reconnect elsewhere",
+        state.name
+    );
+    state.going_away.send_replace(true);
+    let registry = state.registry.clone();
+    let all_gone = async {
+        while !registry.all_conns().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _ = tokio::time::timeout(GO_AWAY_GRACE, all_gone).await;
+    for t in tasks {
+        t.abort();
+    }
+    endpoint.close(0u32.into(), b"edge shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
 }
