@@ -67,7 +67,7 @@ pub struct CertKey {
 
 impl CertKey {
     /// Reads PEM files.
-    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<CertKey, String> {
+    pub(crate) fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<CertKey, String> {
         let chain = CertificateDer::pem_file_iter(cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| format!("{}: {e}", cert.display()))?;
@@ -81,7 +81,7 @@ impl CertKey {
 
     /// The edge's own certificate (`cert`/`key`) and those of `certs:`, from the files
     /// `cfg` names.
-    pub fn load_all(cfg: &EdgeConfig) -> Result<(CertKey, Vec<CertKey>), String> {
+    pub(crate) fn load_all(cfg: &EdgeConfig) -> Result<(CertKey, Vec<CertKey>), String> {
         let own = CertKey::load(&cfg.cert.cert, &cfg.cert.key)?;
         let others = cfg
             .certs
@@ -114,14 +114,14 @@ impl CertKey {
 /// The certificates the edge presents: its own, and those of `certs:`, chosen by the
 /// name a client asks for (SNI). Read at start and again at each reload.
 #[derive(Debug)]
-pub struct Certs {
-    pub default: Arc<CertifiedKey>,
-    pub others: Vec<Arc<CertifiedKey>>,
+pub(crate) struct Certs {
+    pub(crate) default: Arc<CertifiedKey>,
+    pub(crate) others: Vec<Arc<CertifiedKey>>,
 }
 
 impl Certs {
     /// Checks that each key fits its certificate.
-    pub fn new(own: &CertKey, others: &[CertKey]) -> Result<Certs, String> {
+    pub(crate) fn new(own: &CertKey, others: &[CertKey]) -> Result<Certs, String> {
         Ok(Certs {
             default: own.certified().map_err(|e| format!("cert/key: {e}"))?,
             others: others
@@ -133,7 +133,7 @@ impl Certs {
     }
 
     /// Reads the certificate and key files `cfg` names.
-    pub fn load(cfg: &EdgeConfig) -> Result<Certs, String> {
+    pub(crate) fn load(cfg: &EdgeConfig) -> Result<Certs, String> {
         let (own, others) = CertKey::load_all(cfg)?;
         Certs::new(&own, &others)
     }

@@ -1,6 +1,6 @@
 //! Tunnel streams to an origin: opens a data stream on a tunnel connection, sends the
 //! stream header naming the rule, and waits (bounded) for the connector's reply. Used
-//! for pooled HTTP ([`super::pool`]) and raw access streams ([`super::access`]) alike.
+//! for pooled HTTP (`pool`) and raw access streams (`access`) alike.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
