@@ -19,6 +19,19 @@ pub(crate) struct Visitor {
     pub(crate) scheme: &'static str,
 }
 
+/// The `X-Forwarded-For` value to send on: the peer's address after a trusted proxy's
+/// `chain`; anyone else's chain is replaced.
+pub(crate) fn forwarded_for(peer: IpAddr, chain: Option<&str>) -> HeaderValue {
+    use std::fmt::Write;
+    // An address fits in 45 characters: formatted without a heap allocation.
+    let mut ip = heapless::String::<48>::new();
+    let _ = write!(ip, "{peer}");
+    chain
+        .and_then(|chain| HeaderValue::from_str(&format!("{chain}, {ip}")).ok())
+        .or_else(|| HeaderValue::from_str(&ip).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("unknown"))
+}
+
 /// The headers the origin gets for a request whose visitor sent `headers`: hop-by-hop
 /// headers gone, the agreed upgrade (if any) asked for again, `host` as `Host`, and
 /// the forwarding headers [`set_forwarded`] writes.
@@ -246,5 +259,91 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer_to_a_trusted_chain() {
+        let peer = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        assert_eq!(
+            forwarded_for(peer, None),
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert_eq!(
+            forwarded_for(peer, Some("198.51.100.4")),
+            "198.51.100.4, 2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        let v4 = "192.0.2.1".parse().unwrap();
+        assert_eq!(forwarded_for(v4, Some("bad\u{7f}")), "192.0.2.1");
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, HeaderValue::from_static(v));
+            }
+            hygiene(&m)
+        };
+        assert!(h(&[("content-length", "3")]).is_ok());
+        assert!(h(&[("content-length", "3"), ("content-length", "3")]).is_ok());
+        assert!(h(&[("content-length", "3"), ("content-length", "4")]).is_err());
+        assert!(h(&[("transfer-encoding", "chunked")]).is_ok());
+        assert!(h(&[("transfer-encoding", "gzip")]).is_err());
+        assert!(h(&[("transfer-encoding", "chunked"), ("content-length", "3")]).is_err());
+        assert!(h(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked")
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn only_websocket_upgrades_on_get_pass() {
+        let h = |conn: &'static str, up: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONNECTION, HeaderValue::from_static(conn));
+            m.insert(header::UPGRADE, HeaderValue::from_static(up));
+            m
+        };
+        let ws = h("keep-alive, Upgrade", " WebSocket ");
+        assert_eq!(upgrade_of(&Method::GET, &ws).unwrap(), "websocket");
+        assert!(upgrade_of(&Method::POST, &ws).is_none());
+        assert!(upgrade_of(&Method::GET, &h("upgrade", "h2c")).is_none());
+        assert!(upgrade_of(&Method::GET, &h("close", "websocket")).is_none());
+    }
+
+    #[test]
+    fn ports_of_authorities() {
+        assert_eq!(port_of("a.example:8443"), Some(8443));
+        assert_eq!(port_of("a.example"), None);
+        assert_eq!(port_of("[::1]:80"), Some(80));
+        assert_eq!(port_of("[::1]"), None);
+    }
+
+    #[test]
+    fn an_untrusted_peer_chooses_no_forwarding_header() {
+        let visitor = Visitor {
+            peer: "192.0.2.7:5000".parse().unwrap(),
+            client_ip: "192.0.2.7".parse().unwrap(),
+            forwarded_for: HeaderValue::from_static("192.0.2.7"),
+            scheme: "https",
+        };
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", HeaderValue::from_static("for=198.51.100.1"));
+        h.insert("true-client-ip", HeaderValue::from_static("198.51.100.1"));
+        h.insert("x-forwarded-port", HeaderValue::from_static("1"));
+        let authority = HeaderValue::from_static("a.example");
+        set_forwarded(&mut h, &visitor, Some(&authority), false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert_eq!(h["x-forwarded-port"], "443");
+        assert_eq!(h["x-real-ip"], "192.0.2.7");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;host=\"a.example\";proto=https"
+        );
+        assert!(!h.contains_key("true-client-ip"));
     }
 }

@@ -4,12 +4,12 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use super::body::{self, Body};
-use super::forward::Visitor;
+use super::forward::{self, Visitor};
 use super::proxy;
 use super::EdgeState;
 
@@ -415,7 +415,8 @@ async fn route(
         .headers()
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
-    let forwarded_for = forwarded_for(peer.ip(), xff.filter(|_| shield.is_trusted(peer.ip())));
+    let forwarded_for =
+        forward::forwarded_for(peer.ip(), xff.filter(|_| shield.is_trusted(peer.ip())));
     let visitor = Visitor {
         peer,
         client_ip,
@@ -432,19 +433,6 @@ async fn route(
         authority: &authority,
     };
     proxy::handle(&cx, req).await
-}
-
-/// The `X-Forwarded-For` value to send on: the peer's address after a trusted proxy's
-/// `chain`; anyone else's chain is replaced.
-fn forwarded_for(peer: IpAddr, chain: Option<&str>) -> HeaderValue {
-    use std::fmt::Write;
-    // An address fits in 45 characters: formatted without a heap allocation.
-    let mut ip = heapless::String::<48>::new();
-    let _ = write!(ip, "{peer}");
-    chain
-        .and_then(|chain| HeaderValue::from_str(&format!("{chain}, {ip}")).ok())
-        .or_else(|| HeaderValue::from_str(&ip).ok())
-        .unwrap_or_else(|| HeaderValue::from_static("unknown"))
 }
 
 /// The request with its URI's path in normal form ([`super::path`]) and its authority
@@ -516,7 +504,7 @@ fn host_of(authority: &str) -> Result<(String, String), crate::hostname::HostErr
 
 #[cfg(test)]
 mod tests {
-    use super::{forwarded_for, host_of, ConnTable};
+    use super::{host_of, ConnTable};
 
     #[test]
     fn a_full_table_closes_its_oldest_idle_connection() {
@@ -553,20 +541,5 @@ mod tests {
         assert_eq!(h("x"), ("x".into(), "x".into()));
         assert!(host_of("grafana..dev42.example.com").is_err());
         assert!(host_of("a_b.example.com:80").is_err());
-    }
-
-    #[test]
-    fn forwarded_for_appends_the_peer_to_a_trusted_chain() {
-        let peer = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
-        assert_eq!(
-            forwarded_for(peer, None),
-            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
-        );
-        assert_eq!(
-            forwarded_for(peer, Some("198.51.100.4")),
-            "198.51.100.4, 2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
-        );
-        let v4 = "192.0.2.1".parse().unwrap();
-        assert_eq!(forwarded_for(v4, Some("bad\u{7f}")), "192.0.2.1");
     }
 }

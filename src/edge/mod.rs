@@ -13,6 +13,7 @@
 //!   attempt with retry, upgrade, respond).
 //! - [`forward`]: header rewriting: smuggling checks, hop-by-hop headers, upgrades,
 //!   `X-Forwarded-*` and `Forwarded`.
+//! - [`silence`]: requests on a connection whose connector went silent.
 //! - [`stream`]: tunnel streams to an origin (stream header, the connector's reply).
 //! - [`pool`]: keep-alive origin connections inside tunnel streams.
 //! - [`body`]: the edge's body type, its own text responses, bounded request bodies.
@@ -37,6 +38,7 @@ pub(crate) mod pool;
 pub(crate) mod proxy;
 pub mod registry;
 pub mod shield;
+pub(crate) mod silence;
 pub(crate) mod stream;
 pub mod token;
 pub(crate) mod tunnels;

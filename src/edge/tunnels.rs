@@ -561,3 +561,24 @@ async fn register(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Ended;
+
+    #[test]
+    fn end_reasons_read_as_the_log_lines_say() {
+        let by_edge = Ended::ByEdge("tunnel token refused: revoked".into());
+        assert_eq!(
+            by_edge.to_string(),
+            "closed by the edge: tunnel token refused: revoked"
+        );
+        assert_eq!(by_edge.close_reason(), "tunnel token refused: revoked");
+        assert_eq!(Ended::ControlLost.to_string(), "control stream lost");
+        assert_eq!(Ended::RegisteredTwice.to_string(), "registered twice");
+        assert_eq!(Ended::ControlClosed.to_string(), "control stream closed");
+        let closed = Ended::Closed("closed by peer: bye".into());
+        assert_eq!(closed.to_string(), "closed by peer: bye");
+        assert_eq!(closed.close_reason(), "bye");
+    }
+}
