@@ -22,11 +22,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use super::body::{self, Body};
 use super::flood::log_limited;
 use super::live::Live;
 use super::policy::{Denied, HostKind, Identity, TcpPortSpec};
-use super::proxy::{self, Body, DialError};
 use super::registry::Route;
+use super::stream::{self, DialError};
 use super::EdgeState;
 use crate::access::ws::{self, Role, WsStream};
 use crate::transport::{RecvHalf, SendHalf, TunnelStream};
@@ -382,7 +383,7 @@ pub async fn open_raw(
             }
         }
         tried.push(conn.session.id());
-        match proxy::open_tunnel_stream(&conn, rules.generation, rule, StreamKind::Raw, host).await
+        match stream::open_tunnel_stream(&conn, rules.generation, rule, StreamKind::Raw, host).await
         {
             Ok(s) => return Ok(s),
             Err(DialError::Device { message, .. }) => {
@@ -680,7 +681,7 @@ fn status_of(error: AccessError) -> StatusCode {
 
 fn refusal(error: AccessError, message: String) -> Response<Body> {
     let status = status_of(error);
-    let mut resp = proxy::text(status, message);
+    let mut resp = body::text(status, message);
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -762,7 +763,7 @@ async fn upgrade(
     state: &EdgeState,
 ) -> Response<Body> {
     if req.version() != http::Version::HTTP_11 || req.method() != Method::GET {
-        return proxy::text(
+        return body::text(
             StatusCode::BAD_REQUEST,
             "access upgrades need GET over HTTP/1.1",
         );
@@ -778,7 +779,7 @@ async fn upgrade(
         .filter(|k| !k.is_empty() && k.len() <= 64)
         .map(String::from);
     let Some(key) = key.filter(|_| version_ok) else {
-        return proxy::text(
+        return body::text(
             StatusCode::BAD_REQUEST,
             "a WebSocket upgrade needs Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key",
         );

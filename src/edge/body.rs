@@ -1,22 +1,62 @@
-//! Request bodies on their way into a tunnel: the first part is buffered at the edge
-//! (so a slow or broken client never costs the device a stream), the rest streams
-//! with an idle timeout and a size cap.
+//! Bodies at the edge: the one [`Body`] type of everything the edge sends or forwards,
+//! the edge's own small responses ([`text`], [`empty`]), and request bodies on their
+//! way into a tunnel: the first part is buffered at the edge (so a slow or broken
+//! client never costs the device a stream), the rest streams with an idle timeout and
+//! a size cap.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
 /// Errors of bodies the edge forwards.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body type of everything the edge sends or forwards.
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A body of bytes already in hand.
+pub(crate) fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// A small text response from the edge itself: the status line, then `msg` if any.
+pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut body = format!(
+        "{} {}\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let msg = msg.into();
+    if !msg.is_empty() {
+        body.push_str("\nmailslot edge: ");
+        body.push_str(&msg);
+        body.push('\n');
+    }
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
 
 /// How reading the start of a body ended badly.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The body did not arrive in time (slow POST).
     Slow,
     /// Larger than allowed.
@@ -26,7 +66,7 @@ pub enum Refusal {
 }
 
 /// The start of a request body, read before any tunnel stream is opened.
-pub enum Prefix {
+pub(crate) enum Prefix {
     /// The whole body: replayable for a retry.
     Complete(Bytes),
     /// The first bytes, and the rest still to come.
@@ -34,7 +74,7 @@ pub enum Prefix {
 }
 
 /// Reads up to `buffer` bytes (or the whole body if shorter) within `timeout`.
-pub async fn read_prefix(
+pub(crate) async fn read_prefix(
     mut body: Incoming,
     buffer: usize,
     max: u64,
@@ -75,7 +115,7 @@ pub async fn read_prefix(
 }
 
 /// The body sent into the tunnel when the start was buffered and more follows.
-pub struct Guarded {
+pub(crate) struct Guarded {
     prefix: Option<Bytes>,
     inner: Incoming,
     seen: u64,
@@ -85,7 +125,7 @@ pub struct Guarded {
 }
 
 impl Guarded {
-    pub fn new(prefix: Bytes, inner: Incoming, max: u64, idle: Duration) -> Guarded {
+    pub(crate) fn new(prefix: Bytes, inner: Incoming, max: u64, idle: Duration) -> Guarded {
         Guarded {
             seen: prefix.len() as u64,
             prefix: Some(prefix),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// The address a client is counted under: an IPv4 address as is (also when it arrives
 /// as an IPv4-mapped IPv6 address), an IPv6 address by its /64, the prefix one
 /// subscriber gets and can fill with addresses at will.
-pub fn addr_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn addr_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -28,14 +28,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Counts connections per client address (see [`addr_key`]) with a cap per address and
 /// one on the addresses tracked; a slot is given back when its [`AddrSlot`] drops.
-pub struct PerAddr {
+pub(crate) struct PerAddr {
     per_addr: usize,
     max_addrs: usize,
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One connection's place in a [`PerAddr`] count.
-pub struct AddrSlot {
+pub(crate) struct AddrSlot {
     table: Arc<PerAddr>,
     key: IpAddr,
 }
@@ -54,7 +54,7 @@ impl Drop for AddrSlot {
 
 impl PerAddr {
     /// At most `per_addr` connections per address, and `max_addrs` addresses.
-    pub fn new(per_addr: usize, max_addrs: usize) -> Arc<PerAddr> {
+    pub(crate) fn new(per_addr: usize, max_addrs: usize) -> Arc<PerAddr> {
         Arc::new(PerAddr {
             per_addr,
             max_addrs,
@@ -63,7 +63,7 @@ impl PerAddr {
     }
 
     /// A slot for a connection from `ip`, or `None` when its address holds all it may.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddrSlot> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddrSlot> {
         let key = addr_key(ip);
         let mut counts = lock(&self.counts);
         let n = counts.get(&key).copied().unwrap_or(0);
@@ -78,14 +78,15 @@ impl PerAddr {
     }
 
     /// Connections counted for `ip`'s address.
-    pub fn count(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    pub(crate) fn count(&self, ip: IpAddr) -> usize {
         lock(&self.counts).get(&addr_key(ip)).copied().unwrap_or(0)
     }
 }
 
 /// Logs one kind of event at most `burst` times, then once per `every`, each of those
 /// lines saying how many were left out since the last one.
-pub struct LogLimit {
+pub(crate) struct LogLimit {
     every: Duration,
     burst: u32,
     state: Mutex<LogState>,
@@ -98,7 +99,7 @@ struct LogState {
 }
 
 impl LogLimit {
-    pub const fn new(burst: u32, every: Duration) -> LogLimit {
+    pub(crate) const fn new(burst: u32, every: Duration) -> LogLimit {
         LogLimit {
             every,
             burst,
@@ -112,7 +113,7 @@ impl LogLimit {
 
     /// Whether to log this event now: `Some(n)` with the count suppressed before it
     /// (to append as "n more suppressed"), `None` to stay silent.
-    pub fn check(&self) -> Option<u64> {
+    pub(crate) fn check(&self) -> Option<u64> {
         self.check_at(Instant::now())
     }
 

@@ -4,12 +4,12 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -20,20 +20,22 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use super::proxy::{self, Body, Visitor};
+use super::body::{self, Body};
+use super::forward::{self, Visitor};
+use super::proxy;
 use super::EdgeState;
 
 /// Picks the certificate whose names cover the SNI name, else the edge's own, from the
 /// certificates in force (a reload replaces them for the handshakes after it).
 #[derive(Debug)]
-pub struct SniResolver {
+pub(crate) struct SniResolver {
     certs: tokio::sync::watch::Receiver<Option<Arc<super::Certs>>>,
     /// Whether `certs:` are offered at all (the tunnel listener presents the edge's own).
     by_name: bool,
 }
 
 impl SniResolver {
-    pub fn new(state: &EdgeState, by_name: bool) -> SniResolver {
+    pub(crate) fn new(state: &EdgeState, by_name: bool) -> SniResolver {
         SniResolver {
             certs: state.certs.subscribe(),
             by_name,
@@ -75,7 +77,7 @@ impl ResolvesServerCert for SniResolver {
 /// finish its TLS handshake within `tls-handshake-timeout`, start its first request
 /// within `request-head-timeout`, and is closed after `conn-idle-timeout` without a
 /// request in flight, whatever protocol it speaks.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<EdgeState>,
@@ -337,7 +339,7 @@ async fn serve_conn<I>(
                     .counters
                     .bad_request
                     .fetch_add(1, Ordering::Relaxed);
-                proxy::text(
+                body::text(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "too many request headers",
                 )
@@ -394,7 +396,7 @@ async fn route(
                 .counters
                 .bad_request
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return proxy::text(StatusCode::BAD_REQUEST, why);
+            return body::text(StatusCode::BAD_REQUEST, why);
         }
     };
     let shield = &state.shield;
@@ -413,38 +415,24 @@ async fn route(
         .headers()
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
-    let forwarded_for = forwarded_for(peer.ip(), xff.filter(|_| shield.is_trusted(peer.ip())));
+    let forwarded_for =
+        forward::forwarded_for(peer.ip(), xff.filter(|_| shield.is_trusted(peer.ip())));
     let visitor = Visitor {
         peer,
         client_ip,
         forwarded_for,
         scheme,
     };
-    proxy::handle(
-        &state.registry,
-        &state.pool,
+    let cx = proxy::Ctx {
+        registry: &state.registry,
+        pool: &state.pool,
         shield,
-        state.origin_timeout,
-        req,
-        &host,
-        &authority,
-        &visitor,
-    )
-    .await
-}
-
-/// The `X-Forwarded-For` value to send on: the peer's address after a trusted proxy's
-/// `chain`; anyone else's chain is replaced.
-#[doc(hidden)] // pub for the fuzz target (fuzz/edge/fuzz_targets/forwarded_for.rs)
-pub fn forwarded_for(peer: IpAddr, chain: Option<&str>) -> HeaderValue {
-    use std::fmt::Write;
-    // An address fits in 45 characters: formatted without a heap allocation.
-    let mut ip = heapless::String::<48>::new();
-    let _ = write!(ip, "{peer}");
-    chain
-        .and_then(|chain| HeaderValue::from_str(&format!("{chain}, {ip}")).ok())
-        .or_else(|| HeaderValue::from_str(&ip).ok())
-        .unwrap_or_else(|| HeaderValue::from_static("unknown"))
+        origin_timeout: state.origin_timeout,
+        visitor: &visitor,
+        host: &host,
+        authority: &authority,
+    };
+    proxy::handle(&cx, req).await
 }
 
 /// The request with its URI's path in normal form ([`super::path`]) and its authority
@@ -516,7 +504,7 @@ fn host_of(authority: &str) -> Result<(String, String), crate::hostname::HostErr
 
 #[cfg(test)]
 mod tests {
-    use super::{forwarded_for, host_of, ConnTable};
+    use super::{host_of, ConnTable};
 
     #[test]
     fn a_full_table_closes_its_oldest_idle_connection() {
@@ -553,20 +541,5 @@ mod tests {
         assert_eq!(h("x"), ("x".into(), "x".into()));
         assert!(host_of("grafana..dev42.example.com").is_err());
         assert!(host_of("a_b.example.com:80").is_err());
-    }
-
-    #[test]
-    fn forwarded_for_appends_the_peer_to_a_trusted_chain() {
-        let peer = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
-        assert_eq!(
-            forwarded_for(peer, None),
-            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
-        );
-        assert_eq!(
-            forwarded_for(peer, Some("198.51.100.4")),
-            "198.51.100.4, 2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
-        );
-        let v4 = "192.0.2.1".parse().unwrap();
-        assert_eq!(forwarded_for(v4, Some("bad\u{7f}")), "192.0.2.1");
     }
 }

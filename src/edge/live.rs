@@ -30,20 +30,20 @@ use super::{init, token, Certs, EdgeState};
 
 /// The part of the edge's config that a reload replaces.
 #[derive(Debug, Default)]
-pub struct Live {
+pub(crate) struct Live {
     /// Public keys that tunnel and access tokens must verify against.
-    pub verify_keys: Vec<[u8; 32]>,
+    pub(crate) verify_keys: Vec<[u8; 32]>,
     /// Tunnel ids refused although their tokens verify.
-    pub revoked: HashSet<[u8; 16]>,
+    pub(crate) revoked: HashSet<[u8; 16]>,
     /// Access policies, service tokens and revoked access tokens.
-    pub policy: AccessPolicy,
+    pub(crate) policy: AccessPolicy,
     /// 0 at start, then one more per successful reload.
-    pub generation: u64,
+    pub(crate) generation: u64,
 }
 
 impl Live {
     /// Reads the key, secret and policy files `cfg` names.
-    pub fn load(cfg: &EdgeConfig) -> Result<Live, String> {
+    pub(crate) fn load(cfg: &EdgeConfig) -> Result<Live, String> {
         Ok(Live {
             verify_keys: load_verify_keys(cfg)?,
             revoked: cfg.revoked_tunnels.iter().copied().collect(),
@@ -54,7 +54,7 @@ impl Live {
 }
 
 /// The public keys tokens are checked against: the signing key's, then `verify-keys`.
-pub fn load_verify_keys(cfg: &EdgeConfig) -> Result<Vec<[u8; 32]>, String> {
+pub(crate) fn load_verify_keys(cfg: &EdgeConfig) -> Result<Vec<[u8; 32]>, String> {
     let mut keys = Vec::new();
     if let Some(path) = &cfg.signing_key {
         keys.push(init::public_key_of(&init::load_signing_key(path)?));

@@ -9,27 +9,43 @@
 //! - [`flood`]: per-address counts (IPv6 per /64) and rate-limited logs against floods.
 //! - [`front`]: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
 //! - [`path`]: the normal form of request paths, made before any rule matches them.
-//! - [`proxy`]: HTTP through tunnel streams, pooled.
+//! - [`proxy`]: one visitor request through a tunnel, as named steps (admit, route,
+//!   attempt with retry, upgrade, respond).
+//! - [`forward`]: header rewriting: smuggling checks, hop-by-hop headers, upgrades,
+//!   `X-Forwarded-*` and `Forwarded`.
+//! - [`silence`]: requests on a connection whose connector went silent.
+//! - [`stream`]: tunnel streams to an origin (stream header, the connector's reply).
+//! - [`pool`]: keep-alive origin connections inside tunnel streams.
+//! - [`body`]: the edge's body type, its own text responses, bounded request bodies.
 //! - [`policy`]: access policies, service tokens and signed access tokens.
 //! - [`access`]: access clients, public TCP ports, and the gate for HTTP hostnames.
 //! - [`live`]: what a reload of `edge.yml` (SIGHUP) changes while the edge runs.
+//! - [`shield`]: limits, rate limits and counters against abusive visitors.
+//! - [`admin`]: the admin listener (`/tunnels`, `/metrics`).
 
 pub mod access;
 pub mod admin;
-pub mod body;
+pub(crate) mod body;
 pub mod config;
-pub mod flood;
-pub mod front;
+pub(crate) mod flood;
+pub(crate) mod forward;
+pub(crate) mod front;
 pub mod init;
 pub mod live;
 pub mod path;
 pub mod policy;
-pub mod pool;
-pub mod proxy;
+pub(crate) mod pool;
+pub(crate) mod proxy;
 pub mod registry;
 pub mod shield;
+pub(crate) mod silence;
+pub(crate) mod stream;
 pub mod token;
-pub mod tunnels;
+pub(crate) mod tunnels;
+
+/// For the fuzz target `fuzz/edge/fuzz_targets/forwarded_for.rs`.
+#[doc(hidden)]
+pub use forward::forwarded_for;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -40,6 +56,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use config::EdgeConfig;
 use live::Live;
@@ -56,7 +73,7 @@ pub struct CertKey {
 
 impl CertKey {
     /// Reads PEM files.
-    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<CertKey, String> {
+    pub(crate) fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<CertKey, String> {
         let chain = CertificateDer::pem_file_iter(cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| format!("{}: {e}", cert.display()))?;
@@ -70,7 +87,7 @@ impl CertKey {
 
     /// The edge's own certificate (`cert`/`key`) and those of `certs:`, from the files
     /// `cfg` names.
-    pub fn load_all(cfg: &EdgeConfig) -> Result<(CertKey, Vec<CertKey>), String> {
+    pub(crate) fn load_all(cfg: &EdgeConfig) -> Result<(CertKey, Vec<CertKey>), String> {
         let own = CertKey::load(&cfg.cert.cert, &cfg.cert.key)?;
         let others = cfg
             .certs
@@ -103,14 +120,14 @@ impl CertKey {
 /// The certificates the edge presents: its own, and those of `certs:`, chosen by the
 /// name a client asks for (SNI). Read at start and again at each reload.
 #[derive(Debug)]
-pub struct Certs {
-    pub default: Arc<CertifiedKey>,
-    pub others: Vec<Arc<CertifiedKey>>,
+pub(crate) struct Certs {
+    pub(crate) default: Arc<CertifiedKey>,
+    pub(crate) others: Vec<Arc<CertifiedKey>>,
 }
 
 impl Certs {
     /// Checks that each key fits its certificate.
-    pub fn new(own: &CertKey, others: &[CertKey]) -> Result<Certs, String> {
+    pub(crate) fn new(own: &CertKey, others: &[CertKey]) -> Result<Certs, String> {
         Ok(Certs {
             default: own.certified().map_err(|e| format!("cert/key: {e}"))?,
             others: others
@@ -122,7 +139,7 @@ impl Certs {
     }
 
     /// Reads the certificate and key files `cfg` names.
-    pub fn load(cfg: &EdgeConfig) -> Result<Certs, String> {
+    pub(crate) fn load(cfg: &EdgeConfig) -> Result<Certs, String> {
         let (own, others) = CertKey::load_all(cfg)?;
         Certs::new(&own, &others)
     }
@@ -208,29 +225,29 @@ pub fn bind_tunnel(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), String>
 
 /// State shared by the edge's tasks.
 pub struct EdgeState {
-    pub name: String,
-    pub registry: Arc<Registry>,
+    pub(crate) name: String,
+    pub(crate) registry: Arc<Registry>,
     /// Keys, revocations and access policies: replaced whole by a reload, watched by
     /// tunnel connections and access streams.
-    pub live: watch::Sender<Arc<Live>>,
+    pub(crate) live: watch::Sender<Arc<Live>>,
     /// The certificates presented to visitors and connectors (set when serving starts,
     /// replaced by a reload); new TLS handshakes read them.
-    pub certs: watch::Sender<Option<Arc<Certs>>>,
+    pub(crate) certs: watch::Sender<Option<Arc<Certs>>>,
     /// Keep-alive origin connections inside tunnel streams.
-    pub pool: Arc<pool::Pool>,
-    pub origin_timeout: Duration,
+    pub(crate) pool: Arc<pool::Pool>,
+    pub(crate) origin_timeout: Duration,
     /// Set when the edge shuts down: connectors are told to go elsewhere.
-    pub going_away: watch::Sender<bool>,
-    pub shield: Arc<shield::Shield>,
+    pub(crate) going_away: watch::Sender<bool>,
+    pub(crate) shield: Arc<shield::Shield>,
     /// Access stream limits.
-    pub access: access::AccessState,
+    pub(crate) access: access::AccessState,
     /// Bearer token the admin listener requires (`admin-token`); a reload replaces it.
-    pub admin_token: watch::Sender<Option<config::AdminToken>>,
+    pub(crate) admin_token: watch::Sender<Option<config::AdminToken>>,
 }
 
 impl EdgeState {
     /// The keys, revocations and policies in force.
-    pub fn live(&self) -> Arc<Live> {
+    pub(crate) fn live(&self) -> Arc<Live> {
         self.live.borrow().clone()
     }
 }
@@ -324,88 +341,11 @@ impl Edge {
     ) -> Result<(), String> {
         let certs = Certs::new(&self.settings.cert, &self.settings.extra_certs)?;
         self.state.certs.send_replace(Some(Arc::new(certs)));
-        // Connectors check the edge's own certificate; `certs:` are for visitors.
-        let mut tunnel_tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(front::SniResolver::new(&self.state, false)));
-        // HTTP/2 tunnel connections on TCP speak only the tunnel protocol; QUIC also
-        // takes access clients.
-        tunnel_tls.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
-        let tunnel_tls_tcp = tunnel_tls.clone();
-        tunnel_tls
-            .alpn_protocols
-            .push(crate::wire::ACCESS_ALPN.to_vec());
-        let tunnel_addr = listeners.tunnel.local_addr().map_err(|e| e.to_string())?;
-        let reset_key = crate::transport::quic::reset_key(self.settings.cert.key.secret_der());
-        let listener = crate::transport::quic::Listener::new(
-            listeners.tunnel,
-            tunnel_tls,
-            self.settings.keepalive,
-            self.settings.idle_timeout,
-            reset_key,
-        )
-        .map_err(|e| format!("tunnel listener on {tunnel_addr}: {e}"))?;
-        let endpoint = listener.endpoint.clone();
-        self.state.pool.spawn_sweeper();
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(tunnels::accept_quic(
-            Arc::new(listener),
-            self.state.clone(),
-        )));
-        match listeners.tunnel_tcp {
-            Some(l) => {
-                l.set_nonblocking(true).map_err(|e| e.to_string())?;
-                let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-                let tcp_addr = l.local_addr().map_err(|e| e.to_string())?;
-                log::info!(
-                    "edge {}: tunnel listener on udp {tunnel_addr} (QUIC) and tcp {tcp_addr} (HTTP/2)",
-                    self.state.name
-                );
-                let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tunnel_tls_tcp));
-                tasks.push(tokio::spawn(tunnels::accept_h2(
-                    l,
-                    tls,
-                    self.state.clone(),
-                    self.settings.keepalive,
-                    self.settings.idle_timeout,
-                )));
-            }
-            None => log::info!(
-                "edge {}: tunnel listener on udp {tunnel_addr} (QUIC)",
-                self.state.name
-            ),
-        }
-        if let Some(l) = listeners.http {
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-            log::info!(
-                "edge {}: HTTP on {}",
-                self.state.name,
-                l.local_addr().map_err(|e| e.to_string())?
-            );
-            tasks.push(tokio::spawn(front::serve(l, None, self.state.clone())));
-        }
-        if let Some(l) = listeners.https {
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-            let tls = self.tls_server_config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
-            log::info!(
-                "edge {}: HTTPS on {}",
-                self.state.name,
-                l.local_addr().map_err(|e| e.to_string())?
-            );
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-            tasks.push(tokio::spawn(front::serve(
-                l,
-                Some(acceptor),
-                self.state.clone(),
-            )));
-        }
+        let endpoint = self.serve_tunnels(listeners.tunnel, listeners.tunnel_tcp, &mut tasks)?;
+        self.serve_visitors(listeners.http, listeners.https, &mut tasks)?;
         if let Some(l) = listeners.admin {
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+            let l = to_tokio(l)?;
             log::info!(
                 "edge {}: admin (/tunnels, /metrics) on {}",
                 self.state.name,
@@ -415,10 +355,7 @@ impl Edge {
         }
         for port in self.tcp_ports {
             let spec = port.spec;
-            port.listener
-                .set_nonblocking(true)
-                .map_err(|e| e.to_string())?;
-            let l = tokio::net::TcpListener::from_std(port.listener).map_err(|e| e.to_string())?;
+            let l = to_tokio(port.listener)?;
             log::info!(
                 "edge {}: TCP port {} for {}",
                 self.state.name,
@@ -432,23 +369,135 @@ impl Edge {
             )));
         }
         shutdown.await;
-        log::info!(
-            "edge {}: shutting down; telling connectors to reconnect elsewhere",
-            self.state.name
-        );
-        self.state.going_away.send_replace(true);
-        let registry = self.state.registry.clone();
-        let all_gone = async {
-            while !registry.all_conns().is_empty() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        let _ = tokio::time::timeout(GO_AWAY_GRACE, all_gone).await;
-        for t in tasks {
-            t.abort();
-        }
-        endpoint.close(0u32.into(), b"edge shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        go_away(&self.state, tasks, endpoint).await;
         Ok(())
     }
+
+    /// The TLS settings of the tunnel listener, for QUIC and for HTTP/2 over TCP.
+    /// Connectors check the edge's own certificate; `certs:` are for visitors.
+    fn tunnel_tls(&self) -> Result<(rustls::ServerConfig, rustls::ServerConfig), String> {
+        let mut quic = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(front::SniResolver::new(&self.state, false)));
+        // HTTP/2 tunnel connections on TCP speak only the tunnel protocol; QUIC also
+        // takes access clients.
+        quic.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
+        let tcp = quic.clone();
+        quic.alpn_protocols.push(crate::wire::ACCESS_ALPN.to_vec());
+        Ok((quic, tcp))
+    }
+
+    /// Starts the tunnel listener: QUIC on `udp` and, when given, HTTP/2 on `tcp`.
+    /// Returns the QUIC endpoint, closed at shutdown.
+    fn serve_tunnels(
+        &self,
+        udp: UdpSocket,
+        tcp: Option<TcpListener>,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Result<quinn::Endpoint, String> {
+        let (quic_tls, tcp_tls) = self.tunnel_tls()?;
+        let tunnel_addr = udp.local_addr().map_err(|e| e.to_string())?;
+        let reset_key = crate::transport::quic::reset_key(self.settings.cert.key.secret_der());
+        let listener = crate::transport::quic::Listener::new(
+            udp,
+            quic_tls,
+            self.settings.keepalive,
+            self.settings.idle_timeout,
+            reset_key,
+        )
+        .map_err(|e| format!("tunnel listener on {tunnel_addr}: {e}"))?;
+        let endpoint = listener.endpoint.clone();
+        self.state.pool.spawn_sweeper();
+        tasks.push(tokio::spawn(tunnels::accept_quic(
+            Arc::new(listener),
+            self.state.clone(),
+        )));
+        let Some(l) = tcp else {
+            log::info!(
+                "edge {}: tunnel listener on udp {tunnel_addr} (QUIC)",
+                self.state.name
+            );
+            return Ok(endpoint);
+        };
+        let l = to_tokio(l)?;
+        let tcp_addr = l.local_addr().map_err(|e| e.to_string())?;
+        log::info!(
+            "edge {}: tunnel listener on udp {tunnel_addr} (QUIC) and tcp {tcp_addr} (HTTP/2)",
+            self.state.name
+        );
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls));
+        tasks.push(tokio::spawn(tunnels::accept_h2(
+            l,
+            tls,
+            self.state.clone(),
+            self.settings.keepalive,
+            self.settings.idle_timeout,
+        )));
+        Ok(endpoint)
+    }
+
+    /// Starts the visitor listeners: HTTP in the clear, and HTTPS (HTTP/2 or HTTP/1.1
+    /// by ALPN).
+    fn serve_visitors(
+        &self,
+        http: Option<TcpListener>,
+        https: Option<TcpListener>,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Result<(), String> {
+        if let Some(l) = http {
+            let l = to_tokio(l)?;
+            log::info!(
+                "edge {}: HTTP on {}",
+                self.state.name,
+                l.local_addr().map_err(|e| e.to_string())?
+            );
+            tasks.push(tokio::spawn(front::serve(l, None, self.state.clone())));
+        }
+        if let Some(l) = https {
+            let l = to_tokio(l)?;
+            let tls = self.tls_server_config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
+            log::info!(
+                "edge {}: HTTPS on {}",
+                self.state.name,
+                l.local_addr().map_err(|e| e.to_string())?
+            );
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            tasks.push(tokio::spawn(front::serve(
+                l,
+                Some(acceptor),
+                self.state.clone(),
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A bound listener, handed to tokio.
+fn to_tokio(l: TcpListener) -> Result<tokio::net::TcpListener, String> {
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())
+}
+
+/// Shuts the edge down: connectors are told to reconnect elsewhere and get
+/// [`GO_AWAY_GRACE`] to leave, then every task stops and the QUIC endpoint closes.
+async fn go_away(state: &EdgeState, tasks: Vec<JoinHandle<()>>, endpoint: quinn::Endpoint) {
+    log::info!(
+        "edge {}: shutting down; telling connectors to reconnect elsewhere",
+        state.name
+    );
+    state.going_away.send_replace(true);
+    let registry = state.registry.clone();
+    let all_gone = async {
+        while !registry.all_conns().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _ = tokio::time::timeout(GO_AWAY_GRACE, all_gone).await;
+    for t in tasks {
+        t.abort();
+    }
+    endpoint.close(0u32.into(), b"edge shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
 }

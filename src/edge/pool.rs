@@ -26,16 +26,17 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use super::proxy::{open_tunnel_stream, Body, DialError};
+use super::body::Body;
 use super::registry::Conn;
+use super::stream::{open_tunnel_stream, DialError};
 use crate::wire::StreamKind;
 
 /// Idle connections are closed after this long.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most idle connections per (tunnel connection, generation, rule).
-pub const MAX_IDLE_PER_KEY: usize = 64;
+pub(crate) const MAX_IDLE_PER_KEY: usize = 64;
 /// Most idle connections in all.
-pub const MAX_IDLE: usize = 4096;
+pub(crate) const MAX_IDLE: usize = 4096;
 /// How often closed and expired connections are swept out.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
@@ -56,7 +57,7 @@ struct Table {
 
 /// Why a request could not be forwarded.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// No tunnel stream: the tunnel connection failed, or the connector could not
     /// reach the origin.
     Dial(DialError),
@@ -65,7 +66,7 @@ pub enum SendError {
 }
 
 /// The pool of origin connections of one edge.
-pub struct Pool {
+pub(crate) struct Pool {
     table: Mutex<Table>,
     builder: http1::Builder,
 }
@@ -82,7 +83,7 @@ impl Default for Pool {
 impl Pool {
     /// Closes idle connections that expired or whose stream is gone, every
     /// 15 s, for as long as the pool exists.
-    pub fn spawn_sweeper(self: &Arc<Self>) {
+    pub(crate) fn spawn_sweeper(self: &Arc<Self>) {
         let pool: Weak<Pool> = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -124,12 +125,13 @@ impl Pool {
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            if idle[i].tx.is_closed() || now.duration_since(idle[i].since) >= IDLE_TIMEOUT {
+            let Some(candidate) = idle.get(i) else { break };
+            if candidate.tx.is_closed() || now.duration_since(candidate.since) >= IDLE_TIMEOUT {
                 idle.swap_remove(i);
                 removed += 1;
                 continue;
             }
-            if *idle[i].host == *host {
+            if *candidate.host == *host {
                 taken = Some(idle.remove(i));
                 removed += 1;
                 break;
@@ -158,7 +160,7 @@ impl Pool {
 
     /// Sends `req` (origin-form target, `Host` set) to the origin of `rule` through
     /// `conn`, on an idle connection when there is one.
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         conn: &Conn,
         generation: u32,
@@ -245,7 +247,7 @@ impl Back {
 
 /// A response body from the origin; its connection returns to the pool when the body
 /// has been read to its end.
-pub struct PooledBody {
+pub(crate) struct PooledBody {
     body: Incoming,
     back: Option<Back>,
 }

@@ -1,6 +1,7 @@
 //! The tunnel listener: accepts connector connections, runs the control handshake
 //! (hello, register, verify the token, claim hostnames) and keeps the registry current.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use super::token::verify_tunnel;
 use super::EdgeState;
 use crate::connector::hex;
 use crate::transport::quic::{describe_close, Listener};
-use crate::transport::Session;
+use crate::transport::{Session, TunnelStream};
 use crate::wire::{self, ConnectorMsg, EdgeMsg, RegisterTail, PROTOCOL_VERSION};
 
 /// Time a connector has to register after connecting.
@@ -80,7 +81,7 @@ impl Handshakes {
 }
 
 /// Accepts QUIC connections until the endpoint closes.
-pub async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
+pub(crate) async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
     let handshakes = Handshakes::new();
     while let Some(incoming) = listener.endpoint.accept().await {
         let remote = incoming.remote_address();
@@ -141,7 +142,7 @@ pub async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) {
 }
 
 /// Accepts HTTP/2-over-TLS tunnel connections (the fallback) until the task is dropped.
-pub async fn accept_h2(
+pub(crate) async fn accept_h2(
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     state: Arc<EdgeState>,
@@ -216,10 +217,69 @@ pub async fn accept_h2(
 /// Runs one tunnel connection: handshake, then its control stream until it ends.
 async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Option<HandshakeSlot>) {
     let remote = session.remote_addr();
-    let registered = tokio::time::timeout(REGISTER_TIMEOUT, register(&session, &state)).await;
+    let Some((conn, control)) = register_in_time(&session, &state, permit).await else {
+        return;
+    };
+    let who = describe(&conn, remote, session.protocol());
+    log::info!("{who}: registered");
+    let ended = serve_control(&session, &state, &conn, control, &who).await;
+    state.registry.remove(&conn);
+    session.close(&wire::bounded_reason(ended.close_reason()));
+    log::info!("{who}: disconnected: {ended}");
+}
+
+/// Why a registered tunnel connection ended: the end of its `disconnected:` log line.
+#[derive(Debug)]
+enum Ended {
+    /// The edge closed it (token expired, tunnel revoked), telling the connector why.
+    ByEdge(String),
+    /// A reply on the control stream could not be written.
+    ControlLost,
+    /// The connector sent a second registration.
+    RegisteredTwice,
+    /// The connector closed the control stream.
+    ControlClosed,
+    /// The control stream carried something unreadable.
+    Control(wire::WireError),
+    /// The connection closed, for the transport's reason.
+    Closed(String),
+}
+
+impl Ended {
+    /// The reason the connection is closed with.
+    fn close_reason(&self) -> String {
+        match self {
+            Ended::ByEdge(reason) => reason.clone(),
+            _ => "bye".to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::ByEdge(reason) => write!(f, "closed by the edge: {reason}"),
+            Ended::ControlLost => f.write_str("control stream lost"),
+            Ended::RegisteredTwice => f.write_str("registered twice"),
+            Ended::ControlClosed => f.write_str("control stream closed"),
+            Ended::Control(e) => write!(f, "control stream: {e}"),
+            Ended::Closed(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Registers `session` within [`REGISTER_TIMEOUT`], then gives back its handshake slot.
+/// `None`: refused or too slow (logged, and the connection closed).
+async fn register_in_time(
+    session: &Session,
+    state: &Arc<EdgeState>,
+    permit: Option<HandshakeSlot>,
+) -> Option<(Arc<Conn>, TunnelStream)> {
+    let remote = session.remote_addr();
+    let registered = tokio::time::timeout(REGISTER_TIMEOUT, register(session, state)).await;
     drop(permit);
-    let (conn, mut control) = match registered {
-        Ok(Ok(x)) => x,
+    match registered {
+        Ok(Ok(x)) => Some(x),
         Ok(Err(e)) => {
             log_limited!(
                 HANDSHAKE_LOG,
@@ -227,7 +287,7 @@ async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Optio
                 "tunnel connection from {remote} refused: {e}"
             );
             session.close(&wire::bounded_reason(e));
-            return;
+            None
         }
         Err(_) => {
             log_limited!(
@@ -236,27 +296,43 @@ async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Optio
                 "tunnel connection from {remote} did not register in time"
             );
             session.close("registration timed out");
-            return;
+            None
         }
-    };
-    let who = format!(
-        "tunnel {} ({}) connector {} #{} from {remote} over {}",
+    }
+}
+
+/// How a connection's log lines name it.
+fn describe(conn: &Conn, remote: SocketAddr, protocol: impl std::fmt::Display) -> String {
+    let mut connector = hex(&conn.connector_id);
+    connector.truncate(8);
+    format!(
+        "tunnel {} ({}) connector {connector} #{} from {} over {}",
         conn.tunnel_name,
         hex(&conn.tunnel_id),
-        &hex(&conn.connector_id)[..8],
         conn.index,
-        session.protocol()
-    );
-    log::info!("{who}: registered");
+        remote,
+        protocol
+    )
+}
+
+/// Serves a registered connection's control stream until the connection ends: the
+/// connector's messages, its token's expiry, revocations by a reload, and the edge's
+/// own shutdown.
+async fn serve_control(
+    session: &Session,
+    state: &Arc<EdgeState>,
+    conn: &Arc<Conn>,
+    mut control: TunnelStream,
+    who: &str,
+) -> Ended {
     let mut going_away = state.going_away.subscribe();
     // Registration read the revocations before this subscription: look once more.
     let mut live = state.live.subscribe();
     live.mark_changed();
     let mut live_open = true;
-    let mut close_reason = "bye".to_string();
     let expiry = tokio::time::sleep(until_expiry(conn.claims.expires).min(EXPIRY_RECHECK));
     tokio::pin!(expiry);
-    let why = loop {
+    loop {
         tokio::select! {
             () = &mut expiry => {
                 // The timer may fire a little early (clock steps): look at the clock.
@@ -265,18 +341,7 @@ async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Optio
                     expiry.as_mut().reset(tokio::time::Instant::now() + left.min(EXPIRY_RECHECK));
                     continue;
                 }
-                close_reason = expired_reason(&conn.tunnel_name, conn.claims.expires);
-                let msg = EdgeMsg::GoAway { reason: wire::bounded_reason(close_reason.clone()) };
-                // Told why, the connector leaves on its own; the edge closes after a
-                // moment either way (closing at once could overtake the message).
-                conn.set_draining();
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    if wire::write_control(&mut control.send, &msg).await.is_ok() {
-                        session.closed().await;
-                    }
-                })
-                .await;
-                break format!("closed by the edge: {close_reason}");
+                return expire(session, conn, &mut control).await;
             }
             changed = live.changed(), if live_open => {
                 if changed.is_err() {
@@ -284,57 +349,94 @@ async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Optio
                     continue;
                 }
                 if live.borrow_and_update().revoked.contains(&conn.tunnel_id) {
-                    close_reason = revoked_reason(&conn.tunnel_name, &conn.tunnel_id);
-                    break format!("closed by the edge: {close_reason}");
+                    return Ended::ByEdge(revoked_reason(&conn.tunnel_name, &conn.tunnel_id));
                 }
             }
-            msg = wire::read_control::<_, ConnectorMsg>(&mut control.recv) => match msg {
-                Ok(ConnectorMsg::Draining) => {
-                    conn.set_draining();
-                    log::info!("{who}: draining");
+            msg = wire::read_control::<_, ConnectorMsg>(&mut control.recv) => {
+                if let Some(ended) = on_message(msg, state, conn, &mut control, who).await {
+                    return ended;
                 }
-                Ok(ConnectorMsg::UpdateRules { .. }) if until_expiry(conn.claims.expires).is_zero() => {
-                    close_reason = expired_reason(&conn.tunnel_name, conn.claims.expires);
-                    log::warn!("{who}: rule table refused: {close_reason}");
-                    let reply = EdgeMsg::Refused { reason: wire::bounded_reason(close_reason.clone()), permanent: true };
-                    let _ = wire::write_control(&mut control.send, &reply).await;
-                    break format!("closed by the edge: {close_reason}");
-                }
-                Ok(ConnectorMsg::UpdateRules { generation, rules }) => {
-                    let reply = match Rules::compile(generation, &rules, &conn.claims)
-                        .and_then(|r| state.registry.update_rules(&conn, r))
-                    {
-                        Ok(()) => {
-                            log::info!("{who}: rule table {generation} applied");
-                            EdgeMsg::RulesAccepted { generation }
-                        }
-                        Err(reason) => {
-                            log::warn!("{who}: rule table {generation} refused: {reason}");
-                            EdgeMsg::Refused { reason: wire::bounded_reason(reason), permanent: true }
-                        }
-                    };
-                    if wire::write_control(&mut control.send, &reply).await.is_err() {
-                        break "control stream lost".into();
-                    }
-                }
-                Ok(ConnectorMsg::Register(_)) => break "registered twice".into(),
-                Err(wire::WireError::Closed) => break "control stream closed".into(),
-                Err(e) => break format!("control stream: {e}"),
-            },
-            reason = session.closed() => break reason,
+            }
+            reason = session.closed() => return Ended::Closed(reason),
             _ = async { let _ = going_away.wait_for(|g| *g).await; } => {
                 let msg = EdgeMsg::GoAway { reason: "edge shutting down".into() };
                 let _ = wire::write_control(&mut control.send, &msg).await;
                 // Keep serving streams in flight until the connector leaves or the
                 // edge's own shutdown closes the endpoint.
                 conn.set_draining();
-                break session.closed().await;
+                return Ended::Closed(session.closed().await);
             }
         }
+    }
+}
+
+/// The connection's token expired: the connector is told why and leaves on its own;
+/// the edge closes after a moment either way (closing at once could overtake the
+/// message).
+async fn expire(session: &Session, conn: &Conn, control: &mut TunnelStream) -> Ended {
+    let reason = expired_reason(&conn.tunnel_name, conn.claims.expires);
+    let msg = EdgeMsg::GoAway {
+        reason: wire::bounded_reason(reason.clone()),
     };
-    state.registry.remove(&conn);
-    session.close(&wire::bounded_reason(close_reason));
-    log::info!("{who}: disconnected: {why}");
+    conn.set_draining();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if wire::write_control(&mut control.send, &msg).await.is_ok() {
+            session.closed().await;
+        }
+    })
+    .await;
+    Ended::ByEdge(reason)
+}
+
+/// Acts on one message from the connector; `Some` when the connection ends.
+async fn on_message(
+    msg: Result<ConnectorMsg, wire::WireError>,
+    state: &EdgeState,
+    conn: &Arc<Conn>,
+    control: &mut TunnelStream,
+    who: &str,
+) -> Option<Ended> {
+    match msg {
+        Ok(ConnectorMsg::Draining) => {
+            conn.set_draining();
+            log::info!("{who}: draining");
+            None
+        }
+        Ok(ConnectorMsg::UpdateRules { .. }) if until_expiry(conn.claims.expires).is_zero() => {
+            let reason = expired_reason(&conn.tunnel_name, conn.claims.expires);
+            log::warn!("{who}: rule table refused: {reason}");
+            let reply = EdgeMsg::Refused {
+                reason: wire::bounded_reason(reason.clone()),
+                permanent: true,
+            };
+            let _ = wire::write_control(&mut control.send, &reply).await;
+            Some(Ended::ByEdge(reason))
+        }
+        Ok(ConnectorMsg::UpdateRules { generation, rules }) => {
+            let reply = match Rules::compile(generation, &rules, &conn.claims)
+                .and_then(|r| state.registry.update_rules(conn, r))
+            {
+                Ok(()) => {
+                    log::info!("{who}: rule table {generation} applied");
+                    EdgeMsg::RulesAccepted { generation }
+                }
+                Err(reason) => {
+                    log::warn!("{who}: rule table {generation} refused: {reason}");
+                    EdgeMsg::Refused {
+                        reason: wire::bounded_reason(reason),
+                        permanent: true,
+                    }
+                }
+            };
+            match wire::write_control(&mut control.send, &reply).await {
+                Ok(_) => None,
+                Err(_) => Some(Ended::ControlLost),
+            }
+        }
+        Ok(ConnectorMsg::Register(_)) => Some(Ended::RegisteredTwice),
+        Err(wire::WireError::Closed) => Some(Ended::ControlClosed),
+        Err(e) => Some(Ended::Control(e)),
+    }
 }
 
 /// Longest single wait for a token's expiry; the clock is read again after it.
@@ -368,7 +470,7 @@ fn revoked_reason(tunnel: &str, id: &[u8; 16]) -> String {
 async fn register(
     session: &Session,
     state: &Arc<EdgeState>,
-) -> Result<(Arc<Conn>, crate::transport::TunnelStream), String> {
+) -> Result<(Arc<Conn>, TunnelStream), String> {
     let mut control = session
         .open_stream()
         .await
@@ -457,5 +559,26 @@ async fn register(
             let _ = tokio::time::timeout(Duration::from_secs(2), session.closed()).await;
             Err(reason)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ended;
+
+    #[test]
+    fn end_reasons_read_as_the_log_lines_say() {
+        let by_edge = Ended::ByEdge("tunnel token refused: revoked".into());
+        assert_eq!(
+            by_edge.to_string(),
+            "closed by the edge: tunnel token refused: revoked"
+        );
+        assert_eq!(by_edge.close_reason(), "tunnel token refused: revoked");
+        assert_eq!(Ended::ControlLost.to_string(), "control stream lost");
+        assert_eq!(Ended::RegisteredTwice.to_string(), "registered twice");
+        assert_eq!(Ended::ControlClosed.to_string(), "control stream closed");
+        let closed = Ended::Closed("closed by peer: bye".into());
+        assert_eq!(closed.to_string(), "closed by peer: bye");
+        assert_eq!(closed.close_reason(), "bye");
     }
 }

@@ -1,4 +1,4 @@
-//! `X-Forwarded-For`, which any visitor can send (`src/edge/front.rs` `forwarded_for`,
+//! `X-Forwarded-For`, which any visitor can send (`src/edge/forward.rs` `forwarded_for`,
 //! `src/edge/shield.rs` `Shield::client_ip`):
 //!
 //! - the value sent to the origin always ends with the socket peer's address, is a
@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mailslot::edge::front::forwarded_for;
+use mailslot::edge::forwarded_for;
 use mailslot::edge::shield::{parse_cidr, Limits, Shield};
 
 const PEERS: &[&str] = &[
