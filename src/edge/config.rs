@@ -1,6 +1,7 @@
 //! `edge.yml`: the edge's settings, read at start and again on SIGHUP (see
 //! [`super::live`] for what a reload changes). Relative paths resolve against the file's
-//! folder.
+//! folder. The access sections (`access:`, `service-tokens:`, `tcp-ports:`) are parsed
+//! in `config/access.rs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::shield::{self, parse_cidr, HostPolicy, Limits, Shield};
+use super::cidr::parse_cidr;
+use super::shield::{self, HostPolicy, Limits, Shield};
+
+mod access;
 
 /// Default tunnel listener (QUIC on UDP; HTTP/2 fallback on TCP).
 pub const DEFAULT_TUNNEL_LISTEN: &str = "0.0.0.0:7844";
@@ -36,11 +40,11 @@ struct Raw {
     keepalive: Option<RawDuration>,
     idle_timeout: Option<RawDuration>,
     #[serde(default)]
-    access: Vec<super::policy::RawPolicy>,
+    access: Vec<access::RawPolicy>,
     #[serde(default)]
-    service_tokens: Vec<super::policy::RawServiceToken>,
+    service_tokens: Vec<access::RawServiceToken>,
     #[serde(default)]
-    tcp_ports: Vec<super::policy::RawTcpPort>,
+    tcp_ports: Vec<access::RawTcpPort>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -422,7 +426,7 @@ impl EdgeConfig {
             raw.tcp_ports,
             abs,
         )?;
-        let max = super::policy::MAX_REVOKED;
+        let max = access::MAX_REVOKED;
         for (key, len) in [
             ("revoked-tunnels", raw.revoked_tunnels.len()),
             ("revoked-access-tokens", raw.revoked_access_tokens.len()),

@@ -2,6 +2,7 @@
 //! HTTPS, routes each request to a tunnel by hostname and path, and issues tokens.
 //!
 //! - [`config`]: the `edge.yml` settings.
+//! - [`cidr`]: address ranges for `ip-allow:` and `trusted-proxies:`.
 //! - [`init`]: first-time key and certificate generation.
 //! - [`token`]: signed tunnel (and access) tokens.
 //! - [`registry`]: tunnels, hostnames, connections, rule matching.
@@ -17,6 +18,7 @@
 pub mod access;
 pub mod admin;
 pub mod body;
+pub mod cidr;
 pub mod config;
 pub mod flood;
 pub mod front;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use serde::Deserialize;
 
+use super::cidr::in_cidr;
 use crate::hostname::HostPattern;
 
 /// Most client IPs tracked for connection counts.
@@ -315,54 +316,6 @@ impl Shield {
     }
 }
 
-/// Is `ip` inside `net/bits`?
-pub fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let bits = u32::from(bits.min(32));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let bits = u32::from(bits.min(128));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
-}
-
-/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address.
-pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
-    let (ip, bits) = match s.split_once('/') {
-        Some((ip, bits)) => (ip, Some(bits)),
-        None => (s, None),
-    };
-    let ip: IpAddr = ip
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address or CIDR"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let bits = match bits {
-        Some(b) => b
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|b| *b <= max)
-            .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
-        None => max,
-    };
-    Ok((ip, bits))
-}
-
 /// `rate-limits:` entries in `edge.yml`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -418,6 +371,7 @@ impl RawRate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::cidr::parse_cidr;
 
     fn shield(rates: Vec<RateRule>) -> Arc<Shield> {
         Arc::new(Shield::new(
@@ -479,15 +433,5 @@ mod tests {
             "1.2.3.4".parse::<IpAddr>().unwrap()
         );
         assert_eq!(s.client_ip(proxy, Some("garbage")), proxy);
-    }
-
-    #[test]
-    fn cidrs() {
-        let (n, b) = parse_cidr("2001:db8::/32").unwrap();
-        assert!(in_cidr("2001:db8::1".parse().unwrap(), n, b));
-        assert!(!in_cidr("2001:db9::1".parse().unwrap(), n, b));
-        assert!(parse_cidr("10.0.0.0/33").is_err());
-        let (n, b) = parse_cidr("0.0.0.0/0").unwrap();
-        assert!(in_cidr("8.8.8.8".parse().unwrap(), n, b));
     }
 }

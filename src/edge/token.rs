@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::hostname::HostPattern;
 
+pub mod access;
+
 /// Prefix of tunnel tokens.
 pub const TUNNEL_PREFIX: &str = "mst1";
 /// Prefix of access tokens for operators and visitors.
@@ -146,6 +148,14 @@ pub fn parse_public_key(text: &str) -> Result<[u8; 32], String> {
         .map_err(|e| format!("public key: {e}"))?;
     raw.try_into()
         .map_err(|_| "public key must be 32 bytes".to_string())
+}
+
+/// The SHA-256 of `data` (access token ids, service token secrets).
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// Current Unix time in seconds.
