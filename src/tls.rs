@@ -34,7 +34,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedCipherSuite};
 
 pub use crate::clock::BUILD_UNIX;
-pub use pin::{parse_pin, pin_of_spki, pin_to_string, spki_of_cert};
+pub use pin::{parse_pin, pin_to_string};
+pub(crate) use pin::{pin_of_spki, spki_of_cert};
 
 mod pin;
 
@@ -134,7 +135,7 @@ fn effective_now(now: UnixTime, last_known_good: u64) -> UnixTime {
 }
 
 /// Roots: the given DER certificate, or the public web PKI ([`public_roots`]).
-pub fn root_store(ca: Option<&[u8]>) -> Result<RootCertStore, rustls::Error> {
+pub(crate) fn root_store(ca: Option<&[u8]>) -> Result<RootCertStore, rustls::Error> {
     match ca {
         Some(der) => {
             let mut roots = RootCertStore::empty();
@@ -147,7 +148,7 @@ pub fn root_store(ca: Option<&[u8]>) -> Result<RootCertStore, rustls::Error> {
 
 /// The public web PKI: the Mozilla roots compiled into this build.
 #[cfg(feature = "webpki-roots")]
-pub fn public_roots() -> Result<RootCertStore, rustls::Error> {
+pub(crate) fn public_roots() -> Result<RootCertStore, rustls::Error> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     Ok(roots)
@@ -156,7 +157,7 @@ pub fn public_roots() -> Result<RootCertStore, rustls::Error> {
 /// The public web PKI: this build has no roots of its own (no `webpki-roots` feature),
 /// so the system's CA file ([`system_roots`]).
 #[cfg(not(feature = "webpki-roots"))]
-pub fn public_roots() -> Result<RootCertStore, rustls::Error> {
+pub(crate) fn public_roots() -> Result<RootCertStore, rustls::Error> {
     let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
     let (roots, path) = system_roots(env.as_deref(), SYSTEM_CA_FILES)?;
     log::debug!(
@@ -356,7 +357,7 @@ pub fn edge_client_config(ca: Option<&[u8]>) -> Result<rustls::ClientConfig, rus
 
 /// [`edge_client_config`] that also requires the edge's key to be one of `pins` (none:
 /// any key).
-pub fn edge_client_config_pinned(
+pub(crate) fn edge_client_config_pinned(
     ca: Option<&[u8]>,
     pins: &[crate::config::EdgePin],
 ) -> Result<rustls::ClientConfig, rustls::Error> {
@@ -375,7 +376,7 @@ pub fn edge_client_config_pinned(
 }
 
 /// Client config for an `https://` origin.
-pub fn origin_client_config(
+pub(crate) fn origin_client_config(
     ca: Option<&[u8]>,
     no_verify: bool,
 ) -> Result<rustls::ClientConfig, rustls::Error> {

@@ -34,26 +34,27 @@ mod pipe;
 mod quic;
 mod tcp_ports;
 
-pub use gate::{gate, CLIENT_ID_HEADER, CLIENT_SECRET_HEADER};
-pub use quic::{is_access_connection, serve_quic};
-pub use tcp_ports::{bind_tcp_ports, serve_tcp_port, BoundTcpPort};
+pub(crate) use gate::gate;
+pub(crate) use quic::{is_access_connection, serve_quic};
+pub(crate) use tcp_ports::serve_tcp_port;
+pub use tcp_ports::{bind_tcp_ports, BoundTcpPort};
 
 /// Access streams open at once on this edge (all clients and TCP ports together).
-pub const MAX_ACCESS_STREAMS: usize = 4096;
+pub(crate) const MAX_ACCESS_STREAMS: usize = 4096;
 /// Access client connections (QUIC) at once.
-pub const MAX_ACCESS_CONNS: usize = 1024;
+pub(crate) const MAX_ACCESS_CONNS: usize = 1024;
 /// Concurrent streams one access client connection may open.
-pub const MAX_STREAMS_PER_CLIENT: u32 = 64;
+pub(crate) const MAX_STREAMS_PER_CLIENT: u32 = 64;
 /// Access client connections (QUIC) at once from one address (IPv6: one /64).
-pub const MAX_ACCESS_CONNS_PER_ADDR: usize = 32;
+pub(crate) const MAX_ACCESS_CONNS_PER_ADDR: usize = 32;
 /// Time a client has to send its access request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time from an access client's handshake to its first admitted stream (a client
 /// opens its stream at once).
-pub const ACCESS_FIRST_TIMEOUT: Duration = REQUEST_TIMEOUT;
+pub(crate) const ACCESS_FIRST_TIMEOUT: Duration = REQUEST_TIMEOUT;
 /// Longest time an access client connection stays open without an admitted stream
 /// after its last one ended. The client dials again when it needs the connection.
-pub const ACCESS_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ACCESS_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts on distinct tunnel connections before giving up.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -123,7 +124,7 @@ async fn admit(
 
 /// Opens a raw tunnel stream to `host`'s stream rule, trying other connections of the
 /// tunnel when one fails.
-pub async fn open_raw(
+pub(crate) async fn open_raw(
     state: &EdgeState,
     host: &str,
 ) -> Result<TunnelStream, (AccessError, String)> {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// An address range in CIDR form (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-pub struct Cidr {
+pub(crate) struct Cidr {
     addr: IpAddr,
     prefix: u8,
 }

@@ -17,9 +17,9 @@ use super::shield::{self, HostPolicy, Limits, Shield};
 mod access;
 
 /// Default tunnel listener (QUIC on UDP; HTTP/2 fallback on TCP).
-pub const DEFAULT_TUNNEL_LISTEN: &str = "0.0.0.0:7844";
-pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
-pub const DEFAULT_HTTPS_LISTEN: &str = "0.0.0.0:443";
+pub(crate) const DEFAULT_TUNNEL_LISTEN: &str = "0.0.0.0:7844";
+pub(crate) const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
+pub(crate) const DEFAULT_HTTPS_LISTEN: &str = "0.0.0.0:443";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -109,7 +109,7 @@ enum RawSize {
 }
 
 /// Parses a tunnel id: 32 hex digits, as `token` and the logs print it.
-pub fn parse_tunnel_id(s: &str) -> Result<[u8; 16], String> {
+pub(crate) fn parse_tunnel_id(s: &str) -> Result<[u8; 16], String> {
     parse_id(s, "revoked-tunnels", "a tunnel id")
 }
 
@@ -128,7 +128,7 @@ fn parse_id(s: &str, key: &str, what: &str) -> Result<[u8; 16], String> {
 }
 
 /// Parses "64KiB", "10MiB", "1GiB", "1000" (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -283,28 +283,28 @@ pub struct CertPaths {
 pub struct EdgeConfig {
     /// Name told to connectors in logs.
     pub name: String,
-    pub tunnel_listen: SocketAddr,
-    pub http_listen: Option<SocketAddr>,
-    pub https_listen: Option<SocketAddr>,
+    pub(crate) tunnel_listen: SocketAddr,
+    pub(crate) http_listen: Option<SocketAddr>,
+    pub(crate) https_listen: Option<SocketAddr>,
     /// The edge's own certificate: tunnel listener, and default for HTTPS visitors.
     pub cert: CertPaths,
     /// More certificates for visitors, chosen by SNI.
-    pub certs: Vec<CertPaths>,
+    pub(crate) certs: Vec<CertPaths>,
     pub signing_key: Option<PathBuf>,
     pub verify_keys: Vec<PathBuf>,
     /// How long the origin may take to start its response (then 504).
-    pub origin_response_timeout: Duration,
+    pub(crate) origin_response_timeout: Duration,
     pub keepalive: Duration,
     pub idle_timeout: Duration,
     /// Visitor limits, rate limits and per-hostname policies.
     pub shield: Arc<Shield>,
     /// Loopback address for `/metrics` and `/tunnels`; `None` = off.
-    pub admin_listen: Option<SocketAddr>,
+    pub(crate) admin_listen: Option<SocketAddr>,
     /// SHA-256 of the bearer token the admin listener requires (`admin-token` or
     /// `admin-token-file`); `None` = none required (loopback only).
     pub admin_token: Option<AdminToken>,
     /// Tunnel ids refused although their tokens verify.
-    pub revoked_tunnels: Vec<[u8; 16]>,
+    pub(crate) revoked_tunnels: Vec<[u8; 16]>,
     /// `access:`, `service-tokens:`, `tcp-ports:` and `revoked-access-tokens:`.
     pub access: super::policy::AccessConfig,
 }

@@ -52,7 +52,7 @@ pub use crate::hostname::HostPattern;
 /// A way to be admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Method {
+pub(crate) enum Method {
     /// Anyone (within the IP allow-list).
     Public,
     /// A service token defined in `service-tokens`.
@@ -63,20 +63,20 @@ pub enum Method {
 
 /// An access policy for the hostnames its pattern covers.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub hostname: HostPattern,
     pub allow: Vec<Method>,
     /// Signed tokens of these users only (empty: any user).
     pub users: Vec<String>,
     /// These service tokens only (empty: any defined one).
-    pub service_tokens: Vec<String>,
+    pub(crate) service_tokens: Vec<String>,
     /// Client addresses admitted (empty: any).
-    pub ip_allow: Vec<Cidr>,
+    pub(crate) ip_allow: Vec<Cidr>,
 }
 
 /// Where a service token's secret comes from.
 #[derive(Clone)]
-pub enum SecretSource {
+pub(crate) enum SecretSource {
     Inline(String),
     File(PathBuf),
 }
@@ -95,7 +95,7 @@ impl std::fmt::Debug for SecretSource {
 pub struct TcpPortSpec {
     pub listen: SocketAddr,
     pub hostname: String,
-    pub ip_allow: Vec<Cidr>,
+    pub(crate) ip_allow: Vec<Cidr>,
 }
 
 impl TcpPortSpec {
@@ -109,11 +109,11 @@ impl TcpPortSpec {
 /// is loaded (at start and at each reload).
 #[derive(Debug, Clone, Default)]
 pub struct AccessConfig {
-    pub policies: Vec<Policy>,
-    pub service_tokens: Vec<(String, SecretSource)>,
+    pub(crate) policies: Vec<Policy>,
+    pub(crate) service_tokens: Vec<(String, SecretSource)>,
     pub tcp_ports: Vec<TcpPortSpec>,
     /// Ids ([`access_token_id`]) of signed access tokens refused before they expire.
-    pub revoked_tokens: Vec<[u8; 16]>,
+    pub(crate) revoked_tokens: Vec<[u8; 16]>,
 }
 
 /// Checks a service token secret's length.
@@ -128,7 +128,7 @@ pub(crate) fn check_secret(s: &str) -> Result<(), String> {
 
 /// What kind of service a hostname is, for the default when no policy matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostKind {
+pub(crate) enum HostKind {
     /// HTTP: public without a policy.
     Http,
     /// A raw stream (TCP, SSH, RDP): closed without a policy.
@@ -137,16 +137,16 @@ pub enum HostKind {
 
 /// Who was admitted, for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The user, `service:<id>`, or `anonymous`.
-    pub who: String,
+    pub(crate) who: String,
     /// How: `signed token`, `service token`, `public`.
     pub how: &'static str,
 }
 
 /// Why a client was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denied {
+pub(crate) struct Denied {
     /// `Unauthorized` (no or bad credentials) or `Forbidden` (valid but not admitted).
     pub error: AccessError,
     pub message: String,
@@ -208,12 +208,12 @@ impl AccessPolicy {
     }
 
     /// The policy deciding for `host`, if any.
-    pub fn policy_for(&self, host: &str) -> Option<&Policy> {
+    pub(crate) fn policy_for(&self, host: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.hostname.matches(host))
     }
 
     /// Decides whether a client at `peer` showing `cred` may reach `host`.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         host: &str,
         kind: HostKind,

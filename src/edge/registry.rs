@@ -24,13 +24,13 @@ use crate::transport::Session;
 
 mod paths;
 mod rules;
-pub use paths::{PathTable, EDGE_BUDGET, OVERHEAD, SIZE_TIERS, TUNNEL_BUDGET};
-pub use rules::{Rule, Rules, MAX_RULES};
+pub(crate) use paths::{PathTable, TUNNEL_BUDGET};
+pub(crate) use rules::Rules;
 
 /// Most tunnels one edge holds.
-pub const MAX_TUNNELS: usize = 10_000;
+pub(crate) const MAX_TUNNELS: usize = 10_000;
 /// Most connections one tunnel holds (all replicas together).
-pub const MAX_CONNS_PER_TUNNEL: usize = 64;
+pub(crate) const MAX_CONNS_PER_TUNNEL: usize = 64;
 /// Silence from a connector that counts as gone: at least this...
 const SILENCE_BASE: Duration = Duration::from_secs(1);
 /// ...plus eight round trips, at most this.
@@ -40,13 +40,13 @@ const SILENCE_MAX: Duration = Duration::from_secs(5);
 pub struct Conn {
     pub session: Session,
     pub tunnel_id: [u8; 16],
-    pub tunnel_name: String,
+    pub(crate) tunnel_name: String,
     pub connector_id: [u8; 16],
     /// The connector's instance id (stable across its restarts), when it sent one.
     pub instance: Option<[u8; 16]>,
     pub index: u8,
     pub remote: SocketAddr,
-    pub rules: Mutex<Arc<Rules>>,
+    pub(crate) rules: Mutex<Arc<Rules>>,
     /// The connector said it is draining: no new streams.
     pub draining: AtomicBool,
     /// Tunnel streams the edge has opened on it: origin connections for HTTP (each
@@ -61,7 +61,7 @@ impl Conn {
     /// bytes over HTTP/2. A connector that is alive adds to it within a round trip of
     /// a request (QUIC acknowledges the request's packets; over HTTP/2 it answers the
     /// ping [`Conn::nudge`] sends), whatever its origin is doing.
-    pub fn heard(&self) -> u64 {
+    pub(crate) fn heard(&self) -> u64 {
         match &self.session {
             Session::Quic(c) => c.stats().udp_rx.datagrams,
             Session::H2(h) => h.heard(),
@@ -70,7 +70,7 @@ impl Conn {
 
     /// Asks the connector for an answer now, where the transport needs one asked for
     /// (HTTP/2: a ping; QUIC acknowledges what it receives by itself).
-    pub fn nudge(&self) {
+    pub(crate) fn nudge(&self) {
         if let Session::H2(h) = &self.session {
             h.nudge();
         }
@@ -78,18 +78,18 @@ impl Conn {
 
     /// How long a connector that is alive may stay silent while the edge waits on it:
     /// a round trip or a few (retransmissions on a lossy path) and then some.
-    pub fn silence_limit(&self) -> Duration {
+    pub(crate) fn silence_limit(&self) -> Duration {
         (SILENCE_BASE + self.session.rtt() * 8).min(SILENCE_MAX)
     }
 
-    pub fn rules(&self) -> Arc<Rules> {
+    pub(crate) fn rules(&self) -> Arc<Rules> {
         lock(&self.rules).clone()
     }
 
     /// Stops new streams on this connection. Its idle pooled streams are never handed
     /// out again: routing skips draining connections, and pooled streams are keyed by
     /// connection.
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 }
@@ -135,7 +135,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Where a visitor's request goes.
-pub enum Route {
+pub(crate) enum Route {
     /// No tunnel serves this hostname here.
     NoTunnel,
     /// The tunnel has no live connection that takes new streams.
@@ -200,7 +200,7 @@ impl Registry {
     /// instead of the old connections lingering (and taking requests) until their idle
     /// timeout. Connections of the registering process and of other instances (replicas)
     /// stay. Returns how many went.
-    pub fn supersede(&self, conn: &Arc<Conn>) -> usize {
+    pub(crate) fn supersede(&self, conn: &Arc<Conn>) -> usize {
         let Some(instance) = conn.instance else {
             return 0;
         };
@@ -235,7 +235,7 @@ impl Registry {
     }
 
     /// Replaces a connection's rule table (after a reload on the device).
-    pub fn update_rules(&self, conn: &Conn, rules: Rules) -> Result<(), String> {
+    pub(crate) fn update_rules(&self, conn: &Conn, rules: Rules) -> Result<(), String> {
         let mut inner = lock(&self.inner);
         check_claims(&inner, conn.tunnel_id, &rules)?;
         check_budget(&inner, conn.tunnel_id, Some(conn), &rules)?;
@@ -245,7 +245,7 @@ impl Registry {
     }
 
     /// Removes a connection; the tunnel and its hostnames go with its last connection.
-    pub fn remove(&self, conn: &Arc<Conn>) {
+    pub(crate) fn remove(&self, conn: &Arc<Conn>) {
         let mut inner = lock(&self.inner);
         if inner
             .conns
@@ -270,7 +270,7 @@ impl Registry {
     /// (a request on it waited [`Conn::silence_limit`] without a packet back): new
     /// requests go to the tunnel's other connections until it is heard from again, or
     /// its idle timeout ends it.
-    pub fn set_silent(&self, conn: &Conn, heard: u64) {
+    pub(crate) fn set_silent(&self, conn: &Conn, heard: u64) {
         let id = conn.session.id();
         let mut inner = lock(&self.inner);
         if inner.conns.contains_key(&id) {
@@ -280,7 +280,7 @@ impl Registry {
 
     /// Whether the tunnel serving `host` has a connection besides those in `avoid` that
     /// takes new streams and is not silent: somewhere a retry can go.
-    pub fn has_answering(&self, host: &str, avoid: &[usize]) -> bool {
+    pub(crate) fn has_answering(&self, host: &str, avoid: &[usize]) -> bool {
         let inner = lock(&self.inner);
         let Some(t) = lookup_host(&inner.hosts, host).and_then(|id| inner.tunnels.get(&id)) else {
             return false;
@@ -299,12 +299,12 @@ impl Registry {
     }
 
     /// Picks a live connection for `host` (round robin) and the rule for `path`.
-    pub fn route(&self, host: &str, path: &str) -> Route {
+    pub(crate) fn route(&self, host: &str, path: &str) -> Route {
         self.pick(host, path, &[], true)
     }
 
     /// As [`route`](Self::route), avoiding the listed connections (a retry).
-    pub fn route_excluding(&self, host: &str, path: &str, avoid: &[usize]) -> Route {
+    pub(crate) fn route_excluding(&self, host: &str, path: &str, avoid: &[usize]) -> Route {
         self.pick(host, path, avoid, true)
     }
 
@@ -312,7 +312,7 @@ impl Registry {
     /// would serve the request, when the connection is picked later. (Turning it
     /// twice per request would, with an even number of connections, leave every
     /// other one idle.)
-    pub fn peek(&self, host: &str, path: &str) -> Route {
+    pub(crate) fn peek(&self, host: &str, path: &str) -> Route {
         self.pick(host, path, &[], false)
     }
 
@@ -372,7 +372,7 @@ impl Registry {
     }
 
     /// Number of live connections of the tunnel serving `host`.
-    pub fn connections_for(&self, host: &str) -> usize {
+    pub(crate) fn connections_for(&self, host: &str) -> usize {
         let inner = lock(&self.inner);
         lookup_host(&inner.hosts, host)
             .and_then(|id| inner.tunnels.get(&id))
@@ -419,7 +419,7 @@ impl Registry {
 
     /// One line per live connection, sorted: tunnel, id, connector, index, protocol,
     /// connector address and the hostnames of its rules.
-    pub fn connection_lines(&self) -> Vec<String> {
+    pub(crate) fn connection_lines(&self) -> Vec<String> {
         let inner = lock(&self.inner);
         let mut out: Vec<String> = inner
             .tunnels
@@ -454,7 +454,7 @@ impl Registry {
     }
 
     /// Every live connection (for going away at shutdown).
-    pub fn all_conns(&self) -> Vec<Arc<Conn>> {
+    pub(crate) fn all_conns(&self) -> Vec<Arc<Conn>> {
         let inner = lock(&self.inner);
         inner
             .tunnels

@@ -24,7 +24,7 @@ pub fn pin_to_string(pin: &crate::config::EdgePin) -> String {
 }
 
 /// The pin of a public key given as DER SubjectPublicKeyInfo: its SHA-256.
-pub fn pin_of_spki(spki: &[u8]) -> crate::config::EdgePin {
+pub(crate) fn pin_of_spki(spki: &[u8]) -> crate::config::EdgePin {
     let digest = ring::digest::digest(&ring::digest::SHA256, spki);
     let mut pin = [0; 32];
     pin.copy_from_slice(digest.as_ref());
@@ -38,7 +38,7 @@ pub fn pin_of_spki(spki: &[u8]) -> crate::config::EdgePin {
 ///  Certificate SEQUENCE { tbsCertificate SEQUENCE { [0] version (optional),
 ///    serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, .. } .. }
 /// ```
-pub fn spki_of_cert(cert: &[u8]) -> Option<&[u8]> {
+pub(crate) fn spki_of_cert(cert: &[u8]) -> Option<&[u8]> {
     let (_, cert_body, _) = der_element(cert, 0x30)?;
     let (_, mut tbs, _) = der_element(cert_body, 0x30)?;
     if tbs.first() == Some(&0xa0) {

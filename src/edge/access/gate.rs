@@ -19,9 +19,9 @@ use crate::edge::EdgeState;
 use crate::wire::{self, AccessCredential, AccessError};
 
 /// Header carrying a service token's id.
-pub const CLIENT_ID_HEADER: &str = "mailslot-client-id";
+pub(crate) const CLIENT_ID_HEADER: &str = "mailslot-client-id";
 /// Header carrying a service token's secret.
-pub const CLIENT_SECRET_HEADER: &str = "mailslot-client-secret";
+pub(crate) const CLIENT_SECRET_HEADER: &str = "mailslot-client-secret";
 
 /// The credential in an HTTP request: `Authorization: Bearer msa1…` (or a tunnel token,
 /// to say it is the wrong kind), else the service-token headers.
@@ -94,7 +94,7 @@ fn refusal(error: AccessError, message: String) -> Response<Body> {
 /// client's address as rate limits see it (`Shield::client_ip`: the peer, or behind a
 /// trusted proxy the address it forwarded for), so that `ip-allow` and rate limits
 /// agree on who the client is.
-pub async fn gate(
+pub(crate) async fn gate(
     mut req: Request<Incoming>,
     host: &str,
     peer: SocketAddr,

@@ -83,7 +83,7 @@ impl Drop for AdmittedStream {
 }
 
 /// Did this QUIC connection negotiate the access ALPN?
-pub fn is_access_connection(conn: &quinn::Connection) -> bool {
+pub(crate) fn is_access_connection(conn: &quinn::Connection) -> bool {
     conn.handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol)
@@ -91,7 +91,7 @@ pub fn is_access_connection(conn: &quinn::Connection) -> bool {
 }
 
 /// Serves one access client's QUIC connection: each stream it opens is one access.
-pub async fn serve_quic(conn: quinn::Connection, state: Arc<EdgeState>) {
+pub(crate) async fn serve_quic(conn: quinn::Connection, state: Arc<EdgeState>) {
     let peer = conn.remote_address();
     let Some(_addr_slot) = state.access.per_addr.admit(peer.ip()) else {
         log_limited!(

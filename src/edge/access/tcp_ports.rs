@@ -33,7 +33,7 @@ pub fn bind_tcp_ports(specs: &[TcpPortSpec]) -> Result<Vec<BoundTcpPort>, String
 
 /// Serves one `tcp-ports:` listener: each connection from an allowed address is piped
 /// to the entry's hostname.
-pub async fn serve_tcp_port(
+pub(crate) async fn serve_tcp_port(
     listener: tokio::net::TcpListener,
     spec: TcpPortSpec,
     state: Arc<EdgeState>,

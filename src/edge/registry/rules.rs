@@ -10,20 +10,20 @@ use crate::hostname::HostPattern;
 use crate::wire::{RuleAction, RuleInfo};
 
 /// Most rules one connection may register.
-pub const MAX_RULES: usize = 64;
+pub(crate) const MAX_RULES: usize = 64;
 
 /// A rule ready for matching.
-pub struct Rule {
+pub(crate) struct Rule {
     /// Exact or `*.` (see [`HostPattern::is_routable`]).
     pub hostname: Option<HostPattern>,
     /// Whether the rule has a path pattern (compiled in [`Rules::paths`]).
-    pub has_path: bool,
+    pub(crate) has_path: bool,
     pub action: RuleAction,
     pub host_header: Option<String>,
 }
 
 /// A connection's rule table.
-pub struct Rules {
+pub(crate) struct Rules {
     pub generation: u32,
     pub rules: Vec<Rule>,
     /// The rules' path patterns, shared with every table that has the same ones.
@@ -81,7 +81,7 @@ impl Rules {
     }
 
     /// The first rule matching `host` and `path`.
-    pub fn matching(&self, host: &str, path: &str) -> Option<(u16, &Rule)> {
+    pub(crate) fn matching(&self, host: &str, path: &str) -> Option<(u16, &Rule)> {
         self.rules.iter().enumerate().find_map(|(i, r)| {
             let host_ok = r.hostname.as_ref().is_none_or(|p| p.matches(host));
             let path_ok = !r.has_path
