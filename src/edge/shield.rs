@@ -329,7 +329,7 @@ pub(crate) struct RawRate {
 }
 
 impl RawRate {
-    pub fn build(self) -> Result<RateRule, String> {
+    pub(crate) fn build(self) -> Result<RateRule, String> {
         let (n, per) = self
             .rate
             .split_once('/')

@@ -51,7 +51,7 @@ pub(crate) struct PathTable {
 
 impl PathTable {
     /// Rule `i`'s pattern, if it has one.
-    pub fn get(&self, i: usize) -> Option<&Regex> {
+    pub(crate) fn get(&self, i: usize) -> Option<&Regex> {
         self.paths.get(i).and_then(Option::as_ref)
     }
 

@@ -32,7 +32,7 @@ pub(crate) struct Rules {
 
 impl Rules {
     /// Checks and compiles rules registered by a connector holding `claims`.
-    pub fn compile(
+    pub(crate) fn compile(
         generation: u32,
         infos: &[RuleInfo],
         claims: &TunnelClaims,
