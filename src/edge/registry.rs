@@ -204,19 +204,29 @@ impl Registry {
         let Some(instance) = conn.instance else {
             return 0;
         };
+        // Taken out of the table under the lock that found them, so that the new
+        // process's connections, registering at the same time, close each one once.
         let old: Vec<Arc<Conn>> = {
-            let inner = lock(&self.inner);
+            let mut inner = lock(&self.inner);
             let Some(t) = inner.tunnels.get(&conn.tunnel_id) else {
                 return 0;
             };
-            t.conns
+            let old: Vec<Arc<Conn>> = t
+                .conns
                 .iter()
                 .filter(|c| c.instance == Some(instance) && c.connector_id != conn.connector_id)
                 .cloned()
-                .collect()
+                .collect();
+            for c in &old {
+                c.set_draining();
+                remove_locked(&mut inner, c);
+            }
+            old
         };
+        if !old.is_empty() {
+            self.changed.notify_waiters();
+        }
         for c in &old {
-            c.set_draining();
             log::info!(
                 "tunnel {} ({}) connector {} #{} from {}: superseded by connector {}, the \
                  same instance started again; closing",
@@ -229,7 +239,6 @@ impl Registry {
             );
             c.session
                 .close("superseded: this connector instance registered again from a new process");
-            self.remove(c);
         }
         old.len()
     }
@@ -246,23 +255,7 @@ impl Registry {
 
     /// Removes a connection; the tunnel and its hostnames go with its last connection.
     pub(crate) fn remove(&self, conn: &Arc<Conn>) {
-        let mut inner = lock(&self.inner);
-        if inner
-            .conns
-            .get(&conn.session.id())
-            .is_some_and(|c| Arc::ptr_eq(c, conn))
-        {
-            inner.conns.remove(&conn.session.id());
-            inner.silent.remove(&conn.session.id());
-        }
-        if let Some(t) = inner.tunnels.get_mut(&conn.tunnel_id) {
-            t.conns.retain(|c| !Arc::ptr_eq(c, conn));
-            if t.conns.is_empty() {
-                inner.tunnels.remove(&conn.tunnel_id);
-            }
-        }
-        rebuild_hosts(&mut inner, conn.tunnel_id);
-        drop(inner);
+        remove_locked(&mut lock(&self.inner), conn);
         self.changed.notify_waiters();
     }
 
@@ -462,6 +455,25 @@ impl Registry {
             .flat_map(|t| t.conns.iter().cloned())
             .collect()
     }
+}
+
+/// Takes `conn` out of the tables (a no-op when it is already out).
+fn remove_locked(inner: &mut Inner, conn: &Arc<Conn>) {
+    if inner
+        .conns
+        .get(&conn.session.id())
+        .is_some_and(|c| Arc::ptr_eq(c, conn))
+    {
+        inner.conns.remove(&conn.session.id());
+        inner.silent.remove(&conn.session.id());
+    }
+    if let Some(t) = inner.tunnels.get_mut(&conn.tunnel_id) {
+        t.conns.retain(|c| !Arc::ptr_eq(c, conn));
+        if t.conns.is_empty() {
+            inner.tunnels.remove(&conn.tunnel_id);
+        }
+    }
+    rebuild_hosts(inner, conn.tunnel_id);
 }
 
 /// The tunnel claiming canonical `host`: exact name first, then the most specific
