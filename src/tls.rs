@@ -148,7 +148,7 @@ pub(crate) fn root_store(ca: Option<&[u8]>) -> Result<RootCertStore, rustls::Err
 
 /// The public web PKI: the Mozilla roots compiled into this build.
 #[cfg(feature = "webpki-roots")]
-pub(crate) fn public_roots() -> Result<RootCertStore, rustls::Error> {
+pub fn public_roots() -> Result<RootCertStore, rustls::Error> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     Ok(roots)
@@ -157,7 +157,7 @@ pub(crate) fn public_roots() -> Result<RootCertStore, rustls::Error> {
 /// The public web PKI: this build has no roots of its own (no `webpki-roots` feature),
 /// so the system's CA file ([`system_roots`]).
 #[cfg(not(feature = "webpki-roots"))]
-pub(crate) fn public_roots() -> Result<RootCertStore, rustls::Error> {
+pub fn public_roots() -> Result<RootCertStore, rustls::Error> {
     let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
     let (roots, path) = system_roots(env.as_deref(), SYSTEM_CA_FILES)?;
     log::debug!(

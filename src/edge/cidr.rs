@@ -1,6 +1,6 @@
 //! Address ranges (CIDR) for `ip-allow:` lists: parsed from `edge.yml`, matched against
-//! a client's address with IPv4-mapped IPv6 addresses taken as IPv4 ([`Cidr`]); and the
-//! `(address, prefix)` pairs of `trusted-proxies:` ([`parse_cidr`], [`in_cidr`]), which
+//! a client's address with IPv4-mapped IPv6 addresses taken as IPv4 (`Cidr`); and the
+//! `(address, prefix)` pairs of `trusted-proxies:` (`parse_cidr`, `in_cidr`), which
 //! compare addresses as given. Pure data, no I/O.
 
 use std::net::IpAddr;

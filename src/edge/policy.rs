@@ -22,7 +22,7 @@
 //! by accident, and an HTTP hostname is public.
 //!
 //! This module holds the checked model ([`AccessConfig`]) and the decisions
-//! ([`AccessPolicy::check`]). The sections are parsed in `config/access.rs`,
+//! (`AccessPolicy::check`). The sections are parsed in `config/access.rs`,
 //! address ranges are [`super::cidr`], and signed access tokens (kind `msa1`, which a
 //! tunnel token never verifies as) are [`super::token::access`].
 

@@ -6,7 +6,7 @@
 //! Each connection carries its own rule table (replicas may run different configs
 //! for a while), so routing picks a connection first, then matches its rules.
 //! Compiled path patterns are shared among all tables with the same patterns, within a
-//! budget per tunnel and per edge ([`PathTable`]). A connection's table is checked and
+//! budget per tunnel and per edge (`PathTable`). A connection's table is checked and
 //! matched in `registry/rules.rs`.
 
 use std::collections::HashMap;

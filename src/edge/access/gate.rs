@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::admit;
+use super::admit::admit;
 use super::pipe::{pipe, AccessLog, Recheck};
 use crate::access::ws::{self, Role, WsStream};
 use crate::edge::policy::{Denied, HostKind};

@@ -1,6 +1,6 @@
 //! Access clients over QUIC (ALPN `mailslot-access` on the tunnel port): caps per
 //! address and in total, one access per stream, and the close of an idle client.
-//! Admission is [`super::admit`]'s; this module only carries the QUIC side.
+//! Admission is `admit.rs`'s; this module only carries the QUIC side.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::pipe::{pipe, AccessLog, Recheck};
-use super::{
+use super::admit::{
     admit, normalize_host, ACCESS_FIRST_TIMEOUT, ACCESS_IDLE_TIMEOUT, MAX_ACCESS_CONNS,
     MAX_ACCESS_CONNS_PER_ADDR, MAX_STREAMS_PER_CLIENT, REQUEST_TIMEOUT,
 };
+use super::pipe::{pipe, AccessLog, Recheck};
 use crate::edge::flood::{log_limited, LogLimit};
 use crate::edge::EdgeState;
 use crate::transport::{RecvHalf, SendHalf, TunnelStream};

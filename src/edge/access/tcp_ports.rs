@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::open_raw;
+use super::admit::open_raw;
 use super::pipe::{pipe, AccessLog};
 use crate::edge::policy::{Identity, TcpPortSpec};
 use crate::edge::EdgeState;
