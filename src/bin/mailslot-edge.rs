@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mailslot::edge::{access, config::EdgeConfig, init, policy, Edge, EdgeSettings, Listeners};
+use mailslot::edge::{
+    access, config::EdgeConfig, init, policy, token, Edge, EdgeSettings, Listeners,
+};
 
 /// See the `jemalloc` feature in Cargo.toml for why.
 #[cfg(feature = "jemalloc")]
@@ -82,187 +84,234 @@ fn string(parser: &mut lexopt::Parser) -> Result<String, String> {
 }
 
 fn real_main() -> Result<(), String> {
-    use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
-    let cmd = match parser.next().map_err(arg_err)? {
-        Some(Value(v)) => v.string().map_err(arg_err)?,
-        Some(Long("version")) => "version".into(),
-        Some(Long("help")) | Some(Short('h')) | None => {
-            print!("{USAGE}");
-            return Ok(());
-        }
-        Some(other) => return Err(other.unexpected().to_string()),
+    let Some(cmd) = command(&mut parser)? else {
+        print!("{USAGE}");
+        return Ok(());
     };
-    let mut config: Option<PathBuf> = None;
-    let mut dir: Option<PathBuf> = None;
-    let mut hostnames = Vec::new();
-    let mut cert: Option<PathBuf> = None;
-    let mut key: Option<PathBuf> = None;
-    let mut tunnel: Option<String> = None;
-    let mut allow = Vec::new();
-    let mut expires = Duration::from_secs(365 * 86400);
-    let mut user: Option<String> = None;
-    let mut ttl = Duration::from_secs(8 * 3600);
-    while let Some(arg) = parser.next().map_err(arg_err)? {
-        match arg {
-            Long("help") | Short('h') => {
-                let usage = usage_of(&cmd);
-                if usage.is_empty() {
-                    return Err(format!("unknown command {cmd:?}\n\n{USAGE}"));
-                }
-                print!("{usage}");
-                return Ok(());
-            }
-            Long("config") | Short('c') => config = Some(parser.value().map_err(arg_err)?.into()),
-            Long("dir") => dir = Some(parser.value().map_err(arg_err)?.into()),
-            Long("hostname") => hostnames.push(string(&mut parser)?),
-            Long("cert") => cert = Some(parser.value().map_err(arg_err)?.into()),
-            Long("key") => key = Some(parser.value().map_err(arg_err)?.into()),
-            Long("tunnel") => tunnel = Some(string(&mut parser)?),
-            Long("allow") => allow.push(string(&mut parser)?),
-            Long("expires") => {
-                let v = string(&mut parser)?;
-                expires = parse_ttl("--expires", &v)?;
-            }
-            Long("user") => user = Some(string(&mut parser)?),
-            Long("ttl") => ttl = parse_ttl("--ttl", &string(&mut parser)?)?,
-            other => return Err(format!("{}\n\n{USAGE}", other.unexpected())),
-        }
-    }
+    let Some(args) = Args::parse(&cmd, &mut parser)? else {
+        return Ok(());
+    };
     match cmd.as_str() {
-        "init" => {
-            let dir = dir.ok_or("init: --dir DIR is required")?;
-            if hostnames.is_empty() {
-                return Err("init: --hostname NAME is required (the name connectors dial)".into());
-            }
-            let cert = match (cert, key) {
-                (Some(c), Some(k)) => Some((c, k)),
-                (None, None) => None,
-                _ => return Err("init: --cert and --key go together".into()),
-            };
-            let own_pki = cert.is_none();
-            let cert_file = match &cert {
-                Some((c, _)) => c.clone(),
-                None => dir.join(init::CERT),
-            };
-            for f in init::init(&dir, &hostnames, cert)? {
-                println!("wrote {}", f.display());
-            }
-            println!(
-                "\nThe edge's key, for devices that pin it (`edge-pin:` in the device config):\n  {}",
-                init::edge_pin_of_cert_file(&cert_file)?
-            );
-            if own_pki {
-                println!(
-                    "\nThe certificate is signed by a private CA ({}): give it to connectors as `edge-ca`.",
-                    dir.join(init::CA_CERT).display()
-                );
-            }
-            println!(
-                "Next: mailslot-edge token --config {} --tunnel NAME --allow HOSTNAME",
-                dir.join(init::EDGE_YML).display()
-            );
-            Ok(())
-        }
-        "token" => {
-            let config = config.ok_or("token: --config edge.yml is required")?;
-            let tunnel = tunnel.ok_or("token: --tunnel NAME is required")?;
-            if allow.is_empty() {
-                return Err("token: at least one --allow HOSTNAME pattern is required".into());
-            }
-            for a in &allow {
-                check_pattern(a)?;
-            }
-            let cfg = EdgeConfig::load(&config)?;
-            let key_path = cfg
-                .signing_key
-                .ok_or("token: edge.yml has no signing-key; tokens are issued where the key is")?;
-            let key = init::load_signing_key(&key_path)?;
-            let token = init::issue_tunnel_token(&key, &tunnel, &allow, expires.as_secs())?;
-            let now = mailslot::edge::token::now_unix();
-            let claims: mailslot::edge::token::TunnelClaims = mailslot::edge::token::verify(
-                &token,
-                mailslot::edge::token::TUNNEL_PREFIX,
-                &[init::public_key_of(&key)],
-            )
-            .map_err(|e| format!("the new token does not verify: {e}"))?;
-            // The token on stdout alone, so `$(mailslot-edge token ...)` captures just it.
-            println!("{token}");
-            eprintln!(
-                "tunnel {} id {} may serve {}; expires in {}s (revoke with revoked-tunnels: [{}])",
-                claims.tunnel,
-                mailslot::connector::hex(&claims.id),
-                claims.hosts.join(", "),
-                claims.expires.saturating_sub(now),
-                mailslot::connector::hex(&claims.id),
-            );
-            Ok(())
-        }
-        "access-token" => {
-            let config = config.ok_or("access-token: --config edge.yml is required")?;
-            let user = user.ok_or("access-token: --user NAME is required")?;
-            if hostnames.is_empty() {
-                return Err("access-token: at least one --hostname PATTERN is required".into());
-            }
-            let cfg = EdgeConfig::load(&config)?;
-            let key_path = cfg.signing_key.ok_or(
-                "access-token: edge.yml has no signing-key; tokens are issued where the key is",
-            )?;
-            let key = init::load_signing_key(&key_path)?;
-            let token = policy::issue_access_token(&key, &user, &hostnames, ttl.as_secs())?;
-            // The token on stdout alone, so `$(mailslot-edge access-token ...)` captures it.
-            println!("{token}");
-            let id = mailslot::connector::hex(&policy::access_token_id(&token));
-            eprintln!(
-                "access token {id} for {user}: {}; expires in {}s (revoke with \
-                 revoked-access-tokens: [{id}] and SIGHUP)",
-                hostnames.join(", "),
-                ttl.as_secs()
-            );
-            Ok(())
-        }
-        "serve" => {
-            let config = config.ok_or("serve: --config edge.yml is required")?;
-            let cfg = EdgeConfig::load(&config)?;
-            let settings = EdgeSettings::load(&cfg)?;
-            let running = cfg.clone();
-            let listeners = Listeners::bind(&cfg)?;
-            let access_policy = policy::AccessPolicy::load(&cfg.access)?;
-            let tcp_ports = access::bind_tcp_ports(&cfg.access.tcp_ports)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the runtime: {e}"))?;
-            rt.block_on(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-                let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-                let edge = Edge::new(settings)
-                    .with_access(access_policy, tcp_ports)
-                    .with_admin_token(cfg.admin_token.clone());
-                let mut reloader = edge.reloader(config.clone(), running);
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        if let Err(e) = reloader.reload() {
-                            log::error!("edge.yml not reloaded, the running config stays: {e}");
-                        }
-                    }
-                });
-                edge.serve(listeners, async move {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                })
-                .await
-            })
-        }
+        "init" => init_cmd(args),
+        "token" => token_cmd(args),
+        "access-token" => access_token_cmd(args),
+        "serve" => serve_cmd(args),
         "version" => {
             println!("mailslot-edge {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
         _ => Err(format!("unknown command {cmd:?}\n\n{USAGE}")),
     }
+}
+
+/// The command word; `None` when the usage was asked for (or nothing was given).
+fn command(parser: &mut lexopt::Parser) -> Result<Option<String>, String> {
+    use lexopt::prelude::*;
+    match parser.next().map_err(arg_err)? {
+        Some(Value(v)) => v.string().map(Some).map_err(arg_err),
+        Some(Long("version")) => Ok(Some("version".into())),
+        Some(Long("help")) | Some(Short('h')) | None => Ok(None),
+        Some(other) => Err(other.unexpected().to_string()),
+    }
+}
+
+/// The options after the command word (every command takes the same set; each uses
+/// its own).
+struct Args {
+    config: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    hostnames: Vec<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    tunnel: Option<String>,
+    allow: Vec<String>,
+    expires: Duration,
+    user: Option<String>,
+    ttl: Duration,
+}
+
+impl Args {
+    /// Reads the options of `cmd`; `None` when `--help` printed its usage.
+    fn parse(cmd: &str, parser: &mut lexopt::Parser) -> Result<Option<Args>, String> {
+        use lexopt::prelude::*;
+        let mut args = Args {
+            config: None,
+            dir: None,
+            hostnames: Vec::new(),
+            cert: None,
+            key: None,
+            tunnel: None,
+            allow: Vec::new(),
+            expires: Duration::from_secs(365 * 86400),
+            user: None,
+            ttl: Duration::from_secs(8 * 3600),
+        };
+        while let Some(arg) = parser.next().map_err(arg_err)? {
+            match arg {
+                Long("help") | Short('h') => {
+                    let usage = usage_of(cmd);
+                    if usage.is_empty() {
+                        return Err(format!("unknown command {cmd:?}\n\n{USAGE}"));
+                    }
+                    print!("{usage}");
+                    return Ok(None);
+                }
+                Long("config") | Short('c') => {
+                    args.config = Some(parser.value().map_err(arg_err)?.into())
+                }
+                Long("dir") => args.dir = Some(parser.value().map_err(arg_err)?.into()),
+                Long("hostname") => args.hostnames.push(string(parser)?),
+                Long("cert") => args.cert = Some(parser.value().map_err(arg_err)?.into()),
+                Long("key") => args.key = Some(parser.value().map_err(arg_err)?.into()),
+                Long("tunnel") => args.tunnel = Some(string(parser)?),
+                Long("allow") => args.allow.push(string(parser)?),
+                Long("expires") => {
+                    let v = string(parser)?;
+                    args.expires = parse_ttl("--expires", &v)?;
+                }
+                Long("user") => args.user = Some(string(parser)?),
+                Long("ttl") => args.ttl = parse_ttl("--ttl", &string(parser)?)?,
+                other => return Err(format!("{}\n\n{USAGE}", other.unexpected())),
+            }
+        }
+        Ok(Some(args))
+    }
+}
+
+/// `init`: writes the edge's directory, then says what to do next.
+fn init_cmd(args: Args) -> Result<(), String> {
+    let dir = args.dir.ok_or("init: --dir DIR is required")?;
+    if args.hostnames.is_empty() {
+        return Err("init: --hostname NAME is required (the name connectors dial)".into());
+    }
+    let cert = match (args.cert, args.key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("init: --cert and --key go together".into()),
+    };
+    let own_pki = cert.is_none();
+    let cert_file = match &cert {
+        Some((c, _)) => c.clone(),
+        None => dir.join(init::CERT),
+    };
+    for f in init::init(&dir, &args.hostnames, cert)? {
+        println!("wrote {}", f.display());
+    }
+    println!(
+        "\nThe edge's key, for devices that pin it (`edge-pin:` in the device config):\n  {}",
+        init::edge_pin_of_cert_file(&cert_file)?
+    );
+    if own_pki {
+        println!(
+            "\nThe certificate is signed by a private CA ({}): give it to connectors as `edge-ca`.",
+            dir.join(init::CA_CERT).display()
+        );
+    }
+    println!(
+        "Next: mailslot-edge token --config {} --tunnel NAME --allow HOSTNAME",
+        dir.join(init::EDGE_YML).display()
+    );
+    Ok(())
+}
+
+/// `token`: signs a tunnel token, prints it on stdout and what it grants on stderr.
+fn token_cmd(args: Args) -> Result<(), String> {
+    let config = args.config.ok_or("token: --config edge.yml is required")?;
+    let tunnel = args.tunnel.ok_or("token: --tunnel NAME is required")?;
+    if args.allow.is_empty() {
+        return Err("token: at least one --allow HOSTNAME pattern is required".into());
+    }
+    for a in &args.allow {
+        check_pattern(a)?;
+    }
+    let cfg = EdgeConfig::load(&config)?;
+    let key_path = cfg
+        .signing_key
+        .ok_or("token: edge.yml has no signing-key; tokens are issued where the key is")?;
+    let key = init::load_signing_key(&key_path)?;
+    let signed = init::issue_tunnel_token(&key, &tunnel, &args.allow, args.expires.as_secs())?;
+    let now = token::now_unix();
+    let claims: token::TunnelClaims =
+        token::verify(&signed, token::TUNNEL_PREFIX, &[init::public_key_of(&key)])
+            .map_err(|e| format!("the new token does not verify: {e}"))?;
+    // The token on stdout alone, so `$(mailslot-edge token ...)` captures just it.
+    println!("{signed}");
+    eprintln!(
+        "tunnel {} id {} may serve {}; expires in {}s (revoke with revoked-tunnels: [{}])",
+        claims.tunnel,
+        mailslot::connector::hex(&claims.id),
+        claims.hosts.join(", "),
+        claims.expires.saturating_sub(now),
+        mailslot::connector::hex(&claims.id),
+    );
+    Ok(())
+}
+
+/// `access-token`: signs an access token, prints it on stdout and its id on stderr.
+fn access_token_cmd(args: Args) -> Result<(), String> {
+    let config = args
+        .config
+        .ok_or("access-token: --config edge.yml is required")?;
+    let user = args.user.ok_or("access-token: --user NAME is required")?;
+    if args.hostnames.is_empty() {
+        return Err("access-token: at least one --hostname PATTERN is required".into());
+    }
+    let cfg = EdgeConfig::load(&config)?;
+    let key_path = cfg
+        .signing_key
+        .ok_or("access-token: edge.yml has no signing-key; tokens are issued where the key is")?;
+    let key = init::load_signing_key(&key_path)?;
+    let ttl = args.ttl;
+    let token = policy::issue_access_token(&key, &user, &args.hostnames, ttl.as_secs())?;
+    // The token on stdout alone, so `$(mailslot-edge access-token ...)` captures it.
+    println!("{token}");
+    let id = mailslot::connector::hex(&policy::access_token_id(&token));
+    eprintln!(
+        "access token {id} for {user}: {}; expires in {}s (revoke with \
+         revoked-access-tokens: [{id}] and SIGHUP)",
+        args.hostnames.join(", "),
+        ttl.as_secs()
+    );
+    Ok(())
+}
+
+/// `serve`: loads `edge.yml`, binds its listeners, then serves until SIGTERM or
+/// Ctrl-C, reloading on SIGHUP.
+fn serve_cmd(args: Args) -> Result<(), String> {
+    let config = args.config.ok_or("serve: --config edge.yml is required")?;
+    let cfg = EdgeConfig::load(&config)?;
+    let settings = EdgeSettings::load(&cfg)?;
+    let listeners = Listeners::bind(&cfg)?;
+    let access_policy = policy::AccessPolicy::load(&cfg.access)?;
+    let tcp_ports = access::bind_tcp_ports(&cfg.access.tcp_ports)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        let edge = Edge::new(settings)
+            .with_access(access_policy, tcp_ports)
+            .with_admin_token(cfg.admin_token.clone());
+        let mut reloader = edge.reloader(config, cfg);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if let Err(e) = reloader.reload() {
+                    log::error!("edge.yml not reloaded, the running config stays: {e}");
+                }
+            }
+        });
+        edge.serve(listeners, async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await
+    })
 }
 
 /// "90d", "12h", "30m", "45s" or a number of seconds.

@@ -1,6 +1,7 @@
 //! `edge.yml`: the edge's settings, read at start and again on SIGHUP (see
 //! [`super::live`] for what a reload changes). Relative paths resolve against the file's
-//! folder.
+//! folder. The access sections (`access:`, `service-tokens:`, `tcp-ports:`) are parsed
+//! in `config/access.rs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,12 +11,15 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::shield::{self, parse_cidr, HostPolicy, Limits, Shield};
+use super::cidr::parse_cidr;
+use super::shield::{self, HostPolicy, Limits, Shield};
+
+mod access;
 
 /// Default tunnel listener (QUIC on UDP; HTTP/2 fallback on TCP).
-pub const DEFAULT_TUNNEL_LISTEN: &str = "0.0.0.0:7844";
-pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
-pub const DEFAULT_HTTPS_LISTEN: &str = "0.0.0.0:443";
+pub(crate) const DEFAULT_TUNNEL_LISTEN: &str = "0.0.0.0:7844";
+pub(crate) const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
+pub(crate) const DEFAULT_HTTPS_LISTEN: &str = "0.0.0.0:443";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -36,11 +40,11 @@ struct Raw {
     keepalive: Option<RawDuration>,
     idle_timeout: Option<RawDuration>,
     #[serde(default)]
-    access: Vec<super::policy::RawPolicy>,
+    access: Vec<access::RawPolicy>,
     #[serde(default)]
-    service_tokens: Vec<super::policy::RawServiceToken>,
+    service_tokens: Vec<access::RawServiceToken>,
     #[serde(default)]
-    tcp_ports: Vec<super::policy::RawTcpPort>,
+    tcp_ports: Vec<access::RawTcpPort>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -105,7 +109,7 @@ enum RawSize {
 }
 
 /// Parses a tunnel id: 32 hex digits, as `token` and the logs print it.
-pub fn parse_tunnel_id(s: &str) -> Result<[u8; 16], String> {
+pub(crate) fn parse_tunnel_id(s: &str) -> Result<[u8; 16], String> {
     parse_id(s, "revoked-tunnels", "a tunnel id")
 }
 
@@ -124,7 +128,7 @@ fn parse_id(s: &str, key: &str, what: &str) -> Result<[u8; 16], String> {
 }
 
 /// Parses "64KiB", "10MiB", "1GiB", "1000" (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -279,28 +283,28 @@ pub struct CertPaths {
 pub struct EdgeConfig {
     /// Name told to connectors in logs.
     pub name: String,
-    pub tunnel_listen: SocketAddr,
-    pub http_listen: Option<SocketAddr>,
-    pub https_listen: Option<SocketAddr>,
+    pub(crate) tunnel_listen: SocketAddr,
+    pub(crate) http_listen: Option<SocketAddr>,
+    pub(crate) https_listen: Option<SocketAddr>,
     /// The edge's own certificate: tunnel listener, and default for HTTPS visitors.
     pub cert: CertPaths,
     /// More certificates for visitors, chosen by SNI.
-    pub certs: Vec<CertPaths>,
+    pub(crate) certs: Vec<CertPaths>,
     pub signing_key: Option<PathBuf>,
     pub verify_keys: Vec<PathBuf>,
     /// How long the origin may take to start its response (then 504).
-    pub origin_response_timeout: Duration,
+    pub(crate) origin_response_timeout: Duration,
     pub keepalive: Duration,
     pub idle_timeout: Duration,
     /// Visitor limits, rate limits and per-hostname policies.
     pub shield: Arc<Shield>,
     /// Loopback address for `/metrics` and `/tunnels`; `None` = off.
-    pub admin_listen: Option<SocketAddr>,
+    pub(crate) admin_listen: Option<SocketAddr>,
     /// SHA-256 of the bearer token the admin listener requires (`admin-token` or
     /// `admin-token-file`); `None` = none required (loopback only).
     pub admin_token: Option<AdminToken>,
     /// Tunnel ids refused although their tokens verify.
-    pub revoked_tunnels: Vec<[u8; 16]>,
+    pub(crate) revoked_tunnels: Vec<[u8; 16]>,
     /// `access:`, `service-tokens:`, `tcp-ports:` and `revoked-access-tokens:`.
     pub access: super::policy::AccessConfig,
 }
@@ -422,7 +426,7 @@ impl EdgeConfig {
             raw.tcp_ports,
             abs,
         )?;
-        let max = super::policy::MAX_REVOKED;
+        let max = access::MAX_REVOKED;
         for (key, len) in [
             ("revoked-tunnels", raw.revoked_tunnels.len()),
             ("revoked-access-tokens", raw.revoked_access_tokens.len()),

@@ -13,17 +13,17 @@ use super::token::{self, TunnelClaims};
 /// Files `init` writes into its folder.
 pub const EDGE_YML: &str = "edge.yml";
 pub const CA_CERT: &str = "ca.pem";
-pub const CA_KEY: &str = "ca.key";
+pub(crate) const CA_KEY: &str = "ca.key";
 pub const CERT: &str = "edge.crt";
-pub const KEY: &str = "edge.key";
+pub(crate) const KEY: &str = "edge.key";
 pub const SIGNING_KEY: &str = "signing.key";
-pub const SIGNING_PUB: &str = "signing.pub";
+pub(crate) const SIGNING_PUB: &str = "signing.pub";
 
 /// A generated private CA and a certificate for the edge's names, in PEM.
 pub struct GeneratedPki {
     pub ca_pem: String,
     pub ca_der: Vec<u8>,
-    pub ca_key_pem: String,
+    pub(crate) ca_key_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
 }
@@ -91,7 +91,7 @@ pub fn generate_signing_key() -> Result<Vec<u8>, String> {
 }
 
 /// PEM text of a PKCS#8 key.
-pub fn pkcs8_pem(der: &[u8]) -> String {
+pub(crate) fn pkcs8_pem(der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");

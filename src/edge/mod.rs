@@ -2,21 +2,22 @@
 //! HTTPS, routes each request to a tunnel by hostname and path, and issues tokens.
 //!
 //! - [`config`]: the `edge.yml` settings.
+//! - [`cidr`]: address ranges for `ip-allow:` and `trusted-proxies:`.
 //! - [`init`]: first-time key and certificate generation.
 //! - [`token`]: signed tunnel (and access) tokens.
 //! - [`registry`]: tunnels, hostnames, connections, rule matching.
-//! - [`tunnels`]: the tunnel listener and the control handshake.
-//! - [`flood`]: per-address counts (IPv6 per /64) and rate-limited logs against floods.
-//! - [`front`]: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
+//! - `tunnels`: the tunnel listener and the control handshake.
+//! - `flood`: per-address counts (IPv6 per /64) and rate-limited logs against floods.
+//! - `front`: the visitor listeners (HTTP/1.1, HTTP/2, TLS with SNI).
 //! - [`path`]: the normal form of request paths, made before any rule matches them.
-//! - [`proxy`]: one visitor request through a tunnel, as named steps (admit, route,
+//! - `proxy`: one visitor request through a tunnel, as named steps (admit, route,
 //!   attempt with retry, upgrade, respond).
-//! - [`forward`]: header rewriting: smuggling checks, hop-by-hop headers, upgrades,
+//! - `forward`: header rewriting: smuggling checks, hop-by-hop headers, upgrades,
 //!   `X-Forwarded-*` and `Forwarded`.
-//! - [`silence`]: requests on a connection whose connector went silent.
-//! - [`stream`]: tunnel streams to an origin (stream header, the connector's reply).
-//! - [`pool`]: keep-alive origin connections inside tunnel streams.
-//! - [`body`]: the edge's body type, its own text responses, bounded request bodies.
+//! - `silence`: requests on a connection whose connector went silent.
+//! - `stream`: tunnel streams to an origin (stream header, the connector's reply).
+//! - `pool`: keep-alive origin connections inside tunnel streams.
+//! - `body`: the edge's body type, its own text responses, bounded request bodies.
 //! - [`policy`]: access policies, service tokens and signed access tokens.
 //! - [`access`]: access clients, public TCP ports, and the gate for HTTP hostnames.
 //! - [`live`]: what a reload of `edge.yml` (SIGHUP) changes while the edge runs.
@@ -26,6 +27,7 @@
 pub mod access;
 pub mod admin;
 pub(crate) mod body;
+pub mod cidr;
 pub mod config;
 pub(crate) mod flood;
 pub(crate) mod forward;

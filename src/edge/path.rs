@@ -100,18 +100,27 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// The uppercase hex digit of a nibble (`n` < 16).
+fn upper_hex(n: u8) -> char {
+    char::from_digit(u32::from(n), 16).map_or('0', |c| c.to_ascii_uppercase())
+}
+
 /// Decodes escapes of unreserved characters, uppercases the others, refuses the
 /// ambiguous ones.
 fn decode_unreserved(path: &str) -> Result<String, PathError> {
     let b = path.as_bytes();
     let mut out = String::with_capacity(b.len());
     let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'%' {
-            // hyper hands over ASCII only; anything else is kept as it is.
-            let next = path[i..].find('%').map_or(b.len(), |n| i + n);
-            out.push_str(&path[i..next]);
-            i = next;
+    while let Some(&byte) = b.get(i) {
+        if byte != b'%' {
+            // hyper hands over ASCII only; anything else is kept as it is. `i` is 0 or
+            // just past a three-byte ASCII escape, so it is on a char boundary.
+            let Some(rest) = path.get(i..) else {
+                return Err(PathError::BadEscape);
+            };
+            let run = rest.find('%').unwrap_or(rest.len());
+            out.push_str(rest.get(..run).unwrap_or_default());
+            i += run;
             continue;
         }
         let (Some(hi), Some(lo)) = (
@@ -128,10 +137,9 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
                 out.push(char::from(c))
             }
             _ => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
                 out.push('%');
-                out.push(char::from(HEX[usize::from(hi)]));
-                out.push(char::from(HEX[usize::from(lo)]));
+                out.push(upper_hex(hi));
+                out.push(upper_hex(lo));
             }
         }
         i += 3;

@@ -21,183 +21,38 @@
 //! a raw-stream (TCP, SSH, RDP) hostname is **closed**, so a TCP service is never exposed
 //! by accident, and an HTTP hostname is public.
 //!
-//! Signed access tokens are Ed25519 tokens of kind `msa1` ([`token::ACCESS_PREFIX`]):
-//! a tunnel token never verifies as one.
+//! This module holds the checked model ([`AccessConfig`]) and the decisions
+//! (`AccessPolicy::check`). The sections are parsed in `config/access.rs`,
+//! address ranges are [`super::cidr`], and signed access tokens (kind `msa1`, which a
+//! tunnel token never verifies as) are [`super::token::access`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ring::signature::Ed25519KeyPair;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::token::{self, TokenError, ACCESS_PREFIX};
+use super::cidr::{any_contains, canonical, Cidr};
+use super::token::access::verify_access;
+use super::token::{sha256, TokenError};
 use crate::wire::{AccessCredential, AccessError};
 
-/// Most hostname patterns in one access token.
-pub const MAX_TOKEN_HOSTS: usize = 16;
-/// Longest user name in an access token.
-pub const MAX_USER_LEN: usize = 64;
-/// Longest lifetime of an access token, seconds (31 days): they are meant to be short.
-pub const MAX_ACCESS_TTL: u64 = 31 * 86400;
+pub use super::token::access::{
+    access_token_id, issue_access_token, sign_access_token, AccessClaims,
+};
+
 /// Longest service token secret read from a file.
 const MAX_SECRET_LEN: usize = 1024;
 /// Shortest service token secret accepted in `edge.yml`.
 const MIN_SECRET_LEN: usize = 16;
-/// Most `access:` entries.
-pub const MAX_POLICIES: usize = 4096;
-/// Most `service-tokens:`.
-pub const MAX_SERVICE_TOKENS: usize = 4096;
-/// Most `revoked-access-tokens:` (and `revoked-tunnels:`) entries.
-pub const MAX_REVOKED: usize = 65_536;
-
-/// The id of an access token: the first 16 bytes of the SHA-256 of its text, printed in
-/// hex by `mailslot-edge access-token` and listed in `revoked-access-tokens:` to refuse
-/// the token before it expires.
-pub fn access_token_id(token: &str) -> [u8; 16] {
-    let digest = sha256(token.trim().as_bytes());
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&digest[..16]);
-    id
-}
-
-/// What a signed access token grants.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessClaims {
-    /// Who the token was issued to, for policies and logs.
-    pub user: String,
-    /// Hostname patterns the token is good for (see [`HostPattern`]).
-    pub hosts: Vec<String>,
-    /// Issue time, Unix seconds.
-    pub issued: u64,
-    /// Expiry time, Unix seconds.
-    pub expires: u64,
-}
-
-/// Signs an access token for `user` and `hosts`, valid for `ttl_secs` from now.
-pub fn issue_access_token(
-    key: &Ed25519KeyPair,
-    user: &str,
-    hosts: &[String],
-    ttl_secs: u64,
-) -> Result<String, String> {
-    if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(|c| c.is_control()) {
-        return Err(format!("--user: 1 to {MAX_USER_LEN} printable characters"));
-    }
-    if hosts.is_empty() || hosts.len() > MAX_TOKEN_HOSTS {
-        return Err(format!(
-            "an access token names 1 to {MAX_TOKEN_HOSTS} --hostname patterns"
-        ));
-    }
-    let hosts = hosts
-        .iter()
-        .map(|h| {
-            HostPattern::parse(h)
-                .map(|p| p.as_str().to_string())
-                .map_err(|e| format!("--hostname {h:?}: {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if ttl_secs == 0 || ttl_secs > MAX_ACCESS_TTL {
-        return Err("--ttl: access tokens live from 1 second to 31 days".into());
-    }
-    let now = token::now_unix();
-    sign_access_token(
-        key,
-        &AccessClaims {
-            user: user.to_string(),
-            hosts,
-            issued: now,
-            expires: now.saturating_add(ttl_secs),
-        },
-    )
-}
-
-/// Signs exactly these claims (tests use it for tokens that are already expired).
-pub fn sign_access_token(key: &Ed25519KeyPair, claims: &AccessClaims) -> Result<String, String> {
-    token::sign(key, ACCESS_PREFIX, claims)
-}
-
-/// Verifies an access token and its expiry at `now` (Unix seconds).
-pub fn verify_access(token: &str, keys: &[[u8; 32]], now: u64) -> Result<AccessClaims, TokenError> {
-    let claims: AccessClaims = token::verify(token, ACCESS_PREFIX, keys)?;
-    if claims.expires <= now {
-        return Err(TokenError::Expired(now - claims.expires));
-    }
-    Ok(claims)
-}
 
 /// Hostname patterns: the grammar of [`crate::hostname`] (exact, `*.rest`, `*` labels,
 /// `*` alone).
 pub use crate::hostname::HostPattern;
 
-/// An address range in CIDR form (`10.0.0.0/8`, `2001:db8::/32`, or one address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl TryFrom<String> for Cidr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Cidr::parse(&s)
-    }
-}
-
-impl Cidr {
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let bad = || format!("{s:?} is not an address range like 10.0.0.0/8 or 2001:db8::/32");
-        let (ip, prefix) = match s.trim().split_once('/') {
-            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
-            None => (s.trim(), None),
-        };
-        let addr: IpAddr = ip.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        if prefix > max {
-            return Err(bad());
-        }
-        Ok(Cidr { addr, prefix })
-    }
-
-    /// Is `ip` inside the range? IPv4-mapped IPv6 addresses count as IPv4.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        let bits = |a: IpAddr| -> u128 {
-            match a {
-                IpAddr::V4(v4) => u128::from(u32::from(v4)),
-                IpAddr::V6(v6) => u128::from(v6),
-            }
-        };
-        let width = match (self.addr, ip) {
-            (IpAddr::V4(_), IpAddr::V4(_)) => 32,
-            (IpAddr::V6(_), IpAddr::V6(_)) => 128,
-            _ => return false,
-        };
-        if self.prefix == 0 {
-            return true;
-        }
-        let shift = width - u32::from(self.prefix);
-        (bits(self.addr) >> shift) == (bits(ip) >> shift)
-    }
-}
-
-/// `::ffff:a.b.c.d` as `a.b.c.d`.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn allowed(list: &[Cidr], ip: IpAddr) -> bool {
-    list.iter().any(|c| c.contains(ip))
-}
-
 /// A way to be admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Method {
+pub(crate) enum Method {
     /// Anyone (within the IP allow-list).
     Public,
     /// A service token defined in `service-tokens`.
@@ -206,70 +61,22 @@ pub enum Method {
     Signed,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-impl<T> OneOrMany<T> {
-    fn into_vec(self) -> Vec<T> {
-        match self {
-            OneOrMany::One(t) => vec![t],
-            OneOrMany::Many(v) => v,
-        }
-    }
-}
-
-/// One `access:` entry as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawPolicy {
-    hostname: HostPattern,
-    allow: OneOrMany<Method>,
-    #[serde(default)]
-    users: Vec<String>,
-    #[serde(default)]
-    service_tokens: Vec<String>,
-    #[serde(default)]
-    ip_allow: Vec<Cidr>,
-}
-
-/// One `service-tokens:` entry as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawServiceToken {
-    id: String,
-    secret: Option<String>,
-    secret_file: Option<PathBuf>,
-}
-
-/// One `tcp-ports:` entry as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawTcpPort {
-    listen: String,
-    hostname: String,
-    ip_allow: Vec<Cidr>,
-}
-
 /// An access policy for the hostnames its pattern covers.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub hostname: HostPattern,
     pub allow: Vec<Method>,
     /// Signed tokens of these users only (empty: any user).
     pub users: Vec<String>,
     /// These service tokens only (empty: any defined one).
-    pub service_tokens: Vec<String>,
+    pub(crate) service_tokens: Vec<String>,
     /// Client addresses admitted (empty: any).
-    pub ip_allow: Vec<Cidr>,
+    pub(crate) ip_allow: Vec<Cidr>,
 }
 
 /// Where a service token's secret comes from.
 #[derive(Clone)]
-pub enum SecretSource {
+pub(crate) enum SecretSource {
     Inline(String),
     File(PathBuf),
 }
@@ -288,13 +95,13 @@ impl std::fmt::Debug for SecretSource {
 pub struct TcpPortSpec {
     pub listen: SocketAddr,
     pub hostname: String,
-    pub ip_allow: Vec<Cidr>,
+    pub(crate) ip_allow: Vec<Cidr>,
 }
 
 impl TcpPortSpec {
     /// Is a client at `ip` let in?
     pub fn admits(&self, ip: IpAddr) -> bool {
-        allowed(&self.ip_allow, ip)
+        any_contains(&self.ip_allow, ip)
     }
 }
 
@@ -302,119 +109,15 @@ impl TcpPortSpec {
 /// is loaded (at start and at each reload).
 #[derive(Debug, Clone, Default)]
 pub struct AccessConfig {
-    pub policies: Vec<Policy>,
-    pub service_tokens: Vec<(String, SecretSource)>,
+    pub(crate) policies: Vec<Policy>,
+    pub(crate) service_tokens: Vec<(String, SecretSource)>,
     pub tcp_ports: Vec<TcpPortSpec>,
     /// Ids ([`access_token_id`]) of signed access tokens refused before they expire.
-    pub revoked_tokens: Vec<[u8; 16]>,
+    pub(crate) revoked_tokens: Vec<[u8; 16]>,
 }
 
-impl AccessConfig {
-    /// Checks the raw sections; `abs` resolves relative paths.
-    pub fn from_raw(
-        access: Vec<RawPolicy>,
-        service_tokens: Vec<RawServiceToken>,
-        tcp_ports: Vec<RawTcpPort>,
-        abs: impl Fn(PathBuf) -> PathBuf,
-    ) -> Result<AccessConfig, String> {
-        if access.len() > MAX_POLICIES {
-            return Err(format!("access: at most {MAX_POLICIES} entries"));
-        }
-        if service_tokens.len() > MAX_SERVICE_TOKENS {
-            return Err(format!(
-                "service-tokens: at most {MAX_SERVICE_TOKENS} entries"
-            ));
-        }
-        let mut tokens = Vec::new();
-        for t in service_tokens {
-            if t.id.is_empty() || t.id.len() > 64 || t.id.chars().any(|c| c.is_control()) {
-                return Err(format!(
-                    "service-tokens: id {:?} must be 1 to 64 printable characters",
-                    t.id
-                ));
-            }
-            if tokens.iter().any(|(id, _)| *id == t.id) {
-                return Err(format!("service-tokens: id {} is defined twice", t.id));
-            }
-            let source = match (t.secret, t.secret_file) {
-                (Some(s), None) => {
-                    check_secret(&s).map_err(|e| format!("service-tokens: {}: {e}", t.id))?;
-                    SecretSource::Inline(s)
-                }
-                (None, Some(p)) => SecretSource::File(abs(p)),
-                _ => {
-                    return Err(format!(
-                        "service-tokens: {} needs one of secret or secret-file",
-                        t.id
-                    ))
-                }
-            };
-            tokens.push((t.id, source));
-        }
-        let mut policies = Vec::new();
-        for (i, p) in access.into_iter().enumerate() {
-            let allow = p.allow.into_vec();
-            if allow.is_empty() {
-                return Err(format!("access[{i}] ({}): allow is empty", p.hostname));
-            }
-            for id in &p.service_tokens {
-                if !tokens.iter().any(|(t, _)| t == id) {
-                    return Err(format!(
-                        "access[{i}] ({}): service token {id} is not defined in service-tokens",
-                        p.hostname
-                    ));
-                }
-            }
-            if allow.contains(&Method::ServiceToken) && tokens.is_empty() {
-                return Err(format!(
-                    "access[{i}] ({}): allows service-token but service-tokens defines none",
-                    p.hostname
-                ));
-            }
-            policies.push(Policy {
-                hostname: p.hostname,
-                allow,
-                users: p.users,
-                service_tokens: p.service_tokens,
-                ip_allow: p.ip_allow,
-            });
-        }
-        let mut ports = Vec::new();
-        for (i, t) in tcp_ports.into_iter().enumerate() {
-            let listen: SocketAddr = t.listen.parse().map_err(|_| {
-                format!(
-                    "tcp-ports[{i}]: listen {:?} is not an address like 0.0.0.0:2222",
-                    t.listen
-                )
-            })?;
-            let host =
-                HostPattern::parse(&t.hostname).map_err(|e| format!("tcp-ports[{i}]: {e}"))?;
-            if host.as_str().contains('*') {
-                return Err(format!(
-                    "tcp-ports[{i}]: hostname must be one name, not a pattern"
-                ));
-            }
-            if t.ip_allow.is_empty() {
-                return Err(format!(
-                    "tcp-ports[{i}]: ip-allow is required (use [0.0.0.0/0, \"::/0\"] to admit everyone)"
-                ));
-            }
-            ports.push(TcpPortSpec {
-                listen,
-                hostname: host.as_str().to_string(),
-                ip_allow: t.ip_allow,
-            });
-        }
-        Ok(AccessConfig {
-            policies,
-            service_tokens: tokens,
-            tcp_ports: ports,
-            revoked_tokens: Vec::new(),
-        })
-    }
-}
-
-fn check_secret(s: &str) -> Result<(), String> {
+/// Checks a service token secret's length.
+pub(crate) fn check_secret(s: &str) -> Result<(), String> {
     if s.len() < MIN_SECRET_LEN || s.len() > MAX_SECRET_LEN {
         return Err(format!(
             "a secret has {MIN_SECRET_LEN} to {MAX_SECRET_LEN} characters"
@@ -425,7 +128,7 @@ fn check_secret(s: &str) -> Result<(), String> {
 
 /// What kind of service a hostname is, for the default when no policy matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostKind {
+pub(crate) enum HostKind {
     /// HTTP: public without a policy.
     Http,
     /// A raw stream (TCP, SSH, RDP): closed without a policy.
@@ -434,16 +137,16 @@ pub enum HostKind {
 
 /// Who was admitted, for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The user, `service:<id>`, or `anonymous`.
-    pub who: String,
+    pub(crate) who: String,
     /// How: `signed token`, `service token`, `public`.
     pub how: &'static str,
 }
 
 /// Why a client was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denied {
+pub(crate) struct Denied {
     /// `Unauthorized` (no or bad credentials) or `Forbidden` (valid but not admitted).
     pub error: AccessError,
     pub message: String,
@@ -470,13 +173,6 @@ pub struct AccessPolicy {
     service_tokens: Vec<(String, [u8; 32])>,
     /// Ids of revoked access tokens.
     revoked_tokens: std::collections::HashSet<[u8; 16]>,
-}
-
-fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 /// Compares digests without an early exit.
@@ -512,12 +208,12 @@ impl AccessPolicy {
     }
 
     /// The policy deciding for `host`, if any.
-    pub fn policy_for(&self, host: &str) -> Option<&Policy> {
+    pub(crate) fn policy_for(&self, host: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.hostname.matches(host))
     }
 
     /// Decides whether a client at `peer` showing `cred` may reach `host`.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         host: &str,
         kind: HostKind,
@@ -540,7 +236,7 @@ impl AccessPolicy {
             };
         };
         let peer = canonical(peer);
-        if !policy.ip_allow.is_empty() && !allowed(&policy.ip_allow, peer) {
+        if !policy.ip_allow.is_empty() && !any_contains(&policy.ip_allow, peer) {
             return Err(forbidden(format!(
                 "your address {peer} is not in the allow-list for {host}"
             )));
@@ -679,8 +375,9 @@ fn read_secret(path: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::token;
     use ring::rand::SystemRandom;
-    use ring::signature::KeyPair;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
 
     fn key() -> Ed25519KeyPair {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
@@ -708,26 +405,6 @@ mod tests {
         assert!(HostPattern::parse("a.b*.c").is_err());
         assert!(!HostPattern::parse("a.*.c").unwrap().matches("a..c"));
         assert!(HostPattern::parse("a_b.example.com").is_err());
-    }
-
-    #[test]
-    fn cidrs() {
-        let c = Cidr::parse("10.1.0.0/16").unwrap();
-        assert!(c.contains("10.1.2.3".parse().unwrap()));
-        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(!c.contains("10.2.0.1".parse().unwrap()));
-        assert!(!c.contains("::1".parse().unwrap()));
-        let c = Cidr::parse("2001:db8::/32").unwrap();
-        assert!(c.contains("2001:db8:1::5".parse().unwrap()));
-        assert!(!c.contains("2001:db9::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0")
-            .unwrap()
-            .contains("8.8.8.8".parse().unwrap()));
-        assert!(Cidr::parse("127.0.0.1")
-            .unwrap()
-            .contains("127.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("ten/8").is_err());
     }
 
     fn policy(yaml_allow: &[Method], users: &[&str], ip: &[&str]) -> AccessPolicy {
@@ -913,30 +590,5 @@ mod tests {
                 .how,
             "public"
         );
-    }
-
-    #[test]
-    fn config_sections_are_checked() {
-        let raw: Vec<RawPolicy> = yaml_serde::from_str(
-            "- hostname: ssh.*.example.com\n  allow: signed\n  ip-allow: [10.0.0.0/8]\n",
-        )
-        .unwrap();
-        let c = AccessConfig::from_raw(raw, Vec::new(), Vec::new(), |p| p).unwrap();
-        assert_eq!(c.policies[0].allow, vec![Method::Signed]);
-        let raw: Vec<RawPolicy> =
-            yaml_serde::from_str("- hostname: x.example.com\n  allow: service-token\n").unwrap();
-        assert!(AccessConfig::from_raw(raw, Vec::new(), Vec::new(), |p| p).is_err());
-        let e = yaml_serde::from_str::<Vec<RawPolicy>>(
-            "- hostname: x.example.com\n  allow: signed\n  ip-allow: [10.0.0.0/99]\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("10.0.0.0/99"), "{e}");
-        let ports: Vec<RawTcpPort> = yaml_serde::from_str(
-            "- listen: 127.0.0.1:2222\n  hostname: db.example.com\n  ip-allow: []\n",
-        )
-        .unwrap();
-        let e = AccessConfig::from_raw(Vec::new(), Vec::new(), ports, |p| p).unwrap_err();
-        assert!(e.contains("ip-allow is required"), "{e}");
     }
 }

@@ -6,7 +6,8 @@
 //! Each connection carries its own rule table (replicas may run different configs
 //! for a while), so routing picks a connection first, then matches its rules.
 //! Compiled path patterns are shared among all tables with the same patterns, within a
-//! budget per tunnel and per edge ([`PathTable`]).
+//! budget per tunnel and per edge (`PathTable`). A connection's table is checked and
+//! matched in `registry/rules.rs`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,141 +18,35 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::connector::hex;
-use crate::edge::token::{pattern_allows, TunnelClaims};
-use crate::hostname::{self, HostPattern};
+use crate::edge::token::TunnelClaims;
+use crate::hostname;
 use crate::transport::Session;
-use crate::wire::{RuleAction, RuleInfo};
 
 mod paths;
-pub use paths::{PathTable, EDGE_BUDGET, OVERHEAD, SIZE_TIERS, TUNNEL_BUDGET};
+mod rules;
+pub(crate) use paths::{PathTable, TUNNEL_BUDGET};
+pub(crate) use rules::Rules;
 
 /// Most tunnels one edge holds.
-pub const MAX_TUNNELS: usize = 10_000;
+pub(crate) const MAX_TUNNELS: usize = 10_000;
 /// Most connections one tunnel holds (all replicas together).
-pub const MAX_CONNS_PER_TUNNEL: usize = 64;
-/// Most rules one connection may register.
-pub const MAX_RULES: usize = 64;
+pub(crate) const MAX_CONNS_PER_TUNNEL: usize = 64;
 /// Silence from a connector that counts as gone: at least this...
 const SILENCE_BASE: Duration = Duration::from_secs(1);
 /// ...plus eight round trips, at most this.
 const SILENCE_MAX: Duration = Duration::from_secs(5);
 
-/// A rule ready for matching.
-pub struct Rule {
-    /// Exact or `*.` (see [`HostPattern::is_routable`]).
-    pub hostname: Option<HostPattern>,
-    /// Whether the rule has a path pattern (compiled in [`Rules::paths`]).
-    pub has_path: bool,
-    pub action: RuleAction,
-    pub host_header: Option<String>,
-}
-
-/// A connection's rule table.
-pub struct Rules {
-    pub generation: u32,
-    pub rules: Vec<Rule>,
-    /// The rules' path patterns, shared with every table that has the same ones.
-    pub paths: Arc<PathTable>,
-}
-
-impl Rules {
-    /// Checks and compiles rules registered by a connector holding `claims`.
-    pub fn compile(
-        generation: u32,
-        infos: &[RuleInfo],
-        claims: &TunnelClaims,
-    ) -> Result<Rules, String> {
-        if infos.is_empty() || infos.len() > MAX_RULES {
-            return Err(format!(
-                "a rule table holds 1 to {MAX_RULES} rules, not {}",
-                infos.len()
-            ));
-        }
-        let mut rules = Vec::with_capacity(infos.len());
-        for (i, r) in infos.iter().enumerate() {
-            let hostname = match &r.hostname {
-                None => None,
-                Some(h) => Some(rule_hostname(i, h, claims)?),
-            };
-            if let RuleAction::Status(code) = r.action {
-                if !(100..=599).contains(&code) {
-                    return Err(format!(
-                        "ingress[{i}]: http_status:{code} is not a status code"
-                    ));
-                }
-            }
-            rules.push(Rule {
-                hostname,
-                has_path: r.path.is_some(),
-                action: r.action,
-                host_header: r.host_header.clone(),
-            });
-        }
-        let last = &rules[rules.len() - 1];
-        if last.hostname.is_some() || last.has_path {
-            return Err(
-                "the last ingress rule must match everything (no hostname, no path)".into(),
-            );
-        }
-        let paths = paths::table(infos)?;
-        Ok(Rules {
-            generation,
-            rules,
-            paths,
-        })
-    }
-
-    /// The first rule matching `host` and `path`.
-    pub fn matching(&self, host: &str, path: &str) -> Option<(u16, &Rule)> {
-        self.rules.iter().enumerate().find_map(|(i, r)| {
-            let host_ok = r.hostname.as_ref().is_none_or(|p| p.matches(host));
-            let path_ok = !r.has_path
-                || self
-                    .paths
-                    .get(i)
-                    .is_some_and(|re| re.is_match(path.as_bytes()));
-            (host_ok && path_ok).then_some((i as u16, r))
-        })
-    }
-
-    /// Hostnames (exact or `*.`) this table names.
-    fn hostnames(&self) -> impl Iterator<Item = &str> {
-        self.rules
-            .iter()
-            .filter_map(|r| r.hostname.as_ref().map(HostPattern::as_str))
-    }
-}
-
-/// Rule `i`'s hostname as a pattern: exact or `*.` (a hostname is claimed by one
-/// tunnel, so inner wildcards, which no look-up by name can find, are refused), and
-/// allowed by the token.
-fn rule_hostname(i: usize, h: &str, claims: &TunnelClaims) -> Result<HostPattern, String> {
-    let pattern = HostPattern::parse(h).map_err(|e| format!("ingress[{i}] hostname {h:?}: {e}"))?;
-    if !pattern.is_routable() {
-        return Err(format!(
-            "ingress[{i}] hostname {h:?}: a rule names an exact hostname or `*.` and one"
-        ));
-    }
-    if !claims.hosts.iter().any(|p| pattern_allows(p, &pattern)) {
-        return Err(format!(
-            "hostname {h} is not allowed by this tunnel's token (it allows: {})",
-            claims.hosts.join(", ")
-        ));
-    }
-    Ok(pattern)
-}
-
 /// One live tunnel connection.
 pub struct Conn {
     pub session: Session,
     pub tunnel_id: [u8; 16],
-    pub tunnel_name: String,
+    pub(crate) tunnel_name: String,
     pub connector_id: [u8; 16],
     /// The connector's instance id (stable across its restarts), when it sent one.
     pub instance: Option<[u8; 16]>,
     pub index: u8,
     pub remote: SocketAddr,
-    pub rules: Mutex<Arc<Rules>>,
+    pub(crate) rules: Mutex<Arc<Rules>>,
     /// The connector said it is draining: no new streams.
     pub draining: AtomicBool,
     /// Tunnel streams the edge has opened on it: origin connections for HTTP (each
@@ -166,7 +61,7 @@ impl Conn {
     /// bytes over HTTP/2. A connector that is alive adds to it within a round trip of
     /// a request (QUIC acknowledges the request's packets; over HTTP/2 it answers the
     /// ping [`Conn::nudge`] sends), whatever its origin is doing.
-    pub fn heard(&self) -> u64 {
+    pub(crate) fn heard(&self) -> u64 {
         match &self.session {
             Session::Quic(c) => c.stats().udp_rx.datagrams,
             Session::H2(h) => h.heard(),
@@ -175,7 +70,7 @@ impl Conn {
 
     /// Asks the connector for an answer now, where the transport needs one asked for
     /// (HTTP/2: a ping; QUIC acknowledges what it receives by itself).
-    pub fn nudge(&self) {
+    pub(crate) fn nudge(&self) {
         if let Session::H2(h) = &self.session {
             h.nudge();
         }
@@ -183,18 +78,18 @@ impl Conn {
 
     /// How long a connector that is alive may stay silent while the edge waits on it:
     /// a round trip or a few (retransmissions on a lossy path) and then some.
-    pub fn silence_limit(&self) -> Duration {
+    pub(crate) fn silence_limit(&self) -> Duration {
         (SILENCE_BASE + self.session.rtt() * 8).min(SILENCE_MAX)
     }
 
-    pub fn rules(&self) -> Arc<Rules> {
+    pub(crate) fn rules(&self) -> Arc<Rules> {
         lock(&self.rules).clone()
     }
 
     /// Stops new streams on this connection. Its idle pooled streams are never handed
     /// out again: routing skips draining connections, and pooled streams are keyed by
     /// connection.
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 }
@@ -240,7 +135,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Where a visitor's request goes.
-pub enum Route {
+pub(crate) enum Route {
     /// No tunnel serves this hostname here.
     NoTunnel,
     /// The tunnel has no live connection that takes new streams.
@@ -305,23 +200,33 @@ impl Registry {
     /// instead of the old connections lingering (and taking requests) until their idle
     /// timeout. Connections of the registering process and of other instances (replicas)
     /// stay. Returns how many went.
-    pub fn supersede(&self, conn: &Arc<Conn>) -> usize {
+    pub(crate) fn supersede(&self, conn: &Arc<Conn>) -> usize {
         let Some(instance) = conn.instance else {
             return 0;
         };
+        // Taken out of the table under the lock that found them, so that the new
+        // process's connections, registering at the same time, close each one once.
         let old: Vec<Arc<Conn>> = {
-            let inner = lock(&self.inner);
+            let mut inner = lock(&self.inner);
             let Some(t) = inner.tunnels.get(&conn.tunnel_id) else {
                 return 0;
             };
-            t.conns
+            let old: Vec<Arc<Conn>> = t
+                .conns
                 .iter()
                 .filter(|c| c.instance == Some(instance) && c.connector_id != conn.connector_id)
                 .cloned()
-                .collect()
+                .collect();
+            for c in &old {
+                c.set_draining();
+                remove_locked(&mut inner, c);
+            }
+            old
         };
+        if !old.is_empty() {
+            self.changed.notify_waiters();
+        }
         for c in &old {
-            c.set_draining();
             log::info!(
                 "tunnel {} ({}) connector {} #{} from {}: superseded by connector {}, the \
                  same instance started again; closing",
@@ -334,13 +239,12 @@ impl Registry {
             );
             c.session
                 .close("superseded: this connector instance registered again from a new process");
-            self.remove(c);
         }
         old.len()
     }
 
     /// Replaces a connection's rule table (after a reload on the device).
-    pub fn update_rules(&self, conn: &Conn, rules: Rules) -> Result<(), String> {
+    pub(crate) fn update_rules(&self, conn: &Conn, rules: Rules) -> Result<(), String> {
         let mut inner = lock(&self.inner);
         check_claims(&inner, conn.tunnel_id, &rules)?;
         check_budget(&inner, conn.tunnel_id, Some(conn), &rules)?;
@@ -350,24 +254,8 @@ impl Registry {
     }
 
     /// Removes a connection; the tunnel and its hostnames go with its last connection.
-    pub fn remove(&self, conn: &Arc<Conn>) {
-        let mut inner = lock(&self.inner);
-        if inner
-            .conns
-            .get(&conn.session.id())
-            .is_some_and(|c| Arc::ptr_eq(c, conn))
-        {
-            inner.conns.remove(&conn.session.id());
-            inner.silent.remove(&conn.session.id());
-        }
-        if let Some(t) = inner.tunnels.get_mut(&conn.tunnel_id) {
-            t.conns.retain(|c| !Arc::ptr_eq(c, conn));
-            if t.conns.is_empty() {
-                inner.tunnels.remove(&conn.tunnel_id);
-            }
-        }
-        rebuild_hosts(&mut inner, conn.tunnel_id);
-        drop(inner);
+    pub(crate) fn remove(&self, conn: &Arc<Conn>) {
+        remove_locked(&mut lock(&self.inner), conn);
         self.changed.notify_waiters();
     }
 
@@ -375,7 +263,7 @@ impl Registry {
     /// (a request on it waited [`Conn::silence_limit`] without a packet back): new
     /// requests go to the tunnel's other connections until it is heard from again, or
     /// its idle timeout ends it.
-    pub fn set_silent(&self, conn: &Conn, heard: u64) {
+    pub(crate) fn set_silent(&self, conn: &Conn, heard: u64) {
         let id = conn.session.id();
         let mut inner = lock(&self.inner);
         if inner.conns.contains_key(&id) {
@@ -385,7 +273,7 @@ impl Registry {
 
     /// Whether the tunnel serving `host` has a connection besides those in `avoid` that
     /// takes new streams and is not silent: somewhere a retry can go.
-    pub fn has_answering(&self, host: &str, avoid: &[usize]) -> bool {
+    pub(crate) fn has_answering(&self, host: &str, avoid: &[usize]) -> bool {
         let inner = lock(&self.inner);
         let Some(t) = lookup_host(&inner.hosts, host).and_then(|id| inner.tunnels.get(&id)) else {
             return false;
@@ -404,12 +292,12 @@ impl Registry {
     }
 
     /// Picks a live connection for `host` (round robin) and the rule for `path`.
-    pub fn route(&self, host: &str, path: &str) -> Route {
+    pub(crate) fn route(&self, host: &str, path: &str) -> Route {
         self.pick(host, path, &[], true)
     }
 
     /// As [`route`](Self::route), avoiding the listed connections (a retry).
-    pub fn route_excluding(&self, host: &str, path: &str, avoid: &[usize]) -> Route {
+    pub(crate) fn route_excluding(&self, host: &str, path: &str, avoid: &[usize]) -> Route {
         self.pick(host, path, avoid, true)
     }
 
@@ -417,7 +305,7 @@ impl Registry {
     /// would serve the request, when the connection is picked later. (Turning it
     /// twice per request would, with an even number of connections, leave every
     /// other one idle.)
-    pub fn peek(&self, host: &str, path: &str) -> Route {
+    pub(crate) fn peek(&self, host: &str, path: &str) -> Route {
         self.pick(host, path, &[], false)
     }
 
@@ -477,7 +365,7 @@ impl Registry {
     }
 
     /// Number of live connections of the tunnel serving `host`.
-    pub fn connections_for(&self, host: &str) -> usize {
+    pub(crate) fn connections_for(&self, host: &str) -> usize {
         let inner = lock(&self.inner);
         lookup_host(&inner.hosts, host)
             .and_then(|id| inner.tunnels.get(&id))
@@ -524,7 +412,7 @@ impl Registry {
 
     /// One line per live connection, sorted: tunnel, id, connector, index, protocol,
     /// connector address and the hostnames of its rules.
-    pub fn connection_lines(&self) -> Vec<String> {
+    pub(crate) fn connection_lines(&self) -> Vec<String> {
         let inner = lock(&self.inner);
         let mut out: Vec<String> = inner
             .tunnels
@@ -559,7 +447,7 @@ impl Registry {
     }
 
     /// Every live connection (for going away at shutdown).
-    pub fn all_conns(&self) -> Vec<Arc<Conn>> {
+    pub(crate) fn all_conns(&self) -> Vec<Arc<Conn>> {
         let inner = lock(&self.inner);
         inner
             .tunnels
@@ -567,6 +455,25 @@ impl Registry {
             .flat_map(|t| t.conns.iter().cloned())
             .collect()
     }
+}
+
+/// Takes `conn` out of the tables (a no-op when it is already out).
+fn remove_locked(inner: &mut Inner, conn: &Arc<Conn>) {
+    if inner
+        .conns
+        .get(&conn.session.id())
+        .is_some_and(|c| Arc::ptr_eq(c, conn))
+    {
+        inner.conns.remove(&conn.session.id());
+        inner.silent.remove(&conn.session.id());
+    }
+    if let Some(t) = inner.tunnels.get_mut(&conn.tunnel_id) {
+        t.conns.retain(|c| !Arc::ptr_eq(c, conn));
+        if t.conns.is_empty() {
+            inner.tunnels.remove(&conn.tunnel_id);
+        }
+    }
+    rebuild_hosts(inner, conn.tunnel_id);
 }
 
 /// The tunnel claiming canonical `host`: exact name first, then the most specific
@@ -652,87 +559,6 @@ fn rebuild_hosts(inner: &mut Inner, tunnel: [u8; 16]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn claims(hosts: &[&str]) -> TunnelClaims {
-        TunnelClaims {
-            tunnel: "t".into(),
-            id: [0; 16],
-            hosts: hosts.iter().map(|s| s.to_string()).collect(),
-            issued: 0,
-            expires: u64::MAX,
-        }
-    }
-
-    fn rule(host: Option<&str>, path: Option<&str>, action: RuleAction) -> RuleInfo {
-        RuleInfo {
-            hostname: host.map(String::from),
-            path: path.map(String::from),
-            action,
-            host_header: None,
-        }
-    }
-
-    #[test]
-    fn first_matching_rule_wins() {
-        let infos = vec![
-            rule(
-                Some("api.dev42.example.com"),
-                Some("^/v1/"),
-                RuleAction::Http,
-            ),
-            rule(Some("dev42.example.com"), None, RuleAction::Http),
-            rule(Some("*.dev42.example.com"), None, RuleAction::Status(418)),
-            rule(None, None, RuleAction::Status(404)),
-        ];
-        let r = Rules::compile(
-            1,
-            &infos,
-            &claims(&["dev42.example.com", "*.dev42.example.com"]),
-        )
-        .unwrap();
-        assert_eq!(r.matching("api.dev42.example.com", "/v1/x").unwrap().0, 0);
-        assert_eq!(r.matching("api.dev42.example.com", "/v2/x").unwrap().0, 2);
-        assert_eq!(r.matching("dev42.example.com", "/").unwrap().0, 1);
-        assert_eq!(r.matching("other.example.com", "/").unwrap().0, 3);
-    }
-
-    #[test]
-    fn token_limits_hostnames_and_catch_all_is_required() {
-        let c = claims(&["dev42.example.com"]);
-        let e = Rules::compile(
-            1,
-            &[
-                rule(Some("bank.example.com"), None, RuleAction::Http),
-                rule(None, None, RuleAction::Status(404)),
-            ],
-            &c,
-        )
-        .err()
-        .unwrap();
-        assert!(
-            e.contains("bank.example.com") && e.contains("not allowed"),
-            "{e}"
-        );
-        let e = Rules::compile(
-            1,
-            &[rule(Some("dev42.example.com"), None, RuleAction::Http)],
-            &c,
-        )
-        .err()
-        .unwrap();
-        assert!(e.contains("last ingress rule"), "{e}");
-        let e = Rules::compile(
-            1,
-            &[
-                rule(None, Some("(unclosed"), RuleAction::Http),
-                rule(None, None, RuleAction::Status(404)),
-            ],
-            &c,
-        )
-        .err()
-        .unwrap();
-        assert!(e.contains("path"), "{e}");
-    }
 
     #[test]
     fn wildcard_lookup_prefers_the_most_specific() {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use serde::Deserialize;
 
+use super::cidr::in_cidr;
 use crate::hostname::HostPattern;
 
 /// Most client IPs tracked for connection counts.
@@ -23,31 +24,31 @@ const MAX_BUCKETS: usize = 200_000;
 /// Limits and timeouts for visitors (`limits:` in `edge.yml`).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub tls_handshake_timeout: Duration,
+    pub(crate) tls_handshake_timeout: Duration,
     /// Time to receive a whole request head (slowloris), and idle time between
     /// keep-alive requests.
-    pub request_head_timeout: Duration,
+    pub(crate) request_head_timeout: Duration,
     /// Longest time a visitor connection stays open without a request in flight,
     /// after its first request (HTTP/2 above all: HTTP/1.1 waits for a next request
     /// head at most `request_head_timeout`).
-    pub conn_idle_timeout: Duration,
+    pub(crate) conn_idle_timeout: Duration,
     /// Time to receive the first `body_buffer` bytes of a body (slow POST).
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// Longest silence in a body after the buffered part.
-    pub body_idle_timeout: Duration,
+    pub(crate) body_idle_timeout: Duration,
     /// Body bytes buffered at the edge before a tunnel stream is opened.
-    pub body_buffer: usize,
-    pub max_head_bytes: usize,
-    pub max_headers: usize,
-    pub max_url_bytes: usize,
+    pub(crate) body_buffer: usize,
+    pub(crate) max_head_bytes: usize,
+    pub(crate) max_headers: usize,
+    pub(crate) max_url_bytes: usize,
     /// Default largest request body (413 beyond); per-hostname overrides below.
-    pub max_body_bytes: u64,
-    pub max_conns: usize,
-    pub max_conns_per_ip: usize,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) max_conns: usize,
+    pub(crate) max_conns_per_ip: usize,
     /// Requests in flight per tunnel; more wait in a queue.
-    pub max_streams_per_tunnel: usize,
+    pub(crate) max_streams_per_tunnel: usize,
     /// Longest wait in that queue before 503.
-    pub queue_timeout: Duration,
+    pub(crate) queue_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -91,28 +92,28 @@ impl RateRule {
 #[derive(Debug, Clone)]
 pub struct HostPolicy {
     pub hostname: HostPattern,
-    pub max_body_bytes: Option<u64>,
+    pub(crate) max_body_bytes: Option<u64>,
     /// Response headers added when the origin did not set them.
-    pub add_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub(crate) add_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// What the shield counted, for metrics.
 #[derive(Default, Debug)]
 pub struct Counters {
-    pub conn_limit: AtomicU64,
-    pub ip_conn_limit: AtomicU64,
-    pub tls_timeout: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub body_too_large: AtomicU64,
-    pub url_too_long: AtomicU64,
-    pub slow_body: AtomicU64,
-    pub bad_request: AtomicU64,
-    pub tunnel_busy: AtomicU64,
+    pub(crate) conn_limit: AtomicU64,
+    pub(crate) ip_conn_limit: AtomicU64,
+    pub(crate) tls_timeout: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) body_too_large: AtomicU64,
+    pub(crate) url_too_long: AtomicU64,
+    pub(crate) slow_body: AtomicU64,
+    pub(crate) bad_request: AtomicU64,
+    pub(crate) tunnel_busy: AtomicU64,
 }
 
 impl Counters {
     /// `name value` pairs.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+    pub(crate) fn snapshot(&self) -> Vec<(&'static str, u64)> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         vec![
             ("conn_limit", g(&self.conn_limit)),
@@ -136,10 +137,10 @@ struct Bucket {
 /// Shared shield state.
 pub struct Shield {
     pub limits: Limits,
-    pub rates: Vec<RateRule>,
+    pub(crate) rates: Vec<RateRule>,
     pub hosts: Vec<HostPolicy>,
     /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<(IpAddr, u8)>,
+    pub(crate) trusted_proxies: Vec<(IpAddr, u8)>,
     pub counters: Counters,
     conns: Mutex<HashMap<IpAddr, usize>>,
     buckets: Mutex<HashMap<(usize, IpAddr), Bucket>>,
@@ -152,7 +153,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A visitor connection's slot in the per-IP count; released on drop.
-pub struct ConnSlot {
+pub(crate) struct ConnSlot {
     shield: Arc<Shield>,
     ip: IpAddr,
 }
@@ -203,7 +204,7 @@ impl Shield {
     }
 
     /// Admits a new connection from `ip`, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, &'static str> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, &'static str> {
         let mut conns = lock(&self.conns);
         let n = conns.get(&ip).copied().unwrap_or(0);
         if n >= self.limits.max_conns_per_ip {
@@ -222,7 +223,7 @@ impl Shield {
     }
 
     /// Takes a token for a request; `Err(retry_after_secs)` when over the limit.
-    pub fn rate_check(&self, ip: IpAddr, host: &str, path: &str) -> Result<(), u64> {
+    pub(crate) fn rate_check(&self, ip: IpAddr, host: &str, path: &str) -> Result<(), u64> {
         let now = Instant::now();
         let mut buckets = lock(&self.buckets);
         for (i, rule) in self.rates.iter().enumerate() {
@@ -232,8 +233,9 @@ impl Shield {
             if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&(i, ip)) {
                 // Shed buckets that have refilled: they hold no state worth keeping.
                 buckets.retain(|(r, _), b| {
-                    let rule = &self.rates[*r];
-                    b.tokens + now.duration_since(b.at).as_secs_f64() * rule.rate < rule.burst
+                    self.rates.get(*r).is_some_and(|rule| {
+                        b.tokens + now.duration_since(b.at).as_secs_f64() * rule.rate < rule.burst
+                    })
                 });
                 if buckets.len() >= MAX_BUCKETS {
                     self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -258,12 +260,12 @@ impl Shield {
     }
 
     /// The policy for `host`, if any.
-    pub fn host_policy(&self, host: &str) -> Option<&HostPolicy> {
+    pub(crate) fn host_policy(&self, host: &str) -> Option<&HostPolicy> {
         self.hosts.iter().find(|h| h.hostname.matches(host))
     }
 
     /// The largest body accepted for `host`.
-    pub fn max_body(&self, host: &str) -> u64 {
+    pub(crate) fn max_body(&self, host: &str) -> u64 {
         self.host_policy(host)
             .and_then(|h| h.max_body_bytes)
             .unwrap_or(self.limits.max_body_bytes)
@@ -271,7 +273,7 @@ impl Shield {
 
     /// The client's address: the socket peer, or the last untrusted hop of
     /// `X-Forwarded-For` when the peer is a trusted proxy.
-    pub fn client_ip(&self, peer: IpAddr, xff: Option<&str>) -> IpAddr {
+    pub(crate) fn client_ip(&self, peer: IpAddr, xff: Option<&str>) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }
@@ -288,14 +290,14 @@ impl Shield {
     }
 
     /// Is `ip` a proxy whose forwarding headers are believed?
-    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies
             .iter()
             .any(|(net, bits)| in_cidr(ip, *net, *bits))
     }
 
     /// Logs a rejection unless the log budget is spent.
-    pub fn log_rejection(&self, what: std::fmt::Arguments<'_>) {
+    pub(crate) fn log_rejection(&self, what: std::fmt::Arguments<'_>) {
         let mut b = lock(&self.log);
         let now = Instant::now();
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * LOG_RATE).min(LOG_BURST);
@@ -315,58 +317,10 @@ impl Shield {
     }
 }
 
-/// Is `ip` inside `net/bits`?
-pub fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let bits = u32::from(bits.min(32));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let bits = u32::from(bits.min(128));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
-}
-
-/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address.
-pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
-    let (ip, bits) = match s.split_once('/') {
-        Some((ip, bits)) => (ip, Some(bits)),
-        None => (s, None),
-    };
-    let ip: IpAddr = ip
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address or CIDR"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let bits = match bits {
-        Some(b) => b
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|b| *b <= max)
-            .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
-        None => max,
-    };
-    Ok((ip, bits))
-}
-
 /// `rate-limits:` entries in `edge.yml`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawRate {
+pub(crate) struct RawRate {
     pub hostname: Option<String>,
     pub path: Option<String>,
     /// "10/s", "300/m", "1000/h".
@@ -375,7 +329,7 @@ pub struct RawRate {
 }
 
 impl RawRate {
-    pub fn build(self) -> Result<RateRule, String> {
+    pub(crate) fn build(self) -> Result<RateRule, String> {
         let (n, per) = self
             .rate
             .split_once('/')
@@ -418,6 +372,7 @@ impl RawRate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::cidr::parse_cidr;
 
     fn shield(rates: Vec<RateRule>) -> Arc<Shield> {
         Arc::new(Shield::new(
@@ -479,15 +434,5 @@ mod tests {
             "1.2.3.4".parse::<IpAddr>().unwrap()
         );
         assert_eq!(s.client_ip(proxy, Some("garbage")), proxy);
-    }
-
-    #[test]
-    fn cidrs() {
-        let (n, b) = parse_cidr("2001:db8::/32").unwrap();
-        assert!(in_cidr("2001:db8::1".parse().unwrap(), n, b));
-        assert!(!in_cidr("2001:db9::1".parse().unwrap(), n, b));
-        assert!(parse_cidr("10.0.0.0/33").is_err());
-        let (n, b) = parse_cidr("0.0.0.0/0").unwrap();
-        assert!(in_cidr("8.8.8.8".parse().unwrap(), n, b));
     }
 }

@@ -16,12 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::hostname::HostPattern;
 
+pub mod access;
+
 /// Prefix of tunnel tokens.
 pub const TUNNEL_PREFIX: &str = "mst1";
 /// Prefix of access tokens for operators and visitors.
-pub const ACCESS_PREFIX: &str = "msa1";
+pub(crate) const ACCESS_PREFIX: &str = "msa1";
 /// Longest token accepted for verification.
-pub const MAX_TOKEN_LEN: usize = 4096;
+pub(crate) const MAX_TOKEN_LEN: usize = 4096;
 
 /// What a tunnel token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +63,7 @@ pub enum TokenError {
 }
 
 /// Signs claims into a token of the given kind.
-pub fn sign<C: Serialize>(
+pub(crate) fn sign<C: Serialize>(
     key: &Ed25519KeyPair,
     prefix: &str,
     claims: &C,
@@ -116,7 +118,11 @@ fn kind_name(prefix: &str) -> &'static str {
 }
 
 /// Verifies a tunnel token and its expiry at `now` (Unix seconds).
-pub fn verify_tunnel(token: &str, keys: &[[u8; 32]], now: u64) -> Result<TunnelClaims, TokenError> {
+pub(crate) fn verify_tunnel(
+    token: &str,
+    keys: &[[u8; 32]],
+    now: u64,
+) -> Result<TunnelClaims, TokenError> {
     let claims: TunnelClaims = verify(token, TUNNEL_PREFIX, keys)?;
     if claims.expires <= now {
         return Err(TokenError::Expired(now - claims.expires));
@@ -126,17 +132,17 @@ pub fn verify_tunnel(token: &str, keys: &[[u8; 32]], now: u64) -> Result<TunnelC
 
 /// Does a token's hostname pattern allow this rule hostname (itself exact or `*.`)?
 /// A pattern that does not parse allows nothing.
-pub fn pattern_allows(pattern: &str, hostname: &HostPattern) -> bool {
+pub(crate) fn pattern_allows(pattern: &str, hostname: &HostPattern) -> bool {
     HostPattern::parse(pattern).is_ok_and(|p| p.covers(hostname))
 }
 
 /// The public half of a signing key, as written to `.pub` files.
-pub fn public_key_text(key: &Ed25519KeyPair) -> String {
+pub(crate) fn public_key_text(key: &Ed25519KeyPair) -> String {
     format!("ed25519 {}\n", STANDARD.encode(key.public_key().as_ref()))
 }
 
 /// Parses a `.pub` file's text.
-pub fn parse_public_key(text: &str) -> Result<[u8; 32], String> {
+pub(crate) fn parse_public_key(text: &str) -> Result<[u8; 32], String> {
     let b64 = text
         .trim()
         .strip_prefix("ed25519 ")
@@ -146,6 +152,14 @@ pub fn parse_public_key(text: &str) -> Result<[u8; 32], String> {
         .map_err(|e| format!("public key: {e}"))?;
     raw.try_into()
         .map_err(|_| "public key must be 32 bytes".to_string())
+}
+
+/// The SHA-256 of `data` (access token ids, service token secrets).
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// Current Unix time in seconds.

@@ -32,17 +32,17 @@ use crate::wire::RuleInfo;
 
 /// Compiled-size limits a path pattern is tried under, smallest first; the first that
 /// fits is its charge.
-pub const SIZE_TIERS: [usize; 4] = [4 << 10, 16 << 10, 64 << 10, 256 << 10];
+pub(crate) const SIZE_TIERS: [usize; 4] = [4 << 10, 16 << 10, 64 << 10, 256 << 10];
 /// What a pattern costs besides its tier: the regex's fixed structures.
-pub const OVERHEAD: usize = 8 << 10;
+pub(crate) const OVERHEAD: usize = 8 << 10;
 /// Most charge of the distinct rule tables one tunnel's connections hold: two
 /// configs of 64 small patterns each (a rollout), or 15 of the largest patterns.
-pub const TUNNEL_BUDGET: usize = 4 << 20;
+pub(crate) const TUNNEL_BUDGET: usize = 4 << 20;
 /// Most charge of all rule tables held on the edge.
-pub const EDGE_BUDGET: usize = 512 << 20;
+pub(crate) const EDGE_BUDGET: usize = 512 << 20;
 
 /// One rule table's compiled path patterns, by rule index.
-pub struct PathTable {
+pub(crate) struct PathTable {
     key: [u8; 32],
     paths: Vec<Option<Regex>>,
     /// Sum of the patterns' charges (tier + [`OVERHEAD`]), bytes.
@@ -51,12 +51,12 @@ pub struct PathTable {
 
 impl PathTable {
     /// Rule `i`'s pattern, if it has one.
-    pub fn get(&self, i: usize) -> Option<&Regex> {
+    pub(crate) fn get(&self, i: usize) -> Option<&Regex> {
         self.paths.get(i).and_then(Option::as_ref)
     }
 
     /// What the table costs against the budgets, bytes.
-    pub fn charge(&self) -> usize {
+    pub(crate) fn charge(&self) -> usize {
         self.charge
     }
 }
@@ -93,7 +93,7 @@ impl Drop for PathTable {
 
 /// The compiled patterns of `infos`: the table already held for the same patterns, or
 /// a new one within the budgets.
-pub fn table(infos: &[RuleInfo]) -> Result<Arc<PathTable>, String> {
+pub(super) fn table(infos: &[RuleInfo]) -> Result<Arc<PathTable>, String> {
     let key = digest(infos);
     if let Some(t) = with_cache(|c| c.tables.get(&key).and_then(Weak::upgrade)) {
         return Ok(t);
@@ -136,7 +136,7 @@ pub fn table(infos: &[RuleInfo]) -> Result<Arc<PathTable>, String> {
 
 /// The refusal for path patterns over [`TUNNEL_BUDGET`] (one table, or the distinct
 /// tables of one tunnel's connections together).
-pub fn too_big(charge: usize) -> String {
+pub(super) fn too_big(charge: usize) -> String {
     format!(
         "the path patterns of this tunnel's rule tables need {} KiB compiled, over this \
          edge's budget of {} KiB per tunnel (connections with identical patterns share \
@@ -163,7 +163,7 @@ fn compile(pattern: &str) -> Result<(Regex, usize), String> {
     }
     Err(format!(
         "compiles to more than {} KiB (the most one pattern may take)",
-        SIZE_TIERS[SIZE_TIERS.len() - 1] >> 10
+        SIZE_TIERS.last().map_or(0, |t| t >> 10)
     ))
 }
 

@@ -1,0 +1,157 @@
+//! Address ranges (CIDR) for `ip-allow:` lists: parsed from `edge.yml`, matched against
+//! a client's address with IPv4-mapped IPv6 addresses taken as IPv4 (`Cidr`); and the
+//! `(address, prefix)` pairs of `trusted-proxies:` (`parse_cidr`, `in_cidr`), which
+//! compare addresses as given. Pure data, no I/O.
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+/// An address range in CIDR form (`10.0.0.0/8`, `2001:db8::/32`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub(crate) struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Cidr::parse(&s)
+    }
+}
+
+impl Cidr {
+    pub(crate) fn parse(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("{s:?} is not an address range like 10.0.0.0/8 or 2001:db8::/32");
+        let (ip, prefix) = match s.trim().split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Is `ip` inside the range? IPv4-mapped IPv6 addresses count as IPv4.
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v4) => u128::from(u32::from(v4)),
+                IpAddr::V6(v6) => u128::from(v6),
+            }
+        };
+        let width = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => 32,
+            (IpAddr::V6(_), IpAddr::V6(_)) => 128,
+            _ => return false,
+        };
+        if self.prefix == 0 {
+            return true;
+        }
+        let shift = width - u32::from(self.prefix);
+        (bits(self.addr) >> shift) == (bits(ip) >> shift)
+    }
+}
+
+/// `::ffff:a.b.c.d` as `a.b.c.d`.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Is `ip` inside any range of `list`?
+pub(crate) fn any_contains(list: &[Cidr], ip: IpAddr) -> bool {
+    list.iter().any(|c| c.contains(ip))
+}
+
+/// Is `ip` inside `net/bits`?
+pub(crate) fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let bits = u32::from(bits.min(32));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let bits = u32::from(bits.min(128));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address.
+pub(crate) fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, bits)) => (ip, Some(bits)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address or CIDR"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        Some(b) => b
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|b| *b <= max)
+            .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+        None => max,
+    };
+    Ok((ip, bits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let c = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(c.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!c.contains("2001:db9::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1")
+            .unwrap()
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("ten/8").is_err());
+    }
+
+    #[test]
+    fn address_prefix_pairs() {
+        let (n, b) = parse_cidr("2001:db8::/32").unwrap();
+        assert!(in_cidr("2001:db8::1".parse().unwrap(), n, b));
+        assert!(!in_cidr("2001:db9::1".parse().unwrap(), n, b));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        let (n, b) = parse_cidr("0.0.0.0/0").unwrap();
+        assert!(in_cidr("8.8.8.8".parse().unwrap(), n, b));
+    }
+}
