@@ -1,17 +1,14 @@
-#![cfg(feature = "edge")]
 //! Floods of idle connections against the edge's listeners, tokens that expire while
 //! connected, the admin listener's token, and an edge killed and restarted: real
 //! processes, real sockets on loopback (which has all of 127/8, so a flood can come
 //! from several addresses), real clients.
-
-mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A TCP connection from `from` (any port) to `to`.
 fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
@@ -81,19 +78,15 @@ fn status_within(edge: &EdgeProc, secs: u32, extra: &[&str]) -> u16 {
         &max,
         "-o",
         "/dev/null",
-        "-w",
-        "%{http_code}",
         "-H",
         "Host: dev42.example.com",
     ];
     args.extend_from_slice(extra);
     args.push(&url);
-    let (_, out, _) = curl(&args);
-    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
+    curl(&args).status
 }
 
-#[test]
-fn silent_sockets_do_not_lock_visitors_out() {
+pub(crate) fn silent_sockets_do_not_lock_visitors_out() {
     let edge = start_edge(init_edge(
         "limits:\n  max-conns: 64\n  max-conns-per-ip: 16\n",
     ));
@@ -111,8 +104,7 @@ fn silent_sockets_do_not_lock_visitors_out() {
     drop(silent);
 }
 
-#[test]
-fn connections_without_a_request_are_closed() {
+pub(crate) fn connections_without_a_request_are_closed() {
     let edge = start_edge(init_edge(
         "limits:\n  request-head-timeout: 2s\n  tls-handshake-timeout: 2s\n",
     ));
@@ -181,8 +173,7 @@ fn connections_without_a_request_are_closed() {
     assert!(t_tls.is_some(), "an idle TLS connection stays open");
 }
 
-#[test]
-fn idle_http2_connections_are_closed_between_requests() {
+pub(crate) fn idle_http2_connections_are_closed_between_requests() {
     let edge = start_edge(init_edge("limits:\n  conn-idle-timeout: 3s\n"));
     let (_connector, _origin, _dev) = tunnel(&edge, "quic");
     let within = Duration::from_secs(8);
@@ -221,8 +212,7 @@ fn idle_http2_connections_are_closed_between_requests() {
     drop(client);
 }
 
-#[test]
-fn http2_visitors_are_held_to_max_headers() {
+pub(crate) fn http2_visitors_are_held_to_max_headers() {
     let edge = start_edge(init_edge("limits:\n  max-headers: 20\n"));
     let (_connector, origin, _dev) = tunnel(&edge, "quic");
     let headers: Vec<String> = (0..30).map(|i| format!("X-Many-{i}: {i}")).collect();
@@ -241,8 +231,7 @@ fn http2_visitors_are_held_to_max_headers() {
     assert_eq!(status_within(&edge, 10, &["--http2-prior-knowledge"]), 200);
 }
 
-#[test]
-fn ip_allow_sees_the_client_behind_a_trusted_proxy() {
+pub(crate) fn ip_allow_sees_the_client_behind_a_trusted_proxy() {
     let edge = start_edge(init_edge(
         "trusted-proxies: [127.0.0.0/8]\naccess:\n  - hostname: dev42.example.com\n    allow: public\n    ip-allow: [198.51.100.0/24]\n",
     ));
@@ -259,8 +248,7 @@ fn ip_allow_sees_the_client_behind_a_trusted_proxy() {
     );
 }
 
-#[test]
-fn an_idle_flood_does_not_keep_a_connector_from_registering() {
+pub(crate) fn an_idle_flood_does_not_keep_a_connector_from_registering() {
     let edge = start_edge(init_edge(""));
     let origin = Origin::start("A");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -344,13 +332,11 @@ fn an_idle_flood_does_not_keep_a_connector_from_registering() {
     assert!(lines <= 40, "{lines} log lines about the flood");
 }
 
-#[test]
-fn an_expired_token_closes_its_connection() {
+pub(crate) fn an_expired_token_closes_its_connection() {
     expired_token_closes("quic");
 }
 
-#[test]
-fn an_expired_token_closes_its_http2_connection() {
+pub(crate) fn an_expired_token_closes_its_http2_connection() {
     expired_token_closes("http2");
 }
 
@@ -393,8 +379,7 @@ fn admin_addr(edge: &EdgeProc) -> SocketAddr {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-#[test]
-fn the_admin_listener_requires_its_bearer_token() {
+pub(crate) fn the_admin_listener_requires_its_bearer_token() {
     const TOKEN: &str = "admin-0123456789-secret";
     let edge = start_edge(init_edge(&format!(
         "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n"
@@ -402,11 +387,10 @@ fn the_admin_listener_requires_its_bearer_token() {
     let admin = admin_addr(&edge);
     let url = format!("http://{admin}/tunnels");
     let code = |extra: &[&str]| {
-        let mut args = vec!["--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"];
+        let mut args = vec!["--max-time", "10", "-o", "/dev/null"];
         args.extend_from_slice(extra);
         args.push(&url);
-        let (_, out, _) = curl(&args);
-        String::from_utf8_lossy(&out).trim().to_string()
+        curl(&args).status.to_string()
     };
     assert_eq!(code(&[]), "401");
     assert_eq!(
@@ -448,8 +432,7 @@ fn the_admin_listener_requires_its_bearer_token() {
     assert!(err.contains("admin-token"), "{err}");
 }
 
-#[test]
-fn a_killed_edge_restarted_on_its_port_is_used_again_at_once() {
+pub(crate) fn a_killed_edge_restarted_on_its_port_is_used_again_at_once() {
     let dir = init_edge("");
     let yml = dir.path().join("edge.yml");
     let mut edge = start_edge(dir);
@@ -503,8 +486,7 @@ fn a_killed_edge_restarted_on_its_port_is_used_again_at_once() {
     );
 }
 
-#[test]
-fn access_clients_are_capped_per_address_and_closed_when_idle() {
+pub(crate) fn access_clients_are_capped_per_address_and_closed_when_idle() {
     let edge = start_edge(init_edge(""));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
