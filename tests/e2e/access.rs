@@ -582,22 +582,27 @@ pub(crate) fn http_hostname_with_a_policy_needs_credentials() {
     assert_eq!(code, 200);
 }
 
+/// What ssh and scp are told here: the test's key only, no host key checks or
+/// records, no prompts.
+const SSH_CLIENT_OPTIONS: [&str; 8] = [
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+];
+
 fn ssh_base(sshd: &Sshd, config: &Path) -> Command {
     let mut c = Command::new("ssh");
-    c.arg("-F").arg(config).arg("-i").arg(sshd.key()).args([
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=20",
-    ]);
+    c.arg("-F")
+        .arg(config)
+        .arg("-i")
+        .arg(sshd.key())
+        .args(SSH_CLIENT_OPTIONS)
+        .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20"]);
     c
 }
 
@@ -627,15 +632,11 @@ pub(crate) fn ssh_and_scp_through_the_tunnel() -> Result<(), Skip> {
     let token_file = w.token_file("alice", &token);
     for transport in ["quic", "https"] {
         let cfg = ssh_config(&w, transport, &token_file);
-        let out = ssh_base(sshd, &cfg)
-            .arg(format!("root@{SSH_HOST}"))
-            .arg("echo hello from $(hostname) over ssh")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ssh over {transport}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            &format!("ssh over {transport}"),
+            ssh_base(sshd, &cfg)
+                .arg(format!("root@{SSH_HOST}"))
+                .arg("echo hello from $(hostname) over ssh"),
         );
         assert!(
             String::from_utf8_lossy(&out.stdout).starts_with("hello from "),
@@ -660,29 +661,15 @@ pub(crate) fn ssh_and_scp_through_the_tunnel() -> Result<(), Skip> {
         token_file.display()
     );
     let scp = |from: String, to: String| {
-        let out = Command::new("scp")
-            .args(["-F", "/dev/null", "-q", "-i"])
-            .arg(sshd.key())
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                &proxy,
-            ])
-            .arg(from)
-            .arg(to)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scp: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            "scp",
+            Command::new("scp")
+                .args(["-F", "/dev/null", "-q", "-i"])
+                .arg(sshd.key())
+                .args(SSH_CLIENT_OPTIONS)
+                .args(["-o", &proxy])
+                .arg(from)
+                .arg(to),
         );
     };
     scp(

@@ -16,13 +16,16 @@ struct Shielded {
 }
 
 fn setup(edge_yaml: &str) -> Shielded {
+    shielded(edge_yaml, dev42_rules)
+}
+
+/// An edge with `edge_yaml`, an origin, and a connector of tunnel dev42 whose ingress
+/// `rules` gives for the origin's address.
+fn shielded(edge_yaml: &str, rules: impl Fn(std::net::SocketAddr) -> String) -> Shielded {
     let edge = start_edge(init_edge(edge_yaml));
     let origin = Origin::start("A");
     let token = edge.token("dev42", &["dev42.example.com", "*.dev42.example.com"], "1d");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
+    let rules = rules(origin.addr);
     let dev = TempDir::new("device");
     let connector = start_connector(dev.path(), &device_yaml(&edge, &token, 1, &rules), 1);
     Shielded {
@@ -295,21 +298,9 @@ pub(crate) fn a_thousand_visitors_on_one_tunnel_do_not_starve_another() {
 /// An edge whose device serves `*.dev42.example.com` (and `dev42.example.com`) with
 /// `rules` first, then the origin.
 fn setup_with(edge_yaml: &str, rules: &str) -> Shielded {
-    let edge = start_edge(init_edge(edge_yaml));
-    let origin = Origin::start("A");
-    let token = edge.token("dev42", &["dev42.example.com", "*.dev42.example.com"], "1d");
-    let rules = format!(
-        "{rules}  - hostname: dev42.example.com\n    service: http://{o}\n  - hostname: \"*.dev42.example.com\"\n    service: http://{o}\n  - service: http_status:404\n",
-        o = origin.addr
-    );
-    let dev = TempDir::new("device");
-    let connector = start_connector(dev.path(), &device_yaml(&edge, &token, 1, &rules), 1);
-    Shielded {
-        edge,
-        _connector: connector,
-        origin,
-        _dev: dev,
-    }
+    shielded(edge_yaml, |o| {
+        format!("{rules}  - hostname: dev42.example.com\n    service: http://{o}\n  - hostname: \"*.dev42.example.com\"\n    service: http://{o}\n  - service: http_status:404\n")
+    })
 }
 
 /// Sends `req` as is over one TCP connection; the status line's code.

@@ -56,24 +56,44 @@ fn setup_with(extra_edge_yaml: &str, ha: usize, protocol: &str) -> Setup {
     }
 }
 
-pub(crate) fn bodies_of_every_size_arrive_intact_over_http1() {
-    let s = setup("", 2);
-    for n in [0u64, 1024, 100 * 1024 * 1024] {
-        let url = format!("http://{}/bytes/{n}", s.edge.http);
-        let Curl {
-            ok,
-            body,
-            stderr: err,
-            ..
-        } = curl(&["-H", "Host: dev42.example.com", &url]);
-        assert!(ok, "{err}");
-        assert_eq!(body.len() as u64, n);
+/// GETs `/bytes/N` for each of `sizes` through the edge; each body arrives intact.
+fn downloads_arrive_intact(edge: &EdgeProc, sizes: &[u64]) {
+    for &n in sizes {
+        let url = format!("http://{}/bytes/{n}", edge.http);
+        let r = curl(&["-H", "Host: dev42.example.com", &url]);
+        assert!(r.ok, "{}", r.stderr);
+        assert_eq!(r.body.len() as u64, n);
         assert_eq!(
-            sha256_hex(&body),
+            sha256_hex(&r.body),
             sha256_hex(&pattern(n)),
             "body of {n} bytes differs"
         );
     }
+}
+
+/// POSTs `size` bytes (with `extra` curl arguments) to the origin's `/sha256` through
+/// the edge; the origin saw them intact.
+fn upload_arrives_intact(edge: &EdgeProc, size: u64, extra: &[&str]) {
+    let dir = TempDir::new("upload");
+    let file = dir.join("up.bin");
+    let data = pattern(size);
+    std::fs::write(&file, &data).unwrap();
+    let url = format!("http://{}/sha256", edge.http);
+    let from_file = format!("@{}", file.display());
+    let mut args = vec!["-H", "Host: dev42.example.com"];
+    args.extend_from_slice(extra);
+    args.extend(["--data-binary", &from_file, &url]);
+    let r = curl(&args);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(
+        String::from_utf8(r.body).unwrap(),
+        format!("{} {}", sha256_hex(&data), data.len())
+    );
+}
+
+pub(crate) fn bodies_of_every_size_arrive_intact_over_http1() {
+    let s = setup("", 2);
+    downloads_arrive_intact(&s.edge, &[0, 1024, 100 * 1024 * 1024]);
 }
 
 pub(crate) fn http2_transport_carries_bodies_uploads_and_many_streams() {
@@ -82,99 +102,17 @@ pub(crate) fn http2_transport_carries_bodies_uploads_and_many_streams() {
         s.connector.dump().contains("over http2"),
         "registered over HTTP/2"
     );
-    for n in [0u64, 1024, 50 * 1024 * 1024] {
-        let url = format!("http://{}/bytes/{n}", s.edge.http);
-        let Curl {
-            ok,
-            body,
-            stderr: err,
-            ..
-        } = curl(&["-H", "Host: dev42.example.com", &url]);
-        assert!(ok, "{err}");
-        assert_eq!(
-            sha256_hex(&body),
-            sha256_hex(&pattern(n)),
-            "body of {n} bytes differs"
-        );
-    }
-    let dir = TempDir::new("upload");
-    let file = dir.path().join("up.bin");
-    let data = pattern(3 * 1024 * 1024 + 1);
-    std::fs::write(&file, &data).unwrap();
-    let url = format!("http://{}/sha256", s.edge.http);
-    let Curl {
-        ok,
-        body,
-        stderr: err,
-        ..
-    } = curl(&[
-        "-H",
-        "Host: dev42.example.com",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &url,
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(
-        String::from_utf8(body).unwrap(),
-        format!("{} {}", sha256_hex(&data), data.len())
-    );
-    let cfg = dir.path().join("urls");
-    let mut text = String::new();
-    for i in 0..200 {
-        text.push_str(&format!("url = \"http://{}/bytes/{}\"\nheader = \"Host: dev42.example.com\"\noutput = \"/dev/null\"\n", s.edge.http, 500 + i));
-    }
-    std::fs::write(&cfg, text).unwrap();
-    let Curl {
-        ok,
-        body: out,
-        stderr: err,
-        ..
-    } = curl(&[
-        "--parallel",
-        "--parallel-max",
-        "50",
-        "-K",
-        cfg.to_str().unwrap(),
-        "-w",
-        "%{http_code}\n",
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(
-        String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .filter(|l| *l == "200")
-            .count(),
-        200
-    );
+    downloads_arrive_intact(&s.edge, &[0, 1024, 50 * 1024 * 1024]);
+    upload_arrives_intact(&s.edge, 3 * 1024 * 1024 + 1, &[]);
+    assert_eq!(parallel_gets(&s.edge, 200, 500, 50), 200);
 }
 
 pub(crate) fn chunked_upload_reaches_the_origin_intact() {
     let s = setup("", 1);
-    let dir = TempDir::new("upload");
-    let file = dir.path().join("up.bin");
-    let data = pattern(5 * 1024 * 1024 + 7);
-    std::fs::write(&file, &data).unwrap();
-    let url = format!("http://{}/sha256", s.edge.http);
-    let Curl {
-        ok,
-        body,
-        stderr: err,
-        ..
-    } = curl(&[
-        "-H",
-        "Host: dev42.example.com",
-        "-H",
-        "Transfer-Encoding: chunked",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &url,
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(
-        String::from_utf8(body).unwrap(),
-        format!("{} {}", sha256_hex(&data), data.len())
+    upload_arrives_intact(
+        &s.edge,
+        5 * 1024 * 1024 + 7,
+        &["-H", "Transfer-Encoding: chunked"],
     );
 }
 
@@ -290,20 +228,15 @@ pub(crate) fn requests_take_turns_on_the_tunnel_connections() {
     for _ in 0..4 {
         // A request with a body: its route is looked at first and picked after the
         // body's start has arrived.
-        let Curl {
-            ok,
-            body: out,
-            stderr: err,
-            ..
-        } = curl(&[
+        let r = curl(&[
             "-H",
             "Host: dev42.example.com",
             "--data-binary",
             "abc",
             &url,
         ]);
-        assert!(ok, "{err}");
-        assert!(String::from_utf8_lossy(&out).ends_with(" 3"));
+        assert!(r.ok, "{}", r.stderr);
+        assert!(r.text().ends_with(" 3"));
     }
     assert_eq!(seen(), 2, "requests with a body");
     for _ in 0..4 {
@@ -327,12 +260,8 @@ fn parallel_gets(edge: &EdgeProc, count: usize, first: usize, parallel: usize) -
     }
     std::fs::write(&cfg, text).unwrap();
     let parallel = parallel.to_string();
-    let Curl {
-        ok,
-        body: out,
-        stderr: err,
-        ..
-    } = curl(&[
+    // Several transfers in one run: their statuses come from this `-w`, in the body.
+    let r = curl(&[
         "--parallel",
         "--parallel-max",
         &parallel,
@@ -341,9 +270,8 @@ fn parallel_gets(edge: &EdgeProc, count: usize, first: usize, parallel: usize) -
         "-w",
         "%{http_code}\n",
     ]);
-    assert!(ok, "{err}");
-    let out = String::from_utf8(out).unwrap();
-    out.lines().filter(|l| *l == "200").count()
+    assert!(r.ok, "{}", r.stderr);
+    r.text().lines().filter(|l| *l == "200").count()
 }
 
 pub(crate) fn concurrent_visitors_reuse_origin_connections() {
@@ -423,10 +351,7 @@ pub(crate) fn websocket_upgrade_echoes() {
 pub(crate) fn tokens_for_other_hosts_forged_or_expired_are_refused() {
     let edge = start_edge(init_edge(""));
     let origin = Origin::start("A");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
+    let rules = dev42_rules(origin.addr);
     let cases = [
         (
             "other host",
@@ -471,10 +396,7 @@ pub(crate) fn tokens_for_other_hosts_forged_or_expired_are_refused() {
 pub(crate) fn a_hostname_belongs_to_one_tunnel_unless_the_token_is_shared() {
     let edge = start_edge(init_edge(""));
     let a = Origin::start("A");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        a.addr
-    );
+    let rules = dev42_rules(a.addr);
     let t1 = edge.token("dev42", &["dev42.example.com"], "1d");
     let d1 = TempDir::new("device");
     let _c1 = start_connector(d1.path(), &device_yaml(&edge, &t1, 1, &rules), 1);
@@ -536,15 +458,11 @@ pub(crate) fn demo_works_as_the_readme_says() {
     );
     let line = p.wait_line("curl -H");
     let cmd = line.trim().strip_prefix("or").unwrap().trim().to_string();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{cmd} -sS --max-time 10"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        "the README's curl",
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{cmd} -sS --max-time 10")),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from mailslot!"));
 }
@@ -604,13 +522,8 @@ pub(crate) fn sigterm_drains_and_exits_zero() {
     let http = s.edge.http;
     let download = std::thread::spawn(move || {
         let url = format!("http://{http}/bytes/{}", 60 * 1024 * 1024);
-        let Curl {
-            ok,
-            body,
-            stderr: err,
-            ..
-        } = curl(&["-H", "Host: dev42.example.com", "--limit-rate", "20M", &url]);
-        (ok, body.len(), err)
+        let r = curl(&["-H", "Host: dev42.example.com", "--limit-rate", "20M", &url]);
+        (r.ok, r.body.len(), r.stderr)
     });
     // Wait until the origin has the request, then ask the connector to stop.
     let deadline = std::time::Instant::now() + WAIT;
@@ -657,10 +570,7 @@ pub(crate) fn a_revoked_tunnel_is_refused_although_its_token_verifies() {
     std::fs::write(&yml, text).unwrap();
     let edge = start_edge(dir);
     let a = Origin::start("A");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        a.addr
-    );
+    let rules = dev42_rules(a.addr);
     let dev = TempDir::new("device");
     let bin = compile(dev.path(), &device_yaml(&edge, &token, 1, &rules));
     let p = Proc::spawn(
@@ -803,10 +713,7 @@ fn hung_replica(protocol: &str) -> Duration {
     let edge = start_edge(init_edge(""));
     let origin = Origin::start("A");
     let token = edge.token("dev42", &["dev42.example.com"], "1d");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
+    let rules = dev42_rules(origin.addr);
     let yaml = device_yaml_with(
         &edge.tunnel.to_string(),
         &edge.ca(),
@@ -859,21 +766,11 @@ pub(crate) fn a_hung_replica_costs_no_get_over_http2() {
     eprintln!("slowest GET with one replica hung (HTTP/2): {slowest:?}");
 }
 
-/// The admin listener's address from the edge's log.
-fn admin_addr(edge: &EdgeProc) -> std::net::SocketAddr {
-    let marker = "admin (/tunnels, /metrics) on ";
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(line) = edge.proc.dump().lines().find(|l| l.contains(marker)) {
-            let rest = &line[line.find(marker).unwrap() + marker.len()..];
-            return rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no admin listener logged"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The admin listener's `/tunnels` listing.
+fn admin_tunnels(admin: std::net::SocketAddr) -> String {
+    let r = curl(&[&format!("http://{admin}/tunnels")]);
+    assert!(r.ok, "{}", r.stderr);
+    String::from_utf8(r.body).unwrap()
 }
 
 /// The value of `key=` in a `/tunnels` line.
@@ -885,27 +782,15 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 
 pub(crate) fn fleet_status_lists_each_connection_with_its_round_trip_and_packet_size() {
     let s = setup("admin-listen: 127.0.0.1:0\n", 2);
-    let admin = admin_addr(&s.edge);
+    let admin = s.edge.admin_addr();
     let url = format!("http://{}/bytes/{}", s.edge.http, 4 << 20);
-    let Curl {
-        ok,
-        body,
-        stderr: err,
-        ..
-    } = curl(&["-H", "Host: dev42.example.com", &url]);
-    assert!(ok && body.len() == 4 << 20, "download: {err}");
+    let r = curl(&["-H", "Host: dev42.example.com", &url]);
+    assert!(r.ok && r.body.len() == 4 << 20, "download: {}", r.stderr);
     // Loopback carries 64 KiB packets: MTU discovery grows QUIC's packets from 1200
     // bytes past an Ethernet MTU's 1452 (to MAX_PACKET, 6540) within a few round trips.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let lines = loop {
-        let Curl {
-            ok,
-            body: out,
-            stderr: err,
-            ..
-        } = curl(&[&format!("http://{admin}/tunnels")]);
-        assert!(ok, "{err}");
-        let text = String::from_utf8(out).unwrap();
+        let text = admin_tunnels(admin);
         let lines: Vec<String> = text.lines().map(String::from).collect();
         let grown = |l: &String| field(l, "packet").parse::<u32>().is_ok_and(|p| p > 1452);
         if lines.len() == 2 && lines.iter().all(grown) {
@@ -947,32 +832,14 @@ pub(crate) fn fleet_status_lists_each_connection_with_its_round_trip_and_packet_
     for _ in 0..2 {
         assert_eq!(get(&s.edge, "dev42.example.com", "/x").0, 200);
     }
-    let Curl {
-        ok,
-        body: out,
-        stderr: err,
-        ..
-    } = curl(&[&format!("http://{admin}/tunnels")]);
-    assert!(ok, "{err}");
-    let lines: Vec<String> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let lines: Vec<String> = admin_tunnels(admin).lines().map(String::from).collect();
     assert_eq!(streams(&lines), [1, 1], "{lines:?}");
 }
 
 pub(crate) fn fleet_status_of_http2_connections_has_no_packet_size() {
     let s = setup_with("admin-listen: 127.0.0.1:0\n", 1, "http2");
-    let admin = admin_addr(&s.edge);
-    let Curl {
-        ok,
-        body: out,
-        stderr: err,
-        ..
-    } = curl(&[&format!("http://{admin}/tunnels")]);
-    assert!(ok, "{err}");
-    let text = String::from_utf8(out).unwrap();
+    let admin = s.edge.admin_addr();
+    let text = admin_tunnels(admin);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1, "{text}");
     assert_eq!(field(lines[0], "protocol"), "http2");
@@ -1040,14 +907,10 @@ pub(crate) fn only_websocket_upgrades_reach_the_origin() {
     // curl's own h2c upgrade (`--http2` on an http:// URL): answered in HTTP/1.1, and
     // the origin never hears of the upgrade.
     let url = format!("http://{}/headers", s.edge.http);
-    let Curl {
-        ok,
-        body: out,
-        stderr: err,
-        ..
-    } = curl(&["--http2", "-i", "-H", "Host: dev42.example.com", &url]);
-    assert!(ok, "{err}");
-    let out = String::from_utf8(out).unwrap();
+    // `-i`: the status line and headers as received, before the body.
+    let r = curl(&["--http2", "-i", "-H", "Host: dev42.example.com", &url]);
+    assert!(r.ok, "{}", r.stderr);
+    let out = String::from_utf8(r.body).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let lower = out.to_ascii_lowercase();
     assert!(
@@ -1103,18 +966,13 @@ pub(crate) fn an_http10_origin_is_answered_in_http11() {
     });
     let token = edge.token("dev42", &["dev42.example.com"], "1d");
     let dev = TempDir::new("device");
-    let rules =
-        format!("  - hostname: dev42.example.com\n    service: http://{origin_addr}\n  - service: http_status:404\n");
+    let rules = dev42_rules(origin_addr);
     let _c = start_connector(dev.path(), &device_yaml(&edge, &token, 1, &rules), 1);
     let url = format!("http://{}/", edge.http);
-    let Curl {
-        ok,
-        body: out,
-        stderr: err,
-        ..
-    } = curl(&["--http1.1", "-i", "-H", "Host: dev42.example.com", &url]);
-    assert!(ok, "{err}");
-    let out = String::from_utf8(out).unwrap();
+    // `-i`: the status line and headers as received, before the body.
+    let r = curl(&["--http1.1", "-i", "-H", "Host: dev42.example.com", &url]);
+    assert!(r.ok, "{}", r.stderr);
+    let out = String::from_utf8(r.body).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.ends_with("old origin"), "{out}");
 }
@@ -1178,10 +1036,7 @@ pub(crate) fn a_connector_restarted_after_a_crash_replaces_its_dead_connections_
     // tunnel name and user on this machine, other tests' included.
     let tunnel = format!("crashy{}", std::process::id());
     let token = edge.token(&tunnel, &["dev42.example.com"], "1d");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
+    let rules = dev42_rules(origin.addr);
     let yaml = device_yaml(&edge, &token, 2, &rules)
         .replace("tunnel: dev42\n", &format!("tunnel: {tunnel}\n"));
     let dev = TempDir::new("device");

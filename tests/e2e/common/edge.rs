@@ -101,6 +101,11 @@ impl EdgeProc {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// The admin listener's address (an edge.yml with `admin-listen`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.proc.logged_addr("admin (/tunnels, /metrics) on ")
+    }
+
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }
@@ -142,6 +147,13 @@ pub fn device_yaml(edge: &EdgeProc, token: &str, ha: usize, rules: &str) -> Stri
         token,
         ha,
         rules,
+    )
+}
+
+/// Ingress rules serving `dev42.example.com` from `origin` and 404 for anything else.
+pub fn dev42_rules(origin: SocketAddr) -> String {
+    format!(
+        "  - hostname: dev42.example.com\n    service: http://{origin}\n  - service: http_status:404\n"
     )
 }
 

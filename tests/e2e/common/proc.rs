@@ -89,6 +89,24 @@ impl Proc {
             .unwrap_or_else(|| panic!("{}: no address in {line:?}", self.name))
     }
 
+    /// The address after `marker` in the first line logged so far, or within [`WAIT`],
+    /// that holds it (read from the collected log, so a line another wait passed over
+    /// counts).
+    pub fn logged_addr(&self, marker: &str) -> SocketAddr {
+        let line = self
+            .wait_count(marker, 1, WAIT)
+            .and_then(|_| {
+                let log = self.log.lock().unwrap();
+                log.iter().find(|l| l.contains(marker)).cloned()
+            })
+            .unwrap_or_else(|| panic!("{}: no line with {marker:?}\n{}", self.name, self.dump()));
+        line.split(marker)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no address in {line:?}", self.name))
+    }
+
     /// Waits for `n` lines containing `needle`.
     pub fn wait_lines(&self, needle: &str, n: usize) {
         for _ in 0..n {
