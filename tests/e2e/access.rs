@@ -906,7 +906,7 @@ pub(crate) fn ssh_config_options_reach_the_client_as_data() -> Result<(), Skip> 
     );
 
     // A line break cannot smuggle a line into the config: refused.
-    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
+    let out = Command::new(MAILSLOT)
         .args(["access", "ssh-config", "--hostname", SSH_HOST])
         .args(["--edge", "e:1\nHost *\n  ProxyCommand touch /tmp/x"])
         .output()
@@ -928,40 +928,22 @@ pub(crate) fn secret_on_the_command_line_is_warned_about() {
         .local_addr()
         .unwrap()
         .port();
-    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
-        .args([
-            "access",
-            "ssh",
-            "--hostname",
-            SSH_HOST,
-            "--transport",
-            "https",
-        ])
-        .args([
-            "--edge",
-            &format!("127.0.0.1:{port}"),
-            "--token",
-            "msa1.x.y",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let edge = format!("127.0.0.1:{port}");
+    // `mailslot access ssh` to an edge that does not answer.
+    let access_ssh = || {
+        let mut c = Command::new(MAILSLOT);
+        c.args(["access", "ssh", "--hostname", SSH_HOST])
+            .args(["--transport", "https", "--edge", &edge])
+            .stdin(Stdio::null());
+        c
+    };
+    let out = access_ssh().args(["--token", "msa1.x.y"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("/proc/PID/cmdline").count(), 1, "{err}");
     assert!(err.contains("--token-file"), "{err}");
     assert!(!err.contains("msa1.x.y"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
-        .args([
-            "access",
-            "ssh",
-            "--hostname",
-            SSH_HOST,
-            "--transport",
-            "https",
-        ])
-        .args(["--edge", &format!("127.0.0.1:{port}")])
+    let out = access_ssh()
         .env("MAILSLOT_ACCESS_TOKEN", "msa1.x.y")
-        .stdin(Stdio::null())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

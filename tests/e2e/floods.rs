@@ -54,14 +54,7 @@ fn tunnel(edge: &EdgeProc, protocol: &str, expires: &str) -> (Proc, Origin, Temp
     let token = edge.token("dev42", &["dev42.example.com"], expires);
     let rules = dev42_rules(origin.addr);
     let dev = TempDir::new("device");
-    let yaml = device_yaml_with(
-        &edge.tunnel.to_string(),
-        &edge.ca(),
-        protocol,
-        &token,
-        1,
-        &rules,
-    );
+    let yaml = device_yaml_over(&edge, protocol, &token, 1, &rules);
     let connector = start_connector(dev.path(), &yaml, 1);
     (connector, origin, dev)
 }
@@ -294,14 +287,7 @@ pub(crate) fn an_idle_flood_does_not_keep_a_connector_from_registering() {
     let token = edge.token("dev42", &["dev42.example.com"], "1d");
     let rules = dev42_rules(origin.addr);
     let dev = TempDir::new("device");
-    let yaml = device_yaml_with(
-        &edge.tunnel.to_string(),
-        &edge.ca(),
-        "http2",
-        &token,
-        1,
-        &rules,
-    );
+    let yaml = device_yaml_over(&edge, "http2", &token, 1, &rules);
     let bin = compile(dev.path(), &yaml);
     let start = Instant::now();
     let connector = Proc::spawn(

@@ -38,14 +38,7 @@ fn setup_with(extra_edge_yaml: &str, ha: usize, protocol: &str) -> Setup {
         b = b.addr,
     );
     let dev = TempDir::new("device");
-    let yaml = device_yaml_with(
-        &edge.tunnel.to_string(),
-        &edge.ca(),
-        protocol,
-        &token,
-        ha,
-        &rules,
-    );
+    let yaml = device_yaml_over(&edge, protocol, &token, ha, &rules);
     let connector = start_connector(dev.path(), &yaml, ha);
     Setup {
         edge,
@@ -714,14 +707,7 @@ fn hung_replica(protocol: &str) -> Duration {
     let origin = Origin::start("A");
     let token = edge.token("dev42", &["dev42.example.com"], "1d");
     let rules = dev42_rules(origin.addr);
-    let yaml = device_yaml_with(
-        &edge.tunnel.to_string(),
-        &edge.ca(),
-        protocol,
-        &token,
-        2,
-        &rules,
-    );
+    let yaml = device_yaml_over(&edge, protocol, &token, 2, &rules);
     let (d1, d2) = (TempDir::new("replica1"), TempDir::new("replica2"));
     let _live = start_connector(d1.path(), &yaml, 2);
     let hung = start_connector(d2.path(), &yaml, 2);

@@ -140,10 +140,21 @@ pub fn start_connector(dir: &Path, yaml: &str, conns: usize) -> Proc {
 
 /// The standard device YAML: `rules` are YAML ingress list items.
 pub fn device_yaml(edge: &EdgeProc, token: &str, ha: usize, rules: &str) -> String {
+    device_yaml_over(edge, "quic", token, ha, rules)
+}
+
+/// The standard device YAML with another `protocol` (quic, http2, auto).
+pub fn device_yaml_over(
+    edge: &EdgeProc,
+    protocol: &str,
+    token: &str,
+    ha: usize,
+    rules: &str,
+) -> String {
     device_yaml_with(
         &edge.tunnel.to_string(),
         &edge.ca(),
-        "quic",
+        protocol,
         token,
         ha,
         rules,
