@@ -54,7 +54,7 @@ fn tunnel(edge: &EdgeProc, protocol: &str, expires: &str) -> (Proc, Origin, Temp
     let token = edge.token("dev42", &["dev42.example.com"], expires);
     let rules = dev42_rules(origin.addr);
     let dev = TempDir::new("device");
-    let yaml = device_yaml_over(&edge, protocol, &token, 1, &rules);
+    let yaml = device_yaml_over(edge, protocol, &token, 1, &rules);
     let connector = start_connector(dev.path(), &yaml, 1);
     (connector, origin, dev)
 }
