@@ -10,6 +10,8 @@
 //! harness is libtest-mimic's, see `tests/scenarios/main.rs`); `.ci/image.sh`
 //! installs it all.
 
+#[path = "e2e/common/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod common;
 
 use std::io::Read;

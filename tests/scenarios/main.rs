@@ -12,7 +12,8 @@
 //! test repeats the timing scenarios and prints the figures for the README:
 //! `cargo test --release --test scenarios -- --ignored bench --nocapture`.
 
-#[path = "../common/mod.rs"]
+#[path = "../e2e/common/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod common;
 #[path = "../netns/mod.rs"]
 mod netns;

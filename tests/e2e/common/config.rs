@@ -1,45 +1,9 @@
-//! Helpers shared by the config integration tests: temp folders, sample YAML, running
-//! the real binary.
-#![allow(dead_code)]
+//! Device config samples (YAML, a CA stand-in, a token) and `mailslot config`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// A fresh folder under the system temp folder, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "mailslot-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use super::{run_ok, TempDir, MAILSLOT};
 
 /// A 300-byte token of the characters tokens use.
 pub fn token() -> String {
@@ -117,26 +81,29 @@ pub fn write_example(dir: &TempDir, name: &str, tunnel: &str, port: u16) -> Path
     path
 }
 
+/// `mailslot` with warnings only in its log.
 pub fn mailslot() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailslot"));
+    let mut cmd = Command::new(MAILSLOT);
     cmd.env("RUST_LOG", "warn");
     cmd
 }
 
-/// Runs `mailslot config ARGS...`.
-pub fn config(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+/// `mailslot config ARGS...`, not started yet.
+fn config_cmd(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
     let mut cmd = mailslot();
     cmd.arg("config");
     for a in args {
         cmd.arg(a);
     }
-    cmd.output().unwrap()
+    cmd
 }
 
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+/// Runs `mailslot config ARGS...`.
+pub fn config(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    config_cmd(args).output().unwrap()
 }
 
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// Runs `mailslot config ARGS...` and asserts it succeeded.
+pub fn config_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    run_ok("mailslot config", &mut config_cmd(args))
 }

@@ -1,15 +1,11 @@
-#![cfg(feature = "edge")]
 //! `edge-pin`: a connector whose config pins the edge's key reaches only an edge with
 //! that key, over both transports, on top of the CA check.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
-#[test]
-fn a_pinned_key_is_required_of_the_edge() {
+pub(crate) fn a_pinned_key_is_required_of_the_edge() {
     let edge = start_edge(init_edge(""));
     let token = edge.token("dev42", &["dev42.example.com"], "1h");
     let pin =

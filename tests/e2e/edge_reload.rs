@@ -1,10 +1,7 @@
-#![cfg(feature = "edge")]
 //! Reloading `edge.yml` with SIGHUP on a running edge: renewed certificates are served,
 //! a revoked tunnel is closed and kept out, policies tighten for the next request, open
 //! access sessions that a new policy no longer admits are cut, and a bad file changes
 //! nothing.
-
-mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use common::*;
+use crate::common::*;
 
 const SECRET: &str = "ci-secret-0123456789";
 const DB: &str = "db.dev42.example.com";
@@ -93,17 +90,13 @@ impl World {
 
     /// `mailslot-edge access-token`: (token, its id from stderr).
     fn access_token(&self, user: &str, host: &str) -> (String, String) {
-        let out = Command::new(EDGE)
-            .arg("access-token")
-            .arg("--config")
-            .arg(yml(&self.edge))
-            .args(["--user", user, "--hostname", host, "--ttl", "1h"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            "mailslot-edge access-token",
+            Command::new(EDGE)
+                .arg("access-token")
+                .arg("--config")
+                .arg(yml(&self.edge))
+                .args(["--user", user, "--hostname", host, "--ttl", "1h"]),
         );
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         let id = err
@@ -148,16 +141,14 @@ impl World {
     fn get(&self, host: &str, headers: &[&str]) -> (u16, String) {
         let url = format!("http://{}/", self.edge.http);
         let host = format!("Host: {host}");
-        let mut args = vec!["-w", "\n%{http_code}", "-H", &host];
+        let mut args = vec!["-H", &host];
         for h in headers {
             args.extend(["-H", h]);
         }
         args.push(&url);
-        let (ok, out, err) = curl(&args);
-        assert!(ok, "{err}");
-        let out = String::from_utf8_lossy(&out).to_string();
-        let (body, code) = out.rsplit_once('\n').unwrap();
-        (code.parse().unwrap(), body.to_string())
+        let r = curl(&args);
+        assert!(r.ok, "{}", r.stderr);
+        (r.status, r.text())
     }
 }
 
@@ -222,8 +213,7 @@ fn policies(db_allow: &str, tokens: bool) -> String {
     format!("{tokens}access:\n  - hostname: {DB}\n    allow: {db_allow}\n")
 }
 
-#[test]
-fn revoking_a_tunnel_closes_its_connections_and_keeps_it_out() {
+pub(crate) fn revoking_a_tunnel_closes_its_connections_and_keeps_it_out() {
     let sections = policies("service-token", true);
     let mut w = world(&sections);
     let (_client, addr) = w.access_tcp(
@@ -260,8 +250,7 @@ fn revoking_a_tunnel_closes_its_connections_and_keeps_it_out() {
     assert_eq!(w.get(WEB, &[]).0, 200);
 }
 
-#[test]
-fn reload_tightens_policies_and_refuses_bad_files() {
+pub(crate) fn reload_tightens_policies_and_refuses_bad_files() {
     let mut w = world("");
     assert_eq!(w.get(WEB, &[]).0, 200);
     let (alice, alice_id) = w.access_token("alice", WEB);
@@ -305,8 +294,7 @@ fn reload_tightens_policies_and_refuses_bad_files() {
     );
 }
 
-#[test]
-fn open_sessions_a_reload_no_longer_admits_are_cut() {
+pub(crate) fn open_sessions_a_reload_no_longer_admits_are_cut() {
     let mut w = world(&policies("[signed, service-token]", true));
     let (alice, alice_id) = w.access_token("alice", DB);
     let (_a, alice_addr) = w.access_tcp("quic", &["--token", &alice]);
@@ -349,25 +337,22 @@ fn https_get(w: &World, ca: &std::path::Path) -> Result<u16, String> {
     let port = w.edge.https.port();
     let resolve = format!("{WEB}:{port}:127.0.0.1");
     let url = format!("https://{WEB}:{port}/");
-    let (ok, out, err) = curl(&[
+    let r = curl(&[
         "-o",
         "/dev/null",
-        "-w",
-        "%{http_code}",
         "--cacert",
         ca.to_str().unwrap(),
         "--resolve",
         &resolve,
         &url,
     ]);
-    if !ok {
-        return Err(err);
+    if !r.ok {
+        return Err(r.stderr);
     }
-    Ok(String::from_utf8_lossy(&out).parse().unwrap())
+    Ok(r.status)
 }
 
-#[test]
-fn renewed_certificates_are_served_after_sighup_without_dropping_tunnels() {
+pub(crate) fn renewed_certificates_are_served_after_sighup_without_dropping_tunnels() {
     let mut w = world("");
     let old_ca = w.edge.ca();
     assert_eq!(https_get(&w, &old_ca), Ok(200));

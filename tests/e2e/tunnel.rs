@@ -1,13 +1,10 @@
-#![cfg(feature = "edge")]
 //! End to end: a real edge process, a real connector process, real origins and real
 //! clients (curl, a WebSocket client), all on loopback with port 0.
-
-mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Edge + connector with the README's rule shapes; origins A (web), B (api).
 struct Setup {
@@ -41,14 +38,7 @@ fn setup_with(extra_edge_yaml: &str, ha: usize, protocol: &str) -> Setup {
         b = b.addr,
     );
     let dev = TempDir::new("device");
-    let yaml = device_yaml_with(
-        &edge.tunnel.to_string(),
-        &edge.ca(),
-        protocol,
-        &token,
-        ha,
-        &rules,
-    );
+    let yaml = device_yaml_over(&edge, protocol, &token, ha, &rules);
     let connector = start_connector(dev.path(), &yaml, ha);
     Setup {
         edge,
@@ -59,131 +49,91 @@ fn setup_with(extra_edge_yaml: &str, ha: usize, protocol: &str) -> Setup {
     }
 }
 
-#[test]
-fn bodies_of_every_size_arrive_intact_over_http1() {
-    let s = setup("", 2);
-    for n in [0u64, 1024, 100 * 1024 * 1024] {
-        let url = format!("http://{}/bytes/{n}", s.edge.http);
-        let (ok, body, err) = curl(&["-H", "Host: dev42.example.com", &url]);
-        assert!(ok, "{err}");
-        assert_eq!(body.len() as u64, n);
+/// GETs `/bytes/N` for each of `sizes` through the edge; each body arrives intact.
+fn downloads_arrive_intact(edge: &EdgeProc, sizes: &[u64]) {
+    for &n in sizes {
+        let url = format!("http://{}/bytes/{n}", edge.http);
+        let r = curl(&["-H", "Host: dev42.example.com", &url]);
+        assert!(r.ok, "{}", r.stderr);
+        assert_eq!(r.body.len() as u64, n);
         assert_eq!(
-            sha256_hex(&body),
+            sha256_hex(&r.body),
             sha256_hex(&pattern(n)),
             "body of {n} bytes differs"
         );
     }
 }
 
-#[test]
-fn http2_transport_carries_bodies_uploads_and_many_streams() {
+/// POSTs `size` bytes (with `extra` curl arguments) to the origin's `/sha256` through
+/// the edge; the origin saw them intact.
+fn upload_arrives_intact(edge: &EdgeProc, size: u64, extra: &[&str]) {
+    let dir = TempDir::new("upload");
+    let file = dir.join("up.bin");
+    let data = pattern(size);
+    std::fs::write(&file, &data).unwrap();
+    let url = format!("http://{}/sha256", edge.http);
+    let from_file = format!("@{}", file.display());
+    let mut args = vec!["-H", "Host: dev42.example.com"];
+    args.extend_from_slice(extra);
+    args.extend(["--data-binary", &from_file, &url]);
+    let r = curl(&args);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(
+        String::from_utf8(r.body).unwrap(),
+        format!("{} {}", sha256_hex(&data), data.len())
+    );
+}
+
+pub(crate) fn bodies_of_every_size_arrive_intact_over_http1() {
+    let s = setup("", 2);
+    downloads_arrive_intact(&s.edge, &[0, 1024, 100 * 1024 * 1024]);
+}
+
+pub(crate) fn http2_transport_carries_bodies_uploads_and_many_streams() {
     let s = setup_with("", 2, "http2");
     assert!(
         s.connector.dump().contains("over http2"),
         "registered over HTTP/2"
     );
-    for n in [0u64, 1024, 50 * 1024 * 1024] {
-        let url = format!("http://{}/bytes/{n}", s.edge.http);
-        let (ok, body, err) = curl(&["-H", "Host: dev42.example.com", &url]);
-        assert!(ok, "{err}");
-        assert_eq!(
-            sha256_hex(&body),
-            sha256_hex(&pattern(n)),
-            "body of {n} bytes differs"
-        );
-    }
-    let dir = TempDir::new("upload");
-    let file = dir.path().join("up.bin");
-    let data = pattern(3 * 1024 * 1024 + 1);
-    std::fs::write(&file, &data).unwrap();
-    let url = format!("http://{}/sha256", s.edge.http);
-    let (ok, body, err) = curl(&[
-        "-H",
-        "Host: dev42.example.com",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &url,
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(
-        String::from_utf8(body).unwrap(),
-        format!("{} {}", sha256_hex(&data), data.len())
-    );
-    let cfg = dir.path().join("urls");
-    let mut text = String::new();
-    for i in 0..200 {
-        text.push_str(&format!("url = \"http://{}/bytes/{}\"\nheader = \"Host: dev42.example.com\"\noutput = \"/dev/null\"\n", s.edge.http, 500 + i));
-    }
-    std::fs::write(&cfg, text).unwrap();
-    let (ok, out, err) = curl(&[
-        "--parallel",
-        "--parallel-max",
-        "50",
-        "-K",
-        cfg.to_str().unwrap(),
-        "-w",
-        "%{http_code}\n",
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(
-        String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .filter(|l| *l == "200")
-            .count(),
-        200
-    );
+    downloads_arrive_intact(&s.edge, &[0, 1024, 50 * 1024 * 1024]);
+    upload_arrives_intact(&s.edge, 3 * 1024 * 1024 + 1, &[]);
+    assert_eq!(parallel_gets(&s.edge, 200, 500, 50), 200);
 }
 
-#[test]
-fn chunked_upload_reaches_the_origin_intact() {
+pub(crate) fn chunked_upload_reaches_the_origin_intact() {
     let s = setup("", 1);
-    let dir = TempDir::new("upload");
-    let file = dir.path().join("up.bin");
-    let data = pattern(5 * 1024 * 1024 + 7);
-    std::fs::write(&file, &data).unwrap();
-    let url = format!("http://{}/sha256", s.edge.http);
-    let (ok, body, err) = curl(&[
-        "-H",
-        "Host: dev42.example.com",
-        "-H",
-        "Transfer-Encoding: chunked",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &url,
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(
-        String::from_utf8(body).unwrap(),
-        format!("{} {}", sha256_hex(&data), data.len())
+    upload_arrives_intact(
+        &s.edge,
+        5 * 1024 * 1024 + 7,
+        &["-H", "Transfer-Encoding: chunked"],
     );
 }
 
-#[test]
-fn http2_over_tls_with_sni() {
+pub(crate) fn http2_over_tls_with_sni() {
     let s = setup("", 1);
     let port = s.edge.https.port();
     let resolve = format!("dev42.example.com:{port}:127.0.0.1");
     let url = format!("https://dev42.example.com:{port}/bytes/1024");
     let ca = s.edge.ca();
-    let (ok, out, err) = curl(&[
+    let r = curl(&[
         "--http2",
         "--cacert",
         ca.to_str().unwrap(),
         "--resolve",
         &resolve,
-        "-D",
-        "-",
         &url,
     ]);
-    assert!(ok, "{err}");
-    let text = String::from_utf8_lossy(&out);
-    assert!(text.starts_with("HTTP/2 200"), "{text}");
-    assert!(out.ends_with(&pattern(1024)));
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.version == "2" && r.status == 200,
+        "HTTP/{} {}",
+        r.version,
+        r.status
+    );
+    assert!(r.body.ends_with(&pattern(1024)));
 }
 
-#[test]
-fn path_rules_status_rules_and_the_catch_all() {
+pub(crate) fn path_rules_status_rules_and_the_catch_all() {
     let s = setup("", 1);
     let (code, body) = get(&s.edge, "api.dev42.example.com", "/v1/users");
     assert_eq!(
@@ -207,8 +157,7 @@ fn path_rules_status_rules_and_the_catch_all() {
     assert_eq!(s.b.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
-#[test]
-fn forwarding_headers_and_host_override() {
+pub(crate) fn forwarding_headers_and_host_override() {
     let s = setup("", 1);
     let (code, body) = get(&s.edge, "dev42.example.com", "/headers");
     assert_eq!(code, 200);
@@ -226,8 +175,7 @@ fn forwarding_headers_and_host_override() {
     );
 }
 
-#[test]
-fn dead_origin_gives_502_slow_origin_504_and_others_are_undisturbed() {
+pub(crate) fn dead_origin_gives_502_slow_origin_504_and_others_are_undisturbed() {
     let s = setup("origin-response-timeout: 1s", 1);
     let (code, body) = get(&s.edge, "dead.dev42.example.com", "/");
     assert_eq!(code, 502);
@@ -239,28 +187,19 @@ fn dead_origin_gives_502_slow_origin_504_and_others_are_undisturbed() {
     let slow_edge = s.edge.http;
     let slow = std::thread::spawn(move || {
         let url = format!("http://{slow_edge}/slow");
-        let (ok, out, _) = curl(&[
-            "-H",
-            "Host: dev42.example.com",
-            "-w",
-            "%{http_code}",
-            "-o",
-            "/dev/null",
-            &url,
-        ]);
-        assert!(ok);
-        String::from_utf8(out).unwrap()
+        let r = curl(&["-H", "Host: dev42.example.com", "-o", "/dev/null", &url]);
+        assert!(r.ok);
+        r.status
     });
     // While the slow request waits, others are served.
     for _ in 0..5 {
         let (code, _) = get(&s.edge, "dev42.example.com", "/fine");
         assert_eq!(code, 200);
     }
-    assert_eq!(slow.join().unwrap(), "504");
+    assert_eq!(slow.join().unwrap(), 504);
 }
 
-#[test]
-fn idle_tunnel_streams_are_reused() {
+pub(crate) fn idle_tunnel_streams_are_reused() {
     let s = setup("", 1);
     for _ in 0..5 {
         let (code, _) = get(&s.edge, "dev42.example.com", "/x");
@@ -271,8 +210,7 @@ fn idle_tunnel_streams_are_reused() {
     assert_eq!(String::from_utf8(body).unwrap(), "1");
 }
 
-#[test]
-fn requests_take_turns_on_the_tunnel_connections() {
+pub(crate) fn requests_take_turns_on_the_tunnel_connections() {
     // Two tunnel connections. One request after another, they alternate between the
     // connections, and each connection keeps one pooled stream to the origin: the
     // origin sees two connections. Had one tunnel connection taken every request, it
@@ -283,15 +221,15 @@ fn requests_take_turns_on_the_tunnel_connections() {
     for _ in 0..4 {
         // A request with a body: its route is looked at first and picked after the
         // body's start has arrived.
-        let (ok, out, err) = curl(&[
+        let r = curl(&[
             "-H",
             "Host: dev42.example.com",
             "--data-binary",
             "abc",
             &url,
         ]);
-        assert!(ok, "{err}");
-        assert!(String::from_utf8_lossy(&out).ends_with(" 3"));
+        assert!(r.ok, "{}", r.stderr);
+        assert!(r.text().ends_with(" 3"));
     }
     assert_eq!(seen(), 2, "requests with a body");
     for _ in 0..4 {
@@ -315,7 +253,8 @@ fn parallel_gets(edge: &EdgeProc, count: usize, first: usize, parallel: usize) -
     }
     std::fs::write(&cfg, text).unwrap();
     let parallel = parallel.to_string();
-    let (ok, out, err) = curl(&[
+    // Several transfers in one run: their statuses come from this `-w`, in the body.
+    let r = curl(&[
         "--parallel",
         "--parallel-max",
         &parallel,
@@ -324,13 +263,11 @@ fn parallel_gets(edge: &EdgeProc, count: usize, first: usize, parallel: usize) -
         "-w",
         "%{http_code}\n",
     ]);
-    assert!(ok, "{err}");
-    let out = String::from_utf8(out).unwrap();
-    out.lines().filter(|l| *l == "200").count()
+    assert!(r.ok, "{}", r.stderr);
+    r.text().lines().filter(|l| *l == "200").count()
 }
 
-#[test]
-fn concurrent_visitors_reuse_origin_connections() {
+pub(crate) fn concurrent_visitors_reuse_origin_connections() {
     // 1000 requests from 50 keep-alive visitor connections at once: each request takes
     // a stream that another has just finished with, so the origin sees about as many
     // connections as there are visitors, not one per request.
@@ -345,14 +282,12 @@ fn concurrent_visitors_reuse_origin_connections() {
     );
 }
 
-#[test]
-fn many_concurrent_requests_over_one_connection() {
+pub(crate) fn many_concurrent_requests_over_one_connection() {
     let s = setup("", 1);
     assert_eq!(parallel_gets(&s.edge, 300, 1000, 100), 300);
 }
 
-#[test]
-fn websocket_upgrade_echoes() {
+pub(crate) fn websocket_upgrade_echoes() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let edge = start_edge(init_edge(""));
@@ -406,14 +341,10 @@ fn websocket_upgrade_echoes() {
     });
 }
 
-#[test]
-fn tokens_for_other_hosts_forged_or_expired_are_refused() {
+pub(crate) fn tokens_for_other_hosts_forged_or_expired_are_refused() {
     let edge = start_edge(init_edge(""));
     let origin = Origin::start("A");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
+    let rules = dev42_rules(origin.addr);
     let cases = [
         (
             "other host",
@@ -455,14 +386,10 @@ fn tokens_for_other_hosts_forged_or_expired_are_refused() {
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
-#[test]
-fn a_hostname_belongs_to_one_tunnel_unless_the_token_is_shared() {
+pub(crate) fn a_hostname_belongs_to_one_tunnel_unless_the_token_is_shared() {
     let edge = start_edge(init_edge(""));
     let a = Origin::start("A");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        a.addr
-    );
+    let rules = dev42_rules(a.addr);
     let t1 = edge.token("dev42", &["dev42.example.com"], "1d");
     let d1 = TempDir::new("device");
     let _c1 = start_connector(d1.path(), &device_yaml(&edge, &t1, 1, &rules), 1);
@@ -481,8 +408,7 @@ fn a_hostname_belongs_to_one_tunnel_unless_the_token_is_shared() {
     assert!(line.contains("already served by tunnel dev42"), "{line}");
 }
 
-#[test]
-fn the_connector_listens_on_nothing() {
+pub(crate) fn the_connector_listens_on_nothing() {
     let s = setup("", 2);
     let pid = s.connector.pid();
     assert!(
@@ -518,29 +444,23 @@ fn the_connector_listens_on_nothing() {
     assert_eq!(get(&s.edge, "dev42.example.com", "/").0, 200);
 }
 
-#[test]
-fn demo_works_as_the_readme_says() {
+pub(crate) fn demo_works_as_the_readme_says() {
     let p = Proc::spawn(
         "demo",
         Command::new(MAILSLOT).args(["demo", "--listen", "127.0.0.1:0"]),
     );
     let line = p.wait_line("curl -H");
     let cmd = line.trim().strip_prefix("or").unwrap().trim().to_string();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{cmd} -sS --max-time 10"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        "the README's curl",
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{cmd} -sS --max-time 10")),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from mailslot!"));
 }
 
-#[test]
-fn sighup_reload_applies_new_rules_without_failing_requests() {
+pub(crate) fn sighup_reload_applies_new_rules_without_failing_requests() {
     let edge = start_edge(init_edge(""));
     let a = Origin::start("A");
     let b = Origin::start("B");
@@ -556,17 +476,9 @@ fn sighup_reload_applies_new_rules_without_failing_requests() {
         let mut codes = Vec::new();
         for i in 0..150 {
             let url = format!("http://{http}/n{i}");
-            let (ok, out, _) = curl(&[
-                "-H",
-                "Host: web.dev42.example.com",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &url,
-            ]);
-            codes.push(if ok {
-                String::from_utf8(out).unwrap()
+            let r = curl(&["-H", "Host: web.dev42.example.com", "-o", "/dev/null", &url]);
+            codes.push(if r.ok {
+                r.status.to_string()
             } else {
                 "curl failed".into()
             });
@@ -598,14 +510,13 @@ fn sighup_reload_applies_new_rules_without_failing_requests() {
     assert!(bad.is_empty(), "requests failed during the reload: {bad:?}");
 }
 
-#[test]
-fn sigterm_drains_and_exits_zero() {
+pub(crate) fn sigterm_drains_and_exits_zero() {
     let s = setup("", 2);
     let http = s.edge.http;
     let download = std::thread::spawn(move || {
         let url = format!("http://{http}/bytes/{}", 60 * 1024 * 1024);
-        let (ok, body, err) = curl(&["-H", "Host: dev42.example.com", "--limit-rate", "20M", &url]);
-        (ok, body.len(), err)
+        let r = curl(&["-H", "Host: dev42.example.com", "--limit-rate", "20M", &url]);
+        (r.ok, r.body.len(), r.stderr)
     });
     // Wait until the origin has the request, then ask the connector to stop.
     let deadline = std::time::Instant::now() + WAIT;
@@ -628,8 +539,7 @@ fn sigterm_drains_and_exits_zero() {
     assert_eq!(len, 60 * 1024 * 1024, "the transfer in flight completed");
 }
 
-#[test]
-fn a_revoked_tunnel_is_refused_although_its_token_verifies() {
+pub(crate) fn a_revoked_tunnel_is_refused_although_its_token_verifies() {
     let dir = init_edge("");
     let out = Command::new(EDGE)
         .arg("token")
@@ -653,10 +563,7 @@ fn a_revoked_tunnel_is_refused_although_its_token_verifies() {
     std::fs::write(&yml, text).unwrap();
     let edge = start_edge(dir);
     let a = Origin::start("A");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        a.addr
-    );
+    let rules = dev42_rules(a.addr);
     let dev = TempDir::new("device");
     let bin = compile(dev.path(), &device_yaml(&edge, &token, 1, &rules));
     let p = Proc::spawn(
@@ -733,8 +640,7 @@ fn tls_origin(rt: &tokio::runtime::Runtime) -> (std::net::SocketAddr, String) {
     (addr, pki.ca_pem)
 }
 
-#[test]
-fn https_and_unix_socket_origins_with_their_options() {
+pub(crate) fn https_and_unix_socket_origins_with_their_options() {
     let edge = start_edge(init_edge(""));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (tls_addr, ca_pem) = tls_origin(&rt);
@@ -800,18 +706,8 @@ fn hung_replica(protocol: &str) -> Duration {
     let edge = start_edge(init_edge(""));
     let origin = Origin::start("A");
     let token = edge.token("dev42", &["dev42.example.com"], "1d");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
-    let yaml = device_yaml_with(
-        &edge.tunnel.to_string(),
-        &edge.ca(),
-        protocol,
-        &token,
-        2,
-        &rules,
-    );
+    let rules = dev42_rules(origin.addr);
+    let yaml = device_yaml_over(&edge, protocol, &token, 2, &rules);
     let (d1, d2) = (TempDir::new("replica1"), TempDir::new("replica2"));
     let _live = start_connector(d1.path(), &yaml, 2);
     let hung = start_connector(d2.path(), &yaml, 2);
@@ -823,23 +719,21 @@ fn hung_replica(protocol: &str) -> Duration {
     let mut slowest = Duration::ZERO;
     for n in 0..16 {
         let url = format!("http://{}/n{n}", edge.http);
-        let started = std::time::Instant::now();
-        let (ok, out, err) = curl(&[
+        let r = curl(&[
             "-o",
             "/dev/null",
-            "-w",
-            "%{http_code}",
             "--max-time",
             "8",
             "-H",
             "Host: dev42.example.com",
             &url,
         ]);
-        let took = started.elapsed();
+        let took = r.time;
         assert!(
-            ok && out == b"200",
-            "GET {n} over {protocol} with one replica hung: {} {err} after {took:?}\n{}",
-            String::from_utf8_lossy(&out),
+            r.ok && r.status == 200,
+            "GET {n} over {protocol} with one replica hung: {:03} {} after {took:?}\n{}",
+            r.status,
+            r.stderr,
             edge.proc.dump()
         );
         slowest = slowest.max(took);
@@ -848,33 +742,21 @@ fn hung_replica(protocol: &str) -> Duration {
     slowest
 }
 
-#[test]
-fn a_hung_replica_costs_no_get_over_quic() {
+pub(crate) fn a_hung_replica_costs_no_get_over_quic() {
     let slowest = hung_replica("quic");
     eprintln!("slowest GET with one replica hung (QUIC): {slowest:?}");
 }
 
-#[test]
-fn a_hung_replica_costs_no_get_over_http2() {
+pub(crate) fn a_hung_replica_costs_no_get_over_http2() {
     let slowest = hung_replica("http2");
     eprintln!("slowest GET with one replica hung (HTTP/2): {slowest:?}");
 }
 
-/// The admin listener's address from the edge's log.
-fn admin_addr(edge: &EdgeProc) -> std::net::SocketAddr {
-    let marker = "admin (/tunnels, /metrics) on ";
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(line) = edge.proc.dump().lines().find(|l| l.contains(marker)) {
-            let rest = &line[line.find(marker).unwrap() + marker.len()..];
-            return rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no admin listener logged"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The admin listener's `/tunnels` listing.
+fn admin_tunnels(admin: std::net::SocketAddr) -> String {
+    let r = curl(&[&format!("http://{admin}/tunnels")]);
+    assert!(r.ok, "{}", r.stderr);
+    String::from_utf8(r.body).unwrap()
 }
 
 /// The value of `key=` in a `/tunnels` line.
@@ -884,20 +766,17 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
-#[test]
-fn fleet_status_lists_each_connection_with_its_round_trip_and_packet_size() {
+pub(crate) fn fleet_status_lists_each_connection_with_its_round_trip_and_packet_size() {
     let s = setup("admin-listen: 127.0.0.1:0\n", 2);
-    let admin = admin_addr(&s.edge);
+    let admin = s.edge.admin_addr();
     let url = format!("http://{}/bytes/{}", s.edge.http, 4 << 20);
-    let (ok, body, err) = curl(&["-H", "Host: dev42.example.com", &url]);
-    assert!(ok && body.len() == 4 << 20, "download: {err}");
+    let r = curl(&["-H", "Host: dev42.example.com", &url]);
+    assert!(r.ok && r.body.len() == 4 << 20, "download: {}", r.stderr);
     // Loopback carries 64 KiB packets: MTU discovery grows QUIC's packets from 1200
     // bytes past an Ethernet MTU's 1452 (to MAX_PACKET, 6540) within a few round trips.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let lines = loop {
-        let (ok, out, err) = curl(&[&format!("http://{admin}/tunnels")]);
-        assert!(ok, "{err}");
-        let text = String::from_utf8(out).unwrap();
+        let text = admin_tunnels(admin);
         let lines: Vec<String> = text.lines().map(String::from).collect();
         let grown = |l: &String| field(l, "packet").parse::<u32>().is_ok_and(|p| p > 1452);
         if lines.len() == 2 && lines.iter().all(grown) {
@@ -939,23 +818,14 @@ fn fleet_status_lists_each_connection_with_its_round_trip_and_packet_size() {
     for _ in 0..2 {
         assert_eq!(get(&s.edge, "dev42.example.com", "/x").0, 200);
     }
-    let (ok, out, err) = curl(&[&format!("http://{admin}/tunnels")]);
-    assert!(ok, "{err}");
-    let lines: Vec<String> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let lines: Vec<String> = admin_tunnels(admin).lines().map(String::from).collect();
     assert_eq!(streams(&lines), [1, 1], "{lines:?}");
 }
 
-#[test]
-fn fleet_status_of_http2_connections_has_no_packet_size() {
+pub(crate) fn fleet_status_of_http2_connections_has_no_packet_size() {
     let s = setup_with("admin-listen: 127.0.0.1:0\n", 1, "http2");
-    let admin = admin_addr(&s.edge);
-    let (ok, out, err) = curl(&[&format!("http://{admin}/tunnels")]);
-    assert!(ok, "{err}");
-    let text = String::from_utf8(out).unwrap();
+    let admin = s.edge.admin_addr();
+    let text = admin_tunnels(admin);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1, "{text}");
     assert_eq!(field(lines[0], "protocol"), "http2");
@@ -970,13 +840,11 @@ fn get_with(edge: &EdgeProc, host: &str, path: &str, headers: &[&str]) -> (u16, 
         args.push("-H".into());
         args.push(h.to_string());
     }
-    args.extend(["-w".to_string(), "\n%{http_code}".to_string(), url.clone()]);
+    args.push(url.clone());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, out, err) = curl(&args);
-    assert!(ok, "curl {url} failed: {err}");
-    let out = String::from_utf8(out).unwrap();
-    let (body, code) = out.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), body.to_string())
+    let r = curl(&args);
+    assert!(r.ok, "curl {url} failed: {}", r.stderr);
+    (r.status, String::from_utf8(r.body).unwrap())
 }
 
 /// Client-address headers a visitor sends.
@@ -988,8 +856,7 @@ const SPOOFED: [&str; 5] = [
     "X-Forwarded-For: 6.6.6.6",
 ];
 
-#[test]
-fn client_address_headers_from_visitors_never_reach_the_origin() {
+pub(crate) fn client_address_headers_from_visitors_never_reach_the_origin() {
     let s = setup("", 1);
     let (code, h) = get_with(&s.edge, "dev42.example.com", "/headers", &SPOOFED);
     assert_eq!(code, 200);
@@ -1004,8 +871,7 @@ fn client_address_headers_from_visitors_never_reach_the_origin() {
     );
 }
 
-#[test]
-fn client_address_headers_from_a_trusted_proxy_are_kept_and_extended() {
+pub(crate) fn client_address_headers_from_a_trusted_proxy_are_kept_and_extended() {
     let s = setup("trusted-proxies: [127.0.0.1/32]", 1);
     let (code, h) = get_with(&s.edge, "dev42.example.com", "/headers", &SPOOFED);
     assert_eq!(code, 200);
@@ -1022,15 +888,15 @@ fn client_address_headers_from_a_trusted_proxy_are_kept_and_extended() {
     );
 }
 
-#[test]
-fn only_websocket_upgrades_reach_the_origin() {
+pub(crate) fn only_websocket_upgrades_reach_the_origin() {
     let s = setup("", 1);
     // curl's own h2c upgrade (`--http2` on an http:// URL): answered in HTTP/1.1, and
     // the origin never hears of the upgrade.
     let url = format!("http://{}/headers", s.edge.http);
-    let (ok, out, err) = curl(&["--http2", "-i", "-H", "Host: dev42.example.com", &url]);
-    assert!(ok, "{err}");
-    let out = String::from_utf8(out).unwrap();
+    // `-i`: the status line and headers as received, before the body.
+    let r = curl(&["--http2", "-i", "-H", "Host: dev42.example.com", &url]);
+    assert!(r.ok, "{}", r.stderr);
+    let out = String::from_utf8(r.body).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let lower = out.to_ascii_lowercase();
     assert!(
@@ -1048,8 +914,7 @@ fn only_websocket_upgrades_reach_the_origin() {
     assert!(!h.contains("upgrade"), "{h}");
 }
 
-#[test]
-fn a_dead_origin_shows_the_visitor_no_address_or_error() {
+pub(crate) fn a_dead_origin_shows_the_visitor_no_address_or_error() {
     let s = setup("", 1);
     let (code, body) = get(&s.edge, "dead.dev42.example.com", "/");
     let body = String::from_utf8_lossy(&body);
@@ -1066,8 +931,7 @@ fn a_dead_origin_shows_the_visitor_no_address_or_error() {
     s.connector.wait_line("cannot reach 127.0.0.1:");
 }
 
-#[test]
-fn an_http10_origin_is_answered_in_http11() {
+pub(crate) fn an_http10_origin_is_answered_in_http11() {
     let edge = start_edge(init_edge(""));
     let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let origin_addr = origin.local_addr().unwrap();
@@ -1088,13 +952,13 @@ fn an_http10_origin_is_answered_in_http11() {
     });
     let token = edge.token("dev42", &["dev42.example.com"], "1d");
     let dev = TempDir::new("device");
-    let rules =
-        format!("  - hostname: dev42.example.com\n    service: http://{origin_addr}\n  - service: http_status:404\n");
+    let rules = dev42_rules(origin_addr);
     let _c = start_connector(dev.path(), &device_yaml(&edge, &token, 1, &rules), 1);
     let url = format!("http://{}/", edge.http);
-    let (ok, out, err) = curl(&["--http1.1", "-i", "-H", "Host: dev42.example.com", &url]);
-    assert!(ok, "{err}");
-    let out = String::from_utf8(out).unwrap();
+    // `-i`: the status line and headers as received, before the body.
+    let r = curl(&["--http1.1", "-i", "-H", "Host: dev42.example.com", &url]);
+    assert!(r.ok, "{}", r.stderr);
+    let out = String::from_utf8(r.body).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.ends_with("old origin"), "{out}");
 }
@@ -1102,23 +966,19 @@ fn an_http10_origin_is_answered_in_http11() {
 /// A GET through the edge with curl's own time limit; (status, how long it took).
 fn timed_get(edge: &EdgeProc, host: &str, path: &str, max_secs: u32) -> (String, Duration) {
     let url = format!("http://{}{path}", edge.http);
-    let started = std::time::Instant::now();
-    let (_, out, _) = curl(&[
+    let r = curl(&[
         "-o",
         "/dev/null",
-        "-w",
-        "%{http_code}",
         "--max-time",
         &max_secs.to_string(),
         "-H",
         &format!("Host: {host}"),
         &url,
     ]);
-    (String::from_utf8(out).unwrap(), started.elapsed())
+    (format!("{:03}", r.status), r.time)
 }
 
-#[test]
-fn a_tunnel_whose_connector_died_answers_502_within_seconds() {
+pub(crate) fn a_tunnel_whose_connector_died_answers_502_within_seconds() {
     let mut s = setup("", 2);
     for _ in 0..4 {
         assert_eq!(get(&s.edge, "dev42.example.com", "/").0, 200);
@@ -1136,12 +996,9 @@ fn a_tunnel_whose_connector_died_answers_502_within_seconds() {
     }
     // A POST (not retried) too.
     let url = format!("http://{}/post", s.edge.http);
-    let started = std::time::Instant::now();
-    let (_, out, _) = curl(&[
+    let r = curl(&[
         "-o",
         "/dev/null",
-        "-w",
-        "%{http_code}",
         "--max-time",
         "20",
         "-H",
@@ -1150,26 +1007,22 @@ fn a_tunnel_whose_connector_died_answers_502_within_seconds() {
         "x=1",
         &url,
     ]);
-    let took = started.elapsed();
+    let took = r.time;
     assert!(
-        out == b"502" && took < Duration::from_secs(8),
-        "POST: {} after {took:?}",
-        String::from_utf8_lossy(&out)
+        r.status == 502 && took < Duration::from_secs(8),
+        "POST: {:03} after {took:?}",
+        r.status
     );
 }
 
-#[test]
-fn a_connector_restarted_after_a_crash_replaces_its_dead_connections_at_once() {
+pub(crate) fn a_connector_restarted_after_a_crash_replaces_its_dead_connections_at_once() {
     let edge = start_edge(init_edge(""));
     let origin = Origin::start("A");
     // A tunnel name of its own: instance slots are shared by every connector of one
     // tunnel name and user on this machine, other tests' included.
     let tunnel = format!("crashy{}", std::process::id());
     let token = edge.token(&tunnel, &["dev42.example.com"], "1d");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
+    let rules = dev42_rules(origin.addr);
     let yaml = device_yaml(&edge, &token, 2, &rules)
         .replace("tunnel: dev42\n", &format!("tunnel: {tunnel}\n"));
     let dev = TempDir::new("device");

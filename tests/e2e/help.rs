@@ -72,19 +72,16 @@ fn walk(bin: &str, commands: &[(&[&str], &str)]) {
     }
 }
 
-#[test]
-fn every_mailslot_command_has_help() {
+pub(crate) fn every_mailslot_command_has_help() {
     walk(env!("CARGO_BIN_EXE_mailslot"), MAILSLOT);
 }
 
-#[test]
-fn every_mailslot_edge_command_has_help() {
+pub(crate) fn every_mailslot_edge_command_has_help() {
     walk(env!("CARGO_BIN_EXE_mailslot-edge"), EDGE);
 }
 
 /// Help that a subcommand prints is its own, not the whole list.
-#[test]
-fn help_is_the_commands_own() {
+pub(crate) fn help_is_the_commands_own() {
     let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
         .args(["config", "show", "--help"])
         .output()

@@ -1,9 +1,6 @@
-#![cfg(feature = "edge")]
 //! End to end access: a real edge, a real connector, a real origin (HTTP, reached as a
 //! raw TCP service) and, when this runs as root with OpenSSH installed, a real sshd on
 //! loopback reached with real `ssh` and `scp` through `mailslot access`.
-
-mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -13,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const SERVICE_SECRET: &str = "ci-secret-0123456789";
 const SSH_HOST: &str = "ssh.dev42.example.com";
@@ -74,7 +71,7 @@ fn is_root() -> bool {
 }
 
 /// Starts sshd, or says why this test cannot (not root, OpenSSH missing).
-fn start_sshd() -> Option<Sshd> {
+fn start_sshd() -> Result<Sshd, Skip> {
     let sshd = Path::new("/usr/sbin/sshd");
     let have_client = Command::new("ssh").arg("-V").output().is_ok()
         && Command::new("ssh-keygen")
@@ -83,14 +80,13 @@ fn start_sshd() -> Option<Sshd> {
             .output()
             .is_ok();
     if !sshd.exists() || !have_client {
-        eprintln!(
-            "SKIPPED: needs OpenSSH (apt-get install openssh-server openssh-client): sshd or ssh missing"
-        );
-        return None;
+        return Err(Skip(
+            "needs OpenSSH (apt-get install openssh-server openssh-client): sshd or ssh missing"
+                .into(),
+        ));
     }
     if !is_root() {
-        eprintln!("SKIPPED: needs root to run sshd on loopback");
-        return None;
+        return Err(Skip("needs root to run sshd on loopback".into()));
     }
     let dir = TempDir::new("sshd");
     for name in ["host_key", "client_key"] {
@@ -143,7 +139,7 @@ Subsystem sftp internal-sftp
             .args(["-p", &port.to_string()]),
     );
     proc.wait_line(&format!("Server listening on 127.0.0.1 port {port}"));
-    Some(Sshd {
+    Ok(Sshd {
         _proc: proc,
         port,
         dir,
@@ -154,7 +150,8 @@ struct World {
     edge: EdgeProc,
     _connector: Proc,
     origin: Origin,
-    sshd: Option<Sshd>,
+    /// The sshd, or why there is none.
+    sshd: Result<Sshd, Skip>,
     /// Operator side: token files.
     client: TempDir,
     tunnel_token: String,
@@ -166,10 +163,14 @@ struct World {
 }
 
 fn world(with_sshd: bool) -> World {
-    let sshd = if with_sshd { start_sshd() } else { None };
+    let sshd = if with_sshd {
+        start_sshd()
+    } else {
+        Err(Skip("not asked for".into()))
+    };
     let ssh_port = match &sshd {
-        Some(s) => s.port,
-        None => std::net::TcpListener::bind("127.0.0.1:0")
+        Ok(s) => s.port,
+        Err(_) => std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
@@ -227,12 +228,7 @@ impl World {
         for h in hosts {
             cmd.args(["--hostname", h]);
         }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "access-token failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_ok("mailslot-edge access-token", &mut cmd);
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
@@ -369,8 +365,7 @@ fn body_of(response: &[u8]) -> &[u8] {
     &response[i + 4..]
 }
 
-#[test]
-fn access_stdio_carries_a_tcp_service_over_quic_https_and_fallback() {
+pub(crate) fn access_stdio_carries_a_tcp_service_over_quic_https_and_fallback() {
     let w = world(false);
     let alice = w.access_token("alice", &["*.dev42.example.com"], "1h");
     for transport in ["quic", "https", "auto-fallback"] {
@@ -407,8 +402,7 @@ fn access_stdio_carries_a_tcp_service_over_quic_https_and_fallback() {
         .wait_line("access: service:ci (service token) db.dev42.example.com");
 }
 
-#[test]
-fn access_tcp_listens_locally_and_carries_http() {
+pub(crate) fn access_tcp_listens_locally_and_carries_http() {
     let w = world(false);
     let alice = w.access_token("alice", &[DB_HOST], "1h");
     // The default token file.
@@ -418,14 +412,14 @@ fn access_tcp_listens_locally_and_carries_http() {
     for transport in ["quic", "https"] {
         let (p, addr) = w.access_tcp(DB_HOST, transport, &[]);
         for n in [0u64, 1, 2 * 1024 * 1024] {
-            let (ok, body, err) = curl(&[
+            let r = curl(&[
                 "-H",
                 &format!("Host: {DB_HOST}"),
                 &format!("http://{addr}/bytes/{n}"),
             ]);
-            assert!(ok, "{transport}: {err}\n{}", p.dump());
+            assert!(r.ok, "{transport}: {}\n{}", r.stderr, p.dump());
             assert_eq!(
-                sha256_hex(&body),
+                sha256_hex(&r.body),
                 sha256_hex(&pattern(n)),
                 "{transport} {n}"
             );
@@ -438,8 +432,7 @@ fn access_tcp_listens_locally_and_carries_http() {
     }
 }
 
-#[test]
-fn refused_clients_never_reach_the_device() {
+pub(crate) fn refused_clients_never_reach_the_device() {
     let w = world(false);
     let before = w.origin.connections.load(Ordering::SeqCst);
     let bob = w.access_token("bob", &[DB_HOST], "1h");
@@ -507,12 +500,12 @@ fn refused_clients_never_reach_the_device() {
         }
     }
     // The public TCP port whose allow-list excludes loopback: closed at once.
-    let (ok, _, _) = curl(&[
+    let r = curl(&[
         "-H",
         &format!("Host: {DB_HOST}"),
         &format!("http://{}/", w.tcp_closed),
     ]);
-    assert!(!ok);
+    assert!(!r.ok);
     w.edge.proc.wait_line("address not in ip-allow");
     assert_eq!(
         w.origin.connections.load(Ordering::SeqCst),
@@ -528,16 +521,15 @@ fn refused_clients_never_reach_the_device() {
     assert_eq!(body_of(&out), b"origin A /ok");
 }
 
-#[test]
-fn public_tcp_port_routes_to_the_stream_rule() {
+pub(crate) fn public_tcp_port_routes_to_the_stream_rule() {
     let w = world(false);
-    let (ok, body, err) = curl(&[
+    let r = curl(&[
         "-H",
         &format!("Host: {DB_HOST}"),
         &format!("http://{}/bytes/100000", w.tcp_open),
     ]);
-    assert!(ok, "{err}");
-    assert_eq!(sha256_hex(&body), sha256_hex(&pattern(100_000)));
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&pattern(100_000)));
     let line = w
         .edge
         .proc
@@ -545,8 +537,7 @@ fn public_tcp_port_routes_to_the_stream_rule() {
     assert!(line.contains("over tcp port"), "{line}");
 }
 
-#[test]
-fn http_hostname_with_a_policy_needs_credentials() {
+pub(crate) fn http_hostname_with_a_policy_needs_credentials() {
     let w = world(false);
     let host = "secret.dev42.example.com";
     let (code, body) = get(&w.edge, host, "/x");
@@ -562,14 +553,11 @@ fn http_hostname_with_a_policy_needs_credentials() {
     let secret = format!("Mailslot-Client-Secret: {SERVICE_SECRET}");
     let expired = format!("Authorization: Bearer {}", w.expired_token("alice", host));
     let code_of = |args: &[&str]| -> (u16, String) {
-        let mut a = vec!["-w", "\n%{http_code}"];
-        a.extend_from_slice(args);
+        let mut a = args.to_vec();
         a.push(&url);
-        let (ok, out, err) = curl(&a);
-        assert!(ok, "{err}");
-        let out = String::from_utf8_lossy(&out).to_string();
-        let (body, code) = out.rsplit_once('\n').unwrap();
-        (code.parse().unwrap(), body.to_string())
+        let r = curl(&a);
+        assert!(r.ok, "{}", r.stderr);
+        (r.status, r.text())
     };
     let (code, seen) = code_of(&["-H", &hosth, "-H", &bearer]);
     assert_eq!(code, 200, "{seen}");
@@ -594,40 +582,40 @@ fn http_hostname_with_a_policy_needs_credentials() {
     assert_eq!(code, 200);
 }
 
+/// What ssh and scp are told here: the test's key only, no host key checks or
+/// records, no prompts.
+const SSH_CLIENT_OPTIONS: [&str; 8] = [
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+];
+
 fn ssh_base(sshd: &Sshd, config: &Path) -> Command {
     let mut c = Command::new("ssh");
-    c.arg("-F").arg(config).arg("-i").arg(sshd.key()).args([
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=20",
-    ]);
+    c.arg("-F")
+        .arg(config)
+        .arg("-i")
+        .arg(sshd.key())
+        .args(SSH_CLIENT_OPTIONS)
+        .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20"]);
     c
 }
 
 /// An ssh_config from `mailslot access ssh-config` for this transport.
 fn ssh_config(w: &World, transport: &str, token_file: &Path) -> PathBuf {
-    let out = w
-        .access(
+    let out = run_ok(
+        "mailslot access ssh-config",
+        &mut w.access(
             "ssh-config",
             SSH_HOST,
             transport,
             &["--token-file", token_file.to_str().unwrap()],
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ),
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(&format!("Host {SSH_HOST}\n")), "{text}");
@@ -637,23 +625,18 @@ fn ssh_config(w: &World, transport: &str, token_file: &Path) -> PathBuf {
     p
 }
 
-#[test]
-fn ssh_and_scp_through_the_tunnel() {
+pub(crate) fn ssh_and_scp_through_the_tunnel() -> Result<(), Skip> {
     let w = world(true);
-    let Some(sshd) = &w.sshd else { return };
+    let sshd = w.sshd.as_ref().map_err(Skip::clone)?;
     let token = w.access_token("alice", &["ssh.*.example.com"], "8h");
     let token_file = w.token_file("alice", &token);
     for transport in ["quic", "https"] {
         let cfg = ssh_config(&w, transport, &token_file);
-        let out = ssh_base(sshd, &cfg)
-            .arg(format!("root@{SSH_HOST}"))
-            .arg("echo hello from $(hostname) over ssh")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ssh over {transport}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            &format!("ssh over {transport}"),
+            ssh_base(sshd, &cfg)
+                .arg(format!("root@{SSH_HOST}"))
+                .arg("echo hello from $(hostname) over ssh"),
         );
         assert!(
             String::from_utf8_lossy(&out.stdout).starts_with("hello from "),
@@ -678,29 +661,15 @@ fn ssh_and_scp_through_the_tunnel() {
         token_file.display()
     );
     let scp = |from: String, to: String| {
-        let out = Command::new("scp")
-            .args(["-F", "/dev/null", "-q", "-i"])
-            .arg(sshd.key())
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                &proxy,
-            ])
-            .arg(from)
-            .arg(to)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scp: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            "scp",
+            Command::new("scp")
+                .args(["-F", "/dev/null", "-q", "-i"])
+                .arg(sshd.key())
+                .args(SSH_CLIENT_OPTIONS)
+                .args(["-o", &proxy])
+                .arg(from)
+                .arg(to),
         );
     };
     scp(
@@ -724,12 +693,12 @@ fn ssh_and_scp_through_the_tunnel() {
         .proc
         .wait_line("access: alice (signed token) ssh.dev42.example.com");
     assert!(line.contains(" B up"), "{line}");
+    Ok(())
 }
 
-#[test]
-fn idle_interactive_sessions_stay_up() {
+pub(crate) fn idle_interactive_sessions_stay_up() -> Result<(), Skip> {
     let w = world(true);
-    let Some(sshd) = &w.sshd else { return };
+    let sshd = w.sshd.as_ref().map_err(Skip::clone)?;
     let token = w.access_token("alice", &[SSH_HOST], "1h");
     let token_file = w.token_file("alice", &token);
     // Both transports at once: start, idle past every idle timeout, then talk.
@@ -773,10 +742,11 @@ fn idle_interactive_sessions_stay_up() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    Ok(())
 }
 
 /// `redis-server` on a unix socket only (`--port 0`), or why not (redis missing).
-fn start_redis(socket: &Path) -> Option<Proc> {
+fn start_redis(socket: &Path) -> Result<Proc, Skip> {
     let have = |bin: &str| {
         Command::new(bin)
             .arg("--version")
@@ -786,10 +756,10 @@ fn start_redis(socket: &Path) -> Option<Proc> {
             .is_ok_and(|s| s.success())
     };
     if !have("redis-server") || !have("redis-cli") {
-        eprintln!(
-            "SKIPPED: needs redis (apt-get install redis-server redis-tools): redis-server or redis-cli missing"
-        );
-        return None;
+        return Err(Skip(
+            "needs redis (apt-get install redis-server redis-tools): redis-server or redis-cli missing"
+                .into(),
+        ));
     }
     let dir = socket.parent().unwrap();
     let proc = Proc::spawn(
@@ -810,7 +780,7 @@ fn start_redis(socket: &Path) -> Option<Proc> {
     );
     // "ready to accept connections at PATH" (7.0), "Ready to accept connections unix" (7.2).
     proc.wait_line("eady to accept connections");
-    Some(proc)
+    Ok(proc)
 }
 
 /// `redis-cli -h 127.0.0.1 -p PORT ARGS...` fed `stdin` (then closed); (success,
@@ -845,12 +815,9 @@ fn redis_cli(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, S
     )
 }
 
-#[test]
-fn access_tcp_carries_redis_from_a_unix_socket() {
+pub(crate) fn access_tcp_carries_redis_from_a_unix_socket() -> Result<(), Skip> {
     let w = world(false);
-    let Some(_redis) = start_redis(&w.dev.path().join(REDIS_SOCKET)) else {
-        return;
-    };
+    let _redis = start_redis(&w.dev.path().join(REDIS_SOCKET))?;
     let alice = w.access_token("alice", &[REDIS_HOST], "1h");
     // 1 MiB of printable bytes: redis-cli prints a raw value followed by a newline.
     let value: Vec<u8> = (0..1024 * 1024u32)
@@ -898,18 +865,15 @@ fn access_tcp_carries_redis_from_a_unix_socket() {
     let (_, out, _) = redis_cli(addr, &["PING"], b"");
     assert_ne!(out, b"PONG\n");
     p.wait_line("the edge refused access");
+    Ok(())
 }
 
 /// What `access ssh-config` writes reaches `mailslot access ssh` through real ssh (its
 /// ssh_config parser, its `%` expansion and the shell it runs the ProxyCommand with)
 /// exactly as given: `$()`, backquotes, quotes, `#` and `%` in an option stay data.
-#[test]
-fn ssh_config_options_reach_the_client_as_data() {
+pub(crate) fn ssh_config_options_reach_the_client_as_data() -> Result<(), Skip> {
     if Command::new("ssh").arg("-V").output().is_err() {
-        eprintln!(
-            "SKIPPED ssh_config_options_reach_the_client_as_data: needs ssh (openssh-client)"
-        );
-        return;
+        return Err(Skip("needs ssh (openssh-client)".into()));
     }
     let dir = TempDir::new("sshcfg");
     let marker = dir.path().join("ran");
@@ -917,16 +881,12 @@ fn ssh_config_options_reach_the_client_as_data() {
         "ca $(touch {m}) `touch {m}` it's \"# 100%h.pem",
         m = marker.display()
     ));
-    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
-        .args(["access", "ssh-config", "--hostname", SSH_HOST])
-        .arg("--edge-ca")
-        .arg(&ca)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        "mailslot access ssh-config",
+        Command::new(MAILSLOT)
+            .args(["access", "ssh-config", "--hostname", SSH_HOST])
+            .arg("--edge-ca")
+            .arg(&ca),
     );
     let config = dir.path().join("ssh_config");
     std::fs::write(&config, &out.stdout).unwrap();
@@ -946,7 +906,7 @@ fn ssh_config_options_reach_the_client_as_data() {
     );
 
     // A line break cannot smuggle a line into the config: refused.
-    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
+    let out = Command::new(MAILSLOT)
         .args(["access", "ssh-config", "--hostname", SSH_HOST])
         .args(["--edge", "e:1\nHost *\n  ProxyCommand touch /tmp/x"])
         .output()
@@ -958,50 +918,32 @@ fn ssh_config_options_reach_the_client_as_data() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
 }
 
 /// `access tcp` and `access ssh` warn once when a secret is on their command line.
-#[test]
-fn secret_on_the_command_line_is_warned_about() {
+pub(crate) fn secret_on_the_command_line_is_warned_about() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
-        .args([
-            "access",
-            "ssh",
-            "--hostname",
-            SSH_HOST,
-            "--transport",
-            "https",
-        ])
-        .args([
-            "--edge",
-            &format!("127.0.0.1:{port}"),
-            "--token",
-            "msa1.x.y",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let edge = format!("127.0.0.1:{port}");
+    // `mailslot access ssh` to an edge that does not answer.
+    let access_ssh = || {
+        let mut c = Command::new(MAILSLOT);
+        c.args(["access", "ssh", "--hostname", SSH_HOST])
+            .args(["--transport", "https", "--edge", &edge])
+            .stdin(Stdio::null());
+        c
+    };
+    let out = access_ssh().args(["--token", "msa1.x.y"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("/proc/PID/cmdline").count(), 1, "{err}");
     assert!(err.contains("--token-file"), "{err}");
     assert!(!err.contains("msa1.x.y"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_mailslot"))
-        .args([
-            "access",
-            "ssh",
-            "--hostname",
-            SSH_HOST,
-            "--transport",
-            "https",
-        ])
-        .args(["--edge", &format!("127.0.0.1:{port}")])
+    let out = access_ssh()
         .env("MAILSLOT_ACCESS_TOKEN", "msa1.x.y")
-        .stdin(Stdio::null())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

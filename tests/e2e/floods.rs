@@ -1,17 +1,14 @@
-#![cfg(feature = "edge")]
 //! Floods of idle connections against the edge's listeners, tokens that expire while
 //! connected, the admin listener's token, and an edge killed and restarted: real
 //! processes, real sockets on loopback (which has all of 127/8, so a flood can come
 //! from several addresses), real clients.
-
-mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A TCP connection from `from` (any port) to `to`.
 fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
@@ -52,22 +49,12 @@ fn closed_within(s: &mut impl Read, within: Duration) -> Option<Duration> {
 }
 
 /// A tunnel serving `dev42.example.com` from a fresh origin.
-fn tunnel(edge: &EdgeProc, protocol: &str) -> (Proc, Origin, TempDir) {
+fn tunnel(edge: &EdgeProc, protocol: &str, expires: &str) -> (Proc, Origin, TempDir) {
     let origin = Origin::start("A");
-    let token = edge.token("dev42", &["dev42.example.com"], "1d");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
+    let token = edge.token("dev42", &["dev42.example.com"], expires);
+    let rules = dev42_rules(origin.addr);
     let dev = TempDir::new("device");
-    let yaml = device_yaml_with(
-        &edge.tunnel.to_string(),
-        &edge.ca(),
-        protocol,
-        &token,
-        1,
-        &rules,
-    );
+    let yaml = device_yaml_over(edge, protocol, &token, 1, &rules);
     let connector = start_connector(dev.path(), &yaml, 1);
     (connector, origin, dev)
 }
@@ -81,23 +68,19 @@ fn status_within(edge: &EdgeProc, secs: u32, extra: &[&str]) -> u16 {
         &max,
         "-o",
         "/dev/null",
-        "-w",
-        "%{http_code}",
         "-H",
         "Host: dev42.example.com",
     ];
     args.extend_from_slice(extra);
     args.push(&url);
-    let (_, out, _) = curl(&args);
-    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
+    curl(&args).status
 }
 
-#[test]
-fn silent_sockets_do_not_lock_visitors_out() {
+pub(crate) fn silent_sockets_do_not_lock_visitors_out() {
     let edge = start_edge(init_edge(
         "limits:\n  max-conns: 64\n  max-conns-per-ip: 16\n",
     ));
-    let (_connector, _origin, _dev) = tunnel(&edge, "quic");
+    let (_connector, _origin, _dev) = tunnel(&edge, "quic", "1d");
     assert_eq!(status_within(&edge, 10, &[]), 200);
     // 80 connections from five addresses, 16 each, that never send a byte.
     let silent: Vec<TcpStream> = (0..80)
@@ -111,12 +94,11 @@ fn silent_sockets_do_not_lock_visitors_out() {
     drop(silent);
 }
 
-#[test]
-fn connections_without_a_request_are_closed() {
+pub(crate) fn connections_without_a_request_are_closed() {
     let edge = start_edge(init_edge(
         "limits:\n  request-head-timeout: 2s\n  tls-handshake-timeout: 2s\n",
     ));
-    let (_connector, _origin, _dev) = tunnel(&edge, "quic");
+    let (_connector, _origin, _dev) = tunnel(&edge, "quic", "1d");
     let within = Duration::from_secs(8);
 
     let opened = Instant::now();
@@ -181,10 +163,9 @@ fn connections_without_a_request_are_closed() {
     assert!(t_tls.is_some(), "an idle TLS connection stays open");
 }
 
-#[test]
-fn idle_http2_connections_are_closed_between_requests() {
+pub(crate) fn idle_http2_connections_are_closed_between_requests() {
     let edge = start_edge(init_edge("limits:\n  conn-idle-timeout: 3s\n"));
-    let (_connector, _origin, _dev) = tunnel(&edge, "quic");
+    let (_connector, _origin, _dev) = tunnel(&edge, "quic", "1d");
     let within = Duration::from_secs(8);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -221,10 +202,9 @@ fn idle_http2_connections_are_closed_between_requests() {
     drop(client);
 }
 
-#[test]
-fn http2_visitors_are_held_to_max_headers() {
+pub(crate) fn http2_visitors_are_held_to_max_headers() {
     let edge = start_edge(init_edge("limits:\n  max-headers: 20\n"));
-    let (_connector, origin, _dev) = tunnel(&edge, "quic");
+    let (_connector, origin, _dev) = tunnel(&edge, "quic", "1d");
     let headers: Vec<String> = (0..30).map(|i| format!("X-Many-{i}: {i}")).collect();
     let mut args: Vec<&str> = vec!["--http2-prior-knowledge"];
     for h in &headers {
@@ -241,12 +221,11 @@ fn http2_visitors_are_held_to_max_headers() {
     assert_eq!(status_within(&edge, 10, &["--http2-prior-knowledge"]), 200);
 }
 
-#[test]
-fn ip_allow_sees_the_client_behind_a_trusted_proxy() {
+pub(crate) fn ip_allow_sees_the_client_behind_a_trusted_proxy() {
     let edge = start_edge(init_edge(
         "trusted-proxies: [127.0.0.0/8]\naccess:\n  - hostname: dev42.example.com\n    allow: public\n    ip-allow: [198.51.100.0/24]\n",
     ));
-    let (_connector, _origin, _dev) = tunnel(&edge, "quic");
+    let (_connector, _origin, _dev) = tunnel(&edge, "quic", "1d");
     // The proxy (loopback) forwards for an allowed client, then for another one.
     assert_eq!(
         status_within(&edge, 10, &["-H", "X-Forwarded-For: 198.51.100.7"]),
@@ -259,8 +238,7 @@ fn ip_allow_sees_the_client_behind_a_trusted_proxy() {
     );
 }
 
-#[test]
-fn an_idle_flood_does_not_keep_a_connector_from_registering() {
+pub(crate) fn an_idle_flood_does_not_keep_a_connector_from_registering() {
     let edge = start_edge(init_edge(""));
     let origin = Origin::start("A");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -307,19 +285,9 @@ fn an_idle_flood_does_not_keep_a_connector_from_registering() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let token = edge.token("dev42", &["dev42.example.com"], "1d");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
+    let rules = dev42_rules(origin.addr);
     let dev = TempDir::new("device");
-    let yaml = device_yaml_with(
-        &edge.tunnel.to_string(),
-        &edge.ca(),
-        "http2",
-        &token,
-        1,
-        &rules,
-    );
+    let yaml = device_yaml_over(&edge, "http2", &token, 1, &rules);
     let bin = compile(dev.path(), &yaml);
     let start = Instant::now();
     let connector = Proc::spawn(
@@ -344,34 +312,17 @@ fn an_idle_flood_does_not_keep_a_connector_from_registering() {
     assert!(lines <= 40, "{lines} log lines about the flood");
 }
 
-#[test]
-fn an_expired_token_closes_its_connection() {
+pub(crate) fn an_expired_token_closes_its_connection() {
     expired_token_closes("quic");
 }
 
-#[test]
-fn an_expired_token_closes_its_http2_connection() {
+pub(crate) fn an_expired_token_closes_its_http2_connection() {
     expired_token_closes("http2");
 }
 
 fn expired_token_closes(protocol: &str) {
     let edge = start_edge(init_edge(""));
-    let origin = Origin::start("A");
-    let token = edge.token("dev42", &["dev42.example.com"], "4s");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
-    let dev = TempDir::new("device");
-    let yaml = device_yaml_with(
-        &edge.tunnel.to_string(),
-        &edge.ca(),
-        protocol,
-        &token,
-        1,
-        &rules,
-    );
-    let connector = start_connector(dev.path(), &yaml, 1);
+    let (connector, _origin, _dev) = tunnel(&edge, protocol, "4s");
     assert_eq!(status_within(&edge, 10, &[]), 200);
     let line = connector.wait_line_within(
         "tunnel token of tunnel dev42 expired",
@@ -388,25 +339,18 @@ fn expired_token_closes(protocol: &str) {
     assert_ne!(status_within(&edge, 10, &[]), 200, "served after expiry");
 }
 
-fn admin_addr(edge: &EdgeProc) -> SocketAddr {
-    let line = edge.proc.wait_line("admin (/tunnels, /metrics) on ");
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-#[test]
-fn the_admin_listener_requires_its_bearer_token() {
+pub(crate) fn the_admin_listener_requires_its_bearer_token() {
     const TOKEN: &str = "admin-0123456789-secret";
     let edge = start_edge(init_edge(&format!(
         "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n"
     )));
-    let admin = admin_addr(&edge);
+    let admin = edge.admin_addr();
     let url = format!("http://{admin}/tunnels");
     let code = |extra: &[&str]| {
-        let mut args = vec!["--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"];
+        let mut args = vec!["--max-time", "10", "-o", "/dev/null"];
         args.extend_from_slice(extra);
         args.push(&url);
-        let (_, out, _) = curl(&args);
-        String::from_utf8_lossy(&out).trim().to_string()
+        curl(&args).status.to_string()
     };
     assert_eq!(code(&[]), "401");
     assert_eq!(
@@ -448,8 +392,7 @@ fn the_admin_listener_requires_its_bearer_token() {
     assert!(err.contains("admin-token"), "{err}");
 }
 
-#[test]
-fn a_killed_edge_restarted_on_its_port_is_used_again_at_once() {
+pub(crate) fn a_killed_edge_restarted_on_its_port_is_used_again_at_once() {
     let dir = init_edge("");
     let yml = dir.path().join("edge.yml");
     let mut edge = start_edge(dir);
@@ -462,10 +405,7 @@ fn a_killed_edge_restarted_on_its_port_is_used_again_at_once() {
     std::fs::write(&yml, text).unwrap();
     let origin = Origin::start("A");
     let token = edge.token("dev42", &["dev42.example.com"], "1d");
-    let rules = format!(
-        "  - hostname: dev42.example.com\n    service: http://{}\n  - service: http_status:404\n",
-        origin.addr
-    );
+    let rules = dev42_rules(origin.addr);
     let dev = TempDir::new("device");
     let yaml = device_yaml(&edge, &token, 2, &rules)
         .replace("ingress:\n", "keepalive: 5s\nidle-timeout: 45s\ningress:\n");
@@ -503,8 +443,7 @@ fn a_killed_edge_restarted_on_its_port_is_used_again_at_once() {
     );
 }
 
-#[test]
-fn access_clients_are_capped_per_address_and_closed_when_idle() {
+pub(crate) fn access_clients_are_capped_per_address_and_closed_when_idle() {
     let edge = start_edge(init_edge(""));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,19 +1,15 @@
 //! `mailslot config compile|show|check` through the real binary.
 
-mod config_common;
-
 use std::fs;
 
-use config_common::*;
+use crate::common::*;
 
-#[test]
-fn compile_check_show_round_trip() {
+pub(crate) fn compile_check_show_round_trip() {
     let dir = TempDir::new("cli");
     let yaml = write_example(&dir, "config.yml", "dev42", 8080);
     let bin = dir.join("config.bin");
 
-    let out = config(&[&"compile", &yaml, &"--output", &bin]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = config_ok(&[&"compile", &yaml, &"--output", &bin]);
     let bytes = fs::read(&bin).unwrap();
     assert!(
         stdout(&out).contains(&format!("{} bytes", bytes.len())),
@@ -22,8 +18,7 @@ fn compile_check_show_round_trip() {
     );
     assert_eq!(&bytes[..4], b"MSLC");
 
-    let out = config(&[&"check", &bin]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = config_ok(&[&"check", &bin]);
     let summary = stdout(&out);
     for line in [
         &format!("valid, {} bytes, format version 1", bytes.len()) as &str,
@@ -40,14 +35,12 @@ fn compile_check_show_round_trip() {
     }
     assert!(!summary.contains(&token()));
 
-    let out = config(&[&"show", &bin]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = config_ok(&[&"show", &bin]);
     let masked = stdout(&out);
     assert!(!masked.contains(&token()), "{masked}");
     assert!(masked.contains("token: \"********\""), "{masked}");
 
-    let out = config(&[&"show", &bin, &"--show-secrets"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = config_ok(&[&"show", &bin, &"--show-secrets"]);
     let shown = stdout(&out);
     assert!(shown.contains(&token()));
     assert!(
@@ -58,13 +51,12 @@ fn compile_check_show_round_trip() {
     // The shown YAML compiles, from another folder, to the same bytes.
     let other = TempDir::new("cli-other");
     fs::write(other.join("shown.yml"), &shown).unwrap();
-    let out = config(&[
+    config_ok(&[
         &"compile",
         &other.join("shown.yml"),
         &"--output",
         &other.join("again.bin"),
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fs::read(other.join("again.bin")).unwrap(), bytes);
 
     // The masked YAML does not compile.
@@ -80,33 +72,23 @@ fn compile_check_show_round_trip() {
     assert!(!other.join("m.bin").exists());
 }
 
-#[test]
-fn recompiling_keeps_previous() {
+pub(crate) fn recompiling_keeps_previous() {
     let dir = TempDir::new("cli-prev");
     let a = write_example(&dir, "a.yml", "first", 8080);
     let b = write_example(&dir, "b.yml", "second", 8081);
     let bin = dir.join("config.bin");
-    assert!(config(&[&"compile", &a, &"--output", &bin])
-        .status
-        .success());
+    config_ok(&[&"compile", &a, &"--output", &bin]);
     let first = fs::read(&bin).unwrap();
-    assert!(config(&[&"compile", &b, &"--output", &bin])
-        .status
-        .success());
+    config_ok(&[&"compile", &b, &"--output", &bin]);
     assert_eq!(fs::read(dir.join("config.bin.prev")).unwrap(), first);
     assert!(stdout(&config(&[&"check", &bin])).contains("tunnel:      second"));
 }
 
-#[test]
-fn compile_errors() {
+pub(crate) fn compile_errors() {
     let dir = TempDir::new("cli-err");
     let bin = dir.join("config.bin");
     write_example(&dir, "good.yml", "dev42", 8080);
-    assert!(
-        config(&[&"compile", &dir.join("good.yml"), &"--output", &bin])
-            .status
-            .success()
-    );
+    config_ok(&[&"compile", &dir.join("good.yml"), &"--output", &bin]);
     let good = fs::read(&bin).unwrap();
 
     let typo = example_yaml("dev42", 8080).replace("    path: ^/v1/", "    pth: ^/v1/");
@@ -157,14 +139,11 @@ fn compile_errors() {
     assert!(stderr(&out).contains("--output"), "{}", stderr(&out));
 }
 
-#[test]
-fn bad_binaries() {
+pub(crate) fn bad_binaries() {
     let dir = TempDir::new("cli-bad");
     let yaml = write_example(&dir, "config.yml", "dev42", 8080);
     let bin = dir.join("config.bin");
-    assert!(config(&[&"compile", &yaml, &"--output", &bin])
-        .status
-        .success());
+    config_ok(&[&"compile", &yaml, &"--output", &bin]);
     let good = fs::read(&bin).unwrap();
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -256,8 +235,7 @@ fn run_then_stop(bin: &std::path::Path, ready: &str) -> String {
 
 /// The connector keeps the last time it saw a set clock beside its config, written at
 /// most once a day: a second run within the day writes nothing, not even at its stop.
-#[test]
-fn run_keeps_a_last_known_good_time_written_at_most_daily() {
+pub(crate) fn run_keeps_a_last_known_good_time_written_at_most_daily() {
     let dir = TempDir::new("clock");
     // An edge port nobody listens on: the connector logs its first failed dial at once.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -275,8 +253,7 @@ fn run_keeps_a_last_known_good_time_written_at_most_daily() {
     )
     .unwrap();
     let bin = dir.join("config.bin");
-    let out = config(&[&"compile", &yaml, &"--output", &bin]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    config_ok(&[&"compile", &yaml, &"--output", &bin]);
     let clock = dir.join("config.bin.clock");
     let now = || {
         std::time::SystemTime::now()

@@ -7,13 +7,11 @@
 //! writes and renames, not the fsyncs; those follow the documented ext4/POSIX recipe.
 //! Bounded: `MAILSLOT_POWERLOSS_KILLS` kills (default 300) or 60 s, whichever is first.
 
-mod config_common;
-
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use config_common::*;
+use crate::common::*;
 use mailslot::config::store;
 
 /// xorshift64*, seeded from the clock: std only.
@@ -40,8 +38,7 @@ impl Rng {
     }
 }
 
-#[test]
-fn killed_writers_never_leave_the_device_without_a_config() {
+pub(crate) fn killed_writers_never_leave_the_device_without_a_config() {
     let kills: u32 = std::env::var("MAILSLOT_POWERLOSS_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -52,8 +49,7 @@ fn killed_writers_never_leave_the_device_without_a_config() {
     let b = write_example(&dir, "b.yml", "second", 8081);
     let bin = dir.join("config.bin");
     // The device starts with a good config, as it would after provisioning.
-    let out = config(&[&"compile", &a, &"--output", &bin]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    config_ok(&[&"compile", &a, &"--output", &bin]);
 
     let exe = env!("CARGO_BIN_EXE_mailslot");
     let script = format!(
@@ -116,8 +112,7 @@ fn killed_writers_never_leave_the_device_without_a_config() {
     assert!(done >= kills.min(50), "only {done} kills in 60 s");
 
     // The next write removes the temp files the kills left.
-    let out = config(&[&"compile", &b, &"--output", &bin]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    config_ok(&[&"compile", &b, &"--output", &bin]);
     let temps: Vec<_> = temp_files(&dir).collect();
     assert!(temps.is_empty(), "{temps:?}");
     assert_eq!(store::load(&bin).unwrap().config.tunnel, "second");

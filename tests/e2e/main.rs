@@ -1,0 +1,144 @@
+//! The loopback end-to-end tests, one binary: real `mailslot-edge` and `mailslot`
+//! processes, a real origin and real clients (curl, ssh, scp, redis-cli) on 127.0.0.1
+//! with port 0. Each module is one theme; `common` holds the helpers they share.
+//!
+//! The harness is libtest-mimic's, so that a test this machine cannot run (OpenSSH or
+//! redis missing, not root) is reported as ignored, with the reason, in the summary a
+//! user sees: such a test returns `Err(Skip(why))`. Filters, `--list`, `--exact`,
+//! `--test-threads` (and `RUST_TEST_THREADS`) work as with libtest; output is never
+//! captured. Test names carry their module: `cargo test --test e2e tunnel::`.
+
+mod access;
+mod common;
+mod config_cli;
+mod config_powerloss;
+mod edge_pin;
+mod edge_reload;
+mod floods;
+mod help;
+mod protocol;
+mod shield;
+mod tunnel;
+
+use common::Skip;
+use libtest_mimic::{Arguments, Completion, Trial};
+
+/// What a test function returns: `()`, or `Result<(), Skip>` for one that may not be
+/// able to run here.
+trait Outcome {
+    fn completion(self) -> Completion;
+}
+
+impl Outcome for () {
+    fn completion(self) -> Completion {
+        Completion::Completed
+    }
+}
+
+impl Outcome for Result<(), Skip> {
+    fn completion(self) -> Completion {
+        match self {
+            Ok(()) => Completion::Completed,
+            Err(Skip(why)) => Completion::ignored_with(why),
+        }
+    }
+}
+
+/// One trial per `module::function`, named so; a panic fails it.
+macro_rules! trials {
+    ($($module:ident :: $test:ident),* $(,)?) => {
+        vec![$(
+            Trial::ignorable_test(concat!(stringify!($module), "::", stringify!($test)), || {
+                Ok(Outcome::completion($module::$test()))
+            }),
+        )*]
+    };
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = std::env::var("RUST_TEST_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok());
+    }
+    let trials = trials![
+        tunnel::bodies_of_every_size_arrive_intact_over_http1,
+        tunnel::http2_transport_carries_bodies_uploads_and_many_streams,
+        tunnel::chunked_upload_reaches_the_origin_intact,
+        tunnel::http2_over_tls_with_sni,
+        tunnel::path_rules_status_rules_and_the_catch_all,
+        tunnel::forwarding_headers_and_host_override,
+        tunnel::dead_origin_gives_502_slow_origin_504_and_others_are_undisturbed,
+        tunnel::idle_tunnel_streams_are_reused,
+        tunnel::requests_take_turns_on_the_tunnel_connections,
+        tunnel::concurrent_visitors_reuse_origin_connections,
+        tunnel::many_concurrent_requests_over_one_connection,
+        tunnel::websocket_upgrade_echoes,
+        tunnel::tokens_for_other_hosts_forged_or_expired_are_refused,
+        tunnel::a_hostname_belongs_to_one_tunnel_unless_the_token_is_shared,
+        tunnel::the_connector_listens_on_nothing,
+        tunnel::demo_works_as_the_readme_says,
+        tunnel::sighup_reload_applies_new_rules_without_failing_requests,
+        tunnel::sigterm_drains_and_exits_zero,
+        tunnel::a_revoked_tunnel_is_refused_although_its_token_verifies,
+        tunnel::https_and_unix_socket_origins_with_their_options,
+        tunnel::a_hung_replica_costs_no_get_over_quic,
+        tunnel::a_hung_replica_costs_no_get_over_http2,
+        tunnel::fleet_status_lists_each_connection_with_its_round_trip_and_packet_size,
+        tunnel::fleet_status_of_http2_connections_has_no_packet_size,
+        tunnel::client_address_headers_from_visitors_never_reach_the_origin,
+        tunnel::client_address_headers_from_a_trusted_proxy_are_kept_and_extended,
+        tunnel::only_websocket_upgrades_reach_the_origin,
+        tunnel::a_dead_origin_shows_the_visitor_no_address_or_error,
+        tunnel::an_http10_origin_is_answered_in_http11,
+        tunnel::a_tunnel_whose_connector_died_answers_502_within_seconds,
+        tunnel::a_connector_restarted_after_a_crash_replaces_its_dead_connections_at_once,
+        access::access_stdio_carries_a_tcp_service_over_quic_https_and_fallback,
+        access::access_tcp_listens_locally_and_carries_http,
+        access::refused_clients_never_reach_the_device,
+        access::public_tcp_port_routes_to_the_stream_rule,
+        access::http_hostname_with_a_policy_needs_credentials,
+        access::ssh_and_scp_through_the_tunnel,
+        access::idle_interactive_sessions_stay_up,
+        access::access_tcp_carries_redis_from_a_unix_socket,
+        access::ssh_config_options_reach_the_client_as_data,
+        access::secret_on_the_command_line_is_warned_about,
+        shield::slowloris_and_slow_post_are_cut_off_before_the_device,
+        shield::oversized_heads_and_bodies_and_smuggling_shapes_are_refused,
+        shield::a_burst_from_one_address_is_rate_limited_while_another_is_served,
+        shield::security_headers_are_added_per_hostname,
+        shield::a_thousand_visitors_on_one_tunnel_do_not_starve_another,
+        shield::an_empty_dns_label_does_not_bypass_an_access_policy,
+        shield::path_spellings_do_not_bypass_path_rules_or_rate_limits,
+        shield::a_rule_table_over_the_compiled_pattern_budget_is_refused_with_the_reason,
+        edge_reload::revoking_a_tunnel_closes_its_connections_and_keeps_it_out,
+        edge_reload::reload_tightens_policies_and_refuses_bad_files,
+        edge_reload::open_sessions_a_reload_no_longer_admits_are_cut,
+        edge_reload::renewed_certificates_are_served_after_sighup_without_dropping_tunnels,
+        protocol::a_newer_connector_is_told_to_wait_for_an_edge_update,
+        protocol::an_older_connector_is_told_to_update_mailslot,
+        config_cli::compile_check_show_round_trip,
+        config_cli::recompiling_keeps_previous,
+        config_cli::compile_errors,
+        config_cli::bad_binaries,
+        config_cli::run_keeps_a_last_known_good_time_written_at_most_daily,
+        config_powerloss::killed_writers_never_leave_the_device_without_a_config,
+        floods::silent_sockets_do_not_lock_visitors_out,
+        floods::connections_without_a_request_are_closed,
+        floods::idle_http2_connections_are_closed_between_requests,
+        floods::http2_visitors_are_held_to_max_headers,
+        floods::ip_allow_sees_the_client_behind_a_trusted_proxy,
+        floods::an_idle_flood_does_not_keep_a_connector_from_registering,
+        floods::an_expired_token_closes_its_connection,
+        floods::an_expired_token_closes_its_http2_connection,
+        floods::the_admin_listener_requires_its_bearer_token,
+        floods::a_killed_edge_restarted_on_its_port_is_used_again_at_once,
+        floods::access_clients_are_capped_per_address_and_closed_when_idle,
+        edge_pin::a_pinned_key_is_required_of_the_edge,
+        help::every_mailslot_command_has_help,
+        help::every_mailslot_edge_command_has_help,
+        help::help_is_the_commands_own,
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
