@@ -33,7 +33,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// Longest hostname, bytes.
 pub const MAX_LEN: usize = 253;
 /// Longest label, bytes.
-pub const MAX_LABEL: usize = 63;
+pub(crate) const MAX_LABEL: usize = 63;
 
 /// Why a text is not a hostname or a pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub enum HostError {
 
 impl HostError {
     /// The reason in words.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             HostError::Empty => "empty name",
             HostError::TooLong => "longer than 253 bytes",
@@ -155,7 +155,7 @@ fn ip_text_is(ip: &dyn std::fmt::Display, text: &str) -> bool {
 }
 
 /// Checks that `host` is a hostname in canonical form (see the module doc).
-pub fn check(host: &str) -> Result<(), HostError> {
+pub(crate) fn check(host: &str) -> Result<(), HostError> {
     if host.contains(':') {
         return match host.parse::<Ipv6Addr>() {
             Ok(ip) if ip_text_is(&ip, host) => Ok(()),
@@ -225,7 +225,7 @@ pub fn split_authority(authority: &str) -> Result<(Cow<'_, str>, Option<u16>), H
 }
 
 /// Checks that `pattern` is a hostname pattern in canonical form (see the module doc).
-pub fn check_pattern(pattern: &str) -> Result<(), HostError> {
+pub(crate) fn check_pattern(pattern: &str) -> Result<(), HostError> {
     if pattern == "*" {
         return Ok(());
     }
@@ -310,7 +310,7 @@ fn split_pattern(pattern: &str) -> (bool, &str) {
 /// A host the device dials itself (an origin, an edge address, a TLS server name): an
 /// IPv4 or IPv6 address (no brackets) or a lowercase DNS name, where `_` is allowed
 /// (container names). Never matched against a pattern.
-pub fn check_dial_host(host: &str) -> Result<(), HostError> {
+pub(crate) fn check_dial_host(host: &str) -> Result<(), HostError> {
     if host.parse::<Ipv4Addr>().is_ok() || host.parse::<Ipv6Addr>().is_ok() {
         return Ok(());
     }
@@ -318,27 +318,6 @@ pub fn check_dial_host(host: &str) -> Result<(), HostError> {
         // `1.2.3` and the like: resolvers differ on them, but they are the operator's own.
         Err(HostError::Numeric) => Ok(()),
         other => other,
-    }
-}
-
-/// A hostname in canonical form.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Hostname(String);
-
-impl Hostname {
-    /// Brings `host` to canonical form (see [`canonical`]).
-    pub fn parse(host: &str) -> Result<Hostname, HostError> {
-        canonical(host).map(|h| Hostname(h.into_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Hostname {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

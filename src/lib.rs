@@ -24,10 +24,10 @@ pub mod edge;
 pub mod heap;
 pub mod hostname;
 pub mod provision;
-pub mod runas;
+pub(crate) mod runas;
 pub mod sdnotify;
 pub mod tls;
-pub mod transport;
+pub(crate) mod transport;
 pub mod wire;
 
 /// The runtime of everything the `mailslot` binary runs (connector, access client,

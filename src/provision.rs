@@ -40,14 +40,14 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// The boot file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// What happened to it.
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
 }
 
 /// Installs each valid file of `boot` as `config` and removes it; logs one line per
 /// file found. Files that do not exist are skipped silently.
-pub fn install_from_boot(config: &Path, boot: &[PathBuf]) -> Vec<Report> {
+pub(crate) fn install_from_boot(config: &Path, boot: &[PathBuf]) -> Vec<Report> {
     let mut reports = Vec::new();
     for path in boot {
         if fs::symlink_metadata(path).is_err() {

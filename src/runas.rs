@@ -14,17 +14,17 @@ use crate::config::store;
 
 /// The user the connector runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
+pub(crate) struct Account {
     /// Its name (or the numeric spec it was given as).
-    pub name: String,
+    pub(crate) name: String,
     /// Its user id.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Its primary group id, the only group it keeps.
-    pub gid: u32,
+    pub(crate) gid: u32,
 }
 
 /// Finds `spec`, a user name in `/etc/passwd` or `UID:GID`.
-pub fn lookup(spec: &str) -> Result<Account, String> {
+pub(crate) fn lookup(spec: &str) -> Result<Account, String> {
     if let Some((u, g)) = spec.split_once(':') {
         if let (Ok(uid), Ok(gid)) = (u.parse(), g.parse()) {
             return Ok(Account {
@@ -73,7 +73,7 @@ fn lookup_in(passwd: &str, name: &str) -> Option<Account> {
 /// make root change another file. A file is handed over only if root created it (owned by
 /// root, one link: a hard link to someone else's file has two) or it is the account's
 /// already.
-pub fn hand_over(config: &Path, account: &Account) -> Result<(), String> {
+pub(crate) fn hand_over(config: &Path, account: &Account) -> Result<(), String> {
     let prev = store::prev_path(config);
     let clock = crate::clock::state_path(config);
     for file in [config, prev.as_path(), clock.as_path()] {
@@ -194,7 +194,7 @@ fn give(path: &Path, kind: Kind, account: &Account, mode: Option<u32>) -> Result
 /// Becomes `account` for good: supplementary groups, group, user. Must be called before
 /// the runtime starts any thread. Without root this only checks that the process runs
 /// as that user already.
-pub fn drop_to(account: &Account) -> Result<(), String> {
+pub(crate) fn drop_to(account: &Account) -> Result<(), String> {
     // SAFETY: these calls take no pointers except setgroups', which gets one valid gid.
     unsafe {
         if libc::geteuid() != 0 {

@@ -13,10 +13,10 @@
 //!
 //! The connector listens on nothing: it only dials out.
 
-pub mod active;
+pub(crate) mod active;
 mod dial;
 mod instance;
-pub mod origin;
+pub(crate) mod origin;
 mod session;
 pub(crate) mod slot;
 
@@ -29,23 +29,23 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::config::DeviceConfig;
-pub use active::ActiveConfig;
+pub(crate) use active::ActiveConfig;
 use session::{Ended, Failure, GoAway, Moved, Probe};
-pub use slot::Transport;
+pub(crate) use slot::Transport;
 use slot::{Attempt, End, Next, ProbeFor, Say, Slot};
 
 /// Concurrent streams the edge may open on one connection.
-pub const MAX_STREAMS_PER_CONN: u32 = 128;
+pub(crate) const MAX_STREAMS_PER_CONN: u32 = 128;
 
 /// Public state of one connection slot, for status and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlotState {
-    pub connected: bool,
-    pub edge: Option<SocketAddr>,
+    pub(crate) connected: bool,
+    pub(crate) edge: Option<SocketAddr>,
     /// Index of the `edge:` entry it is connected to.
-    pub entry: Option<usize>,
+    pub(crate) entry: Option<usize>,
     /// The transport it is connected over.
-    pub protocol: Option<Transport>,
+    pub(crate) protocol: Option<Transport>,
 }
 
 struct Shared {

@@ -27,11 +27,11 @@ const SMALL_READ: usize = 4 * 1024;
 const DRAIN_IDLE: Duration = Duration::from_secs(2);
 
 /// A connected origin, whatever its kind.
-pub trait OriginIo: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait OriginIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> OriginIo for T {}
 
 /// Serves one stream to its end. Errors are logged here, once.
-pub async fn serve_stream(
+pub(crate) async fn serve_stream(
     stream: TunnelStream,
     lookup: impl Fn(u32) -> Option<Arc<ActiveConfig>>,
     drain: watch::Receiver<bool>,

@@ -66,7 +66,7 @@ pub(crate) const AFTER_GOAWAY: Duration = Duration::from_millis(100);
 
 /// The transport a session runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// QUIC over UDP.
     Quic,
     /// HTTP/2 over TLS on TCP.
@@ -83,7 +83,7 @@ impl Transport {
     }
 
     /// Its name in logs and status: `quic` or `http2`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Quic => "quic",
             Transport::Http2 => "http2",
