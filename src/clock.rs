@@ -177,7 +177,7 @@ fn read(path: &Path) -> io::Result<Option<u64>> {
     // One read of a few bytes: the file is one short line, written whole by rename.
     let mut buf = [0u8; MAX_FILE_LEN];
     let n = file.read(&mut buf)?;
-    std::str::from_utf8(&buf[..n])
+    std::str::from_utf8(buf.get(..n).unwrap_or_default())
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .map(Some)

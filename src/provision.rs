@@ -179,7 +179,7 @@ fn wipe(path: &Path) -> io::Result<()> {
     let mut left = meta.len();
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..n])?;
+        file.write_all(zeros.get(..n).unwrap_or_default())?;
         left -= n as u64;
     }
     file.sync_all()

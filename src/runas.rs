@@ -92,7 +92,7 @@ pub(crate) fn hand_over(config: &Path, account: &Account) -> Result<(), String> 
             let n = e.file_name();
             let n = n.as_encoded_bytes();
             let own = name.as_encoded_bytes();
-            n.starts_with(own) || (n.first() == Some(&b'.') && n[1..].starts_with(own))
+            n.starts_with(own) || n.strip_prefix(b".").is_some_and(|n| n.starts_with(own))
         });
     if dedicated {
         give(dir, Kind::Dir, account, Some(0o700))

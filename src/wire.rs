@@ -431,8 +431,8 @@ where
 /// Reads a length prefix, telling a clean close apart from a cut-off frame.
 async fn read_prefix<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), WireError> {
     let mut filled = 0;
-    while filled < buf.len() {
-        let n = r.read(&mut buf[filled..]).await?;
+    while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        let n = r.read(rest).await?;
         if n == 0 {
             return Err(if filled == 0 {
                 WireError::Closed

@@ -30,16 +30,16 @@ pub(crate) enum PemError {
 pub(crate) fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        // chunks() never yields an empty chunk, so chunk[0] exists.
         let b = [
-            chunk[0],
+            *chunk.first().unwrap_or(&0),
             *chunk.get(1).unwrap_or(&0),
             *chunk.get(2).unwrap_or(&0),
         ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+                let sextet = ((n >> (18 - 6 * i)) & 63) as usize;
+                out.push(char::from(*ALPHABET.get(sextet).unwrap_or(&b'=')));
             } else {
                 out.push('=');
             }
@@ -75,16 +75,17 @@ pub(crate) fn base64_decode(text: &str) -> Result<Vec<u8>, PemError> {
             return Err(PemError::BadPadding);
         }
         let mut n = 0u32;
-        for &c in &quad[..4 - pad] {
+        for &c in quad.iter().take(4 - pad) {
             n = (n << 6) | sextet(c)?;
         }
         n <<= 6 * pad as u32;
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
         let keep = 3 - pad;
-        if bytes[keep..].iter().any(|&b| b != 0) {
+        let (kept, dropped) = bytes.split_at(keep);
+        if dropped.iter().any(|&b| b != 0) {
             return Err(PemError::BadPadding);
         }
-        out.extend_from_slice(&bytes[..keep]);
+        out.extend_from_slice(kept);
     }
     Ok(out)
 }

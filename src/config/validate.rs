@@ -152,7 +152,7 @@ impl DeviceConfig {
             return Err(ConfigError::CaOrder(next));
         }
         for (i, der) in self.cas.iter().enumerate() {
-            if self.cas[..i].contains(der) {
+            if self.cas.iter().take(i).any(|earlier| earlier == der) {
                 return Err(ConfigError::CaOrder(i));
             }
         }

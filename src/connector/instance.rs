@@ -96,7 +96,9 @@ fn instance_digest(base: &[u8; 32], n: u32) -> [u8; 16] {
     ctx.update(base);
     ctx.update(&n.to_be_bytes());
     let mut id = [0u8; 16];
-    id.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    for (to, from) in id.iter_mut().zip(ctx.finish().as_ref()) {
+        *to = *from;
+    }
     id
 }
 

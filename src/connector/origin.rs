@@ -132,8 +132,9 @@ async fn pipe(
         let mut chunks: [Bytes; GATHER] = Default::default();
         while let Some(k) = stream.recv.read_chunks(&mut chunks).await? {
             activity.touch(false);
-            n += chunks[..k].iter().map(|c| c.len() as u64).sum::<u64>();
-            write_all_chunks(&mut to_origin, &mut chunks[..k]).await?;
+            let got = chunks.get_mut(..k).unwrap_or_default();
+            n += got.iter().map(|c| c.len() as u64).sum::<u64>();
+            write_all_chunks(&mut to_origin, got).await?;
         }
         to_origin.shutdown().await?;
         Ok::<_, io::Error>(n)

@@ -463,9 +463,10 @@ impl AsyncWrite for H2Send {
             return Poll::Ready(Ok(0));
         }
         let me = self.get_mut();
-        let n = ready!(me.poll_capacity(cx, buf.len()))?;
+        let n = ready!(me.poll_capacity(cx, buf.len()))?.min(buf.len());
+        let (sent, _) = buf.split_at(n);
         me.stream
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .send_data(Bytes::copy_from_slice(sent), false)
             .map_err(h2_io)?;
         Poll::Ready(Ok(n))
     }
@@ -485,7 +486,8 @@ impl AsyncWrite for H2Send {
         let mut frame = bytes::BytesMut::with_capacity(n);
         for b in bufs {
             let take = b.len().min(n - frame.len());
-            frame.extend_from_slice(&b[..take]);
+            let (taken, _) = b.split_at(take);
+            frame.extend_from_slice(taken);
             if frame.len() == n {
                 break;
             }
@@ -581,10 +583,10 @@ impl H2Recv {
             None => return Poll::Ready(Ok(None)),
         }
         let mut n = 1;
-        while n < bufs.len() {
+        for slot in bufs.iter_mut().skip(1) {
             match self.poll_bytes(cx, usize::MAX) {
                 Poll::Ready(Ok(Some(data))) => {
-                    bufs[n] = data;
+                    *slot = data;
                     n += 1;
                 }
                 // The end or an error shows on the next call, after these bytes.

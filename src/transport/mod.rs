@@ -217,23 +217,30 @@ pub(crate) async fn write_all_chunks<W: AsyncWrite + Unpin>(
     /// Slices per write; Linux takes up to 1024 (IOV_MAX).
     const MAX_SLICES: usize = 64;
     let mut first = 0;
-    while first < chunks.len() {
-        if chunks[first].is_empty() {
+    while let Some(rest) = chunks.get_mut(first..) {
+        let Some(head) = rest.first() else {
+            break;
+        };
+        if head.is_empty() {
             first += 1;
             continue;
         }
         let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
         let mut count = 0;
-        for (slot, chunk) in slices.iter_mut().zip(&chunks[first..]) {
+        for (slot, chunk) in slices.iter_mut().zip(rest.iter()) {
             *slot = io::IoSlice::new(chunk);
             count += 1;
         }
-        let mut n = w.write_vectored(&slices[..count]).await?;
+        // `count <= MAX_SLICES`: the zip above stops at the end of `slices`.
+        let (filled, _) = slices.split_at(count);
+        let mut n = w.write_vectored(filled).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        while n > 0 {
-            let chunk = &mut chunks[first];
+        for chunk in rest.iter_mut() {
+            if n == 0 {
+                break;
+            }
             let k = n.min(chunk.len());
             chunk.advance(k);
             n -= k;

@@ -362,8 +362,10 @@ impl quinn::AsyncUdpSocket for Offload {
         bufs: &mut [std::io::IoSliceMut<'_>],
         meta: &mut [quinn::udp::RecvMeta],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let n = bufs.len().min(self.receive_slots);
-        self.inner.poll_recv(cx, &mut bufs[..n], &mut meta[..n])
+        let n = bufs.len().min(meta.len()).min(self.receive_slots);
+        let (bufs, _) = bufs.split_at_mut(n);
+        let (meta, _) = meta.split_at_mut(n);
+        self.inner.poll_recv(cx, bufs, meta)
     }
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.inner.local_addr()
