@@ -12,6 +12,7 @@
 //! - [`runas`]: dropping root for an unprivileged user.
 //! - [`sdnotify`]: systemd readiness, watchdog and stop notifications.
 //! - [`heap`]: the device binary's allocator on musl.
+//! - [`util`]: helpers owned by neither side: hex, random bytes, a poison-tolerant lock.
 //! - `edge` (feature `edge`): the server visitors and connectors reach.
 pub mod access;
 pub mod clock;
@@ -28,6 +29,7 @@ pub(crate) mod runas;
 pub mod sdnotify;
 pub mod tls;
 pub(crate) mod transport;
+pub mod util;
 pub mod wire;
 
 /// The runtime of everything the `mailslot` binary runs (connector, access client,

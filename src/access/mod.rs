@@ -10,4 +10,4 @@ pub mod cli;
 pub(crate) mod client;
 pub mod ws;
 
-pub(crate) use crate::connector::random_bytes;
+pub(crate) use crate::util::random_bytes;

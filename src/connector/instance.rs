@@ -88,7 +88,7 @@ fn base_digest(boot: &str, netns: &str, uid: u32, tunnel: &str) -> [u8; 32] {
 }
 
 fn slot_name(base: &[u8; 32], n: u32) -> String {
-    format!("mailslot/instance/{}/{n}", super::hex(&base[..8]))
+    format!("mailslot/instance/{}/{n}", crate::util::hex(&base[..8]))
 }
 
 fn instance_digest(base: &[u8; 32], n: u32) -> [u8; 16] {

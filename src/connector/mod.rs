@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::config::DeviceConfig;
+// `hex` stays reachable here for the edge, which named it by this path before `util`.
+pub use crate::util::hex;
+use crate::util::{lock, random_bytes};
 pub(crate) use active::ActiveConfig;
 use session::{Ended, Failure, GoAway, Moved, Probe};
 pub(crate) use slot::Transport;
@@ -162,29 +165,6 @@ impl Connector {
         }
         log::info!("connector stopped");
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these locks cannot leave their data half-updated (every
-    // critical section is a single assignment), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Random bytes from the system, or from the clock if it has none.
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; N];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // No system randomness: fall back to the clock, good enough for ids and jitter.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (t >> ((i % 16) * 8)) as u8;
-        }
-    }
-    b
 }
 
 fn set_slot(shared: &Shared, slot: usize, state: SlotState) {
@@ -398,18 +378,4 @@ async fn trim_heap_when_quiet() {
             log::debug!("allocator cache returned to the system");
         }
     }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Lowercase hex of an id.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
