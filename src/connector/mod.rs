@@ -30,11 +30,11 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::DeviceConfig;
 // `hex` stays reachable here for the edge, which named it by this path before `util`.
+pub(crate) use crate::transport::Transport;
 pub use crate::util::hex;
 use crate::util::{lock, random_bytes};
 pub(crate) use active::ActiveConfig;
 use session::{Ended, Failure, GoAway, Moved, Probe};
-pub(crate) use slot::Transport;
 use slot::{Attempt, End, Next, ProbeFor, Say, Slot};
 
 /// Concurrent streams the edge may open on one connection.
@@ -330,7 +330,7 @@ async fn connect_and_serve(
                             to.server_name,
                             dial.server_name
                         );
-                        policy.moved_home(Transport::of(&session));
+                        policy.moved_home(session.protocol());
                         dial = to;
                     }
                     None => {

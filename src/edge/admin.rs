@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::EdgeState;
+use crate::transport::Transport;
 
 /// Time an admin connection may stay without a request (also the time to send one).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,7 +131,7 @@ fn metrics(state: &EdgeState) -> String {
         "# HELP mailslot_edge_connections Tunnel connections, by protocol."
     );
     let _ = writeln!(out, "# TYPE mailslot_edge_connections gauge");
-    for proto in ["quic", "http2"] {
+    for proto in [Transport::Quic, Transport::Http2] {
         let n = conns
             .iter()
             .filter(|c| c.session.protocol() == proto)

@@ -51,6 +51,31 @@ impl TransportError {
     }
 }
 
+/// The transport a session runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// QUIC over UDP.
+    Quic,
+    /// HTTP/2 over TLS on TCP.
+    Http2,
+}
+
+impl Transport {
+    /// Its name in logs, status and metrics: `quic` or `http2`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Http2 => "http2",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One tunnel connection, seen from either end.
 #[derive(Clone, Debug)]
 pub(crate) enum Session {
@@ -111,11 +136,11 @@ impl Session {
         }
     }
 
-    /// Short name of the transport, for logs and status.
-    pub(crate) fn protocol(&self) -> &'static str {
+    /// The transport this session runs on (`Display`s as `quic` or `http2`).
+    pub(crate) fn protocol(&self) -> Transport {
         match self {
-            Session::Quic(_) => "quic",
-            Session::H2(_) => "http2",
+            Session::Quic(_) => Transport::Quic,
+            Session::H2(_) => Transport::Http2,
         }
     }
 
