@@ -379,6 +379,8 @@ mod tests {
     #[test]
     fn a_freed_block_serves_the_next_request_of_its_class() {
         let cache = BlockCache::new();
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let a = cache.alloc(layout(40_000));
             assert!(!a.is_null());
@@ -412,6 +414,8 @@ mod tests {
     fn the_cache_holds_at_most_its_budget() {
         let cache = BlockCache::new();
         let n = CACHE_BYTES / (64 * 1024) + 3;
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let blocks: Vec<*mut u8> = (0..n).map(|_| cache.alloc(layout(65_536))).collect();
             assert!(blocks.iter().all(|b| !b.is_null()));
@@ -439,6 +443,8 @@ mod tests {
     #[test]
     fn a_miss_hands_back_as_much_of_other_sizes() {
         let cache = BlockCache::new();
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let small: Vec<*mut u8> = (0..6).map(|_| cache.alloc(layout(3000))).collect();
             let big = cache.alloc(layout(9000));
@@ -466,6 +472,8 @@ mod tests {
     #[test]
     fn sizes_not_reused_since_the_last_look_are_trimmed() {
         let cache = BlockCache::new();
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let a = cache.alloc(layout(10_000));
             cache.dealloc(a, layout(10_000));
@@ -496,6 +504,8 @@ mod tests {
         // copy shows even in a reused block.
         let byte = |i: usize, step: usize| ((i + step * 31) % 251) as u8;
         let cache = BlockCache::new();
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let mut size = 1000;
             let mut p = cache.alloc(layout(size));
@@ -527,6 +537,8 @@ mod tests {
     #[test]
     fn a_reused_block_is_zeroed_and_aligned_on_request() {
         let cache = BlockCache::new();
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let dirty = cache.alloc(layout(30_000));
             dirty.write_bytes(0xff, 30_000);

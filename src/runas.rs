@@ -195,36 +195,43 @@ fn give(path: &Path, kind: Kind, account: &Account, mode: Option<u32>) -> Result
 /// the runtime starts any thread. Without root this only checks that the process runs
 /// as that user already.
 pub(crate) fn drop_to(account: &Account) -> Result<(), String> {
-    // SAFETY: these calls take no pointers except setgroups', which gets one valid gid.
-    unsafe {
-        if libc::geteuid() != 0 {
-            if libc::getuid() == account.uid {
-                return Ok(());
-            }
-            return Err(format!(
-                "--user {} needs root: started as uid {}",
-                account.name,
-                libc::getuid()
-            ));
-        }
-        if account.uid == 0 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        if uid == account.uid {
             return Ok(());
         }
-        let groups = [account.gid as libc::gid_t];
-        if libc::setgroups(1, groups.as_ptr()) != 0 {
-            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
-        }
-        if libc::setgid(account.gid as libc::gid_t) != 0 {
-            return Err(format!("setgid: {}", std::io::Error::last_os_error()));
-        }
-        if libc::setuid(account.uid as libc::uid_t) != 0 {
-            return Err(format!("setuid: {}", std::io::Error::last_os_error()));
-        }
-        // Root must be gone for good: a setuid(0) that works means it is not.
-        if libc::setuid(0) == 0 || libc::geteuid() != account.uid || libc::getegid() != account.gid
-        {
-            return Err(format!("could not drop root for user {}", account.name));
-        }
+        return Err(format!(
+            "--user {} needs root: started as uid {uid}",
+            account.name
+        ));
+    }
+    if account.uid == 0 {
+        return Ok(());
+    }
+    let groups = [account.gid as libc::gid_t];
+    // SAFETY: `groups` holds the one gid the count says, alive for the call.
+    if unsafe { libc::setgroups(1, groups.as_ptr()) } != 0 {
+        return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: setgid takes no pointers; failure is reported by its return value.
+    if unsafe { libc::setgid(account.gid as libc::gid_t) } != 0 {
+        return Err(format!("setgid: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: setuid takes no pointers; failure is reported by its return value.
+    if unsafe { libc::setuid(account.uid as libc::uid_t) } != 0 {
+        return Err(format!("setuid: {}", std::io::Error::last_os_error()));
+    }
+    // Root must be gone for good: a setuid(0) that works means it is not.
+    // SAFETY: as above; here success is the failure this checks for.
+    let regained = unsafe { libc::setuid(0) } == 0;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let egid = unsafe { libc::getegid() };
+    if regained || euid != account.uid || egid != account.gid {
+        return Err(format!("could not drop root for user {}", account.name));
     }
     log::info!(
         "running as user {} (uid {}, gid {})",

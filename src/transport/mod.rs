@@ -393,6 +393,12 @@ impl AsyncWrite for TunnelStream {
 mod tests {
     use super::*;
 
+    #[test]
+    fn transports_print_the_names_logs_and_metrics_use() {
+        assert_eq!(Transport::Quic.to_string(), "quic");
+        assert_eq!(Transport::Http2.to_string(), "http2");
+    }
+
     /// A vectored writer that takes at most `limit` bytes per call, across slices.
     struct Trickle {
         out: Vec<u8>,
