@@ -244,13 +244,13 @@ pub(crate) fn check_pattern(pattern: &str) -> Result<(), HostError> {
 
 /// Whether a canonical pattern is exact or `*.rest` with an exact `rest`: the shapes a
 /// hostname can be claimed by (an ingress rule's hostname).
-pub fn is_routable(pattern: &str) -> bool {
+pub(crate) fn is_routable(pattern: &str) -> bool {
     let rest = pattern.strip_prefix("*.").unwrap_or(pattern);
     !rest.split('.').any(|l| l == "*")
 }
 
 /// Does canonical `pattern` match `host`? False when `host` is not canonical.
-pub fn matches(pattern: &str, host: &str) -> bool {
+pub(crate) fn matches(pattern: &str, host: &str) -> bool {
     if !is_canonical(host) {
         return false;
     }
@@ -274,7 +274,7 @@ pub fn matches(pattern: &str, host: &str) -> bool {
 
 /// Does canonical `outer` match every name canonical `inner` matches? (A token's
 /// pattern allowing a rule's hostname, itself exact or `*.`.)
-pub fn covers(outer: &str, inner: &str) -> bool {
+pub(crate) fn covers(outer: &str, inner: &str) -> bool {
     if outer == "*" {
         return true;
     }

@@ -25,7 +25,7 @@ use crate::config::{codec, store};
 
 /// What happened to one boot file that was present.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Installed as the config and removed from the boot partition.
     Installed,
     /// Identical to the installed config: only removed from the boot partition.
