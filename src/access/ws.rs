@@ -84,7 +84,7 @@ pub struct WsStream<S> {
 impl<S> WsStream<S> {
     /// Wraps a connection whose handshake is done; `prefix` holds bytes already read
     /// past it.
-    pub(crate) fn new(io: S, role: Role, prefix: Vec<u8>) -> WsStream<S> {
+    pub fn new(io: S, role: Role, prefix: Vec<u8>) -> WsStream<S> {
         let seed: [u8; 8] = super::random_bytes();
         WsStream {
             io,
