@@ -34,7 +34,7 @@ pub const BUILD_UNIX: u64 = match u64::from_str_radix(env!("MAILSLOT_BUILD_UNIX"
 };
 
 /// The least time between two writes of the last-known-good file: a day.
-pub const WRITE_EVERY_SECS: u64 = 24 * 3600;
+pub(crate) const WRITE_EVERY_SECS: u64 = 24 * 3600;
 
 /// How often a running connector asks [`Keeper::save_if_due`]: an hour. Asking writes
 /// nothing unless a write is [`due`].
@@ -49,7 +49,7 @@ static LAST_KNOWN_GOOD: AtomicU64 = AtomicU64::new(0);
 /// Where the last-known-good time of the config at `config` is kept:
 /// `config.bin` → `config.bin.clock`, in the config's own folder (which `runas` hands
 /// to the connector's user, and whose other files start with the config's name too).
-pub fn state_path(config: &Path) -> PathBuf {
+pub(crate) fn state_path(config: &Path) -> PathBuf {
     let mut name = config.as_os_str().to_os_string();
     name.push(".clock");
     PathBuf::from(name)
@@ -65,17 +65,17 @@ pub fn system_secs() -> u64 {
 
 /// The earliest time "now" can be: the later of the build time and the last-known-good
 /// time this process has loaded or saved.
-pub fn floor() -> u64 {
+pub(crate) fn floor() -> u64 {
     BUILD_UNIX.max(LAST_KNOWN_GOOD.load(Ordering::Relaxed))
 }
 
 /// The latest of `now` (the system clock), the build time and `last_known_good`.
-pub fn effective_secs(now: u64, last_known_good: u64) -> u64 {
+pub(crate) fn effective_secs(now: u64, last_known_good: u64) -> u64 {
     now.max(BUILD_UNIX).max(last_known_good)
 }
 
 /// True when the system clock reads earlier than [`floor`]: it has not been set.
-pub fn unset() -> bool {
+pub(crate) fn unset() -> bool {
     system_secs() < floor()
 }
 
@@ -86,7 +86,7 @@ fn remember(secs: u64) {
 
 /// True when `now`, read from the system clock, is worth writing over `stored`: the
 /// clock is set (not before the build) and the stored time is a day old or missing.
-pub fn due(stored: Option<u64>, now: u64) -> bool {
+pub(crate) fn due(stored: Option<u64>, now: u64) -> bool {
     now >= BUILD_UNIX && stored.is_none_or(|s| now >= s.saturating_add(WRITE_EVERY_SECS))
 }
 
@@ -132,7 +132,8 @@ impl Keeper {
     }
 
     /// The time in the file.
-    pub fn stored(&self) -> Option<u64> {
+    #[cfg(test)]
+    pub(crate) fn stored(&self) -> Option<u64> {
         self.stored
     }
 
@@ -176,7 +177,7 @@ fn read(path: &Path) -> io::Result<Option<u64>> {
     // One read of a few bytes: the file is one short line, written whole by rename.
     let mut buf = [0u8; MAX_FILE_LEN];
     let n = file.read(&mut buf)?;
-    std::str::from_utf8(&buf[..n])
+    std::str::from_utf8(buf.get(..n).unwrap_or_default())
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .map(Some)

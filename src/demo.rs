@@ -19,10 +19,10 @@ use crate::connector::Connector;
 use crate::edge::{self, init, CertKey, Edge, EdgeSettings, Listeners};
 
 /// The hostname the demo tunnel serves; browsers resolve `*.localhost` to loopback.
-pub const DEMO_HOST: &str = "hello.localhost";
+pub(crate) const DEMO_HOST: &str = "hello.localhost";
 
 /// Serves the hello-world page on `listener` until the task is dropped.
-pub async fn hello_origin(listener: tokio::net::TcpListener) {
+pub(crate) async fn hello_origin(listener: tokio::net::TcpListener) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
@@ -66,7 +66,7 @@ fn hs<const N: usize>(s: &str) -> Result<heapless::String<N>, String> {
 }
 
 /// A device config for the demo tunnel.
-pub fn demo_config(
+pub(crate) fn demo_config(
     token: &str,
     edge: SocketAddr,
     ca_der: &[u8],

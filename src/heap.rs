@@ -44,14 +44,14 @@ const LARGEST: usize = 1 << (SMALL_SHIFT + DOUBLINGS);
 /// worth (1 MiB) of received-datagram blocks. With power-of-two sizes, 768 KiB left a
 /// 100 MiB upload mapping 686 blocks and 1 MiB none; with the sizes and hand-back
 /// rules of this file, 252 (1 800 without the cache) and none over HTTP/2.
-pub const CACHE_BYTES: usize = 1024 * 1024;
+pub(crate) const CACHE_BYTES: usize = 1024 * 1024;
 /// Blocks per class at most.
 const SLOTS: usize = 64;
 /// Alignment every cached block has: `class_layout` asks the system for it.
 const ALIGN: usize = 16;
 
 /// The cache behind [`Global`]; unused where another allocator is installed.
-pub static HEAP: BlockCache = BlockCache::new();
+pub(crate) static HEAP: BlockCache = BlockCache::new();
 
 /// The global allocator of the musl build: [`HEAP`].
 pub struct Global;
@@ -59,21 +59,25 @@ pub struct Global;
 // SAFETY: forwards to `HEAP`, whose contract is the same.
 unsafe impl GlobalAlloc for Global {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        HEAP.alloc(layout)
+        // SAFETY: the caller's promises about `layout` are passed on unchanged.
+        unsafe { HEAP.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        HEAP.alloc_zeroed(layout)
+        // SAFETY: as for `alloc`.
+        unsafe { HEAP.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        HEAP.dealloc(block, layout)
+        // SAFETY: `block` came from this allocator, that is from `HEAP`, with `layout`.
+        unsafe { HEAP.dealloc(block, layout) }
     }
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        HEAP.realloc(block, layout, new_size)
+        // SAFETY: as for `dealloc`; `new_size` is the caller's, unchanged.
+        unsafe { HEAP.realloc(block, layout, new_size) }
     }
 }
 
 /// See the module documentation.
-pub struct BlockCache {
+pub(crate) struct BlockCache {
     bins: Mutex<Bins>,
 }
 
@@ -98,15 +102,17 @@ unsafe impl Send for Bins {}
 impl Bins {
     /// Takes the last cached block of `class` out of the cache.
     fn pop(&mut self, class: usize) -> Option<*mut u8> {
-        let bin = &mut self.free[class];
-        bin.len = bin.len.checked_sub(1)?;
+        let bin = self.free.get_mut(class)?;
+        let len = bin.len.checked_sub(1)?;
+        let block = *bin.blocks.get(len)?;
+        bin.len = len;
         self.bytes -= class_size(class);
-        Some(bin.blocks[bin.len])
+        Some(block)
     }
 }
 
 impl BlockCache {
-    pub const fn new() -> BlockCache {
+    pub(crate) const fn new() -> BlockCache {
         const EMPTY: Bin = Bin {
             blocks: [ptr::null_mut(); SLOTS],
             len: 0,
@@ -122,13 +128,14 @@ impl BlockCache {
     }
 
     /// Returns every cached block to the system allocator.
-    pub fn trim(&self) {
+    #[cfg(test)]
+    pub(crate) fn trim(&self) {
         self.release(|_| true);
     }
 
     /// Returns the cached blocks of every size not reused since the last call: those
     /// are no longer part of a steady flow. True if it returned any.
-    pub fn trim_if_quiet(&self) -> bool {
+    pub(crate) fn trim_if_quiet(&self) -> bool {
         self.release(|bin| !std::mem::take(&mut bin.used))
     }
 
@@ -139,7 +146,7 @@ impl BlockCache {
         let mut bins = self.lock();
         let mut any = false;
         for class in 0..CLASSES {
-            if !pick(&mut bins.free[class]) {
+            if !bins.free.get_mut(class).is_some_and(&mut pick) {
                 continue;
             }
             while let Some(block) = bins.pop(class) {
@@ -152,7 +159,8 @@ impl BlockCache {
     }
 
     /// Bytes the cache holds now.
-    pub fn cached_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn cached_bytes(&self) -> usize {
         self.lock().bytes
     }
 
@@ -169,14 +177,19 @@ impl BlockCache {
     fn take(&self, class: usize) -> *mut u8 {
         let mut bins = self.lock();
         if let Some(block) = bins.pop(class) {
-            let bin = &mut bins.free[class];
-            bin.hit = true;
-            bin.used = true;
+            if let Some(bin) = bins.free.get_mut(class) {
+                bin.hit = true;
+                bin.used = true;
+            }
             return block;
         }
         let mut owed = class_size(class);
         for other in (0..CLASSES).rev().filter(|&c| c != class) {
-            if std::mem::take(&mut bins.free[other].hit) {
+            if bins
+                .free
+                .get_mut(other)
+                .is_none_or(|bin| std::mem::take(&mut bin.hit))
+            {
                 continue;
             }
             while owed > 0 {
@@ -193,13 +206,19 @@ impl BlockCache {
     fn keep(&self, class: usize, block: *mut u8) -> bool {
         let size = class_size(class);
         let mut bins = self.lock();
-        if bins.bytes + size > CACHE_BYTES || bins.free[class].len == SLOTS {
+        if bins.bytes + size > CACHE_BYTES {
             return false;
         }
-        bins.bytes += size;
-        let bin = &mut bins.free[class];
-        bin.blocks[bin.len] = block;
+        let Some(bin) = bins.free.get_mut(class) else {
+            return false;
+        };
+        // A full bin has no free slot: `get_mut(SLOTS)` is `None`.
+        let Some(slot) = bin.blocks.get_mut(bin.len) else {
+            return false;
+        };
+        *slot = block;
         bin.len += 1;
+        bins.bytes += size;
         true
     }
 }
@@ -240,11 +259,13 @@ fn class_layout(class: usize) -> Layout {
 unsafe impl GlobalAlloc for BlockCache {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match class_of(layout.size(), layout.align()) {
-            None => System.alloc(layout),
+            // SAFETY: the caller's layout, unchanged.
+            None => unsafe { System.alloc(layout) },
             Some(class) => {
                 let block = self.take(class);
                 if block.is_null() {
-                    System.alloc(class_layout(class))
+                    // SAFETY: a class layout has a non-zero size.
+                    unsafe { System.alloc(class_layout(class)) }
                 } else {
                     block
                 }
@@ -254,13 +275,17 @@ unsafe impl GlobalAlloc for BlockCache {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match class_of(layout.size(), layout.align()) {
-            None => System.alloc_zeroed(layout),
+            // SAFETY: the caller's layout, unchanged.
+            None => unsafe { System.alloc_zeroed(layout) },
             Some(class) => {
                 let block = self.take(class);
                 if block.is_null() {
-                    System.alloc_zeroed(class_layout(class))
+                    // SAFETY: a class layout has a non-zero size.
+                    unsafe { System.alloc_zeroed(class_layout(class)) }
                 } else {
-                    ptr::write_bytes(block, 0, layout.size());
+                    // SAFETY: a cached block of the class holds at least `layout.size()`
+                    // bytes and is no one else's.
+                    unsafe { ptr::write_bytes(block, 0, layout.size()) };
                     block
                 }
             }
@@ -269,10 +294,13 @@ unsafe impl GlobalAlloc for BlockCache {
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
         match class_of(layout.size(), layout.align()) {
-            None => System.dealloc(block, layout),
+            // SAFETY: a block outside the classes came from `System` with `layout`.
+            None => unsafe { System.dealloc(block, layout) },
             Some(class) => {
                 if !self.keep(class, block) {
-                    System.dealloc(block, class_layout(class));
+                    // SAFETY: a block of a class came from `System` with the class's
+                    // layout (`alloc` asks for the whole class).
+                    unsafe { System.dealloc(block, class_layout(class)) };
                 }
             }
         }
@@ -282,14 +310,23 @@ unsafe impl GlobalAlloc for BlockCache {
         let old = class_of(layout.size(), layout.align());
         let new = class_of(new_size, layout.align());
         match (old, new) {
-            (None, None) => System.realloc(block, layout, new_size),
+            // SAFETY: a block outside the classes came from `System` with `layout`, and
+            // stays outside them at `new_size`.
+            (None, None) => unsafe { System.realloc(block, layout, new_size) },
             (Some(a), Some(b)) if a == b => block,
             _ => {
-                let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-                let moved = self.alloc(new_layout);
+                // SAFETY: the caller promises that `new_size`, rounded up to
+                // `layout.align()`, does not overflow `isize`.
+                let new_layout =
+                    unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+                // SAFETY: `realloc`'s callers promise a non-zero `new_size`.
+                let moved = unsafe { self.alloc(new_layout) };
                 if !moved.is_null() {
-                    ptr::copy_nonoverlapping(block, moved, layout.size().min(new_size));
-                    self.dealloc(block, layout);
+                    // SAFETY: `block` holds `layout.size()` bytes, `moved` `new_size`;
+                    // two live blocks do not overlap.
+                    unsafe { ptr::copy_nonoverlapping(block, moved, layout.size().min(new_size)) };
+                    // SAFETY: `block` is the caller's, from this allocator with `layout`.
+                    unsafe { self.dealloc(block, layout) };
                 }
                 moved
             }
@@ -342,6 +379,8 @@ mod tests {
     #[test]
     fn a_freed_block_serves_the_next_request_of_its_class() {
         let cache = BlockCache::new();
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let a = cache.alloc(layout(40_000));
             assert!(!a.is_null());
@@ -375,6 +414,8 @@ mod tests {
     fn the_cache_holds_at_most_its_budget() {
         let cache = BlockCache::new();
         let n = CACHE_BYTES / (64 * 1024) + 3;
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let blocks: Vec<*mut u8> = (0..n).map(|_| cache.alloc(layout(65_536))).collect();
             assert!(blocks.iter().all(|b| !b.is_null()));
@@ -402,6 +443,8 @@ mod tests {
     #[test]
     fn a_miss_hands_back_as_much_of_other_sizes() {
         let cache = BlockCache::new();
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let small: Vec<*mut u8> = (0..6).map(|_| cache.alloc(layout(3000))).collect();
             let big = cache.alloc(layout(9000));
@@ -429,6 +472,8 @@ mod tests {
     #[test]
     fn sizes_not_reused_since_the_last_look_are_trimmed() {
         let cache = BlockCache::new();
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let a = cache.alloc(layout(10_000));
             cache.dealloc(a, layout(10_000));
@@ -459,6 +504,8 @@ mod tests {
         // copy shows even in a reused block.
         let byte = |i: usize, step: usize| ((i + step * 31) % 251) as u8;
         let cache = BlockCache::new();
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let mut size = 1000;
             let mut p = cache.alloc(layout(size));
@@ -490,6 +537,8 @@ mod tests {
     #[test]
     fn a_reused_block_is_zeroed_and_aligned_on_request() {
         let cache = BlockCache::new();
+        // SAFETY: each block is written within the size it was asked for and freed
+        // once, with the layout it was allocated with.
         unsafe {
             let dirty = cache.alloc(layout(30_000));
             dirty.write_bytes(0xff, 30_000);

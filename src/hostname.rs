@@ -33,7 +33,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// Longest hostname, bytes.
 pub const MAX_LEN: usize = 253;
 /// Longest label, bytes.
-pub const MAX_LABEL: usize = 63;
+pub(crate) const MAX_LABEL: usize = 63;
 
 /// Why a text is not a hostname or a pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub enum HostError {
 
 impl HostError {
     /// The reason in words.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             HostError::Empty => "empty name",
             HostError::TooLong => "longer than 253 bytes",
@@ -155,7 +155,7 @@ fn ip_text_is(ip: &dyn std::fmt::Display, text: &str) -> bool {
 }
 
 /// Checks that `host` is a hostname in canonical form (see the module doc).
-pub fn check(host: &str) -> Result<(), HostError> {
+pub(crate) fn check(host: &str) -> Result<(), HostError> {
     if host.contains(':') {
         return match host.parse::<Ipv6Addr>() {
             Ok(ip) if ip_text_is(&ip, host) => Ok(()),
@@ -225,7 +225,7 @@ pub fn split_authority(authority: &str) -> Result<(Cow<'_, str>, Option<u16>), H
 }
 
 /// Checks that `pattern` is a hostname pattern in canonical form (see the module doc).
-pub fn check_pattern(pattern: &str) -> Result<(), HostError> {
+pub(crate) fn check_pattern(pattern: &str) -> Result<(), HostError> {
     if pattern == "*" {
         return Ok(());
     }
@@ -244,13 +244,13 @@ pub fn check_pattern(pattern: &str) -> Result<(), HostError> {
 
 /// Whether a canonical pattern is exact or `*.rest` with an exact `rest`: the shapes a
 /// hostname can be claimed by (an ingress rule's hostname).
-pub fn is_routable(pattern: &str) -> bool {
+pub(crate) fn is_routable(pattern: &str) -> bool {
     let rest = pattern.strip_prefix("*.").unwrap_or(pattern);
     !rest.split('.').any(|l| l == "*")
 }
 
 /// Does canonical `pattern` match `host`? False when `host` is not canonical.
-pub fn matches(pattern: &str, host: &str) -> bool {
+pub(crate) fn matches(pattern: &str, host: &str) -> bool {
     if !is_canonical(host) {
         return false;
     }
@@ -274,7 +274,7 @@ pub fn matches(pattern: &str, host: &str) -> bool {
 
 /// Does canonical `outer` match every name canonical `inner` matches? (A token's
 /// pattern allowing a rule's hostname, itself exact or `*.`.)
-pub fn covers(outer: &str, inner: &str) -> bool {
+pub(crate) fn covers(outer: &str, inner: &str) -> bool {
     if outer == "*" {
         return true;
     }
@@ -310,7 +310,7 @@ fn split_pattern(pattern: &str) -> (bool, &str) {
 /// A host the device dials itself (an origin, an edge address, a TLS server name): an
 /// IPv4 or IPv6 address (no brackets) or a lowercase DNS name, where `_` is allowed
 /// (container names). Never matched against a pattern.
-pub fn check_dial_host(host: &str) -> Result<(), HostError> {
+pub(crate) fn check_dial_host(host: &str) -> Result<(), HostError> {
     if host.parse::<Ipv4Addr>().is_ok() || host.parse::<Ipv6Addr>().is_ok() {
         return Ok(());
     }
@@ -318,27 +318,6 @@ pub fn check_dial_host(host: &str) -> Result<(), HostError> {
         // `1.2.3` and the like: resolvers differ on them, but they are the operator's own.
         Err(HostError::Numeric) => Ok(()),
         other => other,
-    }
-}
-
-/// A hostname in canonical form.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Hostname(String);
-
-impl Hostname {
-    /// Brings `host` to canonical form (see [`canonical`]).
-    pub fn parse(host: &str) -> Result<Hostname, HostError> {
-        canonical(host).map(|h| Hostname(h.into_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Hostname {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

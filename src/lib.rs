@@ -12,6 +12,7 @@
 //! - [`runas`]: dropping root for an unprivileged user.
 //! - [`sdnotify`]: systemd readiness, watchdog and stop notifications.
 //! - [`heap`]: the device binary's allocator on musl.
+//! - [`util`]: helpers owned by neither side: hex, random bytes, a poison-tolerant lock.
 //! - `edge` (feature `edge`): the server visitors and connectors reach.
 pub mod access;
 pub mod clock;
@@ -24,10 +25,11 @@ pub mod edge;
 pub mod heap;
 pub mod hostname;
 pub mod provision;
-pub mod runas;
+pub(crate) mod runas;
 pub mod sdnotify;
 pub mod tls;
-pub mod transport;
+pub(crate) mod transport;
+pub mod util;
 pub mod wire;
 
 /// The runtime of everything the `mailslot` binary runs (connector, access client,

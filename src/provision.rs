@@ -25,7 +25,7 @@ use crate::config::{codec, store};
 
 /// What happened to one boot file that was present.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Installed as the config and removed from the boot partition.
     Installed,
     /// Identical to the installed config: only removed from the boot partition.
@@ -40,14 +40,14 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// The boot file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// What happened to it.
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
 }
 
 /// Installs each valid file of `boot` as `config` and removes it; logs one line per
 /// file found. Files that do not exist are skipped silently.
-pub fn install_from_boot(config: &Path, boot: &[PathBuf]) -> Vec<Report> {
+pub(crate) fn install_from_boot(config: &Path, boot: &[PathBuf]) -> Vec<Report> {
     let mut reports = Vec::new();
     for path in boot {
         if fs::symlink_metadata(path).is_err() {
@@ -179,7 +179,7 @@ fn wipe(path: &Path) -> io::Result<()> {
     let mut left = meta.len();
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..n])?;
+        file.write_all(zeros.get(..n).unwrap_or_default())?;
         left -= n as u64;
     }
     file.sync_all()

@@ -14,17 +14,17 @@ use crate::config::store;
 
 /// The user the connector runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
+pub(crate) struct Account {
     /// Its name (or the numeric spec it was given as).
-    pub name: String,
+    pub(crate) name: String,
     /// Its user id.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Its primary group id, the only group it keeps.
-    pub gid: u32,
+    pub(crate) gid: u32,
 }
 
 /// Finds `spec`, a user name in `/etc/passwd` or `UID:GID`.
-pub fn lookup(spec: &str) -> Result<Account, String> {
+pub(crate) fn lookup(spec: &str) -> Result<Account, String> {
     if let Some((u, g)) = spec.split_once(':') {
         if let (Ok(uid), Ok(gid)) = (u.parse(), g.parse()) {
             return Ok(Account {
@@ -73,7 +73,7 @@ fn lookup_in(passwd: &str, name: &str) -> Option<Account> {
 /// make root change another file. A file is handed over only if root created it (owned by
 /// root, one link: a hard link to someone else's file has two) or it is the account's
 /// already.
-pub fn hand_over(config: &Path, account: &Account) -> Result<(), String> {
+pub(crate) fn hand_over(config: &Path, account: &Account) -> Result<(), String> {
     let prev = store::prev_path(config);
     let clock = crate::clock::state_path(config);
     for file in [config, prev.as_path(), clock.as_path()] {
@@ -92,7 +92,7 @@ pub fn hand_over(config: &Path, account: &Account) -> Result<(), String> {
             let n = e.file_name();
             let n = n.as_encoded_bytes();
             let own = name.as_encoded_bytes();
-            n.starts_with(own) || (n.first() == Some(&b'.') && n[1..].starts_with(own))
+            n.starts_with(own) || n.strip_prefix(b".").is_some_and(|n| n.starts_with(own))
         });
     if dedicated {
         give(dir, Kind::Dir, account, Some(0o700))
@@ -194,37 +194,44 @@ fn give(path: &Path, kind: Kind, account: &Account, mode: Option<u32>) -> Result
 /// Becomes `account` for good: supplementary groups, group, user. Must be called before
 /// the runtime starts any thread. Without root this only checks that the process runs
 /// as that user already.
-pub fn drop_to(account: &Account) -> Result<(), String> {
-    // SAFETY: these calls take no pointers except setgroups', which gets one valid gid.
-    unsafe {
-        if libc::geteuid() != 0 {
-            if libc::getuid() == account.uid {
-                return Ok(());
-            }
-            return Err(format!(
-                "--user {} needs root: started as uid {}",
-                account.name,
-                libc::getuid()
-            ));
-        }
-        if account.uid == 0 {
+pub(crate) fn drop_to(account: &Account) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        if uid == account.uid {
             return Ok(());
         }
-        let groups = [account.gid as libc::gid_t];
-        if libc::setgroups(1, groups.as_ptr()) != 0 {
-            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
-        }
-        if libc::setgid(account.gid as libc::gid_t) != 0 {
-            return Err(format!("setgid: {}", std::io::Error::last_os_error()));
-        }
-        if libc::setuid(account.uid as libc::uid_t) != 0 {
-            return Err(format!("setuid: {}", std::io::Error::last_os_error()));
-        }
-        // Root must be gone for good: a setuid(0) that works means it is not.
-        if libc::setuid(0) == 0 || libc::geteuid() != account.uid || libc::getegid() != account.gid
-        {
-            return Err(format!("could not drop root for user {}", account.name));
-        }
+        return Err(format!(
+            "--user {} needs root: started as uid {uid}",
+            account.name
+        ));
+    }
+    if account.uid == 0 {
+        return Ok(());
+    }
+    let groups = [account.gid as libc::gid_t];
+    // SAFETY: `groups` holds the one gid the count says, alive for the call.
+    if unsafe { libc::setgroups(1, groups.as_ptr()) } != 0 {
+        return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: setgid takes no pointers; failure is reported by its return value.
+    if unsafe { libc::setgid(account.gid as libc::gid_t) } != 0 {
+        return Err(format!("setgid: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: setuid takes no pointers; failure is reported by its return value.
+    if unsafe { libc::setuid(account.uid as libc::uid_t) } != 0 {
+        return Err(format!("setuid: {}", std::io::Error::last_os_error()));
+    }
+    // Root must be gone for good: a setuid(0) that works means it is not.
+    // SAFETY: as above; here success is the failure this checks for.
+    let regained = unsafe { libc::setuid(0) } == 0;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let egid = unsafe { libc::getegid() };
+    if regained || euid != account.uid || egid != account.gid {
+        return Err(format!("could not drop root for user {}", account.name));
     }
     log::info!(
         "running as user {} (uid {}, gid {})",

@@ -49,7 +49,7 @@ impl Notifier {
     }
 
     /// A notifier for a socket path, or `@name` for an abstract socket.
-    pub fn connect(socket: &str) -> io::Result<Notifier> {
+    pub(crate) fn connect(socket: &str) -> io::Result<Notifier> {
         let addr = match socket.strip_prefix('@') {
             Some(name) => abstract_addr(name.as_bytes())?,
             None if socket.starts_with('/') => SocketAddr::from_pathname(socket)?,
@@ -70,7 +70,7 @@ impl Notifier {
 
     /// Sends one message (`KEY=VALUE` lines); failures are logged at debug level only,
     /// since the service works the same without them.
-    pub fn notify(&self, msg: &str) {
+    pub(crate) fn notify(&self, msg: &str) {
         if let Err(e) = self
             .inner
             .sock

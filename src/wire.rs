@@ -60,17 +60,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Version of the tunnel protocol spoken by this build.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// TLS ALPN of tunnel connections.
-pub const ALPN: &[u8] = b"mailslot";
+pub(crate) const ALPN: &[u8] = b"mailslot";
 /// Largest control frame either side accepts.
-pub const MAX_CONTROL_FRAME: usize = 128 * 1024;
+pub(crate) const MAX_CONTROL_FRAME: usize = 128 * 1024;
 /// Largest stream header or reply.
-pub const MAX_STREAM_FRAME: usize = 2048;
+pub(crate) const MAX_STREAM_FRAME: usize = 2048;
 /// TLS ALPN of access clients on the edge's tunnel (QUIC) port.
 pub const ACCESS_ALPN: &[u8] = b"mailslot-access";
 /// WebSocket subprotocol of access streams carried over HTTPS.
-pub const ACCESS_WS_PROTOCOL: &str = "mailslot-access";
+pub(crate) const ACCESS_WS_PROTOCOL: &str = "mailslot-access";
 /// Largest access request or reply.
-pub const MAX_ACCESS_FRAME: usize = 8192;
+pub(crate) const MAX_ACCESS_FRAME: usize = 8192;
 
 /// Longest reason text carried in a message.
 const MAX_REASON: usize = 512;
@@ -118,7 +118,7 @@ pub struct Register {
 /// What a connector appends to its registration frame (see the module doc): absent
 /// from connectors that predate it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegisterTail {
+pub(crate) struct RegisterTail {
     /// Id of this connector instance: never shared by two live processes, and taken
     /// again by a connector started after its predecessor died (see
     /// `connector::instance`). With the per-process [`Register::connector_id`] it tells a
@@ -277,7 +277,7 @@ pub enum WireError {
 }
 
 /// Cuts a peer-supplied or operator-facing reason to a bounded length.
-pub fn bounded_reason(s: impl Into<String>) -> String {
+pub(crate) fn bounded_reason(s: impl Into<String>) -> String {
     let mut s = s.into();
     if s.len() > MAX_REASON {
         let mut cut = MAX_REASON;
@@ -312,7 +312,11 @@ where
 
 /// Writes one control frame holding `msg` followed by `tail` (a registration and its
 /// [`RegisterTail`]).
-pub async fn write_control_with_tail<W, M, T>(w: &mut W, msg: &M, tail: &T) -> Result<(), WireError>
+pub(crate) async fn write_control_with_tail<W, M, T>(
+    w: &mut W,
+    msg: &M,
+    tail: &T,
+) -> Result<(), WireError>
 where
     W: AsyncWrite + Unpin,
     M: Serialize,
@@ -334,7 +338,8 @@ where
 
 /// Reads one control frame holding a message and, when the sender appended one, a
 /// tail; parts appended after the tail are ignored.
-pub async fn read_control_with_tail<R, M, T>(r: &mut R) -> Result<(M, Option<T>), WireError>
+#[cfg_attr(not(feature = "edge"), allow(dead_code))]
+pub(crate) async fn read_control_with_tail<R, M, T>(r: &mut R) -> Result<(M, Option<T>), WireError>
 where
     R: AsyncRead + Unpin,
     M: DeserializeOwned,
@@ -426,8 +431,8 @@ where
 /// Reads a length prefix, telling a clean close apart from a cut-off frame.
 async fn read_prefix<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), WireError> {
     let mut filled = 0;
-    while filled < buf.len() {
-        let n = r.read(&mut buf[filled..]).await?;
+    while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        let n = r.read(rest).await?;
         if n == 0 {
             return Err(if filled == 0 {
                 WireError::Closed

@@ -10,6 +10,15 @@
 //! harness is libtest-mimic's, see `tests/scenarios/main.rs`); `.ci/image.sh`
 //! installs it all.
 
+// Test code: a failed unwrap is a failed test, and helpers shared between modules
+// are `pub` inside this crate only.
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
 #[path = "e2e/common/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod common;

@@ -16,7 +16,8 @@ use super::client::{
 use crate::wire::AccessCredential;
 
 /// Usage text of `mailslot access`.
-pub const USAGE: &str = "usage: mailslot access <ssh|tcp|ssh-config> --hostname NAME [options]
+pub(crate) const USAGE: &str =
+    "usage: mailslot access <ssh|tcp|ssh-config> --hostname NAME [options]
 
   access ssh --hostname NAME [options]
                                    carry ssh's connection on stdin/stdout, for
@@ -213,7 +214,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 /// `$XDG_CONFIG_HOME/mailslot/access-token`, else `~/.config/mailslot/access-token`.
-pub fn default_token_file() -> Option<PathBuf> {
+pub(crate) fn default_token_file() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)

@@ -20,11 +20,11 @@ use crate::transport::{quic, SendHalf, Session, TunnelStream};
 use crate::wire::{self, AccessCredential, AccessError, AccessReply, AccessRequest};
 
 /// Default QUIC port of an edge (its tunnel port).
-pub const DEFAULT_QUIC_PORT: u16 = 7844;
+pub(crate) const DEFAULT_QUIC_PORT: u16 = 7844;
 /// Default HTTPS port of an edge.
-pub const DEFAULT_HTTPS_PORT: u16 = 443;
+pub(crate) const DEFAULT_HTTPS_PORT: u16 = 443;
 /// How long `auto` waits for a QUIC handshake before trying HTTPS.
-pub const QUIC_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const QUIC_WAIT: Duration = Duration::from_secs(3);
 /// How long after a failed QUIC attempt `auto` goes straight to HTTPS.
 const QUIC_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// Time to resolve a name, or to connect TCP.
@@ -37,7 +37,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to reach the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// QUIC, then HTTPS if QUIC does not answer within [`QUIC_WAIT`].
     Auto,
     Quic,
@@ -58,14 +58,14 @@ impl std::str::FromStr for Transport {
 
 /// A host and port, the host unresolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
+pub(crate) struct HostPort {
+    pub(crate) host: String,
+    pub(crate) port: u16,
 }
 
 impl HostPort {
     /// Parses `host`, `host:port`, `[v6]` or `[v6]:port`.
-    pub fn parse(s: &str, default_port: u16) -> Result<HostPort, String> {
+    pub(crate) fn parse(s: &str, default_port: u16) -> Result<HostPort, String> {
         let bad = || format!("{s:?} is not host[:port]");
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
             let (host, after) = rest.split_once(']').ok_or_else(bad)?;
@@ -119,16 +119,16 @@ impl std::fmt::Display for HostPort {
 
 /// Everything the client needs to reach one hostname.
 #[derive(Debug, Clone)]
-pub struct ClientOptions {
+pub(crate) struct ClientOptions {
     /// The device service's hostname (an ingress rule with a `tcp://`, `ssh://` or
     /// `rdp://` service).
-    pub hostname: String,
-    pub quic_edge: HostPort,
-    pub https_edge: HostPort,
+    pub(crate) hostname: String,
+    pub(crate) quic_edge: HostPort,
+    pub(crate) https_edge: HostPort,
     /// DER of a private CA that signs the edge's certificate; `None`: the web PKI.
-    pub edge_ca: Option<Vec<u8>>,
-    pub credential: AccessCredential,
-    pub transport: Transport,
+    pub(crate) edge_ca: Option<Vec<u8>>,
+    pub(crate) credential: AccessCredential,
+    pub(crate) transport: Transport,
 }
 
 impl ClientOptions {
@@ -146,7 +146,7 @@ impl ClientOptions {
 
 /// Why no stream could be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// The edge answered and refused; retrying the same way will not help.
     #[error("{message}")]
     Refused { error: AccessError, message: String },
@@ -156,7 +156,7 @@ pub enum ClientError {
 }
 
 /// A stream to the device's service.
-pub enum AccessStream {
+pub(crate) enum AccessStream {
     Quic(TunnelStream),
     Https(Box<ws::WsStream<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
@@ -165,7 +165,7 @@ impl AccessStream {
     /// Waits until the edge has everything written so far, after `shutdown`: closing
     /// the QUIC connection before then could lose the end of the stream. The caller
     /// bounds the wait.
-    pub async fn delivered(&mut self) {
+    pub(crate) async fn delivered(&mut self) {
         match self {
             AccessStream::Quic(s) => {
                 // Other transports (HTTP/2) deliver what they accepted before a close.
@@ -222,14 +222,14 @@ impl AsyncWrite for AccessStream {
 }
 
 /// Opens access streams; holds the QUIC connection between them.
-pub struct AccessClient {
+pub(crate) struct AccessClient {
     opts: ClientOptions,
     quic: tokio::sync::Mutex<Option<(quinn::Endpoint, Session)>>,
     quic_failed: Mutex<Option<Instant>>,
 }
 
 impl AccessClient {
-    pub fn new(opts: ClientOptions) -> Arc<AccessClient> {
+    pub(crate) fn new(opts: ClientOptions) -> Arc<AccessClient> {
         Arc::new(AccessClient {
             opts,
             quic: tokio::sync::Mutex::new(None),
@@ -237,12 +237,12 @@ impl AccessClient {
         })
     }
 
-    pub fn options(&self) -> &ClientOptions {
+    pub(crate) fn options(&self) -> &ClientOptions {
         &self.opts
     }
 
     /// One stream to the service, over the configured transport.
-    pub async fn open(&self) -> Result<AccessStream, ClientError> {
+    pub(crate) async fn open(&self) -> Result<AccessStream, ClientError> {
         match self.opts.transport {
             Transport::Quic => self.open_quic(None).await,
             Transport::Https => self.open_https().await,
@@ -419,7 +419,7 @@ impl AccessClient {
     }
 
     /// Closes the QUIC connection, if any, and waits briefly for the edge to hear it.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         if let Some((endpoint, session)) = self.quic.lock().await.take() {
             session.close("done");
             let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;

@@ -7,7 +7,7 @@
 //! - [`cli`]: `mailslot access ssh|tcp|ssh-config`.
 
 pub mod cli;
-pub mod client;
+pub(crate) mod client;
 pub mod ws;
 
-pub(crate) use crate::connector::random_bytes;
+pub(crate) use crate::util::random_bytes;

@@ -29,11 +29,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 /// The GUID RFC 6455 appends to the key.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Largest response head the client reads.
-pub const MAX_RESPONSE_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 /// Largest error body the client reads from a refusal.
 const MAX_ERROR_BODY: usize = 4 * 1024;
 /// Largest payload of one frame we write.
-pub const MAX_OUT_FRAME: usize = 16 * 1024;
+pub(crate) const MAX_OUT_FRAME: usize = 16 * 1024;
 
 const OP_CONT: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -43,7 +43,7 @@ const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
-pub fn accept_key(key: &str) -> String {
+pub(crate) fn accept_key(key: &str) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key.trim().as_bytes());
     ctx.update(GUID.as_bytes());
@@ -133,7 +133,7 @@ impl<S> WsStream<S> {
             let mask = self.next_mask();
             self.out.extend_from_slice(&mask);
             self.out
-                .extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+                .extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
         } else {
             self.out.extend_from_slice(payload);
         }
@@ -142,15 +142,15 @@ impl<S> WsStream<S> {
 
 /// Header bytes needed, given what we have of it (at least 2 bytes known).
 fn header_len(hdr: &[u8]) -> usize {
-    if hdr.len() < 2 {
+    let [_, b1, ..] = *hdr else {
         return 2;
-    }
-    let ext = match hdr[1] & 0x7f {
+    };
+    let ext = match b1 & 0x7f {
         126 => 2,
         127 => 8,
         _ => 0,
     };
-    let mask = if hdr[1] & 0x80 != 0 { 4 } else { 0 };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
     2 + ext + mask
 }
 
@@ -159,7 +159,10 @@ fn bad(msg: &str) -> io::Error {
 }
 
 fn parse_header(hdr: &[u8], role: Role) -> io::Result<Frame> {
-    let (b0, b1) = (hdr[0], hdr[1]);
+    let short = || bad("header cut short");
+    let [b0, b1, ref ext @ ..] = *hdr else {
+        return Err(short());
+    };
     if b0 & 0x70 != 0 {
         return Err(bad("reserved bits set"));
     }
@@ -176,14 +179,13 @@ fn parse_header(hdr: &[u8], role: Role) -> io::Result<Frame> {
         Role::Client if masked => return Err(bad("server frame masked")),
         _ => {}
     }
-    let (left, rest) = match b1 & 0x7f {
-        126 => (u64::from(u16::from_be_bytes([hdr[2], hdr[3]])), &hdr[4..]),
-        127 => {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&hdr[2..10]);
-            (u64::from_be_bytes(b), &hdr[10..])
+    let (left, rest) = match (b1 & 0x7f, ext) {
+        (126, &[a, b, ref rest @ ..]) => (u64::from(u16::from_be_bytes([a, b])), rest),
+        (127, &[a, b, c, d, e, f, g, h, ref rest @ ..]) => {
+            (u64::from_be_bytes([a, b, c, d, e, f, g, h]), rest)
         }
-        n => (u64::from(n), &hdr[2..]),
+        (126 | 127, _) => return Err(short()),
+        (n, rest) => (u64::from(n), rest),
     };
     if left >> 63 != 0 {
         return Err(bad("frame length out of range"));
@@ -191,7 +193,11 @@ fn parse_header(hdr: &[u8], role: Role) -> io::Result<Frame> {
     if opcode >= OP_CLOSE && (b0 & 0x80 == 0 || left > 125) {
         return Err(bad("control frame fragmented or too long"));
     }
-    let mask = masked.then(|| [rest[0], rest[1], rest[2], rest[3]]);
+    let mask = match (masked, rest) {
+        (false, _) => None,
+        (true, &[a, b, c, d, ..]) => Some([a, b, c, d]),
+        (true, _) => return Err(short()),
+    };
     Ok(Frame {
         opcode,
         left,
@@ -208,9 +214,11 @@ fn poll_inner<S: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     dst: &mut [u8],
 ) -> Poll<io::Result<usize>> {
-    if *prefix_pos < prefix.len() {
-        let n = dst.len().min(prefix.len() - *prefix_pos);
-        dst[..n].copy_from_slice(&prefix[*prefix_pos..*prefix_pos + n]);
+    if let Some(rest) = prefix.get(*prefix_pos..).filter(|rest| !rest.is_empty()) {
+        let n = dst.len().min(rest.len());
+        if let (Some(to), Some(from)) = (dst.get_mut(..n), rest.get(..n)) {
+            to.copy_from_slice(from);
+        }
         *prefix_pos += n;
         if *prefix_pos == prefix.len() {
             *prefix = Vec::new();
@@ -224,6 +232,9 @@ fn poll_inner<S: AsyncRead + Unpin>(
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for WsStream<S> {
+    // Bounds held: `want <= buf.remaining()`; a control frame's `left` is at most 125
+    // (`parse_header`); `hdr_len <= header_len(..) <= 14`, the header buffer's length.
+    #[allow(clippy::indexing_slicing)]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -268,11 +279,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for WsStream<S> {
                     if n == 0 {
                         return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                     }
-                    if let Some(mask) = f.mask {
-                        for b in &mut dst[..n] {
-                            *b ^= mask[f.mask_pos % 4];
-                            f.mask_pos += 1;
+                    if let Some(mut mask) = f.mask {
+                        mask.rotate_left(f.mask_pos % 4);
+                        for (b, m) in dst.iter_mut().take(n).zip(mask.iter().cycle()) {
+                            *b ^= m;
                         }
+                        f.mask_pos += n;
                     }
                     f.left -= n as u64;
                     if data {
@@ -318,7 +330,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for WsStream<S> {
 impl<S: AsyncWrite + Unpin> WsStream<S> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_pos < self.out.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_pos..]))?;
+            let pending = self.out.get(self.out_pos..).unwrap_or_default();
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, pending))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -344,8 +357,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = buf.len().min(MAX_OUT_FRAME);
-        me.encode(OP_BINARY, &buf[..n]);
+        let frame = buf.get(..MAX_OUT_FRAME).unwrap_or(buf);
+        let n = frame.len();
+        me.encode(OP_BINARY, frame);
         // The frame is accepted; whatever is left is written on the next call or flush.
         if let Poll::Ready(Err(e)) = me.poll_drain(cx) {
             return Poll::Ready(Err(e));
@@ -393,7 +407,7 @@ pub enum WsError {
 
 /// Sends the upgrade request for `host` with `headers` (name, value) and reads the
 /// answer. The caller bounds the time it may take.
-pub async fn client_handshake<S>(
+pub(crate) async fn client_handshake<S>(
     mut io: S,
     host: &str,
     path: &str,
@@ -440,16 +454,16 @@ where
         }
         let mut chunk = [0u8; 1024];
         let room = (MAX_RESPONSE_HEAD - buf.len()).min(chunk.len());
-        let n = io.read(&mut chunk[..room]).await?;
+        let n = io.read(chunk.get_mut(..room).unwrap_or_default()).await?;
         if n == 0 {
             return Err(WsError::Protocol(
                 "connection closed before a response".into(),
             ));
         }
-        buf.extend_from_slice(&chunk[..n]);
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     };
     let rest = buf.split_off(head_end + 4);
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let head = String::from_utf8_lossy(buf.get(..head_end).unwrap_or_default()).into_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let status: u16 = status_line
@@ -477,9 +491,9 @@ where
         while body.len() < len {
             let mut chunk = [0u8; 1024];
             let room = (len - body.len()).min(chunk.len());
-            match io.read(&mut chunk[..room]).await {
+            match io.read(chunk.get_mut(..room).unwrap_or_default()).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                Ok(n) => body.extend_from_slice(chunk.get(..n).unwrap_or_default()),
             }
         }
         let text = String::from_utf8_lossy(&body);

@@ -240,10 +240,10 @@ fn token_cmd(args: Args) -> Result<(), String> {
     eprintln!(
         "tunnel {} id {} may serve {}; expires in {}s (revoke with revoked-tunnels: [{}])",
         claims.tunnel,
-        mailslot::connector::hex(&claims.id),
+        mailslot::util::hex(&claims.id),
         claims.hosts.join(", "),
         claims.expires.saturating_sub(now),
-        mailslot::connector::hex(&claims.id),
+        mailslot::util::hex(&claims.id),
     );
     Ok(())
 }
@@ -266,7 +266,7 @@ fn access_token_cmd(args: Args) -> Result<(), String> {
     let token = policy::issue_access_token(&key, &user, &args.hostnames, ttl.as_secs())?;
     // The token on stdout alone, so `$(mailslot-edge access-token ...)` captures it.
     println!("{token}");
-    let id = mailslot::connector::hex(&policy::access_token_id(&token));
+    let id = mailslot::util::hex(&policy::access_token_id(&token));
     eprintln!(
         "access token {id} for {user}: {}; expires in {}s (revoke with \
          revoked-access-tokens: [{id}] and SIGHUP)",

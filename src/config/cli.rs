@@ -95,7 +95,7 @@ fn summary(config: &DeviceConfig, name: &str, version: u16, size: usize) -> std:
 }
 
 /// One rule on one line: `api.example.com  ^/v1/  -> http://localhost:9000`.
-pub fn rule_line(rule: &IngressRule) -> std::string::String {
+pub(crate) fn rule_line(rule: &IngressRule) -> std::string::String {
     let mut line = rule.hostname.as_deref().unwrap_or("*").to_string();
     if let Some(path) = &rule.path {
         let _ = write!(line, "  {path}");

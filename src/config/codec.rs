@@ -28,18 +28,18 @@
 use super::{ConfigError, DeviceConfig};
 
 /// The file's first 4 bytes.
-pub const MAGIC: [u8; 4] = *b"MSLC";
+pub(crate) const MAGIC: [u8; 4] = *b"MSLC";
 /// The newest format version this build writes and reads (2: `edge_pins` appended).
-pub const FORMAT_VERSION: u16 = 2;
+pub(crate) const FORMAT_VERSION: u16 = 2;
 /// The version written for a config without edge pins, which version 1 readers know.
-pub const PINLESS_VERSION: u16 = 1;
+pub(crate) const PINLESS_VERSION: u16 = 1;
 /// Bytes before the payload: magic, version, payload length.
-pub const HEADER_LEN: usize = 10;
+pub(crate) const HEADER_LEN: usize = 10;
 /// Bytes after the payload: the CRC-32.
-pub const CRC_LEN: usize = 4;
+pub(crate) const CRC_LEN: usize = 4;
 /// Largest file accepted or written. A config with every field and list at capacity
 /// encodes to about 110 KiB (tested); anything larger is refused before it is read.
-pub const MAX_FILE_LEN: usize = 160 * 1024;
+pub(crate) const MAX_FILE_LEN: usize = 160 * 1024;
 
 /// Why bytes are not a usable config file.
 #[derive(Debug, thiserror::Error)]
@@ -108,16 +108,16 @@ pub enum EncodeError {
 
 /// The fixed-size header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// Format version.
-    pub version: u16,
+    pub(crate) version: u16,
     /// Payload length.
-    pub payload_len: u32,
+    pub(crate) payload_len: u32,
 }
 
 impl Header {
     /// Checks the magic and the version; the length is checked by [`decode`].
-    pub fn parse(bytes: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
+    pub(crate) fn parse(bytes: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
         let [m0, m1, m2, m3, v0, v1, l0, l1, l2, l3] = *bytes;
         if [m0, m1, m2, m3] != MAGIC {
             return Err(DecodeError::BadMagic);
@@ -181,7 +181,7 @@ pub fn decode(bytes: &[u8]) -> Result<Box<DeviceConfig>, DecodeError> {
 }
 
 /// [`decode`], also returning the format version the file was written in.
-pub fn decode_with_version(bytes: &[u8]) -> Result<(Box<DeviceConfig>, u16), DecodeError> {
+pub(crate) fn decode_with_version(bytes: &[u8]) -> Result<(Box<DeviceConfig>, u16), DecodeError> {
     if bytes.len() > MAX_FILE_LEN {
         return Err(DecodeError::TooLarge {
             len: bytes.len() as u64,
@@ -212,7 +212,7 @@ pub fn decode_with_version(bytes: &[u8]) -> Result<(Box<DeviceConfig>, u16), Dec
 }
 
 /// The CRC-32 of an empty input, to start [`crc32`] with.
-pub const CRC_INIT: u32 = 0;
+pub(crate) const CRC_INIT: u32 = 0;
 
 /// CRC-32/ISO-HDLC (the IEEE 802.3 polynomial, reflected, as in zlib, PNG and
 /// crc32fast): `crc32(CRC_INIT, b"123456789") == 0xcbf4_3926`. Continues from `crc`, the
@@ -222,7 +222,9 @@ pub const CRC_INIT: u32 = 0;
 /// Byte-at-a-time with a 1 KiB table built at compile time: a config file is at most
 /// [`MAX_FILE_LEN`] bytes and read once at start, so speed does not matter here and a
 /// slice-by-16 implementation (crc32fast) would only add 28 KB to the device binary.
-pub fn crc32(crc: u32, bytes: &[u8]) -> u32 {
+// A `u8` indexes the 256-entry table.
+#[allow(clippy::indexing_slicing)]
+pub(crate) fn crc32(crc: u32, bytes: &[u8]) -> u32 {
     let mut crc = !crc;
     for &b in bytes {
         crc = CRC_TABLE[usize::from((crc as u8) ^ b)] ^ (crc >> 8);
@@ -245,7 +247,11 @@ static CRC_TABLE: [u32; 256] = {
             };
             k += 1;
         }
-        table[i] = c;
+        // `i < 256`, the loop's bound (`get_mut` is not `const` on this MSRV).
+        #[allow(clippy::indexing_slicing)]
+        {
+            table[i] = c;
+        }
         i += 1;
     }
     table

@@ -27,49 +27,55 @@ use serde::{Deserialize, Serialize};
 
 /// Most edge key pins a config holds (`edge-pin`): the current key and the next ones,
 /// for a key change without a gap.
-pub const MAX_EDGE_PINS: usize = 4;
+pub(crate) const MAX_EDGE_PINS: usize = 4;
 /// Most ingress rules a config holds.
-pub const MAX_RULES: usize = 64;
+pub(crate) const MAX_RULES: usize = 64;
 /// Most edge addresses a config lists.
-pub const MAX_EDGES: usize = 8;
+pub(crate) const MAX_EDGES: usize = 8;
 /// Most CA certificates embedded (edge CA plus origin `ca-pool`s).
-pub const MAX_CAS: usize = 4;
+pub(crate) const MAX_CAS: usize = 4;
 /// Largest DER certificate embedded.
-pub const MAX_CERT_LEN: usize = 4096;
+pub(crate) const MAX_CERT_LEN: usize = 4096;
 /// Largest tunnel token.
-pub const MAX_TOKEN_LEN: usize = 2048;
+pub(crate) const MAX_TOKEN_LEN: usize = 2048;
 /// Longest hostname (DNS limit).
-pub const MAX_HOSTNAME_LEN: usize = 253;
+pub(crate) const MAX_HOSTNAME_LEN: usize = 253;
 /// Longest path pattern.
-pub const MAX_PATH_LEN: usize = 256;
+pub(crate) const MAX_PATH_LEN: usize = 256;
 /// Longest unix socket path (sun_path).
-pub const MAX_SOCKET_PATH_LEN: usize = 108;
+pub(crate) const MAX_SOCKET_PATH_LEN: usize = 108;
 /// Longest edge address ("host:port").
-pub const MAX_EDGE_ADDR_LEN: usize = 261;
+pub(crate) const MAX_EDGE_ADDR_LEN: usize = 261;
 /// Longest tunnel name.
-pub const MAX_TUNNEL_NAME_LEN: usize = 63;
+pub(crate) const MAX_TUNNEL_NAME_LEN: usize = 63;
 /// Most connections a connector may hold open (`ha-connections`).
-pub const MAX_HA_CONNECTIONS: u8 = 16;
+pub(crate) const MAX_HA_CONNECTIONS: u8 = 16;
 
+// The defaults are filled in by the YAML import (feature `yaml`).
 /// Default `ha-connections`.
-pub const DEFAULT_HA_CONNECTIONS: u8 = 4;
+#[cfg_attr(not(feature = "yaml"), allow(dead_code))]
+pub(crate) const DEFAULT_HA_CONNECTIONS: u8 = 4;
 /// Default `keepalive`, seconds.
-pub const DEFAULT_KEEPALIVE_SECS: u16 = 15;
+#[cfg_attr(not(feature = "yaml"), allow(dead_code))]
+pub(crate) const DEFAULT_KEEPALIVE_SECS: u16 = 15;
 /// Default `idle-timeout`, seconds.
-pub const DEFAULT_IDLE_TIMEOUT_SECS: u16 = 45;
+#[cfg_attr(not(feature = "yaml"), allow(dead_code))]
+pub(crate) const DEFAULT_IDLE_TIMEOUT_SECS: u16 = 45;
 /// Default `grace-period`, seconds.
-pub const DEFAULT_GRACE_PERIOD_SECS: u16 = 30;
+#[cfg_attr(not(feature = "yaml"), allow(dead_code))]
+pub(crate) const DEFAULT_GRACE_PERIOD_SECS: u16 = 30;
 /// Default origin `connect-timeout`, milliseconds.
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 10_000;
+pub(crate) const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 10_000;
 /// Port used for an edge address written without one.
-pub const DEFAULT_EDGE_PORT: u16 = 7844;
+#[cfg_attr(not(feature = "yaml"), allow(dead_code))]
+pub(crate) const DEFAULT_EDGE_PORT: u16 = 7844;
 
 /// A DNS name, `*.` wildcard or IP address, bounded to the DNS limit.
-pub type Hostname = String<MAX_HOSTNAME_LEN>;
+pub(crate) type Hostname = String<MAX_HOSTNAME_LEN>;
 
 /// How the connector reaches the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// QUIC first, HTTP/2 over TLS when UDP seems blocked.
     #[default]
     Auto,
@@ -88,54 +94,54 @@ pub struct DeviceConfig {
     /// Tunnel name, for logs (the token carries the identity).
     pub tunnel: String<MAX_TUNNEL_NAME_LEN>,
     /// Signed tunnel token, embedded at compile time (from `token` or `token-file`).
-    pub token: String<MAX_TOKEN_LEN>,
+    pub(crate) token: String<MAX_TOKEN_LEN>,
     /// Edge addresses, "host:port"; a name may resolve to several addresses.
-    pub edges: Vec<String<MAX_EDGE_ADDR_LEN>, MAX_EDGES>,
+    pub(crate) edges: Vec<String<MAX_EDGE_ADDR_LEN>, MAX_EDGES>,
     /// Index into `cas` of the CA that signs the edge certificate; `None` = the public web
     /// PKI ([`crate::tls::public_roots`]).
-    pub edge_ca: Option<u8>,
+    pub(crate) edge_ca: Option<u8>,
     /// Embedded DER certificates, referenced by index; each is used, none twice, listed
     /// in order of first use (edge CA, then rules in order).
-    pub cas: Vec<Vec<u8, MAX_CERT_LEN>, MAX_CAS>,
+    pub(crate) cas: Vec<Vec<u8, MAX_CERT_LEN>, MAX_CAS>,
     /// How to reach the edges (default [`Protocol::Auto`]).
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// Connections held open to the edges (default 4).
-    pub ha_connections: u8,
+    pub(crate) ha_connections: u8,
     /// QUIC keep-alive interval, seconds (default 15).
-    pub keepalive_secs: u16,
+    pub(crate) keepalive_secs: u16,
     /// Idle timeout after which a silent connection is dead, seconds (default 45).
-    pub idle_timeout_secs: u16,
+    pub(crate) idle_timeout_secs: u16,
     /// Grace period for streams in flight at shutdown, seconds (default 30).
-    pub grace_period_secs: u16,
+    pub(crate) grace_period_secs: u16,
     /// Ordered ingress rules; the last one is a catch-all.
-    pub ingress: Vec<IngressRule, MAX_RULES>,
+    pub(crate) ingress: Vec<IngressRule, MAX_RULES>,
     /// SHA-256 digests of the edge public keys (SubjectPublicKeyInfo DER) the edge's
     /// certificate must carry, besides passing the CA check (`edge-pin`); empty: any key
     /// the CA vouches for. Format version 2; files without pins are written as version 1
     /// ([`codec`]).
-    pub edge_pins: Vec<EdgePin, MAX_EDGE_PINS>,
+    pub(crate) edge_pins: Vec<EdgePin, MAX_EDGE_PINS>,
 }
 
 /// The SHA-256 of an edge's public key (its DER SubjectPublicKeyInfo), written
 /// `sha256//BASE64` as curl's `--pinnedpubkey` and HPKP do ([`crate::tls::pin_to_string`]).
-pub type EdgePin = [u8; 32];
+pub(crate) type EdgePin = [u8; 32];
 
 /// One ingress rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IngressRule {
+pub(crate) struct IngressRule {
     /// Exact hostname or `*.` wildcard; `None` matches every hostname.
-    pub hostname: Option<Hostname>,
+    pub(crate) hostname: Option<Hostname>,
     /// Path regex (matched at the edge); `None` matches every path.
-    pub path: Option<String<MAX_PATH_LEN>>,
+    pub(crate) path: Option<String<MAX_PATH_LEN>>,
     /// Where matching traffic goes.
-    pub service: Service,
+    pub(crate) service: Service,
     /// How to reach the origin.
-    pub origin: OriginOptions,
+    pub(crate) origin: OriginOptions,
 }
 
 /// Where a rule's traffic goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Service {
+pub(crate) enum Service {
     /// `http://host:port` or, with `tls`, `https://host:port`.
     Http {
         host: Hostname,
@@ -163,7 +169,7 @@ pub enum Service {
 
 /// The scheme a raw stream rule was written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StreamKind {
+pub(crate) enum StreamKind {
     /// `tcp://`
     Tcp,
     /// `ssh://` (default port 22)
@@ -174,40 +180,40 @@ pub enum StreamKind {
 
 /// Per-rule origin options (`origin-request`, or cloudflared's `originRequest`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OriginOptions {
+pub(crate) struct OriginOptions {
     /// Do not verify the origin's TLS certificate.
-    pub no_tls_verify: bool,
+    pub(crate) no_tls_verify: bool,
     /// Host header sent to the origin instead of the visitor's.
-    pub http_host_header: Option<Hostname>,
+    pub(crate) http_host_header: Option<Hostname>,
     /// Name checked in the origin's certificate (and sent as SNI).
-    pub origin_server_name: Option<Hostname>,
+    pub(crate) origin_server_name: Option<Hostname>,
     /// Dial timeout, milliseconds (default 10 000).
-    pub connect_timeout_ms: u32,
+    pub(crate) connect_timeout_ms: u32,
     /// Index into `DeviceConfig::cas` of the CA that signs the origin's certificate.
-    pub ca_pool: Option<u8>,
+    pub(crate) ca_pool: Option<u8>,
 }
 
 pub mod cli;
 pub mod codec;
-pub mod pem;
+pub(crate) mod pem;
 pub mod store;
 mod v1;
-pub mod validate;
+pub(crate) mod validate;
 #[cfg(feature = "yaml")]
 mod yaml_in;
 #[cfg(feature = "yaml")]
 #[doc(hidden)] // for the fuzz target (fuzz/edge/fuzz_targets/device_yaml.rs)
 pub use yaml_in::compile_str;
 #[cfg(feature = "yaml")]
-pub use yaml_in::parse_duration_ms;
+pub(crate) use yaml_in::parse_duration_ms;
+/// Public for the fuzz target `fuzz/edge/fuzz_targets/device_yaml.rs`.
 pub mod yaml_out;
 
-pub use codec::DecodeError;
-pub use validate::ConfigError;
+pub(crate) use validate::ConfigError;
 
 /// A secret that prints masked (`Display` and `Debug`): only its length shows.
 #[derive(Clone, Copy)]
-pub struct Masked<'a>(pub &'a str);
+pub(crate) struct Masked<'a>(pub &'a str);
 
 impl fmt::Display for Masked<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -261,14 +267,14 @@ impl DeviceConfig {
     }
 
     /// The token, for printing: masked.
-    pub fn token_masked(&self) -> Masked<'_> {
+    pub(crate) fn token_masked(&self) -> Masked<'_> {
         Masked(&self.token)
     }
 }
 
 impl Protocol {
     /// The name used in YAML (`auto`, `quic`, `http2`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Protocol::Auto => "auto",
             Protocol::Quic => "quic",
@@ -279,7 +285,7 @@ impl Protocol {
 
 impl StreamKind {
     /// The URL scheme (`tcp`, `ssh`, `rdp`).
-    pub fn scheme(self) -> &'static str {
+    pub(crate) fn scheme(self) -> &'static str {
         match self {
             StreamKind::Tcp => "tcp",
             StreamKind::Ssh => "ssh",
@@ -288,7 +294,7 @@ impl StreamKind {
     }
 
     /// The port used when the URL has none; `None` for `tcp://`, which needs one.
-    pub fn default_port(self) -> Option<u16> {
+    pub(crate) fn default_port(self) -> Option<u16> {
         match self {
             StreamKind::Tcp => None,
             StreamKind::Ssh => Some(22),
@@ -300,12 +306,12 @@ impl StreamKind {
 /// The scheme of a raw-stream unix socket service, `tcp+unix:/path` (read as "a TCP-like
 /// stream over a unix socket", like the `http+unix://` of requests-unixsocket). `unix:`
 /// alone means HTTP over the socket, as in cloudflared.
-pub const UNIX_STREAM_SCHEME: &str = "tcp+unix";
+pub(crate) const UNIX_STREAM_SCHEME: &str = "tcp+unix";
 
 impl Service {
     /// Is this a raw byte stream (reached through access clients and TCP ports) rather
     /// than HTTP or a status answered by the edge?
-    pub fn is_raw_stream(&self) -> bool {
+    pub(crate) fn is_raw_stream(&self) -> bool {
         matches!(self, Service::Stream { .. } | Service::UnixStream { .. })
     }
 }

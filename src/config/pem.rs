@@ -8,7 +8,7 @@ const END: &str = "-----END CERTIFICATE-----";
 
 /// Why a PEM text or base64 body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PemError {
+pub(crate) enum PemError {
     /// No `-----BEGIN CERTIFICATE-----` line.
     #[error("no \"-----BEGIN CERTIFICATE-----\" line")]
     NoBegin,
@@ -27,19 +27,19 @@ pub enum PemError {
 }
 
 /// Standard base64 with padding.
-pub fn base64_encode(data: &[u8]) -> String {
+pub(crate) fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        // chunks() never yields an empty chunk, so chunk[0] exists.
         let b = [
-            chunk[0],
+            *chunk.first().unwrap_or(&0),
             *chunk.get(1).unwrap_or(&0),
             *chunk.get(2).unwrap_or(&0),
         ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+                let sextet = ((n >> (18 - 6 * i)) & 63) as usize;
+                out.push(char::from(*ALPHABET.get(sextet).unwrap_or(&b'=')));
             } else {
                 out.push('=');
             }
@@ -62,7 +62,7 @@ fn sextet(c: u8) -> Result<u32, PemError> {
 
 /// Standard base64; ASCII whitespace is skipped, padding is required, and bits left
 /// over in the last character must be zero (one encoding per byte string).
-pub fn base64_decode(text: &str) -> Result<Vec<u8>, PemError> {
+pub(crate) fn base64_decode(text: &str) -> Result<Vec<u8>, PemError> {
     let chars: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     if chars.len() % 4 != 0 {
         return Err(PemError::BadPadding);
@@ -75,28 +75,30 @@ pub fn base64_decode(text: &str) -> Result<Vec<u8>, PemError> {
             return Err(PemError::BadPadding);
         }
         let mut n = 0u32;
-        for &c in &quad[..4 - pad] {
+        for &c in quad.iter().take(4 - pad) {
             n = (n << 6) | sextet(c)?;
         }
         n <<= 6 * pad as u32;
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
         let keep = 3 - pad;
-        if bytes[keep..].iter().any(|&b| b != 0) {
+        let (kept, dropped) = bytes.split_at(keep);
+        if dropped.iter().any(|&b| b != 0) {
             return Err(PemError::BadPadding);
         }
-        out.extend_from_slice(&bytes[..keep]);
+        out.extend_from_slice(kept);
     }
     Ok(out)
 }
 
 /// True when `text` looks like PEM rather than a file name (it starts with `-----BEGIN`).
-pub fn is_pem(text: &str) -> bool {
+#[cfg_attr(not(feature = "yaml"), allow(dead_code))]
+pub(crate) fn is_pem(text: &str) -> bool {
     text.trim_start().starts_with("-----BEGIN")
 }
 
 /// The DER bytes of the single certificate in a PEM text. Text outside the
 /// BEGIN/END lines (comments such as `openssl x509 -text` writes) is ignored.
-pub fn pem_to_der(text: &str) -> Result<Vec<u8>, PemError> {
+pub(crate) fn pem_to_der(text: &str) -> Result<Vec<u8>, PemError> {
     let count = text.matches(BEGIN).count();
     if count > 1 {
         return Err(PemError::Several(count));
@@ -108,7 +110,7 @@ pub fn pem_to_der(text: &str) -> Result<Vec<u8>, PemError> {
 
 /// A certificate as PEM: BEGIN line, base64 in 64-column lines, END line, each ending
 /// with a newline.
-pub fn der_to_pem(der: &[u8]) -> String {
+pub(crate) fn der_to_pem(der: &[u8]) -> String {
     let b64 = base64_encode(der);
     let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
     out.push_str(BEGIN);

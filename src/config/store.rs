@@ -53,7 +53,7 @@ pub fn prev_path(path: &Path) -> PathBuf {
 
 /// Reads a file of at most [`MAX_FILE_LEN`] bytes; a larger one is refused by its size
 /// before any of it is read.
-pub fn read_bounded(path: &Path) -> Result<Vec<u8>, DecodeError> {
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, DecodeError> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     if len > MAX_FILE_LEN as u64 {
@@ -119,7 +119,7 @@ fn temp_prefix(name: &std::ffi::OsStr) -> OsString {
 /// more small write per compile, which is rare. Temp files left by an earlier crash are
 /// removed first; two processes writing the same config at once is not supported (one
 /// of them may fail, neither corrupts).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "config path has no file name")
     })?;

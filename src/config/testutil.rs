@@ -14,7 +14,7 @@ fn s<const N: usize>(v: &str) -> String<N> {
 
 /// A DER-shaped blob of `len` bytes (SEQUENCE header included) whose content starts
 /// with `tag`, so blobs with different tags differ.
-pub fn fake_der(len: usize, tag: u8) -> Vec<u8, MAX_CERT_LEN> {
+pub(crate) fn fake_der(len: usize, tag: u8) -> Vec<u8, MAX_CERT_LEN> {
     assert!((260..=MAX_CERT_LEN).contains(&len));
     let content = len - 4;
     let mut der = Vec::new();
@@ -38,7 +38,7 @@ fn rule(hostname: Option<&str>, path: Option<&str>, service: Service) -> Ingress
 
 /// The example from the docs, with an embedded edge CA and a 300-byte token.
 /// Boxed, like every config here: ~100 KiB is too much for a test thread's stack.
-pub fn sample_config() -> Box<DeviceConfig> {
+pub(crate) fn sample_config() -> Box<DeviceConfig> {
     let mut c = DeviceConfig::blank();
     c.cas.push(fake_der(300, 1)).unwrap();
     let http = |port| Service::Http {
@@ -104,7 +104,7 @@ fn long_name(tag: char) -> std::string::String {
 }
 
 /// Every string and list at its capacity: the largest file there can be.
-pub fn max_config() -> Box<DeviceConfig> {
+pub(crate) fn max_config() -> Box<DeviceConfig> {
     let mut config = sample_config();
     config.tunnel = s(&"n".repeat(MAX_TUNNEL_NAME_LEN));
     config.token = s(&"k".repeat(MAX_TOKEN_LEN));
@@ -228,7 +228,7 @@ fn arb_rule() -> impl Strategy<Value = IngressRule> {
 }
 
 /// Valid configs, with every field varied.
-pub fn arb_config() -> impl Strategy<Value = Box<DeviceConfig>> {
+pub(crate) fn arb_config() -> impl Strategy<Value = Box<DeviceConfig>> {
     let protocol = prop_oneof![
         Just(Protocol::Auto),
         Just(Protocol::Quic),
@@ -314,10 +314,10 @@ fn samples_are_valid() {
 }
 
 /// A fresh folder under the system temp folder, removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
+pub(crate) struct TempDir(pub std::path::PathBuf);
 
 impl TempDir {
-    pub fn new() -> TempDir {
+    pub(crate) fn new() -> TempDir {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
@@ -334,7 +334,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    pub fn path(&self) -> &std::path::Path {
+    pub(crate) fn path(&self) -> &std::path::Path {
         &self.0
     }
 }

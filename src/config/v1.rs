@@ -45,7 +45,7 @@ pub(super) fn read(version: u16, payload: &[u8]) -> Result<Box<DeviceConfig>, Re
     let mut config = DeviceConfig::blank();
     let mut de = postcard::Deserializer::from_bytes(payload);
     let fields = if version == 1 {
-        &FIELDS[..V1_FIELDS]
+        FIELDS.get(..V1_FIELDS).unwrap_or(FIELDS)
     } else {
         FIELDS
     };

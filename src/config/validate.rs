@@ -73,7 +73,7 @@ fn invalid(
 
 impl DeviceConfig {
     /// Checks every invariant; the first one broken is returned.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         check_text(&self.tunnel).map_err(|r| invalid("tunnel", r))?;
         check_token(&self.token).map_err(|r| invalid("token", r))?;
         if self.edges.is_empty() {
@@ -152,7 +152,7 @@ impl DeviceConfig {
             return Err(ConfigError::CaOrder(next));
         }
         for (i, der) in self.cas.iter().enumerate() {
-            if self.cas[..i].contains(der) {
+            if self.cas.iter().take(i).any(|earlier| earlier == der) {
                 return Err(ConfigError::CaOrder(i));
             }
         }
@@ -245,7 +245,7 @@ fn check_token(s: &str) -> Result<(), &'static str> {
 
 /// A rule hostname: a hostname pattern in canonical form (see [`crate::hostname`]), exact
 /// or `*.` followed by an exact name (the edge claims these for the tunnel).
-pub fn check_rule_hostname(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_rule_hostname(name: &str) -> Result<(), &'static str> {
     crate::hostname::check_pattern(name).map_err(HostError::reason)?;
     if name == "*" || !crate::hostname::is_routable(name) {
         return Err("'*' is only allowed as a leading \"*.\"");
@@ -255,12 +255,12 @@ pub fn check_rule_hostname(name: &str) -> Result<(), &'static str> {
 
 /// An origin or edge host: an IPv4 address, an IPv6 address (no brackets) or a
 /// lowercase DNS name (underscores allowed, as in container names).
-pub fn check_host(host: &str) -> Result<(), &'static str> {
+pub(crate) fn check_host(host: &str) -> Result<(), &'static str> {
     crate::hostname::check_dial_host(host).map_err(HostError::reason)
 }
 
 /// Splits an edge address `host:port` or `[v6]:port` and checks both parts.
-pub fn parse_edge_addr(addr: &str) -> Result<(&str, u16), &'static str> {
+pub(crate) fn parse_edge_addr(addr: &str) -> Result<(&str, u16), &'static str> {
     let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
         let (host, port) = rest.split_once("]:").ok_or("expected [IPv6]:port")?;
         host.parse::<Ipv6Addr>()
@@ -281,7 +281,7 @@ pub fn parse_edge_addr(addr: &str) -> Result<(&str, u16), &'static str> {
 }
 
 /// True when `der` is exactly one DER SEQUENCE (the outer shape of a certificate).
-pub fn is_der_sequence(der: &[u8]) -> bool {
+pub(crate) fn is_der_sequence(der: &[u8]) -> bool {
     let [0x30, first, rest @ ..] = der else {
         return false;
     };

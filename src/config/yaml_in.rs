@@ -208,7 +208,7 @@ impl<'de> Deserialize<'de> for Duration {
 }
 
 /// Milliseconds in `500ms`, `15s`, `2m`, `1h`, `1m30s` or `15` (seconds).
-pub fn parse_duration_ms(text: &str) -> Result<u64, std::string::String> {
+pub(crate) fn parse_duration_ms(text: &str) -> Result<u64, std::string::String> {
     let bad = || {
         format!(
             "invalid duration {text:?}: expected e.g. 500ms, 15s, 2m, 1h or a number of seconds"
@@ -312,7 +312,7 @@ fn read_text(path: &Path) -> Result<std::string::String, CompileError> {
 }
 
 /// Compiles the YAML file at `input`; relative file names in it are taken from its folder.
-pub fn compile_file(input: &Path) -> Result<Box<DeviceConfig>, CompileError> {
+pub(crate) fn compile_file(input: &Path) -> Result<Box<DeviceConfig>, CompileError> {
     let text = read_text(input)?;
     let base = input.parent().unwrap_or(Path::new("."));
     compile_str(&text, base)

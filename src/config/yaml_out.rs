@@ -13,10 +13,10 @@ use super::{DeviceConfig, OriginOptions, DEFAULT_CONNECT_TIMEOUT_MS};
 
 /// What `show` prints in place of the token unless asked for secrets; `compile`
 /// refuses it.
-pub const MASKED_TOKEN: &str = "********";
+pub(crate) const MASKED_TOKEN: &str = "********";
 
 /// The config as YAML; the token is [`MASKED_TOKEN`] unless `show_secrets`.
-pub fn to_yaml(config: &DeviceConfig, show_secrets: bool) -> String {
+pub(crate) fn to_yaml(config: &DeviceConfig, show_secrets: bool) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results of writeln! are ignored below.
     let o = &mut out;
@@ -106,7 +106,7 @@ fn block(o: &mut String, indent: usize, key: &str, text: &str) {
 }
 
 /// Seconds as the shortest exact duration: `1h`, `2m`, `15s`.
-pub fn secs(s: u16) -> String {
+pub(crate) fn secs(s: u16) -> String {
     let s = u32::from(s);
     match s {
         0 => "0s".into(),
@@ -117,7 +117,7 @@ pub fn secs(s: u16) -> String {
 }
 
 /// Milliseconds as the shortest exact duration: `10s`, `1500ms`.
-pub fn millis(ms: u32) -> String {
+pub(crate) fn millis(ms: u32) -> String {
     if ms % 1000 == 0 && ms > 0 {
         match ms / 1000 {
             s if s % 3600 == 0 => format!("{}h", s / 3600),
@@ -136,7 +136,7 @@ const RESERVED: &[&str] = &[
 
 /// `s` plain when no YAML reader could read it as anything but that string, else
 /// double-quoted.
-pub fn scalar(s: &str) -> Cow<'_, str> {
+pub(crate) fn scalar(s: &str) -> Cow<'_, str> {
     let safe_char = |c: char| c.is_ascii_alphanumeric() || "._/:^$*+=-".contains(c);
     let plain = match s.chars().next() {
         Some(first) => {
@@ -156,7 +156,7 @@ pub fn scalar(s: &str) -> Cow<'_, str> {
 
 /// A YAML double-quoted scalar; escapes `"`, `\`, control characters and the
 /// characters YAML treats as line breaks or byte-order marks.
-pub fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

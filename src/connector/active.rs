@@ -10,13 +10,16 @@ use crate::config::{DeviceConfig, Service};
 use crate::wire::{RuleAction, RuleInfo};
 
 /// A TLS client for one `https://` or `unix+tls:` origin.
-pub struct OriginTls {
+pub(crate) struct OriginTls {
     connector: tokio_rustls::TlsConnector,
     name: ServerName<'static>,
 }
 
 impl OriginTls {
-    pub async fn handshake<S>(&self, io: S) -> Result<tokio_rustls::client::TlsStream<S>, String>
+    pub(crate) async fn handshake<S>(
+        &self,
+        io: S,
+    ) -> Result<tokio_rustls::client::TlsStream<S>, String>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -29,20 +32,20 @@ impl OriginTls {
 
 /// One rule, ready to serve.
 #[derive(Clone)]
-pub struct ActiveRule {
-    pub hostname: Option<String>,
-    pub service: Service,
-    pub connect_timeout: Duration,
-    pub tls: Option<Arc<OriginTls>>,
+pub(crate) struct ActiveRule {
+    pub(crate) hostname: Option<String>,
+    pub(crate) service: Service,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) tls: Option<Arc<OriginTls>>,
 }
 
 /// A config ready to serve streams: the one in force, or the one before a reload while
 /// streams opened under it finish.
-pub struct ActiveConfig {
-    pub generation: u32,
-    pub config: Box<DeviceConfig>,
-    pub rules: Vec<ActiveRule>,
-    pub rule_infos: Vec<RuleInfo>,
+pub(crate) struct ActiveConfig {
+    pub(crate) generation: u32,
+    pub(crate) config: Box<DeviceConfig>,
+    pub(crate) rules: Vec<ActiveRule>,
+    pub(crate) rule_infos: Vec<RuleInfo>,
     /// The TLS client for the edges, built on first use and kept for this config's
     /// life: without an `edge-ca`, building it reads and parses the system's CA file.
     edge_tls: Mutex<Option<rustls::ClientConfig>>,
@@ -50,7 +53,7 @@ pub struct ActiveConfig {
 
 impl ActiveConfig {
     /// Builds the running form; fails only on unusable embedded certificates.
-    pub fn new(config: Box<DeviceConfig>, generation: u32) -> Result<Self, String> {
+    pub(crate) fn new(config: Box<DeviceConfig>, generation: u32) -> Result<Self, String> {
         let mut rules = Vec::with_capacity(config.ingress.len());
         let mut rule_infos = Vec::with_capacity(config.ingress.len());
         for (i, r) in config.ingress.iter().enumerate() {
@@ -121,7 +124,7 @@ impl ActiveConfig {
 
     /// The TLS client config for dialing an edge. A failure (no CA file yet) is not
     /// kept: the next dial tries again.
-    pub fn edge_tls(&self) -> Result<rustls::ClientConfig, String> {
+    pub(crate) fn edge_tls(&self) -> Result<rustls::ClientConfig, String> {
         let mut cached = self.edge_tls.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tls) = cached.as_ref() {
             return Ok(tls.clone());

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::slot::{self, Auto, Plan, Resolved};
-use super::{lock, Shared, MAX_STREAMS_PER_CONN};
+use super::{Shared, MAX_STREAMS_PER_CONN};
 use crate::config::Protocol;
 use crate::transport::{quic, Retry, Session, TransportError};
+use crate::util::lock;
 
 /// Time allowed to resolve an edge name.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -88,7 +88,7 @@ fn base_digest(boot: &str, netns: &str, uid: u32, tunnel: &str) -> [u8; 32] {
 }
 
 fn slot_name(base: &[u8; 32], n: u32) -> String {
-    format!("mailslot/instance/{}/{n}", super::hex(&base[..8]))
+    format!("mailslot/instance/{}/{n}", crate::util::hex(&base[..8]))
 }
 
 fn instance_digest(base: &[u8; 32], n: u32) -> [u8; 16] {
@@ -96,7 +96,9 @@ fn instance_digest(base: &[u8; 32], n: u32) -> [u8; 16] {
     ctx.update(base);
     ctx.update(&n.to_be_bytes());
     let mut id = [0u8; 16];
-    id.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    for (to, from) in id.iter_mut().zip(ctx.finish().as_ref()) {
+        *to = *from;
+    }
     id
 }
 

@@ -13,10 +13,10 @@
 //!
 //! The connector listens on nothing: it only dials out.
 
-pub mod active;
+pub(crate) mod active;
 mod dial;
 mod instance;
-pub mod origin;
+pub(crate) mod origin;
 mod session;
 pub(crate) mod slot;
 
@@ -29,23 +29,25 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::config::DeviceConfig;
-pub use active::ActiveConfig;
+// `hex` stays reachable here for the edge, which named it by this path before `util`.
+pub(crate) use crate::transport::Transport;
+use crate::util::{lock, random_bytes};
+pub(crate) use active::ActiveConfig;
 use session::{Ended, Failure, GoAway, Moved, Probe};
-pub use slot::Transport;
 use slot::{Attempt, End, Next, ProbeFor, Say, Slot};
 
 /// Concurrent streams the edge may open on one connection.
-pub const MAX_STREAMS_PER_CONN: u32 = 128;
+pub(crate) const MAX_STREAMS_PER_CONN: u32 = 128;
 
 /// Public state of one connection slot, for status and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlotState {
-    pub connected: bool,
-    pub edge: Option<SocketAddr>,
+    pub(crate) connected: bool,
+    pub(crate) edge: Option<SocketAddr>,
     /// Index of the `edge:` entry it is connected to.
-    pub entry: Option<usize>,
+    pub(crate) entry: Option<usize>,
     /// The transport it is connected over.
-    pub protocol: Option<Transport>,
+    pub(crate) protocol: Option<Transport>,
 }
 
 struct Shared {
@@ -75,7 +77,7 @@ impl Connector {
     pub fn new(config: Box<DeviceConfig>) -> Result<Self, String> {
         let instance = instance::Instance::claim(&config.tunnel);
         match &instance {
-            Some(i) => log::debug!("connector instance {}", &hex(&i.id)[..8]),
+            Some(i) => log::debug!("connector instance {}", crate::util::hex(&i.id[..4])),
             None => log::info!(
                 "no connector instance id (no boot id, network namespace or free slot): \
                  after a crash, the edge keeps this connector's old connections until they \
@@ -162,29 +164,6 @@ impl Connector {
         }
         log::info!("connector stopped");
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these locks cannot leave their data half-updated (every
-    // critical section is a single assignment), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Random bytes from the system, or from the clock if it has none.
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; N];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // No system randomness: fall back to the clock, good enough for ids and jitter.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (t >> ((i % 16) * 8)) as u8;
-        }
-    }
-    b
 }
 
 fn set_slot(shared: &Shared, slot: usize, state: SlotState) {
@@ -350,7 +329,7 @@ async fn connect_and_serve(
                             to.server_name,
                             dial.server_name
                         );
-                        policy.moved_home(Transport::of(&session));
+                        policy.moved_home(session.protocol());
                         dial = to;
                     }
                     None => {
@@ -398,18 +377,4 @@ async fn trim_heap_when_quiet() {
             log::debug!("allocator cache returned to the system");
         }
     }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Lowercase hex of an id.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

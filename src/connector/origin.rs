@@ -27,11 +27,11 @@ const SMALL_READ: usize = 4 * 1024;
 const DRAIN_IDLE: Duration = Duration::from_secs(2);
 
 /// A connected origin, whatever its kind.
-pub trait OriginIo: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait OriginIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> OriginIo for T {}
 
 /// Serves one stream to its end. Errors are logged here, once.
-pub async fn serve_stream(
+pub(crate) async fn serve_stream(
     stream: TunnelStream,
     lookup: impl Fn(u32) -> Option<Arc<ActiveConfig>>,
     drain: watch::Receiver<bool>,
@@ -132,8 +132,9 @@ async fn pipe(
         let mut chunks: [Bytes; GATHER] = Default::default();
         while let Some(k) = stream.recv.read_chunks(&mut chunks).await? {
             activity.touch(false);
-            n += chunks[..k].iter().map(|c| c.len() as u64).sum::<u64>();
-            write_all_chunks(&mut to_origin, &mut chunks[..k]).await?;
+            let got = chunks.get_mut(..k).unwrap_or_default();
+            n += got.iter().map(|c| c.len() as u64).sum::<u64>();
+            write_all_chunks(&mut to_origin, got).await?;
         }
         to_origin.shutdown().await?;
         Ok::<_, io::Error>(n)

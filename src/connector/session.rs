@@ -11,10 +11,10 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use super::active::ActiveConfig;
 use super::dial::{self, Dial};
-use super::hex;
-use super::slot::{self, Auto, Transport};
-use super::{origin, runtime_for, set_slot, wait_true, AbortOnDrop, Shared, SlotState};
+use super::slot::{self, Auto};
+use super::{origin, runtime_for, set_slot, wait_true, Shared, SlotState};
 use crate::transport::Session;
+use crate::util::{hex, AbortOnDrop};
 use crate::wire::{self, ConnectorMsg, EdgeMsg, Register, RegisterTail, PROTOCOL_VERSION};
 
 /// Time allowed for the control handshake after the transport is up.
@@ -126,7 +126,7 @@ pub(super) async fn register(
             connected: true,
             edge: Some(addr),
             entry: Some(entry),
-            protocol: Some(Transport::of(session)),
+            protocol: Some(session.protocol()),
         },
     );
     Ok(Registered {

@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::Protocol;
+use crate::transport::Transport;
 
 /// First reconnect delay.
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -63,39 +64,6 @@ pub(crate) const BORROW_AFTER: Duration = FAST_RETRY_FOR;
 pub(crate) const FAST_QUIC_WAIT: Duration = Duration::from_millis(800);
 /// Delay before reconnecting after an orderly end (the edge going away).
 pub(crate) const AFTER_GOAWAY: Duration = Duration::from_millis(100);
-
-/// The transport a session runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// QUIC over UDP.
-    Quic,
-    /// HTTP/2 over TLS on TCP.
-    Http2,
-}
-
-impl Transport {
-    /// The transport of `session`.
-    pub(crate) fn of(session: &crate::transport::Session) -> Transport {
-        match session {
-            crate::transport::Session::Quic(_) => Transport::Quic,
-            crate::transport::Session::H2(_) => Transport::Http2,
-        }
-    }
-
-    /// Its name in logs and status: `quic` or `http2`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Quic => "quic",
-            Transport::Http2 => "http2",
-        }
-    }
-}
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A small xorshift generator for jitter: spreading retries needs no cryptographic
 /// quality, and tests seed it.

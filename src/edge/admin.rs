@@ -20,16 +20,17 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::EdgeState;
+use crate::transport::Transport;
 
 /// Time an admin connection may stay without a request (also the time to send one).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest an admin connection stays open at all.
 const MAX_CONN_TIME: Duration = Duration::from_secs(300);
 /// Admin connections open at once; more are refused.
-pub const MAX_CONNS: usize = 64;
+pub(crate) const MAX_CONNS: usize = 64;
 
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<EdgeState>) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Arc<EdgeState>) {
     let conns = Arc::new(tokio::sync::Semaphore::new(MAX_CONNS));
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -130,7 +131,7 @@ fn metrics(state: &EdgeState) -> String {
         "# HELP mailslot_edge_connections Tunnel connections, by protocol."
     );
     let _ = writeln!(out, "# TYPE mailslot_edge_connections gauge");
-    for proto in ["quic", "http2"] {
+    for proto in [Transport::Quic, Transport::Http2] {
         let n = conns
             .iter()
             .filter(|c| c.session.protocol() == proto)

@@ -3,9 +3,10 @@
 //! in a phase (handshake, unauthenticated), and rate-limited logging of what a flood
 //! makes happen over and over.
 
+use crate::util::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The address a client is counted under: an IPv4 address as is (also when it arrives
@@ -19,11 +20,6 @@ pub(crate) fn addr_key(ip: IpAddr) -> IpAddr {
             None => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
         },
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the map consistent: a poisoned lock is usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Counts connections per client address (see [`addr_key`]) with a cap per address and

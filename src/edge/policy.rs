@@ -289,7 +289,7 @@ impl AccessPolicy {
             if self.revoked_tokens.contains(&id) {
                 return Err(unauthorized(format!(
                     "the access token {} of {user} is revoked on this edge: ask for a new one",
-                    crate::connector::hex(&id)
+                    crate::util::hex(&id)
                 )));
             }
         }

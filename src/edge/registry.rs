@@ -9,18 +9,19 @@
 //! budget per tunnel and per edge (`PathTable`). A connection's table is checked and
 //! matched in `registry/rules.rs`.
 
+use crate::util::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::connector::hex;
 use crate::edge::token::TunnelClaims;
 use crate::hostname;
 use crate::transport::Session;
+use crate::util::hex;
 
 mod paths;
 mod rules;
@@ -38,7 +39,7 @@ const SILENCE_MAX: Duration = Duration::from_secs(5);
 
 /// One live tunnel connection.
 pub struct Conn {
-    pub session: Session,
+    pub(crate) session: Session,
     pub tunnel_id: [u8; 16],
     pub(crate) tunnel_name: String,
     pub connector_id: [u8; 16],
@@ -126,12 +127,6 @@ pub struct Registry {
     inner: Mutex<Inner>,
     changed: tokio::sync::Notify,
     streams_per_tunnel: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Critical sections here only insert and remove whole entries, so the data stays
-    // consistent even if a holder panicked.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where a visitor's request goes.

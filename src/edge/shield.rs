@@ -4,10 +4,11 @@
 //! Every table here has a cap: connection counts per client IP and token buckets are
 //! bounded maps that shed idle entries when full.
 
+use crate::util::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use regex::Regex;
@@ -145,11 +146,6 @@ pub struct Shield {
     conns: Mutex<HashMap<IpAddr, usize>>,
     buckets: Mutex<HashMap<(usize, IpAddr), Bucket>>,
     log: Mutex<LogBudget>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the maps consistent, so a poisoned lock is usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A visitor connection's slot in the per-IP count; released on drop.

@@ -11,9 +11,9 @@ use super::flood::{log_limited, AddrSlot, LogLimit, PerAddr};
 use super::registry::{Conn, Rules};
 use super::token::verify_tunnel;
 use super::EdgeState;
-use crate::connector::hex;
 use crate::transport::quic::{describe_close, Listener};
 use crate::transport::{Session, TunnelStream};
+use crate::util::hex;
 use crate::wire::{self, ConnectorMsg, EdgeMsg, RegisterTail, PROTOCOL_VERSION};
 
 /// Time a connector has to register after connecting.

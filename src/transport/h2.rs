@@ -8,6 +8,8 @@
 //!
 //! Memory per connection is bounded by the HTTP/2 windows below, the same figures as
 //! QUIC's, and writes wait for window capacity instead of buffering.
+// The edge-side half is unused in the device build (see the parent module).
+#![cfg_attr(not(feature = "edge"), allow(dead_code))]
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,7 +36,7 @@ const MAX_WRITE: usize = 64 * 1024;
 
 /// One HTTP/2 tunnel connection, either end.
 #[derive(Clone)]
-pub struct H2Session {
+pub(crate) struct H2Session {
     inner: Arc<Inner>,
 }
 
@@ -84,40 +86,40 @@ impl std::fmt::Debug for H2Session {
 impl H2Session {
     /// Unique among live connections, like quinn's `stable_id` (both are the address of
     /// the connection's shared state, so the two kinds cannot collide either).
-    pub fn id(&self) -> usize {
+    pub(crate) fn id(&self) -> usize {
         Arc::as_ptr(&self.inner) as usize
     }
 
-    pub fn remote_addr(&self) -> SocketAddr {
+    pub(crate) fn remote_addr(&self) -> SocketAddr {
         self.inner.remote
     }
 
-    pub fn close(&self, reason: &str) {
+    pub(crate) fn close(&self, reason: &str) {
         self.inner.close.send_replace(Some(reason.to_string()));
     }
 
-    pub async fn closed(&self) -> String {
+    pub(crate) async fn closed(&self) -> String {
         wait_reason(&mut self.inner.closed.subscribe()).await
     }
 
     /// Bytes received from the connector so far (the edge's end counts them): a
     /// connector that is alive answers a ping ([`H2Session::nudge`]) within a round
     /// trip, so a count that stands still says it is not.
-    pub fn heard(&self) -> u64 {
+    pub(crate) fn heard(&self) -> u64 {
         self.inner.heard.load(Ordering::Relaxed)
     }
 
     /// Sends a ping now (unless one is already waiting for its answer).
-    pub fn nudge(&self) {
+    pub(crate) fn nudge(&self) {
         self.inner.nudge.notify_one();
     }
 
     /// The round trip of the last answered ping (zero before the first).
-    pub fn rtt(&self) -> Duration {
+    pub(crate) fn rtt(&self) -> Duration {
         Duration::from_micros(self.inner.rtt_us.load(Ordering::Relaxed))
     }
 
-    pub async fn open_stream(&self) -> io::Result<TunnelStream> {
+    pub(crate) async fn open_stream(&self) -> io::Result<TunnelStream> {
         let Role::Client(send) = &self.inner.role else {
             return Err(io::Error::other("the connector end does not open streams"));
         };
@@ -136,7 +138,7 @@ impl H2Session {
         })
     }
 
-    pub async fn accept_stream(&self) -> io::Result<TunnelStream> {
+    pub(crate) async fn accept_stream(&self) -> io::Result<TunnelStream> {
         let Role::Server(rx) = &self.inner.role else {
             return Err(io::Error::other("the edge end does not accept streams"));
         };
@@ -175,7 +177,7 @@ fn h2_io(e: h2::Error) -> io::Error {
 }
 
 /// Connector side: dial `remote`, TLS with `tls`, and serve HTTP/2 on it.
-pub async fn connect(
+pub(crate) async fn connect(
     remote: SocketAddr,
     server_name: &str,
     tls: rustls::ClientConfig,
@@ -327,7 +329,7 @@ async fn drive_server<T>(
 }
 
 /// Edge side: serve an accepted TLS connection as the HTTP/2 client.
-pub async fn accept<T>(
+pub(crate) async fn accept<T>(
     io: T,
     remote: SocketAddr,
     keepalive: Duration,
@@ -414,12 +416,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 }
 
 /// Sending half of an HTTP/2 tunnel stream.
-pub struct H2Send {
+pub(crate) struct H2Send {
     stream: SendStream<Bytes>,
 }
 
 impl H2Send {
-    pub fn abort(&mut self) {
+    pub(crate) fn abort(&mut self) {
         self.stream.send_reset(Reason::CANCEL);
     }
 
@@ -440,7 +442,7 @@ impl H2Send {
     }
 
     /// Sends `data` as DATA frames as window capacity allows, without copying it.
-    pub async fn write_bytes(&mut self, mut data: Bytes) -> io::Result<()> {
+    pub(crate) async fn write_bytes(&mut self, mut data: Bytes) -> io::Result<()> {
         while !data.is_empty() {
             let n = std::future::poll_fn(|cx| self.poll_capacity(cx, data.len())).await?;
             self.stream
@@ -461,9 +463,10 @@ impl AsyncWrite for H2Send {
             return Poll::Ready(Ok(0));
         }
         let me = self.get_mut();
-        let n = ready!(me.poll_capacity(cx, buf.len()))?;
+        let n = ready!(me.poll_capacity(cx, buf.len()))?.min(buf.len());
+        let (sent, _) = buf.split_at(n);
         me.stream
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .send_data(Bytes::copy_from_slice(sent), false)
             .map_err(h2_io)?;
         Poll::Ready(Ok(n))
     }
@@ -483,7 +486,8 @@ impl AsyncWrite for H2Send {
         let mut frame = bytes::BytesMut::with_capacity(n);
         for b in bufs {
             let take = b.len().min(n - frame.len());
-            frame.extend_from_slice(&b[..take]);
+            let (taken, _) = b.split_at(take);
+            frame.extend_from_slice(taken);
             if frame.len() == n {
                 break;
             }
@@ -511,13 +515,13 @@ enum RecvState {
 }
 
 /// Receiving half of an HTTP/2 tunnel stream.
-pub struct H2Recv {
+pub(crate) struct H2Recv {
     state: RecvState,
     buf: Bytes,
 }
 
 impl H2Recv {
-    pub fn abort(&mut self) {
+    pub(crate) fn abort(&mut self) {
         self.state = RecvState::Done;
         self.buf = Bytes::new();
     }
@@ -525,7 +529,7 @@ impl H2Recv {
 
 impl H2Recv {
     /// The next bytes received, at most `max` (> 0); `None` at the end of the stream.
-    pub fn poll_bytes(
+    pub(crate) fn poll_bytes(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
@@ -566,7 +570,7 @@ impl H2Recv {
 impl H2Recv {
     /// Fills `bufs` with the DATA frames already received: waits for the first, takes
     /// the rest only while they are ready. `None` at the end of the stream.
-    pub fn poll_chunks(
+    pub(crate) fn poll_chunks(
         &mut self,
         cx: &mut Context<'_>,
         bufs: &mut [Bytes],
@@ -579,10 +583,10 @@ impl H2Recv {
             None => return Poll::Ready(Ok(None)),
         }
         let mut n = 1;
-        while n < bufs.len() {
+        for slot in bufs.iter_mut().skip(1) {
             match self.poll_bytes(cx, usize::MAX) {
                 Poll::Ready(Ok(Some(data))) => {
-                    bufs[n] = data;
+                    *slot = data;
                     n += 1;
                 }
                 // The end or an error shows on the next call, after these bytes.

@@ -9,9 +9,12 @@
 //!   with [`TunnelStream::abort`] (the peer reads an error).
 //! - Retrying, backing off and falling back are decided by the connector's supervisor,
 //!   never by a transport: errors carry a [`Retry`] kind for it.
+// The listening half of each transport and what the edge reads off a session are the
+// edge's alone: the device build compiles them without using them.
+#![cfg_attr(not(feature = "edge"), allow(dead_code))]
 
-pub mod h2;
-pub mod quic;
+pub(crate) mod h2;
+pub(crate) mod quic;
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the supervisor should do after a transport error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
+pub(crate) enum Retry {
     /// Try again after the usual backoff.
     Backoff,
     /// This transport seems blocked on this path: try the other one.
@@ -34,13 +37,13 @@ pub enum Retry {
 /// A transport error with the supervisor's next step.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct TransportError {
-    pub retry: Retry,
-    pub message: String,
+pub(crate) struct TransportError {
+    pub(crate) retry: Retry,
+    pub(crate) message: String,
 }
 
 impl TransportError {
-    pub fn backoff(message: impl Into<String>) -> Self {
+    pub(crate) fn backoff(message: impl Into<String>) -> Self {
         TransportError {
             retry: Retry::Backoff,
             message: message.into(),
@@ -48,16 +51,41 @@ impl TransportError {
     }
 }
 
+/// The transport a session runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// QUIC over UDP.
+    Quic,
+    /// HTTP/2 over TLS on TCP.
+    Http2,
+}
+
+impl Transport {
+    /// Its name in logs, status and metrics: `quic` or `http2`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Http2 => "http2",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One tunnel connection, seen from either end.
 #[derive(Clone, Debug)]
-pub enum Session {
+pub(crate) enum Session {
     Quic(quinn::Connection),
     H2(h2::H2Session),
 }
 
 impl Session {
     /// Opens a stream to the peer (edge side).
-    pub async fn open_stream(&self) -> io::Result<TunnelStream> {
+    pub(crate) async fn open_stream(&self) -> io::Result<TunnelStream> {
         match self {
             Session::Quic(c) => {
                 let (send, recv) = c.open_bi().await.map_err(io::Error::other)?;
@@ -71,7 +99,7 @@ impl Session {
     }
 
     /// Waits for the next stream the peer opens (connector side).
-    pub async fn accept_stream(&self) -> io::Result<TunnelStream> {
+    pub(crate) async fn accept_stream(&self) -> io::Result<TunnelStream> {
         match self {
             Session::Quic(c) => {
                 let (send, recv) = c.accept_bi().await.map_err(io::Error::other)?;
@@ -85,7 +113,7 @@ impl Session {
     }
 
     /// The peer's address as this end sees it.
-    pub fn remote_addr(&self) -> SocketAddr {
+    pub(crate) fn remote_addr(&self) -> SocketAddr {
         match self {
             Session::Quic(c) => c.remote_address(),
             Session::H2(h) => h.remote_addr(),
@@ -93,7 +121,7 @@ impl Session {
     }
 
     /// Closes the connection, telling the peer why.
-    pub fn close(&self, reason: &str) {
+    pub(crate) fn close(&self, reason: &str) {
         match self {
             Session::Quic(c) => c.close(0u32.into(), reason.as_bytes()),
             Session::H2(h) => h.close(reason),
@@ -101,23 +129,23 @@ impl Session {
     }
 
     /// Resolves when the connection is gone; the reason in words.
-    pub async fn closed(&self) -> String {
+    pub(crate) async fn closed(&self) -> String {
         match self {
             Session::Quic(c) => quic::describe_close(&c.closed().await),
             Session::H2(h) => h.closed().await,
         }
     }
 
-    /// Short name of the transport, for logs and status.
-    pub fn protocol(&self) -> &'static str {
+    /// The transport this session runs on (`Display`s as `quic` or `http2`).
+    pub(crate) fn protocol(&self) -> Transport {
         match self {
-            Session::Quic(_) => "quic",
-            Session::H2(_) => "http2",
+            Session::Quic(_) => Transport::Quic,
+            Session::H2(_) => Transport::Http2,
         }
     }
 
     /// The current round-trip estimate.
-    pub fn rtt(&self) -> Duration {
+    pub(crate) fn rtt(&self) -> Duration {
         match self {
             Session::Quic(c) => c.rtt(),
             Session::H2(h) => h.rtt(),
@@ -126,7 +154,7 @@ impl Session {
 
     /// The largest UDP payload the connection sends in one packet (QUIC), as its MTU
     /// discovery found it; `None` over TCP, where the kernel sizes segments.
-    pub fn packet_size(&self) -> Option<u16> {
+    pub(crate) fn packet_size(&self) -> Option<u16> {
         match self {
             Session::Quic(c) => Some(c.stats().path.current_mtu),
             Session::H2(_) => None,
@@ -134,7 +162,7 @@ impl Session {
     }
 
     /// A stable id of this connection within the process.
-    pub fn id(&self) -> usize {
+    pub(crate) fn id(&self) -> usize {
         match self {
             Session::Quic(c) => c.stable_id(),
             Session::H2(h) => h.id(),
@@ -143,26 +171,26 @@ impl Session {
 }
 
 /// The sending half of a tunnel stream.
-pub enum SendHalf {
+pub(crate) enum SendHalf {
     Quic(quinn::SendStream),
     H2(h2::H2Send),
 }
 
 /// The receiving half of a tunnel stream.
-pub enum RecvHalf {
+pub(crate) enum RecvHalf {
     Quic(quinn::RecvStream),
     H2(h2::H2Recv),
 }
 
 /// One bidirectional tunnel stream: a byte pipe with clean and abrupt ends.
-pub struct TunnelStream {
-    pub send: SendHalf,
-    pub recv: RecvHalf,
+pub(crate) struct TunnelStream {
+    pub(crate) send: SendHalf,
+    pub(crate) recv: RecvHalf,
 }
 
 impl TunnelStream {
     /// Ends both directions abruptly: the peer sees an error, not a clean EOF.
-    pub fn abort(&mut self) {
+    pub(crate) fn abort(&mut self) {
         match &mut self.send {
             SendHalf::Quic(s) => {
                 let _ = s.reset(1u32.into());
@@ -181,7 +209,7 @@ impl TunnelStream {
 impl SendHalf {
     /// Sends `data`, handing the buffer itself to the transport: no copy is made on the
     /// way to the packet or frame that carries it.
-    pub async fn write_bytes(&mut self, data: Bytes) -> io::Result<()> {
+    pub(crate) async fn write_bytes(&mut self, data: Bytes) -> io::Result<()> {
         match self {
             SendHalf::Quic(s) => s.write_chunk(data).await.map_err(io::Error::from),
             SendHalf::H2(s) => s.write_bytes(data).await,
@@ -195,7 +223,7 @@ impl RecvHalf {
     /// ended its side. A QUIC chunk is one packet's worth (about 1.2 KiB) and an HTTP/2
     /// chunk one DATA frame, so taking all that is ready at once lets the caller pass
     /// them on in one vectored write instead of a system call per packet.
-    pub async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> io::Result<Option<usize>> {
+    pub(crate) async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> io::Result<Option<usize>> {
         match self {
             RecvHalf::Quic(r) => r.read_chunks(bufs).await.map_err(io::Error::from),
             RecvHalf::H2(r) => std::future::poll_fn(|cx| r.poll_chunks(cx, bufs)).await,
@@ -205,7 +233,7 @@ impl RecvHalf {
 
 /// Writes all of `chunks` to `w`, in vectored writes where `w` supports them, leaving
 /// every slot empty.
-pub async fn write_all_chunks<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_all_chunks<W: AsyncWrite + Unpin>(
     w: &mut W,
     chunks: &mut [Bytes],
 ) -> io::Result<()> {
@@ -214,23 +242,30 @@ pub async fn write_all_chunks<W: AsyncWrite + Unpin>(
     /// Slices per write; Linux takes up to 1024 (IOV_MAX).
     const MAX_SLICES: usize = 64;
     let mut first = 0;
-    while first < chunks.len() {
-        if chunks[first].is_empty() {
+    while let Some(rest) = chunks.get_mut(first..) {
+        let Some(head) = rest.first() else {
+            break;
+        };
+        if head.is_empty() {
             first += 1;
             continue;
         }
         let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
         let mut count = 0;
-        for (slot, chunk) in slices.iter_mut().zip(&chunks[first..]) {
+        for (slot, chunk) in slices.iter_mut().zip(rest.iter()) {
             *slot = io::IoSlice::new(chunk);
             count += 1;
         }
-        let mut n = w.write_vectored(&slices[..count]).await?;
+        // `count <= MAX_SLICES`: the zip above stops at the end of `slices`.
+        let (filled, _) = slices.split_at(count);
+        let mut n = w.write_vectored(filled).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        while n > 0 {
-            let chunk = &mut chunks[first];
+        for chunk in rest.iter_mut() {
+            if n == 0 {
+                break;
+            }
             let k = n.min(chunk.len());
             chunk.advance(k);
             n -= k;
@@ -357,6 +392,12 @@ impl AsyncWrite for TunnelStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transports_print_the_names_logs_and_metrics_use() {
+        assert_eq!(Transport::Quic.to_string(), "quic");
+        assert_eq!(Transport::Http2.to_string(), "http2");
+    }
 
     /// A vectored writer that takes at most `limit` bytes per call, across slices.
     struct Trickle {

@@ -11,6 +11,8 @@
 //! [`MAX_PACKET`] instead, as TCP sizes its segments from the interface MTU: far fewer
 //! packets to encrypt, acknowledge and reassemble for the same bytes. On a route of
 //! 1500 bytes or less nothing changes, so no probe costs a byte of cellular data.
+// The edge-side half is unused in the device build (see the parent module).
+#![cfg_attr(not(feature = "edge"), allow(dead_code))]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,41 +24,41 @@ use quinn::{ConnectionError, IdleTimeout, TransportConfig, VarInt};
 use super::{Retry, Session, TransportError};
 
 /// Bytes one stream may have in flight towards its receiver.
-pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+pub(crate) const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// Bytes all streams of a connection may have in flight towards its receiver.
-pub const CONN_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
+pub(crate) const CONN_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// Timing and limits of the connector's QUIC connections.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientTuning {
-    pub keepalive: Duration,
-    pub idle_timeout: Duration,
+pub(crate) struct ClientTuning {
+    pub(crate) keepalive: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Concurrent streams the edge may open on one connection.
-    pub max_streams: u32,
+    pub(crate) max_streams: u32,
     /// How long a handshake may take before the path counts as blocked.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Bytes kept in flight towards the edge (see [`device_send_window`]).
-    pub send_window: u32,
+    pub(crate) send_window: u32,
 }
 
 /// Bytes the connector keeps in flight towards the edge (its retransmission buffers),
 /// all its connections together: under many concurrent responses every connection
 /// fills its send window, so the windows' sum is most of the connector's peak memory.
-pub const DEVICE_SEND_BUDGET: u32 = 1024 * 1024;
+pub(crate) const DEVICE_SEND_BUDGET: u32 = 1024 * 1024;
 /// The smallest send window a connection gets: about 20 Mbit/s at a 100 ms round trip.
-pub const MIN_DEVICE_SEND_WINDOW: u32 = 256 * 1024;
+pub(crate) const MIN_DEVICE_SEND_WINDOW: u32 = 256 * 1024;
 
 /// One connection's share of [`DEVICE_SEND_BUDGET`] among `connections`: 256 KiB each
 /// for the default four (20 Mbit/s per connection at a 100 ms round trip), 1 MiB for
 /// a single one.
-pub fn device_send_window(connections: u8) -> u32 {
+pub(crate) fn device_send_window(connections: u8) -> u32 {
     (DEVICE_SEND_BUDGET / u32::from(connections.max(1))).max(MIN_DEVICE_SEND_WINDOW)
 }
 
 /// Bytes per stream the connector accepts from the edge before reading them.
-pub const DEVICE_STREAM_RECEIVE_WINDOW: u32 = 512 * 1024;
+pub(crate) const DEVICE_STREAM_RECEIVE_WINDOW: u32 = 512 * 1024;
 /// Bytes per connection the connector accepts from the edge before reading them.
-pub const DEVICE_CONN_RECEIVE_WINDOW: u32 = 1024 * 1024;
+pub(crate) const DEVICE_CONN_RECEIVE_WINDOW: u32 = 1024 * 1024;
 
 /// Flow-control windows of one end.
 #[derive(Debug, Clone, Copy)]
@@ -87,7 +89,7 @@ const EDGE: Windows = Windows {
 /// interleaved A/B): 1452 → 6540-byte packets moved uploads 370 → 543 MiB/s and
 /// downloads 485 → 699 MiB/s, and cut the CPU time of each end by 35–40 %. Without
 /// the batch cap, 8192-byte packets collapsed to 241 and 328 MiB/s.
-pub const MAX_PACKET: u16 = 6540;
+pub(crate) const MAX_PACKET: u16 = 6540;
 
 /// The most bytes one UDP datagram carries over IPv4, the limit of a GSO batch.
 const GSO_MAX_BYTES: usize = 65_507;
@@ -187,10 +189,10 @@ fn transport(
 /// (208 KiB on most kernels) overflows when a burst of the edge's full window arrives
 /// while the connector is busy, and every drop costs a congestion back-off. The kernel
 /// caps it at `net.core.rmem_max`/`wmem_max`.
-pub const DEVICE_SOCKET_BUFFER: usize = 1024 * 1024;
+pub(crate) const DEVICE_SOCKET_BUFFER: usize = 1024 * 1024;
 /// Kernel buffer the edge asks for on its UDP socket, each way (it serves many
 /// connectors). Raise `net.core.rmem_max` and `wmem_max` to this for it to take effect.
-pub const EDGE_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+pub(crate) const EDGE_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 /// Sets the socket's kernel buffers to `bytes` each way where the kernel allows, and
 /// returns the receive buffer it granted (Linux reports twice the usable size).
@@ -226,7 +228,7 @@ fn endpoint_config(reset_key: Option<Arc<ring::hmac::Key>>) -> quinn::EndpointCo
 ///
 /// Receive offload (UDP GRO) stays on, but quinn reads into only
 /// `DEVICE_RECEIVE_SLOTS` of its 32 batch slots (see `Offload`).
-pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+pub(crate) fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let local: SocketAddr = if remote.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -289,7 +291,7 @@ const RESET_KEY_LABEL: &[u8] = b"mailslot edge QUIC stateless reset key v1";
 /// until their idle timeout. Derived from the key material, every restart and every
 /// replica of one edge identity signs with the same key; the private key itself never
 /// leaves the HMAC.
-pub fn reset_key(secret: &[u8]) -> Arc<ring::hmac::Key> {
+pub(crate) fn reset_key(secret: &[u8]) -> Arc<ring::hmac::Key> {
     let kdf = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let derived = ring::hmac::sign(&kdf, RESET_KEY_LABEL);
     Arc::new(ring::hmac::Key::new(
@@ -321,7 +323,7 @@ fn endpoint(
 /// Batch slots the connector's quinn endpoint reads into per `recvmmsg` (each up to one
 /// 64 KiB run of coalesced datagrams). Two moved downloads 7–14 % slower than eight (the
 /// edge's ACK-sized datagrams do not coalesce); eight touch at most 576 KiB.
-pub const DEVICE_RECEIVE_SLOTS: usize = 8;
+pub(crate) const DEVICE_RECEIVE_SLOTS: usize = 8;
 
 /// Batch slots the edge's endpoint reads into: all of quinn's.
 const EDGE_RECEIVE_SLOTS: usize = 32;
@@ -360,8 +362,10 @@ impl quinn::AsyncUdpSocket for Offload {
         bufs: &mut [std::io::IoSliceMut<'_>],
         meta: &mut [quinn::udp::RecvMeta],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let n = bufs.len().min(self.receive_slots);
-        self.inner.poll_recv(cx, &mut bufs[..n], &mut meta[..n])
+        let n = bufs.len().min(meta.len()).min(self.receive_slots);
+        let (bufs, _) = bufs.split_at_mut(n);
+        let (meta, _) = meta.split_at_mut(n);
+        self.inner.poll_recv(cx, bufs, meta)
     }
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.inner.local_addr()
@@ -382,7 +386,7 @@ impl quinn::AsyncUdpSocket for Offload {
 }
 
 /// Dials the edge and completes the QUIC handshake.
-pub async fn connect(
+pub(crate) async fn connect(
     endpoint: &quinn::Endpoint,
     remote: SocketAddr,
     server_name: &str,
@@ -425,8 +429,8 @@ pub async fn connect(
 }
 
 /// The edge's tunnel listener: a QUIC endpoint and the settings it accepts with.
-pub struct Listener {
-    pub endpoint: quinn::Endpoint,
+pub(crate) struct Listener {
+    pub(crate) endpoint: quinn::Endpoint,
     config: quinn::ServerConfig,
     keepalive: Duration,
     idle: Duration,
@@ -435,7 +439,7 @@ pub struct Listener {
 impl Listener {
     /// A listener on an already-bound UDP socket; `reset_key` (see [`reset_key`]) signs
     /// its stateless resets.
-    pub fn new(
+    pub(crate) fn new(
         socket: std::net::UdpSocket,
         tls: rustls::ServerConfig,
         keepalive: Duration,
@@ -471,7 +475,10 @@ impl Listener {
 
     /// Starts the handshake of `incoming`, with packet-size probing fit for the route
     /// back to its sender.
-    pub fn accept(&self, incoming: quinn::Incoming) -> Result<quinn::Connecting, ConnectionError> {
+    pub(crate) fn accept(
+        &self,
+        incoming: quinn::Incoming,
+    ) -> Result<quinn::Connecting, ConnectionError> {
         match probe_limit(incoming.remote_address()) {
             None => incoming.accept(),
             Some(limit) => {
@@ -490,7 +497,7 @@ impl Listener {
 }
 
 /// An operator-readable reason for a closed or failed connection.
-pub fn describe_close(e: &ConnectionError) -> String {
+pub(crate) fn describe_close(e: &ConnectionError) -> String {
     match e {
         ConnectionError::ApplicationClosed(c) => {
             let reason = String::from_utf8_lossy(&c.reason);

@@ -8,6 +8,15 @@
 //! `--test-threads` (and `RUST_TEST_THREADS`) work as with libtest; output is never
 //! captured. Test names carry their module: `cargo test --test e2e tunnel::`.
 
+// Test code: a failed unwrap is a failed test, and helpers shared between modules
+// are `pub` inside this crate only.
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
 mod access;
 mod common;
 mod config_cli;

@@ -12,6 +12,15 @@
 //! test repeats the timing scenarios and prints the figures for the README:
 //! `cargo test --release --test scenarios -- --ignored bench --nocapture`.
 
+// Test code: a failed unwrap is a failed test, and helpers shared between modules
+// are `pub` inside this crate only.
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
 #[path = "../e2e/common/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod common;
