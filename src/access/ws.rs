@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 /// The GUID RFC 6455 appends to the key.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Largest response head the client reads.
-pub(crate) const MAX_RESPONSE_HEAD: usize = 8 * 1024;
+pub const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 /// Largest error body the client reads from a refusal.
 const MAX_ERROR_BODY: usize = 4 * 1024;
 /// Largest payload of one frame we write.
@@ -43,7 +43,7 @@ const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
-pub(crate) fn accept_key(key: &str) -> String {
+pub fn accept_key(key: &str) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key.trim().as_bytes());
     ctx.update(GUID.as_bytes());
@@ -407,7 +407,7 @@ pub enum WsError {
 
 /// Sends the upgrade request for `host` with `headers` (name, value) and reads the
 /// answer. The caller bounds the time it may take.
-pub(crate) async fn client_handshake<S>(
+pub async fn client_handshake<S>(
     mut io: S,
     host: &str,
     path: &str,

@@ -28,18 +28,18 @@
 use super::{ConfigError, DeviceConfig};
 
 /// The file's first 4 bytes.
-pub(crate) const MAGIC: [u8; 4] = *b"MSLC";
+pub const MAGIC: [u8; 4] = *b"MSLC";
 /// The newest format version this build writes and reads (2: `edge_pins` appended).
-pub(crate) const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 2;
 /// The version written for a config without edge pins, which version 1 readers know.
 pub(crate) const PINLESS_VERSION: u16 = 1;
 /// Bytes before the payload: magic, version, payload length.
-pub(crate) const HEADER_LEN: usize = 10;
+pub const HEADER_LEN: usize = 10;
 /// Bytes after the payload: the CRC-32.
-pub(crate) const CRC_LEN: usize = 4;
+pub const CRC_LEN: usize = 4;
 /// Largest file accepted or written. A config with every field and list at capacity
 /// encodes to about 110 KiB (tested); anything larger is refused before it is read.
-pub(crate) const MAX_FILE_LEN: usize = 160 * 1024;
+pub const MAX_FILE_LEN: usize = 160 * 1024;
 
 /// Why bytes are not a usable config file.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +212,7 @@ pub(crate) fn decode_with_version(bytes: &[u8]) -> Result<(Box<DeviceConfig>, u1
 }
 
 /// The CRC-32 of an empty input, to start [`crc32`] with.
-pub(crate) const CRC_INIT: u32 = 0;
+pub const CRC_INIT: u32 = 0;
 
 /// CRC-32/ISO-HDLC (the IEEE 802.3 polynomial, reflected, as in zlib, PNG and
 /// crc32fast): `crc32(CRC_INIT, b"123456789") == 0xcbf4_3926`. Continues from `crc`, the
@@ -224,7 +224,7 @@ pub(crate) const CRC_INIT: u32 = 0;
 /// slice-by-16 implementation (crc32fast) would only add 28 KB to the device binary.
 // A `u8` indexes the 256-entry table.
 #[allow(clippy::indexing_slicing)]
-pub(crate) fn crc32(crc: u32, bytes: &[u8]) -> u32 {
+pub fn crc32(crc: u32, bytes: &[u8]) -> u32 {
     let mut crc = !crc;
     for &b in bytes {
         crc = CRC_TABLE[usize::from((crc as u8) ^ b)] ^ (crc >> 8);

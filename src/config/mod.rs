@@ -195,7 +195,8 @@ pub(crate) struct OriginOptions {
 
 pub mod cli;
 pub mod codec;
-pub(crate) mod pem;
+#[doc(hidden)] // pub for the fuzz targets (fuzz/fuzz_targets/pem.rs)
+pub mod pem;
 pub mod store;
 mod v1;
 pub(crate) mod validate;

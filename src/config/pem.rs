@@ -8,7 +8,7 @@ const END: &str = "-----END CERTIFICATE-----";
 
 /// Why a PEM text or base64 body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum PemError {
+pub enum PemError {
     /// No `-----BEGIN CERTIFICATE-----` line.
     #[error("no \"-----BEGIN CERTIFICATE-----\" line")]
     NoBegin,
@@ -27,7 +27,7 @@ pub(crate) enum PemError {
 }
 
 /// Standard base64 with padding.
-pub(crate) fn base64_encode(data: &[u8]) -> String {
+pub fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b = [
@@ -62,7 +62,7 @@ fn sextet(c: u8) -> Result<u32, PemError> {
 
 /// Standard base64; ASCII whitespace is skipped, padding is required, and bits left
 /// over in the last character must be zero (one encoding per byte string).
-pub(crate) fn base64_decode(text: &str) -> Result<Vec<u8>, PemError> {
+pub fn base64_decode(text: &str) -> Result<Vec<u8>, PemError> {
     let chars: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     if chars.len() % 4 != 0 {
         return Err(PemError::BadPadding);
@@ -92,13 +92,13 @@ pub(crate) fn base64_decode(text: &str) -> Result<Vec<u8>, PemError> {
 
 /// True when `text` looks like PEM rather than a file name (it starts with `-----BEGIN`).
 #[cfg_attr(not(feature = "yaml"), allow(dead_code))]
-pub(crate) fn is_pem(text: &str) -> bool {
+pub fn is_pem(text: &str) -> bool {
     text.trim_start().starts_with("-----BEGIN")
 }
 
 /// The DER bytes of the single certificate in a PEM text. Text outside the
 /// BEGIN/END lines (comments such as `openssl x509 -text` writes) is ignored.
-pub(crate) fn pem_to_der(text: &str) -> Result<Vec<u8>, PemError> {
+pub fn pem_to_der(text: &str) -> Result<Vec<u8>, PemError> {
     let count = text.matches(BEGIN).count();
     if count > 1 {
         return Err(PemError::Several(count));
@@ -110,7 +110,7 @@ pub(crate) fn pem_to_der(text: &str) -> Result<Vec<u8>, PemError> {
 
 /// A certificate as PEM: BEGIN line, base64 in 64-column lines, END line, each ending
 /// with a newline.
-pub(crate) fn der_to_pem(der: &[u8]) -> String {
+pub fn der_to_pem(der: &[u8]) -> String {
     let b64 = base64_encode(der);
     let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
     out.push_str(BEGIN);

@@ -16,7 +16,7 @@ use super::{DeviceConfig, OriginOptions, DEFAULT_CONNECT_TIMEOUT_MS};
 pub(crate) const MASKED_TOKEN: &str = "********";
 
 /// The config as YAML; the token is [`MASKED_TOKEN`] unless `show_secrets`.
-pub(crate) fn to_yaml(config: &DeviceConfig, show_secrets: bool) -> String {
+pub fn to_yaml(config: &DeviceConfig, show_secrets: bool) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results of writeln! are ignored below.
     let o = &mut out;

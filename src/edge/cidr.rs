@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// An address range in CIDR form (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-pub(crate) struct Cidr {
+pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
 }
@@ -23,7 +23,7 @@ impl TryFrom<String> for Cidr {
 }
 
 impl Cidr {
-    pub(crate) fn parse(s: &str) -> Result<Cidr, String> {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
         let bad = || format!("{s:?} is not an address range like 10.0.0.0/8 or 2001:db8::/32");
         let (ip, prefix) = match s.trim().split_once('/') {
             Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
@@ -39,7 +39,7 @@ impl Cidr {
     }
 
     /// Is `ip` inside the range? IPv4-mapped IPv6 addresses count as IPv4.
-    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+    pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         let bits = |a: IpAddr| -> u128 {
             match a {
@@ -61,7 +61,7 @@ impl Cidr {
 }
 
 /// `::ffff:a.b.c.d` as `a.b.c.d`.
-pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -74,7 +74,7 @@ pub(crate) fn any_contains(list: &[Cidr], ip: IpAddr) -> bool {
 }
 
 /// Is `ip` inside `net/bits`?
-pub(crate) fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+pub fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let bits = u32::from(bits.min(32));
@@ -99,7 +99,7 @@ pub(crate) fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 }
 
 /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address.
-pub(crate) fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     let (ip, bits) = match s.split_once('/') {
         Some((ip, bits)) => (ip, Some(bits)),
         None => (s, None),

@@ -109,7 +109,7 @@ enum RawSize {
 }
 
 /// Parses a tunnel id: 32 hex digits, as `token` and the logs print it.
-pub(crate) fn parse_tunnel_id(s: &str) -> Result<[u8; 16], String> {
+pub fn parse_tunnel_id(s: &str) -> Result<[u8; 16], String> {
     parse_id(s, "revoked-tunnels", "a tunnel id")
 }
 
@@ -128,7 +128,7 @@ fn parse_id(s: &str, key: &str, what: &str) -> Result<[u8; 16], String> {
 }
 
 /// Parses "64KiB", "10MiB", "1GiB", "1000" (bytes).
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);

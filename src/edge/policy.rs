@@ -128,7 +128,7 @@ pub(crate) fn check_secret(s: &str) -> Result<(), String> {
 
 /// What kind of service a hostname is, for the default when no policy matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HostKind {
+pub enum HostKind {
     /// HTTP: public without a policy.
     Http,
     /// A raw stream (TCP, SSH, RDP): closed without a policy.
@@ -137,7 +137,7 @@ pub(crate) enum HostKind {
 
 /// Who was admitted, for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Identity {
+pub struct Identity {
     /// The user, `service:<id>`, or `anonymous`.
     pub(crate) who: String,
     /// How: `signed token`, `service token`, `public`.
@@ -146,7 +146,7 @@ pub(crate) struct Identity {
 
 /// Why a client was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Denied {
+pub struct Denied {
     /// `Unauthorized` (no or bad credentials) or `Forbidden` (valid but not admitted).
     pub error: AccessError,
     pub message: String,
@@ -213,7 +213,7 @@ impl AccessPolicy {
     }
 
     /// Decides whether a client at `peer` showing `cred` may reach `host`.
-    pub(crate) fn check(
+    pub fn check(
         &self,
         host: &str,
         kind: HostKind,

@@ -269,7 +269,7 @@ impl Shield {
 
     /// The client's address: the socket peer, or the last untrusted hop of
     /// `X-Forwarded-For` when the peer is a trusted proxy.
-    pub(crate) fn client_ip(&self, peer: IpAddr, xff: Option<&str>) -> IpAddr {
+    pub fn client_ip(&self, peer: IpAddr, xff: Option<&str>) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }
@@ -286,7 +286,7 @@ impl Shield {
     }
 
     /// Is `ip` a proxy whose forwarding headers are believed?
-    pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies
             .iter()
             .any(|(net, bits)| in_cidr(ip, *net, *bits))

@@ -21,9 +21,9 @@ pub mod access;
 /// Prefix of tunnel tokens.
 pub const TUNNEL_PREFIX: &str = "mst1";
 /// Prefix of access tokens for operators and visitors.
-pub(crate) const ACCESS_PREFIX: &str = "msa1";
+pub const ACCESS_PREFIX: &str = "msa1";
 /// Longest token accepted for verification.
-pub(crate) const MAX_TOKEN_LEN: usize = 4096;
+pub const MAX_TOKEN_LEN: usize = 4096;
 
 /// What a tunnel token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +63,7 @@ pub enum TokenError {
 }
 
 /// Signs claims into a token of the given kind.
-pub(crate) fn sign<C: Serialize>(
+pub fn sign<C: Serialize>(
     key: &Ed25519KeyPair,
     prefix: &str,
     claims: &C,
@@ -118,11 +118,7 @@ fn kind_name(prefix: &str) -> &'static str {
 }
 
 /// Verifies a tunnel token and its expiry at `now` (Unix seconds).
-pub(crate) fn verify_tunnel(
-    token: &str,
-    keys: &[[u8; 32]],
-    now: u64,
-) -> Result<TunnelClaims, TokenError> {
+pub fn verify_tunnel(token: &str, keys: &[[u8; 32]], now: u64) -> Result<TunnelClaims, TokenError> {
     let claims: TunnelClaims = verify(token, TUNNEL_PREFIX, keys)?;
     if claims.expires <= now {
         return Err(TokenError::Expired(now - claims.expires));

@@ -14,8 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use mailslot::edge::policy::Cidr;
-use mailslot::edge::shield::{in_cidr, parse_cidr};
+use mailslot::edge::cidr::{in_cidr, parse_cidr, Cidr};
 
 fn octets(ip: IpAddr) -> Vec<u8> {
     match ip {
@@ -61,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         let strict = net.is_ipv4() == ip.is_ipv4() && same_prefix(net, ip, bits);
         // Today an IPv4-mapped probe is not in an IPv4 range here (unlike `ip-allow`);
         // taking it as IPv4 is as right, but nothing else is.
-        let canonical = mailslot::edge::policy::canonical(ip);
+        let canonical = mailslot::edge::cidr::canonical(ip);
         let mapped = net.is_ipv4() == canonical.is_ipv4() && same_prefix(net, canonical, bits);
         let found = in_cidr(ip, net, bits);
         assert!(
@@ -74,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(cidr) = Cidr::parse(&text) {
         let (net, bits) =
             parse_cidr(text.trim()).expect("trusted-proxies reads what ip-allow reads");
-        let canonical = mailslot::edge::policy::canonical(ip);
+        let canonical = mailslot::edge::cidr::canonical(ip);
         let expected = net.is_ipv4() == canonical.is_ipv4() && same_prefix(net, canonical, bits);
         assert_eq!(cidr.contains(ip), expected, "{text:?} and {ip}");
         if !matches!(net, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()) {

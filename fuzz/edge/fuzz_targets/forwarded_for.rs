@@ -18,7 +18,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mailslot::edge::forwarded_for;
-use mailslot::edge::shield::{parse_cidr, Limits, Shield};
+use mailslot::edge::cidr::parse_cidr;
+use mailslot::edge::shield::{Limits, Shield};
 
 const PEERS: &[&str] = &[
     "10.1.2.3",

@@ -23,8 +23,9 @@ use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use mailslot::edge::config::EdgeConfig;
 use mailslot::edge::policy::{
-    access_token_id, sign_access_token, verify_access, AccessClaims, AccessPolicy, HostKind,
+    access_token_id, sign_access_token, AccessClaims, AccessPolicy, HostKind,
 };
+use mailslot::edge::token::access::verify_access;
 use mailslot::edge::token::{self, TokenError, ACCESS_PREFIX, TUNNEL_PREFIX};
 use mailslot::wire::AccessCredential;
 use ring::signature::{Ed25519KeyPair, KeyPair};

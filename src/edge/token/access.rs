@@ -85,11 +85,7 @@ pub fn sign_access_token(key: &Ed25519KeyPair, claims: &AccessClaims) -> Result<
 }
 
 /// Verifies an access token and its expiry at `now` (Unix seconds).
-pub(crate) fn verify_access(
-    token: &str,
-    keys: &[[u8; 32]],
-    now: u64,
-) -> Result<AccessClaims, TokenError> {
+pub fn verify_access(token: &str, keys: &[[u8; 32]], now: u64) -> Result<AccessClaims, TokenError> {
     let claims: AccessClaims = super::verify(token, ACCESS_PREFIX, keys)?;
     if claims.expires <= now {
         return Err(TokenError::Expired(now - claims.expires));
