@@ -276,9 +276,17 @@ pub enum WireError {
     Malformed(postcard::Error),
 }
 
-/// Cuts a peer-supplied or operator-facing reason to a bounded length.
+/// Cuts a peer-supplied or operator-facing reason to a bounded length, with control
+/// characters (a terminal's escape sequences, line breaks) shown as `?`: it goes into
+/// logs and onto an operator's terminal.
 pub(crate) fn bounded_reason(s: impl Into<String>) -> String {
     let mut s = s.into();
+    if s.chars().any(char::is_control) {
+        s = s
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+    }
     if s.len() > MAX_REASON {
         let mut cut = MAX_REASON;
         while !s.is_char_boundary(cut) {
@@ -626,6 +634,12 @@ mod tests {
             read_access_frame::<_, AccessRequest>(&mut r).await,
             Err(WireError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn reasons_show_control_characters_as_question_marks() {
+        let b = bounded_reason("\u{1b}[31mred\nline\u{7}");
+        assert_eq!(b, "?[31mred?line?");
     }
 
     #[test]

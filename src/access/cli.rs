@@ -320,6 +320,8 @@ fn explain(e: ClientError, hostname: &str) -> String {
                 }
                 _ => "",
             };
+            // The edge's words go to the operator's terminal: no escape sequences.
+            let message = crate::wire::bounded_reason(message);
             format!("the edge refused access to {hostname}: {message}{hint}")
         }
         ClientError::Transport(m) => format!("cannot reach the edge: {m}"),
@@ -530,6 +532,17 @@ fn ssh_config(a: &Args) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_edges_refusal_reaches_the_terminal_without_escape_sequences() {
+        let e = ClientError::Refused {
+            error: crate::wire::AccessError::Forbidden,
+            message: "\u{1b}]0;owned\u{7}\u{1b}[2Jgo away".into(),
+        };
+        let text = explain(e, "ssh.dev42.example.com");
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.ends_with("go away"), "{text:?}");
+    }
 
     #[test]
     fn ssh_config_names_the_options_but_no_secrets() {

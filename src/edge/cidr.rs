@@ -1,7 +1,8 @@
-//! Address ranges (CIDR) for `ip-allow:` lists: parsed from `edge.yml`, matched against
-//! a client's address with IPv4-mapped IPv6 addresses taken as IPv4 (`Cidr`); and the
-//! `(address, prefix)` pairs of `trusted-proxies:` (`parse_cidr`, `in_cidr`), which
-//! compare addresses as given. Pure data, no I/O.
+//! Address ranges (CIDR) for `ip-allow:` and `trusted-proxies:`: one grammar and one
+//! membership test for both (`Cidr`; `parse_cidr` and `in_cidr` are its `(address,
+//! prefix)` form). An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack
+//! socket shows an IPv4 peer) is taken as IPv4, in a client's address and in a range
+//! alike. Pure data, no I/O.
 
 use std::net::IpAddr;
 
@@ -34,6 +35,15 @@ impl Cidr {
         let prefix = prefix.unwrap_or(max);
         if prefix > max {
             return Err(bad());
+        }
+        // `::ffff:10.0.0.0/104` is `10.0.0.0/8`: addresses are compared as IPv4.
+        if let IpAddr::V6(v6) = addr {
+            if let (Some(v4), Some(p4)) = (v6.to_ipv4_mapped(), prefix.checked_sub(96)) {
+                return Ok(Cidr {
+                    addr: IpAddr::V4(v4),
+                    prefix: p4,
+                });
+            }
         }
         Ok(Cidr { addr, prefix })
     }
@@ -73,57 +83,41 @@ pub(crate) fn any_contains(list: &[Cidr], ip: IpAddr) -> bool {
     list.iter().any(|c| c.contains(ip))
 }
 
-/// Is `ip` inside `net/bits`?
+/// Is `ip` inside `net/bits`? The same test as [`Cidr::contains`].
 pub fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let bits = u32::from(bits.min(32));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let bits = u32::from(bits.min(128));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
+    let max = if net.is_ipv4() { 32 } else { 128 };
+    Cidr {
+        addr: net,
+        prefix: bits.min(max),
     }
+    .contains(ip)
 }
 
-/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address.
+/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address, as [`Cidr::parse`] does.
 pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
-    let (ip, bits) = match s.split_once('/') {
-        Some((ip, bits)) => (ip, Some(bits)),
-        None => (s, None),
-    };
-    let ip: IpAddr = ip
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address or CIDR"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let bits = match bits {
-        Some(b) => b
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|b| *b <= max)
-            .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
-        None => max,
-    };
-    Ok((ip, bits))
+    Cidr::parse(s).map(|c| (c.addr, c.prefix))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_proxies_and_ip_allow_take_mapped_addresses_as_ipv4() {
+        // A dual-stack listener shows the IPv4 proxy 10.1.2.3 as ::ffff:10.1.2.3.
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        let (net, bits) = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(in_cidr(mapped, net, bits));
+        // A range written IPv4-mapped is the IPv4 range.
+        let c = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains(mapped));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert_eq!(parse_cidr("::ffff:10.0.0.0/104").unwrap(), (net, bits));
+        // One grammar for both lists.
+        assert!(parse_cidr("10.0.0.0 / 8").is_err());
+        assert!(Cidr::parse("10.0.0.0 / 8").is_err());
+    }
 
     #[test]
     fn cidrs() {
