@@ -360,12 +360,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::config::parse_duration_ms(s).map(Duration::from_millis)
 }
 
+/// Longest duration any setting takes: timers are deadlines (`now + duration`), which
+/// must stay far from the clock's range.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86400);
+
 fn duration(v: Option<RawDuration>, default: Duration, key: &str) -> Result<Duration, String> {
-    match v {
-        None => Ok(default),
-        Some(RawDuration::Secs(s)) => Ok(Duration::from_secs(s)),
-        Some(RawDuration::Text(t)) => parse_duration(&t).map_err(|e| format!("{key}: {e}")),
+    let d = match v {
+        None => return Ok(default),
+        Some(RawDuration::Secs(s)) => Duration::from_secs(s),
+        Some(RawDuration::Text(t)) => parse_duration(&t).map_err(|e| format!("{key}: {e}"))?,
+    };
+    if d > MAX_DURATION {
+        return Err(format!("{key}: {d:?} is too long (at most 365 days)"));
     }
+    Ok(d)
 }
 
 fn listen(v: Option<String>, default: &str, key: &str) -> Result<Option<SocketAddr>, String> {
@@ -525,6 +533,19 @@ mod tests {
         assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
         assert_eq!(parse_size("12").unwrap(), 12);
         assert!(parse_size("1XB").is_err());
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused() {
+        for v in ["18446744073709551615", "100000000000h", "400d"] {
+            let e = EdgeConfig::parse(
+                &format!("cert: a\nkey: b\nsigning-key: c\nlimits:\n  body-idle-timeout: {v}\n"),
+                Path::new("."),
+            )
+            .err()
+            .unwrap_or_default();
+            assert!(e.contains("body-idle-timeout"), "{v}: {e:?}");
+        }
     }
 
     #[test]
