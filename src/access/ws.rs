@@ -501,11 +501,11 @@ where
             Some((_, m)) => m.trim().to_string(),
             None => text.trim().to_string(),
         };
-        let message = if message.is_empty() {
+        let message = crate::wire::bounded_reason(if message.is_empty() {
             status_line.to_string()
         } else {
-            crate::wire::bounded_reason(message)
-        };
+            message
+        });
         return Err(WsError::Status { status, message });
     }
     let upgrade_ok = field("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));

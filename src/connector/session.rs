@@ -68,7 +68,9 @@ pub(super) async fn register(
         .map_err(|_| format!("edge {addr} sent no hello"))?
         .map_err(|e| format!("edge {addr}: {e}"))?;
     let edge_name = match hello {
-        EdgeMsg::Hello { version, edge } if version == PROTOCOL_VERSION => edge,
+        EdgeMsg::Hello { version, edge } if version == PROTOCOL_VERSION => {
+            wire::bounded_reason(edge)
+        }
         // Only an upgrade of one side changes this.
         EdgeMsg::Hello { version, .. } => {
             return Err(Failure {
@@ -107,7 +109,10 @@ pub(super) async fn register(
         EdgeMsg::Registered { tunnel_id, .. } => tunnel_id,
         EdgeMsg::Refused { reason, permanent } => {
             return Err(Failure {
-                message: format!("edge {edge_name} ({addr}) refused the tunnel: {reason}"),
+                message: format!(
+                    "edge {edge_name} ({addr}) refused the tunnel: {}",
+                    wire::bounded_reason(reason)
+                ),
                 refused: permanent,
             })
         }
@@ -367,14 +372,18 @@ async fn on_control(
         Some(Ok(EdgeMsg::GoAway { reason })) => {
             let _ = wire::write_control(send, &ConnectorMsg::Draining).await;
             return Some(Ok(Ended::GoAway(GoAway(format!(
-                "edge {edge_name} ({addr}) is going away: {reason}"
+                "edge {edge_name} ({addr}) is going away: {}",
+                wire::bounded_reason(reason)
             )))));
         }
         Some(Ok(EdgeMsg::RulesAccepted { generation })) => {
             log::info!("connection {slot}: edge accepted rule table {generation}");
         }
         Some(Ok(EdgeMsg::Refused { reason, .. })) => {
-            log::error!("connection {slot}: edge refused the new rules: {reason}");
+            log::error!(
+                "connection {slot}: edge refused the new rules: {}",
+                wire::bounded_reason(reason)
+            );
         }
         Some(Ok(other)) => log::debug!("connection {slot}: ignoring {other:?}"),
         Some(Err(e)) => {
