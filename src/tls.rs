@@ -34,7 +34,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedCipherSuite};
 
 pub use crate::clock::BUILD_UNIX;
-pub use pin::{parse_pin, pin_to_string};
+pub use crate::config::pin::{parse_pin, pin_to_string};
 pub(crate) use pin::{pin_of_spki, spki_of_cert};
 
 mod pin;

@@ -76,7 +76,7 @@ fn summary(config: &DeviceConfig, name: &str, version: u16, size: usize) -> std:
     };
     let _ = writeln!(o, "edge CA:     {edge_ca}");
     for pin in &config.edge_pins {
-        let _ = writeln!(o, "edge pin:    {}", crate::tls::pin_to_string(pin));
+        let _ = writeln!(o, "edge pin:    {}", super::pin::pin_to_string(pin));
     }
     let _ = writeln!(o, "protocol:    {}", config.protocol.as_str());
     let _ = writeln!(

@@ -98,7 +98,7 @@ pub struct DeviceConfig {
     /// Edge addresses, "host:port"; a name may resolve to several addresses.
     pub(crate) edges: Vec<String<MAX_EDGE_ADDR_LEN>, MAX_EDGES>,
     /// Index into `cas` of the CA that signs the edge certificate; `None` = the public web
-    /// PKI ([`crate::tls::public_roots`]).
+    /// PKI (`tls::public_roots`).
     pub(crate) edge_ca: Option<u8>,
     /// Embedded DER certificates, referenced by index; each is used, none twice, listed
     /// in order of first use (edge CA, then rules in order).
@@ -123,7 +123,7 @@ pub struct DeviceConfig {
 }
 
 /// The SHA-256 of an edge's public key (its DER SubjectPublicKeyInfo), written
-/// `sha256//BASE64` as curl's `--pinnedpubkey` and HPKP do ([`crate::tls::pin_to_string`]).
+/// `sha256//BASE64` as curl's `--pinnedpubkey` and HPKP do ([`pin::pin_to_string`]).
 pub(crate) type EdgePin = [u8; 32];
 
 /// One ingress rule.
@@ -197,6 +197,7 @@ pub mod cli;
 pub mod codec;
 #[doc(hidden)] // pub for the fuzz targets (fuzz/fuzz_targets/pem.rs)
 pub mod pem;
+pub mod pin;
 pub mod store;
 mod v1;
 pub(crate) mod validate;

@@ -363,7 +363,7 @@ impl Compiler<'_> {
         let pin_list = doc.edge_pin.map(|p| p.0).unwrap_or_default();
         for (i, pin) in pin_list.iter().enumerate() {
             let pin =
-                crate::tls::parse_pin(pin).map_err(|e| invalid(format!("edge-pin[{i}]"), e))?;
+                super::pin::parse_pin(pin).map_err(|e| invalid(format!("edge-pin[{i}]"), e))?;
             edge_pins.push(pin).map_err(|_| CompileError::TooMany {
                 field: "edge-pin".into(),
                 count: pin_list.len(),

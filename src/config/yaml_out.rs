@@ -41,7 +41,7 @@ pub fn to_yaml(config: &DeviceConfig, show_secrets: bool) -> String {
     if !config.edge_pins.is_empty() {
         let _ = writeln!(o, "edge-pin:");
         for pin in &config.edge_pins {
-            let _ = writeln!(o, "  - {}", crate::tls::pin_to_string(pin));
+            let _ = writeln!(o, "  - {}", super::pin::pin_to_string(pin));
         }
     }
     let _ = writeln!(o, "protocol: {}", config.protocol.as_str());

@@ -1,5 +1,5 @@
 //! `edge.yml`: the edge's settings, read at start and again on SIGHUP (see
-//! [`super::live`] for what a reload changes). Relative paths resolve against the file's
+//! `edge::live` for what a reload changes). Relative paths resolve against the file's
 //! folder. The access sections (`access:`, `service-tokens:`, `tcp-ports:`) are parsed
 //! in `config/access.rs`.
 

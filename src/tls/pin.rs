@@ -1,27 +1,6 @@
-//! Edge pins: the SHA-256 of the edge's public key (DER SubjectPublicKeyInfo), written
-//! `sha256//BASE64` as curl's `--pinnedpubkey` writes it, and the small DER walk that
-//! finds that key in a certificate. Parsing and printing only; the verifier that checks
-//! pins after the CA lives in [`crate::tls`].
-
-/// The prefix of a written pin.
-const PIN_PREFIX: &str = "sha256//";
-
-/// Reads a pin written `sha256//BASE64` (44 characters of standard base64: 32 bytes).
-pub fn parse_pin(text: &str) -> Result<crate::config::EdgePin, String> {
-    let b64 = text.trim().strip_prefix(PIN_PREFIX).ok_or_else(|| {
-        format!("{text:?} is not a pin: write sha256//BASE64 (as `mailslot-edge init` prints it)")
-    })?;
-    let bytes = crate::config::pem::base64_decode(b64)
-        .map_err(|e| format!("{text:?} is not a pin: {e}"))?;
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("{text:?} is not a pin: {} bytes, a SHA-256 has 32", b.len()))
-}
-
-/// A pin as written in the config: `sha256//BASE64`.
-pub fn pin_to_string(pin: &crate::config::EdgePin) -> String {
-    format!("{PIN_PREFIX}{}", crate::config::pem::base64_encode(pin))
-}
+//! Edge pins at the TLS layer: the pin of a public key, and the small DER walk that finds
+//! that key in a certificate. The verifier that checks pins after the CA lives in
+//! [`crate::tls`]; the written form (`sha256//BASE64`) in [`crate::config::pin`].
 
 /// The pin of a public key given as DER SubjectPublicKeyInfo: its SHA-256.
 pub(crate) fn pin_of_spki(spki: &[u8]) -> crate::config::EdgePin {
@@ -83,6 +62,7 @@ fn der_element(bytes: &[u8], tag: u8) -> Option<(&[u8], &[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::pin::{parse_pin, pin_to_string};
 
     #[test]
     fn pins_written_and_read() {

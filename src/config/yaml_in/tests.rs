@@ -73,10 +73,10 @@ fn example_compiles() {
 
 #[test]
 fn edge_pins() {
-    let pin = crate::tls::pin_to_string(&[3; 32]);
+    let pin = crate::config::pin::pin_to_string(&[3; 32]);
     let config = compile(&doc(&format!("edge-pin: {pin}\n"), "")).unwrap();
     assert_eq!(config.edge_pins.as_slice(), &[[3; 32]]);
-    let other = crate::tls::pin_to_string(&[4; 32]);
+    let other = crate::config::pin::pin_to_string(&[4; 32]);
     let config = compile(&doc(&format!("edge-pin: [{pin}, \"{other}\"]\n"), "")).unwrap();
     assert_eq!(config.edge_pins.as_slice(), &[[3; 32], [4; 32]]);
     assert!(compile(&doc("", "")).unwrap().edge_pins.is_empty());

@@ -1,7 +1,7 @@
 //! Signed access tokens (kind `msa1`, `ACCESS_PREFIX`): what an operator or a visitor
 //! shows to reach a hostname with an access policy. Issued by `mailslot-edge
 //! access-token`, verified by any edge holding the public key; a tunnel token never
-//! verifies as one. Deciding who gets in is [`crate::edge::policy`]'s job, not this
+//! verifies as one. Deciding who gets in is `edge::policy`'s job, not this
 //! module's.
 
 use ring::signature::Ed25519KeyPair;
