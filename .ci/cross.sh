@@ -70,6 +70,17 @@ for t in $targets; do
     out=$(cross/build.sh "$t" | tail -1)
     bin=${CARGO_TARGET_DIR:-$root/target}/$t/release/mailslot
     echo "   $out"
+    # The device binary's size goals (README, docs/boards.md): a build over them fails.
+    size=$(stat -c %s "$bin")
+    case "$t" in
+        aarch64-*) goal=2097152 ;;
+        armv7-*) goal=1782579 ;;
+        *) goal= ;;
+    esac
+    if [ -n "$goal" ] && [ "$size" -gt "$goal" ]; then
+        echo "$t: mailslot is $size B, over its size goal of $goal B"; exit 1
+    fi
+    echo "   size: $size B${goal:+ (goal: at most $goal B)}"
     lap
 
     echo "== cross: $t: statically linked?"
