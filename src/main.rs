@@ -32,30 +32,9 @@ commands:
 RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
 ";
 
-/// The usage of one command: its lines of [`USAGE`] (all those starting with `cmd`,
-/// and the lines under each), as `usage: mailslot ...`.
+/// The usage of one command: its lines of [`USAGE`], as `usage: mailslot ...`.
 fn usage_of(cmd: &str) -> String {
-    let mut out = String::new();
-    let mut inside = false;
-    for line in USAGE.lines() {
-        let body = line.strip_prefix("  ").unwrap_or(line);
-        if line.starts_with("  ") && !body.starts_with(' ') {
-            inside = body == cmd || body.starts_with(&format!("{cmd} "));
-            if inside {
-                out.push_str("usage: mailslot ");
-                out.push_str(body);
-                out.push('\n');
-                continue;
-            }
-        } else if !line.starts_with("    ") {
-            inside = false;
-        }
-        if inside {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
+    mailslot::util::usage_of(USAGE, "mailslot", cmd)
 }
 
 /// True when the next argument asks for help; it is then consumed.

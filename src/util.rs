@@ -42,9 +42,53 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The usage of one command of a program's `usage` text: each line that starts (after
+/// two spaces) with `cmd` and the lines indented under it, as `usage: PROGRAM ...`.
+/// Both binaries print their commands' `--help` with it.
+pub fn usage_of(usage: &str, program: &str, cmd: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in usage.lines() {
+        let body = line.strip_prefix("  ").unwrap_or(line);
+        if line.starts_with("  ") && !body.starts_with(' ') {
+            inside = body == cmd
+                || body
+                    .strip_prefix(cmd)
+                    .is_some_and(|rest| rest.starts_with(' '));
+            if inside {
+                out.push_str("usage: ");
+                out.push_str(program);
+                out.push(' ');
+                out.push_str(body);
+                out.push('\n');
+                continue;
+            }
+        } else if !line.starts_with("    ") {
+            inside = false;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_of_picks_a_command_and_its_indented_lines() {
+        let usage =
+            "usage: p <command>\n\ncommands:\n  run --x\n        runs\n  run-more\n  version\n";
+        assert_eq!(
+            usage_of(usage, "p", "run"),
+            "usage: p run --x\n        runs\n"
+        );
+        assert_eq!(usage_of(usage, "p", "version"), "usage: p version\n");
+        assert_eq!(usage_of(usage, "p", "nothing"), "");
+    }
 
     #[test]
     fn hex_is_lowercase_two_digits_a_byte() {

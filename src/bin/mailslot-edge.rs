@@ -48,30 +48,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The usage of one command: its lines of [`USAGE`] (the line starting with `cmd` and
-/// the lines under it), as `usage: mailslot-edge ...`.
+/// The usage of one command: its lines of [`USAGE`], as `usage: mailslot-edge ...`.
 fn usage_of(cmd: &str) -> String {
-    let mut out = String::new();
-    let mut inside = false;
-    for line in USAGE.lines() {
-        let body = line.strip_prefix("  ").unwrap_or(line);
-        if line.starts_with("  ") && !body.starts_with(' ') {
-            inside = body == cmd || body.starts_with(&format!("{cmd} "));
-            if inside {
-                out.push_str("usage: mailslot-edge ");
-                out.push_str(body);
-                out.push('\n');
-                continue;
-            }
-        } else if !line.starts_with("    ") {
-            inside = false;
-        }
-        if inside {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
+    mailslot::util::usage_of(USAGE, "mailslot-edge", cmd)
 }
 
 fn arg_err(e: lexopt::Error) -> String {
