@@ -18,7 +18,12 @@
 //!
 //! iptables cannot tell a QUIC PING from an ACK (both are encrypted and about the same
 //! size), so small UDP packets are also counted by exact IP length, per direction: the
-//! sizes that dominate are printed.
+//! sizes that dominate are printed. And `tests/netns/bursts.py` captures on the NAT's
+//! LAN side and groups each flow's packets into bursts (gaps under [`BURST_GAP_MS`]):
+//! an idle connection's burst is one keep-alive and its acknowledgement, and the side
+//! that sends first is the one whose timer fired, so the bytes split into keep-alives
+//! started by the device and by the edge; it also counts wake-ups of the link (what
+//! keeps a cellular radio out of its idle state).
 //!
 //! Ignored by default (each profile takes the idle window plus setup, 10 minutes by
 //! default); run by name, all profiles at once in parallel:
@@ -43,6 +48,8 @@ const IDLE_SECS_RANGE: (u64, u64) = (10, 6 * 3600);
 const SMALL_UDP_MIN: u32 = 28;
 /// UDP packets under this IP length are counted as keep-alive PINGs and ACKs.
 const SMALL_UDP: u32 = 100;
+/// Packets of a flow closer than this belong to one burst, milliseconds.
+const BURST_GAP_MS: u32 = 500;
 
 /// One measured configuration.
 pub struct Profile {
@@ -67,6 +74,11 @@ pub struct Idle {
     pub window: Duration,
     pub up: Direction,
     pub down: Direction,
+    /// The capture's bursts: (protocol, starter, bursts, packets, bytes, packets per
+    /// burst as `n:count,...`).
+    pub bursts: Vec<(String, String, u64, u64, u64, String)>,
+    /// Bursts of the whole link.
+    pub wakeups: u64,
     /// Registrations logged during the window (re-handshakes, reconnections).
     pub registrations: usize,
     /// The first request after the window: how long it took, its outcome.
@@ -205,11 +217,27 @@ pub fn measure(profile: &Profile, window: Duration) -> Idle {
     // The last acknowledgements of those requests, then the window.
     thread::sleep(Duration::from_secs(2));
     let registered = s.connector().count("registered");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/netns/bursts.py");
+    let capture = Proc::spawn(
+        "bursts",
+        s.net
+            .cmd(&s.net.nat, "python3")
+            .arg("-u")
+            .arg(&script)
+            .arg("lan0")
+            .arg(BURST_GAP_MS.to_string())
+            .arg(window.as_secs().to_string()),
+    );
+    capture.wait_line("capturing on");
     s.net.sh(&s.net.nat, &format!("iptables -Z {CHAIN}"));
     let start = Instant::now();
     thread::sleep(window);
     let (up, down) = read_counters(&s.net);
     let window = start.elapsed();
+    capture
+        .wait_line_within("done", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the capture did not end; log:\n{}", capture.dump()));
+    let (bursts, wakeups) = parse_bursts(&capture.log.lock().unwrap());
     let registrations = s.connector().count("registered") - registered;
     assert!(
         s.connector_alive(),
@@ -223,9 +251,34 @@ pub fn measure(profile: &Profile, window: Duration) -> Idle {
         window,
         up,
         down,
+        bursts,
+        wakeups,
         registrations,
         after,
     }
+}
+
+/// The bursts and wake-ups `bursts.py` printed.
+#[allow(clippy::type_complexity)]
+fn parse_bursts(log: &[String]) -> (Vec<(String, String, u64, u64, u64, String)>, u64) {
+    let mut bursts = Vec::new();
+    let mut wakeups = 0;
+    for line in log {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["bursts:", proto, starter, n, p, b, rest @ ..] => bursts.push((
+                proto.to_string(),
+                starter.to_string(),
+                n.parse().unwrap(),
+                p.parse().unwrap(),
+                b.parse().unwrap(),
+                rest.join(" "),
+            )),
+            ["wakeups:", n] => wakeups = n.parse().unwrap(),
+            _ => {}
+        }
+    }
+    (bursts, wakeups)
 }
 
 /// Extrapolated to a day.
@@ -297,10 +350,31 @@ pub fn report(profile: &Profile, idle: &Idle) {
     }
 }
 
+fn report_bursts(idle: &Idle) {
+    let w = idle.window;
+    let bytes = idle.up.total.1 + idle.down.total.1;
+    eprintln!(
+        "  bursts (gap {BURST_GAP_MS} ms, captured on the NAT's LAN side); link wake-ups {:.0}/day:",
+        per_day(idle.wakeups, w)
+    );
+    for (proto, starter, n, p, b, dist) in &idle.bursts {
+        let who = if starter == "up" { "device" } else { "edge" };
+        eprintln!(
+            "    {proto} started by the {who:<6} {:>9}/day {:>6.0} bursts/day {:>7.0} packets/day \
+             {:>4} of all bytes; packets per burst {dist}",
+            mb(per_day(*b, w)),
+            per_day(*n, w),
+            per_day(*p, w),
+            pct(*b, bytes)
+        );
+    }
+}
+
 fn run(profile: Profile) {
     let window = idle_window();
     let idle = measure(&profile, window);
     report(&profile, &idle);
+    report_bursts(&idle);
     assert_eq!(
         idle.after.1,
         Ok(200),
