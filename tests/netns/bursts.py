@@ -10,9 +10,14 @@ remote end). For an idle QUIC or HTTP/2 connection a burst is one keep-alive and
 acknowledgement, so this splits the keep-alive traffic by the end whose timer fired.
 A wake-up is a burst of the whole link (any flow).
 
+QUIC connections to one edge share the device's UDP socket, hence one flow: their
+keep-alives, timed from the same registration, land in one burst.
+
 Output, one line each ("bursts:" lines, then "done"):
-  bursts: PROTO STARTER COUNT PACKETS BYTES SIZES
-where SIZES lists packets-per-burst:count, and
+  bursts: PROTO STARTER COUNT PACKETS BYTES SIZES FIRST REST
+where SIZES lists packets-per-burst:count, FIRST the IP lengths of the bursts' first
+packets (length:count; the keep-alives that started them) and REST those of the
+others (replies, acknowledgements), and
   wakeups: COUNT
 Bytes are IP total lengths, as iptables counts them. At most MAX_FLOWS flows.
 """
@@ -33,18 +38,22 @@ sock.bind((iface, 0))
 print(f"capturing on {iface}", flush=True)
 
 last = {}  # flow -> (time of its last packet, key of its current burst)
-bursts = collections.defaultdict(lambda: [0, 0, 0, collections.Counter()])
-current = {}  # flow -> [proto, starter, packets, bytes]
+bursts = collections.defaultdict(
+    lambda: [0, 0, 0, collections.Counter(), collections.Counter(), collections.Counter()]
+)
+current = {}  # flow -> [proto, starter, packets, bytes, first length, other lengths]
 wakeups, link_last = 0, None
 
 
 def close(flow):
-    proto, starter, pkts, size = current.pop(flow)
+    proto, starter, pkts, size, first, rest = current.pop(flow)
     b = bursts[(proto, starter)]
     b[0] += 1
     b[1] += pkts
     b[2] += size
     b[3][pkts] += 1
+    b[4][first] += 1
+    b[5].update(rest)
 
 
 end = time.monotonic() + limit
@@ -79,15 +88,26 @@ while True:
     if flow not in current:
         if len(current) >= MAX_FLOWS:
             continue
-        current[flow] = [proto, "up" if up else "down", 0, 0]
+        current[flow] = [proto, "up" if up else "down", 0, 0, total, collections.Counter()]
+    else:
+        current[flow][5][total] += 1
     current[flow][2] += 1
     current[flow][3] += total
     last[flow] = now
 
 for flow in list(current):
     close(flow)
-for (proto, starter), (count, pkts, size, sizes) in sorted(bursts.items()):
-    dist = ",".join(f"{n}:{c}" for n, c in sorted(sizes.items()))
-    print(f"bursts: {proto} {starter} {count} {pkts} {size} {dist}", flush=True)
+
+
+def counts(counter):
+    return ",".join(f"{n}:{c}" for n, c in sorted(counter.items())) or "-"
+
+
+for (proto, starter), (count, pkts, size, sizes, first, rest) in sorted(bursts.items()):
+    print(
+        f"bursts: {proto} {starter} {count} {pkts} {size} {counts(sizes)} "
+        f"{counts(first)} {counts(rest)}",
+        flush=True,
+    )
 print(f"wakeups: {wakeups}", flush=True)
 print("done", flush=True)

@@ -69,14 +69,30 @@ pub struct Direction {
     pub sizes: Vec<(u32, u64)>,
 }
 
+/// Bursts of one protocol started by one side, as `bursts.py` prints them.
+pub struct Bursts {
+    pub proto: String,
+    /// "up" (the device) or "down" (the edge).
+    pub starter: String,
+    pub count: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets per burst, `n:count,...`.
+    pub sizes: String,
+    /// IP lengths of the bursts' first packets (the keep-alives), `len:count,...`.
+    pub first: String,
+    /// IP lengths of the other packets (replies, acknowledgements).
+    pub rest: String,
+}
+
 /// What one idle window cost.
 pub struct Idle {
     pub window: Duration,
     pub up: Direction,
     pub down: Direction,
-    /// The capture's bursts: (protocol, starter, bursts, packets, bytes, packets per
-    /// burst as `n:count,...`).
-    pub bursts: Vec<(String, String, u64, u64, u64, String)>,
+    /// The capture's bursts: (protocol, starter, bursts, packets, bytes, then as
+    /// `n:count,...`: packets per burst, IP lengths of the first packets, of the rest).
+    pub bursts: Vec<Bursts>,
     /// Bursts of the whole link.
     pub wakeups: u64,
     /// Registrations logged during the window (re-handshakes, reconnections).
@@ -259,21 +275,22 @@ pub fn measure(profile: &Profile, window: Duration) -> Idle {
 }
 
 /// The bursts and wake-ups `bursts.py` printed.
-#[allow(clippy::type_complexity)]
-fn parse_bursts(log: &[String]) -> (Vec<(String, String, u64, u64, u64, String)>, u64) {
+fn parse_bursts(log: &[String]) -> (Vec<Bursts>, u64) {
     let mut bursts = Vec::new();
     let mut wakeups = 0;
     for line in log {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
-            ["bursts:", proto, starter, n, p, b, rest @ ..] => bursts.push((
-                proto.to_string(),
-                starter.to_string(),
-                n.parse().unwrap(),
-                p.parse().unwrap(),
-                b.parse().unwrap(),
-                rest.join(" "),
-            )),
+            ["bursts:", proto, starter, n, p, b, sizes, first, rest] => bursts.push(Bursts {
+                proto: proto.to_string(),
+                starter: starter.to_string(),
+                count: n.parse().unwrap(),
+                packets: p.parse().unwrap(),
+                bytes: b.parse().unwrap(),
+                sizes: sizes.to_string(),
+                first: first.to_string(),
+                rest: rest.to_string(),
+            }),
             ["wakeups:", n] => wakeups = n.parse().unwrap(),
             _ => {}
         }
@@ -357,15 +374,20 @@ fn report_bursts(idle: &Idle) {
         "  bursts (gap {BURST_GAP_MS} ms, captured on the NAT's LAN side); link wake-ups {:.0}/day:",
         per_day(idle.wakeups, w)
     );
-    for (proto, starter, n, p, b, dist) in &idle.bursts {
-        let who = if starter == "up" { "device" } else { "edge" };
+    for b in &idle.bursts {
+        let who = if b.starter == "up" { "device" } else { "edge" };
         eprintln!(
-            "    {proto} started by the {who:<6} {:>9}/day {:>6.0} bursts/day {:>7.0} packets/day \
-             {:>4} of all bytes; packets per burst {dist}",
-            mb(per_day(*b, w)),
-            per_day(*n, w),
-            per_day(*p, w),
-            pct(*b, bytes)
+            "    {} started by the {who:<6} {:>9}/day {:>6.0} bursts/day {:>7.0} packets/day \
+             {:>4} of all bytes; packets per burst {}; IP lengths of the first packet {}, \
+             of the others {}",
+            b.proto,
+            mb(per_day(b.bytes, w)),
+            per_day(b.count, w),
+            per_day(b.packets, w),
+            pct(b.bytes, bytes),
+            b.sizes,
+            b.first,
+            b.rest,
         );
     }
 }
