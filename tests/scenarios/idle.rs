@@ -6,15 +6,15 @@
 //! chain of its own, jumped to first, so a delay queue further down the chain does not
 //! change what is counted). Each packet lands in one cause:
 //!
-//! | cause            | match                                  | what it is                        |
-//! |------------------|----------------------------------------|-----------------------------------|
-//! | `dns`            | UDP or TCP port 53                     | name lookups                      |
-//! | `udp <100`       | UDP, IP length under 100               | QUIC PINGs and ACKs (keep-alive)  |
-//! | `udp 100-1199`   | UDP, 100 to 1199 bytes                 | QUIC stream data (requests, health)|
-//! | `udp >=1200`     | UDP, 1200 bytes or more                | QUIC handshakes and path probes (padded) and bulk data |
-//! | `tcp <=72`       | TCP, IP length up to 72                | TCP segments without payload (ACKs, SYN, FIN) |
-//! | `tcp >72`        | TCP, longer                            | TLS records (HTTP/2 PINGs, data)  |
-//! | `other`          | anything else                          | ICMP, ...                         |
+//! | cause          | match                   | what it is                                  |
+//! |----------------|-------------------------|---------------------------------------------|
+//! | `dns`          | UDP or TCP port 53      | name lookups                                |
+//! | `udp <100`     | UDP, IP length under 100| QUIC PINGs and ACKs (keep-alives)           |
+//! | `udp 100-1199` | UDP, 100 to 1199 bytes  | QUIC stream data (requests, reports)        |
+//! | `udp >=1200`   | UDP, 1200 bytes or more | QUIC handshakes, path probes (both padded), bulk data |
+//! | `tcp <=72`     | TCP, IP length up to 72 | TCP segments without payload (ACKs, SYN, FIN) |
+//! | `tcp >72`      | TCP, longer             | TLS records (HTTP/2 PINGs, data)            |
+//! | `other`        | anything else           | ICMP, ...                                   |
 //!
 //! iptables cannot tell a QUIC PING from an ACK (both are encrypted and about the same
 //! size), so small UDP packets are also counted by exact IP length, per direction: the
@@ -22,8 +22,11 @@
 //! LAN side and groups each flow's packets into bursts (gaps under [`BURST_GAP_MS`]):
 //! an idle connection's burst is one keep-alive and its acknowledgement, and the side
 //! that sends first is the one whose timer fired, so the bytes split into keep-alives
-//! started by the device and by the edge; it also counts wake-ups of the link (what
-//! keeps a cellular radio out of its idle state).
+//! started by the device and by the edge (the QUIC connections to one edge share the
+//! device's UDP socket, hence one flow, and their keep-alives, timed from the same
+//! registration, fall into one burst). The IP lengths of the bursts' first packets (a
+//! keep-alive PING) and of the others (mostly ACKs) are printed, and the wake-ups of
+//! the link (what keeps a cellular radio out of its idle state) counted.
 //!
 //! Ignored by default (each profile takes the idle window plus setup, 10 minutes by
 //! default); run by name, all profiles at once in parallel:
