@@ -237,6 +237,35 @@ impl Net {
         std::io::Write::write_all(&mut f, content.as_bytes()).unwrap();
     }
 
+    /// The counters of the rules in `chain` (filter table) of namespace `ns` that carry
+    /// a comment (`-m comment --comment NAME`), summed by name: (name, packets, bytes),
+    /// in the order the names first appear.
+    pub fn counters(&self, ns: &str, chain: &str) -> Vec<(String, u64, u64)> {
+        let listing = self.sh(ns, &format!("iptables -L {chain} -v -n -x"));
+        let mut out: Vec<(String, u64, u64)> = Vec::new();
+        for line in listing.lines() {
+            let (Some(start), Some(end)) = (line.find("/* "), line.find(" */")) else {
+                continue;
+            };
+            let mut fields = line.split_whitespace();
+            let (Some(pkts), Some(bytes)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let (Ok(pkts), Ok(bytes)) = (pkts.parse::<u64>(), bytes.parse::<u64>()) else {
+                continue;
+            };
+            let name = &line[start + 3..end];
+            match out.iter_mut().find(|(n, _, _)| n == name) {
+                Some(c) => {
+                    c.1 += pkts;
+                    c.2 += bytes;
+                }
+                None => out.push((name.to_string(), pkts, bytes)),
+            }
+        }
+        out
+    }
+
     /// A command that runs `program` in namespace `ns`.
     pub fn cmd(&self, ns: &str, program: &str) -> Command {
         let mut c = Command::new("ip");

@@ -10,7 +10,9 @@
 //!
 //! The tests assert generous bounds and print what they measured; the ignored `bench`
 //! test repeats the timing scenarios and prints the figures for the README:
-//! `cargo test --release --test scenarios -- --ignored bench --nocapture`.
+//! `cargo test --release --test scenarios -- --ignored bench --nocapture`. The ignored
+//! `idle_traffic*` tests measure what an idle device costs in bytes at the NAT (see
+//! `idle.rs`).
 
 // Test code: a failed unwrap is a failed test, and helpers shared between modules
 // are `pub` inside this crate only.
@@ -32,6 +34,7 @@ mod crash;
 mod dns;
 mod drain;
 mod failover;
+mod idle;
 mod nat;
 mod scene;
 
@@ -166,6 +169,27 @@ fn main() {
             crash::a_sigkilled_connector_not_restarted_gets_visitors_a_quick_502,
         ),
         scenario("bench", Namespaces, bench::bench).with_ignored_flag(true),
+        scenario("idle_traffic", Namespaces, idle::idle_traffic).with_ignored_flag(true),
+        scenario(
+            "idle_traffic_50ms_rtt",
+            NetfilterQueue,
+            idle::idle_traffic_50ms_rtt,
+        )
+        .with_ignored_flag(true),
+        scenario(
+            "idle_traffic_one_connection",
+            Namespaces,
+            idle::idle_traffic_one_connection,
+        )
+        .with_ignored_flag(true),
+        scenario("idle_traffic_http2", Namespaces, idle::idle_traffic_http2)
+            .with_ignored_flag(true),
+        scenario(
+            "idle_traffic_http2_one_connection",
+            Namespaces,
+            idle::idle_traffic_http2_one_connection,
+        )
+        .with_ignored_flag(true),
     ];
     libtest_mimic::run(&args, trials).exit();
 }

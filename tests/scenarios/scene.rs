@@ -42,6 +42,8 @@ pub struct Device {
     pub protocol: Option<&'static str>,
     /// Name the edges by [`EDGE_NAMES`] instead of their addresses.
     pub edge_names: bool,
+    /// `ha-connections:` (4 when `None`).
+    pub ha_connections: Option<u8>,
 }
 
 /// Each edge's admin listener, on the loopback of its own namespace.
@@ -159,13 +161,14 @@ impl Scene {
         };
         let yaml = format!(
             "tunnel: dev42\ntoken: {}\nedge: [\"{}:7844\", \"{}:7844\"]\nedge-ca: {}\n\
-             protocol: {}\nha-connections: 4\n{}\ningress:\n  - hostname: {HOST}\n    \
+             protocol: {}\nha-connections: {}\n{}\ningress:\n  - hostname: {HOST}\n    \
              service: http://127.0.0.1:8080\n  - service: http_status:404\n",
             self.token,
             edges[0],
             edges[1],
             self.edge_dir.path().join("ca.pem").display(),
             device.protocol.unwrap_or("auto"),
+            device.ha_connections.unwrap_or(4),
             device.extra_yaml,
         );
         let bin = compile(self.dev_dir.path(), &yaml);
