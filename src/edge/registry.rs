@@ -427,7 +427,9 @@ impl Registry {
                         &hex(&c.connector_id)[..8],
                         c.index,
                         c.session.protocol(),
-                        c.remote,
+                        // Where it is now: QUIC follows the connector across NAT
+                        // rebindings, and `remote` is where it registered from.
+                        c.session.remote_addr(),
                         c.session.rtt().as_secs_f64() * 1000.0,
                         packet,
                         c.draining.load(Ordering::Acquire),

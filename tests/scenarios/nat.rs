@@ -210,6 +210,24 @@ pub fn quic_survives_nat_rebinding() {
     );
     let c = s.connector();
     assert_eq!(c.count("lost edge"), 0, "{}", c.dump());
+    // The edges list each connection at the address it now comes from (the NAT's new
+    // port window), not the one it registered from.
+    for e in 0..2 {
+        let lines = s.tunnel_lines(e);
+        assert!(!lines.is_empty(), "edge {} lists no connection", e + 1);
+        for l in &lines {
+            let port = l
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("from="))
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse::<u16>().ok());
+            assert!(
+                port.is_some_and(|p| (40000..=40999).contains(&p)),
+                "edge {} lists a connection at its old address: {l}",
+                e + 1
+            );
+        }
+    }
     let slowest = results
         .windows(2)
         .map(|w| w[1].0.saturating_sub(w[0].0))
