@@ -58,21 +58,35 @@ impl Handshakes {
         }
     }
 
-    /// A slot for a handshake from `ip`, or why not.
-    fn admit(&self, ip: std::net::IpAddr) -> Result<HandshakeSlot, &'static str> {
-        let addr = self
+    /// A slot for a handshake from `remote`; `None` (and a rate-limited log line saying
+    /// why) when its address or the listener has too many in progress.
+    fn admit(&self, remote: SocketAddr) -> Option<HandshakeSlot> {
+        let slot = self
             .per_addr
-            .admit(ip)
-            .ok_or("too many handshakes from this address")?;
-        let all = self
-            .all
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| "too many handshakes in progress")?;
-        Ok(HandshakeSlot {
-            _all: all,
-            _addr: addr,
-        })
+            .admit(remote.ip())
+            .ok_or("too many handshakes from this address")
+            .and_then(|addr| {
+                let all = self
+                    .all
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| "too many handshakes in progress")?;
+                Ok(HandshakeSlot {
+                    _all: all,
+                    _addr: addr,
+                })
+            });
+        match slot {
+            Ok(slot) => Some(slot),
+            Err(why) => {
+                log_limited!(
+                    HANDSHAKE_LOG,
+                    Info,
+                    "tunnel connection from {remote} refused: {why}"
+                );
+                None
+            }
+        }
     }
 
     fn in_flight(&self) -> usize {
@@ -95,17 +109,9 @@ pub(crate) async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) 
             }
             continue;
         }
-        let permit = match handshakes.admit(remote.ip()) {
-            Ok(p) => p,
-            Err(why) => {
-                log_limited!(
-                    HANDSHAKE_LOG,
-                    Info,
-                    "tunnel connection from {remote} refused: {why}"
-                );
-                incoming.refuse();
-                continue;
-            }
+        let Some(permit) = handshakes.admit(remote) else {
+            incoming.refuse();
+            continue;
         };
         let state = state.clone();
         let listener = listener.clone();
@@ -159,16 +165,8 @@ pub(crate) async fn accept_h2(
                 continue;
             }
         };
-        let permit = match handshakes.admit(remote.ip()) {
-            Ok(p) => p,
-            Err(why) => {
-                log_limited!(
-                    HANDSHAKE_LOG,
-                    Info,
-                    "tunnel connection from {remote} refused: {why}"
-                );
-                continue; // dropping the socket refuses it
-            }
+        let Some(permit) = handshakes.admit(remote) else {
+            continue; // dropping the socket refuses it
         };
         let _ = tcp.set_nodelay(true);
         let (tls, state) = (tls.clone(), state.clone());
