@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
-use libtest_mimic::{Arguments, Completion, Trial};
+use libtest_mimic::{Completion, Trial};
 
 const TARGET: &str = "aarch64-unknown-linux-musl";
 
@@ -747,12 +747,7 @@ fn systemd_unit_verifies() -> Completion {
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    if args.test_threads.is_none() {
-        args.test_threads = std::env::var("RUST_TEST_THREADS")
-            .ok()
-            .and_then(|n| n.parse().ok());
-    }
+    let args = common::harness_args();
     let test = |name: &str, run: fn() -> Completion| Trial::ignorable_test(name, move || Ok(run()));
     let trials = vec![
         test(

@@ -30,7 +30,7 @@ mod shield;
 mod tunnel;
 
 use common::Skip;
-use libtest_mimic::{Arguments, Completion, Trial};
+use libtest_mimic::{Completion, Trial};
 
 /// What a test function returns: `()`, or `Result<(), Skip>` for one that may not be
 /// able to run here.
@@ -65,12 +65,7 @@ macro_rules! trials {
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    if args.test_threads.is_none() {
-        args.test_threads = std::env::var("RUST_TEST_THREADS")
-            .ok()
-            .and_then(|n| n.parse().ok());
-    }
+    let args = common::harness_args();
     let trials = trials![
         tunnel::bodies_of_every_size_arrive_intact_over_http1,
         tunnel::http2_transport_carries_bodies_uploads_and_many_streams,

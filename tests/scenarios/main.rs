@@ -38,7 +38,7 @@ mod idle;
 mod nat;
 mod scene;
 
-use libtest_mimic::{Arguments, Completion, Trial};
+use libtest_mimic::{Completion, Trial};
 
 /// What a scenario needs besides root and the namespace tools.
 #[derive(Clone, Copy)]
@@ -76,12 +76,7 @@ fn scenario(name: &'static str, need: Need, run: fn()) -> Trial {
 
 fn main() {
     use Need::*;
-    let mut args = Arguments::from_args();
-    if args.test_threads.is_none() {
-        args.test_threads = std::env::var("RUST_TEST_THREADS")
-            .ok()
-            .and_then(|n| n.parse().ok());
-    }
+    let args = common::harness_args();
     let trials = vec![
         scenario(
             "port_scans_find_nothing_open_while_the_service_is_reachable",

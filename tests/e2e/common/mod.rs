@@ -29,6 +29,18 @@ pub const MAILSLOT: &str = env!("CARGO_BIN_EXE_mailslot");
 /// Longest wait for any expected event.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The libtest-mimic harness's arguments, with `RUST_TEST_THREADS` honoured as libtest
+/// honours it (the e2e, scenario and image binaries all run under libtest-mimic).
+pub fn harness_args() -> libtest_mimic::Arguments {
+    let mut args = libtest_mimic::Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = std::env::var("RUST_TEST_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok());
+    }
+    args
+}
+
 /// A temporary folder removed on drop.
 pub struct TempDir(pub PathBuf);
 
