@@ -345,11 +345,24 @@ impl Load {
 }
 
 pub fn get_in_names(visitor: &str, i: usize, path: &str, max_time: u32) -> Result<u16, String> {
+    status_in_names(visitor, i, path, max_time, &[])
+}
+
+/// A visitor's request through edge `i` (curl with `extra` arguments): the status, or
+/// curl's error.
+fn status_in_names(
+    visitor: &str,
+    i: usize,
+    path: &str,
+    max_time: u32,
+    extra: &[&str],
+) -> Result<u16, String> {
     let out = Command::new("ip")
         .args(["netns", "exec", visitor, "curl"])
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
         .arg(max_time.to_string())
         .args(["-H", &format!("Host: {HOST}")])
+        .args(extra)
         .arg(format!("http://{}{path}", EDGE_IPS[i]))
         .output()
         .unwrap();
@@ -377,20 +390,5 @@ pub fn retry_lines(c: &Proc, slot: usize) -> usize {
 
 /// A visitor's POST of a few bytes through edge `i`: the status, or curl's error.
 pub fn post_names(visitor: &str, i: usize, path: &str, max_time: u32) -> Result<u16, String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", visitor, "curl"])
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
-        .arg(max_time.to_string())
-        .args(["-H", &format!("Host: {HOST}"), "--data", "order=1"])
-        .arg(format!("http://{}{path}", EDGE_IPS[i]))
-        .output()
-        .unwrap();
-    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() {
-        return Err(format!(
-            "curl: {} (status {code})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    code.parse().map_err(|_| format!("curl printed {code:?}"))
+    status_in_names(visitor, i, path, max_time, &["--data", "order=1"])
 }
