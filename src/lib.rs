@@ -3,6 +3,7 @@
 //! - [`wire`]: every byte that crosses the tunnel: version, messages, framing.
 //! - [`config`]: the device config model, its bounded binary format and atomic store.
 //! - [`hostname`]: the canonical form of hostnames and the one hostname-pattern grammar.
+//! - [`identity`]: a device's id, derived from its key, and the `{device}` placeholder.
 //! - [`tls`]: TLS client settings, tolerant of a device clock that is not set yet.
 //! - [`clock`]: the time certificates are checked against, and the last-known-good time.
 //! - [`transport`]: QUIC (and HTTP/2) sessions behind one interface.
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod edge;
 pub mod heap;
 pub mod hostname;
+pub mod identity;
 pub mod provision;
 pub(crate) mod runas;
 pub mod sdnotify;

@@ -32,6 +32,22 @@
 //!  +-------+------------------------------+------------------------+
 //! ```
 //!
+//! A device enrolled in a fleet (see `identity` and the edge's `fleet` module) proves
+//! its key on every registration. The edge's hello carries a [`HelloTail`]: a fresh
+//! nonce. The registration carries, after its [`RegisterTail`], a [`DeviceTail`]: the
+//! device's public key, its signature over [`device_proof_message`] of that nonce, its
+//! credential or enrolment key and what it is (name, architecture, board). The edge's
+//! [`EdgeMsg::Registered`] then carries a [`RegisteredTail`]: a new credential when one
+//! was issued, and how often to send [`ConnectorMsg::Health`] (never to an edge that
+//! did not say so: older edges do not know the message).
+//!
+//! ```text
+//!  edge:      Hello      + HelloTail { nonce }
+//!  connector: Register   + RegisterTail { instance } + DeviceTail { key, proof, ... }
+//!  edge:      Registered + RegisteredTail { credential?, health_every_secs }
+//!  later:     ConnectorMsg::Health (device), EdgeMsg::Credential (renewal, edge)
+//! ```
+//!
 //! Data stream: the edge writes one [`StreamHeader`] frame, the connector dials the
 //! service and answers one [`StreamReply`] frame; after an `Ok` reply the stream is a raw
 //! byte pipe to the service in both directions.
@@ -124,7 +140,101 @@ pub(crate) struct RegisterTail {
     /// `connector::instance`). With the per-process [`Register::connector_id`] it tells a
     /// connector that restarted (the same instance, another process) from a replica: the
     /// edge closes the connections the previous process of the instance left behind.
+    /// All zeros: no instance id (a connector that has none still sends the tail when
+    /// a [`DeviceTail`] follows it).
     pub instance: [u8; 16],
+}
+
+/// What the edge appends to its hello: absent from edges that predate device
+/// identities (a device then cannot prove its key, and says so).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloTail {
+    /// Fresh random bytes of this connection; the device signs them
+    /// ([`device_proof_message`]), so a proof is never good for another connection.
+    pub nonce: [u8; 32],
+}
+
+/// What an enrolled device appends after its [`RegisterTail`]: who it is and the proof
+/// that it holds its key. The register message's `token` is empty then.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceTail {
+    /// The device's Ed25519 public key; its device id is derived from it
+    /// ([`crate::identity::device_id`]).
+    pub public_key: [u8; 32],
+    /// Ed25519 signature over [`device_proof_message`] of the hello's nonce: 64 bytes
+    /// (serde has no 64-byte arrays).
+    pub proof: Vec<u8>,
+    /// The device credential (`msd1.…`) the edge issued at enrolment, once stored.
+    pub credential: Option<String>,
+    /// The enrolment key (`mse1.…`) from the device config: used when there is no
+    /// credential, or the credential is refused as expired.
+    pub enroll: Option<String>,
+    /// What the device is, for the inventory.
+    pub facts: DeviceFacts,
+}
+
+impl std::fmt::Debug for DeviceTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceTail")
+            .field("public_key", &crate::util::hex(&self.public_key))
+            .field("credential", &self.credential.as_ref().map(|_| "***"))
+            .field("enroll", &self.enroll.as_ref().map(|_| "***"))
+            .field("facts", &self.facts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a device tells the edge about itself at registration. Every text is cut by
+/// the edge ([`bounded_reason`]) before it is kept or shown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceFacts {
+    /// Human-friendly name: the config's `name`, else the board's serial number
+    /// (`/proc/device-tree/serial-number`), else the start of `/etc/machine-id`.
+    pub name: String,
+    /// CPU architecture the binary was built for (`aarch64`, `arm`, `x86_64`).
+    pub arch: String,
+    /// Board model (`/proc/device-tree/model`), empty when unknown.
+    pub board: String,
+    /// First 8 bytes of the SHA-256 of the config file in force.
+    pub config_digest: [u8; 8],
+}
+
+/// What the edge appends to [`EdgeMsg::Registered`] for an enrolled device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredTail {
+    /// The device id the edge derived from the key (the connector checks it matches).
+    pub device_id: String,
+    /// A new credential to store (first enrolment, or renewal of one nearing expiry).
+    pub credential: Option<String>,
+    /// Send [`ConnectorMsg::Health`] this often, seconds; 0: never.
+    pub health_every_secs: u32,
+}
+
+/// The device's state, sent on one of its connections at registration and then every
+/// `health_every_secs`. Nothing in it is written on the device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Seconds since the board booted (`/proc/uptime`).
+    pub uptime_secs: u64,
+    /// Load averages over 1, 5 and 15 minutes, times 100 (`/proc/loadavg`).
+    pub load_centi: [u32; 3],
+    /// `MemAvailable` and `MemTotal` of `/proc/meminfo`, KiB.
+    pub mem_available_kib: u64,
+    pub mem_total_kib: u64,
+    /// CPU temperature, millidegrees Celsius (`/sys/class/thermal/thermal_zone0/temp`).
+    pub temp_millicelsius: Option<i32>,
+    /// Free and total space of the file system holding `/`, KiB.
+    pub root_free_kib: Option<u64>,
+    pub root_total_kib: Option<u64>,
+    /// Whether the system clock is set (false: the device runs on its last-known-good
+    /// time, see `clock`).
+    pub clock_set: bool,
+    /// Bytes carried through the tunnel since the connector started: from visitors to
+    /// the device's services, and back.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The last warning or error the connector logged, bounded.
+    pub last_error: Option<String>,
 }
 
 /// Messages the connector sends on the control stream.
@@ -138,6 +248,8 @@ pub enum ConnectorMsg {
     },
     /// The connector is shutting down: open no new streams on this connection.
     Draining,
+    /// The device's state (only to an edge whose [`RegisteredTail`] asked for it).
+    Health(Health),
 }
 
 /// Messages the edge sends on the control stream.
@@ -164,6 +276,24 @@ pub enum EdgeMsg {
     RulesAccepted {
         generation: u32,
     },
+    /// A renewed device credential to store (only to a device that registered with a
+    /// [`DeviceTail`]).
+    Credential {
+        credential: String,
+    },
+}
+
+/// Domain separation of the device's proof of possession: a signature made for a
+/// registration is never one for anything else the device key signs.
+pub const DEVICE_PROOF_CONTEXT: &[u8] = b"mailslot device proof v1\0";
+
+/// The bytes a device signs with its key to register on a connection whose hello
+/// carried `nonce`.
+pub fn device_proof_message(nonce: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(DEVICE_PROOF_CONTEXT.len() + nonce.len());
+    m.extend_from_slice(DEVICE_PROOF_CONTEXT);
+    m.extend_from_slice(nonce);
+    m
 }
 
 /// Kind of a data stream.
@@ -360,6 +490,48 @@ where
     }
     let (tail, _later) = postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
     Ok((msg, Some(tail)))
+}
+
+/// Writes one control frame holding `msg` followed by two tails (a registration, its
+/// [`RegisterTail`] and a [`DeviceTail`]).
+pub(crate) async fn write_control_with_tails<W, M, T, U>(
+    w: &mut W,
+    msg: &M,
+    tail: &T,
+    more: &U,
+) -> Result<(), WireError>
+where
+    W: AsyncWrite + Unpin,
+    M: Serialize,
+    T: Serialize,
+    U: Serialize,
+{
+    write_control(w, &(msg, tail, more)).await
+}
+
+/// Reads one control frame holding a message and up to two tails, each `None` when the
+/// sender did not append it; parts appended after them are ignored.
+#[cfg_attr(not(feature = "edge"), allow(dead_code))]
+pub(crate) async fn read_control_with_tails<R, M, T, U>(
+    r: &mut R,
+) -> Result<(M, Option<T>, Option<U>), WireError>
+where
+    R: AsyncRead + Unpin,
+    M: DeserializeOwned,
+    T: DeserializeOwned,
+    U: DeserializeOwned,
+{
+    let body = read_control_frame(r).await?;
+    let (msg, rest) = postcard::take_from_bytes(&body).map_err(WireError::Malformed)?;
+    if rest.is_empty() {
+        return Ok((msg, None, None));
+    }
+    let (tail, rest) = postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
+    if rest.is_empty() {
+        return Ok((msg, Some(tail), None));
+    }
+    let (more, _later) = postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
+    Ok((msg, Some(tail), Some(more)))
 }
 
 async fn read_control_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, WireError> {

@@ -5,6 +5,7 @@
 //! - [`cidr`]: address ranges for `ip-allow:` and `trusted-proxies:`.
 //! - [`init`]: first-time key and certificate generation.
 //! - [`token`]: signed tunnel (and access) tokens.
+//! - [`fleet`]: enrolment of devices with their own keys, the inventory and its store.
 //! - [`registry`]: tunnels, hostnames, connections, rule matching.
 //! - `tunnels`: the tunnel listener and the control handshake.
 //! - `flood`: per-address counts (IPv6 per /64) and rate-limited logs against floods.
@@ -29,6 +30,7 @@ pub mod admin;
 pub(crate) mod body;
 pub mod cidr;
 pub mod config;
+pub mod fleet;
 pub(crate) mod flood;
 pub(crate) mod forward;
 pub(crate) mod front;

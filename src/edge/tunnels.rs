@@ -432,6 +432,8 @@ async fn on_message(
             }
         }
         Ok(ConnectorMsg::Register(_)) => Some(Ended::RegisteredTwice),
+        // Sent only to an edge that asked for it; this one has not yet.
+        Ok(ConnectorMsg::Health(_)) => None,
         Err(wire::WireError::Closed) => Some(Ended::ControlClosed),
         Err(e) => Some(Ended::Control(e)),
     }

@@ -1,0 +1,21 @@
+//! The fleet: devices that enrol with their own key from one golden image, and the
+//! edge's record of every device it has seen, online or not.
+//!
+//! - `enroll`: enrolment keys (`mse1.…`, `mailslot-edge enroll-key`) and device
+//!   credentials (`msd1.…`), both signed with the edge's token key; the check of a
+//!   device's proof of possession at registration.
+//! - `inventory`: the records in memory, what registrations, health reports and
+//!   disconnections change, written to the store behind the scenes.
+//! - [`store`]: where records survive a restart: the [`Store`] interface and its
+//!   embedded implementation (redb); a shared engine (Redis) implements the same trait.
+//!
+//! A device registers with an empty tunnel token and a `wire::DeviceTail`: its public
+//! key, a signature over the connection's nonce, and its credential or its enrolment
+//! key. Enrolment checks the key's signature, expiry and quota, records the device and
+//! issues a credential bound to the device's key: its hostnames (the key's patterns with
+//! `{device}` expanded), fleet and expiry. The connection then serves as one of a tunnel
+//! whose id is derived from the device's key.
+
+pub mod store;
+
+pub use store::{DeviceRecord, Store, StoreError};
