@@ -16,6 +16,8 @@
 //! `{device}` expanded), fleet and expiry. The connection then serves as one of a tunnel
 //! whose id is derived from the device's key.
 
+pub mod inventory;
 pub mod store;
 
-pub use store::{DeviceRecord, Store, StoreError};
+pub use inventory::{ConnView, DeviceView};
+pub use store::{DeviceRecord, Enrolled, Store, StoreError};
