@@ -35,6 +35,20 @@ pub fn device_id(public_key: &[u8; 32]) -> String {
     out
 }
 
+/// The tunnel id of an enrolled device: connections of one device are one tunnel on
+/// every edge, whichever credential they present.
+pub fn tunnel_id(public_key: &[u8; 32]) -> [u8; 16] {
+    let mut ctx = ring::digest::Context::new(&SHA256);
+    ctx.update(b"mailslot device tunnel\0");
+    ctx.update(public_key);
+    let hash = ctx.finish();
+    let mut id = [0u8; 16];
+    for (d, s) in id.iter_mut().zip(hash.as_ref()) {
+        *d = *s;
+    }
+    id
+}
+
 /// Whether `s` has the form of a device id.
 pub fn is_device_id(s: &str) -> bool {
     s.len() == DEVICE_ID_LEN
