@@ -247,6 +247,8 @@ pub struct EdgeState {
     pub(crate) access: access::AccessState,
     /// Bearer token the admin listener requires (`admin-token`); a reload replaces it.
     pub(crate) admin_token: watch::Sender<Option<config::AdminToken>>,
+    /// The fleet's devices: set once when serving starts (the store is opened then).
+    pub(crate) fleet: std::sync::OnceLock<Arc<fleet::Inventory>>,
 }
 
 impl EdgeState {
@@ -282,6 +284,7 @@ impl Edge {
             shield: settings.shield.clone(),
             access: access::AccessState::default(),
             admin_token: watch::channel(None).0,
+            fleet: std::sync::OnceLock::new(),
         });
         Edge {
             state,

@@ -19,5 +19,5 @@
 pub mod inventory;
 pub mod store;
 
-pub use inventory::{ConnView, DeviceView};
+pub use inventory::{ConnView, DeviceView, Inventory};
 pub use store::{DeviceRecord, Enrolled, Store, StoreError};
