@@ -10,6 +10,10 @@
 //!                        visitor 10.3.0.2 ── .1 ───┘
 //! ```
 //!
+//! More devices behind the same NAT ([`Net::add_device`]) get a link of their own each:
+//! device `n` is 192.168.(100+n).2 behind the NAT's 192.168.(100+n).1, with the same
+//! closed firewall.
+//!
 //! Only these private addresses and loopback are used. Interface names are only unique
 //! inside each namespace: veths are created with their peer directly in the other
 //! namespace, so nothing ever lands in the root namespace.
@@ -70,6 +74,9 @@ pub struct Net {
     pub wan: String,
     pub edges: [String; 2],
     pub visitor: String,
+    /// Devices added by [`Net::add_device`], in order.
+    pub more_devices: Vec<String>,
+    tag: String,
 }
 
 fn run(args: &[&str]) -> Output {
@@ -95,6 +102,8 @@ impl Net {
             wan: name("wan"),
             edges: [name("e1"), name("e2")],
             visitor: name("vis"),
+            more_devices: Vec::new(),
+            tag: tag.clone(),
         };
         for ns in net.all() {
             net.ok(&["ip", "netns", "add", ns]);
@@ -102,13 +111,7 @@ impl Net {
         }
         // The device's firewall first, before it has any link: nothing gets in but
         // replies to its own connections.
-        net.sh(
-            &net.device,
-            "iptables -P INPUT DROP && iptables -A INPUT -i lo -j ACCEPT && \
-             iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT && \
-             ip6tables -P INPUT DROP && ip6tables -A INPUT -i lo -j ACCEPT && \
-             ip6tables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-        );
+        net.close_firewall(&net.device);
         net.veth(
             &net.nat,
             "lan0",
@@ -174,7 +177,36 @@ impl Net {
         let mut v = vec![&self.device, &self.nat, &self.wan];
         v.extend(self.edges.iter());
         v.push(&self.visitor);
+        v.extend(self.more_devices.iter());
         v
+    }
+
+    /// Drops every packet coming into `ns` but loopback and replies to its own flows.
+    fn close_firewall(&self, ns: &str) {
+        self.sh(
+            ns,
+            "iptables -P INPUT DROP && iptables -A INPUT -i lo -j ACCEPT && \
+             iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT && \
+             ip6tables -P INPUT DROP && ip6tables -A INPUT -i lo -j ACCEPT && \
+             ip6tables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        );
+    }
+
+    /// Another device behind the NAT, with a link of its own and the same closed
+    /// firewall; its namespace's name. At most 100 (the subnets 192.168.101-200.0/24).
+    pub fn add_device(&mut self) -> String {
+        let n = self.more_devices.len() + 1;
+        assert!(n <= 100, "at most 100 more devices");
+        let ns = format!("{}-d{n}", self.tag);
+        self.ok(&["ip", "netns", "add", &ns]);
+        // Listed before anything can fail, so that drop removes it.
+        self.more_devices.push(ns.clone());
+        self.sh(&ns, "ip link set lo up");
+        self.close_firewall(&ns);
+        let (gw, ip) = (format!("192.168.{}.1", 100 + n), format!("192.168.{}.2", 100 + n));
+        self.veth(&self.nat, &format!("lan{n}"), &gw, &ns, "eth0", &ip, 24);
+        self.sh(&ns, &format!("ip route add default via {gw}"));
+        ns
     }
 
     /// A veth pair: `a_if` (in `a`, `a_ip`) to `b_if` (in `b`, `b_ip`).
