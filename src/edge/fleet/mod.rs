@@ -16,7 +16,11 @@
 //! `{device}` expanded), fleet and expiry. The connection then serves as one of a tunnel
 //! whose id is derived from the device's key.
 
+pub mod api;
+pub mod cli;
 pub mod inventory;
+pub mod metrics;
+pub mod page;
 pub mod store;
 
 pub use inventory::{ConnView, DeviceView, Inventory};
