@@ -433,3 +433,261 @@ fn metrics(state: &EdgeState) -> String {
     super::fleet::metrics::append(&mut out, state);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::edge::fleet::api::tests::view;
+    use crate::edge::fleet::{DeviceRecord, Enrolled, Store, StoreError};
+    use crate::edge::{init, CertKey, Edge, EdgeSettings};
+
+    const TOKEN: &str = "admin-0123456789-unit-secret";
+
+    /// Records in memory: the store behind a real [`Inventory`] in these tests.
+    #[derive(Default)]
+    struct MemStore(Mutex<HashMap<String, DeviceRecord>>);
+
+    impl Store for MemStore {
+        fn enroll(&self, r: &DeviceRecord, _: Option<u32>) -> Result<Enrolled, StoreError> {
+            self.0.lock().unwrap().insert(r.id.clone(), r.clone());
+            Ok(Enrolled::New)
+        }
+        fn get(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+            Ok(self.0.lock().unwrap().get(id).cloned())
+        }
+        fn list(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+            Ok(self.0.lock().unwrap().values().cloned().collect())
+        }
+        fn update(&self, records: &[DeviceRecord]) -> Result<(), StoreError> {
+            let mut m = self.0.lock().unwrap();
+            for r in records {
+                m.insert(r.id.clone(), r.clone());
+            }
+            Ok(())
+        }
+        fn revoke(&self, id: &str, at: u64) -> Result<bool, StoreError> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .get_mut(id)
+                .map(|r| r.revoked = Some(at))
+                .is_some())
+        }
+    }
+
+    /// An edge state with an admin token and, when `records` is given, an inventory.
+    fn state(records: Option<Vec<DeviceRecord>>) -> (Arc<EdgeState>, Arc<MemStore>) {
+        let pki = init::generate_pki(&["127.0.0.1".into()]).unwrap();
+        let cert = CertKey::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
+        let edge = Edge::new(EdgeSettings {
+            name: "edge-<1>".into(),
+            cert,
+            extra_certs: Vec::new(),
+            verify_keys: Vec::new(),
+            origin_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            revoked: Vec::new(),
+            shield: Arc::new(crate::edge::shield::Shield::new(
+                Default::default(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            )),
+        })
+        .with_admin_token(Some(crate::edge::config::AdminToken::new(TOKEN).unwrap()));
+        let store = Arc::new(MemStore::default());
+        if let Some(records) = records {
+            store.update(&records).unwrap();
+            let inv = Inventory::load(store.clone(), edge.state.registry.clone()).unwrap();
+            assert!(edge.state.fleet.set(Arc::new(inv)).is_ok());
+        }
+        (edge.state.clone(), store)
+    }
+
+    /// Serves the admin listener of `state` on a port of its own.
+    async fn listen(state: Arc<EdgeState>) -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(l, state));
+        addr
+    }
+
+    /// One request on its own connection: status, head and body.
+    async fn call(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        auth: &str,
+    ) -> (u16, String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let auth = if auth.is_empty() {
+            String::new()
+        } else {
+            format!("Authorization: {auth}\r\n")
+        };
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        let status = head[9..12].parse().unwrap();
+        (status, head.to_string(), body.to_string())
+    }
+
+    fn bearer() -> String {
+        format!("Bearer {TOKEN}")
+    }
+
+    fn basic(user_pass: &str) -> String {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_pass)
+        )
+    }
+
+    #[tokio::test]
+    async fn the_api_lists_shows_and_revokes_devices() {
+        let mut a = view(1, "<script>alert(1)</script>", "shop", false);
+        a.record.last_seen = 1;
+        let b = view(2, "pi-2", "home", false);
+        let (state, store) = state(Some(vec![a.record.clone(), b.record.clone()]));
+        let addr = listen(state).await;
+        let (status, head, body) = call(addr, "GET", "/api/v1/devices", &bearer()).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let list: api::DeviceList = serde_json::from_str(&body).unwrap();
+        assert_eq!((list.total, list.devices.len(), list.next), (2, 2, None));
+        let (_, _, body) = call(addr, "GET", "/api/v1/devices?fleet=home", &bearer()).await;
+        let list: api::DeviceList = serde_json::from_str(&body).unwrap();
+        assert_eq!(list.devices[0].name, "pi-2");
+        let (_, _, body) = call(addr, "GET", "/api/v1/devices?limit=1", &bearer()).await;
+        let list: api::DeviceList = serde_json::from_str(&body).unwrap();
+        assert_eq!(list.devices.len(), 1);
+        assert_eq!(list.next.as_deref(), Some(list.devices[0].id.as_str()));
+        let (status, _, body) = call(addr, "GET", "/api/v1/devices?limit=0", &bearer()).await;
+        assert_eq!(status, 400, "{body}");
+
+        let id = &a.record.id;
+        let (status, _, body) =
+            call(addr, "GET", &format!("/api/v1/devices/{id}"), &bearer()).await;
+        assert_eq!(status, 200);
+        let d: api::DeviceJson = serde_json::from_str(&body).unwrap();
+        assert_eq!(d.name, "<script>alert(1)</script>");
+        assert_eq!(d.public_key, "01".repeat(32));
+        for unknown in ["aaaaaaaaaaaaaaaa", "..%2F..", "a.b"] {
+            let (status, _, body) = call(
+                addr,
+                "GET",
+                &format!("/api/v1/devices/{unknown}"),
+                &bearer(),
+            )
+            .await;
+            assert_eq!(status, 404, "{unknown}: {body}");
+            assert!(body.contains("\"error\""), "{body}");
+        }
+
+        // Revoking takes POST with the bearer token.
+        let revoke = format!("/api/v1/devices/{id}/revoke");
+        assert_eq!(call(addr, "GET", &revoke, &bearer()).await.0, 405);
+        let (status, _, _) = call(addr, "POST", &revoke, &basic(&format!("me:{TOKEN}"))).await;
+        assert_eq!(status, 403);
+        assert!(store.get(id).unwrap().unwrap().revoked.is_none());
+        let (status, _, body) = call(addr, "POST", &revoke, &bearer()).await;
+        assert_eq!(status, 200, "{body}");
+        let d: api::DeviceJson = serde_json::from_str(&body).unwrap();
+        assert_eq!(d.state, "revoked");
+        assert!(store.get(id).unwrap().unwrap().revoked.is_some());
+        let (status, _, _) = call(
+            addr,
+            "POST",
+            "/api/v1/devices/aaaaaaaaaaaaaaaa/revoke",
+            &bearer(),
+        )
+        .await;
+        assert_eq!(status, 404);
+    }
+
+    #[tokio::test]
+    async fn the_fleet_page_takes_basic_auth_and_escapes_device_texts() {
+        let a = view(1, "<script>alert(1)</script>", "shop", false);
+        let (state, _) = state(Some(vec![a.record.clone()]));
+        let addr = listen(state).await;
+        let (status, head, body) = call(addr, "GET", "/fleet", "").await;
+        assert_eq!(status, 401);
+        assert!(
+            head.contains("www-authenticate: Basic realm=\"mailslot-edge\""),
+            "{head}"
+        );
+        assert!(body.contains("admin-token"));
+        for wrong in ["admin:nope-0123456789-nope", TOKEN, ""] {
+            assert_eq!(call(addr, "GET", "/fleet", &basic(wrong)).await.0, 401);
+        }
+        assert_eq!(call(addr, "GET", "/fleet", "Basic !!!").await.0, 401);
+        let (status, head, body) = call(
+            addr,
+            "GET",
+            "/fleet?sort=temp",
+            &basic(&format!("admin:{TOKEN}")),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            head.contains("content-security-policy: default-src 'none'"),
+            "{head}"
+        );
+        assert!(body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(!body.contains("<script>"));
+        assert!(body.contains("edge-&lt;1&gt;"));
+        let (status, _, body) = call(
+            addr,
+            "GET",
+            &format!("/fleet/{}", a.record.id),
+            &basic(&format!(":{TOKEN}")),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("shop.example.com"));
+        let (status, _, _) = call(addr, "GET", "/fleet/nope", &bearer()).await;
+        assert_eq!(status, 404);
+        assert_eq!(call(addr, "POST", "/fleet", &bearer()).await.0, 405);
+        let (status, _, body) = call(addr, "GET", "/metrics", &bearer()).await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("mailslot_edge_fleet_devices_offline{fleet=\"shop\"} 1"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_an_inventory_the_fleet_answers_503() {
+        let (state, _) = state(None);
+        let addr = listen(state).await;
+        for path in [
+            "/api/v1/devices",
+            "/api/v1/devices/abc",
+            "/fleet",
+            "/fleet/abc",
+        ] {
+            let (status, _, body) = call(addr, "GET", path, &bearer()).await;
+            assert_eq!(status, 503, "{path}");
+            assert!(
+                body.contains("fleet inventory not loaded"),
+                "{path}: {body}"
+            );
+        }
+        let (status, _, body) = call(addr, "GET", "/metrics", &bearer()).await;
+        assert_eq!(status, 200);
+        assert!(!body.contains("mailslot_edge_fleet"), "{body}");
+        assert_eq!(call(addr, "GET", "/nothing", &bearer()).await.0, 404);
+    }
+}
