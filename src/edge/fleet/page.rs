@@ -26,8 +26,8 @@ h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.1em;margin:1.2em 0 .4em}\
 th,td{padding:.3em .6em;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}\
 th a{color:inherit}td.n,th.n{text-align:right}\
 .online{color:#080;font-weight:600}.offline{color:#b00;font-weight:600}.revoked{color:#777}\
-dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{color:#555}\
-dd{margin:0;word-break:break-all}form{margin:.8em 0}.empty{font-style:italic}";
+dl{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.2em 1em}dt{color:#555}\
+dd{margin:0;overflow-wrap:anywhere}form{margin:.8em 0}.empty{font-style:italic}";
 
 /// A column of the device table: its `sort=` name and heading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,7 +388,7 @@ pub fn device_page(edge: &str, v: &DeviceView, now: u64) -> String {
     head(&mut out, &format!("{title} · {edge}"));
     let _ = write!(
         out,
-        "<p><a href=\"/fleet\">← fleet</a></p><h1>{}</h1><p class=\"{state}\" id=\"state\">{state}</p><dl>",
+        "<p><a href=\"/fleet\">← fleet</a></p><h1>{}</h1><p class=\"{state}\" id=\"state\">{state}</p>",
         escape(title),
         state = escape(&d.state)
     );
