@@ -15,7 +15,8 @@
 //! - `GET /api/v1/devices` (`fleet=F`, `offline=1`, pages: `limit=N`, `after=ID`),
 //!   `GET /api/v1/devices/ID`, `POST /api/v1/devices/ID/revoke`: JSON
 //!   ([`super::fleet::api`]; docs/fleet.md).
-//! - `GET /fleet`, `GET /fleet/ID`: the fleet page ([`super::fleet::page`]).
+//! - `GET /fleet`, `GET /fleet/ID`: the fleet page ([`super::fleet::page`]); `GET /`
+//!   sends a browser there.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -129,6 +130,8 @@ fn authenticate(headers: &HeaderMap, state: &EdgeState) -> Auth {
 
 /// The routes, by path segment.
 enum Route<'a> {
+    /// `/`: a browser is sent to the fleet page.
+    Root,
     Tunnels,
     Metrics,
     Devices,
@@ -143,6 +146,7 @@ impl Route<'_> {
     fn of(path: &str) -> Route<'_> {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match segs.as_slice() {
+            [""] => Route::Root,
             ["tunnels"] => Route::Tunnels,
             ["metrics"] => Route::Metrics,
             ["api", "v1", "devices"] | ["api", "v1", "devices", ""] => Route::Devices,
@@ -164,7 +168,7 @@ impl Route<'_> {
 
     /// Is its answer a page for a browser?
     fn is_html(&self) -> bool {
-        matches!(self, Route::FleetPage | Route::DevicePage(_))
+        matches!(self, Route::Root | Route::FleetPage | Route::DevicePage(_))
     }
 }
 
@@ -211,6 +215,14 @@ async fn answer(req: Request<Incoming>, state: &EdgeState) -> Response<Full<Byte
         }
     }
     match route {
+        Route::Root => {
+            let mut r = text(StatusCode::SEE_OTHER, "see /fleet\n".into());
+            r.headers_mut().insert(
+                http::header::LOCATION,
+                http::HeaderValue::from_static("/fleet"),
+            );
+            r
+        }
         Route::Tunnels => text(StatusCode::OK, tunnels(state)),
         Route::Metrics => text(StatusCode::OK, metrics(state)),
         Route::Devices => with_inventory(state, false, |inv| list_devices(inv, query)),
@@ -689,5 +701,11 @@ mod tests {
         assert_eq!(status, 200);
         assert!(!body.contains("mailslot_edge_fleet"), "{body}");
         assert_eq!(call(addr, "GET", "/nothing", &bearer()).await.0, 404);
+        let (status, head, _) = call(addr, "GET", "/", &basic(&format!("a:{TOKEN}"))).await;
+        assert_eq!(status, 303);
+        assert!(head.contains("location: /fleet"), "{head}");
+        let (status, head, _) = call(addr, "GET", "/", "").await;
+        assert_eq!(status, 401);
+        assert!(head.contains("www-authenticate: Basic"), "{head}");
     }
 }

@@ -67,6 +67,21 @@ pub fn assert_fleet_page(dom: &str, expected: &[Shown]) {
     assert!(dom.contains(&summary), "no {summary:?} in\n{dom}");
 }
 
+/// The fleet page of `edge` (started by [`admin_edge`]) as `browser` shows it, after
+/// Basic authentication with the admin token; kept as a screenshot named `shot` when
+/// `MAILSLOT_SCREENSHOT_DIR` is set.
+pub fn fleet_dom(browser: &Browser, edge: &EdgeProc, shot: &str) -> String {
+    let url = format!("http://admin:{TOKEN}@{}/fleet", edge.admin_addr());
+    let page = browser.dump_dom(&url);
+    assert!(
+        !page.stderr.contains("ERR_INVALID_AUTH_CREDENTIALS"),
+        "{}",
+        page.stderr
+    );
+    browser.keep_screenshot(&url, shot);
+    page.dom
+}
+
 /// An edge with an admin listener that requires [`TOKEN`].
 fn admin_edge() -> EdgeProc {
     start_edge(init_edge(&format!(
@@ -135,26 +150,16 @@ pub(crate) fn the_fleet_page_needs_the_admin_token_in_a_real_browser() -> Result
             refused.stderr
         );
     }
-    let url = format!("http://admin:{TOKEN}@127.0.0.1:{port}/fleet");
-    let page = browser.dump_dom(&url);
-    assert!(
-        page.dom.contains("<title>") && !page.stderr.contains("ERR_INVALID_AUTH_CREDENTIALS"),
-        "refused with the token:\n{}\n{}",
-        page.dom,
-        page.stderr
-    );
-    browser.keep_screenshot(&url, "fleet-empty");
+    let dom = fleet_dom(&browser, &edge, "fleet-empty");
+    assert!(dom.contains("<title>"), "refused with the token:\n{dom}");
     if !inventory_loaded(&edge) {
-        assert!(
-            page.dom.contains("fleet inventory not loaded"),
-            "{}",
-            page.dom
-        );
+        assert!(dom.contains("fleet inventory not loaded"), "{dom}");
         return Err(Skip(NOT_LOADED.into()));
     }
-    assert_fleet_page(&page.dom, &[]);
+    assert_fleet_page(&dom, &[]);
     // A phone-sized screenshot renders.
     let dir = TempDir::new("shot");
+    let url = format!("http://admin:{TOKEN}@127.0.0.1:{port}/fleet");
     browser.screenshot(&url, &dir.join("fleet.png"), PHONE);
     Ok(())
 }
