@@ -32,6 +32,14 @@ commands:
         serve connectors and visitors until SIGTERM or Ctrl-C; SIGHUP reloads access
         policies, service tokens, revocations, verify keys and certificates from
         edge.yml
+  devices ls --config edge.yml [--fleet F] [--offline] [--json]
+        list the devices the running edge knows (through its admin-listen, with its
+        admin-token): id, name, fleet, online or offline, last seen, version,
+        protocol, RTT, temperature, load; --json prints the admin API's JSON
+  devices show --config edge.yml ID [--json]
+        every field of one device, its health and its connections
+  devices revoke --config edge.yml ID
+        cut one device at once and for good: it cannot register again
   version
 
 RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
@@ -68,6 +76,12 @@ fn real_main() -> Result<(), String> {
         print!("{USAGE}");
         return Ok(());
     };
+    if cmd == "devices" {
+        return mailslot::edge::fleet::cli::main(
+            parser.raw_args().map_err(arg_err)?,
+            &usage_of(&cmd),
+        );
+    }
     let Some(args) = Args::parse(&cmd, &mut parser)? else {
         return Ok(());
     };

@@ -23,6 +23,7 @@ mod config_cli;
 mod config_powerloss;
 mod edge_pin;
 mod edge_reload;
+mod fleet_page;
 mod floods;
 mod help;
 mod protocol;
@@ -140,6 +141,9 @@ fn main() {
         floods::a_killed_edge_restarted_on_its_port_is_used_again_at_once,
         floods::access_clients_are_capped_per_address_and_closed_when_idle,
         edge_pin::a_pinned_key_is_required_of_the_edge,
+        fleet_page::the_fleet_page_needs_the_admin_token_in_a_real_browser,
+        fleet_page::the_admin_api_takes_basic_auth_for_reading_only,
+        fleet_page::devices_commands_talk_to_the_running_edge,
         help::every_mailslot_command_has_help,
         help::every_mailslot_edge_command_has_help,
         help::help_is_the_commands_own,

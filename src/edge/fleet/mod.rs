@@ -8,6 +8,9 @@
 //!   disconnections change, written to the store behind the scenes.
 //! - [`store`]: where records survive a restart: the [`Store`] interface and its
 //!   embedded implementation (redb); a shared engine (Redis) implements the same trait.
+//! - `api`, `page`, `metrics`, `cli`: what people see of it: the admin API's JSON
+//!   (`/api/v1/devices`), the fleet page (`/fleet`), the per-fleet families on
+//!   `/metrics`, and `mailslot-edge devices ls|show|revoke`.
 //!
 //! A device registers with an empty tunnel token and a `wire::DeviceTail`: its public
 //! key, a signature over the connection's nonce, and its credential or its enrolment
@@ -16,7 +19,11 @@
 //! `{device}` expanded), fleet and expiry. The connection then serves as one of a tunnel
 //! whose id is derived from the device's key.
 
+pub mod api;
+pub mod cli;
 pub mod inventory;
+pub mod metrics;
+pub mod page;
 pub mod store;
 
 pub use inventory::{ConnView, DeviceView, Inventory};

@@ -5,6 +5,7 @@
 //! Shared by the end-to-end binary (`tests/e2e`), the namespace scenarios and the image
 //! test (those two include it by path and use a part of it).
 
+mod browser;
 mod config;
 mod curl;
 mod edge;
@@ -17,6 +18,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+pub use browser::*;
 pub use config::*;
 pub use curl::*;
 pub use edge::*;

@@ -1,0 +1,519 @@
+//! The fleet as the admin API shows it: the JSON shape of a device (version 1 of
+//! `/api/v1/devices`), the list's filter and pages, and the small text helpers the
+//! `devices` commands and the fleet page share (times, ages, query strings).
+//!
+//! The JSON shape is stable: fields are added, never renamed or removed, within `v1`.
+//! Keys are hex, times are [`Time`] (Unix seconds and RFC 3339), health is in natural
+//! units (load as a float, temperature in degrees Celsius). docs/fleet.md has an example.
+
+use serde::{Deserialize, Serialize};
+
+use super::DeviceView;
+
+/// Devices in one page of `/api/v1/devices` unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 500;
+/// Most devices in one page (a device is about 1 KB of JSON: a page stays near 1 MB).
+pub const MAX_LIMIT: usize = 1000;
+/// Most query parameters read from one URL; the rest are ignored.
+const MAX_PARAMS: usize = 16;
+
+/// A point in time: Unix seconds and the same as RFC 3339 text (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Time {
+    pub unix: u64,
+    pub rfc3339: String,
+}
+
+impl Time {
+    pub fn of(unix: u64) -> Time {
+        Time {
+            unix,
+            rfc3339: rfc3339(unix),
+        }
+    }
+}
+
+/// One live connection of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnJson {
+    /// `quic` or `http2`.
+    pub protocol: String,
+    /// Where it comes from now.
+    pub address: String,
+    /// Smoothed round-trip time, milliseconds.
+    pub rtt_ms: u32,
+}
+
+/// The device's latest health report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthJson {
+    /// When the edge received it.
+    pub received: Time,
+    pub uptime_secs: u64,
+    /// Load averages over 1, 5 and 15 minutes.
+    pub load: [f64; 3],
+    pub mem_available_kib: u64,
+    pub mem_total_kib: u64,
+    /// CPU temperature, degrees Celsius; `null` when the board has no sensor.
+    pub temp_celsius: Option<f64>,
+    pub root_free_kib: Option<u64>,
+    pub root_total_kib: Option<u64>,
+    /// Whether the board's clock is set (false: it runs on its last-known-good time).
+    pub clock_set: bool,
+    /// Bytes carried through the tunnel since the connector started, each way.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub last_error: Option<String>,
+}
+
+/// One device, as `/api/v1/devices/ID` answers and `/api/v1/devices` lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceJson {
+    pub id: String,
+    pub name: String,
+    pub fleet: String,
+    /// `online`, `offline` or `revoked` (see [`state`]).
+    pub state: String,
+    /// At least one connection registered now.
+    pub online: bool,
+    /// Ed25519 public key, 64 hex digits.
+    pub public_key: String,
+    /// Id of the enrolment key it enrolled with, 32 hex digits.
+    pub enrolment_key: String,
+    pub hostnames: Vec<String>,
+    pub version: String,
+    pub arch: String,
+    pub board: String,
+    /// First 8 bytes of the SHA-256 of its config, hex.
+    pub config_digest: String,
+    pub enrolled: Time,
+    pub first_seen: Time,
+    pub last_seen: Time,
+    pub credential_expires: Time,
+    pub revoked: Option<Time>,
+    /// The address it connected from, last seen.
+    pub address: String,
+    pub connections: Vec<ConnJson>,
+    pub health: Option<HealthJson>,
+}
+
+/// One page of `/api/v1/devices`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceList {
+    /// Devices matching the filter in all pages.
+    pub total: usize,
+    /// The devices of this page, ordered by id.
+    pub devices: Vec<DeviceJson>,
+    /// Pass as `after=` for the next page; `null` on the last one.
+    pub next: Option<String>,
+}
+
+/// `online`, `offline` (known, not connected, not revoked) or `revoked`.
+pub fn state(v: &DeviceView) -> &'static str {
+    if v.record.revoked.is_some() {
+        "revoked"
+    } else if v.online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+impl DeviceJson {
+    pub fn of(v: &DeviceView) -> DeviceJson {
+        let r = &v.record;
+        DeviceJson {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            fleet: r.fleet.clone(),
+            state: state(v).to_string(),
+            online: v.online,
+            public_key: crate::util::hex(&r.public_key),
+            enrolment_key: crate::util::hex(&r.key_id),
+            hostnames: r.hostnames.clone(),
+            version: r.version.clone(),
+            arch: r.arch.clone(),
+            board: r.board.clone(),
+            config_digest: r.config_digest.clone(),
+            enrolled: Time::of(r.enrolled),
+            first_seen: Time::of(r.first_seen),
+            last_seen: Time::of(r.last_seen),
+            credential_expires: Time::of(r.credential_expires),
+            revoked: r.revoked.map(Time::of),
+            address: r.address.clone(),
+            connections: v
+                .connections
+                .iter()
+                .map(|c| ConnJson {
+                    protocol: c.protocol.clone(),
+                    address: c.address.clone(),
+                    rtt_ms: c.rtt_ms,
+                })
+                .collect(),
+            health: r.health.as_ref().map(|h| HealthJson {
+                received: Time::of(r.health_at),
+                uptime_secs: h.uptime_secs,
+                load: h.load_centi.map(|c| f64::from(c) / 100.0),
+                mem_available_kib: h.mem_available_kib,
+                mem_total_kib: h.mem_total_kib,
+                temp_celsius: h.temp_millicelsius.map(|m| f64::from(m) / 1000.0),
+                root_free_kib: h.root_free_kib,
+                root_total_kib: h.root_total_kib,
+                clock_set: h.clock_set,
+                bytes_in: h.bytes_in,
+                bytes_out: h.bytes_out,
+                last_error: h.last_error.clone(),
+            }),
+        }
+    }
+
+    /// The protocols of its connections, `quic`, `http2` or `quic+http2`; empty offline.
+    pub fn protocols(&self) -> String {
+        let mut p: Vec<&str> = self
+            .connections
+            .iter()
+            .map(|c| c.protocol.as_str())
+            .collect();
+        p.sort_unstable();
+        p.dedup();
+        p.join("+")
+    }
+
+    /// The lowest round trip of its connections.
+    pub fn rtt_ms(&self) -> Option<u32> {
+        self.connections.iter().map(|c| c.rtt_ms).min()
+    }
+
+    pub fn temp_celsius(&self) -> Option<f64> {
+        self.health.as_ref().and_then(|h| h.temp_celsius)
+    }
+
+    /// The 1-minute load average.
+    pub fn load1(&self) -> Option<f64> {
+        self.health.as_ref().map(|h| h.load[0])
+    }
+}
+
+/// Which devices a list shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this fleet.
+    pub fleet: Option<String>,
+    /// Only offline devices (not revoked).
+    pub offline: bool,
+}
+
+impl Filter {
+    pub fn matches(&self, v: &DeviceView) -> bool {
+        self.fleet.as_ref().is_none_or(|f| *f == v.record.fleet)
+            && (!self.offline || state(v) == "offline")
+    }
+}
+
+/// The query of `/api/v1/devices`: `fleet=F`, `offline=1`, `limit=N` (1 to
+/// [`MAX_LIMIT`]), `after=ID`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub filter: Filter,
+    pub limit: usize,
+    pub after: Option<String>,
+}
+
+impl ListQuery {
+    pub fn parse(query: &str) -> Result<ListQuery, String> {
+        let mut q = ListQuery {
+            filter: Filter::default(),
+            limit: DEFAULT_LIMIT,
+            after: None,
+        };
+        for (k, v) in params(query) {
+            match k.as_str() {
+                "fleet" if !v.is_empty() => q.filter.fleet = Some(v),
+                "offline" => q.filter.offline = matches!(v.as_str(), "" | "1" | "true" | "yes"),
+                "limit" => {
+                    q.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| format!("limit={v}: a number from 1 to {MAX_LIMIT}"))?
+                }
+                "after" if !v.is_empty() => q.after = Some(v),
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// One page of `views` (ordered by id, as [`super::Inventory::list`] returns them).
+pub fn list_page(views: &[DeviceView], q: &ListQuery) -> DeviceList {
+    let matching: Vec<&DeviceView> = views.iter().filter(|v| q.filter.matches(v)).collect();
+    let total = matching.len();
+    let rest: Vec<&&DeviceView> = matching
+        .iter()
+        .filter(|v| {
+            q.after
+                .as_ref()
+                .is_none_or(|a| v.record.id.as_str() > a.as_str())
+        })
+        .collect();
+    let devices: Vec<DeviceJson> = rest
+        .iter()
+        .take(q.limit)
+        .map(|v| DeviceJson::of(v))
+        .collect();
+    let next = if rest.len() > q.limit {
+        devices.last().map(|d| d.id.clone())
+    } else {
+        None
+    };
+    DeviceList {
+        total,
+        devices,
+        next,
+    }
+}
+
+/// The parameters of a query string, percent-decoded (`+` is a space); at most
+/// [`MAX_PARAMS`].
+pub fn params(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .take(MAX_PARAMS)
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` and `+`; a malformed escape stays as it is.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
+        match c {
+            b'%' => match (hex(i + 1), hex(i + 2)) {
+                (Some(h), Some(l)) => {
+                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(c),
+            },
+            b'+' => out.push(b' '),
+            _ => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Unix seconds as RFC 3339 in UTC, e.g. `2026-12-05T14:09:56Z`.
+pub fn rfc3339(unix: u64) -> String {
+    let days = unix / 86400;
+    let secs = unix % 86400;
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// How long ago `then` was at `now`, short: `12s ago`, `3m ago`, `5h ago`, `2d ago`;
+/// `never` for 0.
+pub fn ago(now: u64, then: u64) -> String {
+    if then == 0 {
+        return "never".into();
+    }
+    let d = now.saturating_sub(then);
+    match d {
+        0..=59 => format!("{d}s ago"),
+        60..=3599 => format!("{}m ago", d / 60),
+        3600..=172_799 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::edge::fleet::{ConnView, DeviceRecord};
+    use crate::wire::Health;
+
+    /// A device record for tests: `n` picks the key, hence the id.
+    pub(crate) fn view(n: u8, name: &str, fleet: &str, online: bool) -> DeviceView {
+        let public_key = [n; 32];
+        DeviceView {
+            record: DeviceRecord {
+                id: crate::identity::device_id(&public_key),
+                public_key,
+                name: name.into(),
+                fleet: fleet.into(),
+                key_id: [7; 16],
+                hostnames: vec![format!("{name}.{fleet}.example.com")],
+                version: "0.1.0".into(),
+                arch: "aarch64".into(),
+                board: "Raspberry Pi 4 Model B".into(),
+                config_digest: "00112233aabbccdd".into(),
+                enrolled: 1_700_000_000,
+                first_seen: 1_700_000_000,
+                last_seen: 1_700_000_000 + u64::from(n) * 60,
+                credential_expires: 1_800_000_000,
+                revoked: None,
+                address: "192.0.2.7:40000".into(),
+                health: Some(Health {
+                    uptime_secs: 3600,
+                    load_centi: [u32::from(n) * 10, 5, 1],
+                    mem_available_kib: 500_000,
+                    mem_total_kib: 1_000_000,
+                    temp_millicelsius: Some(40_000 + i32::from(n) * 1000),
+                    root_free_kib: Some(1_000),
+                    root_total_kib: Some(8_000),
+                    clock_set: true,
+                    bytes_in: 10,
+                    bytes_out: 20,
+                    last_error: None,
+                }),
+                health_at: 1_700_000_100,
+            },
+            online,
+            connections: if online {
+                vec![ConnView {
+                    protocol: "quic".into(),
+                    address: "192.0.2.7:40000".into(),
+                    rtt_ms: 30 + u32::from(n),
+                }]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(ago(100, 0), "never");
+        assert_eq!(ago(100, 100), "0s ago");
+        assert_eq!(ago(1000, 820), "3m ago");
+        assert_eq!(ago(100_000, 100_000 - 7200), "2h ago");
+        assert_eq!(ago(1_000_000, 1_000_000 - 3 * 86400), "3d ago");
+        assert_eq!(ago(5, 10), "0s ago");
+    }
+
+    #[test]
+    fn query_values_are_decoded_and_bounded() {
+        assert_eq!(
+            params("fleet=shop%20a&offline=1&x=%zz+y"),
+            vec![
+                ("fleet".into(), "shop a".into()),
+                ("offline".into(), "1".into()),
+                ("x".into(), "%zz y".into())
+            ]
+        );
+        assert_eq!(params(&"a=1&".repeat(100)).len(), MAX_PARAMS);
+        assert_eq!(percent_decode(&percent_encode("<a b>&é")), "<a b>&é");
+        let q = ListQuery::parse("fleet=f&offline=1&limit=2&after=abc").unwrap();
+        assert_eq!(q.filter.fleet.as_deref(), Some("f"));
+        assert!(q.filter.offline);
+        assert_eq!((q.limit, q.after.as_deref()), (2, Some("abc")));
+        assert!(ListQuery::parse("limit=0").is_err());
+        assert!(ListQuery::parse("limit=100000").is_err());
+        assert_eq!(ListQuery::parse("").unwrap().limit, DEFAULT_LIMIT);
+    }
+
+    #[test]
+    fn pages_follow_each_other_and_filters_apply() {
+        let mut views: Vec<DeviceView> = (1..=5)
+            .map(|n| {
+                view(
+                    n,
+                    &format!("d{n}"),
+                    if n % 2 == 0 { "b" } else { "a" },
+                    n != 3,
+                )
+            })
+            .collect();
+        views.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        let mut q = ListQuery::parse("limit=2").unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let page = list_page(&views, &q);
+            assert_eq!(page.total, 5);
+            assert!(page.devices.len() <= 2);
+            seen.extend(page.devices.iter().map(|d| d.id.clone()));
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => break,
+            }
+        }
+        let all: Vec<String> = views.iter().map(|v| v.record.id.clone()).collect();
+        assert_eq!(seen, all);
+
+        let a = list_page(&views, &ListQuery::parse("fleet=a").unwrap());
+        assert_eq!(a.total, 3);
+        assert!(a.devices.iter().all(|d| d.fleet == "a"));
+        let off = list_page(&views, &ListQuery::parse("offline=1").unwrap());
+        assert_eq!(off.devices.len(), 1);
+        assert_eq!(off.devices[0].name, "d3");
+        assert_eq!(off.devices[0].state, "offline");
+    }
+
+    #[test]
+    fn the_json_shape_is_stable() {
+        let mut v = view(1, "pi-1", "shop", true);
+        v.record.revoked = Some(1_700_000_500);
+        let json = serde_json::to_value(DeviceJson::of(&v)).unwrap();
+        assert_eq!(json["state"], "revoked");
+        assert_eq!(json["public_key"], "01".repeat(32));
+        assert_eq!(json["enrolment_key"], "07".repeat(16));
+        assert_eq!(json["last_seen"]["unix"], 1_700_000_060);
+        assert_eq!(json["last_seen"]["rfc3339"], "2023-11-14T22:14:20Z");
+        assert_eq!(json["revoked"]["unix"], 1_700_000_500);
+        assert_eq!(json["health"]["temp_celsius"], 41.0);
+        assert_eq!(json["health"]["load"][0], 0.1);
+        assert_eq!(json["health"]["received"]["unix"], 1_700_000_100);
+        assert_eq!(json["connections"][0]["rtt_ms"], 31);
+        let back: DeviceJson = serde_json::from_value(json).unwrap();
+        assert_eq!(back, DeviceJson::of(&v));
+        let mut bare = view(2, "pi-2", "shop", false);
+        bare.record.health = None;
+        let json = serde_json::to_value(DeviceJson::of(&bare)).unwrap();
+        assert!(json["health"].is_null() && json["revoked"].is_null());
+        assert_eq!(json["state"], "offline");
+    }
+}
