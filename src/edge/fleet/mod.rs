@@ -20,4 +20,4 @@ pub mod inventory;
 pub mod store;
 
 pub use inventory::{ConnView, DeviceView, Inventory};
-pub use store::{DeviceRecord, Enrolled, Store, StoreError};
+pub use store::{DeviceRecord, Enrolled, RedbStore, Store, StoreError, MAX_DEVICES};
