@@ -1,17 +1,42 @@
 //! The inventory: every device this edge knows, as records (kept in the [`Store`]) and
 //! what the registry says of it now (online, connections, protocol, round trip).
 //!
+//! Registrations, health reports and disconnections change the records in memory and
+//! mark them changed; a writer task ([`Inventory::spawn_writer`]) writes the changed
+//! ones to the store in one batch every [`WRITE_EVERY`]. Enrolment and revocation go
+//! to the store at once.
+//!
 //! [`DeviceView`] is what every reader gets: the admin API (`/api/v1/devices`), the
 //! `devices` commands, the fleet page and the per-fleet metrics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{DeviceRecord, Store};
+use super::{DeviceRecord, Enrolled, Store};
 use crate::edge::registry::{Conn, Registry};
 use crate::util::lock;
+
+/// How often changed records are written to the store.
+pub const WRITE_EVERY: Duration = Duration::from_secs(3);
+
+/// `new` as the latest registration tells it, onto `old`: what the device said and its
+/// grant; first seen, enrolment, health and revocation stay.
+fn merge(old: &mut DeviceRecord, new: &DeviceRecord) {
+    old.name.clone_from(&new.name);
+    old.fleet.clone_from(&new.fleet);
+    old.key_id = new.key_id;
+    old.hostnames.clone_from(&new.hostnames);
+    old.version.clone_from(&new.version);
+    old.arch.clone_from(&new.arch);
+    old.board.clone_from(&new.board);
+    old.config_digest.clone_from(&new.config_digest);
+    old.address.clone_from(&new.address);
+    old.last_seen = old.last_seen.max(new.last_seen);
+    old.credential_expires = new.credential_expires;
+}
 
 /// One live connection of a device, as the registry sees it now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,8 +71,13 @@ pub struct DeviceView {
 
 /// Every device this edge knows: the records in memory (loaded from the store at start,
 /// written through to it), joined with the registry's live connections when read.
+///
+/// Bounds: `records` holds at most what the store holds (`store::MAX_DEVICES` for the
+/// embedded one); `changed` names at most every record once.
 pub struct Inventory {
     records: Mutex<HashMap<String, DeviceRecord>>,
+    /// Ids of records changed in memory since the writer last wrote them.
+    changed: Mutex<HashSet<String>>,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
 }
@@ -63,6 +93,7 @@ impl Inventory {
             .collect();
         Ok(Inventory {
             records: Mutex::new(records),
+            changed: Mutex::default(),
             store,
             registry,
         })
@@ -139,6 +170,137 @@ impl Inventory {
             }
         }
         Ok(true)
+    }
+
+    /// Whether the device is revoked here.
+    pub(crate) fn is_revoked(&self, id: &str) -> bool {
+        lock(&self.records)
+            .get(id)
+            .is_some_and(|r| r.revoked.is_some())
+    }
+
+    /// Enrols a device (or records again one enrolled before) in the store at once,
+    /// then in memory.
+    pub(crate) async fn enroll(
+        &self,
+        record: &DeviceRecord,
+        max_devices: Option<u32>,
+    ) -> Result<Enrolled, String> {
+        let store = self.store.clone();
+        let owned = record.clone();
+        let enrolled = tokio::task::spawn_blocking(move || store.enroll(&owned, max_devices))
+            .await
+            .map_err(|e| format!("fleet store: {e}"))?
+            .map_err(|e| e.to_string())?;
+        if matches!(enrolled, Enrolled::New | Enrolled::Again) {
+            let mut records = lock(&self.records);
+            match records.get_mut(&record.id) {
+                Some(old) => merge(old, record),
+                None => {
+                    records.insert(record.id.clone(), record.clone());
+                }
+            }
+        }
+        Ok(enrolled)
+    }
+
+    /// A known device registered a connection: what it said of itself and its grant
+    /// replace the record's (first seen, enrolment, health and revocation stay).
+    /// `false` when the device is not known.
+    pub(crate) fn connected(&self, record: &DeviceRecord) -> bool {
+        let mut records = lock(&self.records);
+        let Some(old) = records.get_mut(&record.id) else {
+            return false;
+        };
+        merge(old, record);
+        drop(records);
+        self.mark(&record.id);
+        true
+    }
+
+    /// A device's connection ended; when it was its last, the device was last seen
+    /// at `last_heard` (Unix seconds).
+    pub(crate) fn disconnected(&self, id: &str, last_heard: u64) {
+        let Some(key) = lock(&self.records).get(id).map(|r| r.public_key) else {
+            return;
+        };
+        let tunnel = crate::identity::tunnel_id(&key);
+        if self
+            .registry
+            .all_conns()
+            .iter()
+            .any(|c| c.tunnel_id == tunnel)
+        {
+            return;
+        }
+        if let Some(r) = lock(&self.records).get_mut(id) {
+            r.last_seen = r.last_seen.max(last_heard);
+        }
+        self.mark(id);
+    }
+
+    /// A device's health report, kept with the time it came.
+    pub(crate) fn health(&self, id: &str, mut health: crate::wire::Health) {
+        health.last_error = health.last_error.map(crate::wire::bounded_reason);
+        let now = crate::edge::token::now_unix();
+        if let Some(r) = lock(&self.records).get_mut(id) {
+            r.health = Some(health);
+            r.health_at = now;
+            r.last_seen = now;
+        }
+        self.mark(id);
+    }
+
+    /// A device got a renewed credential that expires at `expires`.
+    pub(crate) fn renewed(&self, id: &str, expires: u64) {
+        if let Some(r) = lock(&self.records).get_mut(id) {
+            r.credential_expires = expires;
+            r.last_seen = crate::edge::token::now_unix();
+        }
+        self.mark(id);
+    }
+
+    fn mark(&self, id: &str) {
+        lock(&self.changed).insert(id.to_string());
+    }
+
+    /// Writes the records changed since the last write to the store, in one batch.
+    pub async fn flush(&self) -> Result<(), String> {
+        let ids: Vec<String> = lock(&self.changed).drain().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<DeviceRecord> = {
+            let records = lock(&self.records);
+            ids.iter()
+                .filter_map(|id| records.get(id).cloned())
+                .collect()
+        };
+        let store = self.store.clone();
+        let written = tokio::task::spawn_blocking(move || store.update(&batch))
+            .await
+            .map_err(|e| format!("fleet store: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if written.is_err() {
+            // Written with the next batch.
+            lock(&self.changed).extend(ids);
+        }
+        written
+    }
+
+    /// Writes changed records every [`WRITE_EVERY`] until the task is dropped.
+    pub fn spawn_writer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WRITE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.flush().await {
+                    log::error!("fleet: records not written, trying again: {e}");
+                }
+            }
+        })
     }
 
     /// Live connections by tunnel id.

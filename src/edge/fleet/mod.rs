@@ -16,8 +16,10 @@
 //! `{device}` expanded), fleet and expiry. The connection then serves as one of a tunnel
 //! whose id is derived from the device's key.
 
+pub mod enroll;
 pub mod inventory;
 pub mod store;
 
+pub use enroll::Enroller;
 pub use inventory::{ConnView, DeviceView, Inventory};
 pub use store::{DeviceRecord, Enrolled, RedbStore, Store, StoreError, MAX_DEVICES};
