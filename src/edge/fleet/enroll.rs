@@ -17,9 +17,10 @@
 //! the proof fails, or the credential names another public key.
 //!
 //! Credentials live [`DEFAULT_CREDENTIAL_LIFETIME`] (`fleet: credential-lifetime:`)
-//! and are renewed online: at registration once less than a third of the lifetime is
-//! left ([`needs_renewal`]), and on a connection that stays up past two thirds of it
-//! ([`renewal_time`], `EdgeMsg::Credential`).
+//! and are renewed online once two thirds of the lifetime have passed
+//! ([`renewal_time`]): at registration ([`needs_renewal`], the new one in
+//! `RegisteredTail`), and on a connection that stays up that long
+//! (`EdgeMsg::Credential`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -193,10 +194,10 @@ pub fn verify_proof(public_key: &[u8; 32], nonce: &[u8; 32], proof: &[u8]) -> bo
             .is_ok()
 }
 
-/// Has a credential less than a third of its lifetime left at `now`?
+/// Has a credential a third of its lifetime left or less at `now` (is it past its
+/// [`renewal_time`])?
 pub fn needs_renewal(issued: u64, expires: u64, now: u64) -> bool {
-    let lifetime = expires.saturating_sub(issued);
-    expires.saturating_sub(now) < lifetime / 3
+    now >= renewal_time(issued, expires)
 }
 
 /// When a connection renews its credential: two thirds into its lifetime.
@@ -547,7 +548,9 @@ mod tests {
     #[test]
     fn renewal_starts_in_the_last_third() {
         assert!(!needs_renewal(0, 90, 59));
-        assert!(needs_renewal(0, 90, 61));
+        assert!(needs_renewal(0, 90, 60));
+        assert!(needs_renewal(100, 106, 104));
+        assert!(!needs_renewal(100, 106, 103));
         assert_eq!(renewal_time(0, 90), 60);
         assert_eq!(renewal_time(100, 100), 100);
     }
