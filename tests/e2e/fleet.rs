@@ -78,6 +78,8 @@ struct Attempt<'a> {
     nonce: Option<[u8; 32]>,
     /// Presents this public key instead of the device's own.
     public_key: Option<[u8; 32]>,
+    /// Sends this device's rules (its hostnames) instead of its own.
+    rules_of: Option<&'a Device>,
     index: u8,
 }
 
@@ -89,6 +91,7 @@ impl<'a> Attempt<'a> {
             enroll: Some(key.into()),
             nonce: None,
             public_key: None,
+            rules_of: None,
             index: 0,
         }
     }
@@ -178,7 +181,7 @@ async fn register(ep: &quinn::Endpoint, edge: SocketAddr, a: &Attempt<'_>) -> (L
         connector_id: [a.index + 1; 16],
         conn_index: a.index,
         rules_generation: 1,
-        rules: a.device.rules(),
+        rules: a.rules_of.unwrap_or(a.device).rules(),
         software: "fleet-test 1.2.3".into(),
     });
     let device = DeviceTail {
@@ -312,9 +315,11 @@ pub(crate) fn a_device_enrols_registers_with_its_credential_and_is_remembered() 
         let reason = register(&ep, edge.tunnel, &replay).await.1.refused();
         assert!(reason.contains("proof of possession failed"), "{reason}");
 
-        // A copied credential: with the copier's own key it names another key; with
-        // the owner's public key the copier cannot sign the proof.
-        let copied = Attempt::with_credential(&b, &credential);
+        // A copied credential, claiming the owner's hostnames: with the copier's own
+        // key it names another key; with the owner's public key the copier cannot sign
+        // the proof.
+        let mut copied = Attempt::with_credential(&b, &credential);
+        copied.rules_of = Some(&a);
         let reason = register(&ep, edge.tunnel, &copied).await.1.refused();
         assert!(
             reason.contains("presented with another device key"),
@@ -322,6 +327,7 @@ pub(crate) fn a_device_enrols_registers_with_its_credential_and_is_remembered() 
         );
         let mut posing = Attempt::with_credential(&b, &credential);
         posing.public_key = Some(a.public_key);
+        posing.rules_of = Some(&a);
         let reason = register(&ep, edge.tunnel, &posing).await.1.refused();
         assert!(reason.contains("proof of possession failed"), "{reason}");
 
