@@ -315,3 +315,81 @@ impl Inventory {
         by_tunnel
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::fleet::RedbStore;
+
+    fn record(name: &str, seen: u64) -> DeviceRecord {
+        let public_key = [9; 32];
+        DeviceRecord {
+            id: crate::identity::device_id(&public_key),
+            public_key,
+            name: name.into(),
+            fleet: "shops".into(),
+            key_id: [1; 16],
+            hostnames: vec!["a.example.com".into()],
+            version: "1".into(),
+            arch: "aarch64".into(),
+            board: String::new(),
+            config_digest: String::new(),
+            enrolled: seen,
+            first_seen: seen,
+            last_seen: seen,
+            credential_expires: seen + 100,
+            revoked: None,
+            address: "192.0.2.1:1".into(),
+            health: None,
+            health_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_reach_the_store_in_a_batch_and_first_seen_stays() {
+        let dir = std::env::temp_dir().join(format!(
+            "mailslot-inventory-{}-{}",
+            std::process::id(),
+            crate::util::hex(&crate::util::random_bytes::<4>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("f.redb")).unwrap());
+        let registry = Arc::new(Registry::new(8));
+        let inv = Inventory::load(store.clone(), registry.clone()).unwrap();
+        let first = record("old-name", 100);
+        assert_eq!(inv.enroll(&first, Some(1)).await.unwrap(), Enrolled::New);
+        let mut again = record("new-name", 200);
+        again.first_seen = 200;
+        assert!(inv.connected(&again));
+        inv.health(
+            &first.id,
+            crate::wire::Health {
+                last_error: Some("\u{1b}[31m".repeat(1000)),
+                ..Default::default()
+            },
+        );
+        // Nothing written until the batch.
+        assert_eq!(store.get(&first.id).unwrap().unwrap().name, "old-name");
+        inv.flush().await.unwrap();
+        let stored = store.get(&first.id).unwrap().unwrap();
+        assert_eq!((stored.name.as_str(), stored.first_seen), ("new-name", 100));
+        let text = stored.health.unwrap().last_error.unwrap();
+        assert!(text.len() <= 512 && !text.contains('\u{1b}'), "{text}");
+        // The last connection of a device gone: last seen when it was last heard.
+        inv.disconnected(&first.id, u64::MAX - 1);
+        inv.flush().await.unwrap();
+        assert_eq!(
+            store.get(&first.id).unwrap().unwrap().last_seen,
+            u64::MAX - 1
+        );
+        assert!(!inv.connected(&record("x", 1).clone_with_id("unknown")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    impl DeviceRecord {
+        fn clone_with_id(mut self, id: &str) -> DeviceRecord {
+            self.id = id.into();
+            self
+        }
+    }
+}
