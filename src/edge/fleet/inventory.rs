@@ -78,6 +78,8 @@ pub struct Inventory {
     records: Mutex<HashMap<String, DeviceRecord>>,
     /// Ids of records changed in memory since the writer last wrote them.
     changed: Mutex<HashSet<String>>,
+    /// Held while a batch is written.
+    writing: Mutex<()>,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
 }
@@ -94,6 +96,7 @@ impl Inventory {
         Ok(Inventory {
             records: Mutex::new(records),
             changed: Mutex::default(),
+            writing: Mutex::default(),
             store,
             registry,
         })
@@ -265,7 +268,18 @@ impl Inventory {
     }
 
     /// Writes the records changed since the last write to the store, in one batch.
-    pub async fn flush(&self) -> Result<(), String> {
+    /// Batches are written one at a time and in order, on a blocking thread that
+    /// finishes its batch even when the task that asked for it is dropped (the writer
+    /// task at shutdown), so a later batch never lands before an earlier one.
+    pub async fn flush(self: &Arc<Self>) -> Result<(), String> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.write_changed())
+            .await
+            .map_err(|e| format!("fleet store: {e}"))?
+    }
+
+    fn write_changed(&self) -> Result<(), String> {
+        let _one_at_a_time = lock(&self.writing);
         let ids: Vec<String> = lock(&self.changed).drain().collect();
         if ids.is_empty() {
             return Ok(());
@@ -276,11 +290,7 @@ impl Inventory {
                 .filter_map(|id| records.get(id).cloned())
                 .collect()
         };
-        let store = self.store.clone();
-        let written = tokio::task::spawn_blocking(move || store.update(&batch))
-            .await
-            .map_err(|e| format!("fleet store: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let written = self.store.update(&batch).map_err(|e| e.to_string());
         if written.is_err() {
             // Written with the next batch.
             lock(&self.changed).extend(ids);
@@ -355,7 +365,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("f.redb")).unwrap());
         let registry = Arc::new(Registry::new(8));
-        let inv = Inventory::load(store.clone(), registry.clone()).unwrap();
+        let inv = Arc::new(Inventory::load(store.clone(), registry.clone()).unwrap());
         let first = record("old-name", 100);
         assert_eq!(inv.enroll(&first, Some(1)).await.unwrap(), Enrolled::New);
         let mut again = record("new-name", 200);
