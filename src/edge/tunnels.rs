@@ -352,8 +352,8 @@ fn describe(conn: &Conn, remote: SocketAddr, protocol: impl std::fmt::Display) -
 }
 
 /// Serves a registered connection's control stream until the connection ends: the
-/// connector's messages, its token's expiry (a device's credential: its renewal), revocations
-/// by a reload, and the edge's own shutdown.
+/// connector's messages, its token's expiry (a device's credential: its renewal),
+/// revocations by a reload, and the edge's own shutdown.
 async fn serve_control(
     session: &Session,
     state: &Arc<EdgeState>,

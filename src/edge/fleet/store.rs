@@ -126,6 +126,8 @@ const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta"
 /// The embedded store: one redb file (see the module doc).
 pub struct RedbStore {
     db: redb::Database,
+    /// Most records kept: [`MAX_DEVICES`].
+    max: u64,
 }
 
 fn engine(e: impl std::fmt::Display) -> StoreError {
@@ -172,7 +174,10 @@ impl RedbStore {
             tx.open_table(KEY_DEVICES).map_err(engine)?;
         }
         tx.commit().map_err(engine)?;
-        Ok(RedbStore { db })
+        Ok(RedbStore {
+            db,
+            max: MAX_DEVICES,
+        })
     }
 }
 
@@ -239,8 +244,8 @@ impl Store for RedbStore {
                         .map_err(engine)?
                         .map_or(0, |v| v.value());
                     let count = count_of(&keys, &record.key_id)?;
-                    if total >= MAX_DEVICES {
-                        return Ok(Enrolled::Full { max: MAX_DEVICES });
+                    if total >= self.max {
+                        return Ok(Enrolled::Full { max: self.max });
                     }
                     if full(count) {
                         return Ok(Enrolled::QuotaFull { count });
@@ -403,6 +408,21 @@ mod tests {
             Some(300)
         );
         assert_eq!(store.list().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_store_refuses_new_devices_beyond_its_bound() {
+        let dir = Dir::new("bound");
+        let mut store = RedbStore::open(&dir.file()).unwrap();
+        store.max = 2;
+        assert_eq!(store.enroll(&record(1, 1), None).unwrap(), Enrolled::New);
+        assert_eq!(store.enroll(&record(2, 2), None).unwrap(), Enrolled::New);
+        assert_eq!(
+            store.enroll(&record(3, 3), None).unwrap(),
+            Enrolled::Full { max: 2 }
+        );
+        assert_eq!(store.enroll(&record(1, 1), None).unwrap(), Enrolled::Again);
+        assert_eq!(store.list().unwrap().len(), 2);
     }
 
     #[test]
