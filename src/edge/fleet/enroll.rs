@@ -205,6 +205,10 @@ pub fn renewal_time(issued: u64, expires: u64) -> u64 {
     issued.saturating_add(expires.saturating_sub(issued) / 3 * 2)
 }
 
+/// Why a registration without a good proof of possession is refused.
+const PROOF_FAILED: &str = "proof of possession failed: the device key did not sign this \
+                            connection's nonce (a credential copied without its device key?)";
+
 /// What the edge needs to admit devices: its settings and its signing key.
 pub struct Enroller {
     /// The token key; without it (an edge with `verify-keys` only) devices with a
@@ -251,11 +255,7 @@ impl Enroller {
         remote: SocketAddr,
     ) -> Result<Admitted, String> {
         if !verify_proof(&tail.public_key, nonce, &tail.proof) {
-            return Err(
-                "proof of possession failed: the device key did not sign this \
-                        connection's nonce (a credential copied without its device key?)"
-                    .into(),
-            );
+            return Err(PROOF_FAILED.into());
         }
         let id = identity::device_id(&tail.public_key);
         if inventory.is_revoked(&id) {
