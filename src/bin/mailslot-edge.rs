@@ -28,6 +28,12 @@ commands:
         print a signed access token for `mailslot access` and HTTP hostnames with an
         access policy; PATTERN like ssh.dev42.example.com, *.dev42.example.com or
         ssh.*.example.com; DURATION like 8h (the default), 30m, 7d (at most 31d)
+  enroll-key --config edge.yml --fleet NAME --hostname PATTERN [--hostname PATTERN ...]
+        [--max-devices N] [--expires DURATION]
+        print a signed enrolment key for the devices of fleet NAME (`enroll:` in the
+        device config); PATTERN like '{device}.NAME.example.com', where {device} (a
+        whole label) becomes each device's id; at most N devices enrol with the key;
+        DURATION like 30d (default 365d): devices enrolled keep working after it
   serve --config edge.yml
         serve connectors and visitors until SIGTERM or Ctrl-C; SIGHUP reloads access
         policies, service tokens, revocations, verify keys and certificates from
@@ -89,6 +95,7 @@ fn real_main() -> Result<(), String> {
         "init" => init_cmd(args),
         "token" => token_cmd(args),
         "access-token" => access_token_cmd(args),
+        "enroll-key" => enroll_key_cmd(args),
         "serve" => serve_cmd(args),
         "version" => {
             println!("mailslot-edge {}", env!("CARGO_PKG_VERSION"));
@@ -122,6 +129,8 @@ struct Args {
     expires: Duration,
     user: Option<String>,
     ttl: Duration,
+    fleet: Option<String>,
+    max_devices: Option<u32>,
 }
 
 impl Args {
@@ -139,6 +148,8 @@ impl Args {
             expires: Duration::from_secs(365 * 86400),
             user: None,
             ttl: Duration::from_secs(8 * 3600),
+            fleet: None,
+            max_devices: None,
         };
         while let Some(arg) = parser.next().map_err(arg_err)? {
             match arg {
@@ -165,6 +176,14 @@ impl Args {
                 }
                 Long("user") => args.user = Some(string(parser)?),
                 Long("ttl") => args.ttl = parse_ttl("--ttl", &string(parser)?)?,
+                Long("fleet") => args.fleet = Some(string(parser)?),
+                Long("max-devices") => {
+                    let v = string(parser)?;
+                    let n = v
+                        .parse()
+                        .map_err(|_| format!("--max-devices: {v:?} is not a number"))?;
+                    args.max_devices = Some(n);
+                }
                 other => return Err(format!("{}\n\n{USAGE}", other.unexpected())),
             }
         }
@@ -269,6 +288,52 @@ fn access_token_cmd(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `enroll-key`: signs an enrolment key, prints it on stdout and what it grants on
+/// stderr.
+fn enroll_key_cmd(args: Args) -> Result<(), String> {
+    use mailslot::edge::fleet::enroll;
+    let config = args
+        .config
+        .ok_or("enroll-key: --config edge.yml is required")?;
+    let fleet = args.fleet.ok_or("enroll-key: --fleet NAME is required")?;
+    if args.hostnames.is_empty() {
+        return Err(
+            "enroll-key: at least one --hostname PATTERN is required, like \
+             '{device}.NAME.example.com'"
+                .into(),
+        );
+    }
+    let cfg = EdgeConfig::load(&config)?;
+    let key_path = cfg
+        .signing_key
+        .ok_or("enroll-key: edge.yml has no signing-key; keys are issued where the key is")?;
+    let key = init::load_signing_key(&key_path)?;
+    let text = enroll::issue_enroll_key(
+        &key,
+        &fleet,
+        &args.hostnames,
+        args.max_devices,
+        args.expires.as_secs(),
+    )
+    .map_err(|e| format!("enroll-key: {e}"))?;
+    let claims = enroll::verify_enroll_key(&text, &[init::public_key_of(&key)], token::now_unix())
+        .map_err(|e| format!("the new enrolment key does not verify: {e}"))?;
+    // The key on stdout alone, so `$(mailslot-edge enroll-key ...)` captures just it.
+    println!("{text}");
+    eprintln!(
+        "enrolment key {} of fleet {}: devices get {}; {}; expires in {}s",
+        mailslot::util::hex(&claims.key_id),
+        claims.fleet,
+        claims.hostnames.join(", "),
+        match claims.max_devices {
+            Some(n) => format!("at most {n} devices"),
+            None => "no device limit".into(),
+        },
+        claims.expires.saturating_sub(token::now_unix()),
+    );
+    Ok(())
+}
+
 /// `serve`: loads `edge.yml`, binds its listeners, then serves until SIGTERM or
 /// Ctrl-C, reloading on SIGHUP.
 fn serve_cmd(args: Args) -> Result<(), String> {
@@ -278,6 +343,11 @@ fn serve_cmd(args: Args) -> Result<(), String> {
     let listeners = Listeners::bind(&cfg)?;
     let access_policy = policy::AccessPolicy::load(&cfg.access)?;
     let tcp_ports = access::bind_tcp_ports(&cfg.access.tcp_ports)?;
+    let signing = cfg
+        .signing_key
+        .as_deref()
+        .map(init::load_signing_key)
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -288,7 +358,8 @@ fn serve_cmd(args: Args) -> Result<(), String> {
         let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
         let edge = Edge::new(settings)
             .with_access(access_policy, tcp_ports)
-            .with_admin_token(cfg.admin_token.clone());
+            .with_admin_token(cfg.admin_token.clone())
+            .with_fleet(&cfg.fleet, signing)?;
         let mut reloader = edge.reloader(config, cfg);
         tokio::spawn(async move {
             while hup.recv().await.is_some() {

@@ -61,6 +61,75 @@ struct Raw {
     revoked_tunnels: Vec<String>,
     #[serde(default)]
     revoked_access_tokens: Vec<String>,
+    #[serde(default)]
+    fleet: RawFleet,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFleet {
+    store: Option<PathBuf>,
+    health_every: Option<RawDuration>,
+    credential_lifetime: Option<RawDuration>,
+}
+
+/// Default file of the fleet's store, beside `edge.yml`.
+pub const DEFAULT_FLEET_STORE: &str = "fleet.redb";
+
+/// The `fleet:` section: where device records are kept and what devices are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// The embedded store's file (`store:`, default `fleet.redb` beside `edge.yml`).
+    pub store: PathBuf,
+    /// How often devices send their health (`health-every:`, default 5m; 0: never).
+    pub health_every: Duration,
+    /// Lifetime of the device credentials issued (`credential-lifetime:`, default 90d).
+    pub credential_lifetime: Duration,
+}
+
+impl FleetConfig {
+    fn from_raw(raw: RawFleet, abs: impl Fn(PathBuf) -> PathBuf) -> Result<FleetConfig, String> {
+        use super::fleet::enroll::{DEFAULT_CREDENTIAL_LIFETIME, DEFAULT_HEALTH_EVERY};
+        let health_every =
+            days_or_duration(raw.health_every, DEFAULT_HEALTH_EVERY, "fleet.health-every")?;
+        if !health_every.is_zero() && health_every < Duration::from_secs(10) {
+            return Err("fleet.health-every: at least 10s (or 0: never)".into());
+        }
+        let credential_lifetime = days_or_duration(
+            raw.credential_lifetime,
+            DEFAULT_CREDENTIAL_LIFETIME,
+            "fleet.credential-lifetime",
+        )?;
+        if credential_lifetime < Duration::from_secs(3) {
+            return Err("fleet.credential-lifetime: at least 3s".into());
+        }
+        Ok(FleetConfig {
+            store: abs(raw.store.unwrap_or_else(|| DEFAULT_FLEET_STORE.into())),
+            health_every,
+            credential_lifetime,
+        })
+    }
+}
+
+/// A duration as [`duration`] takes it, or a number of days ("90d").
+fn days_or_duration(
+    v: Option<RawDuration>,
+    default: Duration,
+    key: &str,
+) -> Result<Duration, String> {
+    if let Some(RawDuration::Text(t)) = &v {
+        if let Some(days) = t.trim().strip_suffix('d') {
+            let d: u64 = days
+                .parse()
+                .map_err(|_| format!("{key}: {t:?} is not a duration like 90d or 12h"))?;
+            let d = Duration::from_secs(d.saturating_mul(86400));
+            if d > MAX_DURATION {
+                return Err(format!("{key}: {t} is too long (at most 365 days)"));
+            }
+            return Ok(d);
+        }
+    }
+    duration(v, default, key)
 }
 
 /// Largest `edge.yml` read.
@@ -307,6 +376,8 @@ pub struct EdgeConfig {
     pub(crate) revoked_tunnels: Vec<[u8; 16]>,
     /// `access:`, `service-tokens:`, `tcp-ports:` and `revoked-access-tokens:`.
     pub access: super::policy::AccessConfig,
+    /// `fleet:`: the device store and what devices are told.
+    pub fleet: FleetConfig,
 }
 
 /// The admin listener's bearer token, kept as its SHA-256 only and compared in constant
@@ -448,6 +519,7 @@ impl EdgeConfig {
             .iter()
             .map(|id| parse_id(id, "revoked-access-tokens", "an access token id"))
             .collect::<Result<_, _>>()?;
+        let fleet = FleetConfig::from_raw(raw.fleet, abs)?;
         let admin_listen = listen(raw.admin_listen, "none", "admin-listen")?;
         let admin_token = match (raw.admin_token, raw.admin_token_file) {
             (Some(_), Some(_)) => {
@@ -519,6 +591,7 @@ impl EdgeConfig {
                 .map(|id| parse_tunnel_id(id))
                 .collect::<Result<_, _>>()?,
             access,
+            fleet,
         })
     }
 }
@@ -533,6 +606,35 @@ mod tests {
         assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
         assert_eq!(parse_size("12").unwrap(), 12);
         assert!(parse_size("1XB").is_err());
+    }
+
+    #[test]
+    fn the_fleet_section_has_defaults_and_takes_days() {
+        let base = "cert: a\nkey: b\nsigning-key: c\n";
+        let c = EdgeConfig::parse(base, Path::new("/etc/edge")).unwrap();
+        assert_eq!(c.fleet.store, Path::new("/etc/edge/fleet.redb"));
+        assert_eq!(c.fleet.health_every, Duration::from_secs(300));
+        assert_eq!(c.fleet.credential_lifetime, Duration::from_secs(90 * 86400));
+        let c = EdgeConfig::parse(
+            &format!(
+                "{base}fleet:\n  store: /var/lib/edge/f.redb\n  health-every: 1m\n  \
+                 credential-lifetime: 30d\n"
+            ),
+            Path::new("/etc/edge"),
+        )
+        .unwrap();
+        assert_eq!(c.fleet.store, Path::new("/var/lib/edge/f.redb"));
+        assert_eq!(c.fleet.health_every, Duration::from_secs(60));
+        assert_eq!(c.fleet.credential_lifetime, Duration::from_secs(30 * 86400));
+        for bad in [
+            "fleet:\n  health-every: 1s\n",
+            "fleet:\n  credential-lifetime: 400d\n",
+            "fleet:\n  credential-lifetime: xd\n",
+            "fleet:\n  nope: 1\n",
+        ] {
+            let e = EdgeConfig::parse(&format!("{base}{bad}"), Path::new("."));
+            assert!(e.is_err(), "{bad}");
+        }
     }
 
     #[test]

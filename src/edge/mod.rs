@@ -249,6 +249,8 @@ pub struct EdgeState {
     pub(crate) admin_token: watch::Sender<Option<config::AdminToken>>,
     /// The fleet's devices: set once when serving starts (the store is opened then).
     pub(crate) fleet: std::sync::OnceLock<Arc<fleet::Inventory>>,
+    /// What admits devices (settings, signing key): set with `fleet`.
+    pub(crate) enroller: std::sync::OnceLock<Arc<fleet::Enroller>>,
 }
 
 impl EdgeState {
@@ -285,6 +287,7 @@ impl Edge {
             access: access::AccessState::default(),
             admin_token: watch::channel(None).0,
             fleet: std::sync::OnceLock::new(),
+            enroller: std::sync::OnceLock::new(),
         });
         Edge {
             state,
@@ -317,6 +320,39 @@ impl Edge {
     pub fn with_admin_token(self, token: Option<config::AdminToken>) -> Edge {
         self.state.admin_token.send_replace(token);
         self
+    }
+
+    /// Opens the fleet's store (`fleet: store:`) and admits enrolled devices: with
+    /// `signing_key`, it enrols them and issues and renews their credentials. A store
+    /// that cannot be opened (in use by another edge, unreadable) is an error: the
+    /// edge must not serve devices it cannot record.
+    pub fn with_fleet(
+        self,
+        cfg: &config::FleetConfig,
+        signing_key: Option<ring::signature::Ed25519KeyPair>,
+    ) -> Result<Edge, String> {
+        let store = fleet::RedbStore::open(&cfg.store).map_err(|e| e.to_string())?;
+        let inventory = fleet::Inventory::load(Arc::new(store), self.state.registry.clone())?;
+        log::info!(
+            "edge {}: fleet store {}: {} devices",
+            self.state.name,
+            cfg.store.display(),
+            inventory.list().len()
+        );
+        let enroller = fleet::Enroller::new(
+            signing_key.map(Arc::new),
+            cfg.credential_lifetime,
+            cfg.health_every,
+            self.settings.idle_timeout,
+        );
+        let _ = self.state.fleet.set(Arc::new(inventory));
+        let _ = self.state.enroller.set(Arc::new(enroller));
+        Ok(self)
+    }
+
+    /// The fleet's inventory, once [`Edge::with_fleet`] opened its store.
+    pub fn inventory(&self) -> Option<Arc<fleet::Inventory>> {
+        self.state.fleet.get().cloned()
     }
 
     /// Reloads `path` into this edge when asked (on SIGHUP); `running` is the config the
@@ -375,8 +411,18 @@ impl Edge {
                 self.state.clone(),
             )));
         }
+        if let Some(inventory) = self.state.fleet.get() {
+            tasks.push(inventory.spawn_writer());
+        }
         shutdown.await;
         go_away(&self.state, tasks, endpoint).await;
+        if let Some(inventory) = self.state.fleet.get() {
+            // Connections closed by the shutdown marked their devices last seen.
+            inventory
+                .flush()
+                .await
+                .map_err(|e| format!("fleet records not written at shutdown: {e}"))?;
+        }
         Ok(())
     }
 

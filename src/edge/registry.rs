@@ -55,6 +55,9 @@ pub struct Conn {
     pub streams: AtomicU64,
     /// What the connection's token granted at registration.
     pub claims: TunnelClaims,
+    /// The id of the enrolled device it belongs to, when it registered with a device
+    /// key and credential (see `fleet`) rather than a tunnel token.
+    pub device: Option<String>,
 }
 
 impl Conn {

@@ -22,6 +22,10 @@ pub mod access;
 pub const TUNNEL_PREFIX: &str = "mst1";
 /// Prefix of access tokens for operators and visitors.
 pub const ACCESS_PREFIX: &str = "msa1";
+/// Prefix of fleet enrolment keys (`mailslot-edge enroll-key`, see `fleet::enroll`).
+pub const ENROLL_PREFIX: &str = "mse1";
+/// Prefix of device credentials, issued at enrolment (see `fleet::enroll`).
+pub const DEVICE_PREFIX: &str = "msd1";
 /// Longest token accepted for verification.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
@@ -87,7 +91,8 @@ pub fn verify<C: for<'de> Deserialize<'de>>(
     let (signed, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
     let (kind, payload) = signed.split_once('.').ok_or(TokenError::Malformed)?;
     if kind != prefix {
-        return Err(if kind == TUNNEL_PREFIX || kind == ACCESS_PREFIX {
+        let known = [TUNNEL_PREFIX, ACCESS_PREFIX, ENROLL_PREFIX, DEVICE_PREFIX];
+        return Err(if known.contains(&kind) {
             TokenError::WrongKind(kind_name(kind).into(), kind_name(prefix))
         } else {
             TokenError::Malformed
@@ -113,6 +118,8 @@ fn kind_name(prefix: &str) -> &'static str {
     match prefix {
         TUNNEL_PREFIX => "tunnel",
         ACCESS_PREFIX => "access",
+        ENROLL_PREFIX => "enrolment key",
+        DEVICE_PREFIX => "device credential",
         _ => "unknown",
     }
 }

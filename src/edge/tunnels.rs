@@ -1,5 +1,12 @@
 //! The tunnel listener: accepts connector connections, runs the control handshake
 //! (hello, register, verify the token, claim hostnames) and keeps the registry current.
+//!
+//! A device of a fleet registers with its key instead of a tunnel token (see
+//! `fleet::enroll`): the hello carries a fresh nonce, the registration the device's
+//! proof over it and its credential or enrolment key; the edge admits it, records it
+//! in the inventory, and answers with a `RegisteredTail` (a new credential when one was
+//! issued). On its connections the edge keeps the inventory told (health reports, the
+//! last connection's end) and renews the credential two thirds into its lifetime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,14 +14,19 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use super::fleet::enroll::{self, DeviceClaims};
 use super::flood::{log_limited, AddrSlot, LogLimit, PerAddr};
+use super::live::Live;
 use super::registry::{Conn, Rules};
 use super::token::verify_tunnel;
 use super::EdgeState;
 use crate::transport::quic::{describe_close, Listener};
 use crate::transport::{Session, TunnelStream};
 use crate::util::hex;
-use crate::wire::{self, ConnectorMsg, EdgeMsg, RegisterTail, PROTOCOL_VERSION};
+use crate::wire::{
+    self, ConnectorMsg, DeviceTail, EdgeMsg, HelloTail, Register, RegisterTail, RegisteredTail,
+    PROTOCOL_VERSION,
+};
 
 /// Time a connector has to register after connecting.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -215,15 +227,36 @@ pub(crate) async fn accept_h2(
 /// Runs one tunnel connection: handshake, then its control stream until it ends.
 async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Option<HandshakeSlot>) {
     let remote = session.remote_addr();
-    let Some((conn, control)) = register_in_time(&session, &state, permit).await else {
+    let Some((conn, control, credential)) = register_in_time(&session, &state, permit).await else {
         return;
     };
     let who = describe(&conn, remote, session.protocol());
     log::info!("{who}: registered");
-    let ended = serve_control(&session, &state, &conn, control, &who).await;
+    let ended = serve_control(&session, &state, &conn, control, credential, &who).await;
     state.registry.remove(&conn);
     session.close(&wire::bounded_reason(ended.close_reason()));
     log::info!("{who}: disconnected: {ended}");
+    if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
+        inventory.disconnected(id, last_heard(&state, &ended));
+    }
+}
+
+/// When a connection that ended so was last heard from, Unix seconds: an idle timeout
+/// ends a connection that long after its connector fell silent.
+fn last_heard(state: &EdgeState, ended: &Ended) -> u64 {
+    let now = super::token::now_unix();
+    if !timed_out(ended) {
+        return now;
+    }
+    let idle = state.enroller.get().map_or(0, |e| e.idle_timeout.as_secs());
+    now.saturating_sub(idle)
+}
+
+/// Did the connection end because the connector fell silent: QUIC's idle timeout, or
+/// HTTP/2's unanswered ping (in `transport`'s words)?
+fn timed_out(ended: &Ended) -> bool {
+    matches!(ended, Ended::Closed(reason)
+        if reason.starts_with("timed out") || reason.starts_with("no answer from"))
 }
 
 /// Why a registered tunnel connection ended: the end of its `disconnected:` log line.
@@ -272,7 +305,7 @@ async fn register_in_time(
     session: &Session,
     state: &Arc<EdgeState>,
     permit: Option<HandshakeSlot>,
-) -> Option<(Arc<Conn>, TunnelStream)> {
+) -> Option<Registered> {
     let remote = session.remote_addr();
     let registered = tokio::time::timeout(REGISTER_TIMEOUT, register(session, state)).await;
     drop(permit);
@@ -303,8 +336,13 @@ async fn register_in_time(
 fn describe(conn: &Conn, remote: SocketAddr, protocol: impl std::fmt::Display) -> String {
     let mut connector = hex(&conn.connector_id);
     connector.truncate(8);
+    let kind = if conn.device.is_some() {
+        "device"
+    } else {
+        "tunnel"
+    };
     format!(
-        "tunnel {} ({}) connector {connector} #{} from {} over {}",
+        "{kind} {} ({}) connector {connector} #{} from {} over {}",
         conn.tunnel_name,
         hex(&conn.tunnel_id),
         conn.index,
@@ -314,13 +352,14 @@ fn describe(conn: &Conn, remote: SocketAddr, protocol: impl std::fmt::Display) -
 }
 
 /// Serves a registered connection's control stream until the connection ends: the
-/// connector's messages, its token's expiry, revocations by a reload, and the edge's
-/// own shutdown.
+/// connector's messages, its token's expiry (a device's credential: its renewal),
+/// revocations by a reload, and the edge's own shutdown.
 async fn serve_control(
     session: &Session,
     state: &Arc<EdgeState>,
     conn: &Arc<Conn>,
     mut control: TunnelStream,
+    mut credential: Option<DeviceClaims>,
     who: &str,
 ) -> Ended {
     let mut going_away = state.going_away.subscribe();
@@ -328,18 +367,43 @@ async fn serve_control(
     let mut live = state.live.subscribe();
     live.mark_changed();
     let mut live_open = true;
-    let expiry = tokio::time::sleep(until_expiry(conn.claims.expires).min(EXPIRY_RECHECK));
+    // A device's credential renewed on this connection moves its expiry.
+    let mut expires = conn.claims.expires;
+    let expiry = tokio::time::sleep(until_expiry(expires).min(EXPIRY_RECHECK));
     tokio::pin!(expiry);
+    let renewal = tokio::time::sleep(until_renewal(credential.as_ref()));
+    tokio::pin!(renewal);
     loop {
         tokio::select! {
             () = &mut expiry => {
                 // The timer may fire a little early (clock steps): look at the clock.
-                let left = until_expiry(conn.claims.expires);
+                let left = until_expiry(expires);
                 if !left.is_zero() {
                     expiry.as_mut().reset(tokio::time::Instant::now() + left.min(EXPIRY_RECHECK));
                     continue;
                 }
-                return expire(session, conn, &mut control).await;
+                return expire(session, conn, expires, &mut control).await;
+            }
+            () = &mut renewal, if credential.is_some() => {
+                let left = until_renewal(credential.as_ref());
+                if left.is_zero() {
+                    match renew(state, conn, credential.as_ref(), &mut control, who).await {
+                        Ok(Some(renewed)) => {
+                            expires = renewed.expires;
+                            credential = Some(renewed);
+                            expiry.as_mut().reset(
+                                tokio::time::Instant::now()
+                                    + until_expiry(expires).min(EXPIRY_RECHECK),
+                            );
+                        }
+                        // No signing key: the credential runs out at its expiry.
+                        Ok(None) => credential = None,
+                        Err(ended) => return ended,
+                    }
+                }
+                renewal
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + until_renewal(credential.as_ref()));
             }
             changed = live.changed(), if live_open => {
                 if changed.is_err() {
@@ -351,7 +415,7 @@ async fn serve_control(
                 }
             }
             msg = wire::read_control::<_, ConnectorMsg>(&mut control.recv) => {
-                if let Some(ended) = on_message(msg, state, conn, &mut control, who).await {
+                if let Some(ended) = on_message(msg, state, conn, expires, &mut control, who).await {
                     return ended;
                 }
             }
@@ -368,11 +432,50 @@ async fn serve_control(
     }
 }
 
-/// The connection's token expired: the connector is told why and leaves on its own;
-/// the edge closes after a moment either way (closing at once could overtake the
-/// message).
-async fn expire(session: &Session, conn: &Conn, control: &mut TunnelStream) -> Ended {
-    let reason = expired_reason(&conn.tunnel_name, conn.claims.expires);
+/// Time until a device's credential is due for renewal on its connection; a long wait
+/// (read again after) without one.
+fn until_renewal(credential: Option<&DeviceClaims>) -> Duration {
+    let Some(c) = credential else {
+        return EXPIRY_RECHECK;
+    };
+    let at = enroll::renewal_time(c.issued, c.expires);
+    Duration::from_secs(at.saturating_sub(super::token::now_unix())).min(EXPIRY_RECHECK)
+}
+
+/// Sends a device a renewed credential (`EdgeMsg::Credential`) and records its
+/// expiry; `Ok(None)` when this edge cannot issue one.
+async fn renew(
+    state: &EdgeState,
+    conn: &Conn,
+    old: Option<&DeviceClaims>,
+    control: &mut TunnelStream,
+    who: &str,
+) -> Result<Option<DeviceClaims>, Ended> {
+    let (Some(old), Some(enroller)) = (old, state.enroller.get()) else {
+        return Ok(None);
+    };
+    let Some((claims, text)) = enroller.renew(old) else {
+        return Ok(None);
+    };
+    let msg = EdgeMsg::Credential { credential: text };
+    if wire::write_control(&mut control.send, &msg).await.is_err() {
+        return Err(Ended::ControlLost);
+    }
+    if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
+        inventory.renewed(id, claims.expires);
+    }
+    log::info!(
+        "{who}: credential renewed, expires in {}s",
+        claims.expires.saturating_sub(super::token::now_unix())
+    );
+    Ok(Some(claims))
+}
+
+/// The connection's token (or device credential) expired at `expires`: the connector
+/// is told why and leaves on its own; the edge closes after a moment either way
+/// (closing at once could overtake the message).
+async fn expire(session: &Session, conn: &Conn, expires: u64, control: &mut TunnelStream) -> Ended {
+    let reason = expired_reason(conn, expires);
     let msg = EdgeMsg::GoAway {
         reason: wire::bounded_reason(reason.clone()),
     };
@@ -386,11 +489,13 @@ async fn expire(session: &Session, conn: &Conn, control: &mut TunnelStream) -> E
     Ended::ByEdge(reason)
 }
 
-/// Acts on one message from the connector; `Some` when the connection ends.
+/// Acts on one message from the connector; `Some` when the connection ends. `expires`:
+/// when the connection's token or credential expires.
 async fn on_message(
     msg: Result<ConnectorMsg, wire::WireError>,
     state: &EdgeState,
     conn: &Arc<Conn>,
+    expires: u64,
     control: &mut TunnelStream,
     who: &str,
 ) -> Option<Ended> {
@@ -400,8 +505,8 @@ async fn on_message(
             log::info!("{who}: draining");
             None
         }
-        Ok(ConnectorMsg::UpdateRules { .. }) if until_expiry(conn.claims.expires).is_zero() => {
-            let reason = expired_reason(&conn.tunnel_name, conn.claims.expires);
+        Ok(ConnectorMsg::UpdateRules { .. }) if until_expiry(expires).is_zero() => {
+            let reason = expired_reason(conn, expires);
             log::warn!("{who}: rule table refused: {reason}");
             let reply = EdgeMsg::Refused {
                 reason: wire::bounded_reason(reason.clone()),
@@ -432,8 +537,13 @@ async fn on_message(
             }
         }
         Ok(ConnectorMsg::Register(_)) => Some(Ended::RegisteredTwice),
-        // Sent only to an edge that asked for it; this one has not yet.
-        Ok(ConnectorMsg::Health(_)) => None,
+        Ok(ConnectorMsg::Health(health)) => {
+            // Asked of enrolled devices only; a tunnel token's connector has no record.
+            if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
+                inventory.health(id, health);
+            }
+            None
+        }
         Err(wire::WireError::Closed) => Some(Ended::ControlClosed),
         Err(e) => Some(Ended::Control(e)),
     }
@@ -449,14 +559,21 @@ fn until_expiry(expires: u64) -> Duration {
     Duration::from_secs(expires.saturating_sub(now))
 }
 
-/// Why a connection whose token expired is closed, for the connector's log and the
-/// edge's.
-fn expired_reason(tunnel: &str, expires: u64) -> String {
+/// Why a connection whose token (or device credential) expired at `expires` is closed,
+/// for the connector's log and the edge's.
+fn expired_reason(conn: &Conn, expires: u64) -> String {
     let ago = super::token::now_unix().saturating_sub(expires);
-    format!(
-        "tunnel token of tunnel {tunnel} expired {ago} seconds ago: issue a new token \
-         (mailslot-edge token) and update the device"
-    )
+    match &conn.device {
+        Some(id) => format!(
+            "the credential of device {id} expired {ago} seconds ago: the device enrols \
+             again with its enrolment key"
+        ),
+        None => format!(
+            "tunnel token of tunnel {} expired {ago} seconds ago: issue a new token \
+             (mailslot-edge token) and update the device",
+            conn.tunnel_name
+        ),
+    }
 }
 
 /// Why a revoked tunnel is refused, for the connector's log and the edge's.
@@ -467,31 +584,85 @@ fn revoked_reason(tunnel: &str, id: &[u8; 16]) -> String {
     )
 }
 
-async fn register(
-    session: &Session,
-    state: &Arc<EdgeState>,
-) -> Result<(Arc<Conn>, TunnelStream), String> {
+/// A registered connection: its registry entry, its control stream, and for a device
+/// its credential's claims.
+type Registered = (Arc<Conn>, TunnelStream, Option<DeviceClaims>);
+
+/// A connection registered, and for a device its credential and what to append to
+/// `Registered`.
+type Admission = (Arc<Conn>, Option<(DeviceClaims, RegisteredTail)>);
+
+/// What a registration was admitted as: the tunnel's grant, and for a device its
+/// credential and what to append to `Registered`.
+struct Grant {
+    claims: super::token::TunnelClaims,
+    device: Option<(DeviceClaims, RegisteredTail)>,
+}
+
+/// Admits a registration by its tunnel token, or by the device's key and credential.
+async fn admit(
+    state: &EdgeState,
+    live: &Live,
+    nonce: &[u8; 32],
+    reg: &Register,
+    device: Option<&DeviceTail>,
+    remote: SocketAddr,
+) -> Result<Grant, String> {
+    let Some(tail) = device else {
+        let claims = verify_tunnel(&reg.token, &live.verify_keys, super::token::now_unix())
+            .map_err(|e| format!("tunnel token refused: {e}"))?;
+        return Ok(Grant {
+            claims,
+            device: None,
+        });
+    };
+    let (Some(inventory), Some(enroller)) = (state.fleet.get(), state.enroller.get()) else {
+        return Err("this edge admits no enrolled devices (it keeps no fleet store)".into());
+    };
+    let admitted = enroller
+        .admit(inventory, &live.verify_keys, nonce, reg, tail, remote)
+        .await?;
+    if admitted.tail.credential.is_some() {
+        log::info!(
+            "device {} of fleet {} from {remote}: credential issued, expires in {}s",
+            admitted.credential.device,
+            admitted.credential.fleet,
+            admitted
+                .credential
+                .expires
+                .saturating_sub(super::token::now_unix())
+        );
+    }
+    Ok(Grant {
+        claims: admitted.claims,
+        device: Some((admitted.credential, admitted.tail)),
+    })
+}
+
+async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registered, String> {
     let mut control = session
         .open_stream()
         .await
         .map_err(|e| format!("no control stream: {e}"))?;
-    wire::write_control(
+    let nonce: [u8; 32] = crate::util::random_bytes();
+    wire::write_control_with_tail(
         &mut control.send,
         &EdgeMsg::Hello {
             version: PROTOCOL_VERSION,
             edge: state.name.clone(),
         },
+        &HelloTail { nonce },
     )
     .await
     .map_err(|e| e.to_string())?;
-    let (msg, tail): (ConnectorMsg, Option<RegisterTail>) =
-        wire::read_control_with_tail(&mut control.recv)
+    let (msg, tail, device): (ConnectorMsg, Option<RegisterTail>, Option<DeviceTail>) =
+        wire::read_control_with_tails(&mut control.recv)
             .await
             .map_err(|e| e.to_string())?;
     let ConnectorMsg::Register(reg) = msg else {
         return Err("first message was not a registration".into());
     };
-    let outcome: Result<Arc<Conn>, (String, bool)> = async {
+    let outcome: Result<Admission, (String, bool)> = async {
         if *state.going_away.borrow() {
             // Registering here would only earn a GoAway: send the connector elsewhere.
             return Err(("this edge is shutting down; try another edge".into(), false));
@@ -511,8 +682,10 @@ async fn register(
             return Err((reason, true));
         }
         let live = state.live();
-        let claims = verify_tunnel(&reg.token, &live.verify_keys, super::token::now_unix())
-            .map_err(|e| (format!("tunnel token refused: {e}"), true))?;
+        let grant = admit(state, &live, &nonce, &reg, device.as_ref(), session.remote_addr())
+            .await
+            .map_err(|e| (e, true))?;
+        let claims = grant.claims;
         if live.revoked.contains(&claims.id) {
             return Err((revoked_reason(&claims.tunnel, &claims.id), true));
         }
@@ -522,31 +695,48 @@ async fn register(
             tunnel_id: claims.id,
             tunnel_name: claims.tunnel.clone(),
             connector_id: reg.connector_id,
-            instance: tail.map(|t| t.instance),
+            // All zeros: a connector without an instance id that sent the tail for
+            // the device tail after it.
+            instance: tail.map(|t| t.instance).filter(|i| *i != [0; 16]),
             index: reg.conn_index,
             remote: session.remote_addr(),
             rules: std::sync::Mutex::new(Arc::new(rules)),
             draining: false.into(),
             streams: 0.into(),
             claims,
+            device: grant.device.as_ref().map(|(c, _)| c.device.clone()),
         });
         // First, so that a dead process's connections do not count against the limits.
         state.registry.supersede(&conn);
         state.registry.add(conn.clone()).map_err(|e| (e, false))?;
-        Ok(conn)
+        // A revocation made while this registration was being admitted closed the
+        // connections registered then, not this one.
+        if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
+            if inventory.is_revoked(id) {
+                state.registry.remove(&conn);
+                return Err((enroll::revoked(id), true));
+            }
+        }
+        Ok((conn, grant.device))
     }
     .await;
     match outcome {
-        Ok(conn) => {
+        Ok((conn, device)) => {
             let msg = EdgeMsg::Registered {
                 tunnel_id: conn.tunnel_id,
                 edge: state.name.clone(),
             };
-            if let Err(e) = wire::write_control(&mut control.send, &msg).await {
+            let written = match &device {
+                Some((_, tail)) => {
+                    wire::write_control_with_tail(&mut control.send, &msg, tail).await
+                }
+                None => wire::write_control(&mut control.send, &msg).await,
+            };
+            if let Err(e) = written {
                 state.registry.remove(&conn);
                 return Err(e.to_string());
             }
-            Ok((conn, control))
+            Ok((conn, control, device.map(|(c, _)| c)))
         }
         Err((reason, permanent)) => {
             let msg = EdgeMsg::Refused {
@@ -565,6 +755,20 @@ async fn register(
 #[cfg(test)]
 mod tests {
     use super::Ended;
+
+    #[test]
+    fn a_connection_that_timed_out_was_last_heard_an_idle_timeout_earlier() {
+        let quic = "timed out (no packets from peer)";
+        let h2 = "no answer from the connector for 60s";
+        for (reason, silent) in [(quic, true), (h2, true), ("closed by peer: bye", false)] {
+            assert_eq!(
+                super::timed_out(&Ended::Closed(reason.into())),
+                silent,
+                "{reason}"
+            );
+        }
+        assert!(!super::timed_out(&Ended::ControlClosed));
+    }
 
     #[test]
     fn end_reasons_read_as_the_log_lines_say() {

@@ -23,6 +23,7 @@ mod config_cli;
 mod config_powerloss;
 mod edge_pin;
 mod edge_reload;
+mod fleet;
 mod fleet_page;
 mod floods;
 mod help;
@@ -121,6 +122,10 @@ fn main() {
         edge_reload::reload_tightens_policies_and_refuses_bad_files,
         edge_reload::open_sessions_a_reload_no_longer_admits_are_cut,
         edge_reload::renewed_certificates_are_served_after_sighup_without_dropping_tunnels,
+        fleet::a_device_enrols_registers_with_its_credential_and_is_remembered,
+        fleet::an_expired_enrolment_key_or_a_bad_pattern_is_refused_with_the_reason,
+        fleet::credentials_are_renewed_on_the_connection_and_at_registration,
+        fleet::a_revoked_device_is_cut_at_once_and_never_registers_again,
         protocol::a_newer_connector_is_told_to_wait_for_an_edge_update,
         protocol::an_older_connector_is_told_to_update_mailslot,
         config_cli::compile_check_show_round_trip,

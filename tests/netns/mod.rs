@@ -203,7 +203,10 @@ impl Net {
         self.more_devices.push(ns.clone());
         self.sh(&ns, "ip link set lo up");
         self.close_firewall(&ns);
-        let (gw, ip) = (format!("192.168.{}.1", 100 + n), format!("192.168.{}.2", 100 + n));
+        let (gw, ip) = (
+            format!("192.168.{}.1", 100 + n),
+            format!("192.168.{}.2", 100 + n),
+        );
         self.veth(&self.nat, &format!("lan{n}"), &gw, &ns, "eth0", &ip, 24);
         self.sh(&ns, &format!("ip route add default via {gw}"));
         ns

@@ -1,17 +1,42 @@
 //! The inventory: every device this edge knows, as records (kept in the [`Store`]) and
 //! what the registry says of it now (online, connections, protocol, round trip).
 //!
+//! Registrations, health reports and disconnections change the records in memory and
+//! mark them changed; a writer task ([`Inventory::spawn_writer`]) writes the changed
+//! ones to the store in one batch every [`WRITE_EVERY`]. Enrolment and revocation go
+//! to the store at once.
+//!
 //! [`DeviceView`] is what every reader gets: the admin API (`/api/v1/devices`), the
 //! `devices` commands, the fleet page and the per-fleet metrics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{DeviceRecord, Store};
+use super::{DeviceRecord, Enrolled, Store};
 use crate::edge::registry::{Conn, Registry};
 use crate::util::lock;
+
+/// How often changed records are written to the store.
+pub const WRITE_EVERY: Duration = Duration::from_secs(3);
+
+/// `new` as the latest registration tells it, onto `old`: what the device said and its
+/// grant; first seen, enrolment, health and revocation stay.
+fn merge(old: &mut DeviceRecord, new: &DeviceRecord) {
+    old.name.clone_from(&new.name);
+    old.fleet.clone_from(&new.fleet);
+    old.key_id = new.key_id;
+    old.hostnames.clone_from(&new.hostnames);
+    old.version.clone_from(&new.version);
+    old.arch.clone_from(&new.arch);
+    old.board.clone_from(&new.board);
+    old.config_digest.clone_from(&new.config_digest);
+    old.address.clone_from(&new.address);
+    old.last_seen = old.last_seen.max(new.last_seen);
+    old.credential_expires = new.credential_expires;
+}
 
 /// One live connection of a device, as the registry sees it now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,8 +71,15 @@ pub struct DeviceView {
 
 /// Every device this edge knows: the records in memory (loaded from the store at start,
 /// written through to it), joined with the registry's live connections when read.
+///
+/// Bounds: `records` holds at most what the store holds (`store::MAX_DEVICES` for the
+/// embedded one); `changed` names at most every record once.
 pub struct Inventory {
     records: Mutex<HashMap<String, DeviceRecord>>,
+    /// Ids of records changed in memory since the writer last wrote them.
+    changed: Mutex<HashSet<String>>,
+    /// Held while a batch is written.
+    writing: Mutex<()>,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
 }
@@ -63,6 +95,8 @@ impl Inventory {
             .collect();
         Ok(Inventory {
             records: Mutex::new(records),
+            changed: Mutex::default(),
+            writing: Mutex::default(),
             store,
             registry,
         })
@@ -141,6 +175,144 @@ impl Inventory {
         Ok(true)
     }
 
+    /// Whether the device is revoked here.
+    pub(crate) fn is_revoked(&self, id: &str) -> bool {
+        lock(&self.records)
+            .get(id)
+            .is_some_and(|r| r.revoked.is_some())
+    }
+
+    /// Enrols a device (or records again one enrolled before) in the store at once,
+    /// then in memory.
+    pub(crate) async fn enroll(
+        &self,
+        record: &DeviceRecord,
+        max_devices: Option<u32>,
+    ) -> Result<Enrolled, String> {
+        let store = self.store.clone();
+        let owned = record.clone();
+        let enrolled = tokio::task::spawn_blocking(move || store.enroll(&owned, max_devices))
+            .await
+            .map_err(|e| format!("fleet store: {e}"))?
+            .map_err(|e| e.to_string())?;
+        if matches!(enrolled, Enrolled::New | Enrolled::Again) {
+            let mut records = lock(&self.records);
+            match records.get_mut(&record.id) {
+                Some(old) => merge(old, record),
+                None => {
+                    records.insert(record.id.clone(), record.clone());
+                }
+            }
+        }
+        Ok(enrolled)
+    }
+
+    /// A known device registered a connection: what it said of itself and its grant
+    /// replace the record's (first seen, enrolment, health and revocation stay).
+    /// `false` when the device is not known.
+    pub(crate) fn connected(&self, record: &DeviceRecord) -> bool {
+        let mut records = lock(&self.records);
+        let Some(old) = records.get_mut(&record.id) else {
+            return false;
+        };
+        merge(old, record);
+        drop(records);
+        self.mark(&record.id);
+        true
+    }
+
+    /// A device's connection ended; when it was its last, the device was last seen
+    /// at `last_heard` (Unix seconds).
+    pub(crate) fn disconnected(&self, id: &str, last_heard: u64) {
+        let Some(key) = lock(&self.records).get(id).map(|r| r.public_key) else {
+            return;
+        };
+        let tunnel = crate::identity::tunnel_id(&key);
+        if self
+            .registry
+            .all_conns()
+            .iter()
+            .any(|c| c.tunnel_id == tunnel)
+        {
+            return;
+        }
+        if let Some(r) = lock(&self.records).get_mut(id) {
+            r.last_seen = r.last_seen.max(last_heard);
+        }
+        self.mark(id);
+    }
+
+    /// A device's health report, kept with the time it came.
+    pub(crate) fn health(&self, id: &str, mut health: crate::wire::Health) {
+        health.last_error = health.last_error.map(crate::wire::bounded_reason);
+        let now = crate::edge::token::now_unix();
+        if let Some(r) = lock(&self.records).get_mut(id) {
+            r.health = Some(health);
+            r.health_at = now;
+            r.last_seen = now;
+        }
+        self.mark(id);
+    }
+
+    /// A device got a renewed credential that expires at `expires`.
+    pub(crate) fn renewed(&self, id: &str, expires: u64) {
+        if let Some(r) = lock(&self.records).get_mut(id) {
+            r.credential_expires = expires;
+            r.last_seen = crate::edge::token::now_unix();
+        }
+        self.mark(id);
+    }
+
+    fn mark(&self, id: &str) {
+        lock(&self.changed).insert(id.to_string());
+    }
+
+    /// Writes the records changed since the last write to the store, in one batch.
+    /// Batches are written one at a time and in order, on a blocking thread that
+    /// finishes its batch even when the task that asked for it is dropped (the writer
+    /// task at shutdown), so a later batch never lands before an earlier one.
+    pub async fn flush(self: &Arc<Self>) -> Result<(), String> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.write_changed())
+            .await
+            .map_err(|e| format!("fleet store: {e}"))?
+    }
+
+    fn write_changed(&self) -> Result<(), String> {
+        let _one_at_a_time = lock(&self.writing);
+        let ids: Vec<String> = lock(&self.changed).drain().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<DeviceRecord> = {
+            let records = lock(&self.records);
+            ids.iter()
+                .filter_map(|id| records.get(id).cloned())
+                .collect()
+        };
+        let written = self.store.update(&batch).map_err(|e| e.to_string());
+        if written.is_err() {
+            // Written with the next batch.
+            lock(&self.changed).extend(ids);
+        }
+        written
+    }
+
+    /// Writes changed records every [`WRITE_EVERY`] until the task is dropped.
+    pub fn spawn_writer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WRITE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.flush().await {
+                    log::error!("fleet: records not written, trying again: {e}");
+                }
+            }
+        })
+    }
+
     /// Live connections by tunnel id.
     fn live_conns(&self) -> HashMap<[u8; 16], Vec<ConnView>> {
         let mut by_tunnel: HashMap<[u8; 16], Vec<ConnView>> = HashMap::new();
@@ -151,5 +323,83 @@ impl Inventory {
                 .push(ConnView::of(&c));
         }
         by_tunnel
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::fleet::RedbStore;
+
+    fn record(name: &str, seen: u64) -> DeviceRecord {
+        let public_key = [9; 32];
+        DeviceRecord {
+            id: crate::identity::device_id(&public_key),
+            public_key,
+            name: name.into(),
+            fleet: "shops".into(),
+            key_id: [1; 16],
+            hostnames: vec!["a.example.com".into()],
+            version: "1".into(),
+            arch: "aarch64".into(),
+            board: String::new(),
+            config_digest: String::new(),
+            enrolled: seen,
+            first_seen: seen,
+            last_seen: seen,
+            credential_expires: seen + 100,
+            revoked: None,
+            address: "192.0.2.1:1".into(),
+            health: None,
+            health_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_reach_the_store_in_a_batch_and_first_seen_stays() {
+        let dir = std::env::temp_dir().join(format!(
+            "mailslot-inventory-{}-{}",
+            std::process::id(),
+            crate::util::hex(&crate::util::random_bytes::<4>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("f.redb")).unwrap());
+        let registry = Arc::new(Registry::new(8));
+        let inv = Arc::new(Inventory::load(store.clone(), registry.clone()).unwrap());
+        let first = record("old-name", 100);
+        assert_eq!(inv.enroll(&first, Some(1)).await.unwrap(), Enrolled::New);
+        let mut again = record("new-name", 200);
+        again.first_seen = 200;
+        assert!(inv.connected(&again));
+        inv.health(
+            &first.id,
+            crate::wire::Health {
+                last_error: Some("\u{1b}[31m".repeat(1000)),
+                ..Default::default()
+            },
+        );
+        // Nothing written until the batch.
+        assert_eq!(store.get(&first.id).unwrap().unwrap().name, "old-name");
+        inv.flush().await.unwrap();
+        let stored = store.get(&first.id).unwrap().unwrap();
+        assert_eq!((stored.name.as_str(), stored.first_seen), ("new-name", 100));
+        let text = stored.health.unwrap().last_error.unwrap();
+        assert!(text.len() <= 512 && !text.contains('\u{1b}'), "{text}");
+        // The last connection of a device gone: last seen when it was last heard.
+        inv.disconnected(&first.id, u64::MAX - 1);
+        inv.flush().await.unwrap();
+        assert_eq!(
+            store.get(&first.id).unwrap().unwrap().last_seen,
+            u64::MAX - 1
+        );
+        assert!(!inv.connected(&record("x", 1).clone_with_id("unknown")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    impl DeviceRecord {
+        fn clone_with_id(mut self, id: &str) -> DeviceRecord {
+            self.id = id.into();
+            self
+        }
     }
 }

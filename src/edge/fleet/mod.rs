@@ -21,10 +21,12 @@
 
 pub mod api;
 pub mod cli;
+pub mod enroll;
 pub mod inventory;
 pub mod metrics;
 pub mod page;
 pub mod store;
 
+pub use enroll::Enroller;
 pub use inventory::{ConnView, DeviceView, Inventory};
-pub use store::{DeviceRecord, Enrolled, Store, StoreError};
+pub use store::{DeviceRecord, Enrolled, RedbStore, Store, StoreError, MAX_DEVICES};

@@ -7,7 +7,23 @@
 //!
 //! Calls block (a disk or a network round trip): call them from
 //! `tokio::task::spawn_blocking`, or from a task that owns a blocking thread.
+//!
+//! [`RedbStore`] is the embedded implementation, one file (`fleet.redb` beside
+//! `edge.yml` by default). Why redb rather than SQLite: it is pure Rust, so an edge
+//! built for musl or another architecture needs no C toolchain; it is one file with
+//! ACID transactions whose commits survive a crash or a power cut (copy-on-write
+//! pages, a checksummed commit slot); and its model is a sorted key-value map, which
+//! is what Redis offers too: everything the trait does maps one to one onto the Redis
+//! implementation to come, and nothing leans on SQL that Redis cannot do.
+//!
+//! ```text
+//!  devices:      device id            -> postcard DeviceRecord
+//!  key_devices:  enrolment key id (16) -> devices enrolled with it (u32; the quota)
+//!  meta:         "devices"             -> records in `devices` (u64; the edge's bound)
+//!                "format"              -> FORMAT of the file
+//! ```
 
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::Health;
@@ -47,6 +63,11 @@ pub struct DeviceRecord {
     pub health_at: u64,
 }
 
+/// Most devices one edge's store keeps: enrolment beyond it is refused
+/// ([`Enrolled::Full`]). At a few hundred bytes a record, the records in memory
+/// (`Inventory`) stay within a few tens of MiB.
+pub const MAX_DEVICES: u64 = 100_000;
+
 /// What enrolling a device under a quota did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enrolled {
@@ -59,6 +80,8 @@ pub enum Enrolled {
     Revoked,
     /// The key's quota is full: `count` devices already enrolled with it.
     QuotaFull { count: u32 },
+    /// The store holds [`MAX_DEVICES`] records already; nothing changed.
+    Full { max: u64 },
 }
 
 /// Why the store failed.
@@ -91,4 +114,379 @@ pub trait Store: Send + Sync {
     fn update(&self, records: &[DeviceRecord]) -> Result<(), StoreError>;
     /// Marks a device revoked at `at`; `false` when no such device is recorded.
     fn revoke(&self, id: &str, at: u64) -> Result<bool, StoreError>;
+}
+
+/// Version of the embedded store's layout, kept in its `meta` table.
+const FORMAT: u64 = 1;
+
+const DEVICES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("devices");
+const KEY_DEVICES: redb::TableDefinition<&[u8], u32> = redb::TableDefinition::new("key_devices");
+const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+
+/// The embedded store: one redb file (see the module doc).
+pub struct RedbStore {
+    db: redb::Database,
+    /// Most records kept: [`MAX_DEVICES`].
+    max: u64,
+}
+
+fn engine(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(crate::wire::bounded_reason(id)))
+}
+
+fn encode(record: &DeviceRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(record).map_err(engine)
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, creating it when missing. Fails with a message that
+    /// says why: in use by another edge process, unreadable, of a newer format.
+    pub fn open(path: &std::path::Path) -> Result<RedbStore, StoreError> {
+        let shown = path.display();
+        let db = redb::Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Engine(format!(
+                "{shown} is in use by another process (another mailslot-edge serving with \
+                 the same store?)"
+            )),
+            other => StoreError::Engine(format!("cannot open {shown}: {other}")),
+        })?;
+        let tx = db.begin_write().map_err(engine)?;
+        {
+            let mut meta = tx.open_table(META).map_err(engine)?;
+            let format = meta.get("format").map_err(engine)?.map(|v| v.value());
+            match format {
+                None => {
+                    meta.insert("format", FORMAT).map_err(engine)?;
+                }
+                Some(FORMAT) => {}
+                Some(other) => {
+                    return Err(StoreError::Engine(format!(
+                        "{shown} has format {other}, this edge reads format {FORMAT}: \
+                         update mailslot-edge"
+                    )))
+                }
+            }
+            tx.open_table(DEVICES).map_err(engine)?;
+            tx.open_table(KEY_DEVICES).map_err(engine)?;
+        }
+        tx.commit().map_err(engine)?;
+        Ok(RedbStore {
+            db,
+            max: MAX_DEVICES,
+        })
+    }
+}
+
+/// Adds `delta` to a `u32` count kept under `key`, removing it at zero.
+fn add_count(
+    table: &mut redb::Table<&[u8], u32>,
+    key: &[u8],
+    delta: i64,
+) -> Result<(), StoreError> {
+    let now = table.get(key).map_err(engine)?.map_or(0, |v| v.value());
+    let next = u32::try_from((i64::from(now) + delta).max(0)).unwrap_or(u32::MAX);
+    if next == 0 {
+        table.remove(key).map_err(engine)?;
+    } else {
+        table.insert(key, next).map_err(engine)?;
+    }
+    Ok(())
+}
+
+impl Store for RedbStore {
+    fn enroll(
+        &self,
+        record: &DeviceRecord,
+        max_devices: Option<u32>,
+    ) -> Result<Enrolled, StoreError> {
+        let tx = self.db.begin_write().map_err(engine)?;
+        let outcome = {
+            let mut devices = tx.open_table(DEVICES).map_err(engine)?;
+            let mut keys = tx.open_table(KEY_DEVICES).map_err(engine)?;
+            let mut meta = tx.open_table(META).map_err(engine)?;
+            let existing = match devices.get(record.id.as_str()).map_err(engine)? {
+                Some(bytes) => Some(decode(&record.id, bytes.value())?),
+                None => None,
+            };
+            let count_of = |keys: &redb::Table<&[u8], u32>, key: &[u8; 16]| {
+                keys.get(key.as_slice())
+                    .map(|v| v.map_or(0, |v| v.value()))
+                    .map_err(engine)
+            };
+            let full = |count: u32| max_devices.is_some_and(|max| count >= max);
+            match existing {
+                Some(old) if old.revoked.is_some() => Enrolled::Revoked,
+                Some(old) => {
+                    if old.key_id != record.key_id {
+                        // Moving to another key takes a place under it.
+                        let count = count_of(&keys, &record.key_id)?;
+                        if full(count) {
+                            return Ok(Enrolled::QuotaFull { count });
+                        }
+                        add_count(&mut keys, &old.key_id, -1)?;
+                        add_count(&mut keys, &record.key_id, 1)?;
+                    }
+                    let mut next = record.clone();
+                    next.enrolled = old.enrolled;
+                    next.first_seen = old.first_seen;
+                    devices
+                        .insert(record.id.as_str(), encode(&next)?.as_slice())
+                        .map_err(engine)?;
+                    Enrolled::Again
+                }
+                None => {
+                    let total = meta
+                        .get("devices")
+                        .map_err(engine)?
+                        .map_or(0, |v| v.value());
+                    let count = count_of(&keys, &record.key_id)?;
+                    if total >= self.max {
+                        return Ok(Enrolled::Full { max: self.max });
+                    }
+                    if full(count) {
+                        return Ok(Enrolled::QuotaFull { count });
+                    }
+                    devices
+                        .insert(record.id.as_str(), encode(record)?.as_slice())
+                        .map_err(engine)?;
+                    add_count(&mut keys, &record.key_id, 1)?;
+                    meta.insert("devices", total + 1).map_err(engine)?;
+                    Enrolled::New
+                }
+            }
+        };
+        tx.commit().map_err(engine)?;
+        Ok(outcome)
+    }
+
+    fn get(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(engine)?;
+        let devices = tx.open_table(DEVICES).map_err(engine)?;
+        let found = devices.get(id).map_err(engine)?;
+        found.map(|bytes| decode(id, bytes.value())).transpose()
+    }
+
+    fn list(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(engine)?;
+        let devices = tx.open_table(DEVICES).map_err(engine)?;
+        let mut out = Vec::new();
+        for entry in devices.iter().map_err(engine)? {
+            let (id, bytes) = entry.map_err(engine)?;
+            out.push(decode(id.value(), bytes.value())?);
+        }
+        Ok(out)
+    }
+
+    fn update(&self, records: &[DeviceRecord]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(engine)?;
+        {
+            let mut devices = tx.open_table(DEVICES).map_err(engine)?;
+            for r in records {
+                let old = match devices.get(r.id.as_str()).map_err(engine)? {
+                    Some(bytes) => decode(&r.id, bytes.value())?,
+                    None => continue,
+                };
+                let mut next = r.clone();
+                // A revocation recorded meanwhile (by another edge, or by `revoke` while
+                // this batch was on its way) is never undone by an update.
+                next.revoked = old.revoked.or(r.revoked);
+                next.key_id = old.key_id;
+                devices
+                    .insert(r.id.as_str(), encode(&next)?.as_slice())
+                    .map_err(engine)?;
+            }
+        }
+        tx.commit().map_err(engine)
+    }
+
+    fn revoke(&self, id: &str, at: u64) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(engine)?;
+        let found = {
+            let mut devices = tx.open_table(DEVICES).map_err(engine)?;
+            let old = match devices.get(id).map_err(engine)? {
+                Some(bytes) => Some(decode(id, bytes.value())?),
+                None => None,
+            };
+            match old {
+                Some(mut r) => {
+                    r.revoked.get_or_insert(at);
+                    devices.insert(id, encode(&r)?.as_slice()).map_err(engine)?;
+                    true
+                }
+                None => false,
+            }
+        };
+        tx.commit().map_err(engine)?;
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!(
+                "mailslot-store-{tag}-{}-{}",
+                std::process::id(),
+                crate::util::hex(&crate::util::random_bytes::<4>())
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        fn file(&self) -> std::path::PathBuf {
+            self.0.join("fleet.redb")
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn record(n: u8, key: u8) -> DeviceRecord {
+        let public_key = [n; 32];
+        DeviceRecord {
+            id: crate::identity::device_id(&public_key),
+            public_key,
+            name: format!("board{n}"),
+            fleet: "shops".into(),
+            key_id: [key; 16],
+            hostnames: vec![format!("d{n}.shops.example.com")],
+            version: "0.1.0".into(),
+            arch: "aarch64".into(),
+            board: "Raspberry Pi 4".into(),
+            config_digest: "0011223344556677".into(),
+            enrolled: 100,
+            first_seen: 100,
+            last_seen: 100,
+            credential_expires: 1000,
+            revoked: None,
+            address: "192.0.2.1:4000".into(),
+            health: None,
+            health_at: 0,
+        }
+    }
+
+    #[test]
+    fn enrol_new_again_revoked_and_quota() {
+        let dir = Dir::new("enrol");
+        let store = RedbStore::open(&dir.file()).unwrap();
+        assert_eq!(store.enroll(&record(1, 7), Some(2)).unwrap(), Enrolled::New);
+        let mut again = record(1, 7);
+        again.last_seen = 200;
+        again.first_seen = 200;
+        assert_eq!(store.enroll(&again, Some(2)).unwrap(), Enrolled::Again);
+        let kept = store.get(&again.id).unwrap().unwrap();
+        assert_eq!((kept.first_seen, kept.last_seen), (100, 200));
+        assert_eq!(store.enroll(&record(2, 7), Some(2)).unwrap(), Enrolled::New);
+        assert_eq!(
+            store.enroll(&record(3, 7), Some(2)).unwrap(),
+            Enrolled::QuotaFull { count: 2 }
+        );
+        assert_eq!(store.get(&record(3, 7).id).unwrap(), None);
+        // Another key has its own quota; no quota is no limit.
+        assert_eq!(store.enroll(&record(3, 8), None).unwrap(), Enrolled::New);
+        assert!(store.revoke(&record(1, 7).id, 300).unwrap());
+        assert!(!store.revoke("nosuchdevice", 300).unwrap());
+        assert_eq!(
+            store.enroll(&record(1, 7), Some(2)).unwrap(),
+            Enrolled::Revoked
+        );
+        // An update does not undo a revocation.
+        store.update(&[record(1, 7)]).unwrap();
+        assert_eq!(
+            store.get(&record(1, 7).id).unwrap().unwrap().revoked,
+            Some(300)
+        );
+        assert_eq!(store.list().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_store_refuses_new_devices_beyond_its_bound() {
+        let dir = Dir::new("bound");
+        let mut store = RedbStore::open(&dir.file()).unwrap();
+        store.max = 2;
+        assert_eq!(store.enroll(&record(1, 1), None).unwrap(), Enrolled::New);
+        assert_eq!(store.enroll(&record(2, 2), None).unwrap(), Enrolled::New);
+        assert_eq!(
+            store.enroll(&record(3, 3), None).unwrap(),
+            Enrolled::Full { max: 2 }
+        );
+        assert_eq!(store.enroll(&record(1, 1), None).unwrap(), Enrolled::Again);
+        assert_eq!(store.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = Dir::new("reopen");
+        {
+            let store = RedbStore::open(&dir.file()).unwrap();
+            store.enroll(&record(1, 7), Some(1)).unwrap();
+            let mut r = record(1, 7);
+            r.last_seen = 555;
+            r.health = Some(crate::wire::Health {
+                uptime_secs: 9,
+                ..Default::default()
+            });
+            store.update(&[r, record(9, 9)]).unwrap();
+            store.revoke(&record(1, 7).id, 600).unwrap();
+        }
+        let store = RedbStore::open(&dir.file()).unwrap();
+        let all = store.list().unwrap();
+        assert_eq!(all.len(), 1, "an update never creates a record");
+        let r = &all[0];
+        assert_eq!(r.last_seen, 555);
+        assert_eq!(r.revoked, Some(600));
+        assert_eq!(r.health.as_ref().unwrap().uptime_secs, 9);
+        // The quota was counted in the file too.
+        assert_eq!(
+            store.enroll(&record(2, 7), Some(1)).unwrap(),
+            Enrolled::QuotaFull { count: 1 }
+        );
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_store_is_in_use() {
+        let dir = Dir::new("locked");
+        let _first = RedbStore::open(&dir.file()).unwrap();
+        let e = RedbStore::open(&dir.file()).err().unwrap().to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_record_is_reported_not_a_panic() {
+        let dir = Dir::new("corrupt");
+        let store = RedbStore::open(&dir.file()).unwrap();
+        store.enroll(&record(1, 7), None).unwrap();
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(DEVICES)
+            .unwrap()
+            .insert("broken", [0xffu8; 3].as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        assert!(matches!(store.get("broken"), Err(StoreError::Corrupt(id)) if id == "broken"));
+        assert!(matches!(store.list(), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            store.revoke("broken", 1),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(store.get(&record(1, 7).id).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_refused() {
+        let dir = Dir::new("garbage");
+        std::fs::write(dir.file(), vec![0x5au8; 4096]).unwrap();
+        let e = RedbStore::open(&dir.file()).err().unwrap().to_string();
+        assert!(e.contains("cannot open"), "{e}");
+    }
 }
