@@ -146,5 +146,6 @@ fn metrics(state: &EdgeState) -> String {
             "mailslot_edge_rejections_total{{reason=\"{name}\"}} {v}"
         );
     }
+    state.metrics.render(&mut out);
     out
 }
