@@ -25,6 +25,7 @@ mod edge_pin;
 mod edge_reload;
 mod floods;
 mod help;
+mod metrics;
 mod protocol;
 mod shield;
 mod tunnel;
@@ -140,6 +141,7 @@ fn main() {
         floods::a_killed_edge_restarted_on_its_port_is_used_again_at_once,
         floods::access_clients_are_capped_per_address_and_closed_when_idle,
         edge_pin::a_pinned_key_is_required_of_the_edge,
+        metrics::requests_latency_and_bytes_are_counted_per_tunnel,
         help::every_mailslot_command_has_help,
         help::every_mailslot_edge_command_has_help,
         help::help_is_the_commands_own,
