@@ -1,6 +1,6 @@
 //! The admin listener's request metrics against what real clients did: a real edge, a
-//! real connector, real origins, curl over HTTP/1.1 and HTTP/2, and a raw stream through
-//! a public TCP port; then `/metrics` counts each request under its tunnel, status class,
+//! real connector, real origins, curl over HTTP/1.1 and HTTP/2, a WebSocket, and a raw
+//! stream through a public TCP port; then `/metrics` counts each request under its tunnel, status class,
 //! protocol and answerer, the byte counters cover the bodies, and the latency histogram
 //! counts every request the origin answered. The text is checked line by line here, and
 //! by the Prometheus project's own parser (`prometheus_client`) when Python has it.
@@ -22,6 +22,7 @@ const WEB: &str = "dev42.example.com";
 const STATUS: &str = "status.dev42.example.com";
 const TEAPOT: &str = "teapot.dev42.example.com";
 const DB: &str = "db.dev42.example.com";
+const WS: &str = "ws.dev42.example.com";
 
 /// An origin that answers `/N` with status N.
 struct StatusOrigin {
@@ -60,6 +61,56 @@ impl StatusOrigin {
         });
         StatusOrigin { addr, _rt: rt }
     }
+}
+
+/// A WebSocket origin that echoes every message, on `rt`.
+fn ws_echo_origin(rt: &tokio::runtime::Runtime) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_binary() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `n` binary messages of `size` bytes through the edge's WebSocket to `WS` and
+/// reads each echo back.
+fn websocket_echoes(rt: &tokio::runtime::Runtime, edge: &EdgeProc, n: usize, size: usize) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+        let url = format!("ws://{WS}/echo");
+        let (mut ws, resp) = tokio_tungstenite::client_async(url.as_str(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..n {
+            let msg = vec![i as u8; size];
+            ws.send(Message::binary(msg.clone())).await.unwrap();
+            let back = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(back.into_data().as_ref(), msg.as_slice());
+        }
+        let _ = ws.close(None).await;
+    });
 }
 
 /// The samples of a `/metrics` text: series (name and labels as written) → value.
@@ -139,12 +190,15 @@ pub(crate) fn requests_latency_and_bytes_are_counted_per_tunnel() {
     let admin = edge.admin_addr();
     let web = Origin::start("A");
     let status = StatusOrigin::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws = ws_echo_origin(&rt);
     let token = edge.token("dev42", &[WEB, "*.dev42.example.com"], "1d");
     let rules = format!(
         "  - hostname: {WEB}\n    service: http://{w}\n\
          \x20 - hostname: {STATUS}\n    service: http://{s}\n\
          \x20 - hostname: {TEAPOT}\n    service: http_status:418\n\
          \x20 - hostname: {DB}\n    service: tcp://{w}\n\
+         \x20 - hostname: {WS}\n    service: http://{ws}\n\
          \x20 - service: http_status:404\n",
         w = web.addr,
         s = status.addr,
@@ -186,6 +240,8 @@ pub(crate) fn requests_latency_and_bytes_are_counted_per_tunnel() {
     for code in [302, 404, 503] {
         assert_eq!(get(STATUS, &format!("/{code}"), &[]).status, code);
     }
+    // The origin switches to a WebSocket (101), whose bytes count as HTTP's.
+    websocket_echoes(&rt, &edge, 10, 1000);
     // Answered by the edge: the tunnel's status rule, and a hostname no tunnel serves.
     assert_eq!(get(TEAPOT, "/", &[]).status, 418);
     assert_eq!(get("nobody.example.org", "/", &[]).status, 404);
@@ -208,6 +264,7 @@ pub(crate) fn requests_latency_and_bytes_are_counted_per_tunnel() {
     };
     assert_eq!(req("dev42", "http1", "origin", "2xx"), 5.0);
     assert_eq!(req("dev42", "h2", "origin", "2xx"), 1.0);
+    assert_eq!(req("dev42", "http1", "origin", "1xx"), 1.0);
     assert_eq!(req("dev42", "http1", "origin", "3xx"), 1.0);
     assert_eq!(req("dev42", "http1", "origin", "4xx"), 1.0);
     assert_eq!(req("dev42", "http1", "origin", "5xx"), 1.0);
@@ -219,10 +276,10 @@ pub(crate) fn requests_latency_and_bytes_are_counted_per_tunnel() {
         .map(|(_, v)| v)
         .sum();
     assert_eq!(
-        all, 11.0,
+        all, 12.0,
         "every request counted once, the raw stream not at all"
     );
-    let origin_answered = 9.0;
+    let origin_answered = 10.0;
 
     let h = "mailslot_edge_origin_latency_seconds";
     let count = at(&format!("{h}_count{{tunnel=\"dev42\"}}"));
@@ -245,8 +302,8 @@ pub(crate) fn requests_latency_and_bytes_are_counted_per_tunnel() {
             "mailslot_edge_bytes_total{{tunnel=\"dev42\",kind=\"{kind}\",direction=\"{dir}\"}}"
         ))
     };
-    assert!(bytes("http", "to_visitor") >= 32_000.0);
-    assert!(bytes("http", "to_origin") >= uploaded as f64);
+    assert!(bytes("http", "to_visitor") >= 32_000.0 + 10_000.0);
+    assert!(bytes("http", "to_origin") >= uploaded as f64 + 10_000.0);
     assert!(bytes("stream", "to_visitor") >= 50_000.0);
     assert!(bytes("stream", "to_origin") > 0.0);
     assert_eq!(
