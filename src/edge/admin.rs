@@ -443,6 +443,7 @@ fn metrics(state: &EdgeState) -> String {
         );
     }
     super::fleet::metrics::append(&mut out, state);
+    state.metrics.render(&mut out);
     out
 }
 

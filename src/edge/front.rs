@@ -427,6 +427,7 @@ async fn route(
         registry: &state.registry,
         pool: &state.pool,
         shield,
+        metrics: &state.metrics,
         origin_timeout: state.origin_timeout,
         visitor: &visitor,
         host: &host,

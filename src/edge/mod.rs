@@ -24,6 +24,7 @@
 //! - [`live`]: what a reload of `edge.yml` (SIGHUP) changes while the edge runs.
 //! - [`shield`]: limits, rate limits and counters against abusive visitors.
 //! - [`admin`]: the admin listener (`/tunnels`, `/metrics`).
+//! - `metrics`: request, latency and byte counters per tunnel, and their Prometheus text.
 
 pub mod access;
 pub mod admin;
@@ -36,6 +37,7 @@ pub(crate) mod forward;
 pub(crate) mod front;
 pub mod init;
 pub mod live;
+pub(crate) mod metrics;
 pub mod path;
 pub mod policy;
 pub(crate) mod pool;
@@ -251,6 +253,8 @@ pub struct EdgeState {
     pub(crate) fleet: std::sync::OnceLock<Arc<fleet::Inventory>>,
     /// What admits devices (settings, signing key): set with `fleet`.
     pub(crate) enroller: std::sync::OnceLock<Arc<fleet::Enroller>>,
+    /// Requests, origin latency and bytes per tunnel (bounded: `metrics::MAX_TUNNELS`).
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl EdgeState {
@@ -288,6 +292,7 @@ impl Edge {
             admin_token: watch::channel(None).0,
             fleet: std::sync::OnceLock::new(),
             enroller: std::sync::OnceLock::new(),
+            metrics: metrics::Metrics::default(),
         });
         Edge {
             state,

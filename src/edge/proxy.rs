@@ -10,12 +10,16 @@
 //!
 //! The edge speaks HTTP/1.1 to the origin inside tunnel streams, keeping idle ones for
 //! later requests ([`super::pool`]); header rewriting lives in [`super::forward`].
+//!
+//! Each request is counted once, in [`handle`], under the tunnel [`route_first`] found
+//! ([`super::metrics`]); an attempt's origin latency and the bodies' bytes are counted
+//! on the way.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -26,8 +30,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::body::{empty, full, read_prefix, text, Body, BoxError, Guarded, Prefix, Refusal};
+use super::body::{empty, read_prefix, text, Body, BoxError, Guarded, Prefix, Refusal};
 use super::forward::{self, Visitor};
+use super::metrics::{
+    CountedBody, CountedIo, Direction, Kind, Metrics, Protocol, Source, TunnelStats,
+};
 use super::pool::{Pool, PooledBody, SendError};
 use super::registry::{Conn, Registry, Route, Rules};
 use super::shield::Shield;
@@ -44,6 +51,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) registry: &'a Registry,
     pub(crate) pool: &'a Arc<Pool>,
     pub(crate) shield: &'a Shield,
+    pub(crate) metrics: &'a Metrics,
     /// Time the origin has to start its response.
     pub(crate) origin_timeout: Duration,
     pub(crate) visitor: &'a Visitor,
@@ -57,28 +65,42 @@ pub(crate) struct Ctx<'a> {
 /// it is the rare path).
 type Step<T> = Result<T, Box<Response<Body>>>;
 
-/// Serves one visitor request.
+/// Serves one visitor request, and counts it under its tunnel (`_none` when no tunnel
+/// took it).
 pub(crate) async fn handle(cx: &Ctx<'_>, req: Request<Incoming>) -> Response<Body> {
-    match run(cx, req).await {
-        Ok(resp) => resp,
-        Err(resp) => *resp,
-    }
+    let protocol = Protocol::of(req.version());
+    let mut tunnel = None;
+    let (resp, source) = match run(cx, req, &mut tunnel).await {
+        Ok(resp) => (resp, Source::Origin),
+        Err(resp) => (*resp, Source::Edge),
+    };
+    tunnel.as_deref().unwrap_or(cx.metrics.none()).request(
+        protocol,
+        source,
+        resp.status().as_u16(),
+    );
+    resp
 }
 
-async fn run(cx: &Ctx<'_>, mut req: Request<Incoming>) -> Step<Response<Body>> {
+/// The steps; `tunnel` gets the counters of the tunnel that takes the request.
+async fn run(
+    cx: &Ctx<'_>,
+    mut req: Request<Incoming>,
+    tunnel: &mut Option<Arc<TunnelStats>>,
+) -> Step<Response<Body>> {
     admit(cx, &req)?;
     let upgrade = forward::upgrade_of(req.method(), req.headers());
     let visitor_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let bodiless = http_body::Body::is_end_stream(req.body());
     let (parts, body) = req.into_parts();
-    let first = route_first(cx, parts.uri.path(), bodiless)?;
+    let (first, stats) = route_first(cx, parts.uri.path(), bodiless, tunnel)?;
     let body = read_body(cx, &parts.headers, body).await?;
-    let out = Outgoing::new(cx, parts, body, upgrade);
+    let out = Outgoing::new(cx, parts, body, upgrade, stats.clone());
     // A request without a body goes where the first look-up sent it; one with a body
     // looks again now that its start has arrived (the tunnel's connections may have
     // changed meanwhile).
     let (resp, permit) = forward(cx, out, bodiless.then_some(first)).await?;
-    respond(cx, resp, permit, visitor_upgrade)
+    respond(cx, resp, permit, visitor_upgrade, stats)
 }
 
 /// Refuses request shapes that invite smuggling, over-long URLs and visitors over
@@ -115,14 +137,25 @@ fn admit(cx: &Ctx<'_>, req: &Request<Incoming>) -> Step<()> {
 
 /// Answers what needs no tunnel stream, before any body is read. A request without a
 /// body takes the route (and so counts against the connection's load); one with a
-/// body only peeks.
-fn route_first(cx: &Ctx<'_>, path: &str, bodiless: bool) -> Step<Route> {
+/// body only peeks. A request a tunnel takes (even to be answered by one of its
+/// `http_status:` rules) gets that tunnel's counters, in `tunnel` too.
+fn route_first(
+    cx: &Ctx<'_>,
+    path: &str,
+    bodiless: bool,
+    tunnel: &mut Option<Arc<TunnelStats>>,
+) -> Step<(Route, Arc<TunnelStats>)> {
     let host = cx.host;
     let first = if bodiless {
         cx.registry.route(host, path)
     } else {
         cx.registry.peek(host, path)
     };
+    let stats = match &first {
+        Route::Rule { conn, .. } => cx.metrics.tunnel(&conn.tunnel_name),
+        _ => cx.metrics.none().clone(),
+    };
+    *tunnel = Some(stats.clone());
     match &first {
         Route::NoTunnel => Err(no_tunnel(host).into()),
         Route::Offline => Err(text(
@@ -144,7 +177,7 @@ fn route_first(cx: &Ctx<'_>, path: &str, bodiless: bool) -> Step<Route> {
                         "{host} is a TCP service: reach it with `mailslot access tcp --hostname {host}`"
                     ),
                 ).into()),
-                _ => Ok(first),
+                _ => Ok((first, stats)),
             }
         }
     }
@@ -220,6 +253,8 @@ struct Outgoing {
     /// The Host the origin sees (unless its rule sets one) and X-Forwarded-Host: the
     /// visitor's own Host header when it names the authority, as it nearly always does.
     authority: Option<HeaderValue>,
+    /// The tunnel's counters: the body's bytes, the origin's latency.
+    stats: Arc<TunnelStats>,
 }
 
 impl Outgoing {
@@ -228,6 +263,7 @@ impl Outgoing {
         parts: http::request::Parts,
         body: ReqBody,
         upgrade: Option<HeaderValue>,
+        stats: Arc<TunnelStats>,
     ) -> Outgoing {
         let can_retry = matches!(body, ReqBody::Whole(_)) && forward::idempotent(&parts.method);
         let authority = match parts.headers.get(header::HOST) {
@@ -240,6 +276,7 @@ impl Outgoing {
             can_retry,
             upgrade,
             authority,
+            stats,
         }
     }
 
@@ -252,11 +289,15 @@ impl Outgoing {
         host_header: Option<&str>,
         may_retry: bool,
     ) -> Step<Request<Body>> {
+        // Counted as hyper sends it into the tunnel: a retried body once per attempt.
+        let counted = |b| CountedBody::new(b, self.stats.clone(), Direction::ToOrigin);
         let body = match &mut self.body {
             ReqBody::Whole(b) if b.is_empty() => empty(),
-            ReqBody::Whole(b) => full(b.clone()),
+            ReqBody::Whole(b) => {
+                counted(ReqBytes::Whole(http_body_util::Full::new(b.clone()))).boxed()
+            }
             ReqBody::Streaming(rest) => match rest.take() {
-                Some(g) => g.boxed(),
+                Some(g) => counted(ReqBytes::Rest(g)).boxed(),
                 None => {
                     return Err(text(
                         StatusCode::BAD_GATEWAY,
@@ -321,7 +362,8 @@ async fn forward(
         let may_retry = out.can_retry && tried.len() < MAX_ATTEMPTS;
         let up = out.request(cx, taken.host_header.as_deref(), may_retry)?;
         let retry = may_retry.then_some(&tried[..]);
-        if let Some(resp) = attempt(cx, &taken.conn, &taken.rules, taken.rule, up, retry).await? {
+        let stats = &out.stats;
+        if let Some(resp) = attempt(cx, &taken, up, retry, stats).await? {
             return Ok((resp, taken.permit));
         }
     }
@@ -391,19 +433,21 @@ async fn take_connection(cx: &Ctx<'_>, route: Route, first_attempt: bool) -> Ste
     })
 }
 
-/// One attempt on `conn`, watched for silence and bounded by the origin timeout.
+/// One attempt on the connection `taken`, watched for silence and bounded by the
+/// origin timeout; the time to the origin's response head goes to `stats`.
 /// `Ok(None)`: give up on this connection and try another; `retry` (the connections
 /// tried) is set when that is allowed.
 async fn attempt(
     cx: &Ctx<'_>,
-    conn: &Conn,
-    rules: &Rules,
-    rule: u16,
+    taken: &Taken,
     up: Request<Body>,
     retry: Option<&[usize]>,
+    stats: &TunnelStats,
 ) -> Step<Option<Response<PooledBody>>> {
+    let (conn, rules, rule): (&Conn, &Rules, u16) = (&taken.conn, &taken.rules, taken.rule);
     let host = cx.host;
     let client = cx.visitor.client_ip;
+    let sent = Instant::now();
     let send = cx.pool.send(conn, rules.generation, rule, host, up);
     let watched = watch_silence(cx.registry, conn, retry, host, send);
     let Ok(watched) = tokio::time::timeout(cx.origin_timeout, watched).await else {
@@ -421,7 +465,10 @@ async fn attempt(
             log::info!("{host}: the connector stopped answering on a tunnel connection; retrying on another");
             Ok(None)
         }
-        Watched::Done(Ok(resp)) => Ok(Some(resp)),
+        Watched::Done(Ok(resp)) => {
+            stats.origin_latency(sent.elapsed());
+            Ok(Some(resp))
+        }
         // What went wrong (an address, an error from the device's system) is for the
         // operator: logged here and by the connector, never shown to the visitor.
         Watched::Done(Err(SendError::Dial(DialError::Device { error, message }))) => {
@@ -471,12 +518,13 @@ fn respond(
     mut resp: Response<PooledBody>,
     permit: OwnedSemaphorePermit,
     visitor_upgrade: Option<OnUpgrade>,
+    stats: Arc<TunnelStats>,
 ) -> Step<Response<Body>> {
     // A proxy answers in its own HTTP version, whatever the origin spoke (an HTTP/1.0
     // origin must not make the edge say HTTP/1.0 to an HTTP/1.1 visitor).
     *resp.version_mut() = http::Version::HTTP_11;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return upgrade(cx, resp, permit, visitor_upgrade);
+        return upgrade(cx, resp, permit, visitor_upgrade, stats);
     }
     forward::strip_hop_by_hop(resp.headers_mut());
     if let Some(policy) = cx.shield.host_policy(cx.host) {
@@ -490,6 +538,7 @@ fn respond(
     let body = WithPermit {
         body: rbody,
         _permit: permit,
+        stats,
     };
     Ok(Response::from_parts(rparts, body.boxed()))
 }
@@ -502,6 +551,7 @@ fn upgrade(
     mut resp: Response<PooledBody>,
     permit: OwnedSemaphorePermit,
     visitor_upgrade: Option<OnUpgrade>,
+    stats: Arc<TunnelStats>,
 ) -> Step<Response<Body>> {
     let Some(visitor_up) = visitor_upgrade else {
         // Nothing was asked for: switching now would hand the visitor's connection to
@@ -522,7 +572,8 @@ fn upgrade(
         let (Ok(v), Ok(o)) = (visitor_up.await, origin_up.await) else {
             return;
         };
-        let (mut v, mut o) = (TokioIo::new(v), TokioIo::new(o));
+        let mut v = CountedIo::new(TokioIo::new(v), stats, Kind::Http);
+        let mut o = TokioIo::new(o);
         let _ = tokio::io::copy_bidirectional(&mut v, &mut o).await;
     });
     let (rparts, _) = resp.into_parts();
@@ -555,10 +606,12 @@ fn with_retry_after(mut r: Response<Body>, secs: u64) -> Response<Body> {
     r
 }
 
-/// Holds a tunnel's request permit until the response body is done.
+/// Holds a tunnel's request permit until the response body is done, counting the
+/// body's bytes as they go to the visitor.
 struct WithPermit<B> {
     body: B,
     _permit: OwnedSemaphorePermit,
+    stats: Arc<TunnelStats>,
 }
 
 impl<B> http_body::Body for WithPermit<B>
@@ -572,14 +625,53 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().body)
-            .poll_frame(cx)
-            .map_err(Into::into)
+        let me = self.get_mut();
+        let frame = Pin::new(&mut me.body).poll_frame(cx).map_err(Into::into);
+        if let Poll::Ready(Some(Ok(f))) = &frame {
+            if let Some(d) = f.data_ref() {
+                me.stats
+                    .bytes(Kind::Http, Direction::ToVisitor, d.len() as u64);
+            }
+        }
+        frame
     }
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
     }
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A request body on its way to the origin, before counting: the whole of it, or its
+/// start and the rest to come. (One type for both: one box per attempt, as before.)
+enum ReqBytes {
+    Whole(http_body_util::Full<Bytes>),
+    Rest(Guarded),
+}
+
+impl http_body::Body for ReqBytes {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBytes::Whole(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            ReqBytes::Rest(g) => Pin::new(g).poll_frame(cx),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBytes::Whole(b) => b.is_end_stream(),
+            ReqBytes::Rest(g) => g.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ReqBytes::Whole(b) => b.size_hint(),
+            ReqBytes::Rest(g) => g.size_hint(),
+        }
     }
 }

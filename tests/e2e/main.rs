@@ -27,6 +27,7 @@ mod fleet;
 mod fleet_page;
 mod floods;
 mod help;
+mod metrics;
 mod protocol;
 mod shield;
 mod tunnel;
@@ -149,6 +150,7 @@ fn main() {
         fleet_page::the_fleet_page_needs_the_admin_token_in_a_real_browser,
         fleet_page::the_admin_api_takes_basic_auth_for_reading_only,
         fleet_page::devices_commands_talk_to_the_running_edge,
+        metrics::requests_latency_and_bytes_are_counted_per_tunnel,
         help::every_mailslot_command_has_help,
         help::every_mailslot_edge_command_has_help,
         help::help_is_the_commands_own,

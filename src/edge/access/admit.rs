@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::pipe::RawStream;
 use crate::edge::policy::{Denied, HostKind, Identity};
 use crate::edge::registry::Route;
 use crate::edge::stream::{self, DialError};
 use crate::edge::EdgeState;
-use crate::transport::TunnelStream;
 use crate::wire::{self, AccessCredential, AccessError, StreamKind};
 
 /// Access streams open at once on this edge (all clients and TCP ports together).
@@ -70,7 +70,7 @@ pub(super) fn normalize_host(h: &str) -> Result<String, (AccessError, String)> {
         })
 }
 
-pub(super) type Admitted = (Identity, TunnelStream, OwnedSemaphorePermit);
+pub(super) type Admitted = (Identity, RawStream, OwnedSemaphorePermit);
 
 /// Checks the policy, then opens a raw stream to the hostname's stream rule.
 pub(super) async fn admit(
@@ -100,11 +100,11 @@ pub(super) async fn admit(
 }
 
 /// Opens a raw tunnel stream to `host`'s stream rule, trying other connections of the
-/// tunnel when one fails.
+/// tunnel when one fails. The stream carries its tunnel's counters.
 pub(super) async fn open_raw(
     state: &EdgeState,
     host: &str,
-) -> Result<TunnelStream, (AccessError, String)> {
+) -> Result<RawStream, (AccessError, String)> {
     let mut tried: Vec<usize> = Vec::new();
     loop {
         let (conn, rules, rule) = match state.registry.route_excluding(host, "/", &tried) {
@@ -136,7 +136,7 @@ pub(super) async fn open_raw(
         tried.push(conn.session.id());
         match stream::open_tunnel_stream(&conn, rules.generation, rule, StreamKind::Raw, host).await
         {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok(RawStream::new(s, state.metrics.tunnel(&conn.tunnel_name))),
             Err(DialError::Device { message, .. }) => {
                 return Err((
                     AccessError::Unavailable,

@@ -1,17 +1,18 @@
-//! An admitted access stream: bytes copied both ways and counted, the client checked
-//! again at each reload of the policy (and cut when no longer admitted), and one log
-//! line when it ends. Deciding admission is not this module's job.
+//! An admitted access stream: bytes copied both ways and counted (for its log line
+//! and its tunnel's metrics), the client checked again at each reload of the policy
+//! (and cut when no longer admitted), and one log line when it ends. Deciding
+//! admission is not this module's job.
 
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::edge::live::Live;
+use crate::edge::metrics::{CountedIo, Kind, TunnelStats};
 use crate::edge::policy::{Denied, HostKind, Identity};
 use crate::edge::EdgeState;
 use crate::transport::TunnelStream;
@@ -44,45 +45,31 @@ impl AccessLog {
     }
 }
 
-/// Counts bytes read from and written to a stream.
-struct Counted<T> {
-    inner: T,
-    read: u64,
-    written: u64,
+/// A raw tunnel stream with the counters of its tunnel: what [`pipe`] carries is
+/// counted there. Used as the stream itself (it dereferences to it).
+pub(crate) struct RawStream {
+    stream: TunnelStream,
+    stats: Arc<TunnelStats>,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let me = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
-        me.read += (buf.filled().len() - before) as u64;
-        r
+impl RawStream {
+    /// Counts the stream as opened to the tunnel of `stats`.
+    pub(crate) fn new(stream: TunnelStream, stats: Arc<TunnelStats>) -> RawStream {
+        stats.stream_opened();
+        RawStream { stream, stats }
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let me = self.get_mut();
-        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            me.written += n as u64;
-        }
-        r
+impl Deref for RawStream {
+    type Target = TunnelStream;
+    fn deref(&self) -> &TunnelStream {
+        &self.stream
     }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+}
+
+impl DerefMut for RawStream {
+    fn deref_mut(&mut self) -> &mut TunnelStream {
+        &mut self.stream
     }
 }
 
@@ -131,7 +118,7 @@ impl Recheck {
 /// no longer admits the client (`recheck`), then logs the access line.
 pub(super) async fn pipe<C>(
     client: C,
-    mut tunnel: TunnelStream,
+    tunnel: RawStream,
     log: AccessLog,
     permit: OwnedSemaphorePermit,
     mut recheck: Option<Recheck>,
@@ -139,14 +126,11 @@ pub(super) async fn pipe<C>(
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let _permit = permit;
-    let mut client = Counted {
-        inner: client,
-        read: 0,
-        written: 0,
-    };
+    let RawStream { mut stream, stats } = tunnel;
+    let mut client = CountedIo::new(client, stats, Kind::Stream);
     let ip = log.client_ip;
     let result = {
-        let copy = tokio::io::copy_bidirectional(&mut client, &mut tunnel);
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut stream);
         let revoked = async {
             match &mut recheck {
                 Some(r) => r.revoked(&log.host, ip).await,
@@ -165,7 +149,7 @@ pub(super) async fn pipe<C>(
             "closed".to_string()
         }
         Err(why) => {
-            tunnel.abort();
+            stream.abort();
             let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
             why
         }
