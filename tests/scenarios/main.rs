@@ -34,6 +34,7 @@ mod crash;
 mod dns;
 mod drain;
 mod failover;
+mod fleet;
 mod idle;
 mod nat;
 mod scene;
@@ -162,6 +163,11 @@ fn main() {
             "a_sigkilled_connector_not_restarted_gets_visitors_a_quick_502",
             Namespaces,
             crash::a_sigkilled_connector_not_restarted_gets_visitors_a_quick_502,
+        ),
+        scenario(
+            "twenty_boards_from_one_golden_image",
+            Namespaces,
+            fleet::twenty_boards_from_one_golden_image,
         ),
         scenario("bench", Namespaces, bench::bench).with_ignored_flag(true),
         scenario("idle_traffic", Namespaces, idle::idle_traffic).with_ignored_flag(true),
