@@ -15,7 +15,10 @@ use super::slot::{self, Auto};
 use super::{origin, runtime_for, set_slot, wait_true, Shared, SlotState};
 use crate::transport::Session;
 use crate::util::{hex, AbortOnDrop};
-use crate::wire::{self, ConnectorMsg, EdgeMsg, Register, RegisterTail, PROTOCOL_VERSION};
+use crate::wire::{
+    self, ConnectorMsg, EdgeMsg, HelloTail, Register, RegisterTail, RegisteredTail,
+    PROTOCOL_VERSION,
+};
 
 /// Time allowed for the control handshake after the transport is up.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +51,8 @@ pub(super) struct Registered {
     control: crate::transport::TunnelStream,
     edge_name: String,
     generation: u32,
+    /// Health reports asked for, seconds between them; 0: none.
+    health_every_secs: u32,
 }
 
 /// The control handshake: hello, register, registered. Marks the slot connected.
@@ -63,51 +68,84 @@ pub(super) async fn register(
         .await
         .map_err(|_| format!("edge {addr} opened no control stream"))?
         .map_err(|e| format!("edge {addr}: {e}"))?;
-    let hello: EdgeMsg = tokio::time::timeout(REGISTER_TIMEOUT, wire::read_control(&mut control))
-        .await
-        .map_err(|_| format!("edge {addr} sent no hello"))?
-        .map_err(|e| format!("edge {addr}: {e}"))?;
-    let edge_name = match hello {
-        EdgeMsg::Hello { version, edge } if version == PROTOCOL_VERSION => {
-            wire::bounded_reason(edge)
+    let hello = tokio::time::timeout(
+        REGISTER_TIMEOUT,
+        wire::read_control_with_tail::<_, EdgeMsg, HelloTail>(&mut control),
+    )
+    .await
+    .map_err(|_| format!("edge {addr} sent no hello"))?
+    .map_err(|e| format!("edge {addr}: {e}"))?;
+    let (edge_name, hello_tail) = match hello {
+        (EdgeMsg::Hello { version, edge }, tail) if version == PROTOCOL_VERSION => {
+            (wire::bounded_reason(edge), tail)
         }
         // Only an upgrade of one side changes this.
-        EdgeMsg::Hello { version, .. } => {
+        (EdgeMsg::Hello { version, .. }, _) => {
             return Err(Failure {
                 message: version_mismatch(addr, version),
                 refused: true,
             })
         }
-        other => return Err(format!("edge {addr} sent {other:?} before hello").into()),
+        (other, _) => return Err(format!("edge {addr} sent {other:?} before hello").into()),
     };
     let generation = rt.generation;
+    // An enrolled device proves its key on the hello's nonce instead of a token.
+    let device = match (rt.config.enroll_key(), &shared.device) {
+        (Some(enroll), Some(device)) => {
+            let Some(HelloTail { nonce }) = hello_tail else {
+                return Err(Failure {
+                    message: format!(
+                        "edge {edge_name} ({addr}) is too old for enrolment (its hello has no \
+                         nonce to prove the device key on): update the edge"
+                    ),
+                    refused: true,
+                });
+            };
+            Some((device, device.tail(&nonce, enroll)))
+        }
+        _ => None,
+    };
     let register = ConnectorMsg::Register(Register {
         version: PROTOCOL_VERSION,
-        token: rt.config.token.to_string(),
+        token: match device {
+            Some(_) => String::new(),
+            None => rt.config.token.to_string(),
+        },
         connector_id: shared.connector_id,
         conn_index: slot as u8,
         rules_generation: generation,
         rules: rt.rule_infos.clone(),
         software: env!("CARGO_PKG_VERSION").into(),
     });
-    let sent = match &shared.instance {
-        Some(instance) => {
-            let tail = RegisterTail {
-                instance: instance.id,
-            };
-            wire::write_control_with_tail(&mut control.send, &register, &tail).await
+    let instance = shared.instance.as_ref().map(|i| i.id);
+    let sent = match (&device, instance) {
+        (Some((_, tail)), instance) => {
+            let instance = instance.unwrap_or_default();
+            wire::write_control_with_tails(
+                &mut control.send,
+                &register,
+                &RegisterTail { instance },
+                tail,
+            )
+            .await
         }
-        None => wire::write_control(&mut control.send, &register).await,
+        (None, Some(instance)) => {
+            wire::write_control_with_tail(&mut control.send, &register, &RegisterTail { instance })
+                .await
+        }
+        (None, None) => wire::write_control(&mut control.send, &register).await,
     };
     sent.map_err(|e| format!("edge {addr}: {e}"))?;
-    let reply: EdgeMsg =
-        tokio::time::timeout(REGISTER_TIMEOUT, wire::read_control(&mut control.recv))
-            .await
-            .map_err(|_| format!("edge {addr} did not answer the registration"))?
-            .map_err(|e| format!("edge {addr}: {e}"))?;
-    let tunnel_id = match reply {
-        EdgeMsg::Registered { tunnel_id, .. } => tunnel_id,
-        EdgeMsg::Refused { reason, permanent } => {
+    let reply = tokio::time::timeout(
+        REGISTER_TIMEOUT,
+        wire::read_control_with_tail::<_, EdgeMsg, RegisteredTail>(&mut control.recv),
+    )
+    .await
+    .map_err(|_| format!("edge {addr} did not answer the registration"))?
+    .map_err(|e| format!("edge {addr}: {e}"))?;
+    let (tunnel_id, registered_tail) = match reply {
+        (EdgeMsg::Registered { tunnel_id, .. }, tail) => (tunnel_id, tail),
+        (EdgeMsg::Refused { reason, permanent }, _) => {
             return Err(Failure {
                 message: format!(
                     "edge {edge_name} ({addr}) refused the tunnel: {}",
@@ -116,8 +154,32 @@ pub(super) async fn register(
                 refused: permanent,
             })
         }
-        other => return Err(format!("edge {addr} answered {other:?}").into()),
+        (other, _) => return Err(format!("edge {addr} answered {other:?}").into()),
     };
+    let mut health_every_secs = 0;
+    if let Some((device, _)) = device {
+        let Some(tail) = registered_tail else {
+            return Err(format!(
+                "edge {edge_name} ({addr}) registered the device without confirming its identity"
+            )
+            .into());
+        };
+        if tail.device_id != device.id() {
+            return Err(format!(
+                "edge {edge_name} ({addr}) registered device {} but this is device {}",
+                wire::bounded_reason(tail.device_id),
+                device.id()
+            )
+            .into());
+        }
+        if let Some(credential) = &tail.credential {
+            // Not fatal: the device can enrol again with its key.
+            if let Err(e) = device.store_credential(credential) {
+                log::error!("connection {slot}: {e}");
+            }
+        }
+        health_every_secs = tail.health_every_secs;
+    }
     log::info!(
         "connection {slot} registered: tunnel {} ({}) at edge {edge_name} ({addr}) over {}",
         rt.config.tunnel,
@@ -138,6 +200,7 @@ pub(super) async fn register(
         control,
         edge_name,
         generation,
+        health_every_secs,
     })
 }
 
@@ -275,7 +338,17 @@ async fn serve_registered(
         control,
         edge_name,
         mut generation,
+        health_every_secs,
     } = reg;
+    // Health reports, when this edge asked for them, on whichever connection the
+    // reporter picks; the guard leaves when this session ends.
+    let (mut health, _attached) = match health_every_secs {
+        0 => (None, None),
+        every => {
+            let (rx, guard) = shared.health.attach(slot, every);
+            (Some(rx), Some(guard))
+        }
+    };
     let (mut msgs, _reader_guard) = read_control_apart(control.recv);
     let mut send = control.send;
     let mut rules = shared.current.subscribe();
@@ -299,8 +372,13 @@ async fn serve_registered(
                 spawn_stream(shared, streams, stream);
             }
             msg = msgs.recv() => {
-                if let Some(end) = on_control(slot, msg, &mut send, &edge_name, addr).await {
+                if let Some(end) = on_control(shared, slot, msg, &mut send, &edge_name, addr).await {
                     return end;
+                }
+            }
+            Some(report) = async { match health.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                if let Err(e) = wire::write_control(&mut send, &ConnectorMsg::Health(report)).await {
+                    return Err(format!("lost edge {edge_name} ({addr}): {e}"));
                 }
             }
             changed = rules.changed(), if !drained => {
@@ -362,6 +440,7 @@ fn read_control_apart(
 
 /// Acts on a message from the edge's control stream; `Some` ends the session.
 async fn on_control(
+    shared: &Shared,
     slot: usize,
     msg: Option<Result<EdgeMsg, String>>,
     send: &mut crate::transport::SendHalf,
@@ -385,6 +464,14 @@ async fn on_control(
                 wire::bounded_reason(reason)
             );
         }
+        Some(Ok(EdgeMsg::Credential { credential })) => match &shared.device {
+            Some(device) => {
+                if let Err(e) = device.store_credential(&credential) {
+                    log::error!("connection {slot}: renewal: {e}");
+                }
+            }
+            None => log::debug!("connection {slot}: ignoring a credential: not enrolled"),
+        },
         Some(Ok(other)) => log::debug!("connection {slot}: ignoring {other:?}"),
         Some(Err(e)) => {
             return Some(Err(format!(
