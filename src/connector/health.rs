@@ -136,6 +136,8 @@ fn parse_meminfo(text: &str) -> (u64, u64) {
 }
 
 /// Free (for unprivileged users) and total KiB of the file system holding `/`.
+// The field types differ by target (u32 on 32-bit ARM): `from` is needed there.
+#[allow(clippy::useless_conversion)]
 fn root_space() -> (Option<u64>, Option<u64>) {
     // SAFETY: statvfs is plain data; all zeros is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };

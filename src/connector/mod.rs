@@ -6,6 +6,7 @@
 //!   refusals, quick retries, borrowing another edge and moving back, the `auto`
 //!   fallback and its probes, DNS memory), tested with explicit instants;
 //! - `dial`: resolving edge names and opening a QUIC or HTTP/2 session;
+//! - `handshake`: hello, register (with the device's proof), registered;
 //! - `session`: registration, serving a registered session, probes and drains;
 //! - [`active`]: a device config compiled for serving streams;
 //! - [`device`]: an enrolled device's key, credential and facts;
@@ -18,6 +19,7 @@
 pub(crate) mod active;
 pub mod device;
 mod dial;
+mod handshake;
 pub mod health;
 mod instance;
 pub(crate) mod origin;

@@ -11,17 +11,15 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use super::active::ActiveConfig;
 use super::dial::{self, Dial};
+use super::handshake::{self, Handshake};
 use super::slot::{self, Auto};
 use super::{origin, runtime_for, set_slot, wait_true, Shared, SlotState};
 use crate::transport::Session;
 use crate::util::{hex, AbortOnDrop};
-use crate::wire::{
-    self, ConnectorMsg, EdgeMsg, HelloTail, Register, RegisterTail, RegisteredTail,
-    PROTOCOL_VERSION,
-};
+use crate::wire::{self, ConnectorMsg, EdgeMsg};
 
 /// Time allowed for the control handshake after the transport is up.
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a connection attempt or a connection failed.
 #[derive(Debug)]
@@ -68,118 +66,21 @@ pub(super) async fn register(
         .await
         .map_err(|_| format!("edge {addr} opened no control stream"))?
         .map_err(|e| format!("edge {addr}: {e}"))?;
-    let hello = tokio::time::timeout(
-        REGISTER_TIMEOUT,
-        wire::read_control_with_tail::<_, EdgeMsg, HelloTail>(&mut control),
+    let shook = handshake::handshake(
+        shared,
+        slot,
+        &rt,
+        addr,
+        &mut control.recv,
+        &mut control.send,
     )
-    .await
-    .map_err(|_| format!("edge {addr} sent no hello"))?
-    .map_err(|e| format!("edge {addr}: {e}"))?;
-    let (edge_name, hello_tail) = match hello {
-        (EdgeMsg::Hello { version, edge }, tail) if version == PROTOCOL_VERSION => {
-            (wire::bounded_reason(edge), tail)
-        }
-        // Only an upgrade of one side changes this.
-        (EdgeMsg::Hello { version, .. }, _) => {
-            return Err(Failure {
-                message: version_mismatch(addr, version),
-                refused: true,
-            })
-        }
-        (other, _) => return Err(format!("edge {addr} sent {other:?} before hello").into()),
-    };
+    .await?;
+    let Handshake {
+        edge_name,
+        tunnel_id,
+        health_every_secs,
+    } = shook;
     let generation = rt.generation;
-    // An enrolled device proves its key on the hello's nonce instead of a token.
-    let device = match (rt.config.enroll_key(), &shared.device) {
-        (Some(enroll), Some(device)) => {
-            let Some(HelloTail { nonce }) = hello_tail else {
-                return Err(Failure {
-                    message: format!(
-                        "edge {edge_name} ({addr}) is too old for enrolment (its hello has no \
-                         nonce to prove the device key on): update the edge"
-                    ),
-                    refused: true,
-                });
-            };
-            Some((device, device.tail(&nonce, enroll)))
-        }
-        _ => None,
-    };
-    let register = ConnectorMsg::Register(Register {
-        version: PROTOCOL_VERSION,
-        token: match device {
-            Some(_) => String::new(),
-            None => rt.config.token.to_string(),
-        },
-        connector_id: shared.connector_id,
-        conn_index: slot as u8,
-        rules_generation: generation,
-        rules: rt.rule_infos.clone(),
-        software: env!("CARGO_PKG_VERSION").into(),
-    });
-    let instance = shared.instance.as_ref().map(|i| i.id);
-    let sent = match (&device, instance) {
-        (Some((_, tail)), instance) => {
-            let instance = instance.unwrap_or_default();
-            wire::write_control_with_tails(
-                &mut control.send,
-                &register,
-                &RegisterTail { instance },
-                tail,
-            )
-            .await
-        }
-        (None, Some(instance)) => {
-            wire::write_control_with_tail(&mut control.send, &register, &RegisterTail { instance })
-                .await
-        }
-        (None, None) => wire::write_control(&mut control.send, &register).await,
-    };
-    sent.map_err(|e| format!("edge {addr}: {e}"))?;
-    let reply = tokio::time::timeout(
-        REGISTER_TIMEOUT,
-        wire::read_control_with_tail::<_, EdgeMsg, RegisteredTail>(&mut control.recv),
-    )
-    .await
-    .map_err(|_| format!("edge {addr} did not answer the registration"))?
-    .map_err(|e| format!("edge {addr}: {e}"))?;
-    let (tunnel_id, registered_tail) = match reply {
-        (EdgeMsg::Registered { tunnel_id, .. }, tail) => (tunnel_id, tail),
-        (EdgeMsg::Refused { reason, permanent }, _) => {
-            return Err(Failure {
-                message: format!(
-                    "edge {edge_name} ({addr}) refused the tunnel: {}",
-                    wire::bounded_reason(reason)
-                ),
-                refused: permanent,
-            })
-        }
-        (other, _) => return Err(format!("edge {addr} answered {other:?}").into()),
-    };
-    let mut health_every_secs = 0;
-    if let Some((device, _)) = device {
-        let Some(tail) = registered_tail else {
-            return Err(format!(
-                "edge {edge_name} ({addr}) registered the device without confirming its identity"
-            )
-            .into());
-        };
-        if tail.device_id != device.id() {
-            return Err(format!(
-                "edge {edge_name} ({addr}) registered device {} but this is device {}",
-                wire::bounded_reason(tail.device_id),
-                device.id()
-            )
-            .into());
-        }
-        if let Some(credential) = &tail.credential {
-            // Not fatal: the device can enrol again with its key.
-            if let Err(e) = device.store_credential(credential) {
-                log::error!("connection {slot}: {e}");
-            }
-        }
-        health_every_secs = tail.health_every_secs;
-    }
     log::info!(
         "connection {slot} registered: tunnel {} ({}) at edge {edge_name} ({addr}) over {}",
         rt.config.tunnel,
@@ -202,20 +103,6 @@ pub(super) async fn register(
         generation,
         health_every_secs,
     })
-}
-
-fn version_mismatch(addr: SocketAddr, version: u16) -> String {
-    if version > PROTOCOL_VERSION {
-        format!(
-            "edge {addr} speaks tunnel protocol {version}, this mailslot speaks \
-             {PROTOCOL_VERSION}: update mailslot"
-        )
-    } else {
-        format!(
-            "edge {addr} speaks tunnel protocol {version}, older than this mailslot's \
-             {PROTOCOL_VERSION}: the edge needs an update"
-        )
-    }
 }
 
 /// Why a registered connection ended in an orderly way.
