@@ -79,10 +79,9 @@ impl log::Log for KeepLastProblem {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if self.0.matches(record) {
-            mailslot::connector::health::note_log(record);
-            self.0.log(record);
-        }
+        // Warnings a per-module filter hides are kept too: one filter check, not two.
+        mailslot::connector::health::note_log(record);
+        self.0.log(record);
     }
 
     fn flush(&self) {
