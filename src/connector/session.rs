@@ -81,8 +81,12 @@ pub(super) async fn register(
         health_every_secs,
     } = shook;
     let generation = rt.generation;
+    let device = match (&shared.device, rt.config.enroll_key()) {
+        (Some(d), Some(_)) => format!("device {}, ", d.id()),
+        _ => String::new(),
+    };
     log::info!(
-        "connection {slot} registered: tunnel {} ({}) at edge {edge_name} ({addr}) over {}",
+        "connection {slot} registered: {device}tunnel {} ({}) at edge {edge_name} ({addr}) over {}",
         rt.config.tunnel,
         hex(&tunnel_id),
         session.protocol()
