@@ -22,6 +22,10 @@ commands:
   config show FILE.bin [--show-secrets]
                                    print a binary config as YAML
   config check FILE.bin            validate a binary config and summarise it
+  identity [--config FILE] [--create]
+                                   print the device id and public key of the device key
+                                   beside the config (default /etc/mailslot/device.key);
+                                   --create makes the key when there is none
   demo [--listen ADDR]             an edge, a connector and a hello-world service on
                                    loopback (default 127.0.0.1:8080, or any free port)
   access ssh|tcp|ssh-config --hostname NAME [options]
@@ -49,15 +53,39 @@ fn main() -> ExitCode {
     // The access client talks on ssh's terminal: quiet unless RUST_LOG asks.
     let access = std::env::args().nth(1).as_deref() == Some("access");
     let level = if access { "warn" } else { "info" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+    let logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp_secs()
-        .init();
+        .build();
+    let max = logger.filter();
+    if log::set_logger(Box::leak(Box::new(KeepLastProblem(logger)))).is_ok() {
+        log::set_max_level(max);
+    }
     match real_main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mailslot: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The logger: env_logger's, and the last warning or error it prints is kept for the
+/// health reports ([`mailslot::connector::health::note_log`]).
+struct KeepLastProblem(env_logger::Logger);
+
+impl log::Log for KeepLastProblem {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        // Warnings a per-module filter hides are kept too: one filter check, not two.
+        mailslot::connector::health::note_log(record);
+        self.0.log(record);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
     }
 }
 
@@ -82,6 +110,7 @@ fn real_main() -> Result<ExitCode, String> {
         "run" => run_cmd(&mut parser),
         "access" => mailslot::access::cli::main(&mut parser),
         "provision" => provision_cmd(&mut parser),
+        "identity" => identity_cmd(&mut parser),
         #[cfg(feature = "edge")]
         "demo" => demo_cmd(&mut parser),
         #[cfg(not(feature = "edge"))]
@@ -168,6 +197,50 @@ fn config_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     }
 }
 
+/// `mailslot identity`: the device id and public key of the key beside the config.
+fn identity_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    use lexopt::prelude::*;
+    let mut config = PathBuf::from(DEFAULT_CONFIG);
+    let mut create = false;
+    while let Some(arg) = parser.next().map_err(arg_err)? {
+        match arg {
+            arg if wants_help(&arg) => {
+                print!("{}", usage_of("identity"));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Long("config") | Short('c') => config = parser.value().map_err(arg_err)?.into(),
+            Long("create") => create = true,
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    let path = mailslot::identity::key_path(&config);
+    let key = if create {
+        mailslot::identity::load_or_create_key(&path).map(Some)
+    } else {
+        mailslot::identity::read_key(&path)
+    };
+    match key {
+        Ok(Some(key)) => {
+            println!("device id:  {}", key.id());
+            println!("public key: {}", mailslot::util::hex(key.public_key()));
+            println!("key file:   {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(None) => {
+            eprintln!(
+                "mailslot identity: no device key at {} (an enrolled device makes it at \
+                 first start; --create makes it now)",
+                path.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("mailslot identity: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 /// `--config`, `--boot-config` and `--user`, shared by `run` and `provision`.
 struct RunArgs {
     path: PathBuf,
@@ -243,7 +316,19 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
              against the later of those until it is"
         );
     }
-    let connector = mailslot::connector::Connector::new(loaded.config)?;
+    // An enrolled device's key is made (or read) here, after root was dropped, so the
+    // files belong to the user that runs the connector.
+    let device = match loaded.config.enroll_key() {
+        None => None,
+        Some(_) => match mailslot::connector::device::Device::load(&path, &loaded.path) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                log::error!("{e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+    };
+    let connector = mailslot::connector::Connector::with_device(loaded.config, device)?;
     log::info!(
         "mailslot {} starting with {}",
         env!("CARGO_PKG_VERSION"),
@@ -264,7 +349,12 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             while hup.recv().await.is_some() {
                 match mailslot::config::store::decode_file(&reload_path) {
                     Ok(cfg) => match reloader.reload(cfg) {
-                        Ok(()) => log::info!("reloaded {}", reload_path.display()),
+                        Ok(()) => {
+                            if let Some(device) = reloader.device() {
+                                device.config_changed(&reload_path);
+                            }
+                            log::info!("reloaded {}", reload_path.display())
+                        }
                         Err(e) => log::error!("reload of {} refused: {e}", reload_path.display()),
                     },
                     Err(e) => log::error!(

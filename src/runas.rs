@@ -60,8 +60,9 @@ fn lookup_in(passwd: &str, name: &str) -> Option<Account> {
     })
 }
 
-/// Gives `config`, its `.prev` (and the last-known-good time beside them,
-/// [`crate::clock::state_path`]) and their folder to `account`, and closes the folder to
+/// Gives `config`, its `.prev` (and the last-known-good time, the device key and
+/// credential beside them: [`crate::clock::state_path`], [`crate::identity::key_path`])
+/// and their folder to `account`, and closes the folder to
 /// everyone else (it holds the token). Nothing is written when all is as it should be.
 ///
 /// The folder is handed over only when it holds nothing but the config's own files, so a
@@ -76,7 +77,12 @@ fn lookup_in(passwd: &str, name: &str) -> Option<Account> {
 pub(crate) fn hand_over(config: &Path, account: &Account) -> Result<(), String> {
     let prev = store::prev_path(config);
     let clock = crate::clock::state_path(config);
-    for file in [config, prev.as_path(), clock.as_path()] {
+    // An enrolled device's key and credential: made by the connector after it dropped
+    // root, or by root (`mailslot identity --create`) before; the user reads the key and
+    // replaces the credential.
+    let key = crate::identity::key_path(config);
+    let cred = crate::connector::device::cred_path(config);
+    for file in [config, &prev, &clock, &key, &cred] {
         give(file, Kind::File, account, None)?;
     }
     let Some(dir) = config.parent().filter(|d| !d.as_os_str().is_empty()) else {
@@ -91,8 +97,14 @@ pub(crate) fn hand_over(config: &Path, account: &Account) -> Result<(), String> 
         .all(|e| {
             let n = e.file_name();
             let n = n.as_encoded_bytes();
-            let own = name.as_encoded_bytes();
-            n.starts_with(own) || n.strip_prefix(b".").is_some_and(|n| n.starts_with(own))
+            let n = n.strip_prefix(b".").unwrap_or(n);
+            [
+                name.as_encoded_bytes(),
+                crate::identity::KEY_FILE.as_bytes(),
+                crate::connector::device::CRED_FILE.as_bytes(),
+            ]
+            .iter()
+            .any(|own| n.starts_with(own))
         });
     if dedicated {
         give(dir, Kind::Dir, account, Some(0o700))
@@ -298,8 +310,11 @@ mod tests {
         let config = etc.join("config.bin");
         fs::write(&config, b"x").unwrap();
         fs::write(store::prev_path(&config), b"y").unwrap();
+        // The device key root made (`mailslot identity --create`) goes with them.
+        let key = crate::identity::key_path(&config);
+        crate::identity::load_or_create_key(&key).unwrap();
         hand_over(&config, &acct).unwrap();
-        for p in [&etc, &config, &store::prev_path(&config)] {
+        for p in [&etc, &config, &store::prev_path(&config), &key] {
             let m = fs::metadata(p).unwrap();
             assert_eq!((m.uid(), m.gid()), (4242, 4343), "{}", p.display());
         }

@@ -188,8 +188,8 @@ impl std::fmt::Debug for DeviceTail {
 /// the edge ([`bounded_reason`]) before it is kept or shown.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceFacts {
-    /// Human-friendly name: the config's `name`, else the board's serial number
-    /// (`/proc/device-tree/serial-number`), else the start of `/etc/machine-id`.
+    /// Human-friendly name: the board's serial number (`/proc/device-tree/serial-number`),
+    /// else the first 12 characters of `/etc/machine-id`, else the host name.
     pub name: String,
     /// CPU architecture the binary was built for (`aarch64`, `arm`, `x86_64`).
     pub arch: String,

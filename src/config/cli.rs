@@ -57,7 +57,31 @@ pub fn show(path: &Path, show_secrets: bool) -> Result<std::string::String, std:
 /// `config check FILE`: validate and summarise.
 pub fn check(path: &Path) -> Result<std::string::String, std::string::String> {
     let (config, version, size) = read(path)?;
-    Ok(summary(&config, &path.display().to_string(), version, size))
+    let mut out = summary(&config, &path.display().to_string(), version, size);
+    if config.enroll_key().is_some() {
+        out.push_str(&on_this_device(&config, &crate::identity::key_path(path)));
+    }
+    Ok(out)
+}
+
+/// What an enrolled config's hostnames become with the device key at `key`, if any.
+fn on_this_device(config: &DeviceConfig, key: &Path) -> std::string::String {
+    let id = match crate::identity::read_key(key) {
+        Ok(Some(k)) => k.id().to_string(),
+        Ok(None) => {
+            return format!(
+                "device:      no key yet ({} is made at first start)\n",
+                key.display()
+            )
+        }
+        Err(e) => return format!("device:      {e}\n"),
+    };
+    let mut out = format!("device:      {id} ({})\n", key.display());
+    let names = config.ingress.iter().filter_map(|r| r.hostname.as_deref());
+    for name in names.filter(|n| n.contains(crate::identity::DEVICE_PLACEHOLDER)) {
+        let _ = writeln!(out, "  {name} is {}", crate::identity::expand(name, &id));
+    }
+    out
 }
 
 /// The human summary `config check` prints.
@@ -67,7 +91,11 @@ fn summary(config: &DeviceConfig, name: &str, version: u16, size: usize) -> std:
     // Writing to a String cannot fail.
     let _ = writeln!(o, "{name}: valid, {size} bytes, format version {version}");
     let _ = writeln!(o, "tunnel:      {}", config.tunnel);
-    let _ = writeln!(o, "token:       {}", config.token_masked());
+    let key = match config.enroll_key() {
+        Some(_) => "enroll:",
+        None => "token:",
+    };
+    let _ = writeln!(o, "{key:<12} {}", config.token_masked());
     let edges: std::vec::Vec<&str> = config.edges.iter().map(|e| e.as_str()).collect();
     let _ = writeln!(o, "edges:       {}", edges.join(", "));
     let edge_ca = match config.edge_ca.and_then(|i| config.cas.get(usize::from(i))) {
@@ -160,6 +188,32 @@ mod tests {
         );
         assert!(s.ends_with("\n  *  -> http_status:404\n"), "{s}");
         assert!(!s.contains("t0kEn"));
+    }
+
+    #[test]
+    fn check_says_what_enrolled_hostnames_become_here() {
+        let dir = crate::config::testutil::TempDir::new();
+        let path = dir.path().join("config.bin");
+        let mut config = sample_config();
+        config.token = "mse1.key".try_into().unwrap();
+        config.ingress[0].hostname = Some("{device}.fleet.example.com".try_into().unwrap());
+        store::write_atomic(&path, &codec::encode(&config).unwrap()).unwrap();
+        let out = check(&path).unwrap();
+        assert!(out.contains("\nenroll:      <masked, 8 bytes>\n"), "{out}");
+        assert!(
+            out.contains("\n  {device}.fleet.example.com  -> http://localhost:8080\n"),
+            "{out}"
+        );
+        assert!(out.contains("device:      no key yet ("), "{out}");
+        let key = crate::identity::load_or_create_key(&crate::identity::key_path(&path)).unwrap();
+        let out = check(&path).unwrap();
+        assert!(
+            out.contains(&format!(
+                "  {{device}}.fleet.example.com is {}.fleet.example.com\n",
+                key.id()
+            )),
+            "{out}"
+        );
     }
 
     #[cfg(not(feature = "yaml"))]

@@ -36,8 +36,12 @@ pub(crate) const MAX_EDGES: usize = 8;
 pub(crate) const MAX_CAS: usize = 4;
 /// Largest DER certificate embedded.
 pub(crate) const MAX_CERT_LEN: usize = 4096;
-/// Largest tunnel token.
+/// Largest tunnel token or enrolment key.
 pub(crate) const MAX_TOKEN_LEN: usize = 2048;
+/// The prefix of an enrolment key (`enroll:`), told apart from a tunnel token (`mst1.`)
+/// in the config's one `token` field: no format change, and old connectors refuse it at
+/// the edge rather than misread it.
+pub(crate) const ENROLL_PREFIX: &str = "mse1.";
 /// Longest hostname (DNS limit).
 pub(crate) const MAX_HOSTNAME_LEN: usize = 253;
 /// Longest path pattern.
@@ -93,7 +97,9 @@ pub(crate) enum Protocol {
 pub struct DeviceConfig {
     /// Tunnel name, for logs (the token carries the identity).
     pub tunnel: String<MAX_TUNNEL_NAME_LEN>,
-    /// Signed tunnel token, embedded at compile time (from `token` or `token-file`).
+    /// Signed tunnel token, embedded at compile time (from `token` or `token-file`), or
+    /// the fleet's enrolment key (`enroll`, starting with [`ENROLL_PREFIX`]): see
+    /// [`DeviceConfig::enroll_key`].
     pub(crate) token: String<MAX_TOKEN_LEN>,
     /// Edge addresses, "host:port"; a name may resolve to several addresses.
     pub(crate) edges: Vec<String<MAX_EDGE_ADDR_LEN>, MAX_EDGES>,
@@ -271,6 +277,12 @@ impl DeviceConfig {
     /// The token, for printing: masked.
     pub(crate) fn token_masked(&self) -> Masked<'_> {
         Masked(&self.token)
+    }
+
+    /// The enrolment key when the config enrols the device in a fleet (`enroll:`); its
+    /// hostnames may then hold `{device}` ([`crate::identity::DEVICE_PLACEHOLDER`]).
+    pub fn enroll_key(&self) -> Option<&str> {
+        Some(self.token.as_str()).filter(|t| t.starts_with(ENROLL_PREFIX))
     }
 }
 

@@ -75,7 +75,11 @@ impl DeviceConfig {
     /// Checks every invariant; the first one broken is returned.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         check_text(&self.tunnel).map_err(|r| invalid("tunnel", r))?;
-        check_token(&self.token).map_err(|r| invalid("token", r))?;
+        let token_field = match self.enroll_key() {
+            Some(_) => "enroll",
+            None => "token",
+        };
+        check_token(&self.token).map_err(|r| invalid(token_field, r))?;
         if self.edges.is_empty() {
             return Err(ConfigError::NoEdges);
         }
@@ -99,8 +103,9 @@ impl DeviceConfig {
         let Some(last) = self.ingress.len().checked_sub(1) else {
             return Err(ConfigError::NoRules);
         };
+        let enrolled = self.enroll_key().is_some();
         for (i, rule) in self.ingress.iter().enumerate() {
-            validate_rule(i, rule)?;
+            validate_rule(i, rule, enrolled)?;
             let catch_all = rule.hostname.is_none() && rule.path.is_none();
             if i == last && !catch_all {
                 return Err(ConfigError::NoCatchAll(i));
@@ -160,9 +165,9 @@ impl DeviceConfig {
     }
 }
 
-fn validate_rule(i: usize, rule: &IngressRule) -> Result<(), ConfigError> {
+fn validate_rule(i: usize, rule: &IngressRule, enrolled: bool) -> Result<(), ConfigError> {
     if let Some(hostname) = &rule.hostname {
-        check_rule_hostname(hostname).map_err(|r| {
+        check_device_hostname(hostname, enrolled).map_err(|r| {
             invalid(
                 format!("ingress[{i}].hostname"),
                 format!("{hostname:?}: {r}"),
@@ -253,6 +258,31 @@ pub(crate) fn check_rule_hostname(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A rule hostname of a config that may (`enrolled`) or may not hold `{device}`: only as
+/// a whole label, and checked as the longest name it expands to (a device id is
+/// longer than the placeholder).
+pub(crate) fn check_device_hostname(name: &str, enrolled: bool) -> Result<(), &'static str> {
+    use crate::identity::{DEVICE_ID_LEN, DEVICE_PLACEHOLDER};
+    if !name.contains(['{', '}']) {
+        return check_rule_hostname(name);
+    }
+    if !enrolled {
+        return Err(
+            "`{device}` stands for the device id of an enrolled device: it needs \
+                    `enroll:` in place of `token:`",
+        );
+    }
+    if name
+        .split('.')
+        .any(|l| l.contains(['{', '}']) && l != DEVICE_PLACEHOLDER)
+    {
+        return Err("`{device}` must be a whole label, as in `{device}.fleet.example.com`");
+    }
+    // Any device id: all have the same length and alphabet.
+    let id = "a".repeat(DEVICE_ID_LEN);
+    check_rule_hostname(&crate::identity::expand(name, &id))
+}
+
 /// An origin or edge host: an IPv4 address, an IPv6 address (no brackets) or a
 /// lowercase DNS name (underscores allowed, as in container names).
 pub(crate) fn check_host(host: &str) -> Result<(), &'static str> {
@@ -319,6 +349,38 @@ mod tests {
         assert!(check_host("::1").is_ok());
         assert!(check_host("10.0.0.1").is_ok());
         assert!(check_rule_hostname(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn device_placeholder_only_as_a_whole_label_of_enrolled_configs() {
+        let ok = |n| check_device_hostname(n, true);
+        assert!(ok("{device}.fleet.example.com").is_ok());
+        assert!(ok("ssh.{device}.fleet.example.com").is_ok());
+        assert!(ok("*.{device}.fleet.example.com").is_ok());
+        assert!(ok("plain.example.com").is_ok());
+        for mid in [
+            "x{device}.example.com",
+            "{device}x.example.com",
+            "{dev}.example.com",
+        ] {
+            assert!(ok(mid).unwrap_err().contains("whole label"), "{mid}");
+        }
+        assert!(ok("{device}").is_ok(), "one label of 16 is a name");
+        let e = check_device_hostname("{device}.example.com", false).unwrap_err();
+        assert!(e.contains("needs `enroll:`"), "{e}");
+        // Checked as expanded: a device id is 16 bytes, the placeholder 8.
+        let tail = |len: usize| {
+            let mut t = std::string::String::new();
+            while t.len() < len {
+                t.push_str(if t.len() % 61 == 60 { "." } else { "b" });
+            }
+            t
+        };
+        let fits = format!("{{device}}.{}", tail(253 - 17));
+        assert_eq!(crate::identity::expand(&fits, &"a".repeat(16)).len(), 253);
+        assert!(ok(&fits).is_ok(), "{fits}");
+        let long = format!("{{device}}.{}", tail(253 - 16));
+        assert!(ok(&long).is_err());
     }
 
     #[test]

@@ -91,6 +91,8 @@ struct Doc {
     tunnel: std::string::String,
     token: Option<std::string::String>,
     token_file: Option<std::string::String>,
+    /// A fleet's enrolment key (`mse1.…`) in place of a token.
+    enroll: Option<std::string::String>,
     edge: OneOrMany,
     edge_ca: Option<std::string::String>,
     edge_pin: Option<OneOrMany>,
@@ -333,23 +335,39 @@ struct Compiler<'a> {
 impl Compiler<'_> {
     fn compile(mut self, doc: Doc) -> Result<Box<DeviceConfig>, CompileError> {
         let tunnel = bounded("tunnel", &doc.tunnel)?;
-        let token = match (&doc.token, &doc.token_file) {
-            (Some(t), None) => t.trim().to_string(),
-            (None, Some(f)) => read_text(&self.base.join(f))?.trim().to_string(),
+        let (field, token) = match (&doc.token, &doc.token_file, &doc.enroll) {
+            (Some(t), None, None) => ("token", t.trim().to_string()),
+            (None, Some(f), None) => ("token", read_text(&self.base.join(f))?.trim().to_string()),
+            (None, None, Some(k)) => ("enroll", k.trim().to_string()),
             _ => {
                 return Err(invalid(
                     "token",
-                    "give exactly one of `token` and `token-file`",
+                    "give exactly one of `token`, `token-file` and `enroll`",
                 ))
             }
         };
         if token == MASKED_TOKEN {
             return Err(invalid(
-                "token",
+                field,
                 "this is the mask `config show` prints; use `config show --show-secrets` or `token-file`",
             ));
         }
-        let token = bounded("token", &token)?;
+        match (field, token.starts_with(ENROLL_PREFIX)) {
+            ("enroll", false) => {
+                return Err(invalid(
+                    field,
+                    format!("not an enrolment key (they start with `{ENROLL_PREFIX}`: `mailslot-edge enroll-key` prints one)"),
+                ))
+            }
+            ("token", true) => {
+                return Err(invalid(
+                    field,
+                    "this is an enrolment key: write it as `enroll:`",
+                ))
+            }
+            _ => {}
+        }
+        let token = bounded(field, &token)?;
         let mut edges = std::vec::Vec::new();
         for (i, edge) in doc.edge.0.iter().enumerate() {
             edges.push(bounded(&format!("edge[{i}]"), &normalize_edge(edge))?);

@@ -21,12 +21,16 @@ pub fn to_yaml(config: &DeviceConfig, show_secrets: bool) -> String {
     // Writing to a String cannot fail; the results of writeln! are ignored below.
     let o = &mut out;
     let _ = writeln!(o, "tunnel: {}", scalar(&config.tunnel));
+    let key = match config.enroll_key() {
+        Some(_) => "enroll",
+        None => "token",
+    };
     if show_secrets {
-        let _ = writeln!(o, "token: {}", scalar(&config.token));
+        let _ = writeln!(o, "{key}: {}", scalar(&config.token));
     } else {
         let _ = writeln!(
             o,
-            "token: {}  # masked ({} bytes); `config show --show-secrets` prints it",
+            "{key}: {}  # masked ({} bytes); `config show --show-secrets` prints it",
             scalar(MASKED_TOKEN),
             config.token.len()
         );

@@ -52,8 +52,31 @@ pub(crate) struct ActiveConfig {
 }
 
 impl ActiveConfig {
-    /// Builds the running form; fails only on unusable embedded certificates.
-    pub(crate) fn new(config: Box<DeviceConfig>, generation: u32) -> Result<Self, String> {
+    /// Builds the running form, with `{device}` in hostnames replaced by `device` (the
+    /// device id, needed by a config with `enroll:`); fails on unusable embedded
+    /// certificates.
+    pub(crate) fn new(
+        config: Box<DeviceConfig>,
+        generation: u32,
+        device: Option<&str>,
+    ) -> Result<Self, String> {
+        let device = match (config.enroll_key(), device) {
+            (None, _) => None,
+            (Some(_), Some(id)) => Some(id),
+            (Some(_), None) => {
+                return Err(
+                    "this config enrols the device in a fleet (`enroll:`), which \
+                            needs the device key: restart mailslot to use it"
+                        .into(),
+                )
+            }
+        };
+        let hostname = |h: &Option<crate::config::Hostname>| {
+            h.as_ref().map(|h| match device {
+                Some(id) => crate::identity::expand(h, id),
+                None => h.to_string(),
+            })
+        };
         let mut rules = Vec::with_capacity(config.ingress.len());
         let mut rule_infos = Vec::with_capacity(config.ingress.len());
         for (i, r) in config.ingress.iter().enumerate() {
@@ -95,7 +118,7 @@ impl ActiveConfig {
                 }
             };
             rules.push(ActiveRule {
-                hostname: r.hostname.as_ref().map(|h| h.to_string()),
+                hostname: hostname(&r.hostname),
                 service: r.service.clone(),
                 connect_timeout: Duration::from_millis(u64::from(
                     r.origin.connect_timeout_ms.max(1),
@@ -103,7 +126,7 @@ impl ActiveConfig {
                 tls,
             });
             rule_infos.push(RuleInfo {
-                hostname: r.hostname.as_ref().map(|h| h.to_string()),
+                hostname: hostname(&r.hostname),
                 path: r.path.as_ref().map(|p| p.to_string()),
                 action: match r.service {
                     Service::Http { .. } | Service::Unix { .. } => RuleAction::Http,
@@ -138,5 +161,39 @@ impl ActiveConfig {
             .map_err(|e| format!("edge TLS setup: {e}"))?;
         *cached = Some(tls.clone());
         Ok(tls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::sample_config;
+
+    #[test]
+    fn enrolled_hostnames_are_expanded_with_the_device_id() {
+        let mut config = sample_config();
+        config.token = "mse1.key".try_into().unwrap();
+        config.ingress[0].hostname = Some("{device}.fleet.example.com".try_into().unwrap());
+        config.ingress[3].hostname = Some("ssh.{device}.fleet.example.com".try_into().unwrap());
+        config.validate().unwrap();
+        let rt = ActiveConfig::new(config.clone(), 1, Some("abcdefghijklmnop")).unwrap();
+        let names: Vec<_> = rt
+            .rule_infos
+            .iter()
+            .map(|r| r.hostname.as_deref())
+            .collect();
+        assert_eq!(names[0], Some("abcdefghijklmnop.fleet.example.com"));
+        assert_eq!(names[3], Some("ssh.abcdefghijklmnop.fleet.example.com"));
+        assert_eq!(names[1], Some("api.dev42.example.com"));
+        assert_eq!(rt.rules[0].hostname.as_deref(), names[0]);
+        // Without a device key an enrolled config cannot run.
+        let e = ActiveConfig::new(config, 1, None).err().unwrap();
+        assert!(e.contains("device key"), "{e}");
+        // A token config ignores the device id.
+        let rt = ActiveConfig::new(sample_config(), 1, Some("abcdefghijklmnop")).unwrap();
+        assert_eq!(
+            rt.rule_infos[0].hostname.as_deref(),
+            Some("dev42.example.com")
+        );
     }
 }

@@ -6,15 +6,21 @@
 //!   refusals, quick retries, borrowing another edge and moving back, the `auto`
 //!   fallback and its probes, DNS memory), tested with explicit instants;
 //! - `dial`: resolving edge names and opening a QUIC or HTTP/2 session;
+//! - `handshake`: hello, register (with the device's proof), registered;
 //! - `session`: registration, serving a registered session, probes and drains;
 //! - [`active`]: a device config compiled for serving streams;
+//! - [`device`]: an enrolled device's key, credential and facts;
+//! - `health`: health reports, on one connection;
 //! - this module: the [`Connector`], and the driver that carries out what each slot's
 //!   policy decides.
 //!
 //! The connector listens on nothing: it only dials out.
 
 pub(crate) mod active;
+pub mod device;
 mod dial;
+mod handshake;
+pub mod health;
 mod instance;
 pub(crate) mod origin;
 mod session;
@@ -55,6 +61,10 @@ struct Shared {
     connector_id: [u8; 16],
     /// Id of this connector instance, the same for its restart ([`instance`]).
     instance: Option<instance::Instance>,
+    /// The enrolled device (a config with `enroll:`).
+    device: Option<Arc<device::Device>>,
+    /// Which connection carries health reports.
+    health: Arc<health::Reporter>,
     current: watch::Sender<Arc<ActiveConfig>>,
     previous: Mutex<Option<Arc<ActiveConfig>>>,
     draining: watch::Sender<bool>,
@@ -75,6 +85,16 @@ pub struct Connector {
 impl Connector {
     /// Prepares a connector for `config`; fails on unusable embedded certificates.
     pub fn new(config: Box<DeviceConfig>) -> Result<Self, String> {
+        Self::with_device(config, None)
+    }
+
+    /// Prepares a connector for `config` on `device`, which a config with `enroll:`
+    /// needs.
+    pub fn with_device(
+        config: Box<DeviceConfig>,
+        device: Option<device::Device>,
+    ) -> Result<Self, String> {
+        let device = device.map(Arc::new);
         let instance = instance::Instance::claim(&config.tunnel);
         match &instance {
             Some(i) => log::debug!("connector instance {}", crate::util::hex(&i.id[..4])),
@@ -84,13 +104,20 @@ impl Connector {
                  time out"
             ),
         }
-        let rt = Arc::new(ActiveConfig::new(config, 1)?);
+        let rt = Arc::new(ActiveConfig::new(
+            config,
+            1,
+            device.as_ref().map(|d| d.id()),
+        )?);
         let slots = vec![SlotState::default(); usize::from(rt.config.ha_connections.max(1))];
+        let health = Arc::new(health::Reporter::new(slots.len()));
         let edges = rt.config.edges.len();
         Ok(Connector {
             shared: Arc::new(Shared {
                 connector_id: random_bytes(),
                 instance,
+                device,
+                health,
                 current: watch::channel(rt).0,
                 previous: Mutex::new(None),
                 draining: watch::channel(false).0,
@@ -107,10 +134,20 @@ impl Connector {
     /// addresses and connection counts take effect on the next restart.
     pub fn reload(&self, config: Box<DeviceConfig>) -> Result<(), String> {
         let old = self.shared.current.borrow().clone();
-        let rt = Arc::new(ActiveConfig::new(config, old.generation.wrapping_add(1))?);
+        let device = self.shared.device.as_deref();
+        let rt = Arc::new(ActiveConfig::new(
+            config,
+            old.generation.wrapping_add(1),
+            device.map(|d| d.id()),
+        )?);
         *lock(&self.shared.previous) = Some(old);
         self.shared.current.send_replace(rt);
         Ok(())
+    }
+
+    /// The enrolled device, when the config enrols it.
+    pub fn device(&self) -> Option<&device::Device> {
+        self.shared.device.as_deref()
     }
 
     /// Slot states, updated as connections come and go.
@@ -130,6 +167,7 @@ impl Connector {
         if cfg!(target_env = "musl") {
             tasks.push(tokio::spawn(trim_heap_when_quiet()));
         }
+        tasks.push(tokio::spawn(self.shared.health.clone().run()));
         shutdown.await;
         let grace = Duration::from_secs(u64::from(
             self.shared.current.borrow().config.grace_period_secs,

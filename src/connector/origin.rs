@@ -133,7 +133,9 @@ async fn pipe(
         while let Some(k) = stream.recv.read_chunks(&mut chunks).await? {
             activity.touch(false);
             let got = chunks.get_mut(..k).unwrap_or_default();
-            n += got.iter().map(|c| c.len() as u64).sum::<u64>();
+            let len = got.iter().map(|c| c.len() as u64).sum::<u64>();
+            n += len;
+            super::health::BYTES_IN.fetch_add(len, Ordering::Relaxed);
             write_all_chunks(&mut to_origin, got).await?;
         }
         to_origin.shutdown().await?;
@@ -156,6 +158,7 @@ async fn pipe(
                 size = COPY_BUF;
             }
             n += k as u64;
+            super::health::BYTES_OUT.fetch_add(k as u64, Ordering::Relaxed);
             activity.writing.store(true, Ordering::Relaxed);
             stream.send.write_bytes(buf.split().freeze()).await?;
             activity.writing.store(false, Ordering::Relaxed);

@@ -11,14 +11,15 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use super::active::ActiveConfig;
 use super::dial::{self, Dial};
+use super::handshake::{self, Handshake};
 use super::slot::{self, Auto};
 use super::{origin, runtime_for, set_slot, wait_true, Shared, SlotState};
 use crate::transport::Session;
 use crate::util::{hex, AbortOnDrop};
-use crate::wire::{self, ConnectorMsg, EdgeMsg, Register, RegisterTail, PROTOCOL_VERSION};
+use crate::wire::{self, ConnectorMsg, EdgeMsg};
 
 /// Time allowed for the control handshake after the transport is up.
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a connection attempt or a connection failed.
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub(super) struct Registered {
     control: crate::transport::TunnelStream,
     edge_name: String,
     generation: u32,
+    /// Health reports asked for, seconds between them; 0: none.
+    health_every_secs: u32,
 }
 
 /// The control handshake: hello, register, registered. Marks the slot connected.
@@ -63,63 +66,27 @@ pub(super) async fn register(
         .await
         .map_err(|_| format!("edge {addr} opened no control stream"))?
         .map_err(|e| format!("edge {addr}: {e}"))?;
-    let hello: EdgeMsg = tokio::time::timeout(REGISTER_TIMEOUT, wire::read_control(&mut control))
-        .await
-        .map_err(|_| format!("edge {addr} sent no hello"))?
-        .map_err(|e| format!("edge {addr}: {e}"))?;
-    let edge_name = match hello {
-        EdgeMsg::Hello { version, edge } if version == PROTOCOL_VERSION => {
-            wire::bounded_reason(edge)
-        }
-        // Only an upgrade of one side changes this.
-        EdgeMsg::Hello { version, .. } => {
-            return Err(Failure {
-                message: version_mismatch(addr, version),
-                refused: true,
-            })
-        }
-        other => return Err(format!("edge {addr} sent {other:?} before hello").into()),
-    };
+    let shook = handshake::handshake(
+        shared,
+        slot,
+        &rt,
+        addr,
+        &mut control.recv,
+        &mut control.send,
+    )
+    .await?;
+    let Handshake {
+        edge_name,
+        tunnel_id,
+        health_every_secs,
+    } = shook;
     let generation = rt.generation;
-    let register = ConnectorMsg::Register(Register {
-        version: PROTOCOL_VERSION,
-        token: rt.config.token.to_string(),
-        connector_id: shared.connector_id,
-        conn_index: slot as u8,
-        rules_generation: generation,
-        rules: rt.rule_infos.clone(),
-        software: env!("CARGO_PKG_VERSION").into(),
-    });
-    let sent = match &shared.instance {
-        Some(instance) => {
-            let tail = RegisterTail {
-                instance: instance.id,
-            };
-            wire::write_control_with_tail(&mut control.send, &register, &tail).await
-        }
-        None => wire::write_control(&mut control.send, &register).await,
-    };
-    sent.map_err(|e| format!("edge {addr}: {e}"))?;
-    let reply: EdgeMsg =
-        tokio::time::timeout(REGISTER_TIMEOUT, wire::read_control(&mut control.recv))
-            .await
-            .map_err(|_| format!("edge {addr} did not answer the registration"))?
-            .map_err(|e| format!("edge {addr}: {e}"))?;
-    let tunnel_id = match reply {
-        EdgeMsg::Registered { tunnel_id, .. } => tunnel_id,
-        EdgeMsg::Refused { reason, permanent } => {
-            return Err(Failure {
-                message: format!(
-                    "edge {edge_name} ({addr}) refused the tunnel: {}",
-                    wire::bounded_reason(reason)
-                ),
-                refused: permanent,
-            })
-        }
-        other => return Err(format!("edge {addr} answered {other:?}").into()),
+    let device = match (&shared.device, rt.config.enroll_key()) {
+        (Some(d), Some(_)) => format!("device {}, ", d.id()),
+        _ => String::new(),
     };
     log::info!(
-        "connection {slot} registered: tunnel {} ({}) at edge {edge_name} ({addr}) over {}",
+        "connection {slot} registered: {device}tunnel {} ({}) at edge {edge_name} ({addr}) over {}",
         rt.config.tunnel,
         hex(&tunnel_id),
         session.protocol()
@@ -138,21 +105,8 @@ pub(super) async fn register(
         control,
         edge_name,
         generation,
+        health_every_secs,
     })
-}
-
-fn version_mismatch(addr: SocketAddr, version: u16) -> String {
-    if version > PROTOCOL_VERSION {
-        format!(
-            "edge {addr} speaks tunnel protocol {version}, this mailslot speaks \
-             {PROTOCOL_VERSION}: update mailslot"
-        )
-    } else {
-        format!(
-            "edge {addr} speaks tunnel protocol {version}, older than this mailslot's \
-             {PROTOCOL_VERSION}: the edge needs an update"
-        )
-    }
 }
 
 /// Why a registered connection ended in an orderly way.
@@ -275,7 +229,17 @@ async fn serve_registered(
         control,
         edge_name,
         mut generation,
+        health_every_secs,
     } = reg;
+    // Health reports, when this edge asked for them, on whichever connection the
+    // reporter picks; the guard leaves when this session ends.
+    let (mut health, _attached) = match health_every_secs {
+        0 => (None, None),
+        every => {
+            let (rx, guard) = shared.health.attach(slot, every);
+            (Some(rx), Some(guard))
+        }
+    };
     let (mut msgs, _reader_guard) = read_control_apart(control.recv);
     let mut send = control.send;
     let mut rules = shared.current.subscribe();
@@ -299,8 +263,13 @@ async fn serve_registered(
                 spawn_stream(shared, streams, stream);
             }
             msg = msgs.recv() => {
-                if let Some(end) = on_control(slot, msg, &mut send, &edge_name, addr).await {
+                if let Some(end) = on_control(shared, slot, msg, &mut send, &edge_name, addr).await {
                     return end;
+                }
+            }
+            Some(report) = async { match health.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                if let Err(e) = wire::write_control(&mut send, &ConnectorMsg::Health(report)).await {
+                    return Err(format!("lost edge {edge_name} ({addr}): {e}"));
                 }
             }
             changed = rules.changed(), if !drained => {
@@ -362,6 +331,7 @@ fn read_control_apart(
 
 /// Acts on a message from the edge's control stream; `Some` ends the session.
 async fn on_control(
+    shared: &Shared,
     slot: usize,
     msg: Option<Result<EdgeMsg, String>>,
     send: &mut crate::transport::SendHalf,
@@ -385,6 +355,14 @@ async fn on_control(
                 wire::bounded_reason(reason)
             );
         }
+        Some(Ok(EdgeMsg::Credential { credential })) => match &shared.device {
+            Some(device) => {
+                if let Err(e) = device.store_credential(&credential) {
+                    log::error!("connection {slot}: renewal: {e}");
+                }
+            }
+            None => log::debug!("connection {slot}: ignoring a credential: not enrolled"),
+        },
         Some(Ok(other)) => log::debug!("connection {slot}: ignoring {other:?}"),
         Some(Err(e)) => {
             return Some(Err(format!(

@@ -470,7 +470,7 @@ fn tokens() {
     let both = doc("token-file: token\n", "");
     assert_eq!(
         compile_str(&both, dir.path()).unwrap_err().to_string(),
-        "token: give exactly one of `token` and `token-file`"
+        "token: give exactly one of `token`, `token-file` and `enroll`"
     );
     let none = doc("", "").replace("token: k\n", "");
     assert!(err(&none).contains("exactly one"));
@@ -481,6 +481,59 @@ fn tokens() {
         err(&spaced),
         "token: holds spaces, control or non-ASCII characters"
     );
+}
+
+#[test]
+fn enrolment_keys_and_device_hostnames() {
+    let yaml = doc(
+        "",
+        "  - hostname: \"{device}.fleet.example.com\"\n    service: http://localhost:8080\n  - hostname: ssh.{DEVICE}.fleet.example.com\n    service: ssh://localhost\n",
+    )
+    .replace("token: k", "enroll: mse1.abc.def");
+    let config = compile(&yaml).unwrap();
+    assert_eq!(config.enroll_key(), Some("mse1.abc.def"));
+    assert_eq!(
+        config.ingress[1].hostname.as_deref(),
+        Some("ssh.{device}.fleet.example.com")
+    );
+    // Through show and compile again: the same bytes, `enroll:` in place of `token:`.
+    let shown = to_yaml(&config, true);
+    assert!(
+        shown.contains("\nenroll: mse1.abc.def\n") && !shown.contains("token"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("hostname: \"{device}.fleet.example.com\"\n"),
+        "{shown}"
+    );
+    let back = compile_str(&shown, Path::new("/nonexistent")).unwrap();
+    assert_eq!(encode(&back).unwrap(), encode(&config).unwrap());
+    let masked = to_yaml(&config, false);
+    assert!(
+        masked.contains("\nenroll: \"********\"  # masked (12 bytes)"),
+        "{masked}"
+    );
+    assert!(err(&masked).starts_with("enroll: this is the mask"));
+
+    // `{device}` needs `enroll:`, and a whole label.
+    let msg = err(&yaml.replace("enroll: mse1.abc.def", "token: k"));
+    assert!(
+        msg.starts_with(
+            "ingress[0].hostname: \"{device}.fleet.example.com\": `{device}` stands for"
+        ) && msg.contains("needs `enroll:`"),
+        "{msg}"
+    );
+    let msg = err(&yaml.replace("\"{device}.fleet", "\"x{device}.fleet"));
+    assert!(msg.contains("must be a whole label"), "{msg}");
+    // Keys in the wrong place, and both at once.
+    let msg = err(&doc("", "").replace("token: k", "token: mse1.abc"));
+    assert_eq!(
+        msg,
+        "token: this is an enrolment key: write it as `enroll:`"
+    );
+    let msg = err(&doc("", "").replace("token: k", "enroll: mst1.abc"));
+    assert!(msg.starts_with("enroll: not an enrolment key"), "{msg}");
+    assert!(err(&doc("enroll: mse1.abc\n", "")).contains("exactly one"));
 }
 
 #[test]
