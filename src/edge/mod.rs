@@ -348,7 +348,6 @@ impl Edge {
             signing_key.map(Arc::new),
             cfg.credential_lifetime,
             cfg.health_every,
-            self.settings.idle_timeout,
         );
         let _ = self.state.fleet.set(Arc::new(inventory));
         let _ = self.state.enroller.set(Arc::new(enroller));

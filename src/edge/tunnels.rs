@@ -237,26 +237,8 @@ async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Optio
     session.close(&wire::bounded_reason(ended.close_reason()));
     log::info!("{who}: disconnected: {ended}");
     if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
-        inventory.disconnected(id, last_heard(&state, &ended));
+        inventory.disconnected(id, &conn);
     }
-}
-
-/// When a connection that ended so was last heard from, Unix seconds: an idle timeout
-/// ends a connection that long after its connector fell silent.
-fn last_heard(state: &EdgeState, ended: &Ended) -> u64 {
-    let now = super::token::now_unix();
-    if !timed_out(ended) {
-        return now;
-    }
-    let idle = state.enroller.get().map_or(0, |e| e.idle_timeout.as_secs());
-    now.saturating_sub(idle)
-}
-
-/// Did the connection end because the connector fell silent: QUIC's idle timeout, or
-/// HTTP/2's unanswered ping (in `transport`'s words)?
-fn timed_out(ended: &Ended) -> bool {
-    matches!(ended, Ended::Closed(reason)
-        if reason.starts_with("timed out") || reason.starts_with("no answer from"))
 }
 
 /// Why a registered tunnel connection ended: the end of its `disconnected:` log line.
@@ -755,20 +737,6 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
 #[cfg(test)]
 mod tests {
     use super::Ended;
-
-    #[test]
-    fn a_connection_that_timed_out_was_last_heard_an_idle_timeout_earlier() {
-        let quic = "timed out (no packets from peer)";
-        let h2 = "no answer from the connector for 60s";
-        for (reason, silent) in [(quic, true), (h2, true), ("closed by peer: bye", false)] {
-            assert_eq!(
-                super::timed_out(&Ended::Closed(reason.into())),
-                silent,
-                "{reason}"
-            );
-        }
-        assert!(!super::timed_out(&Ended::ControlClosed));
-    }
 
     #[test]
     fn end_reasons_read_as_the_log_lines_say() {

@@ -216,9 +216,6 @@ pub struct Enroller {
     signing: Option<Arc<Ed25519KeyPair>>,
     credential_lifetime: Duration,
     health_every: Duration,
-    /// The tunnel listener's idle timeout: a connection that timed out was last heard
-    /// this long before it ended.
-    pub(crate) idle_timeout: Duration,
 }
 
 /// A device connection admitted: what to register and what to answer.
@@ -233,13 +230,11 @@ impl Enroller {
         signing: Option<Arc<Ed25519KeyPair>>,
         credential_lifetime: Duration,
         health_every: Duration,
-        idle_timeout: Duration,
     ) -> Enroller {
         Enroller {
             signing,
             credential_lifetime,
             health_every,
-            idle_timeout,
         }
     }
 

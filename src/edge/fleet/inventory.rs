@@ -80,8 +80,20 @@ pub struct Inventory {
     changed: Mutex<HashSet<String>>,
     /// Held while a batch is written.
     writing: Mutex<()>,
+    /// What each device connection had been heard from ([`Conn::heard`]) when the
+    /// writer last looked, and when it last changed (Unix seconds): a connection that
+    /// ends tells from it when its device was last heard, whatever ended it. One entry
+    /// per registered device connection (bounded by the registry), removed when it ends.
+    heard: Mutex<HashMap<usize, Heard>>,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+}
+
+/// A device connection's traffic count when last looked at, and when it last grew.
+#[derive(Clone, Copy)]
+struct Heard {
+    count: u64,
+    at: u64,
 }
 
 impl Inventory {
@@ -97,6 +109,7 @@ impl Inventory {
             records: Mutex::new(records),
             changed: Mutex::default(),
             writing: Mutex::default(),
+            heard: Mutex::default(),
             store,
             registry,
         })
@@ -221,9 +234,48 @@ impl Inventory {
         true
     }
 
+    /// Notes which device connections were heard from since the last look: called
+    /// every [`WRITE_EVERY`] by the writer, so a last-heard time is at most that late.
+    pub(crate) fn observe(&self) {
+        let now = crate::edge::token::now_unix();
+        let conns: Vec<(usize, u64)> = self
+            .registry
+            .all_conns()
+            .iter()
+            .filter(|c| c.device.is_some())
+            .map(|c| (c.session.id(), c.heard()))
+            .collect();
+        let mut heard = lock(&self.heard);
+        let mut next = HashMap::with_capacity(conns.len());
+        for (id, count) in conns {
+            let seen = match heard.remove(&id) {
+                Some(h) if h.count == count => h,
+                _ => Heard { count, at: now },
+            };
+            next.insert(id, seen);
+        }
+        *heard = next;
+    }
+
+    /// When the device of `conn`, which has just ended, was last heard from (Unix
+    /// seconds): now if it was heard since the last look, else when it last was.
+    fn last_heard(&self, conn: &Conn) -> u64 {
+        let now = crate::edge::token::now_unix();
+        match lock(&self.heard).remove(&conn.session.id()) {
+            Some(h) if h.count == conn.heard() => h.at,
+            _ => now,
+        }
+    }
+
     /// A device's connection ended; when it was its last, the device was last seen
-    /// at `last_heard` (Unix seconds).
-    pub(crate) fn disconnected(&self, id: &str, last_heard: u64) {
+    /// when that connection was last heard from.
+    pub(crate) fn disconnected(&self, id: &str, conn: &Conn) {
+        self.disconnected_at(id, self.last_heard(conn));
+    }
+
+    /// A device's connection ended; when it was its last, the device was last seen at
+    /// `last_heard` (Unix seconds).
+    fn disconnected_at(&self, id: &str, last_heard: u64) {
         let Some(key) = lock(&self.records).get(id).map(|r| r.public_key) else {
             return;
         };
@@ -306,6 +358,7 @@ impl Inventory {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                me.observe();
                 if let Err(e) = me.flush().await {
                     log::error!("fleet: records not written, trying again: {e}");
                 }
@@ -386,7 +439,7 @@ mod tests {
         let text = stored.health.unwrap().last_error.unwrap();
         assert!(text.len() <= 512 && !text.contains('\u{1b}'), "{text}");
         // The last connection of a device gone: last seen when it was last heard.
-        inv.disconnected(&first.id, u64::MAX - 1);
+        inv.disconnected_at(&first.id, u64::MAX - 1);
         inv.flush().await.unwrap();
         assert_eq!(
             store.get(&first.id).unwrap().unwrap().last_seen,
