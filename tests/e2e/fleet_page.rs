@@ -307,3 +307,223 @@ pub(crate) fn devices_commands_talk_to_the_running_edge() -> Result<(), Skip> {
         Err(Skip(NOT_LOADED.into()))
     }
 }
+
+/// A fleet of `n` real connectors started from one golden `config.bin` (an enrolment
+/// key of fleet `shop`, `{device}` hostnames) against `edge`, each in a folder of its
+/// own: the folders, the connectors (each registered twice) and the device ids.
+struct Boards {
+    dirs: Vec<TempDir>,
+    procs: Vec<Option<Proc>>,
+    ids: Vec<String>,
+    _origin: Origin,
+}
+
+fn start_boards(edge: &EdgeProc, n: usize) -> Boards {
+    let out = run_ok(
+        "mailslot-edge enroll-key",
+        Command::new(EDGE)
+            .arg("enroll-key")
+            .arg("--config")
+            .arg(edge.dir.path().join("edge.yml"))
+            .args([
+                "--fleet",
+                "shop",
+                "--hostname",
+                "{device}.shop.example.test",
+            ])
+            .args(["--max-devices", "5"]),
+    );
+    let key = stdout(&out).trim().to_string();
+    let origin = Origin::start("board");
+    let golden = TempDir::new("golden");
+    let bin = compile(
+        golden.path(),
+        &format!(
+            "tunnel: shop\nenroll: {key}\nedge: [\"{}\"]\nedge-ca: {}\nprotocol: quic\n\
+             ha-connections: 2\ningress:\n  - hostname: \"{{device}}.shop.example.test\"\n    \
+             service: http://{}\n  - service: http_status:404\n",
+            edge.tunnel,
+            edge.ca().display(),
+            origin.addr
+        ),
+    );
+    let mut boards = Boards {
+        dirs: Vec::new(),
+        procs: Vec::new(),
+        ids: Vec::new(),
+        _origin: origin,
+    };
+    for i in 0..n {
+        let dir = TempDir::new("board");
+        std::fs::copy(&bin, dir.join("config.bin")).unwrap();
+        let p = Proc::spawn(
+            &format!("board{i}"),
+            Command::new(MAILSLOT)
+                .arg("run")
+                .arg("--config")
+                .arg(dir.join("config.bin")),
+        );
+        p.wait_lines("registered: ", 2);
+        let out = run_ok(
+            "mailslot identity",
+            Command::new(MAILSLOT)
+                .args(["identity", "--config"])
+                .arg(dir.join("config.bin")),
+        );
+        let id = stdout(&out)
+            .lines()
+            .find_map(|l| l.strip_prefix("device id:"))
+            .map(|s| s.trim().to_string())
+            .unwrap();
+        boards.ids.push(id);
+        boards.dirs.push(dir);
+        boards.procs.push(Some(p));
+    }
+    boards
+}
+
+/// One device from the admin API, as JSON.
+fn api_device(edge: &EdgeProc, id: &str) -> serde_json::Value {
+    let url = format!("http://{}/api/v1/devices/{id}", edge.admin_addr());
+    let r = curl(&["-H", &format!("Authorization: Bearer {TOKEN}"), &url]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_str(&r.text()).unwrap()
+}
+
+/// Polls the admin API until `done` holds for device `id`, within [`WAIT`].
+fn wait_device(
+    edge: &EdgeProc,
+    id: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let d = api_device(edge, id);
+        if done(&d) {
+            return d;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{what}: {d:#}\nedge log:\n{}",
+            edge.proc.dump()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Stops board `i` cleanly and waits until the edge lists it offline.
+fn stop_board(edge: &EdgeProc, boards: &mut Boards, i: usize) -> serde_json::Value {
+    let mut p = boards.procs[i].take().unwrap();
+    p.signal(15);
+    p.wait_exit(WAIT).expect("the connector exits");
+    wait_device(edge, &boards.ids[i], "offline", |d| d["state"] == "offline")
+}
+
+/// Real connectors from one golden config enrol with keys of their own, store their
+/// credential once, serve their own hostnames, report health, and show offline when
+/// stopped.
+pub(crate) fn real_boards_enrol_serve_their_hostnames_and_report_health() {
+    use std::os::unix::fs::PermissionsExt;
+    let edge = start_edge(init_edge(&format!(
+        "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n"
+    )));
+    let mut boards = start_boards(&edge, 2);
+    assert_ne!(boards.ids[0], boards.ids[1]);
+    for (i, id) in boards.ids.iter().enumerate() {
+        for file in ["device.key", "device.cred"] {
+            let meta = std::fs::metadata(boards.dirs[i].join(file)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        }
+        let (status, _) = get(&edge, &format!("{id}.shop.example.test"), "/");
+        assert_eq!(status, 200, "board {i} through its own hostname");
+        let d = wait_device(&edge, id, "a health report", |d| !d["health"].is_null());
+        assert_eq!(d["state"], "online");
+        assert_eq!(d["fleet"], "shop");
+        assert_eq!(
+            d["hostnames"],
+            serde_json::json!([format!("{id}.shop.example.test")])
+        );
+        assert_eq!(d["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(d["arch"], std::env::consts::ARCH);
+        assert_eq!(d["connections"].as_array().unwrap().len(), 2, "{d:#}");
+        let h = &d["health"];
+        assert!(h["uptime_secs"].as_u64().unwrap() > 0, "{h:#}");
+        assert!(h["mem_total_kib"].as_u64().unwrap() > 0, "{h:#}");
+        assert!(h["root_total_kib"].as_u64().unwrap() > 0, "{h:#}");
+    }
+    // Another board's hostname is not this one's.
+    let (status, _) = get(&edge, "zzzzzzzzzzzzzzzz.shop.example.test", "/");
+    assert_eq!(status, 404);
+    // A board started again registers with its stored credential and does not write
+    // it again.
+    let before = std::fs::metadata(boards.dirs[1].join("device.cred"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let d = stop_board(&edge, &mut boards, 1);
+    assert_eq!(d["online"], false);
+    let p = Proc::spawn(
+        "board1-again",
+        Command::new(MAILSLOT)
+            .arg("run")
+            .arg("--config")
+            .arg(boards.dirs[1].join("config.bin")),
+    );
+    p.wait_lines("registered: ", 2);
+    assert_eq!(
+        std::fs::metadata(boards.dirs[1].join("device.cred"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
+    wait_device(&edge, &boards.ids[1], "online again", |d| {
+        d["state"] == "online"
+    });
+}
+
+/// The fleet page in a real browser shows an online and an offline board.
+pub(crate) fn the_fleet_page_shows_online_and_offline_boards() -> Result<(), Skip> {
+    let browser = Browser::find()?;
+    let edge = start_edge(init_edge(&format!(
+        "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n"
+    )));
+    let mut boards = start_boards(&edge, 2);
+    let online = wait_device(&edge, &boards.ids[0], "health", |d| !d["health"].is_null());
+    let offline = stop_board(&edge, &mut boards, 1);
+    let dom = fleet_dom(&browser, &edge, "fleet-two-boards.png");
+    let name = |d: &serde_json::Value| d["name"].as_str().unwrap().to_string();
+    let (n0, n1) = (name(&online), name(&offline));
+    assert_fleet_page(
+        &dom,
+        &[
+            Shown {
+                name: &n0,
+                fleet: "shop",
+                state: "online",
+            },
+            Shown {
+                name: &n1,
+                fleet: "shop",
+                state: "offline",
+            },
+        ],
+    );
+    // The device's own page.
+    let url = format!(
+        "http://admin:{TOKEN}@{}/fleet/{}",
+        edge.admin_addr(),
+        boards.ids[0]
+    );
+    let page = browser.dump_dom(&url);
+    assert!(page.dom.contains(&boards.ids[0]), "{}", page.dom);
+    assert!(
+        page.dom
+            .contains(&format!("{}.shop.example.test", boards.ids[0])),
+        "{}",
+        page.dom
+    );
+    browser.keep_screenshot(&url, "fleet-device.png");
+    Ok(())
+}

@@ -150,6 +150,8 @@ fn main() {
         fleet_page::the_fleet_page_needs_the_admin_token_in_a_real_browser,
         fleet_page::the_admin_api_takes_basic_auth_for_reading_only,
         fleet_page::devices_commands_talk_to_the_running_edge,
+        fleet_page::real_boards_enrol_serve_their_hostnames_and_report_health,
+        fleet_page::the_fleet_page_shows_online_and_offline_boards,
         metrics::requests_latency_and_bytes_are_counted_per_tunnel,
         help::every_mailslot_command_has_help,
         help::every_mailslot_edge_command_has_help,
