@@ -18,6 +18,7 @@ const MAILSLOT: &[(&[&str], &str)] = &[
         &["config", "check"],
         "usage: mailslot config check FILE.bin",
     ),
+    (&["identity"], "usage: mailslot identity [--config FILE]"),
     (&["demo"], "usage: mailslot demo [--listen ADDR]"),
     (&["access"], "usage: mailslot access <ssh|tcp|ssh-config>"),
     (&["access", "ssh"], "access ssh --hostname NAME"),
@@ -41,6 +42,20 @@ const EDGE: &[(&[&str], &str)] = &[
     (
         &["access-token"],
         "usage: mailslot-edge access-token --config",
+    ),
+    (
+        &["enroll-key"],
+        "usage: mailslot-edge enroll-key --config edge.yml --fleet NAME",
+    ),
+    (&["devices"], "mailslot-edge devices ls --config edge.yml"),
+    (
+        &["devices", "ls"],
+        "mailslot-edge devices ls --config edge.yml",
+    ),
+    (&["devices", "show"], "devices show --config edge.yml ID"),
+    (
+        &["devices", "revoke"],
+        "devices revoke --config edge.yml ID",
     ),
     (&["serve"], "usage: mailslot-edge serve --config edge.yml"),
     (&["version"], "usage: mailslot-edge version"),
