@@ -142,9 +142,13 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, Stri
         .self_signed(&key)
         .map_err(|e| format!("challenge certificate: {e}"))?;
     let der_key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    CertifiedKey::from_der(vec![cert.der().clone()], der_key, &crate::tls::provider())
-        .map(Arc::new)
-        .map_err(|e| format!("challenge certificate: {e}"))
+    // Not `CertifiedKey::from_der`: its check that the key fits parses the certificate
+    // with webpki, which refuses the critical acmeIdentifier extension.
+    let signer = crate::tls::provider()
+        .key_provider
+        .load_private_key(der_key)
+        .map_err(|e| format!("challenge key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer)))
 }
 
 /// Withdraws the published answers when the order ends, however it ends.
