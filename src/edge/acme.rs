@@ -33,7 +33,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use http::{Response, StatusCode};
+use http::Response;
 use instant_acme::Account;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -413,7 +413,7 @@ pub(crate) fn http01(state: &EdgeState, scheme: &str, path: &str) -> Option<Resp
         return None;
     }
     let answer = state.acme.get()?.http01_answer(path)?;
-    let mut resp = body::text(StatusCode::OK, answer);
+    let mut resp = Response::new(body::full(bytes::Bytes::from(answer)));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/octet-stream"),

@@ -148,7 +148,10 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, Stri
         .key_provider
         .load_private_key(der_key)
         .map_err(|e| format!("challenge key: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer)))
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
 }
 
 /// Withdraws the published answers when the order ends, however it ends.
