@@ -104,8 +104,9 @@ pub(crate) struct Acme {
     challenges: Vec<Challenge>,
     client: client::Client,
     store: Arc<dyn CertStore>,
-    /// Name → certificate in force. Bounded by `max-names` (through `schedule`).
-    certs: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// Name → certificate in force and its expiry. Bounded by `max-names` (through
+    /// `schedule`); an expired one leaves.
+    certs: RwLock<HashMap<String, (Arc<CertifiedKey>, u64)>>,
     answers: Challenges,
     schedule: Mutex<Schedule>,
     /// Last failure logged per name (each is logged once, until it changes or an
@@ -225,7 +226,7 @@ impl Acme {
         self.certs
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), certified);
+            .insert(name.to_string(), (certified, validity.1));
         Ok(validity)
     }
 
@@ -289,10 +290,11 @@ impl Acme {
                 })
             })
         };
+        let now = unix_now();
         self.certs
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|n, _| !covered(n));
+            .retain(|n, (_, not_after)| *not_after > now && !covered(n));
         served.into_iter().filter(|n| !covered(n)).collect()
     }
 
@@ -472,7 +474,7 @@ impl<R: ResolvesServerCert> ResolvesServerCert for Resolver<R> {
         }
         if let Some(name) = &name {
             let certs = self.acme.certs.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(ck) = certs.get(name) {
+            if let Some((ck, _)) = certs.get(name) {
                 return Some(ck.clone());
             }
         }

@@ -101,6 +101,10 @@ impl Schedule {
     /// Of `wanted` (the names the tunnels serve), those to order now, marked in
     /// progress; at most `room` of them.
     pub(crate) fn due(&mut self, wanted: &[String], now: u64, room: usize) -> Vec<String> {
+        // Names no tunnel serves any more leave once their certificate has expired.
+        self.names.retain(|name, e| {
+            e.in_flight || e.not_after == 0 || e.not_after > now || wanted.contains(name)
+        });
         let mut out = Vec::new();
         for name in wanted {
             if out.len() >= room {
@@ -228,5 +232,13 @@ mod tests {
         // b has no certificate and is not in progress: it makes room for c.
         assert_eq!(s.due(&names(&["c.test"]), 0, 8), names(&["c.test"]));
         assert_eq!(s.names.len(), 2);
+        // a's certificate expires while no tunnel serves it: it leaves, d gets room.
+        s.issued("c.test", (0, 1 << 30), 0, 0.0);
+        assert!(s.due(&names(&["d.test"]), 1 << 29, 8).is_empty());
+        assert_eq!(
+            s.due(&names(&["d.test"]), (1 << 30) + 1, 8),
+            names(&["d.test"])
+        );
+        assert_eq!(s.expiries(), vec![]);
     }
 }
