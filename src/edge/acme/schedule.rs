@@ -12,8 +12,10 @@
 
 use std::collections::HashMap;
 
-/// Wait after a first failure.
-pub(crate) const BACKOFF_BASE: u64 = 60;
+/// Wait after a first failure. From two minutes, doubling, a name failing over and
+/// over is tried 5 times in its first hour (at 0, 2, 6, 14 and 30 minutes): Let's
+/// Encrypt allows 5 failed validations per name and account per hour.
+pub(crate) const BACKOFF_BASE: u64 = 120;
 /// Longest wait between attempts for one name.
 pub(crate) const BACKOFF_MAX: u64 = 6 * 3600;
 

@@ -12,7 +12,9 @@
 //! and one certificate per name through another implementation of the trait (Redis
 //! keys holding the same PEM texts): [`CertStore::load`] lets an edge pick up what
 //! another issued, and [`CertStore::lease`] lets one edge order a name while the
-//! others wait for it. [`FileStore`] is one edge's: every lease is granted.
+//! others wait for it. [`FileStore`] is one edge's: every lease is granted. A shared
+//! store must share the challenge answers as well (`acme::Challenges`): the ACME
+//! server's validation may reach any edge behind the name, not the one that ordered.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
