@@ -249,7 +249,9 @@ impl Acme {
                     Ok(account) => {
                         for name in due {
                             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                                break;
+                                // Not reached: `due` took no more than the free slots.
+                                crate::util::lock(&self.schedule).cancel(&name);
+                                continue;
                             };
                             let me = self.clone();
                             let account = account.clone();
@@ -295,7 +297,13 @@ impl Acme {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|n, (_, not_after)| *not_after > now && !covered(n));
-        served.into_iter().filter(|n| !covered(n)).collect()
+        served
+            .into_iter()
+            // ACME servers issue for names in public DNS: not for IP addresses or
+            // single labels (`localhost`), which would only fail and back off.
+            .filter(|n| n.contains('.') && n.parse::<std::net::IpAddr>().is_err())
+            .filter(|n| !covered(n))
+            .collect()
     }
 
     /// The account: loaded or made on first use (and again after a failure).

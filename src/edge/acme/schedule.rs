@@ -95,6 +95,13 @@ impl Schedule {
         wait
     }
 
+    /// Gives up an order of `name` that did not start: due again at once.
+    pub(crate) fn cancel(&mut self, name: &str) {
+        if let Some(e) = self.names.get_mut(name) {
+            e.in_flight = false;
+        }
+    }
+
     /// Failed orders in a row for `name`.
     pub(crate) fn failures(&self, name: &str) -> u32 {
         self.names.get(name).map_or(0, |e| e.failures)
