@@ -444,6 +444,7 @@ fn metrics(state: &EdgeState) -> String {
     }
     super::fleet::metrics::append(&mut out, state);
     state.metrics.render(&mut out);
+    super::acme::append_metrics(&mut out, state);
     out
 }
 

@@ -1,7 +1,7 @@
 //! `edge.yml`: the edge's settings, read at start and again on SIGHUP (see
 //! `edge::live` for what a reload changes). Relative paths resolve against the file's
 //! folder. The access sections (`access:`, `service-tokens:`, `tcp-ports:`) are parsed
-//! in `config/access.rs`.
+//! in `config/access.rs`, `acme:` in `config/acme.rs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,8 @@ use super::cidr::parse_cidr;
 use super::shield::{self, HostPolicy, Limits, Shield};
 
 mod access;
+mod acme;
+pub use acme::{AcmeConfig, Challenge};
 
 /// Default tunnel listener (QUIC on UDP; HTTP/2 fallback on TCP).
 pub(crate) const DEFAULT_TUNNEL_LISTEN: &str = "0.0.0.0:7844";
@@ -63,6 +65,7 @@ struct Raw {
     revoked_access_tokens: Vec<String>,
     #[serde(default)]
     fleet: RawFleet,
+    acme: Option<acme::RawAcme>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -378,6 +381,8 @@ pub struct EdgeConfig {
     pub access: super::policy::AccessConfig,
     /// `fleet:`: the device store and what devices are told.
     pub fleet: FleetConfig,
+    /// `acme:`: certificates from an ACME server; `None` = off.
+    pub acme: Option<AcmeConfig>,
 }
 
 /// The admin listener's bearer token, kept as its SHA-256 only and compared in constant
@@ -520,6 +525,7 @@ impl EdgeConfig {
             .map(|id| parse_id(id, "revoked-access-tokens", "an access token id"))
             .collect::<Result<_, _>>()?;
         let fleet = FleetConfig::from_raw(raw.fleet, abs)?;
+        let acme = raw.acme.map(|a| AcmeConfig::from_raw(a, abs)).transpose()?;
         let admin_listen = listen(raw.admin_listen, "none", "admin-listen")?;
         let admin_token = match (raw.admin_token, raw.admin_token_file) {
             (Some(_), Some(_)) => {
@@ -592,6 +598,7 @@ impl EdgeConfig {
                 .collect::<Result<_, _>>()?,
             access,
             fleet,
+            acme,
         })
     }
 }

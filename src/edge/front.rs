@@ -136,6 +136,9 @@ pub(crate) async fn serve(
                         let handshake = limits.tls_handshake_timeout;
                         match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                             Ok(Ok(stream)) => {
+                                if super::acme::is_validation(stream.get_ref().1.alpn_protocol()) {
+                                    return;
+                                }
                                 // The first request's time starts now.
                                 conn.touch();
                                 serve_conn(TokioIo::new(stream), peer, "https", state, conn).await
@@ -386,6 +389,9 @@ async fn route(
     scheme: &'static str,
     state: &EdgeState,
 ) -> Response<Body> {
+    if let Some(answer) = super::acme::http01(state, scheme, req.uri().path()) {
+        return answer;
+    }
     // Host and path in canonical form before anything looks at them: access policies,
     // routing, rate limits and the origin see one spelling of each.
     let (req, host, authority) = match canonical_request(req) {

@@ -2,6 +2,7 @@
 //! HTTPS, routes each request to a tunnel by hostname and path, and issues tokens.
 //!
 //! - [`config`]: the `edge.yml` settings.
+//! - `acme`: certificates from an ACME server for the hostnames tunnels serve.
 //! - [`cidr`]: address ranges for `ip-allow:` and `trusted-proxies:`.
 //! - [`init`]: first-time key and certificate generation.
 //! - [`token`]: signed tunnel (and access) tokens.
@@ -27,6 +28,7 @@
 //! - `metrics`: request, latency and byte counters per tunnel, and their Prometheus text.
 
 pub mod access;
+pub(crate) mod acme;
 pub mod admin;
 pub(crate) mod body;
 pub mod cidr;
@@ -255,6 +257,8 @@ pub struct EdgeState {
     pub(crate) enroller: std::sync::OnceLock<Arc<fleet::Enroller>>,
     /// Requests, origin latency and bytes per tunnel (bounded: `metrics::MAX_TUNNELS`).
     pub(crate) metrics: metrics::Metrics,
+    /// Certificates from an ACME server (`acme:`): set once, before serving starts.
+    pub(crate) acme: std::sync::OnceLock<Arc<acme::Acme>>,
 }
 
 impl EdgeState {
@@ -293,6 +297,7 @@ impl Edge {
             fleet: std::sync::OnceLock::new(),
             enroller: std::sync::OnceLock::new(),
             metrics: metrics::Metrics::default(),
+            acme: std::sync::OnceLock::new(),
         });
         Edge {
             state,
@@ -354,6 +359,16 @@ impl Edge {
         Ok(self)
     }
 
+    /// Obtains and renews certificates for the hostnames tunnels serve, as `cfg`'s
+    /// `acme:` says (nothing without it). The cache is read now; orders start with
+    /// [`Edge::serve`].
+    pub fn with_acme(self, cfg: &EdgeConfig) -> Result<Edge, String> {
+        if let Some(a) = &cfg.acme {
+            let _ = self.state.acme.set(Arc::new(acme::Acme::new(cfg, a)?));
+        }
+        Ok(self)
+    }
+
     /// The fleet's inventory, once [`Edge::with_fleet`] opened its store.
     pub fn inventory(&self) -> Option<Arc<fleet::Inventory>> {
         self.state.fleet.get().cloned()
@@ -370,12 +385,22 @@ impl Edge {
         self.state.registry.clone()
     }
 
-    fn tls_server_config(&self, alpn: Vec<Vec<u8>>) -> Result<rustls::ServerConfig, String> {
+    fn tls_server_config(&self, mut alpn: Vec<Vec<u8>>) -> Result<rustls::ServerConfig, String> {
+        let sni = front::SniResolver::new(&self.state, true);
+        let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match self.state.acme.get() {
+            Some(a) => {
+                if a.answers_tls_alpn() {
+                    alpn.push(acme::ACME_TLS_ALPN.to_vec());
+                }
+                Arc::new(acme::Resolver::new(a.clone(), sni))
+            }
+            None => Arc::new(sni),
+        };
         let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(front::SniResolver::new(&self.state, true)));
+            .with_cert_resolver(resolver);
         cfg.alpn_protocols = alpn;
         Ok(cfg)
     }
@@ -417,6 +442,9 @@ impl Edge {
         }
         if let Some(inventory) = self.state.fleet.get() {
             tasks.push(inventory.spawn_writer());
+        }
+        if let Some(a) = self.state.acme.get() {
+            tasks.push(a.clone().spawn(self.state.clone()));
         }
         shutdown.await;
         go_away(&self.state, tasks, endpoint).await;

@@ -446,6 +446,37 @@ impl Registry {
         out
     }
 
+    /// Up to `max` exact hostnames (no `*.` pattern) that a registered tunnel serves and
+    /// that a token or credential of one of its connections allows, sorted: the names
+    /// the edge may get certificates for (`acme`).
+    pub(crate) fn served_names(&self, max: usize) -> Vec<String> {
+        let inner = lock(&self.inner);
+        let mut names: Vec<String> = inner
+            .hosts
+            .iter()
+            .filter(|(h, _)| !h.starts_with("*."))
+            .filter(|(h, id)| {
+                inner.tunnels.get(*id).is_some_and(|t| {
+                    t.conns.iter().any(|c| {
+                        c.claims
+                            .hosts
+                            .iter()
+                            .any(|p| hostname::covers(p, h.as_str()))
+                    })
+                })
+            })
+            .map(|(h, _)| h.clone())
+            .collect();
+        names.sort();
+        names.truncate(max);
+        names
+    }
+
+    /// Told when a tunnel's hostnames may have changed (a connection came or went).
+    pub(crate) fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
+    }
+
     /// Every live connection (for going away at shutdown).
     pub(crate) fn all_conns(&self) -> Vec<Arc<Conn>> {
         let inner = lock(&self.inner);

@@ -18,6 +18,7 @@
 )]
 
 mod access;
+mod acme;
 mod common;
 mod config_cli;
 mod config_powerloss;
@@ -156,6 +157,10 @@ fn main() {
         help::every_mailslot_command_has_help,
         help::every_mailslot_edge_command_has_help,
         help::help_is_the_commands_own,
+        acme::a_registered_name_gets_a_certificate_from_pebble_that_curl_trusts,
+        acme::http01_is_answered_on_the_http_listener,
+        acme::a_certificate_due_for_renewal_is_replaced_under_an_open_connection,
+        acme::names_no_tunnel_serves_cause_no_order,
     ];
     libtest_mimic::run(&args, trials).exit();
 }
