@@ -146,7 +146,7 @@ def main():
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "nginx", "curl"):
         if not shutil.which(tool):
             sys.exit(f"instructions: {tool} is required (apt-get install valgrind nginx curl)")
-    host = bench.host_line()
+    host_info = bench.host_line()
     binaries = bench.build_release()
     if args.edge:
         binaries = (os.path.abspath(args.edge), binaries[1])
@@ -186,11 +186,12 @@ def main():
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=bench.ROOT,
                            capture_output=True, text=True).stdout.strip()
     print()
-    print(host)
+    print(host_info)
     print("command: python3 bench/instructions.py " + " ".join(sys.argv[1:]))
     edge_label = f"edge {args.edge}" if args.edge else f"commit {commit}{' + changes' if dirty else ''}"
     print(f"edge instructions per proxied request ({args.protocol}, {args.requests} GETs of 1 KiB on "
-          f"{args.concurrency} keep-alive connections, after {args.warmup}; {edge_label})")
+          f"{args.concurrency} keep-alive connection{'s' if args.concurrency > 1 else ''}, after {args.warmup}; "
+          f"{edge_label})")
     print(f"  under load {load_ir:,} Ir in {secs:.1f} s; idle for as long {idle_ir:,} Ir")
     print(f"  per request: {per_req:,.0f} instructions")
     print()
