@@ -74,10 +74,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Most hop-by-hop names [`strip_hop_by_hop`] removes after one pass over the names,
-/// and most `Connection` values it reads in that pass; a message with more takes the
-/// longer way ([`strip_hop_by_hop_each`]).
+/// and most names the `Connection` values list for that pass; a message with more takes
+/// the longer way ([`strip_hop_by_hop_each`]).
 const HOP_FOUND_MAX: usize = 16;
-const HOP_CONNECTION_VALUES_MAX: usize = 4;
+const HOP_CONNECTION_NAMES_MAX: usize = 16;
 
 /// Removes the hop-by-hop headers: those of [`HOP_BY_HOP`], `Upgrade`, and those each
 /// `Connection` value names. One pass over the names finds the ones present (most
@@ -95,21 +95,22 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The hop-by-hop names present in `headers`, found in one pass over its names; `None`
-/// when there are more than the pass keeps ([`HOP_FOUND_MAX`], or more `Connection`
-/// values than [`HOP_CONNECTION_VALUES_MAX`]).
+/// when there are more than the pass keeps ([`HOP_FOUND_MAX`], or more names listed in
+/// `Connection` than [`HOP_CONNECTION_NAMES_MAX`]).
 fn hop_by_hop_present(headers: &HeaderMap) -> Option<heapless::Vec<HeaderName, HOP_FOUND_MAX>> {
-    let mut connection = heapless::Vec::<&str, HOP_CONNECTION_VALUES_MAX>::new();
+    // The names the Connection values list, split and trimmed once for the whole pass.
+    let mut listed = heapless::Vec::<&str, HOP_CONNECTION_NAMES_MAX>::new();
     for value in headers.get_all(header::CONNECTION) {
-        connection.push(value.to_str().unwrap_or("")).ok()?;
+        for token in value.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            if !token.is_empty() {
+                listed.push(token).ok()?;
+            }
+        }
     }
     let mut found = heapless::Vec::<HeaderName, HOP_FOUND_MAX>::new();
     for name in headers.keys() {
-        let named = || {
-            connection.iter().any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-            })
-        };
+        let named = || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()));
         if HOP_BY_HOP.contains(name) || name == header::UPGRADE || named() {
             found.push(name.clone()).ok()?;
         }
