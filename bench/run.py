@@ -49,6 +49,9 @@ def parse_args(argv=None):
                     help="run every row N times, interleaved, and print medians (1-20; default 1)")
     ap.add_argument("--rows", default=",".join(ROWS), metavar="LIST",
                     help="comma-separated rows to run besides direct, from: " + ", ".join(ROWS) + " (default: all)")
+    ap.add_argument("--edge-b", metavar="PATH",
+                    help="add a row 'quic, edge B': the QUIC row with this mailslot-edge binary instead "
+                         "(an A/B comparison of two edges in interleaved rounds)")
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 20:
         ap.error("--rounds takes a count from 1 to 20")
@@ -67,6 +70,7 @@ BULK_MIB = 20 if QUICK else 100
 WRK_SECS = 3 if QUICK else 10
 BULK_RUNS = 3
 HOST = "bench.example.com"
+HOST_LINE = ""
 
 
 def free_port():
@@ -163,7 +167,7 @@ def nginx(tmp):
 daemon off; worker_processes 1; pid {tmp}/nginx.pid; error_log stderr;
 events {{ worker_connections 1024; }}
 http {{
-  access_log off; sendfile on; keepalive_requests 100000;
+  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
   client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   server {{
@@ -238,8 +242,10 @@ def measure(name, url, host, tmp, procs):
     }
     # Both ends' CPU per request under wrk, in microseconds.
     us_per_req = sum(per_load["req"].values()) / requests * 1e6 if requests and procs else None
+    # The edge's (the tunnel server's) alone: the figure the issue's goal compares.
+    edge_us = per_load["req"]["edge"] / requests * 1e6 if requests and "edge" in procs else None
     return dict(name=name, down=down, up=up, rps=rps, p50=p50, p99=p99, errors=errs,
-                cpu=since(cpu0, cpu3), load_cpu=per_load, us_per_req=us_per_req, hwm=hwm)
+                cpu=since(cpu0, cpu3), load_cpu=per_load, us_per_req=us_per_req, edge_us=edge_us, hwm=hwm)
 
 
 def combine(runs):
@@ -249,13 +255,39 @@ def combine(runs):
     return dict(name=runs[0]["name"], down=med("down"), up=med("up"), rps=med("rps"), p50=med("p50"),
                 p99=med("p99"), errors=sum(r["errors"] for r in runs),
                 us_per_req=statistics.median(r["us_per_req"] for r in runs) if runs[0]["us_per_req"] else None,
+                edge_us=statistics.median(r["edge_us"] for r in runs) if runs[0]["edge_us"] else None,
                 cpu={k: statistics.median(r["cpu"][k] for r in runs) for k in roles},
                 load_cpu={load: {k: statistics.median(r["load_cpu"][load][k] for r in runs) for k in roles}
                           for load in ("down", "up", "req")},
                 hwm={k: max(r["hwm"][k] for r in runs) for k in roles})
 
 
-def mailslot(protocol, tmp, origin_port, binaries, connector_bin=None):
+def host_line():
+    """The host, date and commit every figure is given with."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), model)
+    except OSError:
+        pass
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = " + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return (f"host: {model}, {os.cpu_count()} cores, Linux {os.uname().release}; "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {git('rev-parse', '--short', 'HEAD')}{dirty}; "
+            f"load average {os.getloadavg()[0]:.2f} at the start")
+
+
+def build_release():
+    """Builds the release binaries (symbols kept, for callgrind and perf; the code is the
+    same as a stripped build's) and returns (edge, mailslot) paths."""
+    print("building release binaries ...", flush=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True,
+                   env={**os.environ, "CARGO_PROFILE_RELEASE_STRIP": "false"})
+    return (os.path.join(ROOT, "target/release/mailslot-edge"), os.path.join(ROOT, "target/release/mailslot"))
+
+
+def mailslot(protocol, tmp, origin_port, binaries, connector_bin=None, edge_wrap=(), timeout=30):
+    """A mailslot tunnel to the origin; `edge_wrap` prefixes the edge's command (valgrind)."""
     edge_bin, mailslot_bin = binaries
     connector_bin = connector_bin or mailslot_bin
     d = tempfile.mkdtemp(dir=tmp)
@@ -267,9 +299,9 @@ def mailslot(protocol, tmp, origin_port, binaries, connector_bin=None):
                   text, flags=re.M)
     text += "limits:\n  max-conns-per-ip: 10000\n"
     open(yml, "w").write(text)
-    edge = Proc([edge_bin, "serve", "--config", yml], env={"RUST_LOG": "warn,mailslot::edge=info"})
-    tunnel = edge.wait_line(r"tunnel listener on udp (\S+)").group(1)
-    http = edge.wait_line(r": HTTP on (\S+)").group(1)
+    edge = Proc([*edge_wrap, edge_bin, "serve", "--config", yml], env={"RUST_LOG": "warn,mailslot::edge=info"})
+    tunnel = edge.wait_line(r"tunnel listener on udp (\S+)", timeout).group(1)
+    http = edge.wait_line(r": HTTP on (\S+)", timeout).group(1)
     token = run([edge_bin, "token", "--config", yml, "--tunnel", "bench", "--allow", HOST]).stdout.strip()
     cfg = os.path.join(d, "config.yml")
     with open(cfg, "w") as f:
@@ -279,7 +311,7 @@ def mailslot(protocol, tmp, origin_port, binaries, connector_bin=None):
     run([mailslot_bin, "config", "compile", cfg, "--output", os.path.join(d, "config.bin")])
     conn = Proc([connector_bin, "run", "--config", os.path.join(d, "config.bin")], env={"RUST_LOG": "info"})
     for _ in range(2):
-        conn.wait_line("registered: tunnel")
+        conn.wait_line("registered: tunnel", timeout)
     return f"http://{http}/", {"connector": conn, "edge": edge}
 
 
@@ -292,27 +324,36 @@ def rathole(tmp, origin_port):
     run(["openssl", "pkcs12", "-export", "-out", f"{d}/id.p12", "-inkey", f"{d}/key.pem", "-in",
          f"{d}/cert.pem", "-passout", "pass:bench"])
     ctl, vis = free_port(), free_port()
+    # rathole's documented settings for latency (bench/README.md, "The peers"): TCP_NODELAY
+    # on the transport's sockets (its default since 0.4, written out here) and on each
+    # service's data channels (unset, a service leaves the transport's choice alone).
     open(f"{d}/server.toml", "w").write(f"""[server]
 bind_addr = "127.0.0.1:{ctl}"
 [server.transport]
 type = "tls"
+[server.transport.tcp]
+nodelay = true
 [server.transport.tls]
 pkcs12 = "{d}/id.p12"
 pkcs12_password = "bench"
 [server.services.web]
 token = "bench"
 bind_addr = "127.0.0.1:{vis}"
+nodelay = true
 """)
     open(f"{d}/client.toml", "w").write(f"""[client]
 remote_addr = "localhost:{ctl}"
 [client.transport]
 type = "tls"
+[client.transport.tcp]
+nodelay = true
 [client.transport.tls]
 trusted_root = "{d}/cert.pem"
 hostname = "localhost"
 [client.services.web]
 token = "bench"
 local_addr = "127.0.0.1:{origin_port}"
+nodelay = true
 """)
     server = Proc(["rathole", "-s", f"{d}/server.toml"])
     client = Proc(["rathole", "-c", f"{d}/client.toml"])
@@ -354,9 +395,9 @@ def main():
     for tool in ("nginx", "wrk", "curl"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is required (apt-get install nginx wrk curl)")
-    print("building release binaries ...", flush=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
-    binaries = (os.path.join(ROOT, "target/release/mailslot-edge"), os.path.join(ROOT, "target/release/mailslot"))
+    global HOST_LINE
+    HOST_LINE = host_line()
+    binaries = build_release()
     device_bin, device_label = device_build() if "device" in ARGS.rows else (None, None)
     tmp = tempfile.mkdtemp(prefix="mailslot-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as another user
@@ -367,12 +408,15 @@ def main():
         setups = [
             ("direct", "direct", None),
             ("quic", "mailslot quic", lambda: mailslot("quic", tmp, origin_port, binaries)),
+            ("quic-b", "quic, edge B", lambda: mailslot("quic", tmp, origin_port,
+                                                         (os.path.abspath(ARGS.edge_b or ""), binaries[1]))),
             ("http2", "mailslot http2", lambda: mailslot("http2", tmp, origin_port, binaries)),
             ("device", device_label, lambda: mailslot("quic", tmp, origin_port, binaries, device_bin)),
             ("rathole", "rathole tls", lambda: rathole(tmp, origin_port)),
             ("bore", "bore (plain tcp)", lambda: bore(tmp, origin_port)),
         ]
-        setups = [row for row in setups if row[0] == "direct" or row[0] in ARGS.rows]
+        setups = [row for row in setups
+                  if row[0] == "direct" or row[0] in ARGS.rows or (row[0] == "quic-b" and ARGS.edge_b)]
         for n in range(ROUNDS):
             if ROUNDS > 1:
                 print(f"round {n + 1} of {ROUNDS} ...", flush=True)
@@ -398,6 +442,8 @@ def main():
 
     base = rows[0]
     print()
+    print(HOST_LINE)
+    print("command: python3 bench/run.py " + " ".join(sys.argv[1:]))
     rounds = f"; medians of {ROUNDS} interleaved rounds" if ROUNDS > 1 else ""
     print(f"bulk {BULK_MIB} MiB (median of {BULK_RUNS}), wrk -t2 -c50 -d{WRK_SECS}s on 1 KiB{rounds}; "
           "ratios are to direct in this run")
@@ -419,27 +465,30 @@ def main():
     print()
     print(f"CPU seconds per load: one {BULK_MIB} MiB transfer (down, up) and the whole wrk run (req)")
     hdr2 = f"{'row':<20}" + "".join(f"{h:>11}" for h in ("conn down", "conn up", "conn req", "edge down",
-                                                             "edge up", "edge req", "sum down", "sum up", "us/req"))
+                                                             "edge up", "edge req", "sum down", "sum up", "us/req",
+                                                             "edge us/req"))
     print(hdr2)
     print("-" * len(hdr2))
     for r in rows[1:]:
         lc = r["load_cpu"]
         cells = [lc[load].get(role) for role in ("connector", "edge") for load in ("down", "up", "req")]
         cells += [sum(lc[load].values()) for load in ("down", "up")]
-        us = r["us_per_req"]
+        us, eus = r["us_per_req"], r["edge_us"]
         print(f"{r['name']:<20}" + "".join(f"{v:11.3f}" if v is not None else f"{'-':>11}" for v in cells)
-              + (f"{us:11.1f}" if us is not None else f"{'-':>11}"))
+              + "".join(f"{v:11.1f}" if v is not None else f"{'-':>11}" for v in (us, eus)))
     rathole_row = by_key.get("rathole")
     if rathole_row is not None:
         print()
         print("against rathole tls (goals: bulk and req/s >= 1.2x, p99 no worse):")
-        for key in ("quic", "http2", "device"):
+        for key in ("quic", "quic-b", "http2", "device"):
             r = by_key.get(key)
             if r is None:
                 continue
             ratio = lambda key: r[key] / rathole_row[key] if rathole_row[key] else float("nan")
+            eus = (f"  edge CPU/req {r['edge_us']:.1f} vs {rathole_row['edge_us']:.1f} us"
+                   if r["edge_us"] and rathole_row["edge_us"] else "")
             print(f"  {r['name']:<20} down {ratio('down'):5.2f}x  up {ratio('up'):5.2f}x  "
-                  f"req/s {ratio('rps'):5.2f}x  p99 {r['p99']:.2f} vs {rathole_row['p99']:.2f} ms")
+                  f"req/s {ratio('rps'):5.2f}x  p99 {r['p99']:.2f} vs {rathole_row['p99']:.2f} ms{eus}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ use http::Method;
 /// What the front knows about a visitor's request.
 pub(crate) struct Visitor {
     pub(crate) peer: SocketAddr,
+    /// The peer's address as text ([`ip_header`]), formatted once per connection: it
+    /// goes into `X-Forwarded-For`, `X-Real-IP` and `Forwarded` of every request.
+    pub(crate) peer_ip: HeaderValue,
     /// The client's address: the peer, or from `X-Forwarded-For` behind a trusted proxy.
     pub(crate) client_ip: IpAddr,
     /// The `X-Forwarded-For` value to send on.
@@ -22,14 +25,20 @@ pub(crate) struct Visitor {
 /// The `X-Forwarded-For` value to send on: the peer's address after a trusted proxy's
 /// `chain`; anyone else's chain is replaced.
 pub fn forwarded_for(peer: IpAddr, chain: Option<&str>) -> HeaderValue {
-    use std::fmt::Write;
-    // An address fits in 45 characters: formatted without a heap allocation.
-    let mut ip = heapless::String::<48>::new();
-    let _ = write!(ip, "{peer}");
-    chain
-        .and_then(|chain| HeaderValue::from_str(&format!("{chain}, {ip}")).ok())
-        .or_else(|| HeaderValue::from_str(&ip).ok())
-        .unwrap_or_else(|| HeaderValue::from_static("unknown"))
+    forwarded_for_text(&ip_header(peer), chain)
+}
+
+/// [`forwarded_for`] with the peer's address already as text (`peer_ip`).
+pub(crate) fn forwarded_for_text(peer_ip: &HeaderValue, chain: Option<&str>) -> HeaderValue {
+    let Some(chain) = chain else {
+        return peer_ip.clone();
+    };
+    let ip = peer_ip.to_str().unwrap_or("unknown");
+    let mut v = String::with_capacity(chain.len() + 2 + ip.len());
+    v.push_str(chain);
+    v.push_str(", ");
+    v.push_str(ip);
+    HeaderValue::from_str(&v).unwrap_or_else(|_| peer_ip.clone())
 }
 
 /// The headers the origin gets for a request whose visitor sent `headers`: hop-by-hop
@@ -64,7 +73,53 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Most hop-by-hop names [`strip_hop_by_hop`] removes after one pass over the names,
+/// and most names the `Connection` values list for that pass; a message with more takes
+/// the longer way ([`strip_hop_by_hop_each`]).
+const HOP_FOUND_MAX: usize = 16;
+const HOP_CONNECTION_NAMES_MAX: usize = 16;
+
+/// Removes the hop-by-hop headers: those of [`HOP_BY_HOP`], `Upgrade`, and those each
+/// `Connection` value names. One pass over the names finds the ones present (most
+/// messages carry none, or `Connection` and what it names), and only those are removed:
+/// no look-up for each name that might be there.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    match hop_by_hop_present(headers) {
+        Some(found) => {
+            for name in &found {
+                headers.remove(name);
+            }
+        }
+        None => strip_hop_by_hop_each(headers),
+    }
+}
+
+/// The hop-by-hop names present in `headers`, found in one pass over its names; `None`
+/// when there are more than the pass keeps ([`HOP_FOUND_MAX`], or more names listed in
+/// `Connection` than [`HOP_CONNECTION_NAMES_MAX`]).
+fn hop_by_hop_present(headers: &HeaderMap) -> Option<heapless::Vec<HeaderName, HOP_FOUND_MAX>> {
+    // The names the Connection values list, split and trimmed once for the whole pass.
+    let mut listed = heapless::Vec::<&str, HOP_CONNECTION_NAMES_MAX>::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            if !token.is_empty() {
+                listed.push(token).ok()?;
+            }
+        }
+    }
+    let mut found = heapless::Vec::<HeaderName, HOP_FOUND_MAX>::new();
+    for name in headers.keys() {
+        let named = || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()));
+        if HOP_BY_HOP.contains(name) || name == header::UPGRADE || named() {
+            found.push(name.clone()).ok()?;
+        }
+    }
+    Some(found)
+}
+
+/// [`strip_hop_by_hop`] by looking up each name that might be there.
+fn strip_hop_by_hop_each(headers: &mut HeaderMap) {
     // The headers each Connection value names go too. A value is cloned (a reference
     // count) so that the map can change meanwhile, and names are looked up as text:
     // nothing is allocated.
@@ -165,13 +220,21 @@ fn set_forwarded(
     authority: Option<&HeaderValue>,
     trusted: bool,
 ) {
+    // Room for what is added below at once, instead of growing the map on the way (a
+    // map that cannot grow keeps growing one insert at a time, as before).
+    let _ = headers.try_reserve(8);
     headers.insert(X_FORWARDED_FOR, visitor.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(visitor.scheme));
     match authority {
         Some(v) => headers.insert(X_FORWARDED_HOST, v.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
-    headers.insert(X_REAL_IP, ip_header(visitor.client_ip));
+    let real_ip = if visitor.client_ip == visitor.peer.ip() {
+        visitor.peer_ip.clone()
+    } else {
+        ip_header(visitor.client_ip)
+    };
+    headers.insert(X_REAL_IP, real_ip);
     let forwarded = forwarded_element(visitor, authority);
     let chain = headers
         .get_all(header::FORWARDED)
@@ -194,12 +257,17 @@ fn set_forwarded(
             .and_then(|a| a.to_str().ok())
             .and_then(port_of)
             .unwrap_or(if visitor.scheme == "https" { 443 } else { 80 });
-        headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+        let port = match port {
+            80 => HeaderValue::from_static("80"),
+            443 => HeaderValue::from_static("443"),
+            p => HeaderValue::from(p),
+        };
+        headers.insert(X_FORWARDED_PORT, port);
     }
 }
 
 /// An address as a header value.
-fn ip_header(ip: IpAddr) -> HeaderValue {
+pub(crate) fn ip_header(ip: IpAddr) -> HeaderValue {
     use std::fmt::Write;
     // An address fits in 45 characters: formatted without a heap allocation.
     let mut s = heapless::String::<48>::new();
@@ -209,15 +277,29 @@ fn ip_header(ip: IpAddr) -> HeaderValue {
 
 /// This hop's element of `Forwarded` (RFC 7239): the peer, the authority asked for
 /// and the scheme.
+/// (Written out piece by piece from the peer's address as text: no formatting.)
 fn forwarded_element(visitor: &Visitor, authority: Option<&HeaderValue>) -> String {
-    let mut el = match visitor.peer.ip() {
-        IpAddr::V4(ip) => format!("for={ip}"),
-        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
-    };
-    if let Some(a) = authority.and_then(|a| a.to_str().ok()) {
-        if !a.contains(['"', '\\']) {
-            el.push_str(&format!(";host=\"{a}\""));
+    let ip = visitor.peer_ip.to_str().unwrap_or("unknown");
+    let host = authority
+        .and_then(|a| a.to_str().ok())
+        .filter(|a| !a.contains(['"', '\\']));
+    let mut el =
+        String::with_capacity(ip.len() + host.map_or(0, str::len) + visitor.scheme.len() + 24);
+    match visitor.peer.ip() {
+        IpAddr::V4(_) => {
+            el.push_str("for=");
+            el.push_str(ip);
         }
+        IpAddr::V6(_) => {
+            el.push_str("for=\"[");
+            el.push_str(ip);
+            el.push_str("]\"");
+        }
+    }
+    if let Some(a) = host {
+        el.push_str(";host=\"");
+        el.push_str(a);
+        el.push('"');
     }
     el.push_str(";proto=");
     el.push_str(visitor.scheme);
@@ -259,6 +341,66 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn one_pass_and_each_name_strip_alike() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[("content-type", "text/plain")],
+            &[("connection", "keep-alive"), ("keep-alive", "timeout=5")],
+            &[
+                ("connection", " X-A , x-b,"),
+                ("x-a", "1"),
+                ("x-b", "2"),
+                ("x-c", "3"),
+            ],
+            &[
+                ("upgrade", "h2c"),
+                ("te", "trailers"),
+                ("trailer", "x"),
+                ("x-d", "4"),
+            ],
+            &[
+                ("connection", "a"),
+                ("connection", "b"),
+                ("connection", "c"),
+                ("connection", "d"),
+                ("connection", "e"),
+                ("e", "1"),
+                ("a", "2"),
+                ("f", "3"),
+            ],
+        ];
+        for pairs in cases {
+            let mut one = HeaderMap::new();
+            for (k, v) in *pairs {
+                one.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let mut each = one.clone();
+            strip_hop_by_hop(&mut one);
+            strip_hop_by_hop_each(&mut each);
+            assert_eq!(one, each, "{pairs:?}");
+        }
+        // More hop-by-hop names than one pass keeps: all go all the same.
+        let mut many = HeaderMap::new();
+        let names: Vec<String> = (0..HOP_FOUND_MAX + 4).map(|i| format!("x-h{i}")).collect();
+        many.insert(
+            header::CONNECTION,
+            HeaderValue::from_str(&names.join(",")).unwrap(),
+        );
+        for n in &names {
+            many.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        many.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(hop_by_hop_present(&many).is_none());
+        strip_hop_by_hop(&mut many);
+        assert_eq!(many.len(), 1);
     }
 
     #[test]
@@ -325,6 +467,7 @@ mod tests {
     fn an_untrusted_peer_chooses_no_forwarding_header() {
         let visitor = Visitor {
             peer: "192.0.2.7:5000".parse().unwrap(),
+            peer_ip: HeaderValue::from_static("192.0.2.7"),
             client_ip: "192.0.2.7".parse().unwrap(),
             forwarded_for: HeaderValue::from_static("192.0.2.7"),
             scheme: "https",

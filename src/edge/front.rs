@@ -245,12 +245,20 @@ impl ConnEntry {
 
     /// Marks a request as started; the guard marks it finished when dropped (with the
     /// response body, so a long download counts as activity).
+    ///
+    /// Only the end of the connection's first request tells [`Self::idle_expired`]:
+    /// that is the one change that can bring its deadline forward (from the time a first
+    /// request may take to the idle limit). Any other start or end only moves the
+    /// deadline later, which the watch finds when it wakes at the earlier one; so a
+    /// request costs no wake-up of the connection's task and no new timer.
     fn begin(self: &Arc<Self>) -> Active {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let first = self.requests.fetch_add(1, Ordering::Relaxed) == 0;
         self.touch();
-        self.activity.notify_one();
-        Active(self.clone())
+        Active {
+            entry: self.clone(),
+            first,
+        }
     }
 
     /// Resolves once the connection has had no request in flight for its limit:
@@ -275,7 +283,8 @@ impl ConnEntry {
             } else {
                 limit - since
             };
-            // A request that starts or ends changes the limit: look again then.
+            // Look again at the deadline (a request that started or ended meanwhile
+            // moved it later), or when the first request ends ([`Self::begin`]).
             tokio::select! {
                 () = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
                 () = self.activity.notified() => {}
@@ -284,14 +293,19 @@ impl ConnEntry {
     }
 }
 
-/// A request in flight on a [`ConnEntry`].
-struct Active(Arc<ConnEntry>);
+/// A request in flight on a [`ConnEntry`]; `first`: the connection's first request.
+struct Active {
+    entry: Arc<ConnEntry>,
+    first: bool,
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.activity.notify_one();
+        self.entry.touch();
+        self.entry.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.first {
+            self.entry.activity.notify_one();
+        }
     }
 }
 
@@ -331,8 +345,11 @@ async fn serve_conn<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = state.shield.limits.clone();
+    // The peer's address as text, once for all the connection's requests.
+    let peer_ip = forward::ip_header(peer.ip());
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
+        let peer_ip = peer_ip.clone();
         let active = conn.begin();
         async move {
             let resp = if req.headers().len() > state.shield.limits.max_headers {
@@ -347,7 +364,7 @@ async fn serve_conn<I>(
                     "too many request headers",
                 )
             } else {
-                route(req, peer, scheme, &state).await
+                route(req, peer, peer_ip, scheme, &state).await
             };
             Ok::<_, Infallible>(resp.map(|inner| {
                 Tracked {
@@ -383,9 +400,13 @@ async fn serve_conn<I>(
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Looked up as a constant name: as text it would be parsed on each look-up.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 async fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
+    peer_ip: http::HeaderValue,
     scheme: &'static str,
     state: &EdgeState,
 ) -> Response<Body> {
@@ -410,7 +431,7 @@ async fn route(
     let client_ip = shield.client_ip(
         peer.ip(),
         req.headers()
-            .get("x-forwarded-for")
+            .get(X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok()),
     );
     let req = match super::access::gate(req, &host, peer, client_ip, scheme, state).await {
@@ -419,12 +440,13 @@ async fn route(
     };
     let xff = req
         .headers()
-        .get("x-forwarded-for")
+        .get(X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok());
     let forwarded_for =
-        forward::forwarded_for(peer.ip(), xff.filter(|_| shield.is_trusted(peer.ip())));
+        forward::forwarded_for_text(&peer_ip, xff.filter(|_| shield.is_trusted(peer.ip())));
     let visitor = Visitor {
         peer,
+        peer_ip,
         client_ip,
         forwarded_for,
         scheme,
@@ -459,16 +481,19 @@ fn canonical_request(
     let host_header = host_header
         .map(|h| h.to_str().map_err(|_| "the request names no valid host"))
         .transpose()?;
-    if let Some(h) = host_header {
-        crate::hostname::split_authority(h)
-            .map_err(|e| Cow::Owned(format!("the Host header is not valid: {e}")))?;
-    }
-    let authority = match parts.uri.authority() {
-        Some(a) => a.as_str(),
-        None => host_header.ok_or("the request names no host")?,
+    let host_split = host_header
+        .map(|h| {
+            crate::hostname::split_authority(h)
+                .map_err(|e| Cow::Owned(format!("the Host header is not valid: {e}")))
+        })
+        .transpose()?;
+    // The target's authority, else the Host header's, which was split just above.
+    let (host, authority) = match (parts.uri.authority(), host_split) {
+        (Some(a), _) => host_of(a.as_str())
+            .map_err(|e| Cow::Owned(format!("the request names no valid host: {e}")))?,
+        (None, Some((host, port))) => host_and_authority(host, port),
+        (None, None) => return Err("the request names no host".into()),
     };
-    let (host, authority) = host_of(authority)
-        .map_err(|e| Cow::Owned(format!("the request names no valid host: {e}")))?;
     let path = super::path::normalize(parts.uri.path()).map_err(|e| Cow::Borrowed(e.reason()))?;
     let uri_authority_ok = parts
         .uri
@@ -499,6 +524,11 @@ fn canonical_request(
 /// IPv6 without brackets) and the authority rebuilt from it (`host[:port]`).
 fn host_of(authority: &str) -> Result<(String, String), crate::hostname::HostError> {
     let (host, port) = crate::hostname::split_authority(authority)?;
+    Ok(host_and_authority(host, port))
+}
+
+/// The canonical host and the authority rebuilt from it, from a split authority.
+fn host_and_authority(host: Cow<'_, str>, port: Option<u16>) -> (String, String) {
     let host = host.into_owned();
     let authority = match (port, host.contains(':')) {
         (None, false) => host.clone(),
@@ -506,7 +536,7 @@ fn host_of(authority: &str) -> Result<(String, String), crate::hostname::HostErr
         (Some(p), false) => format!("{host}:{p}"),
         (Some(p), true) => format!("[{host}]:{p}"),
     };
-    Ok((host, authority))
+    (host, authority)
 }
 
 #[cfg(test)]
