@@ -6,6 +6,7 @@
 //! - [`cidr`]: address ranges for `ip-allow:` and `trusted-proxies:`.
 //! - [`init`]: first-time key and certificate generation.
 //! - [`token`]: signed tunnel (and access) tokens.
+//! - [`cluster`]: several edges sharing one fleet through Redis (`cluster:`).
 //! - [`fleet`]: enrolment of devices with their own keys, the inventory and its store.
 //! - [`registry`]: tunnels, hostnames, connections, rule matching.
 //! - `tunnels`: the tunnel listener and the control handshake.
@@ -32,6 +33,7 @@ pub(crate) mod acme;
 pub mod admin;
 pub(crate) mod body;
 pub mod cidr;
+pub mod cluster;
 pub mod config;
 pub mod fleet;
 pub(crate) mod flood;
@@ -273,6 +275,8 @@ pub struct Edge {
     state: Arc<EdgeState>,
     settings: EdgeSettings,
     tcp_ports: Vec<access::BoundTcpPort>,
+    /// The cluster this edge shares its fleet with (`cluster:`), when there is one.
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Edge {
@@ -303,6 +307,7 @@ impl Edge {
             state,
             settings,
             tcp_ports: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -341,14 +346,41 @@ impl Edge {
         cfg: &config::FleetConfig,
         signing_key: Option<ring::signature::Ed25519KeyPair>,
     ) -> Result<Edge, String> {
-        let store = fleet::RedbStore::open(&cfg.store).map_err(|e| e.to_string())?;
-        let inventory = fleet::Inventory::load(Arc::new(store), self.state.registry.clone())?;
+        self.with_fleet_in(cfg, None, signing_key)
+    }
+
+    /// As [`Edge::with_fleet`]; with `cluster`, the store is the cluster's Redis
+    /// (shared with the other edges, which this edge follows) instead of the embedded
+    /// file. A Redis that does not answer at start is an error, as a store that cannot
+    /// be opened is.
+    pub fn with_fleet_in(
+        mut self,
+        cfg: &config::FleetConfig,
+        cluster: Option<&config::ClusterConfig>,
+        signing_key: Option<ring::signature::Ed25519KeyPair>,
+    ) -> Result<Edge, String> {
+        let (store, shown): (Arc<dyn fleet::Store>, String) = match cluster {
+            Some(c) => {
+                let cluster = Arc::new(cluster::Cluster::new(c)?);
+                let shown = format!("redis {}", cluster.shown());
+                let store = Arc::new(cluster.store());
+                self.cluster = Some(cluster);
+                (store, shown)
+            }
+            None => {
+                let store = fleet::RedbStore::open(&cfg.store).map_err(|e| e.to_string())?;
+                (Arc::new(store), cfg.store.display().to_string())
+            }
+        };
+        let inventory = fleet::Inventory::load(store, self.state.registry.clone())?;
         log::info!(
-            "edge {}: fleet store {}: {} devices",
+            "edge {}: fleet store {shown}: {} devices",
             self.state.name,
-            cfg.store.display(),
             inventory.list().len()
         );
+        if let Some(c) = &self.cluster {
+            log::info!("edge {}: cluster member {}", self.state.name, c.member());
+        }
         let enroller = fleet::Enroller::new(
             signing_key.map(Arc::new),
             cfg.credential_lifetime,
@@ -442,6 +474,9 @@ impl Edge {
         }
         if let Some(inventory) = self.state.fleet.get() {
             tasks.push(inventory.spawn_writer());
+            if let Some(c) = &self.cluster {
+                tasks.push(c.spawn_follower(inventory.clone()));
+            }
         }
         if let Some(a) = self.state.acme.get() {
             tasks.push(a.clone().spawn(self.state.clone()));

@@ -179,13 +179,82 @@ impl Inventory {
             r.revoked.get_or_insert(now);
             r.public_key
         };
-        let tunnel = crate::identity::tunnel_id(&key);
+        self.cut(id, &key);
+        Ok(true)
+    }
+
+    /// Closes every connection of the device with public key `key`: it is revoked.
+    fn cut(&self, id: &str, key: &[u8; 32]) -> usize {
+        let tunnel = crate::identity::tunnel_id(key);
+        let mut cut = 0;
         for c in self.registry.all_conns() {
             if c.tunnel_id == tunnel {
                 c.session.close(&format!("device {id} is revoked"));
+                cut += 1;
             }
         }
-        Ok(true)
+        cut
+    }
+
+    /// What another edge sharing the store recorded (`edge::cluster`): a device this
+    /// edge did not know is added; a revocation is taken over, and the device's
+    /// connections here are closed at once. What this edge holds of a known device
+    /// otherwise stays (its own last seen, health and address are newer).
+    pub(crate) fn learn(&self, record: DeviceRecord) {
+        let id = record.id.clone();
+        let newly_revoked = {
+            let mut records = lock(&self.records);
+            match records.get_mut(&id) {
+                Some(old) => match (old.revoked, record.revoked) {
+                    (None, Some(at)) => {
+                        old.revoked = Some(at);
+                        Some(old.public_key)
+                    }
+                    _ => None,
+                },
+                None => {
+                    let revoked = record.revoked.map(|_| record.public_key);
+                    records.insert(id.clone(), record);
+                    revoked
+                }
+            }
+        };
+        if let Some(key) = newly_revoked {
+            let cut = self.cut(&id, &key);
+            log::info!("fleet: device {id} was revoked at another edge; {cut} connections cut");
+        }
+    }
+
+    /// Reads the records of `ids` from the store and [`learn`](Self::learn)s them.
+    pub(crate) async fn refresh(&self, ids: Vec<String>) -> Result<(), String> {
+        let store = self.store.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            ids.iter()
+                .filter_map(|id| store.get(id).transpose())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| format!("fleet store: {e}"))?
+        .map_err(|e| e.to_string())?;
+        for r in records {
+            self.learn(r);
+        }
+        Ok(())
+    }
+
+    /// Reads every record from the store and [`learn`](Self::learn)s them (after
+    /// changes may have been missed); how many there are.
+    pub(crate) async fn resync(&self) -> Result<usize, String> {
+        let store = self.store.clone();
+        let records = tokio::task::spawn_blocking(move || store.list())
+            .await
+            .map_err(|e| format!("fleet store: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let n = records.len();
+        for r in records {
+            self.learn(r);
+        }
+        Ok(n)
     }
 
     /// Whether the device is revoked here.
