@@ -666,7 +666,11 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
         let live = state.live();
         let grant = admit(state, &live, &nonce, &reg, device.as_ref(), session.remote_addr())
             .await
-            .map_err(|e| (e, true))?;
+            .map_err(|e| {
+                // A store that does not answer (the cluster's Redis down) is no verdict.
+                let permanent = !super::fleet::store::is_store_failure(&e);
+                (e, permanent)
+            })?;
         let claims = grant.claims;
         if live.revoked.contains(&claims.id) {
             return Err((revoked_reason(&claims.tunnel, &claims.id), true));

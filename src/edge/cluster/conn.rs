@@ -59,16 +59,34 @@ impl Redis {
     }
 
     /// Runs `f` on a connection; the error says that Redis failed and why.
+    ///
+    /// A connection that failed for its link (Redis restarted, the network dropped it)
+    /// empties the idle list, whose connections went with it; when it had been idle, `f`
+    /// runs once more on a new connection (every call of the store may run twice: a
+    /// transaction whose `EXEC` never arrived did nothing, and the scripts are
+    /// idempotent).
     pub(crate) fn call<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let idle = lock(&self.idle).pop();
+        let was_idle = idle.is_some();
         let mut con = match idle {
             Some(c) => c,
             None => self.connect().map_err(|e| self.failed(&e))?,
         };
-        let out = f(&mut con).map_err(|e| self.failed(&e))?;
+        let out = match f(&mut con) {
+            Ok(out) => out,
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                lock(&self.idle).clear();
+                if !was_idle || e.is_timeout() {
+                    return Err(self.failed(&e));
+                }
+                con = self.connect().map_err(|e| self.failed(&e))?;
+                f(&mut con).map_err(|e| self.failed(&e))?
+            }
+            Err(e) => return Err(self.failed(&e)),
+        };
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE {
             idle.push(con);

@@ -95,6 +95,12 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Whether a refusal's `reason` is a store that failed (unreachable, timing out, as a
+/// [`StoreError`] says it) rather than a decision: the device may try again later.
+pub(crate) fn is_store_failure(reason: &str) -> bool {
+    reason.starts_with("fleet store: ")
+}
+
 /// Where fleet records live. Implementations are shared between threads.
 pub trait Store: Send + Sync {
     /// Records `record` if its id is new and its key's quota (`max_devices`, `None`:
