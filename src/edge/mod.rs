@@ -261,6 +261,8 @@ pub struct EdgeState {
     pub(crate) metrics: metrics::Metrics,
     /// Certificates from an ACME server (`acme:`): set once, before serving starts.
     pub(crate) acme: std::sync::OnceLock<Arc<acme::Acme>>,
+    /// The cluster this edge belongs to (`cluster:`): set once, with `fleet`.
+    pub(crate) cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
 }
 
 impl EdgeState {
@@ -275,8 +277,6 @@ pub struct Edge {
     state: Arc<EdgeState>,
     settings: EdgeSettings,
     tcp_ports: Vec<access::BoundTcpPort>,
-    /// The cluster this edge shares its fleet with (`cluster:`), when there is one.
-    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Edge {
@@ -302,12 +302,12 @@ impl Edge {
             enroller: std::sync::OnceLock::new(),
             metrics: metrics::Metrics::default(),
             acme: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         });
         Edge {
             state,
             settings,
             tcp_ports: Vec::new(),
-            cluster: None,
         }
     }
 
@@ -354,7 +354,7 @@ impl Edge {
     /// file. A Redis that does not answer at start is an error, as a store that cannot
     /// be opened is.
     pub fn with_fleet_in(
-        mut self,
+        self,
         cfg: &config::FleetConfig,
         cluster: Option<&config::ClusterConfig>,
         signing_key: Option<ring::signature::Ed25519KeyPair>,
@@ -364,7 +364,7 @@ impl Edge {
                 let cluster = Arc::new(cluster::Cluster::new(c)?);
                 let shown = format!("redis {}", cluster.shown());
                 let store = Arc::new(cluster.store());
-                self.cluster = Some(cluster);
+                let _ = self.state.cluster.set(cluster);
                 (store, shown)
             }
             None => {
@@ -378,7 +378,7 @@ impl Edge {
             self.state.name,
             inventory.list().len()
         );
-        if let Some(c) = &self.cluster {
+        if let Some(c) = self.state.cluster.get() {
             log::info!("edge {}: cluster member {}", self.state.name, c.member());
         }
         let enroller = fleet::Enroller::new(
@@ -474,8 +474,9 @@ impl Edge {
         }
         if let Some(inventory) = self.state.fleet.get() {
             tasks.push(inventory.spawn_writer());
-            if let Some(c) = &self.cluster {
+            if let Some(c) = self.state.cluster.get() {
                 tasks.push(c.spawn_follower(inventory.clone()));
+                tasks.push(c.spawn_presence(self.state.registry.clone())?);
             }
         }
         if let Some(a) = self.state.acme.get() {

@@ -692,6 +692,15 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
             claims,
             device: grant.device.as_ref().map(|(c, _)| c.device.clone()),
         });
+        // One tunnel per hostname across a cluster, as on this edge.
+        if let Some(cluster) = state.cluster.get() {
+            if !state.registry.holds(&conn.tunnel_id) {
+                cluster
+                    .claim(&conn.tunnel_id, &conn.hostnames())
+                    .await
+                    .map_err(|e| (e, false))?;
+            }
+        }
         // First, so that a dead process's connections do not count against the limits.
         state.registry.supersede(&conn);
         state.registry.add(conn.clone()).map_err(|e| (e, false))?;

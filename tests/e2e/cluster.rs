@@ -1,5 +1,6 @@
 //! Two real `mailslot-edge serve` processes sharing one real `redis-server` (`cluster:`
-//! in their edge.yml): a device enrolled at one edge is known at the other, the quota
+//! in their edge.yml): one tunnel per hostname across both, a device enrolled at one
+//! edge is known at the other, the quota
 //! of an enrolment key counts across both, a revocation issued at one edge cuts the
 //! device's connection at the other within 2 s; with Redis stopped both keep serving
 //! the devices they hold and refuse enrolment with the reason, not for good; with Redis
@@ -131,6 +132,31 @@ pub(crate) fn two_edges_share_one_fleet_through_redis() -> Result<(), Skip> {
         Device::new("board-3"),
         Device::new("board-4"),
     );
+    // One tunnel per hostname across the cluster: a second tunnel claiming a hostname
+    // a tunnel at the other edge serves is refused, with where it is served.
+    let rules = "  - hostname: dev42.example.com\n    service: http_status:418\n  - service: http_status:404\n";
+    let one = TempDir::new("cluster-one");
+    let token_one = a.token("one", &["dev42.example.com"], "1h");
+    let _one = start_connector(one.path(), &device_yaml(&a, &token_one, 1, rules), 1);
+    let two = TempDir::new("cluster-two");
+    let token_two = b.token("two", &["dev42.example.com"], "1h");
+    let two_proc = Proc::spawn(
+        "connector",
+        Command::new(MAILSLOT)
+            .arg("run")
+            .arg("--config")
+            .arg(compile(two.path(), &device_yaml(&b, &token_two, 1, rules))),
+    );
+    let refused = two_proc.wait_line("served by another tunnel");
+    assert!(
+        refused.contains(
+            "hostname dev42.example.com is served by another tunnel in the cluster (at edge \
+             edge-a.test:7844)"
+        ),
+        "{refused}"
+    );
+    drop(two_proc);
+
     let rt = runtime();
     let _entered = rt.enter();
     let (ep_a, ep_b) = (endpoint(&a.ca()), endpoint(&b.ca()));

@@ -125,7 +125,7 @@ impl ClusterSecret {
     }
 
     /// The secret's bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         &self.0
     }
 }
