@@ -425,11 +425,22 @@ impl Inventory {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(WRITE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Logged once per outage of the store (a shared Redis down), not every tick.
+            let mut failing = false;
             loop {
                 tick.tick().await;
                 me.observe();
-                if let Err(e) = me.flush().await {
-                    log::error!("fleet: records not written, trying again: {e}");
+                match me.flush().await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        log::info!("fleet: records written again");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        log::error!("fleet: records not written, trying again: {e}");
+                    }
+                    Err(_) => {}
                 }
             }
         })
@@ -515,6 +526,35 @@ mod tests {
             u64::MAX - 1
         );
         assert!(!inv.connected(&record("x", 1).clone_with_id("unknown")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn what_another_edge_enrols_and_revokes_is_learned() {
+        let dir = std::env::temp_dir().join(format!(
+            "mailslot-inventory-learn-{}-{}",
+            std::process::id(),
+            crate::util::hex(&crate::util::random_bytes::<4>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Two edges' inventories over one store.
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("f.redb")).unwrap());
+        let a = Inventory::load(store.clone(), Arc::new(Registry::new(8))).unwrap();
+        let b = Inventory::load(store.clone(), Arc::new(Registry::new(8))).unwrap();
+        let r = record("board", 100);
+        assert_eq!(a.enroll(&r, None).await.unwrap(), Enrolled::New);
+        assert!(b.get(&r.id).is_none());
+        b.refresh(vec![r.id.clone(), "unknown".into()])
+            .await
+            .unwrap();
+        assert_eq!(b.get(&r.id).unwrap().record.name, "board");
+        // B's own view of a known device stays; a revocation is taken over.
+        b.health(&r.id, crate::wire::Health::default());
+        assert!(a.revoke(&r.id).await.unwrap());
+        assert!(!b.is_revoked(&r.id));
+        assert_eq!(b.resync().await.unwrap(), 1);
+        assert!(b.is_revoked(&r.id));
+        assert!(b.get(&r.id).unwrap().record.health.is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
