@@ -359,7 +359,7 @@ fn serve_cmd(args: Args) -> Result<(), String> {
         let edge = Edge::new(settings)
             .with_access(access_policy, tcp_ports)
             .with_admin_token(cfg.admin_token.clone())
-            .with_fleet(&cfg.fleet, signing)?
+            .with_fleet_in(&cfg.fleet, cfg.cluster.as_ref(), signing)?
             .with_acme(&cfg)?;
         let mut reloader = edge.reloader(config, cfg);
         tokio::spawn(async move {

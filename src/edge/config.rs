@@ -1,7 +1,8 @@
 //! `edge.yml`: the edge's settings, read at start and again on SIGHUP (see
 //! `edge::live` for what a reload changes). Relative paths resolve against the file's
 //! folder. The access sections (`access:`, `service-tokens:`, `tcp-ports:`) are parsed
-//! in `config/access.rs`, `acme:` in `config/acme.rs`.
+//! in `config/access.rs`, `acme:` in `config/acme.rs`, `cluster:` in
+//! `config/cluster.rs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,9 @@ use super::shield::{self, HostPolicy, Limits, Shield};
 
 mod access;
 mod acme;
+mod cluster;
 pub use acme::{AcmeConfig, Challenge};
+pub use cluster::{ClusterConfig, ClusterSecret, RedisAddr};
 
 /// Default tunnel listener (QUIC on UDP; HTTP/2 fallback on TCP).
 pub(crate) const DEFAULT_TUNNEL_LISTEN: &str = "0.0.0.0:7844";
@@ -66,6 +69,7 @@ struct Raw {
     #[serde(default)]
     fleet: RawFleet,
     acme: Option<acme::RawAcme>,
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -383,6 +387,9 @@ pub struct EdgeConfig {
     pub fleet: FleetConfig,
     /// `acme:`: certificates from an ACME server; `None` = off.
     pub acme: Option<AcmeConfig>,
+    /// `cluster:`: several edges sharing one fleet through Redis; `None` = this edge
+    /// alone, on its embedded store.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The admin listener's bearer token, kept as its SHA-256 only and compared in constant
@@ -526,6 +533,10 @@ impl EdgeConfig {
             .collect::<Result<_, _>>()?;
         let fleet = FleetConfig::from_raw(raw.fleet, abs)?;
         let acme = raw.acme.map(|a| AcmeConfig::from_raw(a, abs)).transpose()?;
+        let cluster = raw
+            .cluster
+            .map(|c| ClusterConfig::from_raw(c, abs))
+            .transpose()?;
         let admin_listen = listen(raw.admin_listen, "none", "admin-listen")?;
         let admin_token = match (raw.admin_token, raw.admin_token_file) {
             (Some(_), Some(_)) => {
@@ -599,6 +610,7 @@ impl EdgeConfig {
             access,
             fleet,
             acme,
+            cluster,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! - [`cidr`]: address ranges for `ip-allow:` and `trusted-proxies:`.
 //! - [`init`]: first-time key and certificate generation.
 //! - [`token`]: signed tunnel (and access) tokens.
+//! - [`cluster`]: several edges sharing one fleet through Redis (`cluster:`).
 //! - [`fleet`]: enrolment of devices with their own keys, the inventory and its store.
 //! - [`registry`]: tunnels, hostnames, connections, rule matching.
 //! - `tunnels`: the tunnel listener and the control handshake.
@@ -32,6 +33,7 @@ pub(crate) mod acme;
 pub mod admin;
 pub(crate) mod body;
 pub mod cidr;
+pub mod cluster;
 pub mod config;
 pub mod fleet;
 pub(crate) mod flood;
@@ -259,6 +261,8 @@ pub struct EdgeState {
     pub(crate) metrics: metrics::Metrics,
     /// Certificates from an ACME server (`acme:`): set once, before serving starts.
     pub(crate) acme: std::sync::OnceLock<Arc<acme::Acme>>,
+    /// The cluster this edge belongs to (`cluster:`): set once, with `fleet`.
+    pub(crate) cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
 }
 
 impl EdgeState {
@@ -298,6 +302,7 @@ impl Edge {
             enroller: std::sync::OnceLock::new(),
             metrics: metrics::Metrics::default(),
             acme: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         });
         Edge {
             state,
@@ -341,14 +346,41 @@ impl Edge {
         cfg: &config::FleetConfig,
         signing_key: Option<ring::signature::Ed25519KeyPair>,
     ) -> Result<Edge, String> {
-        let store = fleet::RedbStore::open(&cfg.store).map_err(|e| e.to_string())?;
-        let inventory = fleet::Inventory::load(Arc::new(store), self.state.registry.clone())?;
+        self.with_fleet_in(cfg, None, signing_key)
+    }
+
+    /// As [`Edge::with_fleet`]; with `cluster`, the store is the cluster's Redis
+    /// (shared with the other edges, which this edge follows) instead of the embedded
+    /// file. A Redis that does not answer at start is an error, as a store that cannot
+    /// be opened is.
+    pub fn with_fleet_in(
+        self,
+        cfg: &config::FleetConfig,
+        cluster: Option<&config::ClusterConfig>,
+        signing_key: Option<ring::signature::Ed25519KeyPair>,
+    ) -> Result<Edge, String> {
+        let (store, shown): (Arc<dyn fleet::Store>, String) = match cluster {
+            Some(c) => {
+                let cluster = Arc::new(cluster::Cluster::new(c)?);
+                let shown = format!("redis {}", cluster.shown());
+                let store = Arc::new(cluster.store());
+                let _ = self.state.cluster.set(cluster);
+                (store, shown)
+            }
+            None => {
+                let store = fleet::RedbStore::open(&cfg.store).map_err(|e| e.to_string())?;
+                (Arc::new(store), cfg.store.display().to_string())
+            }
+        };
+        let inventory = fleet::Inventory::load(store, self.state.registry.clone())?;
         log::info!(
-            "edge {}: fleet store {}: {} devices",
+            "edge {}: fleet store {shown}: {} devices",
             self.state.name,
-            cfg.store.display(),
             inventory.list().len()
         );
+        if let Some(c) = self.state.cluster.get() {
+            log::info!("edge {}: cluster member {}", self.state.name, c.member());
+        }
         let enroller = fleet::Enroller::new(
             signing_key.map(Arc::new),
             cfg.credential_lifetime,
@@ -442,6 +474,10 @@ impl Edge {
         }
         if let Some(inventory) = self.state.fleet.get() {
             tasks.push(inventory.spawn_writer());
+            if let Some(c) = self.state.cluster.get() {
+                tasks.push(c.spawn_follower(inventory.clone()));
+                tasks.push(c.spawn_presence(self.state.registry.clone())?);
+            }
         }
         if let Some(a) = self.state.acme.get() {
             tasks.push(a.clone().spawn(self.state.clone()));

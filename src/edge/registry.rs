@@ -90,6 +90,11 @@ impl Conn {
         lock(&self.rules).clone()
     }
 
+    /// The hostnames (exact or `*.`) its rule table names.
+    pub(crate) fn hostnames(&self) -> Vec<String> {
+        self.rules().hostnames().map(str::to_string).collect()
+    }
+
     /// Stops new streams on this connection. Its idle pooled streams are never handed
     /// out again: routing skips draining connections, and pooled streams are keyed by
     /// connection.
@@ -282,6 +287,24 @@ impl Registry {
                 && !avoid.contains(&id)
                 && !still_silent(&inner.silent, c)
         })
+    }
+
+    /// Every tunnel held here, with the hostnames it serves (the cluster's presence).
+    pub(crate) fn held(&self) -> Vec<([u8; 16], Vec<String>)> {
+        let inner = lock(&self.inner);
+        let mut by: HashMap<[u8; 16], Vec<String>> =
+            inner.tunnels.keys().map(|t| (*t, Vec::new())).collect();
+        for (host, t) in &inner.hosts {
+            if let Some(hosts) = by.get_mut(t) {
+                hosts.push(host.clone());
+            }
+        }
+        by.into_iter().collect()
+    }
+
+    /// Whether a tunnel is held here.
+    pub(crate) fn holds(&self, tunnel: &[u8; 16]) -> bool {
+        lock(&self.inner).tunnels.contains_key(tunnel)
     }
 
     /// The live connection with this id.

@@ -666,7 +666,11 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
         let live = state.live();
         let grant = admit(state, &live, &nonce, &reg, device.as_ref(), session.remote_addr())
             .await
-            .map_err(|e| (e, true))?;
+            .map_err(|e| {
+                // A store that does not answer (the cluster's Redis down) is no verdict.
+                let permanent = !super::fleet::store::is_store_failure(&e);
+                (e, permanent)
+            })?;
         let claims = grant.claims;
         if live.revoked.contains(&claims.id) {
             return Err((revoked_reason(&claims.tunnel, &claims.id), true));
@@ -688,6 +692,15 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
             claims,
             device: grant.device.as_ref().map(|(c, _)| c.device.clone()),
         });
+        // One tunnel per hostname across a cluster, as on this edge.
+        if let Some(cluster) = state.cluster.get() {
+            if !state.registry.holds(&conn.tunnel_id) {
+                cluster
+                    .claim(&conn.tunnel_id, &conn.hostnames())
+                    .await
+                    .map_err(|e| (e, false))?;
+            }
+        }
         // First, so that a dead process's connections do not count against the limits.
         state.registry.supersede(&conn);
         state.registry.add(conn.clone()).map_err(|e| (e, false))?;

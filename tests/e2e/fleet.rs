@@ -2,7 +2,8 @@
 //! connector speaks it (real QUIC, the real wire messages) against a real
 //! `mailslot-edge serve`: enrolment with a key, registration with the credential it
 //! issued, the proof of possession (replayed, or made with another key), quotas,
-//! expiry, renewal, revocation, and the store that outlives the edge.
+//! expiry, renewal, revocation, and the store that outlives the edge. The device side
+//! is shared with `cluster`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,15 +28,15 @@ struct RegisterTail {
 }
 
 /// A board: its key pair and the id the edge derives from it.
-struct Device {
+pub(crate) struct Device {
     key: Ed25519KeyPair,
     public_key: [u8; 32],
-    id: String,
+    pub(crate) id: String,
     name: String,
 }
 
 impl Device {
-    fn new(name: &str) -> Device {
+    pub(crate) fn new(name: &str) -> Device {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
         let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let public_key: [u8; 32] = key.public_key().as_ref().try_into().unwrap();
@@ -47,7 +48,7 @@ impl Device {
         }
     }
 
-    fn hostname(&self) -> String {
+    pub(crate) fn hostname(&self) -> String {
         format!("{}.shops.example.com", self.id)
     }
 
@@ -70,7 +71,7 @@ impl Device {
 }
 
 /// One registration as a test makes it.
-struct Attempt<'a> {
+pub(crate) struct Attempt<'a> {
     device: &'a Device,
     credential: Option<String>,
     enroll: Option<String>,
@@ -80,11 +81,11 @@ struct Attempt<'a> {
     public_key: Option<[u8; 32]>,
     /// Sends this device's rules (its hostnames) instead of its own.
     rules_of: Option<&'a Device>,
-    index: u8,
+    pub(crate) index: u8,
 }
 
 impl<'a> Attempt<'a> {
-    fn enrol(device: &'a Device, key: &str) -> Attempt<'a> {
+    pub(crate) fn enrol(device: &'a Device, key: &str) -> Attempt<'a> {
         Attempt {
             device,
             credential: None,
@@ -96,7 +97,7 @@ impl<'a> Attempt<'a> {
         }
     }
 
-    fn with_credential(device: &'a Device, credential: &str) -> Attempt<'a> {
+    pub(crate) fn with_credential(device: &'a Device, credential: &str) -> Attempt<'a> {
         Attempt {
             credential: Some(credential.into()),
             enroll: None,
@@ -107,20 +108,20 @@ impl<'a> Attempt<'a> {
 
 /// What the edge answered.
 #[derive(Debug)]
-enum Reply {
+pub(crate) enum Reply {
     Registered(RegisteredTail),
     Refused { reason: String, permanent: bool },
 }
 
 impl Reply {
-    fn registered(self) -> RegisteredTail {
+    pub(crate) fn registered(self) -> RegisteredTail {
         match self {
             Reply::Registered(t) => t,
             other => panic!("expected Registered, got {other:?}"),
         }
     }
 
-    fn refused(self) -> String {
+    pub(crate) fn refused(self) -> String {
         match self {
             Reply::Refused { reason, permanent } => {
                 assert!(permanent, "refusal not permanent: {reason}");
@@ -132,14 +133,14 @@ impl Reply {
 }
 
 /// A device's tunnel connection, its control stream and the nonce of its hello.
-struct Link {
-    conn: quinn::Connection,
+pub(crate) struct Link {
+    pub(crate) conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     nonce: [u8; 32],
 }
 
-fn endpoint(ca_pem: &Path) -> quinn::Endpoint {
+pub(crate) fn endpoint(ca_pem: &Path) -> quinn::Endpoint {
     use rustls_pki_types::pem::PemObject;
     let pem = std::fs::read(ca_pem).unwrap();
     let ca = rustls_pki_types::CertificateDer::from_pem_slice(&pem)
@@ -163,7 +164,11 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Vec<u8> {
 }
 
 /// Connects, reads the hello and its nonce, registers as `a` says; the edge's answer.
-async fn register(ep: &quinn::Endpoint, edge: SocketAddr, a: &Attempt<'_>) -> (Link, Reply) {
+pub(crate) async fn register(
+    ep: &quinn::Endpoint,
+    edge: SocketAddr,
+    a: &Attempt<'_>,
+) -> (Link, Reply) {
     let conn = tokio::time::timeout(WAIT, ep.connect(edge, "127.0.0.1").unwrap())
         .await
         .expect("handshake in time")
@@ -221,7 +226,7 @@ async fn register(ep: &quinn::Endpoint, edge: SocketAddr, a: &Attempt<'_>) -> (L
 }
 
 /// `mailslot-edge enroll-key` for the edge in `dir`.
-fn enroll_key(dir: &Path, extra: &[&str]) -> String {
+pub(crate) fn enroll_key(dir: &Path, extra: &[&str]) -> String {
     let mut cmd = Command::new(EDGE);
     cmd.arg("enroll-key")
         .arg("--config")
@@ -241,7 +246,7 @@ fn enroll_key(dir: &Path, extra: &[&str]) -> String {
 }
 
 /// A GET through the edge's HTTP listener with `Host: host`; its status.
-async fn status_of(http: SocketAddr, host: String) -> u16 {
+pub(crate) async fn status_of(http: SocketAddr, host: String) -> u16 {
     tokio::task::spawn_blocking(move || {
         let r = curl(&["-H", &format!("Host: {host}"), &format!("http://{http}/")]);
         assert!(r.ok, "{}", r.stderr);
@@ -251,7 +256,7 @@ async fn status_of(http: SocketAddr, host: String) -> u16 {
     .unwrap()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

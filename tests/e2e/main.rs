@@ -19,6 +19,7 @@
 
 mod access;
 mod acme;
+mod cluster;
 mod common;
 mod config_cli;
 mod config_powerloss;
@@ -128,6 +129,7 @@ fn main() {
         fleet::an_expired_enrolment_key_or_a_bad_pattern_is_refused_with_the_reason,
         fleet::credentials_are_renewed_on_the_connection_and_at_registration,
         fleet::a_revoked_device_is_cut_at_once_and_never_registers_again,
+        cluster::two_edges_share_one_fleet_through_redis,
         protocol::a_newer_connector_is_told_to_wait_for_an_edge_update,
         protocol::an_older_connector_is_told_to_update_mailslot,
         config_cli::compile_check_show_round_trip,

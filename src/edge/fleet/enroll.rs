@@ -372,7 +372,13 @@ impl Enroller {
         max_devices: Option<u32>,
         fleet: &str,
     ) -> Result<(), String> {
-        match inventory.enroll(record, max_devices).await? {
+        let enrolled = inventory.enroll(record, max_devices).await.map_err(|e| {
+            format!(
+                "{e}: device {} is not enrolled until it answers; try again later",
+                record.id
+            )
+        })?;
+        match enrolled {
             Enrolled::New | Enrolled::Again => Ok(()),
             Enrolled::Revoked => Err(revoked(&record.id)),
             Enrolled::QuotaFull { count } => Err(format!(

@@ -179,13 +179,82 @@ impl Inventory {
             r.revoked.get_or_insert(now);
             r.public_key
         };
-        let tunnel = crate::identity::tunnel_id(&key);
+        self.cut(id, &key);
+        Ok(true)
+    }
+
+    /// Closes every connection of the device with public key `key`: it is revoked.
+    fn cut(&self, id: &str, key: &[u8; 32]) -> usize {
+        let tunnel = crate::identity::tunnel_id(key);
+        let mut cut = 0;
         for c in self.registry.all_conns() {
             if c.tunnel_id == tunnel {
                 c.session.close(&format!("device {id} is revoked"));
+                cut += 1;
             }
         }
-        Ok(true)
+        cut
+    }
+
+    /// What another edge sharing the store recorded (`edge::cluster`): a device this
+    /// edge did not know is added; a revocation is taken over, and the device's
+    /// connections here are closed at once. What this edge holds of a known device
+    /// otherwise stays (its own last seen, health and address are newer).
+    pub(crate) fn learn(&self, record: DeviceRecord) {
+        let id = record.id.clone();
+        let newly_revoked = {
+            let mut records = lock(&self.records);
+            match records.get_mut(&id) {
+                Some(old) => match (old.revoked, record.revoked) {
+                    (None, Some(at)) => {
+                        old.revoked = Some(at);
+                        Some(old.public_key)
+                    }
+                    _ => None,
+                },
+                None => {
+                    let revoked = record.revoked.map(|_| record.public_key);
+                    records.insert(id.clone(), record);
+                    revoked
+                }
+            }
+        };
+        if let Some(key) = newly_revoked {
+            let cut = self.cut(&id, &key);
+            log::info!("fleet: device {id} was revoked at another edge; {cut} connections cut");
+        }
+    }
+
+    /// Reads the records of `ids` from the store and [`learn`](Self::learn)s them.
+    pub(crate) async fn refresh(&self, ids: Vec<String>) -> Result<(), String> {
+        let store = self.store.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            ids.iter()
+                .filter_map(|id| store.get(id).transpose())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| format!("fleet store: {e}"))?
+        .map_err(|e| e.to_string())?;
+        for r in records {
+            self.learn(r);
+        }
+        Ok(())
+    }
+
+    /// Reads every record from the store and [`learn`](Self::learn)s them (after
+    /// changes may have been missed); how many there are.
+    pub(crate) async fn resync(&self) -> Result<usize, String> {
+        let store = self.store.clone();
+        let records = tokio::task::spawn_blocking(move || store.list())
+            .await
+            .map_err(|e| format!("fleet store: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let n = records.len();
+        for r in records {
+            self.learn(r);
+        }
+        Ok(n)
     }
 
     /// Whether the device is revoked here.
@@ -356,11 +425,22 @@ impl Inventory {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(WRITE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Logged once per outage of the store (a shared Redis down), not every tick.
+            let mut failing = false;
             loop {
                 tick.tick().await;
                 me.observe();
-                if let Err(e) = me.flush().await {
-                    log::error!("fleet: records not written, trying again: {e}");
+                match me.flush().await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        log::info!("fleet: records written again");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        log::error!("fleet: records not written, trying again: {e}");
+                    }
+                    Err(_) => {}
                 }
             }
         })
@@ -446,6 +526,35 @@ mod tests {
             u64::MAX - 1
         );
         assert!(!inv.connected(&record("x", 1).clone_with_id("unknown")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn what_another_edge_enrols_and_revokes_is_learned() {
+        let dir = std::env::temp_dir().join(format!(
+            "mailslot-inventory-learn-{}-{}",
+            std::process::id(),
+            crate::util::hex(&crate::util::random_bytes::<4>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Two edges' inventories over one store.
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("f.redb")).unwrap());
+        let a = Inventory::load(store.clone(), Arc::new(Registry::new(8))).unwrap();
+        let b = Inventory::load(store.clone(), Arc::new(Registry::new(8))).unwrap();
+        let r = record("board", 100);
+        assert_eq!(a.enroll(&r, None).await.unwrap(), Enrolled::New);
+        assert!(b.get(&r.id).is_none());
+        b.refresh(vec![r.id.clone(), "unknown".into()])
+            .await
+            .unwrap();
+        assert_eq!(b.get(&r.id).unwrap().record.name, "board");
+        // B's own view of a known device stays; a revocation is taken over.
+        b.health(&r.id, crate::wire::Health::default());
+        assert!(a.revoke(&r.id).await.unwrap());
+        assert!(!b.is_revoked(&r.id));
+        assert_eq!(b.resync().await.unwrap(), 1);
+        assert!(b.is_revoked(&r.id));
+        assert!(b.get(&r.id).unwrap().record.health.is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -95,6 +95,12 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Whether a refusal's `reason` is a store that failed (unreachable, timing out, as a
+/// [`StoreError`] says it) rather than a decision: the device may try again later.
+pub(crate) fn is_store_failure(reason: &str) -> bool {
+    reason.starts_with("fleet store: ")
+}
+
 /// Where fleet records live. Implementations are shared between threads.
 pub trait Store: Send + Sync {
     /// Records `record` if its id is new and its key's quota (`max_devices`, `None`:
@@ -325,8 +331,154 @@ impl Store for RedbStore {
     }
 }
 
+/// The behaviour every [`Store`] shows, as test steps over any implementation: the
+/// embedded one's tests run them, and so do the Redis one's (`edge::cluster::store`).
+#[cfg(test)]
+pub(crate) mod suite {
+    use super::*;
+
+    /// A record of device `n` enrolled with key `key`.
+    pub(crate) fn record(n: u8, key: u8) -> DeviceRecord {
+        let public_key = [n; 32];
+        DeviceRecord {
+            id: crate::identity::device_id(&public_key),
+            public_key,
+            name: format!("board{n}"),
+            fleet: "shops".into(),
+            key_id: [key; 16],
+            hostnames: vec![format!("d{n}.shops.example.com")],
+            version: "0.1.0".into(),
+            arch: "aarch64".into(),
+            board: "Raspberry Pi 4".into(),
+            config_digest: "0011223344556677".into(),
+            enrolled: 100,
+            first_seen: 100,
+            last_seen: 100,
+            credential_expires: 1000,
+            revoked: None,
+            address: "192.0.2.1:4000".into(),
+            health: None,
+            health_at: 0,
+        }
+    }
+
+    /// New, again, quota full, another key, revoked; updates never undo a revocation.
+    pub(crate) fn enrol_new_again_revoked_and_quota(store: &dyn Store) {
+        assert_eq!(store.enroll(&record(1, 7), Some(2)).unwrap(), Enrolled::New);
+        let mut again = record(1, 7);
+        again.last_seen = 200;
+        again.first_seen = 200;
+        again.enrolled = 200;
+        assert_eq!(store.enroll(&again, Some(2)).unwrap(), Enrolled::Again);
+        let kept = store.get(&again.id).unwrap().unwrap();
+        assert_eq!(
+            (kept.enrolled, kept.first_seen, kept.last_seen),
+            (100, 100, 200)
+        );
+        assert_eq!(store.enroll(&record(2, 7), Some(2)).unwrap(), Enrolled::New);
+        assert_eq!(
+            store.enroll(&record(3, 7), Some(2)).unwrap(),
+            Enrolled::QuotaFull { count: 2 }
+        );
+        assert_eq!(store.get(&record(3, 7).id).unwrap(), None);
+        // Another key has its own quota; no quota is no limit.
+        assert_eq!(store.enroll(&record(3, 8), None).unwrap(), Enrolled::New);
+        assert!(store.revoke(&record(1, 7).id, 300).unwrap());
+        assert!(!store.revoke("nosuchdevice", 300).unwrap());
+        // A second revocation keeps the first time.
+        assert!(store.revoke(&record(1, 7).id, 400).unwrap());
+        assert_eq!(
+            store.enroll(&record(1, 7), Some(2)).unwrap(),
+            Enrolled::Revoked
+        );
+        // An update does not undo a revocation.
+        store.update(&[record(1, 7)]).unwrap();
+        assert_eq!(
+            store.get(&record(1, 7).id).unwrap().unwrap().revoked,
+            Some(300)
+        );
+        assert_eq!(store.list().unwrap().len(), 3);
+    }
+
+    /// A device moving to another key takes a place under it and frees its old one.
+    pub(crate) fn moving_to_another_key_moves_the_quota(store: &dyn Store) {
+        assert_eq!(store.enroll(&record(1, 1), Some(1)).unwrap(), Enrolled::New);
+        assert_eq!(store.enroll(&record(2, 2), Some(1)).unwrap(), Enrolled::New);
+        assert_eq!(
+            store.enroll(&record(1, 2), Some(1)).unwrap(),
+            Enrolled::QuotaFull { count: 1 }
+        );
+        assert_eq!(
+            store.enroll(&record(1, 3), Some(1)).unwrap(),
+            Enrolled::Again
+        );
+        assert_eq!(
+            store.get(&record(1, 3).id).unwrap().unwrap().key_id,
+            [3; 16]
+        );
+        // Key 1 has room again.
+        assert_eq!(store.enroll(&record(4, 1), Some(1)).unwrap(), Enrolled::New);
+    }
+
+    /// Updates write what exists, skip what does not, keep the key and the revocation.
+    pub(crate) fn updates_write_only_known_records(store: &dyn Store) {
+        store.enroll(&record(1, 7), Some(1)).unwrap();
+        let mut r = record(1, 7);
+        r.last_seen = 555;
+        r.key_id = [9; 16];
+        r.health = Some(crate::wire::Health {
+            uptime_secs: 9,
+            ..Default::default()
+        });
+        store.update(&[r, record(9, 9)]).unwrap();
+        store.revoke(&record(1, 7).id, 600).unwrap();
+        let all = store.list().unwrap();
+        assert_eq!(all.len(), 1, "an update never creates a record");
+        let r = &all[0];
+        assert_eq!(r.last_seen, 555);
+        assert_eq!(r.key_id, [7; 16], "the quota's key stays");
+        assert_eq!(r.revoked, Some(600));
+        assert_eq!(r.health.as_ref().unwrap().uptime_secs, 9);
+        assert_eq!(
+            store.enroll(&record(2, 7), Some(1)).unwrap(),
+            Enrolled::QuotaFull { count: 1 }
+        );
+    }
+
+    /// `store` holds at most 2 records: the third new device is refused.
+    pub(crate) fn refuses_new_devices_beyond_its_bound(store: &dyn Store) {
+        assert_eq!(store.enroll(&record(1, 1), None).unwrap(), Enrolled::New);
+        assert_eq!(store.enroll(&record(2, 2), None).unwrap(), Enrolled::New);
+        assert_eq!(
+            store.enroll(&record(3, 3), None).unwrap(),
+            Enrolled::Full { max: 2 }
+        );
+        assert_eq!(store.enroll(&record(1, 1), None).unwrap(), Enrolled::Again);
+        assert_eq!(store.list().unwrap().len(), 2);
+    }
+
+    /// Twenty devices enrolling at once under a quota of five (two edges, or many
+    /// connections): exactly five get in.
+    pub(crate) fn concurrent_enrolment_never_exceeds_the_quota(store: std::sync::Arc<dyn Store>) {
+        let handles: Vec<_> = (1..=20u8)
+            .map(|n| {
+                let store = store.clone();
+                std::thread::spawn(move || store.enroll(&record(n, 5), Some(5)).unwrap())
+            })
+            .collect();
+        let outcomes: Vec<Enrolled> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let new = outcomes.iter().filter(|o| **o == Enrolled::New).count();
+        assert_eq!(new, 5, "{outcomes:?}");
+        assert!(outcomes
+            .iter()
+            .all(|o| matches!(o, Enrolled::New | Enrolled::QuotaFull { count: 5 })));
+        assert_eq!(store.list().unwrap().len(), 5);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::suite::{self, record};
     use super::*;
 
     struct Dir(std::path::PathBuf);
@@ -352,62 +504,22 @@ mod tests {
         }
     }
 
-    fn record(n: u8, key: u8) -> DeviceRecord {
-        let public_key = [n; 32];
-        DeviceRecord {
-            id: crate::identity::device_id(&public_key),
-            public_key,
-            name: format!("board{n}"),
-            fleet: "shops".into(),
-            key_id: [key; 16],
-            hostnames: vec![format!("d{n}.shops.example.com")],
-            version: "0.1.0".into(),
-            arch: "aarch64".into(),
-            board: "Raspberry Pi 4".into(),
-            config_digest: "0011223344556677".into(),
-            enrolled: 100,
-            first_seen: 100,
-            last_seen: 100,
-            credential_expires: 1000,
-            revoked: None,
-            address: "192.0.2.1:4000".into(),
-            health: None,
-            health_at: 0,
-        }
-    }
-
     #[test]
     fn enrol_new_again_revoked_and_quota() {
         let dir = Dir::new("enrol");
-        let store = RedbStore::open(&dir.file()).unwrap();
-        assert_eq!(store.enroll(&record(1, 7), Some(2)).unwrap(), Enrolled::New);
-        let mut again = record(1, 7);
-        again.last_seen = 200;
-        again.first_seen = 200;
-        assert_eq!(store.enroll(&again, Some(2)).unwrap(), Enrolled::Again);
-        let kept = store.get(&again.id).unwrap().unwrap();
-        assert_eq!((kept.first_seen, kept.last_seen), (100, 200));
-        assert_eq!(store.enroll(&record(2, 7), Some(2)).unwrap(), Enrolled::New);
-        assert_eq!(
-            store.enroll(&record(3, 7), Some(2)).unwrap(),
-            Enrolled::QuotaFull { count: 2 }
-        );
-        assert_eq!(store.get(&record(3, 7).id).unwrap(), None);
-        // Another key has its own quota; no quota is no limit.
-        assert_eq!(store.enroll(&record(3, 8), None).unwrap(), Enrolled::New);
-        assert!(store.revoke(&record(1, 7).id, 300).unwrap());
-        assert!(!store.revoke("nosuchdevice", 300).unwrap());
-        assert_eq!(
-            store.enroll(&record(1, 7), Some(2)).unwrap(),
-            Enrolled::Revoked
-        );
-        // An update does not undo a revocation.
-        store.update(&[record(1, 7)]).unwrap();
-        assert_eq!(
-            store.get(&record(1, 7).id).unwrap().unwrap().revoked,
-            Some(300)
-        );
-        assert_eq!(store.list().unwrap().len(), 3);
+        suite::enrol_new_again_revoked_and_quota(&RedbStore::open(&dir.file()).unwrap());
+    }
+
+    #[test]
+    fn moving_to_another_key_moves_the_quota() {
+        let dir = Dir::new("move");
+        suite::moving_to_another_key_moves_the_quota(&RedbStore::open(&dir.file()).unwrap());
+    }
+
+    #[test]
+    fn updates_write_only_known_records() {
+        let dir = Dir::new("update");
+        suite::updates_write_only_known_records(&RedbStore::open(&dir.file()).unwrap());
     }
 
     #[test]
@@ -415,14 +527,14 @@ mod tests {
         let dir = Dir::new("bound");
         let mut store = RedbStore::open(&dir.file()).unwrap();
         store.max = 2;
-        assert_eq!(store.enroll(&record(1, 1), None).unwrap(), Enrolled::New);
-        assert_eq!(store.enroll(&record(2, 2), None).unwrap(), Enrolled::New);
-        assert_eq!(
-            store.enroll(&record(3, 3), None).unwrap(),
-            Enrolled::Full { max: 2 }
-        );
-        assert_eq!(store.enroll(&record(1, 1), None).unwrap(), Enrolled::Again);
-        assert_eq!(store.list().unwrap().len(), 2);
+        suite::refuses_new_devices_beyond_its_bound(&store);
+    }
+
+    #[test]
+    fn concurrent_enrolment_never_exceeds_the_quota() {
+        let dir = Dir::new("race");
+        let store = std::sync::Arc::new(RedbStore::open(&dir.file()).unwrap());
+        suite::concurrent_enrolment_never_exceeds_the_quota(store);
     }
 
     #[test]

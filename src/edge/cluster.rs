@@ -1,0 +1,134 @@
+//! Several edges sharing one fleet through Redis (`cluster:` in `edge.yml`).
+//!
+//! Why Redis, and why the `redis` crate: the state edges share is small, hot and
+//! keyed (device records, quota sets, revocations; presence with expiry to come), which
+//! is what Redis does, with `WATCH`/`MULTI` and Lua for the atomic steps, pub/sub for
+//! telling the others, TTLs for what must expire by itself, and an append-only file
+//! for what must survive its restart. The `redis` crate (redis-rs) is the most used
+//! Rust client, kept by a team with regular releases; it has blocking connections (the
+//! fleet store's calls run on blocking threads already) and tokio ones (pub/sub, the
+//! connection manager that reconnects by itself), builds with rust-version 1.85 (the
+//! 1.2 line) and, without its TLS features, pulls neither openssl nor aws-lc. `fred`
+//! is async only (the `Store` trait is blocking) and larger.
+//!
+//! - [`store`]: [`RedisStore`], the fleet's `Store` in Redis (the layout is drawn there).
+//! - `changes`: the subscription through which each edge learns what the others
+//!   enrolled and revoked.
+//! - `presence`: which edges hold which tunnel, and which tunnel owns each hostname
+//!   across the cluster, with expiry (the layout is drawn there).
+//! - `conn`: blocking connections with bounded timeouts, reconnecting by themselves.
+//!
+//! Redis unreachable: the edge keeps serving the tunnels and devices it holds, admits
+//! devices it knows by their credential, and refuses what needs Redis (an enrolment, a
+//! revocation, a device it has never seen) with a message naming Redis; when Redis is
+//! back, the next call reconnects and the subscription reads every record again.
+
+mod changes;
+mod conn;
+mod presence;
+pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub use store::RedisStore;
+
+use super::config::ClusterConfig;
+use super::fleet::Inventory;
+use super::flood::{log_limited, LogLimit};
+use super::registry::Registry;
+
+/// Claims let through because Redis did not answer are logged at most this often.
+static UNCLAIMED_LOG: LogLimit = LogLimit::new(5, Duration::from_secs(60));
+
+/// This edge's place in a cluster: the shared Redis and who this edge is.
+pub struct Cluster {
+    redis: Arc<conn::Redis>,
+    member: String,
+    /// Set when serving starts ([`Cluster::spawn_presence`]).
+    presence: OnceLock<Arc<presence::Presence>>,
+}
+
+impl Cluster {
+    /// A cluster as `cfg` describes it; connects on first use.
+    pub fn new(cfg: &ClusterConfig) -> Result<Cluster, String> {
+        Ok(Cluster {
+            redis: Arc::new(conn::Redis::new(&cfg.redis)?),
+            member: cfg.member.clone(),
+            presence: OnceLock::new(),
+        })
+    }
+
+    /// The fleet store all the edges share.
+    pub fn store(&self) -> RedisStore {
+        RedisStore::new(self.redis.clone())
+    }
+
+    /// The Redis address as logs show it (password masked).
+    pub fn shown(&self) -> &str {
+        self.redis.shown()
+    }
+
+    /// This edge's member address.
+    pub fn member(&self) -> &str {
+        &self.member
+    }
+
+    /// Follows what the other edges enrol and revoke, into `inventory`, until the task
+    /// is dropped.
+    pub(crate) fn spawn_follower(&self, inventory: Arc<Inventory>) -> tokio::task::JoinHandle<()> {
+        let client = self.redis.client().clone();
+        let shown = self.redis.shown().to_string();
+        tokio::spawn(changes::follow(client, shown, inventory))
+    }
+
+    /// Keeps this edge's presence (the tunnels it holds, their hostnames) current in
+    /// Redis until the task is dropped. Called inside the runtime.
+    pub(crate) fn spawn_presence(
+        &self,
+        registry: Arc<Registry>,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        let p = Arc::new(presence::Presence::new(
+            self.redis.client().clone(),
+            self.member.clone(),
+            presence::TTL,
+        )?);
+        let _ = self.presence.set(p.clone());
+        Ok(tokio::spawn(presence::run(p, registry)))
+    }
+
+    /// The members holding connections for `tunnel` now, by their presence entries
+    /// (what edge-to-edge forwarding will look up); empty before serving starts.
+    pub async fn holders(&self, tunnel: &[u8; 16]) -> Result<Vec<String>, String> {
+        match self.presence.get() {
+            Some(p) => p.holders(tunnel).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Before a connection starts a tunnel here: claims its `hosts` across the
+    /// cluster. `Err(why)`: another tunnel serves one of them. Redis unreachable: let
+    /// through (this edge still keeps one tunnel per hostname itself), logged.
+    pub(crate) async fn claim(&self, tunnel: &[u8; 16], hosts: &[String]) -> Result<(), String> {
+        let Some(p) = self.presence.get() else {
+            return Ok(());
+        };
+        match p.claim(tunnel, hosts).await {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(why),
+            Err(e) => {
+                log_limited!(
+                    UNCLAIMED_LOG,
+                    Warn,
+                    "cluster: hostnames of tunnel {} not claimed in redis {} ({e}): \
+                     admitted on this edge's own table",
+                    crate::util::hex(tunnel),
+                    self.redis.shown()
+                );
+                Ok(())
+            }
+        }
+    }
+}

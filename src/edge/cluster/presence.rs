@@ -1,0 +1,275 @@
+//! Presence: which edges hold connections for which tunnel, and which tunnel owns each
+//! hostname across the cluster, in Redis with expiry, so that a dead edge's entries go
+//! by themselves.
+//!
+//! ```text
+//!  mailslot:at:<tunnel id hex>   sorted set  member address -> expiry (Unix ms); the
+//!                                            key itself expires with its last entry
+//!  mailslot:host:<hostname>      string      "<tunnel id hex> <member>", expiring
+//! ```
+//!
+//! Every [`REFRESH_EVERY`] an edge writes the tunnels it holds, with their hostnames,
+//! for [`TTL`], and removes itself from the tunnels it let go. A registration that would
+//! start a tunnel here first claims its hostnames ([`Presence::claim`]): a hostname held
+//! by another tunnel anywhere in the cluster is refused, as one edge refuses it today.
+//! A hostname let go is free for another tunnel once its entry expires (at most
+//! [`TTL`]). Redis unreachable: claims are allowed (each edge still keeps one tunnel
+//! per hostname itself) and the entries are written again when it is back.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::edge::flood::{log_limited, LogLimit};
+use crate::edge::registry::Registry;
+use crate::util::hex;
+
+/// How long an entry lives without being refreshed.
+pub(crate) const TTL: Duration = Duration::from_secs(30);
+/// How often the entries of what this edge holds are refreshed.
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// Longest wait for one call (connecting included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Tunnels written per round trip.
+const CHUNK: usize = 500;
+
+/// Claims `KEYS[1]` (a hostname) for the tunnel `ARGV[1]` at member `ARGV[2]` for
+/// `ARGV[3]` ms; returns the holder's value when another tunnel holds it.
+const CLAIM: &str = "local v = redis.call('GET', KEYS[1]) \
+                     if v and string.sub(v, 1, 32) ~= ARGV[1] then return v end \
+                     redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3]) \
+                     return false";
+
+static CONFLICT_LOG: LogLimit = LogLimit::new(10, Duration::from_secs(60));
+
+fn at_key(tunnel: &[u8; 16]) -> String {
+    format!("mailslot:at:{}", hex(tunnel))
+}
+
+fn host_key(host: &str) -> String {
+    format!("mailslot:host:{host}")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// This edge's presence in the cluster.
+pub(crate) struct Presence {
+    con: ConnectionManager,
+    member: String,
+    ttl: Duration,
+}
+
+impl Presence {
+    /// Presence of `member` through `client`; connects on first use, and again by
+    /// itself after a failure. Must be made inside the runtime.
+    pub(crate) fn new(
+        client: redis::Client,
+        member: String,
+        ttl: Duration,
+    ) -> Result<Presence, String> {
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1);
+        let con = ConnectionManager::new_lazy_with_config(client, cfg)
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(Presence { con, member, ttl })
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
+        let mut con = self.con.clone();
+        tokio::time::timeout(CALL_TIMEOUT * 2, pipe.query_async(&mut con))
+            .await
+            .map_err(|_| format!("no answer within {}s", (CALL_TIMEOUT * 2).as_secs()))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Queues this edge's presence for `tunnel` and the claims of `hosts` into `pipe`.
+    fn queue(&self, pipe: &mut redis::Pipeline, tunnel: &[u8; 16], hosts: &[String]) {
+        let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let key = at_key(tunnel);
+        pipe.zadd(&key, &self.member, now_ms().saturating_add(ttl))
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now_ms())
+            .ignore()
+            .pexpire(&key, i64::try_from(ttl).unwrap_or(i64::MAX))
+            .ignore();
+        for h in hosts {
+            pipe.cmd("EVAL")
+                .arg(CLAIM)
+                .arg(1)
+                .arg(host_key(h))
+                .arg(hex(tunnel))
+                .arg(&self.member)
+                .arg(ttl);
+        }
+    }
+
+    /// Claims `hosts` for `tunnel` across the cluster and notes this edge holds it.
+    /// `Ok(Some(why))`: a hostname belongs to another tunnel; `Err`: Redis failed.
+    pub(crate) async fn claim(
+        &self,
+        tunnel: &[u8; 16],
+        hosts: &[String],
+    ) -> Result<Option<String>, String> {
+        let mut pipe = redis::pipe();
+        self.queue(&mut pipe, tunnel, hosts);
+        let holders: Vec<Option<String>> = self.run(&pipe).await?;
+        Ok(hosts.iter().zip(holders).find_map(|(h, holder)| {
+            let holder = holder?;
+            let edge = holder.split_once(' ').map_or("", |(_, m)| m);
+            Some(format!(
+                "hostname {h} is served by another tunnel in the cluster (at edge {edge})"
+            ))
+        }))
+    }
+
+    /// Refreshes the entries of the tunnels in `held` (with their hostnames) and
+    /// removes this edge from those in `gone`.
+    pub(crate) async fn refresh(
+        &self,
+        held: &[([u8; 16], Vec<String>)],
+        gone: &[[u8; 16]],
+    ) -> Result<(), String> {
+        for chunk in held.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            for (tunnel, hosts) in chunk {
+                self.queue(&mut pipe, tunnel, hosts);
+            }
+            let holders: Vec<Option<String>> = self.run(&pipe).await?;
+            let hosts = chunk
+                .iter()
+                .flat_map(|(t, hs)| hs.iter().map(move |h| (t, h)));
+            for ((tunnel, h), holder) in hosts.zip(holders) {
+                if let Some(holder) = holder {
+                    log_limited!(
+                        CONFLICT_LOG,
+                        Warn,
+                        "cluster: hostname {h} of tunnel {} is also held by {holder}",
+                        hex(tunnel)
+                    );
+                }
+            }
+        }
+        for chunk in gone.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            for tunnel in chunk {
+                pipe.zrem(at_key(tunnel), &self.member).ignore();
+            }
+            self.run::<()>(&pipe).await?;
+        }
+        Ok(())
+    }
+
+    /// The members holding connections for `tunnel` now.
+    pub(crate) async fn holders(&self, tunnel: &[u8; 16]) -> Result<Vec<String>, String> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(at_key(tunnel))
+            .arg(now_ms())
+            .arg("+inf");
+        let (members,): (Vec<String>,) = self.run(&pipe).await?;
+        Ok(members)
+    }
+}
+
+/// Keeps this edge's presence current until the task is dropped.
+pub(crate) async fn run(presence: Arc<Presence>, registry: Arc<Registry>) {
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut before: HashSet<[u8; 16]> = HashSet::new();
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let held = registry.held();
+        let now: HashSet<[u8; 16]> = held.iter().map(|(t, _)| *t).collect();
+        let gone: Vec<[u8; 16]> = before.difference(&now).copied().collect();
+        match presence.refresh(&held, &gone).await {
+            Ok(()) => {
+                if failing {
+                    log::info!("cluster: presence written again ({} tunnels)", held.len());
+                }
+                failing = false;
+                before = now;
+            }
+            Err(e) => {
+                if !failing {
+                    log::warn!("cluster: presence not written, trying again: {e}");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::cluster::testing::RedisServer;
+
+    fn presence(server: &RedisServer, member: &str, ttl: Duration) -> Presence {
+        let client = redis::Client::open(server.addr().url()).unwrap();
+        Presence::new(client, member.into(), ttl).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_tunnel_per_hostname_across_edges_and_dead_edges_expire() {
+        let server = RedisServer::start("presence");
+        let a = presence(&server, "edge-a:7844", Duration::from_millis(400));
+        let b = presence(&server, "edge-b:7844", Duration::from_secs(30));
+        let host = vec!["d1.example.com".to_string()];
+        assert_eq!(a.claim(&[1; 16], &host).await.unwrap(), None);
+        // The same tunnel at another edge (a device's connections spread over two).
+        assert_eq!(b.claim(&[1; 16], &host).await.unwrap(), None);
+        a.refresh(&[([1; 16], host.clone())], &[]).await.unwrap();
+        let mut at = b.holders(&[1; 16]).await.unwrap();
+        at.sort();
+        assert_eq!(at, ["edge-a:7844", "edge-b:7844"]);
+        // Another tunnel is refused the hostname, wherever it asks.
+        let why = a.claim(&[2; 16], &host).await.unwrap().unwrap();
+        assert_eq!(
+            why,
+            "hostname d1.example.com is served by another tunnel in the cluster (at edge edge-a:7844)"
+        );
+        // B lets the tunnel go: only A holds it.
+        b.refresh(&[], &[[1; 16]]).await.unwrap();
+        assert_eq!(b.holders(&[1; 16]).await.unwrap(), ["edge-a:7844"]);
+        // A dies (stops refreshing): its entries expire by themselves.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(b.holders(&[1; 16]).await.unwrap().is_empty());
+        // And so do its hostname claims (the last refresh of the tunnel's was A's):
+        // another tunnel may have the hostname now.
+        assert_eq!(b.claim(&[2; 16], &host).await.unwrap(), None);
+        assert!(a.claim(&[1; 16], &host).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn redis_down_is_an_error_within_the_timeout_and_redis_back_works() {
+        let mut server = RedisServer::start("presence-down");
+        let a = presence(&server, "edge-a:7844", Duration::from_secs(30));
+        assert_eq!(a.claim(&[1; 16], &[]).await.unwrap(), None);
+        server.stop();
+        let start = std::time::Instant::now();
+        assert!(a.claim(&[1; 16], &[]).await.is_err());
+        assert!(start.elapsed() < CALL_TIMEOUT * 3, "{:?}", start.elapsed());
+        server.restart();
+        let mut back = false;
+        for _ in 0..50 {
+            if a.claim(&[1; 16], &[]).await.is_ok() {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(back, "the connection manager reconnects by itself");
+    }
+}

@@ -1,0 +1,372 @@
+//! [`RedisStore`]: the fleet's [`Store`] in the shared Redis, so that every edge of a
+//! cluster knows every device, counts one quota per enrolment key, and refuses a revoked
+//! device wherever it was revoked.
+//!
+//! ```text
+//!  mailslot:dev:<device id>    hash  rec      postcard DeviceRecord
+//!                                    key      enrolment key id (16 bytes): the quota it
+//!                                             counts under (wins over rec's)
+//!                                    revoked  Unix seconds (wins over rec's; set once)
+//!  mailslot:devices            set   every device id (its size: the store's bound)
+//!  mailslot:key:<key id hex>   set   the devices enrolled with that key (its quota)
+//!  mailslot:changed            channel: the id of each device enrolled or revoked
+//! ```
+//!
+//! Enrolment is one `WATCH`/`MULTI` transaction over the device's hash, its key's set
+//! and the set of all devices: two edges enrolling the last place of a quota at once
+//! both read, one commits, the other's `EXEC` fails and it decides again on what the
+//! first wrote. Revocation is a short Lua script (set `revoked` once if the device
+//! exists, publish). `revoked` and `key` are fields of their own so that batched
+//! updates of a record (last seen, health) never undo either.
+
+use std::sync::Arc;
+
+use super::conn::Redis;
+use crate::edge::fleet::{DeviceRecord, Enrolled, Store, StoreError, MAX_DEVICES};
+
+/// Prefix of every key and channel.
+const PREFIX: &str = "mailslot:";
+/// The set of every device id.
+const DEVICES: &str = "mailslot:devices";
+/// The channel where the ids of enrolled and revoked devices are published.
+pub(crate) const CHANGED: &str = "mailslot:changed";
+/// Transactions tried before enrolment gives up on a contended key (each failure is
+/// another edge's commit: progress, not a stall).
+const MAX_TRIES: usize = 32;
+/// Records read per round trip by `list`.
+const LIST_CHUNK: usize = 500;
+
+/// Writes `rec` of a device that exists.
+const UPDATE: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
+                      redis.call('HSET', KEYS[1], 'rec', ARGV[1]) end return 0";
+/// Revokes a device that exists (the first time stays) and publishes its id.
+const REVOKE: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+                      redis.call('HSETNX', KEYS[1], 'revoked', ARGV[1]) \
+                      redis.call('PUBLISH', KEYS[2], ARGV[2]) return 1";
+
+fn dev_key(id: &str) -> String {
+    format!("{PREFIX}dev:{id}")
+}
+
+fn quota_key(key_id: &[u8; 16]) -> String {
+    format!("{PREFIX}key:{}", crate::util::hex(key_id))
+}
+
+fn encode(record: &DeviceRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(record).map_err(|e| StoreError::Engine(e.to_string()))
+}
+
+/// The fields of a device's hash: `rec`, `key`, `revoked`.
+type Fields = (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>);
+
+/// The record in a device's hash, its `key` and `revoked` fields applied.
+fn assemble(id: &str, fields: Fields) -> Result<Option<DeviceRecord>, StoreError> {
+    let (Some(rec), key, revoked) = fields else {
+        return Ok(None);
+    };
+    let mut r: DeviceRecord = postcard::from_bytes(&rec)
+        .map_err(|_| StoreError::Corrupt(crate::wire::bounded_reason(id)))?;
+    if let Some(k) = key.and_then(|k| <[u8; 16]>::try_from(k.as_slice()).ok()) {
+        r.key_id = k;
+    }
+    r.revoked = revoked.or(r.revoked);
+    Ok(Some(r))
+}
+
+fn fields_of(con: &mut redis::Connection, id: &str) -> redis::RedisResult<Fields> {
+    redis::cmd("HMGET")
+        .arg(dev_key(id))
+        .arg("rec")
+        .arg("key")
+        .arg("revoked")
+        .query(con)
+}
+
+/// The fleet's records in the shared Redis (see the module doc).
+pub struct RedisStore {
+    redis: Arc<Redis>,
+    /// Most records kept: [`MAX_DEVICES`].
+    max: u64,
+}
+
+impl RedisStore {
+    pub(crate) fn new(redis: Arc<Redis>) -> RedisStore {
+        RedisStore {
+            redis,
+            max: MAX_DEVICES,
+        }
+    }
+
+    /// One try of an enrolment; `None` when another edge changed what it read.
+    fn try_enroll(
+        &self,
+        con: &mut redis::Connection,
+        record: &DeviceRecord,
+        max_devices: Option<u32>,
+    ) -> redis::RedisResult<Result<Option<Enrolled>, StoreError>> {
+        let id = record.id.as_str();
+        let dev = dev_key(id);
+        let quota = quota_key(&record.key_id);
+        redis::cmd("WATCH")
+            .arg(&dev)
+            .arg(&quota)
+            .arg(DEVICES)
+            .exec(con)?;
+        let decided = self.decide(con, record, max_devices, &quota)?;
+        let (outcome, mut pipe) = match decided {
+            Ok(Decision::Write(outcome, pipe)) => (outcome, pipe),
+            Ok(Decision::Done(outcome)) => {
+                redis::cmd("UNWATCH").exec(con)?;
+                return Ok(Ok(Some(outcome)));
+            }
+            Err(e) => {
+                redis::cmd("UNWATCH").exec(con)?;
+                return Ok(Err(e));
+            }
+        };
+        pipe.publish(CHANGED, id);
+        let committed: Option<redis::Value> = pipe.query(con)?;
+        Ok(Ok(committed.map(|_| outcome)))
+    }
+
+    /// What enrolling `record` does, given what the store holds now.
+    fn decide(
+        &self,
+        con: &mut redis::Connection,
+        record: &DeviceRecord,
+        max_devices: Option<u32>,
+        quota: &str,
+    ) -> redis::RedisResult<Result<Decision, StoreError>> {
+        let id = record.id.as_str();
+        let dev = dev_key(id);
+        let full = |count: u32| max_devices.is_some_and(|max| count >= max);
+        let old = match assemble(id, fields_of(con, id)?) {
+            Ok(old) => old,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let outcome = match old {
+            Some(old) if old.revoked.is_some() => return Ok(Ok(Decision::Done(Enrolled::Revoked))),
+            Some(old) => {
+                if old.key_id != record.key_id {
+                    // Moving to another key takes a place under it.
+                    let count: u32 = redis::cmd("SCARD").arg(quota).query(con)?;
+                    if full(count) {
+                        return Ok(Ok(Decision::Done(Enrolled::QuotaFull { count })));
+                    }
+                    pipe.srem(quota_key(&old.key_id), id).sadd(quota, id);
+                }
+                let mut next = record.clone();
+                next.enrolled = old.enrolled;
+                next.first_seen = old.first_seen;
+                Enrolled::Again.write(&mut pipe, &dev, &next)
+            }
+            None => {
+                let total: u64 = redis::cmd("SCARD").arg(DEVICES).query(con)?;
+                if total >= self.max {
+                    return Ok(Ok(Decision::Done(Enrolled::Full { max: self.max })));
+                }
+                let count: u32 = redis::cmd("SCARD").arg(quota).query(con)?;
+                if full(count) {
+                    return Ok(Ok(Decision::Done(Enrolled::QuotaFull { count })));
+                }
+                pipe.sadd(quota, id).sadd(DEVICES, id);
+                Enrolled::New.write(&mut pipe, &dev, record)
+            }
+        };
+        Ok(outcome.map(|o| Decision::Write(o, pipe)))
+    }
+}
+
+/// What an enrolment try decided.
+enum Decision {
+    /// Nothing to write: the outcome stands.
+    Done(Enrolled),
+    /// Commit the transaction (its commands queued), then the outcome stands.
+    Write(Enrolled, redis::Pipeline),
+}
+
+impl Enrolled {
+    /// Queues the writing of `record` (its `rec` and `key` fields) into `pipe`.
+    fn write(
+        self,
+        pipe: &mut redis::Pipeline,
+        dev: &str,
+        record: &DeviceRecord,
+    ) -> Result<Enrolled, StoreError> {
+        pipe.hset(dev, "rec", encode(record)?)
+            .hset(dev, "key", record.key_id.as_slice());
+        Ok(self)
+    }
+}
+
+impl Store for RedisStore {
+    fn enroll(
+        &self,
+        record: &DeviceRecord,
+        max_devices: Option<u32>,
+    ) -> Result<Enrolled, StoreError> {
+        for _ in 0..MAX_TRIES {
+            let step = self
+                .redis
+                .call(|con| self.try_enroll(con, record, max_devices))??;
+            if let Some(outcome) = step {
+                return Ok(outcome);
+            }
+        }
+        Err(StoreError::Engine(format!(
+            "redis {}: enrolment of device {} kept conflicting with other edges; try again",
+            self.redis.shown(),
+            record.id
+        )))
+    }
+
+    fn get(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let fields = self.redis.call(|con| fields_of(con, id))?;
+        assemble(id, fields)
+    }
+
+    fn list(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        let ids: Vec<String> = self
+            .redis
+            .call(|con| redis::cmd("SMEMBERS").arg(DEVICES).query(con))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LIST_CHUNK) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HMGET")
+                    .arg(dev_key(id))
+                    .arg("rec")
+                    .arg("key")
+                    .arg("revoked");
+            }
+            let all: Vec<Fields> = self.redis.call(|con| pipe.query(con))?;
+            for (id, fields) in chunk.iter().zip(all) {
+                out.extend(assemble(id, fields)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn update(&self, records: &[DeviceRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for r in records {
+            pipe.cmd("EVAL")
+                .arg(UPDATE)
+                .arg(1)
+                .arg(dev_key(&r.id))
+                .arg(encode(r)?)
+                .ignore();
+        }
+        self.redis.call(|con| pipe.exec(con))
+    }
+
+    fn revoke(&self, id: &str, at: u64) -> Result<bool, StoreError> {
+        let found: i64 = self.redis.call(|con| {
+            redis::cmd("EVAL")
+                .arg(REVOKE)
+                .arg(2)
+                .arg(dev_key(id))
+                .arg(CHANGED)
+                .arg(at)
+                .arg(id)
+                .query(con)
+        })?;
+        Ok(found == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::cluster::testing::RedisServer;
+    use crate::edge::fleet::store::suite;
+
+    fn store(server: &RedisServer) -> RedisStore {
+        RedisStore::new(Arc::new(Redis::new(&server.addr()).unwrap()))
+    }
+
+    #[test]
+    fn enrol_new_again_revoked_and_quota() {
+        let server = RedisServer::start("enrol");
+        suite::enrol_new_again_revoked_and_quota(&store(&server));
+    }
+
+    #[test]
+    fn moving_to_another_key_moves_the_quota() {
+        let server = RedisServer::start("move");
+        suite::moving_to_another_key_moves_the_quota(&store(&server));
+    }
+
+    #[test]
+    fn updates_write_only_known_records() {
+        let server = RedisServer::start("update");
+        suite::updates_write_only_known_records(&store(&server));
+    }
+
+    #[test]
+    fn the_store_refuses_new_devices_beyond_its_bound() {
+        let server = RedisServer::start("bound");
+        let mut s = store(&server);
+        s.max = 2;
+        suite::refuses_new_devices_beyond_its_bound(&s);
+    }
+
+    #[test]
+    fn concurrent_enrolment_never_exceeds_the_quota() {
+        let server = RedisServer::start("race");
+        // Two edges: two stores, each with its own connections.
+        let a: Arc<dyn Store> = Arc::new(store(&server));
+        suite::concurrent_enrolment_never_exceeds_the_quota(a);
+        let b = store(&server);
+        assert_eq!(
+            b.enroll(&suite::record(21, 5), Some(5)).unwrap(),
+            Enrolled::QuotaFull { count: 5 }
+        );
+    }
+
+    #[test]
+    fn an_unreadable_record_is_reported_not_a_panic() {
+        let server = RedisServer::start("corrupt");
+        let s = store(&server);
+        s.enroll(&suite::record(1, 7), None).unwrap();
+        s.redis
+            .call(|con| {
+                redis::cmd("HSET")
+                    .arg(dev_key("broken"))
+                    .arg("rec")
+                    .arg([0xffu8; 3].as_slice())
+                    .exec(con)?;
+                redis::cmd("SADD").arg(DEVICES).arg("broken").exec(con)
+            })
+            .unwrap();
+        assert!(matches!(s.get("broken"), Err(StoreError::Corrupt(id)) if id == "broken"));
+        assert!(matches!(s.list(), Err(StoreError::Corrupt(_))));
+        assert!(s.get(&suite::record(1, 7).id).unwrap().is_some());
+    }
+
+    #[test]
+    fn redis_down_is_a_clear_error_and_redis_back_needs_no_new_store() {
+        let mut server = RedisServer::start("down");
+        let s = store(&server);
+        assert_eq!(s.enroll(&suite::record(1, 1), None).unwrap(), Enrolled::New);
+        server.stop();
+        let e = s
+            .enroll(&suite::record(2, 1), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("fleet store: redis unix://") && e.contains("unreachable"),
+            "{e}"
+        );
+        assert!(s.revoke(&suite::record(1, 1).id, 5).is_err());
+        server.restart();
+        assert_eq!(s.enroll(&suite::record(2, 1), None).unwrap(), Enrolled::New);
+        // What Redis had written to its append-only file came back with it.
+        assert_eq!(s.list().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,283 @@
+//! Two real `mailslot-edge serve` processes sharing one real `redis-server` (`cluster:`
+//! in their edge.yml): one tunnel per hostname across both, a device enrolled at one
+//! edge is known at the other, the quota
+//! of an enrolment key counts across both, a revocation issued at one edge cuts the
+//! device's connection at the other within 2 s; with Redis stopped both keep serving
+//! the devices they hold and refuse enrolment with the reason, not for good; with Redis
+//! back, enrolment and revocation work again with no edge restarted. Devices are spoken
+//! from the test as a connector speaks them (`fleet`'s helpers).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::fleet::{endpoint, enroll_key, register, runtime, status_of, Attempt, Device, Reply};
+
+/// What the edges must agree on within: a revocation made at one holds at all.
+const AGREE_WITHIN: Duration = Duration::from_secs(2);
+
+/// A `redis-server` on a unix socket in its own folder (no TCP port), with the
+/// append-only file docs/cluster.md recommends.
+struct RedisProc {
+    dir: TempDir,
+    proc: Option<Proc>,
+}
+
+impl RedisProc {
+    /// Starts one, or says why not (redis-server missing).
+    fn start() -> Result<RedisProc, Skip> {
+        let have = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !have {
+            return Err(Skip(
+                "needs redis-server (apt-get install redis-server): it is missing".into(),
+            ));
+        }
+        let mut r = RedisProc {
+            dir: TempDir::new("cluster-redis"),
+            proc: None,
+        };
+        r.restart();
+        Ok(r)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    /// Stops it with SIGTERM (it writes its append-only file) and waits for it to exit.
+    fn stop(&mut self) {
+        let mut p = self.proc.take().expect("redis is running");
+        p.signal(15);
+        assert!(p.wait_exit(WAIT).is_some(), "redis-server did not stop");
+    }
+
+    /// Starts it (again) on the same socket and files.
+    fn restart(&mut self) {
+        let p = Proc::spawn(
+            "redis",
+            Command::new("redis-server")
+                .args(["--port", "0", "--unixsocket"])
+                .arg(self.socket())
+                .args(["--unixsocketperm", "700", "--save", ""])
+                .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+                .arg("--dir")
+                .arg(self.dir.path()),
+        );
+        // "ready to accept connections at PATH" (7.0), "Ready to accept connections unix" (7.2).
+        p.wait_line("eady to accept connections");
+        self.proc = Some(p);
+    }
+}
+
+/// An edge of the cluster on `redis`; `signing_key`: another edge's (all the edges of
+/// a fleet sign and verify with one key).
+fn cluster_edge(redis: &RedisProc, member: &str, signing_key: Option<PathBuf>) -> EdgeProc {
+    let mut yaml = format!(
+        "admin-listen: 127.0.0.1:0\ncluster:\n  redis: {}\n  secret: \
+         0123456789abcdef0123456789abcdef\n  member: {member}\n",
+        redis.socket().display()
+    );
+    if let Some(k) = signing_key {
+        yaml = format!("signing-key: {}\n{yaml}", k.display());
+    }
+    let edge = start_edge(init_edge(&yaml));
+    edge.proc
+        .wait_line("cluster: following fleet changes on redis unix://");
+    edge
+}
+
+/// An admin API call (`GET`, or `POST` for a revocation) on `edge`; its status.
+async fn admin(edge: &EdgeProc, method: &str, path: &str) -> (u16, String) {
+    let url = format!("http://{}{path}", edge.admin_addr());
+    let method = method.to_string();
+    tokio::task::spawn_blocking(move || {
+        let r = curl(&["-X", &method, &url]);
+        (r.status, r.text())
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `edge`'s admin API knows device `id`, at most [`AGREE_WITHIN`].
+async fn known_within(edge: &EdgeProc, id: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (status, body) = admin(edge, "GET", &format!("/api/v1/devices/{id}")).await;
+        if status == 200 {
+            assert!(body.contains(id), "{body}");
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < AGREE_WITHIN,
+            "device {id} unknown at the other edge after {AGREE_WITHIN:?}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub(crate) fn two_edges_share_one_fleet_through_redis() -> Result<(), Skip> {
+    let mut redis = RedisProc::start()?;
+    let a = cluster_edge(&redis, "edge-a.test:7844", None);
+    let b = cluster_edge(&redis, "edge-b.test:7844", Some(a.dir.join("signing.key")));
+    let key = enroll_key(a.dir.path(), &["--max-devices", "2", "--expires", "1h"]);
+    let (d1, d2, d3, d4) = (
+        Device::new("board-1"),
+        Device::new("board-2"),
+        Device::new("board-3"),
+        Device::new("board-4"),
+    );
+    // One tunnel per hostname across the cluster: a second tunnel claiming a hostname
+    // a tunnel at the other edge serves is refused, with where it is served.
+    let rules = "  - hostname: dev42.example.com\n    service: http_status:418\n  - service: http_status:404\n";
+    let one = TempDir::new("cluster-one");
+    let token_one = a.token("one", &["dev42.example.com"], "1h");
+    let _one = start_connector(one.path(), &device_yaml(&a, &token_one, 1, rules), 1);
+    let two = TempDir::new("cluster-two");
+    let token_two = b.token("two", &["dev42.example.com"], "1h");
+    let two_proc = Proc::spawn(
+        "connector",
+        Command::new(MAILSLOT)
+            .arg("run")
+            .arg("--config")
+            .arg(compile(two.path(), &device_yaml(&b, &token_two, 1, rules))),
+    );
+    let refused = two_proc.wait_line("served by another tunnel");
+    assert!(
+        refused.contains(
+            "hostname dev42.example.com is served by another tunnel in the cluster (at edge \
+             edge-a.test:7844)"
+        ),
+        "{refused}"
+    );
+    drop(two_proc);
+
+    let rt = runtime();
+    let _entered = rt.enter();
+    let (ep_a, ep_b) = (endpoint(&a.ca()), endpoint(&b.ca()));
+    rt.block_on(async {
+        // Enrolled at A, known at B.
+        let (link_a1, reply) = register(&ep_a, a.tunnel, &Attempt::enrol(&d1, &key)).await;
+        let cred1 = reply.registered().credential.expect("a credential");
+        assert_eq!(status_of(a.http, d1.hostname()).await, 418);
+        let took = known_within(&b, &d1.id).await;
+        eprintln!("device enrolled at A known at B after {took:?}");
+
+        // One quota across both edges: the second place taken at B, the third refused at A.
+        let (link_b2, reply) = register(&ep_b, b.tunnel, &Attempt::enrol(&d2, &key)).await;
+        let cred2 = reply.registered().credential.expect("a credential");
+        let reason = register(&ep_a, a.tunnel, &Attempt::enrol(&d3, &key))
+            .await
+            .1
+            .refused();
+        assert_eq!(
+            reason,
+            "enrolment key of fleet shops is full: 2 devices enrolled, --max-devices 2"
+        );
+
+        // The credential A issued registers at B, which serves the device too.
+        let mut at_b = Attempt::with_credential(&d1, &cred1);
+        at_b.index = 1;
+        let (link_b1, reply) = register(&ep_b, b.tunnel, &at_b).await;
+        assert_eq!(reply.registered().credential, None);
+        assert_eq!(status_of(b.http, d1.hostname()).await, 418);
+
+        // Revoked at B: cut at A within 2 s, refused at A after.
+        let start = Instant::now();
+        let (status, body) = admin(&b, "POST", &format!("/api/v1/devices/{}/revoke", d1.id)).await;
+        assert_eq!(status, 200, "{body}");
+        let closed = tokio::time::timeout(AGREE_WITHIN, link_a1.conn.closed())
+            .await
+            .expect("the connection at the other edge is cut within 2 s");
+        let took = start.elapsed();
+        eprintln!("revoked at B, cut at A after {took:?}");
+        assert!(took < AGREE_WITHIN, "{took:?}");
+        let why = closed.to_string();
+        assert!(
+            why.contains(&format!("device {} is revoked", d1.id)),
+            "{why}"
+        );
+        tokio::time::timeout(WAIT, link_b1.conn.closed())
+            .await
+            .expect("cut at B too");
+        let reason = register(&ep_a, a.tunnel, &Attempt::with_credential(&d1, &cred1))
+            .await
+            .1
+            .refused();
+        assert_eq!(reason, format!("device {} is revoked", d1.id));
+        assert!(
+            a.proc.count("was revoked at another edge") >= 1,
+            "{}",
+            a.proc.dump()
+        );
+
+        // Redis stopped: both edges keep serving what they hold, and admit a device
+        // they know by its credential; enrolment is refused with the reason, for now.
+        redis.stop();
+        a.proc.wait_line("cluster: lost redis");
+        b.proc.wait_line("cluster: lost redis");
+        assert_eq!(status_of(b.http, d2.hostname()).await, 418);
+        let mut at_a = Attempt::with_credential(&d2, &cred2);
+        at_a.index = 1;
+        let (link_a2, reply) = register(&ep_a, a.tunnel, &at_a).await;
+        reply.registered();
+        assert_eq!(status_of(a.http, d2.hostname()).await, 418);
+        let open_key = enroll_key(a.dir.path(), &["--expires", "1h"]);
+        match register(&ep_a, a.tunnel, &Attempt::enrol(&d4, &open_key))
+            .await
+            .1
+        {
+            Reply::Refused { reason, permanent } => {
+                assert!(!permanent, "a Redis outage is no verdict: {reason}");
+                assert!(
+                    reason.starts_with("fleet store: redis unix://")
+                        && reason.contains("unreachable")
+                        && reason.ends_with("try again later"),
+                    "{reason}"
+                );
+            }
+            other => panic!("enrolment without Redis: {other:?}"),
+        }
+        let (status, body) = admin(&a, "POST", &format!("/api/v1/devices/{}/revoke", d2.id)).await;
+        assert_eq!(status, 500, "a revocation needs Redis: {body}");
+        assert!(body.contains("redis"), "{body}");
+
+        // Redis back: the edges follow it again, with no restart.
+        redis.restart();
+        a.proc
+            .wait_count("cluster: following fleet changes", 2, WAIT)
+            .expect("A follows Redis again");
+        b.proc
+            .wait_count("cluster: following fleet changes", 2, WAIT)
+            .expect("B follows Redis again");
+        let (_link_a4, reply) = register(&ep_a, a.tunnel, &Attempt::enrol(&d4, &open_key)).await;
+        assert!(reply.registered().credential.is_some());
+        known_within(&b, &d4.id).await;
+        // What Redis held before it stopped is still there: the quota is still full.
+        let reason = register(&ep_b, b.tunnel, &Attempt::enrol(&d3, &key))
+            .await
+            .1
+            .refused();
+        assert!(reason.contains("is full: 2 devices enrolled"), "{reason}");
+        // And a revocation at A reaches B's connection again within 2 s.
+        let start = Instant::now();
+        let (status, body) = admin(&a, "POST", &format!("/api/v1/devices/{}/revoke", d2.id)).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::timeout(AGREE_WITHIN, link_b2.conn.closed())
+            .await
+            .expect("cut at B within 2 s after Redis came back");
+        eprintln!(
+            "after the Redis restart: revoked at A, cut at B after {:?}",
+            start.elapsed()
+        );
+        tokio::time::timeout(WAIT, link_a2.conn.closed())
+            .await
+            .expect("cut at A too");
+    });
+    Ok(())
+}
