@@ -9,10 +9,13 @@
 #   cross/build.sh --test TARGET    # instead: the library's unit tests, run under qemu-user
 #
 # With a Docker engine (`docker info` works) and `cross` installed, it runs `cross build`
-# (configuration: Cross.toml at the repository root). Otherwise it uses the host toolchain: stable with
-# the rustup target where rustup has it, else nightly with -Zbuild-std; Debian's gcc as
-# the linker for aarch64, `cargo zigbuild` for 32-bit ARM. It installs nothing but the
-# rustup target/component; what is missing is printed with the command that installs it.
+# (configuration: Cross.toml at the repository root; stable's prebuilt std, the larger
+# aarch64 binary). Otherwise it uses the host toolchain: for aarch64, nightly rebuilding
+# std for size through `cargo zigbuild` when nightly and zig are installed, else stable
+# with Debian's gcc as the linker; for x86_64 stable; for 32-bit ARM stable with the
+# rustup target where rustup has it, else nightly with -Zbuild-std, through `cargo
+# zigbuild`. It installs nothing but the rustup target/component; what is missing is
+# printed with the command that installs it.
 #
 # Environment:
 #   MAILSLOT_BUILD=cross|host   force the method (default: cross when Docker works)
@@ -126,8 +129,8 @@ elif [ "$method" = host ]; then
                     command -v cargo-zigbuild >/dev/null 2>&1 && have_zig; then
                     want_std=1
                 else
-                    echo "build.sh: $target with stable's prebuilt std: about 270 KB larger, over the" \
-                        "2 MiB size goal. For the small build: rustup toolchain install $nightly" \
+                    echo "build.sh: $target with stable's prebuilt std: it works the same but is about" \
+                        "270 KB larger, at the edge of the 2 MiB size goal. For the small build: rustup toolchain install $nightly" \
                         "--profile minimal --component rust-src; pip install ziglang cargo-zigbuild." \
                         "MAILSLOT_BUILD_STD=0 chooses stable without this note." >&2
                 fi
