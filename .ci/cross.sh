@@ -67,7 +67,12 @@ trap 'ms_cleanup; rm -rf "$work"' EXIT
 
 for t in $targets; do
     echo "== cross: $t: build"
-    out=$(cross/build.sh "$t" | tail -1)
+    # std rebuilt for size on nightly (cross/build.sh's default for aarch64 when nightly
+    # and zig are installed, as above; always for 32-bit ARM): forced here, so that a
+    # missing tool fails the build instead of falling back to the larger stable build.
+    # MAILSLOT_BUILD_STD=0 checks the stable build (aarch64) instead.
+    echo "   $(rustup run "$nightly" rustc -V) (MAILSLOT_NIGHTLY=$nightly)"
+    out=$(MAILSLOT_BUILD_STD=${MAILSLOT_BUILD_STD:-1} cross/build.sh "$t" | tail -1)
     bin=${CARGO_TARGET_DIR:-$root/target}/$t/release/mailslot
     echo "   $out"
     # The device binary's size goals (README, docs/boards.md): a build over them fails.

@@ -9,17 +9,24 @@
 #   cross/build.sh --test TARGET    # instead: the library's unit tests, run under qemu-user
 #
 # With a Docker engine (`docker info` works) and `cross` installed, it runs `cross build`
-# (configuration: Cross.toml at the repository root). Otherwise it uses the host toolchain: stable with
-# the rustup target where rustup has it, else nightly with -Zbuild-std; Debian's gcc as
-# the linker for aarch64, `cargo zigbuild` for 32-bit ARM. It installs nothing but the
-# rustup target/component; what is missing is printed with the command that installs it.
+# (configuration: Cross.toml at the repository root; stable's prebuilt std, the larger
+# aarch64 binary). Otherwise it uses the host toolchain: for aarch64, nightly rebuilding
+# std for size through `cargo zigbuild` when nightly and zig are installed, else stable
+# with Debian's gcc as the linker; for x86_64 stable; for 32-bit ARM stable with the
+# rustup target where rustup has it, else nightly with -Zbuild-std, through `cargo
+# zigbuild`. It installs nothing but the rustup target/component; what is missing is
+# printed with the command that installs it.
 #
 # Environment:
 #   MAILSLOT_BUILD=cross|host   force the method (default: cross when Docker works)
 #   MAILSLOT_NIGHTLY            the nightly toolchain for -Zbuild-std (default: nightly)
-#   MAILSLOT_BUILD_STD=1        nightly -Zbuild-std for every target (smaller: std
-#                               without its backtrace symbolizer); default only where
-#                               rustup has no prebuilt std (32-bit ARM)
+#   MAILSLOT_BUILD_STD=1|0      1: nightly -Zbuild-std (std rebuilt for size: no
+#                               backtrace symbolizer, `optimize_for_size`; 270 KB
+#                               smaller on aarch64); 0: stable's prebuilt std where
+#                               rustup has it. Default: 1 for aarch64 when nightly
+#                               (with rust-src) and zig are installed, else 0; always
+#                               1 where rustup has no prebuilt std (32-bit ARM)
+#   MAILSLOT_BUILD_STD_FEATURES std features for -Zbuild-std (default: optimize_for_size)
 #   CARGO_TARGET_DIR            honoured; the binary is then under it
 # Extra arguments go to cargo (e.g. --features ..., -v).
 set -euo pipefail
@@ -105,14 +112,35 @@ elif [ "$method" = host ]; then
     need rustup "https://rustup.rs"
     report_missing
 
-    # Stable with the prebuilt std when rustup offers it for this target (aarch64 and
-    # x86_64 here; 32-bit ARM too where rustup's mirror has it), else nightly building
-    # std from source.
+    # aarch64 (the size goal that binds): nightly rebuilding std for size by default, when
+    # nightly with rust-src and zig are at hand; else stable with the prebuilt std, which
+    # works but is about 270 KB larger (see cross/README.md, "Size and memory").
+    # Other targets: stable with the prebuilt std when rustup offers it (x86_64; 32-bit
+    # ARM too where rustup's mirror has it), else nightly building std from source.
     toolchain=stable
     build_std=()
-    if [ "${MAILSLOT_BUILD_STD:-}" = 1 ]; then
-        # Opt-in for any target: std rebuilt without its backtrace symbolizer, as the
-        # 32-bit ARM builds always are (see below and cross/README.md).
+    want_std=${MAILSLOT_BUILD_STD:-}
+    if [ -z "$want_std" ] && [ "$mode" = build ]; then
+        case "$target" in
+            aarch64-*)
+                if rustup run "$nightly" rustc -V >/dev/null 2>&1 &&
+                    { rustup component list --toolchain "$nightly" --installed 2>/dev/null | grep -q '^rust-src' ||
+                        rustup component add rust-src --toolchain "$nightly" >/dev/null 2>&1; } &&
+                    command -v cargo-zigbuild >/dev/null 2>&1 && have_zig; then
+                    want_std=1
+                else
+                    echo "build.sh: $target with stable's prebuilt std: it works the same but is about" \
+                        "270 KB larger, at the edge of the 2 MiB size goal. For the small build: rustup toolchain install $nightly" \
+                        "--profile minimal --component rust-src; pip install ziglang cargo-zigbuild." \
+                        "MAILSLOT_BUILD_STD=0 chooses stable without this note." >&2
+                fi
+                ;;
+        esac
+    fi
+    if [ "$want_std" = 1 ]; then
+        # std rebuilt for size: without its backtrace symbolizer and with core's and
+        # alloc's `optimize_for_size` (see below and cross/README.md). Default for
+        # aarch64, always for 32-bit ARM, opt-in for x86_64.
         toolchain=$nightly
     elif ! rustup target list --toolchain stable --installed 2>/dev/null | grep -qx "$target"; then
         if ! rustup target add --toolchain stable "$target" >/dev/null 2>&1; then
@@ -131,8 +159,11 @@ elif [ "$method" = host ]; then
             # The release profile aborts on panic. std without its default features
             # (`backtrace`: the DWARF symbolizer, gimli/addr2line/miniz_oxide, which
             # finds nothing in a stripped binary anyway; `panic-unwind`): a panic still
-            # prints its message and location, a backtrace prints addresses.
-            build_std=(-Zbuild-std=std,panic_abort -Zbuild-std-features=)
+            # prints its message and location, a backtrace prints addresses. With
+            # `optimize_for_size`: core's and alloc's smaller variants of sorting,
+            # formatting and the like (same results). MAILSLOT_BUILD_STD_FEATURES
+            # replaces that list (empty: no std features).
+            build_std=(-Zbuild-std=std,panic_abort "-Zbuild-std-features=${MAILSLOT_BUILD_STD_FEATURES-optimize_for_size}")
         else
             build_std=(-Zbuild-std) # the test harness unwinds
         fi
