@@ -89,7 +89,8 @@ impl Scene {
                 format!(
                     "name: e{}\ntunnel-listen: 0.0.0.0:7844\nhttp-listen: 0.0.0.0:80\n\
                      https-listen: none\ncert: edge.crt\nkey: edge.key\nsigning-key: signing.key\n\
-                     admin-listen: {ADMIN}\n",
+                     admin-listen: {ADMIN}\nfleet:\n  store: fleet{}.redb\n",
+                    i + 1,
                     i + 1
                 ),
             )
