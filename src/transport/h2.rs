@@ -277,8 +277,9 @@ const MAX_CADENCE: Duration = Duration::from_secs(3600);
 /// - when it has heard nothing for the connector's keep-alive period plus `idle`.
 ///
 /// The connector's period is learnt, as the longest silence that ended without the edge
-/// asking (from `keepalive` up to [`MAX_CADENCE`]): a connector with rare keep-alives
-/// (a metered one) is not pinged between them. A ping unanswered within `idle` closes the
+/// asking (from `keepalive` up to [`MAX_CADENCE`]), and doubled whenever the edge had to
+/// ask: a connector with rare keep-alives (a metered one) costs the edge two pings in
+/// its first 5 minutes, and none between its keep-alives after that. A ping unanswered within `idle` closes the
 /// connection. Checks run every `keepalive` on a local timer: nothing is sent.
 fn spawn_watch(mut pinger: h2::PingPong, inner: Arc<Inner>, keepalive: Duration, idle: Duration) {
     tokio::spawn(async move {
@@ -315,6 +316,11 @@ fn spawn_watch(mut pinger: h2::PingPong, inner: Arc<Inner>, keepalive: Duration,
                 Ok(Ok(_)) => {
                     let rtt = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                     inner.rtt_us.store(rtt, Ordering::Relaxed);
+                    if !nudged {
+                        // Alive, but quiet for longer than thought: wait longer next time.
+                        let quiet = heard_at.elapsed();
+                        cadence = cadence.saturating_mul(2).max(quiet).min(MAX_CADENCE);
+                    }
                     // The answer is not a keep-alive of the connector's own.
                     seen = inner.heard.load(Ordering::Relaxed);
                     heard_at = Instant::now();
