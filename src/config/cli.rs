@@ -123,7 +123,7 @@ fn summary(config: &DeviceConfig, name: &str, version: u16, size: usize) -> std:
     if config.metered {
         let _ = writeln!(
             o,
-            "metered:     one connection, HTTP/2 keep-alives every {}, health hourly",
+            "metered:     keep-alive {} over HTTP/2",
             yaml_out::secs(config.keepalive_secs_on(super::Protocol::Http2))
         );
     }

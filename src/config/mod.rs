@@ -322,10 +322,8 @@ impl DeviceConfig {
         (self.protocol != Protocol::Http2 && self.keepalive_secs > NAT_SAFE_KEEPALIVE_SECS).then(
             || {
                 format!(
-                    "warning: keepalive {}s over QUIC cannot hold most NATs' UDP mappings \
-                     (30 s in Linux and many carrier NATs): the device is unreachable between \
-                     keep-alives. Keep it at {NAT_SAFE_KEEPALIVE_SECS}s or less, or set \
-                     `metered: true` for rare keep-alives over HTTP/2",
+                    "warning: keepalive {}s over QUIC outlasts most NATs' 30 s UDP mappings: \
+                     keep it at {NAT_SAFE_KEEPALIVE_SECS}s or less, or set `metered: true`",
                     self.keepalive_secs
                 )
             },
