@@ -319,15 +319,18 @@ impl DeviceConfig {
     /// keep-alive over [`NAT_SAFE_KEEPALIVE_SECS`] loses the UDP mapping of most NATs
     /// between keep-alives, and the device is unreachable until its next one.
     pub(crate) fn nat_warning(&self) -> Option<std::string::String> {
-        (self.protocol != Protocol::Http2 && self.keepalive_secs > NAT_SAFE_KEEPALIVE_SECS).then(
-            || {
-                format!(
-                    "warning: keepalive {}s over QUIC outlasts most NATs' 30 s UDP mappings: \
+        let quic = match self.protocol {
+            Protocol::Auto => !self.metered,
+            Protocol::Quic => true,
+            Protocol::Http2 => false,
+        };
+        (quic && self.keepalive_secs > NAT_SAFE_KEEPALIVE_SECS).then(|| {
+            format!(
+                "warning: keepalive {}s over QUIC outlasts most NATs' 30 s UDP mappings: \
                      keep it at {NAT_SAFE_KEEPALIVE_SECS}s or less, or set `metered: true`",
-                    self.keepalive_secs
-                )
-            },
-        )
+                self.keepalive_secs
+            )
+        })
     }
 
     /// The token, for printing: masked.

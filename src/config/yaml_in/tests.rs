@@ -117,6 +117,10 @@ fn metered_and_the_nat_warning() {
         .is_none());
     let h2 = "keepalive: 60s\nidle-timeout: 120s\nprotocol: http2\n";
     assert!(compile(&doc(h2, "")).unwrap().nat_warning().is_none());
+    let metered = "keepalive: 60s\nidle-timeout: 120s\nmetered: true\n";
+    assert!(compile(&doc(metered, "")).unwrap().nat_warning().is_none());
+    let quic = "keepalive: 60s\nidle-timeout: 120s\nmetered: true\nprotocol: quic\n";
+    assert!(compile(&doc(quic, "")).unwrap().nat_warning().is_some());
 }
 
 #[test]
