@@ -117,6 +117,7 @@ pub(crate) fn demo_config(
         grace_period_secs: 5,
         ingress,
         edge_pins: heapless::Vec::new(),
+        metered: false,
     }))
 }
 

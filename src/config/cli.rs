@@ -17,14 +17,19 @@ pub fn compile(input: &Path, output: &Path) -> Result<std::string::String, std::
         let bytes = codec::encode(&config).map_err(|e| format!("{}: {e}", input.display()))?;
         store::write_atomic(output, &bytes)
             .map_err(|e| format!("writing {}: {e}", output.display()))?;
-        Ok(format!(
+        let mut out = format!(
             "{}: {} bytes: tunnel {}, {} edge(s), {} rule(s)\n",
             output.display(),
             bytes.len(),
             config.tunnel,
             config.edges.len(),
             config.ingress.len()
-        ))
+        );
+        if let Some(w) = config.nat_warning() {
+            out.push_str(&w);
+            out.push('\n');
+        }
+        Ok(out)
     }
     #[cfg(not(feature = "yaml"))]
     {
@@ -115,6 +120,16 @@ fn summary(config: &DeviceConfig, name: &str, version: u16, size: usize) -> std:
         yaml_out::secs(config.idle_timeout_secs),
         yaml_out::secs(config.grace_period_secs)
     );
+    if config.metered {
+        let _ = writeln!(
+            o,
+            "metered:     keep-alive {} over HTTP/2",
+            yaml_out::secs(config.keepalive_secs_on(super::Protocol::Http2))
+        );
+    }
+    if let Some(w) = config.nat_warning() {
+        let _ = writeln!(o, "{w}");
+    }
     let _ = writeln!(o, "rules:       {}", config.ingress.len());
     for rule in &config.ingress {
         let _ = writeln!(o, "  {}", rule_line(rule));

@@ -11,8 +11,9 @@
 //!
 //! - `magic`: the 4 bytes `MSLC` ("mailslot config").
 //! - `version`: the format version. This build writes version 1 for a config without
-//!   `edge-pin`s, so that older mailslots keep reading it, and [`FORMAT_VERSION`] (2),
-//!   whose payload appends the pins, for one with them. A reader refuses newer versions
+//!   `edge-pin`s, so that older mailslots keep reading it, version 2, whose payload
+//!   appends the pins, for one with them, and [`FORMAT_VERSION`] (3), which appends
+//!   `metered` after the pins (even none), for a metered config only. A reader refuses newer versions
 //!   ("written by a newer mailslot: update") and reads every older one it knows.
 //! - `payload len`: the postcard payload's length; the file must be exactly
 //!   `14 + N` bytes.
@@ -29,8 +30,10 @@ use super::{ConfigError, DeviceConfig};
 
 /// The file's first 4 bytes.
 pub const MAGIC: [u8; 4] = *b"MSLC";
-/// The newest format version this build writes and reads (2: `edge_pins` appended).
-pub const FORMAT_VERSION: u16 = 2;
+/// The newest format version this build writes and reads (3: `metered` appended).
+pub const FORMAT_VERSION: u16 = 3;
+/// The version written for a config with edge pins that is not metered.
+pub(crate) const PINNED_VERSION: u16 = 2;
 /// The version written for a config without edge pins, which version 1 readers know.
 pub(crate) const PINLESS_VERSION: u16 = 1;
 /// Bytes before the payload: magic, version, payload length.
@@ -147,7 +150,13 @@ impl Header {
 pub fn encode(config: &DeviceConfig) -> Result<Vec<u8>, EncodeError> {
     config.validate()?;
     let mut payload = postcard::to_allocvec(config).map_err(EncodeError::Serialize)?;
-    let version = if config.edge_pins.is_empty() {
+    let version = if config.metered {
+        FORMAT_VERSION
+    } else if payload.pop() != Some(0) {
+        // `metered` is the payload's last field; false, postcard writes it as one byte 0.
+        // Without that byte the payload is version 2's.
+        return Err(EncodeError::Serialize(postcard::Error::SerdeSerCustom));
+    } else if config.edge_pins.is_empty() {
         // `edge_pins` is the payload's last field; empty, postcard writes it as one
         // length byte 0. Without that byte the payload is version 1's, to the byte.
         if payload.pop() != Some(0) {
@@ -155,7 +164,7 @@ pub fn encode(config: &DeviceConfig) -> Result<Vec<u8>, EncodeError> {
         }
         PINLESS_VERSION
     } else {
-        FORMAT_VERSION
+        PINNED_VERSION
     };
     let total = HEADER_LEN + payload.len() + CRC_LEN;
     let payload_len = u32::try_from(payload.len()).map_err(|_| EncodeError::TooLarge(total))?;
@@ -257,11 +266,11 @@ static CRC_TABLE: [u32; 256] = {
     table
 };
 
-/// One reader per format version this build knows: versions 1 and 2 differ only by
-/// the field version 2 appends, and share [`super::v1`]'s reader.
+/// One reader per format version this build knows: versions 1 to 3 differ only by
+/// the fields versions 2 and 3 append, and share [`super::v1`]'s reader.
 fn read_payload(version: u16, payload: &[u8]) -> Result<Box<DeviceConfig>, DecodeError> {
     let read = match version {
-        1 | 2 => super::v1::read(version, payload),
+        1..=3 => super::v1::read(version, payload),
         // Header::parse admits only versions 1..=FORMAT_VERSION, all handled above.
         _ => return Err(DecodeError::NewerVersion(version)),
     };
@@ -502,10 +511,44 @@ mod tests {
         ));
     }
 
+    /// `metered: true` makes a version 3 file: version 2's payload (pins, even none),
+    /// then the flag. Files without it stay version 1 or 2, to the byte.
+    #[test]
+    fn metered_makes_a_version_3_file() {
+        use crate::config::*;
+        let mut config = minimal_config();
+        config
+            .ingress
+            .push(rule(None, Service::HttpStatus(404)))
+            .unwrap();
+        let v1 = encode(&config).unwrap();
+        let v1_payload = v1[HEADER_LEN..v1.len() - CRC_LEN].to_vec();
+        config.metered = true;
+        let v3 = encode(&config).unwrap();
+        let mut payload = v1_payload.clone();
+        payload.extend([0, 1]);
+        assert_eq!(v3, wrap(3, &payload));
+        assert_eq!(decode_with_version(&v3).unwrap(), (config.clone(), 3));
+        config.edge_pins.push([7; 32]).unwrap();
+        let v3 = encode(&config).unwrap();
+        assert_eq!(decode_with_version(&v3).unwrap(), (config.clone(), 3));
+        config.metered = false;
+        assert_eq!(&encode(&config).unwrap()[4..6], &[2, 0]);
+        // A version 3 payload without its flag is refused; version 2 with it too.
+        assert!(matches!(
+            decode(&wrap(3, &[v1_payload.clone(), vec![0]].concat())),
+            Err(DecodeError::Payload(_))
+        ));
+        assert!(matches!(
+            decode(&wrap(2, &payload)),
+            Err(DecodeError::TrailingBytes(1))
+        ));
+    }
+
     #[test]
     fn newer_version_refused() {
         let mut bytes = encode(&sample_config()).unwrap();
-        bytes[4] = 3;
+        bytes[4] = 4;
         let msg = decode(&bytes).unwrap_err().to_string();
         assert!(msg.contains("written by a newer mailslot: update"), "{msg}");
         bytes[4] = 0;
@@ -562,7 +605,7 @@ mod tests {
         let mut config = sample_config();
         config.ingress.pop();
         let payload = postcard::to_allocvec(&config).unwrap();
-        let err = decode(&wrap(2, &payload)).unwrap_err();
+        let err = decode(&wrap(FORMAT_VERSION, &payload)).unwrap_err();
         assert!(
             matches!(err, DecodeError::Invalid(ConfigError::NoCatchAll(_))),
             "{err}"

@@ -126,7 +126,23 @@ pub struct DeviceConfig {
     /// the CA vouches for. Format version 2; files without pins are written as version 1
     /// ([`codec`]).
     pub(crate) edge_pins: Vec<EdgePin, MAX_EDGE_PINS>,
+    /// `metered: true`: the link is paid by the byte (see [`DeviceConfig::metered_profile`]).
+    /// Format version 3; files without it are written as version 1 or 2 ([`codec`]).
+    pub(crate) metered: bool,
 }
+
+/// Seconds between the HTTP/2 keep-alives of a metered connector. TCP mappings of NATs
+/// last for hours (RFC 5382 asks at least 2 h 4 min of an established connection), so
+/// the keep-alive refreshes them with a wide margin; it also bounds how long a
+/// connection whose path died unseen stays up.
+pub(crate) const METERED_KEEPALIVE_SECS: u16 = 300;
+
+/// Seconds between the health reports of a metered connector, at least.
+pub(crate) const METERED_HEALTH_SECS: u32 = 3600;
+
+/// The longest QUIC keep-alive that holds a NAT's UDP mapping: Linux conntrack and many
+/// carrier NATs drop one idle for 30 s.
+pub(crate) const NAT_SAFE_KEEPALIVE_SECS: u16 = 25;
 
 /// The SHA-256 of an edge's public key (its DER SubjectPublicKeyInfo), written
 /// `sha256//BASE64` as curl's `--pinnedpubkey` and HPKP do ([`pin::pin_to_string`]).
@@ -250,6 +266,7 @@ impl fmt::Debug for DeviceConfig {
             .field("grace_period_secs", &self.grace_period_secs)
             .field("ingress", &self.ingress)
             .field("edge_pins", &self.edge_pins.len())
+            .field("metered", &self.metered)
             .finish()
     }
 }
@@ -271,6 +288,48 @@ impl DeviceConfig {
             grace_period_secs: 0,
             ingress: Vec::new(),
             edge_pins: Vec::new(),
+            metered: false,
+        })
+    }
+
+    /// The config as the connector runs it: under `metered: true`, one connection, and
+    /// HTTP/2 over TCP unless `protocol: quic` (its keep-alives, every
+    /// [`METERED_KEEPALIVE_SECS`], are what an idle connector sends; a QUIC path would
+    /// need one every 25 s to hold the NAT's UDP mapping).
+    pub(crate) fn metered_profile(mut self: Box<Self>) -> Box<Self> {
+        if self.metered {
+            self.ha_connections = 1;
+            if self.protocol == Protocol::Auto {
+                self.protocol = Protocol::Http2;
+            }
+        }
+        self
+    }
+
+    /// Seconds between keep-alives on a connection over `protocol`.
+    pub(crate) fn keepalive_secs_on(&self, protocol: Protocol) -> u16 {
+        if self.metered && protocol == Protocol::Http2 {
+            self.keepalive_secs.max(METERED_KEEPALIVE_SECS)
+        } else {
+            self.keepalive_secs
+        }
+    }
+
+    /// A warning about settings that cannot hold the NAT's mapping, if any: a QUIC
+    /// keep-alive over [`NAT_SAFE_KEEPALIVE_SECS`] loses the UDP mapping of most NATs
+    /// between keep-alives, and the device is unreachable until its next one.
+    pub(crate) fn nat_warning(&self) -> Option<std::string::String> {
+        let quic = match self.protocol {
+            Protocol::Auto => !self.metered,
+            Protocol::Quic => true,
+            Protocol::Http2 => false,
+        };
+        (quic && self.keepalive_secs > NAT_SAFE_KEEPALIVE_SECS).then(|| {
+            format!(
+                "warning: keepalive {}s over QUIC outlasts most NATs' 30 s UDP mappings: \
+                     keep it at {NAT_SAFE_KEEPALIVE_SECS}s or less, or set `metered: true`",
+                self.keepalive_secs
+            )
         })
     }
 

@@ -1,4 +1,4 @@
-//! The payload reader of format versions 1 and 2: postcard decoded straight into a boxed
+//! The payload reader of format versions 1 to 3: postcard decoded straight into a boxed
 //! config.
 //!
 //! A version 1 payload is exactly what the derived `Serialize` of [`DeviceConfig`]
@@ -11,7 +11,8 @@
 //! past it, before anything is allocated.
 //!
 //! Version 2 appended one field, `edge_pins`; a version 1 payload ends before it and
-//! reads as a config without pins. A version that changes more than appending would
+//! reads as a config without pins. Version 3 appended `metered`; a version 1 or 2
+//! payload reads as `metered: false`. A version that changes more than appending would
 //! get its own reader and keep this one, converting.
 
 use std::fmt;
@@ -34,20 +35,23 @@ const FIELDS: &[&str] = &[
     "grace_period_secs",
     "ingress",
     "edge_pins",
+    "metered",
 ];
 
-/// Fields of a version 1 payload: all but the last.
+/// Fields of a version 1 payload: all but the last two.
 const V1_FIELDS: usize = 11;
+/// Fields of a version 2 payload: all but the last.
+const V2_FIELDS: usize = 12;
 
 /// Decodes a version 1 or 2 payload, which must be consumed exactly. The config is not
 /// validated here.
 pub(super) fn read(version: u16, payload: &[u8]) -> Result<Box<DeviceConfig>, ReadError> {
     let mut config = DeviceConfig::blank();
     let mut de = postcard::Deserializer::from_bytes(payload);
-    let fields = if version == 1 {
-        FIELDS.get(..V1_FIELDS).unwrap_or(FIELDS)
-    } else {
-        FIELDS
+    let fields = match version {
+        1 => FIELDS.get(..V1_FIELDS).unwrap_or(FIELDS),
+        2 => FIELDS.get(..V2_FIELDS).unwrap_or(FIELDS),
+        _ => FIELDS,
     };
     Fill(&mut config, fields)
         .deserialize(&mut de)
@@ -108,6 +112,9 @@ impl<'de> Visitor<'de> for Fill<'_> {
         if self.1.len() > V1_FIELDS {
             seq.next_element_seed(Push(&mut c.edge_pins))?
                 .ok_or_else(|| missing(11))?;
+        }
+        if self.1.len() > V2_FIELDS {
+            c.metered = seq.next_element()?.ok_or_else(|| missing(12))?;
         }
         Ok(())
     }

@@ -101,6 +101,9 @@ struct Doc {
     keepalive: Option<Duration>,
     idle_timeout: Option<Duration>,
     grace_period: Option<Duration>,
+    /// `metered: true`: see [`DeviceConfig::metered_profile`].
+    #[serde(default)]
+    metered: bool,
     #[serde(alias = "originRequest")]
     origin_request: Option<Origin>,
     ingress: std::vec::Vec<Rule>,
@@ -443,6 +446,7 @@ impl Compiler<'_> {
         config.idle_timeout_secs = idle_timeout_secs;
         config.grace_period_secs = grace_period_secs;
         config.edge_pins = edge_pins;
+        config.metered = doc.metered;
         config.validate()?;
         Ok(config)
     }

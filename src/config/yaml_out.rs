@@ -53,6 +53,9 @@ pub fn to_yaml(config: &DeviceConfig, show_secrets: bool) -> String {
     let _ = writeln!(o, "keepalive: {}", secs(config.keepalive_secs));
     let _ = writeln!(o, "idle-timeout: {}", secs(config.idle_timeout_secs));
     let _ = writeln!(o, "grace-period: {}", secs(config.grace_period_secs));
+    if config.metered {
+        let _ = writeln!(o, "metered: true");
+    }
     let _ = writeln!(o, "ingress:");
     for rule in &config.ingress {
         let mut lead = "  - ";

@@ -160,7 +160,7 @@ pub(super) async fn prepare(shared: &Shared, slot: usize, entry: usize) -> Resul
         server_name,
         tls,
         tuning: quic::ClientTuning {
-            keepalive: Duration::from_secs(u64::from(cfg.keepalive_secs.max(1))),
+            keepalive: Duration::from_secs(u64::from(cfg.keepalive_secs_on(cfg.protocol).max(1))),
             idle_timeout: Duration::from_secs(u64::from(cfg.idle_timeout_secs.max(2))),
             max_streams: MAX_STREAMS_PER_CONN,
             handshake_timeout: slot::HANDSHAKE_TIMEOUT,

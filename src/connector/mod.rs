@@ -95,6 +95,7 @@ impl Connector {
         device: Option<device::Device>,
     ) -> Result<Self, String> {
         let device = device.map(Arc::new);
+        let config = config.metered_profile();
         let instance = instance::Instance::claim(&config.tunnel);
         match &instance {
             Some(i) => log::debug!("connector instance {}", crate::util::hex(&i.id[..4])),
@@ -136,7 +137,7 @@ impl Connector {
         let old = self.shared.current.borrow().clone();
         let device = self.shared.device.as_deref();
         let rt = Arc::new(ActiveConfig::new(
-            config,
+            config.metered_profile(),
             old.generation.wrapping_add(1),
             device.map(|d| d.id()),
         )?);

@@ -236,6 +236,11 @@ async fn serve_registered(
     let (mut health, _attached) = match health_every_secs {
         0 => (None, None),
         every => {
+            // A metered link pays for every report: one an hour at most.
+            let every = match shared.current.borrow().config.metered {
+                true => every.max(crate::config::METERED_HEALTH_SECS),
+                false => every,
+            };
             let (rx, guard) = shared.health.attach(slot, every);
             (Some(rx), Some(guard))
         }

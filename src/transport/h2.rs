@@ -232,8 +232,8 @@ pub(crate) async fn connect(
     Ok(Session::H2(H2Session { inner }))
 }
 
-/// Pings every `keepalive`, and when nudged; a ping unanswered within `idle` closes
-/// the connection.
+/// The connector's keep-alive: pings every `keepalive`, and when nudged; a ping
+/// unanswered within `idle` closes the connection.
 fn spawn_pinger(
     mut pinger: h2::PingPong,
     inner: Arc<Inner>,
@@ -260,6 +260,76 @@ fn spawn_pinger(
                     inner
                         .close
                         .send_replace(Some(format!("no answer from the {peer} for {idle:?}")));
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// The longest keep-alive period of a connector the edge waits out before it asks.
+const MAX_CADENCE: Duration = Duration::from_secs(3600);
+
+/// The edge's watch over a connector's HTTP/2 connection. The connector keeps the path
+/// alive (it is behind the NAT: its pings refresh the mapping, and the edge's answers
+/// ride on it), so the edge pings only:
+/// - when nudged ([`H2Session::nudge`]: a request waits on a connector gone quiet), and
+/// - when it has heard nothing for the connector's keep-alive period plus `idle`.
+///
+/// The connector's period is learnt, as the longest silence that ended without the edge
+/// asking (from `keepalive` up to [`MAX_CADENCE`]), and doubled whenever the edge had to
+/// ask: a connector with rare keep-alives (a metered one) costs the edge two pings in
+/// its first 5 minutes, and none between its keep-alives after that. A ping unanswered within `idle` closes the
+/// connection. Checks run every `keepalive` on a local timer: nothing is sent.
+fn spawn_watch(mut pinger: h2::PingPong, inner: Arc<Inner>, keepalive: Duration, idle: Duration) {
+    tokio::spawn(async move {
+        let mut closed = inner.closed.subscribe();
+        let mut seen = inner.heard.load(Ordering::Relaxed);
+        // When the last bytes arrived, and when the last arrived unasked.
+        let mut heard_at = Instant::now();
+        let mut unasked_at = heard_at;
+        let mut cadence = keepalive;
+        // One ping at the start measures the round trip the silence watch allows for.
+        let mut first = true;
+        loop {
+            let nudged = if std::mem::take(&mut first) {
+                true
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(keepalive) => false,
+                    _ = inner.nudge.notified() => true,
+                    _ = wait_reason(&mut closed) => return,
+                }
+            };
+            let heard = inner.heard.load(Ordering::Relaxed);
+            if heard != seen {
+                seen = heard;
+                cadence = cadence.max(unasked_at.elapsed().min(MAX_CADENCE));
+                heard_at = Instant::now();
+                unasked_at = heard_at;
+            }
+            if !nudged && heard_at.elapsed() < cadence + idle {
+                continue;
+            }
+            let sent = Instant::now();
+            match tokio::time::timeout(idle, pinger.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_)) => {
+                    let rtt = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    inner.rtt_us.store(rtt, Ordering::Relaxed);
+                    if !nudged {
+                        // Alive, but quiet for longer than thought: wait longer next time.
+                        let quiet = heard_at.elapsed();
+                        cadence = cadence.saturating_mul(2).max(quiet).min(MAX_CADENCE);
+                    }
+                    // The answer is not a keep-alive of the connector's own.
+                    seen = inner.heard.load(Ordering::Relaxed);
+                    heard_at = Instant::now();
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    inner
+                        .close
+                        .send_replace(Some(format!("no answer from the connector for {idle:?}")));
                     return;
                 }
             }
@@ -351,7 +421,7 @@ where
     let (send, mut conn) = builder.handshake::<_, Bytes>(io).await.map_err(h2_io)?;
     let inner = Inner::new(remote, Role::Client(Mutex::new(send)), heard);
     if let Some(p) = conn.ping_pong() {
-        spawn_pinger(p, inner.clone(), keepalive, idle, "connector");
+        spawn_watch(p, inner.clone(), keepalive, idle);
     }
     let driver = inner.clone();
     tokio::spawn(async move {

@@ -428,6 +428,22 @@ pub(crate) async fn connect(
     }
 }
 
+/// The edge's keep-alive on QUIC: a fallback that never fires while the connector keeps
+/// the path alive.
+///
+/// Only the connector needs to send keep-alives: it is the end behind the NAT, and its
+/// packets (and the edge's acknowledgements of them) refresh the mapping; quinn restarts
+/// the keep-alive timer on every packet received, so an edge timer longer than the
+/// connector's stays silent. When both ends ran the same 15 s timer, their PINGs crossed
+/// in most cycles and the path carried two PINGs and two acknowledgements instead of one
+/// of each. The edge still detects a dead connector by the idle timeout, and a request
+/// waiting on a silent one by the silence watch (QUIC acknowledges the request itself).
+/// The fallback, twice `keepalive` but under three quarters of `idle`, keeps connections
+/// of connectors whose keep-alive exceeds the edge's idle timeout alive, as before.
+pub(crate) fn edge_keepalive(keepalive: Duration, idle: Duration) -> Duration {
+    keepalive.saturating_mul(2).min(idle / 4 * 3).max(keepalive)
+}
+
 /// The edge's tunnel listener: a QUIC endpoint and the settings it accepts with.
 pub(crate) struct Listener {
     pub(crate) endpoint: quinn::Endpoint,
@@ -449,7 +465,13 @@ impl Listener {
         let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         // Connectors never open streams; the edge opens them all.
-        config.transport_config(Arc::new(transport(keepalive, idle, 0, EDGE, None)));
+        config.transport_config(Arc::new(transport(
+            edge_keepalive(keepalive, idle),
+            idle,
+            0,
+            EDGE,
+            None,
+        )));
         let granted = size_buffers(&socket, EDGE_SOCKET_BUFFER);
         if granted < EDGE_SOCKET_BUFFER {
             log::info!(
@@ -484,7 +506,7 @@ impl Listener {
             Some(limit) => {
                 let mut config = self.config.clone();
                 config.transport_config(Arc::new(transport(
-                    self.keepalive,
+                    edge_keepalive(self.keepalive, self.idle),
                     self.idle,
                     0,
                     EDGE,

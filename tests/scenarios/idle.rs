@@ -62,6 +62,9 @@ pub struct Profile {
     pub connections: usize,
     /// Delay added each way at the NAT (the NFQUEUE delay tool), milliseconds.
     pub delay_ms: Option<u32>,
+    /// Idle time before the window: an HTTP/2 edge learns the device's keep-alive period
+    /// from its first keep-alive, and pings until then.
+    pub settle: Duration,
 }
 
 /// Counters of one direction, by cause: (cause, packets, bytes).
@@ -200,7 +203,7 @@ pub fn measure(profile: &Profile, window: Duration) -> Idle {
     if let Some(ms) = profile.delay_ms {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/netns/delay.py");
         // The delay program ends on its own after the window and a margin for setup.
-        let limit = window.as_secs() + 300;
+        let limit = window.as_secs() + profile.settle.as_secs() + 300;
         let delay = Proc::spawn(
             "delay",
             s.net
@@ -234,7 +237,7 @@ pub fn measure(profile: &Profile, window: Duration) -> Idle {
         assert_eq!(r, Ok(200), "{}: GET via e{}", profile.name, i + 1);
     }
     // The last acknowledgements of those requests, then the window.
-    thread::sleep(Duration::from_secs(2));
+    thread::sleep(Duration::from_secs(2) + profile.settle);
     let registered = s.connector().count("registered");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/netns/bursts.py");
     let capture = Proc::spawn(
@@ -416,6 +419,7 @@ pub fn idle_traffic() {
         device: Device::default(),
         connections: 4,
         delay_ms: None,
+        settle: Duration::ZERO,
     });
 }
 
@@ -426,6 +430,7 @@ pub fn idle_traffic_50ms_rtt() {
         device: Device::default(),
         connections: 4,
         delay_ms: Some(25),
+        settle: Duration::ZERO,
     });
 }
 
@@ -439,6 +444,7 @@ pub fn idle_traffic_one_connection() {
         },
         connections: 1,
         delay_ms: None,
+        settle: Duration::ZERO,
     });
 }
 
@@ -452,6 +458,7 @@ pub fn idle_traffic_http2() {
         },
         connections: 4,
         delay_ms: None,
+        settle: Duration::ZERO,
     });
 }
 
@@ -466,5 +473,39 @@ pub fn idle_traffic_http2_one_connection() {
         },
         connections: 1,
         delay_ms: None,
+        settle: Duration::ZERO,
+    });
+}
+
+/// Idle time before a metered profile's window: its first keep-alive (5 minutes) and a
+/// margin, after which the edge knows the device's keep-alive period.
+const METERED_SETTLE: Duration = Duration::from_secs(330);
+
+/// The metered profile (`metered: true`): one HTTP/2 connection with keep-alives every
+/// 5 minutes, health reports hourly at most.
+pub fn idle_traffic_metered() {
+    run(Profile {
+        name: "metered (http2, 1 connection, keepalive 300s)",
+        device: Device {
+            extra_yaml: "metered: true\n",
+            ..Device::default()
+        },
+        connections: 1,
+        delay_ms: None,
+        settle: METERED_SETTLE,
+    });
+}
+
+/// The metered profile at a 50 ms round trip.
+pub fn idle_traffic_metered_50ms_rtt() {
+    run(Profile {
+        name: "metered at 50 ms RTT (http2, 1 connection, keepalive 300s)",
+        device: Device {
+            extra_yaml: "metered: true\n",
+            ..Device::default()
+        },
+        connections: 1,
+        delay_ms: Some(25),
+        settle: METERED_SETTLE,
     });
 }

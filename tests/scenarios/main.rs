@@ -38,6 +38,7 @@ mod fleet;
 mod idle;
 mod nat;
 mod scene;
+mod storage;
 
 use libtest_mimic::{Completion, Trial};
 
@@ -189,6 +190,23 @@ fn main() {
             "idle_traffic_http2_one_connection",
             Namespaces,
             idle::idle_traffic_http2_one_connection,
+        )
+        .with_ignored_flag(true),
+        scenario(
+            "connector_writes_nothing_to_storage",
+            Namespaces,
+            storage::connector_writes_nothing_to_storage,
+        ),
+        scenario(
+            "idle_traffic_metered",
+            Namespaces,
+            idle::idle_traffic_metered,
+        )
+        .with_ignored_flag(true),
+        scenario(
+            "idle_traffic_metered_50ms_rtt",
+            NetfilterQueue,
+            idle::idle_traffic_metered_50ms_rtt,
         )
         .with_ignored_flag(true),
     ];

@@ -93,6 +93,36 @@ fn edge_pins() {
     assert!(msg.contains("edge-pin") && msg.contains("limit 4"), "{msg}");
 }
 
+/// `metered: true` runs one HTTP/2 connection with rare keep-alives; a QUIC keep-alive
+/// too long for a NAT's UDP mapping is warned about, unless the link is HTTP/2 only.
+#[test]
+fn metered_and_the_nat_warning() {
+    let config = compile(&doc("metered: true\n", "")).unwrap();
+    assert!(config.metered);
+    assert!(config.nat_warning().is_none());
+    let run = config.metered_profile();
+    assert_eq!((run.ha_connections, run.protocol), (1, Protocol::Http2));
+    assert_eq!(run.keepalive_secs_on(Protocol::Http2), 300);
+    assert_eq!(run.keepalive_secs_on(Protocol::Quic), 15);
+    let plain = compile(&doc("", "")).unwrap();
+    assert!(!plain.metered);
+    assert_eq!(plain.clone().metered_profile(), plain);
+
+    let long = compile(&doc("keepalive: 60s\nidle-timeout: 120s\n", "")).unwrap();
+    let warning = long.nat_warning().unwrap();
+    assert!(warning.contains("keepalive 60s over QUIC"), "{warning}");
+    assert!(compile(&doc("keepalive: 25s\n", ""))
+        .unwrap()
+        .nat_warning()
+        .is_none());
+    let h2 = "keepalive: 60s\nidle-timeout: 120s\nprotocol: http2\n";
+    assert!(compile(&doc(h2, "")).unwrap().nat_warning().is_none());
+    let metered = "keepalive: 60s\nidle-timeout: 120s\nmetered: true\n";
+    assert!(compile(&doc(metered, "")).unwrap().nat_warning().is_none());
+    let quic = "keepalive: 60s\nidle-timeout: 120s\nmetered: true\nprotocol: quic\n";
+    assert!(compile(&doc(quic, "")).unwrap().nat_warning().is_some());
+}
+
 #[test]
 fn defaults() {
     let config = compile(&doc("", "")).unwrap();
