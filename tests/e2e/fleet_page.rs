@@ -310,7 +310,9 @@ pub(crate) fn devices_commands_talk_to_the_running_edge() -> Result<(), Skip> {
 
 /// A fleet of `n` real connectors started from one golden `config.bin` (an enrolment
 /// key of fleet `shop`, `{device}` hostnames) against `edge`, each in a folder of its
-/// own: the folders, the connectors (each registered twice) and the device ids.
+/// own: the folders, the connectors (each registered twice) and the device ids. A short
+/// idle timeout: a stopped board's CONNECTION_CLOSE is one UDP datagram, which a loaded
+/// machine's loopback may drop; then the edge learns of the stop from the idle timeout.
 struct Boards {
     dirs: Vec<TempDir>,
     procs: Vec<Option<Proc>>,
@@ -340,7 +342,7 @@ fn start_boards(edge: &EdgeProc, n: usize) -> Boards {
         golden.path(),
         &format!(
             "tunnel: shop\nenroll: {key}\nedge: [\"{}\"]\nedge-ca: {}\nprotocol: quic\n\
-             ha-connections: 2\ningress:\n  - hostname: \"{{device}}.shop.example.test\"\n    \
+             ha-connections: 2\nkeepalive: 2s\nidle-timeout: 6s\ningress:\n  - hostname: \"{{device}}.shop.example.test\"\n    \
              service: http://{}\n  - service: http_status:404\n",
             edge.tunnel,
             edge.ca().display(),
