@@ -412,10 +412,7 @@ pub enum WireError {
 pub(crate) fn bounded_reason(s: impl Into<String>) -> String {
     let mut s = s.into();
     if s.chars().any(char::is_control) {
-        s = s
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect();
+        s = printable(&s);
     }
     if s.len() > MAX_REASON {
         let mut cut = MAX_REASON;
@@ -425,6 +422,14 @@ pub(crate) fn bounded_reason(s: impl Into<String>) -> String {
         s.truncate(cut);
     }
     s
+}
+
+/// `s` with control characters (a terminal's escape sequences, line breaks) shown as
+/// `?`, whatever its length.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Writes one control frame.

@@ -307,6 +307,15 @@ impl Registry {
         lock(&self.inner).tunnels.contains_key(tunnel)
     }
 
+    /// The connections of one tunnel (empty when it is not held here).
+    pub(crate) fn tunnel_conns(&self, tunnel: &[u8; 16]) -> Vec<Arc<Conn>> {
+        lock(&self.inner)
+            .tunnels
+            .get(tunnel)
+            .map(|t| t.conns.clone())
+            .unwrap_or_default()
+    }
+
     /// The live connection with this id.
     pub fn conn(&self, id: usize) -> Option<Arc<Conn>> {
         lock(&self.inner).conns.get(&id).cloned()

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 
 use super::api::{self, DeviceJson, DeviceList};
 use crate::edge::config::EdgeConfig;
+use crate::wire::printable;
 
 /// Longest wait for the edge: connecting, then the whole answer.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -292,8 +293,8 @@ async fn ls(admin: &Admin, fleet: Option<&str>, offline: bool, json: bool) -> Re
         println!(
             "no devices{}",
             match (fleet, offline) {
-                (Some(f), true) => format!(" offline in fleet {}", plain(f)),
-                (Some(f), false) => format!(" in fleet {}", plain(f)),
+                (Some(f), true) => format!(" offline in fleet {}", printable(f)),
+                (Some(f), false) => format!(" in fleet {}", printable(f)),
                 (None, true) => " offline".into(),
                 (None, false) => " enrolled yet".into(),
             }
@@ -322,15 +323,15 @@ fn table(devices: &[DeviceJson], now: u64) -> String {
     for d in devices {
         rows.push([
             d.id.clone(),
-            plain(&d.name).chars().take(NAME_WIDTH).collect(),
-            plain(&d.fleet),
+            printable(&d.name).chars().take(NAME_WIDTH).collect(),
+            printable(&d.fleet),
             d.state.clone(),
             if d.online {
                 "now".into()
             } else {
                 api::ago(now, d.last_seen.unix)
             },
-            plain(&d.version),
+            printable(&d.version),
             Some(d.protocols())
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| "-".into()),
@@ -364,17 +365,16 @@ fn table(devices: &[DeviceJson], now: u64) -> String {
     out
 }
 
-/// Text from a device with control characters replaced, so that a name cannot drive
-/// the terminal.
-fn plain(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
-async fn show(admin: &Admin, id: &str, json: bool) -> Result<(), String> {
-    let path = format!("/api/v1/devices/{}", api::percent_encode(id));
-    let body = admin.ok(Method::GET, &path, Some(id)).await?;
+/// One device as the edge answers `method` on `path` (a device or its revocation);
+/// printed as JSON when `json` is set, and then `None`.
+async fn device(
+    admin: &Admin,
+    method: Method,
+    path: &str,
+    id: &str,
+    json: bool,
+) -> Result<Option<DeviceJson>, String> {
+    let body = admin.ok(method, path, Some(id)).await?;
     let d: DeviceJson = serde_json::from_slice(&body)
         .map_err(|e| format!("the edge's answer is not a device: {e}"))?;
     if json {
@@ -382,9 +382,16 @@ async fn show(admin: &Admin, id: &str, json: bool) -> Result<(), String> {
             "{}",
             serde_json::to_string_pretty(&d).map_err(|e| e.to_string())?
         );
-        return Ok(());
+        return Ok(None);
     }
-    print!("{}", details(&d, crate::edge::token::now_unix()));
+    Ok(Some(d))
+}
+
+async fn show(admin: &Admin, id: &str, json: bool) -> Result<(), String> {
+    let path = format!("/api/v1/devices/{}", api::percent_encode(id));
+    if let Some(d) = device(admin, Method::GET, &path, id, json).await? {
+        print!("{}", details(&d, crate::edge::token::now_unix()));
+    }
     Ok(())
 }
 
@@ -393,15 +400,15 @@ fn details(d: &DeviceJson, now: u64) -> String {
     let time = |t: &api::Time| format!("{} ({})", t.rfc3339, api::ago(now, t.unix));
     let mut lines: Vec<(&str, String)> = vec![
         ("id", d.id.clone()),
-        ("name", plain(&d.name)),
-        ("fleet", plain(&d.fleet)),
+        ("name", printable(&d.name)),
+        ("fleet", printable(&d.fleet)),
         ("state", d.state.clone()),
-        ("hostnames", plain(&d.hostnames.join(", "))),
-        ("version", plain(&d.version)),
-        ("arch", plain(&d.arch)),
-        ("board", plain(&d.board)),
-        ("config digest", plain(&d.config_digest)),
-        ("address", plain(&d.address)),
+        ("hostnames", printable(&d.hostnames.join(", "))),
+        ("version", printable(&d.version)),
+        ("arch", printable(&d.arch)),
+        ("board", printable(&d.board)),
+        ("config digest", printable(&d.config_digest)),
+        ("address", printable(&d.address)),
         ("public key", d.public_key.clone()),
         ("enrolment key", d.enrolment_key.clone()),
         ("enrolled", time(&d.enrolled)),
@@ -450,7 +457,7 @@ fn details(d: &DeviceJson, now: u64) -> String {
                 ),
                 (
                     "last error",
-                    plain(h.last_error.as_deref().unwrap_or("none")),
+                    printable(h.last_error.as_deref().unwrap_or("none")),
                 ),
             ]);
         }
@@ -463,8 +470,8 @@ fn details(d: &DeviceJson, now: u64) -> String {
             "connection",
             format!(
                 "{} from {}, RTT {} ms",
-                plain(&c.protocol),
-                plain(&c.address),
+                printable(&c.protocol),
+                printable(&c.address),
                 c.rtt_ms
             ),
         ));
@@ -478,20 +485,12 @@ fn details(d: &DeviceJson, now: u64) -> String {
 
 async fn revoke(admin: &Admin, id: &str, json: bool) -> Result<(), String> {
     let path = format!("/api/v1/devices/{}/revoke", api::percent_encode(id));
-    let body = admin.ok(Method::POST, &path, Some(id)).await?;
-    let d: DeviceJson = serde_json::from_slice(&body)
-        .map_err(|e| format!("the edge's answer is not a device: {e}"))?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&d).map_err(|e| e.to_string())?
-        );
-    } else {
+    if let Some(d) = device(admin, Method::POST, &path, id, json).await? {
         println!(
             "device {} ({}, fleet {}) revoked: its connections are cut and it cannot register again",
             d.id,
-            plain(&d.name),
-            plain(&d.fleet)
+            printable(&d.name),
+            printable(&d.fleet)
         );
     }
     Ok(())

@@ -146,9 +146,8 @@ impl Inventory {
         let tunnel = crate::identity::tunnel_id(&record.public_key);
         let connections: Vec<ConnView> = self
             .registry
-            .all_conns()
+            .tunnel_conns(&tunnel)
             .iter()
-            .filter(|c| c.tunnel_id == tunnel)
             .map(|c| ConnView::of(c))
             .collect();
         Some(DeviceView {
@@ -186,14 +185,11 @@ impl Inventory {
     /// Closes every connection of the device with public key `key`: it is revoked.
     fn cut(&self, id: &str, key: &[u8; 32]) -> usize {
         let tunnel = crate::identity::tunnel_id(key);
-        let mut cut = 0;
-        for c in self.registry.all_conns() {
-            if c.tunnel_id == tunnel {
-                c.session.close(&format!("device {id} is revoked"));
-                cut += 1;
-            }
+        let conns = self.registry.tunnel_conns(&tunnel);
+        for c in &conns {
+            c.session.close(&format!("device {id} is revoked"));
         }
-        cut
+        conns.len()
     }
 
     /// What another edge sharing the store recorded (`edge::cluster`): a device this
@@ -348,13 +344,7 @@ impl Inventory {
         let Some(key) = lock(&self.records).get(id).map(|r| r.public_key) else {
             return;
         };
-        let tunnel = crate::identity::tunnel_id(&key);
-        if self
-            .registry
-            .all_conns()
-            .iter()
-            .any(|c| c.tunnel_id == tunnel)
-        {
+        if self.registry.holds(&crate::identity::tunnel_id(&key)) {
             return;
         }
         if let Some(r) = lock(&self.records).get_mut(id) {
