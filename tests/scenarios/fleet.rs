@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::netns::*;
+use crate::scene::spawn_origin;
 
 /// Boards the enrolment key admits.
 const QUOTA: usize = 20;
@@ -64,17 +65,7 @@ impl Fleet {
         let ns = self.net.add_device();
         let www = TempDir::new("www");
         std::fs::write(www.path().join("index.html"), format!("board {n}\n")).unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/netns/origin.py");
-        let origin = Proc::spawn(
-            &format!("origin{n}"),
-            self.net
-                .cmd(&ns, "python3")
-                .arg("-u")
-                .arg(&script)
-                .arg("8080")
-                .arg(www.path()),
-        );
-        origin.wait_line("Serving HTTP");
+        let origin = spawn_origin(&self.net, &ns, &format!("origin{n}"), www.path());
         let dir = TempDir::new("board");
         std::fs::copy(&self.golden, dir.path().join("config.bin")).unwrap();
         self.boards.push(Board {

@@ -60,16 +60,7 @@ impl Scene {
         std::fs::write(www.path().join("index.html"), "hello from the device\n").unwrap();
         std::fs::write(www.path().join("big.bin"), pattern(BIG)).unwrap();
         std::fs::write(www.path().join("mid.bin"), pattern(MID)).unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/netns/origin.py");
-        let origin = Proc::spawn(
-            "origin",
-            net.cmd(&net.device, "python3")
-                .arg("-u")
-                .arg(&script)
-                .arg("8080")
-                .arg(www.path()),
-        );
-        origin.wait_line("Serving HTTP");
+        let origin = spawn_origin(&net, &net.device, "origin", www.path());
         let edge_dir = TempDir::new("edges");
         let out = Command::new(EDGE)
             .args(["init", "--dir"])
@@ -276,6 +267,22 @@ impl Scene {
         }
         None
     }
+}
+
+/// The device's origin (`tests/netns/origin.py`) in namespace `ns` on 127.0.0.1:8080,
+/// serving `www`; returns once it listens.
+pub fn spawn_origin(net: &Net, ns: &str, name: &str, www: &std::path::Path) -> Proc {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/netns/origin.py");
+    let origin = Proc::spawn(
+        name,
+        net.cmd(ns, "python3")
+            .arg("-u")
+            .arg(&script)
+            .arg("8080")
+            .arg(www),
+    );
+    origin.wait_line("Serving HTTP");
+    origin
 }
 
 /// Waits for a connector's four connections, two at each edge.
