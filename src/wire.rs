@@ -250,6 +250,15 @@ pub enum ConnectorMsg {
     Draining,
     /// The device's state (only to an edge whose [`RegisteredTail`] asked for it).
     Health(Health),
+    /// What became of a remote change: a config push ([`EdgeMsg::PushConfig`]) or a
+    /// release offer ([`EdgeMsg::OfferRelease`]). Sent once the outcome is known, and
+    /// again after the next registration when it was not acknowledged (a rollback
+    /// happens while the edge is out of reach, by design).
+    Change(ChangeReport),
+    /// Send the bytes of release `version` from byte `offset` on a new data stream
+    /// ([`StreamKind::Release`]): the device resumes a partial download from where its
+    /// file ends.
+    Fetch { version: String, offset: u64 },
 }
 
 /// Messages the edge sends on the control stream.
@@ -281,6 +290,60 @@ pub enum EdgeMsg {
     Credential {
         credential: String,
     },
+    /// A config signed with the fleet's config key, to verify, store and apply (only to
+    /// a device that registered with a [`DeviceTail`]). `push`: the postcard encoding of
+    /// the signed push (see `push`), at most [`MAX_CONTROL_FRAME`] in all.
+    PushConfig { push: Vec<u8> },
+    /// A release signed with the release key, to download ([`ConnectorMsg::Fetch`]),
+    /// verify, install and confirm. `offer`: the postcard encoding of the signed offer
+    /// (see `release`).
+    OfferRelease { offer: Vec<u8> },
+}
+
+/// What the edge appends after [`RegisteredTail`] for an enrolled device: the public
+/// keys remote changes must be signed with. The device pins each key the first time
+/// it is told and never replaces a pinned key, so a later edge cannot swap them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysTail {
+    /// The fleet's config key (Ed25519): [`EdgeMsg::PushConfig`] must be signed with it.
+    pub config_key: Option<[u8; 32]>,
+    /// The release key (Ed25519, kept offline): [`EdgeMsg::OfferRelease`] must be
+    /// signed with it.
+    pub release_key: Option<[u8; 32]>,
+}
+
+/// Which kind of remote change a [`ChangeReport`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// A config push; the change id is the push id.
+    Config,
+    /// A binary update; the change id is the release version.
+    Release,
+}
+
+/// The outcome of a remote change on the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeOutcome {
+    /// In force, and the device registered with it.
+    Applied,
+    /// Applied, then undone by the device: it did not reach an edge with the change
+    /// within the deadline, or (a binary) crashed or could not run.
+    RolledBack { reason: String },
+    /// Never applied: a bad signature, a config `config check` refuses, a metered link,
+    /// a download that failed.
+    Refused { reason: String },
+}
+
+/// The device's report of a remote change. Texts are cut by the edge
+/// ([`bounded_reason`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeReport {
+    pub kind: ChangeKind,
+    /// The push id (hex) or the release version.
+    pub id: String,
+    pub outcome: ChangeOutcome,
+    /// First 8 bytes of the SHA-256 of the config file in force after the outcome.
+    pub config_digest: [u8; 8],
 }
 
 /// Domain separation of the device's proof of possession: a signature made for a
@@ -303,6 +366,9 @@ pub enum StreamKind {
     Http,
     /// Raw bytes from an access client or a TCP port.
     Raw,
+    /// Release bytes the device asked for ([`ConnectorMsg::Fetch`]), edge to device;
+    /// the header's `hostname` carries the release version, and no reply is sent.
+    Release,
 }
 
 /// First frame of every data stream, from the edge.

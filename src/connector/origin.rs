@@ -233,6 +233,7 @@ fn check(rule: &ActiveRule, header: &StreamHeader) -> Result<(), String> {
     }
     match (&rule.service, header.kind) {
         (Service::HttpStatus(_), _) => Err("status rules are answered by the edge".into()),
+        (_, StreamKind::Release) => Err("release bytes were not asked for".into()),
         (s, StreamKind::Http) if s.is_raw_stream() => {
             Err("rule is a raw stream service, not HTTP".into())
         }

@@ -526,6 +526,10 @@ async fn on_message(
             }
             None
         }
+        Ok(msg @ (ConnectorMsg::Change(_) | ConnectorMsg::Fetch { .. })) => {
+            log::debug!("{who}: ignoring {msg:?}");
+            None
+        }
         Err(wire::WireError::Closed) => Some(Ended::ControlClosed),
         Err(e) => Some(Ended::Control(e)),
     }
