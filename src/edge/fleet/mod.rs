@@ -29,4 +29,7 @@ pub mod store;
 
 pub use enroll::Enroller;
 pub use inventory::{ConnView, DeviceView, Inventory};
-pub use store::{DeviceRecord, Enrolled, RedbStore, Store, StoreError, MAX_DEVICES};
+pub use store::{
+    ChangeRecord, ChangeState, DeviceRecord, Enrolled, RedbStore, RolloutRecord, Store, StoreError,
+    MAX_DEVICES, MAX_ROLLOUTS,
+};
