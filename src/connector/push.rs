@@ -502,6 +502,64 @@ mod tests {
         assert_eq!(Pins::parse("").unwrap(), Pins::default());
     }
 
+    /// `config.bin` (the pushed config) and `config.bin.prev` (the one before) in a
+    /// folder, and a trial marker with `deadline`.
+    fn trial_dir(deadline: u64) -> (crate::config::testutil::TempDir, PathBuf, Vec<u8>) {
+        use crate::config::{codec, testutil};
+        let dir = testutil::TempDir::new();
+        let path = dir.path().join("config.bin");
+        let old = codec::encode(&testutil::sample_config()).unwrap();
+        let mut pushed = testutil::sample_config();
+        pushed.tunnel = "pushed".try_into().unwrap();
+        std::fs::write(&path, &old).unwrap();
+        crate::config::store::write_atomic(&path, &codec::encode(&pushed).unwrap()).unwrap();
+        let m = Marker {
+            id: "0011223344556677".into(),
+            deadline,
+        };
+        std::fs::write(marker_path(&path), m.to_text()).unwrap();
+        (dir, path, old)
+    }
+
+    #[test]
+    fn a_trial_cut_by_a_stop_past_its_deadline_rolls_back_at_start() {
+        let (_dir, path, old) = trial_dir(now_unix() - 1);
+        let Some(StartTrial::RolledBack { id, reason, config }) = at_start(&path) else {
+            panic!("not rolled back")
+        };
+        assert_eq!(id, "0011223344556677");
+        assert!(
+            reason.contains("rolled back: the connector stopped"),
+            "{reason}"
+        );
+        assert_eq!(config.unwrap().tunnel.as_str(), "dev42");
+        assert_eq!(std::fs::read(&path).unwrap(), old);
+        assert!(!marker_path(&path).exists());
+        assert!(at_start(&path).is_none(), "done once");
+    }
+
+    #[test]
+    fn a_trial_cut_by_a_stop_before_its_deadline_goes_on_for_at_most_the_deadline() {
+        let (_dir, path, old) = trial_dir(now_unix() + 1_000_000);
+        let Some(StartTrial::Resume { id, left }) = at_start(&path) else {
+            panic!("not resumed")
+        };
+        assert_eq!(id, "0011223344556677");
+        assert!(left <= rollback_after(), "{left:?}");
+        assert_ne!(
+            std::fs::read(&path).unwrap(),
+            old,
+            "the pushed config stays"
+        );
+        // A marker that is not one rolls back too.
+        std::fs::write(marker_path(&path), b"garbage").unwrap();
+        assert!(matches!(
+            at_start(&path),
+            Some(StartTrial::RolledBack { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), old);
+    }
+
     #[test]
     fn markers_round_trip_and_garbage_is_none() {
         let m = Marker {
