@@ -344,6 +344,8 @@ fn accept(
         return Err(format!("cannot store {}: {e}", path.display()));
     }
     *lock(&shared.trials.current) = Some(id);
+    // Only what fails with the new config is its rollback's reason.
+    *lock(&shared.last_error) = None;
     let generation = rt.generation;
     super::install(shared, rt);
     device.config_changed(path);
@@ -367,9 +369,21 @@ pub(super) async fn trial(shared: Arc<Shared>, id: String, generation: u32, wait
         report(&shared, &path, &id, ChangeOutcome::Applied);
         return;
     }
-    let why = lock(&shared.last_error)
-        .clone()
-        .unwrap_or_else(|| format!("no edge registered it within {}s", wait.as_secs()));
+    let why = lock(&shared.last_error).clone().unwrap_or_else(|| {
+        let edges: Vec<String> = shared
+            .current
+            .borrow()
+            .config
+            .edges
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        format!(
+            "no connection to {} registered within {}s",
+            edges.join(", "),
+            wait.as_secs()
+        )
+    });
     rollback(&shared, &path, &id, &why);
 }
 

@@ -243,7 +243,7 @@ pub(crate) fn a_push_to_a_dead_edge_rolls_back_and_the_device_serves_again() {
     let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap().to_string();
     drop(dead);
-    let file = fleet.push_file("dead.yml", &fleet.yaml(&[dead_addr], 2, ""));
+    let file = fleet.push_file("dead.yml", &fleet.yaml(&[dead_addr.clone()], 2, ""));
     let started = Instant::now();
     let out = fleet.devices(&[&"push-config", &board.id, &file]);
     let (said, err) = (stdout(&out), stderr(&out));
@@ -276,6 +276,8 @@ pub(crate) fn a_push_to_a_dead_edge_rolls_back_and_the_device_serves_again() {
         why.starts_with("config ") && why.contains(" rolled back: "),
         "{why}"
     );
+    // The reason names what failed: the dead edge.
+    assert!(why.contains(&dead_addr), "{why}");
     let digest = ring::digest::digest(&ring::digest::SHA256, &before);
     assert_eq!(d["config_digest"], hex(&digest.as_ref()[..8]), "{d:#}");
     let ls = stdout(&fleet.devices(&[&"ls"]));
