@@ -243,7 +243,10 @@ pub(crate) fn a_push_to_a_dead_edge_rolls_back_and_the_device_serves_again() {
     let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap().to_string();
     drop(dead);
-    let file = fleet.push_file("dead.yml", &fleet.yaml(&[dead_addr.clone()], 2, ""));
+    let file = fleet.push_file(
+        "dead.yml",
+        &fleet.yaml(std::slice::from_ref(&dead_addr), 2, ""),
+    );
     let started = Instant::now();
     let out = fleet.devices(&[&"push-config", &board.id, &file]);
     let (said, err) = (stdout(&out), stderr(&out));
