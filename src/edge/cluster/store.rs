@@ -500,6 +500,44 @@ mod tests {
         suite::rollouts_are_bounded(&store(&server));
     }
 
+    /// Two edges sharing the store: one starts a push to a device connected to the
+    /// other only; the other's sweep delivers it, and the report it hears ends the
+    /// rollout for both.
+    #[tokio::test]
+    async fn another_edge_of_the_cluster_delivers_a_pending_push() {
+        use crate::edge::fleet::rollout::{Change, Rollouts};
+        use crate::wire::{ChangeKind, ChangeOutcome, ChangeReport, EdgeMsg};
+        let server = RedisServer::start("rollout");
+        let a = Rollouts::new(Arc::new(store(&server)));
+        let b = Rollouts::new(Arc::new(store(&server)));
+        let (mut at_b, _guard) = b.attach("dev1", 1).await;
+        let change = Change {
+            kind: ChangeKind::Config,
+            id: "p1".into(),
+            message: EdgeMsg::PushConfig { push: vec![1, 2] },
+            wait: std::time::Duration::from_secs(60),
+        };
+        let id = a.start(change, vec!["dev1".into()], None).await.unwrap();
+        assert!(at_b.try_recv().is_err(), "not before edge b looks");
+        b.sweep().await.unwrap();
+        assert_eq!(
+            at_b.try_recv().unwrap(),
+            EdgeMsg::PushConfig { push: vec![1, 2] }
+        );
+        let report = ChangeReport {
+            kind: ChangeKind::Config,
+            id: "p1".into(),
+            outcome: ChangeOutcome::Applied,
+            config_digest: [0; 8],
+        };
+        assert!(b.report("dev1", &report).await.unwrap().is_some());
+        a.sweep().await.unwrap();
+        let (r, states) = a.get(&id).await.unwrap().unwrap();
+        assert!(r.ended.is_some() && r.stopped.is_none(), "{r:?}");
+        assert_eq!(states[0].as_ref().unwrap().state.word(), "applied");
+        assert_eq!(a.cached("dev1")[0].state.word(), "applied");
+    }
+
     #[test]
     fn an_unreadable_record_is_reported_not_a_panic() {
         let server = RedisServer::start("corrupt");
