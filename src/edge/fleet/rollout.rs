@@ -36,6 +36,10 @@ use crate::wire::{self, ChangeKind, ChangeOutcome, ChangeReport, EdgeMsg};
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Messages queued for one connection's control stream.
 const MAILBOX: usize = 2;
+/// A change sent this recently is not sent again when another connection of the
+/// device registers (a device registers several at once; a push is up to a control
+/// frame, on a link that may be metered).
+const RESEND_AFTER: u64 = 30;
 
 /// One remote change, to take to devices.
 #[derive(Debug, Clone)]
@@ -559,10 +563,16 @@ impl Rollouts {
     async fn deliver_to(&self, device: &str) -> Result<(), String> {
         let store = self.store.clone();
         let owned = device.to_string();
+        let now = crate::edge::token::now_unix();
         let due = blocking(move || {
             let mut due = Vec::new();
             for c in store.changes_of(&owned)? {
-                if !matches!(c.state, ChangeState::Pending | ChangeState::Sent { .. }) {
+                let resend = match c.state {
+                    ChangeState::Pending => true,
+                    ChangeState::Sent { at } => now.saturating_sub(at) >= RESEND_AFTER,
+                    _ => false,
+                };
+                if !resend {
                     continue;
                 }
                 // A stopped rollout sends nothing more.
@@ -573,7 +583,6 @@ impl Rollouts {
             Ok(due)
         })
         .await?;
-        let now = crate::edge::token::now_unix();
         for r in due {
             self.send(&r, device, now).await?;
         }
