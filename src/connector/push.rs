@@ -4,7 +4,7 @@
 //! ```text
 //!  PushConfig ─▶ decode, verify (pinned config key; no pin: refused),
 //!                check as `config check` does, keep enrol: and an edge
-//!             ─▶ config.bin.trial (push id, deadline)           written first
+//!             ─▶ config.bin.trial (push id, deadline, digest)   written first
 //!             ─▶ config.bin = push, config.bin.prev = the old one (config::store)
 //!             ─▶ applied as a reload does; new edges or counts restart the slots
 //!  a connection registers (or the edge accepts the rules) with it  ─▶ Applied
@@ -150,33 +150,38 @@ pub(super) fn marker_path(config: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// A pushed config on trial: its push id and deadline (Unix seconds).
+/// A pushed config on trial: its push id, deadline (Unix seconds) and the digest of
+/// the pushed file (hex), which tells whether the swap happened before a stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Marker {
     pub(super) id: String,
     pub(super) deadline: u64,
+    pub(super) digest: String,
 }
 
 impl Marker {
     fn to_text(&self) -> String {
-        format!("push {}\ndeadline {}\n", self.id, self.deadline)
+        format!(
+            "push {}\ndeadline {}\ndigest {}\n",
+            self.id, self.deadline, self.digest
+        )
     }
 
     fn parse(text: &str) -> Option<Marker> {
-        let mut id = None;
-        let mut deadline = None;
+        let hex = |v: &str, n: usize| v.len() == n && v.bytes().all(|b| b.is_ascii_hexdigit());
+        let (mut id, mut deadline, mut digest) = (None, None, None);
         for line in text.lines() {
             match line.trim().split_once(' ') {
-                Some(("push", v)) if v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    id = Some(v.to_string())
-                }
+                Some(("push", v)) if hex(v, 16) => id = Some(v.to_string()),
                 Some(("deadline", v)) => deadline = v.parse().ok(),
+                Some(("digest", v)) if hex(v, 16) => digest = Some(v.to_string()),
                 _ => {}
             }
         }
         Some(Marker {
             id: id?,
             deadline: deadline?,
+            digest: digest?,
         })
     }
 }
@@ -244,14 +249,18 @@ pub(super) struct Trials {
     current: std::sync::Mutex<Option<String>>,
 }
 
-/// The digest of the config file now in force (first 8 bytes of its SHA-256).
+/// The digest of the config file now in force (first 8 bytes of its SHA-256; zeros
+/// when unreadable).
 fn digest_of(path: &Path) -> [u8; 8] {
+    crate::config::store::read_bounded(path).map_or([0; 8], |b| digest_bytes(&b))
+}
+
+/// The first 8 bytes of the SHA-256 of `bytes`.
+fn digest_bytes(bytes: &[u8]) -> [u8; 8] {
     let mut d = [0u8; 8];
-    if let Ok(bytes) = crate::config::store::read_bounded(path) {
-        let h = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        for (x, y) in d.iter_mut().zip(h.as_ref()) {
-            *x = *y;
-        }
+    let h = ring::digest::digest(&ring::digest::SHA256, bytes);
+    for (x, y) in d.iter_mut().zip(h.as_ref()) {
+        *x = *y;
     }
     d
 }
@@ -336,6 +345,7 @@ fn accept(
     let marker = Marker {
         id: id.clone(),
         deadline: now_unix().saturating_add(rollback_after().as_secs()),
+        digest: crate::util::hex(&digest_bytes(&push.config)),
     };
     super::device::write_replace(&marker_path(path), marker.to_text().as_bytes())
         .map_err(|e| format!("cannot write the trial marker: {e}"))?;
@@ -424,7 +434,23 @@ pub(super) fn at_start(path: &Path) -> Option<StartTrial> {
         }
     };
     let now = now_unix();
-    match Marker::parse(&text) {
+    let marker = Marker::parse(&text);
+    let stored = crate::util::hex(&digest_of(path));
+    if let Some(m) = marker.as_ref().filter(|m| m.digest != stored) {
+        // Stopped between the marker and the swap: the pushed config never ran.
+        let _ = std::fs::remove_file(marker_path(path));
+        let reason = format!(
+            "config {} rolled back: the connector stopped before it was stored",
+            m.id
+        );
+        log::error!("{reason}");
+        return Some(StartTrial::RolledBack {
+            id: m.id.clone(),
+            reason,
+            config: None,
+        });
+    }
+    match marker {
         Some(m) if now < m.deadline => {
             let left = Duration::from_secs(m.deadline - now).min(rollback_after());
             Some(StartTrial::Resume { id: m.id, left })
@@ -530,6 +556,7 @@ mod tests {
         let m = Marker {
             id: "0011223344556677".into(),
             deadline,
+            digest: crate::util::hex(&digest_of(&path)),
         };
         std::fs::write(marker_path(&path), m.to_text()).unwrap();
         (dir, path, old)
@@ -575,10 +602,28 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_between_the_marker_and_the_swap_restores_nothing() {
+        let (_dir, path, _) = trial_dir(now_unix() + 1000);
+        let text = std::fs::read_to_string(marker_path(&path)).unwrap();
+        let mut m = Marker::parse(&text).unwrap();
+        m.digest = "0000000000000000".into();
+        std::fs::write(marker_path(&path), m.to_text()).unwrap();
+        let running = std::fs::read(&path).unwrap();
+        let Some(StartTrial::RolledBack { reason, config, .. }) = at_start(&path) else {
+            panic!("not reported")
+        };
+        assert!(reason.contains("stopped before it was stored"), "{reason}");
+        assert!(config.is_none(), "the config in force stays");
+        assert_eq!(std::fs::read(&path).unwrap(), running);
+        assert!(!marker_path(&path).exists());
+    }
+
+    #[test]
     fn markers_round_trip_and_garbage_is_none() {
         let m = Marker {
             id: "0011223344556677".into(),
             deadline: 1_800_000_000,
+            digest: "8899aabbccddeeff".into(),
         };
         assert_eq!(Marker::parse(&m.to_text()), Some(m));
         assert_eq!(Marker::parse("push 12\ndeadline 5\n"), None);
