@@ -34,7 +34,7 @@
 use std::sync::Arc;
 
 use super::conn::Redis;
-use crate::edge::fleet::store::{kind_name, rollouts_to_forget};
+use crate::edge::fleet::store::{kind_name, plan_rollout_write};
 use crate::edge::fleet::{
     ChangeRecord, DeviceRecord, Enrolled, RolloutRecord, Store, StoreError, MAX_DEVICES,
 };
@@ -386,14 +386,13 @@ impl Store for RedisStore {
     }
 
     fn put_rollout(&self, rollout: &RolloutRecord) -> Result<bool, StoreError> {
-        let rec = encode_any(rollout)?;
         for _ in 0..MAX_TRIES {
             let step = self.redis.call(|con| {
                 redis::cmd("WATCH").arg(ROLLOUTS).exec(con)?;
                 let all: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL").arg(ROLLOUTS).query(con)?;
                 let kept: Result<Vec<RolloutRecord>, StoreError> =
                     all.iter().map(|(k, v)| decode_any(k, v)).collect();
-                let forget = match kept.map(|k| rollouts_to_forget(&k, rollout)) {
+                let (forget, merged) = match kept.map(|k| plan_rollout_write(&k, rollout)) {
                     Ok(Some(f)) => f,
                     Ok(None) => {
                         redis::cmd("UNWATCH").exec(con)?;
@@ -409,6 +408,13 @@ impl Store for RedisStore {
                 for id in &forget {
                     pipe.hdel(ROLLOUTS, id);
                 }
+                let rec = match encode_any(&merged) {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        redis::cmd("UNWATCH").exec(con)?;
+                        return Ok(Err(e));
+                    }
+                };
                 pipe.hset(ROLLOUTS, &rollout.id, rec.as_slice());
                 let committed: Option<redis::Value> = pipe.query(con)?;
                 Ok(Ok(committed.map(|_| true)))
