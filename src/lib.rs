@@ -9,6 +9,7 @@
 //! - [`transport`]: QUIC (and HTTP/2) sessions behind one interface.
 //! - [`connector`]: the device side: supervisor, streams, origins.
 //! - [`access`]: the operator's client for SSH and TCP services (`mailslot access`).
+//! - [`push`]: the signed config push, its bounded format and its signature check.
 //! - [`provision`]: first boot: a `config.bin` on the boot partition is installed.
 //! - [`runas`]: dropping root for an unprivileged user.
 //! - [`sdnotify`]: systemd readiness, watchdog and stop notifications.
@@ -27,6 +28,7 @@ pub mod heap;
 pub mod hostname;
 pub mod identity;
 pub mod provision;
+pub mod push;
 pub(crate) mod runas;
 pub mod sdnotify;
 pub mod tls;

@@ -46,6 +46,12 @@ commands:
         every field of one device, its health and its connections
   devices revoke --config edge.yml ID
         cut one device at once and for good: it cannot register again
+  devices push-config --config edge.yml (ID... | --fleet F) config.yml [--canary N%]
+        [--no-wait] [--json]
+        compile config.yml, sign it with the fleet's config key and send it to the
+        devices (online ones first; with --canary, N% of them first, the rest once those
+        applied it; stopped by the first rollback); prints the rollout id and follows it
+        until it ends or only offline devices are left (they get it when they return)
   version
 
 RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.

@@ -101,12 +101,25 @@ pub(super) async fn register(
             protocol: Some(session.protocol()),
         },
     );
+    note_registered(shared, generation);
     Ok(Registered {
         control,
         edge_name,
         generation,
         health_every_secs,
     })
+}
+
+/// An edge registered (or accepted the rules of) config `generation`: a pushed
+/// config's trial waits for it.
+fn note_registered(shared: &Shared, generation: u32) {
+    shared.registered.send_if_modified(|g| {
+        let newer = generation > *g;
+        if newer {
+            *g = generation;
+        }
+        newer
+    });
 }
 
 /// Why a registered connection ended in an orderly way.
@@ -120,6 +133,12 @@ pub(super) enum Ended {
 /// The orderly end of a registered connection: which edge is going away, and why.
 #[derive(Debug)]
 pub(super) struct GoAway(String);
+
+impl GoAway {
+    pub(super) fn new(why: &str) -> GoAway {
+        GoAway(why.to_string())
+    }
+}
 
 impl std::fmt::Display for GoAway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,9 +218,10 @@ pub(super) async fn serve_session(
     session: Session,
     reg: Registered,
     probe: Option<(Probe<'_>, ProbeAt)>,
+    epoch: u64,
 ) -> Result<Ended, String> {
     let streams = Arc::new(SessionStreams::default());
-    let result = serve_registered(shared, slot, &session, reg, probe, &streams).await;
+    let result = serve_registered(shared, slot, &session, reg, probe, &streams, epoch).await;
     match &result {
         // Orderly: new streams go elsewhere; those in flight finish here first.
         Ok(_) => {
@@ -223,6 +243,7 @@ async fn serve_registered(
     reg: Registered,
     probe: Option<(Probe<'_>, ProbeAt)>,
     streams: &Arc<SessionStreams>,
+    epoch: u64,
 ) -> Result<Ended, String> {
     let addr = session.remote_addr();
     let Registered {
@@ -245,7 +266,7 @@ async fn serve_registered(
             (Some(rx), Some(guard))
         }
     };
-    let (mut msgs, _reader_guard) = read_control_apart(control.recv);
+    let (mut msgs, reader_guard) = read_control_apart(control.recv);
     let mut send = control.send;
     let mut rules = shared.current.subscribe();
     let mut draining = shared.draining.subscribe();
@@ -253,6 +274,14 @@ async fn serve_registered(
     if drained {
         streams.draining.send_replace(true);
         let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+    }
+    let mut epochs = shared.epoch.subscribe();
+    // A report of a remote change not yet sent goes on a connection that registers.
+    let mut reports = shared.reports.bump.subscribe();
+    if let Some(report) = shared.reports.take_on_register() {
+        if let Err(e) = wire::write_control(&mut send, &ConnectorMsg::Change(report)).await {
+            return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+        }
     }
     let (first, every) = probe.map_or((Instant::now(), Duration::from_secs(30)), |p| p.1);
     let mut probe_timer = tokio::time::interval_at(first.into(), every);
@@ -267,8 +296,23 @@ async fn serve_registered(
                 };
                 spawn_stream(shared, streams, stream);
             }
+            _ = reports.changed() => {
+                if let Some(report) = shared.reports.take_now() {
+                    if let Err(e) = wire::write_control(&mut send, &ConnectorMsg::Change(report)).await {
+                        return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+                    }
+                }
+            }
+            _ = super::epoch_over(&mut epochs, epoch), if !drained => {
+                let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+                streams.keep_control(send, reader_guard);
+                return Ok(Ended::GoAway(GoAway::new("the config changed the edges")));
+            }
             msg = msgs.recv() => {
                 if let Some(end) = on_control(shared, slot, msg, &mut send, &edge_name, addr).await {
+                    if end.is_ok() {
+                        streams.keep_control(send, reader_guard);
+                    }
                     return end;
                 }
             }
@@ -305,6 +349,7 @@ async fn serve_registered(
                 match next {
                     Some(next) if !drained => {
                         let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+                        streams.keep_control(send, reader_guard);
                         return Ok(Ended::Moved(Box::new(next)));
                     }
                     Some(next) => next.session.close("connector draining"),
@@ -336,7 +381,7 @@ fn read_control_apart(
 
 /// Acts on a message from the edge's control stream; `Some` ends the session.
 async fn on_control(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     slot: usize,
     msg: Option<Result<EdgeMsg, String>>,
     send: &mut crate::transport::SendHalf,
@@ -353,13 +398,17 @@ async fn on_control(
         }
         Some(Ok(EdgeMsg::RulesAccepted { generation })) => {
             log::info!("connection {slot}: edge accepted rule table {generation}");
+            note_registered(shared, generation);
         }
         Some(Ok(EdgeMsg::Refused { reason, .. })) => {
-            log::error!(
-                "connection {slot}: edge refused the new rules: {}",
+            let why = format!(
+                "edge {edge_name} refused the new rules: {}",
                 wire::bounded_reason(reason)
             );
+            log::error!("connection {slot}: {why}");
+            *crate::util::lock(&shared.last_error) = Some(why);
         }
+        Some(Ok(EdgeMsg::PushConfig { push })) => super::push::received(shared, &push),
         Some(Ok(EdgeMsg::Credential { credential })) => match &shared.device {
             Some(device) => {
                 if let Err(e) = device.store_credential(&credential) {
@@ -389,6 +438,16 @@ struct SessionStreams {
     done: Notify,
     /// Set when the session drains: idle keep-alive streams then end early.
     draining: watch::Sender<bool>,
+    /// The control stream of a session that drains: kept open until the session
+    /// closes, as the edge closes a connection whose control stream ends (and with it
+    /// the streams in flight).
+    control: std::sync::Mutex<Option<(crate::transport::SendHalf, AbortOnDrop)>>,
+}
+
+impl SessionStreams {
+    fn keep_control(&self, send: crate::transport::SendHalf, reader: AbortOnDrop) {
+        *crate::util::lock(&self.control) = Some((send, reader));
+    }
 }
 
 impl Default for SessionStreams {
@@ -397,6 +456,7 @@ impl Default for SessionStreams {
             count: AtomicUsize::new(0),
             done: Notify::new(),
             draining: watch::channel(false).0,
+            control: std::sync::Mutex::new(None),
         }
     }
 }
@@ -431,6 +491,7 @@ fn drain_in_background(
         };
         let _ = tokio::time::timeout(grace.saturating_sub(LAME_DUCK), wait).await;
         session.close("drained");
+        crate::util::lock(&streams.control).take();
     });
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::rollout::{Rollouts, SWEEP_EVERY};
 use super::{DeviceRecord, Enrolled, Store};
 use crate::edge::registry::{Conn, Registry};
 use crate::util::lock;
@@ -67,6 +68,9 @@ pub struct DeviceView {
     /// At least one connection registered now.
     pub online: bool,
     pub connections: Vec<ConnView>,
+    /// The device's last remote change of each kind (as this edge last read them).
+    #[serde(skip)]
+    pub changes: Vec<super::ChangeRecord>,
 }
 
 /// Every device this edge knows: the records in memory (loaded from the store at start,
@@ -87,6 +91,8 @@ pub struct Inventory {
     heard: Mutex<HashMap<usize, Heard>>,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    /// Remote changes on their way to devices.
+    rollouts: Rollouts,
 }
 
 /// A device connection's traffic count when last looked at, and when it last grew.
@@ -105,11 +111,14 @@ impl Inventory {
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
+        let rollouts = Rollouts::new(store.clone());
+        rollouts.load_cache();
         Ok(Inventory {
             records: Mutex::new(records),
             changed: Mutex::default(),
             writing: Mutex::default(),
             heard: Mutex::default(),
+            rollouts,
             store,
             registry,
         })
@@ -118,6 +127,19 @@ impl Inventory {
     /// The store behind the inventory.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The rollout engine of remote changes.
+    pub fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
+    }
+
+    /// A device reported the digest of the config in force (a change report).
+    pub(crate) fn config_digest(&self, id: &str, digest: &[u8; 8]) {
+        if let Some(r) = lock(&self.records).get_mut(id) {
+            r.config_digest = crate::util::hex(digest);
+        }
+        self.mark(id);
     }
 
     /// Every device, ordered by id.
@@ -131,6 +153,7 @@ impl Inventory {
                 let connections = live.remove(&tunnel).unwrap_or_default();
                 DeviceView {
                     online: !connections.is_empty(),
+                    changes: self.rollouts.cached(&record.id),
                     record,
                     connections,
                 }
@@ -152,6 +175,7 @@ impl Inventory {
             .collect();
         Some(DeviceView {
             online: !connections.is_empty(),
+            changes: self.rollouts.cached(&record.id),
             record,
             connections,
         })
@@ -409,10 +433,28 @@ impl Inventory {
         written
     }
 
-    /// Writes changed records every [`WRITE_EVERY`] until the task is dropped.
+    /// Writes changed records every [`WRITE_EVERY`], and carries running rollouts on
+    /// every [`SWEEP_EVERY`], until the task is dropped.
     pub fn spawn_writer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move {
+        let sweeper = self.clone();
+        let sweep = async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                match sweeper.rollouts.sweep().await {
+                    Ok(()) => failing = false,
+                    Err(e) if !failing => {
+                        failing = true;
+                        log::error!("fleet: rollouts not carried on, trying again: {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
+        };
+        let write = async move {
             let mut tick = tokio::time::interval(WRITE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Logged once per outage of the store (a shared Redis down), not every tick.
@@ -433,6 +475,9 @@ impl Inventory {
                     Err(_) => {}
                 }
             }
+        };
+        tokio::spawn(async move {
+            tokio::join!(sweep, write);
         })
     }
 

@@ -8,9 +8,13 @@
 //!   disconnections change, written to the store behind the scenes.
 //! - [`store`]: where records survive a restart: the [`Store`] interface and its
 //!   embedded implementation (redb); a shared engine (Redis) implements the same trait.
+//! - [`push`]: the fleet's config keys (derived from the signing key), the checks a
+//!   pushed config passes, the signed push.
+//! - [`rollout`]: remote changes (config pushes, release offers) taken to devices,
+//!   canaries first, stopped on the first rollback; state in the store.
 //! - `api`, `page`, `metrics`, `cli`: what people see of it: the admin API's JSON
 //!   (`/api/v1/devices`), the fleet page (`/fleet`), the per-fleet families on
-//!   `/metrics`, and `mailslot-edge devices ls|show|revoke`.
+//!   `/metrics`, and `mailslot-edge devices ls|show|revoke|push-config`.
 //!
 //! A device registers with an empty tunnel token and a `wire::DeviceTail`: its public
 //! key, a signature over the connection's nonce, and its credential or its enrolment
@@ -25,8 +29,13 @@ pub mod enroll;
 pub mod inventory;
 pub mod metrics;
 pub mod page;
+pub mod push;
+pub mod rollout;
 pub mod store;
 
 pub use enroll::Enroller;
 pub use inventory::{ConnView, DeviceView, Inventory};
-pub use store::{DeviceRecord, Enrolled, RedbStore, Store, StoreError, MAX_DEVICES};
+pub use store::{
+    ChangeRecord, ChangeState, DeviceRecord, Enrolled, RedbStore, RolloutRecord, Store, StoreError,
+    MAX_DEVICES, MAX_ROLLOUTS,
+};
