@@ -52,6 +52,20 @@ fn host_key(host: &str) -> String {
     format!("mailslot:host:{host}")
 }
 
+/// A tunnel id from its 32 hex digits.
+fn unhex16(text: &str) -> Option<[u8; 16]> {
+    let b = text.as_bytes();
+    if b.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        let s = std::str::from_utf8(pair).ok()?;
+        *o = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -179,6 +193,43 @@ impl Presence {
             .arg("+inf");
         let (members,): (Vec<String>,) = self.run(&pipe).await?;
         Ok(members)
+    }
+}
+
+/// Finds `KEYS[1]` (a hostname's entry) and the live holders of its tunnel (members
+/// scoring at least `ARGV[1]`, now in Unix ms), in one round trip: `[tunnel hex,
+/// member...]`, or nil when no tunnel claims the hostname.
+const LOCATE: &str = "local v = redis.call('GET', KEYS[1]) \
+                      if not v then return false end \
+                      local t = string.sub(v, 1, 32) \
+                      local m = redis.call('ZRANGEBYSCORE', 'mailslot:at:' .. t, ARGV[1], '+inf') \
+                      table.insert(m, 1, t) \
+                      return m";
+
+impl Presence {
+    /// The tunnel that serves `host` across the cluster and the members holding
+    /// connections for it now; `None` when no tunnel claims it.
+    pub(crate) async fn locate(
+        &self,
+        host: &str,
+    ) -> Result<Option<([u8; 16], Vec<String>)>, String> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(LOCATE)
+            .arg(1)
+            .arg(host_key(host))
+            .arg(now_ms());
+        let (found,): (Option<Vec<String>>,) = self.run(&pipe).await?;
+        let Some(mut found) = found else {
+            return Ok(None);
+        };
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let tunnel = found.remove(0);
+        let tunnel = unhex16(&tunnel)
+            .ok_or_else(|| format!("redis: hostname {host} names tunnel {tunnel:?}"))?;
+        Ok(Some((tunnel, found)))
     }
 }
 

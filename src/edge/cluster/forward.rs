@@ -1,0 +1,336 @@
+//! Visitors reach every device through any edge: where a forwarded request goes
+//! ([`Located`], presence cached briefly), and how the edge holding the tunnel serves
+//! a request another edge forwarded to it ([`serve_stream`]).
+//!
+//! The edge the visitor reached does everything that concerns the visitor: TLS, the
+//! client address, the shield's limits, rate limits and access policies; then, holding
+//! no connection for the hostname's tunnel, it opens a stream to an edge that does
+//! ([`super::peer`]), sends a [`PeerHeader`] (who the visitor is, as it saw them) and the
+//! request as HTTP/1.1 (`proxy`), and relays the answer. The receiving edge trusts the
+//! header because the stream comes from a peer that proved the cluster secret; it
+//! routes the request to its own connections only: a forwarded request is never
+//! forwarded again, and one whose tunnel is not held there ends in a 502 that says so.
+//!
+//! Presence is read from Redis at most once per [`CACHE_FOR`] per hostname (hits and
+//! misses alike), so forwarding costs no Redis round trip per request; with Redis
+//! unreachable the last entry read is used, however old (up to [`MAX_CACHED`] entries).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+
+use super::peer::PeerHeader;
+use crate::edge::flood::{log_limited, LogLimit};
+use crate::edge::forward::{self, Visitor};
+use crate::edge::{proxy, EdgeState};
+use crate::transport::TunnelStream;
+use crate::util::lock;
+
+/// How long a presence look-up is used before Redis is asked again.
+pub(crate) const CACHE_FOR: Duration = Duration::from_secs(1);
+/// Most hostnames whose presence is cached.
+pub(crate) const MAX_CACHED: usize = 4096;
+/// Most edges tried for one request (the others are left to the next request).
+const MAX_TRIED: usize = 2;
+
+static REFUSED_LOG: LogLimit = LogLimit::new(10, Duration::from_secs(60));
+
+/// Why a request cannot be forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Miss {
+    /// No tunnel serves the hostname anywhere in the cluster.
+    Unknown,
+    /// A tunnel serves it, but no other edge holds a connection for it now.
+    Offline,
+    /// Every edge holding it failed to answer: why, for the log.
+    Unreachable(String),
+    /// Redis cannot be asked and nothing was learnt before: why, for the log.
+    NoPresence(String),
+}
+
+/// What presence said about one hostname, and when.
+struct Entry {
+    /// The tunnel and the members holding it; `None`: no tunnel claims the hostname.
+    found: Option<([u8; 16], Vec<String>)>,
+    at: Instant,
+}
+
+/// The presence of hostnames, cached for [`CACHE_FOR`], at most [`MAX_CACHED`].
+#[derive(Default)]
+pub(crate) struct Located {
+    entries: Mutex<HashMap<String, Entry>>,
+    /// Turns which holder a request goes to first.
+    turn: AtomicUsize,
+}
+
+impl Located {
+    /// The cached entry of `host` if fresh.
+    fn fresh(&self, host: &str, now: Instant) -> Option<Option<([u8; 16], Vec<String>)>> {
+        let entries = lock(&self.entries);
+        let e = entries.get(host)?;
+        (now.duration_since(e.at) < CACHE_FOR).then(|| e.found.clone())
+    }
+
+    /// The cached entry of `host`, however old (Redis unreachable).
+    fn last_known(&self, host: &str) -> Option<Option<([u8; 16], Vec<String>)>> {
+        lock(&self.entries).get(host).map(|e| e.found.clone())
+    }
+
+    /// Keeps what presence said about `host`; a full cache first drops entries past
+    /// [`CACHE_FOR`], then (all fresh: a flood of hostnames) any one.
+    fn keep(&self, host: &str, found: Option<([u8; 16], Vec<String>)>, now: Instant) {
+        let mut entries = lock(&self.entries);
+        if entries.len() >= MAX_CACHED && !entries.contains_key(host) {
+            entries.retain(|_, e| now.duration_since(e.at) < CACHE_FOR);
+            if entries.len() >= MAX_CACHED {
+                if let Some(k) = entries.keys().next().cloned() {
+                    entries.remove(&k);
+                }
+            }
+        }
+        entries.insert(host.to_string(), Entry { found, at: now });
+    }
+
+    /// The members other than `me` holding `host`'s tunnel, first the one whose turn
+    /// it is; `Err` as [`Miss`].
+    pub(crate) fn holders(
+        &self,
+        found: Option<([u8; 16], Vec<String>)>,
+        me: &str,
+    ) -> Result<Vec<String>, Miss> {
+        let Some((_, members)) = found else {
+            return Err(Miss::Unknown);
+        };
+        let mut others: Vec<String> = members.into_iter().filter(|m| m != me).collect();
+        if others.is_empty() {
+            return Err(Miss::Offline);
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) % others.len();
+        others.rotate_left(turn);
+        others.truncate(MAX_TRIED);
+        Ok(others)
+    }
+}
+
+impl super::Cluster {
+    /// A stream to an edge holding a connection for `host`'s tunnel, and that edge's
+    /// member address.
+    pub(crate) async fn open_forward(&self, host: &str) -> Result<(TunnelStream, String), Miss> {
+        let (Some(peers), Some(presence)) = (self.peers.get(), self.presence.get()) else {
+            return Err(Miss::Unknown);
+        };
+        let now = Instant::now();
+        let found = match self.located.fresh(host, now) {
+            Some(found) => found,
+            None => match presence.locate(host).await {
+                Ok(found) => {
+                    self.located.keep(host, found.clone(), now);
+                    found
+                }
+                Err(e) => match self.located.last_known(host) {
+                    Some(found) => found,
+                    None => {
+                        return Err(Miss::NoPresence(format!(
+                            "redis {}: {e}",
+                            self.redis.shown()
+                        )))
+                    }
+                },
+            },
+        };
+        let mut why = String::new();
+        for member in self.located.holders(found, self.member())? {
+            match peers.open(&member).await {
+                Ok(stream) => return Ok((stream, member)),
+                Err(e) => {
+                    if !why.is_empty() {
+                        why.push_str("; ");
+                    }
+                    why.push_str(&e);
+                }
+            }
+        }
+        Err(Miss::Unreachable(why))
+    }
+}
+
+impl super::Cluster {
+    /// The framed header of a request for `host` (`authority`) that `v` sent here.
+    pub(crate) fn peer_header(
+        &self,
+        host: &str,
+        authority: &str,
+        v: &Visitor,
+    ) -> Result<Vec<u8>, String> {
+        PeerHeader {
+            version: super::peer::VERSION,
+            kind: super::peer::PeerKind::Http,
+            hops: 1,
+            from: self.member().to_string(),
+            host: host.to_string(),
+            authority: authority.to_string(),
+            peer: v.peer,
+            client_ip: v.client_ip,
+            forwarded_for: v.forwarded_for.to_str().map_or_else(
+                |_| {
+                    forward::ip_header(v.peer.ip())
+                        .to_str()
+                        .unwrap_or_default()
+                        .to_string()
+                },
+                str::to_string,
+            ),
+            https: v.scheme == "https",
+            trusted: v.trusted,
+        }
+        .encode()
+    }
+}
+
+/// Serves one stream a proven peer opened: its header, then one HTTP/1.1 request
+/// routed to this edge's own connections ([`proxy::handle`], never forwarded again).
+pub(crate) async fn serve_stream(
+    state: Arc<EdgeState>,
+    mut stream: TunnelStream,
+    from: SocketAddr,
+) {
+    let header = match PeerHeader::read(&mut stream).await {
+        Ok(h) => h,
+        Err(why) => {
+            log_limited!(
+                REFUSED_LOG,
+                Warn,
+                "cluster: stream from peer {from} refused: {why}"
+            );
+            let _ = stream.write_all(&refusal(&why)).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    let header = Arc::new(header);
+    let limits = state.shield.limits.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        let header = header.clone();
+        async move { Ok::<_, Infallible>(serve_forwarded(&state, &header, req).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(false)
+        .header_read_timeout(limits.request_head_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = served.await {
+        log::debug!("cluster: forwarded request from peer {from}: {e}");
+    }
+}
+
+/// A forwarded request, with the visitor as the first edge saw it.
+async fn serve_forwarded(
+    state: &EdgeState,
+    h: &PeerHeader,
+    req: Request<Incoming>,
+) -> http::Response<crate::edge::body::Body> {
+    let peer_ip = forward::ip_header(h.peer.ip());
+    let forwarded_for = HeaderValue::from_str(&h.forwarded_for).unwrap_or_else(|_| peer_ip.clone());
+    let visitor = Visitor {
+        peer: h.peer,
+        peer_ip,
+        client_ip: h.client_ip,
+        forwarded_for,
+        scheme: if h.https { "https" } else { "http" },
+        trusted: h.trusted,
+    };
+    let cx = proxy::Ctx {
+        registry: &state.registry,
+        pool: &state.pool,
+        shield: &state.shield,
+        metrics: &state.metrics,
+        origin_timeout: state.origin_timeout,
+        visitor: &visitor,
+        host: &h.host,
+        authority: &h.authority,
+        cluster: None,
+        from_peer: Some(&h.from),
+    };
+    proxy::handle(&cx, req).await
+}
+
+/// A 502 written as raw HTTP/1.1 on a stream whose header was refused: the first
+/// edge shows it to the visitor.
+fn refusal(why: &str) -> Vec<u8> {
+    let body = format!("502 Bad Gateway\nthe edge holding the tunnel refused the request: {why}\n");
+    format!(
+        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(members: &[&str]) -> Option<([u8; 16], Vec<String>)> {
+        Some(([7; 16], members.iter().map(|m| m.to_string()).collect()))
+    }
+
+    #[test]
+    fn holders_leave_out_this_edge_and_take_turns() {
+        let l = Located::default();
+        assert_eq!(l.holders(None, "a:1"), Err(Miss::Unknown));
+        assert_eq!(l.holders(found(&["a:1"]), "a:1"), Err(Miss::Offline));
+        assert_eq!(l.holders(found(&[]), "a:1"), Err(Miss::Offline));
+        let first = l.holders(found(&["a:1", "b:1", "c:1"]), "a:1").unwrap();
+        let second = l.holders(found(&["a:1", "b:1", "c:1"]), "a:1").unwrap();
+        assert_eq!(first.len(), 2);
+        assert_ne!(first.first(), second.first(), "turns spread the requests");
+        assert!(!first.contains(&"a:1".to_string()));
+    }
+
+    #[test]
+    fn the_cache_is_fresh_for_a_while_kept_when_stale_and_bounded() {
+        let l = Located::default();
+        let t0 = Instant::now();
+        l.keep("h.example", found(&["b:1"]), t0);
+        assert_eq!(l.fresh("h.example", t0), Some(found(&["b:1"])));
+        let later = t0 + CACHE_FOR;
+        assert_eq!(
+            l.fresh("h.example", later),
+            None,
+            "asked again after CACHE_FOR"
+        );
+        assert_eq!(l.last_known("h.example"), Some(found(&["b:1"])));
+        l.keep("gone.example", None, t0);
+        assert_eq!(
+            l.fresh("gone.example", t0),
+            Some(None),
+            "misses are cached too"
+        );
+        for i in 0..MAX_CACHED + 10 {
+            l.keep(&format!("flood-{i}.example"), None, later);
+        }
+        assert!(lock(&l.entries).len() <= MAX_CACHED);
+    }
+
+    #[test]
+    fn a_refusal_is_a_complete_response() {
+        let r = String::from_utf8(refusal("peer protocol version 9")).unwrap();
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 502 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(body.contains("peer protocol version 9"));
+    }
+}

@@ -1,0 +1,521 @@
+//! The connections between edges: QUIC on each edge's `member:` address, one
+//! long-lived connection from each edge to each other edge it forwards to, one stream
+//! per forwarded request, both ends authenticated with the cluster secret.
+//!
+//! Why QUIC: the edge already runs quinn for its tunnels, so a second endpoint costs
+//! no new crate; one connection multiplexes any number of requests without
+//! head-of-line blocking between them (a slow download never holds up another
+//! visitor's request, as it would on one TCP connection), a new stream costs no round
+//! trip, and keep-alives find a dead peer in [`IDLE_TIMEOUT`] where TCP would wait for
+//! minutes.
+//!
+//! Why an HMAC over the TLS exporter rather than certificates: the cluster already
+//! shares one secret (`cluster: secret-file:`), and a second PKI (a CA, certificates
+//! per edge, their renewal) would be one more thing to run and get wrong. TLS gives
+//! the connection its privacy and a session-unique key (the exporter, RFC 8446 7.5);
+//! each side proves it holds the secret with an HMAC-SHA256 of that exporter under the
+//! secret, with a label per role so that one side's proof can never be sent back as
+//! the other's. A man in the middle terminates two TLS sessions with two different
+//! exporters and, without the secret, can produce the proof for neither; a proof seen
+//! once is worthless for any other session. The certificate itself (made at start,
+//! self-signed) is not checked: the proofs are the authentication.
+//!
+//! ```text
+//!  B (forwards)                                   A (holds the tunnel)
+//!   | QUIC handshake, ALPN mailslot-peer            |
+//!   | stream 0: HMAC(secret, "…client" ‖ exporter)  |  32 bytes; A checks it, else closes
+//!   |            HMAC(secret, "…server" ‖ exporter) |  32 bytes; B checks it, else closes
+//!   | stream n: [u16 len][postcard PeerHeader]      |  one per forwarded request, only
+//!   |           HTTP/1.1 request ⇄ response         |  accepted after stream 0 checked out
+//! ```
+//!
+//! Bounds: at most [`MAX_PEERS`] edges dialled and [`MAX_PEERS`] connections accepted,
+//! [`MAX_STREAMS_PER_PEER`] streams at once on each connection (QUIC's stream credit:
+//! more wait, bounded by [`OPEN_TIMEOUT`]), a header of at most [`MAX_HEADER`] bytes.
+//! A peer that cannot be reached within [`CONNECT_TIMEOUT`] is not dialled again for
+//! [`RETRY_AFTER`]: the requests meanwhile are answered at once.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+use crate::edge::flood::{log_limited, LogLimit};
+use crate::transport::{RecvHalf, SendHalf, TunnelStream};
+use crate::util::lock;
+
+/// TLS ALPN of connections between edges.
+pub(crate) const ALPN: &[u8] = b"mailslot-peer";
+/// Version of the peer protocol; a header with another is refused.
+pub(crate) const VERSION: u8 = 1;
+/// Most edges this edge dials, and most connections it accepts from edges.
+pub(crate) const MAX_PEERS: usize = 64;
+/// Most streams (forwarded requests) at once on one connection between two edges.
+pub(crate) const MAX_STREAMS_PER_PEER: u32 = 1024;
+/// Longest wait for a connection to a peer: name look-up, handshake and proofs.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for a stream on a connection whose streams are all in use.
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer that could not be reached is not dialled again.
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Keep-alive on connections between edges.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// A connection between edges that hears nothing for this long is dead (a killed
+/// edge): its requests fail with a 502 after at most this long.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longest request header (its `X-Forwarded-For` chain is the only long part).
+pub(crate) const MAX_HEADER: usize = 16 * 1024;
+/// Longest wait for a stream's header once the stream is open.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of a proof (HMAC-SHA256).
+const PROOF_LEN: usize = 32;
+const CLIENT_LABEL: &[u8] = b"mailslot-peer v1 client";
+const SERVER_LABEL: &[u8] = b"mailslot-peer v1 server";
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-mailslot-peer-auth";
+/// QUIC close code of a connection whose proof failed.
+const CLOSE_REFUSED: u32 = 1;
+
+static AUTH_LOG: LogLimit = LogLimit::new(10, Duration::from_secs(60));
+
+/// What kind of stream a peer opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum PeerKind {
+    /// An HTTP/1.1 request follows.
+    Http,
+}
+
+/// What the first edge knows about a forwarded request: who the visitor is, as it
+/// saw them, and where the request goes. Sent at the start of each stream.
+///
+/// ```text
+///  [u16 BE length][postcard: version, kind, hops, from, host, authority, peer,
+///                  client_ip, forwarded_for, https, trusted]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PeerHeader {
+    pub(crate) version: u8,
+    pub(crate) kind: PeerKind,
+    /// Edges the request went through before this stream: always 1 (the edge the
+    /// visitor reached); the receiving edge never forwards it again.
+    pub(crate) hops: u8,
+    /// The sending edge's member address (for logs and error pages).
+    pub(crate) from: String,
+    /// Canonical host and authority, as the first edge routed them.
+    pub(crate) host: String,
+    pub(crate) authority: String,
+    /// The visitor's address as the first edge saw it.
+    pub(crate) peer: SocketAddr,
+    /// The client address the first edge used for its policies and limits.
+    pub(crate) client_ip: IpAddr,
+    /// The `X-Forwarded-For` value the first edge would have sent the origin.
+    pub(crate) forwarded_for: String,
+    /// Whether the visitor came over HTTPS.
+    pub(crate) https: bool,
+    /// Whether the visitor is a trusted proxy of the first edge.
+    pub(crate) trusted: bool,
+}
+
+impl PeerHeader {
+    /// The header framed for the stream.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, String> {
+        let body = postcard::to_stdvec(self).map_err(|e| format!("peer header: {e}"))?;
+        if body.len() > MAX_HEADER {
+            return Err(format!(
+                "peer header of {} bytes, more than {MAX_HEADER}",
+                body.len()
+            ));
+        }
+        let len = u16::try_from(body.len()).map_err(|_| "peer header too long".to_string())?;
+        let mut out = Vec::with_capacity(2 + body.len());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Reads one framed header, refusing what this edge does not serve: another
+    /// version, or a request that went through more than one edge already.
+    pub(crate) async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<PeerHeader, String> {
+        let read = async {
+            let mut len = [0u8; 2];
+            r.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+            let len = usize::from(u16::from_be_bytes(len));
+            if len > MAX_HEADER {
+                return Err(format!(
+                    "peer header of {len} bytes, more than {MAX_HEADER}"
+                ));
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+            postcard::from_bytes::<PeerHeader>(&body).map_err(|e| format!("peer header: {e}"))
+        };
+        let h = tokio::time::timeout(HEADER_TIMEOUT, read)
+            .await
+            .map_err(|_| format!("no peer header within {HEADER_TIMEOUT:?}"))??;
+        if h.version != VERSION {
+            return Err(format!(
+                "peer protocol version {} (this edge speaks {VERSION}): run one release on every edge",
+                h.version
+            ));
+        }
+        if h.hops != 1 {
+            return Err(format!(
+                "request forwarded {} times: edges forward a request at most once",
+                h.hops
+            ));
+        }
+        Ok(h)
+    }
+}
+
+/// One edge's side of the connections between edges: the endpoint on its `member:`
+/// address (accepting peers, and dialling them from the same socket) and the
+/// connections it dialled, by member address.
+pub(crate) struct Peers {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    key: ring::hmac::Key,
+    /// Dialled peers by member address: at most [`MAX_PEERS`].
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Accepted connections: at most [`MAX_PEERS`].
+    inbound: Arc<Semaphore>,
+}
+
+/// One dialled peer: its connection, or why it is not to be dialled now.
+#[derive(Default)]
+struct Slot {
+    state: tokio::sync::Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    conn: Option<quinn::Connection>,
+    /// Until when the peer is not dialled again, and why.
+    down: Option<(Instant, String)>,
+}
+
+impl Peers {
+    /// Peers on `socket` (already bound), proving `secret`. Must be made inside the
+    /// runtime.
+    pub(crate) fn new(socket: std::net::UdpSocket, secret: &[u8]) -> Result<Peers, String> {
+        let runtime = quinn::default_runtime().ok_or("no async runtime for QUIC")?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config()?),
+            socket,
+            runtime,
+        )
+        .map_err(|e| format!("peer listener: {e}"))?;
+        Ok(Peers {
+            endpoint,
+            client: client_config()?,
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+            slots: Mutex::default(),
+            inbound: Arc::new(Semaphore::new(MAX_PEERS)),
+        })
+    }
+
+    /// The address the endpoint is bound to.
+    pub(crate) fn local_addr(&self) -> Result<SocketAddr, String> {
+        self.endpoint.local_addr().map_err(|e| e.to_string())
+    }
+
+    /// Closes every connection (shutdown).
+    pub(crate) fn close(&self) {
+        self.endpoint.close(0u32.into(), b"edge shutting down");
+    }
+
+    /// A new stream to `member`, on the connection to it (made, and proven, when there
+    /// is none or it was lost). `Err`: why the peer cannot be reached, for the visitor's
+    /// error page and the log.
+    pub(crate) async fn open(&self, member: &str) -> Result<TunnelStream, String> {
+        let slot = self.slot(member)?;
+        // A connection found dead when the stream is opened is made again, once.
+        for _ in 0..2 {
+            let conn = self.connection(&slot, member).await?;
+            match tokio::time::timeout(OPEN_TIMEOUT, conn.open_bi()).await {
+                Ok(Ok((send, recv))) => {
+                    return Ok(TunnelStream {
+                        send: SendHalf::Quic(send),
+                        recv: RecvHalf::Quic(recv),
+                    })
+                }
+                Ok(Err(e)) => {
+                    log::info!("cluster: connection to peer {member} lost: {e}");
+                    let mut st = slot.state.lock().await;
+                    if st
+                        .conn
+                        .as_ref()
+                        .is_some_and(|c| c.stable_id() == conn.stable_id())
+                    {
+                        st.conn = None;
+                    }
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "all {MAX_STREAMS_PER_PEER} streams to {member} busy for {OPEN_TIMEOUT:?}"
+                    ))
+                }
+            }
+        }
+        Err(format!("the connection to {member} was lost twice"))
+    }
+
+    /// The slot of `member`, made if new; a full table first drops the peers with no
+    /// connection.
+    fn slot(&self, member: &str) -> Result<Arc<Slot>, String> {
+        let mut slots = lock(&self.slots);
+        if let Some(s) = slots.get(member) {
+            return Ok(s.clone());
+        }
+        if slots.len() >= MAX_PEERS {
+            slots.retain(|_, s| {
+                s.state.try_lock().map_or(true, |st| {
+                    st.conn.as_ref().is_some_and(|c| c.close_reason().is_none())
+                })
+            });
+        }
+        if slots.len() >= MAX_PEERS {
+            return Err(format!("more than {MAX_PEERS} peer edges"));
+        }
+        let s = Arc::new(Slot::default());
+        slots.insert(member.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// The live connection of `slot`, dialled now when there is none (one dial at a
+    /// time per peer: requests arriving meanwhile wait for it).
+    async fn connection(&self, slot: &Slot, member: &str) -> Result<quinn::Connection, String> {
+        let mut st = slot.state.lock().await;
+        if let Some(c) = &st.conn {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+            st.conn = None;
+        }
+        if let Some((until, why)) = &st.down {
+            if Instant::now() < *until {
+                return Err(why.clone());
+            }
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.dial(member)).await {
+            Ok(Ok(c)) => {
+                log::info!("cluster: connected to peer {member}");
+                st.down = None;
+                st.conn = Some(c.clone());
+                Ok(c)
+            }
+            Ok(Err(why)) => {
+                st.down = Some((Instant::now() + RETRY_AFTER, why.clone()));
+                Err(why)
+            }
+            Err(_) => {
+                let why = format!("peer {member} did not answer within {CONNECT_TIMEOUT:?}");
+                st.down = Some((Instant::now() + RETRY_AFTER, why.clone()));
+                Err(why)
+            }
+        }
+    }
+
+    async fn dial(&self, member: &str) -> Result<quinn::Connection, String> {
+        let addr = match member.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => tokio::net::lookup_host(member)
+                .await
+                .map_err(|e| format!("peer {member}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("peer {member}: the name has no address"))?,
+        };
+        let conn = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, "mailslot-peer")
+            .map_err(|e| format!("peer {member}: {e}"))?
+            .await
+            .map_err(|e| format!("peer {member}: {e}"))?;
+        prove_client(&conn, &self.key)
+            .await
+            .map_err(|e| format!("peer {member}: {e}"))?;
+        Ok(conn)
+    }
+
+    /// Accepts peers until the endpoint closes; each stream of a proven peer goes to
+    /// `serve` with the peer's address.
+    pub(crate) async fn accept<F>(self: Arc<Self>, serve: F)
+    where
+        F: Fn(TunnelStream, SocketAddr) + Send + Sync + Clone + 'static,
+    {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let Ok(permit) = self.inbound.clone().try_acquire_owned() else {
+                log_limited!(
+                    AUTH_LOG,
+                    Warn,
+                    "cluster: connection from {} refused: {MAX_PEERS} peers connected",
+                    incoming.remote_address()
+                );
+                incoming.refuse();
+                continue;
+            };
+            let me = self.clone();
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let remote = incoming.remote_address();
+                let conn = match tokio::time::timeout(CONNECT_TIMEOUT, async {
+                    let conn = incoming.await.map_err(|e| e.to_string())?;
+                    prove_server(&conn, &me.key).await.map(|()| conn)
+                })
+                .await
+                {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(why)) => {
+                        log_limited!(AUTH_LOG, Warn, "cluster: peer {remote} refused: {why}");
+                        return;
+                    }
+                    Err(_) => {
+                        log_limited!(
+                            AUTH_LOG,
+                            Warn,
+                            "cluster: peer {remote} refused: no proof within {CONNECT_TIMEOUT:?}"
+                        );
+                        return;
+                    }
+                };
+                log::info!("cluster: peer {remote} connected");
+                loop {
+                    match conn.accept_bi().await {
+                        Ok((send, recv)) => serve(
+                            TunnelStream {
+                                send: SendHalf::Quic(send),
+                                recv: RecvHalf::Quic(recv),
+                            },
+                            remote,
+                        ),
+                        Err(e) => {
+                            log::info!("cluster: peer {remote} gone: {e}");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// What a side's proof signs: its role's label and the connection's TLS exporter.
+fn signed(conn: &quinn::Connection, label: &[u8]) -> Result<Vec<u8>, String> {
+    let mut ekm = [0u8; 32];
+    conn.export_keying_material(&mut ekm, EXPORTER_LABEL, b"")
+        .map_err(|_| "no TLS exporter".to_string())?;
+    let mut data = Vec::with_capacity(label.len() + ekm.len());
+    data.extend_from_slice(label);
+    data.extend_from_slice(&ekm);
+    Ok(data)
+}
+
+/// The proof of `label`'s side of `conn`.
+fn proof(
+    conn: &quinn::Connection,
+    key: &ring::hmac::Key,
+    label: &[u8],
+) -> Result<ring::hmac::Tag, String> {
+    Ok(ring::hmac::sign(key, &signed(conn, label)?))
+}
+
+/// Checks the other side's proof (in constant time); closes `conn` when it fails.
+fn check(
+    conn: &quinn::Connection,
+    key: &ring::hmac::Key,
+    label: &[u8],
+    got: &[u8],
+) -> Result<(), String> {
+    if ring::hmac::verify(key, &signed(conn, label)?, got).is_ok() {
+        return Ok(());
+    }
+    conn.close(CLOSE_REFUSED.into(), b"cluster secret mismatch");
+    Err(
+        "it does not hold this cluster's secret (the same cluster: secret-file on every edge)"
+            .into(),
+    )
+}
+
+async fn write_proof<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    tag: &ring::hmac::Tag,
+) -> Result<(), String> {
+    w.write_all(tag.as_ref()).await.map_err(|e| e.to_string())
+}
+
+async fn read_proof<R: AsyncRead + Unpin>(r: &mut R) -> Result<[u8; PROOF_LEN], String> {
+    let mut got = [0u8; PROOF_LEN];
+    r.read_exact(&mut got)
+        .await
+        .map_err(|e| format!("no proof of the cluster secret: {e}"))?;
+    Ok(got)
+}
+
+/// The dialling side: sends its proof on the first stream, checks the other's.
+async fn prove_client(conn: &quinn::Connection, key: &ring::hmac::Key) -> Result<(), String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    write_proof(&mut send, &proof(conn, key, CLIENT_LABEL)?).await?;
+    let _ = send.finish();
+    let got = read_proof(&mut recv).await?;
+    check(conn, key, SERVER_LABEL, &got)
+        .map_err(|_| "the peer does not hold this cluster's secret".to_string())
+}
+
+/// The accepting side: checks the dialler's proof on its first stream before any
+/// other stream is accepted, then sends its own.
+async fn prove_server(conn: &quinn::Connection, key: &ring::hmac::Key) -> Result<(), String> {
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let got = read_proof(&mut recv).await?;
+    check(conn, key, CLIENT_LABEL, &got)?;
+    write_proof(&mut send, &proof(conn, key, SERVER_LABEL)?).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+fn transport(peer_streams: u32) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEPALIVE));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(peer_streams));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t
+}
+
+/// The accepting side's TLS: a certificate made now (the proofs authenticate, not it).
+fn server_config() -> Result<quinn::ServerConfig, String> {
+    let err = |e: rcgen::Error| format!("peer certificate: {e}");
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = rcgen::CertificateParams::new(vec!["mailslot-peer".to_string()])
+        .map_err(err)?
+        .self_signed(&key)
+        .map_err(err)?;
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let mut tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .map_err(|e| format!("peer certificate: {e}"))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport(MAX_STREAMS_PER_PEER)));
+    Ok(cfg)
+}
+
+/// The dialling side's TLS: any certificate (still checking the peer holds its key);
+/// the peer opens no streams back.
+fn client_config() -> Result<quinn::ClientConfig, String> {
+    let mut tls = crate::tls::origin_client_config(None, true).map_err(|e| e.to_string())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport(0)));
+    Ok(cfg)
+}
