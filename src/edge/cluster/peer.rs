@@ -462,9 +462,25 @@ async fn prove_client(conn: &quinn::Connection, key: &ring::hmac::Key) -> Result
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     write_proof(&mut send, &proof(conn, key, CLIENT_LABEL)?).await?;
     let _ = send.finish();
-    let got = read_proof(&mut recv).await?;
+    let got = match read_proof(&mut recv).await {
+        Ok(got) => got,
+        Err(e) => {
+            let refused = matches!(
+                conn.close_reason(),
+                Some(quinn::ConnectionError::ApplicationClosed(c))
+                    if c.error_code == quinn::VarInt::from_u32(CLOSE_REFUSED)
+            );
+            return Err(if refused {
+                "it refused this edge's proof: the two edges do not hold the same cluster's \
+                 secret (cluster: secret-file)"
+                    .to_string()
+            } else {
+                e
+            });
+        }
+    };
     check(conn, key, SERVER_LABEL, &got)
-        .map_err(|_| "the peer does not hold this cluster's secret".to_string())
+        .map_err(|_| "it does not hold this cluster's secret".to_string())
 }
 
 /// The accepting side: checks the dialler's proof on its first stream before any
@@ -518,4 +534,186 @@ fn client_config() -> Result<quinn::ClientConfig, String> {
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport(0)));
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn peers(secret: &[u8]) -> Arc<Peers> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        Arc::new(Peers::new(socket, secret).unwrap())
+    }
+
+    /// A listening edge whose streams answer "served" and are counted.
+    fn listening(secret: &[u8]) -> (Arc<Peers>, String, Arc<AtomicUsize>) {
+        let a = peers(secret);
+        let addr = a.local_addr().unwrap().to_string();
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        tokio::spawn(a.clone().accept(move |mut stream, _| {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = stream.write_all(b"served").await;
+                let _ = stream.shutdown().await;
+            });
+        }));
+        (a, addr, served)
+    }
+
+    fn header() -> PeerHeader {
+        PeerHeader {
+            version: VERSION,
+            kind: PeerKind::Http,
+            hops: 1,
+            from: "10.0.0.2:7844".into(),
+            host: "dev42.example.com".into(),
+            authority: "dev42.example.com:8443".into(),
+            peer: "192.0.2.7:50000".parse().unwrap(),
+            client_ip: "198.51.100.1".parse().unwrap(),
+            forwarded_for: "198.51.100.1, 192.0.2.7".into(),
+            https: true,
+            trusted: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn edges_with_the_secret_get_streams_on_one_connection() {
+        let (_a, addr, served) = listening(SECRET);
+        let b = peers(SECRET);
+        for _ in 0..3 {
+            let mut s = b.open(&addr).await.unwrap();
+            s.write_all(b"x").await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"served");
+        }
+        assert_eq!(served.load(Ordering::SeqCst), 3);
+        let slot = b.slot(&addr).unwrap();
+        let st = slot.state.lock().await;
+        assert!(st.conn.is_some(), "one long-lived connection");
+    }
+
+    #[tokio::test]
+    async fn an_edge_without_the_secret_gets_no_stream() {
+        let (_a, addr, served) = listening(SECRET);
+        let c = peers(b"another secret, 32 characters long!!");
+        let Err(why) = c.open(&addr).await else {
+            panic!("a stream without the secret")
+        };
+        assert!(why.contains("cluster's secret"), "{why}");
+        assert_eq!(served.load(Ordering::SeqCst), 0);
+        // And it is not dialled again at once: the next request is answered at once.
+        let start = Instant::now();
+        assert!(c.open(&addr).await.is_err());
+        assert!(start.elapsed() < Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_client_skipping_the_proof_gets_no_stream_served() {
+        let (_a, addr, served) = listening(SECRET);
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = ep
+            .connect_with(client_config().unwrap(), addr.parse().unwrap(), "x")
+            .unwrap()
+            .await
+            .unwrap();
+        // A forged request on the first stream, then on a second one: neither is served.
+        for _ in 0..2 {
+            let Ok((mut send, mut recv)) = conn.open_bi().await else {
+                break;
+            };
+            let _ = send.write_all(&header().encode().unwrap()).await;
+            let _ = send
+                .write_all(b"GET / HTTP/1.1\r\nhost: dev42.example.com\r\n\r\n")
+                .await;
+            let _ = send.finish();
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(CONNECT_TIMEOUT * 2, recv.read_to_end(1024)).await;
+            if let Ok(Ok(bytes)) = read {
+                got = bytes;
+            }
+            assert!(got.is_empty(), "{got:?}");
+        }
+        let closed = tokio::time::timeout(CONNECT_TIMEOUT * 2, conn.closed()).await;
+        assert!(closed.is_ok(), "the connection is closed");
+        assert_eq!(served.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_listener_without_the_secret_gets_no_request() {
+        // A listener that takes any proof and answers with one made up.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap().to_string();
+        let ep = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config().unwrap()),
+            socket,
+            quinn::default_runtime().unwrap(),
+        )
+        .unwrap();
+        let streams = Arc::new(AtomicUsize::new(0));
+        let count = streams.clone();
+        tokio::spawn(async move {
+            let conn = ep.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let _ = read_proof(&mut recv).await;
+            let _ = send.write_all(&[7u8; PROOF_LEN]).await;
+            let _ = send.finish();
+            while conn.accept_bi().await.is_ok() {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let b = peers(SECRET);
+        let Err(why) = b.open(&addr).await else {
+            panic!("a stream to a listener without the secret")
+        };
+        assert!(why.contains("does not hold this cluster's secret"), "{why}");
+        assert_eq!(streams.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_peer_fails_within_the_connect_timeout() {
+        // A bound socket that never answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let b = peers(SECRET);
+        let start = Instant::now();
+        let Err(why) = b.open(&addr).await else {
+            panic!("a stream to nobody")
+        };
+        assert!(why.contains("did not answer"), "{why}");
+        assert!(start.elapsed() < CONNECT_TIMEOUT + Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn headers_round_trip_and_hops_and_versions_are_checked() {
+        let h = header();
+        let bytes = h.encode().unwrap();
+        assert_eq!(PeerHeader::read(&mut &bytes[..]).await.unwrap(), h);
+        let again = PeerHeader {
+            hops: 2,
+            ..header()
+        }
+        .encode()
+        .unwrap();
+        let why = PeerHeader::read(&mut &again[..]).await.unwrap_err();
+        assert!(why.contains("at most once"), "{why}");
+        let newer = PeerHeader {
+            version: 2,
+            ..header()
+        }
+        .encode()
+        .unwrap();
+        let why = PeerHeader::read(&mut &newer[..]).await.unwrap_err();
+        assert!(why.contains("version 2"), "{why}");
+        let long = [0xff, 0xff];
+        assert!(PeerHeader::read(&mut &long[..]).await.is_err());
+        let truncated = &bytes[..bytes.len() - 1];
+        assert!(PeerHeader::read(&mut &truncated[..]).await.is_err());
+    }
 }
