@@ -75,12 +75,25 @@ impl RedisProc {
     }
 }
 
+/// The cluster secret of the tests' edges.
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
 /// An edge of the cluster on `redis`; `signing_key`: another edge's (all the edges of
 /// a fleet sign and verify with one key).
 fn cluster_edge(redis: &RedisProc, member: &str, signing_key: Option<PathBuf>) -> EdgeProc {
+    cluster_edge_with(redis, member, SECRET, signing_key)
+}
+
+/// [`cluster_edge`] holding `secret`.
+fn cluster_edge_with(
+    redis: &RedisProc,
+    member: &str,
+    secret: &str,
+    signing_key: Option<PathBuf>,
+) -> EdgeProc {
     let mut yaml = format!(
-        "admin-listen: 127.0.0.1:0\ncluster:\n  redis: {}\n  secret: \
-         0123456789abcdef0123456789abcdef\n  member: {member}\n",
+        "admin-listen: 127.0.0.1:0\ncluster:\n  redis: {}\n  secret: {secret}\n  member: \
+         {member}\n",
         redis.socket().display()
     );
     if let Some(k) = signing_key {
@@ -90,6 +103,11 @@ fn cluster_edge(redis: &RedisProc, member: &str, signing_key: Option<PathBuf>) -
     edge.proc
         .wait_line("cluster: following fleet changes on redis unix://");
     edge
+}
+
+/// The member address `edge` announces (`member: 127.0.0.1:0` gets a free port).
+fn member_of(edge: &EdgeProc) -> String {
+    edge.proc.logged_addr(" as member ").to_string()
 }
 
 /// An admin API call (`GET`, or `POST` for a revocation) on `edge`; its status.
@@ -123,8 +141,9 @@ async fn known_within(edge: &EdgeProc, id: &str) -> Duration {
 
 pub(crate) fn two_edges_share_one_fleet_through_redis() -> Result<(), Skip> {
     let mut redis = RedisProc::start()?;
-    let a = cluster_edge(&redis, "edge-a.test:7844", None);
-    let b = cluster_edge(&redis, "edge-b.test:7844", Some(a.dir.join("signing.key")));
+    let a = cluster_edge(&redis, "127.0.0.1:0", None);
+    let b = cluster_edge(&redis, "127.0.0.1:0", Some(a.dir.join("signing.key")));
+    let member_a = member_of(&a);
     let key = enroll_key(a.dir.path(), &["--max-devices", "2", "--expires", "1h"]);
     let (d1, d2, d3, d4) = (
         Device::new("board-1"),
@@ -149,10 +168,10 @@ pub(crate) fn two_edges_share_one_fleet_through_redis() -> Result<(), Skip> {
     );
     let refused = two_proc.wait_line("served by another tunnel");
     assert!(
-        refused.contains(
+        refused.contains(&format!(
             "hostname dev42.example.com is served by another tunnel in the cluster (at edge \
-             edge-a.test:7844)"
-        ),
+             {member_a})"
+        )),
         "{refused}"
     );
     drop(two_proc);
@@ -279,5 +298,170 @@ pub(crate) fn two_edges_share_one_fleet_through_redis() -> Result<(), Skip> {
             .await
             .expect("cut at A too");
     });
+    Ok(())
+}
+
+/// curl `path` on `edge`'s HTTP listener for `host`, with `extra` arguments.
+fn visit(edge: &EdgeProc, host: &str, path: &str, extra: &[&str]) -> Curl {
+    let url = format!("http://{}{path}", edge.http);
+    let host = format!("Host: {host}");
+    let mut args = vec!["-H", host.as_str()];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    curl(&args)
+}
+
+/// Runs `redis-cli` on `redis`'s socket.
+fn redis_cli(redis: &RedisProc, args: &[&str]) -> String {
+    let out = run_ok(
+        "redis-cli",
+        Command::new("redis-cli")
+            .arg("-s")
+            .arg(redis.socket())
+            .args(args),
+    );
+    stdout(&out)
+}
+
+pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip> {
+    let redis = RedisProc::start()?;
+    let mut a = cluster_edge(&redis, "127.0.0.1:0", None);
+    let b = cluster_edge(&redis, "127.0.0.1:0", Some(a.dir.join("signing.key")));
+    let member_a = member_of(&a);
+    let origin = Origin::start("fwd");
+    let rules = dev42_rules(origin.addr);
+    let token = a.token("dev42", &["dev42.example.com"], "1h");
+    let dev = TempDir::new("cluster-fwd-a");
+    let at_a = start_connector(dev.path(), &device_yaml(&a, &token, 2, &rules), 2);
+
+    // A visitor at B reaches the device connected to A only, and the origin sees the
+    // visitor's address as B saw it (a visitor's own X-Forwarded-For is not believed).
+    let r = visit(
+        &b,
+        "dev42.example.com",
+        "/headers",
+        &["-H", "X-Forwarded-For: 203.0.113.9"],
+    );
+    assert_eq!(r.status, 200, "{} {}", r.text(), b.proc.dump());
+    let seen = r.text();
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-real-ip: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(!seen.contains("203.0.113.9"), "{seen}");
+    b.proc
+        .wait_line(&format!("cluster: connected to peer {member_a}"));
+    // HTTPS and HTTP/2 at B, a body both ways, on the same connection between edges.
+    let resolve = format!("dev42.example.com:{}:127.0.0.1", b.https.port());
+    let url = format!("https://dev42.example.com:{}/sha256", b.https.port());
+    let ca = b.ca().display().to_string();
+    let body: String = "forwarded ".repeat(10_000);
+    let r = curl(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--data-binary",
+        &body,
+        &url,
+    ]);
+    assert_eq!((r.status, r.version.as_str()), (200, "2"), "{}", r.text());
+    assert_eq!(
+        r.text().trim(),
+        format!("{} {}", sha256_hex(body.as_bytes()), body.len())
+    );
+    let r = visit(&b, "dev42.example.com", "/bytes/300000", &[]);
+    assert_eq!(r.body, pattern(300_000));
+    assert_eq!(
+        b.proc.count("cluster: connected to peer"),
+        1,
+        "one connection"
+    );
+
+    // A hostname no tunnel serves anywhere is still a 404 at B.
+    let r = visit(&b, "nobody.example.com", "/", &[]);
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // No loops: presence naming A for a hostname A does not hold (a stale entry) ends
+    // in a 502 at A, not in another hop.
+    let far = (std::time::SystemTime::now() + Duration::from_secs(600))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let ghost = "ab".repeat(16);
+    redis_cli(
+        &redis,
+        &[
+            "SET",
+            "mailslot:host:ghost.example.com",
+            &format!("{ghost} {member_a}"),
+            "PX",
+            "600000",
+        ],
+    );
+    redis_cli(
+        &redis,
+        &["ZADD", &format!("mailslot:at:{ghost}"), &far, &member_a],
+    );
+    let r = visit(&b, "ghost.example.com", "/", &[]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.text().contains("forwarded between edges at most once"),
+        "{}",
+        r.text()
+    );
+
+    // An edge without the cluster secret gets nothing from A: its visitors see a 502,
+    // A says why, and the origin is not reached.
+    let c = cluster_edge_with(
+        &redis,
+        "127.0.0.1:0",
+        "not-the-cluster-secret-0123456789abcdef",
+        Some(a.dir.join("signing.key")),
+    );
+    let before = origin.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = visit(&c, "dev42.example.com", "/headers", &[]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("unreachable"), "{}", r.text());
+    a.proc
+        .wait_line("refused: it does not hold this cluster's secret");
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+    drop(c);
+
+    // A killed: B answers promptly with an error page (the connection between the
+    // edges times out, then A is not dialled again for a while), never hangs.
+    a.proc.signal(9);
+    assert!(a.proc.wait_exit(WAIT).is_some());
+    let start = Instant::now();
+    let r = visit(&b, "dev42.example.com", "/", &[]);
+    let first = start.elapsed();
+    assert!([502, 503].contains(&r.status), "{} {}", r.status, r.text());
+    assert!(r.text().contains("unreachable"), "{}", r.text());
+    assert!(first < Duration::from_secs(8), "{first:?}");
+    let start = Instant::now();
+    let r = visit(&b, "dev42.example.com", "/", &[]);
+    assert!([502, 503].contains(&r.status), "{} {}", r.status, r.text());
+    let second = start.elapsed();
+    assert!(second < Duration::from_secs(3), "{second:?}");
+    eprintln!(
+        "edge A killed: B answered {} after {first:?}, then after {second:?}",
+        r.status
+    );
+
+    // The device moves to B: B serves it from its own connection.
+    drop(at_a);
+    let dev_b = TempDir::new("cluster-fwd-b");
+    let _at_b = start_connector(dev_b.path(), &device_yaml(&b, &token, 1, &rules), 1);
+    let r = visit(&b, "dev42.example.com", "/headers", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("x-forwarded-for: 127.0.0.1\n"),
+        "{}",
+        r.text()
+    );
     Ok(())
 }

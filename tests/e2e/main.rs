@@ -130,6 +130,7 @@ fn main() {
         fleet::credentials_are_renewed_on_the_connection_and_at_registration,
         fleet::a_revoked_device_is_cut_at_once_and_never_registers_again,
         cluster::two_edges_share_one_fleet_through_redis,
+        cluster::visitors_reach_every_device_through_any_edge,
         protocol::a_newer_connector_is_told_to_wait_for_an_edge_update,
         protocol::an_older_connector_is_told_to_update_mailslot,
         config_cli::compile_check_show_round_trip,
