@@ -304,6 +304,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hostname_is_located_with_its_tunnels_live_holders_in_one_call() {
+        let server = RedisServer::start("presence-locate");
+        let a = presence(&server, "10.0.0.1:7844", Duration::from_millis(400));
+        let b = presence(&server, "10.0.0.2:7844", Duration::from_secs(30));
+        let host = vec!["d1.example.com".to_string()];
+        assert_eq!(b.locate("d1.example.com").await.unwrap(), None);
+        assert_eq!(a.claim(&[3; 16], &host).await.unwrap(), None);
+        assert_eq!(
+            b.locate("d1.example.com").await.unwrap(),
+            Some(([3; 16], vec!["10.0.0.1:7844".to_string()]))
+        );
+        assert_eq!(b.locate("d2.example.com").await.unwrap(), None);
+        // A's presence expires before the hostname's entry (B claimed it too, later).
+        assert_eq!(b.claim(&[3; 16], &host).await.unwrap(), None);
+        b.refresh(&[], &[[3; 16]]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            b.locate("d1.example.com").await.unwrap(),
+            Some(([3; 16], Vec::new())),
+            "claimed, but held nowhere"
+        );
+    }
+
+    #[tokio::test]
     async fn redis_down_is_an_error_within_the_timeout_and_redis_back_works() {
         let mut server = RedisServer::start("presence-down");
         let a = presence(&server, "edge-a:7844", Duration::from_secs(30));
