@@ -81,19 +81,20 @@ const SECRET: &str = "0123456789abcdef0123456789abcdef";
 /// An edge of the cluster on `redis`; `signing_key`: another edge's (all the edges of
 /// a fleet sign and verify with one key).
 fn cluster_edge(redis: &RedisProc, member: &str, signing_key: Option<PathBuf>) -> EdgeProc {
-    cluster_edge_with(redis, member, SECRET, signing_key)
+    cluster_edge_with(redis, member, SECRET, signing_key, "")
 }
 
-/// [`cluster_edge`] holding `secret`.
+/// [`cluster_edge`] holding `secret`, with `extra` settings.
 fn cluster_edge_with(
     redis: &RedisProc,
     member: &str,
     secret: &str,
     signing_key: Option<PathBuf>,
+    extra: &str,
 ) -> EdgeProc {
     let mut yaml = format!(
-        "admin-listen: 127.0.0.1:0\ncluster:\n  redis: {}\n  secret: {secret}\n  member: \
-         {member}\n",
+        "admin-listen: 127.0.0.1:0\n{extra}cluster:\n  redis: {}\n  secret: {secret}\n  \
+         member: {member}\n",
         redis.socket().display()
     );
     if let Some(k) = signing_key {
@@ -326,11 +327,27 @@ fn redis_cli(redis: &RedisProc, args: &[&str]) -> String {
 pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip> {
     let redis = RedisProc::start()?;
     let mut a = cluster_edge(&redis, "127.0.0.1:0", None);
-    let b = cluster_edge(&redis, "127.0.0.1:0", Some(a.dir.join("signing.key")));
+    // B has a public TCP port for the device's TCP service.
+    let b = cluster_edge_with(
+        &redis,
+        "127.0.0.1:0",
+        SECRET,
+        Some(a.dir.join("signing.key")),
+        "tcp-ports:\n  - listen: 127.0.0.1:0\n    hostname: db.dev42.example.com\n    \
+         ip-allow: [127.0.0.0/8]\n",
+    );
     let member_a = member_of(&a);
     let origin = Origin::start("fwd");
-    let rules = dev42_rules(origin.addr);
-    let token = a.token("dev42", &["dev42.example.com"], "1h");
+    let rules = format!(
+        "  - hostname: db.dev42.example.com\n    service: tcp://{}\n{}",
+        origin.addr,
+        dev42_rules(origin.addr)
+    );
+    let token = a.token(
+        "dev42",
+        &["dev42.example.com", "db.dev42.example.com"],
+        "1h",
+    );
     let dev = TempDir::new("cluster-fwd-a");
     let at_a = start_connector(dev.path(), &device_yaml(&a, &token, 2, &rules), 2);
 
@@ -378,6 +395,19 @@ pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip>
         "one connection"
     );
 
+    // An access stream (a raw TCP service, here through B's public TCP port) reaches
+    // the device too: the origin's HTTP spoken through it by curl.
+    let port_b = b.proc.logged_addr("TCP port ");
+    let r = curl(&[
+        "-H",
+        "Host: db.dev42.example.com",
+        &format!("http://{port_b}/bytes/100000"),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.body, pattern(100_000));
+    a.proc
+        .wait_line("cluster: access stream to db.dev42.example.com for 127.0.0.1");
+
     // A hostname no tunnel serves anywhere is still a 404 at B.
     let r = visit(&b, "nobody.example.com", "/", &[]);
     assert_eq!(r.status, 404, "{}", r.text());
@@ -419,6 +449,7 @@ pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip>
         "127.0.0.1:0",
         "not-the-cluster-secret-0123456789abcdef",
         Some(a.dir.join("signing.key")),
+        "",
     );
     let before = origin.requests.load(std::sync::atomic::Ordering::SeqCst);
     let r = visit(&c, "dev42.example.com", "/headers", &[]);

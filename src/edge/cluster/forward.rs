@@ -28,12 +28,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 
-use super::peer::PeerHeader;
+use super::peer::{PeerHeader, PeerKind};
 use crate::edge::flood::{log_limited, LogLimit};
 use crate::edge::forward::{self, Visitor};
 use crate::edge::{proxy, EdgeState};
 use crate::transport::TunnelStream;
 use crate::util::lock;
+use crate::wire::{self, AccessError, AccessReply};
 
 /// How long a presence look-up is used before Redis is asked again.
 pub(crate) const CACHE_FOR: Duration = Duration::from_secs(1);
@@ -196,8 +197,122 @@ impl super::Cluster {
     }
 }
 
+impl super::Cluster {
+    /// An access stream (SSH, TCP) to `host`'s stream rule at an edge holding its
+    /// tunnel, for `client`, whose access policy this edge checked.
+    pub(crate) async fn open_raw_forward(
+        &self,
+        host: &str,
+        client: SocketAddr,
+    ) -> Result<TunnelStream, (AccessError, String)> {
+        let (mut stream, member) = self.open_forward(host).await.map_err(|miss| match miss {
+            Miss::Unknown => (
+                AccessError::NoTunnel,
+                format!("no tunnel serves {host} on this edge"),
+            ),
+            Miss::Offline => (
+                AccessError::Unavailable,
+                format!("the tunnel for {host} is offline"),
+            ),
+            Miss::Unreachable(why) => {
+                log::info!(
+                    "access to {host} from {client}: no edge holding its tunnel answers: {why}"
+                );
+                (
+                    AccessError::Unavailable,
+                    format!("the edge holding {host} is unreachable; try again shortly"),
+                )
+            }
+            Miss::NoPresence(why) => {
+                log::info!(
+                    "access to {host} from {client}: which edge holds its tunnel is unknown: {why}"
+                );
+                (
+                    AccessError::Unavailable,
+                    format!("which edge serves {host} cannot be told now; try again shortly"),
+                )
+            }
+        })?;
+        let header = PeerHeader {
+            version: super::peer::VERSION,
+            kind: PeerKind::Raw,
+            hops: 1,
+            from: self.member().to_string(),
+            host: host.to_string(),
+            authority: host.to_string(),
+            peer: client,
+            client_ip: client.ip(),
+            forwarded_for: String::new(),
+            https: false,
+            trusted: false,
+        };
+        let failed = |why: String| {
+            log::info!("access to {host} from {client}: edge {member}: {why}");
+            (
+                AccessError::Unavailable,
+                format!("the edge holding {host} is unreachable; try again shortly"),
+            )
+        };
+        let header = header.encode().map_err(&failed)?;
+        stream
+            .write_all(&header)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let reply = tokio::time::timeout(RAW_REPLY_TIMEOUT, wire::read_stream_frame(&mut stream))
+            .await
+            .map_err(|_| failed(format!("no answer within {RAW_REPLY_TIMEOUT:?}")))?
+            .map_err(|e| failed(e.to_string()))?;
+        match reply {
+            AccessReply::Ok => Ok(stream),
+            AccessReply::Err { error, message } => Err((error, message)),
+        }
+    }
+}
+
+/// Longest wait for the edge holding a tunnel to open an access stream to the device
+/// (the device's own dial is bounded by 30 s there).
+const RAW_REPLY_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// Serves an access stream another edge forwarded: a raw stream to the hostname's
+/// stream rule on this edge's own connections (never forwarded again), the answer,
+/// then the bytes both ways until either side ends.
+async fn serve_raw(state: &EdgeState, h: &PeerHeader, mut stream: TunnelStream, from: SocketAddr) {
+    let opened = crate::edge::access::open_raw(state, &h.host, None).await;
+    let reply = match &opened {
+        Ok(_) => AccessReply::Ok,
+        Err((error, message)) => AccessReply::Err {
+            error: *error,
+            message: match error {
+                AccessError::NoTunnel | AccessError::Unavailable => format!(
+                    "{message} (at edge {}, which forwards access streams no further)",
+                    h.from
+                ),
+                _ => message.clone(),
+            },
+        },
+    };
+    let Ok(frame) = wire::encode_stream_frame(&reply) else {
+        return;
+    };
+    if stream.write_all(&frame).await.is_err() {
+        return;
+    }
+    let Ok(mut tunnel) = opened else {
+        let _ = stream.shutdown().await;
+        return;
+    };
+    log::info!(
+        "cluster: access stream to {} for {} from peer {from} ({})",
+        h.host,
+        h.client_ip,
+        h.from
+    );
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut *tunnel).await;
+}
+
 /// Serves one stream a proven peer opened: its header, then one HTTP/1.1 request
-/// routed to this edge's own connections ([`proxy::handle`], never forwarded again).
+/// routed to this edge's own connections ([`proxy::handle`], never forwarded again),
+/// or an access stream ([`serve_raw`]).
 pub(crate) async fn serve_stream(
     state: Arc<EdgeState>,
     mut stream: TunnelStream,
@@ -216,6 +331,9 @@ pub(crate) async fn serve_stream(
             return;
         }
     };
+    if header.kind == PeerKind::Raw {
+        return serve_raw(&state, &header, stream, from).await;
+    }
     let header = Arc::new(header);
     let limits = state.shield.limits.clone();
     let service = service_fn(move |req: Request<Incoming>| {

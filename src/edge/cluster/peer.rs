@@ -27,6 +27,7 @@
 //!   |            HMAC(secret, "…server" ‖ exporter) |  32 bytes; B checks it, else closes
 //!   | stream n: [u16 len][postcard PeerHeader]      |  one per forwarded request, only
 //!   |           HTTP/1.1 request ⇄ response         |  accepted after stream 0 checked out
+//!   |   (Raw:   ⇐ AccessReply frame, then bytes ⇄)  |  an access stream (SSH, TCP)
 //! ```
 //!
 //! Bounds: at most [`MAX_PEERS`] edges dialled and [`MAX_PEERS`] connections accepted,
@@ -87,6 +88,10 @@ static AUTH_LOG: LogLimit = LogLimit::new(10, Duration::from_secs(60));
 pub(crate) enum PeerKind {
     /// An HTTP/1.1 request follows.
     Http,
+    /// An access stream (SSH, TCP) to the hostname's stream rule: the receiving edge
+    /// answers with a [`crate::wire::AccessReply`] frame, then the stream carries the
+    /// raw bytes both ways.
+    Raw,
 }
 
 /// What the first edge knows about a forwarded request: who the visitor is, as it
