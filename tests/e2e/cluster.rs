@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use crate::fleet::{endpoint, enroll_key, register, runtime, status_of, Attempt, Device, Reply};
 
+/// How long an edge uses a presence look-up before asking Redis again
+/// (`cluster::forward::CACHE_FOR`).
+const CACHE_FOR: Duration = Duration::from_secs(1);
+
 /// What the edges must agree on within: a revocation made at one holds at all.
 const AGREE_WITHIN: Duration = Duration::from_secs(2);
 
@@ -325,7 +329,7 @@ fn redis_cli(redis: &RedisProc, args: &[&str]) -> String {
 }
 
 pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip> {
-    let redis = RedisProc::start()?;
+    let mut redis = RedisProc::start()?;
     let mut a = cluster_edge(&redis, "127.0.0.1:0", None);
     // B has a public TCP port for the device's TCP service.
     let b = cluster_edge_with(
@@ -462,6 +466,21 @@ pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip>
         before
     );
     drop(c);
+
+    // Redis stopped: B forwards by the presence it read last, past the time it would
+    // have asked Redis again.
+    redis.stop();
+    let start = Instant::now();
+    let mut served = 0;
+    while start.elapsed() < CACHE_FOR * 3 / 2 {
+        let r = visit(&b, "dev42.example.com", "/", &[]);
+        assert_eq!(r.status, 200, "{} {}", r.text(), b.proc.dump());
+        served += 1;
+    }
+    eprintln!("redis stopped: {served} requests forwarded by the last presence read");
+    b.proc
+        .wait_line("cluster: presence of dev42.example.com not read from redis");
+    redis.restart();
 
     // A killed: B answers promptly with an error page (the connection between the
     // edges times out, then A is not dialled again for a while), never hangs.

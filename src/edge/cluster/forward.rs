@@ -43,7 +43,13 @@ pub(crate) const MAX_CACHED: usize = 4096;
 /// Most edges tried for one request (the others are left to the next request).
 const MAX_TRIED: usize = 2;
 
+/// Longest wait for a presence look-up with nothing known of the hostname.
+const LOOKUP_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for a presence look-up when an older answer is at hand.
+const STALE_WAIT: Duration = Duration::from_millis(250);
+
 static REFUSED_LOG: LogLimit = LogLimit::new(10, Duration::from_secs(60));
+static STALE_LOG: LogLimit = LogLimit::new(5, Duration::from_secs(60));
 
 /// Why a request cannot be forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,21 +138,43 @@ impl super::Cluster {
         let now = Instant::now();
         let found = match self.located.fresh(host, now) {
             Some(found) => found,
-            None => match presence.locate(host).await {
-                Ok(found) => {
-                    self.located.keep(host, found.clone(), now);
-                    found
-                }
-                Err(e) => match self.located.last_known(host) {
-                    Some(found) => found,
-                    None => {
+            None => {
+                let last = self.located.last_known(host);
+                // With an answer in hand, a slow Redis is not waited for long.
+                let wait = if last.is_some() {
+                    STALE_WAIT
+                } else {
+                    LOOKUP_WAIT
+                };
+                let looked = match tokio::time::timeout(wait, presence.locate(host)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no answer within {wait:?}")),
+                };
+                match (looked, last) {
+                    (Ok(found), _) => {
+                        self.located.keep(host, found.clone(), now);
+                        found
+                    }
+                    (Err(e), Some(found)) => {
+                        log_limited!(
+                            STALE_LOG,
+                            Warn,
+                            "cluster: presence of {host} not read from redis {} ({e}): \
+                             forwarding by the last read",
+                            self.redis.shown()
+                        );
+                        // Not asked again for CACHE_FOR: each request would wait.
+                        self.located.keep(host, found.clone(), now);
+                        found
+                    }
+                    (Err(e), None) => {
                         return Err(Miss::NoPresence(format!(
                             "redis {}: {e}",
                             self.redis.shown()
                         )))
                     }
-                },
-            },
+                }
+            }
         };
         let mut why = String::new();
         for member in self.located.holders(found, self.member())? {
