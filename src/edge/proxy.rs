@@ -703,7 +703,13 @@ async fn to_peer(
             };
             let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(v), &mut TokioIo::new(p)).await;
         });
-        let (rparts, _) = resp.into_parts();
+        let (mut rparts, _) = resp.into_parts();
+        if let Some(proto) = upgrade {
+            rparts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            rparts.headers.insert(header::UPGRADE, proto);
+        }
         return Ok(Response::from_parts(rparts, empty()));
     }
     forward::strip_hop_by_hop(resp.headers_mut());

@@ -342,14 +342,21 @@ pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip>
     );
     let member_a = member_of(&a);
     let origin = Origin::start("fwd");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws_addr = ws_echo_origin(&rt);
     let rules = format!(
-        "  - hostname: db.dev42.example.com\n    service: tcp://{}\n{}",
+        "  - hostname: db.dev42.example.com\n    service: tcp://{}\n  - hostname: \
+         ws.dev42.example.com\n    service: http://{ws_addr}\n{}",
         origin.addr,
         dev42_rules(origin.addr)
     );
     let token = a.token(
         "dev42",
-        &["dev42.example.com", "db.dev42.example.com"],
+        &[
+            "dev42.example.com",
+            "db.dev42.example.com",
+            "ws.dev42.example.com",
+        ],
         "1h",
     );
     let dev = TempDir::new("cluster-fwd-a");
@@ -398,6 +405,27 @@ pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip>
         1,
         "one connection"
     );
+
+    // A WebSocket through B: the upgrade crosses both edges.
+    rt.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let tcp = tokio::net::TcpStream::connect(b.http).await.unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.dev42.example.com/chat", tcp)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..5 {
+            let msg = format!("hello {i}");
+            ws.send(Message::text(msg.clone())).await.unwrap();
+            let back = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(back.into_text().unwrap().as_str(), msg);
+        }
+    });
 
     // An access stream (a raw TCP service, here through B's public TCP port) reaches
     // the device too: the origin's HTTP spoken through it by curl.
@@ -514,4 +542,28 @@ pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip>
         r.text()
     );
     Ok(())
+}
+
+/// A WebSocket origin echoing every message, on `rt`.
+fn ws_echo_origin(rt: &tokio::runtime::Runtime) -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

@@ -371,7 +371,9 @@ pub(crate) async fn serve_stream(
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .keep_alive(false)
+        // One request per stream: the forwarding edge ends the stream after it. (Off,
+        // hyper would answer `Connection: close`, in place of a WebSocket's `upgrade`.)
+        .keep_alive(true)
         .header_read_timeout(limits.request_head_timeout)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_head_bytes.max(8192))
