@@ -724,6 +724,11 @@ const PEER_SLACK: Duration = Duration::from_secs(2);
 fn missed(cx: &Ctx<'_>, miss: Miss) -> Response<Body> {
     let host = cx.host;
     match miss {
+        // A tunnel this edge knows, offline here and unknown to the cluster.
+        Miss::Unknown if matches!(cx.registry.peek(host, "/"), Route::Offline) => text(
+            StatusCode::BAD_GATEWAY,
+            format!("the tunnel for {host} is offline"),
+        ),
         Miss::Unknown => no_tunnel(host),
         Miss::Offline => text(
             StatusCode::BAD_GATEWAY,
