@@ -21,6 +21,7 @@
 //!   of the TLS exporter, the protocol and its bounds are written there).
 //! - `forward`: visitors reach every device through any edge: presence look-ups
 //!   cached briefly, and the serving of requests another edge forwarded.
+//! - `streams`: keep-alive HTTP/1.1 connections to the other edges, in peer streams.
 //!
 //! Redis unreachable: the edge keeps serving the tunnels and devices it holds, admits
 //! devices it knows by their credential, and refuses what needs Redis (an enrolment, a
@@ -33,6 +34,7 @@ pub(crate) mod forward;
 mod peer;
 mod presence;
 pub mod store;
+mod streams;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -65,6 +67,8 @@ pub struct Cluster {
     peers: OnceLock<Arc<peer::Peers>>,
     /// Presence of hostnames, cached for forwarding.
     located: forward::Located,
+    /// Idle HTTP/1.1 connections to the other edges.
+    pool: Arc<streams::PeerPool>,
 }
 
 impl Cluster {
@@ -78,6 +82,7 @@ impl Cluster {
             presence: OnceLock::new(),
             peers: OnceLock::new(),
             located: forward::Located::default(),
+            pool: Arc::default(),
         })
     }
 

@@ -26,7 +26,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
@@ -622,32 +621,21 @@ async fn to_peer(
     let Some(cluster) = cx.cluster else {
         return Err(no_tunnel(host).into());
     };
-    let (mut stream, member) = match cluster.open_forward(host).await {
-        Ok(x) => x,
-        Err(miss) => return Err(missed(cx, miss).into()),
-    };
     let v = cx.visitor;
-    let header = cluster.peer_header(cx.host, cx.authority, v);
-    let unreachable = |why: String| {
-        cx.shield.log_rejection(format_args!(
-            "502 {host} from {}: edge {member} holding its tunnel: {why}",
-            v.client_ip
-        ));
-        Box::new(text(
-            StatusCode::BAD_GATEWAY,
-            format!("the edge holding {host} is unreachable; try again shortly"),
-        ))
+    let visitor = match crate::edge::cluster::forward::visitor_header(cx.host, cx.authority, v) {
+        Ok(h) => h,
+        Err(why) => {
+            cx.shield.log_rejection(format_args!(
+                "502 {host} from {}: not forwarded: {why}",
+                v.client_ip
+            ));
+            return Err(text(
+                StatusCode::BAD_GATEWAY,
+                "the request could not be forwarded",
+            )
+            .into());
+        }
     };
-    let header = header.map_err(&unreachable)?;
-    tokio::io::AsyncWriteExt::write_all(&mut stream, &header)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
     let body = match body {
         ReqBody::Whole(b) if b.is_empty() => empty(),
         ReqBody::Whole(b) => ReqBytes::Whole(http_body_util::Full::new(b)).boxed(),
@@ -671,12 +659,14 @@ async fn to_peer(
     if let Ok(a) = HeaderValue::from_str(cx.authority) {
         headers.insert(header::HOST, a);
     }
+    // Replaces any the visitor sent: the other edge believes only this edge's.
+    headers.insert(crate::edge::cluster::forward::VISITOR_HEADER, visitor);
     *up.headers_mut() = headers;
     // The other edge answers within its own origin timeout; a little more here.
     let wait = cx.origin_timeout + PEER_SLACK;
-    let mut resp = match tokio::time::timeout(wait, sender.send_request(up)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+    let mut resp = match tokio::time::timeout(wait, cluster.send_forward(host, up)).await {
+        Ok(Ok((resp, _member))) => resp,
+        Ok(Err(miss)) => return Err(missed(cx, miss).into()),
         Err(_) => {
             return Err(text(
                 StatusCode::GATEWAY_TIMEOUT,

@@ -363,12 +363,18 @@ pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip>
     let at_a = start_connector(dev.path(), &device_yaml(&a, &token, 2, &rules), 2);
 
     // A visitor at B reaches the device connected to A only, and the origin sees the
-    // visitor's address as B saw it (a visitor's own X-Forwarded-For is not believed).
+    // visitor's address as B saw it (a visitor's own X-Forwarded-For is not believed,
+    // nor a visitor header of the peer protocol: B sends its own).
     let r = visit(
         &b,
         "dev42.example.com",
         "/headers",
-        &["-H", "X-Forwarded-For: 203.0.113.9"],
+        &[
+            "-H",
+            "X-Forwarded-For: 203.0.113.9",
+            "-H",
+            "Mailslot-Peer-Visitor: forged",
+        ],
     );
     assert_eq!(r.status, 200, "{} {}", r.text(), b.proc.dump());
     let seen = r.text();
@@ -376,6 +382,7 @@ pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip>
     assert!(seen.contains("x-real-ip: 127.0.0.1\n"), "{seen}");
     assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
     assert!(!seen.contains("203.0.113.9"), "{seen}");
+    assert!(!seen.contains("mailslot-peer-visitor"), "{seen}");
     b.proc
         .wait_line(&format!("cluster: connected to peer {member_a}"));
     // HTTPS and HTTP/2 at B, a body both ways, on the same connection between edges.

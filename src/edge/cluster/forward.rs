@@ -28,7 +28,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 
-use super::peer::{PeerHeader, PeerKind};
+pub(crate) use super::peer::VISITOR_HEADER;
+use super::peer::{PeerHeader, PeerKind, PeerVisitor, MAX_HEADER};
 use crate::edge::flood::{log_limited, LogLimit};
 use crate::edge::forward::{self, Visitor};
 use crate::edge::{proxy, EdgeState};
@@ -129,10 +130,10 @@ impl Located {
 }
 
 impl super::Cluster {
-    /// A stream to an edge holding a connection for `host`'s tunnel, and that edge's
-    /// member address.
-    pub(crate) async fn open_forward(&self, host: &str) -> Result<(TunnelStream, String), Miss> {
-        let (Some(peers), Some(presence)) = (self.peers.get(), self.presence.get()) else {
+    /// The edges other than this one holding a connection for `host`'s tunnel, by
+    /// presence (cached, or the last read when Redis does not answer).
+    pub(crate) async fn holders_of(&self, host: &str) -> Result<Vec<String>, Miss> {
+        let Some(presence) = self.presence.get() else {
             return Err(Miss::Unknown);
         };
         let now = Instant::now();
@@ -176,56 +177,35 @@ impl super::Cluster {
                 }
             }
         };
-        let mut why = String::new();
-        for member in self.located.holders(found, self.member())? {
-            match peers.open(&member).await {
-                Ok(stream) => return Ok((stream, member)),
-                Err(e) => {
-                    if !why.is_empty() {
-                        why.push_str("; ");
-                    }
-                    why.push_str(&e);
-                }
-            }
-        }
-        Err(Miss::Unreachable(why))
+        self.located.holders(found, self.member())
     }
-}
 
-impl super::Cluster {
-    /// The framed header of a request for `host` (`authority`) that `v` sent here.
-    pub(crate) fn peer_header(
+    /// A new stream to `member`, started with a header of `kind` (and `visitor`).
+    pub(crate) async fn open_stream(
         &self,
-        host: &str,
-        authority: &str,
-        v: &Visitor,
-    ) -> Result<Vec<u8>, String> {
-        PeerHeader {
+        member: &str,
+        kind: PeerKind,
+        visitor: Option<PeerVisitor>,
+    ) -> Result<TunnelStream, String> {
+        let Some(peers) = self.peers.get() else {
+            return Err("this edge does not serve its peers yet".into());
+        };
+        let mut stream = peers.open(member).await?;
+        let header = PeerHeader {
             version: super::peer::VERSION,
-            kind: super::peer::PeerKind::Http,
+            kind,
             hops: 1,
             from: self.member().to_string(),
-            host: host.to_string(),
-            authority: authority.to_string(),
-            peer: v.peer,
-            client_ip: v.client_ip,
-            forwarded_for: v.forwarded_for.to_str().map_or_else(
-                |_| {
-                    forward::ip_header(v.peer.ip())
-                        .to_str()
-                        .unwrap_or_default()
-                        .to_string()
-                },
-                str::to_string,
-            ),
-            https: v.scheme == "https",
-            trusted: v.trusted,
+            visitor,
         }
-        .encode()
+        .encode()?;
+        stream
+            .write_all(&header)
+            .await
+            .map_err(|e| format!("peer {member}: {e}"))?;
+        Ok(stream)
     }
-}
 
-impl super::Cluster {
     /// An access stream (SSH, TCP) to `host`'s stream rule at an edge holding its
     /// tunnel, for `client`, whose access policy this edge checked.
     pub(crate) async fn open_raw_forward(
@@ -233,7 +213,7 @@ impl super::Cluster {
         host: &str,
         client: SocketAddr,
     ) -> Result<TunnelStream, (AccessError, String)> {
-        let (mut stream, member) = self.open_forward(host).await.map_err(|miss| match miss {
+        let members = self.holders_of(host).await.map_err(|miss| match miss {
             Miss::Unknown => (
                 AccessError::NoTunnel,
                 format!("no tunnel serves {host} on this edge"),
@@ -242,30 +222,15 @@ impl super::Cluster {
                 AccessError::Unavailable,
                 format!("the tunnel for {host} is offline"),
             ),
-            Miss::Unreachable(why) => {
-                log::info!(
-                    "access to {host} from {client}: no edge holding its tunnel answers: {why}"
-                );
-                (
-                    AccessError::Unavailable,
-                    format!("the edge holding {host} is unreachable; try again shortly"),
-                )
-            }
-            Miss::NoPresence(why) => {
-                log::info!(
-                    "access to {host} from {client}: which edge holds its tunnel is unknown: {why}"
-                );
+            Miss::Unreachable(why) | Miss::NoPresence(why) => {
+                log::info!("access to {host} from {client}: {why}");
                 (
                     AccessError::Unavailable,
                     format!("which edge serves {host} cannot be told now; try again shortly"),
                 )
             }
         })?;
-        let header = PeerHeader {
-            version: super::peer::VERSION,
-            kind: PeerKind::Raw,
-            hops: 1,
-            from: self.member().to_string(),
+        let visitor = PeerVisitor {
             host: host.to_string(),
             authority: host.to_string(),
             peer: client,
@@ -274,27 +239,61 @@ impl super::Cluster {
             https: false,
             trusted: false,
         };
-        let failed = |why: String| {
-            log::info!("access to {host} from {client}: edge {member}: {why}");
-            (
-                AccessError::Unavailable,
-                format!("the edge holding {host} is unreachable; try again shortly"),
-            )
-        };
-        let header = header.encode().map_err(&failed)?;
-        stream
-            .write_all(&header)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let reply = tokio::time::timeout(RAW_REPLY_TIMEOUT, wire::read_stream_frame(&mut stream))
-            .await
-            .map_err(|_| failed(format!("no answer within {RAW_REPLY_TIMEOUT:?}")))?
-            .map_err(|e| failed(e.to_string()))?;
-        match reply {
-            AccessReply::Ok => Ok(stream),
-            AccessReply::Err { error, message } => Err((error, message)),
+        let mut why = String::new();
+        for member in members {
+            let opened = self
+                .open_stream(&member, PeerKind::Raw, Some(visitor.clone()))
+                .await;
+            let mut stream = match opened {
+                Ok(s) => s,
+                Err(e) => {
+                    why = e;
+                    continue;
+                }
+            };
+            let reply =
+                tokio::time::timeout(RAW_REPLY_TIMEOUT, wire::read_stream_frame(&mut stream))
+                    .await
+                    .map_err(|_| format!("no answer within {RAW_REPLY_TIMEOUT:?}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+            match reply {
+                Ok(AccessReply::Ok) => return Ok(stream),
+                Ok(AccessReply::Err { error, message }) => return Err((error, message)),
+                Err(e) => why = format!("peer {member}: {e}"),
+            }
         }
+        log::info!("access to {host} from {client}: no edge holding its tunnel answers: {why}");
+        Err((
+            AccessError::Unavailable,
+            format!("the edge holding {host} is unreachable; try again shortly"),
+        ))
     }
+}
+
+/// The [`VISITOR_HEADER`] of a request for `host` (`authority`) that `v` sent here.
+pub(crate) fn visitor_header(
+    host: &str,
+    authority: &str,
+    v: &Visitor,
+) -> Result<HeaderValue, String> {
+    PeerVisitor {
+        host: host.to_string(),
+        authority: authority.to_string(),
+        peer: v.peer,
+        client_ip: v.client_ip,
+        forwarded_for: v.forwarded_for.to_str().map_or_else(
+            |_| {
+                forward::ip_header(v.peer.ip())
+                    .to_str()
+                    .unwrap_or_default()
+                    .to_string()
+            },
+            str::to_string,
+        ),
+        https: v.scheme == "https",
+        trusted: v.trusted,
+    }
+    .to_header()
 }
 
 /// Longest wait for the edge holding a tunnel to open an access stream to the device
@@ -305,7 +304,11 @@ const RAW_REPLY_TIMEOUT: Duration = Duration::from_secs(35);
 /// stream rule on this edge's own connections (never forwarded again), the answer,
 /// then the bytes both ways until either side ends.
 async fn serve_raw(state: &EdgeState, h: &PeerHeader, mut stream: TunnelStream, from: SocketAddr) {
-    let opened = crate::edge::access::open_raw(state, &h.host, None).await;
+    let Some(v) = &h.visitor else {
+        log::debug!("cluster: access stream from peer {from} without its client");
+        return;
+    };
+    let opened = crate::edge::access::open_raw(state, &v.host, None).await;
     let reply = match &opened {
         Ok(_) => AccessReply::Ok,
         Err((error, message)) => AccessReply::Err {
@@ -331,14 +334,14 @@ async fn serve_raw(state: &EdgeState, h: &PeerHeader, mut stream: TunnelStream, 
     };
     log::info!(
         "cluster: access stream to {} for {} from peer {from} ({})",
-        h.host,
-        h.client_ip,
+        v.host,
+        v.client_ip,
         h.from
     );
     let _ = tokio::io::copy_bidirectional(&mut stream, &mut *tunnel).await;
 }
 
-/// Serves one stream a proven peer opened: its header, then one HTTP/1.1 request
+/// Serves one stream a proven peer opened: its header, then HTTP/1.1 requests, each
 /// routed to this edge's own connections ([`proxy::handle`], never forwarded again),
 /// or an access stream ([`serve_raw`]).
 pub(crate) async fn serve_stream(
@@ -362,21 +365,27 @@ pub(crate) async fn serve_stream(
     if header.kind == PeerKind::Raw {
         return serve_raw(&state, &header, stream, from).await;
     }
-    let header = Arc::new(header);
+    let from_member: Arc<str> = header.from.into();
     let limits = state.shield.limits.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        let header = header.clone();
-        async move { Ok::<_, Infallible>(serve_forwarded(&state, &header, req).await) }
+        let from_member = from_member.clone();
+        async move { Ok::<_, Infallible>(serve_forwarded(&state, &from_member, req).await) }
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        // One request per stream: the forwarding edge ends the stream after it. (Off,
-        // hyper would answer `Connection: close`, in place of a WebSocket's `upgrade`.)
+        // The forwarding edge sends its next requests to this edge on the stream, and
+        // ends it when it no longer needs it.
         .keep_alive(true)
         .header_read_timeout(limits.request_head_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_head_bytes.max(8192))
+        // One more header than a visitor may send: the visitor's.
+        .max_headers(limits.max_headers.saturating_add(1))
+        .max_buf_size(
+            limits
+                .max_head_bytes
+                .max(8192)
+                .saturating_add(2 * MAX_HEADER),
+        )
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = served.await {
@@ -384,12 +393,32 @@ pub(crate) async fn serve_stream(
     }
 }
 
-/// A forwarded request, with the visitor as the first edge saw it.
+/// A forwarded request, with the visitor as the first edge saw it (its
+/// [`VISITOR_HEADER`], removed here).
 async fn serve_forwarded(
     state: &EdgeState,
-    h: &PeerHeader,
-    req: Request<Incoming>,
+    from: &str,
+    mut req: Request<Incoming>,
 ) -> http::Response<crate::edge::body::Body> {
+    let visitor = req
+        .headers_mut()
+        .remove(VISITOR_HEADER)
+        .ok_or_else(|| "no visitor".to_string())
+        .and_then(|v| PeerVisitor::from_header(&v));
+    let h = match visitor {
+        Ok(h) => h,
+        Err(why) => {
+            log_limited!(
+                REFUSED_LOG,
+                Warn,
+                "cluster: request from peer {from} refused: {why}"
+            );
+            return crate::edge::body::text(
+                http::StatusCode::BAD_REQUEST,
+                format!("the edge holding the tunnel refused the request: {why}"),
+            );
+        }
+    };
     let peer_ip = forward::ip_header(h.peer.ip());
     let forwarded_for = HeaderValue::from_str(&h.forwarded_for).unwrap_or_else(|_| peer_ip.clone());
     let visitor = Visitor {
@@ -410,7 +439,7 @@ async fn serve_forwarded(
         host: &h.host,
         authority: &h.authority,
         cluster: None,
-        from_peer: Some(&h.from),
+        from_peer: Some(from),
     };
     proxy::handle(&cx, req).await
 }

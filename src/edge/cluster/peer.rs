@@ -25,14 +25,16 @@
 //!   | QUIC handshake, ALPN mailslot-peer            |
 //!   | stream 0: HMAC(secret, "…client" ‖ exporter)  |  32 bytes; A checks it, else closes
 //!   |            HMAC(secret, "…server" ‖ exporter) |  32 bytes; B checks it, else closes
-//!   | stream n: [u16 len][postcard PeerHeader]      |  one per forwarded request, only
-//!   |           HTTP/1.1 request ⇄ response         |  accepted after stream 0 checked out
-//!   |   (Raw:   ⇐ AccessReply frame, then bytes ⇄)  |  an access stream (SSH, TCP)
+//!   | stream n: [u16 len][postcard PeerHeader]      |  only accepted after stream 0
+//!   |   Http: HTTP/1.1 request ⇄ response, ...      |  kept for B's next requests to A;
+//!   |         each with a mailslot-peer-visitor     |  the visitor as B saw them
+//!   |   Raw:  ⇐ AccessReply frame, then bytes ⇄     |  an access stream (SSH, TCP)
 //! ```
 //!
 //! Bounds: at most [`MAX_PEERS`] edges dialled and [`MAX_PEERS`] connections accepted,
 //! [`MAX_STREAMS_PER_PEER`] streams at once on each connection (QUIC's stream credit:
-//! more wait, bounded by [`OPEN_TIMEOUT`]), a header of at most [`MAX_HEADER`] bytes.
+//! more wait, bounded by [`OPEN_TIMEOUT`]), a header (and a visitor) of at most
+//! [`MAX_HEADER`] bytes.
 //! A peer that cannot be reached within [`CONNECT_TIMEOUT`] is not dialled again for
 //! [`RETRY_AFTER`]: the requests meanwhile are answered at once.
 
@@ -86,7 +88,9 @@ static AUTH_LOG: LogLimit = LogLimit::new(10, Duration::from_secs(60));
 /// What kind of stream a peer opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum PeerKind {
-    /// An HTTP/1.1 request follows.
+    /// HTTP/1.1 requests follow, one after the other (the forwarding edge keeps the
+    /// stream for its next requests to this edge), each with its visitor in a
+    /// [`VISITOR_HEADER`].
     Http,
     /// An access stream (SSH, TCP) to the hostname's stream rule: the receiving edge
     /// answers with a [`crate::wire::AccessReply`] frame, then the stream carries the
@@ -94,22 +98,34 @@ pub(crate) enum PeerKind {
     Raw,
 }
 
-/// What the first edge knows about a forwarded request: who the visitor is, as it
-/// saw them, and where the request goes. Sent at the start of each stream.
+/// The start of each stream: what follows, and from which edge.
 ///
 /// ```text
-///  [u16 BE length][postcard: version, kind, hops, from, host, authority, peer,
-///                  client_ip, forwarded_for, https, trusted]
+///  [u16 BE length][postcard: version, kind, hops, from, visitor (Raw only)]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PeerHeader {
     pub(crate) version: u8,
     pub(crate) kind: PeerKind,
-    /// Edges the request went through before this stream: always 1 (the edge the
-    /// visitor reached); the receiving edge never forwards it again.
+    /// Edges the requests went through before this stream: always 1 (the edge the
+    /// visitor reached); the receiving edge never forwards them again.
     pub(crate) hops: u8,
     /// The sending edge's member address (for logs and error pages).
     pub(crate) from: String,
+    /// The access client of a `Raw` stream (an `Http` stream's requests carry theirs).
+    pub(crate) visitor: Option<PeerVisitor>,
+}
+
+/// The request header carrying each forwarded HTTP request's [`PeerVisitor`]
+/// (base64url of its postcard bytes). Believed only on a stream from a proven peer,
+/// removed before anything else sees the request.
+pub(crate) const VISITOR_HEADER: http::HeaderName =
+    http::HeaderName::from_static("mailslot-peer-visitor");
+
+/// What the first edge knows about a forwarded request: who the visitor is, as it saw
+/// them, and where the request goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PeerVisitor {
     /// Canonical host and authority, as the first edge routed them.
     pub(crate) host: String,
     pub(crate) authority: String,
@@ -123,6 +139,34 @@ pub(crate) struct PeerHeader {
     pub(crate) https: bool,
     /// Whether the visitor is a trusted proxy of the first edge.
     pub(crate) trusted: bool,
+}
+
+impl PeerVisitor {
+    /// As the value of a [`VISITOR_HEADER`].
+    pub(crate) fn to_header(&self) -> Result<http::HeaderValue, String> {
+        use base64::Engine;
+        let bytes = postcard::to_stdvec(self).map_err(|e| format!("peer visitor: {e}"))?;
+        if bytes.len() > MAX_HEADER {
+            return Err(format!(
+                "peer visitor of {} bytes, more than {MAX_HEADER}",
+                bytes.len()
+            ));
+        }
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        http::HeaderValue::from_str(&text).map_err(|e| e.to_string())
+    }
+
+    /// From the value of a [`VISITOR_HEADER`].
+    pub(crate) fn from_header(v: &http::HeaderValue) -> Result<PeerVisitor, String> {
+        use base64::Engine;
+        if v.len() > MAX_HEADER * 2 {
+            return Err("peer visitor header too long".into());
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v.as_bytes())
+            .map_err(|e| format!("peer visitor header: {e}"))?;
+        postcard::from_bytes(&bytes).map_err(|e| format!("peer visitor header: {e}"))
+    }
 }
 
 impl PeerHeader {
@@ -593,12 +637,8 @@ mod tests {
         (a, addr, served)
     }
 
-    fn header() -> PeerHeader {
-        PeerHeader {
-            version: VERSION,
-            kind: PeerKind::Http,
-            hops: 1,
-            from: "10.0.0.2:7844".into(),
+    fn visitor() -> PeerVisitor {
+        PeerVisitor {
             host: "dev42.example.com".into(),
             authority: "dev42.example.com:8443".into(),
             peer: "192.0.2.7:50000".parse().unwrap(),
@@ -606,6 +646,16 @@ mod tests {
             forwarded_for: "198.51.100.1, 192.0.2.7".into(),
             https: true,
             trusted: true,
+        }
+    }
+
+    fn header() -> PeerHeader {
+        PeerHeader {
+            version: VERSION,
+            kind: PeerKind::Raw,
+            hops: 1,
+            from: "10.0.0.2:7844".into(),
+            visitor: Some(visitor()),
         }
     }
 
@@ -743,5 +793,18 @@ mod tests {
         assert!(PeerHeader::read(&mut &long[..]).await.is_err());
         let truncated = &bytes[..bytes.len() - 1];
         assert!(PeerHeader::read(&mut &truncated[..]).await.is_err());
+    }
+
+    #[test]
+    fn visitors_round_trip_through_their_header_and_bad_ones_are_refused() {
+        let v = visitor();
+        assert_eq!(
+            PeerVisitor::from_header(&v.to_header().unwrap()).unwrap(),
+            v
+        );
+        let bad = http::HeaderValue::from_static("bm90IGEgdmlzaXRvcg");
+        assert!(PeerVisitor::from_header(&bad).is_err());
+        let bad = http::HeaderValue::from_static("%%%");
+        assert!(PeerVisitor::from_header(&bad).is_err());
     }
 }
