@@ -150,9 +150,13 @@ impl Cluster {
         }
         log::info!("cluster: peers on udp {local} as member {}", self.member());
         let _ = self.peers.set(peers.clone());
-        Ok(tokio::spawn(peers.accept(move |stream, from| {
+        let sweep = self.pool.clone().sweep();
+        let accept = peers.accept(move |stream, from| {
             tokio::spawn(forward::serve_stream(state.clone(), stream, from));
-        })))
+        });
+        Ok(tokio::spawn(async move {
+            tokio::join!(sweep, accept);
+        }))
     }
 
     /// Closes the connections to the other edges (shutdown).

@@ -29,6 +29,8 @@ use crate::util::lock;
 
 /// Idle connections to another edge are closed after this long.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often expired idle connections are closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Most idle connections kept to one edge.
 pub(crate) const MAX_IDLE_PER_PEER: usize = 64;
 
@@ -60,6 +62,21 @@ impl PeerPool {
             idle.remove(member);
         }
         taken
+    }
+
+    /// Closes the idle connections past [`IDLE_TIMEOUT`] (and drops closed ones), every
+    /// [`SWEEP_EVERY`], until the task is dropped.
+    pub(crate) async fn sweep(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            lock(&self.idle).retain(|_, list| {
+                list.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+                !list.is_empty()
+            });
+        }
     }
 
     fn checkin(&self, member: &str, mut c: Idle) {
