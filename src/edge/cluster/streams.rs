@@ -243,3 +243,63 @@ impl Drop for PeerBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender on an HTTP/1.1 connection over an in-memory pipe (its other end kept
+    /// open by `ends`).
+    async fn sender(ends: &mut Vec<tokio::io::DuplexStream>) -> http1::SendRequest<Body> {
+        let (a, b) = tokio::io::duplex(64);
+        ends.push(b);
+        let (tx, conn) = http1::handshake(TokioIo::new(a)).await.unwrap();
+        tokio::spawn(conn);
+        tx
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_a_bounded_number_of_fresh_open_connections() {
+        let pool = PeerPool::default();
+        let mut ends = Vec::new();
+        for _ in 0..MAX_IDLE_PER_PEER + 5 {
+            let tx = sender(&mut ends).await;
+            let since = Instant::now();
+            pool.checkin("10.0.0.1:7844", Idle { tx, since });
+        }
+        assert_eq!(lock(&pool.idle)["10.0.0.1:7844"].len(), MAX_IDLE_PER_PEER);
+        assert!(pool.checkout("10.0.0.1:7844").is_some());
+        assert!(pool.checkout("10.0.0.2:7844").is_none());
+        // A connection whose other end went away is not handed out.
+        let mut others = Vec::new();
+        let tx = sender(&mut others).await;
+        pool.checkin(
+            "10.0.0.3:7844",
+            Idle {
+                tx,
+                since: Instant::now(),
+            },
+        );
+        drop(others);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while lock(&pool.idle)["10.0.0.3:7844"]
+                .iter()
+                .any(|c| !c.tx.is_closed())
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(pool.checkout("10.0.0.3:7844").is_none());
+        // One idle past IDLE_TIMEOUT is not handed out either.
+        {
+            let mut idle = lock(&pool.idle);
+            for c in idle.get_mut("10.0.0.1:7844").unwrap() {
+                c.since = Instant::now().checked_sub(IDLE_TIMEOUT).unwrap();
+            }
+        }
+        assert!(pool.checkout("10.0.0.1:7844").is_none());
+        assert!(!lock(&pool.idle).contains_key("10.0.0.1:7844"));
+    }
+}
