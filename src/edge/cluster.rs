@@ -1,7 +1,7 @@
 //! Several edges sharing one fleet through Redis (`cluster:` in `edge.yml`).
 //!
 //! Why Redis, and why the `redis` crate: the state edges share is small, hot and
-//! keyed (device records, quota sets, revocations; presence with expiry to come), which
+//! keyed (device records, quota sets, revocations, presence with expiry), which
 //! is what Redis does, with `WATCH`/`MULTI` and Lua for the atomic steps, pub/sub for
 //! telling the others, TTLs for what must expire by itself, and an append-only file
 //! for what must survive its restart. The `redis` crate (redis-rs) is the most used
@@ -190,7 +190,8 @@ impl Cluster {
     }
 
     /// The members holding connections for `tunnel` now, by their presence entries
-    /// (what edge-to-edge forwarding will look up); empty before serving starts.
+    /// (forwarding looks them up with the hostname, in one call: `forward`); empty
+    /// before serving starts.
     pub async fn holders(&self, tunnel: &[u8; 16]) -> Result<Vec<String>, String> {
         match self.presence.get() {
             Some(p) => p.holders(tunnel).await,

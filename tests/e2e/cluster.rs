@@ -331,14 +331,15 @@ fn redis_cli(redis: &RedisProc, args: &[&str]) -> String {
 pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip> {
     let mut redis = RedisProc::start()?;
     let mut a = cluster_edge(&redis, "127.0.0.1:0", None);
-    // B has a public TCP port for the device's TCP service.
+    // B has a public TCP port for the device's TCP service, and a rate limit A has not.
     let b = cluster_edge_with(
         &redis,
         "127.0.0.1:0",
         SECRET,
         Some(a.dir.join("signing.key")),
         "tcp-ports:\n  - listen: 127.0.0.1:0\n    hostname: db.dev42.example.com\n    \
-         ip-allow: [127.0.0.0/8]\n",
+         ip-allow: [127.0.0.0/8]\nrate-limits:\n  - hostname: dev42.example.com\n    path: \
+         ^/limited\n    rate: 1/h\n    burst: 1\n",
     );
     let member_a = member_of(&a);
     let origin = Origin::start("fwd");
@@ -411,6 +412,16 @@ pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip>
         b.proc.count("cluster: connected to peer"),
         1,
         "one connection"
+    );
+
+    // Limits apply where the visitor arrived: B's rate limit holds for the requests it
+    // forwards, and the one over it never reaches A's device.
+    let before = origin.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(visit(&b, "dev42.example.com", "/limited", &[]).status, 200);
+    assert_eq!(visit(&b, "dev42.example.com", "/limited", &[]).status, 429);
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
     );
 
     // A WebSocket through B: the upgrade crosses both edges.
