@@ -4,12 +4,14 @@
 //!
 //! The edge the visitor reached does everything that concerns the visitor: TLS, the
 //! client address, the shield's limits, rate limits and access policies; then, holding
-//! no connection for the hostname's tunnel, it opens a stream to an edge that does
-//! ([`super::peer`]), sends a [`PeerHeader`] (who the visitor is, as it saw them) and the
-//! request as HTTP/1.1 (`proxy`), and relays the answer. The receiving edge trusts the
-//! header because the stream comes from a peer that proved the cluster secret; it
-//! routes the request to its own connections only: a forwarded request is never
-//! forwarded again, and one whose tunnel is not held there ends in a 502 that says so.
+//! no connection for the hostname's tunnel, it sends the request as HTTP/1.1 (`proxy`)
+//! to an edge that does, on a connection kept in a peer stream (`streams`,
+//! [`super::peer`]), with the visitor as it saw them in a [`VISITOR_HEADER`], and relays
+//! the answer. An access stream gets a stream of its own, its client in the stream's
+//! [`PeerHeader`]. The receiving edge believes the visitor because the stream comes
+//! from a peer that proved the cluster secret; it routes the request to its own
+//! connections only: a forwarded request is never forwarded again, and one whose
+//! tunnel is not held there ends in a 502 that says so.
 //!
 //! Presence is read from Redis at most once per [`CACHE_FOR`] per hostname (hits and
 //! misses alike), so forwarding costs no Redis round trip per request; with Redis
