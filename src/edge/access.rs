@@ -21,6 +21,7 @@ mod pipe;
 mod quic;
 mod tcp_ports;
 
+pub(crate) use admit::open_raw;
 pub use admit::AccessState;
 pub(crate) use gate::gate;
 pub(crate) use quic::{is_access_connection, serve_quic};

@@ -1,7 +1,7 @@
 //! Several edges sharing one fleet through Redis (`cluster:` in `edge.yml`).
 //!
 //! Why Redis, and why the `redis` crate: the state edges share is small, hot and
-//! keyed (device records, quota sets, revocations; presence with expiry to come), which
+//! keyed (device records, quota sets, revocations, presence with expiry), which
 //! is what Redis does, with `WATCH`/`MULTI` and Lua for the atomic steps, pub/sub for
 //! telling the others, TTLs for what must expire by itself, and an append-only file
 //! for what must survive its restart. The `redis` crate (redis-rs) is the most used
@@ -17,6 +17,11 @@
 //! - `presence`: which edges hold which tunnel, and which tunnel owns each hostname
 //!   across the cluster, with expiry (the layout is drawn there).
 //! - `conn`: blocking connections with bounded timeouts, reconnecting by themselves.
+//! - `peer`: the authenticated QUIC connections between edges (why QUIC, why an HMAC
+//!   of the TLS exporter, the protocol and its bounds are written there).
+//! - `forward`: visitors reach every device through any edge: presence look-ups
+//!   cached briefly, and the serving of requests another edge forwarded.
+//! - `streams`: keep-alive HTTP/1.1 connections to the other edges, in peer streams.
 //!
 //! Redis unreachable: the edge keeps serving the tunnels and devices it holds, admits
 //! devices it knows by their credential, and refuses what needs Redis (an enrolment, a
@@ -25,11 +30,15 @@
 
 mod changes;
 mod conn;
+pub(crate) mod forward;
+mod peer;
 mod presence;
 pub mod store;
+mod streams;
 #[cfg(test)]
 pub(crate) mod testing;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -43,12 +52,23 @@ use super::registry::Registry;
 /// Claims let through because Redis did not answer are logged at most this often.
 static UNCLAIMED_LOG: LogLimit = LogLimit::new(5, Duration::from_secs(60));
 
-/// This edge's place in a cluster: the shared Redis and who this edge is.
+/// This edge's place in a cluster: the shared Redis, who this edge is, and its
+/// connections to the other edges.
 pub struct Cluster {
     redis: Arc<conn::Redis>,
+    /// `member:` as configured.
     member: String,
+    /// The member address announced, when the port was 0 (set by [`Cluster::serve_peers`]).
+    announced: OnceLock<String>,
+    secret: Vec<u8>,
     /// Set when serving starts ([`Cluster::spawn_presence`]).
     presence: OnceLock<Arc<presence::Presence>>,
+    /// Set when serving starts ([`Cluster::serve_peers`]).
+    peers: OnceLock<Arc<peer::Peers>>,
+    /// Presence of hostnames, cached for forwarding.
+    located: forward::Located,
+    /// Idle HTTP/1.1 connections to the other edges.
+    pool: Arc<streams::PeerPool>,
 }
 
 impl Cluster {
@@ -57,7 +77,12 @@ impl Cluster {
         Ok(Cluster {
             redis: Arc::new(conn::Redis::new(&cfg.redis)?),
             member: cfg.member.clone(),
+            announced: OnceLock::new(),
+            secret: cfg.secret.bytes().to_vec(),
             presence: OnceLock::new(),
+            peers: OnceLock::new(),
+            located: forward::Located::default(),
+            pool: Arc::default(),
         })
     }
 
@@ -71,9 +96,74 @@ impl Cluster {
         self.redis.shown()
     }
 
-    /// This edge's member address.
+    /// This edge's member address (with the port it got, when `member:` asked for 0).
     pub fn member(&self) -> &str {
-        &self.member
+        self.announced.get().unwrap_or(&self.member)
+    }
+
+    /// Where the peer listener binds: `member:` when it is an IP address and port,
+    /// else every address at its port (a name: the other edges resolve it).
+    fn peer_bind(&self) -> Vec<SocketAddr> {
+        if let Ok(a) = self.member.parse::<SocketAddr>() {
+            return vec![a];
+        }
+        let port = self
+            .member
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(0);
+        vec![
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+        ]
+    }
+
+    /// Binds the peer listener and serves the requests other edges forward here until
+    /// the task is dropped. Called inside the runtime, before
+    /// [`Cluster::spawn_presence`] (which announces the member address it settles).
+    pub(crate) fn serve_peers(
+        &self,
+        state: Arc<super::EdgeState>,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        let mut last = String::new();
+        let mut bound = None;
+        for addr in self.peer_bind() {
+            match std::net::UdpSocket::bind(addr) {
+                Ok(s) => {
+                    bound = Some(s);
+                    break;
+                }
+                Err(e) => last = format!("cluster: cannot listen for peers on udp {addr}: {e}"),
+            }
+        }
+        let socket = bound.ok_or(last)?;
+        let peers = Arc::new(peer::Peers::new(socket, &self.secret)?);
+        let local = peers.local_addr()?;
+        if self.member.ends_with(":0") {
+            let ip = self
+                .member
+                .parse::<SocketAddr>()
+                .map_or(local.ip(), |a| a.ip());
+            let _ = self
+                .announced
+                .set(SocketAddr::new(ip, local.port()).to_string());
+        }
+        log::info!("cluster: peers on udp {local} as member {}", self.member());
+        let _ = self.peers.set(peers.clone());
+        let sweep = self.pool.clone().sweep();
+        let accept = peers.accept(move |stream, from| {
+            tokio::spawn(forward::serve_stream(state.clone(), stream, from));
+        });
+        Ok(tokio::spawn(async move {
+            tokio::join!(sweep, accept);
+        }))
+    }
+
+    /// Closes the connections to the other edges (shutdown).
+    pub(crate) fn close_peers(&self) {
+        if let Some(p) = self.peers.get() {
+            p.close();
+        }
     }
 
     /// Follows what the other edges enrol and revoke, into `inventory`, until the task
@@ -92,7 +182,7 @@ impl Cluster {
     ) -> Result<tokio::task::JoinHandle<()>, String> {
         let p = Arc::new(presence::Presence::new(
             self.redis.client().clone(),
-            self.member.clone(),
+            self.member().to_string(),
             presence::TTL,
         )?);
         let _ = self.presence.set(p.clone());
@@ -100,7 +190,8 @@ impl Cluster {
     }
 
     /// The members holding connections for `tunnel` now, by their presence entries
-    /// (what edge-to-edge forwarding will look up); empty before serving starts.
+    /// (forwarding looks them up with the hostname, in one call: `forward`); empty
+    /// before serving starts.
     pub async fn holders(&self, tunnel: &[u8; 16]) -> Result<Vec<String>, String> {
         match self.presence.get() {
             Some(p) => p.holders(tunnel).await,

@@ -20,6 +20,10 @@ pub(crate) struct Visitor {
     /// The `X-Forwarded-For` value to send on.
     pub(crate) forwarded_for: HeaderValue,
     pub(crate) scheme: &'static str,
+    /// Whether the peer is a trusted proxy (`trusted-proxies`): it speaks for the
+    /// visitor in its forwarding headers. (A forwarded request keeps the first edge's
+    /// verdict.)
+    pub(crate) trusted: bool,
 }
 
 /// The `X-Forwarded-For` value to send on: the peer's address after a trusted proxy's
@@ -471,6 +475,7 @@ mod tests {
             client_ip: "192.0.2.7".parse().unwrap(),
             forwarded_for: HeaderValue::from_static("192.0.2.7"),
             scheme: "https",
+            trusted: false,
         };
         let mut h = HeaderMap::new();
         h.insert("forwarded", HeaderValue::from_static("for=198.51.100.1"));

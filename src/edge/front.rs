@@ -442,14 +442,15 @@ async fn route(
         .headers()
         .get(X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok());
-    let forwarded_for =
-        forward::forwarded_for_text(&peer_ip, xff.filter(|_| shield.is_trusted(peer.ip())));
+    let trusted = shield.is_trusted(peer.ip());
+    let forwarded_for = forward::forwarded_for_text(&peer_ip, xff.filter(|_| trusted));
     let visitor = Visitor {
         peer,
         peer_ip,
         client_ip,
         forwarded_for,
         scheme,
+        trusted,
     };
     let cx = proxy::Ctx {
         registry: &state.registry,
@@ -460,6 +461,8 @@ async fn route(
         visitor: &visitor,
         host: &host,
         authority: &authority,
+        cluster: state.cluster.get().map(|c| &**c),
+        from_peer: None,
     };
     proxy::handle(&cx, req).await
 }

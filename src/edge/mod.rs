@@ -475,6 +475,7 @@ impl Edge {
         if let Some(inventory) = self.state.fleet.get() {
             tasks.push(inventory.spawn_writer());
             if let Some(c) = self.state.cluster.get() {
+                tasks.push(c.serve_peers(self.state.clone())?);
                 tasks.push(c.spawn_follower(inventory.clone()));
                 tasks.push(c.spawn_presence(self.state.registry.clone())?);
             }
@@ -484,6 +485,9 @@ impl Edge {
         }
         shutdown.await;
         go_away(&self.state, tasks, endpoint).await;
+        if let Some(c) = self.state.cluster.get() {
+            c.close_peers();
+        }
         if let Some(inventory) = self.state.fleet.get() {
             // Connections closed by the shutdown marked their devices last seen.
             inventory

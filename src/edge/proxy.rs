@@ -31,6 +31,8 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::body::{empty, read_prefix, text, Body, BoxError, Guarded, Prefix, Refusal};
+use super::cluster::forward::Miss;
+use super::cluster::Cluster;
 use super::forward::{self, Visitor};
 use super::metrics::{
     CountedBody, CountedIo, Direction, Kind, Metrics, Protocol, Source, TunnelStats,
@@ -59,6 +61,13 @@ pub(crate) struct Ctx<'a> {
     pub(crate) host: &'a str,
     /// The canonical authority (`host[:port]`).
     pub(crate) authority: &'a str,
+    /// The cluster, when requests for tunnels held elsewhere go to the edge holding
+    /// them (a visitor's request on an edge of a cluster); `None` for a request
+    /// another edge forwarded, which is never forwarded again.
+    pub(crate) cluster: Option<&'a Cluster>,
+    /// The member address of the edge that forwarded this request, if one did: the
+    /// visitor's limits were applied there.
+    pub(crate) from_peer: Option<&'a str>,
 }
 
 /// A step's result: `Err` is the edge's own answer, and the request ends there (boxed:
@@ -93,7 +102,10 @@ async fn run(
     let visitor_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let bodiless = http_body::Body::is_end_stream(req.body());
     let (parts, body) = req.into_parts();
-    let (first, stats) = route_first(cx, parts.uri.path(), bodiless, tunnel)?;
+    let Some((first, stats)) = route_first(cx, parts.uri.path(), bodiless, tunnel)? else {
+        let body = read_body(cx, &parts.headers, body).await?;
+        return to_peer(cx, parts, body, upgrade, visitor_upgrade).await;
+    };
     let body = read_body(cx, &parts.headers, body).await?;
     let out = Outgoing::new(cx, parts, body, upgrade, stats.clone());
     // A request without a body goes where the first look-up sent it; one with a body
@@ -120,10 +132,14 @@ fn admit(cx: &Ctx<'_>, req: &Request<Incoming>) -> Step<()> {
         )
         .into());
     }
-    if let Err(secs) = cx
-        .shield
-        .rate_check(cx.visitor.client_ip, cx.host, req.uri().path())
-    {
+    // A forwarded request was counted at the edge the visitor reached.
+    let rate = match cx.from_peer {
+        Some(_) => Ok(()),
+        None => cx
+            .shield
+            .rate_check(cx.visitor.client_ip, cx.host, req.uri().path()),
+    };
+    if let Err(secs) = rate {
         let r = refuse(
             cx,
             &c.rate_limited,
@@ -138,13 +154,14 @@ fn admit(cx: &Ctx<'_>, req: &Request<Incoming>) -> Step<()> {
 /// Answers what needs no tunnel stream, before any body is read. A request without a
 /// body takes the route (and so counts against the connection's load); one with a
 /// body only peeks. A request a tunnel takes (even to be answered by one of its
-/// `http_status:` rules) gets that tunnel's counters, in `tunnel` too.
+/// `http_status:` rules) gets that tunnel's counters, in `tunnel` too. `Ok(None)`: no
+/// live connection here, and the request may go to an edge of the cluster holding one.
 fn route_first(
     cx: &Ctx<'_>,
     path: &str,
     bodiless: bool,
     tunnel: &mut Option<Arc<TunnelStats>>,
-) -> Step<(Route, Arc<TunnelStats>)> {
+) -> Step<Option<(Route, Arc<TunnelStats>)>> {
     let host = cx.host;
     let first = if bodiless {
         cx.registry.route(host, path)
@@ -157,6 +174,15 @@ fn route_first(
     };
     *tunnel = Some(stats.clone());
     match &first {
+        Route::NoTunnel | Route::Offline if cx.cluster.is_some() => Ok(None),
+        Route::NoTunnel | Route::Offline if cx.from_peer.is_some() => Err(text(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the edge holding {host} has no connection for it now (a request is \
+                 forwarded between edges at most once); try again shortly"
+            ),
+        )
+        .into()),
         Route::NoTunnel => Err(no_tunnel(host).into()),
         Route::Offline => Err(text(
             StatusCode::BAD_GATEWAY,
@@ -177,7 +203,7 @@ fn route_first(
                         "{host} is a TCP service: reach it with `mailslot access tcp --hostname {host}`"
                     ),
                 ).into()),
-                _ => Ok((first, stats)),
+                _ => Ok(Some((first, stats))),
             }
         }
     }
@@ -333,7 +359,7 @@ impl Outgoing {
             host,
             cx.visitor,
             self.authority.as_ref(),
-            cx.shield.is_trusted(cx.visitor.peer.ip()),
+            cx.visitor.trusted,
         );
         Ok(up)
     }
@@ -578,6 +604,153 @@ fn upgrade(
     });
     let (rparts, _) = resp.into_parts();
     Ok(Response::from_parts(rparts, empty()))
+}
+
+/// Sends a request whose tunnel this edge holds no connection for to an edge of the
+/// cluster that does, and relays its answer (a WebSocket upgrade included). The
+/// visitor's limits, policies and client address were applied here; the other edge
+/// routes it to its own connections only.
+async fn to_peer(
+    cx: &Ctx<'_>,
+    parts: http::request::Parts,
+    body: ReqBody,
+    upgrade: Option<HeaderValue>,
+    visitor_upgrade: Option<OnUpgrade>,
+) -> Step<Response<Body>> {
+    let host = cx.host;
+    let Some(cluster) = cx.cluster else {
+        return Err(no_tunnel(host).into());
+    };
+    let v = cx.visitor;
+    let visitor = match crate::edge::cluster::forward::visitor_header(cx.host, cx.authority, v) {
+        Ok(h) => h,
+        Err(why) => {
+            cx.shield.log_rejection(format_args!(
+                "502 {host} from {}: not forwarded: {why}",
+                v.client_ip
+            ));
+            return Err(text(
+                StatusCode::BAD_GATEWAY,
+                "the request could not be forwarded",
+            )
+            .into());
+        }
+    };
+    let body = match body {
+        ReqBody::Whole(b) if b.is_empty() => empty(),
+        ReqBody::Whole(b) => ReqBytes::Whole(http_body_util::Full::new(b)).boxed(),
+        ReqBody::Streaming(rest) => match rest {
+            Some(g) => ReqBytes::Rest(g).boxed(),
+            None => empty(),
+        },
+    };
+    let mut up = Request::new(body);
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = match parts.uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    };
+    let mut headers = parts.headers;
+    forward::strip_hop_by_hop(&mut headers);
+    if let Some(proto) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
+    }
+    if let Ok(a) = HeaderValue::from_str(cx.authority) {
+        headers.insert(header::HOST, a);
+    }
+    // Replaces any the visitor sent: the other edge believes only this edge's.
+    headers.insert(crate::edge::cluster::forward::VISITOR_HEADER, visitor);
+    *up.headers_mut() = headers;
+    // The other edge answers within its own origin timeout; a little more here.
+    let wait = cx.origin_timeout + PEER_SLACK;
+    let mut resp = match tokio::time::timeout(wait, cluster.send_forward(host, up)).await {
+        Ok(Ok((resp, _member))) => resp,
+        Ok(Err(miss)) => return Err(missed(cx, miss).into()),
+        Err(_) => {
+            return Err(text(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the edge holding {host} did not answer within {}s",
+                    wait.as_secs()
+                ),
+            )
+            .into())
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(visitor_up) = visitor_upgrade else {
+            return Err(text(
+                StatusCode::BAD_GATEWAY,
+                "the origin sent an invalid response",
+            )
+            .into());
+        };
+        let peer_up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(v), Ok(p)) = (visitor_up.await, peer_up.await) else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(v), &mut TokioIo::new(p)).await;
+        });
+        let (mut rparts, _) = resp.into_parts();
+        if let Some(proto) = upgrade {
+            rparts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            rparts.headers.insert(header::UPGRADE, proto);
+        }
+        return Ok(Response::from_parts(rparts, empty()));
+    }
+    forward::strip_hop_by_hop(resp.headers_mut());
+    *resp.version_mut() = http::Version::HTTP_11;
+    Ok(resp.map(|b| b.map_err(BoxError::from).boxed()))
+}
+
+/// Time a forwarding edge waits beyond its origin timeout for the other edge's answer.
+const PEER_SLACK: Duration = Duration::from_secs(2);
+
+/// The visitor's answer when no edge of the cluster can take the request.
+fn missed(cx: &Ctx<'_>, miss: Miss) -> Response<Body> {
+    let host = cx.host;
+    match miss {
+        // A tunnel this edge knows, offline here and unknown to the cluster.
+        Miss::Unknown if matches!(cx.registry.peek(host, "/"), Route::Offline) => text(
+            StatusCode::BAD_GATEWAY,
+            format!("the tunnel for {host} is offline"),
+        ),
+        Miss::Unknown => no_tunnel(host),
+        Miss::Offline => text(
+            StatusCode::BAD_GATEWAY,
+            format!("the tunnel for {host} is offline"),
+        ),
+        Miss::Unreachable(why) => {
+            cx.shield.log_rejection(format_args!(
+                "502 {host} from {}: no edge holding its tunnel answers: {why}",
+                cx.visitor.client_ip
+            ));
+            with_retry_after(
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the edge holding {host} is unreachable; try again shortly"),
+                ),
+                1,
+            )
+        }
+        Miss::NoPresence(why) => {
+            cx.shield.log_rejection(format_args!(
+                "503 {host} from {}: which edge holds its tunnel is unknown: {why}",
+                cx.visitor.client_ip
+            ));
+            with_retry_after(
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("which edge serves {host} cannot be told now; try again shortly"),
+                ),
+                5,
+            )
+        }
+    }
 }
 
 /// The 404 of a hostname no tunnel serves here.

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use crate::fleet::{endpoint, enroll_key, register, runtime, status_of, Attempt, Device, Reply};
 
+/// How long an edge uses a presence look-up before asking Redis again
+/// (`cluster::forward::CACHE_FOR`).
+const CACHE_FOR: Duration = Duration::from_secs(1);
+
 /// What the edges must agree on within: a revocation made at one holds at all.
 const AGREE_WITHIN: Duration = Duration::from_secs(2);
 
@@ -75,12 +79,26 @@ impl RedisProc {
     }
 }
 
+/// The cluster secret of the tests' edges.
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
 /// An edge of the cluster on `redis`; `signing_key`: another edge's (all the edges of
 /// a fleet sign and verify with one key).
 fn cluster_edge(redis: &RedisProc, member: &str, signing_key: Option<PathBuf>) -> EdgeProc {
+    cluster_edge_with(redis, member, SECRET, signing_key, "")
+}
+
+/// [`cluster_edge`] holding `secret`, with `extra` settings.
+fn cluster_edge_with(
+    redis: &RedisProc,
+    member: &str,
+    secret: &str,
+    signing_key: Option<PathBuf>,
+    extra: &str,
+) -> EdgeProc {
     let mut yaml = format!(
-        "admin-listen: 127.0.0.1:0\ncluster:\n  redis: {}\n  secret: \
-         0123456789abcdef0123456789abcdef\n  member: {member}\n",
+        "admin-listen: 127.0.0.1:0\n{extra}cluster:\n  redis: {}\n  secret: {secret}\n  \
+         member: {member}\n",
         redis.socket().display()
     );
     if let Some(k) = signing_key {
@@ -90,6 +108,11 @@ fn cluster_edge(redis: &RedisProc, member: &str, signing_key: Option<PathBuf>) -
     edge.proc
         .wait_line("cluster: following fleet changes on redis unix://");
     edge
+}
+
+/// The member address `edge` announces (`member: 127.0.0.1:0` gets a free port).
+fn member_of(edge: &EdgeProc) -> String {
+    edge.proc.logged_addr(" as member ").to_string()
 }
 
 /// An admin API call (`GET`, or `POST` for a revocation) on `edge`; its status.
@@ -123,8 +146,9 @@ async fn known_within(edge: &EdgeProc, id: &str) -> Duration {
 
 pub(crate) fn two_edges_share_one_fleet_through_redis() -> Result<(), Skip> {
     let mut redis = RedisProc::start()?;
-    let a = cluster_edge(&redis, "edge-a.test:7844", None);
-    let b = cluster_edge(&redis, "edge-b.test:7844", Some(a.dir.join("signing.key")));
+    let a = cluster_edge(&redis, "127.0.0.1:0", None);
+    let b = cluster_edge(&redis, "127.0.0.1:0", Some(a.dir.join("signing.key")));
+    let member_a = member_of(&a);
     let key = enroll_key(a.dir.path(), &["--max-devices", "2", "--expires", "1h"]);
     let (d1, d2, d3, d4) = (
         Device::new("board-1"),
@@ -149,10 +173,10 @@ pub(crate) fn two_edges_share_one_fleet_through_redis() -> Result<(), Skip> {
     );
     let refused = two_proc.wait_line("served by another tunnel");
     assert!(
-        refused.contains(
+        refused.contains(&format!(
             "hostname dev42.example.com is served by another tunnel in the cluster (at edge \
-             edge-a.test:7844)"
-        ),
+             {member_a})"
+        )),
         "{refused}"
     );
     drop(two_proc);
@@ -280,4 +304,284 @@ pub(crate) fn two_edges_share_one_fleet_through_redis() -> Result<(), Skip> {
             .expect("cut at A too");
     });
     Ok(())
+}
+
+/// curl `path` on `edge`'s HTTP listener for `host`, with `extra` arguments.
+fn visit(edge: &EdgeProc, host: &str, path: &str, extra: &[&str]) -> Curl {
+    let url = format!("http://{}{path}", edge.http);
+    let host = format!("Host: {host}");
+    let mut args = vec!["-H", host.as_str()];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    curl(&args)
+}
+
+/// Runs `redis-cli` on `redis`'s socket.
+fn redis_cli(redis: &RedisProc, args: &[&str]) -> String {
+    let out = run_ok(
+        "redis-cli",
+        Command::new("redis-cli")
+            .arg("-s")
+            .arg(redis.socket())
+            .args(args),
+    );
+    stdout(&out)
+}
+
+pub(crate) fn visitors_reach_every_device_through_any_edge() -> Result<(), Skip> {
+    let mut redis = RedisProc::start()?;
+    let mut a = cluster_edge(&redis, "127.0.0.1:0", None);
+    // B has a public TCP port for the device's TCP service, and a rate limit A has not.
+    let b = cluster_edge_with(
+        &redis,
+        "127.0.0.1:0",
+        SECRET,
+        Some(a.dir.join("signing.key")),
+        "tcp-ports:\n  - listen: 127.0.0.1:0\n    hostname: db.dev42.example.com\n    \
+         ip-allow: [127.0.0.0/8]\nrate-limits:\n  - hostname: dev42.example.com\n    path: \
+         ^/limited\n    rate: 1/h\n    burst: 1\n",
+    );
+    let member_a = member_of(&a);
+    let origin = Origin::start("fwd");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws_addr = ws_echo_origin(&rt);
+    let rules = format!(
+        "  - hostname: db.dev42.example.com\n    service: tcp://{}\n  - hostname: \
+         ws.dev42.example.com\n    service: http://{ws_addr}\n{}",
+        origin.addr,
+        dev42_rules(origin.addr)
+    );
+    let token = a.token(
+        "dev42",
+        &[
+            "dev42.example.com",
+            "db.dev42.example.com",
+            "ws.dev42.example.com",
+        ],
+        "1h",
+    );
+    let dev = TempDir::new("cluster-fwd-a");
+    let at_a = start_connector(dev.path(), &device_yaml(&a, &token, 2, &rules), 2);
+
+    // A visitor at B reaches the device connected to A only, and the origin sees the
+    // visitor's address as B saw it (a visitor's own X-Forwarded-For is not believed,
+    // nor a visitor header of the peer protocol: B sends its own).
+    let r = visit(
+        &b,
+        "dev42.example.com",
+        "/headers",
+        &[
+            "-H",
+            "X-Forwarded-For: 203.0.113.9",
+            "-H",
+            "Mailslot-Peer-Visitor: forged",
+        ],
+    );
+    assert_eq!(r.status, 200, "{} {}", r.text(), b.proc.dump());
+    let seen = r.text();
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-real-ip: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(!seen.contains("203.0.113.9"), "{seen}");
+    assert!(!seen.contains("mailslot-peer-visitor"), "{seen}");
+    b.proc
+        .wait_line(&format!("cluster: connected to peer {member_a}"));
+    // HTTPS and HTTP/2 at B, a body both ways, on the same connection between edges.
+    let resolve = format!("dev42.example.com:{}:127.0.0.1", b.https.port());
+    let url = format!("https://dev42.example.com:{}/sha256", b.https.port());
+    let ca = b.ca().display().to_string();
+    let body: String = "forwarded ".repeat(10_000);
+    let r = curl(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--data-binary",
+        &body,
+        &url,
+    ]);
+    assert_eq!((r.status, r.version.as_str()), (200, "2"), "{}", r.text());
+    assert_eq!(
+        r.text().trim(),
+        format!("{} {}", sha256_hex(body.as_bytes()), body.len())
+    );
+    let r = visit(&b, "dev42.example.com", "/bytes/300000", &[]);
+    assert_eq!(r.body, pattern(300_000));
+    assert_eq!(
+        b.proc.count("cluster: connected to peer"),
+        1,
+        "one connection"
+    );
+
+    // Limits apply where the visitor arrived: B's rate limit holds for the requests it
+    // forwards, and the one over it never reaches A's device.
+    let before = origin.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(visit(&b, "dev42.example.com", "/limited", &[]).status, 200);
+    assert_eq!(visit(&b, "dev42.example.com", "/limited", &[]).status, 429);
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
+    );
+
+    // A WebSocket through B: the upgrade crosses both edges.
+    rt.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let tcp = tokio::net::TcpStream::connect(b.http).await.unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.dev42.example.com/chat", tcp)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..5 {
+            let msg = format!("hello {i}");
+            ws.send(Message::text(msg.clone())).await.unwrap();
+            let back = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(back.into_text().unwrap().as_str(), msg);
+        }
+    });
+
+    // An access stream (a raw TCP service, here through B's public TCP port) reaches
+    // the device too: the origin's HTTP spoken through it by curl.
+    let port_b = b.proc.logged_addr("TCP port ");
+    let r = curl(&[
+        "-H",
+        "Host: db.dev42.example.com",
+        &format!("http://{port_b}/bytes/100000"),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.body, pattern(100_000));
+    a.proc
+        .wait_line("cluster: access stream to db.dev42.example.com for 127.0.0.1");
+
+    // A hostname no tunnel serves anywhere is still a 404 at B.
+    let r = visit(&b, "nobody.example.com", "/", &[]);
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // No loops: presence naming A for a hostname A does not hold (a stale entry) ends
+    // in a 502 at A, not in another hop.
+    let far = (std::time::SystemTime::now() + Duration::from_secs(600))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let ghost = "ab".repeat(16);
+    redis_cli(
+        &redis,
+        &[
+            "SET",
+            "mailslot:host:ghost.example.com",
+            &format!("{ghost} {member_a}"),
+            "PX",
+            "600000",
+        ],
+    );
+    redis_cli(
+        &redis,
+        &["ZADD", &format!("mailslot:at:{ghost}"), &far, &member_a],
+    );
+    let r = visit(&b, "ghost.example.com", "/", &[]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.text().contains("forwarded between edges at most once"),
+        "{}",
+        r.text()
+    );
+
+    // An edge without the cluster secret gets nothing from A: its visitors see a 502,
+    // A says why, and the origin is not reached.
+    let c = cluster_edge_with(
+        &redis,
+        "127.0.0.1:0",
+        "not-the-cluster-secret-0123456789abcdef",
+        Some(a.dir.join("signing.key")),
+        "",
+    );
+    let before = origin.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = visit(&c, "dev42.example.com", "/headers", &[]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("unreachable"), "{}", r.text());
+    a.proc
+        .wait_line("refused: it does not hold this cluster's secret");
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+    drop(c);
+
+    // Redis stopped: B forwards by the presence it read last, past the time it would
+    // have asked Redis again.
+    redis.stop();
+    let start = Instant::now();
+    let mut served = 0;
+    while start.elapsed() < CACHE_FOR * 3 / 2 {
+        let r = visit(&b, "dev42.example.com", "/", &[]);
+        assert_eq!(r.status, 200, "{} {}", r.text(), b.proc.dump());
+        served += 1;
+    }
+    eprintln!("redis stopped: {served} requests forwarded by the last presence read");
+    b.proc
+        .wait_line("cluster: presence of dev42.example.com not read from redis");
+    redis.restart();
+
+    // A killed: B answers promptly with an error page (the connection between the
+    // edges times out, then A is not dialled again for a while), never hangs.
+    a.proc.signal(9);
+    assert!(a.proc.wait_exit(WAIT).is_some());
+    let start = Instant::now();
+    let r = visit(&b, "dev42.example.com", "/", &[]);
+    let first = start.elapsed();
+    assert!([502, 503].contains(&r.status), "{} {}", r.status, r.text());
+    assert!(r.text().contains("unreachable"), "{}", r.text());
+    assert!(first < Duration::from_secs(8), "{first:?}");
+    let start = Instant::now();
+    let r = visit(&b, "dev42.example.com", "/", &[]);
+    assert!([502, 503].contains(&r.status), "{} {}", r.status, r.text());
+    let second = start.elapsed();
+    assert!(second < Duration::from_secs(1), "{second:?}");
+    eprintln!(
+        "edge A killed: B answered {} after {first:?}, then after {second:?}",
+        r.status
+    );
+
+    // The device moves to B: B serves it from its own connection.
+    drop(at_a);
+    let dev_b = TempDir::new("cluster-fwd-b");
+    let _at_b = start_connector(dev_b.path(), &device_yaml(&b, &token, 1, &rules), 1);
+    let r = visit(&b, "dev42.example.com", "/headers", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("x-forwarded-for: 127.0.0.1\n"),
+        "{}",
+        r.text()
+    );
+    Ok(())
+}
+
+/// A WebSocket origin echoing every message, on `rt`.
+fn ws_echo_origin(rt: &tokio::runtime::Runtime) -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

@@ -3,7 +3,7 @@
 //! stream to the hostname's stream rule (trying other connections of the tunnel).
 //! Carrying the bytes is `pipe.rs`'s job.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,19 +95,31 @@ pub(super) async fn admit(
         AccessError::Unavailable,
         "the edge is at its access stream limit; try again shortly".to_string(),
     ))?;
-    let tunnel = open_raw(state, host).await?;
+    let tunnel = open_raw(state, host, Some(SocketAddr::new(ip, 0))).await?;
     Ok((identity, tunnel, permit))
 }
 
 /// Opens a raw tunnel stream to `host`'s stream rule, trying other connections of the
 /// tunnel when one fails. The stream carries its tunnel's counters.
-pub(super) async fn open_raw(
+///
+/// `client`: the access client, when the stream may go to another edge of the cluster
+/// (this edge holding no live connection for the tunnel); `None` for a stream another
+/// edge forwarded here, which is never forwarded again.
+pub(crate) async fn open_raw(
     state: &EdgeState,
     host: &str,
+    client: Option<SocketAddr>,
 ) -> Result<RawStream, (AccessError, String)> {
     let mut tried: Vec<usize> = Vec::new();
     loop {
-        let (conn, rules, rule) = match state.registry.route_excluding(host, "/", &tried) {
+        let route = state.registry.route_excluding(host, "/", &tried);
+        if let (Route::NoTunnel | Route::Offline, true) = (&route, tried.is_empty()) {
+            if let (Some(client), Some(cluster)) = (client, state.cluster.get()) {
+                let stream = cluster.open_raw_forward(host, client).await?;
+                return Ok(RawStream::new(stream, state.metrics.none().clone()));
+            }
+        }
+        let (conn, rules, rule) = match route {
             Route::NoTunnel => {
                 return Err((
                     AccessError::NoTunnel,

@@ -73,7 +73,7 @@ pub(crate) async fn serve_tcp_port(
             listener.local_addr().map_or(spec.listen, |a| a)
         );
         tokio::spawn(async move {
-            match open_raw(&state, &host).await {
+            match open_raw(&state, &host, Some(peer)).await {
                 Ok(tunnel) => {
                     let who = Identity {
                         who: "anonymous".into(),

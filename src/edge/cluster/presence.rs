@@ -52,6 +52,20 @@ fn host_key(host: &str) -> String {
     format!("mailslot:host:{host}")
 }
 
+/// A tunnel id from its 32 hex digits.
+fn unhex16(text: &str) -> Option<[u8; 16]> {
+    let b = text.as_bytes();
+    if b.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        let s = std::str::from_utf8(pair).ok()?;
+        *o = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -182,6 +196,43 @@ impl Presence {
     }
 }
 
+/// Finds `KEYS[1]` (a hostname's entry) and the live holders of its tunnel (members
+/// scoring at least `ARGV[1]`, now in Unix ms), in one round trip: `[tunnel hex,
+/// member...]`, or nil when no tunnel claims the hostname.
+const LOCATE: &str = "local v = redis.call('GET', KEYS[1]) \
+                      if not v then return false end \
+                      local t = string.sub(v, 1, 32) \
+                      local m = redis.call('ZRANGEBYSCORE', 'mailslot:at:' .. t, ARGV[1], '+inf') \
+                      table.insert(m, 1, t) \
+                      return m";
+
+impl Presence {
+    /// The tunnel that serves `host` across the cluster and the members holding
+    /// connections for it now; `None` when no tunnel claims it.
+    pub(crate) async fn locate(
+        &self,
+        host: &str,
+    ) -> Result<Option<([u8; 16], Vec<String>)>, String> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(LOCATE)
+            .arg(1)
+            .arg(host_key(host))
+            .arg(now_ms());
+        let (found,): (Option<Vec<String>>,) = self.run(&pipe).await?;
+        let Some(mut found) = found else {
+            return Ok(None);
+        };
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let tunnel = found.remove(0);
+        let tunnel = unhex16(&tunnel)
+            .ok_or_else(|| format!("redis: hostname {host} names tunnel {tunnel:?}"))?;
+        Ok(Some((tunnel, found)))
+    }
+}
+
 /// Keeps this edge's presence current until the task is dropped.
 pub(crate) async fn run(presence: Arc<Presence>, registry: Arc<Registry>) {
     let mut tick = tokio::time::interval(REFRESH_EVERY);
@@ -250,6 +301,30 @@ mod tests {
         // another tunnel may have the hostname now.
         assert_eq!(b.claim(&[2; 16], &host).await.unwrap(), None);
         assert!(a.claim(&[1; 16], &host).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_hostname_is_located_with_its_tunnels_live_holders_in_one_call() {
+        let server = RedisServer::start("presence-locate");
+        let a = presence(&server, "10.0.0.1:7844", Duration::from_millis(400));
+        let b = presence(&server, "10.0.0.2:7844", Duration::from_secs(30));
+        let host = vec!["d1.example.com".to_string()];
+        assert_eq!(b.locate("d1.example.com").await.unwrap(), None);
+        assert_eq!(a.claim(&[3; 16], &host).await.unwrap(), None);
+        assert_eq!(
+            b.locate("d1.example.com").await.unwrap(),
+            Some(([3; 16], vec!["10.0.0.1:7844".to_string()]))
+        );
+        assert_eq!(b.locate("d2.example.com").await.unwrap(), None);
+        // A's presence expires before the hostname's entry (B claimed it too, later).
+        assert_eq!(b.claim(&[3; 16], &host).await.unwrap(), None);
+        b.refresh(&[], &[[3; 16]]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            b.locate("d1.example.com").await.unwrap(),
+            Some(([3; 16], Vec::new())),
+            "claimed, but held nowhere"
+        );
     }
 
     #[tokio::test]
