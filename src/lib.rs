@@ -10,6 +10,8 @@
 //! - [`connector`]: the device side: supervisor, streams, origins.
 //! - [`access`]: the operator's client for SSH and TCP services (`mailslot access`).
 //! - [`provision`]: first boot: a `config.bin` on the boot partition is installed.
+//! - [`release`]: a build's version record and the signed release offer.
+//! - [`launch`]: the launcher: the installed (or trial) binary in the state folder.
 //! - [`runas`]: dropping root for an unprivileged user.
 //! - [`sdnotify`]: systemd readiness, watchdog and stop notifications.
 //! - [`heap`]: the device binary's allocator on musl.
@@ -26,7 +28,9 @@ pub mod edge;
 pub mod heap;
 pub mod hostname;
 pub mod identity;
+pub mod launch;
 pub mod provision;
+pub mod release;
 pub(crate) mod runas;
 pub mod sdnotify;
 pub mod tls;

@@ -258,7 +258,10 @@ pub enum ConnectorMsg {
     /// Send the bytes of release `version` from byte `offset` on a new data stream
     /// ([`StreamKind::Release`]): the device resumes a partial download from where its
     /// file ends.
-    Fetch { version: String, offset: u64 },
+    Fetch {
+        version: String,
+        offset: u64,
+    },
 }
 
 /// Messages the edge sends on the control stream.
@@ -293,11 +296,15 @@ pub enum EdgeMsg {
     /// A config signed with the fleet's config key, to verify, store and apply (only to
     /// a device that registered with a [`DeviceTail`]). `push`: the postcard encoding of
     /// the signed push (see `push`), at most [`MAX_CONTROL_FRAME`] in all.
-    PushConfig { push: Vec<u8> },
+    PushConfig {
+        push: Vec<u8>,
+    },
     /// A release signed with the release key, to download ([`ConnectorMsg::Fetch`]),
     /// verify, install and confirm. `offer`: the postcard encoding of the signed offer
     /// (see `release`).
-    OfferRelease { offer: Vec<u8> },
+    OfferRelease {
+        offer: Vec<u8>,
+    },
 }
 
 /// What the edge appends after [`RegisteredTail`] for an enrolled device: the public
