@@ -11,6 +11,7 @@
 //! - [`active`]: a device config compiled for serving streams;
 //! - [`device`]: an enrolled device's key, credential and facts;
 //! - `health`: health reports, on one connection;
+//! - [`upgrade`]: binary updates: offer, download, trial, confirm or roll back;
 //! - this module: the [`Connector`], and the driver that carries out what each slot's
 //!   policy decides.
 //!
@@ -25,6 +26,7 @@ mod instance;
 pub(crate) mod origin;
 mod session;
 pub(crate) mod slot;
+pub mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,6 +76,8 @@ struct Shared {
     /// Last good addresses per edge entry, kept when DNS fails.
     names: Mutex<slot::Names>,
     endpoints: Mutex<(Option<quinn::Endpoint>, Option<quinn::Endpoint>)>,
+    /// Binary updates: the download, the trial, the reports ([`upgrade`]).
+    upgrade: Arc<upgrade::Upgrades>,
 }
 
 /// A running connector. Cheap to clone.
@@ -127,6 +131,7 @@ impl Connector {
                 slots: watch::channel(slots).0,
                 names: Mutex::new(slot::Names::new(edges)),
                 endpoints: Mutex::new((None, None)),
+                upgrade: Arc::default(),
             }),
         })
     }

@@ -526,7 +526,24 @@ async fn on_message(
             }
             None
         }
-        Ok(msg @ (ConnectorMsg::Change(_) | ConnectorMsg::Fetch { .. })) => {
+        Ok(ConnectorMsg::Fetch { version, offset }) => {
+            let arch = conn
+                .device
+                .as_ref()
+                .and_then(|id| state.fleet.get()?.get(id))
+                .map(|v| v.record.arch);
+            let releases = state.releases.get().cloned();
+            super::fleet::release::serve_fetch(
+                releases,
+                conn.clone(),
+                arch,
+                version,
+                offset,
+                who.to_string(),
+            );
+            None
+        }
+        Ok(msg @ ConnectorMsg::Change(_)) => {
             log::debug!("{who}: ignoring {msg:?}");
             None
         }

@@ -8,6 +8,8 @@
 //!   disconnections change, written to the store behind the scenes.
 //! - [`store`]: where records survive a restart: the [`Store`] interface and its
 //!   embedded implementation (redb); a shared engine (Redis) implements the same trait.
+//! - [`release`]: the release key, signed releases in the releases folder, and
+//!   serving their bytes to devices.
 //! - `api`, `page`, `metrics`, `cli`: what people see of it: the admin API's JSON
 //!   (`/api/v1/devices`), the fleet page (`/fleet`), the per-fleet families on
 //!   `/metrics`, and `mailslot-edge devices ls|show|revoke`.
@@ -25,6 +27,7 @@ pub mod enroll;
 pub mod inventory;
 pub mod metrics;
 pub mod page;
+pub mod release;
 pub mod store;
 
 pub use enroll::Enroller;
