@@ -33,6 +33,7 @@ mod metrics;
 mod protocol;
 mod shield;
 mod tunnel;
+mod upgrade;
 
 use common::Skip;
 use libtest_mimic::{Completion, Trial};
@@ -138,6 +139,7 @@ fn main() {
         config_cli::bad_binaries,
         config_cli::run_keeps_a_last_known_good_time_written_at_most_daily,
         config_powerloss::killed_writers_never_leave_the_device_without_a_config,
+        upgrade::killed_updates_always_leave_a_binary_that_starts,
         floods::silent_sockets_do_not_lock_visitors_out,
         floods::connections_without_a_request_are_closed,
         floods::idle_http2_connections_are_closed_between_requests,
