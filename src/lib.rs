@@ -9,6 +9,7 @@
 //! - [`transport`]: QUIC (and HTTP/2) sessions behind one interface.
 //! - [`connector`]: the device side: supervisor, streams, origins.
 //! - [`access`]: the operator's client for SSH and TCP services (`mailslot access`).
+//! - [`push`]: the signed config push, its bounded format and its signature check.
 //! - [`provision`]: first boot: a `config.bin` on the boot partition is installed.
 //! - [`release`]: a build's version record and the signed release offer.
 //! - [`launch`]: the launcher: the installed (or trial) binary in the state folder.
@@ -30,6 +31,7 @@ pub mod hostname;
 pub mod identity;
 pub mod launch;
 pub mod provision;
+pub mod push;
 pub mod release;
 pub(crate) mod runas;
 pub mod sdnotify;

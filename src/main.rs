@@ -372,6 +372,7 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     connector.set_upgrades(mailslot::connector::upgrade::Settings {
         state_dir,
         trial_deadline,
+        config: path.clone(),
     });
     log::info!(
         "mailslot {} starting with {}",

@@ -224,7 +224,7 @@ pub mod store;
 mod v1;
 pub(crate) mod validate;
 #[cfg(feature = "yaml")]
-mod yaml_in;
+pub(crate) mod yaml_in;
 #[cfg(feature = "yaml")]
 #[doc(hidden)] // for the fuzz target (fuzz/edge/fuzz_targets/device_yaml.rs)
 pub use yaml_in::compile_str;

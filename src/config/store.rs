@@ -150,6 +150,28 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Puts `path.prev` back as `path` (temp file, fsync, rename, fsync of the folder),
+/// leaving `path.prev` as it is: a pushed config rolled back. The restored bytes.
+pub(crate) fn restore_prev(path: &Path) -> io::Result<Vec<u8>> {
+    let prev = read_bounded(&prev_path(path)).map_err(|e| io::Error::other(e.to_string()))?;
+    codec::decode(&prev)
+        .map_err(|e| io::Error::other(format!("{}: {e}", prev_path(path).display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "config path has no file name")
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = write_temp(dir, &temp_prefix(name), &prev)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    File::open(dir)?.sync_all()?;
+    Ok(prev)
+}
+
 /// Writes `bytes` to a new temp file in `dir` and fsyncs it; removes it on failure.
 fn write_temp(dir: &Path, prefix: &OsString, bytes: &[u8]) -> io::Result<PathBuf> {
     let (tmp, mut file) = create_temp(dir, prefix)?;

@@ -7,6 +7,8 @@
 //!  /etc/mailslot/config.bin    enroll: mse1.…  (the same file on every board)
 //!  /etc/mailslot/device.key    PKCS#8 Ed25519, 0600, made on first start, written once
 //!  /etc/mailslot/device.cred   msd1.… from the edge, 0600, replaced whole on renewal
+//!  /etc/mailslot/device.pins   the keys remote changes are signed with, pinned the
+//!                              first time an edge tells them; never replaced
 //! ```
 
 use std::fs;
@@ -14,9 +16,10 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::push::{read_small, Pins, PINS_FILE};
 use crate::identity::{self, DeviceKey};
 use crate::util::lock;
-use crate::wire::{DeviceFacts, DeviceTail};
+use crate::wire::{DeviceFacts, DeviceTail, KeysTail};
 
 /// File name of the credential, in the config's folder.
 pub const CRED_FILE: &str = "device.cred";
@@ -35,7 +38,12 @@ pub fn cred_path(config: &Path) -> PathBuf {
 /// An enrolled device: its key, its credential and what it is.
 pub struct Device {
     key: DeviceKey,
+    /// The config file (`config.bin`): pushes replace it.
+    config_path: PathBuf,
     cred_path: PathBuf,
+    pins_path: PathBuf,
+    /// The pinned keys, read at start; a key is added once, never replaced.
+    pins: Mutex<Pins>,
     /// The credential in force: read from its file at start, replaced by the edge's.
     credential: Mutex<Option<String>>,
     facts: Mutex<DeviceFacts>,
@@ -49,6 +57,13 @@ impl Device {
         let key = identity::load_or_create_key(&identity::key_path(config))?;
         let cred_path = cred_path(config);
         let credential = read_credential(&cred_path);
+        let pins_path = identity::beside(config, PINS_FILE);
+        let pins = match read_small(&pins_path)? {
+            Some(text) => {
+                Pins::parse(&text).map_err(|e| format!("{}: {e}", pins_path.display()))?
+            }
+            None => Pins::default(),
+        };
         let facts = DeviceFacts {
             name: board_name(),
             arch: std::env::consts::ARCH.into(),
@@ -69,7 +84,10 @@ impl Device {
         );
         Ok(Device {
             key,
+            config_path: config.to_path_buf(),
             cred_path,
+            pins_path,
+            pins: Mutex::new(pins),
             credential: Mutex::new(credential),
             facts: Mutex::new(facts),
         })
@@ -78,6 +96,41 @@ impl Device {
     /// The device id.
     pub fn id(&self) -> &str {
         self.key.id()
+    }
+
+    /// The config file (`config.bin`).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The keys this device pinned (`device.pins`): config pushes must be signed with
+    /// `config_key`, release offers with `release_key`.
+    pub fn pins(&self) -> Pins {
+        *lock(&self.pins)
+    }
+
+    /// Pins the keys of `offered` this device has none of yet (one atomic write of
+    /// `device.pins`); a pinned key is never replaced, and one offered in its place is
+    /// logged and ignored.
+    pub(super) fn pin(&self, offered: &KeysTail) -> Result<(), String> {
+        let mut pins = lock(&self.pins);
+        let (next, differ) = pins.merge(offered);
+        for name in differ {
+            log::warn!(
+                "the edge offers another {name} key than the one pinned; keeping the pinned one"
+            );
+        }
+        if next == *pins {
+            return Ok(());
+        }
+        write_replace(&self.pins_path, next.to_text().as_bytes())
+            .map_err(|e| format!("cannot store {}: {e}", self.pins_path.display()))?;
+        *pins = next;
+        log::info!(
+            "pinned the keys of remote changes in {}",
+            self.pins_path.display()
+        );
+        Ok(())
     }
 
     /// Takes the digest of the config file now in force (after a reload).
@@ -147,7 +200,7 @@ fn read_credential(path: &Path) -> Option<String> {
 
 /// Replaces `path` with `bytes` in one step: temp file (0600, fsynced), rename, fsync
 /// of the folder.
-fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(super) fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

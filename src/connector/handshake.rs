@@ -5,8 +5,11 @@
 //! ```text
 //!  edge:      Hello      [+ HelloTail { nonce }]
 //!  connector: Register   [+ RegisterTail { instance }] [+ DeviceTail]   token "" when enrolled
-//!  edge:      Registered [+ RegisteredTail] | Refused
+//!  edge:      Registered [+ RegisteredTail [+ KeysTail]] | Refused
 //! ```
+//!
+//! An enrolled device pins the keys of the `KeysTail` it has none of yet
+//! ([`super::device::Device::pin`]); a pinned key is never replaced.
 
 use std::net::SocketAddr;
 
@@ -16,7 +19,7 @@ use super::active::ActiveConfig;
 use super::session::{Failure, REGISTER_TIMEOUT};
 use super::Shared;
 use crate::wire::{
-    self, ConnectorMsg, EdgeMsg, HelloTail, Register, RegisterTail, RegisteredTail,
+    self, ConnectorMsg, EdgeMsg, HelloTail, KeysTail, Register, RegisterTail, RegisteredTail,
     PROTOCOL_VERSION,
 };
 
@@ -103,14 +106,14 @@ where
     sent.map_err(|e| format!("edge {addr}: {e}"))?;
     let reply = tokio::time::timeout(
         REGISTER_TIMEOUT,
-        wire::read_control_with_tail::<_, EdgeMsg, RegisteredTail>(recv),
+        wire::read_control_with_tails::<_, EdgeMsg, RegisteredTail, KeysTail>(recv),
     )
     .await
     .map_err(|_| format!("edge {addr} did not answer the registration"))?
     .map_err(|e| format!("edge {addr}: {e}"))?;
-    let (tunnel_id, registered_tail) = match reply {
-        (EdgeMsg::Registered { tunnel_id, .. }, tail) => (tunnel_id, tail),
-        (EdgeMsg::Refused { reason, permanent }, _) => {
+    let (tunnel_id, registered_tail, keys) = match reply {
+        (EdgeMsg::Registered { tunnel_id, .. }, tail, keys) => (tunnel_id, tail, keys),
+        (EdgeMsg::Refused { reason, permanent }, _, _) => {
             return Err(Failure {
                 message: format!(
                     "edge {edge_name} ({addr}) refused the tunnel: {}",
@@ -119,7 +122,7 @@ where
                 refused: permanent,
             })
         }
-        (other, _) => return Err(format!("edge {addr} answered {other:?}").into()),
+        (other, _, _) => return Err(format!("edge {addr} answered {other:?}").into()),
     };
     let mut health_every_secs = 0;
     if let Some((device, _)) = device {
@@ -144,6 +147,12 @@ where
             }
         }
         health_every_secs = tail.health_every_secs;
+        if let Some(keys) = &keys {
+            // Not fatal: pushes are refused until a key is pinned.
+            if let Err(e) = device.pin(keys) {
+                log::error!("connection {slot}: {e}");
+            }
+        }
     }
     Ok(Handshake {
         edge_name,

@@ -12,6 +12,8 @@
 //! - [`device`]: an enrolled device's key, credential and facts;
 //! - `health`: health reports, on one connection;
 //! - [`upgrade`]: binary updates: offer, download, trial, confirm or roll back;
+//! - [`push`]: the keys the device pins, and pushed configs on trial (applied, or
+//!   rolled back by the device alone);
 //! - this module: the [`Connector`], and the driver that carries out what each slot's
 //!   policy decides.
 //!
@@ -24,12 +26,14 @@ mod handshake;
 pub mod health;
 mod instance;
 pub(crate) mod origin;
+pub mod push;
 mod session;
 pub(crate) mod slot;
 pub mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,8 +80,57 @@ struct Shared {
     /// Last good addresses per edge entry, kept when DNS fails.
     names: Mutex<slot::Names>,
     endpoints: Mutex<(Option<quinn::Endpoint>, Option<quinn::Endpoint>)>,
-    /// Binary updates: the download, the trial, the reports ([`upgrade`]).
+    /// The generation of the config the latest registration (or rule table the edge
+    /// accepted) was made with: what a pushed config's trial waits for.
+    registered: watch::Sender<u32>,
+    /// Why the latest connection attempt failed or ended, for a rollback's report.
+    last_error: Mutex<Option<String>>,
+    /// Reports of remote changes to send.
+    reports: push::Reports,
+    /// The config push on trial.
+    trials: push::Trials,
+    /// Bumped when a config changes the edges or the number of connections: the
+    /// slots of the previous epoch end (draining) and new ones start.
+    epoch: watch::Sender<u64>,
+    /// What the start found of a trial a stopped process left, until `run` acts on it.
+    start_trial: Mutex<Option<push::StartTrial>>,
+    /// Binary updates: the download, the trial ([`upgrade`]).
     upgrade: Arc<upgrade::Upgrades>,
+}
+
+impl Shared {
+    /// The config file of an enrolled device.
+    fn config_path(&self) -> Option<PathBuf> {
+        self.device.as_ref().map(|d| d.config_path().to_path_buf())
+    }
+}
+
+/// Most connection slots (`ha-connections` is a u8): the health reporter's size.
+const MAX_SLOTS: usize = u8::MAX as usize;
+
+/// A config compiled to run as the next generation.
+fn prepare(shared: &Shared, config: Box<DeviceConfig>) -> Result<Arc<ActiveConfig>, String> {
+    let old = shared.current.borrow().clone();
+    let device = shared.device.as_deref();
+    Ok(Arc::new(ActiveConfig::new(
+        config.metered_profile(),
+        old.generation.wrapping_add(1),
+        device.map(|d| d.id()),
+    )?))
+}
+
+/// Puts `rt` in force (as a reload does); when it changes the edges or the number of
+/// connections, the slots restart with it (streams in flight finish on the old ones).
+fn install(shared: &Shared, rt: Arc<ActiveConfig>) {
+    let old = shared.current.borrow().clone();
+    let restart = old.config.edges != rt.config.edges
+        || old.config.ha_connections != rt.config.ha_connections;
+    *lock(&shared.previous) = Some(old);
+    shared.current.send_replace(rt);
+    if restart {
+        log::info!("the edges or the number of connections changed: reconnecting");
+        shared.epoch.send_modify(|e| *e = e.wrapping_add(1));
+    }
 }
 
 /// A running connector. Cheap to clone.
@@ -99,6 +152,16 @@ impl Connector {
         device: Option<device::Device>,
     ) -> Result<Self, String> {
         let device = device.map(Arc::new);
+        // A pushed config's trial that a stopped process left behind.
+        let found = device
+            .as_ref()
+            .and_then(|d| push::at_start(d.config_path()));
+        let config = match &found {
+            Some(push::StartTrial::RolledBack {
+                config: Some(prev), ..
+            }) => prev.clone(),
+            _ => config,
+        };
         let config = config.metered_profile();
         let instance = instance::Instance::claim(&config.tunnel);
         match &instance {
@@ -115,9 +178,10 @@ impl Connector {
             device.as_ref().map(|d| d.id()),
         )?);
         let slots = vec![SlotState::default(); usize::from(rt.config.ha_connections.max(1))];
-        let health = Arc::new(health::Reporter::new(slots.len()));
+        let health = Arc::new(health::Reporter::new(MAX_SLOTS));
         let edges = rt.config.edges.len();
-        Ok(Connector {
+        let generation = rt.generation;
+        let connector = Connector {
             shared: Arc::new(Shared {
                 connector_id: random_bytes(),
                 instance,
@@ -131,21 +195,24 @@ impl Connector {
                 slots: watch::channel(slots).0,
                 names: Mutex::new(slot::Names::new(edges)),
                 endpoints: Mutex::new((None, None)),
+                registered: watch::channel(generation.wrapping_sub(1)).0,
+                last_error: Mutex::new(None),
+                reports: push::Reports::default(),
+                trials: push::Trials::default(),
+                epoch: watch::channel(0).0,
+                start_trial: Mutex::new(None),
                 upgrade: Arc::default(),
             }),
-        })
+        };
+        *lock(&connector.shared.start_trial) = found;
+        Ok(connector)
     }
 
     /// Applies a new config to new streams and sends its rules to the edges. Edge
     /// addresses and connection counts take effect on the next restart.
     pub fn reload(&self, config: Box<DeviceConfig>) -> Result<(), String> {
+        let rt = prepare(&self.shared, config)?;
         let old = self.shared.current.borrow().clone();
-        let device = self.shared.device.as_deref();
-        let rt = Arc::new(ActiveConfig::new(
-            config.metered_profile(),
-            old.generation.wrapping_add(1),
-            device.map(|d| d.id()),
-        )?);
         *lock(&self.shared.previous) = Some(old);
         self.shared.current.send_replace(rt);
         Ok(())
@@ -164,12 +231,11 @@ impl Connector {
     /// Runs until `shutdown` resolves, then drains: tells the edges, lets streams in
     /// flight finish within the grace period, and closes.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
-        let n = self.shared.slots.borrow().len();
-        let mut tasks = Vec::with_capacity(n);
-        for slot in 0..n {
-            let shared = self.shared.clone();
-            tasks.push(tokio::spawn(async move { run_slot(shared, slot).await }));
+        let mut tasks = Vec::new();
+        if let Some(found) = lock(&self.shared.start_trial).take() {
+            push::after_start(&self.shared, found);
         }
+        tasks.push(tokio::spawn(run_slots(self.shared.clone())));
         if cfg!(target_env = "musl") {
             tasks.push(tokio::spawn(trim_heap_when_quiet()));
         }
@@ -218,14 +284,52 @@ fn set_slot(shared: &Shared, slot: usize, state: SlotState) {
     });
 }
 
-/// Carries out slot `slot`'s policy until the connector drains.
-async fn run_slot(shared: Arc<Shared>, slot: usize) {
+/// Runs the slots of the config in force; when a config changes the edges or the
+/// number of connections (a new epoch), lets them end and starts those of the new one.
+async fn run_slots(shared: Arc<Shared>) {
+    let mut epochs = shared.epoch.subscribe();
+    loop {
+        let epoch = *epochs.borrow_and_update();
+        let (n, edges) = {
+            let rt = shared.current.borrow();
+            (
+                usize::from(rt.config.ha_connections.max(1)),
+                rt.config.edges.len(),
+            )
+        };
+        if epoch != 0 {
+            *lock(&shared.names) = slot::Names::new(edges);
+            shared.slots.send_replace(vec![SlotState::default(); n]);
+        }
+        let tasks: Vec<_> = (0..n)
+            .map(|slot| {
+                let shared = shared.clone();
+                tokio::spawn(async move { run_slot(shared, slot, epoch).await })
+            })
+            .collect();
+        if epochs.changed().await.is_err() {
+            return;
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Resolves once the slot epoch is no longer `epoch`.
+async fn epoch_over(rx: &mut watch::Receiver<u64>, epoch: u64) {
+    let _ = rx.wait_for(|e| *e != epoch).await;
+}
+
+/// Carries out slot `slot`'s policy until the connector drains or its epoch ends.
+async fn run_slot(shared: Arc<Shared>, slot: usize, epoch: u64) {
     let edges = shared.current.borrow().config.edges.len();
     let mut policy = Slot::new(slot, edges, u64::from_le_bytes(random_bytes()));
     let mut config = shared.current.subscribe();
     let mut draining = shared.draining.subscribe();
+    let mut epochs = shared.epoch.subscribe();
     loop {
-        if *draining.borrow() {
+        if *draining.borrow() || *epochs.borrow() != epoch {
             return;
         }
         let attempt = match policy.attempt(Instant::now()) {
@@ -236,13 +340,14 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                     // A new config (a new token, say) is worth trying now.
                     _ = config.changed() => policy.reload(),
                     _ = wait_true(&mut draining) => return,
+                    _ = epoch_over(&mut epochs, epoch) => return,
                 }
                 continue;
             }
         };
         // Reloads from here on wake the wait after this attempt.
         config.borrow_and_update();
-        let mut result = connect_and_serve(&shared, slot, &mut policy, attempt).await;
+        let mut result = connect_and_serve(&shared, slot, &mut policy, attempt, epoch).await;
         let (delay, say) = loop {
             let end = match &result {
                 Ok(_) => End::Orderly,
@@ -259,12 +364,18 @@ async fn run_slot(shared: Arc<Shared>, slot: usize) {
                             other.entry
                         );
                     }
-                    result = connect_and_serve(&shared, slot, &mut policy, other).await;
+                    if *epochs.borrow() != epoch {
+                        return;
+                    }
+                    result = connect_and_serve(&shared, slot, &mut policy, other, epoch).await;
                 }
                 Next::Wait { delay, say } => break (delay, say),
             }
         };
         set_slot(&shared, slot, SlotState::default());
+        if let Err(e) = &result {
+            *lock(&shared.last_error) = Some(e.message.clone());
+        }
         let what: &dyn std::fmt::Display = match &result {
             Ok(why) => why,
             Err(e) => e,
@@ -320,20 +431,32 @@ async fn connect_and_serve(
     slot: usize,
     policy: &mut Slot,
     attempt: Attempt,
+    epoch: u64,
 ) -> Result<GoAway, Failure> {
     let Attempt { entry, fast } = attempt;
-    let mut dial = dial::prepare(shared, slot, entry).await?;
     let rt = shared.current.borrow().clone();
     let protocol = rt.config.protocol;
-    let session = dial::open_session(shared, &dial, slot, protocol, &mut policy.auto, fast).await?;
-    let registered = session::register(shared, slot, &session, rt.clone(), entry).await;
-    let mut current = match registered {
-        Ok(r) => (session, r),
-        Err(e) => {
-            session.close("connection ended");
-            return Err(e);
+    let mut epochs = shared.epoch.subscribe();
+    // Dialing and registering stop when the epoch ends (nothing to drain yet).
+    let established = async {
+        let dial = dial::prepare(shared, slot, entry).await?;
+        let session =
+            dial::open_session(shared, &dial, slot, protocol, &mut policy.auto, fast).await?;
+        match session::register(shared, slot, &session, rt.clone(), entry).await {
+            Ok(r) => Ok((dial, session, r)),
+            Err(e) => {
+                session.close("connection ended");
+                Err(e)
+            }
         }
     };
+    let (mut dial, session, reg) = tokio::select! {
+        r = established => r?,
+        _ = epoch_over(&mut epochs, epoch) => {
+            return Ok(GoAway::new("the config changed the edges"));
+        }
+    };
+    let mut current = (session, reg);
     if let Some(away) = policy.registered(Instant::now(), entry) {
         let own = rt
             .config
@@ -356,7 +479,7 @@ async fn connect_and_serve(
             (target, (p.first, p.every))
         });
         let (session, reg) = current;
-        let ended = session::serve_session(shared, slot, session, reg, probe).await;
+        let ended = session::serve_session(shared, slot, session, reg, probe, epoch).await;
         match ended {
             // Make before break: the new connection is already registered, and the old
             // one drains only now, so the edge always has this slot's connection.

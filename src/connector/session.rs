@@ -102,12 +102,25 @@ pub(super) async fn register(
             protocol: Some(session.protocol()),
         },
     );
+    note_registered(shared, generation);
     Ok(Registered {
         control,
         edge_name,
         generation,
         health_every_secs,
     })
+}
+
+/// An edge registered (or accepted the rules of) config `generation`: a pushed
+/// config's trial waits for it.
+fn note_registered(shared: &Shared, generation: u32) {
+    shared.registered.send_if_modified(|g| {
+        let newer = generation > *g;
+        if newer {
+            *g = generation;
+        }
+        newer
+    });
 }
 
 /// Why a registered connection ended in an orderly way.
@@ -121,6 +134,12 @@ pub(super) enum Ended {
 /// The orderly end of a registered connection: which edge is going away, and why.
 #[derive(Debug)]
 pub(super) struct GoAway(String);
+
+impl GoAway {
+    pub(super) fn new(why: &str) -> GoAway {
+        GoAway(why.to_string())
+    }
+}
 
 impl std::fmt::Display for GoAway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,9 +219,10 @@ pub(super) async fn serve_session(
     session: Session,
     reg: Registered,
     probe: Option<(Probe<'_>, ProbeAt)>,
+    epoch: u64,
 ) -> Result<Ended, String> {
     let streams = Arc::new(SessionStreams::default());
-    let result = serve_registered(shared, slot, &session, reg, probe, &streams).await;
+    let result = serve_registered(shared, slot, &session, reg, probe, &streams, epoch).await;
     match &result {
         // Orderly: new streams go elsewhere; those in flight finish here first.
         Ok(_) => {
@@ -224,6 +244,7 @@ async fn serve_registered(
     reg: Registered,
     probe: Option<(Probe<'_>, ProbeAt)>,
     streams: &Arc<SessionStreams>,
+    epoch: u64,
 ) -> Result<Ended, String> {
     let addr = session.remote_addr();
     let Registered {
@@ -255,6 +276,14 @@ async fn serve_registered(
         streams.draining.send_replace(true);
         let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
     }
+    let mut epochs = shared.epoch.subscribe();
+    // A report of a remote change not yet sent goes on a connection that registers.
+    let mut reports = shared.reports.bump.subscribe();
+    if let Some(report) = shared.reports.take_on_register() {
+        if let Err(e) = wire::write_control(&mut send, &ConnectorMsg::Change(report)).await {
+            return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+        }
+    }
     let (first, every) = probe.map_or((Instant::now(), Duration::from_secs(30)), |p| p.1);
     let mut probe_timer = tokio::time::interval_at(first.into(), every);
     let probe = probe.map(|p| p.0);
@@ -267,6 +296,17 @@ async fn serve_registered(
                     Err(_) => return Err(format!("lost edge {edge_name} ({addr}): {}", session.closed().await)),
                 };
                 spawn_stream(shared, streams, stream);
+            }
+            _ = reports.changed() => {
+                if let Some(report) = shared.reports.take_now() {
+                    if let Err(e) = wire::write_control(&mut send, &ConnectorMsg::Change(report)).await {
+                        return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+                    }
+                }
+            }
+            _ = super::epoch_over(&mut epochs, epoch), if !drained => {
+                let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+                return Ok(Ended::GoAway(GoAway::new("the config changed the edges")));
             }
             msg = msgs.recv() => {
                 if let Some(end) = on_control(shared, slot, msg, &mut send, &edge_name, addr).await {
@@ -342,7 +382,7 @@ fn read_control_apart(
 
 /// Acts on a message from the edge's control stream; `Some` ends the session.
 async fn on_control(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     slot: usize,
     msg: Option<Result<EdgeMsg, String>>,
     send: &mut crate::transport::SendHalf,
@@ -359,13 +399,17 @@ async fn on_control(
         }
         Some(Ok(EdgeMsg::RulesAccepted { generation })) => {
             log::info!("connection {slot}: edge accepted rule table {generation}");
+            note_registered(shared, generation);
         }
         Some(Ok(EdgeMsg::Refused { reason, .. })) => {
-            log::error!(
-                "connection {slot}: edge refused the new rules: {}",
+            let why = format!(
+                "edge {edge_name} refused the new rules: {}",
                 wire::bounded_reason(reason)
             );
+            log::error!("connection {slot}: {why}");
+            *crate::util::lock(&shared.last_error) = Some(why);
         }
+        Some(Ok(EdgeMsg::PushConfig { push })) => super::push::received(shared, &push),
         Some(Ok(EdgeMsg::Credential { credential })) => match &shared.device {
             Some(device) => {
                 if let Err(e) = device.store_credential(&credential) {

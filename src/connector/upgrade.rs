@@ -51,6 +51,8 @@ const PART_VERSION: &str = "part.version";
 pub struct Settings {
     pub state_dir: PathBuf,
     pub trial_deadline: Duration,
+    /// The config file, whose digest the reports carry.
+    pub config: PathBuf,
 }
 
 /// A connector's binary-update state.
@@ -85,6 +87,7 @@ impl Upgrades {
         self.settings.get().cloned().unwrap_or_else(|| Settings {
             state_dir: PathBuf::from(launch::DEFAULT_STATE_DIR),
             trial_deadline: launch::DEFAULT_TRIAL_DEADLINE,
+            config: PathBuf::new(),
         })
     }
 
@@ -104,7 +107,7 @@ impl Upgrades {
             kind: ChangeKind::Release,
             id: id.to_string(),
             outcome,
-            config_digest: [0; 8],
+            config_digest: digest_of(&self.settings().config),
         }));
     }
 }
@@ -243,9 +246,9 @@ pub(super) fn offered(shared: &Shared, bytes: &[u8], release_key: Option<[u8; 32
     });
 }
 
-/// The release key this device pinned.
-pub(super) fn pinned_release_key(_shared: &Shared) -> Option<[u8; 32]> {
-    None
+/// The release key this device pinned (`device.pins`); none without enrolment.
+pub(super) fn pinned_release_key(shared: &Shared) -> Option<[u8; 32]> {
+    shared.device.as_ref().and_then(|d| d.pins().release_key)
 }
 
 fn refused(reason: String) -> ChangeOutcome {
@@ -371,6 +374,19 @@ async fn download(up: &Upgrades, state: &Path, offer: &Offer) -> Result<PathBuf,
     }
     let _ = fs::remove_file(&marker);
     Ok(part)
+}
+
+/// The first 8 bytes of the SHA-256 of the config file (zeros when unreadable), as
+/// registrations carry it.
+fn digest_of(path: &Path) -> [u8; 8] {
+    let mut d = [0u8; 8];
+    if let Ok(bytes) = crate::config::store::read_bounded(path) {
+        let h = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        for (x, y) in d.iter_mut().zip(h.as_ref()) {
+            *x = *y;
+        }
+    }
+    d
 }
 
 /// The SHA-256 of a file, read through `buf`.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::fleet::enroll::{self, DeviceClaims};
+use super::fleet::rollout::Mailbox;
 use super::flood::{log_limited, AddrSlot, LogLimit, PerAddr};
 use super::live::Live;
 use super::registry::{Conn, Rules};
@@ -24,8 +25,8 @@ use crate::transport::quic::{describe_close, Listener};
 use crate::transport::{Session, TunnelStream};
 use crate::util::hex;
 use crate::wire::{
-    self, ConnectorMsg, DeviceTail, EdgeMsg, HelloTail, Register, RegisterTail, RegisteredTail,
-    PROTOCOL_VERSION,
+    self, ConnectorMsg, DeviceTail, EdgeMsg, HelloTail, KeysTail, Register, RegisterTail,
+    RegisteredTail, PROTOCOL_VERSION,
 };
 
 /// Time a connector has to register after connecting.
@@ -232,7 +233,12 @@ async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Optio
     };
     let who = describe(&conn, remote, session.protocol());
     log::info!("{who}: registered");
-    let ended = serve_control(&session, &state, &conn, control, credential, &who).await;
+    // A device's connection takes remote changes; those pending for it go now.
+    let mut mailbox = None;
+    if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
+        mailbox = Some(inventory.rollouts().attach(id, session.id()).await);
+    }
+    let ended = serve_control(&session, &state, &conn, control, credential, mailbox, &who).await;
     state.registry.remove(&conn);
     session.close(&wire::bounded_reason(ended.close_reason()));
     log::info!("{who}: disconnected: {ended}");
@@ -342,8 +348,13 @@ async fn serve_control(
     conn: &Arc<Conn>,
     mut control: TunnelStream,
     mut credential: Option<DeviceClaims>,
+    mailbox: Option<(tokio::sync::mpsc::Receiver<EdgeMsg>, Mailbox)>,
     who: &str,
 ) -> Ended {
+    let (mut changes, _mailbox) = match mailbox {
+        Some((rx, guard)) => (Some(rx), Some(guard)),
+        None => (None, None),
+    };
     let mut going_away = state.going_away.subscribe();
     // Registration read the revocations before this subscription: look once more.
     let mut live = state.live.subscribe();
@@ -394,6 +405,11 @@ async fn serve_control(
                 }
                 if live.borrow_and_update().revoked.contains(&conn.tunnel_id) {
                     return Ended::ByEdge(revoked_reason(&conn.tunnel_name, &conn.tunnel_id));
+                }
+            }
+            Some(change) = async { match changes.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                if wire::write_control(&mut control.send, &change).await.is_err() {
+                    return Ended::ControlLost;
                 }
             }
             msg = wire::read_control::<_, ConnectorMsg>(&mut control.recv) => {
@@ -543,12 +559,45 @@ async fn on_message(
             );
             None
         }
-        Ok(msg @ ConnectorMsg::Change(_)) => {
-            log::debug!("{who}: ignoring {msg:?}");
+        Ok(ConnectorMsg::Change(report)) => {
+            if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
+                on_change(inventory, id, &report, who).await;
+            }
             None
         }
         Err(wire::WireError::Closed) => Some(Ended::ControlClosed),
         Err(e) => Some(Ended::Control(e)),
+    }
+}
+
+/// A device's report of a remote change: its state in the store, its config digest in
+/// the inventory, and one log line.
+async fn on_change(
+    inventory: &super::fleet::Inventory,
+    id: &str,
+    report: &wire::ChangeReport,
+    who: &str,
+) {
+    inventory.config_digest(id, &report.config_digest);
+    let kind = super::fleet::store::kind_name(report.kind);
+    let change = wire::printable(&wire::bounded_reason(report.id.clone()));
+    match inventory.rollouts().report(id, report).await {
+        Ok(Some(state)) => match state.reason() {
+            Some(why) => log::warn!("{who}: {kind} {change} {}: {why}", state.word()),
+            None => log::info!("{who}: {kind} {change} {}", state.word()),
+        },
+        Ok(None) => log::info!("{who}: report of an unknown {kind} change {change} ignored"),
+        Err(e) => log::error!("{who}: report of {kind} {change} not recorded: {e}"),
+    }
+}
+
+/// What the edge appends after a device's `RegisteredTail`: the keys its remote
+/// changes are signed with, for the device to pin.
+fn keys_tail(state: &EdgeState, fleet: &str) -> KeysTail {
+    let signing = state.enroller.get().and_then(|e| e.signing_key());
+    KeysTail {
+        config_key: signing.and_then(|k| super::fleet::push::fleet_config_public(k, fleet)),
+        release_key: state.releases.get().and_then(|r| r.key),
     }
 }
 
@@ -743,8 +792,9 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
                 edge: state.name.clone(),
             };
             let written = match &device {
-                Some((_, tail)) => {
-                    wire::write_control_with_tail(&mut control.send, &msg, tail).await
+                Some((claims, tail)) => {
+                    let keys = keys_tail(state, &claims.fleet);
+                    wire::write_control_with_tails(&mut control.send, &msg, tail, &keys).await
                 }
                 None => wire::write_control(&mut control.send, &msg).await,
             };

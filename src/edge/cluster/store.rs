@@ -10,7 +10,19 @@
 //!  mailslot:devices            set   every device id (its size: the store's bound)
 //!  mailslot:key:<key id hex>   set   the devices enrolled with that key (its quota)
 //!  mailslot:changed            channel: the id of each device enrolled or revoked
+//!  mailslot:chg:<device id>    hash  <kind>.id    change id     the last change of
+//!                                    <kind>.rollout rollout id  each kind (config,
+//!                                    <kind>.rank    its state's rank     release)
+//!                                    <kind>.rec     postcard ChangeRecord
+//!  mailslot:changed-devices    set   devices with a change record (at most the devices)
+//!  mailslot:rollouts           hash  rollout id -> postcard RolloutRecord
 //! ```
+//!
+//! A change is written by a short Lua script (the rule of
+//! `fleet::store::change_replaces`) that compares the stored change id and
+//! state rank first, so two edges writing one device's change (one sends it, the other
+//! hears the report) never move it back. A rollout is written in a `WATCH`/`MULTI` over
+//! the rollouts hash, forgetting the oldest ended one beyond `MAX_ROLLOUTS`.
 //!
 //! Enrolment is one `WATCH`/`MULTI` transaction over the device's hash, its key's set
 //! and the set of all devices: two edges enrolling the last place of a quota at once
@@ -22,7 +34,10 @@
 use std::sync::Arc;
 
 use super::conn::Redis;
-use crate::edge::fleet::{DeviceRecord, Enrolled, Store, StoreError, MAX_DEVICES};
+use crate::edge::fleet::store::{kind_name, rollouts_to_forget};
+use crate::edge::fleet::{
+    ChangeRecord, DeviceRecord, Enrolled, RolloutRecord, Store, StoreError, MAX_DEVICES,
+};
 
 /// Prefix of every key and channel.
 const PREFIX: &str = "mailslot:";
@@ -43,6 +58,34 @@ const UPDATE: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
 const REVOKE: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
                       redis.call('HSETNX', KEYS[1], 'revoked', ARGV[1]) \
                       redis.call('PUBLISH', KEYS[2], ARGV[2]) return 1";
+
+/// The set of devices with a change record.
+const CHANGED_DEVICES: &str = "mailslot:changed-devices";
+/// The hash of rollouts.
+const ROLLOUTS: &str = "mailslot:rollouts";
+/// Writes a change unless the stored one is the same change at a later state (or an
+/// end already): KEYS chg, changed-devices; ARGV kind, id, rollout, rank, rec, device.
+const PUT_CHANGE: &str = "local k = ARGV[1] \
+    local old = redis.call('HMGET', KEYS[1], k .. '.id', k .. '.rollout', k .. '.rank') \
+    if old[1] == ARGV[2] and old[2] == ARGV[3] and old[3] then \
+      local o = tonumber(old[3]) local n = tonumber(ARGV[4]) \
+      if n < o or (n == o and n >= 3) then return 0 end \
+    end \
+    redis.call('HSET', KEYS[1], k .. '.id', ARGV[2], k .. '.rollout', ARGV[3], \
+      k .. '.rank', ARGV[4], k .. '.rec', ARGV[5]) \
+    redis.call('SADD', KEYS[2], ARGV[6]) return 1";
+
+fn chg_key(device: &str) -> String {
+    format!("{PREFIX}chg:{device}")
+}
+
+fn decode_any<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(crate::wire::bounded_reason(key)))
+}
+
+fn encode_any<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|e| StoreError::Engine(e.to_string()))
+}
 
 fn dev_key(id: &str) -> String {
     format!("{PREFIX}dev:{id}")
@@ -278,6 +321,120 @@ impl Store for RedisStore {
         })?;
         Ok(found == 1)
     }
+
+    fn put_changes(&self, changes: &[ChangeRecord]) -> Result<Vec<bool>, StoreError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for c in changes {
+            pipe.cmd("EVAL")
+                .arg(PUT_CHANGE)
+                .arg(2)
+                .arg(chg_key(&c.device))
+                .arg(CHANGED_DEVICES)
+                .arg(kind_name(c.kind))
+                .arg(&c.id)
+                .arg(&c.rollout)
+                .arg(c.state.rank())
+                .arg(encode_any(c)?)
+                .arg(&c.device);
+        }
+        let written: Vec<i64> = self.redis.call(|con| pipe.query(con))?;
+        Ok(written.into_iter().map(|w| w == 1).collect())
+    }
+
+    fn changes_of(&self, device: &str) -> Result<Vec<ChangeRecord>, StoreError> {
+        let recs: (Option<Vec<u8>>, Option<Vec<u8>>) = self.redis.call(|con| {
+            redis::cmd("HMGET")
+                .arg(chg_key(device))
+                .arg("config.rec")
+                .arg("release.rec")
+                .query(con)
+        })?;
+        [recs.0, recs.1]
+            .into_iter()
+            .flatten()
+            .map(|b| decode_any(device, &b))
+            .collect()
+    }
+
+    fn list_changes(&self) -> Result<Vec<ChangeRecord>, StoreError> {
+        let ids: Vec<String> = self
+            .redis
+            .call(|con| redis::cmd("SMEMBERS").arg(CHANGED_DEVICES).query(con))?;
+        let mut out = Vec::new();
+        for chunk in ids.chunks(LIST_CHUNK) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HMGET")
+                    .arg(chg_key(id))
+                    .arg("config.rec")
+                    .arg("release.rec");
+            }
+            let all: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> =
+                self.redis.call(|con| pipe.query(con))?;
+            for (id, recs) in chunk.iter().zip(all) {
+                for b in [recs.0, recs.1].into_iter().flatten() {
+                    out.push(decode_any(id, &b)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_rollout(&self, rollout: &RolloutRecord) -> Result<bool, StoreError> {
+        let rec = encode_any(rollout)?;
+        for _ in 0..MAX_TRIES {
+            let step = self.redis.call(|con| {
+                redis::cmd("WATCH").arg(ROLLOUTS).exec(con)?;
+                let all: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL").arg(ROLLOUTS).query(con)?;
+                let kept: Result<Vec<RolloutRecord>, StoreError> =
+                    all.iter().map(|(k, v)| decode_any(k, v)).collect();
+                let forget = match kept.map(|k| rollouts_to_forget(&k, rollout)) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => {
+                        redis::cmd("UNWATCH").exec(con)?;
+                        return Ok(Ok(Some(false)));
+                    }
+                    Err(e) => {
+                        redis::cmd("UNWATCH").exec(con)?;
+                        return Ok(Err(e));
+                    }
+                };
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for id in &forget {
+                    pipe.hdel(ROLLOUTS, id);
+                }
+                pipe.hset(ROLLOUTS, &rollout.id, rec.as_slice());
+                let committed: Option<redis::Value> = pipe.query(con)?;
+                Ok(Ok(committed.map(|_| true)))
+            })??;
+            if let Some(done) = step {
+                return Ok(done);
+            }
+        }
+        Err(StoreError::Engine(format!(
+            "redis {}: rollout {} kept conflicting with other edges; try again",
+            self.redis.shown(),
+            rollout.id
+        )))
+    }
+
+    fn get_rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        let rec: Option<Vec<u8>> = self
+            .redis
+            .call(|con| redis::cmd("HGET").arg(ROLLOUTS).arg(id).query(con))?;
+        rec.map(|b| decode_any(id, &b)).transpose()
+    }
+
+    fn list_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        let all: Vec<(String, Vec<u8>)> = self
+            .redis
+            .call(|con| redis::cmd("HGETALL").arg(ROLLOUTS).query(con))?;
+        all.iter().map(|(k, v)| decode_any(k, v)).collect()
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +484,18 @@ mod tests {
             b.enroll(&suite::record(21, 5), Some(5)).unwrap(),
             Enrolled::QuotaFull { count: 5 }
         );
+    }
+
+    #[test]
+    fn changes_only_move_forward() {
+        let server = RedisServer::start("changes");
+        suite::changes_only_move_forward(&store(&server));
+    }
+
+    #[test]
+    fn rollouts_are_bounded() {
+        let server = RedisServer::start("rollouts");
+        suite::rollouts_are_bounded(&store(&server));
     }
 
     #[test]

@@ -226,6 +226,12 @@ pub(crate) struct Admitted {
 }
 
 impl Enroller {
+    /// The token signing key, when this edge has one: the fleets' config keys derive
+    /// from it (`fleet::push`).
+    pub(crate) fn signing_key(&self) -> Option<&Ed25519KeyPair> {
+        self.signing.as_deref()
+    }
+
     pub fn new(
         signing: Option<Arc<Ed25519KeyPair>>,
         credential_lifetime: Duration,

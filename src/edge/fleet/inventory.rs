@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::rollout::{Rollouts, SWEEP_EVERY};
 use super::{DeviceRecord, Enrolled, Store};
 use crate::edge::registry::{Conn, Registry};
 use crate::util::lock;
@@ -87,6 +88,8 @@ pub struct Inventory {
     heard: Mutex<HashMap<usize, Heard>>,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    /// Remote changes on their way to devices.
+    rollouts: Rollouts,
 }
 
 /// A device connection's traffic count when last looked at, and when it last grew.
@@ -110,6 +113,7 @@ impl Inventory {
             changed: Mutex::default(),
             writing: Mutex::default(),
             heard: Mutex::default(),
+            rollouts: Rollouts::new(store.clone()),
             store,
             registry,
         })
@@ -118,6 +122,19 @@ impl Inventory {
     /// The store behind the inventory.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The rollout engine of remote changes.
+    pub fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
+    }
+
+    /// A device reported the digest of the config in force (a change report).
+    pub(crate) fn config_digest(&self, id: &str, digest: &[u8; 8]) {
+        if let Some(r) = lock(&self.records).get_mut(id) {
+            r.config_digest = crate::util::hex(digest);
+        }
+        self.mark(id);
     }
 
     /// Every device, ordered by id.
@@ -409,10 +426,28 @@ impl Inventory {
         written
     }
 
-    /// Writes changed records every [`WRITE_EVERY`] until the task is dropped.
+    /// Writes changed records every [`WRITE_EVERY`], and carries running rollouts on
+    /// every [`SWEEP_EVERY`], until the task is dropped.
     pub fn spawn_writer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move {
+        let sweeper = self.clone();
+        let sweep = async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                match sweeper.rollouts.sweep().await {
+                    Ok(()) => failing = false,
+                    Err(e) if !failing => {
+                        failing = true;
+                        log::error!("fleet: rollouts not carried on, trying again: {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
+        };
+        let write = async move {
             let mut tick = tokio::time::interval(WRITE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Logged once per outage of the store (a shared Redis down), not every tick.
@@ -433,6 +468,9 @@ impl Inventory {
                     Err(_) => {}
                 }
             }
+        };
+        tokio::spawn(async move {
+            tokio::join!(sweep, write);
         })
     }
 

@@ -10,6 +10,10 @@
 //!   embedded implementation (redb); a shared engine (Redis) implements the same trait.
 //! - [`release`]: the release key, signed releases in the releases folder, and
 //!   serving their bytes to devices.
+//! - [`push`]: the fleet's config keys (derived from the signing key), the checks a
+//!   pushed config passes, the signed push.
+//! - [`rollout`]: remote changes (config pushes, release offers) taken to devices,
+//!   canaries first, stopped on the first rollback; state in the store.
 //! - `api`, `page`, `metrics`, `cli`: what people see of it: the admin API's JSON
 //!   (`/api/v1/devices`), the fleet page (`/fleet`), the per-fleet families on
 //!   `/metrics`, and `mailslot-edge devices ls|show|revoke`.
@@ -27,9 +31,14 @@ pub mod enroll;
 pub mod inventory;
 pub mod metrics;
 pub mod page;
+pub mod push;
 pub mod release;
+pub mod rollout;
 pub mod store;
 
 pub use enroll::Enroller;
 pub use inventory::{ConnView, DeviceView, Inventory};
-pub use store::{DeviceRecord, Enrolled, RedbStore, Store, StoreError, MAX_DEVICES};
+pub use store::{
+    ChangeRecord, ChangeState, DeviceRecord, Enrolled, RedbStore, RolloutRecord, Store, StoreError,
+    MAX_DEVICES, MAX_ROLLOUTS,
+};

@@ -21,12 +21,22 @@
 //!  key_devices:  enrolment key id (16) -> devices enrolled with it (u32; the quota)
 //!  meta:         "devices"             -> records in `devices` (u64; the edge's bound)
 //!                "format"              -> FORMAT of the file
+//!  changes:      device id + "/" + kind -> postcard ChangeRecord (the last change of
+//!                                         each kind per device)
+//!  rollouts:     rollout id            -> postcard RolloutRecord (at most MAX_ROLLOUTS)
 //! ```
+//!
+//! Remote changes (config pushes, release offers) keep per-device state apart from the
+//! device records, so a record's layout (and its batched updates) stays as it was: a
+//! [`ChangeRecord`] per device and kind, written through [`Store::put_changes`], which
+//! never moves a change back (a `Sent` written late never hides the `Applied` another
+//! edge wrote first), and a [`RolloutRecord`] per rollout, which carries the signed
+//! message so that any edge sharing the store can deliver a pending change.
 
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use crate::wire::Health;
+use crate::wire::{ChangeKind, Health};
 
 /// Everything the edge keeps about one device. Texts are bounded before they get here
 /// (`wire::bounded_reason`); `hostnames` holds at most as many names as the enrolment
@@ -101,6 +111,115 @@ pub(crate) fn is_store_failure(reason: &str) -> bool {
     reason.starts_with("fleet store: ")
 }
 
+/// Most rollouts a store keeps: starting one more forgets the oldest that ended (a
+/// rollout still running is never forgotten; starting a rollout beyond the bound with
+/// all of them running is refused).
+pub const MAX_ROLLOUTS: usize = 64;
+
+/// Where one device stands with one remote change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeState {
+    /// In a later wave of its rollout: waits for the canaries.
+    Waiting,
+    /// To be sent as soon as an edge holds a connection of the device (it is offline,
+    /// or no edge has sent it yet).
+    Pending,
+    /// Sent down one of the device's connections at `at` (Unix seconds); no report yet.
+    Sent { at: u64 },
+    /// In force on the device, which registered with it.
+    Applied,
+    /// Applied, then undone by the device.
+    RolledBack { reason: String },
+    /// Never applied: the device refused it.
+    Refused { reason: String },
+    /// Never sent: its rollout stopped first.
+    Skipped,
+}
+
+impl ChangeState {
+    /// Order of the states of one change: a write never lowers it. Every end (applied,
+    /// rolled back, refused, skipped) is final.
+    pub fn rank(&self) -> u8 {
+        match self {
+            ChangeState::Waiting => 0,
+            ChangeState::Pending => 1,
+            ChangeState::Sent { .. } => 2,
+            _ => 3,
+        }
+    }
+
+    /// Whether the change is over for this device.
+    pub fn is_final(&self) -> bool {
+        self.rank() == 3
+    }
+
+    /// One word, for the CLI, the JSON and the page.
+    pub fn word(&self) -> &'static str {
+        match self {
+            ChangeState::Waiting => "waiting",
+            ChangeState::Pending => "pending",
+            ChangeState::Sent { .. } => "sent",
+            ChangeState::Applied => "applied",
+            ChangeState::RolledBack { .. } => "rolled back",
+            ChangeState::Refused { .. } => "refused",
+            ChangeState::Skipped => "skipped",
+        }
+    }
+
+    /// Why, for a rollback or a refusal.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ChangeState::RolledBack { reason } | ChangeState::Refused { reason } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// A device's last change of one kind. Texts are bounded (`wire::bounded_reason`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    pub device: String,
+    pub kind: ChangeKind,
+    /// The push id (hex) or the release version.
+    pub id: String,
+    /// The rollout it belongs to.
+    pub rollout: String,
+    pub state: ChangeState,
+    /// When the state was written, Unix seconds.
+    pub at: u64,
+}
+
+/// One rollout of one change to a list of devices, canaries first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// 16 hex digits.
+    pub id: String,
+    pub kind: ChangeKind,
+    /// The push id (hex) or the release version.
+    pub change: String,
+    /// The postcard `wire::EdgeMsg` to send each device (at most a control frame).
+    pub message: Vec<u8>,
+    /// How long a sent change may go without a report (a canary's silence stops the
+    /// rollout after it), seconds.
+    pub wait_secs: u64,
+    /// The devices, canaries first (at most [`MAX_DEVICES`]).
+    pub targets: Vec<String>,
+    /// How many of `targets` are canaries (all of them without a canary share).
+    pub canaries: u32,
+    /// Unix seconds.
+    pub created: u64,
+    /// Set once the canaries all applied and the rest were made pending.
+    pub rest_started: bool,
+    /// Why it stopped early (a rollback, a refusal, a silent canary).
+    pub stopped: Option<String>,
+    /// When it ended (stopped, or every device applied), Unix seconds.
+    pub ended: Option<u64>,
+}
+
+fn no_changes() -> StoreError {
+    StoreError::Engine("this store keeps no remote changes".into())
+}
+
 /// Where fleet records live. Implementations are shared between threads.
 pub trait Store: Send + Sync {
     /// Records `record` if its id is new and its key's quota (`max_devices`, `None`:
@@ -120,6 +239,79 @@ pub trait Store: Send + Sync {
     fn update(&self, records: &[DeviceRecord]) -> Result<(), StoreError>;
     /// Marks a device revoked at `at`; `false` when no such device is recorded.
     fn revoke(&self, id: &str, at: u64) -> Result<bool, StoreError>;
+
+    /// Writes each change record as the device's last change of its kind, unless the
+    /// stored one is the same change at a later state ([`ChangeState::rank`]; an end
+    /// is never replaced by another for the same change). Which ones were written.
+    fn put_changes(&self, changes: &[ChangeRecord]) -> Result<Vec<bool>, StoreError> {
+        let _ = changes;
+        Err(no_changes())
+    }
+    /// The last change of each kind of one device (at most one per kind).
+    fn changes_of(&self, device: &str) -> Result<Vec<ChangeRecord>, StoreError> {
+        let _ = device;
+        Err(no_changes())
+    }
+    /// Every device's last changes.
+    fn list_changes(&self) -> Result<Vec<ChangeRecord>, StoreError> {
+        Err(no_changes())
+    }
+    /// Writes a rollout (new, or its new state). A new one beyond [`MAX_ROLLOUTS`]
+    /// forgets the oldest ended one; `Ok(false)` when all of them are still running.
+    fn put_rollout(&self, rollout: &RolloutRecord) -> Result<bool, StoreError> {
+        let _ = rollout;
+        Err(no_changes())
+    }
+    /// One rollout.
+    fn get_rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        let _ = id;
+        Err(no_changes())
+    }
+    /// Every rollout kept (at most [`MAX_ROLLOUTS`]).
+    fn list_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        Err(no_changes())
+    }
+}
+
+/// Whether a change may be written over `old` (see [`Store::put_changes`]).
+pub(crate) fn change_replaces(old: Option<&ChangeRecord>, new: &ChangeRecord) -> bool {
+    match old {
+        Some(old) if old.id == new.id && old.rollout == new.rollout => {
+            let (o, n) = (old.state.rank(), new.state.rank());
+            n > o || (n == o && n < 3)
+        }
+        _ => true,
+    }
+}
+
+/// The rollouts to forget so that `new` fits within [`MAX_ROLLOUTS`]: the oldest that
+/// ended; `None` when there is no room (all running).
+pub(crate) fn rollouts_to_forget(
+    kept: &[RolloutRecord],
+    new: &RolloutRecord,
+) -> Option<Vec<String>> {
+    if kept.iter().any(|r| r.id == new.id) || kept.len() < MAX_ROLLOUTS {
+        return Some(Vec::new());
+    }
+    let mut ended: Vec<&RolloutRecord> = kept.iter().filter(|r| r.ended.is_some()).collect();
+    ended.sort_by_key(|r| (r.created, r.id.clone()));
+    let over = kept.len() + 1 - MAX_ROLLOUTS;
+    if ended.len() < over {
+        return None;
+    }
+    Some(ended.iter().take(over).map(|r| r.id.clone()).collect())
+}
+
+fn change_key(device: &str, kind: ChangeKind) -> String {
+    format!("{device}/{}", kind_name(kind))
+}
+
+/// `config` or `release`.
+pub fn kind_name(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Config => "config",
+        ChangeKind::Release => "release",
+    }
 }
 
 /// Version of the embedded store's layout, kept in its `meta` table.
@@ -128,6 +320,8 @@ const FORMAT: u64 = 1;
 const DEVICES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("devices");
 const KEY_DEVICES: redb::TableDefinition<&[u8], u32> = redb::TableDefinition::new("key_devices");
 const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+const CHANGES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("changes");
+const ROLLOUTS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("rollouts");
 
 /// The embedded store: one redb file (see the module doc).
 pub struct RedbStore {
@@ -146,6 +340,26 @@ fn decode(id: &str, bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
 
 fn encode(record: &DeviceRecord) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(record).map_err(engine)
+}
+
+fn decode_any<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(crate::wire::bounded_reason(key)))
+}
+
+fn encode_any<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(engine)
+}
+
+/// Every value of a table of postcard records.
+fn read_all<T: serde::de::DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(engine)? {
+        let (k, bytes) = entry.map_err(engine)?;
+        out.push(decode_any(k.value(), bytes.value())?);
+    }
+    Ok(out)
 }
 
 impl RedbStore {
@@ -178,6 +392,8 @@ impl RedbStore {
             }
             tx.open_table(DEVICES).map_err(engine)?;
             tx.open_table(KEY_DEVICES).map_err(engine)?;
+            tx.open_table(CHANGES).map_err(engine)?;
+            tx.open_table(ROLLOUTS).map_err(engine)?;
         }
         tx.commit().map_err(engine)?;
         Ok(RedbStore {
@@ -329,6 +545,79 @@ impl Store for RedbStore {
         tx.commit().map_err(engine)?;
         Ok(found)
     }
+
+    fn put_changes(&self, changes: &[ChangeRecord]) -> Result<Vec<bool>, StoreError> {
+        let tx = self.db.begin_write().map_err(engine)?;
+        let mut written = Vec::with_capacity(changes.len());
+        {
+            let mut table = tx.open_table(CHANGES).map_err(engine)?;
+            for c in changes {
+                let key = change_key(&c.device, c.kind);
+                let old: Option<ChangeRecord> = match table.get(key.as_str()).map_err(engine)? {
+                    Some(bytes) => decode_any(&key, bytes.value()).ok(),
+                    None => None,
+                };
+                let write = change_replaces(old.as_ref(), c);
+                if write {
+                    table
+                        .insert(key.as_str(), encode_any(c)?.as_slice())
+                        .map_err(engine)?;
+                }
+                written.push(write);
+            }
+        }
+        tx.commit().map_err(engine)?;
+        Ok(written)
+    }
+
+    fn changes_of(&self, device: &str) -> Result<Vec<ChangeRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(engine)?;
+        let table = tx.open_table(CHANGES).map_err(engine)?;
+        let mut out = Vec::new();
+        for kind in [ChangeKind::Config, ChangeKind::Release] {
+            let key = change_key(device, kind);
+            if let Some(bytes) = table.get(key.as_str()).map_err(engine)? {
+                out.push(decode_any(&key, bytes.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn list_changes(&self) -> Result<Vec<ChangeRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(engine)?;
+        read_all(&tx.open_table(CHANGES).map_err(engine)?)
+    }
+
+    fn put_rollout(&self, rollout: &RolloutRecord) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(engine)?;
+        {
+            let mut table = tx.open_table(ROLLOUTS).map_err(engine)?;
+            let kept: Vec<RolloutRecord> = read_all(&table)?;
+            let Some(forget) = rollouts_to_forget(&kept, rollout) else {
+                return Ok(false);
+            };
+            for id in forget {
+                table.remove(id.as_str()).map_err(engine)?;
+            }
+            table
+                .insert(rollout.id.as_str(), encode_any(rollout)?.as_slice())
+                .map_err(engine)?;
+        }
+        tx.commit().map_err(engine)?;
+        Ok(true)
+    }
+
+    fn get_rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(engine)?;
+        let table = tx.open_table(ROLLOUTS).map_err(engine)?;
+        let found = table.get(id).map_err(engine)?;
+        found.map(|bytes| decode_any(id, bytes.value())).transpose()
+    }
+
+    fn list_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(engine)?;
+        read_all(&tx.open_table(ROLLOUTS).map_err(engine)?)
+    }
 }
 
 /// The behaviour every [`Store`] shows, as test steps over any implementation: the
@@ -457,6 +746,97 @@ pub(crate) mod suite {
         assert_eq!(store.list().unwrap().len(), 2);
     }
 
+    fn change(device: &str, id: &str, state: ChangeState) -> ChangeRecord {
+        ChangeRecord {
+            device: device.into(),
+            kind: ChangeKind::Config,
+            id: id.into(),
+            rollout: format!("r-{id}"),
+            state,
+            at: 7,
+        }
+    }
+
+    pub(crate) fn rollout(n: u32, ended: bool) -> RolloutRecord {
+        RolloutRecord {
+            id: format!("{n:016x}"),
+            kind: ChangeKind::Config,
+            change: format!("{n:016x}"),
+            message: vec![1, 2, 3],
+            wait_secs: 60,
+            targets: vec!["a".into(), "b".into()],
+            canaries: 1,
+            created: u64::from(n),
+            rest_started: false,
+            stopped: None,
+            ended: ended.then_some(u64::from(n)),
+        }
+    }
+
+    /// A change never moves back for the same push; a new push replaces the last one;
+    /// the kinds are kept apart.
+    pub(crate) fn changes_only_move_forward(store: &dyn Store) {
+        let pending = change("d1", "p1", ChangeState::Pending);
+        let sent = change("d1", "p1", ChangeState::Sent { at: 9 });
+        let applied = change("d1", "p1", ChangeState::Applied);
+        assert_eq!(store.put_changes(&[pending.clone()]).unwrap(), vec![true]);
+        assert_eq!(store.put_changes(&[applied.clone()]).unwrap(), vec![true]);
+        // A late `Sent` (another edge) and a second end do not undo the end.
+        assert_eq!(
+            store
+                .put_changes(&[sent, change("d1", "p1", ChangeState::Skipped)])
+                .unwrap(),
+            vec![false, false]
+        );
+        assert_eq!(store.changes_of("d1").unwrap(), vec![applied]);
+        // The next push replaces it, whatever its state.
+        assert_eq!(
+            store
+                .put_changes(&[change("d1", "p2", ChangeState::Waiting)])
+                .unwrap(),
+            vec![true]
+        );
+        let mut release = change("d1", "1.2.0", ChangeState::Pending);
+        release.kind = ChangeKind::Release;
+        store
+            .put_changes(&[release.clone(), change("d2", "p2", ChangeState::Pending)])
+            .unwrap();
+        let of_d1 = store.changes_of("d1").unwrap();
+        assert_eq!(of_d1.len(), 2);
+        assert_eq!(of_d1[0].id, "p2");
+        assert_eq!(of_d1[1], release);
+        assert_eq!(store.list_changes().unwrap().len(), 3);
+        assert!(store.changes_of("nosuchdevice").unwrap().is_empty());
+    }
+
+    /// Rollouts are kept up to MAX_ROLLOUTS: the oldest ended one makes room; when all
+    /// are running, a new one is refused.
+    pub(crate) fn rollouts_are_bounded(store: &dyn Store) {
+        for n in 0..MAX_ROLLOUTS as u32 {
+            assert!(store.put_rollout(&rollout(n, n < 2)).unwrap());
+        }
+        let mut updated = rollout(5, false);
+        updated.rest_started = true;
+        assert!(
+            store.put_rollout(&updated).unwrap(),
+            "an update always fits"
+        );
+        assert_eq!(store.get_rollout(&updated.id).unwrap(), Some(updated));
+        assert!(store.put_rollout(&rollout(100, false)).unwrap());
+        assert_eq!(
+            store.get_rollout(&rollout(0, true).id).unwrap(),
+            None,
+            "oldest ended forgotten"
+        );
+        assert!(store.get_rollout(&rollout(1, true).id).unwrap().is_some());
+        assert!(store.put_rollout(&rollout(101, false)).unwrap());
+        assert!(
+            !store.put_rollout(&rollout(102, false)).unwrap(),
+            "all running: refused"
+        );
+        assert_eq!(store.list_rollouts().unwrap().len(), MAX_ROLLOUTS);
+    }
+
     /// Twenty devices enrolling at once under a quota of five (two edges, or many
     /// connections): exactly five get in.
     pub(crate) fn concurrent_enrolment_never_exceeds_the_quota(store: std::sync::Arc<dyn Store>) {
@@ -535,6 +915,18 @@ mod tests {
         let dir = Dir::new("race");
         let store = std::sync::Arc::new(RedbStore::open(&dir.file()).unwrap());
         suite::concurrent_enrolment_never_exceeds_the_quota(store);
+    }
+
+    #[test]
+    fn changes_only_move_forward() {
+        let dir = Dir::new("changes");
+        suite::changes_only_move_forward(&RedbStore::open(&dir.file()).unwrap());
+    }
+
+    #[test]
+    fn rollouts_are_bounded() {
+        let dir = Dir::new("rollouts");
+        suite::rollouts_are_bounded(&RedbStore::open(&dir.file()).unwrap());
     }
 
     #[test]
