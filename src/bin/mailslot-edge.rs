@@ -46,6 +46,17 @@ commands:
         every field of one device, its health and its connections
   devices revoke --config edge.yml ID
         cut one device at once and for good: it cannot register again
+  devices push-config --config edge.yml (ID... | --fleet F) config.yml [--canary N%]
+        [--no-wait] [--json]
+        compile config.yml, sign it with the fleet's config key and send it to the
+        devices (online ones first; with --canary, N% of them first, the rest once those
+        applied it; stopped by the first rollback); prints the rollout id and follows it
+        until it ends or only offline devices are left (they get it when they return)
+  devices upgrade --config edge.yml (ID... | --fleet F) --version V [--canary N%]
+        [--metered-ok] [--no-wait] [--json]
+        offer release V (`release add`) to the devices, the build for each device's
+        architecture; canaries first, stopped by the first rollback, as push-config;
+        --metered-ok lets devices on a metered link download it
   release keygen --out release.key
         make the release key (PKCS#8, mode 0600; keep it offline) and release.key.pub;
         print the public key for `fleet: release-key:`

@@ -15,6 +15,8 @@
 //! - `GET /api/v1/devices` (`fleet=F`, `offline=1`, pages: `limit=N`, `after=ID`),
 //!   `GET /api/v1/devices/ID`, `POST /api/v1/devices/ID/revoke`: JSON
 //!   ([`super::fleet::api`]; docs/fleet.md).
+//! - `POST /api/v1/push-config` (a config push to devices or a fleet: bearer token
+//!   only), `GET /api/v1/rollouts/ID`: JSON ([`super::fleet::api`]; docs/remote.md).
 //! - `GET /fleet`, `GET /fleet/ID`: the fleet page ([`super::fleet::page`]); `GET /`
 //!   sends a browser there.
 
@@ -137,6 +139,8 @@ enum Route<'a> {
     Devices,
     Device(&'a str),
     Revoke(&'a str),
+    PushConfig,
+    Rollout(&'a str),
     FleetPage,
     DevicePage(&'a str),
     Unknown,
@@ -152,6 +156,8 @@ impl Route<'_> {
             ["api", "v1", "devices"] | ["api", "v1", "devices", ""] => Route::Devices,
             ["api", "v1", "devices", id] => Route::Device(id),
             ["api", "v1", "devices", id, "revoke"] => Route::Revoke(id),
+            ["api", "v1", "push-config"] => Route::PushConfig,
+            ["api", "v1", "rollouts", id] => Route::Rollout(id),
             ["fleet"] | ["fleet", ""] => Route::FleetPage,
             ["fleet", id] => Route::DevicePage(id),
             _ => Route::Unknown,
@@ -161,7 +167,7 @@ impl Route<'_> {
     /// The method the route takes.
     fn method(&self) -> Method {
         match self {
-            Route::Revoke(_) => Method::POST,
+            Route::Revoke(_) | Route::PushConfig => Method::POST,
             _ => Method::GET,
         }
     }
@@ -199,6 +205,7 @@ async fn answer(req: Request<Incoming>, state: &EdgeState) -> Response<Full<Byte
         }
         return r;
     }
+    let mut posted = Bytes::new();
     if allowed == Method::POST {
         if auth == Auth::Basic {
             return error(
@@ -206,12 +213,19 @@ async fn answer(req: Request<Incoming>, state: &EdgeState) -> Response<Full<Byte
                 "changes need Authorization: Bearer <admin-token> (Basic authentication reads only)",
             );
         }
-        let read = tokio::time::timeout(IDLE_TIMEOUT, Limited::new(body, MAX_BODY).collect());
-        if !matches!(read.await, Ok(Ok(_))) {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("a request body has at most {MAX_BODY} bytes, sent in time"),
-            );
+        let max = match route {
+            Route::PushConfig => api::MAX_PUSH_BODY,
+            _ => MAX_BODY,
+        };
+        let read = tokio::time::timeout(IDLE_TIMEOUT, Limited::new(body, max).collect());
+        match read.await {
+            Ok(Ok(b)) => posted = b.to_bytes(),
+            _ => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("a request body has at most {max} bytes, sent in time"),
+                )
+            }
         }
     }
     match route {
@@ -233,6 +247,17 @@ async fn answer(req: Request<Incoming>, state: &EdgeState) -> Response<Full<Byte
         Route::Revoke(id) => match state.fleet.get() {
             None => not_loaded(false),
             Some(inv) => revoke(inv, id).await,
+        },
+        Route::PushConfig => match state.fleet.get() {
+            None => not_loaded(false),
+            Some(inv) => {
+                let signing = state.enroller.get().and_then(|e| e.signing_key());
+                answered(api::push_config(inv, signing, &posted).await)
+            }
+        },
+        Route::Rollout(id) => match state.fleet.get() {
+            None => not_loaded(false),
+            Some(inv) => answered(api::rollout(inv, id).await),
         },
         Route::FleetPage => with_inventory(state, true, |inv| {
             let now = super::token::now_unix();
@@ -301,6 +326,17 @@ async fn revoke(inv: &Inventory, id: &str) -> Response<Full<Bytes>> {
                 &format!("not revoked: {e}"),
             )
         }
+    }
+}
+
+/// A fleet API answer: its JSON, or the error with its status.
+fn answered(r: Result<impl serde::Serialize, (u16, String)>) -> Response<Full<Bytes>> {
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err((status, e)) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &e,
+        ),
     }
 }
 

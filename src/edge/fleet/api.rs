@@ -8,7 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::DeviceView;
+use super::rollout::Change;
+use super::store::{kind_name, ChangeRecord, RolloutRecord};
+use super::{DeviceView, Inventory};
+use crate::wire::{ChangeKind, EdgeMsg};
 
 /// Devices in one page of `/api/v1/devices` unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 500;
@@ -95,6 +98,38 @@ pub struct DeviceJson {
     pub address: String,
     pub connections: Vec<ConnJson>,
     pub health: Option<HealthJson>,
+    /// The device's last config push, and where it stands.
+    #[serde(default)]
+    pub config_push: Option<ChangeJson>,
+    /// The device's last release offer, and where it stands.
+    #[serde(default)]
+    pub release: Option<ChangeJson>,
+}
+
+/// A device's last change of one kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeJson {
+    /// The push id or the release version.
+    pub id: String,
+    pub rollout: String,
+    /// `waiting`, `pending`, `sent`, `applied`, `rolled back`, `refused`, `skipped`.
+    pub state: String,
+    /// Why, for `rolled back` and `refused`.
+    pub reason: Option<String>,
+    /// When the state was written.
+    pub at: Time,
+}
+
+impl ChangeJson {
+    pub fn of(c: &ChangeRecord) -> ChangeJson {
+        ChangeJson {
+            id: c.id.clone(),
+            rollout: c.rollout.clone(),
+            state: c.state.word().to_string(),
+            reason: c.state.reason().map(str::to_string),
+            at: Time::of(c.at),
+        }
+    }
 }
 
 /// One page of `/api/v1/devices`.
@@ -164,6 +199,16 @@ impl DeviceJson {
                 bytes_out: h.bytes_out,
                 last_error: h.last_error.clone(),
             }),
+            config_push: v
+                .changes
+                .iter()
+                .find(|c| c.kind == ChangeKind::Config)
+                .map(ChangeJson::of),
+            release: v
+                .changes
+                .iter()
+                .find(|c| c.kind == ChangeKind::Release)
+                .map(ChangeJson::of),
         }
     }
 
@@ -271,6 +316,231 @@ pub fn list_page(views: &[DeviceView], q: &ListQuery) -> DeviceList {
         total,
         devices,
         next,
+    }
+}
+
+/// Largest body of `POST /api/v1/push-config`: the config, base64, and the device ids.
+pub const MAX_PUSH_BODY: usize = 1024 * 1024;
+/// How long a device may take to report a config push by default: its rollback
+/// deadline (120 s by default) and a reconnection.
+pub const PUSH_WAIT: u64 = 300;
+
+/// The body of `POST /api/v1/push-config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// Device ids; or empty with `fleet`.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Every device of this fleet (not revoked).
+    #[serde(default)]
+    pub fleet: Option<String>,
+    /// The compiled `config.bin`, base64.
+    pub config: String,
+    /// The canary share, percent (1 to 100); none: everyone at once.
+    #[serde(default)]
+    pub canary: Option<u8>,
+    /// How long a device may take to report, seconds ([`PUSH_WAIT`] by default).
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+}
+
+/// The answer of `POST /api/v1/push-config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushAnswer {
+    pub rollout: String,
+    /// The push id, 16 hex digits.
+    pub push: String,
+    pub fleet: String,
+    pub devices: usize,
+    pub canaries: usize,
+}
+
+/// One device of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutDeviceJson {
+    pub id: String,
+    pub canary: bool,
+    /// Connected to this edge now.
+    pub online: bool,
+    /// As [`ChangeJson::state`]; `superseded` when a later change replaced it.
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+/// `GET /api/v1/rollouts/ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutJson {
+    pub id: String,
+    /// `config` or `release`.
+    pub kind: String,
+    /// The push id or the release version.
+    pub change: String,
+    pub created: Time,
+    /// `running`, `stopped` or `done`.
+    pub state: String,
+    /// Why it stopped.
+    pub stopped: Option<String>,
+    pub devices: Vec<RolloutDeviceJson>,
+}
+
+impl RolloutJson {
+    pub fn of(
+        r: &RolloutRecord,
+        states: &[Option<ChangeRecord>],
+        online: impl Fn(&str) -> bool,
+    ) -> RolloutJson {
+        let state = match (&r.stopped, r.ended) {
+            (Some(_), _) => "stopped",
+            (None, Some(_)) => "done",
+            (None, None) => "running",
+        };
+        RolloutJson {
+            id: r.id.clone(),
+            kind: kind_name(r.kind).into(),
+            change: r.change.clone(),
+            created: Time::of(r.created),
+            state: state.into(),
+            stopped: r.stopped.clone(),
+            devices: r
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let c = states.get(i).and_then(|c| c.as_ref());
+                    RolloutDeviceJson {
+                        id: d.clone(),
+                        canary: i < r.canaries as usize,
+                        online: online(d),
+                        state: c.map_or("superseded", |c| c.state.word()).into(),
+                        reason: c.and_then(|c| c.state.reason().map(str::to_string)),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether following it is over: ended, or nothing left but devices that are
+    /// offline (pending: they get it when they come back) or waiting behind them.
+    pub fn settled(&self) -> bool {
+        if self.state != "running" {
+            return true;
+        }
+        let canaries_done = self
+            .devices
+            .iter()
+            .filter(|d| d.canary)
+            .all(|d| d.state == "applied");
+        self.devices.iter().all(|d| match d.state.as_str() {
+            "sent" => false,
+            "pending" => !d.online,
+            "waiting" => !canaries_done,
+            _ => true,
+        })
+    }
+}
+
+/// `POST /api/v1/push-config`: checks, signs and starts a rollout. Errors carry the
+/// HTTP status to answer.
+pub async fn push_config(
+    inv: &Inventory,
+    signing: Option<&ring::signature::Ed25519KeyPair>,
+    body: &[u8],
+) -> Result<PushAnswer, (u16, String)> {
+    use base64::Engine as _;
+    let bad = |e: String| (400u16, e);
+    let req: PushRequest =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not a push request: {e}")))?;
+    let config = base64::engine::general_purpose::STANDARD
+        .decode(req.config.as_bytes())
+        .map_err(|e| bad(format!("config: not base64: {e}")))?;
+    let signing = signing.ok_or((
+        409,
+        "this edge has no signing-key: it cannot sign config pushes".to_string(),
+    ))?;
+    let (fleet, targets) = push_targets(inv, &req).map_err(bad)?;
+    let push = super::push::sign_push(signing, &fleet, config).map_err(bad)?;
+    let id = push.id_hex();
+    let bytes = push.encode().map_err(|e| bad(e.to_string()))?;
+    let change = Change {
+        kind: ChangeKind::Config,
+        id: id.clone(),
+        message: EdgeMsg::PushConfig { push: bytes },
+        wait: std::time::Duration::from_secs(req.wait_secs.unwrap_or(PUSH_WAIT).clamp(1, 86_400)),
+    };
+    let devices = targets.len();
+    let canaries = super::rollout::canary_count(devices, req.canary);
+    let rollout = inv
+        .rollouts()
+        .start(change, targets, req.canary)
+        .await
+        .map_err(|e| (503u16, e))?;
+    Ok(PushAnswer {
+        rollout,
+        push: id,
+        fleet,
+        devices,
+        canaries,
+    })
+}
+
+/// The devices a push goes to (online ones first) and their one fleet.
+fn push_targets(inv: &Inventory, req: &PushRequest) -> Result<(String, Vec<String>), String> {
+    let all = inv.list();
+    let mut chosen: Vec<&DeviceView> = match (&req.fleet, req.devices.is_empty()) {
+        (Some(_), false) => return Err("name devices or a fleet, not both".into()),
+        (None, true) => return Err("name the devices, or a fleet".into()),
+        (Some(f), true) => all
+            .iter()
+            .filter(|v| v.record.fleet == *f && v.record.revoked.is_none())
+            .collect(),
+        (None, false) => {
+            let mut out = Vec::new();
+            for id in &req.devices {
+                let v = all
+                    .iter()
+                    .find(|v| v.record.id == *id)
+                    .ok_or_else(|| format!("no device {}", crate::wire::printable(id)))?;
+                if v.record.revoked.is_some() {
+                    return Err(format!("device {id} is revoked"));
+                }
+                if !out.iter().any(|o: &&DeviceView| o.record.id == *id) {
+                    out.push(v);
+                }
+            }
+            out
+        }
+    };
+    let Some(first) = chosen.first() else {
+        return Err(format!(
+            "no devices in fleet {}",
+            crate::wire::printable(req.fleet.as_deref().unwrap_or(""))
+        ));
+    };
+    let fleet = first.record.fleet.clone();
+    if let Some(other) = chosen.iter().find(|v| v.record.fleet != fleet) {
+        return Err(format!(
+            "devices of fleets {} and {}: a push is signed for one fleet; push to each apart",
+            crate::wire::printable(&fleet),
+            crate::wire::printable(&other.record.fleet)
+        ));
+    }
+    // Online devices make the canaries: an offline canary would hold the rest back.
+    chosen.sort_by_key(|v| !v.online);
+    Ok((fleet, chosen.iter().map(|v| v.record.id.clone()).collect()))
+}
+
+/// `GET /api/v1/rollouts/ID`.
+pub async fn rollout(inv: &Inventory, id: &str) -> Result<RolloutJson, (u16, String)> {
+    let plain = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !plain {
+        return Err((404, format!("no rollout {}", crate::wire::printable(id))));
+    }
+    match inv.rollouts().get(id).await {
+        Ok(Some((r, states))) => Ok(RolloutJson::of(&r, &states, |d| {
+            inv.get(d).is_some_and(|v| v.online)
+        })),
+        Ok(None) => Err((404, format!("no rollout {id}"))),
+        Err(e) => Err((503, e)),
     }
 }
 
@@ -405,6 +675,7 @@ pub(crate) mod tests {
                 health_at: 1_700_000_100,
             },
             online,
+            changes: Vec::new(),
             connections: if online {
                 vec![ConnView {
                     protocol: "quic".into(),

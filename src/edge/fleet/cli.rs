@@ -1,5 +1,5 @@
-//! `mailslot-edge devices ls|show|revoke`: the running edge's inventory, read and
-//! changed through its admin listener (`admin-listen` and `admin-token` of
+//! `mailslot-edge devices ls|show|revoke|push-config`: the running edge's inventory,
+//! read and changed through its admin listener (`admin-listen` and `admin-token` of
 //! `edge.yml`), with a small HTTP/1.1 client. What the edge answers is
 //! [`super::api`]'s JSON; `--json` prints it as it came.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 
 use super::api::{self, DeviceJson, DeviceList};
@@ -35,6 +35,28 @@ pub enum Command {
     },
     Show(String),
     Revoke(String),
+    /// `push-config (ID... | --fleet F) config.yml [--canary N%] [--no-wait]`.
+    PushConfig {
+        devices: Vec<String>,
+        fleet: Option<String>,
+        yaml: PathBuf,
+        canary: Option<u8>,
+        wait: bool,
+    },
+}
+
+/// Most device ids one `push-config` names (more: push to a fleet).
+const MAX_PUSH_IDS: usize = 10_000;
+/// How often `push-config` asks how its rollout goes.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// `--canary N%` (or `N`): 1 to 100.
+fn parse_canary(v: &str) -> Result<u8, String> {
+    v.trim_end_matches('%')
+        .parse::<u8>()
+        .ok()
+        .filter(|n| (1..=100).contains(n))
+        .ok_or_else(|| format!("--canary {v}: a share from 1% to 100%"))
 }
 
 /// `devices` and its options.
@@ -51,8 +73,9 @@ impl Args {
         use lexopt::prelude::*;
         let mut parser = lexopt::Parser::from_args(args);
         let mut sub: Option<String> = None;
-        let mut id: Option<String> = None;
+        let mut values: Vec<String> = Vec::new();
         let (mut config, mut fleet, mut offline, mut json) = (None, None, false, false);
+        let (mut canary, mut no_wait) = (None, false);
         let err = |e: lexopt::Error| e.to_string();
         while let Some(arg) = parser.next().map_err(err)? {
             match arg {
@@ -63,12 +86,25 @@ impl Args {
                 Long("fleet") => fleet = Some(parser.value().map_err(err)?.string().map_err(err)?),
                 Long("offline") => offline = true,
                 Long("json") => json = true,
+                Long("canary") if sub.as_deref() == Some("push-config") => {
+                    canary = Some(parse_canary(
+                        &parser.value().map_err(err)?.string().map_err(err)?,
+                    )?)
+                }
+                Long("no-wait") if sub.as_deref() == Some("push-config") => no_wait = true,
                 Value(v) if sub.is_none() => sub = Some(v.string().map_err(err)?),
-                Value(v) if id.is_none() => id = Some(v.string().map_err(err)?),
+                Value(v) if values.len() <= MAX_PUSH_IDS => values.push(v.string().map_err(err)?),
                 other => return Err(other.unexpected().to_string()),
             }
         }
-        let sub = sub.ok_or("devices: ls, show ID or revoke ID")?;
+        let sub = sub.ok_or("devices: ls, show ID, revoke ID or push-config")?;
+        if sub != "push-config" && values.len() > 1 {
+            return Err(format!(
+                "devices {sub}: unexpected argument {:?}",
+                values[1]
+            ));
+        }
+        let id = values.first().cloned();
         let need_id = |what: &str| {
             id.clone()
                 .ok_or(format!("devices {what}: the device ID is required"))
@@ -85,9 +121,35 @@ impl Args {
             }
             "show" => Command::Show(need_id("show")?),
             "revoke" => Command::Revoke(need_id("revoke")?),
+            "push-config" => {
+                if offline {
+                    return Err("devices push-config: --offline is for ls".into());
+                }
+                let yaml = values
+                    .pop()
+                    .ok_or("devices push-config: (ID... | --fleet F) config.yml is required")?;
+                match (&fleet, values.is_empty()) {
+                    (Some(_), false) => {
+                        return Err(
+                            "devices push-config: name device IDs or --fleet F, not both".into(),
+                        )
+                    }
+                    (None, true) => {
+                        return Err("devices push-config: name the device IDs or --fleet F".into())
+                    }
+                    _ => {}
+                }
+                Command::PushConfig {
+                    devices: values,
+                    fleet,
+                    yaml: PathBuf::from(yaml),
+                    canary,
+                    wait: !no_wait,
+                }
+            }
             other => {
                 return Err(format!(
-                    "devices {other:?}: not a command (ls, show, revoke)"
+                    "devices {other:?}: not a command (ls, show, revoke, push-config)"
                 ))
             }
         };
@@ -118,6 +180,16 @@ pub fn main(args: impl IntoIterator<Item = OsString>, usage: &str) -> Result<(),
             }
             Command::Show(id) => show(&admin, id, args.json).await,
             Command::Revoke(id) => revoke(&admin, id, args.json).await,
+            Command::PushConfig {
+                devices,
+                fleet,
+                yaml,
+                canary,
+                wait,
+            } => {
+                let req = push_request(devices, fleet.as_deref(), yaml, *canary)?;
+                push_config(&admin, &req, *wait, args.json).await
+            }
         }
     })
 }
@@ -174,9 +246,15 @@ impl Admin {
         })
     }
 
-    /// One request; the answer's status and body, or why there is none.
-    async fn call(&self, method: Method, path: &str) -> Result<(StatusCode, Bytes), String> {
-        tokio::time::timeout(TIMEOUT, self.call_once(method, path))
+    /// One request (with a body unless empty); the answer's status and body, or why
+    /// there is none.
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), String> {
+        tokio::time::timeout(TIMEOUT, self.call_once(method, path, body))
             .await
             .map_err(|_| {
                 format!(
@@ -186,7 +264,12 @@ impl Admin {
             })?
     }
 
-    async fn call_once(&self, method: Method, path: &str) -> Result<(StatusCode, Bytes), String> {
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), String> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| {
             format!(
                 "no edge answers on {} (admin-listen of {}): {e}; is `mailslot-edge serve --config {}` running?",
@@ -206,8 +289,11 @@ impl Admin {
         if let Some(t) = &self.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
+        if !body.is_empty() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
         let req = req
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| format!("bad request {path}: {e}"))?;
         let resp = sender
             .send_request(req)
@@ -230,7 +316,17 @@ impl Admin {
 
     /// A request whose answer must be 200: its body, or a clear error.
     async fn ok(&self, method: Method, path: &str, id: Option<&str>) -> Result<Bytes, String> {
-        let (status, body) = self.call(method, path).await?;
+        self.ok_with(method, path, id, Bytes::new()).await
+    }
+
+    async fn ok_with(
+        &self,
+        method: Method,
+        path: &str,
+        id: Option<&str>,
+        sent: Bytes,
+    ) -> Result<Bytes, String> {
+        let (status, body) = self.call_with(method, path, sent).await?;
         if status == StatusCode::OK {
             return Ok(body);
         }
@@ -307,13 +403,15 @@ async fn ls(admin: &Admin, fleet: Option<&str>, offline: bool, json: bool) -> Re
 
 /// The devices as a table with a heading line.
 fn table(devices: &[DeviceJson], now: u64) -> String {
-    let mut rows: Vec<[String; 10]> = vec![[
+    let mut rows: Vec<[String; 12]> = vec![[
         "ID",
         "NAME",
         "FLEET",
         "STATE",
         "LAST SEEN",
         "VERSION",
+        "CONFIG",
+        "LAST PUSH",
         "PROTOCOL",
         "RTT",
         "TEMP",
@@ -332,6 +430,12 @@ fn table(devices: &[DeviceJson], now: u64) -> String {
                 api::ago(now, d.last_seen.unix)
             },
             printable(&d.version),
+            Some(printable(&d.config_digest))
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "-".into()),
+            d.config_push
+                .as_ref()
+                .map_or_else(|| "-".into(), |c| c.state.clone()),
             Some(d.protocols())
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| "-".into()),
@@ -346,7 +450,7 @@ fn table(devices: &[DeviceJson], now: u64) -> String {
                 .unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut widths = [0usize; 10];
+    let mut widths = [0usize; 12];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
             *w = (*w).max(cell.chars().count());
@@ -408,6 +512,7 @@ fn details(d: &DeviceJson, now: u64) -> String {
         ("arch", printable(&d.arch)),
         ("board", printable(&d.board)),
         ("config digest", printable(&d.config_digest)),
+        ("last config push", change_line(d.config_push.as_ref(), now)),
         ("address", printable(&d.address)),
         ("public key", d.public_key.clone()),
         ("enrolment key", d.enrolment_key.clone()),
@@ -483,6 +588,139 @@ fn details(d: &DeviceJson, now: u64) -> String {
     out
 }
 
+/// A device's last change, one line: `ID STATE (why), ROLLOUT, AGO`.
+fn change_line(c: Option<&api::ChangeJson>, now: u64) -> String {
+    let Some(c) = c else {
+        return "none".into();
+    };
+    let why = c
+        .reason
+        .as_ref()
+        .map_or_else(String::new, |r| format!(" ({})", printable(r)));
+    format!(
+        "{} {}{why}, rollout {}, {}",
+        printable(&c.id),
+        c.state,
+        printable(&c.rollout),
+        api::ago(now, c.at.unix)
+    )
+}
+
+/// The request of `push-config`: the YAML compiled here (its relative file names are
+/// taken from its folder), as `mailslot config compile` does.
+fn push_request(
+    devices: &[String],
+    fleet: Option<&str>,
+    yaml: &Path,
+    canary: Option<u8>,
+) -> Result<api::PushRequest, String> {
+    use base64::Engine as _;
+    let bytes = super::push::compile_yaml(yaml)?;
+    Ok(api::PushRequest {
+        devices: devices.to_vec(),
+        fleet: fleet.map(str::to_string),
+        config: base64::engine::general_purpose::STANDARD.encode(bytes),
+        canary,
+        wait_secs: None,
+    })
+}
+
+/// `push-config`: sends the push, prints the rollout id, then follows the rollout until
+/// it ends or only offline devices are left (unless `wait` is off). A rollout stopped
+/// by a rollback is an error.
+async fn push_config(
+    admin: &Admin,
+    req: &api::PushRequest,
+    wait: bool,
+    json: bool,
+) -> Result<(), String> {
+    let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    let answer = admin
+        .ok_with(Method::POST, "/api/v1/push-config", None, Bytes::from(body))
+        .await?;
+    let a: api::PushAnswer = serde_json::from_slice(&answer)
+        .map_err(|e| format!("the edge's answer is not a push: {e}"))?;
+    if json && !wait {
+        println!("{}", String::from_utf8_lossy(&answer));
+        return Ok(());
+    }
+    println!(
+        "rollout {}: config push {} to {} device(s) of fleet {}{}",
+        a.rollout,
+        a.push,
+        a.devices,
+        printable(&a.fleet),
+        if a.canaries < a.devices {
+            format!(", {} canary device(s) first", a.canaries)
+        } else {
+            String::new()
+        }
+    );
+    if !wait {
+        return Ok(());
+    }
+    follow(admin, &a.rollout, json).await
+}
+
+/// Prints each device's state as it changes until the rollout settles.
+async fn follow(admin: &Admin, id: &str, json: bool) -> Result<(), String> {
+    let path = format!("/api/v1/rollouts/{}", api::percent_encode(id));
+    let mut seen: std::collections::HashMap<String, String> = Default::default();
+    loop {
+        let body = admin.ok(Method::GET, &path, None).await?;
+        let r: api::RolloutJson = serde_json::from_slice(&body)
+            .map_err(|e| format!("the edge's answer is not a rollout: {e}"))?;
+        for d in &r.devices {
+            if seen.get(&d.id) != Some(&d.state) {
+                seen.insert(d.id.clone(), d.state.clone());
+                if !json {
+                    let why = d
+                        .reason
+                        .as_ref()
+                        .map_or_else(String::new, |w| format!(": {}", printable(w)));
+                    println!("  {} {}{why}", d.id, d.state);
+                }
+            }
+        }
+        if r.settled() {
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+            }
+            return summary(&r);
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+/// The last line of a followed rollout; an error when it stopped.
+fn summary(r: &api::RolloutJson) -> Result<(), String> {
+    let count = |s: &str| r.devices.iter().filter(|d| d.state == s).count();
+    if let Some(why) = &r.stopped {
+        return Err(format!(
+            "rollout {} stopped: {}; {} applied, {} skipped",
+            r.id,
+            printable(why),
+            count("applied"),
+            count("skipped")
+        ));
+    }
+    let pending = count("pending") + count("waiting");
+    if pending > 0 {
+        println!(
+            "rollout {}: {} applied; {pending} offline device(s) still pending: they get it              when they come back (mailslot-edge devices ls shows it)",
+            r.id,
+            count("applied")
+        );
+    } else {
+        println!(
+            "rollout {}: applied everywhere ({})",
+            r.id,
+            count("applied")
+        );
+    }
+    Ok(())
+}
+
 async fn revoke(admin: &Admin, id: &str, json: bool) -> Result<(), String> {
     let path = format!("/api/v1/devices/{}/revoke", api::percent_encode(id));
     if let Some(d) = device(admin, Method::POST, &path, id, json).await? {
@@ -534,6 +772,40 @@ mod tests {
             .unwrap();
         assert_eq!(a.command, Command::Revoke("abc".into()));
         assert_eq!(parse(&["ls", "--help"]).unwrap(), None);
+        let a = parse(&[
+            "push-config",
+            "-c",
+            "e.yml",
+            "d1",
+            "d2",
+            "new.yml",
+            "--canary",
+            "10%",
+            "--no-wait",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            a.command,
+            Command::PushConfig {
+                devices: vec!["d1".into(), "d2".into()],
+                fleet: None,
+                yaml: "new.yml".into(),
+                canary: Some(10),
+                wait: false
+            }
+        );
+        let a = parse(&["push-config", "-c", "e.yml", "--fleet", "shop", "new.yml"])
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            a.command,
+            Command::PushConfig {
+                fleet: Some(_),
+                wait: true,
+                ..
+            }
+        ));
         for (args, err) in [
             (&["show", "--config", "e.yml"][..], "ID is required"),
             (&["revoke", "--config", "e.yml"][..], "ID is required"),
@@ -541,7 +813,21 @@ mod tests {
             (&["ls", "--config", "e.yml", "x"][..], "unexpected argument"),
             (&["rm", "--config", "e.yml"][..], "not a command"),
             (&["show", "x", "--offline", "-c", "e"][..], "are for ls"),
-            (&[][..], "ls, show ID or revoke ID"),
+            (&[][..], "ls, show ID, revoke ID or push-config"),
+            (
+                &["push-config", "-c", "e", "a", "b.yml", "--fleet", "f"][..],
+                "not both",
+            ),
+            (&["push-config", "-c", "e"][..], "config.yml is required"),
+            (
+                &["push-config", "-c", "e", "c.yml"][..],
+                "name the device IDs",
+            ),
+            (
+                &["push-config", "-c", "e", "--canary", "0%", "a", "c.yml"][..],
+                "1% to 100%",
+            ),
+            (&["ls", "-c", "e", "--canary", "5"][..], "--canary"),
             (&["ls", "--bogus"][..], "--bogus"),
         ] {
             let e = parse(args).unwrap_err();

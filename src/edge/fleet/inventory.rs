@@ -68,6 +68,9 @@ pub struct DeviceView {
     /// At least one connection registered now.
     pub online: bool,
     pub connections: Vec<ConnView>,
+    /// The device's last remote change of each kind (as this edge last read them).
+    #[serde(skip)]
+    pub changes: Vec<super::ChangeRecord>,
 }
 
 /// Every device this edge knows: the records in memory (loaded from the store at start,
@@ -108,12 +111,14 @@ impl Inventory {
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
+        let rollouts = Rollouts::new(store.clone());
+        rollouts.load_cache();
         Ok(Inventory {
             records: Mutex::new(records),
             changed: Mutex::default(),
             writing: Mutex::default(),
             heard: Mutex::default(),
-            rollouts: Rollouts::new(store.clone()),
+            rollouts,
             store,
             registry,
         })
@@ -148,6 +153,7 @@ impl Inventory {
                 let connections = live.remove(&tunnel).unwrap_or_default();
                 DeviceView {
                     online: !connections.is_empty(),
+                    changes: self.rollouts.cached(&record.id),
                     record,
                     connections,
                 }
@@ -169,6 +175,7 @@ impl Inventory {
             .collect();
         Some(DeviceView {
             online: !connections.is_empty(),
+            changes: self.rollouts.cached(&record.id),
             record,
             connections,
         })

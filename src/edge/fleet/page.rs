@@ -37,18 +37,20 @@ enum Col {
     State,
     Seen,
     Version,
+    Config,
     Temp,
     Load,
     Protocol,
     Rtt,
 }
 
-const COLS: [(Col, &str, &str); 9] = [
+const COLS: [(Col, &str, &str); 10] = [
     (Col::Name, "name", "device"),
     (Col::Fleet, "fleet", "fleet"),
     (Col::State, "state", "state"),
     (Col::Seen, "seen", "last seen"),
     (Col::Version, "version", "version"),
+    (Col::Config, "config", "config"),
     (Col::Temp, "temp", "temp"),
     (Col::Load, "load", "load"),
     (Col::Protocol, "protocol", "protocol"),
@@ -254,6 +256,7 @@ fn sort_rows(rows: &mut [DeviceJson], col: Col, desc: bool, now: u64) {
             }),
             Col::Seen => SortKey::Num(seen(d, now) as f64),
             Col::Version => SortKey::Text(d.version.clone()),
+            Col::Config => SortKey::Text(config_text(d)),
             Col::Temp => SortKey::Num(d.temp_celsius()?),
             Col::Load => SortKey::Num(d.load1()?),
             Col::Protocol => SortKey::Text(Some(d.protocols()).filter(|p| !p.is_empty())?),
@@ -307,6 +310,14 @@ fn last_seen_text(d: &DeviceJson, now: u64) -> String {
     }
 }
 
+/// The config digest and the last push's state: `0011aabbccddeeff applied`.
+pub fn config_text(d: &DeviceJson) -> String {
+    match &d.config_push {
+        Some(c) => format!("{} {}", d.config_digest, c.state),
+        None => d.config_digest.clone(),
+    }
+}
+
 /// `47.5 °C`, or empty.
 pub fn temp_text(d: &DeviceJson) -> String {
     d.temp_celsius()
@@ -343,7 +354,7 @@ fn device_table(out: &mut String, rows: &[DeviceJson], view: &View, now: u64) {
             out,
             "<tr class=\"device\" data-id=\"{id}\"><td><a href=\"/fleet/{id}\">{name}</a></td>\
              <td>{fleet}</td><td class=\"{state}\">{state}</td><td>{seen}</td><td>{version}</td>\
-             <td class=\"n\">{temp}</td><td class=\"n\">{load}</td><td>{proto}</td>\
+             <td>{config}</td><td class=\"n\">{temp}</td><td class=\"n\">{load}</td><td>{proto}</td>\
              <td class=\"n\">{rtt}</td></tr>",
             id = escape(&d.id),
             name = escape(if d.name.is_empty() { &d.id } else { &d.name }),
@@ -351,6 +362,7 @@ fn device_table(out: &mut String, rows: &[DeviceJson], view: &View, now: u64) {
             state = escape(&d.state),
             seen = escape(&last_seen_text(d, now)),
             version = escape(&d.version),
+            config = escape(&config_text(d)),
             temp = escape(&temp_text(d)),
             load = d.load1().map(|l| format!("{l:.2}")).unwrap_or_default(),
             proto = escape(&d.protocols()),
@@ -415,6 +427,16 @@ pub fn device_page(edge: &str, v: &DeviceView, now: u64) -> String {
         ("architecture", escape(&d.arch)),
         ("board", escape(&d.board)),
         ("config digest", escape(&d.config_digest)),
+        (
+            "last config push",
+            escape(&d.config_push.as_ref().map_or_else(
+                || "none".to_string(),
+                |c| match &c.reason {
+                    Some(why) => format!("{} {}: {why} ({})", c.id, c.state, time(&c.at)),
+                    None => format!("{} {} ({})", c.id, c.state, time(&c.at)),
+                },
+            )),
+        ),
         ("address", escape(&d.address)),
         ("public key", escape(&d.public_key)),
         ("enrolment key", escape(&d.enrolment_key)),

@@ -228,7 +228,16 @@ impl Mailboxes {
 pub struct Rollouts {
     store: Arc<dyn Store>,
     mailboxes: Arc<Mailboxes>,
+    /// Every device's last changes as last read (bounded as the store's change
+    /// records are): what the inventory's readers show. Read again on each sweep while
+    /// a rollout runs, every [`CACHE_EVERY`] sweeps otherwise, and after each write.
+    cache: Mutex<HashMap<String, Vec<ChangeRecord>>>,
+    sweeps: std::sync::atomic::AtomicU64,
 }
+
+/// Sweeps between two reads of the change records while no rollout runs (another
+/// edge may have written some).
+const CACHE_EVERY: u64 = 10;
 
 fn blocking_err(e: tokio::task::JoinError) -> String {
     format!("fleet store: {e}")
@@ -249,7 +258,38 @@ impl Rollouts {
         Rollouts {
             store,
             mailboxes: Arc::default(),
+            cache: Mutex::default(),
+            sweeps: Default::default(),
         }
+    }
+
+    /// Reads every change record into the cache (blocking: at start).
+    pub(crate) fn load_cache(&self) {
+        match self.store.list_changes() {
+            Ok(all) => self.set_cache(all),
+            Err(e) => log::warn!("fleet: remote changes not read: {e}"),
+        }
+    }
+
+    fn set_cache(&self, all: Vec<ChangeRecord>) {
+        let mut by_device: HashMap<String, Vec<ChangeRecord>> = HashMap::new();
+        for c in all {
+            by_device.entry(c.device.clone()).or_default().push(c);
+        }
+        *lock(&self.cache) = by_device;
+    }
+
+    /// Writes `c` into the cache, as the store now holds it.
+    fn cache_one(&self, c: &ChangeRecord) {
+        let mut cache = lock(&self.cache);
+        let list = cache.entry(c.device.clone()).or_default();
+        list.retain(|o| o.kind != c.kind);
+        list.push(c.clone());
+    }
+
+    /// A device's last changes, as last read.
+    pub fn cached(&self, device: &str) -> Vec<ChangeRecord> {
+        lock(&self.cache).get(device).cloned().unwrap_or_default()
     }
 
     /// Starts taking `change` to `targets` (device ids; in this order, so put the
@@ -310,6 +350,7 @@ impl Rollouts {
             })
             .collect();
         let store = self.store.clone();
+        let cached = changes.clone();
         let room = blocking(move || {
             let room = store.put_rollout(&rollout)?;
             if room {
@@ -318,6 +359,11 @@ impl Rollouts {
             Ok(room)
         })
         .await?;
+        if room {
+            for c in &cached {
+                self.cache_one(c);
+            }
+        }
         if !room {
             return Err(format!(
                 "{} rollouts are running already: wait for one to end",
@@ -372,19 +418,26 @@ impl Rollouts {
     /// changes to the devices this edge holds.
     pub async fn sweep(&self) -> Result<(), String> {
         let store = self.store.clone();
+        let n = self
+            .sweeps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (running, changes) = blocking(move || {
             let running: Vec<RolloutRecord> = store
                 .list_rollouts()?
                 .into_iter()
                 .filter(|r| r.ended.is_none())
                 .collect();
-            let changes = match running.is_empty() {
-                true => Vec::new(),
-                false => store.list_changes()?,
+            let changes = match running.is_empty() && n % CACHE_EVERY != 0 {
+                true => None,
+                false => Some(store.list_changes()?),
             };
             Ok((running, changes))
         })
         .await?;
+        let Some(changes) = changes else {
+            return Ok(());
+        };
+        self.set_cache(changes.clone());
         if running.is_empty() {
             return Ok(());
         }
@@ -405,6 +458,9 @@ impl Rollouts {
             deliver,
         } = plan;
         if !writes.is_empty() || rollout.is_some() {
+            for w in &writes {
+                self.cache_one(w);
+            }
             let store = self.store.clone();
             let next = rollout.clone();
             blocking(move || {
@@ -453,7 +509,11 @@ impl Rollouts {
             at: now,
         };
         let store = self.store.clone();
+        let mine = sent.clone();
         let written = blocking(move || store.put_changes(&[sent])).await?;
+        if written.first() == Some(&true) {
+            self.cache_one(&mine);
+        }
         if written.first() == Some(&true) && self.mailboxes.send(device, &msg) {
             log::info!(
                 "fleet: {} {} sent to device {device} (rollout {})",
@@ -534,8 +594,7 @@ impl Rollouts {
             },
         };
         let now = crate::edge::token::now_unix();
-        let st = state.clone();
-        blocking(move || {
+        let written = blocking(move || {
             let Some(mut c) = store
                 .changes_of(&owned)?
                 .into_iter()
@@ -543,12 +602,16 @@ impl Rollouts {
             else {
                 return Ok(None);
             };
-            c.state = st.clone();
+            c.state = state;
             c.at = now;
-            store.put_changes(&[c])?;
-            Ok(Some(st))
+            store.put_changes(std::slice::from_ref(&c))?;
+            Ok(Some(c))
         })
-        .await
+        .await?;
+        Ok(written.map(|c| {
+            self.cache_one(&c);
+            c.state
+        }))
     }
 }
 
