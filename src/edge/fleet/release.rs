@@ -509,6 +509,283 @@ async fn send_release(
     Ok(sent)
 }
 
+/// Largest body of `POST /api/v1/upgrade`: device ids and a few words.
+pub const MAX_UPGRADE_BODY: usize = 1024 * 1024;
+/// How long a device may take to report a release by default: the download, the
+/// restart, the trial's deadline (120 s by default) and a reconnection.
+pub const UPGRADE_WAIT: u64 = 900;
+
+/// The body of `POST /api/v1/upgrade` (`devices upgrade`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpgradeRequest {
+    /// Device ids; or empty with `fleet`.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    #[serde(default)]
+    pub fleet: Option<String>,
+    pub version: String,
+    #[serde(default)]
+    pub canary: Option<u8>,
+    /// Devices on a metered link may download it.
+    #[serde(default)]
+    pub metered_ok: bool,
+    /// How long a device may take to report, seconds ([`UPGRADE_WAIT`] by default).
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+}
+
+/// One rollout of an upgrade: the devices of one target.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpgradeRollout {
+    pub rollout: String,
+    pub target: String,
+    pub devices: usize,
+    pub canaries: usize,
+}
+
+/// The answer of `POST /api/v1/upgrade`: one rollout per target.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpgradeAnswer {
+    pub version: String,
+    pub rollouts: Vec<UpgradeRollout>,
+}
+
+/// `POST /api/v1/upgrade`: offers release `version` to the devices, the build for each
+/// device's architecture, through the rollout engine (one rollout per target). Errors
+/// carry the HTTP status to answer.
+pub async fn upgrade(
+    inv: &super::Inventory,
+    releases: Option<&Releases>,
+    body: &[u8],
+) -> Result<UpgradeAnswer, (u16, String)> {
+    let bad = |e: String| (400u16, e);
+    let req: UpgradeRequest =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not an upgrade request: {e}")))?;
+    let releases = releases.ok_or((409, "this edge serves no releases".to_string()))?;
+    if releases.key.is_none() {
+        return Err((
+            409,
+            "fleet: release-key: is not set: devices have no key to check a release with".into(),
+        ));
+    }
+    if !release::valid_version(&req.version) {
+        return Err(bad(format!(
+            "{:?} is not a version",
+            crate::wire::printable(&req.version)
+        )));
+    }
+    let all = inv.list();
+    let mut chosen: Vec<&super::DeviceView> = match (&req.fleet, req.devices.is_empty()) {
+        (Some(_), false) => return Err(bad("name devices or a fleet, not both".into())),
+        (None, true) => return Err(bad("name the devices, or a fleet".into())),
+        (Some(f), true) => all
+            .iter()
+            .filter(|v| v.record.fleet == *f && v.record.revoked.is_none())
+            .collect(),
+        (None, false) => {
+            let mut out: Vec<&super::DeviceView> = Vec::new();
+            for id in &req.devices {
+                let v = all
+                    .iter()
+                    .find(|v| v.record.id == *id)
+                    .ok_or_else(|| bad(format!("no device {}", crate::wire::printable(id))))?;
+                if v.record.revoked.is_some() {
+                    return Err(bad(format!("device {id} is revoked")));
+                }
+                if !out.iter().any(|o| o.record.id == *id) {
+                    out.push(v);
+                }
+            }
+            out
+        }
+    };
+    if chosen.is_empty() {
+        return Err(bad("no devices to upgrade".into()));
+    }
+    // Online devices make the canaries: an offline canary would hold the rest back.
+    chosen.sort_by_key(|v| !v.online);
+    // One offer per target: group the devices by the release their architecture takes.
+    let mut groups: Vec<(Release, Vec<String>)> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    for v in chosen {
+        match find(&releases.dir, &req.version, Some(&v.record.arch)) {
+            Some(r) => match groups
+                .iter_mut()
+                .find(|(g, _)| g.offer.target == r.offer.target)
+            {
+                Some((_, ids)) => ids.push(v.record.id.clone()),
+                None => groups.push((r, vec![v.record.id.clone()])),
+            },
+            None => missing.push(format!(
+                "{} ({})",
+                v.record.id,
+                crate::wire::printable(&v.record.arch)
+            )),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(bad(format!(
+            "no release {} for the architecture of {} (release add it first; release ls lists them)",
+            req.version,
+            missing.join(", ")
+        )));
+    }
+    let wait =
+        std::time::Duration::from_secs(req.wait_secs.unwrap_or(UPGRADE_WAIT).clamp(1, 86_400));
+    let mut rollouts = Vec::with_capacity(groups.len());
+    for (r, targets) in groups {
+        let mut offer = r.offer;
+        offer.metered_ok = req.metered_ok;
+        let change = super::rollout::Change {
+            kind: crate::wire::ChangeKind::Release,
+            id: offer.version.clone(),
+            message: crate::wire::EdgeMsg::OfferRelease {
+                offer: offer.encode(),
+            },
+            wait,
+        };
+        let devices = targets.len();
+        let canaries = super::rollout::canary_count(devices, req.canary);
+        let rollout = inv
+            .rollouts()
+            .start(change, targets, req.canary)
+            .await
+            .map_err(|e| (503u16, e))?;
+        rollouts.push(UpgradeRollout {
+            rollout,
+            target: offer.target,
+            devices,
+            canaries,
+        });
+    }
+    Ok(UpgradeAnswer {
+        version: req.version,
+        rollouts,
+    })
+}
+
+/// Whether `devices ARGS` is `devices upgrade ...` (its first word, options and
+/// their values skipped).
+pub fn is_upgrade(args: &[std::ffi::OsString]) -> bool {
+    let mut skip = false;
+    for a in args {
+        let a = a.to_string_lossy();
+        if skip {
+            skip = false;
+        } else if matches!(
+            &*a,
+            "--config" | "-c" | "--fleet" | "--version" | "--canary"
+        ) {
+            skip = true;
+        } else if !a.starts_with('-') {
+            return a == "upgrade";
+        }
+    }
+    false
+}
+
+/// `mailslot-edge devices upgrade --config edge.yml (ID... | --fleet F) --version V
+/// [--canary N%] [--metered-ok] [--no-wait] [--json]`: starts the rollouts through the
+/// running edge's admin API and follows them as `push-config` does.
+pub fn upgrade_cli(args: Vec<std::ffi::OsString>, usage: &str) -> Result<(), String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
+    let err = |e: lexopt::Error| e.to_string();
+    let mut req = UpgradeRequest {
+        devices: Vec::new(),
+        fleet: None,
+        version: String::new(),
+        canary: None,
+        metered_ok: false,
+        wait_secs: None,
+    };
+    let (mut config, mut wait, mut json, mut sub) = (None::<PathBuf>, true, false, false);
+    while let Some(arg) = parser.next().map_err(err)? {
+        match arg {
+            Long("help") | Short('h') => {
+                print!("{usage}");
+                return Ok(());
+            }
+            Long("config") | Short('c') => config = Some(parser.value().map_err(err)?.into()),
+            Long("fleet") => req.fleet = Some(parser.value().map_err(err)?.string().map_err(err)?),
+            Long("version") => req.version = parser.value().map_err(err)?.string().map_err(err)?,
+            Long("canary") => {
+                let v = parser.value().map_err(err)?.string().map_err(err)?;
+                let n = v
+                    .trim_end_matches('%')
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| format!("--canary {v}: a share from 1% to 100%"))?;
+                req.canary = Some(n);
+            }
+            Long("metered-ok") => req.metered_ok = true,
+            Long("no-wait") => wait = false,
+            Long("json") => json = true,
+            Value(v) if !sub => sub = v == "upgrade",
+            Value(v) if (req.devices.len() as u64) < super::MAX_DEVICES => {
+                req.devices.push(v.string().map_err(err)?)
+            }
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    let config =
+        config.ok_or("devices upgrade: --config edge.yml is required (the running edge's)")?;
+    if req.version.is_empty() {
+        return Err("devices upgrade: --version V is required (`release ls` lists them)".into());
+    }
+    match (&req.fleet, req.devices.is_empty()) {
+        (Some(_), false) => {
+            return Err("devices upgrade: name device IDs or --fleet F, not both".into())
+        }
+        (None, true) => return Err("devices upgrade: name the device IDs or --fleet F".into()),
+        _ => {}
+    }
+    let admin = super::cli::Admin::from_config(&config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async {
+        let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+        let answer = admin
+            .ok_with(
+                http::Method::POST,
+                "/api/v1/upgrade",
+                None,
+                bytes::Bytes::from(body),
+            )
+            .await?;
+        let a: UpgradeAnswer = serde_json::from_slice(&answer)
+            .map_err(|e| format!("the edge's answer is not an upgrade: {e}"))?;
+        if json && !wait {
+            println!("{}", String::from_utf8_lossy(&answer));
+            return Ok(());
+        }
+        for r in &a.rollouts {
+            println!(
+                "rollout {}: release {} for {} to {} device(s){}",
+                r.rollout,
+                a.version,
+                r.target,
+                r.devices,
+                if r.canaries < r.devices {
+                    format!(", {} canary device(s) first", r.canaries)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if !wait {
+            return Ok(());
+        }
+        for r in &a.rollouts {
+            super::cli::follow(&admin, &r.rollout, json).await?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
