@@ -34,7 +34,7 @@
 //! | `mailslot.part` | a download in progress (resumed from its length) |
 //! | `mailslot.trial`, `trial.version`, `trial.boots` | a release on trial, its version, its boots so far |
 //! | `mailslot`, `mailslot.prev` | the confirmed binary, the one before it |
-//! | `mailslot.failed` | the last release rolled back |
+//! | `mailslot.failed`, `failed.info` | the last release rolled back, its version and why (that version is not taken again) |
 //! | `upgrade.report` | the outcome to report at the next registration |
 
 use std::ffi::OsString;
@@ -70,6 +70,8 @@ pub const PART: &str = "mailslot.part";
 const BOOTS: &str = "trial.boots";
 const TRIAL_VERSION: &str = "trial.version";
 const REPORT: &str = "upgrade.report";
+/// The version of `mailslot.failed` and why it was rolled back.
+const FAILED_INFO: &str = "failed.info";
 /// Largest small state file read (a version, a count, a report).
 const MAX_SMALL_FILE: u64 = 2048;
 
@@ -260,6 +262,11 @@ pub fn roll_back(state: &Path, reason: &str) -> io::Result<()> {
         sync_dir(state)?;
     }
     log::error!("release {version} rolled back: {reason}");
+    let reason_line: String = reason.chars().take(400).collect();
+    write_small(
+        &state.join(FAILED_INFO),
+        format!("{version}\n{}\n", reason_line.replace('\n', " ")).as_bytes(),
+    )?;
     write_report(
         state,
         &Report::RolledBack {
@@ -269,6 +276,14 @@ pub fn roll_back(state: &Path, reason: &str) -> io::Result<()> {
     )?;
     remove_if_there(&state.join(BOOTS))?;
     remove_if_there(&state.join(TRIAL_VERSION))
+}
+
+/// The release last rolled back here and why: a board does not take that version
+/// again (offer a new one).
+pub fn failed_release(state: &Path) -> Option<(String, String)> {
+    let text = read_small(&state.join(FAILED_INFO)).ok()?;
+    let (version, reason) = text.split_once('\n')?;
+    Some((version.to_string(), reason.trim_end().to_string()))
 }
 
 /// The outcome waiting to be reported, if any.
@@ -389,6 +404,10 @@ mod tests {
         write_small(&d.join(BOOTS), b"2\n").unwrap();
         assert_eq!(choice(d), (Some(d.join(TRIAL)), 2));
         roll_back(d, "it crashed\ntwice").unwrap();
+        assert_eq!(
+            failed_release(d),
+            Some(("3.0".into(), "it crashed twice".into()))
+        );
         assert_eq!(fs::read_to_string(d.join(INSTALLED)).unwrap(), "v2");
         assert_eq!(fs::read_to_string(d.join(FAILED)).unwrap(), "v3");
         assert_eq!(

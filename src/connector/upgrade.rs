@@ -206,6 +206,13 @@ pub(super) fn offered(shared: &Shared, bytes: &[u8], release_key: Option<[u8; 32
         return up.report(&offer.version, ChangeOutcome::Applied);
     }
     let state = up.settings().state_dir;
+    // The edge offers a change again until it hears the outcome: say it again.
+    if let Some((version, reason)) = launch::failed_release(&state) {
+        if version == offer.version {
+            log::info!("release {version} was rolled back here before: not taken again");
+            return up.report(&version, ChangeOutcome::RolledBack { reason });
+        }
+    }
     if launch::role() == Role::Trial && state.join(launch::TRIAL).exists() {
         return up.report(
             &offer.version,

@@ -185,3 +185,415 @@ pub(crate) fn killed_updates_always_leave_a_binary_that_starts() {
     );
     assert!(done >= kills.min(50), "only {done} kills in 90 s");
 }
+
+const TOKEN: &str = "upgrade-admin-token-0123456789abcdef";
+/// The trial binaries' deadline in these tests.
+const TRIAL_DEADLINE: &str = "20";
+
+/// An edge with an admin listener, a fleet store and a release key; the key's file.
+struct Fleet {
+    edge: EdgeProc,
+    /// edge.yml for the `devices` commands (the admin listener's real port).
+    cli: PathBuf,
+    enroll: String,
+    origin: Origin,
+    work: TempDir,
+    key: PathBuf,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let work = TempDir::new("upgrade");
+        let key = work.join("release.key");
+        let out = run_ok(
+            "mailslot-edge release keygen",
+            Command::new(EDGE)
+                .args(["release", "keygen", "--out"])
+                .arg(&key),
+        );
+        let public = stdout(&out).trim().to_string();
+        assert_eq!(public.len(), 64, "{public}");
+        let edge = start_edge(init_edge(&format!(
+            "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\nfleet:\n  release-key: {public}\n"
+        )));
+        let yml = std::fs::read_to_string(edge.dir.join("edge.yml")).unwrap();
+        let text: String = yml
+            .lines()
+            .map(|l| match l.starts_with("admin-listen:") {
+                true => format!("admin-listen: {}\n", edge.admin_addr()),
+                false => format!("{l}\n"),
+            })
+            .collect();
+        let cli = edge.dir.join("cli.yml");
+        std::fs::write(&cli, text).unwrap();
+        let out = run_ok(
+            "mailslot-edge enroll-key",
+            Command::new(EDGE)
+                .arg("enroll-key")
+                .arg("--config")
+                .arg(edge.dir.join("edge.yml"))
+                .args([
+                    "--fleet",
+                    "shop",
+                    "--hostname",
+                    "{device}.shop.example.test",
+                ]),
+        );
+        Fleet {
+            enroll: stdout(&out).trim().to_string(),
+            origin: Origin::start("board"),
+            work,
+            cli,
+            edge,
+            key,
+        }
+    }
+
+    fn yaml(&self, metered: bool) -> String {
+        format!(
+            "tunnel: shop\nenroll: {}\nedge: [\"{}\"]\nedge-ca: {}\nprotocol: quic\n\
+             ha-connections: 1\nkeepalive: 2s\nidle-timeout: 6s\n{}ingress:\n  - hostname: \"{{device}}.shop.example.test\"\n    \
+             service: http://{}\n  - service: http_status:404\n",
+            self.enroll,
+            self.edge.tunnel,
+            self.edge.ca().display(),
+            if metered { "metered: true\n" } else { "" },
+            self.origin.addr
+        )
+    }
+
+    /// `mailslot-edge release ARGS --config edge.yml`.
+    fn release(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
+        let mut cmd = Command::new(EDGE);
+        cmd.arg("release");
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd.arg("--config")
+            .arg(self.edge.dir.join("edge.yml"))
+            .output()
+            .unwrap()
+    }
+
+    /// Signs `file` as `version` for this host's target and records it.
+    fn add_release(&self, file: &Path, version: &str) {
+        let target = mailslot::release::TARGET;
+        let out = self.release(&[
+            &"sign",
+            &file,
+            &"--key",
+            &self.key,
+            &"--target",
+            &target,
+            &"--version",
+            &version,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let sig = PathBuf::from(format!("{}.sig", file.display()));
+        let out = self.release(&[&"add", &file, &"--target", &target, &"--sig", &sig]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains(&format!("release {version} for {target} recorded")));
+    }
+
+    fn devices(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
+        let mut cmd = Command::new(EDGE);
+        cmd.arg("devices");
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd.arg("--config").arg(&self.cli).output().unwrap()
+    }
+
+    fn api_device(&self, id: &str) -> serde_json::Value {
+        let url = format!("http://{}/api/v1/devices/{id}", self.edge.admin_addr());
+        let r = curl(&["-H", &format!("Authorization: Bearer {TOKEN}"), &url]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_str(&r.text()).unwrap()
+    }
+}
+
+/// A real enrolled connector with its state folder, run by a supervisor loop as init
+/// runs it (restarted when it exits).
+struct Board {
+    dir: TempDir,
+    proc: Proc,
+    id: String,
+}
+
+impl Board {
+    fn start(fleet: &Fleet, name: &str, metered: bool) -> Board {
+        let dir = TempDir::new(name);
+        compile(dir.path(), &fleet.yaml(metered));
+        std::fs::create_dir(dir.join("state")).unwrap();
+        // The init script's loop, without its backoff: restart at once.
+        let proc = Proc::spawn(
+            name,
+            Command::new("sh")
+                .arg("-c")
+                .arg(
+                    "while :; do \"$0\" run --config \"$1/config.bin\" --state-dir \"$1/state\" \
+                     --trial-deadline \"$2\"; echo \"supervisor: exited $?\" >&2; done",
+                )
+                .arg(MAILSLOT)
+                .arg(dir.path())
+                .arg(TRIAL_DEADLINE)
+                .env_remove(launch::LAUNCHED_ENV)
+                .process_group(0),
+        );
+        proc.wait_line("registered: device");
+        let out = run_ok(
+            "mailslot identity",
+            Command::new(MAILSLOT)
+                .args(["identity", "--config"])
+                .arg(dir.join("config.bin")),
+        );
+        let id = stdout(&out)
+            .lines()
+            .find_map(|l| l.strip_prefix("device id:"))
+            .map(|s| s.trim().to_string())
+            .unwrap();
+        Board { dir, proc, id }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    fn serves(&self, fleet: &Fleet) -> bool {
+        let url = format!("http://{}/via-board", fleet.edge.http);
+        let r = curl(&["-H", &format!("Host: {}.shop.example.test", self.id), &url]);
+        r.status == 200
+    }
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        // The supervisor loop and whatever it runs, as a group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.proc.pid())])
+            .status();
+    }
+}
+
+/// A device upgraded from the version under test to another real binary: downloaded
+/// through the tunnel, started on trial through the launcher, confirmed at its first
+/// registration; the inventory shows the new version, and it serves.
+pub(crate) fn a_device_is_upgraded_and_the_inventory_shows_the_new_version() {
+    let fleet = Fleet::start();
+    let board = Board::start(&fleet, "upgraded", false);
+    let before = fleet.api_device(&board.id);
+    assert_eq!(before["version"], mailslot::release::version());
+    let v2 = release_copy(fleet.work.path(), "mailslot-v2", "0.2.0-e2e");
+    fleet.add_release(&v2, "0.2.0-e2e");
+    let ls = fleet.release(&[&"ls"]);
+    assert!(stdout(&ls).contains("0.2.0-e2e"), "{}", stdout(&ls));
+
+    let out = fleet.devices(&[&"upgrade", &board.id, &"--version", &"0.2.0-e2e"]);
+    let said = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{said}\n{}\nboard:\n{}\nedge:\n{}",
+        stderr(&out),
+        board.proc.dump(),
+        fleet.edge.proc.dump()
+    );
+    assert!(said.contains("applied everywhere (1)"), "{said}");
+    let log = board.proc.dump();
+    assert!(
+        log.contains("release 0.2.0-e2e installed for trial; restarting into it"),
+        "{log}"
+    );
+    assert!(log.contains("launcher: starting"), "{log}");
+    assert!(log.contains("release 0.2.0-e2e confirmed"), "{log}");
+    // One process all along: the swap execs in place.
+    assert_eq!(board.proc.count("supervisor: exited"), 0, "{log}");
+    let d = fleet.api_device(&board.id);
+    assert_eq!(d["version"], "0.2.0-e2e", "{d}");
+    assert_eq!(d["release"]["state"], "applied", "{d}");
+    assert!(board.serves(&fleet));
+    assert_eq!(
+        launch::choice(&board.state()).0,
+        Some(board.state().join(launch::INSTALLED))
+    );
+    let o = run_ok(
+        "installed",
+        Command::new(board.state().join(launch::INSTALLED)).arg("version"),
+    );
+    assert_eq!(stdout(&o).trim(), "mailslot 0.2.0-e2e");
+}
+
+/// A release that exits at once is rolled back by the launcher after its boots, the
+/// previous binary registers again, and the reason reaches the inventory.
+pub(crate) fn a_crash_looping_release_is_rolled_back_with_the_reason() {
+    let fleet = Fleet::start();
+    let board = Board::start(&fleet, "crashloop", false);
+    let bad = crashing(fleet.work.path(), "mailslot-bad");
+    fleet.add_release(&bad, "0.3.0-crash");
+    let out = fleet.devices(&[&"upgrade", &board.id, &"--version", &"0.3.0-crash"]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("rolled back"),
+        "{said}\nboard:\n{}",
+        board.proc.dump()
+    );
+    assert!(
+        said.contains("started 3 times without registering"),
+        "{said}"
+    );
+    let d = fleet.api_device(&board.id);
+    assert_eq!(d["release"]["state"], "rolled back", "{d}");
+    assert!(
+        d["release"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("without registering"),
+        "{d}"
+    );
+    assert_eq!(d["version"], mailslot::release::version());
+    assert_eq!(
+        board.proc.count("crashing release"),
+        launch::MAX_TRIAL_BOOTS as usize,
+        "{}",
+        board.proc.dump()
+    );
+    assert!(board.state().join(launch::FAILED).exists());
+    assert!(board.serves(&fleet));
+}
+
+/// A release whose signature the device's pinned key does not verify (a releases
+/// folder written by someone without the release key) is refused by the device:
+/// nothing downloaded, nothing installed.
+pub(crate) fn a_release_signed_with_another_key_is_refused_by_the_device() {
+    let fleet = Fleet::start();
+    let board = Board::start(&fleet, "forged", false);
+    // The edge's own `release add` refuses it, so it is written into the folder by hand.
+    let forger = fleet.work.join("forger.key");
+    run_ok(
+        "keygen",
+        Command::new(EDGE)
+            .args(["release", "keygen", "--out"])
+            .arg(&forger),
+    );
+    let v2 = release_copy(fleet.work.path(), "mailslot-forged", "0.4.0-forged");
+    let target = mailslot::release::TARGET;
+    let out = fleet.release(&[&"add", &v2, &"--target", &target, &"--key", &forger]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not verify"), "{}", stderr(&out));
+    let key = std::fs::read(&forger).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&key).unwrap();
+    let bytes = std::fs::read(&v2).unwrap();
+    let sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &bytes)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let msg = mailslot::release::signed_message("0.4.0-forged", target, bytes.len() as u64, &sha);
+    let offer = mailslot::release::Offer {
+        version: "0.4.0-forged".into(),
+        target: target.into(),
+        size: bytes.len() as u64,
+        sha256: sha,
+        signature: pair.sign(&msg).as_ref().to_vec(),
+        metered_ok: false,
+    };
+    let folder = fleet.edge.dir.join("releases/0.4.0-forged");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(&v2, folder.join(target)).unwrap();
+    std::fs::write(folder.join(format!("{target}.offer")), offer.encode()).unwrap();
+
+    let out = fleet.devices(&[&"upgrade", &board.id, &"--version", &"0.4.0-forged"]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        !out.status.success(),
+        "{said}\nboard:\n{}",
+        board.proc.dump()
+    );
+    assert!(said.contains("refused"), "{said}");
+    assert!(
+        said.contains("does not verify against the pinned release key"),
+        "{said}"
+    );
+    let d = fleet.api_device(&board.id);
+    assert_eq!(d["version"], mailslot::release::version(), "{d}");
+    assert_eq!(launch::choice(&board.state()).0, None);
+    assert!(!board.state().join(launch::PART).exists());
+    assert!(!fleet
+        .edge
+        .proc
+        .dump()
+        .contains("sending release 0.4.0-forged"));
+    assert!(board.serves(&fleet));
+}
+
+/// A device on a metered link downloads nothing unless the upgrade says it may.
+pub(crate) fn a_metered_device_downloads_only_when_the_upgrade_allows_it() {
+    let fleet = Fleet::start();
+    let board = Board::start(&fleet, "metered", true);
+    let v2 = release_copy(fleet.work.path(), "mailslot-v2", "0.5.0-metered");
+    fleet.add_release(&v2, "0.5.0-metered");
+    let out = fleet.devices(&[&"upgrade", &board.id, &"--version", &"0.5.0-metered"]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("metered"), "{said}");
+    assert!(!fleet
+        .edge
+        .proc
+        .dump()
+        .contains("sending release 0.5.0-metered"));
+    assert!(!board.state().join(launch::PART).exists());
+
+    let out = fleet.devices(&[
+        &"upgrade",
+        &board.id,
+        &"--version",
+        &"0.5.0-metered",
+        &"--metered-ok",
+    ]);
+    let said = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{said}{}\n{}",
+        stderr(&out),
+        board.proc.dump()
+    );
+    assert!(said.contains("applied everywhere (1)"), "{said}");
+    assert_eq!(fleet.api_device(&board.id)["version"], "0.5.0-metered");
+}
+
+/// A download cut short (here: half of it in `mailslot.part` from before a restart) is
+/// resumed from where the file ends, and the result checks out.
+pub(crate) fn a_partial_download_is_resumed_from_where_it_ended() {
+    let fleet = Fleet::start();
+    let v2 = release_copy(fleet.work.path(), "mailslot-v2", "0.6.0-resumed");
+    fleet.add_release(&v2, "0.6.0-resumed");
+    let bytes = std::fs::read(&v2).unwrap();
+    let half = bytes.len() / 2;
+    let board = Board::start(&fleet, "resumed", false);
+    std::fs::write(board.state().join(launch::PART), &bytes[..half]).unwrap();
+    std::fs::write(board.state().join("part.version"), "0.6.0-resumed").unwrap();
+    let out = fleet.devices(&[&"upgrade", &board.id, &"--version", &"0.6.0-resumed"]);
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        board.proc.dump()
+    );
+    let edge = fleet.edge.proc.dump();
+    assert!(
+        edge.contains(&format!(
+            "sending release 0.6.0-resumed from byte {half} of {}",
+            bytes.len()
+        )),
+        "{edge}"
+    );
+    assert!(board
+        .proc
+        .dump()
+        .contains(&format!("resuming at byte {half}")));
+    assert_eq!(fleet.api_device(&board.id)["version"], "0.6.0-resumed");
+    assert_eq!(
+        std::fs::read(board.state().join(launch::INSTALLED)).unwrap(),
+        bytes
+    );
+}
