@@ -150,6 +150,11 @@ pub fn launch(state: &Path, deadline: Duration) {
                 trial.display(),
                 boots + 1
             );
+            if let Some(why) = foreign_cpu(&trial, me.as_deref()) {
+                log::error!("launcher: cannot start {}: {why}", trial.display());
+                exec_error = Some(why);
+                continue;
+            }
             set_alarm(deadline.as_secs().saturating_add(ALARM_MARGIN_SECS));
             let e = exec(&trial, "trial", me.as_deref());
             set_alarm(0);
@@ -167,6 +172,31 @@ pub fn launch(state: &Path, deadline: Duration) {
         }
         return;
     }
+}
+
+/// Why `bin` cannot run on this CPU, when its ELF header names another machine than
+/// this binary's own. The kernel would refuse it (ENOEXEC), but a C library's execvp
+/// may then hand the file to `/bin/sh`, which hides the reason.
+fn foreign_cpu(bin: &Path, me: Option<&Path>) -> Option<String> {
+    fn machine(p: &Path) -> Option<u16> {
+        let mut head = [0u8; 20];
+        File::open(p).ok()?.read_exact(&mut head).ok()?;
+        let [b'\x7f', b'E', b'L', b'F', _, data, ..] = head else {
+            return None;
+        };
+        let m = [head[18], head[19]];
+        Some(match data {
+            2 => u16::from_be_bytes(m),
+            _ => u16::from_le_bytes(m),
+        })
+    }
+    let (theirs, ours) = (machine(bin)?, machine(me?)?);
+    (theirs != ours).then(|| {
+        format!(
+            "{} (its ELF machine is {theirs}, this CPU's {ours})",
+            io::Error::from_raw_os_error(libc::ENOEXEC)
+        )
+    })
 }
 
 /// Replaces this process with `bin`, same arguments; returns only on failure.
