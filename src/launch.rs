@@ -150,7 +150,7 @@ pub fn launch(state: &Path, deadline: Duration) {
                 trial.display(),
                 boots + 1
             );
-            if let Some(why) = foreign_cpu(&trial, me.as_deref()) {
+            if let Some(why) = foreign_cpu(&trial) {
                 log::error!("launcher: cannot start {}: {why}", trial.display());
                 exec_error = Some(why);
                 continue;
@@ -174,23 +174,31 @@ pub fn launch(state: &Path, deadline: Duration) {
     }
 }
 
+/// The ELF machine (`e_machine`) of the CPU this binary was built for.
+const OWN_MACHINE: Option<u16> = match std::env::consts::ARCH.as_bytes() {
+    b"x86_64" => Some(62),
+    b"aarch64" => Some(183),
+    b"arm" => Some(40),
+    b"x86" => Some(3),
+    b"riscv64" => Some(243),
+    _ => None,
+};
+
 /// Why `bin` cannot run on this CPU, when its ELF header names another machine than
-/// this binary's own. The kernel would refuse it (ENOEXEC), but a C library's execvp
-/// may then hand the file to `/bin/sh`, which hides the reason.
-fn foreign_cpu(bin: &Path, me: Option<&Path>) -> Option<String> {
-    fn machine(p: &Path) -> Option<u16> {
-        let mut head = [0u8; 20];
-        File::open(p).ok()?.read_exact(&mut head).ok()?;
-        let [b'\x7f', b'E', b'L', b'F', _, data, ..] = head else {
-            return None;
-        };
-        let m = [head[18], head[19]];
-        Some(match data {
-            2 => u16::from_be_bytes(m),
-            _ => u16::from_le_bytes(m),
-        })
-    }
-    let (theirs, ours) = (machine(bin)?, machine(me?)?);
+/// the one this binary was built for. The kernel would refuse it (ENOEXEC), but a C
+/// library's execvp may then hand the file to `/bin/sh`, which hides the reason.
+fn foreign_cpu(bin: &Path) -> Option<String> {
+    let mut head = [0u8; 20];
+    File::open(bin).ok()?.read_exact(&mut head).ok()?;
+    let [b'\x7f', b'E', b'L', b'F', _, data, ..] = head else {
+        return None;
+    };
+    let m = [head[18], head[19]];
+    let theirs = match data {
+        2 => u16::from_be_bytes(m),
+        _ => u16::from_le_bytes(m),
+    };
+    let ours = OWN_MACHINE?;
     (theirs != ours).then(|| {
         format!(
             "{} (its ELF machine is {theirs}, this CPU's {ours})",

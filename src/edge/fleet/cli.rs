@@ -517,6 +517,7 @@ fn details(d: &DeviceJson, now: u64) -> String {
         ("board", printable(&d.board)),
         ("config digest", printable(&d.config_digest)),
         ("last config push", change_line(d.config_push.as_ref(), now)),
+        ("last upgrade", change_line(d.release.as_ref(), now)),
         ("address", printable(&d.address)),
         ("public key", d.public_key.clone()),
         ("enrolment key", d.enrolment_key.clone()),
