@@ -267,7 +267,7 @@ async fn serve_registered(
             (Some(rx), Some(guard))
         }
     };
-    let (mut msgs, _reader_guard) = read_control_apart(control.recv);
+    let (mut msgs, reader_guard) = read_control_apart(control.recv);
     let mut send = control.send;
     let mut rules = shared.current.subscribe();
     let mut draining = shared.draining.subscribe();
@@ -306,10 +306,14 @@ async fn serve_registered(
             }
             _ = super::epoch_over(&mut epochs, epoch), if !drained => {
                 let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+                streams.keep_control(send, reader_guard);
                 return Ok(Ended::GoAway(GoAway::new("the config changed the edges")));
             }
             msg = msgs.recv() => {
                 if let Some(end) = on_control(shared, slot, msg, &mut send, &edge_name, addr).await {
+                    if end.is_ok() {
+                        streams.keep_control(send, reader_guard);
+                    }
                     return end;
                 }
             }
@@ -351,6 +355,7 @@ async fn serve_registered(
                 match next {
                     Some(next) if !drained => {
                         let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+                        streams.keep_control(send, reader_guard);
                         return Ok(Ended::Moved(Box::new(next)));
                     }
                     Some(next) => next.session.close("connector draining"),
@@ -442,6 +447,16 @@ struct SessionStreams {
     done: Notify,
     /// Set when the session drains: idle keep-alive streams then end early.
     draining: watch::Sender<bool>,
+    /// The control stream of a session that drains: kept open until the session
+    /// closes, as the edge closes a connection whose control stream ends (and with it
+    /// the streams in flight).
+    control: std::sync::Mutex<Option<(crate::transport::SendHalf, AbortOnDrop)>>,
+}
+
+impl SessionStreams {
+    fn keep_control(&self, send: crate::transport::SendHalf, reader: AbortOnDrop) {
+        *crate::util::lock(&self.control) = Some((send, reader));
+    }
 }
 
 impl Default for SessionStreams {
@@ -450,6 +465,7 @@ impl Default for SessionStreams {
             count: AtomicUsize::new(0),
             done: Notify::new(),
             draining: watch::channel(false).0,
+            control: std::sync::Mutex::new(None),
         }
     }
 }
@@ -484,6 +500,7 @@ fn drain_in_background(
         };
         let _ = tokio::time::timeout(grace.saturating_sub(LAME_DUCK), wait).await;
         session.close("drained");
+        crate::util::lock(&streams.control).take();
     });
 }
 

@@ -31,6 +31,7 @@ mod floods;
 mod help;
 mod metrics;
 mod protocol;
+mod push;
 mod shield;
 mod tunnel;
 mod upgrade;
@@ -131,6 +132,11 @@ fn main() {
         fleet::credentials_are_renewed_on_the_connection_and_at_registration,
         fleet::a_revoked_device_is_cut_at_once_and_never_registers_again,
         cluster::two_edges_share_one_fleet_through_redis,
+        push::a_good_push_applies_without_dropping_a_download_in_flight,
+        push::a_push_to_a_dead_edge_rolls_back_and_the_device_serves_again,
+        push::a_fleet_push_whose_canary_rolls_back_stops_there,
+        push::a_device_whose_pin_differs_refuses_the_push,
+        push::read_only_admin_credentials_cannot_push,
         protocol::a_newer_connector_is_told_to_wait_for_an_edge_update,
         protocol::an_older_connector_is_told_to_update_mailslot,
         config_cli::compile_check_show_round_trip,

@@ -99,6 +99,9 @@ fn encode(record: &DeviceRecord) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(record).map_err(|e| StoreError::Engine(e.to_string()))
 }
 
+/// The `config.rec` and `release.rec` fields of a device's change hash.
+type ChangeFields = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// The fields of a device's hash: `rec`, `key`, `revoked`.
 type Fields = (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>);
 
@@ -345,7 +348,7 @@ impl Store for RedisStore {
     }
 
     fn changes_of(&self, device: &str) -> Result<Vec<ChangeRecord>, StoreError> {
-        let recs: (Option<Vec<u8>>, Option<Vec<u8>>) = self.redis.call(|con| {
+        let recs: ChangeFields = self.redis.call(|con| {
             redis::cmd("HMGET")
                 .arg(chg_key(device))
                 .arg("config.rec")
@@ -372,8 +375,7 @@ impl Store for RedisStore {
                     .arg("config.rec")
                     .arg("release.rec");
             }
-            let all: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> =
-                self.redis.call(|con| pipe.query(con))?;
+            let all: Vec<ChangeFields> = self.redis.call(|con| pipe.query(con))?;
             for (id, recs) in chunk.iter().zip(all) {
                 for b in [recs.0, recs.1].into_iter().flatten() {
                     out.push(decode_any(id, &b)?);

@@ -98,11 +98,8 @@ impl Args {
             }
         }
         let sub = sub.ok_or("devices: ls, show ID, revoke ID or push-config")?;
-        if sub != "push-config" && values.len() > 1 {
-            return Err(format!(
-                "devices {sub}: unexpected argument {:?}",
-                values[1]
-            ));
+        if let (false, Some(extra)) = (sub == "push-config", values.get(1)) {
+            return Err(format!("devices {sub}: unexpected argument {extra:?}"));
         }
         let id = values.first().cloned();
         let need_id = |what: &str| {

@@ -187,8 +187,11 @@ pub(crate) fn canary_count(n: usize, percent: Option<u8>) -> usize {
 /// limit), removed when the connection ends.
 #[derive(Default)]
 pub struct Mailboxes {
-    boxes: Mutex<HashMap<String, Vec<(usize, mpsc::Sender<EdgeMsg>)>>>,
+    boxes: Mutex<HashMap<String, Vec<Outlet>>>,
 }
+
+/// One connection's channel: the connection (its session id) and the sender.
+type Outlet = (usize, mpsc::Sender<EdgeMsg>);
 
 /// A connection's place in the [`Mailboxes`]; leaves them when dropped.
 pub(crate) struct Mailbox {

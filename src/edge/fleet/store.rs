@@ -779,8 +779,14 @@ pub(crate) mod suite {
         let pending = change("d1", "p1", ChangeState::Pending);
         let sent = change("d1", "p1", ChangeState::Sent { at: 9 });
         let applied = change("d1", "p1", ChangeState::Applied);
-        assert_eq!(store.put_changes(&[pending.clone()]).unwrap(), vec![true]);
-        assert_eq!(store.put_changes(&[applied.clone()]).unwrap(), vec![true]);
+        assert_eq!(
+            store.put_changes(std::slice::from_ref(&pending)).unwrap(),
+            vec![true]
+        );
+        assert_eq!(
+            store.put_changes(std::slice::from_ref(&applied)).unwrap(),
+            vec![true]
+        );
         // A late `Sent` (another edge) and a second end do not undo the end.
         assert_eq!(
             store
