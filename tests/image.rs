@@ -781,7 +781,14 @@ fn overlay_upgrades_and_rolls_back_under_qemu() -> Completion {
     if !is_root() {
         return skip("needs root (namespaces, chroot, binfmt_misc)");
     }
-    for cmd in ["unshare", "chroot", "qemu-aarch64-static", "dpkg-deb", "curl", "mkfifo"] {
+    for cmd in [
+        "unshare",
+        "chroot",
+        "qemu-aarch64-static",
+        "dpkg-deb",
+        "curl",
+        "mkfifo",
+    ] {
         if !have(cmd) {
             return skip(&format!("{cmd} is not installed (see .ci/image.sh)"));
         }
@@ -797,7 +804,9 @@ fn overlay_upgrades_and_rolls_back_under_qemu() -> Completion {
     let started = Instant::now();
     let work = TempDir::new("image-upgrade");
     let key = work.join("release.key");
-    let public = edge_ok(&[&"release", &"keygen", &"--out", &key]).trim().to_string();
+    let public = edge_ok(&[&"release", &"keygen", &"--out", &key])
+        .trim()
+        .to_string();
     let edge = start_edge(init_edge(&format!(
         "admin-listen: 127.0.0.1:0\nadmin-token: {UPGRADE_TOKEN}\nfleet:\n  release-key: {public}\n"
     )));
@@ -813,7 +822,13 @@ fn overlay_upgrades_and_rolls_back_under_qemu() -> Completion {
         .collect();
     std::fs::write(&cli, text).unwrap();
     let enroll = edge_ok(&[
-        &"enroll-key", &"--config", &edge_yml, &"--fleet", &"boards", &"--hostname", &"{device}.boards.example.test",
+        &"enroll-key",
+        &"--config",
+        &edge_yml,
+        &"--fleet",
+        &"boards",
+        &"--hostname",
+        &"{device}.boards.example.test",
     ])
     .trim()
     .to_string();
@@ -855,13 +870,38 @@ fn overlay_upgrades_and_rolls_back_under_qemu() -> Completion {
     mailslot::release::set_version(&mut v2, "0.2.0-qemu").unwrap();
     let v2_file = work.join("mailslot-0.2.0-qemu");
     std::fs::write(&v2_file, &v2).unwrap();
-    edge_ok(&[&"release", &"sign", &v2_file, &"--key", &key, &"--target", &TARGET]);
+    edge_ok(&[
+        &"release",
+        &"sign",
+        &v2_file,
+        &"--key",
+        &key,
+        &"--target",
+        &TARGET,
+    ]);
     let sig = work.join("mailslot-0.2.0-qemu.sig");
-    edge_ok(&[&"release", &"add", &v2_file, &"--target", &TARGET, &"--sig", &sig, &"--config", &edge_yml]);
+    edge_ok(&[
+        &"release",
+        &"add",
+        &v2_file,
+        &"--target",
+        &TARGET,
+        &"--sig",
+        &sig,
+        &"--config",
+        &edge_yml,
+    ]);
     let said = devices(&["upgrade", &id, "--version", "0.2.0-qemu"]);
-    assert!(said.contains("applied everywhere (1)"), "{said}\nboard:\n{}", ns.dump());
+    assert!(
+        said.contains("applied everywhere (1)"),
+        "{said}\nboard:\n{}",
+        ns.dump()
+    );
     let log = ns.dump();
-    assert!(log.contains("launcher: starting /var/lib/mailslot/mailslot.trial"), "{log}");
+    assert!(
+        log.contains("launcher: starting /var/lib/mailslot/mailslot.trial"),
+        "{log}"
+    );
     assert!(log.contains("release 0.2.0-qemu confirmed"), "{log}");
     let shown = devices(&["show", &id]);
     assert!(shown.contains("0.2.0-qemu"), "{shown}");
@@ -869,15 +909,32 @@ fn overlay_upgrades_and_rolls_back_under_qemu() -> Completion {
     assert_eq!(std::fs::read(state.join("mailslot")).unwrap(), v2);
     let owner = std::fs::metadata(&state).unwrap().uid();
     assert_ne!(owner, 0, "the state folder must be the unprivileged user's");
-    assert_eq!(std::fs::metadata(state.join("mailslot")).unwrap().uid(), owner);
-    let (code, body) = get_host(&edge, &format!("{id}.boards.example.test"), "/after-upgrade");
+    assert_eq!(
+        std::fs::metadata(state.join("mailslot")).unwrap().uid(),
+        owner
+    );
+    let (code, body) = get_host(
+        &edge,
+        &format!("{id}.boards.example.test"),
+        "/after-upgrade",
+    );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
 
     // A release that exits at once: three boots through the supervisor, then rolled back.
     let bad = work.join("mailslot-crash");
     std::fs::write(&bad, "#!/bin/sh\necho 'crashing release'\nexit 1\n").unwrap();
     edge_ok(&[
-        &"release", &"add", &bad, &"--target", &TARGET, &"--key", &key, &"--version", &"0.3.0-qemu-crash", &"--config", &edge_yml,
+        &"release",
+        &"add",
+        &bad,
+        &"--target",
+        &TARGET,
+        &"--key",
+        &key,
+        &"--version",
+        &"0.3.0-qemu-crash",
+        &"--config",
+        &edge_yml,
     ]);
     let said = devices(&["upgrade", &id, "--version", "0.3.0-qemu-crash"]);
     assert!(
@@ -885,11 +942,20 @@ fn overlay_upgrades_and_rolls_back_under_qemu() -> Completion {
         "{said}\nboard:\n{}",
         ns.dump()
     );
-    assert_eq!(ns.dump().matches("crashing release").count(), 3, "{}", ns.dump());
+    assert_eq!(
+        ns.dump().matches("crashing release").count(),
+        3,
+        "{}",
+        ns.dump()
+    );
     // The confirmed 0.2.0-qemu runs again.
     let shown = devices(&["show", &id]);
     assert!(shown.contains("0.2.0-qemu"), "{shown}");
-    let (code, _) = get_host(&edge, &format!("{id}.boards.example.test"), "/after-rollback");
+    let (code, _) = get_host(
+        &edge,
+        &format!("{id}.boards.example.test"),
+        "/after-rollback",
+    );
     assert_eq!(code, 200);
 
     ctl(&rootfs, "stop");
