@@ -41,7 +41,8 @@ const OUTBOX: usize = 8;
 const STREAM_WAIT: Duration = Duration::from_secs(30);
 /// Longest silence within a release stream.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Fetches of one download (each resumes where the file ends) before it is given up.
+/// Fetches of one download (each resumes where the file ends, after a wait of 1 s more
+/// each time up to 10 s) before it is given up: about two and a half minutes.
 const MAX_FETCHES: u32 = 20;
 /// The version a `.part` file belongs to.
 const PART_VERSION: &str = "part.version";
@@ -332,6 +333,11 @@ async fn download(up: &Upgrades, state: &Path, offer: &Offer) -> Result<PathBuf,
                 "download stopped at {have} of {} B after {MAX_FETCHES} tries",
                 offer.size
             ));
+        }
+        if fetches > 0 {
+            // A stream that ended early: the connection may be coming back; wait a
+            // little longer each time (1 s, 2 s, ... 10 s).
+            tokio::time::sleep(Duration::from_secs(u64::from(fetches.min(10)))).await;
         }
         fetches += 1;
         if have > 0 {

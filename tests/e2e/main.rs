@@ -151,6 +151,7 @@ fn main() {
         upgrade::a_release_signed_with_another_key_is_refused_by_the_device,
         upgrade::a_metered_device_downloads_only_when_the_upgrade_allows_it,
         upgrade::a_partial_download_is_resumed_from_where_it_ended,
+        upgrade::a_download_cut_short_is_resumed_on_the_next_fetch,
         upgrade::a_release_for_another_cpu_is_rolled_back_with_the_reason,
         upgrade::a_trial_that_reaches_no_edge_rolls_itself_back_at_its_deadline,
         floods::silent_sockets_do_not_lock_visitors_out,

@@ -685,3 +685,64 @@ pub(crate) fn a_trial_that_reaches_no_edge_rolls_itself_back_at_its_deadline() {
         })
     );
 }
+
+/// A download whose stream ends early (as a connection lost mid-transfer ends it: here
+/// the edge's file holds only the first half when the first fetch is served) is asked
+/// for again from where the device's file ends, on the same run, and checks out.
+pub(crate) fn a_download_cut_short_is_resumed_on_the_next_fetch() {
+    let fleet = Fleet::start();
+    let v2 = release_copy(fleet.work.path(), "mailslot-v2", "0.9.0-cut");
+    fleet.add_release(&v2, "0.9.0-cut");
+    let bytes = std::fs::read(&v2).unwrap();
+    let half = bytes.len() / 3;
+    let served = fleet
+        .edge
+        .dir
+        .join(&format!("releases/0.9.0-cut/{}", mailslot::release::TARGET));
+    std::fs::write(&served, &bytes[..half]).unwrap();
+    let board = Board::start(&fleet, "cut", false);
+    let cli = fleet.cli.clone();
+    let id = board.id.clone();
+    let upgrade = std::thread::spawn(move || {
+        Command::new(EDGE)
+            .args([
+                "devices",
+                "upgrade",
+                &id,
+                "--version",
+                "0.9.0-cut",
+                "--config",
+            ])
+            .arg(&cli)
+            .output()
+            .unwrap()
+    });
+    fleet
+        .edge
+        .proc
+        .wait_line(&format!("sent release 0.9.0-cut from byte 0 ({half} B)"));
+    // The whole file again, before the device's next fetch (a second after the first).
+    std::fs::write(&served, &bytes).unwrap();
+    let out = upgrade.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\nboard:\n{}\nedge:\n{}",
+        stdout(&out),
+        stderr(&out),
+        board.proc.dump(),
+        fleet.edge.proc.dump()
+    );
+    assert!(board
+        .proc
+        .dump()
+        .contains(&format!("release 0.9.0-cut: resuming at byte {half}")));
+    assert!(fleet.edge.proc.dump().contains(&format!(
+        "sending release 0.9.0-cut from byte {half} of {}",
+        bytes.len()
+    )));
+    assert_eq!(fleet.api_device(&board.id)["version"], "0.9.0-cut");
+    assert_eq!(
+        std::fs::read(board.state().join(launch::INSTALLED)).unwrap(),
+        bytes
+    );
+}
