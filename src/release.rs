@@ -100,9 +100,10 @@ fn parse_record(record: &[u8]) -> Option<String> {
     valid_version(v).then(|| v.to_string())
 }
 
-/// Whether `v` may be a version: 1..=46 bytes of `[0-9A-Za-z.+_-]`.
+/// Whether `v` may be a version: 1..=46 bytes of `[0-9A-Za-z.+_-]`, the first a
+/// letter or digit (a version names a folder at the edge: never `.` or `..`).
 pub fn valid_version(v: &str) -> bool {
-    !v.is_empty()
+    v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && v.len() <= MAX_VERSION
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-' | b'_'))
@@ -334,6 +335,10 @@ mod tests {
         set_version(&mut file, "2.0.0").unwrap();
         assert_eq!(version_of(&file).unwrap(), "2.0.0");
         assert!(set_version(&mut file, "bad version").is_err());
+        for bad in ["", ".", "..", ".hidden", "-x", "a/b", "a\\b", "v 1"] {
+            assert!(!valid_version(bad), "{bad:?}");
+        }
+        assert!(valid_version("0.2.0-rc.1+build_7"));
         assert!(version_of(&[0u8; 300]).is_err());
         // A prefix followed by garbage is no record.
         let mut junk = prefix().to_vec();

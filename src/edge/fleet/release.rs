@@ -183,7 +183,11 @@ fn version_for(file: &Path, version: Option<&str>) -> Result<String, String> {
 }
 
 fn check_target(target: &str) -> Result<(), String> {
-    let ok = !target.is_empty()
+    // It names a file: never `.`, `..` or hidden.
+    let ok = target
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
         && target.len() <= MAX_TARGET
         && target
             .bytes()
@@ -202,8 +206,9 @@ fn sign_offer(
     version: Option<&str>,
 ) -> Result<Offer, String> {
     check_target(target)?;
-    let version = version_for(file, version)?;
+    // Measured first: the size is checked before the file is read whole for its version.
     let (size, sha256) = measure(file)?;
+    let version = version_for(file, version)?;
     let msg = release::signed_message(&version, target, size, &sha256);
     Ok(Offer {
         version,
@@ -370,22 +375,25 @@ pub fn list(dir: &Path) -> Vec<Release> {
         return out;
     };
     for v in versions.flatten() {
-        let Ok(files) = fs::read_dir(v.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let path = f.path();
-            if path.extension().is_some_and(|e| e == "offer") {
-                if let Some(r) = read_release(&path) {
-                    out.push(r);
-                }
-            }
-        }
+        out.extend(releases_in(&v.path()));
     }
     out.sort_by(|a, b| {
         (&a.offer.version, &a.offer.target).cmp(&(&b.offer.version, &b.offer.target))
     });
     out
+}
+
+/// The releases of one version's folder (one per target).
+fn releases_in(folder: &Path) -> Vec<Release> {
+    let Ok(files) = fs::read_dir(folder) else {
+        return Vec::new();
+    };
+    files
+        .flatten()
+        .map(|f| f.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "offer"))
+        .filter_map(|p| read_release(&p))
+        .collect()
 }
 
 fn read_release(offer_file: &Path) -> Option<Release> {
@@ -408,7 +416,8 @@ pub fn find(dir: &Path, version: &str, arch: Option<&str>) -> Option<Release> {
     if !release::valid_version(version) {
         return None;
     }
-    let all: Vec<Release> = list(dir)
+    // Only that version's folder is read (a valid version names no other path).
+    let all: Vec<Release> = releases_in(&dir.join(version))
         .into_iter()
         .filter(|r| r.offer.version == version)
         .collect();
@@ -868,5 +877,16 @@ mod tests {
         .is_ok());
         assert!(Releases::new(d.join("r2"), None).key.is_none());
         assert_eq!(arch_of("armv7-unknown-linux-musleabihf"), "arm");
+        for bad in ["..", ".", "a/b", ""] {
+            assert!(check_target(bad).is_err(), "{bad}");
+        }
+        assert!(add(
+            &releases,
+            &bin,
+            "x86_64-unknown-linux-musl",
+            Signer::Key(&key),
+            Some("..")
+        )
+        .is_err());
     }
 }
