@@ -37,10 +37,9 @@
 //! | `mailslot.failed`, `failed.info` | the last release rolled back, its version and why (that version is not taken again) |
 //! | `upgrade.report` | the outcome to report at the next registration |
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -150,11 +149,6 @@ pub fn launch(state: &Path, deadline: Duration) {
                 trial.display(),
                 boots + 1
             );
-            if let Some(why) = foreign_cpu(&trial) {
-                log::error!("launcher: cannot start {}: {why}", trial.display());
-                exec_error = Some(why);
-                continue;
-            }
             set_alarm(deadline.as_secs().saturating_add(ALARM_MARGIN_SECS));
             let e = exec(&trial, "trial", me.as_deref());
             set_alarm(0);
@@ -174,48 +168,13 @@ pub fn launch(state: &Path, deadline: Duration) {
     }
 }
 
-/// The ELF machine (`e_machine`) of the CPU this binary was built for.
-const OWN_MACHINE: Option<u16> = match std::env::consts::ARCH.as_bytes() {
-    b"x86_64" => Some(62),
-    b"aarch64" => Some(183),
-    b"arm" => Some(40),
-    b"x86" => Some(3),
-    b"riscv64" => Some(243),
-    _ => None,
-};
-
-/// Why `bin` cannot run on this CPU, when its ELF header names another machine than
-/// the one this binary was built for. The kernel would refuse it (ENOEXEC), but a C
-/// library's execvp may then hand the file to `/bin/sh`, which hides the reason.
-fn foreign_cpu(bin: &Path) -> Option<String> {
-    let mut head = [0u8; 20];
-    File::open(bin).ok()?.read_exact(&mut head).ok()?;
-    let [b'\x7f', b'E', b'L', b'F', _, data, ..] = head else {
-        return None;
-    };
-    let m = [head[18], head[19]];
-    let theirs = match data {
-        2 => u16::from_be_bytes(m),
-        _ => u16::from_le_bytes(m),
-    };
-    let ours = OWN_MACHINE?;
-    (theirs != ours).then(|| {
-        format!(
-            "{} (its ELF machine is {theirs}, this CPU's {ours})",
-            io::Error::from_raw_os_error(libc::ENOEXEC)
-        )
-    })
-}
-
 /// Replaces this process with `bin`, same arguments; returns only on failure.
 fn exec(bin: &Path, role: &str, launcher: Option<&Path>) -> io::Error {
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args(std::env::args_os().skip(1))
-        .env(LAUNCHED_ENV, role);
+    let mut set: Vec<(&str, &OsStr)> = vec![(LAUNCHED_ENV, OsStr::new(role))];
     if let Some(l) = launcher {
-        cmd.env(LAUNCHER_ENV, l);
+        set.push((LAUNCHER_ENV, l.as_os_str()));
     }
-    cmd.exec()
+    execve(bin.as_os_str(), &set)
 }
 
 /// Starts the launcher again (same arguments): after an install, or after a trial
@@ -229,11 +188,56 @@ pub fn relaunch() -> io::Error {
             Err(e) => return e,
         },
     };
-    std::process::Command::new(launcher)
-        .args(std::env::args_os().skip(1))
-        .env_remove(LAUNCHED_ENV)
-        .env_remove(LAUNCHER_ENV)
-        .exec()
+    execve(&launcher, &[])
+}
+
+/// execve(2) of `bin` with this process's arguments and environment, less the
+/// launcher's variables, plus `set`. Plain execve rather than `std::process::Command`:
+/// no `/bin/sh` retry on ENOEXEC (the reason stays visible), and none of std's process
+/// spawning in the device binary.
+fn execve(bin: &OsStr, set: &[(&str, &OsStr)]) -> io::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let built = (|| {
+        let path = c(bin.as_bytes())?;
+        let mut args = vec![path.clone()];
+        for a in std::env::args_os().skip(1) {
+            args.push(c(a.as_bytes())?);
+        }
+        let mut env = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            if k == LAUNCHED_ENV || k == LAUNCHER_ENV {
+                continue;
+            }
+            env.push(c(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
+        }
+        for (k, v) in set {
+            env.push(c(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
+        }
+        Ok::<_, io::Error>((path, args, env))
+    })();
+    let (path, args, env) = match built {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    let argv: Vec<*const libc::c_char> = args
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: `path` is a NUL-terminated string; `argv` and `envp` are null-terminated
+    // arrays of pointers to NUL-terminated strings, all alive until execve returns
+    // (it returns only on failure).
+    unsafe {
+        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
+    io::Error::last_os_error()
 }
 
 fn set_alarm(secs: u64) {
