@@ -156,10 +156,16 @@ impl Connector {
         let found = device
             .as_ref()
             .and_then(|d| push::at_start(d.config_path()));
-        let config = match &found {
-            Some(push::StartTrial::RolledBack {
-                config: Some(prev), ..
-            }) => prev.clone(),
+        let config = match (&found, &device) {
+            (
+                Some(push::StartTrial::RolledBack {
+                    config: Some(prev), ..
+                }),
+                Some(d),
+            ) => {
+                d.config_changed(d.config_path());
+                prev.clone()
+            }
             _ => config,
         };
         let config = config.metered_profile();

@@ -4,7 +4,7 @@
 //! ```text
 //!  PushConfig ─▶ decode, verify (pinned config key; no pin: refused),
 //!                check as `config check` does, keep enrol: and an edge
-//!             ─▶ config.bin.trial (push id, deadline)           written first
+//!             ─▶ config.bin.trial (push id, deadline, digest)   written first
 //!             ─▶ config.bin = push, config.bin.prev = the old one (config::store)
 //!             ─▶ applied as a reload does; new edges or counts restart the slots
 //!  a connection registers (or the edge accepts the rules) with it  ─▶ Applied
@@ -150,33 +150,38 @@ pub(super) fn marker_path(config: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// A pushed config on trial: its push id and deadline (Unix seconds).
+/// A pushed config on trial: its push id, deadline (Unix seconds) and the digest of
+/// the pushed file (hex), which tells whether the swap happened before a stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Marker {
     pub(super) id: String,
     pub(super) deadline: u64,
+    pub(super) digest: String,
 }
 
 impl Marker {
     fn to_text(&self) -> String {
-        format!("push {}\ndeadline {}\n", self.id, self.deadline)
+        format!(
+            "push {}\ndeadline {}\ndigest {}\n",
+            self.id, self.deadline, self.digest
+        )
     }
 
     fn parse(text: &str) -> Option<Marker> {
-        let mut id = None;
-        let mut deadline = None;
+        let hex = |v: &str, n: usize| v.len() == n && v.bytes().all(|b| b.is_ascii_hexdigit());
+        let (mut id, mut deadline, mut digest) = (None, None, None);
         for line in text.lines() {
             match line.trim().split_once(' ') {
-                Some(("push", v)) if v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    id = Some(v.to_string())
-                }
+                Some(("push", v)) if hex(v, 16) => id = Some(v.to_string()),
                 Some(("deadline", v)) => deadline = v.parse().ok(),
+                Some(("digest", v)) if hex(v, 16) => digest = Some(v.to_string()),
                 _ => {}
             }
         }
         Some(Marker {
             id: id?,
             deadline: deadline?,
+            digest: digest?,
         })
     }
 }
@@ -244,14 +249,18 @@ pub(super) struct Trials {
     current: std::sync::Mutex<Option<String>>,
 }
 
-/// The digest of the config file now in force (first 8 bytes of its SHA-256).
+/// The digest of the config file now in force (first 8 bytes of its SHA-256; zeros
+/// when unreadable).
 fn digest_of(path: &Path) -> [u8; 8] {
+    crate::config::store::read_bounded(path).map_or([0; 8], |b| digest_bytes(&b))
+}
+
+/// The first 8 bytes of the SHA-256 of `bytes`.
+fn digest_bytes(bytes: &[u8]) -> [u8; 8] {
     let mut d = [0u8; 8];
-    if let Ok(bytes) = crate::config::store::read_bounded(path) {
-        let h = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        for (x, y) in d.iter_mut().zip(h.as_ref()) {
-            *x = *y;
-        }
+    let h = ring::digest::digest(&ring::digest::SHA256, bytes);
+    for (x, y) in d.iter_mut().zip(h.as_ref()) {
+        *x = *y;
     }
     d
 }
@@ -336,6 +345,7 @@ fn accept(
     let marker = Marker {
         id: id.clone(),
         deadline: now_unix().saturating_add(rollback_after().as_secs()),
+        digest: crate::util::hex(&digest_bytes(&push.config)),
     };
     super::device::write_replace(&marker_path(path), marker.to_text().as_bytes())
         .map_err(|e| format!("cannot write the trial marker: {e}"))?;
@@ -344,6 +354,8 @@ fn accept(
         return Err(format!("cannot store {}: {e}", path.display()));
     }
     *lock(&shared.trials.current) = Some(id);
+    // Only what fails with the new config is its rollback's reason.
+    *lock(&shared.last_error) = None;
     let generation = rt.generation;
     super::install(shared, rt);
     device.config_changed(path);
@@ -367,9 +379,21 @@ pub(super) async fn trial(shared: Arc<Shared>, id: String, generation: u32, wait
         report(&shared, &path, &id, ChangeOutcome::Applied);
         return;
     }
-    let why = lock(&shared.last_error)
-        .clone()
-        .unwrap_or_else(|| format!("no edge registered it within {}s", wait.as_secs()));
+    let why = lock(&shared.last_error).clone().unwrap_or_else(|| {
+        let edges: Vec<String> = shared
+            .current
+            .borrow()
+            .config
+            .edges
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        format!(
+            "no connection to {} registered within {}s",
+            edges.join(", "),
+            wait.as_secs()
+        )
+    });
     rollback(&shared, &path, &id, &why);
 }
 
@@ -410,7 +434,23 @@ pub(super) fn at_start(path: &Path) -> Option<StartTrial> {
         }
     };
     let now = now_unix();
-    match Marker::parse(&text) {
+    let marker = Marker::parse(&text);
+    let stored = crate::util::hex(&digest_of(path));
+    if let Some(m) = marker.as_ref().filter(|m| m.digest != stored) {
+        // Stopped between the marker and the swap: the pushed config never ran.
+        let _ = std::fs::remove_file(marker_path(path));
+        let reason = format!(
+            "config {} rolled back: the connector stopped before it was stored",
+            m.id
+        );
+        log::error!("{reason}");
+        return Some(StartTrial::RolledBack {
+            id: m.id.clone(),
+            reason,
+            config: None,
+        });
+    }
+    match marker {
         Some(m) if now < m.deadline => {
             let left = Duration::from_secs(m.deadline - now).min(rollback_after());
             Some(StartTrial::Resume { id: m.id, left })
@@ -502,11 +542,88 @@ mod tests {
         assert_eq!(Pins::parse("").unwrap(), Pins::default());
     }
 
+    /// `config.bin` (the pushed config) and `config.bin.prev` (the one before) in a
+    /// folder, and a trial marker with `deadline`.
+    fn trial_dir(deadline: u64) -> (crate::config::testutil::TempDir, PathBuf, Vec<u8>) {
+        use crate::config::{codec, testutil};
+        let dir = testutil::TempDir::new();
+        let path = dir.path().join("config.bin");
+        let old = codec::encode(&testutil::sample_config()).unwrap();
+        let mut pushed = testutil::sample_config();
+        pushed.tunnel = "pushed".try_into().unwrap();
+        std::fs::write(&path, &old).unwrap();
+        crate::config::store::write_atomic(&path, &codec::encode(&pushed).unwrap()).unwrap();
+        let m = Marker {
+            id: "0011223344556677".into(),
+            deadline,
+            digest: crate::util::hex(&digest_of(&path)),
+        };
+        std::fs::write(marker_path(&path), m.to_text()).unwrap();
+        (dir, path, old)
+    }
+
+    #[test]
+    fn a_trial_cut_by_a_stop_past_its_deadline_rolls_back_at_start() {
+        let (_dir, path, old) = trial_dir(now_unix() - 1);
+        let Some(StartTrial::RolledBack { id, reason, config }) = at_start(&path) else {
+            panic!("not rolled back")
+        };
+        assert_eq!(id, "0011223344556677");
+        assert!(
+            reason.contains("rolled back: the connector stopped"),
+            "{reason}"
+        );
+        assert_eq!(config.unwrap().tunnel.as_str(), "dev42");
+        assert_eq!(std::fs::read(&path).unwrap(), old);
+        assert!(!marker_path(&path).exists());
+        assert!(at_start(&path).is_none(), "done once");
+    }
+
+    #[test]
+    fn a_trial_cut_by_a_stop_before_its_deadline_goes_on_for_at_most_the_deadline() {
+        let (_dir, path, old) = trial_dir(now_unix() + 1_000_000);
+        let Some(StartTrial::Resume { id, left }) = at_start(&path) else {
+            panic!("not resumed")
+        };
+        assert_eq!(id, "0011223344556677");
+        assert!(left <= rollback_after(), "{left:?}");
+        assert_ne!(
+            std::fs::read(&path).unwrap(),
+            old,
+            "the pushed config stays"
+        );
+        // A marker that is not one rolls back too.
+        std::fs::write(marker_path(&path), b"garbage").unwrap();
+        assert!(matches!(
+            at_start(&path),
+            Some(StartTrial::RolledBack { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), old);
+    }
+
+    #[test]
+    fn a_stop_between_the_marker_and_the_swap_restores_nothing() {
+        let (_dir, path, _) = trial_dir(now_unix() + 1000);
+        let text = std::fs::read_to_string(marker_path(&path)).unwrap();
+        let mut m = Marker::parse(&text).unwrap();
+        m.digest = "0000000000000000".into();
+        std::fs::write(marker_path(&path), m.to_text()).unwrap();
+        let running = std::fs::read(&path).unwrap();
+        let Some(StartTrial::RolledBack { reason, config, .. }) = at_start(&path) else {
+            panic!("not reported")
+        };
+        assert!(reason.contains("stopped before it was stored"), "{reason}");
+        assert!(config.is_none(), "the config in force stays");
+        assert_eq!(std::fs::read(&path).unwrap(), running);
+        assert!(!marker_path(&path).exists());
+    }
+
     #[test]
     fn markers_round_trip_and_garbage_is_none() {
         let m = Marker {
             id: "0011223344556677".into(),
             deadline: 1_800_000_000,
+            digest: "8899aabbccddeeff".into(),
         };
         assert_eq!(Marker::parse(&m.to_text()), Some(m));
         assert_eq!(Marker::parse("push 12\ndeadline 5\n"), None);

@@ -7,6 +7,12 @@
 //! in the inventory, and answers with a `RegisteredTail` (a new credential when one was
 //! issued). On its connections the edge keeps the inventory told (health reports, the
 //! last connection's end) and renews the credential two thirds into its lifetime.
+//!
+//! A device's answer also carries a `KeysTail`: its fleet's config key
+//! (`fleet::push`), which the device pins. Its connections are the way remote changes
+//! reach it (`fleet::rollout`'s mailboxes: pending changes go when it registers) and
+//! the way its reports come back (`ConnectorMsg::Change`, recorded in the store and
+//! the inventory).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

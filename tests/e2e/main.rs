@@ -134,6 +134,7 @@ fn main() {
         cluster::two_edges_share_one_fleet_through_redis,
         push::a_good_push_applies_without_dropping_a_download_in_flight,
         push::a_push_to_a_dead_edge_rolls_back_and_the_device_serves_again,
+        push::a_device_killed_during_a_trial_rolls_back_after_it_starts_again,
         push::a_fleet_push_whose_canary_rolls_back_stops_there,
         push::a_device_whose_pin_differs_refuses_the_push,
         push::read_only_admin_credentials_cannot_push,

@@ -243,7 +243,10 @@ pub(crate) fn a_push_to_a_dead_edge_rolls_back_and_the_device_serves_again() {
     let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap().to_string();
     drop(dead);
-    let file = fleet.push_file("dead.yml", &fleet.yaml(&[dead_addr], 2, ""));
+    let file = fleet.push_file(
+        "dead.yml",
+        &fleet.yaml(std::slice::from_ref(&dead_addr), 2, ""),
+    );
     let started = Instant::now();
     let out = fleet.devices(&[&"push-config", &board.id, &file]);
     let (said, err) = (stdout(&out), stderr(&out));
@@ -276,10 +279,73 @@ pub(crate) fn a_push_to_a_dead_edge_rolls_back_and_the_device_serves_again() {
         why.starts_with("config ") && why.contains(" rolled back: "),
         "{why}"
     );
+    // The reason names what failed: the dead edge.
+    assert!(why.contains(&dead_addr), "{why}");
     let digest = ring::digest::digest(&ring::digest::SHA256, &before);
     assert_eq!(d["config_digest"], hex(&digest.as_ref()[..8]), "{d:#}");
     let ls = stdout(&fleet.devices(&[&"ls"]));
     assert!(ls.contains("rolled back"), "{ls}");
+}
+
+/// A device killed (`kill -9`) during a trial, started again: the trial goes on from
+/// its marker and rolls back within the deadline; the device serves with its previous
+/// config and the inventory says so.
+pub(crate) fn a_device_killed_during_a_trial_rolls_back_after_it_starts_again() {
+    let fleet = Fleet::start();
+    let mut board = Board::start(&fleet, "killed", 1, None);
+    let before = board.config();
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let file = fleet.push_file(
+        "dead.yml",
+        &fleet.yaml(std::slice::from_ref(&dead_addr), 1, ""),
+    );
+    let out = fleet.devices(&[&"push-config", &board.id, &file, &"--no-wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(board.proc.wait_count("applied on trial", 1, WAIT).is_some());
+    assert!(board.dir.join("config.bin.trial").exists());
+    assert_ne!(board.config(), before);
+    board.proc.signal(9);
+    assert!(board.proc.wait_exit(WAIT).is_some());
+    let again = Proc::spawn(
+        "killed-again",
+        Command::new(MAILSLOT)
+            .arg("run")
+            .arg("--config")
+            .arg(board.dir.join("config.bin"))
+            .env("MAILSLOT_ROLLBACK_AFTER", ROLLBACK_AFTER),
+    );
+    board.proc = again;
+    assert!(
+        board.proc.wait_count("is on trial", 1, WAIT).is_some(),
+        "{}",
+        board.proc.dump()
+    );
+    assert!(board.proc.wait_count("rolled back: ", 1, WAIT).is_some());
+    assert!(board
+        .proc
+        .wait_count("registered: device", 1, WAIT)
+        .is_some());
+    assert_eq!(board.config(), before);
+    assert!(!board.dir.join("config.bin.trial").exists());
+    let d = wait_for("the inventory shows the rollback", WAIT, || {
+        let d = fleet.api_device(&board.id);
+        (d["config_push"]["state"] == "rolled back").then_some(d)
+    });
+    assert!(
+        d["config_push"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&dead_addr),
+        "{d:#}"
+    );
+    let r = curl(&[
+        "-H",
+        &format!("Host: {}", board.host()),
+        &format!("http://{}/bytes/10", fleet.edge.http),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// A fleet push with a canary share: the canary rolls back, the rollout stops, and the

@@ -34,7 +34,7 @@
 use std::sync::Arc;
 
 use super::conn::Redis;
-use crate::edge::fleet::store::{kind_name, rollouts_to_forget};
+use crate::edge::fleet::store::{kind_name, plan_rollout_write};
 use crate::edge::fleet::{
     ChangeRecord, DeviceRecord, Enrolled, RolloutRecord, Store, StoreError, MAX_DEVICES,
 };
@@ -386,14 +386,13 @@ impl Store for RedisStore {
     }
 
     fn put_rollout(&self, rollout: &RolloutRecord) -> Result<bool, StoreError> {
-        let rec = encode_any(rollout)?;
         for _ in 0..MAX_TRIES {
             let step = self.redis.call(|con| {
                 redis::cmd("WATCH").arg(ROLLOUTS).exec(con)?;
                 let all: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL").arg(ROLLOUTS).query(con)?;
                 let kept: Result<Vec<RolloutRecord>, StoreError> =
                     all.iter().map(|(k, v)| decode_any(k, v)).collect();
-                let forget = match kept.map(|k| rollouts_to_forget(&k, rollout)) {
+                let (forget, merged) = match kept.map(|k| plan_rollout_write(&k, rollout)) {
                     Ok(Some(f)) => f,
                     Ok(None) => {
                         redis::cmd("UNWATCH").exec(con)?;
@@ -409,6 +408,13 @@ impl Store for RedisStore {
                 for id in &forget {
                     pipe.hdel(ROLLOUTS, id);
                 }
+                let rec = match encode_any(&merged) {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        redis::cmd("UNWATCH").exec(con)?;
+                        return Ok(Err(e));
+                    }
+                };
                 pipe.hset(ROLLOUTS, &rollout.id, rec.as_slice());
                 let committed: Option<redis::Value> = pipe.query(con)?;
                 Ok(Ok(committed.map(|_| true)))
@@ -498,6 +504,44 @@ mod tests {
     fn rollouts_are_bounded() {
         let server = RedisServer::start("rollouts");
         suite::rollouts_are_bounded(&store(&server));
+    }
+
+    /// Two edges sharing the store: one starts a push to a device connected to the
+    /// other only; the other's sweep delivers it, and the report it hears ends the
+    /// rollout for both.
+    #[tokio::test]
+    async fn another_edge_of_the_cluster_delivers_a_pending_push() {
+        use crate::edge::fleet::rollout::{Change, Rollouts};
+        use crate::wire::{ChangeKind, ChangeOutcome, ChangeReport, EdgeMsg};
+        let server = RedisServer::start("rollout");
+        let a = Rollouts::new(Arc::new(store(&server)));
+        let b = Rollouts::new(Arc::new(store(&server)));
+        let (mut at_b, _guard) = b.attach("dev1", 1).await;
+        let change = Change {
+            kind: ChangeKind::Config,
+            id: "p1".into(),
+            message: EdgeMsg::PushConfig { push: vec![1, 2] },
+            wait: std::time::Duration::from_secs(60),
+        };
+        let id = a.start(change, vec!["dev1".into()], None).await.unwrap();
+        assert!(at_b.try_recv().is_err(), "not before edge b looks");
+        b.sweep().await.unwrap();
+        assert_eq!(
+            at_b.try_recv().unwrap(),
+            EdgeMsg::PushConfig { push: vec![1, 2] }
+        );
+        let report = ChangeReport {
+            kind: ChangeKind::Config,
+            id: "p1".into(),
+            outcome: ChangeOutcome::Applied,
+            config_digest: [0; 8],
+        };
+        assert!(b.report("dev1", &report).await.unwrap().is_some());
+        a.sweep().await.unwrap();
+        let (r, states) = a.get(&id).await.unwrap().unwrap();
+        assert!(r.ended.is_some() && r.stopped.is_none(), "{r:?}");
+        assert_eq!(states[0].as_ref().unwrap().state.word(), "applied");
+        assert_eq!(a.cached("dev1")[0].state.word(), "applied");
     }
 
     #[test]

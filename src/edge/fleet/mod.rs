@@ -16,7 +16,7 @@
 //!   canaries first, stopped on the first rollback; state in the store.
 //! - `api`, `page`, `metrics`, `cli`: what people see of it: the admin API's JSON
 //!   (`/api/v1/devices`), the fleet page (`/fleet`), the per-fleet families on
-//!   `/metrics`, and `mailslot-edge devices ls|show|revoke`.
+//!   `/metrics`, and `mailslot-edge devices ls|show|revoke|push-config`.
 //!
 //! A device registers with an empty tunnel token and a `wire::DeviceTail`: its public
 //! key, a signature over the connection's nonce, and its credential or its enrolment

@@ -583,6 +583,33 @@ mod tests {
     }
 
     #[test]
+    fn the_config_digest_and_the_last_push_are_shown() {
+        let mut f = fleet();
+        let device = f[0].record.id.clone();
+        f[0].changes.push(crate::edge::fleet::ChangeRecord {
+            device,
+            kind: crate::wire::ChangeKind::Config,
+            id: "0123456789abcdef".into(),
+            rollout: "r1".into(),
+            state: crate::edge::fleet::ChangeState::RolledBack {
+                reason: "config 0123456789abcdef rolled back: <edge> down".into(),
+            },
+            at: NOW - 5,
+        });
+        let page = fleet_page("edge1", &f, "", NOW);
+        assert!(
+            page.contains("<td>00112233aabbccdd rolled back</td>"),
+            "{page}"
+        );
+        assert!(page.contains("<td>00112233aabbccdd</td>"), "{page}");
+        let one = device_page("edge1", &f[0], NOW);
+        assert!(
+            one.contains("0123456789abcdef rolled back: config 0123456789abcdef rolled back: &lt;edge&gt; down"),
+            "{one}"
+        );
+    }
+
+    #[test]
     fn sorting_by_each_column_and_direction() {
         let f = fleet();
         let page = |q: &str| order(&fleet_page("edge1", &f, q, NOW));

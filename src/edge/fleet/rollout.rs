@@ -36,6 +36,10 @@ use crate::wire::{self, ChangeKind, ChangeOutcome, ChangeReport, EdgeMsg};
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Messages queued for one connection's control stream.
 const MAILBOX: usize = 2;
+/// A change sent this recently is not sent again when another connection of the
+/// device registers (a device registers several at once; a push is up to a control
+/// frame, on a link that may be metered).
+const RESEND_AFTER: u64 = 30;
 
 /// One remote change, to take to devices.
 #[derive(Debug, Clone)]
@@ -213,13 +217,14 @@ impl Drop for Mailbox {
 }
 
 impl Mailboxes {
-    /// Sends `msg` down one of the device's connections here; `false` when it has none
-    /// (or all of them are busy).
-    fn send(&self, device: &str, msg: &EdgeMsg) -> bool {
+    /// Room for one message on one of the device's connections here; `None` when it
+    /// has none (or all of them are busy).
+    fn reserve(&self, device: &str) -> Option<mpsc::OwnedPermit<EdgeMsg>> {
         let boxes = lock(&self.boxes);
         boxes
-            .get(device)
-            .is_some_and(|list| list.iter().any(|(_, tx)| tx.try_send(msg.clone()).is_ok()))
+            .get(device)?
+            .iter()
+            .find_map(|(_, tx)| tx.clone().try_reserve_owned().ok())
     }
 
     fn holds(&self, device: &str) -> bool {
@@ -499,10 +504,14 @@ impl Rollouts {
     }
 
     /// Marks the change sent to `device`, then sends it: a report that comes before the
-    /// mark is written is never overwritten by it (the store orders states).
+    /// mark is written is never overwritten by it (the store orders states). Nothing
+    /// is marked unless a connection here has room for it.
     async fn send(&self, r: &RolloutRecord, device: &str, now: u64) -> Result<(), String> {
         let msg: EdgeMsg = postcard::from_bytes(&r.message)
             .map_err(|_| format!("rollout {}: its message is unreadable", r.id))?;
+        let Some(permit) = self.mailboxes.reserve(device) else {
+            return Ok(());
+        };
         let sent = ChangeRecord {
             device: device.to_string(),
             kind: r.kind,
@@ -516,8 +525,7 @@ impl Rollouts {
         let written = blocking(move || store.put_changes(&[sent])).await?;
         if written.first() == Some(&true) {
             self.cache_one(&mine);
-        }
-        if written.first() == Some(&true) && self.mailboxes.send(device, &msg) {
+            permit.send(msg);
             log::info!(
                 "fleet: {} {} sent to device {device} (rollout {})",
                 super::store::kind_name(r.kind),
@@ -555,10 +563,16 @@ impl Rollouts {
     async fn deliver_to(&self, device: &str) -> Result<(), String> {
         let store = self.store.clone();
         let owned = device.to_string();
+        let now = crate::edge::token::now_unix();
         let due = blocking(move || {
             let mut due = Vec::new();
             for c in store.changes_of(&owned)? {
-                if !matches!(c.state, ChangeState::Pending | ChangeState::Sent { .. }) {
+                let resend = match c.state {
+                    ChangeState::Pending => true,
+                    ChangeState::Sent { at } => now.saturating_sub(at) >= RESEND_AFTER,
+                    _ => false,
+                };
+                if !resend {
                     continue;
                 }
                 // A stopped rollout sends nothing more.
@@ -569,7 +583,6 @@ impl Rollouts {
             Ok(due)
         })
         .await?;
-        let now = crate::edge::token::now_unix();
         for r in due {
             self.send(&r, device, now).await?;
         }
@@ -795,6 +808,106 @@ mod tests {
         let plan = step(&r, &changes, 5);
         assert_eq!(plan.rollout.unwrap().ended, Some(5));
         assert!(plan.deliver.is_empty());
+    }
+
+    fn engine(tag: &str) -> (Rollouts, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "mailslot-rollout-{tag}-{}-{}",
+            std::process::id(),
+            crate::util::hex(&crate::util::random_bytes::<4>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = crate::edge::fleet::RedbStore::open(&dir.join("f.redb")).unwrap();
+        (Rollouts::new(Arc::new(store)), dir)
+    }
+
+    fn change() -> Change {
+        Change {
+            kind: ChangeKind::Config,
+            id: "p1".into(),
+            message: EdgeMsg::PushConfig { push: vec![7; 10] },
+            wait: Duration::from_secs(60),
+        }
+    }
+
+    fn report(outcome: ChangeOutcome) -> ChangeReport {
+        ChangeReport {
+            kind: ChangeKind::Config,
+            id: "p1".into(),
+            outcome,
+            config_digest: [0; 8],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_engine_sends_the_canary_and_a_rollback_keeps_the_rest_from_it() {
+        let (engine, dir) = engine("stop");
+        let (mut a, _ga) = engine.attach("a", 1).await;
+        let (mut b, _gb) = engine.attach("b", 2).await;
+        let targets = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let id = engine.start(change(), targets, Some(10)).await.unwrap();
+        assert!(
+            matches!(a.try_recv(), Ok(EdgeMsg::PushConfig { .. })),
+            "the canary has it"
+        );
+        assert!(b.try_recv().is_err(), "the others wait");
+        let (_, states) = engine.get(&id).await.unwrap().unwrap();
+        let words: Vec<&str> = states
+            .iter()
+            .map(|c| c.as_ref().unwrap().state.word())
+            .collect();
+        assert_eq!(words, ["sent", "waiting", "waiting"]);
+        let why = "config p1 rolled back: no edge".to_string();
+        let got = engine
+            .report(
+                "a",
+                &report(ChangeOutcome::RolledBack {
+                    reason: why.clone(),
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got, Some(ChangeState::RolledBack { reason: why }));
+        engine.sweep().await.unwrap();
+        engine.sweep().await.unwrap();
+        assert!(b.try_recv().is_err(), "never sent to the others");
+        let (r, states) = engine.get(&id).await.unwrap().unwrap();
+        assert!(r.stopped.unwrap().starts_with("device a rolled back: "));
+        let words: Vec<&str> = states
+            .iter()
+            .map(|c| c.as_ref().unwrap().state.word())
+            .collect();
+        assert_eq!(words, ["rolled back", "skipped", "skipped"]);
+        // A device that registers later gets nothing of a stopped rollout.
+        let (mut c, _gc) = engine.attach("c", 3).await;
+        assert!(c.try_recv().is_err());
+        assert_eq!(engine.cached("c")[0].state, ChangeState::Skipped);
+        // A report of a change the device never had is ignored.
+        let mut other = report(ChangeOutcome::Applied);
+        other.id = "nope".into();
+        assert_eq!(engine.report("b", &other).await.unwrap(), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_offline_device_gets_its_pending_change_when_it_registers() {
+        let (engine, dir) = engine("pending");
+        let id = engine
+            .start(change(), vec!["a".into()], None)
+            .await
+            .unwrap();
+        let (_, states) = engine.get(&id).await.unwrap().unwrap();
+        assert_eq!(states[0].as_ref().unwrap().state, ChangeState::Pending);
+        let (mut a, _ga) = engine.attach("a", 1).await;
+        assert!(matches!(a.try_recv(), Ok(EdgeMsg::PushConfig { .. })));
+        engine
+            .report("a", &report(ChangeOutcome::Applied))
+            .await
+            .unwrap();
+        engine.sweep().await.unwrap();
+        let (r, _) = engine.get(&id).await.unwrap().unwrap();
+        assert!(r.ended.is_some() && r.stopped.is_none());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -284,13 +284,30 @@ pub(crate) fn change_replaces(old: Option<&ChangeRecord>, new: &ChangeRecord) ->
     }
 }
 
-/// The rollouts to forget so that `new` fits within [`MAX_ROLLOUTS`]: the oldest that
-/// ended; `None` when there is no room (all running).
-pub(crate) fn rollouts_to_forget(
+/// How writing `new` over the rollouts `kept` goes: the rollouts to forget so that it
+/// fits within [`MAX_ROLLOUTS`] (the oldest that ended), and the record to write:
+/// `new` merged with the one kept, so that a rollout never goes back (another edge's
+/// late write never undoes a stop, an end or the start of the rest). `None` when there
+/// is no room (all running).
+pub(crate) fn plan_rollout_write(
     kept: &[RolloutRecord],
     new: &RolloutRecord,
-) -> Option<Vec<String>> {
-    if kept.iter().any(|r| r.id == new.id) || kept.len() < MAX_ROLLOUTS {
+) -> Option<(Vec<String>, RolloutRecord)> {
+    if let Some(old) = kept.iter().find(|r| r.id == new.id) {
+        let mut merged = new.clone();
+        merged.rest_started |= old.rest_started;
+        merged.stopped = old.stopped.clone().or(merged.stopped);
+        merged.ended = old.ended.or(merged.ended);
+        return Some((Vec::new(), merged));
+    }
+    let forget = rollouts_to_forget(kept)?;
+    Some((forget, new.clone()))
+}
+
+/// The rollouts to forget so that one more fits within [`MAX_ROLLOUTS`]: the oldest
+/// that ended; `None` when there is no room (all running).
+fn rollouts_to_forget(kept: &[RolloutRecord]) -> Option<Vec<String>> {
+    if kept.len() < MAX_ROLLOUTS {
         return Some(Vec::new());
     }
     let mut ended: Vec<&RolloutRecord> = kept.iter().filter(|r| r.ended.is_some()).collect();
@@ -593,14 +610,14 @@ impl Store for RedbStore {
         {
             let mut table = tx.open_table(ROLLOUTS).map_err(engine)?;
             let kept: Vec<RolloutRecord> = read_all(&table)?;
-            let Some(forget) = rollouts_to_forget(&kept, rollout) else {
+            let Some((forget, merged)) = plan_rollout_write(&kept, rollout) else {
                 return Ok(false);
             };
             for id in forget {
                 table.remove(id.as_str()).map_err(engine)?;
             }
             table
-                .insert(rollout.id.as_str(), encode_any(rollout)?.as_slice())
+                .insert(rollout.id.as_str(), encode_any(&merged)?.as_slice())
                 .map_err(engine)?;
         }
         tx.commit().map_err(engine)?;
@@ -827,7 +844,10 @@ pub(crate) mod suite {
             store.put_rollout(&updated).unwrap(),
             "an update always fits"
         );
-        assert_eq!(store.get_rollout(&updated.id).unwrap(), Some(updated));
+        assert_eq!(
+            store.get_rollout(&updated.id).unwrap(),
+            Some(updated.clone())
+        );
         assert!(store.put_rollout(&rollout(100, false)).unwrap());
         assert_eq!(
             store.get_rollout(&rollout(0, true).id).unwrap(),
@@ -841,6 +861,13 @@ pub(crate) mod suite {
             "all running: refused"
         );
         assert_eq!(store.list_rollouts().unwrap().len(), MAX_ROLLOUTS);
+        // A late write of an older state (another edge) never goes back.
+        let mut stopped = updated.clone();
+        stopped.stopped = Some("device a rolled back".into());
+        stopped.ended = Some(9);
+        store.put_rollout(&stopped).unwrap();
+        store.put_rollout(&rollout(5, false)).unwrap();
+        assert_eq!(store.get_rollout(&updated.id).unwrap(), Some(stopped));
     }
 
     /// Twenty devices enrolling at once under a quota of five (two edges, or many
