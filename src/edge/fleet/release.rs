@@ -801,6 +801,19 @@ mod tests {
     use crate::config::testutil::TempDir;
 
     #[test]
+    fn devices_upgrade_is_told_apart_from_the_other_devices_commands() {
+        let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert!(is_upgrade(&args(&["upgrade", "abc", "--version", "1"])));
+        assert!(is_upgrade(&args(&[
+            "--config", "e.yml", "upgrade", "--fleet", "f"
+        ])));
+        assert!(!is_upgrade(&args(&["--config", "upgrade", "ls"])));
+        assert!(!is_upgrade(&args(&["ls", "--fleet", "upgrade"])));
+        assert!(!is_upgrade(&args(&["push-config", "upgrade"])));
+        assert!(!is_upgrade(&args(&[])));
+    }
+
+    #[test]
     fn signed_releases_are_added_and_found_and_foreign_signatures_refused() {
         let tmp = TempDir::new();
         let d = tmp.path();
