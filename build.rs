@@ -1,5 +1,6 @@
 //! Records the build time, which the connector uses as the earliest possible "now" when
-//! checking certificates on boards whose clock starts at 1970; and stops a build for a
+//! checking certificates on boards whose clock starts at 1970; the version and target
+//! triple a build reports (src/release.rs); and stops a build for a
 //! board target that would link the edge into the device binary.
 
 /// Targets that are boards (a device binary), never an edge host.
@@ -22,6 +23,20 @@ fn main() {
     println!("cargo:rustc-env=MAILSLOT_BUILD_UNIX={now}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     println!("cargo:rerun-if-env-changed=MAILSLOT_EDGE_ON_BOARD");
+
+    // The version a build reports and writes into its version record (src/release.rs):
+    // MAILSLOT_VERSION when set (a release build), else the crate version.
+    let version = std::env::var("MAILSLOT_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| std::env::var("CARGO_PKG_VERSION").unwrap_or_default());
+    println!("cargo:rustc-env=MAILSLOT_VERSION={version}");
+    println!("cargo:rerun-if-env-changed=MAILSLOT_VERSION");
+    // The target triple, which a release offer must name for this binary to take it.
+    println!(
+        "cargo:rustc-env=MAILSLOT_TARGET={}",
+        std::env::var("TARGET").unwrap_or_default()
+    );
 
     // `cross build --release --target aarch64-unknown-linux-musl` with the default
     // features would build the edge (hyper, YAML, regex, jemalloc) into `mailslot`.

@@ -11,6 +11,8 @@
 //! - [`access`]: the operator's client for SSH and TCP services (`mailslot access`).
 //! - [`push`]: the signed config push, its bounded format and its signature check.
 //! - [`provision`]: first boot: a `config.bin` on the boot partition is installed.
+//! - [`release`]: a build's version record and the signed release offer.
+//! - [`launch`]: the launcher: the installed (or trial) binary in the state folder.
 //! - [`runas`]: dropping root for an unprivileged user.
 //! - [`sdnotify`]: systemd readiness, watchdog and stop notifications.
 //! - [`heap`]: the device binary's allocator on musl.
@@ -27,8 +29,10 @@ pub mod edge;
 pub mod heap;
 pub mod hostname;
 pub mod identity;
+pub mod launch;
 pub mod provision;
 pub mod push;
+pub mod release;
 pub(crate) mod runas;
 pub mod sdnotify;
 pub mod tls;

@@ -11,10 +11,14 @@ static ALLOCATOR: mailslot::heap::Global = mailslot::heap::Global;
 const USAGE: &str = "usage: mailslot <command> [options]
 
 commands:
-  run [--config FILE] [--boot-config FILE ...] [--user NAME]
+  run [--config FILE] [--boot-config FILE ...] [--user NAME] [--state-dir DIR]
+      [--trial-deadline SECS]
                                    run the connector (default /etc/mailslot/config.bin);
                                    first install a valid --boot-config file as the config
-                                   and delete it; then, with --user, drop root
+                                   and delete it; then, with --user, drop root; then start
+                                   the binary installed in DIR (default /var/lib/mailslot)
+                                   when there is one: a release on trial must register
+                                   within SECS (default 120) or it is rolled back
   provision [--config FILE] [--boot-config FILE ...] [--user NAME]
                                    only that first step (systemd's ExecStartPre)
   config compile FILE.yml --output FILE.bin
@@ -31,6 +35,11 @@ commands:
   access ssh|tcp|ssh-config --hostname NAME [options]
                                    reach a device's SSH or TCP service through the
                                    edge (`mailslot access help` lists the options)
+  upgrade status|confirm|rollback|install FILE [--state-dir DIR] [--version V]
+      [--reason TEXT]
+                                   the binaries in the state folder: which one starts;
+                                   confirm the release on trial, or roll it back; install
+                                   FILE for trial (it starts at the next run)
   version                          print the version
 
 RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
@@ -111,6 +120,7 @@ fn real_main() -> Result<ExitCode, String> {
         "access" => mailslot::access::cli::main(&mut parser),
         "provision" => provision_cmd(&mut parser),
         "identity" => identity_cmd(&mut parser),
+        "upgrade" => upgrade_cmd(&mut parser),
         #[cfg(feature = "edge")]
         "demo" => demo_cmd(&mut parser),
         #[cfg(not(feature = "edge"))]
@@ -131,7 +141,7 @@ fn real_main() -> Result<ExitCode, String> {
                 }
                 return Err(arg.unexpected().to_string());
             }
-            println!("mailslot {}", env!("CARGO_PKG_VERSION"));
+            println!("mailslot {}", mailslot::release::version());
             Ok(ExitCode::SUCCESS)
         }
         "help" => {
@@ -241,11 +251,14 @@ fn identity_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     }
 }
 
-/// `--config`, `--boot-config` and `--user`, shared by `run` and `provision`.
+/// `--config`, `--boot-config` and `--user`, shared by `run` and `provision`; the
+/// state folder and trial deadline of `run`.
 struct RunArgs {
     path: PathBuf,
     boot: Vec<PathBuf>,
     user: Option<String>,
+    state_dir: PathBuf,
+    trial_deadline: std::time::Duration,
 }
 
 /// `None` when `--help` was asked for (and `cmd`'s usage printed).
@@ -255,6 +268,8 @@ fn run_args(parser: &mut lexopt::Parser, cmd: &str) -> Result<Option<RunArgs>, S
         path: PathBuf::from(DEFAULT_CONFIG),
         boot: Vec::new(),
         user: None,
+        state_dir: PathBuf::from(mailslot::launch::DEFAULT_STATE_DIR),
+        trial_deadline: mailslot::launch::DEFAULT_TRIAL_DEADLINE,
     };
     while let Some(arg) = parser.next().map_err(arg_err)? {
         match arg {
@@ -266,6 +281,17 @@ fn run_args(parser: &mut lexopt::Parser, cmd: &str) -> Result<Option<RunArgs>, S
             Long("boot-config") => a.boot.push(parser.value().map_err(arg_err)?.into()),
             Long("user") => {
                 a.user = Some(parser.value().map_err(arg_err)?.string().map_err(arg_err)?)
+            }
+            Long("state-dir") if cmd == "run" => {
+                a.state_dir = parser.value().map_err(arg_err)?.into()
+            }
+            Long("trial-deadline") if cmd == "run" => {
+                let v = parser.value().map_err(arg_err)?.string().map_err(arg_err)?;
+                let secs: u64 =
+                    v.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                        format!("--trial-deadline: {v:?} is not a number of seconds")
+                    })?;
+                a.trial_deadline = std::time::Duration::from_secs(secs);
             }
             other => return Err(other.unexpected().to_string()),
         }
@@ -287,10 +313,24 @@ fn provision_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
 }
 
 fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
-    let Some(RunArgs { path, boot, user }) = run_args(parser, "run")? else {
+    let Some(RunArgs {
+        path,
+        boot,
+        user,
+        state_dir,
+        trial_deadline,
+    }) = run_args(parser, "run")?
+    else {
         return Ok(ExitCode::SUCCESS);
     };
-    if let Err(e) = mailslot::provision::prepare(&path, &boot, user.as_deref()) {
+    // The launcher (see `mailslot::launch`) runs as root only while it provisions.
+    if mailslot::launch::role() == mailslot::launch::Role::Launcher {
+        if let Err(e) = mailslot::provision::prepare(&path, &boot, user.as_deref()) {
+            log::error!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+        mailslot::launch::launch(&state_dir, trial_deadline);
+    } else if let Err(e) = mailslot::provision::prepare(&path, &[], user.as_deref()) {
         log::error!("{e}");
         return Ok(ExitCode::from(1));
     }
@@ -329,11 +369,18 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         },
     };
     let connector = mailslot::connector::Connector::with_device(loaded.config, device)?;
+    connector.set_upgrades(mailslot::connector::upgrade::Settings {
+        state_dir,
+        trial_deadline,
+        config: path.clone(),
+    });
     log::info!(
         "mailslot {} starting with {}",
-        env!("CARGO_PKG_VERSION"),
+        mailslot::release::version(),
         loaded.path.display()
     );
+    let restarter = connector.clone();
+    let restart = restarter.restart_flag();
     mailslot::runtime()?.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -365,8 +412,11 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             }
         });
         // Until a signal to stop, the last-known-good time is looked at hourly (written
-        // at most daily); then once more, at the clean stop.
+        // at most daily); then once more, at the clean stop. A new binary to run (or a
+        // trial rolled back) stops it the same way, then the launcher starts again.
         let mut clock = clock;
+        let trial = restarter.clone();
+        tokio::spawn(async move { trial.watch_trial().await });
         connector
             .run(async move {
                 let every = std::time::Duration::from_secs(mailslot::clock::CHECK_EVERY_SECS);
@@ -375,6 +425,7 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                     tokio::select! {
                         _ = term.recv() => break log::info!("SIGTERM"),
                         _ = int.recv() => break log::info!("SIGINT"),
+                        _ = restarter.restart_wanted() => break log::info!("restarting into another binary"),
                         _ = tick.tick() => {
                             clock.save_if_due(mailslot::clock::system_secs());
                         }
@@ -388,7 +439,90 @@ fn run_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             .await;
         Ok::<_, String>(())
     })?;
+    if *restart.borrow() {
+        let e = mailslot::launch::relaunch();
+        log::error!("cannot start the launcher again: {e}; exiting for the supervisor");
+        return Ok(ExitCode::from(3));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mailslot upgrade ...`: the state folder's binaries, by hand.
+fn upgrade_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    use lexopt::prelude::*;
+    use mailslot::launch;
+    let mut sub: Option<String> = None;
+    let mut file: Option<PathBuf> = None;
+    let mut state = PathBuf::from(launch::DEFAULT_STATE_DIR);
+    let mut version: Option<String> = None;
+    let mut reason = "rolled back by hand (mailslot upgrade rollback)".to_string();
+    while let Some(arg) = parser.next().map_err(arg_err)? {
+        match arg {
+            arg if wants_help(&arg) => {
+                print!("{}", usage_of("upgrade"));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Long("state-dir") => state = parser.value().map_err(arg_err)?.into(),
+            Long("version") => {
+                version = Some(parser.value().map_err(arg_err)?.string().map_err(arg_err)?)
+            }
+            Long("reason") => {
+                reason = parser.value().map_err(arg_err)?.string().map_err(arg_err)?
+            }
+            Value(v) if sub.is_none() => sub = Some(v.string().map_err(arg_err)?),
+            Value(v) if file.is_none() => file = Some(v.into()),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    let done = match sub.as_deref() {
+        Some("status") => {
+            let (bin, boots) = launch::choice(&state);
+            match bin {
+                Some(b) if boots > 0 || b.ends_with(launch::TRIAL) => println!(
+                    "starts: {} (on trial, {boots} of {} boots used)",
+                    b.display(),
+                    launch::MAX_TRIAL_BOOTS
+                ),
+                Some(b) => println!("starts: {}", b.display()),
+                None => println!("starts: the launcher itself (nothing installed)"),
+            }
+            if let Some(r) = launch::pending_report(&state) {
+                println!("to report: {r:?}");
+            }
+            Ok(())
+        }
+        Some("confirm") => launch::confirm(&state).map(|v| match v {
+            Some(v) => println!("release {v} confirmed"),
+            None => println!("no release on trial"),
+        }),
+        Some("rollback") => launch::roll_back(&state, &reason),
+        Some("install") => {
+            let file = file.ok_or("upgrade install: a FILE is required")?;
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let version = match version {
+                Some(v) => v,
+                None => mailslot::release::version_of(&bytes)
+                    .map_err(|e| format!("{}: {e}", file.display()))?,
+            };
+            let part = state.join(launch::PART);
+            std::fs::write(&part, &bytes)
+                .and_then(|()| launch::install_trial(&state, &part, &version))
+                .map(|()| println!("release {version} installed for trial"))
+        }
+        _ => {
+            return Err(format!(
+                "upgrade needs status, confirm, rollback or install\n\n{}",
+                usage_of("upgrade")
+            ))
+        }
+    };
+    match done {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("mailslot upgrade: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 #[cfg(feature = "edge")]

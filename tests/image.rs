@@ -371,86 +371,10 @@ fn overlay_boots_provisions_serves_and_restarts_under_qemu() -> Completion {
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
     std::fs::write(&bad_file, &bad).unwrap();
-    let st = Command::new("mkfifo")
-        .arg(rootfs.join("ctl"))
-        .arg(work.path().join("go"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-
-    // Inside the chroot: the control loop, in BusyBox sh (aarch64, via binfmt_misc).
-    std::fs::write(
-        rootfs.join("ctl.sh"),
-        r#"export MAILSLOT_LOG=stderr MAILSLOT_STOP_TIMEOUT=20
-while :; do
-    read -r cmd <ctl || continue
-    case "$cmd" in
-        start | stop | status) /etc/init.d/S95mailslot "$cmd"; echo "ctl-done $cmd $?" ;;
-        kill) kill -KILL "$(cat /var/run/mailslot.child.pid)"; echo "ctl-done kill $?" ;;
-        uid) echo "ctl-uid $(grep ^Uid: /proc/$(cat /var/run/mailslot.child.pid)/status)" ;;
-        exit) exit 0 ;;
-    esac
-done
-"#,
-    )
-    .unwrap();
-    // As root of the new user namespace: a private binfmt_misc, /dev and /proc inside.
-    let inner = format!(
-        r#"set -e
-mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || {{ echo "ns: binfmt-unavailable"; exit 0; }}
-printf '%s' '{binfmt}' >/proc/sys/fs/binfmt_misc/register
-mount --rbind /dev {root}/dev
-mount --bind /proc {root}/proc
-echo "ns: ready"
-exec chroot {root} /bin/sh /ctl.sh
-"#,
-        binfmt = BINFMT_AARCH64.replace("QEMU", &which("qemu-aarch64-static")),
-        root = rootfs.display()
-    );
-    std::fs::write(work.path().join("inner.sh"), inner).unwrap();
-    let mut ns = Proc::spawn(
-        "board",
-        Command::new("unshare")
-            .args([
-                "--user",
-                "--mount",
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "--mount-proc",
-            ])
-            .args([
-                "--",
-                "/bin/sh",
-                "-c",
-                "read _ <\"$0\" && exec /bin/sh \"$1\"",
-            ])
-            .arg(work.path().join("go"))
-            .arg(work.path().join("inner.sh")),
-    );
-    // Map ids 0..65535 to the same ids outside, so the mailslot user exists in there.
-    // unshare(2) happens just after the spawn: wait for the new user namespace.
-    let deadline = Instant::now() + WAIT;
-    let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
-    while std::fs::read_link(format!("/proc/{}/ns/user", ns.pid()))
-        .ok()
-        .as_ref()
-        == Some(&ours)
-    {
-        assert!(Instant::now() < deadline, "unshare made no user namespace");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    for map in ["uid_map", "gid_map"] {
-        std::fs::write(format!("/proc/{}/{map}", ns.pid()), "0 0 65536\n").unwrap();
-    }
-    std::fs::write(work.path().join("go"), "go\n").unwrap();
-    match ns.wait_line_within("ns: ", WAIT).as_deref() {
-        Some("ns: ready") => {}
-        Some("ns: binfmt-unavailable") => {
-            return skip("this kernel has no binfmt_misc per user namespace (Linux 6.7+)")
-        }
-        _ => panic!("namespace setup failed:\n{}", ns.dump()),
-    }
+    let ns = match board_namespace(work.path(), &rootfs) {
+        Ok(ns) => ns,
+        Err(skipped) => return skipped,
+    };
 
     ctl(&rootfs, "start");
     wait_count(&ns, "registered: tunnel", 1);
@@ -535,9 +459,100 @@ exec chroot {root} /bin/sh /ctl.sh
         ns.dump()
     );
     ctl(&rootfs, "exit");
+    let mut ns = ns;
     assert!(ns.wait_exit(WAIT).is_some(), "the namespace did not end");
     eprintln!("board test took {:?}", started.elapsed());
     Completion::Completed
+}
+
+/// The board's namespace: a private user, mount and pid namespace with its own
+/// binfmt_misc (qemu for aarch64), chrooted into `rootfs`, running a control loop that
+/// takes commands through [`ctl`]; `Err` when this kernel cannot.
+fn board_namespace(work: &Path, rootfs: &Path) -> Result<Proc, Completion> {
+    let st = Command::new("mkfifo")
+        .arg(rootfs.join("ctl"))
+        .arg(work.join("go"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // Inside the chroot: the control loop, in BusyBox sh (aarch64, via binfmt_misc).
+    std::fs::write(
+        rootfs.join("ctl.sh"),
+        r#"export MAILSLOT_LOG=stderr MAILSLOT_STOP_TIMEOUT=20
+while :; do
+    read -r cmd <ctl || continue
+    case "$cmd" in
+        start | stop | status) /etc/init.d/S95mailslot "$cmd"; echo "ctl-done $cmd $?" ;;
+        kill) kill -KILL "$(cat /var/run/mailslot.child.pid)"; echo "ctl-done kill $?" ;;
+        uid) echo "ctl-uid $(grep ^Uid: /proc/$(cat /var/run/mailslot.child.pid)/status)" ;;
+        exit) exit 0 ;;
+    esac
+done
+"#,
+    )
+    .unwrap();
+    // As root of the new user namespace: a private binfmt_misc, /dev and /proc inside.
+    let inner = format!(
+        r#"set -e
+mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || {{ echo "ns: binfmt-unavailable"; exit 0; }}
+printf '%s' '{binfmt}' >/proc/sys/fs/binfmt_misc/register
+mount --rbind /dev {root}/dev
+mount --bind /proc {root}/proc
+echo "ns: ready"
+exec chroot {root} /bin/sh /ctl.sh
+"#,
+        binfmt = BINFMT_AARCH64.replace("QEMU", &which("qemu-aarch64-static")),
+        root = rootfs.display()
+    );
+    std::fs::write(work.join("inner.sh"), inner).unwrap();
+    let ns = Proc::spawn(
+        "board",
+        Command::new("unshare")
+            .args([
+                "--user",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+            ])
+            .args([
+                "--",
+                "/bin/sh",
+                "-c",
+                "read _ <\"$0\" && exec /bin/sh \"$1\"",
+            ])
+            .arg(work.join("go"))
+            .arg(work.join("inner.sh")),
+    );
+    // Map ids 0..65535 to the same ids outside, so the mailslot user exists in there.
+    // unshare(2) happens just after the spawn: wait for the new user namespace.
+    let deadline = Instant::now() + WAIT;
+    let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+    while std::fs::read_link(format!("/proc/{}/ns/user", ns.pid()))
+        .ok()
+        .as_ref()
+        == Some(&ours)
+    {
+        assert!(Instant::now() < deadline, "unshare made no user namespace");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{}/{map}", ns.pid()), "0 0 65536\n").unwrap();
+    }
+    std::fs::write(work.join("go"), "go\n").unwrap();
+    match ns.wait_line_within("ns: ", WAIT).as_deref() {
+        Some("ns: ready") => {}
+        Some("ns: binfmt-unavailable") => {
+            return Err(skip(
+                "this kernel has no binfmt_misc per user namespace (Linux 6.7+)",
+            ))
+        }
+        _ => panic!("namespace setup failed:\n{}", ns.dump()),
+    }
+
+    Ok(ns)
 }
 
 /// Waits until `needle` was logged `n` times in all; the last such line.
@@ -746,6 +761,224 @@ fn systemd_unit_verifies() -> Completion {
     Completion::Completed
 }
 
+const UPGRADE_TOKEN: &str = "image-upgrade-admin-token-0123456789";
+
+/// `mailslot-edge ARGS`, which must succeed; its stdout.
+fn edge_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let mut cmd = Command::new(EDGE);
+    for a in args {
+        cmd.arg(a);
+    }
+    stdout(&run_ok("mailslot-edge", &mut cmd))
+}
+
+/// The overlay's aarch64 binary, booted by the BusyBox init script under qemu-user as
+/// an enrolled device, is upgraded through its tunnel to a copy of itself whose version
+/// record says 0.2.0-qemu (a real aarch64 binary: the launcher execs it from
+/// /var/lib/mailslot as the mailslot user); then a crash-looping release is rolled back
+/// by the launcher over the supervisor's restarts, and the reason reaches the edge.
+fn overlay_upgrades_and_rolls_back_under_qemu() -> Completion {
+    if !is_root() {
+        return skip("needs root (namespaces, chroot, binfmt_misc)");
+    }
+    for cmd in [
+        "unshare",
+        "chroot",
+        "qemu-aarch64-static",
+        "dpkg-deb",
+        "curl",
+        "mkfifo",
+    ] {
+        if !have(cmd) {
+            return skip(&format!("{cmd} is not installed (see .ci/image.sh)"));
+        }
+    }
+    let tarball = match overlay() {
+        Ok(p) => p,
+        Err(e) => return skip(&e),
+    };
+    let deb = match busybox_deb() {
+        Ok(p) => p,
+        Err(e) => return skip(&e),
+    };
+    let started = Instant::now();
+    let work = TempDir::new("image-upgrade");
+    let key = work.join("release.key");
+    let public = edge_ok(&[&"release", &"keygen", &"--out", &key])
+        .trim()
+        .to_string();
+    let edge = start_edge(init_edge(&format!(
+        "admin-listen: 127.0.0.1:0\nadmin-token: {UPGRADE_TOKEN}\nfleet:\n  release-key: {public}\n"
+    )));
+    let edge_yml = edge.dir.join("edge.yml");
+    let cli = edge.dir.join("cli.yml");
+    let text: String = std::fs::read_to_string(&edge_yml)
+        .unwrap()
+        .lines()
+        .map(|l| match l.starts_with("admin-listen:") {
+            true => format!("admin-listen: {}\n", edge.admin_addr()),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&cli, text).unwrap();
+    let enroll = edge_ok(&[
+        &"enroll-key",
+        &"--config",
+        &edge_yml,
+        &"--fleet",
+        &"boards",
+        &"--hostname",
+        &"{device}.boards.example.test",
+    ])
+    .trim()
+    .to_string();
+    let origin = Origin::start("o");
+    let yaml = format!(
+        "tunnel: boards\nenroll: {enroll}\nedge: [\"{}\"]\nedge-ca: {}\nprotocol: quic\nha-connections: 1\n\
+         ingress:\n  - hostname: \"{{device}}.boards.example.test\"\n    service: http://{}\n  - service: http_status:404\n",
+        edge.tunnel,
+        edge.ca().display(),
+        origin.addr
+    );
+    let config = std::fs::read(compile(work.path(), &yaml)).unwrap();
+    let rootfs = work.path().join("root");
+    std::fs::create_dir(&rootfs).unwrap();
+    assemble_root(tarball, &deb, &rootfs);
+    std::fs::write(rootfs.join("boot/mailslot/config.bin"), &config).unwrap();
+    let ns = match board_namespace(work.path(), &rootfs) {
+        Ok(ns) => ns,
+        Err(skipped) => return skipped,
+    };
+    ctl(&rootfs, "start");
+    let line = wait_count(&ns, "registered: device ", 1);
+    let id: String = line
+        .split("registered: device ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .to_string();
+    eprintln!("board {id} registered after {:?}", started.elapsed());
+    let devices = |args: &[&str]| {
+        let mut cmd = Command::new(EDGE);
+        cmd.arg("devices").args(args).arg("--config").arg(&cli);
+        let o = cmd.output().unwrap();
+        format!("{}{}", stdout(&o), stderr(&o))
+    };
+
+    // A release: the overlay's own binary, its version record rewritten.
+    let mut v2 = std::fs::read(rootfs.join("usr/bin/mailslot")).unwrap();
+    mailslot::release::set_version(&mut v2, "0.2.0-qemu").unwrap();
+    let v2_file = work.join("mailslot-0.2.0-qemu");
+    std::fs::write(&v2_file, &v2).unwrap();
+    edge_ok(&[
+        &"release",
+        &"sign",
+        &v2_file,
+        &"--key",
+        &key,
+        &"--target",
+        &TARGET,
+    ]);
+    let sig = work.join("mailslot-0.2.0-qemu.sig");
+    edge_ok(&[
+        &"release",
+        &"add",
+        &v2_file,
+        &"--target",
+        &TARGET,
+        &"--sig",
+        &sig,
+        &"--config",
+        &edge_yml,
+    ]);
+    let said = devices(&["upgrade", &id, "--version", "0.2.0-qemu"]);
+    assert!(
+        said.contains("applied everywhere (1)"),
+        "{said}\nboard:\n{}",
+        ns.dump()
+    );
+    let log = ns.dump();
+    assert!(
+        log.contains("launcher: starting /var/lib/mailslot/mailslot.trial"),
+        "{log}"
+    );
+    assert!(log.contains("release 0.2.0-qemu confirmed"), "{log}");
+    let shown = devices(&["show", &id]);
+    assert!(shown.contains("0.2.0-qemu"), "{shown}");
+    let state = rootfs.join("var/lib/mailslot");
+    assert_eq!(std::fs::read(state.join("mailslot")).unwrap(), v2);
+    let owner = std::fs::metadata(&state).unwrap().uid();
+    assert_ne!(owner, 0, "the state folder must be the unprivileged user's");
+    assert_eq!(
+        std::fs::metadata(state.join("mailslot")).unwrap().uid(),
+        owner
+    );
+    let (code, body) = get_host(
+        &edge,
+        &format!("{id}.boards.example.test"),
+        "/after-upgrade",
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+
+    // A release that exits at once: three boots through the supervisor, then rolled back.
+    let bad = work.join("mailslot-crash");
+    std::fs::write(&bad, "#!/bin/sh\necho 'crashing release'\nexit 1\n").unwrap();
+    edge_ok(&[
+        &"release",
+        &"add",
+        &bad,
+        &"--target",
+        &TARGET,
+        &"--key",
+        &key,
+        &"--version",
+        &"0.3.0-qemu-crash",
+        &"--config",
+        &edge_yml,
+    ]);
+    let said = devices(&["upgrade", &id, "--version", "0.3.0-qemu-crash"]);
+    assert!(
+        said.contains("rolled back: it started 3 times without registering"),
+        "{said}\nboard:\n{}",
+        ns.dump()
+    );
+    assert_eq!(
+        ns.dump().matches("crashing release").count(),
+        3,
+        "{}",
+        ns.dump()
+    );
+    // The confirmed 0.2.0-qemu runs again.
+    let shown = devices(&["show", &id]);
+    assert!(shown.contains("0.2.0-qemu"), "{shown}");
+    let (code, _) = get_host(
+        &edge,
+        &format!("{id}.boards.example.test"),
+        "/after-rollback",
+    );
+    assert_eq!(code, 200);
+
+    ctl(&rootfs, "stop");
+    wait_count(&ns, "ctl-done stop 0", 1);
+    ctl(&rootfs, "exit");
+    let mut ns = ns;
+    assert!(ns.wait_exit(WAIT).is_some(), "the namespace did not end");
+    eprintln!("upgrade board test took {:?}", started.elapsed());
+    Completion::Completed
+}
+
+/// A GET through the edge for `host`, retried while the tunnel comes back.
+fn get_host(edge: &EdgeProc, host: &str, path: &str) -> (u16, Vec<u8>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, body) = get(edge, host, path);
+        if code == 200 || Instant::now() > deadline {
+            return (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn main() {
     let args = common::harness_args();
     let test = |name: &str, run: fn() -> Completion| Trial::ignorable_test(name, move || Ok(run()));
@@ -761,6 +994,10 @@ fn main() {
         test(
             "sd_notify_from_a_real_connector",
             sd_notify_from_a_real_connector,
+        ),
+        test(
+            "overlay_upgrades_and_rolls_back_under_qemu",
+            overlay_upgrades_and_rolls_back_under_qemu,
         ),
         test("buildroot_tree_parses", buildroot_tree_parses),
         test("systemd_unit_verifies", systemd_unit_verifies),

@@ -52,6 +52,23 @@ commands:
         devices (online ones first; with --canary, N% of them first, the rest once those
         applied it; stopped by the first rollback); prints the rollout id and follows it
         until it ends or only offline devices are left (they get it when they return)
+  devices upgrade --config edge.yml (ID... | --fleet F) --version V [--canary N%]
+        [--metered-ok] [--no-wait] [--json]
+        offer release V (`release add`) to the devices, the build for each device's
+        architecture; canaries first, stopped by the first rollback, as push-config;
+        --metered-ok lets devices on a metered link download it
+  release keygen --out release.key
+        make the release key (PKCS#8, mode 0600; keep it offline) and release.key.pub;
+        print the public key for `fleet: release-key:`
+  release sign FILE --key release.key --target TRIPLE [--version V]
+        sign a device binary (on a workstation): write FILE.sig; the version is read
+        from the binary unless given
+  release add FILE --target TRIPLE [--sig FILE.sig | --key release.key]
+        [--version V] [--config edge.yml]
+        record a signed release in the releases folder (`fleet: releases:`, default
+        releases/ beside edge.yml); refused unless `fleet: release-key:` verifies it
+  release ls [--config edge.yml]
+        list the recorded releases: version, target, size, SHA-256
   version
 
 RUST_LOG=debug (or info, warn, error) sets the log level; the default is info.
@@ -88,6 +105,9 @@ fn real_main() -> Result<(), String> {
         print!("{USAGE}");
         return Ok(());
     };
+    if cmd == "release" {
+        return release_cmd(&mut parser);
+    }
     if cmd == "devices" {
         return mailslot::edge::fleet::cli::main(
             parser.raw_args().map_err(arg_err)?,
@@ -366,6 +386,7 @@ fn serve_cmd(args: Args) -> Result<(), String> {
             .with_access(access_policy, tcp_ports)
             .with_admin_token(cfg.admin_token.clone())
             .with_fleet_in(&cfg.fleet, cfg.cluster.as_ref(), signing)?
+            .with_releases(&cfg.releases)
             .with_acme(&cfg)?;
         let mut reloader = edge.reloader(config, cfg);
         tokio::spawn(async move {
@@ -402,6 +423,110 @@ fn check_pattern(p: &str) -> Result<(), String> {
         Ok(pattern) if pattern.is_routable() => Ok(()),
         _ => Err(format!(
             "--allow {p:?} is not a hostname or *.wildcard pattern"
+        )),
+    }
+}
+
+/// `release keygen|sign|add|ls`.
+fn release_cmd(parser: &mut lexopt::Parser) -> Result<(), String> {
+    use lexopt::prelude::*;
+    use mailslot::edge::fleet::release::{self, Releases, Signer};
+    let mut sub: Option<String> = None;
+    let mut file: Option<PathBuf> = None;
+    let (mut out, mut key, mut sig, mut target, mut version) = (None, None, None, None, None);
+    let mut config = PathBuf::from("edge.yml");
+    while let Some(arg) = parser.next().map_err(arg_err)? {
+        match arg {
+            Long("help") | Short('h') => {
+                print!("{}", usage_of("release"));
+                return Ok(());
+            }
+            Long("out") => out = Some(PathBuf::from(parser.value().map_err(arg_err)?)),
+            Long("key") => key = Some(PathBuf::from(parser.value().map_err(arg_err)?)),
+            Long("sig") => sig = Some(PathBuf::from(parser.value().map_err(arg_err)?)),
+            Long("target") => target = Some(string(parser)?),
+            Long("version") => version = Some(string(parser)?),
+            Long("config") | Short('c') => config = parser.value().map_err(arg_err)?.into(),
+            Value(v) if sub.is_none() => sub = Some(v.string().map_err(arg_err)?),
+            Value(v) if file.is_none() => file = Some(v.into()),
+            other => return Err(format!("{}\n\n{}", other.unexpected(), usage_of("release"))),
+        }
+    }
+    let need_file = || file.clone().ok_or("release: a FILE is required");
+    let need_target = || target.clone().ok_or("release: --target TRIPLE is required");
+    let releases = || -> Result<Releases, String> {
+        let cfg = EdgeConfig::load(&config)?;
+        Ok(Releases::new(cfg.releases.dir, cfg.releases.key))
+    };
+    match sub.as_deref() {
+        Some("keygen") => {
+            let out = out.ok_or("release keygen: --out FILE is required")?;
+            let public = release::keygen(&out)?;
+            println!("{public}");
+            eprintln!(
+                "release key written to {} (keep it offline); public key in {}.pub: put it \
+                 in edge.yml as `fleet: release-key: {public}`",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Some("sign") => {
+            let key = key.ok_or("release sign: --key release.key is required")?;
+            let (path, offer) =
+                release::sign(&need_file()?, &key, &need_target()?, version.as_deref())?;
+            println!(
+                "{}: release {} for {} ({} B)",
+                path.display(),
+                offer.version,
+                offer.target,
+                offer.size
+            );
+            Ok(())
+        }
+        Some("add") => {
+            let file = need_file()?;
+            let signer = match (&sig, &key) {
+                (Some(s), None) => Signer::Sig(s),
+                (None, Some(k)) => Signer::Key(k),
+                (None, None) => {
+                    return Err("release add: --sig FILE.sig (from `release sign`) or --key release.key is required".into())
+                }
+                (Some(_), Some(_)) => return Err("release add: --sig or --key, not both".into()),
+            };
+            let r = release::add(
+                &releases()?,
+                &file,
+                &need_target()?,
+                signer,
+                version.as_deref(),
+            )?;
+            println!(
+                "release {} for {} recorded: {} ({} B, sha256 {})",
+                r.offer.version,
+                r.offer.target,
+                r.file.display(),
+                r.offer.size,
+                mailslot::util::hex(&r.offer.sha256)
+            );
+            Ok(())
+        }
+        Some("ls") => {
+            let releases = releases()?;
+            for r in release::list(&releases.dir) {
+                println!(
+                    "{}\t{}\t{} B\t{}",
+                    r.offer.version,
+                    r.offer.target,
+                    r.offer.size,
+                    mailslot::util::hex(&r.offer.sha256)
+                );
+            }
+            Ok(())
+        }
+        _ => Err(format!(
+            "release needs keygen, sign, add or ls\n\n{}",
+            usage_of("release")
         )),
     }
 }

@@ -90,7 +90,7 @@ where
         conn_index: slot as u8,
         rules_generation: rt.generation,
         rules: rt.rule_infos.clone(),
-        software: env!("CARGO_PKG_VERSION").into(),
+        software: crate::release::version(),
     });
     let instance = shared.instance.as_ref().map(|i| i.id);
     let sent = match (&device, instance) {

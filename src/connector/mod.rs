@@ -11,6 +11,7 @@
 //! - [`active`]: a device config compiled for serving streams;
 //! - [`device`]: an enrolled device's key, credential and facts;
 //! - `health`: health reports, on one connection;
+//! - [`upgrade`]: binary updates: offer, download, trial, confirm or roll back;
 //! - [`push`]: the keys the device pins, and pushed configs on trial (applied, or
 //!   rolled back by the device alone);
 //! - this module: the [`Connector`], and the driver that carries out what each slot's
@@ -28,6 +29,7 @@ pub(crate) mod origin;
 pub mod push;
 mod session;
 pub(crate) mod slot;
+pub mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -92,6 +94,8 @@ struct Shared {
     epoch: watch::Sender<u64>,
     /// What the start found of a trial a stopped process left, until `run` acts on it.
     start_trial: Mutex<Option<push::StartTrial>>,
+    /// Binary updates: the download, the trial ([`upgrade`]).
+    upgrade: Arc<upgrade::Upgrades>,
 }
 
 impl Shared {
@@ -203,6 +207,7 @@ impl Connector {
                 trials: push::Trials::default(),
                 epoch: watch::channel(0).0,
                 start_trial: Mutex::new(None),
+                upgrade: Arc::default(),
             }),
         };
         *lock(&connector.shared.start_trial) = found;

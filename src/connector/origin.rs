@@ -51,6 +51,9 @@ pub(crate) async fn serve_stream(
                 return;
             }
         };
+    if header.kind == StreamKind::Release {
+        return super::upgrade::release_stream(header, stream);
+    }
     let rule = lookup(header.rules_generation).and_then(|rt| {
         rt.rules
             .get(usize::from(header.rule))

@@ -91,6 +91,7 @@ pub(super) async fn register(
         hex(&tunnel_id),
         session.protocol()
     );
+    super::upgrade::registered(shared);
     set_slot(
         shared,
         slot,
@@ -316,6 +317,11 @@ async fn serve_registered(
                     return end;
                 }
             }
+            Some(m) = shared.upgrade.next_out() => {
+                if let Err(e) = wire::write_control(&mut send, &m).await {
+                    return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+                }
+            }
             Some(report) = async { match health.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 if let Err(e) = wire::write_control(&mut send, &ConnectorMsg::Health(report)).await {
                     return Err(format!("lost edge {edge_name} ({addr}): {e}"));
@@ -417,6 +423,9 @@ async fn on_control(
             }
             None => log::debug!("connection {slot}: ignoring a credential: not enrolled"),
         },
+        Some(Ok(EdgeMsg::OfferRelease { offer })) => {
+            super::upgrade::offered(shared, &offer, super::upgrade::pinned_release_key(shared))
+        }
         Some(Ok(other)) => log::debug!("connection {slot}: ignoring {other:?}"),
         Some(Err(e)) => {
             return Some(Err(format!(

@@ -140,6 +140,7 @@ enum Route<'a> {
     Device(&'a str),
     Revoke(&'a str),
     PushConfig,
+    Upgrade,
     Rollout(&'a str),
     FleetPage,
     DevicePage(&'a str),
@@ -157,6 +158,7 @@ impl Route<'_> {
             ["api", "v1", "devices", id] => Route::Device(id),
             ["api", "v1", "devices", id, "revoke"] => Route::Revoke(id),
             ["api", "v1", "push-config"] => Route::PushConfig,
+            ["api", "v1", "upgrade"] => Route::Upgrade,
             ["api", "v1", "rollouts", id] => Route::Rollout(id),
             ["fleet"] | ["fleet", ""] => Route::FleetPage,
             ["fleet", id] => Route::DevicePage(id),
@@ -167,7 +169,7 @@ impl Route<'_> {
     /// The method the route takes.
     fn method(&self) -> Method {
         match self {
-            Route::Revoke(_) | Route::PushConfig => Method::POST,
+            Route::Revoke(_) | Route::PushConfig | Route::Upgrade => Method::POST,
             _ => Method::GET,
         }
     }
@@ -215,6 +217,7 @@ async fn answer(req: Request<Incoming>, state: &EdgeState) -> Response<Full<Byte
         }
         let max = match route {
             Route::PushConfig => api::MAX_PUSH_BODY,
+            Route::Upgrade => super::fleet::release::MAX_UPGRADE_BODY,
             _ => MAX_BODY,
         };
         let read = tokio::time::timeout(IDLE_TIMEOUT, Limited::new(body, max).collect());
@@ -253,6 +256,13 @@ async fn answer(req: Request<Incoming>, state: &EdgeState) -> Response<Full<Byte
             Some(inv) => {
                 let signing = state.enroller.get().and_then(|e| e.signing_key());
                 answered(api::push_config(inv, signing, &posted).await)
+            }
+        },
+        Route::Upgrade => match state.fleet.get() {
+            None => not_loaded(false),
+            Some(inv) => {
+                let releases = state.releases.get().map(|r| &**r);
+                answered(super::fleet::release::upgrade(inv, releases, &posted).await)
             }
         },
         Route::Rollout(id) => match state.fleet.get() {

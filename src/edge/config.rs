@@ -78,6 +78,8 @@ struct RawFleet {
     store: Option<PathBuf>,
     health_every: Option<RawDuration>,
     credential_lifetime: Option<RawDuration>,
+    releases: Option<PathBuf>,
+    release_key: Option<String>,
 }
 
 /// Default file of the fleet's store, beside `edge.yml`.
@@ -92,6 +94,36 @@ pub struct FleetConfig {
     pub health_every: Duration,
     /// Lifetime of the device credentials issued (`credential-lifetime:`, default 90d).
     pub credential_lifetime: Duration,
+}
+
+/// The releases of the device binary (`fleet: releases:` and `fleet: release-key:`),
+/// kept apart from [`FleetConfig`] so that code building one by hand is unaffected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasesConfig {
+    /// The releases folder (`releases:`, default `releases` beside `edge.yml`).
+    pub dir: PathBuf,
+    /// The release key's public half (`release-key:`: 64 hex characters, or a file
+    /// holding them); devices pin it, and only releases it signed are recorded.
+    pub key: Option<[u8; 32]>,
+}
+
+impl ReleasesConfig {
+    fn from_raw(
+        raw: &RawFleet,
+        abs: impl Fn(PathBuf) -> PathBuf,
+    ) -> Result<ReleasesConfig, String> {
+        let key = match &raw.release_key {
+            None => None,
+            Some(v) => Some(super::fleet::release::parse_public_key(
+                v,
+                &abs(PathBuf::from(".")),
+            )?),
+        };
+        Ok(ReleasesConfig {
+            dir: abs(raw.releases.clone().unwrap_or_else(|| "releases".into())),
+            key,
+        })
+    }
 }
 
 impl FleetConfig {
@@ -385,6 +417,8 @@ pub struct EdgeConfig {
     pub access: super::policy::AccessConfig,
     /// `fleet:`: the device store and what devices are told.
     pub fleet: FleetConfig,
+    /// `fleet: releases:` and `fleet: release-key:`.
+    pub releases: ReleasesConfig,
     /// `acme:`: certificates from an ACME server; `None` = off.
     pub acme: Option<AcmeConfig>,
     /// `cluster:`: several edges sharing one fleet through Redis; `None` = this edge
@@ -531,6 +565,7 @@ impl EdgeConfig {
             .iter()
             .map(|id| parse_id(id, "revoked-access-tokens", "an access token id"))
             .collect::<Result<_, _>>()?;
+        let releases = ReleasesConfig::from_raw(&raw.fleet, abs)?;
         let fleet = FleetConfig::from_raw(raw.fleet, abs)?;
         let acme = raw.acme.map(|a| AcmeConfig::from_raw(a, abs)).transpose()?;
         let cluster = raw
@@ -609,6 +644,7 @@ impl EdgeConfig {
                 .collect::<Result<_, _>>()?,
             access,
             fleet,
+            releases,
             acme,
             cluster,
         })

@@ -263,6 +263,8 @@ pub struct EdgeState {
     pub(crate) acme: std::sync::OnceLock<Arc<acme::Acme>>,
     /// The cluster this edge belongs to (`cluster:`): set once, with `fleet`.
     pub(crate) cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
+    /// The releases devices download (`fleet: releases:`): set once, with `fleet`.
+    pub(crate) releases: std::sync::OnceLock<Arc<fleet::release::Releases>>,
 }
 
 impl EdgeState {
@@ -303,6 +305,7 @@ impl Edge {
             metrics: metrics::Metrics::default(),
             acme: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
+            releases: std::sync::OnceLock::new(),
         });
         Edge {
             state,
@@ -389,6 +392,14 @@ impl Edge {
         let _ = self.state.fleet.set(Arc::new(inventory));
         let _ = self.state.enroller.set(Arc::new(enroller));
         Ok(self)
+    }
+
+    /// Serves the releases of `cfg` (`fleet: releases:`, `fleet: release-key:`) to
+    /// devices.
+    pub fn with_releases(self, cfg: &config::ReleasesConfig) -> Edge {
+        let releases = fleet::release::Releases::new(cfg.dir.clone(), cfg.key);
+        let _ = self.state.releases.set(Arc::new(releases));
+        self
     }
 
     /// Obtains and renews certificates for the hostnames tunnels serve, as `cfg`'s

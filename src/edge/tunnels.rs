@@ -548,14 +548,27 @@ async fn on_message(
             }
             None
         }
+        Ok(ConnectorMsg::Fetch { version, offset }) => {
+            let arch = conn
+                .device
+                .as_ref()
+                .and_then(|id| state.fleet.get()?.get(id))
+                .map(|v| v.record.arch);
+            let releases = state.releases.get().cloned();
+            super::fleet::release::serve_fetch(
+                releases,
+                conn.clone(),
+                arch,
+                version,
+                offset,
+                who.to_string(),
+            );
+            None
+        }
         Ok(ConnectorMsg::Change(report)) => {
             if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
                 on_change(inventory, id, &report, who).await;
             }
-            None
-        }
-        Ok(msg @ ConnectorMsg::Fetch { .. }) => {
-            log::debug!("{who}: ignoring {msg:?}");
             None
         }
         Err(wire::WireError::Closed) => Some(Ended::ControlClosed),
@@ -590,8 +603,7 @@ fn keys_tail(state: &EdgeState, fleet: &str) -> KeysTail {
     let signing = state.enroller.get().and_then(|e| e.signing_key());
     KeysTail {
         config_key: signing.and_then(|k| super::fleet::push::fleet_config_public(k, fleet)),
-        // The release key (`fleet: release-key:`) goes here.
-        release_key: None,
+        release_key: state.releases.get().and_then(|r| r.key),
     }
 }
 

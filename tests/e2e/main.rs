@@ -34,6 +34,7 @@ mod protocol;
 mod push;
 mod shield;
 mod tunnel;
+mod upgrade;
 
 use common::Skip;
 use libtest_mimic::{Completion, Trial};
@@ -146,6 +147,15 @@ fn main() {
         config_cli::bad_binaries,
         config_cli::run_keeps_a_last_known_good_time_written_at_most_daily,
         config_powerloss::killed_writers_never_leave_the_device_without_a_config,
+        upgrade::killed_updates_always_leave_a_binary_that_starts,
+        upgrade::a_device_is_upgraded_and_the_inventory_shows_the_new_version,
+        upgrade::a_crash_looping_release_is_rolled_back_with_the_reason,
+        upgrade::a_release_signed_with_another_key_is_refused_by_the_device,
+        upgrade::a_metered_device_downloads_only_when_the_upgrade_allows_it,
+        upgrade::a_partial_download_is_resumed_from_where_it_ended,
+        upgrade::a_download_cut_short_is_resumed_on_the_next_fetch,
+        upgrade::a_release_for_another_cpu_is_rolled_back_with_the_reason,
+        upgrade::a_trial_that_reaches_no_edge_rolls_itself_back_at_its_deadline,
         floods::silent_sockets_do_not_lock_visitors_out,
         floods::connections_without_a_request_are_closed,
         floods::idle_http2_connections_are_closed_between_requests,

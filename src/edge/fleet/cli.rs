@@ -161,6 +161,10 @@ impl Args {
 
 /// Runs `mailslot-edge devices ...`; `usage` is printed for `--help`.
 pub fn main(args: impl IntoIterator<Item = OsString>, usage: &str) -> Result<(), String> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    if super::release::is_upgrade(&args) {
+        return super::release::upgrade_cli(args, usage);
+    }
     let Some(args) = Args::parse(args)? else {
         print!("{usage}");
         return Ok(());
@@ -192,7 +196,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>, usage: &str) -> Result<(),
 }
 
 /// Where the running edge's admin listener is and the token it wants.
-struct Admin {
+pub(super) struct Admin {
     addr: SocketAddr,
     token: Option<String>,
     config: PathBuf,
@@ -208,7 +212,7 @@ struct TokenKeys {
 }
 
 impl Admin {
-    fn from_config(path: &Path) -> Result<Admin, String> {
+    pub(super) fn from_config(path: &Path) -> Result<Admin, String> {
         let cfg = EdgeConfig::load(path)?;
         let listen = cfg.admin_listen.ok_or_else(|| {
             format!(
@@ -316,7 +320,7 @@ impl Admin {
         self.ok_with(method, path, id, Bytes::new()).await
     }
 
-    async fn ok_with(
+    pub(super) async fn ok_with(
         &self,
         method: Method,
         path: &str,
@@ -510,6 +514,7 @@ fn details(d: &DeviceJson, now: u64) -> String {
         ("board", printable(&d.board)),
         ("config digest", printable(&d.config_digest)),
         ("last config push", change_line(d.config_push.as_ref(), now)),
+        ("last upgrade", change_line(d.release.as_ref(), now)),
         ("address", printable(&d.address)),
         ("public key", d.public_key.clone()),
         ("enrolment key", d.enrolment_key.clone()),
@@ -660,7 +665,7 @@ async fn push_config(
 }
 
 /// Prints each device's state as it changes until the rollout settles.
-async fn follow(admin: &Admin, id: &str, json: bool) -> Result<(), String> {
+pub(super) async fn follow(admin: &Admin, id: &str, json: bool) -> Result<(), String> {
     let path = format!("/api/v1/rollouts/{}", api::percent_encode(id));
     let mut seen: std::collections::HashMap<String, String> = Default::default();
     loop {

@@ -8,6 +8,8 @@
 //!   disconnections change, written to the store behind the scenes.
 //! - [`store`]: where records survive a restart: the [`Store`] interface and its
 //!   embedded implementation (redb); a shared engine (Redis) implements the same trait.
+//! - [`release`]: the release key, signed releases in the releases folder, and
+//!   serving their bytes to devices.
 //! - [`push`]: the fleet's config keys (derived from the signing key), the checks a
 //!   pushed config passes, the signed push.
 //! - [`rollout`]: remote changes (config pushes, release offers) taken to devices,
@@ -30,6 +32,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod page;
 pub mod push;
+pub mod release;
 pub mod rollout;
 pub mod store;
 
