@@ -425,6 +425,15 @@ impl RolloutJson {
         if self.state != "running" {
             return true;
         }
+        // A rollback or refusal stops a running rollout at the edge's next sweep (within
+        // a second): until then it is not over, whatever the other devices show.
+        if self
+            .devices
+            .iter()
+            .any(|d| matches!(d.state.as_str(), "rolled back" | "refused"))
+        {
+            return false;
+        }
         let canaries_done = self
             .devices
             .iter()
@@ -637,6 +646,40 @@ pub(crate) mod tests {
     use super::*;
     use crate::edge::fleet::{ConnView, DeviceRecord};
     use crate::wire::Health;
+
+    /// A followed rollout is not over while a rollback waits for the sweep that stops it,
+    /// nor while a device online has it in flight.
+    #[test]
+    fn a_rollout_is_settled_only_once_its_outcome_is_known() {
+        let dev = |id: &str, canary: bool, online: bool, state: &str| RolloutDeviceJson {
+            id: id.into(),
+            canary,
+            online,
+            state: state.into(),
+            reason: None,
+        };
+        let rollout = |state: &str, devices: Vec<RolloutDeviceJson>| RolloutJson {
+            id: "r".into(),
+            kind: "config".into(),
+            change: "c".into(),
+            created: Time::of(0),
+            state: state.into(),
+            stopped: None,
+            devices,
+        };
+        // The only device rolled back; the sweep has not stopped the rollout yet.
+        assert!(!rollout("running", vec![dev("a", true, true, "rolled back")]).settled());
+        let canary_refused = vec![
+            dev("a", true, true, "refused"),
+            dev("b", false, true, "waiting"),
+        ];
+        assert!(!rollout("running", canary_refused).settled());
+        assert!(!rollout("running", vec![dev("a", true, true, "sent")]).settled());
+        // Stopped, done, or only offline devices left: over.
+        assert!(rollout("stopped", vec![dev("a", true, true, "rolled back")]).settled());
+        assert!(rollout("running", vec![dev("a", true, false, "pending")]).settled());
+        assert!(rollout("running", vec![dev("a", true, true, "applied")]).settled());
+    }
 
     /// A device record for tests: `n` picks the key, hence the id.
     pub(crate) fn view(n: u8, name: &str, fleet: &str, online: bool) -> DeviceView {

@@ -709,7 +709,7 @@ fn summary(r: &api::RolloutJson) -> Result<(), String> {
     let pending = count("pending") + count("waiting");
     if pending > 0 {
         println!(
-            "rollout {}: {} applied; {pending} offline device(s) still pending: they get it              when they come back (mailslot-edge devices ls shows it)",
+            "rollout {}: {} applied; {pending} offline device(s) still pending: they get it when they come back (mailslot-edge devices ls shows it)",
             r.id,
             count("applied")
         );
