@@ -19,6 +19,12 @@ const MAILSLOT: &[(&[&str], &str)] = &[
         "usage: mailslot config check FILE.bin",
     ),
     (&["identity"], "usage: mailslot identity [--config FILE]"),
+    (
+        &["upgrade"],
+        "usage: mailslot upgrade status|confirm|rollback",
+    ),
+    (&["upgrade", "status"], "usage: mailslot upgrade status"),
+    (&["upgrade", "install"], "usage: mailslot upgrade status"),
     (&["demo"], "usage: mailslot demo [--listen ADDR]"),
     (&["access"], "usage: mailslot access <ssh|tcp|ssh-config>"),
     (&["access", "ssh"], "access ssh --hostname NAME"),
@@ -57,6 +63,22 @@ const EDGE: &[(&[&str], &str)] = &[
         &["devices", "revoke"],
         "devices revoke --config edge.yml ID",
     ),
+    (
+        &["devices", "push-config"],
+        "devices push-config --config edge.yml (ID... | --fleet F) config.yml",
+    ),
+    (
+        &["devices", "upgrade"],
+        "devices upgrade --config edge.yml (ID... | --fleet F) --version V",
+    ),
+    (&["release"], "usage: mailslot-edge release keygen --out"),
+    (&["release", "keygen"], "release keygen --out release.key"),
+    (
+        &["release", "sign"],
+        "release sign FILE --key release.key --target",
+    ),
+    (&["release", "add"], "release add FILE --target TRIPLE"),
+    (&["release", "ls"], "release ls [--config edge.yml]"),
     (&["serve"], "usage: mailslot-edge serve --config edge.yml"),
     (&["version"], "usage: mailslot-edge version"),
 ];
