@@ -429,13 +429,11 @@ pub fn device_page(edge: &str, v: &DeviceView, now: u64) -> String {
         ("config digest", escape(&d.config_digest)),
         (
             "last config push",
-            escape(&d.config_push.as_ref().map_or_else(
-                || "none".to_string(),
-                |c| match &c.reason {
-                    Some(why) => format!("{} {}: {why} ({})", c.id, c.state, time(&c.at)),
-                    None => format!("{} {} ({})", c.id, c.state, time(&c.at)),
-                },
-            )),
+            escape(&change_text(d.config_push.as_ref(), &time)),
+        ),
+        (
+            "last upgrade",
+            escape(&change_text(d.release.as_ref(), &time)),
         ),
         ("address", escape(&d.address)),
         ("public key", escape(&d.public_key)),
@@ -553,6 +551,17 @@ pub fn message_page(title: &str, text: &str) -> String {
     out
 }
 
+/// A device's last change of one kind, in words: `ID STATE[: why] (when)`, or `none`.
+fn change_text(c: Option<&api::ChangeJson>, time: &dyn Fn(&api::Time) -> String) -> String {
+    c.map_or_else(
+        || "none".to_string(),
+        |c| match &c.reason {
+            Some(why) => format!("{} {}: {why} ({})", c.id, c.state, time(&c.at)),
+            None => format!("{} {} ({})", c.id, c.state, time(&c.at)),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,6 +614,26 @@ mod tests {
         let one = device_page("edge1", &f[0], NOW);
         assert!(
             one.contains("0123456789abcdef rolled back: config 0123456789abcdef rolled back: &lt;edge&gt; down"),
+            "{one}"
+        );
+        assert!(
+            one.contains("<dt>last upgrade</dt><dd>none</dd>"),
+            "no upgrade yet: {one}"
+        );
+        let device = f[0].record.id.clone();
+        f[0].changes.push(crate::edge::fleet::ChangeRecord {
+            device,
+            kind: crate::wire::ChangeKind::Release,
+            id: "0.2.0".into(),
+            rollout: "r2".into(),
+            state: crate::edge::fleet::ChangeState::RolledBack {
+                reason: "crashed <3> times".into(),
+            },
+            at: NOW - 5,
+        });
+        let one = device_page("edge1", &f[0], NOW);
+        assert!(
+            one.contains("0.2.0 rolled back: crashed &lt;3&gt; times"),
             "{one}"
         );
     }
