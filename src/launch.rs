@@ -231,14 +231,31 @@ fn execve(bin: &OsStr, set: &[(&str, &OsStr)]) -> io::Error {
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    // SAFETY: `path` is a NUL-terminated string; `argv` and `envp` are null-terminated
-    // arrays of pointers to NUL-terminated strings, all alive until execve returns
-    // (it returns only on failure).
-    unsafe {
-        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    let mut busy = 0;
+    loop {
+        // SAFETY: `path` is a NUL-terminated string; `argv` and `envp` are
+        // null-terminated arrays of pointers to NUL-terminated strings, all alive until
+        // execve returns (it returns only on failure).
+        unsafe {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+        let e = io::Error::last_os_error();
+        // ETXTBSY: a writer still holds the file open (a copy being finished, or a
+        // descriptor another process inherited for an instant): not the binary's fault,
+        // so not a failed boot while it passes.
+        if e.raw_os_error() == Some(libc::ETXTBSY) && busy < EXEC_BUSY_TRIES {
+            busy += 1;
+            std::thread::sleep(EXEC_BUSY_WAIT);
+            continue;
+        }
+        return e;
     }
-    io::Error::last_os_error()
 }
+
+/// How often an exec that finds the file open for writing is tried again, and the wait
+/// before each try: a second in all.
+const EXEC_BUSY_TRIES: u32 = 20;
+const EXEC_BUSY_WAIT: Duration = Duration::from_millis(50);
 
 fn set_alarm(secs: u64) {
     let secs = u32::try_from(secs).unwrap_or(u32::MAX);

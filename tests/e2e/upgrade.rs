@@ -46,10 +46,7 @@ fn set_mode(p: &Path, mode: u32) {
 
 /// Whether `bin version` runs and says it is mailslot; why not.
 fn starts(bin: &Path) -> Result<(), String> {
-    let out = Command::new(bin)
-        .arg("version")
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out = output_of(Command::new(bin).arg("version")).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     match out.status.success() && text.starts_with("mailslot ") {
         true => Ok(()),

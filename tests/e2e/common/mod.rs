@@ -77,9 +77,7 @@ impl Drop for TempDir {
 /// Runs `cmd` to its end and asserts it succeeded; on failure the panic names `what`
 /// and prints the command's stdout and stderr.
 pub fn run_ok(what: &str, cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let out = output_of(cmd).unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
     assert!(
         out.status.success(),
         "{what} failed ({}):\n{}{}",
@@ -88,6 +86,22 @@ pub fn run_ok(what: &str, cmd: &mut Command) -> Output {
         stderr(&out)
     );
     out
+}
+
+/// Runs `cmd` to its end. A binary the tests have just written may fail to start with
+/// ETXTBSY for an instant: another test thread's fork can inherit the descriptor the file
+/// was written through until that child execs. That is tried again, for a second at most.
+pub fn output_of(cmd: &mut Command) -> std::io::Result<Output> {
+    let mut tries = 0;
+    loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// A command's stdout as text.
