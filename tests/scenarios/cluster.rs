@@ -400,6 +400,12 @@ pub fn three_edges_one_redis_thirty_boards() {
     );
     for i in 0..BOARDS {
         c.read_id(i);
+        assert_eq!(
+            c.connector(i).count("at edge e3 "),
+            0,
+            "board {} at e3",
+            i + 1
+        );
     }
     let boards = c.all_boards();
 
@@ -455,12 +461,18 @@ pub fn three_edges_one_redis_thirty_boards() {
         }
     }
     let window = window.unwrap();
+    // By now each board's first slot has moved from the dead e1 to a live edge.
+    let moved = (0..BOARDS)
+        .filter(|&i| c.connector(i).count(" registered: ") >= 3)
+        .count();
     println!(
         "e1 killed: failover window {window:?} (from the kill to the first round at e2 and \
-         e3 all served); before it {} of {} requests failed; after it {} requests until \
-         {:?} after the kill, none failed",
+         e3 all served); before it {} of {} requests failed ({:?}); after it {} requests \
+         until {:?} after the kill, none failed; {moved} of {BOARDS} boards had moved \
+         their e1 connection by then",
         before.1,
         before.0,
+        late_failures.first(),
         after.0,
         killed.elapsed()
     );
@@ -521,7 +533,8 @@ pub fn three_edges_one_redis_thirty_boards() {
             )
         });
     println!(
-        "Redis back: board {} enrolled {:?} after it started",
+        "Redis back: board {} enrolled {:?} after Redis restarted (its retries back off), \
+         no edge restarted",
         late + 1,
         back.elapsed()
     );
