@@ -14,6 +14,10 @@
 //! device `n` is 192.168.(100+n).2 behind the NAT's 192.168.(100+n).1, with the same
 //! closed firewall.
 //!
+//! More edges on the router ([`Net::add_edge`]): edge `n` (from 3) is 10.(10+n).0.2. A
+//! Redis namespace ([`Net::add_redis`]), 10.20.0.2, takes TCP only from the edges'
+//! addresses (its firewall drops everything else, the device side included).
+//!
 //! Only these private addresses and loopback are used. Interface names are only unique
 //! inside each namespace: veths are created with their peer directly in the other
 //! namespace, so nothing ever lands in the root namespace.
@@ -76,6 +80,10 @@ pub struct Net {
     pub visitor: String,
     /// Devices added by [`Net::add_device`], in order.
     pub more_devices: Vec<String>,
+    /// Edges added by [`Net::add_edge`], in order: (namespace, address).
+    pub more_edges: Vec<(String, String)>,
+    /// The Redis namespace, once [`Net::add_redis`] made it.
+    pub redis: Option<String>,
     tag: String,
 }
 
@@ -103,6 +111,8 @@ impl Net {
             edges: [name("e1"), name("e2")],
             visitor: name("vis"),
             more_devices: Vec::new(),
+            more_edges: Vec::new(),
+            redis: None,
             tag: tag.clone(),
         };
         for ns in net.all() {
@@ -178,6 +188,8 @@ impl Net {
         v.extend(self.edges.iter());
         v.push(&self.visitor);
         v.extend(self.more_devices.iter());
+        v.extend(self.more_edges.iter().map(|(ns, _)| ns));
+        v.extend(self.redis.iter());
         v
     }
 
@@ -210,6 +222,48 @@ impl Net {
         self.veth(&self.nat, &format!("lan{n}"), &gw, &ns, "eth0", &ip, 24);
         self.sh(&ns, &format!("ip route add default via {gw}"));
         ns
+    }
+
+    /// Another edge namespace on the router, beside edges 1 and 2: (namespace, address).
+    /// Edge `n` (3, 4, ...) is 10.(10+n).0.2; at most 8 more.
+    pub fn add_edge(&mut self) -> (String, String) {
+        let n = self.more_edges.len() + 3;
+        assert!(n <= 10, "at most 8 more edges");
+        let ns = format!("{}-e{n}", self.tag);
+        self.ok(&["ip", "netns", "add", &ns]);
+        let ip = format!("10.{}.0.2", 10 + n);
+        // Listed before anything can fail, so that drop removes it.
+        self.more_edges.push((ns.clone(), ip.clone()));
+        self.sh(&ns, "ip link set lo up");
+        let gw = format!("10.{}.0.1", 10 + n);
+        self.veth(&self.wan, &format!("e{n}"), &gw, &ns, "eth0", &ip, 24);
+        self.sh(&ns, &format!("ip route add default via {gw}"));
+        (ns, ip)
+    }
+
+    /// The Redis namespace on the router, 10.20.0.2 (returned): its firewall lets in TCP
+    /// from `clients` (the edges' addresses) and replies, and drops everything else.
+    pub fn add_redis(&mut self, clients: &[&str]) -> String {
+        assert!(self.redis.is_none(), "one Redis namespace");
+        let ns = format!("{}-redis", self.tag);
+        self.ok(&["ip", "netns", "add", &ns]);
+        self.redis = Some(ns.clone());
+        self.sh(&ns, "ip link set lo up");
+        self.close_firewall(&ns);
+        for ip in clients {
+            self.sh(&ns, &format!("iptables -A INPUT -p tcp -s {ip} -j ACCEPT"));
+        }
+        self.veth(
+            &self.wan,
+            "redis",
+            "10.20.0.1",
+            &ns,
+            "eth0",
+            "10.20.0.2",
+            24,
+        );
+        self.sh(&ns, "ip route add default via 10.20.0.1");
+        "10.20.0.2".to_string()
     }
 
     /// A veth pair: `a_if` (in `a`, `a_ip`) to `b_if` (in `b`, `b_ip`).

@@ -30,6 +30,7 @@ mod common;
 mod netns;
 
 mod bench;
+mod cluster;
 mod crash;
 mod dns;
 mod drain;
@@ -51,6 +52,8 @@ enum Need {
     Nmap,
     /// The NFQUEUE delay program's python module.
     NetfilterQueue,
+    /// redis-server (Debian's `redis-server`).
+    Redis,
 }
 
 impl Need {
@@ -60,6 +63,7 @@ impl Need {
             Need::Namespaces => None,
             Need::Nmap => netns::missing_tools(&["nmap"]),
             Need::NetfilterQueue => netns::netfilterqueue_missing(),
+            Need::Redis => netns::missing_tools(&["redis-server"]),
         })
     }
 }
@@ -169,6 +173,11 @@ fn main() {
             "twenty_boards_from_one_golden_image",
             Namespaces,
             fleet::twenty_boards_from_one_golden_image,
+        ),
+        scenario(
+            "three_edges_one_redis_thirty_boards",
+            Redis,
+            cluster::three_edges_one_redis_thirty_boards,
         ),
         scenario("bench", Namespaces, bench::bench).with_ignored_flag(true),
         scenario("idle_traffic", Namespaces, idle::idle_traffic).with_ignored_flag(true),

@@ -80,7 +80,17 @@ pub(crate) struct Located {
     entries: Mutex<HashMap<String, Entry>>,
     /// Turns which holder a request goes to first.
     turn: AtomicUsize,
+    /// When a look-up last failed (Redis unreachable).
+    failed_at: Mutex<Option<Instant>>,
 }
+
+/// How long after a failed look-up a miss from Redis does not overrule the holders
+/// last read: a Redis back from an outage longer than the presence TTL holds no
+/// entries until each edge writes its own again (within
+/// [`super::presence::RETRY_WHILE_FAILING`] and a reconnection), and visitors of
+/// devices that never went away must not get a 404 or 502 meanwhile. A device that
+/// did go away costs a hop to its old edge, which answers 502.
+pub(crate) const AFTER_OUTAGE: Duration = Duration::from_secs(5);
 
 impl Located {
     /// The cached entry of `host` if fresh.
@@ -93,6 +103,32 @@ impl Located {
     /// The cached entry of `host`, however old (Redis unreachable).
     fn last_known(&self, host: &str) -> Option<Option<([u8; 16], Vec<String>)>> {
         lock(&self.entries).get(host).map(|e| e.found.clone())
+    }
+
+    /// A look-up failed at `now`.
+    fn failed(&self, now: Instant) {
+        *lock(&self.failed_at) = Some(now);
+    }
+
+    /// What Redis `answered` for a hostname last read as `last`: `last` instead when
+    /// the answer names no holder but `me` while `last` named others, within
+    /// [`AFTER_OUTAGE`] of a failed look-up.
+    fn settle(
+        &self,
+        answered: Option<([u8; 16], Vec<String>)>,
+        last: Option<Option<([u8; 16], Vec<String>)>>,
+        me: &str,
+        now: Instant,
+    ) -> Option<([u8; 16], Vec<String>)> {
+        let others = |f: &Option<([u8; 16], Vec<String>)>| {
+            f.as_ref().is_some_and(|(_, m)| m.iter().any(|m| m != me))
+        };
+        let recovering =
+            (*lock(&self.failed_at)).is_some_and(|t| now.duration_since(t) < AFTER_OUTAGE);
+        match last {
+            Some(last) if recovering && !others(&answered) && others(&last) => last,
+            _ => answered,
+        }
     }
 
     /// Keeps what presence said about `host`; a full cache first drops entries past
@@ -153,8 +189,12 @@ impl super::Cluster {
                     Ok(r) => r,
                     Err(_) => Err(format!("no answer within {wait:?}")),
                 };
+                if looked.is_err() {
+                    self.located.failed(now);
+                }
                 match (looked, last) {
-                    (Ok(found), _) => {
+                    (Ok(answered), last) => {
+                        let found = self.located.settle(answered, last, self.member(), now);
                         self.located.keep(host, found.clone(), now);
                         found
                     }
@@ -502,6 +542,31 @@ mod tests {
             l.keep(&format!("flood-{i}.example"), None, later);
         }
         assert!(lock(&l.entries).len() <= MAX_CACHED);
+    }
+
+    #[test]
+    fn a_miss_just_after_an_outage_keeps_the_holders_last_read() {
+        let l = Located::default();
+        let t0 = Instant::now();
+        let last = Some(found(&["b:1"]));
+        // No outage: Redis's answer stands.
+        assert_eq!(l.settle(None, last.clone(), "a:1", t0), None);
+        l.failed(t0);
+        // Just after one: a miss, or only this edge, does not overrule the last read...
+        assert_eq!(l.settle(None, last.clone(), "a:1", t0), found(&["b:1"]));
+        assert_eq!(
+            l.settle(found(&["a:1"]), last.clone(), "a:1", t0),
+            found(&["b:1"])
+        );
+        // ...an answer naming other holders does, and so does any answer later.
+        assert_eq!(
+            l.settle(found(&["c:1"]), last.clone(), "a:1", t0),
+            found(&["c:1"])
+        );
+        assert_eq!(l.settle(None, last.clone(), "a:1", t0 + AFTER_OUTAGE), None);
+        // Nothing read before: nothing to keep.
+        assert_eq!(l.settle(None, None, "a:1", t0), None);
+        assert_eq!(l.settle(None, Some(None), "a:1", t0), None);
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! by another tunnel anywhere in the cluster is refused, as one edge refuses it today.
 //! A hostname let go is free for another tunnel once its entry expires (at most
 //! [`TTL`]). Redis unreachable: claims are allowed (each edge still keeps one tunnel
-//! per hostname itself) and the entries are written again when it is back.
+//! per hostname itself) and the entries are written again when it is back (tried every
+//! [`RETRY_WHILE_FAILING`] meanwhile).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,6 +31,10 @@ use crate::util::hex;
 pub(crate) const TTL: Duration = Duration::from_secs(30);
 /// How often the entries of what this edge holds are refreshed.
 pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How soon a refresh that failed is tried again: a Redis that comes back after more
+/// than [`TTL`] holds none of this edge's entries, and until they are written again
+/// the other edges cannot forward to this one (their visitors get 404 or 502).
+pub(crate) const RETRY_WHILE_FAILING: Duration = Duration::from_secs(1);
 /// Longest wait for one call (connecting included).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Tunnels written per round trip.
@@ -235,13 +240,27 @@ impl Presence {
 
 /// Keeps this edge's presence current until the task is dropped.
 pub(crate) async fn run(presence: Arc<Presence>, registry: Arc<Registry>) {
-    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    keep(presence, move || registry.held(), REFRESH_EVERY).await;
+}
+
+/// Writes the tunnels `held` names every `every`, and every [`RETRY_WHILE_FAILING`]
+/// while writing fails.
+async fn keep(
+    presence: Arc<Presence>,
+    held: impl Fn() -> Vec<([u8; 16], Vec<String>)>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut before: HashSet<[u8; 16]> = HashSet::new();
     let mut failing = false;
     loop {
-        tick.tick().await;
-        let held = registry.held();
+        if failing {
+            tokio::time::sleep(RETRY_WHILE_FAILING).await;
+        } else {
+            tick.tick().await;
+        }
+        let held = held();
         let now: HashSet<[u8; 16]> = held.iter().map(|(t, _)| *t).collect();
         let gone: Vec<[u8; 16]> = before.difference(&now).copied().collect();
         match presence.refresh(&held, &gone).await {
@@ -325,6 +344,48 @@ mod tests {
             Some(([3; 16], Vec::new())),
             "claimed, but held nowhere"
         );
+    }
+
+    #[tokio::test]
+    async fn entries_are_written_again_within_a_retry_of_redis_coming_back() {
+        let mut server = RedisServer::start("presence-back");
+        let a = Arc::new(presence(&server, "edge-a:7844", TTL));
+        let b = presence(&server, "edge-b:7844", TTL);
+        server.stop();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let held = move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            vec![([4; 16], vec!["d4.example.com".to_string()])]
+        };
+        // A period far longer than the test: only the retry while failing can write.
+        let task = tokio::spawn(keep(a, held, Duration::from_secs(600)));
+        let start = std::time::Instant::now();
+        while calls.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            assert!(
+                start.elapsed() < RETRY_WHILE_FAILING + CALL_TIMEOUT * 2,
+                "a failed write is not tried again soon"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.restart();
+        let back = std::time::Instant::now();
+        loop {
+            if let Ok(Some((tunnel, members))) = b.locate("d4.example.com").await {
+                assert_eq!(
+                    (tunnel, members),
+                    ([4; 16], vec!["edge-a:7844".to_string()])
+                );
+                break;
+            }
+            assert!(
+                back.elapsed() < RETRY_WHILE_FAILING * 2 + CALL_TIMEOUT,
+                "not written again within {:?} of Redis coming back",
+                back.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task.abort();
     }
 
     #[tokio::test]
