@@ -140,8 +140,8 @@ def ticks(pid):
 
 def latency(http, host, count):
     url = f"http://{http}/"
-    out = bench.run(["curl", "-s", "-o", "/dev/null", "-H", f"Host: {host}", "-w", "%{http_code} %{time_total}\n",
-                     *([url] * count)], timeout=120).stdout
+    out = bench.run(["curl", "-s", "-H", f"Host: {host}", "-w", "%{http_code} %{time_total}\n",
+                     *([url, "-o", "/dev/null"] * count)], timeout=120).stdout
     codes, times = [], []
     for line in out.strip().splitlines():
         code, t = line.split()

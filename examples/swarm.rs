@@ -326,12 +326,21 @@ async fn register(
             connector_id: t.connector_id,
             conn_index: index,
             rules_generation: 1,
-            rules: vec![RuleInfo {
-                hostname: Some(t.hostname.clone()),
-                path: None,
-                action: RuleAction::Http,
-                host_header: None,
-            }],
+            rules: vec![
+                RuleInfo {
+                    hostname: Some(t.hostname.clone()),
+                    path: None,
+                    action: RuleAction::Http,
+                    host_header: None,
+                },
+                // The last rule must match everything.
+                RuleInfo {
+                    hostname: None,
+                    path: None,
+                    action: RuleAction::Status(404),
+                    host_header: None,
+                },
+            ],
             software: "swarm".into(),
         });
         wire::write_control(&mut send, &msg)
