@@ -20,7 +20,7 @@ With the tunnels held it reads:
 The swarm then reports how many connections stayed up while idle (none may be lost).
 
 Usage: python3 bench/scale.py [--tunnels N] [--small N] [--conns C] [--idle-secs S]
-                              [--requests R] [--debug]
+                              [--requests R] [--sources S] [--edge PATH] [--debug]
        (needs curl; builds --release unless --debug)
 """
 
@@ -50,6 +50,8 @@ def parse_args():
     ap.add_argument("--requests", type=int, default=200, metavar="R", help="requests for the latency (default 200)")
     ap.add_argument("--sources", type=int, default=64, metavar="S", help="swarm source addresses (default 64)")
     ap.add_argument("--debug", action="store_true", help="debug builds (a smoke test of the harness)")
+    ap.add_argument("--edge", metavar="PATH", help="this mailslot-edge binary instead of building one "
+                    "(an A/B of two edges: run the script once with each)")
     a = ap.parse_args()
     if not 1 <= a.tunnels <= 200000 or not 0 <= a.small <= a.tunnels or not 1 <= a.conns <= 8:
         ap.error("--tunnels 1-200000, --small 0..tunnels, --conns 1-8")
@@ -58,17 +60,18 @@ def parse_args():
     return a
 
 
-def build(debug):
+def build(debug, edge=None):
     """The edge as it ships (release: LTO, opt-level 3), and the swarm in a separate build:
     with the dev-dependencies an example needs, one build would unify their features into
     the edge's too. The swarm is a load tool, built without LTO (minutes less)."""
     profile = [] if debug else ["--release"]
     print("building the edge and the swarm ...", flush=True)
-    subprocess.run(["cargo", "build", "--quiet", *profile, "--bin", "mailslot-edge"], cwd=ROOT, check=True)
+    if not edge:
+        subprocess.run(["cargo", "build", "--quiet", *profile, "--bin", "mailslot-edge"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--quiet", *profile, "--example", "swarm"], cwd=ROOT, check=True,
                    env={**os.environ, "CARGO_PROFILE_RELEASE_LTO": "false", "CARGO_PROFILE_RELEASE_CODEGEN_UNITS": "16"})
     d = os.path.join(ROOT, "target", "debug" if debug else "release")
-    return os.path.join(d, "mailslot-edge"), os.path.join(d, "examples", "swarm")
+    return edge or os.path.join(d, "mailslot-edge"), os.path.join(d, "examples", "swarm")
 
 
 def raise_limits():
@@ -162,12 +165,14 @@ def one(binaries, tmp, n, a):
     row = dict(n=n, before=before)
     swarm = None
     if n:
+        ramp0 = ticks(pid)
         swarm = bench.Proc([swarm_bin, "--edge", e["tunnel"], "--ca", os.path.join(e["dir"], "ca.pem"),
                             "--signing-key", os.path.join(e["dir"], "signing.key"), "--tunnels", str(n),
                             "--conns", str(a.conns), "--sources", str(a.sources), "--domain", DOMAIN])
         m = swarm.wait_line(r"registered (\d+) tunnels \((\d+) connections\) in ([\d.]+) s: (\d+) tunnels/s, (\d+) failed",
                             timeout=600)
         row.update(conns=int(m.group(2)), secs=float(m.group(3)), rate=int(m.group(4)), failed=int(m.group(5)))
+        row["ramp_ms"] = (ticks(pid) - ramp0) * 1000 / os.sysconf("SC_CLK_TCK") / n
         swarm.wait_line(r"^holding")
         print(f"  {n} tunnels: {m.group(0)}", flush=True)
         time.sleep(2)  # a measurement window: the last registrations' tasks finish
@@ -190,10 +195,10 @@ def main():
     a = parse_args()
     limit = raise_limits()
     host = bench.host_line()
-    binaries = build(a.debug)
+    binaries = build(a.debug, a.edge)
     cmd = "python3 bench/scale.py " + " ".join(sys.argv[1:])
     print(host)
-    print(f"command: {cmd}; open files limit {limit}")
+    print(f"command: {cmd}; open files limit {limit}; edge {binaries[0]}")
     rows = []
     tmp = tempfile.mkdtemp(prefix="mailslot-scale-")
     try:
@@ -206,19 +211,19 @@ def main():
     tick = os.sysconf("SC_CLK_TCK")
     base = rows[0]
     print()
-    print("| tunnels | conns | register s | tunnels/s | failed | edge RSS before → after MiB | anon after MiB "
+    print("| tunnels | conns | register s | tunnels/s | edge CPU ms per tunnel registered | failed | edge RSS before → after MiB | anon after MiB "
           "| per tunnel KiB (RSS) | idle CPU % of a core | p50 ms | p90 ms | lost while idle |")
-    print("|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         b, f = r["before"], r["after"]
         per = (f["VmRSS"] - b["VmRSS"]) / r["n"] if r["n"] else 0
         cpu = 100 * r["idle_ticks"] / tick / r["idle_secs"]
         lat = r.get("lat")
-        print(f"| {r['n']} | {r.get('conns', 0)} | {r.get('secs', 0):.2f} | {r.get('rate', '-')} | {r.get('failed', '-')} "
+        print(f"| {r['n']} | {r.get('conns', 0)} | {r.get('secs', 0):.2f} | {r.get('rate', '-')} | {r.get('ramp_ms', 0):.2f} | {r.get('failed', '-')} "
               f"| {b['VmRSS'] / 1024:.1f} → {f['VmRSS'] / 1024:.1f} | {f.get('Anonymous', 0) / 1024:.1f} "
               f"| {per:.1f} | {cpu:.2f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {r.get('lost', '-')} |"
               if lat else
-              f"| 0 | 0 | - | - | - | {b['VmRSS'] / 1024:.1f} → {f['VmRSS'] / 1024:.1f} | {f.get('Anonymous', 0) / 1024:.1f} "
+              f"| 0 | 0 | - | - | - | - | {b['VmRSS'] / 1024:.1f} → {f['VmRSS'] / 1024:.1f} | {f.get('Anonymous', 0) / 1024:.1f} "
               f"| - | {cpu:.2f} | - | - | - |")
     big = rows[-1]
     if big["n"]:

@@ -232,7 +232,9 @@ async fn run(a: Args) -> Result<(), String> {
             86_400,
         )?;
         let mut connector_id = [0u8; 16];
-        connector_id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        for (d, b) in connector_id.iter_mut().zip((i as u64).to_be_bytes()) {
+            *d = b;
+        }
         let tunnel = Arc::new(Tunnel {
             index: i,
             token,
@@ -294,7 +296,8 @@ async fn run(a: Args) -> Result<(), String> {
         stats.requests.load(Ordering::Relaxed)
     );
     for s in &sources {
-        s.endpoint.close(quinn::VarInt::from_u32(0), b"swarm stopping");
+        s.endpoint
+            .close(quinn::VarInt::from_u32(0), b"swarm stopping");
     }
     for s in &sources {
         let _ = tokio::time::timeout(Duration::from_secs(5), s.endpoint.wait_idle()).await;
@@ -426,9 +429,11 @@ async fn stream(
             buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         };
         buf.drain(..end);
-        send.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok")
-            .await
-            .map_err(|e| e.to_string())?;
+        send.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         stats.requests.fetch_add(1, Ordering::Relaxed);
     }
 }
