@@ -28,6 +28,7 @@ import argparse
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -208,6 +209,7 @@ def main():
     finally:
         for p in bench.Proc.live:
             p.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     tick = os.sysconf("SC_CLK_TCK")
     base = rows[0]
     print()
