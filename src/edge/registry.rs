@@ -28,8 +28,11 @@ mod rules;
 pub(crate) use paths::{PathTable, TUNNEL_BUDGET};
 pub(crate) use rules::Rules;
 
-/// Most tunnels one edge holds.
-pub(crate) const MAX_TUNNELS: usize = 10_000;
+/// Most tunnels one edge holds. An idle tunnel of two QUIC connections costs the edge
+/// about 70 KiB (`bench/scale.py`: quinn's per-connection state, TLS keys, the
+/// connection's task and its registry record), so the cap is about 3.5 GiB; a smaller
+/// host is bounded by its memory first (bench/README.md, "Scale", for sizing).
+pub(crate) const MAX_TUNNELS: usize = 50_000;
 /// Most connections one tunnel holds (all replicas together).
 pub(crate) const MAX_CONNS_PER_TUNNEL: usize = 64;
 /// Silence from a connector that counts as gone: at least this...

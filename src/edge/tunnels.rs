@@ -136,7 +136,7 @@ pub(crate) async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) 
         let listener = listener.clone();
         tokio::spawn(async move {
             let handshake = async move { listener.accept(incoming)?.await };
-            let conn = match tokio::time::timeout(TLS_TIMEOUT, handshake).await {
+            let conn = match tokio::time::timeout(TLS_TIMEOUT, Box::pin(handshake)).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     log_limited!(
@@ -158,7 +158,7 @@ pub(crate) async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) 
             };
             if super::access::is_access_connection(&conn) {
                 drop(permit);
-                super::access::serve_quic(conn, state).await;
+                Box::pin(super::access::serve_quic(conn, state)).await;
                 return;
             }
             serve_connection(Session::Quic(conn), state, Some(permit)).await;
@@ -234,7 +234,12 @@ pub(crate) async fn accept_h2(
 /// Runs one tunnel connection: handshake, then its control stream until it ends.
 async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Option<HandshakeSlot>) {
     let remote = session.remote_addr();
-    let Some((conn, control, credential)) = register_in_time(&session, &state, permit).await else {
+    // Boxed, here and for the rare branches of `serve_control`: a future held across an
+    // await is part of the connection's task for as long as the connection lives, and
+    // idle connections are most of an edge's memory. Registration's state is freed
+    // once it is done instead of sizing every idle connection's task.
+    let registered = Box::pin(register_in_time(&session, &state, permit)).await;
+    let Some((conn, control, credential)) = registered else {
         return;
     };
     let who = describe(&conn, remote, session.protocol());
@@ -381,12 +386,12 @@ async fn serve_control(
                     expiry.as_mut().reset(tokio::time::Instant::now() + left.min(EXPIRY_RECHECK));
                     continue;
                 }
-                return expire(session, conn, expires, &mut control).await;
+                return Box::pin(expire(session, conn, expires, &mut control)).await;
             }
             () = &mut renewal, if credential.is_some() => {
                 let left = until_renewal(credential.as_ref());
                 if left.is_zero() {
-                    match renew(state, conn, credential.as_ref(), &mut control, who).await {
+                    match Box::pin(renew(state, conn, credential.as_ref(), &mut control, who)).await {
                         Ok(Some(renewed)) => {
                             expires = renewed.expires;
                             credential = Some(renewed);
@@ -419,7 +424,7 @@ async fn serve_control(
                 }
             }
             msg = wire::read_control::<_, ConnectorMsg>(&mut control.recv) => {
-                if let Some(ended) = on_message(msg, state, conn, expires, &mut control, who).await {
+                if let Some(ended) = Box::pin(on_message(msg, state, conn, expires, &mut control, who)).await {
                     return ended;
                 }
             }
