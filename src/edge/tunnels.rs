@@ -28,7 +28,7 @@ use super::registry::{Conn, Rules};
 use super::token::verify_tunnel;
 use super::EdgeState;
 use crate::transport::quic::{describe_close, Listener};
-use crate::transport::{Session, TunnelStream};
+use crate::transport::{RecvHalf, SendHalf, Session, TunnelStream};
 use crate::util::hex;
 use crate::wire::{
     self, ConnectorMsg, DeviceTail, EdgeMsg, HelloTail, KeysTail, Register, RegisterTail,
@@ -350,6 +350,12 @@ fn describe(conn: &Conn, remote: SocketAddr, protocol: impl std::fmt::Display) -
     )
 }
 
+/// Reads the connector's next control frame; hands the stream back with it.
+async fn read_next(mut recv: RecvHalf) -> (RecvHalf, Result<ConnectorMsg, wire::WireError>) {
+    let msg = wire::read_control::<_, ConnectorMsg>(&mut recv).await;
+    (recv, msg)
+}
+
 /// Serves a registered connection's control stream until the connection ends: the
 /// connector's messages, its token's expiry (a device's credential: its renewal),
 /// revocations by a reload, and the edge's own shutdown.
@@ -357,7 +363,7 @@ async fn serve_control(
     session: &Session,
     state: &Arc<EdgeState>,
     conn: &Arc<Conn>,
-    mut control: TunnelStream,
+    control: TunnelStream,
     mut credential: Option<DeviceClaims>,
     mailbox: Option<(tokio::sync::mpsc::Receiver<EdgeMsg>, Mailbox)>,
     who: &str,
@@ -377,6 +383,12 @@ async fn serve_control(
     tokio::pin!(expiry);
     let renewal = tokio::time::sleep(until_renewal(credential.as_ref()));
     tokio::pin!(renewal);
+    // One read at a time lives across the loop's turns: a frame half read when another
+    // branch fires is finished on the next turn, never dropped (which would put the
+    // stream out of step with the connector).
+    let TunnelStream { send, recv } = control;
+    let mut send = send;
+    let mut reading = Box::pin(read_next(recv));
     loop {
         tokio::select! {
             () = &mut expiry => {
@@ -386,12 +398,12 @@ async fn serve_control(
                     expiry.as_mut().reset(tokio::time::Instant::now() + left.min(EXPIRY_RECHECK));
                     continue;
                 }
-                return Box::pin(expire(session, conn, expires, &mut control)).await;
+                return Box::pin(expire(session, conn, expires, &mut send)).await;
             }
             () = &mut renewal, if credential.is_some() => {
                 let left = until_renewal(credential.as_ref());
                 if left.is_zero() {
-                    match Box::pin(renew(state, conn, credential.as_ref(), &mut control, who)).await {
+                    match Box::pin(renew(state, conn, credential.as_ref(), &mut send, who)).await {
                         Ok(Some(renewed)) => {
                             expires = renewed.expires;
                             credential = Some(renewed);
@@ -419,19 +431,20 @@ async fn serve_control(
                 }
             }
             Some(change) = async { match changes.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                if wire::write_control(&mut control.send, &change).await.is_err() {
+                if wire::write_control(&mut send, &change).await.is_err() {
                     return Ended::ControlLost;
                 }
             }
-            msg = wire::read_control::<_, ConnectorMsg>(&mut control.recv) => {
-                if let Some(ended) = Box::pin(on_message(msg, state, conn, expires, &mut control, who)).await {
+            (recv, msg) = &mut reading => {
+                reading = Box::pin(read_next(recv));
+                if let Some(ended) = Box::pin(on_message(msg, state, conn, expires, &mut send, who)).await {
                     return ended;
                 }
             }
             reason = session.closed() => return Ended::Closed(reason),
             _ = async { let _ = going_away.wait_for(|g| *g).await; } => {
                 let msg = EdgeMsg::GoAway { reason: "edge shutting down".into() };
-                let _ = wire::write_control(&mut control.send, &msg).await;
+                let _ = wire::write_control(&mut send, &msg).await;
                 // Keep serving streams in flight until the connector leaves or the
                 // edge's own shutdown closes the endpoint.
                 conn.set_draining();
@@ -457,7 +470,7 @@ async fn renew(
     state: &EdgeState,
     conn: &Conn,
     old: Option<&DeviceClaims>,
-    control: &mut TunnelStream,
+    send: &mut SendHalf,
     who: &str,
 ) -> Result<Option<DeviceClaims>, Ended> {
     let (Some(old), Some(enroller)) = (old, state.enroller.get()) else {
@@ -467,7 +480,7 @@ async fn renew(
         return Ok(None);
     };
     let msg = EdgeMsg::Credential { credential: text };
-    if wire::write_control(&mut control.send, &msg).await.is_err() {
+    if wire::write_control(send, &msg).await.is_err() {
         return Err(Ended::ControlLost);
     }
     if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
@@ -483,14 +496,14 @@ async fn renew(
 /// The connection's token (or device credential) expired at `expires`: the connector
 /// is told why and leaves on its own; the edge closes after a moment either way
 /// (closing at once could overtake the message).
-async fn expire(session: &Session, conn: &Conn, expires: u64, control: &mut TunnelStream) -> Ended {
+async fn expire(session: &Session, conn: &Conn, expires: u64, send: &mut SendHalf) -> Ended {
     let reason = expired_reason(conn, expires);
     let msg = EdgeMsg::GoAway {
         reason: wire::bounded_reason(reason.clone()),
     };
     conn.set_draining();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        if wire::write_control(&mut control.send, &msg).await.is_ok() {
+        if wire::write_control(send, &msg).await.is_ok() {
             session.closed().await;
         }
     })
@@ -505,7 +518,7 @@ async fn on_message(
     state: &EdgeState,
     conn: &Arc<Conn>,
     expires: u64,
-    control: &mut TunnelStream,
+    send: &mut SendHalf,
     who: &str,
 ) -> Option<Ended> {
     match msg {
@@ -521,7 +534,7 @@ async fn on_message(
                 reason: wire::bounded_reason(reason.clone()),
                 permanent: true,
             };
-            let _ = wire::write_control(&mut control.send, &reply).await;
+            let _ = wire::write_control(send, &reply).await;
             Some(Ended::ByEdge(reason))
         }
         Ok(ConnectorMsg::UpdateRules { generation, rules }) => {
@@ -540,7 +553,7 @@ async fn on_message(
                     }
                 }
             };
-            match wire::write_control(&mut control.send, &reply).await {
+            match wire::write_control(send, &reply).await {
                 Ok(_) => None,
                 Err(_) => Some(Ended::ControlLost),
             }
