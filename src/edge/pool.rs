@@ -213,46 +213,72 @@ impl Pool {
             key,
             idle,
         });
-        resp.map(|body| PooledBody { body, back })
+        resp.map(|body| ReturningBody::new(body, back))
     }
 }
 
 /// Where a connection goes once its response is read.
-struct Back {
+pub(crate) struct Back {
     pool: Arc<Pool>,
     key: Key,
     idle: Idle,
 }
 
-impl Back {
-    fn give(self) {
-        if self.idle.tx.is_ready() {
-            self.pool.checkin(self.key, self.idle);
-            return;
-        }
-        // The connection task has not yet taken in the end of the exchange (or the
-        // request body is still being sent): return it once it is ready, or never.
-        let Back {
-            pool,
-            key,
-            mut idle,
-        } = self;
-        tokio::spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, idle.tx.ready()).await {
-                pool.checkin(key, idle);
-            }
-        });
+impl GiveBack for Back {
+    const WAIT: Duration = IDLE_TIMEOUT;
+
+    fn sender(&mut self) -> &mut http1::SendRequest<Body> {
+        &mut self.idle.tx
+    }
+
+    fn checkin(self) {
+        self.pool.checkin(self.key, self.idle);
     }
 }
 
-/// A response body from the origin; its connection returns to the pool when the body
-/// has been read to its end.
-pub(crate) struct PooledBody {
-    body: Incoming,
-    back: Option<Back>,
+/// A kept HTTP/1.1 connection's way back to its pool once a response has been read
+/// (this pool's origin streams, and the connections to the other edges of a cluster).
+pub(crate) trait GiveBack: Send + Sized + Unpin + 'static {
+    /// Longest wait for the connection to take in the end of the exchange.
+    const WAIT: Duration;
+    /// The connection's request sender.
+    fn sender(&mut self) -> &mut http1::SendRequest<Body>;
+    /// Puts the connection back in its pool.
+    fn checkin(self);
 }
 
-impl http_body::Body for PooledBody {
+/// Returns `back`'s connection to its pool now, or once the connection task has taken
+/// in the end of the exchange (or the request body has been sent), or never.
+fn give<B: GiveBack>(mut back: B) {
+    if back.sender().is_ready() {
+        back.checkin();
+        return;
+    }
+    tokio::spawn(async move {
+        if let Ok(Ok(())) = tokio::time::timeout(B::WAIT, back.sender().ready()).await {
+            back.checkin();
+        }
+    });
+}
+
+/// A response body whose connection returns to its pool when the body has been read to
+/// its end.
+pub(crate) struct ReturningBody<B: GiveBack> {
+    body: Incoming,
+    back: Option<B>,
+}
+
+impl<B: GiveBack> ReturningBody<B> {
+    /// `body`, whose connection goes back through `back` (none: it does not).
+    pub(crate) fn new(body: Incoming, back: Option<B>) -> Self {
+        ReturningBody { body, back }
+    }
+}
+
+/// A response body from the origin.
+pub(crate) type PooledBody = ReturningBody<Back>;
+
+impl<B: GiveBack> http_body::Body for ReturningBody<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -274,7 +300,7 @@ impl http_body::Body for PooledBody {
         };
         if done {
             if let Some(back) = me.back.take() {
-                back.give();
+                give(back);
             }
         }
         Poll::Ready(frame)
@@ -289,13 +315,13 @@ impl http_body::Body for PooledBody {
     }
 }
 
-impl Drop for PooledBody {
+impl<B: GiveBack> Drop for ReturningBody<B> {
     fn drop(&mut self) {
         // An empty body may never be polled; one dropped before its end leaves the
         // connection mid-response, and it closes with the sender.
         if let Some(back) = self.back.take() {
             if http_body::Body::is_end_stream(&self.body) {
-                back.give();
+                give(back);
             }
         }
     }

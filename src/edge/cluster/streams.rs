@@ -11,12 +11,9 @@
 //! [`super::peer::MAX_PEERS`] edges, each closed after [`IDLE_TIMEOUT`].
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -25,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use super::forward::Miss;
 use super::peer::{PeerKind, MAX_PEERS};
 use crate::edge::body::Body;
+use crate::edge::pool::{GiveBack, ReturningBody};
 use crate::util::lock;
 
 /// Idle connections to another edge are closed after this long.
@@ -158,91 +156,32 @@ impl super::Cluster {
             member,
             idle,
         });
-        resp.map(|body| PeerBody { body, back })
+        resp.map(|body| ReturningBody::new(body, back))
     }
 }
 
 /// Where a connection goes once its response is read.
-struct Back {
+pub(crate) struct Back {
     pool: Arc<PeerPool>,
     member: String,
     idle: Idle,
 }
 
-impl Back {
-    fn give(self) {
-        if self.idle.tx.is_ready() {
-            self.pool.checkin(&self.member, self.idle);
-            return;
-        }
-        // The connection task has not yet taken in the end of the exchange (or the
-        // request body is still being sent): return it once it is ready, or never.
-        let Back {
-            pool,
-            member,
-            mut idle,
-        } = self;
-        tokio::spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, idle.tx.ready()).await {
-                pool.checkin(&member, idle);
-            }
-        });
+impl GiveBack for Back {
+    const WAIT: Duration = IDLE_TIMEOUT;
+
+    fn sender(&mut self) -> &mut http1::SendRequest<Body> {
+        &mut self.idle.tx
+    }
+
+    fn checkin(self) {
+        self.pool.checkin(&self.member, self.idle);
     }
 }
 
 /// A response body from another edge; its connection returns to the pool when the
 /// body has been read to its end.
-pub(crate) struct PeerBody {
-    body: Incoming,
-    back: Option<Back>,
-}
-
-impl http_body::Body for PeerBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let me = self.get_mut();
-        let frame = ready!(Pin::new(&mut me.body).poll_frame(cx));
-        let done = match &frame {
-            None => true,
-            Some(Ok(_)) => me.body.is_end_stream(),
-            Some(Err(_)) => {
-                me.back = None;
-                false
-            }
-        };
-        if done {
-            if let Some(back) = me.back.take() {
-                back.give();
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PeerBody {
-    fn drop(&mut self) {
-        // An empty body may never be polled; one dropped before its end leaves the
-        // connection mid-response, and it closes with the sender.
-        if let Some(back) = self.back.take() {
-            if http_body::Body::is_end_stream(&self.body) {
-                back.give();
-            }
-        }
-    }
-}
+pub(crate) type PeerBody = ReturningBody<Back>;
 
 #[cfg(test)]
 mod tests {

@@ -492,19 +492,23 @@ pub async fn push_config(
     })
 }
 
-/// The devices a push goes to (online ones first) and their one fleet.
-fn push_targets(inv: &Inventory, req: &PushRequest) -> Result<(String, Vec<String>), String> {
-    let all = inv.list();
-    let mut chosen: Vec<&DeviceView> = match (&req.fleet, req.devices.is_empty()) {
-        (Some(_), false) => return Err("name devices or a fleet, not both".into()),
-        (None, true) => return Err("name the devices, or a fleet".into()),
-        (Some(f), true) => all
+/// The devices a push or an upgrade names: `devices` (each known and not revoked, once),
+/// or every device of `fleet` not revoked; one of the two.
+pub(super) fn chosen_devices<'a>(
+    all: &'a [DeviceView],
+    devices: &[String],
+    fleet: Option<&str>,
+) -> Result<Vec<&'a DeviceView>, String> {
+    match (fleet, devices.is_empty()) {
+        (Some(_), false) => Err("name devices or a fleet, not both".into()),
+        (None, true) => Err("name the devices, or a fleet".into()),
+        (Some(f), true) => Ok(all
             .iter()
-            .filter(|v| v.record.fleet == *f && v.record.revoked.is_none())
-            .collect(),
+            .filter(|v| v.record.fleet == f && v.record.revoked.is_none())
+            .collect()),
         (None, false) => {
-            let mut out = Vec::new();
-            for id in &req.devices {
+            let mut out: Vec<&DeviceView> = Vec::new();
+            for id in devices {
                 let v = all
                     .iter()
                     .find(|v| v.record.id == *id)
@@ -512,13 +516,19 @@ fn push_targets(inv: &Inventory, req: &PushRequest) -> Result<(String, Vec<Strin
                 if v.record.revoked.is_some() {
                     return Err(format!("device {id} is revoked"));
                 }
-                if !out.iter().any(|o: &&DeviceView| o.record.id == *id) {
+                if !out.iter().any(|o| o.record.id == *id) {
                     out.push(v);
                 }
             }
-            out
+            Ok(out)
         }
-    };
+    }
+}
+
+/// The devices a push goes to (online ones first) and their one fleet.
+fn push_targets(inv: &Inventory, req: &PushRequest) -> Result<(String, Vec<String>), String> {
+    let all = inv.list();
+    let mut chosen = chosen_devices(&all, &req.devices, req.fleet.as_deref())?;
     let Some(first) = chosen.first() else {
         return Err(format!(
             "no devices in fleet {}",

@@ -584,30 +584,8 @@ pub async fn upgrade(
         )));
     }
     let all = inv.list();
-    let mut chosen: Vec<&super::DeviceView> = match (&req.fleet, req.devices.is_empty()) {
-        (Some(_), false) => return Err(bad("name devices or a fleet, not both".into())),
-        (None, true) => return Err(bad("name the devices, or a fleet".into())),
-        (Some(f), true) => all
-            .iter()
-            .filter(|v| v.record.fleet == *f && v.record.revoked.is_none())
-            .collect(),
-        (None, false) => {
-            let mut out: Vec<&super::DeviceView> = Vec::new();
-            for id in &req.devices {
-                let v = all
-                    .iter()
-                    .find(|v| v.record.id == *id)
-                    .ok_or_else(|| bad(format!("no device {}", crate::wire::printable(id))))?;
-                if v.record.revoked.is_some() {
-                    return Err(bad(format!("device {id} is revoked")));
-                }
-                if !out.iter().any(|o| o.record.id == *id) {
-                    out.push(v);
-                }
-            }
-            out
-        }
-    };
+    let mut chosen =
+        super::api::chosen_devices(&all, &req.devices, req.fleet.as_deref()).map_err(bad)?;
     if chosen.is_empty() {
         return Err(bad("no devices to upgrade".into()));
     }
