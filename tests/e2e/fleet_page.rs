@@ -4,7 +4,7 @@
 //! [`assert_fleet_page`] checks what the page shows against the devices a test expects;
 //! tests with enrolled devices pass their list to it.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use super::common::*;
 
@@ -202,37 +202,6 @@ pub(crate) fn the_admin_api_takes_basic_auth_for_reading_only() {
         r.status,
         r.text()
     );
-}
-
-/// A copy of the edge's `edge.yml` for the `devices` commands: its admin listener's
-/// real port (the edge was started on port 0) and `token`.
-fn cli_config(edge: &EdgeProc, token: &str) -> std::path::PathBuf {
-    let yml = std::fs::read_to_string(edge.dir.join("edge.yml")).unwrap();
-    let text: String = yml
-        .lines()
-        .map(|l| {
-            if l.starts_with("admin-listen:") {
-                format!("admin-listen: {}\n", edge.admin_addr())
-            } else if l.starts_with("admin-token:") {
-                format!("admin-token: {token}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    let path = edge.dir.join(&format!("cli-{}.yml", &token[..8]));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn devices(config: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(EDGE)
-        .arg("devices")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap()
 }
 
 pub(crate) fn devices_commands_talk_to_the_running_edge() -> Result<(), Skip> {

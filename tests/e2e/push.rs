@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -31,16 +31,7 @@ impl Fleet {
         let edge = start_edge(init_edge(&format!(
             "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n"
         )));
-        let yml = std::fs::read_to_string(edge.dir.join("edge.yml")).unwrap();
-        let text: String = yml
-            .lines()
-            .map(|l| match l.starts_with("admin-listen:") {
-                true => format!("admin-listen: {}\n", edge.admin_addr()),
-                false => format!("{l}\n"),
-            })
-            .collect();
-        let cli = edge.dir.join("cli.yml");
-        std::fs::write(&cli, text).unwrap();
+        let cli = cli_config(&edge, TOKEN);
         let out = run_ok(
             "mailslot-edge enroll-key",
             Command::new(EDGE)
@@ -88,21 +79,13 @@ impl Fleet {
         path
     }
 
-    fn devices(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-        let mut cmd = Command::new(EDGE);
-        cmd.arg("devices");
-        for a in args {
-            cmd.arg(a);
-        }
-        cmd.arg("--config").arg(&self.cli).output().unwrap()
+    fn devices(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
+        devices(&self.cli, args)
     }
 
     /// One device from the admin API, as JSON.
     fn api_device(&self, id: &str) -> serde_json::Value {
-        let url = format!("http://{}/api/v1/devices/{id}", self.edge.admin_addr());
-        let r = curl(&["-H", &format!("Authorization: Bearer {TOKEN}"), &url]);
-        assert_eq!(r.status, 200, "{}", r.text());
-        serde_json::from_str(&r.text()).unwrap()
+        api_device(&self.edge, TOKEN, id)
     }
 }
 

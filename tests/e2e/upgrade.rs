@@ -227,16 +227,7 @@ impl Fleet {
         let edge = start_edge(init_edge(&format!(
             "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\nfleet:\n  release-key: {public}\n"
         )));
-        let yml = std::fs::read_to_string(edge.dir.join("edge.yml")).unwrap();
-        let text: String = yml
-            .lines()
-            .map(|l| match l.starts_with("admin-listen:") {
-                true => format!("admin-listen: {}\n", edge.admin_addr()),
-                false => format!("{l}\n"),
-            })
-            .collect();
-        let cli = edge.dir.join("cli.yml");
-        std::fs::write(&cli, text).unwrap();
+        let cli = cli_config(&edge, TOKEN);
         let out = run_ok(
             "mailslot-edge enroll-key",
             Command::new(EDGE)
@@ -307,19 +298,12 @@ impl Fleet {
     }
 
     fn devices(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
-        let mut cmd = Command::new(EDGE);
-        cmd.arg("devices");
-        for a in args {
-            cmd.arg(a);
-        }
-        cmd.arg("--config").arg(&self.cli).output().unwrap()
+        devices(&self.cli, args)
     }
 
+    /// One device from the admin API, as JSON.
     fn api_device(&self, id: &str) -> serde_json::Value {
-        let url = format!("http://{}/api/v1/devices/{id}", self.edge.admin_addr());
-        let r = curl(&["-H", &format!("Authorization: Bearer {TOKEN}"), &url]);
-        assert_eq!(r.status, 200, "{}", r.text());
-        serde_json::from_str(&r.text()).unwrap()
+        api_device(&self.edge, TOKEN, id)
     }
 }
 

@@ -182,3 +182,43 @@ pub fn device_yaml_with(
         ca.display()
     )
 }
+
+/// A copy of the edge's `edge.yml` for the `devices` commands: its admin listener's
+/// real port (the edge was started on port 0) and `token`.
+pub fn cli_config(edge: &EdgeProc, token: &str) -> PathBuf {
+    let yml = std::fs::read_to_string(edge.dir.join("edge.yml")).unwrap();
+    let text: String = yml
+        .lines()
+        .map(|l| {
+            if l.starts_with("admin-listen:") {
+                format!("admin-listen: {}\n", edge.admin_addr())
+            } else if l.starts_with("admin-token:") {
+                format!("admin-token: {token}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let path = edge.dir.join(&format!("cli-{}.yml", &token[..8]));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `mailslot-edge devices ARGS --config CONFIG` (a [`cli_config`]), run to its end.
+pub fn devices<S: AsRef<std::ffi::OsStr>>(config: &Path, args: &[S]) -> std::process::Output {
+    Command::new(EDGE)
+        .arg("devices")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// One device from the edge's admin API (`token`), as JSON.
+pub fn api_device(edge: &EdgeProc, token: &str, id: &str) -> serde_json::Value {
+    let url = format!("http://{}/api/v1/devices/{id}", edge.admin_addr());
+    let r = super::curl(&["-H", &format!("Authorization: Bearer {token}"), &url]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_str(&r.text()).unwrap()
+}
