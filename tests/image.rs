@@ -224,28 +224,44 @@ fn tarball_lists_what_ships_with_fixed_modes_and_is_reproducible() -> Completion
 }
 
 /// Debian's busybox-static for arm64: `MAILSLOT_BUSYBOX_DEB`, or downloaded once with
-/// apt-get into the target folder.
+/// apt-get into the target folder. The tests run in parallel and share the file, so the
+/// download happens once per process, into a folder of its own, and is renamed into
+/// place whole: no test ever reads a file still being written.
 fn busybox_deb() -> Result<PathBuf, String> {
+    static DEB: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DEB.get_or_init(fetch_busybox_deb).clone()
+}
+
+fn fetch_busybox_deb() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("MAILSLOT_BUSYBOX_DEB") {
         return Ok(PathBuf::from(p));
     }
     let dir = target_dir().join("image-test/deb");
-    std::fs::create_dir_all(&dir).unwrap();
-    let find = || {
-        std::fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let find = |dir: &Path| {
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
             let n = e.file_name().to_string_lossy().to_string();
             (n.starts_with("busybox-static_") && n.ends_with("_arm64.deb")).then(|| e.path())
         })
     };
-    if let Some(p) = find() {
+    if let Some(p) = find(&dir) {
         return Ok(p);
     }
+    let part = dir.join(format!(".download-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&part);
+    std::fs::create_dir_all(&part).map_err(|e| format!("{}: {e}", part.display()))?;
     let o = Command::new("apt-get")
         .args(["download", "busybox-static:arm64"])
-        .current_dir(&dir)
+        .current_dir(&part)
         .output()
         .map_err(|e| format!("apt-get: {e}"))?;
-    find().ok_or_else(|| {
+    let got = find(&part).filter(|_| o.status.success());
+    let placed = got.and_then(|p| {
+        let to = dir.join(p.file_name()?);
+        std::fs::rename(&p, &to).ok().map(|_| to)
+    });
+    let _ = std::fs::remove_dir_all(&part);
+    placed.ok_or_else(|| {
         format!(
             "cannot download busybox-static:arm64 (dpkg --add-architecture arm64 && apt-get \
              update, as .ci/image.sh does): {}",
