@@ -57,6 +57,15 @@ commands:
         offer release V (`release add`) to the devices, the build for each device's
         architecture; canaries first, stopped by the first rollback, as push-config;
         --metered-ok lets devices on a metered link download it
+  revoke tunnel ID... --config edge.yml [--json]
+  revoke access-token ID... --config edge.yml [--json]
+        revoke tunnels (the id `token` printed) or access tokens for good, through
+        the running edge (its admin-listen, with its admin-token): kept in the fleet
+        store and enforced at once by every edge sharing it (a cluster's Redis);
+        needs `fleet:`. The revoked-tunnels: and revoked-access-tokens: lists of
+        edge.yml keep working
+  revoke ls --config edge.yml [--json]
+        list the tunnels and access tokens revoked through the fleet store
   release keygen --out release.key
         make the release key (PKCS#8, mode 0600; keep it offline) and release.key.pub;
         print the public key for `fleet: release-key:`
@@ -107,6 +116,12 @@ fn real_main() -> Result<(), String> {
     };
     if cmd == "release" {
         return release_cmd(&mut parser);
+    }
+    if cmd == "revoke" {
+        return mailslot::edge::fleet::revoke_cli::main(
+            parser.raw_args().map_err(arg_err)?,
+            &usage_of(&cmd),
+        );
     }
     if cmd == "devices" {
         return mailslot::edge::fleet::cli::main(
@@ -276,12 +291,12 @@ fn token_cmd(args: Args) -> Result<(), String> {
     // The token on stdout alone, so `$(mailslot-edge token ...)` captures just it.
     println!("{signed}");
     eprintln!(
-        "tunnel {} id {} may serve {}; expires in {}s (revoke with revoked-tunnels: [{}])",
+        "tunnel {} id {id} may serve {}; expires in {}s (revoke with `mailslot-edge revoke \
+         tunnel {id}`, or revoked-tunnels: [{id}] and SIGHUP)",
         claims.tunnel,
-        mailslot::util::hex(&claims.id),
         claims.hosts.join(", "),
         claims.expires.saturating_sub(now),
-        mailslot::util::hex(&claims.id),
+        id = mailslot::util::hex(&claims.id),
     );
     Ok(())
 }
@@ -306,8 +321,8 @@ fn access_token_cmd(args: Args) -> Result<(), String> {
     println!("{token}");
     let id = mailslot::util::hex(&policy::access_token_id(&token));
     eprintln!(
-        "access token {id} for {user}: {}; expires in {}s (revoke with \
-         revoked-access-tokens: [{id}] and SIGHUP)",
+        "access token {id} for {user}: {}; expires in {}s (revoke with `mailslot-edge \
+         revoke access-token {id}`, or revoked-access-tokens: [{id}] and SIGHUP)",
         args.hostnames.join(", "),
         ttl.as_secs()
     );

@@ -17,6 +17,9 @@
 //!   ([`super::fleet::api`]; docs/fleet.md).
 //! - `POST /api/v1/push-config` (a config push to devices or a fleet: bearer token
 //!   only), `GET /api/v1/rollouts/ID`: JSON ([`super::fleet::api`]; docs/remote.md).
+//! - `POST /api/v1/tunnels/ID/revoke`, `POST /api/v1/access-tokens/ID/revoke`,
+//!   `GET /api/v1/revocations`: tunnels and access tokens revoked through the fleet
+//!   store, enforced by every edge that shares it ([`super::fleet::revoked`]).
 //! - `GET /fleet`, `GET /fleet/ID`: the fleet page ([`super::fleet::page`]); `GET /`
 //!   sends a browser there.
 
@@ -31,6 +34,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use super::fleet::revoked::{self, RevokedKind};
 use super::fleet::{api, page, Inventory};
 use super::EdgeState;
 use crate::transport::Transport;
@@ -139,6 +143,9 @@ enum Route<'a> {
     Devices,
     Device(&'a str),
     Revoke(&'a str),
+    /// `POST /api/v1/tunnels/ID/revoke`, `POST /api/v1/access-tokens/ID/revoke`.
+    RevokeId(RevokedKind, &'a str),
+    Revocations,
     PushConfig,
     Upgrade,
     Rollout(&'a str),
@@ -157,6 +164,11 @@ impl Route<'_> {
             ["api", "v1", "devices"] | ["api", "v1", "devices", ""] => Route::Devices,
             ["api", "v1", "devices", id] => Route::Device(id),
             ["api", "v1", "devices", id, "revoke"] => Route::Revoke(id),
+            ["api", "v1", "tunnels", id, "revoke"] => Route::RevokeId(RevokedKind::Tunnel, id),
+            ["api", "v1", "access-tokens", id, "revoke"] => {
+                Route::RevokeId(RevokedKind::AccessToken, id)
+            }
+            ["api", "v1", "revocations"] => Route::Revocations,
             ["api", "v1", "push-config"] => Route::PushConfig,
             ["api", "v1", "upgrade"] => Route::Upgrade,
             ["api", "v1", "rollouts", id] => Route::Rollout(id),
@@ -169,7 +181,9 @@ impl Route<'_> {
     /// The method the route takes.
     fn method(&self) -> Method {
         match self {
-            Route::Revoke(_) | Route::PushConfig | Route::Upgrade => Method::POST,
+            Route::Revoke(_) | Route::RevokeId(..) | Route::PushConfig | Route::Upgrade => {
+                Method::POST
+            }
             _ => Method::GET,
         }
     }
@@ -250,6 +264,14 @@ async fn answer(req: Request<Incoming>, state: &EdgeState) -> Response<Full<Byte
         Route::Revoke(id) => match state.fleet.get() {
             None => not_loaded(false),
             Some(inv) => revoke(inv, id).await,
+        },
+        Route::RevokeId(kind, id) => match state.fleet.get() {
+            None => not_loaded(false),
+            Some(inv) => answered(revoked::revoke(inv, kind, id).await),
+        },
+        Route::Revocations => match state.fleet.get() {
+            None => not_loaded(false),
+            Some(inv) => answered(revoked::list(inv).await),
         },
         Route::PushConfig => match state.fleet.get() {
             None => not_loaded(false),

@@ -224,15 +224,8 @@ pub fn parse_tunnel_id(s: &str) -> Result<[u8; 16], String> {
 /// Parses the 32 hex digits of an id listed under `key`.
 fn parse_id(s: &str, key: &str, what: &str) -> Result<[u8; 16], String> {
     let s = s.trim();
-    let bad = || format!("{key}: {s:?} is not {what} (32 hex digits)");
-    if s.len() != 32 || !s.is_ascii() {
-        return Err(bad());
-    }
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(id)
+    super::fleet::revoked::parse_id(s)
+        .ok_or_else(|| format!("{key}: {s:?} is not {what} (32 hex digits)"))
 }
 
 /// Parses "64KiB", "10MiB", "1GiB", "1000" (bytes).

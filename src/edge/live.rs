@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::config::EdgeConfig;
+use super::fleet::revoked::RevokedIds;
 use super::policy::AccessPolicy;
 use super::{init, token, Certs, EdgeState};
 
@@ -50,6 +51,64 @@ impl Live {
             policy: AccessPolicy::load(&cfg.access)?,
             generation: 0,
         })
+    }
+}
+
+impl Live {
+    /// A copy to change and put in force.
+    pub(crate) fn copy(&self) -> Live {
+        Live {
+            verify_keys: self.verify_keys.clone(),
+            revoked: self.revoked.clone(),
+            policy: self.policy.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// Adds the tunnels and access tokens revoked through the fleet store (to those
+    /// `edge.yml` lists); how many tunnels and access tokens were not refused before.
+    pub(crate) fn add_store_revocations(&mut self, ids: &RevokedIds) -> (usize, usize) {
+        let tunnels = ids
+            .tunnels
+            .iter()
+            .filter(|id| self.revoked.insert(**id))
+            .count();
+        (tunnels, self.policy.revoke_tokens(&ids.access_tokens))
+    }
+}
+
+/// Puts the revocations made through the fleet store in force as they come (one edge's
+/// admin API, or another edge's through Redis): tunnels newly revoked have their
+/// connections closed, access sessions opened with a newly revoked token are cut (as a
+/// reload does). Runs until `ids` closes.
+pub(crate) async fn enforce_store_revocations(
+    state: Arc<EdgeState>,
+    mut ids: tokio::sync::watch::Receiver<Arc<RevokedIds>>,
+) {
+    loop {
+        let now = ids.borrow_and_update().clone();
+        let mut added = (0, 0);
+        state.live.send_if_modified(|live| {
+            let mut next = live.copy();
+            added = next.add_store_revocations(&now);
+            if added == (0, 0) {
+                return false;
+            }
+            *live = Arc::new(next);
+            true
+        });
+        if added != (0, 0) {
+            log::info!(
+                "edge {}: revoked through the fleet store, now in force: {} tunnels, {} access \
+                 tokens",
+                state.name,
+                added.0,
+                added.1
+            );
+        }
+        if ids.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -88,6 +147,9 @@ impl Reloader {
     pub fn reload(&mut self) -> Result<(), String> {
         let cfg = EdgeConfig::load(&self.path)?;
         let mut live = Live::load(&cfg).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        if let Some(inventory) = self.state.fleet.get() {
+            live.add_store_revocations(&inventory.revoked_ids());
+        }
         let certs = Certs::load(&cfg)?;
         let old = self.state.live();
         live.generation = old.generation + 1;

@@ -322,12 +322,14 @@ impl Edge {
         tcp_ports: Vec<access::BoundTcpPort>,
     ) -> Edge {
         self.state.live.send_modify(|live| {
-            *live = Arc::new(Live {
-                verify_keys: live.verify_keys.clone(),
-                revoked: live.revoked.clone(),
+            let mut next = Live {
                 policy,
-                generation: live.generation,
-            })
+                ..live.copy()
+            };
+            if let Some(inventory) = self.state.fleet.get() {
+                next.add_store_revocations(&inventory.revoked_ids());
+            }
+            *live = Arc::new(next);
         });
         self.tcp_ports = tcp_ports;
         self
@@ -389,6 +391,11 @@ impl Edge {
             cfg.credential_lifetime,
             cfg.health_every,
         );
+        self.state.live.send_modify(|live| {
+            let mut next = live.copy();
+            next.add_store_revocations(&inventory.revoked_ids());
+            *live = Arc::new(next);
+        });
         let _ = self.state.fleet.set(Arc::new(inventory));
         let _ = self.state.enroller.set(Arc::new(enroller));
         Ok(self)
@@ -485,6 +492,10 @@ impl Edge {
         }
         if let Some(inventory) = self.state.fleet.get() {
             tasks.push(inventory.spawn_writer());
+            tasks.push(tokio::spawn(live::enforce_store_revocations(
+                self.state.clone(),
+                inventory.watch_revoked(),
+            )));
             if let Some(c) = self.state.cluster.get() {
                 tasks.push(c.serve_peers(self.state.clone())?);
                 tasks.push(c.spawn_follower(inventory.clone()));

@@ -167,7 +167,7 @@ fn forbidden(message: String) -> Denied {
 }
 
 /// The policies in force, with service token secrets loaded (as SHA-256 digests).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AccessPolicy {
     policies: Vec<Policy>,
     service_tokens: Vec<(String, [u8; 32])>,
@@ -196,6 +196,17 @@ impl AccessPolicy {
             service_tokens,
             revoked_tokens: cfg.revoked_tokens.iter().copied().collect(),
         })
+    }
+
+    /// Refuses the access tokens of `ids` too (revoked through the fleet store); how
+    /// many were not refused before.
+    pub(crate) fn revoke_tokens<'a>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'a [u8; 16]>,
+    ) -> usize {
+        ids.into_iter()
+            .filter(|id| self.revoked_tokens.insert(**id))
+            .count()
     }
 
     /// `(access policies, service tokens, revoked access tokens)`, for logs.

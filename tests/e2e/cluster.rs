@@ -585,3 +585,155 @@ fn ws_echo_origin(rt: &tokio::runtime::Runtime) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// Polls `check` every 10 ms until it holds, at most [`AGREE_WITHIN`] (plus one poll's
+/// own time); how long it took, or `None`.
+fn within_agreement(mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > AGREE_WITHIN {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `mailslot-edge revoke ARGS --config` `edge`'s edge.yml (with its admin listener's
+/// address); its stdout, or the failure.
+fn revoke_cmd(edge: &EdgeProc, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(EDGE)
+        .arg("revoke")
+        .args(args)
+        .arg("--config")
+        .arg(cli_config(edge, "revoke-cli"))
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(stdout(&out))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+/// A tunnel and an access token revoked with `mailslot-edge revoke` at edge A: the
+/// tunnel's connections at edge B are closed and it cannot come back, the token is
+/// refused at B, both within 2 s, with no list in either edge.yml and no reload; both
+/// hold after B restarts (read from Redis) and after a reload of its edge.yml, and
+/// `revoke ls` lists them at either edge.
+pub(crate) fn revocations_made_at_one_edge_hold_at_every_edge() -> Result<(), Skip> {
+    let redis = RedisProc::start()?;
+    let a = cluster_edge(&redis, "127.0.0.1:0", None);
+    let policy = "access:\n  - hostname: web.dev42.example.com\n    allow: signed\n";
+    let key = Some(a.dir.join("signing.key"));
+    let mut b = cluster_edge_with(&redis, "127.0.0.1:0", SECRET, key.clone(), policy);
+    let origin = Origin::start("rev");
+    let rules = format!(
+        "  - hostname: web.dev42.example.com\n    service: http://{}\n{}",
+        origin.addr,
+        dev42_rules(origin.addr)
+    );
+    let token = a.token(
+        "dev42",
+        &["dev42.example.com", "web.dev42.example.com"],
+        "1h",
+    );
+    let dev = TempDir::new("cluster-revoke");
+    let connector = start_connector(dev.path(), &device_yaml(&b, &token, 1, &rules), 1);
+    let line = b.proc.wait_line(": registered");
+    let tunnel_id = line
+        .split("tunnel dev42 (")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no tunnel id in {line:?}"))
+        .to_string();
+    assert_eq!(visit(&b, "dev42.example.com", "/", &[]).status, 200);
+
+    // An access token (signed at A) admits at B until it is revoked at A.
+    let out = run_ok(
+        "mailslot-edge access-token",
+        Command::new(EDGE)
+            .arg("access-token")
+            .arg("--config")
+            .arg(a.dir.join("edge.yml"))
+            .args(["--user", "alice", "--hostname", "web.dev42.example.com"]),
+    );
+    let alice = stdout(&out).trim().to_string();
+    let note = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(note.contains("mailslot-edge revoke access-token"), "{note}");
+    let alice_id = note
+        .split("access token ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let bearer = format!("Authorization: Bearer {alice}");
+    assert_eq!(
+        visit(&b, "web.dev42.example.com", "/", &["-H", &bearer]).status,
+        200
+    );
+
+    // Bad ids are refused by the command before the edge is asked.
+    let e = revoke_cmd(&a, &["tunnel", "not-an-id"]).unwrap_err();
+    assert!(e.contains("not an id"), "{e}");
+
+    let said = revoke_cmd(&a, &["access-token", &alice_id]).unwrap();
+    assert!(said.contains("revoked at every edge"), "{said}");
+    let took = within_agreement(|| {
+        let r = visit(&b, "web.dev42.example.com", "/", &["-H", &bearer]);
+        r.status == 401 && r.text().contains("revoked")
+    });
+    eprintln!("access token revoked at A refused at B after {took:?}");
+    assert!(took.is_some(), "still admitted at B after {AGREE_WITHIN:?}");
+
+    let start = Instant::now();
+    let said = revoke_cmd(&a, &["tunnel", &tunnel_id]).unwrap();
+    assert!(
+        said.contains(&format!("tunnel {tunnel_id} revoked")),
+        "{said}"
+    );
+    connector.wait_line("is revoked on this edge");
+    let took = start.elapsed();
+    eprintln!("tunnel revoked at A closed at B after {took:?}");
+    assert!(took <= AGREE_WITHIN, "closed after {took:?}");
+    let requests = origin.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_ne!(visit(&b, "dev42.example.com", "/", &[]).status, 200);
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::SeqCst),
+        requests
+    );
+    // Revoking again says so; the list at B has both, with the first time.
+    let again = revoke_cmd(&b, &["tunnel", &tunnel_id]).unwrap();
+    assert!(again.contains("was revoked already"), "{again}");
+    let listed = revoke_cmd(&b, &["ls"]).unwrap();
+    assert!(listed.contains(&format!("tunnel\t{tunnel_id}")), "{listed}");
+    assert!(
+        listed.contains(&format!("access-token\t{alice_id}")),
+        "{listed}"
+    );
+
+    // A restarted B reads them from Redis: the tunnel is refused at registration and
+    // the token at once.
+    drop(connector);
+    b.proc.signal(15);
+    assert!(b.proc.wait_exit(WAIT).is_some(), "edge B did not stop");
+    let b = cluster_edge_with(&redis, "127.0.0.1:0", SECRET, key, policy);
+    let r = visit(&b, "web.dev42.example.com", "/", &["-H", &bearer]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    // A reload of edge.yml (which lists neither) keeps them.
+    b.proc.signal(1);
+    b.proc.wait_line("reloaded (generation 1)");
+    let r = visit(&b, "web.dev42.example.com", "/", &["-H", &bearer]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let dev = TempDir::new("cluster-revoke-again");
+    let bin = compile(dev.path(), &device_yaml(&b, &token, 1, &rules));
+    let again = Proc::spawn(
+        "connector",
+        Command::new(MAILSLOT).arg("run").arg("--config").arg(&bin),
+    );
+    let line = again.wait_line("refused the tunnel");
+    assert!(line.contains("revoked"), "{line}");
+    Ok(())
+}

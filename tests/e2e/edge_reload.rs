@@ -318,7 +318,7 @@ pub(crate) fn open_sessions_a_reload_no_longer_admits_are_cut() {
     let line = w
         .edge
         .proc
-        .wait_line("cut: no longer admitted after a reload of edge.yml");
+        .wait_line("cut: no longer admitted after a reload of edge.yml or a revocation");
     assert!(line.contains("alice") && line.contains("revoked"), "{line}");
     assert_eq!(ci_session.get("/c2"), "origin A /c2");
 
@@ -328,7 +328,7 @@ pub(crate) fn open_sessions_a_reload_no_longer_admits_are_cut() {
     let line = w
         .edge
         .proc
-        .wait_line("cut: no longer admitted after a reload of edge.yml");
+        .wait_line("cut: no longer admitted after a reload of edge.yml or a revocation");
     assert!(line.contains("service:ci"), "{line}");
 }
 

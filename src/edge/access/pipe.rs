@@ -139,7 +139,7 @@ pub(super) async fn pipe<C>(
         };
         tokio::select! {
             r = copy => r.map_err(|e| format!("ended: {e}")),
-            why = revoked => Err(format!("cut: no longer admitted after a reload of edge.yml: {why}")),
+            why = revoked => Err(format!("cut: no longer admitted after a reload of edge.yml or a revocation: {why}")),
         }
     };
     let end = match result {

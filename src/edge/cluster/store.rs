@@ -16,7 +16,13 @@
 //!                                    <kind>.rec     postcard ChangeRecord
 //!  mailslot:changed-devices    set   devices with a change record (at most the devices)
 //!  mailslot:rollouts           hash  rollout id -> postcard RolloutRecord
+//!  mailslot:revoked:tunnel     hash  tunnel id hex -> Unix seconds it was revoked
+//!  mailslot:revoked:access-token hash  access token id hex -> Unix seconds
 //! ```
+//!
+//! A tunnel or access token revoked is written by a short Lua script (kept once, at most
+//! `MAX_REVOKED_IDS` of each kind) that publishes `fleet::revoked::CHANGED_MARK` on
+//! `mailslot:changed`: every edge reads the revocations again and enforces them.
 //!
 //! A change is written by a short Lua script (the rule of
 //! `fleet::store::change_replaces`) that compares the stored change id and
@@ -34,7 +40,8 @@
 use std::sync::Arc;
 
 use super::conn::Redis;
-use crate::edge::fleet::store::{kind_name, plan_rollout_write};
+use crate::edge::fleet::revoked::{RevokedId, RevokedKind, CHANGED_MARK, MAX_REVOKED_IDS};
+use crate::edge::fleet::store::{kind_name, plan_rollout_write, too_many_revoked};
 use crate::edge::fleet::{
     ChangeRecord, DeviceRecord, Enrolled, RolloutRecord, Store, StoreError, MAX_DEVICES,
 };
@@ -58,6 +65,18 @@ const UPDATE: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
 const REVOKE: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
                       redis.call('HSETNX', KEYS[1], 'revoked', ARGV[1]) \
                       redis.call('PUBLISH', KEYS[2], ARGV[2]) return 1";
+
+/// Revokes a tunnel or access token once, within a bound, and tells the edges: KEYS
+/// the kind's hash, the changes channel; ARGV id hex, Unix seconds, bound, the mark.
+const REVOKE_ID: &str = "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end \
+    if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end \
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) \
+    redis.call('PUBLISH', KEYS[2], ARGV[4]) return 1";
+
+/// The hash of revoked ids of `kind`.
+fn revoked_key(kind: RevokedKind) -> String {
+    format!("{PREFIX}revoked:{}", kind.word())
+}
 
 /// The set of devices with a change record.
 const CHANGED_DEVICES: &str = "mailslot:changed-devices";
@@ -443,6 +462,40 @@ impl Store for RedisStore {
             .call(|con| redis::cmd("HGETALL").arg(ROLLOUTS).query(con))?;
         all.iter().map(|(k, v)| decode_any(k, v)).collect()
     }
+
+    fn revoke_id(&self, revoked: &RevokedId) -> Result<bool, StoreError> {
+        let written: i64 = self.redis.call(|con| {
+            redis::cmd("EVAL")
+                .arg(REVOKE_ID)
+                .arg(2)
+                .arg(revoked_key(revoked.kind))
+                .arg(CHANGED)
+                .arg(crate::util::hex(&revoked.id))
+                .arg(revoked.at)
+                .arg(MAX_REVOKED_IDS)
+                .arg(CHANGED_MARK)
+                .query(con)
+        })?;
+        match written {
+            -1 => Err(too_many_revoked(revoked.kind)),
+            w => Ok(w == 1),
+        }
+    }
+
+    fn revoked_ids(&self) -> Result<Vec<RevokedId>, StoreError> {
+        let mut out = Vec::new();
+        for kind in [RevokedKind::Tunnel, RevokedKind::AccessToken] {
+            let all: Vec<(String, u64)> = self
+                .redis
+                .call(|con| redis::cmd("HGETALL").arg(revoked_key(kind)).query(con))?;
+            for (hex, at) in all {
+                let id = crate::edge::fleet::revoked::parse_id(&hex)
+                    .ok_or_else(|| StoreError::Corrupt(crate::wire::bounded_reason(&hex)))?;
+                out.push(RevokedId { kind, id, at });
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -492,6 +545,12 @@ mod tests {
             b.enroll(&suite::record(21, 5), Some(5)).unwrap(),
             Enrolled::QuotaFull { count: 5 }
         );
+    }
+
+    #[test]
+    fn revocations_are_kept_once() {
+        let server = RedisServer::start("revoked");
+        crate::edge::fleet::revoked::suite::revocations_are_kept_once(&store(&server));
     }
 
     #[test]

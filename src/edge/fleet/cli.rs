@@ -196,7 +196,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>, usage: &str) -> Result<(),
 }
 
 /// Where the running edge's admin listener is and the token it wants.
-pub(super) struct Admin {
+pub(crate) struct Admin {
     addr: SocketAddr,
     token: Option<String>,
     config: PathBuf,
@@ -212,7 +212,7 @@ struct TokenKeys {
 }
 
 impl Admin {
-    pub(super) fn from_config(path: &Path) -> Result<Admin, String> {
+    pub(crate) fn from_config(path: &Path) -> Result<Admin, String> {
         let cfg = EdgeConfig::load(path)?;
         let listen = cfg.admin_listen.ok_or_else(|| {
             format!(
@@ -320,7 +320,7 @@ impl Admin {
         self.ok_with(method, path, id, Bytes::new()).await
     }
 
-    pub(super) async fn ok_with(
+    pub(crate) async fn ok_with(
         &self,
         method: Method,
         path: &str,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::revoked::{RevokedId, RevokedIds, RevokedKind, CHANGED_MARK};
 use super::rollout::{Rollouts, SWEEP_EVERY};
 use super::{DeviceRecord, Enrolled, Store};
 use crate::edge::registry::{Conn, Registry};
@@ -93,6 +94,10 @@ pub struct Inventory {
     registry: Arc<Registry>,
     /// Remote changes on their way to devices.
     rollouts: Rollouts,
+    /// The tunnels and access tokens revoked through the store (bounded by
+    /// `revoked::MAX_REVOKED_IDS` of each kind); the edge enforces them with
+    /// `edge.yml`'s lists.
+    revoked: tokio::sync::watch::Sender<Arc<RevokedIds>>,
 }
 
 /// A device connection's traffic count when last looked at, and when it last grew.
@@ -111,9 +116,11 @@ impl Inventory {
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
+        let revoked = RevokedIds::of(&store.revoked_ids().map_err(|e| e.to_string())?);
         let rollouts = Rollouts::new(store.clone());
         rollouts.load_cache();
         Ok(Inventory {
+            revoked: tokio::sync::watch::channel(Arc::new(revoked)).0,
             records: Mutex::new(records),
             changed: Mutex::default(),
             writing: Mutex::default(),
@@ -245,8 +252,81 @@ impl Inventory {
         }
     }
 
-    /// Reads the records of `ids` from the store and [`learn`](Self::learn)s them.
-    pub(crate) async fn refresh(&self, ids: Vec<String>) -> Result<(), String> {
+    /// The tunnels and access tokens revoked through the store, as known now.
+    pub fn revoked_ids(&self) -> Arc<RevokedIds> {
+        self.revoked.borrow().clone()
+    }
+
+    /// Follows [`Inventory::revoked_ids`] as it grows.
+    pub(crate) fn watch_revoked(&self) -> tokio::sync::watch::Receiver<Arc<RevokedIds>> {
+        self.revoked.subscribe()
+    }
+
+    /// Revokes a tunnel or an access token in the store at once (in a cluster the other
+    /// edges are told), then here. `Ok(false)`: it was revoked already.
+    pub(crate) async fn revoke_id(&self, kind: RevokedKind, id: [u8; 16]) -> Result<bool, String> {
+        let store = self.store.clone();
+        let revoked = RevokedId {
+            kind,
+            id,
+            at: crate::edge::token::now_unix(),
+        };
+        let new = tokio::task::spawn_blocking(move || store.revoke_id(&revoked))
+            .await
+            .map_err(|e| format!("fleet store: {e}"))?
+            .map_err(|e| e.to_string())?;
+        self.learn_revoked(&[revoked]);
+        Ok(new)
+    }
+
+    /// Every revocation in the store, oldest first.
+    pub(crate) async fn list_revoked(&self) -> Result<Vec<RevokedId>, String> {
+        let store = self.store.clone();
+        let mut list = tokio::task::spawn_blocking(move || store.revoked_ids())
+            .await
+            .map_err(|e| format!("fleet store: {e}"))?
+            .map_err(|e| e.to_string())?;
+        list.sort_by_key(|r| (r.at, r.kind.word(), r.id));
+        Ok(list)
+    }
+
+    /// Reads the revocations from the store again and enforces the new ones.
+    async fn reload_revoked(&self) -> Result<(), String> {
+        let list = self.list_revoked().await?;
+        self.learn_revoked(&list);
+        Ok(())
+    }
+
+    /// Adds revocations to those enforced. A revocation is for good: one missing from
+    /// the store (a Redis that lost its data) stays enforced here.
+    fn learn_revoked(&self, list: &[RevokedId]) {
+        self.revoked.send_if_modified(|ids| {
+            let fresh: Vec<&RevokedId> = list
+                .iter()
+                .filter(|r| match r.kind {
+                    RevokedKind::Tunnel => !ids.tunnels.contains(&r.id),
+                    RevokedKind::AccessToken => !ids.access_tokens.contains(&r.id),
+                })
+                .collect();
+            if fresh.is_empty() {
+                return false;
+            }
+            let next = Arc::make_mut(ids);
+            for r in fresh {
+                next.insert(r.kind, r.id);
+            }
+            true
+        });
+    }
+
+    /// Reads the records of `ids` from the store and [`learn`](Self::learn)s them
+    /// ([`CHANGED_MARK`] among them: the revocations too).
+    pub(crate) async fn refresh(&self, mut ids: Vec<String>) -> Result<(), String> {
+        let before = ids.len();
+        ids.retain(|id| id != CHANGED_MARK);
+        if ids.len() != before {
+            self.reload_revoked().await?;
+        }
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || {
             ids.iter()
@@ -274,6 +354,7 @@ impl Inventory {
         for r in records {
             self.learn(r);
         }
+        self.reload_revoked().await?;
         Ok(n)
     }
 

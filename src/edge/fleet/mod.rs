@@ -33,6 +33,8 @@ pub mod metrics;
 pub mod page;
 pub mod push;
 pub mod release;
+pub mod revoke_cli;
+pub mod revoked;
 pub mod rollout;
 pub mod store;
 

@@ -24,6 +24,8 @@
 //!  changes:      device id + "/" + kind -> postcard ChangeRecord (the last change of
 //!                                         each kind per device)
 //!  rollouts:     rollout id            -> postcard RolloutRecord (at most MAX_ROLLOUTS)
+//!  revoked_ids:  "tunnel:" or "access-token:" + id hex -> Unix seconds (at most
+//!                                         MAX_REVOKED_IDS of each kind)
 //! ```
 //!
 //! Remote changes (config pushes, release offers) keep per-device state apart from the
@@ -36,6 +38,7 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
+use super::revoked::{RevokedId, RevokedKind, MAX_REVOKED_IDS};
 use crate::wire::{ChangeKind, Health};
 
 /// Everything the edge keeps about one device. Texts are bounded before they get here
@@ -271,6 +274,30 @@ pub trait Store: Send + Sync {
     fn list_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
         Err(no_changes())
     }
+
+    /// Revokes a tunnel or an access token for good (the first time stays); `false`
+    /// when it was revoked already. Beyond [`MAX_REVOKED_IDS`] of its kind: an error.
+    fn revoke_id(&self, revoked: &RevokedId) -> Result<bool, StoreError> {
+        let _ = revoked;
+        Err(no_revocations())
+    }
+    /// Every tunnel and access token revoked through the store (none, for a store
+    /// that keeps none).
+    fn revoked_ids(&self) -> Result<Vec<RevokedId>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+fn no_revocations() -> StoreError {
+    StoreError::Engine("this store keeps no revoked tunnels or access tokens".into())
+}
+
+/// The error of a revocation beyond [`MAX_REVOKED_IDS`] of its kind.
+pub(crate) fn too_many_revoked(kind: RevokedKind) -> StoreError {
+    StoreError::Engine(format!(
+        "{MAX_REVOKED_IDS} {}s are revoked already, the most the store keeps",
+        kind.word()
+    ))
 }
 
 /// Whether a change may be written over `old` (see [`Store::put_changes`]).
@@ -339,6 +366,7 @@ const KEY_DEVICES: redb::TableDefinition<&[u8], u32> = redb::TableDefinition::ne
 const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
 const CHANGES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("changes");
 const ROLLOUTS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("rollouts");
+const REVOKED_IDS: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("revoked_ids");
 
 /// The embedded store: one redb file (see the module doc).
 pub struct RedbStore {
@@ -411,6 +439,7 @@ impl RedbStore {
             tx.open_table(KEY_DEVICES).map_err(engine)?;
             tx.open_table(CHANGES).map_err(engine)?;
             tx.open_table(ROLLOUTS).map_err(engine)?;
+            tx.open_table(REVOKED_IDS).map_err(engine)?;
         }
         tx.commit().map_err(engine)?;
         Ok(RedbStore {
@@ -634,6 +663,45 @@ impl Store for RedbStore {
     fn list_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(engine)?;
         read_all(&tx.open_table(ROLLOUTS).map_err(engine)?)
+    }
+
+    fn revoke_id(&self, revoked: &RevokedId) -> Result<bool, StoreError> {
+        let key = revoked.key();
+        let tx = self.db.begin_write().map_err(engine)?;
+        {
+            let mut table = tx.open_table(REVOKED_IDS).map_err(engine)?;
+            if table.get(key.as_str()).map_err(engine)?.is_some() {
+                return Ok(false);
+            }
+            let prefix = format!("{}:", revoked.kind.word());
+            let mut of_kind = 0;
+            for entry in table.range(prefix.as_str()..).map_err(engine)? {
+                let (k, _) = entry.map_err(engine)?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                of_kind += 1;
+            }
+            if of_kind >= MAX_REVOKED_IDS {
+                return Err(too_many_revoked(revoked.kind));
+            }
+            table.insert(key.as_str(), revoked.at).map_err(engine)?;
+        }
+        tx.commit().map_err(engine)?;
+        Ok(true)
+    }
+
+    fn revoked_ids(&self) -> Result<Vec<RevokedId>, StoreError> {
+        let tx = self.db.begin_read().map_err(engine)?;
+        let table = tx.open_table(REVOKED_IDS).map_err(engine)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(engine)? {
+            let (k, at) = entry.map_err(engine)?;
+            let r = RevokedId::of_key(k.value(), at.value())
+                .ok_or_else(|| StoreError::Corrupt(crate::wire::bounded_reason(k.value())))?;
+            out.push(r);
+        }
+        Ok(out)
     }
 }
 
@@ -948,6 +1016,14 @@ mod tests {
         let dir = Dir::new("race");
         let store = std::sync::Arc::new(RedbStore::open(&dir.file()).unwrap());
         suite::concurrent_enrolment_never_exceeds_the_quota(store);
+    }
+
+    #[test]
+    fn revocations_are_kept_once() {
+        let dir = Dir::new("revoked");
+        crate::edge::fleet::revoked::suite::revocations_are_kept_once(
+            &RedbStore::open(&dir.file()).unwrap(),
+        );
     }
 
     #[test]
