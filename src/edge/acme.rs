@@ -31,7 +31,7 @@ pub(crate) mod store;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::Response;
 use instant_acme::Account;
@@ -44,7 +44,7 @@ use super::body::{self, Body};
 use super::config::{AcmeConfig, Challenge, EdgeConfig};
 use super::{CertKey, EdgeState};
 use schedule::Schedule;
-use store::{CertStore, FileStore, Stored};
+use store::{Answer, CertStore, FileStore, Stored};
 
 #[cfg(doc)]
 use super::registry::Registry;
@@ -64,21 +64,33 @@ const LEASE: Duration = Duration::from_secs(300);
 /// Prefix of HTTP-01 requests.
 const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// Answers to the challenges of the orders in progress. Bounded: [`MAX_ANSWERS`].
+/// Answers to the challenges of the orders in progress (this edge's, and in a cluster
+/// the other edges'). Bounded: [`MAX_ANSWERS`] of each kind, each dropped after
+/// [`ANSWER_LIFE`] if its withdrawal never came.
 #[derive(Default)]
 pub(crate) struct Challenges {
-    /// Name → the TLS-ALPN-01 certificate.
-    alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
-    /// Token → key authorization (HTTP-01).
-    http: Mutex<HashMap<String, String>>,
+    /// Name → the TLS-ALPN-01 certificate, and when it was put.
+    alpn: Mutex<HashMap<String, (Arc<CertifiedKey>, Instant)>>,
+    /// Token → key authorization (HTTP-01), and when it was put.
+    http: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+/// Longest an answer is kept: an order's whole validation wait, and more.
+const ANSWER_LIFE: Duration = Duration::from_secs(600);
+
+/// Puts `value` under `key` in `m` unless [`MAX_ANSWERS`] others are there, after
+/// dropping those older than [`ANSWER_LIFE`].
+fn put_answer<V>(m: &Mutex<HashMap<String, (V, Instant)>>, key: &str, value: V) {
+    let mut m = crate::util::lock(m);
+    m.retain(|_, (_, at)| at.elapsed() < ANSWER_LIFE);
+    if m.len() < MAX_ANSWERS || m.contains_key(key) {
+        m.insert(key.to_string(), (value, Instant::now()));
+    }
 }
 
 impl Challenges {
     fn put_alpn(&self, name: &str, cert: Arc<CertifiedKey>) {
-        let mut m = crate::util::lock(&self.alpn);
-        if m.len() < MAX_ANSWERS || m.contains_key(name) {
-            m.insert(name.to_string(), cert);
-        }
+        put_answer(&self.alpn, name, cert);
     }
 
     fn take_alpn(&self, name: &str) {
@@ -86,10 +98,7 @@ impl Challenges {
     }
 
     fn put_http(&self, token: &str, key_auth: &str) {
-        let mut m = crate::util::lock(&self.http);
-        if m.len() < MAX_ANSWERS {
-            m.insert(token.to_string(), key_auth.to_string());
-        }
+        put_answer(&self.http, token, key_auth.to_string());
     }
 
     fn take_http(&self, token: &str) {
@@ -104,6 +113,8 @@ pub(crate) struct Acme {
     challenges: Vec<Challenge>,
     client: client::Client,
     store: Arc<dyn CertStore>,
+    /// Where the store is, as logs say it.
+    shown: String,
     /// Name → certificate in force and its expiry. Bounded by `max-names` (through
     /// `schedule`); an expired one leaves.
     certs: RwLock<HashMap<String, (Arc<CertifiedKey>, u64)>>,
@@ -119,7 +130,13 @@ pub(crate) struct Acme {
 impl Acme {
     /// Checks the settings against the listeners, opens the cache and loads the
     /// certificates kept there.
-    pub(crate) fn new(cfg: &EdgeConfig, acme: &AcmeConfig) -> Result<Acme, String> {
+    /// With `shared`, the account, certificates, leases and challenge answers are the
+    /// cluster's (Redis) instead of the edge's folder.
+    pub(crate) fn new(
+        cfg: &EdgeConfig,
+        acme: &AcmeConfig,
+        shared: Option<Arc<dyn CertStore>>,
+    ) -> Result<Acme, String> {
         let (http_on, https_on) = (cfg.http_listen.is_some(), cfg.https_listen.is_some());
         let challenges = match &acme.challenges {
             Some(list) => {
@@ -149,12 +166,19 @@ impl Acme {
             return Err("acme: needs https-listen (tls-alpn-01) or http-listen (http-01)".into());
         }
         let client = client::Client::new(acme.directory_ca.as_deref())?;
-        let store = FileStore::open(&acme.dir)?;
+        let (store, shown): (Arc<dyn CertStore>, String) = match shared {
+            Some(s) => (s, "the cluster's redis".into()),
+            None => (
+                Arc::new(FileStore::open(&acme.dir)?),
+                acme.dir.display().to_string(),
+            ),
+        };
         let me = Acme {
             cfg: acme.clone(),
             challenges,
             client,
-            store: Arc::new(store),
+            store,
+            shown,
             certs: RwLock::new(HashMap::new()),
             answers: Challenges::default(),
             schedule: Mutex::new(Schedule::new(
@@ -201,7 +225,7 @@ impl Acme {
         }
         log::info!(
             "acme: {loaded} cached certificates from {}; directory {}; challenges {}",
-            self.cfg.dir.display(),
+            self.shown,
             self.cfg.directory,
             self.challenges
                 .iter()
@@ -335,8 +359,71 @@ impl Acme {
         Ok(account)
     }
 
+    /// Puts in force the certificate the store keeps for `name` when it is newer than
+    /// the one in force (another edge sharing the store ordered it); whether it did.
+    pub(crate) fn learn_cert(&self, name: &str) -> bool {
+        let now = unix_now();
+        let current = self
+            .certs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map_or(0, |(_, not_after)| *not_after);
+        let stored = match self.store.load(name) {
+            Ok(Some(s)) => s,
+            Ok(None) => return false,
+            Err(e) => {
+                log::warn!("acme: shared certificate for {name}: {e}");
+                return false;
+            }
+        };
+        let newer = store::validity_of_pem(&stored.chain_pem)
+            .is_some_and(|(_, not_after)| not_after > current.max(now));
+        if !newer {
+            return false;
+        }
+        match self.install(name, &stored, now) {
+            Ok((_, not_after)) => {
+                crate::util::lock(&self.logged).remove(name);
+                log::info!(
+                    "acme: certificate for {name} from {} in force, valid for {}",
+                    self.shown,
+                    human(not_after.saturating_sub(now))
+                );
+                true
+            }
+            Err(e) => {
+                log::warn!("acme: shared certificate for {name}: {e}");
+                false
+            }
+        }
+    }
+
+    /// Answers a challenge another edge sharing the store published.
+    pub(crate) fn learn_answer(&self, answer: &Answer) {
+        match answer {
+            Answer::Alpn { name, digest } => match issue::alpn_certificate(name, digest) {
+                Ok(cert) => self.answers.put_alpn(name, cert),
+                Err(e) => log::warn!("acme: shared tls-alpn-01 answer for {name}: {e}"),
+            },
+            Answer::Http { token, key_auth } => self.answers.put_http(token, key_auth),
+        }
+    }
+
+    /// Withdraws an answer another edge published (its order ended).
+    pub(crate) fn forget_answer(&self, kind: &str, key: &str) {
+        match kind {
+            "alpn" => self.answers.take_alpn(key),
+            _ => self.answers.take_http(key),
+        }
+    }
+
     /// One order for `name`, its result put in force and kept, or logged.
     async fn order(&self, account: &Account, name: &str) {
+        // Another edge sharing the store may have renewed it already.
+        if self.learn_cert(name) {
+            return;
+        }
         if !self.store.lease(name, LEASE) {
             // Another edge sharing the store orders it: take its certificate later.
             crate::util::lock(&self.schedule).failed(name, unix_now());
@@ -352,7 +439,7 @@ impl Acme {
             "acme: ordering a certificate for {name} ({})",
             challenge.as_str()
         );
-        let result = issue::order(account, name, challenge, &self.answers).await;
+        let result = issue::order(account, name, challenge, &self.answers, &self.store).await;
         let now = unix_now();
         let outcome = result.and_then(|stored| {
             let validity = self.install(name, &stored, now)?;
@@ -392,7 +479,9 @@ impl Acme {
     /// order in progress.
     fn http01_answer(&self, path: &str) -> Option<String> {
         let token = path.strip_prefix(HTTP01_PREFIX)?;
-        crate::util::lock(&self.answers.http).get(token).cloned()
+        crate::util::lock(&self.answers.http)
+            .get(token)
+            .map(|(a, _)| a.clone())
     }
 
     /// `mailslot_edge_certificate_expiry_seconds{name}`: when each certificate expires.
@@ -478,7 +567,7 @@ impl<R: ResolvesServerCert> ResolvesServerCert for Resolver<R> {
             let name = name?;
             return crate::util::lock(&self.acme.answers.alpn)
                 .get(&name)
-                .cloned();
+                .map(|(c, _)| c.clone());
         }
         if let Some(name) = &name {
             let certs = self.acme.certs.read().unwrap_or_else(|p| p.into_inner());

@@ -22,12 +22,15 @@
 //! - `forward`: visitors reach every device through any edge: presence look-ups
 //!   cached briefly, and the serving of requests another edge forwarded.
 //! - `streams`: keep-alive HTTP/1.1 connections to the other edges, in peer streams.
+//! - `certs`: the ACME account, certificates, leases and challenge answers shared by
+//!   the edges (the layout and the protocol are drawn there).
 //!
 //! Redis unreachable: the edge keeps serving the tunnels and devices it holds, admits
 //! devices it knows by their credential, and refuses what needs Redis (an enrolment, a
 //! revocation, a device it has never seen) with a message naming Redis; when Redis is
 //! back, the next call reconnects and the subscription reads every record again.
 
+pub(crate) mod certs;
 mod changes;
 mod conn;
 pub(crate) mod forward;
@@ -69,13 +72,20 @@ pub struct Cluster {
     located: forward::Located,
     /// Idle HTTP/1.1 connections to the other edges.
     pool: Arc<streams::PeerPool>,
+    /// The ACME state the edges share.
+    certs: Arc<certs::RedisCertStore>,
 }
 
 impl Cluster {
     /// A cluster as `cfg` describes it; connects on first use.
     pub fn new(cfg: &ClusterConfig) -> Result<Cluster, String> {
+        let redis = Arc::new(conn::Redis::new(&cfg.redis)?);
         Ok(Cluster {
-            redis: Arc::new(conn::Redis::new(&cfg.redis)?),
+            certs: Arc::new(certs::RedisCertStore::new(
+                redis.clone(),
+                cfg.member.clone(),
+            )),
+            redis,
             member: cfg.member.clone(),
             announced: OnceLock::new(),
             secret: cfg.secret.bytes().to_vec(),
@@ -172,6 +182,21 @@ impl Cluster {
         let client = self.redis.client().clone();
         let shown = self.redis.shown().to_string();
         tokio::spawn(changes::follow(client, shown, inventory))
+    }
+
+    /// The ACME account, certificates and answers the edges share.
+    pub(crate) fn cert_store(&self) -> Arc<certs::RedisCertStore> {
+        self.certs.clone()
+    }
+
+    /// Puts in force what the other edges publish for ACME (answers to challenges,
+    /// certificates), until the task is dropped.
+    pub(crate) fn spawn_cert_follower(
+        &self,
+        acme: Arc<super::acme::Acme>,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.redis.client().clone();
+        tokio::spawn(certs::follow(client, self.certs.clone(), acme))
     }
 
     /// Keeps this edge's presence (the tunnels it holds, their hostnames) current in

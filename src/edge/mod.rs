@@ -414,7 +414,14 @@ impl Edge {
     /// [`Edge::serve`].
     pub fn with_acme(self, cfg: &EdgeConfig) -> Result<Edge, String> {
         if let Some(a) = &cfg.acme {
-            let _ = self.state.acme.set(Arc::new(acme::Acme::new(cfg, a)?));
+            let shared = self.state.cluster.get().map(|c| {
+                let store: Arc<dyn acme::store::CertStore> = c.cert_store();
+                store
+            });
+            let _ = self
+                .state
+                .acme
+                .set(Arc::new(acme::Acme::new(cfg, a, shared)?));
         }
         Ok(self)
     }
@@ -504,6 +511,9 @@ impl Edge {
         }
         if let Some(a) = self.state.acme.get() {
             tasks.push(a.clone().spawn(self.state.clone()));
+            if let Some(c) = self.state.cluster.get() {
+                tasks.push(c.spawn_cert_follower(a.clone()));
+            }
         }
         shutdown.await;
         go_away(&self.state, tasks, endpoint).await;

@@ -40,6 +40,125 @@ fn free_dns_port() -> u16 {
     }
 }
 
+/// pebble's DNS, its folder and its ports, before pebble itself: the edges' `acme:`
+/// needs pebble's address, and pebble the edge's ports it validates on.
+struct PebbleSetup {
+    dir: TempDir,
+    api: u16,
+    mgmt: u16,
+    dns: u16,
+    dns_proc: Proc,
+}
+
+/// A running pebble.
+struct Pebble {
+    proc: Proc,
+    dns: Proc,
+    dir: TempDir,
+    /// pebble's root for the certificates it issues (from its management API).
+    root: PathBuf,
+}
+
+impl PebbleSetup {
+    /// Checks the tools, makes pebble's certificate and starts its DNS.
+    fn new() -> Result<PebbleSetup, Skip> {
+        for tool in ["pebble", "pebble-challtestsrv"] {
+            if Command::new(tool).arg("-h").output().is_err() {
+                return Err(Skip(format!(
+                    "{tool} is not installed (apt-get install pebble)"
+                )));
+            }
+        }
+        // pebble's own HTTPS certificate, for 127.0.0.1, from a throwaway private CA.
+        let dir = TempDir::new("pebble");
+        run_ok(
+            "mailslot-edge init (pebble's certificate)",
+            Command::new(EDGE)
+                .args(["init", "--dir"])
+                .arg(dir.path())
+                .args(["--hostname", "127.0.0.1"]),
+        );
+        let (api, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_dns_port(), free_port());
+        let dns_proc = Proc::spawn(
+            "challtestsrv",
+            Command::new("pebble-challtestsrv")
+                .args(["-dns01", &format!("127.0.0.1:{dns}")])
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
+                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]),
+        );
+        dns_proc.wait_line("Starting management server");
+        Ok(PebbleSetup {
+            dir,
+            api,
+            mgmt,
+            dns,
+            dns_proc,
+        })
+    }
+
+    /// The `acme:` section of an edge ordering from this pebble, with `extra` in it.
+    fn acme_yaml(&self, extra: &str) -> String {
+        format!(
+            "acme:\n  directory: https://127.0.0.1:{}/dir\n  directory-ca: {}\n  email: \
+             ops@example.com\n{extra}",
+            self.api,
+            self.dir.join("ca.pem").display()
+        )
+    }
+
+    /// Starts pebble, validating on `http_port` and `https_port` of 127.0.0.1.
+    fn start(self, http_port: u16, https_port: u16) -> Pebble {
+        let PebbleSetup {
+            dir,
+            api,
+            mgmt,
+            dns,
+            dns_proc,
+        } = self;
+        let config = dir.join("pebble.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"pebble": {{"listenAddress": "127.0.0.1:{api}",
+                  "managementListenAddress": "127.0.0.1:{mgmt}",
+                  "certificate": "{}", "privateKey": "{}",
+                  "httpPort": {http_port}, "tlsPort": {https_port},
+                  "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+                dir.join("edge.crt").display(),
+                dir.join("edge.key").display(),
+            ),
+        )
+        .unwrap();
+        let proc = Proc::spawn(
+            "pebble",
+            Command::new("pebble")
+                .arg("-config")
+                .arg(&config)
+                .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+                // Validation at once, every nonce good, every order validated afresh.
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0"),
+        );
+        proc.wait_line("ACME directory available");
+        let r = curl(&[
+            "--cacert",
+            dir.join("ca.pem").to_str().unwrap(),
+            &format!("https://127.0.0.1:{mgmt}/roots/0"),
+        ]);
+        assert_eq!(r.status, 200, "pebble's root: {}", r.stderr);
+        let root = dir.join("pebble-root.pem");
+        std::fs::write(&root, &r.body).unwrap();
+        Pebble {
+            proc,
+            dns: dns_proc,
+            dir,
+            root,
+        }
+    }
+}
+
 /// pebble, its DNS, and an edge whose `acme:` points at it.
 struct World {
     edge: EdgeProc,
@@ -55,79 +174,18 @@ impl World {
     /// Starts pebble's DNS, the edge (with `acme_extra` under `acme:`), then pebble,
     /// told to validate on the edge's HTTP and HTTPS ports.
     fn start(acme_extra: &str) -> Result<World, Skip> {
-        for tool in ["pebble", "pebble-challtestsrv"] {
-            if Command::new(tool).arg("-h").output().is_err() {
-                return Err(Skip(format!(
-                    "{tool} is not installed (apt-get install pebble)"
-                )));
-            }
-        }
-        // pebble's own HTTPS certificate, for 127.0.0.1, from a throwaway private CA.
-        let pdir = TempDir::new("pebble");
-        run_ok(
-            "mailslot-edge init (pebble's certificate)",
-            Command::new(EDGE)
-                .args(["init", "--dir"])
-                .arg(pdir.path())
-                .args(["--hostname", "127.0.0.1"]),
-        );
-        let (api, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_dns_port(), free_port());
-        let dns_proc = Proc::spawn(
-            "challtestsrv",
-            Command::new("pebble-challtestsrv")
-                .args(["-dns01", &format!("127.0.0.1:{dns}")])
-                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-                .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
-                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]),
-        );
-        dns_proc.wait_line("Starting management server");
+        let setup = PebbleSetup::new()?;
         let edge = start_edge(init_edge(&format!(
-            "admin-listen: 127.0.0.1:0\nacme:\n  directory: https://127.0.0.1:{api}/dir\n  \
-             directory-ca: {}\n  email: ops@example.com\n{acme_extra}",
-            pdir.join("ca.pem").display()
+            "admin-listen: 127.0.0.1:0\n{}",
+            setup.acme_yaml(acme_extra)
         )));
-        let config = pdir.join("pebble.json");
-        std::fs::write(
-            &config,
-            format!(
-                r#"{{"pebble": {{"listenAddress": "127.0.0.1:{api}",
-                  "managementListenAddress": "127.0.0.1:{mgmt}",
-                  "certificate": "{}", "privateKey": "{}",
-                  "httpPort": {}, "tlsPort": {},
-                  "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
-                pdir.join("edge.crt").display(),
-                pdir.join("edge.key").display(),
-                edge.http.port(),
-                edge.https.port(),
-            ),
-        )
-        .unwrap();
-        let pebble = Proc::spawn(
-            "pebble",
-            Command::new("pebble")
-                .arg("-config")
-                .arg(&config)
-                .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
-                // Validation at once, every nonce good, every order validated afresh.
-                .env("PEBBLE_VA_NOSLEEP", "1")
-                .env("PEBBLE_WFE_NONCEREJECT", "0")
-                .env("PEBBLE_AUTHZREUSE", "0"),
-        );
-        pebble.wait_line("ACME directory available");
-        let r = curl(&[
-            "--cacert",
-            pdir.join("ca.pem").to_str().unwrap(),
-            &format!("https://127.0.0.1:{mgmt}/roots/0"),
-        ]);
-        assert_eq!(r.status, 200, "pebble's root: {}", r.stderr);
-        let root = pdir.join("pebble-root.pem");
-        std::fs::write(&root, &r.body).unwrap();
+        let pebble = setup.start(edge.http.port(), edge.https.port());
         Ok(World {
             edge,
-            pebble,
-            _dns: dns_proc,
-            _pebble_dir: pdir,
-            root,
+            pebble: pebble.proc,
+            _dns: pebble.dns,
+            _pebble_dir: pebble.dir,
+            root: pebble.root,
             origin: Origin::start("app"),
         })
     }
@@ -407,4 +465,83 @@ pub(crate) fn names_no_tunnel_serves_cause_no_order() -> Result<(), Skip> {
     assert!(!log.contains("ordering a certificate for other"), "{log}");
     assert!(!log.contains("ordering a certificate for x.wild"), "{log}");
     Ok(())
+}
+
+/// Two edges of a cluster (one Redis) with `acme:`: the device's tunnel is at A only,
+/// so A orders, while pebble validates at B (as a DNS name leading to every edge may
+/// send it): B answers A's challenge (`challenge`), puts the certificate A got in force,
+/// and a visitor at B gets it, forwarded to the device at A. One order in all, no
+/// certificate file on either edge.
+fn cluster_shares(challenge: &str) -> Result<(), Skip> {
+    let setup = PebbleSetup::new()?;
+    let redis = crate::cluster::RedisProc::start()?;
+    let extra = format!("  challenge: {challenge}\n");
+    let acme = setup.acme_yaml(&extra);
+    let secret = crate::cluster::SECRET;
+    let a = crate::cluster::cluster_edge_with(&redis, "127.0.0.1:0", secret, None, &acme);
+    let key = Some(a.dir.join("signing.key"));
+    let b = crate::cluster::cluster_edge_with(&redis, "127.0.0.1:0", secret, key, &acme);
+    let pebble = setup.start(b.http.port(), b.https.port());
+    let origin = Origin::start("app");
+    let token = a.token("app", &[APP], "1d");
+    let rules = format!(
+        "  - hostname: \"{APP}\"\n    service: http://{}\n  - service: http_status:404\n",
+        origin.addr
+    );
+    let dev = TempDir::new("device");
+    let yaml = device_yaml(&a, &token, 1, &rules).replace("tunnel: dev42", "tunnel: app");
+    let _conn = start_connector(dev.path(), &yaml, 1);
+    let dump = || {
+        format!(
+            "A:\n{}\nB:\n{}\npebble:\n{}",
+            a.proc.dump(),
+            b.proc.dump(),
+            pebble.proc.dump()
+        )
+    };
+    assert!(
+        a.proc.wait_count(IN_FORCE, 1, ISSUE_WAIT).is_some(),
+        "A got no certificate; {}",
+        dump()
+    );
+    assert!(
+        a.proc
+            .dump()
+            .contains(&format!("ordering a certificate for {APP} ({challenge})")),
+        "{}",
+        dump()
+    );
+    let from_a = format!("acme: certificate for {APP} from the cluster's redis in force");
+    assert!(
+        b.proc.wait_count(&from_a, 1, WAIT).is_some(),
+        "B did not take A's certificate; {}",
+        dump()
+    );
+    assert_eq!(b.proc.count("ordering a certificate"), 0, "{}", dump());
+    assert_eq!(pebble.proc.count("Added order"), 1);
+    let port = b.https.port();
+    let r = curl(&[
+        "--cacert",
+        pebble.root.to_str().unwrap(),
+        "--resolve",
+        &format!("{APP}:{port}:127.0.0.1"),
+        &format!("https://{APP}:{port}/hello"),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!((r.status, r.text()), (200, "origin app /hello".to_string()));
+    for edge in [&a, &b] {
+        assert!(
+            !edge.dir.join("acme").exists(),
+            "a certificate folder on an edge of a cluster"
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn edges_of_a_cluster_answer_each_others_tls_alpn_challenges() -> Result<(), Skip> {
+    cluster_shares("tls-alpn-01")
+}
+
+pub(crate) fn edges_of_a_cluster_answer_each_others_http01_challenges() -> Result<(), Skip> {
+    cluster_shares("http-01")
 }

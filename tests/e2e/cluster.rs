@@ -23,14 +23,14 @@ const AGREE_WITHIN: Duration = Duration::from_secs(2);
 
 /// A `redis-server` on a unix socket in its own folder (no TCP port), with the
 /// append-only file docs/cluster.md recommends.
-struct RedisProc {
+pub(crate) struct RedisProc {
     dir: TempDir,
     proc: Option<Proc>,
 }
 
 impl RedisProc {
     /// Starts one, or says why not (redis-server missing).
-    fn start() -> Result<RedisProc, Skip> {
+    pub(crate) fn start() -> Result<RedisProc, Skip> {
         let have = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -80,7 +80,7 @@ impl RedisProc {
 }
 
 /// The cluster secret of the tests' edges.
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
+pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 /// An edge of the cluster on `redis`; `signing_key`: another edge's (all the edges of
 /// a fleet sign and verify with one key).
@@ -89,7 +89,7 @@ fn cluster_edge(redis: &RedisProc, member: &str, signing_key: Option<PathBuf>) -
 }
 
 /// [`cluster_edge`] holding `secret`, with `extra` settings.
-fn cluster_edge_with(
+pub(crate) fn cluster_edge_with(
     redis: &RedisProc,
     member: &str,
     secret: &str,

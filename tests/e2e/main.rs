@@ -182,6 +182,8 @@ fn main() {
         acme::http01_is_answered_on_the_http_listener,
         acme::a_certificate_due_for_renewal_is_replaced_under_an_open_connection,
         acme::names_no_tunnel_serves_cause_no_order,
+        acme::edges_of_a_cluster_answer_each_others_tls_alpn_challenges,
+        acme::edges_of_a_cluster_answer_each_others_http01_challenges,
     ];
     libtest_mimic::run(&args, trials).exit();
 }

@@ -11,7 +11,7 @@ use instant_acme::{
 };
 use rustls::sign::CertifiedKey;
 
-use super::store::{pem_text, Stored};
+use super::store::{pem_text, Answer, CertStore, Stored};
 use super::Challenges;
 use crate::edge::config::Challenge;
 
@@ -25,6 +25,7 @@ pub(super) async fn order(
     name: &str,
     challenge: Challenge,
     answers: &Challenges,
+    store: &Arc<dyn CertStore>,
 ) -> Result<Stored, String> {
     let ids = [Identifier::Dns(name.to_string())];
     let mut order = account
@@ -33,8 +34,10 @@ pub(super) async fn order(
         .map_err(|e| format!("new order: {e}"))?;
     let mut published = Published {
         answers,
+        store: store.clone(),
         name: name.to_string(),
         token: None,
+        shared: Vec::new(),
     };
     {
         let mut authzs = order.authorizations();
@@ -56,15 +59,36 @@ pub(super) async fn order(
                 )
             })?;
             let key_auth = ch.key_authorization();
-            match challenge {
+            let answer = match challenge {
                 Challenge::TlsAlpn01 => {
-                    answers.put_alpn(name, alpn_certificate(name, key_auth.digest().as_ref())?)
+                    let mut digest = [0u8; 32];
+                    let d = key_auth.digest();
+                    if d.as_ref().len() != digest.len() {
+                        return Err("the key authorization's digest is not SHA-256".into());
+                    }
+                    digest.copy_from_slice(d.as_ref());
+                    answers.put_alpn(name, alpn_certificate(name, &digest)?);
+                    Answer::Alpn {
+                        name: name.to_string(),
+                        digest,
+                    }
                 }
                 Challenge::Http01 => {
                     answers.put_http(&ch.token, key_auth.as_str());
                     published.token = Some(ch.token.clone());
+                    Answer::Http {
+                        token: ch.token.clone(),
+                        key_auth: key_auth.as_str().to_string(),
+                    }
                 }
-            }
+            };
+            // The validation may reach any edge sharing the store: all of them answer.
+            published.shared.push(answer.clone());
+            let shared = store.clone();
+            tokio::task::spawn_blocking(move || shared.share_answer(&answer))
+                .await
+                .map_err(|e| format!("sharing the answer: {e}"))?
+                .map_err(|e| format!("sharing the answer: {e}"))?;
             ch.set_ready()
                 .await
                 .map_err(|e| format!("challenge: {e}"))?;
@@ -130,7 +154,7 @@ async fn why_invalid(order: &mut instant_acme::Order) -> String {
 /// The self-signed certificate that answers TLS-ALPN-01 (RFC 8737): `name` as its only
 /// name, and the critical acmeIdentifier extension holding `digest`, the SHA-256 of the
 /// key authorization.
-fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+pub(super) fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
     let key = rcgen::KeyPair::generate().map_err(|e| format!("challenge key: {e}"))?;
     let mut params = rcgen::CertificateParams::new(vec![name.to_string()])
         .map_err(|e| format!("challenge certificate: {e}"))?;
@@ -157,8 +181,11 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, Stri
 /// Withdraws the published answers when the order ends, however it ends.
 struct Published<'a> {
     answers: &'a Challenges,
+    store: Arc<dyn CertStore>,
     name: String,
     token: Option<String>,
+    /// The answers given to the other edges sharing the store.
+    shared: Vec<Answer>,
 }
 
 impl Drop for Published<'_> {
@@ -166,6 +193,17 @@ impl Drop for Published<'_> {
         self.answers.take_alpn(&self.name);
         if let Some(t) = &self.token {
             self.answers.take_http(t);
+        }
+        if !self.shared.is_empty() {
+            let (store, shared) = (self.store.clone(), std::mem::take(&mut self.shared));
+            // Best effort, off the runtime's threads: shared answers expire anyway.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn_blocking(move || {
+                    for a in &shared {
+                        store.withdraw_answer(a);
+                    }
+                });
+            }
         }
     }
 }

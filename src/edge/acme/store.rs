@@ -8,13 +8,13 @@
 //! acme/certs/NAME.key      its key (PKCS#8 PEM, 0600)
 //! ```
 //!
-//! Several edges behind one DNS name (a cluster sharing state) would share one account
-//! and one certificate per name through another implementation of the trait (Redis
-//! keys holding the same PEM texts): [`CertStore::load`] lets an edge pick up what
-//! another issued, and [`CertStore::lease`] lets one edge order a name while the
-//! others wait for it. [`FileStore`] is one edge's: every lease is granted. A shared
-//! store must share the challenge answers as well (`acme::Challenges`): the ACME
-//! server's validation may reach any edge behind the name, not the one that ordered.
+//! Several edges behind one DNS name (a cluster) share one account and one certificate
+//! per name through the Redis implementation (`edge::cluster::certs`):
+//! [`CertStore::load`] lets an edge pick up what another issued, and
+//! [`CertStore::lease`] lets one edge order a name while the others wait for it. A
+//! shared store shares the challenge answers as well ([`CertStore::share_answer`]):
+//! the ACME server's validation may reach any edge behind the name, not the one that
+//! ordered. [`FileStore`] is one edge's: every lease is granted, nothing is shared.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,28 @@ pub(crate) struct Stored {
 /// Largest file read back (a chain of a few certificates, or a key).
 const MAX_FILE: u64 = 64 * 1024;
 
+/// The answer to one challenge, as the edges of a cluster share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// TLS-ALPN-01 for `name`: the SHA-256 digest of the key authorization (each edge
+    /// makes its own validation certificate from it).
+    Alpn { name: String, digest: [u8; 32] },
+    /// HTTP-01: the key authorization served at `/.well-known/acme-challenge/TOKEN`.
+    Http { token: String, key_auth: String },
+}
+
+impl Answer {
+    /// Its kind and key (`alpn` and the name, `http` and the token).
+    pub(crate) fn kind_key(&self) -> (&'static str, &str) {
+        match self {
+            Answer::Alpn { name, .. } => ("alpn", name),
+            Answer::Http { token, .. } => ("http", token),
+        }
+    }
+}
+
 /// Where account and certificates live. Implementations are shared between tasks.
+/// Calls may block (a file, a network round trip).
 pub(crate) trait CertStore: Send + Sync {
     /// The account key (PKCS#8 DER): made and kept the first time, then the same one.
     fn account_key(&self) -> Result<Vec<u8>, String>;
@@ -46,6 +67,16 @@ pub(crate) trait CertStore: Send + Sync {
     /// Takes the right to order `name` for `ttl`: `false` when another holder (another
     /// edge sharing the store) has it.
     fn lease(&self, name: &str, ttl: Duration) -> bool;
+    /// Gives every edge sharing the store `answer` and waits, bounded, until they have
+    /// put it in force; one edge's store has nothing to do.
+    fn share_answer(&self, answer: &Answer) -> Result<(), String> {
+        let _ = answer;
+        Ok(())
+    }
+    /// Withdraws a shared answer (the order ended).
+    fn withdraw_answer(&self, answer: &Answer) {
+        let _ = answer;
+    }
 }
 
 /// The edge's own folder.
