@@ -84,6 +84,35 @@ const fn marker(prefix: [u8; PREFIX_LEN], version: &str) -> [u8; MARKER_LEN] {
 #[used]
 static VERSION_MARKER: [u8; MARKER_LEN] = marker(mask(MASKED_PREFIX), env!("MAILSLOT_VERSION"));
 
+/// The CPU architecture this device reports, as releases tell them apart
+/// ([`arch_of`] of the target it was built for).
+pub fn arch() -> &'static str {
+    match arch_of(TARGET) {
+        "" => std::env::consts::ARCH,
+        a => a,
+    }
+}
+
+/// The architecture of a device built for `target`: the triple's first part, except
+/// 32-bit ARM, which is `armv7` (armv7, thumbv7neon) or `armv6` (arm, armv6: Rust's
+/// `arm-*` targets are ARMv6); an armv7 build stops with an illegal instruction on an
+/// armv6 board (a Raspberry Pi Zero or 1), so the two never share a release.
+pub fn arch_of(target: &str) -> &str {
+    let first = target.split('-').next().unwrap_or("");
+    match first {
+        "arm" | "armv6" => "armv6",
+        f if f.starts_with("armv7") || f.starts_with("thumbv7") => "armv7",
+        f => f,
+    }
+}
+
+/// Whether a release built for `target` runs on a device reporting `arch`. `arm` is what
+/// devices reported before 32-bit ARM was split: any 32-bit ARM release fits it.
+pub fn fits_arch(target: &str, arch: &str) -> bool {
+    let built = arch_of(target);
+    built == arch || (arch == "arm" && (built.starts_with("arm") || built.starts_with("thumb")))
+}
+
 /// The version of the running binary, as its version record says.
 pub fn version() -> String {
     // SAFETY: a plain read of an initialised static of `Copy` bytes; volatile so that

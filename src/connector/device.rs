@@ -49,6 +49,7 @@ pub struct Device {
     facts: Mutex<DeviceFacts>,
 }
 
+
 impl Device {
     /// The device of the config at `config`: its key (made now when there is none),
     /// its stored credential, and its facts with the digest of `in_force` (the config
@@ -66,7 +67,7 @@ impl Device {
         };
         let facts = DeviceFacts {
             name: board_name(),
-            arch: std::env::consts::ARCH.into(),
+            arch: crate::release::arch().into(),
             board: read_fact("/proc/device-tree/model").unwrap_or_default(),
             config_digest: config_digest(in_force),
         };

@@ -287,7 +287,7 @@ mod tests {
             .expect("the proof verifies over this connection's nonce");
         assert_eq!(device.credential, None);
         assert_eq!(device.enroll.as_deref(), Some("mse1.fleet-key"));
-        assert_eq!(device.facts.arch, std::env::consts::ARCH);
+        assert_eq!(device.facts.arch, crate::release::arch());
         assert_eq!(
             std::fs::read(dir.path().join("device.cred")).unwrap(),
             b"msd1.first"

@@ -408,10 +408,11 @@ fn read_release(offer_file: &Path) -> Option<Release> {
     file.exists().then_some(Release { offer, file })
 }
 
-/// The release of `version` for a device of architecture `arch`
-/// (`std::env::consts::ARCH`: the target triple's first part, `arm` for any 32-bit
-/// ARM); the only one of that version when `arch` is unknown. `None` when there is none
-/// or the choice is ambiguous.
+/// The release of `version` for a device of architecture `arch` (as the device reports
+/// it, `connector::device::ARCH`: the target triple's first part, with 32-bit ARM as
+/// `armv7` or `armv6`; `arm`, from older devices, takes the one 32-bit ARM release of
+/// the version); the only one of that version when `arch` is unknown. `None` when there
+/// is none or the choice is ambiguous.
 pub fn find(dir: &Path, version: &str, arch: Option<&str>) -> Option<Release> {
     if !release::valid_version(version) {
         return None;
@@ -424,7 +425,7 @@ pub fn find(dir: &Path, version: &str, arch: Option<&str>) -> Option<Release> {
     let fits: Vec<Release> = match arch {
         Some(a) => all
             .into_iter()
-            .filter(|r| arch_of(&r.offer.target) == a)
+            .filter(|r| release::fits_arch(&r.offer.target, a))
             .collect(),
         None => all,
     };
@@ -434,15 +435,6 @@ pub fn find(dir: &Path, version: &str, arch: Option<&str>) -> Option<Release> {
     }
 }
 
-/// What `std::env::consts::ARCH` says on a target.
-fn arch_of(target: &str) -> &str {
-    let first = target.split('-').next().unwrap_or("");
-    if first.starts_with("arm") || first.starts_with("thumb") {
-        "arm"
-    } else {
-        first
-    }
-}
 
 /// Serves `Fetch { version, offset }` from a device's connection: a Release stream
 /// with the file from `offset`, through one buffer. Spawned; errors are logged here.
@@ -867,7 +859,15 @@ mod tests {
         )
         .is_ok());
         assert!(Releases::new(d.join("r2"), None).key.is_none());
-        assert_eq!(arch_of("armv7-unknown-linux-musleabihf"), "arm");
+        use crate::release::{arch_of, fits_arch};
+        assert_eq!(arch_of("armv7-unknown-linux-musleabihf"), "armv7");
+        assert_eq!(arch_of("arm-unknown-linux-musleabihf"), "armv6");
+        assert_eq!(arch_of("aarch64-unknown-linux-musl"), "aarch64");
+        assert!(fits_arch("armv7-unknown-linux-musleabihf", "armv7"));
+        assert!(!fits_arch("armv7-unknown-linux-musleabihf", "armv6"));
+        assert!(!fits_arch("arm-unknown-linux-musleabihf", "armv7"));
+        assert!(fits_arch("arm-unknown-linux-musleabihf", "arm"));
+        assert!(!fits_arch("aarch64-unknown-linux-musl", "arm"));
         for bad in ["..", ".", "a/b", ""] {
             assert!(check_target(bad).is_err(), "{bad}");
         }
