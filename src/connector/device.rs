@@ -49,7 +49,6 @@ pub struct Device {
     facts: Mutex<DeviceFacts>,
 }
 
-
 impl Device {
     /// The device of the config at `config`: its key (made now when there is none),
     /// its stored credential, and its facts with the digest of `in_force` (the config

@@ -16,6 +16,10 @@
 //!                                    <kind>.rec     postcard ChangeRecord
 //!  mailslot:changed-devices    set   devices with a change record (at most the devices)
 //!  mailslot:rollouts           hash  rollout id -> postcard RolloutRecord
+//!  mailslot:rollouts:running   set   ids of the rollouts not ended (what every edge
+//!                                    reads each second)
+//!  mailslot:rollouts:indexed   string set once the running set was built from the hash
+//!                                    (by the first edge that reads it)
 //!  mailslot:revoked:tunnel     hash  tunnel id hex -> Unix seconds it was revoked
 //!  mailslot:revoked:access-token hash  access token id hex -> Unix seconds
 //! ```
@@ -82,6 +86,10 @@ fn revoked_key(kind: RevokedKind) -> String {
 const CHANGED_DEVICES: &str = "mailslot:changed-devices";
 /// The hash of rollouts.
 const ROLLOUTS: &str = "mailslot:rollouts";
+/// The set of the running rollouts' ids.
+const RUNNING: &str = "mailslot:rollouts:running";
+/// Set once [`RUNNING`] holds every running rollout (older edges wrote none).
+const INDEXED: &str = "mailslot:rollouts:indexed";
 /// Writes a change unless the stored one is the same change at a later state (or an
 /// end already): KEYS chg, changed-devices; ARGV kind, id, rollout, rank, rec, device.
 const PUT_CHANGE: &str = "local k = ARGV[1] \
@@ -426,6 +434,12 @@ impl Store for RedisStore {
                 pipe.atomic();
                 for id in &forget {
                     pipe.hdel(ROLLOUTS, id);
+                    pipe.srem(RUNNING, id);
+                }
+                if merged.ended.is_none() {
+                    pipe.sadd(RUNNING, &rollout.id);
+                } else {
+                    pipe.srem(RUNNING, &rollout.id);
                 }
                 let rec = match encode_any(&merged) {
                     Ok(rec) => rec,
@@ -461,6 +475,47 @@ impl Store for RedisStore {
             .redis
             .call(|con| redis::cmd("HGETALL").arg(ROLLOUTS).query(con))?;
         all.iter().map(|(k, v)| decode_any(k, v)).collect()
+    }
+
+    fn running_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        let indexed: bool = self
+            .redis
+            .call(|con| redis::cmd("EXISTS").arg(INDEXED).query(con))?;
+        if !indexed {
+            // Rollouts written by edges that kept no index: build it once.
+            let running: Vec<RolloutRecord> = self
+                .list_rollouts()?
+                .into_iter()
+                .filter(|r| r.ended.is_none())
+                .collect();
+            self.redis.call(|con| {
+                let mut pipe = redis::pipe();
+                for r in &running {
+                    pipe.sadd(RUNNING, &r.id).ignore();
+                }
+                pipe.set(INDEXED, 1).ignore().query::<()>(con)
+            })?;
+            return Ok(running);
+        }
+        let ids: Vec<String> = self
+            .redis
+            .call(|con| redis::cmd("SMEMBERS").arg(RUNNING).query(con))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recs: Vec<Option<Vec<u8>>> = self
+            .redis
+            .call(|con| redis::cmd("HMGET").arg(ROLLOUTS).arg(&ids).query(con))?;
+        let mut out = Vec::new();
+        for (id, rec) in ids.iter().zip(recs) {
+            if let Some(bytes) = rec {
+                let r: RolloutRecord = decode_any(id, &bytes)?;
+                if r.ended.is_none() {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn revoke_id(&self, revoked: &RevokedId) -> Result<bool, StoreError> {
@@ -551,6 +606,28 @@ mod tests {
     fn revocations_are_kept_once() {
         let server = RedisServer::start("revoked");
         crate::edge::fleet::revoked::suite::revocations_are_kept_once(&store(&server));
+    }
+
+    #[test]
+    fn running_rollouts_are_listed_until_they_end() {
+        let server = RedisServer::start("running");
+        suite::running_rollouts_are_listed_until_they_end(&store(&server));
+    }
+
+    #[test]
+    fn rollouts_written_before_the_index_are_found() {
+        let server = RedisServer::start("index");
+        let s = store(&server);
+        let r = suite::rollout(3, false);
+        assert!(s.put_rollout(&r).unwrap());
+        // As an edge that kept no index left it.
+        s.redis
+            .call(|con| redis::cmd("DEL").arg(RUNNING).arg(INDEXED).query::<()>(con))
+            .unwrap();
+        let running = s.running_rollouts().unwrap();
+        assert_eq!(running.len(), 1);
+        assert_eq!(running[0].id, r.id);
+        assert_eq!(s.running_rollouts().unwrap().len(), 1);
     }
 
     #[test]

@@ -435,7 +435,6 @@ pub fn find(dir: &Path, version: &str, arch: Option<&str>) -> Option<Release> {
     }
 }
 
-
 /// Serves `Fetch { version, offset }` from a device's connection: a Release stream
 /// with the file from `offset`, through one buffer. Spawned; errors are logged here.
 pub(crate) fn serve_fetch(

@@ -238,14 +238,17 @@ pub struct Rollouts {
     mailboxes: Arc<Mailboxes>,
     /// Every device's last changes as last read (bounded as the store's change
     /// records are): what the inventory's readers show. Read again on each sweep while
-    /// a rollout runs, every [`CACHE_EVERY`] sweeps otherwise, and after each write.
+    /// a rollout runs and on the one after, every [`CACHE_EVERY`] sweeps otherwise, and
+    /// written through on each write here.
     cache: Mutex<HashMap<String, Vec<ChangeRecord>>>,
     sweeps: std::sync::atomic::AtomicU64,
+    /// Whether the last sweep saw a rollout running.
+    was_running: std::sync::atomic::AtomicBool,
 }
 
-/// Sweeps between two reads of the change records while no rollout runs (another
-/// edge may have written some).
-const CACHE_EVERY: u64 = 10;
+/// Sweeps between two reads of the change records while no rollout runs (a device's
+/// late report to a stopped rollout, read at another edge).
+const CACHE_EVERY: u64 = 60;
 
 fn blocking_err(e: tokio::task::JoinError) -> String {
     format!("fleet store: {e}")
@@ -268,6 +271,7 @@ impl Rollouts {
             mailboxes: Arc::default(),
             cache: Mutex::default(),
             sweeps: Default::default(),
+            was_running: Default::default(),
         }
     }
 
@@ -429,19 +433,21 @@ impl Rollouts {
         let n = self
             .sweeps
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ran = self.was_running.load(std::sync::atomic::Ordering::Relaxed);
         let (running, changes) = blocking(move || {
-            let running: Vec<RolloutRecord> = store
-                .list_rollouts()?
-                .into_iter()
-                .filter(|r| r.ended.is_none())
-                .collect();
-            let changes = match running.is_empty() && n % CACHE_EVERY != 0 {
-                true => None,
-                false => Some(store.list_changes()?),
+            let running = store.running_rollouts()?;
+            // Change records move while a rollout runs; after one ends they are read
+            // once more (its last reports), then rarely (a late report).
+            let read = !running.is_empty() || ran || n % CACHE_EVERY == 0;
+            let changes = match read {
+                false => None,
+                true => Some(store.list_changes()?),
             };
             Ok((running, changes))
         })
         .await?;
+        self.was_running
+            .store(!running.is_empty(), std::sync::atomic::Ordering::Relaxed);
         let Some(changes) = changes else {
             return Ok(());
         };

@@ -274,6 +274,16 @@ pub trait Store: Send + Sync {
     fn list_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
         Err(no_changes())
     }
+    /// The rollouts still running (not ended). Every edge asks every second: a store
+    /// where reading every rollout costs a round trip of all their targets and
+    /// messages keeps an index of the running ones.
+    fn running_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        Ok(self
+            .list_rollouts()?
+            .into_iter()
+            .filter(|r| r.ended.is_none())
+            .collect())
+    }
 
     /// Revokes a tunnel or an access token for good (the first time stays); `false`
     /// when it was revoked already. Beyond [`MAX_REVOKED_IDS`] of its kind: an error.
@@ -902,6 +912,28 @@ pub(crate) mod suite {
 
     /// Rollouts are kept up to MAX_ROLLOUTS: the oldest ended one makes room; when all
     /// are running, a new one is refused.
+    pub(crate) fn running_rollouts_are_listed_until_they_end(store: &dyn Store) {
+        assert!(store.running_rollouts().unwrap().is_empty());
+        let (a, b) = (rollout(1, false), rollout(2, false));
+        assert!(store.put_rollout(&a).unwrap());
+        assert!(store.put_rollout(&b).unwrap());
+        let mut ids: Vec<String> = store
+            .running_rollouts()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec![a.id.clone(), b.id.clone()]);
+        let mut ended = a.clone();
+        ended.ended = Some(900);
+        assert!(store.put_rollout(&ended).unwrap());
+        let running = store.running_rollouts().unwrap();
+        assert_eq!(running.len(), 1);
+        assert_eq!(running[0].id, b.id);
+        assert_eq!(store.list_rollouts().unwrap().len(), 2);
+    }
+
     pub(crate) fn rollouts_are_bounded(store: &dyn Store) {
         for n in 0..MAX_ROLLOUTS as u32 {
             assert!(store.put_rollout(&rollout(n, n < 2)).unwrap());
@@ -1024,6 +1056,12 @@ mod tests {
         crate::edge::fleet::revoked::suite::revocations_are_kept_once(
             &RedbStore::open(&dir.file()).unwrap(),
         );
+    }
+
+    #[test]
+    fn running_rollouts_are_listed_until_they_end() {
+        let dir = Dir::new("running");
+        suite::running_rollouts_are_listed_until_they_end(&RedbStore::open(&dir.file()).unwrap());
     }
 
     #[test]
