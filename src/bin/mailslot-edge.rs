@@ -47,16 +47,18 @@ commands:
   devices revoke --config edge.yml ID
         cut one device at once and for good: it cannot register again
   devices push-config --config edge.yml (ID... | --fleet F) config.yml [--canary N%]
-        [--no-wait] [--json]
+        [--canary-wait DURATION] [--no-wait] [--json]
         compile config.yml, sign it with the fleet's config key and send it to the
         devices (online ones first; with --canary, N% of them first, the rest once those
-        applied it; stopped by the first rollback); prints the rollout id and follows it
-        until it ends or only offline devices are left (they get it when they return)
+        applied it; stopped by the first rollback, or by a canary silent for
+        --canary-wait, default 5m); prints the rollout id and follows it until it ends
+        or only offline devices are left (they get it when they return)
   devices upgrade --config edge.yml (ID... | --fleet F) --version V [--canary N%]
-        [--metered-ok] [--no-wait] [--json]
+        [--canary-wait DURATION] [--metered-ok] [--no-wait] [--json]
         offer release V (`release add`) to the devices, the build for each device's
-        architecture; canaries first, stopped by the first rollback, as push-config;
-        --metered-ok lets devices on a metered link download it
+        architecture; canaries first, stopped by the first rollback, as push-config
+        (--canary-wait default 15m: a download takes time); --metered-ok lets devices
+        on a metered link download it
   revoke tunnel ID... --config edge.yml [--json]
   revoke access-token ID... --config edge.yml [--json]
         revoke tunnels (the id `token` printed) or access tokens for good, through

@@ -42,6 +42,8 @@ pub enum Command {
         yaml: PathBuf,
         canary: Option<u8>,
         wait: bool,
+        /// `--canary-wait`, seconds.
+        canary_wait: Option<u64>,
     },
 }
 
@@ -50,8 +52,18 @@ const MAX_PUSH_IDS: usize = 10_000;
 /// How often `push-config` asks how its rollout goes.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
+/// `--canary-wait DURATION` (`10m`, `1h`): how long a device may take to report once
+/// sent, in seconds; 1 s to 1 day (a canary silent that long stops the rollout).
+pub(crate) fn parse_canary_wait(v: &str) -> Result<u64, String> {
+    crate::edge::config::parse_duration(v)
+        .ok()
+        .map(|d| d.as_secs())
+        .filter(|s| (1..=86_400).contains(s))
+        .ok_or_else(|| format!("--canary-wait {v}: a duration from 1s to 1d (like 10m)"))
+}
+
 /// `--canary N%` (or `N`): 1 to 100.
-fn parse_canary(v: &str) -> Result<u8, String> {
+pub(crate) fn parse_canary(v: &str) -> Result<u8, String> {
     v.trim_end_matches('%')
         .parse::<u8>()
         .ok()
@@ -75,7 +87,7 @@ impl Args {
         let mut sub: Option<String> = None;
         let mut values: Vec<String> = Vec::new();
         let (mut config, mut fleet, mut offline, mut json) = (None, None, false, false);
-        let (mut canary, mut no_wait) = (None, false);
+        let (mut canary, mut no_wait, mut canary_wait) = (None, false, None);
         let err = |e: lexopt::Error| e.to_string();
         while let Some(arg) = parser.next().map_err(err)? {
             match arg {
@@ -92,6 +104,11 @@ impl Args {
                     )?)
                 }
                 Long("no-wait") if sub.as_deref() == Some("push-config") => no_wait = true,
+                Long("canary-wait") if sub.as_deref() == Some("push-config") => {
+                    canary_wait = Some(parse_canary_wait(
+                        &parser.value().map_err(err)?.string().map_err(err)?,
+                    )?)
+                }
                 Value(v) if sub.is_none() => sub = Some(v.string().map_err(err)?),
                 Value(v) if values.len() <= MAX_PUSH_IDS => values.push(v.string().map_err(err)?),
                 other => return Err(other.unexpected().to_string()),
@@ -142,6 +159,7 @@ impl Args {
                     yaml: PathBuf::from(yaml),
                     canary,
                     wait: !no_wait,
+                    canary_wait,
                 }
             }
             other => {
@@ -187,8 +205,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>, usage: &str) -> Result<(),
                 yaml,
                 canary,
                 wait,
+                canary_wait,
             } => {
-                let req = push_request(devices, fleet.as_deref(), yaml, *canary)?;
+                let mut req = push_request(devices, fleet.as_deref(), yaml, *canary)?;
+                req.wait_secs = *canary_wait;
                 push_config(&admin, &req, *wait, args.json).await
             }
         }
@@ -784,6 +804,8 @@ mod tests {
             "--canary",
             "10%",
             "--no-wait",
+            "--canary-wait",
+            "10m",
         ])
         .unwrap()
         .unwrap();
@@ -794,9 +816,23 @@ mod tests {
                 fleet: None,
                 yaml: "new.yml".into(),
                 canary: Some(10),
-                wait: false
+                wait: false,
+                canary_wait: Some(600),
             }
         );
+        for bad in ["0s", "2d", "soon"] {
+            let e = parse(&[
+                "push-config",
+                "-c",
+                "e.yml",
+                "d1",
+                "n.yml",
+                "--canary-wait",
+                bad,
+            ])
+            .unwrap_err();
+            assert!(e.contains("--canary-wait"), "{bad}: {e}");
+        }
         let a = parse(&["push-config", "-c", "e.yml", "--fleet", "shop", "new.yml"])
             .unwrap()
             .unwrap();

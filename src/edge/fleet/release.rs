@@ -689,13 +689,11 @@ pub fn upgrade_cli(args: Vec<std::ffi::OsString>, usage: &str) -> Result<(), Str
             Long("version") => req.version = parser.value().map_err(err)?.string().map_err(err)?,
             Long("canary") => {
                 let v = parser.value().map_err(err)?.string().map_err(err)?;
-                let n = v
-                    .trim_end_matches('%')
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|n| (1..=100).contains(n))
-                    .ok_or_else(|| format!("--canary {v}: a share from 1% to 100%"))?;
-                req.canary = Some(n);
+                req.canary = Some(super::cli::parse_canary(&v)?);
+            }
+            Long("canary-wait") => {
+                let v = parser.value().map_err(err)?.string().map_err(err)?;
+                req.wait_secs = Some(super::cli::parse_canary_wait(&v)?);
             }
             Long("metered-ok") => req.metered_ok = true,
             Long("no-wait") => wait = false,
