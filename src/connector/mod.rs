@@ -27,6 +27,7 @@ pub mod health;
 mod instance;
 pub(crate) mod origin;
 pub mod push;
+mod rendezvous;
 mod session;
 pub(crate) mod slot;
 pub mod upgrade;
@@ -185,7 +186,7 @@ impl Connector {
         )?);
         let slots = vec![SlotState::default(); usize::from(rt.config.ha_connections.max(1))];
         let health = Arc::new(health::Reporter::new(MAX_SLOTS));
-        let edges = rt.config.edges.len();
+        let names = names_for(device.as_deref(), &rt.config);
         let generation = rt.generation;
         let connector = Connector {
             shared: Arc::new(Shared {
@@ -199,7 +200,7 @@ impl Connector {
                 active_streams: AtomicUsize::new(0),
                 streams_done: Notify::new(),
                 slots: watch::channel(slots).0,
-                names: Mutex::new(slot::Names::new(edges)),
+                names: Mutex::new(names),
                 endpoints: Mutex::new((None, None)),
                 registered: watch::channel(generation.wrapping_sub(1)).0,
                 last_error: Mutex::new(None),
@@ -290,21 +291,28 @@ fn set_slot(shared: &Shared, slot: usize, state: SlotState) {
     });
 }
 
+/// What the slots learn of the edge entries' names, their addresses ordered by
+/// rendezvous hashing on the device id (an enrolled device) or the tunnel token.
+fn names_for(device: Option<&device::Device>, config: &crate::config::DeviceConfig) -> slot::Names {
+    let seed = rendezvous::seed_of(device.map_or(config.token.as_str(), |d| d.id()));
+    slot::Names::new(config.edges.len()).seeded(seed)
+}
+
 /// Runs the slots of the config in force; when a config changes the edges or the
 /// number of connections (a new epoch), lets them end and starts those of the new one.
 async fn run_slots(shared: Arc<Shared>) {
     let mut epochs = shared.epoch.subscribe();
     loop {
         let epoch = *epochs.borrow_and_update();
-        let (n, edges) = {
+        let (n, names) = {
             let rt = shared.current.borrow();
             (
                 usize::from(rt.config.ha_connections.max(1)),
-                rt.config.edges.len(),
+                names_for(shared.device.as_deref(), &rt.config),
             )
         };
         if epoch != 0 {
-            *lock(&shared.names) = slot::Names::new(edges);
+            *lock(&shared.names) = names;
             shared.slots.send_replace(vec![SlotState::default(); n]);
         }
         let tasks: Vec<_> = (0..n)

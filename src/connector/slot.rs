@@ -426,6 +426,8 @@ fn least_used(up: &[usize], home: usize) -> Option<usize> {
 /// good addresses, and whether resolving it fails now (said once, not per attempt).
 pub(crate) struct Names {
     entries: Vec<Name>,
+    /// The connector's seed for ordering an entry's addresses ([`super::rendezvous`]).
+    seed: [u8; 16],
 }
 
 #[derive(Default, Clone)]
@@ -460,11 +462,18 @@ impl Names {
     pub(crate) fn new(edges: usize) -> Names {
         Names {
             entries: vec![Name::default(); edges],
+            seed: [0; 16],
         }
     }
 
-    /// Entry `idx` resolved to `addrs` (IPv4 first); an empty answer counts as a
-    /// failure. `slot` and `edges` spread the slots sharing an entry over its addresses.
+    /// The same, ordering each entry's addresses by rendezvous hashing on `seed`.
+    pub(crate) fn seeded(self, seed: [u8; 16]) -> Names {
+        Names { seed, ..self }
+    }
+
+    /// Entry `idx` resolved to `addrs` (IPv4 first, then in the connector's rendezvous
+    /// order); an empty answer counts as a failure. `slot` and `edges` spread the slots
+    /// sharing an entry over its addresses.
     pub(crate) fn resolved(
         &mut self,
         idx: usize,
@@ -475,7 +484,7 @@ impl Names {
         if addrs.is_empty() {
             return self.failed(idx, slot, edges);
         }
-        addrs.sort_by_key(|a| a.is_ipv6()); // IPv4 first: the common case on cellular NAT
+        super::rendezvous::order(&mut addrs, &self.seed);
         let Some(addr) = pick(&addrs, slot, edges) else {
             return Resolved::Unknown;
         };
