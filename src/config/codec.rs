@@ -565,7 +565,14 @@ mod tests {
         let mut config = minimal_config();
         config
             .ingress
-            .push(rule(Some("ssh.example.com"), Service::Stream { kind: StreamKind::Ssh, host: "localhost".try_into().unwrap(), port: 22 }))
+            .push(rule(
+                Some("ssh.example.com"),
+                Service::Stream {
+                    kind: StreamKind::Ssh,
+                    host: "localhost".try_into().unwrap(),
+                    port: 22,
+                },
+            ))
             .unwrap();
         config
             .ingress
@@ -584,10 +591,16 @@ mod tests {
         assert_eq!(decode_with_version(&v4).unwrap(), (config.clone(), 4));
         // An essential rule alone, or a cap alone, is version 4 too.
         config.data_cap = None;
-        assert_eq!(decode_with_version(&encode(&config).unwrap()).unwrap(), (config.clone(), 4));
+        assert_eq!(
+            decode_with_version(&encode(&config).unwrap()).unwrap(),
+            (config.clone(), 4)
+        );
         config.essential = 0;
         config.data_cap = Some(1);
-        assert_eq!(decode_with_version(&encode(&config).unwrap()).unwrap(), (config.clone(), 4));
+        assert_eq!(
+            decode_with_version(&encode(&config).unwrap()).unwrap(),
+            (config.clone(), 4)
+        );
         // Without them: versions 1 to 3 as before, to the byte.
         config.data_cap = None;
         assert_eq!(encode(&config).unwrap(), v1);

@@ -252,15 +252,19 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, std::string::String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected e.g. 64KiB, 50MiB, 1GiB or a number of bytes"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size {text:?}: expected e.g. 64KiB, 50MiB, 1GiB or a number of bytes")
+    })?;
     let scale: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "KB" => 1 << 10,
         "MiB" | "M" | "MB" => 1 << 20,
         "GiB" | "G" | "GB" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}: use B, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}: use B, KiB, MiB or GiB"
+            ))
+        }
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("size {text:?} is too large"))

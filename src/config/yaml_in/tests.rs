@@ -648,7 +648,10 @@ fn data_cap_and_essential_rules() {
     assert!(config.cap_warning().is_none());
     let yaml = to_yaml(&config, true);
     assert!(yaml.contains("data-cap: 50MiB\n"), "{yaml}");
-    assert!(yaml.contains("    service: ssh://localhost\n    essential: true\n"), "{yaml}");
+    assert!(
+        yaml.contains("    service: ssh://localhost\n    essential: true\n"),
+        "{yaml}"
+    );
     assert_eq!(compile(&yaml).unwrap(), config);
     assert_eq!(&encode(&config).unwrap()[4..6], &[4, 0]);
 
@@ -669,7 +672,10 @@ fn data_cap_and_essential_rules() {
 
     let bare = compile(&doc("data-cap: 1GiB\n", "")).unwrap();
     let warning = bare.cap_warning().unwrap();
-    assert!(warning.contains("no rule is `essential: true`"), "{warning}");
+    assert!(
+        warning.contains("no rule is `essential: true`"),
+        "{warning}"
+    );
     assert!(compile(&doc("", "")).unwrap().cap_warning().is_none());
     assert_eq!(compile(&doc("", "")).unwrap().data_cap, None);
 
@@ -683,6 +689,9 @@ fn data_cap_and_essential_rules() {
     assert!(e.contains("negative size"), "{e}");
     let e = err(&doc("data-cap: 99999999999999999999GiB\n", ""));
     assert!(e.contains("data-cap"), "{e}");
-    let e = err(&doc("", "  - hostname: a.example.com\n    service: http://x\n    essential: maybe\n"));
+    let e = err(&doc(
+        "",
+        "  - hostname: a.example.com\n    service: http://x\n    essential: maybe\n",
+    ));
     assert!(e.contains("essential"), "{e}");
 }
