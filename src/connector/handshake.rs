@@ -366,7 +366,11 @@ mod tests {
             |_| Some((registered(), None)),
         )
         .await;
-        assert_eq!(got.unwrap().health_every_secs, 0);
+        let shook = got.unwrap();
+        assert_eq!(shook.health_every_secs, 0);
+        // An edge whose hello has no clock tail is never sent `DataCap` (it would end
+        // the connection on a message it does not know).
+        assert!(!shook.data_cap);
         let (msg, _, device) = reg.unwrap();
         let ConnectorMsg::Register(register) = msg else {
             panic!("{msg:?}")
