@@ -42,11 +42,18 @@
 //! did not say so: older edges do not know the message).
 //!
 //! ```text
-//!  edge:      Hello      + HelloTail { nonce }
+//!  edge:      Hello      + HelloTail { nonce } + HelloClockTail { unix_secs, data_cap }
 //!  connector: Register   + RegisterTail { instance } + DeviceTail { key, proof, ... }
 //!  edge:      Registered + RegisteredTail { credential?, health_every_secs }
-//!  later:     ConnectorMsg::Health (device), EdgeMsg::Credential (renewal, edge)
+//!  later:     ConnectorMsg::Health (device), EdgeMsg::Credential (renewal, edge),
+//!             ConnectorMsg::DataCap (any connector, to an edge whose clock tail says so)
 //! ```
+//!
+//! Every edge's hello also carries a [`HelloClockTail`] after the nonce: its time (a
+//! board whose clock is unset counts its data cap's days by it) and whether it
+//! understands [`ConnectorMsg::DataCap`]; a connector never sends that message to an
+//! edge that did not say so, since an edge ends a connection on a message it cannot
+//! decode.
 //!
 //! Data stream: the edge writes one [`StreamHeader`] frame, the connector dials the
 //! service and answers one [`StreamReply`] frame; after an `Ok` reply the stream is a raw

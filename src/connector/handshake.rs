@@ -3,7 +3,7 @@
 //! it) and the edge's answer (with the device's credential and health schedule).
 //!
 //! ```text
-//!  edge:      Hello      [+ HelloTail { nonce }]
+//!  edge:      Hello      [+ HelloTail { nonce } [+ HelloClockTail { unix_secs, data_cap }]]
 //!  connector: Register   [+ RegisterTail { instance }] [+ DeviceTail]   token "" when enrolled
 //!  edge:      Registered [+ RegisteredTail [+ KeysTail]] | Refused
 //! ```

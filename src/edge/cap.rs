@@ -43,7 +43,8 @@ struct Over {
     until_unix: u64,
     /// The rule table `essential` indexes.
     rules_generation: u32,
-    /// Rules still served, at most one per rule of the table the report came with.
+    /// Rules still served: at most one entry per rule of the reporting connection's
+    /// table ([`on_report`] checks), so bounded by the edge's rule table limit.
     essential: Vec<u16>,
 }
 
