@@ -42,7 +42,21 @@ fn get_host(edge: &EdgeProc, host: &str, path: &str, extra: &[&str]) -> Curl {
     curl(&args)
 }
 
-pub(crate) fn past_the_cap_only_essential_rules_are_served_until_the_reset() {
+/// An edge, two origins and a connector with a 64 KiB cap whose clock file reads
+/// `clock_secs`: `web` and `db` (a raw TCP rule behind one of the edge's TCP ports) are
+/// normal rules, `admin` is essential.
+struct Capped {
+    edge: EdgeProc,
+    admin: std::net::SocketAddr,
+    tcp_port: std::net::SocketAddr,
+    web: Origin,
+    essential: Origin,
+    connector: Proc,
+    clock: std::path::PathBuf,
+    _dev: TempDir,
+}
+
+fn start_capped(clock_secs: u64) -> Capped {
     let edge = start_edge(init_edge(&format!(
         "admin-listen: 127.0.0.1:0\ntcp-ports:\n  - listen: 127.0.0.1:0\n    hostname: {DB}\n    ip-allow: [127.0.0.0/8]\n"
     )));
@@ -59,7 +73,7 @@ pub(crate) fn past_the_cap_only_essential_rules_are_served_until_the_reset() {
     let token = edge.token("dev42", &["*.dev42.example.com"], "1d");
     let dev = TempDir::new("device");
     let clock = dev.join("clock");
-    std::fs::write(&clock, LATE.to_string()).unwrap();
+    std::fs::write(&clock, clock_secs.to_string()).unwrap();
     let rules = format!(
         "  - hostname: {WEB}\n    service: http://{w}\n\
          \x20 - hostname: {ADMIN}\n    service: http://{a}\n    essential: true\n\
@@ -80,6 +94,29 @@ pub(crate) fn past_the_cap_only_essential_rules_are_served_until_the_reset() {
             .env("MAILSLOT_TEST_CLOCK_FILE", &clock),
     );
     connector.wait_lines("registered: tunnel", 2);
+    Capped {
+        edge,
+        admin,
+        tcp_port,
+        web,
+        essential,
+        connector,
+        clock,
+        _dev: dev,
+    }
+}
+
+pub(crate) fn past_the_cap_only_essential_rules_are_served_until_the_reset() {
+    let Capped {
+        edge,
+        admin,
+        tcp_port,
+        web,
+        essential,
+        connector,
+        clock,
+        _dev,
+    } = start_capped(LATE);
 
     // Under the cap, every rule serves.
     let r = get_host(&edge, WEB, "/bytes/1000", &[]);
@@ -187,4 +224,46 @@ fn wait_until(f: impl Fn() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A board without an RTC (its clock reads 1970) counts its days by the edge's clock,
+/// which every hello carries: the reset is due at the edge's next midnight UTC.
+pub(crate) fn a_device_without_a_clock_counts_its_days_by_the_edge() {
+    let boot = 1000;
+    let c = start_capped(boot);
+    // Logged at the first hello, before the registrations the start waited for.
+    let unset = "the clock is unset: the data cap's days follow the edge's clock";
+    assert_eq!(c.connector.count(unset), 1, "{}", c.connector.dump());
+    let r = get_host(&c.edge, WEB, "/bytes/1048576", &[]);
+    assert!(r.body.len() < 1 << 20, "{} bytes", r.body.len());
+    let line = c.connector.wait_line("over the daily cap of 65536 bytes");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    let logged: u64 = line
+        .rsplit(" in ")
+        .next()
+        .and_then(|s| s.trim().strip_suffix('s'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no reset time in {line:?}"));
+    // The device's time stands still (the clock file) since the hello: a few seconds.
+    assert!(
+        logged >= to_midnight && logged <= to_midnight + 30,
+        "reset in {logged}s, the edge's midnight in {to_midnight}s: {line}"
+    );
+    c.edge
+        .proc
+        .wait_line("tunnel dev42 over its daily data cap");
+    let r = get_host(&c.edge, WEB, "/", &[]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    // The system clock moves past the edge's midnight: the count resets.
+    std::fs::write(&c.clock, (boot + logged + 5).to_string()).unwrap();
+    c.connector.wait_line("data cap: the daily count was reset");
+    c.edge
+        .proc
+        .wait_line("tunnel dev42 back under its daily data cap");
+    let r = get_host(&c.edge, WEB, "/bytes/10", &[]);
+    assert_eq!((r.ok, r.status), (true, 200), "{}", r.stderr);
 }
