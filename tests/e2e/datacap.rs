@@ -181,6 +181,7 @@ pub(crate) fn past_the_cap_only_essential_rules_are_served_until_the_reset() {
     let r = get_host(&edge, ADMIN, "/bytes/1000", &[]);
     assert_eq!((r.ok, r.status), (true, 200), "{}", r.stderr);
     assert_eq!(r.body, pattern(1000));
+    assert_eq!(essential.requests.load(Ordering::SeqCst), 1);
 
     // A raw TCP port is not the edge's to refuse: the device refuses the stream of a
     // rule that is not essential (as it does for an edge that predates the cap).
