@@ -118,6 +118,8 @@ pub(crate) fn demo_config(
         ingress,
         edge_pins: heapless::Vec::new(),
         metered: false,
+        data_cap: None,
+        essential: 0,
     }))
 }
 

@@ -42,11 +42,18 @@
 //! did not say so: older edges do not know the message).
 //!
 //! ```text
-//!  edge:      Hello      + HelloTail { nonce }
+//!  edge:      Hello      + HelloTail { nonce } + HelloClockTail { unix_secs, data_cap }
 //!  connector: Register   + RegisterTail { instance } + DeviceTail { key, proof, ... }
 //!  edge:      Registered + RegisteredTail { credential?, health_every_secs }
-//!  later:     ConnectorMsg::Health (device), EdgeMsg::Credential (renewal, edge)
+//!  later:     ConnectorMsg::Health (device), EdgeMsg::Credential (renewal, edge),
+//!             ConnectorMsg::DataCap (any connector, to an edge whose clock tail says so)
 //! ```
+//!
+//! Every edge's hello also carries a [`HelloClockTail`] after the nonce: its time (a
+//! board whose clock is unset counts its data cap's days by it) and whether it
+//! understands [`ConnectorMsg::DataCap`]; a connector never sends that message to an
+//! edge that did not say so, since an edge ends a connection on a message it cannot
+//! decode.
 //!
 //! Data stream: the edge writes one [`StreamHeader`] frame, the connector dials the
 //! service and answers one [`StreamReply`] frame; after an `Ok` reply the stream is a raw
@@ -152,6 +159,17 @@ pub struct HelloTail {
     /// Fresh random bytes of this connection; the device signs them
     /// ([`device_proof_message`]), so a proof is never good for another connection.
     pub nonce: [u8; 32],
+}
+
+/// What the edge appends after its [`HelloTail`]: its clock (a device whose clock is
+/// unset counts its data cap's days by it) and the messages it understands beyond the
+/// first ones. Absent from edges that predate it; connectors that predate it ignore it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloClockTail {
+    /// The edge's time, Unix seconds.
+    pub unix_secs: u64,
+    /// The edge understands [`ConnectorMsg::DataCap`].
+    pub data_cap: bool,
 }
 
 /// What an enrolled device appends after its [`RegisterTail`]: who it is and the proof
@@ -262,6 +280,29 @@ pub enum ConnectorMsg {
         version: String,
         offset: u64,
     },
+    /// The device's daily data cap: crossed (serve only the essential rules) or reset.
+    /// Sent only to an edge whose [`HelloClockTail`] says it understands it (an older
+    /// edge ends the connection on a message it does not know).
+    DataCap(DataCap),
+}
+
+/// The state of a device's daily data cap (`data-cap` in its config), sent on each of
+/// its connections when it changes and after a registration while over the cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataCap {
+    /// Over the cap: the edge answers requests for the other rules itself (503) and
+    /// the device refuses their streams.
+    pub over: bool,
+    /// Seconds until the count resets (the device's midnight).
+    pub resets_in_secs: u32,
+    /// The rule table `essential` indexes (a stream header's `rules_generation`).
+    pub rules_generation: u32,
+    /// Indexes of the rules still served past the cap, ascending; at most one per rule
+    /// of the table (the edge ignores a longer list).
+    pub essential: Vec<u16>,
+    /// Bytes counted today, and the cap.
+    pub used: u64,
+    pub cap: u64,
 }
 
 /// Messages the edge sends on the control stream.
@@ -749,6 +790,52 @@ mod tests {
             }],
             software: "0.1.0".into(),
         })
+    }
+
+    /// `DataCap` is appended as `ConnectorMsg`'s seventh variant (index 6), and the
+    /// hello's clock tail is read by connectors that know it and skipped by those that
+    /// read the nonce tail alone.
+    #[tokio::test]
+    async fn data_cap_is_variant_6_and_the_clock_tail_is_optional() {
+        let cap = ConnectorMsg::DataCap(DataCap {
+            over: true,
+            resets_in_secs: 3600,
+            rules_generation: 2,
+            essential: vec![0, 3],
+            used: 70_000,
+            cap: 65_536,
+        });
+        let bytes = postcard::to_allocvec(&cap).unwrap();
+        assert_eq!(bytes[..4], [6, 1, 0x90, 0x1c]);
+        assert_eq!(postcard::from_bytes::<ConnectorMsg>(&bytes).unwrap(), cap);
+
+        let hello = EdgeMsg::Hello {
+            version: PROTOCOL_VERSION,
+            edge: "e".into(),
+        };
+        let nonce = HelloTail { nonce: [5; 32] };
+        let clock = HelloClockTail {
+            unix_secs: 1_800_000_000,
+            data_cap: true,
+        };
+        let mut framed = Vec::new();
+        write_control_with_tails(&mut framed, &hello, &nonce, &clock)
+            .await
+            .unwrap();
+        let (m, t): (EdgeMsg, Option<HelloTail>) =
+            read_control_with_tail(&mut &framed[..]).await.unwrap();
+        assert_eq!((m, t), (hello.clone(), Some(nonce.clone())));
+        let got: (EdgeMsg, Option<HelloTail>, Option<HelloClockTail>) =
+            read_control_with_tails(&mut &framed[..]).await.unwrap();
+        assert_eq!(got, (hello.clone(), Some(nonce.clone()), Some(clock)));
+        // From an edge without the clock tail: none.
+        let mut framed = Vec::new();
+        write_control_with_tail(&mut framed, &hello, &nonce)
+            .await
+            .unwrap();
+        let got: (EdgeMsg, Option<HelloTail>, Option<HelloClockTail>) =
+            read_control_with_tails(&mut &framed[..]).await.unwrap();
+        assert_eq!(got, (hello, Some(nonce), None));
     }
 
     #[tokio::test]

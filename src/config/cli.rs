@@ -25,7 +25,7 @@ pub fn compile(input: &Path, output: &Path) -> Result<std::string::String, std::
             config.edges.len(),
             config.ingress.len()
         );
-        if let Some(w) = config.nat_warning() {
+        for w in config.nat_warning().into_iter().chain(config.cap_warning()) {
             out.push_str(&w);
             out.push('\n');
         }
@@ -127,12 +127,24 @@ fn summary(config: &DeviceConfig, name: &str, version: u16, size: usize) -> std:
             yaml_out::secs(config.keepalive_secs_on(super::Protocol::Http2))
         );
     }
-    if let Some(w) = config.nat_warning() {
+    if let Some(cap) = config.data_cap {
+        let _ = writeln!(
+            o,
+            "data cap:    {} a day; past it only essential rules are served",
+            yaml_out::size(cap)
+        );
+    }
+    for w in config.nat_warning().into_iter().chain(config.cap_warning()) {
         let _ = writeln!(o, "{w}");
     }
     let _ = writeln!(o, "rules:       {}", config.ingress.len());
-    for rule in &config.ingress {
-        let _ = writeln!(o, "  {}", rule_line(rule));
+    for (i, rule) in config.ingress.iter().enumerate() {
+        let essential = if config.is_essential(i) {
+            "  (essential)"
+        } else {
+            ""
+        };
+        let _ = writeln!(o, "  {}{essential}", rule_line(rule));
     }
     out
 }

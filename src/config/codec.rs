@@ -12,9 +12,11 @@
 //! - `magic`: the 4 bytes `MSLC` ("mailslot config").
 //! - `version`: the format version. This build writes version 1 for a config without
 //!   `edge-pin`s, so that older mailslots keep reading it, version 2, whose payload
-//!   appends the pins, for one with them, and [`FORMAT_VERSION`] (3), which appends
-//!   `metered` after the pins (even none), for a metered config only. A reader refuses newer versions
-//!   ("written by a newer mailslot: update") and reads every older one it knows.
+//!   appends the pins, for one with them, version 3, which appends `metered` after the
+//!   pins (even none), for a metered config, and [`FORMAT_VERSION`] (4), which appends
+//!   `data_cap` and `essential` after `metered`, for a config with a `data-cap` or an
+//!   `essential` rule only. A reader refuses newer versions ("written by a newer
+//!   mailslot: update") and reads every older one it knows.
 //! - `payload len`: the postcard payload's length; the file must be exactly
 //!   `14 + N` bytes.
 //! - `payload`: the [`DeviceConfig`] encoded with postcard (varint integers,
@@ -30,8 +32,11 @@ use super::{ConfigError, DeviceConfig};
 
 /// The file's first 4 bytes.
 pub const MAGIC: [u8; 4] = *b"MSLC";
-/// The newest format version this build writes and reads (3: `metered` appended).
-pub const FORMAT_VERSION: u16 = 3;
+/// The newest format version this build writes and reads (4: `data_cap` and
+/// `essential` appended).
+pub const FORMAT_VERSION: u16 = 4;
+/// The version written for a metered config without a data cap or essential rules.
+pub(crate) const METERED_VERSION: u16 = 3;
 /// The version written for a config with edge pins that is not metered.
 pub(crate) const PINNED_VERSION: u16 = 2;
 /// The version written for a config without edge pins, which version 1 readers know.
@@ -150,8 +155,14 @@ impl Header {
 pub fn encode(config: &DeviceConfig) -> Result<Vec<u8>, EncodeError> {
     config.validate()?;
     let mut payload = postcard::to_allocvec(config).map_err(EncodeError::Serialize)?;
-    let version = if config.metered {
+    let version = if config.data_cap.is_some() || config.essential != 0 {
         FORMAT_VERSION
+    } else if payload.pop() != Some(0) || payload.pop() != Some(0) {
+        // `essential` (0) and `data_cap` (None) are the payload's last fields, one byte 0
+        // each. Without them the payload is version 3's.
+        return Err(EncodeError::Serialize(postcard::Error::SerdeSerCustom));
+    } else if config.metered {
+        METERED_VERSION
     } else if payload.pop() != Some(0) {
         // `metered` is the payload's last field; false, postcard writes it as one byte 0.
         // Without that byte the payload is version 2's.
@@ -266,11 +277,11 @@ static CRC_TABLE: [u32; 256] = {
     table
 };
 
-/// One reader per format version this build knows: versions 1 to 3 differ only by
-/// the fields versions 2 and 3 append, and share [`super::v1`]'s reader.
+/// One reader per format version this build knows: versions 1 to 4 differ only by
+/// the fields versions 2 to 4 append, and share [`super::v1`]'s reader.
 fn read_payload(version: u16, payload: &[u8]) -> Result<Box<DeviceConfig>, DecodeError> {
     let read = match version {
-        1..=3 => super::v1::read(version, payload),
+        1..=4 => super::v1::read(version, payload),
         // Header::parse admits only versions 1..=FORMAT_VERSION, all handled above.
         _ => return Err(DecodeError::NewerVersion(version)),
     };
@@ -545,10 +556,110 @@ mod tests {
         ));
     }
 
+    /// A data cap or an essential rule makes a version 4 file: version 3's payload
+    /// (pins, `metered`), then the cap (an option of a varint) and the essential rules
+    /// (a varint bit set). Files without them stay version 1 to 3, to the byte.
+    #[test]
+    fn data_cap_makes_a_version_4_file() {
+        use crate::config::*;
+        let mut config = minimal_config();
+        config
+            .ingress
+            .push(rule(
+                Some("ssh.example.com"),
+                Service::Stream {
+                    kind: StreamKind::Ssh,
+                    host: "localhost".try_into().unwrap(),
+                    port: 22,
+                },
+            ))
+            .unwrap();
+        config
+            .ingress
+            .push(rule(None, Service::HttpStatus(404)))
+            .unwrap();
+        let v1 = encode(&config).unwrap();
+        assert_eq!(&v1[4..6], &[1, 0]);
+        let v1_payload = v1[HEADER_LEN..v1.len() - CRC_LEN].to_vec();
+        config.data_cap = Some(64 * 1024);
+        config.essential = 0b1;
+        let v4 = encode(&config).unwrap();
+        let mut payload = v1_payload.clone();
+        // no pins, not metered, Some(65536), essential 0b1
+        payload.extend([0, 0, 1, 0x80, 0x80, 0x04, 1]);
+        assert_eq!(v4, wrap(4, &payload));
+        assert_eq!(decode_with_version(&v4).unwrap(), (config.clone(), 4));
+        // An essential rule alone, or a cap alone, is version 4 too.
+        config.data_cap = None;
+        assert_eq!(
+            decode_with_version(&encode(&config).unwrap()).unwrap(),
+            (config.clone(), 4)
+        );
+        config.essential = 0;
+        config.data_cap = Some(1);
+        assert_eq!(
+            decode_with_version(&encode(&config).unwrap()).unwrap(),
+            (config.clone(), 4)
+        );
+        // Without them: versions 1 to 3 as before, to the byte.
+        config.data_cap = None;
+        assert_eq!(encode(&config).unwrap(), v1);
+        config.metered = true;
+        assert_eq!(&encode(&config).unwrap()[4..6], &[3, 0]);
+        config.metered = false;
+        config.edge_pins.push([7; 32]).unwrap();
+        assert_eq!(&encode(&config).unwrap()[4..6], &[2, 0]);
+        // A version 4 payload without its cap fields is refused; version 3 with them too.
+        assert!(matches!(
+            decode(&wrap(4, &[v1_payload.clone(), vec![0, 0]].concat())),
+            Err(DecodeError::Payload(_))
+        ));
+        assert!(matches!(
+            decode(&wrap(3, &payload)),
+            Err(DecodeError::TrailingBytes(5))
+        ));
+        // What this build writes for a cap, a version 3 reader refuses in words.
+        let mut newer = v4.clone();
+        newer[4] = 5;
+        let msg = decode(&newer).unwrap_err().to_string();
+        assert!(msg.contains("written by a newer mailslot: update"), "{msg}");
+    }
+
+    /// A zero cap, one above the maximum and an essential mark past the last rule are
+    /// refused, on encode and on decode.
+    #[test]
+    fn bad_caps_refused() {
+        use crate::config::*;
+        let mut config = minimal_config();
+        config
+            .ingress
+            .push(rule(None, Service::HttpStatus(404)))
+            .unwrap();
+        for (cap, essential, field) in [
+            (Some(0), 0, "data-cap"),
+            (Some(MAX_DATA_CAP + 1), 0, "data-cap"),
+            (Some(1), 0b10, "ingress[1].essential"),
+            (None, 1 << 63, "ingress[63].essential"),
+        ] {
+            config.data_cap = cap;
+            config.essential = essential;
+            let err = encode(&config).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{err}");
+            let payload = postcard::to_allocvec(&*config).unwrap();
+            assert!(matches!(
+                decode(&wrap(4, &payload)),
+                Err(DecodeError::Invalid(_))
+            ));
+        }
+        config.data_cap = Some(MAX_DATA_CAP);
+        config.essential = 1;
+        assert!(encode(&config).is_ok());
+    }
+
     #[test]
     fn newer_version_refused() {
         let mut bytes = encode(&sample_config()).unwrap();
-        bytes[4] = 4;
+        bytes[4] = 5;
         let msg = decode(&bytes).unwrap_err().to_string();
         assert!(msg.contains("written by a newer mailslot: update"), "{msg}");
         bytes[4] = 0;

@@ -129,7 +129,21 @@ pub struct DeviceConfig {
     /// `metered: true`: the link is paid by the byte (see [`DeviceConfig::metered_profile`]).
     /// Format version 3; files without it are written as version 1 or 2 ([`codec`]).
     pub(crate) metered: bool,
+    /// `data-cap`: bytes the tunnel may carry per day (1 ..= [`MAX_DATA_CAP`]); past it
+    /// only the essential rules are served until the daily reset (`connector::cap`).
+    /// `None`: no cap. Format version 4, with `essential`; files without either are
+    /// written as an older version ([`codec`]).
+    pub(crate) data_cap: Option<u64>,
+    /// The rules marked `essential: true`: bit `i` for `ingress[i]` ([`MAX_RULES`] is
+    /// at most 64). Format version 4.
+    pub(crate) essential: u64,
 }
+
+/// The largest `data-cap`: 1 TiB a day, more than a board's link carries.
+pub(crate) const MAX_DATA_CAP: u64 = 1 << 40;
+
+// `DeviceConfig::essential` has one bit per rule.
+const _: () = assert!(MAX_RULES <= 64);
 
 /// Seconds between the HTTP/2 keep-alives of a metered connector. TCP mappings of NATs
 /// last for hours (RFC 5382 asks at least 2 h 4 min of an established connection), so
@@ -267,6 +281,8 @@ impl fmt::Debug for DeviceConfig {
             .field("ingress", &self.ingress)
             .field("edge_pins", &self.edge_pins.len())
             .field("metered", &self.metered)
+            .field("data_cap", &self.data_cap)
+            .field("essential", &format_args!("{:#x}", self.essential))
             .finish()
     }
 }
@@ -289,6 +305,23 @@ impl DeviceConfig {
             ingress: Vec::new(),
             edge_pins: Vec::new(),
             metered: false,
+            data_cap: None,
+            essential: 0,
+        })
+    }
+
+    /// Whether `ingress[rule]` is marked `essential: true`: served past the data cap.
+    pub(crate) fn is_essential(&self, rule: usize) -> bool {
+        rule < 64 && self.essential & (1u64 << rule) != 0
+    }
+
+    /// A warning when a data cap is set and no rule is essential: past the cap the
+    /// device serves nothing (not even SSH) until the daily reset.
+    pub(crate) fn cap_warning(&self) -> Option<std::string::String> {
+        (self.data_cap.is_some() && self.essential == 0).then(|| {
+            "warning: data-cap is set and no rule is `essential: true`: past the cap the \
+             device serves nothing, not even SSH, until the daily reset"
+                .to_string()
         })
     }
 

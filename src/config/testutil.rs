@@ -121,6 +121,9 @@ pub(crate) fn max_config() -> Box<DeviceConfig> {
     for i in 0..MAX_EDGE_PINS {
         config.edge_pins.push([i as u8 ^ 0xa5; 32]).unwrap();
     }
+    config.metered = true;
+    config.data_cap = Some(super::MAX_DATA_CAP);
+    config.essential = u64::MAX;
     config.ingress.clear();
     for i in 0..MAX_RULES {
         let host = long_name('h');
@@ -248,11 +251,13 @@ pub(crate) fn arb_config() -> impl Strategy<Value = Box<DeviceConfig>> {
         arb_service(),
         any::<bool>(),
         prop::collection::vec(any::<[u8; 32]>(), 0..=MAX_EDGE_PINS),
+        prop::option::of(1..=super::MAX_DATA_CAP),
+        any::<u64>(),
     );
     (head, rules).prop_map(|(head, rules)| {
         let (tunnel, token, edge_list, edge_slot, protocol, ha, (keepalive, idle_extra, grace)) =
             head;
-        let (mut rule_list, last_service, seed, pins) = rules;
+        let (mut rule_list, last_service, seed, pins, data_cap, essential) = rules;
         let mut last = rule(None, None, last_service);
         last.origin.no_tls_verify = seed;
         rule_list.push(last);
@@ -303,6 +308,8 @@ pub(crate) fn arb_config() -> impl Strategy<Value = Box<DeviceConfig>> {
         for p in pins {
             c.edge_pins.push(p).unwrap();
         }
+        c.data_cap = data_cap;
+        c.essential = essential & (u64::MAX >> (64 - c.ingress.len()));
         c
     })
 }

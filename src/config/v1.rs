@@ -1,4 +1,4 @@
-//! The payload reader of format versions 1 to 3: postcard decoded straight into a boxed
+//! The payload reader of format versions 1 to 4: postcard decoded straight into a boxed
 //! config.
 //!
 //! A version 1 payload is exactly what the derived `Serialize` of [`DeviceConfig`]
@@ -12,7 +12,8 @@
 //!
 //! Version 2 appended one field, `edge_pins`; a version 1 payload ends before it and
 //! reads as a config without pins. Version 3 appended `metered`; a version 1 or 2
-//! payload reads as `metered: false`. A version that changes more than appending would
+//! payload reads as `metered: false`. Version 4 appended `data_cap` and `essential`;
+//! older payloads read as no cap and no essential rule. A version that changes more than appending would
 //! get its own reader and keep this one, converting.
 
 use std::fmt;
@@ -36,14 +37,18 @@ const FIELDS: &[&str] = &[
     "ingress",
     "edge_pins",
     "metered",
+    "data_cap",
+    "essential",
 ];
 
 /// Fields of a version 1 payload: all but the last two.
 const V1_FIELDS: usize = 11;
-/// Fields of a version 2 payload: all but the last.
+/// Fields of a version 2 payload: all but the last three.
 const V2_FIELDS: usize = 12;
+/// Fields of a version 3 payload: all but the last two.
+const V3_FIELDS: usize = 13;
 
-/// Decodes a version 1 or 2 payload, which must be consumed exactly. The config is not
+/// Decodes a version 1 to 4 payload, which must be consumed exactly. The config is not
 /// validated here.
 pub(super) fn read(version: u16, payload: &[u8]) -> Result<Box<DeviceConfig>, ReadError> {
     let mut config = DeviceConfig::blank();
@@ -51,6 +56,7 @@ pub(super) fn read(version: u16, payload: &[u8]) -> Result<Box<DeviceConfig>, Re
     let fields = match version {
         1 => FIELDS.get(..V1_FIELDS).unwrap_or(FIELDS),
         2 => FIELDS.get(..V2_FIELDS).unwrap_or(FIELDS),
+        3 => FIELDS.get(..V3_FIELDS).unwrap_or(FIELDS),
         _ => FIELDS,
     };
     Fill(&mut config, fields)
@@ -115,6 +121,10 @@ impl<'de> Visitor<'de> for Fill<'_> {
         }
         if self.1.len() > V2_FIELDS {
             c.metered = seq.next_element()?.ok_or_else(|| missing(12))?;
+        }
+        if self.1.len() > V3_FIELDS {
+            c.data_cap = seq.next_element()?.ok_or_else(|| missing(13))?;
+            c.essential = seq.next_element()?.ok_or_else(|| missing(14))?;
         }
         Ok(())
     }

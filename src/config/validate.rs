@@ -6,7 +6,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::{DeviceConfig, IngressRule, Service, MAX_HA_CONNECTIONS};
+use super::{DeviceConfig, IngressRule, Service, MAX_DATA_CAP, MAX_HA_CONNECTIONS};
 use crate::hostname::HostError;
 
 /// A config that breaks one of the invariants.
@@ -113,6 +113,28 @@ impl DeviceConfig {
             if i != last && catch_all {
                 return Err(ConfigError::CatchAllNotLast(i));
             }
+        }
+        self.validate_cap()
+    }
+
+    /// `data-cap` within 1 ..= [`MAX_DATA_CAP`]; `essential` marks only rules that exist.
+    fn validate_cap(&self) -> Result<(), ConfigError> {
+        match self.data_cap {
+            Some(0) => return Err(invalid("data-cap", "must be more than 0 bytes")),
+            Some(cap) if cap > MAX_DATA_CAP => {
+                return Err(invalid(
+                    "data-cap",
+                    format!("{cap} bytes is above the limit of 1TiB ({MAX_DATA_CAP} bytes)"),
+                ))
+            }
+            _ => {}
+        }
+        let marked = |i: &usize| self.essential & (1u64 << i) != 0;
+        if let Some(i) = (self.ingress.len()..64).find(marked) {
+            return Err(invalid(
+                format!("ingress[{i}].essential"),
+                "marks a rule that does not exist",
+            ));
         }
         Ok(())
     }

@@ -104,6 +104,8 @@ struct Doc {
     /// `metered: true`: see [`DeviceConfig::metered_profile`].
     #[serde(default)]
     metered: bool,
+    /// `data-cap: 50MiB`: see [`DeviceConfig::data_cap`].
+    data_cap: Option<Size>,
     #[serde(alias = "originRequest")]
     origin_request: Option<Origin>,
     ingress: std::vec::Vec<Rule>,
@@ -125,6 +127,9 @@ struct Rule {
     service: std::string::String,
     #[serde(alias = "originRequest")]
     origin_request: Option<Origin>,
+    /// Served past the `data-cap` (SSH, say).
+    #[serde(default)]
+    essential: bool,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -210,6 +215,59 @@ impl<'de> Deserialize<'de> for Duration {
         }
         d.deserialize_any(V)
     }
+}
+
+/// A size in bytes, written `64KiB`, `50MiB`, `1GiB`, `1000B` or a bare number of bytes
+/// (the units of the edge's sizes: `K`, `KB`, `M`, `MB`, `G`, `GB` too, all powers of
+/// 1024).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Size(u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as 64KiB, 50MiB, 1GiB or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom("negative size"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                parse_size(v).map(Size).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Bytes in `64KiB`, `50MiB`, `1GiB`, `1000B` or `1000`.
+pub(crate) fn parse_size(text: &str) -> Result<u64, std::string::String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size {text:?}: expected e.g. 64KiB, 50MiB, 1GiB or a number of bytes")
+    })?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}: use B, KiB, MiB or GiB"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 /// Milliseconds in `500ms`, `15s`, `2m`, `1h`, `1m30s` or `15` (seconds).
@@ -413,6 +471,10 @@ impl Compiler<'_> {
         let mut config = DeviceConfig::blank();
         let rule_count = doc.ingress.len();
         for (i, rule) in doc.ingress.into_iter().enumerate() {
+            if rule.essential {
+                // Past bit 63 the list is over MAX_RULES, refused just below.
+                config.essential |= 1u64.checked_shl(i as u32).unwrap_or(0);
+            }
             let rule = self.rule(i, rule, &defaults)?;
             config
                 .ingress
@@ -447,6 +509,7 @@ impl Compiler<'_> {
         config.grace_period_secs = grace_period_secs;
         config.edge_pins = edge_pins;
         config.metered = doc.metered;
+        config.data_cap = doc.data_cap.map(|Size(b)| b);
         config.validate()?;
         Ok(config)
     }

@@ -56,8 +56,11 @@ pub fn to_yaml(config: &DeviceConfig, show_secrets: bool) -> String {
     if config.metered {
         let _ = writeln!(o, "metered: true");
     }
+    if let Some(cap) = config.data_cap {
+        let _ = writeln!(o, "data-cap: {}", size(cap));
+    }
     let _ = writeln!(o, "ingress:");
-    for rule in &config.ingress {
+    for (i, rule) in config.ingress.iter().enumerate() {
         let mut lead = "  - ";
         let mut item = |o: &mut String, key: &str, value: &str| {
             let _ = writeln!(o, "{lead}{key}: {value}");
@@ -70,6 +73,9 @@ pub fn to_yaml(config: &DeviceConfig, show_secrets: bool) -> String {
             item(o, "path", &scalar(p));
         }
         item(o, "service", &scalar(&rule.service.to_string()));
+        if config.is_essential(i) {
+            item(o, "essential", "true");
+        }
         origin(o, config, &rule.origin);
     }
     out
@@ -121,6 +127,17 @@ pub(crate) fn secs(s: u16) -> String {
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
+}
+
+/// Bytes in the largest unit that writes them exactly: `50MiB`, `1536KiB`, `1000B`.
+pub(crate) fn size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (scale, unit) in UNITS {
+        if bytes >= scale && bytes % scale == 0 {
+            return format!("{}{unit}", bytes / scale);
+        }
+    }
+    format!("{bytes}B")
 }
 
 /// Milliseconds as the shortest exact duration: `10s`, `1500ms`.

@@ -3,7 +3,7 @@
 //! it) and the edge's answer (with the device's credential and health schedule).
 //!
 //! ```text
-//!  edge:      Hello      [+ HelloTail { nonce }]
+//!  edge:      Hello      [+ HelloTail { nonce } [+ HelloClockTail { unix_secs, data_cap }]]
 //!  connector: Register   [+ RegisterTail { instance }] [+ DeviceTail]   token "" when enrolled
 //!  edge:      Registered [+ RegisteredTail [+ KeysTail]] | Refused
 //! ```
@@ -19,8 +19,8 @@ use super::active::ActiveConfig;
 use super::session::{Failure, REGISTER_TIMEOUT};
 use super::Shared;
 use crate::wire::{
-    self, ConnectorMsg, EdgeMsg, HelloTail, KeysTail, Register, RegisterTail, RegisteredTail,
-    PROTOCOL_VERSION,
+    self, ConnectorMsg, EdgeMsg, HelloClockTail, HelloTail, KeysTail, Register, RegisterTail,
+    RegisteredTail, PROTOCOL_VERSION,
 };
 
 /// What the edge said in a handshake it accepted.
@@ -29,6 +29,8 @@ pub(super) struct Handshake {
     pub(super) tunnel_id: [u8; 16],
     /// Health reports asked for, seconds between them; 0: none.
     pub(super) health_every_secs: u32,
+    /// The edge understands `ConnectorMsg::DataCap`.
+    pub(super) data_cap: bool,
 }
 
 /// Hello, register, registered on the control stream of connection `slot` to `addr`.
@@ -46,24 +48,27 @@ where
 {
     let hello = tokio::time::timeout(
         REGISTER_TIMEOUT,
-        wire::read_control_with_tail::<_, EdgeMsg, HelloTail>(recv),
+        wire::read_control_with_tails::<_, EdgeMsg, HelloTail, HelloClockTail>(recv),
     )
     .await
     .map_err(|_| format!("edge {addr} sent no hello"))?
     .map_err(|e| format!("edge {addr}: {e}"))?;
-    let (edge_name, hello_tail) = match hello {
-        (EdgeMsg::Hello { version, edge }, tail) if version == PROTOCOL_VERSION => {
-            (wire::bounded_reason(edge), tail)
+    let (edge_name, hello_tail, clock) = match hello {
+        (EdgeMsg::Hello { version, edge }, tail, clock) if version == PROTOCOL_VERSION => {
+            (wire::bounded_reason(edge), tail, clock)
         }
         // Only an upgrade of one side changes this.
-        (EdgeMsg::Hello { version, .. }, _) => {
+        (EdgeMsg::Hello { version, .. }, _, _) => {
             return Err(Failure {
                 message: version_mismatch(addr, version),
                 refused: true,
             })
         }
-        (other, _) => return Err(format!("edge {addr} sent {other:?} before hello").into()),
+        (other, _, _) => return Err(format!("edge {addr} sent {other:?} before hello").into()),
     };
+    if let Some(clock) = &clock {
+        super::cap::edge_time(clock.unix_secs);
+    }
     // An enrolled device proves its key on the hello's nonce instead of a token.
     let device = match (rt.config.enroll_key(), &shared.device) {
         (Some(enroll), Some(device)) => {
@@ -158,6 +163,7 @@ where
         edge_name,
         tunnel_id,
         health_every_secs,
+        data_cap: clock.is_some_and(|c| c.data_cap),
     })
 }
 
@@ -360,7 +366,11 @@ mod tests {
             |_| Some((registered(), None)),
         )
         .await;
-        assert_eq!(got.unwrap().health_every_secs, 0);
+        let shook = got.unwrap();
+        assert_eq!(shook.health_every_secs, 0);
+        // An edge whose hello has no clock tail is never sent `DataCap` (it would end
+        // the connection on a message it does not know).
+        assert!(!shook.data_cap);
         let (msg, _, device) = reg.unwrap();
         let ConnectorMsg::Register(register) = msg else {
             panic!("{msg:?}")

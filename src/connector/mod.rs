@@ -11,6 +11,7 @@
 //! - [`active`]: a device config compiled for serving streams;
 //! - [`device`]: an enrolled device's key, credential and facts;
 //! - `health`: health reports, on one connection;
+//! - `cap`: the daily data cap: the day's count, essential rules only past it;
 //! - [`upgrade`]: binary updates: offer, download, trial, confirm or roll back;
 //! - [`push`]: the keys the device pins, and pushed configs on trial (applied, or
 //!   rolled back by the device alone);
@@ -20,6 +21,7 @@
 //! The connector listens on nothing: it only dials out.
 
 pub(crate) mod active;
+mod cap;
 pub mod device;
 mod dial;
 mod handshake;
@@ -247,6 +249,7 @@ impl Connector {
             tasks.push(tokio::spawn(trim_heap_when_quiet()));
         }
         tasks.push(tokio::spawn(self.shared.health.clone().run()));
+        tasks.push(tokio::spawn(cap::run(self.shared.current.subscribe())));
         shutdown.await;
         let grace = Duration::from_secs(u64::from(
             self.shared.current.borrow().config.grace_period_secs,

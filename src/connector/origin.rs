@@ -68,24 +68,27 @@ pub(crate) async fn serve_stream(
                 header.rule, header.rules_generation
             ),
         )),
-        Some((_, rule)) => match check(&rule, &header) {
+        Some((rt, rule)) => match check(&rule, &header) {
             Err(msg) => Err((StreamError::UnknownRule, msg)),
-            Ok(()) => dial(&rule).await,
+            // Past the daily data cap, only essential rules are served (an edge that
+            // knows answers the others itself; this is for the edges that do not).
+            Ok(()) if super::cap::refuses(&rt.config, usize::from(header.rule)) => Err((
+                StreamError::Unavailable,
+                "over the daily data cap: only essential rules are served until the reset".into(),
+            )),
+            Ok(()) => dial(&rule).await.map(|o| (o, rt)),
         },
     };
-    let origin = match origin {
+    let (origin, rt) = match origin {
         Ok(o) => o,
+        Err((StreamError::Unavailable, message)) => {
+            // Over the cap: one line at the crossing is enough (`cap`).
+            log::debug!("stream for {} refused: {message}", header.hostname);
+            return refuse(stream, StreamError::Unavailable, message).await;
+        }
         Err((error, message)) => {
             log::warn!("stream for {} refused: {message}", header.hostname);
-            let reply = StreamReply::Err {
-                error,
-                message: wire::bounded_reason(message),
-            };
-            if let Ok(frame) = wire::encode_stream_frame(&reply) {
-                let _ = stream.write_all(&frame).await;
-                let _ = stream.shutdown().await;
-            }
-            return;
+            return refuse(stream, error, message).await;
         }
     };
     // The reply is a fixed small frame; encoding it cannot fail.
@@ -96,7 +99,10 @@ pub(crate) async fn serve_stream(
         return;
     }
     let activity = Activity::default();
-    let copy = pipe(&mut stream, origin, &activity);
+    // Counted against the data cap; past it, a rule that is not essential ends.
+    let essential = rt.config.is_essential(usize::from(header.rule));
+    let cap = Cap(&rt.config, essential);
+    let copy = pipe(&mut stream, origin, &activity, &cap);
     let result = tokio::select! {
         r = copy => r,
         _ = idle_while_draining(&activity, drain), if header.kind == StreamKind::Http => {
@@ -117,6 +123,31 @@ pub(crate) async fn serve_stream(
     let _ = stream.shutdown().await;
 }
 
+/// Tells the edge why a stream is not served, and ends it.
+async fn refuse(mut stream: TunnelStream, error: StreamError, message: String) {
+    let reply = StreamReply::Err {
+        error,
+        message: wire::bounded_reason(message),
+    };
+    if let Ok(frame) = wire::encode_stream_frame(&reply) {
+        let _ = stream.write_all(&frame).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// A stream's config, for the data cap, and whether its rule is essential.
+struct Cap<'a>(&'a crate::config::DeviceConfig, bool);
+
+impl Cap<'_> {
+    /// Charges `n` bytes; an error when past the cap and the rule is not essential.
+    fn charge(&self, n: u64) -> io::Result<()> {
+        if super::cap::add(n, self.0) && !self.1 {
+            return Err(io::Error::other("over the daily data cap"));
+        }
+        Ok(())
+    }
+}
+
 /// Copies both ways until both directions have ended; `(to origin, to edge)` bytes.
 ///
 /// Bytes travel as owned buffers: a chunk from the edge is written to the origin as the
@@ -128,6 +159,7 @@ async fn pipe(
     stream: &mut TunnelStream,
     origin: Box<dyn OriginIo>,
     activity: &Activity,
+    cap: &Cap<'_>,
 ) -> io::Result<(u64, u64)> {
     let (mut from_origin, mut to_origin) = tokio::io::split(origin);
     let up = async {
@@ -139,6 +171,7 @@ async fn pipe(
             let len = got.iter().map(|c| c.len() as u64).sum::<u64>();
             n += len;
             super::health::BYTES_IN.fetch_add(len, Ordering::Relaxed);
+            cap.charge(len)?;
             write_all_chunks(&mut to_origin, got).await?;
         }
         to_origin.shutdown().await?;
@@ -162,6 +195,7 @@ async fn pipe(
             }
             n += k as u64;
             super::health::BYTES_OUT.fetch_add(k as u64, Ordering::Relaxed);
+            cap.charge(k as u64)?;
             activity.writing.store(true, Ordering::Relaxed);
             stream.send.write_bytes(buf.split().freeze()).await?;
             activity.writing.store(false, Ordering::Relaxed);

@@ -51,6 +51,8 @@ pub(super) struct Registered {
     generation: u32,
     /// Health reports asked for, seconds between them; 0: none.
     health_every_secs: u32,
+    /// The edge understands data cap reports.
+    data_cap: bool,
 }
 
 /// The control handshake: hello, register, registered. Marks the slot connected.
@@ -79,6 +81,7 @@ pub(super) async fn register(
         edge_name,
         tunnel_id,
         health_every_secs,
+        data_cap,
     } = shook;
     let generation = rt.generation;
     let device = match (&shared.device, rt.config.enroll_key()) {
@@ -108,6 +111,7 @@ pub(super) async fn register(
         edge_name,
         generation,
         health_every_secs,
+        data_cap,
     })
 }
 
@@ -252,6 +256,7 @@ async fn serve_registered(
         edge_name,
         mut generation,
         health_every_secs,
+        data_cap,
     } = reg;
     // Health reports, when this edge asked for them, on whichever connection the
     // reporter picks; the guard leaves when this session ends.
@@ -281,6 +286,14 @@ async fn serve_registered(
     let mut reports = shared.reports.bump.subscribe();
     if let Some(report) = shared.reports.take_on_register() {
         if let Err(e) = wire::write_control(&mut send, &ConnectorMsg::Change(report)).await {
+            return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+        }
+    }
+    // The data cap's state, to an edge that understands it: now if over, then on change.
+    let mut cap = super::cap::subscribe();
+    if data_cap && super::cap::is_over() {
+        let m = super::cap::message(&shared.current.borrow().clone());
+        if let Err(e) = wire::write_control(&mut send, &m).await {
             return Err(format!("lost edge {edge_name} ({addr}): {e}"));
         }
     }
@@ -317,6 +330,12 @@ async fn serve_registered(
                     return end;
                 }
             }
+            Ok(()) = cap.changed(), if data_cap => {
+                let m = super::cap::message(&shared.current.borrow().clone());
+                if let Err(e) = wire::write_control(&mut send, &m).await {
+                    return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+                }
+            }
             Some(m) = shared.upgrade.next_out() => {
                 if let Err(e) = wire::write_control(&mut send, &m).await {
                     return Err(format!("lost edge {edge_name} ({addr}): {e}"));
@@ -335,6 +354,12 @@ async fn serve_registered(
                     let m = ConnectorMsg::UpdateRules { generation, rules: rt.rule_infos.clone() };
                     if let Err(e) = wire::write_control(&mut send, &m).await {
                         return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+                    }
+                    // The essential rules' indexes are the new table's.
+                    if data_cap && super::cap::is_over() {
+                        if let Err(e) = wire::write_control(&mut send, &super::cap::message(&rt)).await {
+                            return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+                        }
                     }
                 }
             }

@@ -32,6 +32,7 @@ pub mod access;
 pub(crate) mod acme;
 pub mod admin;
 pub(crate) mod body;
+pub(crate) mod cap;
 pub mod cidr;
 pub mod cluster;
 pub mod config;

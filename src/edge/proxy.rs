@@ -106,6 +106,8 @@ async fn run(
         let body = read_body(cx, &parts.headers, body).await?;
         return to_peer(cx, parts, body, upgrade, visitor_upgrade).await;
     };
+    // A device past its daily data cap serves only its essential rules.
+    super::cap::check(cx.registry, &first, cx.host, &parts.headers)?;
     let body = read_body(cx, &parts.headers, body).await?;
     let out = Outgoing::new(cx, parts, body, upgrade, stats.clone());
     // A request without a body goes where the first look-up sent it; one with a body

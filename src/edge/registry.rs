@@ -112,6 +112,8 @@ struct Tunnel {
     next: AtomicUsize,
     /// Requests in flight through this tunnel.
     permits: Arc<Semaphore>,
+    /// Its device's daily data cap, as the connector last reported it.
+    cap: Arc<super::cap::TunnelCap>,
 }
 
 #[derive(Default)]
@@ -183,6 +185,7 @@ impl Registry {
                 conns: Vec::new(),
                 next: AtomicUsize::new(0),
                 permits: Arc::new(Semaphore::new(streams_per_tunnel)),
+                cap: Arc::default(),
             });
         if tunnel.conns.len() >= MAX_CONNS_PER_TUNNEL {
             return Err(format!(
@@ -319,6 +322,11 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// The data cap state of a tunnel held here.
+    pub(crate) fn tunnel_cap(&self, tunnel: &[u8; 16]) -> Option<Arc<super::cap::TunnelCap>> {
+        lock(&self.inner).tunnels.get(tunnel).map(|t| t.cap.clone())
+    }
+
     /// The live connection with this id.
     pub fn conn(&self, id: usize) -> Option<Arc<Conn>> {
         lock(&self.inner).conns.get(&id).cloned()
@@ -451,6 +459,11 @@ impl Registry {
             .tunnels
             .iter()
             .flat_map(|(id, t)| {
+                let cap = if t.cap.is_over() {
+                    " data_cap=over"
+                } else {
+                    ""
+                };
                 t.conns.iter().map(move |c| {
                     let hosts: Vec<String> = c.rules().hostnames().map(String::from).collect();
                     let packet = c
@@ -459,7 +472,7 @@ impl Registry {
                         .map_or_else(|| "-".to_string(), |p| p.to_string());
                     format!(
                         "tunnel={} id={} connector={} index={} protocol={} from={} rtt_ms={:.1} \
-                         packet={} draining={} streams={} hosts={}",
+                         packet={} draining={} streams={} hosts={}{cap}",
                         t.name,
                         hex(id),
                         &hex(&c.connector_id)[..8],

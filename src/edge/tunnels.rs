@@ -31,8 +31,8 @@ use crate::transport::quic::{describe_close, Listener};
 use crate::transport::{RecvHalf, SendHalf, Session, TunnelStream};
 use crate::util::hex;
 use crate::wire::{
-    self, ConnectorMsg, DeviceTail, EdgeMsg, HelloTail, KeysTail, Register, RegisterTail,
-    RegisteredTail, PROTOCOL_VERSION,
+    self, ConnectorMsg, DeviceTail, EdgeMsg, HelloClockTail, HelloTail, KeysTail, Register,
+    RegisterTail, RegisteredTail, PROTOCOL_VERSION,
 };
 
 /// Time a connector has to register after connecting.
@@ -589,6 +589,10 @@ async fn on_message(
             }
             None
         }
+        Ok(ConnectorMsg::DataCap(report)) => {
+            super::cap::on_report(&state.registry, conn, &report, who);
+            None
+        }
         Err(wire::WireError::Closed) => Some(Ended::ControlClosed),
         Err(e) => Some(Ended::Control(e)),
     }
@@ -721,13 +725,19 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
         .await
         .map_err(|e| format!("no control stream: {e}"))?;
     let nonce: [u8; 32] = crate::util::random_bytes();
-    wire::write_control_with_tail(
+    // The clock tail: the edge's time, and that it understands `DataCap` reports.
+    let clock = HelloClockTail {
+        unix_secs: super::token::now_unix(),
+        data_cap: true,
+    };
+    wire::write_control_with_tails(
         &mut control.send,
         &EdgeMsg::Hello {
             version: PROTOCOL_VERSION,
             edge: state.name.clone(),
         },
         &HelloTail { nonce },
+        &clock,
     )
     .await
     .map_err(|e| e.to_string())?;

@@ -23,6 +23,7 @@ mod cluster;
 mod common;
 mod config_cli;
 mod config_powerloss;
+mod datacap;
 mod edge_pin;
 mod edge_reload;
 mod fleet;
@@ -75,6 +76,8 @@ fn main() {
     let args = common::harness_args();
     let trials = trials![
         tunnel::bodies_of_every_size_arrive_intact_over_http1,
+        datacap::past_the_cap_only_essential_rules_are_served_until_the_reset,
+        datacap::a_device_without_a_clock_counts_its_days_by_the_edge,
         tunnel::http2_transport_carries_bodies_uploads_and_many_streams,
         tunnel::chunked_upload_reaches_the_origin_intact,
         tunnel::http2_over_tls_with_sni,

@@ -189,7 +189,11 @@ pub fn connector_writes_nothing_to_storage() {
     classifier_self_check();
     let secs = window_secs();
     let mut s = Scene::new();
-    s.connect(Device::default());
+    // A data cap: its count lives in memory only.
+    s.connect(Device {
+        extra_yaml: "data-cap: 1GiB\n",
+        ..Device::default()
+    });
     assert_eq!(s.get(0, "/", 10), Ok(200));
     let pid = s.connector().pid();
     let dir = TempDir::new("strace");

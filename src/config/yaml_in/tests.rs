@@ -635,3 +635,63 @@ proptest! {
         prop_assert!(encode(&back).unwrap() == encode(&config).unwrap());
     }
 }
+
+/// `data-cap` takes the sizes of the edge's config; `essential: true` marks rules;
+/// a cap without an essential rule is warned about; bad caps are refused in words.
+#[test]
+fn data_cap_and_essential_rules() {
+    let ssh = "  - hostname: ssh.example.com\n    service: ssh://localhost\n    essential: true\n  - hostname: web.example.com\n    service: http://localhost:8080\n";
+    let config = compile(&doc("data-cap: 50MiB\n", ssh)).unwrap();
+    assert_eq!(config.data_cap, Some(50 << 20));
+    assert_eq!(config.essential, 0b1);
+    assert!(config.is_essential(0) && !config.is_essential(1) && !config.is_essential(2));
+    assert!(config.cap_warning().is_none());
+    let yaml = to_yaml(&config, true);
+    assert!(yaml.contains("data-cap: 50MiB\n"), "{yaml}");
+    assert!(
+        yaml.contains("    service: ssh://localhost\n    essential: true\n"),
+        "{yaml}"
+    );
+    assert_eq!(compile(&yaml).unwrap(), config);
+    assert_eq!(&encode(&config).unwrap()[4..6], &[4, 0]);
+
+    for (text, bytes) in [
+        ("64KiB", 64 << 10),
+        ("1GiB", 1 << 30),
+        ("1000", 1000),
+        ("1000B", 1000),
+        ("2M", 2 << 20),
+        ("\"3 MiB\"", 3 << 20),
+    ] {
+        let c = compile(&doc(&format!("data-cap: {text}\n"), "")).unwrap();
+        assert_eq!(c.data_cap, Some(bytes), "{text}");
+    }
+    assert_eq!(yaml_out::size(1536 << 10), "1536KiB");
+    assert_eq!(yaml_out::size(1000), "1000B");
+    assert_eq!(yaml_out::size(2 << 30), "2GiB");
+
+    let bare = compile(&doc("data-cap: 1GiB\n", "")).unwrap();
+    let warning = bare.cap_warning().unwrap();
+    assert!(
+        warning.contains("no rule is `essential: true`"),
+        "{warning}"
+    );
+    assert!(compile(&doc("", "")).unwrap().cap_warning().is_none());
+    assert_eq!(compile(&doc("", "")).unwrap().data_cap, None);
+
+    let e = err(&doc("data-cap: 0\n", ""));
+    assert!(e.contains("data-cap: must be more than 0"), "{e}");
+    let e = err(&doc("data-cap: 2048GiB\n", ""));
+    assert!(e.contains("above the limit of 1TiB"), "{e}");
+    let e = err(&doc("data-cap: 5 parsecs\n", ""));
+    assert!(e.contains("unknown size unit"), "{e}");
+    let e = err(&doc("data-cap: -5\n", ""));
+    assert!(e.contains("negative size"), "{e}");
+    let e = err(&doc("data-cap: 99999999999999999999GiB\n", ""));
+    assert!(e.contains("data-cap"), "{e}");
+    let e = err(&doc(
+        "",
+        "  - hostname: a.example.com\n    service: http://x\n    essential: maybe\n",
+    ));
+    assert!(e.contains("essential"), "{e}");
+}
