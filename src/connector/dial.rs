@@ -107,8 +107,13 @@ impl Dial {
         handshake: Duration,
     ) -> Result<Session, TransportError> {
         let endpoint = endpoint_for(shared, self.addr).map_err(TransportError::backoff)?;
+        // quinn's own keep-alive is only a sibling's rare one: the keeper of the flow
+        // pings every `keepalive` and watches for `idle-timeout` itself
+        // ([`super::session`]), so any connection can take the role.
         let tuning = quic::ClientTuning {
             handshake_timeout: handshake,
+            keepalive: self.tuning.keepalive.max(quic::SIBLING_KEEPALIVE),
+            idle_timeout: quic::long_idle(self.tuning.idle_timeout, self.tuning.keepalive),
             ..self.tuning
         };
         quic::connect(

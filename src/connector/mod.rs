@@ -42,6 +42,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::DeviceConfig;
 // `hex` stays reachable here for the edge, which named it by this path before `util`.
+use crate::transport::Session;
 pub(crate) use crate::transport::Transport;
 use crate::util::{lock, random_bytes};
 pub(crate) use active::ActiveConfig;
@@ -80,6 +81,9 @@ struct Shared {
     /// Last good addresses per edge entry, kept when DNS fails.
     names: Mutex<slot::Names>,
     endpoints: Mutex<(Option<quinn::Endpoint>, Option<quinn::Endpoint>)>,
+    /// The session each slot serves now, by slot (at most [`MAX_SLOTS`]): a flow's
+    /// keeper pokes or closes its siblings through them ([`slot::Keeper`]).
+    sessions: Mutex<Vec<Option<Session>>>,
     /// The generation of the config the latest registration (or rule table the edge
     /// accepted) was made with: what a pushed config's trial waits for.
     registered: watch::Sender<u32>,
@@ -201,6 +205,7 @@ impl Connector {
                 slots: watch::channel(slots).0,
                 names: Mutex::new(slot::Names::new(edges)),
                 endpoints: Mutex::new((None, None)),
+                sessions: Mutex::new(Vec::new()),
                 registered: watch::channel(generation.wrapping_sub(1)).0,
                 last_error: Mutex::new(None),
                 reports: push::Reports::default(),

@@ -172,6 +172,121 @@ impl Auto {
     }
 }
 
+/// How soon after a keeper's ping it looks whether the edge validated a new path (a
+/// NAT rebinding shows as the edge's PATH_CHALLENGE, answered by the ping's path).
+pub(crate) const KEEPER_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// The keep-alive duty of one registered QUIC connection, without I/O.
+///
+/// The QUIC connections of a connector to one edge address share one UDP socket, so
+/// the NAT holds one mapping for all of them. The lowest connected slot on that flow is
+/// its keeper: it pings every `keepalive` (quinn's own timer stays at the siblings'
+/// rare [`crate::transport::quic::SIBLING_KEEPALIVE`]), and a keeper that hears
+/// nothing for `idle` declares the path dead. The others (siblings) stay quiet; the
+/// edge routes to the keeper when a sibling was left at an old address. When the
+/// keeper answers a PATH_CHALLENGE (the NAT gave the flow a new port and the edge
+/// followed the keeper there), it pokes its siblings so they move too. The driver
+/// feeds [`Keeper::tick`] the connection's counters at the times it asks for.
+pub(crate) struct Keeper {
+    keepalive: Duration,
+    idle: Duration,
+    /// Packets received so far, and when that count last changed.
+    rx: u64,
+    heard_at: Instant,
+    /// PATH_CHALLENGE frames received so far.
+    challenges: u64,
+    /// The role at the last tick.
+    keeper: bool,
+    next_ping: Instant,
+}
+
+/// What the driver does at a keeper tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeeperTick {
+    /// Send a ping on this connection.
+    pub(crate) ping: bool,
+    /// The edge moved this keeper to a new path: ping the siblings so they follow.
+    pub(crate) poke: bool,
+    /// A keeper that heard nothing for `idle`: the path is dead (close it, and its
+    /// siblings: they share it).
+    pub(crate) timed_out: bool,
+    /// When to tick again.
+    pub(crate) next: Instant,
+}
+
+impl Keeper {
+    /// For a connection registered at `now`; `rx` and `challenges` as counted then.
+    pub(crate) fn new(
+        now: Instant,
+        keepalive: Duration,
+        idle: Duration,
+        rx: u64,
+        challenges: u64,
+    ) -> Keeper {
+        Keeper {
+            keepalive,
+            idle,
+            rx,
+            heard_at: now,
+            challenges,
+            keeper: false,
+            next_ping: now,
+        }
+    }
+
+    /// Whether it was the flow's keeper at the last tick.
+    pub(crate) fn is_keeper(&self) -> bool {
+        self.keeper
+    }
+
+    /// A tick at `now`: `keeper` says whether the connection keeps its flow now; `rx`
+    /// and `challenges` are the connection's received packets and PATH_CHALLENGEs.
+    pub(crate) fn tick(
+        &mut self,
+        now: Instant,
+        keeper: bool,
+        rx: u64,
+        challenges: u64,
+    ) -> KeeperTick {
+        if rx != self.rx {
+            self.rx = rx;
+            self.heard_at = now;
+        }
+        let moved = challenges != self.challenges;
+        self.challenges = challenges;
+        let mut t = KeeperTick {
+            ping: false,
+            poke: false,
+            timed_out: false,
+            next: now + self.keepalive,
+        };
+        if !keeper {
+            self.keeper = false;
+            return t;
+        }
+        if !self.keeper {
+            // A new keeper (the first, or the old one went): it pings at once, and the
+            // path has `idle` from now to answer.
+            self.keeper = true;
+            self.heard_at = now;
+            self.next_ping = now;
+        }
+        t.poke = moved;
+        if now.saturating_duration_since(self.heard_at) >= self.idle {
+            t.timed_out = true;
+            return t;
+        }
+        if now >= self.next_ping {
+            t.ping = true;
+            self.next_ping = now + self.keepalive;
+            t.next = now + KEEPER_CHECK_AFTER.min(self.keepalive);
+        } else {
+            t.next = self.next_ping;
+        }
+        t
+    }
+}
+
 /// Which edge entry to dial next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Attempt {

@@ -159,8 +159,14 @@ fn probe_limit(remote: SocketAddr) -> Option<u16> {
         .map(|p| p.min(MAX_PACKET))
 }
 
+/// The idle timeout a connection advertises: [`LONG_IDLE`] or more, beyond `idle` and
+/// twice `keepalive`.
+pub(crate) fn long_idle(idle: Duration, keepalive: Duration) -> Duration {
+    idle.max(LONG_IDLE).max(keepalive.saturating_mul(2))
+}
+
 fn transport(
-    keepalive: Duration,
+    keepalive: Option<Duration>,
     idle: Duration,
     peer_streams: u32,
     w: Windows,
@@ -172,7 +178,7 @@ fn transport(
         mtu.upper_bound(limit);
         t.mtu_discovery_config(Some(mtu));
     }
-    t.keep_alive_interval(Some(keepalive));
+    t.keep_alive_interval(keepalive);
     // An idle timeout beyond QUIC's varint range is clamped to the largest it allows.
     t.max_idle_timeout(Some(
         IdleTimeout::try_from(idle).unwrap_or_else(|_| IdleTimeout::from(VarInt::MAX)),
@@ -397,7 +403,7 @@ pub(crate) async fn connect(
         .map_err(|e| TransportError::backoff(format!("TLS setup: {e}")))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport(
-        tuning.keepalive,
+        Some(tuning.keepalive),
         tuning.idle_timeout,
         tuning.max_streams,
         Windows {
@@ -428,18 +434,39 @@ pub(crate) async fn connect(
     }
 }
 
+/// The keep-alive of a connection that is not its flow's keeper: the QUIC connections
+/// of one connector to one edge address share one UDP socket, hence one NAT mapping,
+/// which the keeper's `keepalive` holds open for all of them (see
+/// `connector::slot::Keeper`). The others only have to outlive QUIC's idle timeout.
+pub(crate) const SIBLING_KEEPALIVE: Duration = Duration::from_secs(10 * 60);
+/// The idle timeout both ends advertise on QUIC (at least; a longer configured one
+/// stays): longer than [`SIBLING_KEEPALIVE`], so a quiet sibling lives on. A dead path
+/// is found sooner than this by the ends' own watches on the flow's keeper, with the
+/// configured `idle-timeout` (the connector's keeper, the edge's flow watch).
+pub(crate) const LONG_IDLE: Duration = Duration::from_secs(15 * 60);
+
+/// Asks the peer for an acknowledgement now: one small ack-eliciting packet, as a
+/// QUIC PING. quinn 0.11 has no call for a PING, so this raises the connection's
+/// receive window by one byte (a MAX_DATA frame goes out) and takes the byte back at
+/// once (owed, repaid by the next credit): the window stays as it was. Nothing on the
+/// wire is new, so any edge or connector answers it.
+pub(crate) fn ping(conn: &quinn::Connection, receive_window: u32) {
+    conn.set_receive_window(VarInt::from_u32(receive_window.saturating_add(1)));
+    conn.set_receive_window(VarInt::from_u32(receive_window));
+}
+
 /// The edge's keep-alive on QUIC: a fallback that never fires while the connector keeps
 /// the path alive.
 ///
 /// Only the connector needs to send keep-alives: it is the end behind the NAT, and its
-/// packets (and the edge's acknowledgements of them) refresh the mapping; quinn restarts
-/// the keep-alive timer on every packet received, so an edge timer longer than the
-/// connector's stays silent. When both ends ran the same 15 s timer, their PINGs crossed
-/// in most cycles and the path carried two PINGs and two acknowledgements instead of one
-/// of each. The edge still detects a dead connector by the idle timeout, and a request
-/// waiting on a silent one by the silence watch (QUIC acknowledges the request itself).
-/// The fallback, twice `keepalive` but under three quarters of `idle`, keeps connections
-/// of connectors whose keep-alive exceeds the edge's idle timeout alive, as before.
+/// packets (and the edge's acknowledgements of them) refresh the mapping. When both ends
+/// ran the same 15 s timer, their PINGs crossed in most cycles and the path carried two
+/// PINGs and two acknowledgements instead of one of each. So the edge runs no quinn
+/// keep-alive at all; its flow watch (`edge::tunnels`) pings a connector's keeper
+/// connection only after hearing nothing from the connector for this long: twice
+/// `keepalive` but under three quarters of `idle`, which keeps connectors whose
+/// keep-alive exceeds the edge's idle timeout alive, as before, and never pings the
+/// keeper's quiet siblings.
 pub(crate) fn edge_keepalive(keepalive: Duration, idle: Duration) -> Duration {
     keepalive.saturating_mul(2).min(idle / 4 * 3).max(keepalive)
 }
@@ -448,8 +475,11 @@ pub(crate) fn edge_keepalive(keepalive: Duration, idle: Duration) -> Duration {
 pub(crate) struct Listener {
     pub(crate) endpoint: quinn::Endpoint,
     config: quinn::ServerConfig,
-    keepalive: Duration,
-    idle: Duration,
+    /// The edge's `keepalive` (its flow watch's period, see [`edge_keepalive`]).
+    pub(crate) keepalive: Duration,
+    /// The edge's `idle-timeout`: a connector heard from on none of its connections
+    /// for this long is gone.
+    pub(crate) idle: Duration,
 }
 
 impl Listener {
@@ -466,8 +496,8 @@ impl Listener {
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         // Connectors never open streams; the edge opens them all.
         config.transport_config(Arc::new(transport(
-            edge_keepalive(keepalive, idle),
-            idle,
+            None,
+            long_idle(idle, keepalive),
             0,
             EDGE,
             None,
@@ -506,8 +536,8 @@ impl Listener {
             Some(limit) => {
                 let mut config = self.config.clone();
                 config.transport_config(Arc::new(transport(
-                    edge_keepalive(self.keepalive, self.idle),
-                    self.idle,
+                    None,
+                    long_idle(self.idle, self.keepalive),
                     0,
                     EDGE,
                     Some(limit),
