@@ -75,7 +75,10 @@ fn addr_list(addrs: &[SocketAddr]) -> String {
 }
 
 /// The QUIC endpoint for `remote`'s address family, opened on first use and shared.
-fn endpoint_for(shared: &Shared, remote: SocketAddr) -> Result<quinn::Endpoint, String> {
+pub(super) fn endpoint_for(
+    shared: &Shared,
+    remote: SocketAddr,
+) -> Result<quic::DeviceEndpoint, String> {
     let mut eps = lock(&shared.endpoints);
     let slot = if remote.is_ipv6() {
         &mut eps.1
@@ -85,7 +88,7 @@ fn endpoint_for(shared: &Shared, remote: SocketAddr) -> Result<quinn::Endpoint, 
     if let Some(ep) = slot {
         return Ok(ep.clone());
     }
-    let ep = quic::client_endpoint(remote).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let ep = quic::device_endpoint(remote).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     *slot = Some(ep.clone());
     Ok(ep)
 }
@@ -117,7 +120,7 @@ impl Dial {
             ..self.tuning
         };
         quic::connect(
-            &endpoint,
+            &endpoint.quinn,
             self.addr,
             &self.server_name,
             self.tls.clone(),

@@ -42,8 +42,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::DeviceConfig;
 // `hex` stays reachable here for the edge, which named it by this path before `util`.
-use crate::transport::Session;
 pub(crate) use crate::transport::Transport;
+use crate::transport::{quic, Session};
 use crate::util::{lock, random_bytes};
 pub(crate) use active::ActiveConfig;
 use session::{Ended, Failure, GoAway, Moved, Probe};
@@ -80,7 +80,7 @@ struct Shared {
     slots: watch::Sender<Vec<SlotState>>,
     /// Last good addresses per edge entry, kept when DNS fails.
     names: Mutex<slot::Names>,
-    endpoints: Mutex<(Option<quinn::Endpoint>, Option<quinn::Endpoint>)>,
+    endpoints: Mutex<(Option<quic::DeviceEndpoint>, Option<quic::DeviceEndpoint>)>,
     /// The session each slot serves now, by slot (at most [`MAX_SLOTS`]): a flow's
     /// keeper pokes or closes its siblings through them ([`slot::Keeper`]).
     sessions: Mutex<Vec<Option<Session>>>,
@@ -279,7 +279,7 @@ impl Connector {
             let mut e = lock(&self.shared.endpoints);
             [e.0.take(), e.1.take()]
         };
-        for ep in endpoints.into_iter().flatten() {
+        for ep in endpoints.into_iter().flatten().map(|d| d.quinn) {
             ep.close(0u32.into(), b"connector shutting down");
             let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
         }

@@ -342,8 +342,16 @@ async fn serve_registered(
                                 idle.as_secs()
                             ));
                         }
-                        if t.ping {
-                            crate::transport::quic::ping(c, DEVICE_CONN_RECEIVE_WINDOW);
+                        match t.refresh {
+                            Some(slot::Refresh::Quic) => {
+                                crate::transport::quic::ping(c, DEVICE_CONN_RECEIVE_WINDOW);
+                            }
+                            Some(slot::Refresh::Nat) => {
+                                if let Ok(ep) = super::dial::endpoint_for(shared, addr) {
+                                    ep.nat_keepalive(c.remote_address());
+                                }
+                            }
+                            None => {}
                         }
                         if t.poke {
                             log::debug!("connection {slot}: the edge moved to a new path; its siblings follow");

@@ -172,21 +172,26 @@ impl Auto {
     }
 }
 
-/// How soon after a keeper's ping it looks whether the edge validated a new path (a
-/// NAT rebinding shows as the edge's PATH_CHALLENGE, answered by the ping's path).
+/// How soon after a keeper's QUIC ping it looks whether the edge validated a new path
+/// (a NAT rebinding shows as the edge's PATH_CHALLENGE, answered on the new path).
 pub(crate) const KEEPER_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// The keep-alive duty of one registered QUIC connection, without I/O.
 ///
 /// The QUIC connections of a connector to one edge address share one UDP socket, so
 /// the NAT holds one mapping for all of them. The lowest connected slot on that flow is
-/// its keeper: it pings every `keepalive` (quinn's own timer stays at the siblings'
-/// rare [`crate::transport::quic::SIBLING_KEEPALIVE`]), and a keeper that hears
-/// nothing for `idle` declares the path dead. The others (siblings) stay quiet; the
-/// edge routes to the keeper when a sibling was left at an old address. When the
-/// keeper answers a PATH_CHALLENGE (the NAT gave the flow a new port and the edge
-/// followed the keeper there), it pokes its siblings so they move too. The driver
-/// feeds [`Keeper::tick`] the connection's counters at the times it asks for.
+/// its keeper; the others (siblings) stay quiet, on quinn's rare
+/// [`crate::transport::quic::SIBLING_KEEPALIVE`], and the edge routes to the keeper
+/// when a sibling was left at an old address.
+///
+/// The keeper refreshes the mapping every `keepalive`. Most of those refreshes are NAT
+/// keep-alives (one byte of UDP, nothing answers); every [`Keeper::probe_every`] it is
+/// a QUIC ping instead, which the edge acknowledges: the proof that the path works
+/// (nothing heard for `idle` declares it dead) and what moves the connection at the
+/// edge after a NAT rebinding. When the keeper then answers a PATH_CHALLENGE (the NAT
+/// gave the flow a new port and the edge followed the keeper there), it pokes its
+/// siblings so they move too. The driver feeds [`Keeper::tick`] the connection's
+/// counters at the times it asks for.
 pub(crate) struct Keeper {
     keepalive: Duration,
     idle: Duration,
@@ -198,13 +203,23 @@ pub(crate) struct Keeper {
     /// The role at the last tick.
     keeper: bool,
     next_ping: Instant,
+    next_probe: Instant,
+}
+
+/// How the keeper refreshes the NAT's mapping now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refresh {
+    /// A NAT keep-alive: one byte of UDP from the shared socket, unanswered.
+    Nat,
+    /// A QUIC ping, acknowledged by the edge.
+    Quic,
 }
 
 /// What the driver does at a keeper tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeeperTick {
-    /// Send a ping on this connection.
-    pub(crate) ping: bool,
+    /// Refresh the NAT's mapping now, this way.
+    pub(crate) refresh: Option<Refresh>,
     /// The edge moved this keeper to a new path: ping the siblings so they follow.
     pub(crate) poke: bool,
     /// A keeper that heard nothing for `idle`: the path is dead (close it, and its
@@ -231,7 +246,19 @@ impl Keeper {
             challenges,
             keeper: false,
             next_ping: now,
+            next_probe: now,
         }
+    }
+
+    /// How often the keeper's refresh is a QUIC ping: the most keep-alive periods that
+    /// leave one more before `idle` (30 s at the defaults, 15 s and 45 s), so a live
+    /// path is always heard from within `idle`, and at least once per `keepalive`
+    /// where `idle` leaves no room.
+    pub(crate) fn probe_every(&self) -> Duration {
+        let k = self.keepalive.as_millis().max(1);
+        let n = (self.idle.as_millis().saturating_sub(k) / k).max(1);
+        self.keepalive
+            .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// Whether it was the flow's keeper at the last tick.
@@ -255,7 +282,7 @@ impl Keeper {
         let moved = challenges != self.challenges;
         self.challenges = challenges;
         let mut t = KeeperTick {
-            ping: false,
+            refresh: None,
             poke: false,
             timed_out: false,
             next: now + self.keepalive,
@@ -270,6 +297,7 @@ impl Keeper {
             self.keeper = true;
             self.heard_at = now;
             self.next_ping = now;
+            self.next_probe = now;
         }
         t.poke = moved;
         if now.saturating_duration_since(self.heard_at) >= self.idle {
@@ -277,9 +305,15 @@ impl Keeper {
             return t;
         }
         if now >= self.next_ping {
-            t.ping = true;
             self.next_ping = now + self.keepalive;
-            t.next = now + KEEPER_CHECK_AFTER.min(self.keepalive);
+            t.next = self.next_ping;
+            if now >= self.next_probe {
+                self.next_probe = now + self.probe_every();
+                t.refresh = Some(Refresh::Quic);
+                t.next = now + KEEPER_CHECK_AFTER.min(self.keepalive);
+            } else {
+                t.refresh = Some(Refresh::Nat);
+            }
         } else {
             t.next = self.next_ping;
         }

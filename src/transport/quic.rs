@@ -235,6 +235,43 @@ fn endpoint_config(reset_key: Option<Arc<ring::hmac::Key>>) -> quinn::EndpointCo
 /// Receive offload (UDP GRO) stays on, but quinn reads into only
 /// `DEVICE_RECEIVE_SLOTS` of its 32 batch slots (see `Offload`).
 pub(crate) fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    device_endpoint(remote).map(|d| d.quinn)
+}
+
+/// The payload of a NAT keep-alive: one byte, as IPsec's NAT-T keep-alive (RFC 3948).
+/// No QUIC packet is this short: the edge's endpoint drops it unanswered, and sends no
+/// stateless reset (its header does not even parse).
+const NAT_KEEPALIVE: [u8; 1] = [0xff];
+
+/// The connector's QUIC endpoint and its UDP socket, which also sends the flow keeper's
+/// NAT keep-alives (see `connector::slot::Keeper`).
+#[derive(Clone)]
+pub(crate) struct DeviceEndpoint {
+    pub(crate) quinn: quinn::Endpoint,
+    socket: Arc<std::net::UdpSocket>,
+}
+
+impl DeviceEndpoint {
+    /// Sends a NAT keep-alive to `remote` from the endpoint's socket: the 29 bytes (IPv4)
+    /// that refresh the NAT's mapping of the flow, where a QUIC PING and its
+    /// acknowledgement cost about 135. Nothing answers it; a socket that cannot take it
+    /// now (full) skips it.
+    pub(crate) fn nat_keepalive(&self, remote: SocketAddr) {
+        let remote = match (remote, self.socket.local_addr()) {
+            // A v6 socket reaches IPv4 edges at their mapped address.
+            (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            _ => remote,
+        };
+        if let Err(e) = self.socket.send_to(&NAT_KEEPALIVE, remote) {
+            log::debug!("NAT keep-alive to {remote}: {e}");
+        }
+    }
+}
+
+/// The connector's endpoint for `remote`'s address family (see [`DeviceEndpoint`]).
+pub(crate) fn device_endpoint(remote: SocketAddr) -> std::io::Result<DeviceEndpoint> {
     let local: SocketAddr = if remote.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -253,7 +290,12 @@ pub(crate) fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endp
     let socket = std::net::UdpSocket::from(socket);
     let granted = size_buffers(&socket, DEVICE_SOCKET_BUFFER);
     log::debug!("UDP socket buffers: {} KiB granted", granted / 1024);
-    endpoint(socket, None, DEVICE_RECEIVE_SLOTS, None)
+    // The same socket (a second descriptor of it, non-blocking like quinn's).
+    let keep = Arc::new(socket.try_clone()?);
+    Ok(DeviceEndpoint {
+        quinn: endpoint(socket, None, DEVICE_RECEIVE_SLOTS, None)?,
+        socket: keep,
+    })
 }
 
 /// Random 8-byte connection ids that any process of the edge accepts as its own, so
@@ -463,12 +505,13 @@ pub(crate) fn ping(conn: &quinn::Connection, receive_window: u32) {
 /// ran the same 15 s timer, their PINGs crossed in most cycles and the path carried two
 /// PINGs and two acknowledgements instead of one of each. So the edge runs no quinn
 /// keep-alive at all; its flow watch (`edge::tunnels`) pings a connector's keeper
-/// connection only after hearing nothing from the connector for this long: twice
-/// `keepalive` but under three quarters of `idle`, which keeps connectors whose
-/// keep-alive exceeds the edge's idle timeout alive, as before, and never pings the
-/// keeper's quiet siblings.
+/// connection only after hearing nothing from the connector for this long: three
+/// quarters of `idle` (and not under `keepalive`). A current connector's keeper is
+/// heard from at least every `idle-timeout` less one `keepalive` of its own (30 s at
+/// its defaults), so this keeps only connectors whose keep-alive exceeds the edge's idle
+/// timeout alive, as before, and never pings the keeper's quiet siblings.
 pub(crate) fn edge_keepalive(keepalive: Duration, idle: Duration) -> Duration {
-    keepalive.saturating_mul(2).min(idle / 4 * 3).max(keepalive)
+    (idle / 4 * 3).max(keepalive)
 }
 
 /// The edge's tunnel listener: a QUIC endpoint and the settings it accepts with.
