@@ -134,7 +134,8 @@ impl Dial {
             self.addr,
             &self.server_name,
             self.tls.clone(),
-            self.tuning.keepalive,
+            // A TCP mapping lasts hours at a NAT: the keeper's pings only prove the path.
+            slot::probe_every(self.tuning.keepalive, self.tuning.idle_timeout),
             self.tuning.idle_timeout,
             self.tuning.max_streams,
             H2_CONNECT_TIMEOUT,

@@ -215,6 +215,17 @@ pub(crate) enum Refresh {
     Quic,
 }
 
+/// How often a connection proves its path with a ping the edge answers: the most
+/// `keepalive` periods that leave one more before `idle` (30 s at the defaults, 15 s
+/// and 45 s), at least one. Over QUIC the keeper's other refreshes are NAT keep-alives;
+/// over HTTP/2, whose TCP mapping lasts hours at a NAT, the keeper pings this often and
+/// nothing more.
+pub(crate) fn probe_every(keepalive: Duration, idle: Duration) -> Duration {
+    let k = keepalive.as_millis().max(1);
+    let n = (idle.as_millis().saturating_sub(k) / k).max(1);
+    keepalive.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 /// What the driver does at a keeper tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeeperTick {
@@ -255,10 +266,7 @@ impl Keeper {
     /// path is always heard from within `idle`, and at least once per `keepalive`
     /// where `idle` leaves no room.
     pub(crate) fn probe_every(&self) -> Duration {
-        let k = self.keepalive.as_millis().max(1);
-        let n = (self.idle.as_millis().saturating_sub(k) / k).max(1);
-        self.keepalive
-            .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+        probe_every(self.keepalive, self.idle)
     }
 
     /// Whether it was the flow's keeper at the last tick.
