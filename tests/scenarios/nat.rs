@@ -157,6 +157,11 @@ pub fn requests_succeed_with_loss_and_delay_at_the_nat() {
     );
 }
 
+/// How often a QUIC flow's keeper pings the edge at the default settings (`idle-timeout`
+/// 45 s less one `keepalive` of 15 s), seconds: the longest a NAT rebinding leaves the
+/// edge without the device's new address.
+const KEEPER_PROBE: u64 = 30;
+
 pub fn quic_survives_nat_rebinding() {
     let mut s = Scene::new();
     s.connect(Device::default());
@@ -174,7 +179,7 @@ pub fn quic_survives_nat_rebinding() {
         ),
     );
     // Traffic goes on; the flows now leave from the new port window.
-    thread::sleep(Duration::from_secs(20));
+    thread::sleep(Duration::from_secs(KEEPER_PROBE + 5));
     let flows = s.net.sh(&s.net.nat, "conntrack -L -p udp 2>/dev/null");
     let results = load.finish();
     let moved = flows
@@ -189,11 +194,13 @@ pub fn quic_survives_nat_rebinding() {
         .filter(|p| (40000..=40999).contains(p))
         .count();
     assert!(moved >= 1, "no flow in the new window:\n{flows}");
-    // Until the connector's next packet (its keep-alive, at most 15 s) opens the new
-    // mapping, the edge cannot reach the device: it answers such requests with a quick
-    // 502, as for any tunnel whose connections all went silent, instead of holding them.
-    // After that window nothing fails, and QUIC carries on without a new handshake.
-    let window = rebound + Duration::from_secs(15 + 3);
+    // Until the connector's next QUIC packet (its keeper's ping, at most 30 s: its NAT
+    // keep-alives in between open the new mapping, but the edge cannot tell whose they
+    // are) moves the connection at the edge, the edge cannot reach the device: it
+    // answers such requests with a quick 502, as for any tunnel whose connections all
+    // went silent, instead of holding them. After that window nothing fails, and QUIC
+    // carries on without a new handshake.
+    let window = rebound + Duration::from_secs(KEEPER_PROBE + 3);
     let failed = failures(&results);
     let late: Vec<_> = failed
         .iter()
@@ -370,7 +377,7 @@ fn wait_lines(
 
 /// A NAT rebinding while the device sits idle: only the keeper of each edge's flow (the
 /// lowest connection there) keeps the NAT mapping alive; its siblings are quiet for
-/// minutes. Once the keeper's next keep-alive has moved it to the new port at the edge,
+/// minutes. Once the keeper's next QUIC ping has moved it to the new port at the edge,
 /// visitors are served at once (the edge sends them to the keeper, not to a sibling
 /// still listed at the old port), and the siblings follow within seconds (the keeper
 /// pokes them when the edge validates its new path).
@@ -391,8 +398,8 @@ pub fn an_idle_device_is_served_at_once_after_a_nat_rebinding() {
     );
     let rebound = Instant::now();
     for e in 0..2 {
-        // The keeper's next keep-alive (at most 15 s) opens the new mapping.
-        let moved = wait_lines(&s, e, Duration::from_secs(25), |l| {
+        // The keeper's next QUIC ping moves it at the edge.
+        let moved = wait_lines(&s, e, Duration::from_secs(KEEPER_PROBE + 10), |l| {
             l.iter().any(|l| in_new_window(l))
         })
         .unwrap_or_else(|| panic!("no connection at e{} moved: {:?}", e + 1, s.tunnel_lines(e)));
