@@ -223,7 +223,11 @@ fn endpoint_config(reset_key: Option<Arc<ring::hmac::Key>>) -> quinn::EndpointCo
             cfg.cid_generator(|| Box::new(RandomCids));
             cfg
         }
-        None => quinn::EndpointConfig::default(),
+        None => {
+            let mut cfg = quinn::EndpointConfig::default();
+            cfg.cid_generator(|| Box::new(DeviceCids));
+            cfg
+        }
     };
     // MAX_PACKET lies within the range quinn accepts (1200..=65527).
     let _ = cfg.max_udp_payload_size(MAX_PACKET);
@@ -291,7 +295,9 @@ pub(crate) fn device_endpoint(remote: SocketAddr) -> std::io::Result<DeviceEndpo
     let granted = size_buffers(&socket, DEVICE_SOCKET_BUFFER);
     log::debug!("UDP socket buffers: {} KiB granted", granted / 1024);
     // The same socket (a second descriptor of it, non-blocking like quinn's).
-    let keep = Arc::new(socket.try_clone()?);
+    let keep = socket.try_clone()?;
+    keep.set_nonblocking(true)?;
+    let keep = Arc::new(keep);
     Ok(DeviceEndpoint {
         quinn: endpoint(socket, None, DEVICE_RECEIVE_SLOTS, None)?,
         socket: keep,
@@ -303,6 +309,32 @@ pub(crate) fn device_endpoint(remote: SocketAddr) -> std::io::Result<DeviceEndpo
 /// packet with an unknown id gets at most one reset, smaller than itself, per 20 ms
 /// (quinn's `min_reset_interval`): no amplification.
 struct RandomCids;
+
+/// The connector's connection ids: random, [`DEVICE_CID_LEN`] bytes. Every packet
+/// from the edge carries one, and an idle tunnel's packets are mostly acknowledgements
+/// of about 60 bytes: four bytes fewer than quinn's default eight is 6 % of them. A
+/// connector holds a handful of connections, so four random bytes never collide.
+struct DeviceCids;
+
+/// Bytes in a connection id the connector hands out.
+const DEVICE_CID_LEN: usize = 4;
+
+impl quinn::ConnectionIdGenerator for DeviceCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; DEVICE_CID_LEN];
+        // A failing system RNG leaves the id zero; quinn asks for another on a clash.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        DEVICE_CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
 
 /// Bytes in a connection id the edge hands out (quinn's default length).
 const CID_LEN: usize = 8;
@@ -480,12 +512,12 @@ pub(crate) async fn connect(
 /// of one connector to one edge address share one UDP socket, hence one NAT mapping,
 /// which the keeper's `keepalive` holds open for all of them (see
 /// `connector::slot::Keeper`). The others only have to outlive QUIC's idle timeout.
-pub(crate) const SIBLING_KEEPALIVE: Duration = Duration::from_secs(10 * 60);
+pub(crate) const SIBLING_KEEPALIVE: Duration = Duration::from_secs(20 * 60);
 /// The idle timeout both ends advertise on QUIC (at least; a longer configured one
 /// stays): longer than [`SIBLING_KEEPALIVE`], so a quiet sibling lives on. A dead path
 /// is found sooner than this by the ends' own watches on the flow's keeper, with the
 /// configured `idle-timeout` (the connector's keeper, the edge's flow watch).
-pub(crate) const LONG_IDLE: Duration = Duration::from_secs(15 * 60);
+pub(crate) const LONG_IDLE: Duration = Duration::from_secs(30 * 60);
 
 /// Asks the peer for an acknowledgement now: one small ack-eliciting packet, as a
 /// QUIC PING. quinn 0.11 has no call for a PING, so this raises the connection's

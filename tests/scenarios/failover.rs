@@ -280,7 +280,7 @@ pub fn slots_of_a_dead_edge_serve_through_the_live_one_until_it_returns() {
 /// An edge killed (no goodbye) and started again while the device sits idle: the flow's
 /// keeper hears a stateless reset at its next QUIC ping (at most 30 s), and its quiet
 /// siblings are poked at once rather than left on a dead connection until their own
-/// rare keep-alive (10 minutes): both of the edge's connections are back within
+/// rare keep-alive (20 minutes): both of the edge's connections are back within
 /// seconds of the keeper's loss, and visitors are served through it.
 pub fn a_killed_edge_gets_back_the_keeper_and_its_siblings() {
     let mut s = Scene::new();
