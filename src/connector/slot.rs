@@ -325,6 +325,8 @@ impl Keeper {
         } else {
             t.next = self.next_ping;
         }
+        // A path that stays silent is declared dead at `idle`, not at the tick after.
+        t.next = t.next.min(self.heard_at + self.idle);
         t
     }
 }
