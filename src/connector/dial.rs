@@ -75,7 +75,10 @@ fn addr_list(addrs: &[SocketAddr]) -> String {
 }
 
 /// The QUIC endpoint for `remote`'s address family, opened on first use and shared.
-fn endpoint_for(shared: &Shared, remote: SocketAddr) -> Result<quinn::Endpoint, String> {
+pub(super) fn endpoint_for(
+    shared: &Shared,
+    remote: SocketAddr,
+) -> Result<quic::DeviceEndpoint, String> {
     let mut eps = lock(&shared.endpoints);
     let slot = if remote.is_ipv6() {
         &mut eps.1
@@ -85,7 +88,7 @@ fn endpoint_for(shared: &Shared, remote: SocketAddr) -> Result<quinn::Endpoint, 
     if let Some(ep) = slot {
         return Ok(ep.clone());
     }
-    let ep = quic::client_endpoint(remote).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let ep = quic::device_endpoint(remote).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     *slot = Some(ep.clone());
     Ok(ep)
 }
@@ -107,12 +110,17 @@ impl Dial {
         handshake: Duration,
     ) -> Result<Session, TransportError> {
         let endpoint = endpoint_for(shared, self.addr).map_err(TransportError::backoff)?;
+        // quinn's own keep-alive is only a sibling's rare one: the keeper of the flow
+        // pings every `keepalive` and watches for `idle-timeout` itself
+        // ([`super::session`]), so any connection can take the role.
         let tuning = quic::ClientTuning {
             handshake_timeout: handshake,
+            keepalive: self.tuning.keepalive.max(quic::SIBLING_KEEPALIVE),
+            idle_timeout: quic::long_idle(self.tuning.idle_timeout, self.tuning.keepalive),
             ..self.tuning
         };
         quic::connect(
-            &endpoint,
+            &endpoint.quinn,
             self.addr,
             &self.server_name,
             self.tls.clone(),
@@ -126,7 +134,8 @@ impl Dial {
             self.addr,
             &self.server_name,
             self.tls.clone(),
-            self.tuning.keepalive,
+            // A TCP mapping lasts hours at a NAT: the keeper's pings only prove the path.
+            slot::probe_every(self.tuning.keepalive, self.tuning.idle_timeout),
             self.tuning.idle_timeout,
             self.tuning.max_streams,
             H2_CONNECT_TIMEOUT,

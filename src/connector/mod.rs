@@ -46,6 +46,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::DeviceConfig;
 // `hex` stays reachable here for the edge, which named it by this path before `util`.
 pub(crate) use crate::transport::Transport;
+use crate::transport::{quic, Session};
 use crate::util::{lock, random_bytes};
 pub(crate) use active::ActiveConfig;
 use session::{Ended, Failure, GoAway, Moved, Probe};
@@ -82,7 +83,10 @@ struct Shared {
     slots: watch::Sender<Vec<SlotState>>,
     /// Last good addresses per edge entry, kept when DNS fails.
     names: Mutex<slot::Names>,
-    endpoints: Mutex<(Option<quinn::Endpoint>, Option<quinn::Endpoint>)>,
+    endpoints: Mutex<(Option<quic::DeviceEndpoint>, Option<quic::DeviceEndpoint>)>,
+    /// The session each slot serves now, by slot (at most [`MAX_SLOTS`]): a flow's
+    /// keeper pokes or closes its siblings through them ([`slot::Keeper`]).
+    sessions: Mutex<Vec<Option<Session>>>,
     /// The generation of the config the latest registration (or rule table the edge
     /// accepted) was made with: what a pushed config's trial waits for.
     registered: watch::Sender<u32>,
@@ -204,6 +208,7 @@ impl Connector {
                 slots: watch::channel(slots).0,
                 names: Mutex::new(names),
                 endpoints: Mutex::new((None, None)),
+                sessions: Mutex::new(Vec::new()),
                 registered: watch::channel(generation.wrapping_sub(1)).0,
                 last_error: Mutex::new(None),
                 reports: push::Reports::default(),
@@ -278,7 +283,7 @@ impl Connector {
             let mut e = lock(&self.shared.endpoints);
             [e.0.take(), e.1.take()]
         };
-        for ep in endpoints.into_iter().flatten() {
+        for ep in endpoints.into_iter().flatten().map(|d| d.quinn) {
             ep.close(0u32.into(), b"connector shutting down");
             let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
         }

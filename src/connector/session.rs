@@ -14,8 +14,9 @@ use super::dial::{self, Dial};
 use super::handshake::{self, Handshake};
 use super::slot::{self, Auto};
 use super::{origin, runtime_for, set_slot, wait_true, Shared, SlotState};
+use crate::transport::quic::DEVICE_CONN_RECEIVE_WINDOW;
 use crate::transport::Session;
-use crate::util::{hex, AbortOnDrop};
+use crate::util::{hex, lock, AbortOnDrop};
 use crate::wire::{self, ConnectorMsg, EdgeMsg};
 
 /// Time allowed for the control handshake after the transport is up.
@@ -297,6 +298,22 @@ async fn serve_registered(
             return Err(format!("lost edge {edge_name} ({addr}): {e}"));
         }
     }
+    // The keep-alive duty: the flow's keeper pings, its siblings stay quiet.
+    let _listed = Listed::new(shared, slot, session);
+    let (keepalive, idle) = {
+        let cfg = &shared.current.borrow().config;
+        let proto = match session.protocol() {
+            crate::transport::Transport::Quic => crate::config::Protocol::Quic,
+            crate::transport::Transport::Http2 => crate::config::Protocol::Http2,
+        };
+        (
+            Duration::from_secs(u64::from(cfg.keepalive_secs_on(proto).max(1))),
+            Duration::from_secs(u64::from(cfg.idle_timeout_secs.max(2))),
+        )
+    };
+    let (rx, challenges) = quic_counts(session);
+    let mut keeper = slot::Keeper::new(Instant::now(), keepalive, idle, rx, challenges);
+    let mut keep_at = tokio::time::Instant::now();
     let (first, every) = probe.map_or((Instant::now(), Duration::from_secs(30)), |p| p.1);
     let mut probe_timer = tokio::time::interval_at(first.into(), every);
     let probe = probe.map(|p| p.0);
@@ -306,9 +323,57 @@ async fn serve_registered(
             stream = session.accept_stream() => {
                 let stream = match stream {
                     Ok(s) => s,
-                    Err(_) => return Err(format!("lost edge {edge_name} ({addr}): {}", session.closed().await)),
+                    Err(_) => {
+                        if keeper.is_keeper() {
+                            // Its siblings share the path: those of an edge that
+                            // restarted hear a reset at once, the others just answer.
+                            for s in siblings(shared, slot) {
+                                poke(&s);
+                            }
+                        }
+                        return Err(format!("lost edge {edge_name} ({addr}): {}", session.closed().await));
+                    }
                 };
                 spawn_stream(shared, streams, stream);
+            }
+            _ = tokio::time::sleep_until(keep_at) => {
+                let is_keeper = keeps_flow(shared, slot);
+                let (rx, challenges) = quic_counts(session);
+                let t = keeper.tick(Instant::now(), is_keeper, rx, challenges);
+                keep_at = t.next.into();
+                match session {
+                    Session::H2(h) => h.set_quiet(!is_keeper),
+                    Session::Quic(c) => {
+                        if t.timed_out {
+                            // The path is dead, and its siblings share it.
+                            for s in siblings(shared, slot) {
+                                s.close("the path timed out");
+                            }
+                            return Err(format!(
+                                "lost edge {edge_name} ({addr}): timed out (nothing from the \
+                                 edge for {}s)",
+                                idle.as_secs()
+                            ));
+                        }
+                        match t.refresh {
+                            Some(slot::Refresh::Quic) => {
+                                crate::transport::quic::ping(c, DEVICE_CONN_RECEIVE_WINDOW);
+                            }
+                            Some(slot::Refresh::Nat) => {
+                                if let Ok(ep) = super::dial::endpoint_for(shared, addr) {
+                                    ep.nat_keepalive(c.remote_address());
+                                }
+                            }
+                            None => {}
+                        }
+                        if t.poke {
+                            log::debug!("connection {slot}: the edge moved to a new path; its siblings follow");
+                            for s in siblings(shared, slot) {
+                                poke(&s);
+                            }
+                        }
+                    }
+                }
             }
             _ = reports.changed() => {
                 if let Some(report) = shared.reports.take_now() {
@@ -386,6 +451,95 @@ async fn serve_registered(
                     Some(next) => next.session.close("connector draining"),
                     None => log::debug!("connection {slot}: probe failed; staying"),
                 }
+            }
+        }
+    }
+}
+
+/// What a QUIC session received so far: packets, and PATH_CHALLENGE frames (zero over
+/// HTTP/2).
+fn quic_counts(session: &Session) -> (u64, u64) {
+    match session {
+        Session::Quic(c) => {
+            let st = c.stats();
+            (st.udp_rx.datagrams, st.frame_rx.path_challenge)
+        }
+        Session::H2(_) => (0, 0),
+    }
+}
+
+/// Whether `slot` keeps its flow: no lower slot is connected to the same edge address
+/// over the same transport (over QUIC they share the socket, hence the NAT mapping).
+fn keeps_flow(shared: &Shared, slot: usize) -> bool {
+    let slots = shared.slots.borrow();
+    let Some(me) = slots.get(slot) else {
+        return true;
+    };
+    !slots
+        .iter()
+        .take(slot)
+        .any(|s| s.connected && s.edge == me.edge && s.protocol == me.protocol)
+}
+
+/// The sessions of the other slots on `slot`'s flow (same edge address and transport).
+fn siblings(shared: &Shared, slot: usize) -> Vec<Session> {
+    let slots = shared.slots.borrow().clone();
+    let Some(me) = slots.get(slot) else {
+        return Vec::new();
+    };
+    let sessions = lock(&shared.sessions);
+    slots
+        .iter()
+        .enumerate()
+        .filter(|&(i, s)| {
+            i != slot && s.connected && s.edge == me.edge && s.protocol == me.protocol
+        })
+        .filter_map(|(i, _)| sessions.get(i).cloned().flatten())
+        .collect()
+}
+
+/// Asks the edge for an answer on `session` now: a QUIC ping (which also moves the
+/// connection to the NAT's current port at the edge), or an HTTP/2 ping.
+fn poke(session: &Session) {
+    match session {
+        Session::Quic(c) => crate::transport::quic::ping(c, DEVICE_CONN_RECEIVE_WINDOW),
+        Session::H2(h) => h.nudge(),
+    }
+}
+
+/// A slot's entry in [`Shared::sessions`] while it serves a session; cleared on drop
+/// (unless another session of the slot took it meanwhile).
+struct Listed<'a> {
+    shared: &'a Shared,
+    slot: usize,
+    id: usize,
+}
+
+impl<'a> Listed<'a> {
+    fn new(shared: &'a Shared, slot: usize, session: &Session) -> Listed<'a> {
+        let mut sessions = lock(&shared.sessions);
+        if slot < super::MAX_SLOTS {
+            if sessions.len() <= slot {
+                sessions.resize(slot + 1, None);
+            }
+            if let Some(s) = sessions.get_mut(slot) {
+                *s = Some(session.clone());
+            }
+        }
+        Listed {
+            shared,
+            slot,
+            id: session.id(),
+        }
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        let mut sessions = lock(&self.shared.sessions);
+        if let Some(s) = sessions.get_mut(self.slot) {
+            if s.as_ref().is_some_and(|s| s.id() == self.id) {
+                *s = None;
             }
         }
     }

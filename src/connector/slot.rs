@@ -172,6 +172,165 @@ impl Auto {
     }
 }
 
+/// How soon after a keeper's QUIC ping it looks whether the edge validated a new path
+/// (a NAT rebinding shows as the edge's PATH_CHALLENGE, answered on the new path).
+pub(crate) const KEEPER_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// The keep-alive duty of one registered QUIC connection, without I/O.
+///
+/// The QUIC connections of a connector to one edge address share one UDP socket, so
+/// the NAT holds one mapping for all of them. The lowest connected slot on that flow is
+/// its keeper; the others (siblings) stay quiet, on quinn's rare
+/// [`crate::transport::quic::SIBLING_KEEPALIVE`], and the edge routes to the keeper
+/// when a sibling was left at an old address.
+///
+/// The keeper refreshes the mapping every `keepalive`. Most of those refreshes are NAT
+/// keep-alives (one byte of UDP, nothing answers); every [`Keeper::probe_every`] it is
+/// a QUIC ping instead, which the edge acknowledges: the proof that the path works
+/// (nothing heard for `idle` declares it dead) and what moves the connection at the
+/// edge after a NAT rebinding. When the keeper then answers a PATH_CHALLENGE (the NAT
+/// gave the flow a new port and the edge followed the keeper there), it pokes its
+/// siblings so they move too. The driver feeds [`Keeper::tick`] the connection's
+/// counters at the times it asks for.
+pub(crate) struct Keeper {
+    keepalive: Duration,
+    idle: Duration,
+    /// Packets received so far, and when that count last changed.
+    rx: u64,
+    heard_at: Instant,
+    /// PATH_CHALLENGE frames received so far.
+    challenges: u64,
+    /// The role at the last tick.
+    keeper: bool,
+    next_ping: Instant,
+    next_probe: Instant,
+}
+
+/// How the keeper refreshes the NAT's mapping now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refresh {
+    /// A NAT keep-alive: one byte of UDP from the shared socket, unanswered.
+    Nat,
+    /// A QUIC ping, acknowledged by the edge.
+    Quic,
+}
+
+/// How often a connection proves its path with a ping the edge answers: the most
+/// `keepalive` periods that leave one more before `idle` (30 s at the defaults, 15 s
+/// and 45 s), at least one. Over QUIC the keeper's other refreshes are NAT keep-alives;
+/// over HTTP/2, whose TCP mapping lasts hours at a NAT, the keeper pings this often and
+/// nothing more.
+pub(crate) fn probe_every(keepalive: Duration, idle: Duration) -> Duration {
+    let k = keepalive.as_millis().max(1);
+    let n = (idle.as_millis().saturating_sub(k) / k).max(1);
+    keepalive.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// What the driver does at a keeper tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeeperTick {
+    /// Refresh the NAT's mapping now, this way.
+    pub(crate) refresh: Option<Refresh>,
+    /// The edge moved this keeper to a new path: ping the siblings so they follow.
+    pub(crate) poke: bool,
+    /// A keeper that heard nothing for `idle`: the path is dead (close it, and its
+    /// siblings: they share it).
+    pub(crate) timed_out: bool,
+    /// When to tick again.
+    pub(crate) next: Instant,
+}
+
+impl Keeper {
+    /// For a connection registered at `now`; `rx` and `challenges` as counted then.
+    pub(crate) fn new(
+        now: Instant,
+        keepalive: Duration,
+        idle: Duration,
+        rx: u64,
+        challenges: u64,
+    ) -> Keeper {
+        Keeper {
+            keepalive,
+            idle,
+            rx,
+            heard_at: now,
+            challenges,
+            keeper: false,
+            next_ping: now,
+            next_probe: now,
+        }
+    }
+
+    /// How often the keeper's refresh is a QUIC ping: the most keep-alive periods that
+    /// leave one more before `idle` (30 s at the defaults, 15 s and 45 s), so a live
+    /// path is always heard from within `idle`, and at least once per `keepalive`
+    /// where `idle` leaves no room.
+    pub(crate) fn probe_every(&self) -> Duration {
+        probe_every(self.keepalive, self.idle)
+    }
+
+    /// Whether it was the flow's keeper at the last tick.
+    pub(crate) fn is_keeper(&self) -> bool {
+        self.keeper
+    }
+
+    /// A tick at `now`: `keeper` says whether the connection keeps its flow now; `rx`
+    /// and `challenges` are the connection's received packets and PATH_CHALLENGEs.
+    pub(crate) fn tick(
+        &mut self,
+        now: Instant,
+        keeper: bool,
+        rx: u64,
+        challenges: u64,
+    ) -> KeeperTick {
+        if rx != self.rx {
+            self.rx = rx;
+            self.heard_at = now;
+        }
+        let moved = challenges != self.challenges;
+        self.challenges = challenges;
+        let mut t = KeeperTick {
+            refresh: None,
+            poke: false,
+            timed_out: false,
+            next: now + self.keepalive,
+        };
+        if !keeper {
+            self.keeper = false;
+            return t;
+        }
+        if !self.keeper {
+            // A new keeper (the first, or the old one went): it pings at once, and the
+            // path has `idle` from now to answer.
+            self.keeper = true;
+            self.heard_at = now;
+            self.next_ping = now;
+            self.next_probe = now;
+        }
+        t.poke = moved;
+        if now.saturating_duration_since(self.heard_at) >= self.idle {
+            t.timed_out = true;
+            return t;
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.keepalive;
+            t.next = self.next_ping;
+            if now >= self.next_probe {
+                self.next_probe = now + self.probe_every();
+                t.refresh = Some(Refresh::Quic);
+                t.next = now + KEEPER_CHECK_AFTER.min(self.keepalive);
+            } else {
+                t.refresh = Some(Refresh::Nat);
+            }
+        } else {
+            t.next = self.next_ping;
+        }
+        // A path that stays silent is declared dead at `idle`, not at the tick after.
+        t.next = t.next.min(self.heard_at + self.idle);
+        t
+    }
+}
+
 /// Which edge entry to dial next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Attempt {

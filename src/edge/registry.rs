@@ -61,6 +61,41 @@ pub struct Conn {
     /// The id of the enrolled device it belongs to, when it registered with a device
     /// key and credential (see `fleet`) rather than a tunnel token.
     pub device: Option<String>,
+    /// When the edge last saw a packet from the connector on this connection, in
+    /// milliseconds of [`edge_clock_ms`] (the flow watch in `tunnels` keeps it; see
+    /// [`Registry::connector_heard_ms`]).
+    pub(crate) heard_ms: AtomicU64,
+}
+
+/// Milliseconds since this edge process first asked: the clock of [`Conn::heard_ms`].
+pub(crate) fn edge_clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The keeper of `c`'s flow among `conns` (one tunnel's): the QUIC connection with the
+/// lowest index from the same connector process. The connector keeps the NAT mapping
+/// of its connections to one edge address (one UDP flow: they share a socket) open
+/// with the keeper's keep-alives alone; the others (siblings) stay quiet for minutes.
+/// `None` over HTTP/2, where each connection is a flow of its own.
+fn keeper_among<'a>(conns: &'a [Arc<Conn>], c: &Conn) -> Option<&'a Arc<Conn>> {
+    if !matches!(c.session, Session::Quic(_)) {
+        return None;
+    }
+    conns
+        .iter()
+        .filter(|k| k.connector_id == c.connector_id && matches!(k.session, Session::Quic(_)))
+        .min_by_key(|k| k.index)
+}
+
+/// Whether `c` is a quiet sibling the NAT moved away from: its keeper now comes from
+/// another address (QUIC followed the keeper across a NAT rebinding), and packets to
+/// `c`'s old address reach nobody until `c` sends again. Requests go to the keeper.
+fn moved_away(conns: &[Arc<Conn>], c: &Conn) -> bool {
+    keeper_among(conns, c).is_some_and(|k| {
+        k.session.id() != c.session.id() && k.session.remote_addr() != c.session.remote_addr()
+    })
 }
 
 impl Conn {
@@ -263,9 +298,45 @@ impl Registry {
     }
 
     /// Removes a connection; the tunnel and its hostnames go with its last connection.
+    /// What the edge last heard on it counts for the connector's other connections (a
+    /// sibling that becomes the keeper has the keeper's time to be heard from).
     pub(crate) fn remove(&self, conn: &Arc<Conn>) {
-        remove_locked(&mut lock(&self.inner), conn);
+        let mut inner = lock(&self.inner);
+        let heard = conn.heard_ms.load(Ordering::Relaxed);
+        if let Some(t) = inner.tunnels.get(&conn.tunnel_id) {
+            for c in t
+                .conns
+                .iter()
+                .filter(|c| c.connector_id == conn.connector_id)
+            {
+                c.heard_ms.fetch_max(heard, Ordering::Relaxed);
+            }
+        }
+        remove_locked(&mut inner, conn);
+        drop(inner);
         self.changed.notify_waiters();
+    }
+
+    /// When the edge last heard from `conn`'s connector on any of its QUIC connections
+    /// here ([`Conn::heard_ms`]): its keeper speaks for all of them.
+    pub(crate) fn connector_heard_ms(&self, conn: &Conn) -> u64 {
+        let inner = lock(&self.inner);
+        let own = conn.heard_ms.load(Ordering::Relaxed);
+        inner.tunnels.get(&conn.tunnel_id).map_or(own, |t| {
+            t.conns
+                .iter()
+                .filter(|c| c.connector_id == conn.connector_id)
+                .map(|c| c.heard_ms.load(Ordering::Relaxed))
+                .fold(own, u64::max)
+        })
+    }
+
+    /// Whether `conn` is its flow's keeper (see [`keeper_among`]).
+    pub(crate) fn is_keeper(&self, conn: &Conn) -> bool {
+        let inner = lock(&self.inner);
+        inner.tunnels.get(&conn.tunnel_id).is_some_and(|t| {
+            keeper_among(&t.conns, conn).is_some_and(|k| k.session.id() == conn.session.id())
+        })
     }
 
     /// Notes that `conn`'s connector has sent nothing since [`Conn::heard`] said `heard`
@@ -292,6 +363,7 @@ impl Registry {
             !c.draining.load(Ordering::Acquire)
                 && !avoid.contains(&id)
                 && !still_silent(&inner.silent, c)
+                && !moved_away(&t.conns, c)
         })
     }
 
@@ -368,14 +440,14 @@ impl Registry {
         }
         let silent = &inner.silent;
         let usable = |c: &Arc<Conn>, answering_only: bool| {
-            let skipped = answering_only && still_silent(silent, c);
+            let skipped = answering_only && (still_silent(silent, c) || moved_away(&t.conns, c));
             !c.draining.load(Ordering::Acquire) && !avoid.contains(&c.session.id()) && !skipped
         };
         // Counted, then picked round-robin by position: no list is built per request.
         let count = |answering_only| t.conns.iter().filter(|c| usable(c, answering_only)).count();
-        // While some connections stay silent, the others take the requests (all
-        // silent: try them anyway).
-        let answering_only = !silent.is_empty() && count(true) > 0;
+        // While some connections stay silent or were left behind by a NAT rebinding,
+        // the others take the requests (none left: try them anyway).
+        let answering_only = count(true) > 0;
         let n = count(answering_only);
         if n == 0 {
             return Route::Offline;

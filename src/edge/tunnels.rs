@@ -24,12 +24,12 @@ use super::fleet::enroll::{self, DeviceClaims};
 use super::fleet::rollout::Mailbox;
 use super::flood::{log_limited, AddrSlot, LogLimit, PerAddr};
 use super::live::Live;
-use super::registry::{Conn, Rules};
+use super::registry::{edge_clock_ms, Conn, Rules};
 use super::token::verify_tunnel;
 use super::EdgeState;
-use crate::transport::quic::{describe_close, Listener};
+use crate::transport::quic::{describe_close, edge_keepalive, Listener};
 use crate::transport::{RecvHalf, SendHalf, Session, TunnelStream};
-use crate::util::hex;
+use crate::util::{hex, AbortOnDrop};
 use crate::wire::{
     self, ConnectorMsg, DeviceTail, EdgeMsg, HelloClockTail, HelloTail, KeysTail, Register,
     RegisterTail, RegisteredTail, PROTOCOL_VERSION,
@@ -134,6 +134,10 @@ pub(crate) async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) 
         };
         let state = state.clone();
         let listener = listener.clone();
+        let watch = FlowWatch {
+            keepalive: listener.keepalive,
+            idle: listener.idle,
+        };
         tokio::spawn(async move {
             let handshake = async move { listener.accept(incoming)?.await };
             let conn = match tokio::time::timeout(TLS_TIMEOUT, Box::pin(handshake)).await {
@@ -161,7 +165,7 @@ pub(crate) async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) 
                 Box::pin(super::access::serve_quic(conn, state)).await;
                 return;
             }
-            serve_connection(Session::Quic(conn), state, Some(permit)).await;
+            serve_connection(Session::Quic(conn), state, Some(permit), Some(watch)).await;
         });
     }
 }
@@ -215,7 +219,7 @@ pub(crate) async fn accept_h2(
             )
             .await;
             match accepted {
-                Ok(Ok(session)) => serve_connection(session, state, Some(permit)).await,
+                Ok(Ok(session)) => serve_connection(session, state, Some(permit), None).await,
                 Ok(Err(e)) => log_limited!(
                     HANDSHAKE_LOG,
                     Info,
@@ -231,8 +235,62 @@ pub(crate) async fn accept_h2(
     }
 }
 
+/// The timing of the edge's watch over a connector's QUIC connections (the edge's
+/// `keepalive` and `idle-timeout`; see [`watch_flow`]).
+#[derive(Clone, Copy)]
+struct FlowWatch {
+    keepalive: Duration,
+    idle: Duration,
+}
+
+/// Watches a registered QUIC connection for its connector: notes when a packet from it
+/// arrives ([`Conn::heard_ms`]), and closes it once the connector has sent nothing on
+/// any of its connections here for `idle` (its keeper speaks for its quiet siblings;
+/// QUIC's own idle timeout is long, see `transport::quic::LONG_IDLE`). The keeper
+/// alone is pinged, after [`edge_keepalive`] of silence: a fallback for connectors
+/// whose keep-alive exceeds the edge's idle timeout. Looks every sixth of `idle`.
+async fn watch_flow(
+    session: quinn::Connection,
+    conn: Arc<Conn>,
+    state: Arc<EdgeState>,
+    w: FlowWatch,
+    who: String,
+) {
+    use std::sync::atomic::Ordering;
+    let every = (w.idle / 6).max(Duration::from_secs(1));
+    let fallback = edge_keepalive(w.keepalive, w.idle);
+    let mut seen = conn.heard();
+    loop {
+        tokio::time::sleep(every).await;
+        let now = edge_clock_ms();
+        let heard = conn.heard();
+        if heard != seen {
+            seen = heard;
+            conn.heard_ms.store(now, Ordering::Relaxed);
+        }
+        let quiet =
+            Duration::from_millis(now.saturating_sub(state.registry.connector_heard_ms(&conn)));
+        if quiet >= w.idle {
+            log::info!(
+                "{who}: nothing from the connector for {}s; closing",
+                quiet.as_secs()
+            );
+            session.close(0u32.into(), b"timed out");
+            return;
+        }
+        if quiet >= fallback && state.registry.is_keeper(&conn) {
+            crate::transport::quic::ping(&session, crate::transport::quic::CONN_RECEIVE_WINDOW);
+        }
+    }
+}
+
 /// Runs one tunnel connection: handshake, then its control stream until it ends.
-async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Option<HandshakeSlot>) {
+async fn serve_connection(
+    session: Session,
+    state: Arc<EdgeState>,
+    permit: Option<HandshakeSlot>,
+    watch: Option<FlowWatch>,
+) {
     let remote = session.remote_addr();
     // Boxed, here and for the rare branches of `serve_control`: a future held across an
     // await is part of the connection's task for as long as the connection lives, and
@@ -249,6 +307,16 @@ async fn serve_connection(session: Session, state: Arc<EdgeState>, permit: Optio
     if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
         mailbox = Some(inventory.rollouts().attach(id, session.id()).await);
     }
+    let _watch = match (&session, watch) {
+        (Session::Quic(c), Some(w)) => Some(AbortOnDrop(tokio::spawn(watch_flow(
+            c.clone(),
+            conn.clone(),
+            state.clone(),
+            w,
+            who.clone(),
+        )))),
+        _ => None,
+    };
     let ended = serve_control(&session, &state, &conn, control, credential, mailbox, &who).await;
     state.registry.remove(&conn);
     session.close(&wire::bounded_reason(ended.close_reason()));
@@ -795,6 +863,7 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
             streams: 0.into(),
             claims,
             device: grant.device.as_ref().map(|(c, _)| c.device.clone()),
+            heard_ms: super::registry::edge_clock_ms().into(),
         });
         // One tunnel per hostname across a cluster, as on this edge.
         if let Some(cluster) = state.cluster.get() {

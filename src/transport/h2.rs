@@ -14,7 +14,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -54,6 +54,10 @@ struct Inner {
     rtt_us: AtomicU64,
     /// Asks the pinger for a ping now.
     nudge: Notify,
+    /// The connector's pinger skips its timed pings (a sibling: the keeper of the
+    /// connector's connections to this edge pings; TCP keeps this one's mapping for
+    /// hours). Pings when nudged still go.
+    quiet: AtomicBool,
 }
 
 impl Inner {
@@ -66,6 +70,7 @@ impl Inner {
             heard,
             rtt_us: AtomicU64::new(0),
             nudge: Notify::new(),
+            quiet: AtomicBool::new(false),
         })
     }
 }
@@ -107,6 +112,11 @@ impl H2Session {
     /// trip, so a count that stands still says it is not.
     pub(crate) fn heard(&self) -> u64 {
         self.inner.heard.load(Ordering::Relaxed)
+    }
+
+    /// Stops (`true`) or resumes the connector's timed keep-alive pings.
+    pub(crate) fn set_quiet(&self, quiet: bool) {
+        self.inner.quiet.store(quiet, Ordering::Relaxed);
     }
 
     /// Sends a ping now (unless one is already waiting for its answer).
@@ -232,8 +242,9 @@ pub(crate) async fn connect(
     Ok(Session::H2(H2Session { inner }))
 }
 
-/// The connector's keep-alive: pings every `keepalive`, and when nudged; a ping
-/// unanswered within `idle` closes the connection.
+/// The connector's keep-alive: pings every `keepalive` (unless made quiet, see
+/// [`H2Session::set_quiet`]), and when nudged; a ping unanswered within `idle` closes
+/// the connection.
 fn spawn_pinger(
     mut pinger: h2::PingPong,
     inner: Arc<Inner>,
@@ -244,10 +255,13 @@ fn spawn_pinger(
     tokio::spawn(async move {
         let mut closed = inner.closed.subscribe();
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(keepalive) => {}
-                _ = inner.nudge.notified() => {}
+            let nudged = tokio::select! {
+                _ = tokio::time::sleep(keepalive) => false,
+                _ = inner.nudge.notified() => true,
                 _ = wait_reason(&mut closed) => return,
+            };
+            if !nudged && inner.quiet.load(Ordering::Relaxed) {
+                continue;
             }
             let sent = Instant::now();
             match tokio::time::timeout(idle, pinger.ping(h2::Ping::opaque())).await {

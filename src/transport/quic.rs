@@ -159,8 +159,14 @@ fn probe_limit(remote: SocketAddr) -> Option<u16> {
         .map(|p| p.min(MAX_PACKET))
 }
 
+/// The idle timeout a connection advertises: [`LONG_IDLE`] or more, beyond `idle` and
+/// twice `keepalive`.
+pub(crate) fn long_idle(idle: Duration, keepalive: Duration) -> Duration {
+    idle.max(LONG_IDLE).max(keepalive.saturating_mul(2))
+}
+
 fn transport(
-    keepalive: Duration,
+    keepalive: Option<Duration>,
     idle: Duration,
     peer_streams: u32,
     w: Windows,
@@ -172,7 +178,7 @@ fn transport(
         mtu.upper_bound(limit);
         t.mtu_discovery_config(Some(mtu));
     }
-    t.keep_alive_interval(Some(keepalive));
+    t.keep_alive_interval(keepalive);
     // An idle timeout beyond QUIC's varint range is clamped to the largest it allows.
     t.max_idle_timeout(Some(
         IdleTimeout::try_from(idle).unwrap_or_else(|_| IdleTimeout::from(VarInt::MAX)),
@@ -217,7 +223,11 @@ fn endpoint_config(reset_key: Option<Arc<ring::hmac::Key>>) -> quinn::EndpointCo
             cfg.cid_generator(|| Box::new(RandomCids));
             cfg
         }
-        None => quinn::EndpointConfig::default(),
+        None => {
+            let mut cfg = quinn::EndpointConfig::default();
+            cfg.cid_generator(|| Box::new(DeviceCids));
+            cfg
+        }
     };
     // MAX_PACKET lies within the range quinn accepts (1200..=65527).
     let _ = cfg.max_udp_payload_size(MAX_PACKET);
@@ -229,6 +239,43 @@ fn endpoint_config(reset_key: Option<Arc<ring::hmac::Key>>) -> quinn::EndpointCo
 /// Receive offload (UDP GRO) stays on, but quinn reads into only
 /// `DEVICE_RECEIVE_SLOTS` of its 32 batch slots (see `Offload`).
 pub(crate) fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    device_endpoint(remote).map(|d| d.quinn)
+}
+
+/// The payload of a NAT keep-alive: one byte, as IPsec's NAT-T keep-alive (RFC 3948).
+/// No QUIC packet is this short: the edge's endpoint drops it unanswered, and sends no
+/// stateless reset (its header does not even parse).
+const NAT_KEEPALIVE: [u8; 1] = [0xff];
+
+/// The connector's QUIC endpoint and its UDP socket, which also sends the flow keeper's
+/// NAT keep-alives (see `connector::slot::Keeper`).
+#[derive(Clone)]
+pub(crate) struct DeviceEndpoint {
+    pub(crate) quinn: quinn::Endpoint,
+    socket: Arc<std::net::UdpSocket>,
+}
+
+impl DeviceEndpoint {
+    /// Sends a NAT keep-alive to `remote` from the endpoint's socket: the 29 bytes (IPv4)
+    /// that refresh the NAT's mapping of the flow, where a QUIC PING and its
+    /// acknowledgement cost about 135. Nothing answers it; a socket that cannot take it
+    /// now (full) skips it.
+    pub(crate) fn nat_keepalive(&self, remote: SocketAddr) {
+        let remote = match (remote, self.socket.local_addr()) {
+            // A v6 socket reaches IPv4 edges at their mapped address.
+            (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            _ => remote,
+        };
+        if let Err(e) = self.socket.send_to(&NAT_KEEPALIVE, remote) {
+            log::debug!("NAT keep-alive to {remote}: {e}");
+        }
+    }
+}
+
+/// The connector's endpoint for `remote`'s address family (see [`DeviceEndpoint`]).
+pub(crate) fn device_endpoint(remote: SocketAddr) -> std::io::Result<DeviceEndpoint> {
     let local: SocketAddr = if remote.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -247,7 +294,14 @@ pub(crate) fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endp
     let socket = std::net::UdpSocket::from(socket);
     let granted = size_buffers(&socket, DEVICE_SOCKET_BUFFER);
     log::debug!("UDP socket buffers: {} KiB granted", granted / 1024);
-    endpoint(socket, None, DEVICE_RECEIVE_SLOTS, None)
+    // The same socket (a second descriptor of it, non-blocking like quinn's).
+    let keep = socket.try_clone()?;
+    keep.set_nonblocking(true)?;
+    let keep = Arc::new(keep);
+    Ok(DeviceEndpoint {
+        quinn: endpoint(socket, None, DEVICE_RECEIVE_SLOTS, None)?,
+        socket: keep,
+    })
 }
 
 /// Random 8-byte connection ids that any process of the edge accepts as its own, so
@@ -255,6 +309,32 @@ pub(crate) fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endp
 /// packet with an unknown id gets at most one reset, smaller than itself, per 20 ms
 /// (quinn's `min_reset_interval`): no amplification.
 struct RandomCids;
+
+/// The connector's connection ids: random, [`DEVICE_CID_LEN`] bytes. Every packet
+/// from the edge carries one, and an idle tunnel's packets are mostly acknowledgements
+/// of about 60 bytes: four bytes fewer than quinn's default eight is 6 % of them. A
+/// connector holds a handful of connections, so four random bytes never collide.
+struct DeviceCids;
+
+/// Bytes in a connection id the connector hands out.
+const DEVICE_CID_LEN: usize = 4;
+
+impl quinn::ConnectionIdGenerator for DeviceCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; DEVICE_CID_LEN];
+        // A failing system RNG leaves the id zero; quinn asks for another on a clash.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        DEVICE_CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
 
 /// Bytes in a connection id the edge hands out (quinn's default length).
 const CID_LEN: usize = 8;
@@ -397,7 +477,7 @@ pub(crate) async fn connect(
         .map_err(|e| TransportError::backoff(format!("TLS setup: {e}")))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport(
-        tuning.keepalive,
+        Some(tuning.keepalive),
         tuning.idle_timeout,
         tuning.max_streams,
         Windows {
@@ -428,28 +508,53 @@ pub(crate) async fn connect(
     }
 }
 
+/// The keep-alive of a connection that is not its flow's keeper: the QUIC connections
+/// of one connector to one edge address share one UDP socket, hence one NAT mapping,
+/// which the keeper's `keepalive` holds open for all of them (see
+/// `connector::slot::Keeper`). The others only have to outlive QUIC's idle timeout.
+pub(crate) const SIBLING_KEEPALIVE: Duration = Duration::from_secs(20 * 60);
+/// The idle timeout both ends advertise on QUIC (at least; a longer configured one
+/// stays): longer than [`SIBLING_KEEPALIVE`], so a quiet sibling lives on. A dead path
+/// is found sooner than this by the ends' own watches on the flow's keeper, with the
+/// configured `idle-timeout` (the connector's keeper, the edge's flow watch).
+pub(crate) const LONG_IDLE: Duration = Duration::from_secs(30 * 60);
+
+/// Asks the peer for an acknowledgement now: one small ack-eliciting packet, as a
+/// QUIC PING. quinn 0.11 has no call for a PING, so this raises the connection's
+/// receive window by one byte (a MAX_DATA frame goes out) and takes the byte back at
+/// once (owed, repaid by the next credit): the window stays as it was. Nothing on the
+/// wire is new, so any edge or connector answers it.
+pub(crate) fn ping(conn: &quinn::Connection, receive_window: u32) {
+    conn.set_receive_window(VarInt::from_u32(receive_window.saturating_add(1)));
+    conn.set_receive_window(VarInt::from_u32(receive_window));
+}
+
 /// The edge's keep-alive on QUIC: a fallback that never fires while the connector keeps
 /// the path alive.
 ///
 /// Only the connector needs to send keep-alives: it is the end behind the NAT, and its
-/// packets (and the edge's acknowledgements of them) refresh the mapping; quinn restarts
-/// the keep-alive timer on every packet received, so an edge timer longer than the
-/// connector's stays silent. When both ends ran the same 15 s timer, their PINGs crossed
-/// in most cycles and the path carried two PINGs and two acknowledgements instead of one
-/// of each. The edge still detects a dead connector by the idle timeout, and a request
-/// waiting on a silent one by the silence watch (QUIC acknowledges the request itself).
-/// The fallback, twice `keepalive` but under three quarters of `idle`, keeps connections
-/// of connectors whose keep-alive exceeds the edge's idle timeout alive, as before.
+/// packets (and the edge's acknowledgements of them) refresh the mapping. When both ends
+/// ran the same 15 s timer, their PINGs crossed in most cycles and the path carried two
+/// PINGs and two acknowledgements instead of one of each. So the edge runs no quinn
+/// keep-alive at all; its flow watch (`edge::tunnels`) pings a connector's keeper
+/// connection only after hearing nothing from the connector for this long: three
+/// quarters of `idle` (and not under `keepalive`). A current connector's keeper is
+/// heard from at least every `idle-timeout` less one `keepalive` of its own (30 s at
+/// its defaults), so this keeps only connectors whose keep-alive exceeds the edge's idle
+/// timeout alive, as before, and never pings the keeper's quiet siblings.
 pub(crate) fn edge_keepalive(keepalive: Duration, idle: Duration) -> Duration {
-    keepalive.saturating_mul(2).min(idle / 4 * 3).max(keepalive)
+    (idle / 4 * 3).max(keepalive)
 }
 
 /// The edge's tunnel listener: a QUIC endpoint and the settings it accepts with.
 pub(crate) struct Listener {
     pub(crate) endpoint: quinn::Endpoint,
     config: quinn::ServerConfig,
-    keepalive: Duration,
-    idle: Duration,
+    /// The edge's `keepalive` (its flow watch's period, see [`edge_keepalive`]).
+    pub(crate) keepalive: Duration,
+    /// The edge's `idle-timeout`: a connector heard from on none of its connections
+    /// for this long is gone.
+    pub(crate) idle: Duration,
 }
 
 impl Listener {
@@ -466,8 +571,8 @@ impl Listener {
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         // Connectors never open streams; the edge opens them all.
         config.transport_config(Arc::new(transport(
-            edge_keepalive(keepalive, idle),
-            idle,
+            None,
+            long_idle(idle, keepalive),
             0,
             EDGE,
             None,
@@ -506,8 +611,8 @@ impl Listener {
             Some(limit) => {
                 let mut config = self.config.clone();
                 config.transport_config(Arc::new(transport(
-                    edge_keepalive(self.keepalive, self.idle),
-                    self.idle,
+                    None,
+                    long_idle(self.idle, self.keepalive),
                     0,
                     EDGE,
                     Some(limit),

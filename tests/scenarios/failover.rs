@@ -276,3 +276,43 @@ pub fn slots_of_a_dead_edge_serve_through_the_live_one_until_it_returns() {
     assert!(lent <= Duration::from_secs(60), "took {lent:?}");
     assert!(back <= Duration::from_secs(40), "took {back:?}");
 }
+
+/// An edge killed (no goodbye) and started again while the device sits idle: the flow's
+/// keeper hears a stateless reset at its next QUIC ping (at most 30 s), and its quiet
+/// siblings are poked at once rather than left on a dead connection until their own
+/// rare keep-alive (20 minutes): both of the edge's connections are back within
+/// seconds of the keeper's loss, and visitors are served through it.
+pub fn a_killed_edge_gets_back_the_keeper_and_its_siblings() {
+    let mut s = Scene::new();
+    s.connect(Device::default());
+    let mut e1 = s.edges[0].take().unwrap();
+    e1.signal(9);
+    e1.wait_exit(Duration::from_secs(5)).expect("edge 1 exits");
+    drop(e1);
+    s.start_edge(0);
+    let started = Instant::now();
+    let c = s.connector();
+    // The keeper's loss (its next keep-alive is answered with a reset).
+    c.wait_count("lost edge", 1, Duration::from_secs(45))
+        .unwrap_or_else(|| panic!("the keeper did not notice the restart: {}", c.dump()));
+    let lost = started.elapsed();
+    // Both connections of edge 1 registered again: 4 at the start, 2 now.
+    c.wait_count("registered", 6, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("not both connections back at e1: {}", c.dump()));
+    let back = started.elapsed();
+    eprintln!(
+        "measured: keeper lost {:.1}s after the edge restarted, both connections back after \
+         {:.1}s",
+        lost.as_secs_f32(),
+        back.as_secs_f32()
+    );
+    assert!(
+        back - lost < Duration::from_secs(8),
+        "the sibling came back {:?} after the keeper: {}",
+        back - lost,
+        c.dump()
+    );
+    let lines = s.tunnel_lines(0);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(s.get(0, "/", 5), Ok(200));
+}

@@ -9,7 +9,7 @@
 //! | cause          | match                   | what it is                                  |
 //! |----------------|-------------------------|---------------------------------------------|
 //! | `dns`          | UDP or TCP port 53      | name lookups                                |
-//! | `udp <100`     | UDP, IP length under 100| QUIC PINGs and ACKs (keep-alives)           |
+//! | `udp <100`     | UDP, IP length under 100| keep-alives: QUIC pings, ACKs, NAT keep-alives (29 B) |
 //! | `udp 100-1199` | UDP, 100 to 1199 bytes  | QUIC stream data (requests, reports)        |
 //! | `udp >=1200`   | UDP, 1200 bytes or more | QUIC handshakes, path probes (both padded), bulk data |
 //! | `tcp <=72`     | TCP, IP length up to 72 | TCP segments without payload (ACKs, SYN, FIN) |
@@ -23,9 +23,10 @@
 //! an idle connection's burst is one keep-alive and its acknowledgement, and the side
 //! that sends first is the one whose timer fired, so the bytes split into keep-alives
 //! started by the device and by the edge (the QUIC connections to one edge share the
-//! device's UDP socket, hence one flow, and their keep-alives, timed from the same
-//! registration, fall into one burst). The IP lengths of the bursts' first packets (a
-//! keep-alive PING) and of the others (mostly ACKs) are printed, and the wake-ups of
+//! device's UDP socket, hence one flow, which one of them keeps alive: the flow's keeper,
+//! with a 29-byte NAT keep-alive, a burst of one, or a QUIC ping and its ACK). The IP
+//! lengths of the bursts' first packets (a keep-alive) and of the others (mostly ACKs)
+//! are printed, and the wake-ups of
 //! the link (what keeps a cellular radio out of its idle state) counted.
 //!
 //! Ignored by default (each profile takes the idle window plus setup, 10 minutes by

@@ -105,6 +105,16 @@ fn main() {
             nat::quic_survives_nat_rebinding,
         ),
         scenario(
+            "an_idle_device_is_served_at_once_after_a_nat_rebinding",
+            Namespaces,
+            nat::an_idle_device_is_served_at_once_after_a_nat_rebinding,
+        ),
+        scenario(
+            "a_killed_edge_gets_back_the_keeper_and_its_siblings",
+            Namespaces,
+            failover::a_killed_edge_gets_back_the_keeper_and_its_siblings,
+        ),
+        scenario(
             "a_jumbo_frame_lan_behind_a_narrow_uplink_still_carries_bulk_downloads",
             Namespaces,
             nat::a_jumbo_frame_lan_behind_a_narrow_uplink_still_carries_bulk_downloads,

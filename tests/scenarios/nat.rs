@@ -157,6 +157,11 @@ pub fn requests_succeed_with_loss_and_delay_at_the_nat() {
     );
 }
 
+/// How often a QUIC flow's keeper pings the edge at the default settings (`idle-timeout`
+/// 45 s less one `keepalive` of 15 s), seconds: the longest a NAT rebinding leaves the
+/// edge without the device's new address.
+const KEEPER_PROBE: u64 = 30;
+
 pub fn quic_survives_nat_rebinding() {
     let mut s = Scene::new();
     s.connect(Device::default());
@@ -174,7 +179,7 @@ pub fn quic_survives_nat_rebinding() {
         ),
     );
     // Traffic goes on; the flows now leave from the new port window.
-    thread::sleep(Duration::from_secs(20));
+    thread::sleep(Duration::from_secs(KEEPER_PROBE + 5));
     let flows = s.net.sh(&s.net.nat, "conntrack -L -p udp 2>/dev/null");
     let results = load.finish();
     let moved = flows
@@ -189,11 +194,13 @@ pub fn quic_survives_nat_rebinding() {
         .filter(|p| (40000..=40999).contains(p))
         .count();
     assert!(moved >= 1, "no flow in the new window:\n{flows}");
-    // Until the connector's next packet (its keep-alive, at most 15 s) opens the new
-    // mapping, the edge cannot reach the device: it answers such requests with a quick
-    // 502, as for any tunnel whose connections all went silent, instead of holding them.
-    // After that window nothing fails, and QUIC carries on without a new handshake.
-    let window = rebound + Duration::from_secs(15 + 3);
+    // Until the connector's next QUIC packet (its keeper's ping, at most 30 s: its NAT
+    // keep-alives in between open the new mapping, but the edge cannot tell whose they
+    // are) moves the connection at the edge, the edge cannot reach the device: it
+    // answers such requests with a quick 502, as for any tunnel whose connections all
+    // went silent, instead of holding them. After that window nothing fails, and QUIC
+    // carries on without a new handshake.
+    let window = rebound + Duration::from_secs(KEEPER_PROBE + 3);
     let failed = failures(&results);
     let late: Vec<_> = failed
         .iter()
@@ -336,4 +343,104 @@ pub fn boots_without_a_network_and_connects_once_it_appears() {
         t.as_secs_f32()
     );
     assert!(t <= Duration::from_secs(35), "took {t:?}");
+}
+
+/// The port of a `/tunnels` line's `from=` address.
+fn from_port(line: &str) -> Option<u16> {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("from="))
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+}
+
+/// Whether a `/tunnels` line lists the connection in the NAT's second port window.
+fn in_new_window(line: &str) -> bool {
+    from_port(line).is_some_and(|p| (40000..=40999).contains(&p))
+}
+
+/// Polls edge `e`'s `/tunnels` until `done` holds for its lines; how long that took.
+fn wait_lines(
+    s: &Scene,
+    e: usize,
+    within: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if done(&s.tunnel_lines(e)) {
+            return Some(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// A NAT rebinding while the device sits idle: only the keeper of each edge's flow (the
+/// lowest connection there) keeps the NAT mapping alive; its siblings are quiet for
+/// minutes. Once the keeper's next QUIC ping has moved it to the new port at the edge,
+/// visitors are served at once (the edge sends them to the keeper, not to a sibling
+/// still listed at the old port), and the siblings follow within seconds (the keeper
+/// pokes them when the edge validates its new path).
+pub fn an_idle_device_is_served_at_once_after_a_nat_rebinding() {
+    let mut s = Scene::new();
+    s.connect(Device::default());
+    let c = s.connector();
+    assert_eq!(c.count("over quic"), 4, "{}", c.dump());
+    assert_eq!(s.get(0, "/", 10), Ok(200));
+    assert_eq!(s.get(1, "/", 10), Ok(200));
+    s.net.sh(
+        &s.net.nat,
+        &format!(
+            "iptables -t nat -R POSTROUTING 1 -o wan0 -p udp -j MASQUERADE --to-ports {} && \
+             conntrack -D -p udp >/dev/null 2>&1; true",
+            NAT_UDP_PORTS[1]
+        ),
+    );
+    let rebound = Instant::now();
+    for e in 0..2 {
+        // The keeper's next QUIC ping moves it at the edge.
+        wait_lines(&s, e, Duration::from_secs(KEEPER_PROBE + 10), |l| {
+            l.iter().any(|l| in_new_window(l))
+        })
+        .unwrap_or_else(|| panic!("no connection at e{} moved: {:?}", e + 1, s.tunnel_lines(e)));
+        let moved = rebound.elapsed();
+        let lines = s.tunnel_lines(e);
+        let mut times = Vec::new();
+        for _ in 0..8 {
+            let t = Instant::now();
+            let r = s.get(e, "/", 10);
+            times.push((t.elapsed(), r));
+        }
+        eprintln!(
+            "measured: e{}: its keeper moved by {:.1}s after the rebinding; then 8 GETs: {:?}; \
+             lines then: {lines:?}",
+            e + 1,
+            moved.as_secs_f32(),
+            times
+                .iter()
+                .map(|(t, _)| t.as_secs_f32())
+                .collect::<Vec<_>>()
+        );
+        for (t, r) in &times {
+            assert_eq!(*r, Ok(200), "e{}: {times:?}", e + 1);
+            assert!(
+                *t < Duration::from_millis(800),
+                "e{}: a request waited {t:?}, not served at once: {times:?}",
+                e + 1
+            );
+        }
+        // The siblings follow their keeper.
+        let all = wait_lines(&s, e, Duration::from_secs(5), |l| {
+            l.len() == 2 && l.iter().all(|l| in_new_window(l))
+        });
+        assert!(
+            all.is_some(),
+            "e{}: a sibling stayed at its old address: {:?}",
+            e + 1,
+            s.tunnel_lines(e)
+        );
+    }
+    let c = s.connector();
+    assert_eq!(c.count("lost edge"), 0, "{}", c.dump());
+    assert_eq!(c.count("registered"), 4, "no new handshake: {}", c.dump());
 }

@@ -441,3 +441,136 @@ fn resolved_addresses_ipv4_first_spread_over_slots() {
     };
     assert_eq!(addr, second);
 }
+
+const KA: Duration = Duration::from_secs(15);
+const IDLE: Duration = Duration::from_secs(45);
+
+#[test]
+fn a_sibling_never_pings_and_never_times_out() {
+    let t0 = Instant::now();
+    let mut k = Keeper::new(t0, KA, IDLE, 0, 0);
+    for i in 1..100u32 {
+        let now = t0 + KA * i;
+        let t = k.tick(now, false, 0, u64::from(i));
+        assert_eq!(
+            t,
+            KeeperTick {
+                refresh: None,
+                poke: false,
+                timed_out: false,
+                next: now + KA
+            }
+        );
+    }
+    assert!(!k.is_keeper());
+}
+
+#[test]
+fn quic_pings_leave_one_keepalive_before_the_idle_timeout() {
+    let k = |ka: u64, idle: u64| {
+        Keeper::new(
+            Instant::now(),
+            Duration::from_secs(ka),
+            Duration::from_secs(idle),
+            0,
+            0,
+        )
+        .probe_every()
+        .as_secs()
+    };
+    assert_eq!(k(15, 45), 30);
+    assert_eq!(k(10, 45), 30);
+    assert_eq!(k(20, 45), 20);
+    assert_eq!(k(30, 45), 30, "no room: every refresh is a QUIC ping");
+    assert_eq!(k(15, 120), 105);
+}
+
+#[test]
+fn the_keeper_refreshes_every_keepalive_and_pings_every_other_time() {
+    let t0 = Instant::now();
+    let mut k = Keeper::new(t0, KA, IDLE, 0, 0);
+    // The first tick (at registration) makes it the keeper: a QUIC ping at once, and a
+    // look for a new path a second later.
+    let t = k.tick(t0, true, 0, 0);
+    assert_eq!(t.refresh, Some(Refresh::Quic));
+    assert!(!t.poke && !t.timed_out);
+    assert_eq!(t.next, t0 + KEEPER_CHECK_AFTER);
+    let t = k.tick(t.next, true, 1, 0);
+    assert_eq!(t.refresh, None);
+    assert_eq!(t.next, t0 + KA);
+    let t = k.tick(t.next, true, 1, 0);
+    assert_eq!(t.refresh, Some(Refresh::Nat));
+    assert_eq!(t.next, t0 + KA * 2);
+    // For a day: a refresh every 15 s, every other one a QUIC ping, each answered.
+    let mut now = t.next;
+    let (mut quic, mut nat, mut rx) = (1, 1, 1);
+    let mut last = t0 + KA;
+    while now < t0 + Duration::from_secs(86_400) {
+        let t = k.tick(now, true, rx, 0);
+        assert!(!t.timed_out && !t.poke);
+        match t.refresh {
+            Some(Refresh::Quic) => {
+                quic += 1;
+                rx += 1;
+            }
+            Some(Refresh::Nat) => nat += 1,
+            None => {}
+        }
+        if t.refresh.is_some() {
+            assert_eq!(now - last, KA, "a refresh every keepalive");
+            last = now;
+        }
+        now = t.next;
+    }
+    assert_eq!(quic, 86_400 / 30);
+    assert_eq!(nat, 86_400 / 30);
+}
+
+#[test]
+fn a_path_challenge_pokes_the_siblings_once() {
+    let t0 = Instant::now();
+    let mut k = Keeper::new(t0, KA, IDLE, 0, 0);
+    let t = k.tick(t0, true, 0, 0);
+    // The NAT rebound: the edge validated the keeper's new path after its ping.
+    let t = k.tick(t.next, true, 2, 1);
+    assert!(t.poke);
+    let t = k.tick(t.next, true, 3, 1);
+    assert!(!t.poke, "once per new path");
+}
+
+#[test]
+fn a_keeper_hearing_nothing_for_idle_times_out() {
+    let t0 = Instant::now();
+    let mut k = Keeper::new(t0, KA, IDLE, 5, 0);
+    let mut now = t0;
+    let mut ended = None;
+    for _ in 0..20 {
+        let t = k.tick(now, true, 5, 0);
+        if t.timed_out {
+            ended = Some(now);
+            break;
+        }
+        now = t.next;
+    }
+    let ended = ended.expect("it times out");
+    assert_eq!(ended, t0 + IDLE, "declared dead at idle, not a tick later");
+}
+
+#[test]
+fn a_sibling_that_becomes_keeper_pings_at_once_and_gets_idle_from_then() {
+    let t0 = Instant::now();
+    let mut k = Keeper::new(t0, KA, IDLE, 0, 0);
+    // Ten quiet minutes as a sibling.
+    let later = t0 + Duration::from_secs(600);
+    assert_eq!(k.tick(later, false, 0, 0).refresh, None);
+    // The keeper went: this one takes over, pings now, and is not timed out for the
+    // silence it had as a sibling.
+    let t = k.tick(later, true, 0, 0);
+    assert_eq!(t.refresh, Some(Refresh::Quic));
+    assert!(!t.timed_out);
+    assert!(k.is_keeper());
+    let t = k.tick(later + IDLE - Duration::from_secs(1), true, 0, 0);
+    assert!(!t.timed_out);
+    let t = k.tick(later + IDLE, true, 0, 0);
+    assert!(t.timed_out);
+}
