@@ -58,7 +58,7 @@ pub fn edge_crash_restarted() -> Duration {
 /// dials again (a quick retry and a handshake).
 const RECONNECT: Duration = Duration::from_secs(3);
 
-pub fn a_sigkilled_edge_restarted_serves_again_within_one_keepalive() {
+pub fn a_sigkilled_edge_restarted_serves_again_by_the_keepers_next_ping() {
     let t = edge_crash_restarted();
     eprintln!(
         "measured: serving through an edge SIGKILLed and restarted {:.2}s after it listened \

@@ -165,9 +165,9 @@ fn main() {
             drain::sigterm_lets_a_download_finish_and_exits_0,
         ),
         scenario(
-            "a_sigkilled_edge_restarted_serves_again_within_one_keepalive",
+            "a_sigkilled_edge_restarted_serves_again_by_the_keepers_next_ping",
             Namespaces,
-            crash::a_sigkilled_edge_restarted_serves_again_within_one_keepalive,
+            crash::a_sigkilled_edge_restarted_serves_again_by_the_keepers_next_ping,
         ),
         scenario(
             "a_sigkilled_connector_restarted_supersedes_its_dead_connections",
