@@ -24,6 +24,7 @@
 //!             Content-Length N | chunked | until close | none (HEAD, 1xx, 204, 304)
 //! ```
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -37,9 +38,18 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use crate::transport::TunnelStream;
 
 /// What a connection runs over: a tunnel stream (tests use in-memory pipes).
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Writes all of `data`; a tunnel stream takes the buffer itself, without a copy.
+    fn write_owned(&mut self, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
+        async move { self.write_all(&data).await }
+    }
+}
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+impl Io for TunnelStream {
+    fn write_owned(&mut self, data: Bytes) -> impl Future<Output = io::Result<()>> + Send {
+        self.send.write_bytes(data)
+    }
+}
 
 /// Most header lines in a response head (hyper's client allows 100 too).
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -161,7 +171,7 @@ impl<S: Io> RawConn<S> {
         }
         head.extend_from_slice(b"\r\n");
         head.extend_from_slice(body);
-        self.io.write_all(&head).await?;
+        self.io.write_owned(Bytes::from(head)).await?;
         self.io.flush().await?;
         Ok(())
     }
@@ -781,6 +791,8 @@ mod tests {
             (Framing::Empty, false)
         );
     }
+
+    impl Io for tokio::io::DuplexStream {}
 
     /// Where a test's connection goes back: a channel the test reads.
     struct ToTest(std::sync::mpsc::Sender<RawConn<tokio::io::DuplexStream>>);
