@@ -61,9 +61,13 @@ pub(crate) const MAX_LINE: usize = 4096;
 pub(crate) const MAX_TRAILERS: usize = 16 * 1024;
 /// Most interim (1xx) responses before the final one.
 pub(crate) const MAX_INTERIM: usize = 8;
-/// Bytes asked of the stream per read; the read buffer grows by this much at a time
-/// (it holds at most a head of [`MAX_HEAD`] and one read beyond).
+/// Bytes first asked of the stream per read. A read that fills all the room it was
+/// given doubles the next one's, up to [`MAX_READ`] (a large body moves in fewer,
+/// larger frames); the read buffer holds at most a head of [`MAX_HEAD`] and one read
+/// beyond.
 const READ_SIZE: usize = 16 * 1024;
+/// Most bytes asked of the stream per read.
+const MAX_READ: usize = 256 * 1024;
 
 /// Why an exchange with the origin failed.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,8 @@ pub(crate) enum OriginError {
 pub(crate) struct RawConn<S = TunnelStream> {
     io: S,
     buf: BytesMut,
+    /// Bytes asked of the stream at the next read ([`READ_SIZE`] to [`MAX_READ`]).
+    read_size: usize,
 }
 
 /// How a response's body ends.
@@ -118,6 +124,7 @@ impl<S: Io> RawConn<S> {
         RawConn {
             io,
             buf: BytesMut::new(),
+            read_size: READ_SIZE,
         }
     }
 
@@ -201,7 +208,7 @@ impl<S: Io> RawConn<S> {
             if self.buf.len() >= MAX_HEAD {
                 return Err(OriginError::Invalid("response head too large"));
             }
-            let n = std::future::poll_fn(|cx| fill(&mut self.io, &mut self.buf, cx)).await?;
+            let n = std::future::poll_fn(|cx| self.fill(cx)).await?;
             if n == 0 {
                 return Err(OriginError::Closed {
                     before_any: self.buf.is_empty() && interim == 0,
@@ -379,24 +386,32 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
     Some(s.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
-/// Reads what the stream has into the spare room of `buf` (grown by [`READ_SIZE`]
-/// when full): the bytes read, 0 at the end of the stream.
-fn fill<S: Io>(io: &mut S, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
-        buf.reserve(READ_SIZE);
+impl<S: Io> RawConn<S> {
+    /// Reads what the stream has into the spare room of the buffer (grown by the read
+    /// size when short of room): the bytes read, 0 at the end of the stream.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let buf = &mut self.buf;
+        if buf.capacity() - buf.len() < self.read_size / 4 {
+            buf.reserve(self.read_size);
+        }
+        let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
+        let room = spare.len().min(self.read_size);
+        let spare = spare.get_mut(..room).unwrap_or_default();
+        let ptr = spare.as_ptr();
+        let mut rb = ReadBuf::uninit(spare);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        if rb.filled().as_ptr().cast::<MaybeUninit<u8>>() != ptr {
+            return Poll::Ready(Err(io::Error::other("the stream swapped its read buffer")));
+        }
+        // SAFETY: `ReadBuf` vouches that its first `n` bytes were initialised, and they
+        // are the first `n` bytes of the buffer's spare capacity (checked just above).
+        unsafe { buf.set_len(buf.len() + n) };
+        if n == room {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(n))
     }
-    let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
-    let ptr = spare.as_ptr();
-    let mut rb = ReadBuf::uninit(spare);
-    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
-    let n = rb.filled().len();
-    if rb.filled().as_ptr().cast::<MaybeUninit<u8>>() != ptr {
-        return Poll::Ready(Err(io::Error::other("the stream swapped its read buffer")));
-    }
-    // SAFETY: `ReadBuf` vouches that its first `n` bytes were initialised, and they are
-    // the first `n` bytes of `buf`'s spare capacity (checked just above).
-    unsafe { buf.set_len(buf.len() + n) };
-    Poll::Ready(Ok(n))
 }
 
 /// Where a [`RawConn`] goes when its response has been read to the end.
@@ -443,7 +458,7 @@ impl<B: Back<S>, S: Io> RawBody<B, S> {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(Ok(false));
         };
-        let n = ready!(fill(&mut conn.io, &mut conn.buf, cx))?;
+        let n = ready!(conn.fill(cx))?;
         Poll::Ready(Ok(n > 0))
     }
 
@@ -1017,5 +1032,35 @@ mod tests {
             conn.read_head(false).await,
             Err(OriginError::Closed { before_any: true })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_in_growing_reads() {
+        use http_body_util::BodyExt;
+        const LEN: usize = 4 << 20;
+        let (client, mut origin) = tokio::io::duplex(LEN + 1024);
+        let mut conn = RawConn::new(client);
+        conn.send(&Method::GET, "/", &HeaderMap::new(), &Bytes::new())
+            .await
+            .unwrap();
+        origin
+            .write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        origin.write_all(&vec![7u8; LEN]).await.unwrap();
+        let (_, framing, keep) = conn.read_head(false).await.unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut body = conn.body(framing, keep, ToTest(tx));
+        let (mut frames, mut total, mut largest) = (0, 0, 0);
+        while let Some(f) = body.frame().await {
+            let n = f.unwrap().into_data().unwrap().len();
+            frames += 1;
+            total += n;
+            largest = largest.max(n);
+        }
+        assert_eq!(total, LEN);
+        assert!(largest <= MAX_READ, "{largest}");
+        assert!(frames < LEN / READ_SIZE / 4, "{frames} frames");
+        assert!(rx.try_recv().is_ok());
     }
 }
