@@ -281,7 +281,6 @@ impl<S: Io> RawConn<S> {
             framing,
             keep_alive,
             back: Some(back),
-            trailers_sent: false,
         };
         if framing == Framing::Empty || framing == Framing::Length(0) {
             body.finish();
@@ -428,7 +427,6 @@ pub(crate) struct RawBody<B: Back<S>, S: Io = TunnelStream> {
     framing: Framing,
     keep_alive: bool,
     back: Option<B>,
-    trailers_sent: bool,
 }
 
 impl<B: Back<S>, S: Io> RawBody<B, S> {
@@ -518,6 +516,11 @@ impl<B: Back<S>, S: Io> http_body::Body for RawBody<B, S> {
                 }
                 Framing::Chunked(state) => match me.step_chunked(state) {
                     Ok(Step::Frame(f)) => return Poll::Ready(Some(Ok(f))),
+                    Ok(Step::Last(f)) => {
+                        // Trailers end the body: a reader may stop polling here.
+                        me.finish();
+                        return Poll::Ready(Some(Ok(f)));
+                    }
                     Ok(Step::End) => {
                         me.finish();
                         return Poll::Ready(None);
@@ -549,8 +552,10 @@ impl<B: Back<S>, S: Io> http_body::Body for RawBody<B, S> {
 
 /// What one step of chunked decoding found.
 enum Step {
-    /// Data or trailers for the visitor.
+    /// Data for the visitor.
     Frame(http_body::Frame<Bytes>),
+    /// The trailers: the body's last frame.
+    Last(http_body::Frame<Bytes>),
     /// The state moved on; look again.
     Again,
     /// More bytes are needed.
@@ -561,7 +566,6 @@ enum Step {
 
 impl<B: Back<S>, S: Io> RawBody<B, S> {
     fn step_chunked(&mut self, state: Chunk) -> Result<Step, OriginError> {
-        let trailers_sent = self.trailers_sent;
         let Some(buf) = self.buf() else {
             return Ok(Step::End);
         };
@@ -603,9 +607,6 @@ impl<B: Back<S>, S: Io> RawBody<B, S> {
                 (Chunk::Size, Step::Again)
             }
             Chunk::Trailers => {
-                if trailers_sent {
-                    return Ok(Step::End);
-                }
                 if buf.get(..2) == Some(b"\r\n") {
                     buf.advance(2);
                     return Ok(Step::End);
@@ -618,8 +619,7 @@ impl<B: Back<S>, S: Io> RawBody<B, S> {
                 };
                 let block = buf.split_to(end + 4).freeze();
                 let trailers = parse_trailers(&block)?;
-                self.trailers_sent = true;
-                return Ok(Step::Frame(http_body::Frame::trailers(trailers)));
+                return Ok(Step::Last(http_body::Frame::trailers(trailers)));
             }
         };
         self.framing = Framing::Chunked(next);
