@@ -904,6 +904,29 @@ mod tests {
         let trailers = frames.iter().find_map(|f| f.trailers_ref()).unwrap();
         assert_eq!(trailers["x-sum"], "9");
         assert!(back);
+        // A reader that stops at the trailers (they end the body) gives the connection
+        // back all the same.
+        {
+            use http_body_util::BodyExt;
+            let (client, mut origin) = tokio::io::duplex(4096);
+            let mut conn = RawConn::new(client);
+            conn.send(&Method::GET, "/", &HeaderMap::new(), &Bytes::new())
+                .await
+                .unwrap();
+            origin
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\nx: 1\r\n\r\n")
+                .await
+                .unwrap();
+            let (_, framing, keep) = conn.read_head(false).await.unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mut body = conn.body(framing, keep, ToTest(tx));
+            while let Some(f) = body.frame().await {
+                if f.unwrap().is_trailers() {
+                    break;
+                }
+            }
+            assert!(rx.try_recv().is_ok(), "returned at the trailers");
+        }
         let (r, back, _) = exchange(
             Method::GET,
             b"",
