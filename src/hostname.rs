@@ -251,6 +251,11 @@ pub(crate) fn is_routable(pattern: &str) -> bool {
 
 /// Does canonical `pattern` match `host`? False when `host` is not canonical.
 pub(crate) fn matches(pattern: &str, host: &str) -> bool {
+    // The common case, an exact pattern naming the host: canonical text equal to it is
+    // canonical (a pattern with `*` never equals a canonical host).
+    if pattern == host {
+        return !pattern.contains('*');
+    }
     if !is_canonical(host) {
         return false;
     }
@@ -473,6 +478,10 @@ mod tests {
         assert!(m("dev42.example.com.", "dev42.example.com"));
         assert!(!m("dev42.example.com", "api.dev42.example.com"));
         assert!(m("192.0.2.1", "192.0.2.1"));
+        assert!(m("dev42.example.com", "dev42.example.com"));
+        // A host spelled as the pattern itself is no name.
+        assert!(!m("*.dev42.example.com", "*.dev42.example.com"));
+        assert!(!m("*", "*"));
         assert!(!m("*.example.com", "::1"));
         for bad in ["a..b", "a.b*.c", "*a.b", "", "a_b.c", "*.0.0.1", "[::1]"] {
             assert!(HostPattern::parse(bad).is_err(), "{bad:?} accepted");

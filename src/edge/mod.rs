@@ -43,6 +43,7 @@ pub(crate) mod front;
 pub mod init;
 pub mod live;
 pub(crate) mod metrics;
+pub(crate) mod origin;
 pub mod path;
 pub mod policy;
 pub(crate) mod pool;

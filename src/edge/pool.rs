@@ -1,5 +1,10 @@
 //! Keep-alive HTTP/1.1 connections to origins, each one inside a tunnel stream.
 //!
+//! Two kinds of connection share the pool: the edge's own ([`super::origin`], for a
+//! request whose whole body is at hand and that asks for no upgrade: most requests),
+//! and hyper's client (a body that streams in, a WebSocket upgrade). A request takes an
+//! idle connection of its own kind only.
+//!
 //! A request takes an idle connection of the same tunnel connection, rule table
 //! generation, rule and visitor hostname (the stream header named them, and the
 //! connector checked them once), or opens a new stream. A connection goes back to the
@@ -26,7 +31,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use super::body::Body;
+use super::body::{Body, BoxError};
+use super::origin::{self, OriginError, RawBody, RawConn};
 use super::registry::Conn;
 use super::stream::{open_tunnel_stream, DialError};
 use crate::wire::StreamKind;
@@ -45,8 +51,29 @@ type Key = (usize, u32, u16);
 
 struct Idle {
     host: Arc<str>,
-    tx: http1::SendRequest<Body>,
+    conn: IdleConn,
     since: Instant,
+}
+
+/// An idle connection of either kind.
+enum IdleConn {
+    /// hyper's client: a sender to the connection's task.
+    Hyper(http1::SendRequest<Body>),
+    /// The edge's own: the stream itself.
+    Raw(RawConn),
+}
+
+impl IdleConn {
+    fn is_closed(&mut self) -> bool {
+        match self {
+            IdleConn::Hyper(tx) => tx.is_closed(),
+            IdleConn::Raw(c) => !c.is_open(),
+        }
+    }
+
+    fn is_raw(&self) -> bool {
+        matches!(self, IdleConn::Raw(_))
+    }
 }
 
 #[derive(Default)]
@@ -62,7 +89,14 @@ pub(crate) enum SendError {
     /// reach the origin.
     Dial(DialError),
     /// The origin connection failed while the request was under way.
-    Origin(hyper::Error),
+    Origin(BoxError),
+}
+
+/// A request for the origin: for the edge's own connections when its whole body is at
+/// hand and it asks for no upgrade, else for hyper's.
+pub(crate) enum Up {
+    Raw(Request<Bytes>),
+    Hyper(Request<Body>),
 }
 
 /// The pool of origin connections of one edge.
@@ -101,7 +135,7 @@ impl Pool {
         let mut removed = 0;
         t.by_key.retain(|_, idle| {
             let before = idle.len();
-            idle.retain(|i| !i.tx.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
+            idle.retain_mut(|i| !i.conn.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
             removed += before - idle.len();
             !idle.is_empty()
         });
@@ -114,8 +148,9 @@ impl Pool {
         self.table.lock().unwrap_or_else(|e| e.into_inner()).count
     }
 
-    /// The most recently used idle connection for `key` and `host` that is still open.
-    fn checkout(&self, key: Key, host: &str) -> Option<Idle> {
+    /// The most recently used idle connection for `key` and `host` of the kind asked
+    /// for (`raw`: the edge's own) that is still open.
+    fn checkout(&self, key: Key, host: &str, raw: bool) -> Option<Idle> {
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let idle = t.by_key.get_mut(&key)?;
         let now = Instant::now();
@@ -125,17 +160,20 @@ impl Pool {
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            let Some(candidate) = idle.get(i) else { break };
-            if candidate.tx.is_closed() || now.duration_since(candidate.since) >= IDLE_TIMEOUT {
+            let Some(candidate) = idle.get_mut(i) else {
+                break;
+            };
+            if candidate.conn.is_raw() != raw || *candidate.host != *host {
+                continue;
+            }
+            if candidate.conn.is_closed() || now.duration_since(candidate.since) >= IDLE_TIMEOUT {
                 idle.swap_remove(i);
                 removed += 1;
                 continue;
             }
-            if *candidate.host == *host {
-                taken = Some(idle.remove(i));
-                removed += 1;
-                break;
-            }
+            taken = Some(idle.remove(i));
+            removed += 1;
+            break;
         }
         if idle.is_empty() {
             t.by_key.remove(&key);
@@ -158,9 +196,70 @@ impl Pool {
         t.count += 1;
     }
 
-    /// Sends `req` (origin-form target, `Host` set) to the origin of `rule` through
-    /// `conn`, on an idle connection when there is one.
+    /// Sends `up` (origin-form target, `Host` set) to the origin of `rule` through
+    /// `conn`, on an idle connection of its kind when there is one.
     pub(crate) async fn send(
+        self: &Arc<Self>,
+        conn: &Conn,
+        generation: u32,
+        rule: u16,
+        host: &str,
+        up: Up,
+    ) -> Result<Response<PooledBody>, SendError> {
+        match up {
+            Up::Raw(req) => self.send_raw(conn, generation, rule, host, req).await,
+            Up::Hyper(req) => self.send_hyper(conn, generation, rule, host, req).await,
+        }
+    }
+
+    /// [`Self::send`] on the edge's own connections.
+    async fn send_raw(
+        self: &Arc<Self>,
+        conn: &Conn,
+        generation: u32,
+        rule: u16,
+        host: &str,
+        req: Request<Bytes>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let key = (conn.session.id(), generation, rule);
+        let retry = super::forward::idempotent(req.method());
+        while let Some(idle) = self.checkout(key, host, true) {
+            let IdleConn::Raw(mut c) = idle.conn else {
+                continue;
+            };
+            match exchange(&mut c, &req).await {
+                Ok((resp, framing, keep)) => {
+                    let back = RawBack {
+                        pool: self.clone(),
+                        key,
+                        host: idle.host,
+                    };
+                    return Ok(resp.map(|()| PooledBody::Raw(c.body(framing, keep, back))));
+                }
+                // The origin closed the idle connection as the request went: nothing
+                // was answered, and a request that may be sent twice goes on a fresh
+                // one (a kept connection that closes unasked is normal, not an error).
+                Err(OriginError::Closed { before_any: true } | OriginError::Io(_)) if retry => {}
+                Err(e) => return Err(SendError::Origin(e.into())),
+            }
+        }
+        let stream = open_tunnel_stream(conn, generation, rule, StreamKind::Http, host)
+            .await
+            .map_err(SendError::Dial)?;
+        let mut c = RawConn::new(stream);
+        let (resp, framing, keep) = exchange(&mut c, &req)
+            .await
+            .map_err(|e| SendError::Origin(e.into()))?;
+        let back = RawBack {
+            pool: self.clone(),
+            key,
+            host: host.into(),
+        };
+        Ok(resp.map(|()| PooledBody::Raw(c.body(framing, keep, back))))
+    }
+
+    /// [`Self::send`] on hyper's connections.
+    async fn send_hyper(
         self: &Arc<Self>,
         conn: &Conn,
         generation: u32,
@@ -169,13 +268,16 @@ impl Pool {
         mut req: Request<Body>,
     ) -> Result<Response<PooledBody>, SendError> {
         let key = (conn.session.id(), generation, rule);
-        while let Some(mut idle) = self.checkout(key, host) {
-            match idle.tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.clone().wrap(resp, key, idle)),
+        while let Some(idle) = self.checkout(key, host, false) {
+            let IdleConn::Hyper(mut tx) = idle.conn else {
+                continue;
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(self.clone().wrap(resp, key, idle.host, tx)),
                 Err(mut e) => match e.take_message() {
                     // The connection closed before the request went out: try another.
                     Some(r) => req = r,
-                    None => return Err(SendError::Origin(e.into_error())),
+                    None => return Err(SendError::Origin(e.into_error().into())),
                 },
             }
         }
@@ -186,34 +288,66 @@ impl Pool {
             .builder
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(SendError::Origin)?;
+            .map_err(|e| SendError::Origin(e.into()))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 log::debug!("origin connection: {e}");
             }
         });
-        let resp = tx.send_request(req).await.map_err(SendError::Origin)?;
-        let idle = Idle {
-            host: host.into(),
-            tx,
-            since: Instant::now(),
-        };
-        Ok(self.clone().wrap(resp, key, idle))
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Origin(e.into()))?;
+        Ok(self.clone().wrap(resp, key, host.into(), tx))
     }
 
     fn wrap(
         self: Arc<Self>,
         resp: Response<Incoming>,
         key: Key,
-        idle: Idle,
+        host: Arc<str>,
+        tx: http1::SendRequest<Body>,
     ) -> Response<PooledBody> {
         // A connection that switched protocols carries the upgraded stream now.
         let back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(Back {
             pool: self,
             key,
-            idle,
+            host,
+            tx,
         });
-        resp.map(|body| ReturningBody::new(body, back))
+        resp.map(|body| PooledBody::Hyper(ReturningBody::new(body, back)))
+    }
+}
+
+/// One exchange on the edge's own connection: the request written, the response head
+/// read.
+async fn exchange(
+    c: &mut RawConn,
+    req: &Request<Bytes>,
+) -> Result<(Response<()>, origin::Framing, bool), OriginError> {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    c.send(req.method(), target, req.headers(), req.body())
+        .await?;
+    c.read_head(req.method() == http::Method::HEAD).await
+}
+
+/// Where an edge's own connection goes once its response is read.
+pub(crate) struct RawBack {
+    pool: Arc<Pool>,
+    key: Key,
+    host: Arc<str>,
+}
+
+impl origin::Back for RawBack {
+    fn checkin(self, conn: RawConn) {
+        self.pool.checkin(
+            self.key,
+            Idle {
+                host: self.host,
+                conn: IdleConn::Raw(conn),
+                since: Instant::now(),
+            },
+        );
     }
 }
 
@@ -221,18 +355,26 @@ impl Pool {
 pub(crate) struct Back {
     pool: Arc<Pool>,
     key: Key,
-    idle: Idle,
+    host: Arc<str>,
+    tx: http1::SendRequest<Body>,
 }
 
 impl GiveBack for Back {
     const WAIT: Duration = IDLE_TIMEOUT;
 
     fn sender(&mut self) -> &mut http1::SendRequest<Body> {
-        &mut self.idle.tx
+        &mut self.tx
     }
 
     fn checkin(self) {
-        self.pool.checkin(self.key, self.idle);
+        self.pool.checkin(
+            self.key,
+            Idle {
+                host: self.host,
+                conn: IdleConn::Hyper(self.tx),
+                since: Instant::now(),
+            },
+        );
     }
 }
 
@@ -275,8 +417,40 @@ impl<B: GiveBack> ReturningBody<B> {
     }
 }
 
-/// A response body from the origin.
-pub(crate) type PooledBody = ReturningBody<Back>;
+/// A response body from the origin, from either kind of connection.
+pub(crate) enum PooledBody {
+    Hyper(ReturningBody<Back>),
+    Raw(RawBody<RawBack>),
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            PooledBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            PooledBody::Raw(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            PooledBody::Hyper(b) => b.is_end_stream(),
+            PooledBody::Raw(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            PooledBody::Hyper(b) => b.size_hint(),
+            PooledBody::Raw(b) => b.size_hint(),
+        }
+    }
+}
 
 impl<B: GiveBack> http_body::Body for ReturningBody<B> {
     type Data = Bytes;
@@ -344,7 +518,7 @@ mod tests {
     async fn idle(host: &str) -> Idle {
         Idle {
             host: host.into(),
-            tx: sender().await,
+            conn: IdleConn::Hyper(sender().await),
             since: Instant::now(),
         }
     }
@@ -360,16 +534,16 @@ mod tests {
         assert_eq!(pool.idle(), MAX_IDLE_PER_KEY + 1);
 
         // Only the same connection, generation, rule and hostname match.
-        assert!(pool.checkout((1, 0, 1), "a.example").is_none());
-        assert!(pool.checkout((2, 0, 1), "b.example").is_none());
-        assert!(pool.checkout((1, 1, 1), "b.example").is_none());
-        assert!(pool.checkout((1, 0, 1), "b.example").is_some());
-        assert!(pool.checkout((1, 0, 1), "b.example").is_none());
+        assert!(pool.checkout((1, 0, 1), "a.example", false).is_none());
+        assert!(pool.checkout((2, 0, 1), "b.example", false).is_none());
+        assert!(pool.checkout((1, 1, 1), "b.example", false).is_none());
+        assert!(pool.checkout((1, 0, 1), "b.example", false).is_some());
+        assert!(pool.checkout((1, 0, 1), "b.example", false).is_none());
         assert_eq!(pool.idle(), MAX_IDLE_PER_KEY);
 
         // A closed connection is never handed out.
         let mut dead = idle("c.example").await;
-        dead.tx = {
+        dead.conn = IdleConn::Hyper({
             let (io, peer) = tokio::io::duplex(64);
             drop(peer);
             let (mut tx, conn) = http1::Builder::new()
@@ -380,9 +554,9 @@ mod tests {
             // The connection task ends at once; the sender then reports it closed.
             let _ = tx.ready().await;
             tx
-        };
+        });
         pool.checkin((3, 0, 0), dead);
-        assert!(pool.checkout((3, 0, 0), "c.example").is_none());
+        assert!(pool.checkout((3, 0, 0), "c.example", false).is_none());
 
         // Everything idle past the timeout is swept.
         pool.sweep(Instant::now() + IDLE_TIMEOUT);

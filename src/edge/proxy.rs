@@ -37,7 +37,7 @@ use super::forward::{self, Visitor};
 use super::metrics::{
     CountedBody, CountedIo, Direction, Kind, Metrics, Protocol, Source, TunnelStats,
 };
-use super::pool::{Pool, PooledBody, SendError};
+use super::pool::{Pool, PooledBody, SendError, Up};
 use super::registry::{Conn, Registry, Route, Rules};
 use super::shield::Shield;
 use super::silence::{watch_silence, Watched};
@@ -310,13 +310,46 @@ impl Outgoing {
 
     /// The request for one attempt under a rule whose `Host` is `host_header` (if it
     /// sets one). The visitor's headers are kept only while `may_retry`: another
-    /// attempt may need them.
-    fn request(
-        &mut self,
-        cx: &Ctx<'_>,
-        host_header: Option<&str>,
-        may_retry: bool,
-    ) -> Step<Request<Body>> {
+    /// attempt may need them. A request whose whole body is at hand and that asks for
+    /// no upgrade goes on the edge's own origin connections ([`Up::Raw`]).
+    fn request(&mut self, cx: &Ctx<'_>, host_header: Option<&str>, may_retry: bool) -> Step<Up> {
+        let host = match host_header {
+            Some(h) => HeaderValue::from_str(h).ok(),
+            None => self.authority.clone(),
+        };
+        let Some(host) = host else {
+            return Err(text(StatusCode::BAD_REQUEST, "invalid Host").into());
+        };
+        let headers = if may_retry {
+            self.parts.headers.clone()
+        } else {
+            std::mem::take(&mut self.parts.headers)
+        };
+        let headers = forward::to_origin(
+            headers,
+            self.upgrade.as_ref(),
+            host,
+            cx.visitor,
+            self.authority.as_ref(),
+            cx.visitor.trusted,
+        );
+        // Origin-form: the path and query only, whatever form the visitor sent.
+        let uri = match self.parts.uri.path_and_query() {
+            Some(pq) => Uri::from(pq.clone()),
+            None => Uri::from_static("/"),
+        };
+        if let (ReqBody::Whole(b), None) = (&self.body, &self.upgrade) {
+            // Counted as it goes into the tunnel: a retried body once per attempt.
+            if !b.is_empty() {
+                self.stats
+                    .bytes(Kind::Http, Direction::ToOrigin, b.len() as u64);
+            }
+            let mut up = Request::new(b.clone());
+            *up.method_mut() = self.parts.method.clone();
+            *up.uri_mut() = uri;
+            *up.headers_mut() = headers;
+            return Ok(Up::Raw(up));
+        }
         // Counted as hyper sends it into the tunnel: a retried body once per attempt.
         let counted = |b| CountedBody::new(b, self.stats.clone(), Direction::ToOrigin);
         let body = match &mut self.body {
@@ -337,33 +370,10 @@ impl Outgoing {
         };
         let mut up = Request::new(body);
         *up.method_mut() = self.parts.method.clone();
-        // Origin-form: the path and query only, whatever form the visitor sent.
-        *up.uri_mut() = match self.parts.uri.path_and_query() {
-            Some(pq) => Uri::from(pq.clone()),
-            None => Uri::from_static("/"),
-        };
+        *up.uri_mut() = uri;
         *up.version_mut() = http::Version::HTTP_11;
-        let headers = if may_retry {
-            self.parts.headers.clone()
-        } else {
-            std::mem::take(&mut self.parts.headers)
-        };
-        let host = match host_header {
-            Some(h) => HeaderValue::from_str(h).ok(),
-            None => self.authority.clone(),
-        };
-        let Some(host) = host else {
-            return Err(text(StatusCode::BAD_REQUEST, "invalid Host").into());
-        };
-        *up.headers_mut() = forward::to_origin(
-            headers,
-            self.upgrade.as_ref(),
-            host,
-            cx.visitor,
-            self.authority.as_ref(),
-            cx.visitor.trusted,
-        );
-        Ok(up)
+        *up.headers_mut() = headers;
+        Ok(Up::Hyper(up))
     }
 }
 
@@ -468,7 +478,7 @@ async fn take_connection(cx: &Ctx<'_>, route: Route, first_attempt: bool) -> Ste
 async fn attempt(
     cx: &Ctx<'_>,
     taken: &Taken,
-    up: Request<Body>,
+    up: Up,
     retry: Option<&[usize]>,
     stats: &TunnelStats,
 ) -> Step<Option<Response<PooledBody>>> {

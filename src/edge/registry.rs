@@ -630,11 +630,15 @@ fn remove_locked(inner: &mut Inner, conn: &Arc<Conn>) {
 /// The tunnel claiming canonical `host`: exact name first, then the most specific
 /// wildcard. A name not in canonical form has none.
 fn lookup_host(hosts: &HashMap<String, [u8; 16]>, host: &str) -> Option<[u8; 16]> {
+    // The keys are canonical names and `*.` patterns: a host equal to a key without
+    // `*` is canonical, and found without checking it first.
+    if !host.contains('*') {
+        if let Some(id) = hosts.get(host) {
+            return Some(*id);
+        }
+    }
     if !hostname::is_canonical(host) {
         return None;
-    }
-    if let Some(id) = hosts.get(host) {
-        return Some(*id);
     }
     // Most specific wildcard first: a.b.c.d tries *.b.c.d, then *.c.d, ...
     let mut rest = host;
@@ -721,5 +725,8 @@ mod tests {
         assert_eq!(lookup_host(&hosts, "dev42.example.com"), Some([3; 16]));
         assert_eq!(lookup_host(&hosts, "x.example.com"), Some([1; 16]));
         assert_eq!(lookup_host(&hosts, "example.com"), None);
+        // A pattern's own text, or a name in another spelling, is no host.
+        assert_eq!(lookup_host(&hosts, "*.example.com"), None);
+        assert_eq!(lookup_host(&hosts, "Dev42.example.com"), None);
     }
 }

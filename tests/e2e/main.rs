@@ -106,6 +106,7 @@ fn main() {
         tunnel::only_websocket_upgrades_reach_the_origin,
         tunnel::a_dead_origin_shows_the_visitor_no_address_or_error,
         tunnel::an_http10_origin_is_answered_in_http11,
+        tunnel::origin_heads_interim_answers_chunks_and_bodies_until_close_pass_through,
         tunnel::a_tunnel_whose_connector_died_answers_502_within_seconds,
         tunnel::a_connector_restarted_after_a_crash_replaces_its_dead_connections_at_once,
         access::access_stdio_carries_a_tcp_service_over_quic_https_and_fallback,

@@ -963,6 +963,144 @@ pub(crate) fn an_http10_origin_is_answered_in_http11() {
     assert!(out.ends_with("old origin"), "{out}");
 }
 
+/// An origin speaking HTTP/1.1 on kept connections, answering by path what a test
+/// needs: a HEAD's head only, interim 100 before a final answer, a chunked body with
+/// extensions and trailers, a body until close, and a malformed length. Counts the
+/// connections it accepted.
+fn scripted_origin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = origin.local_addr().unwrap();
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    std::thread::spawn(move || {
+        for tcp in origin.incoming() {
+            let Ok(mut tcp) = tcp else { continue };
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let end = loop {
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match tcp.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while got.len() < end + len {
+                        match tcp.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = got[end..end + len].to_vec();
+                    got.drain(..end + len);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let answer: Vec<u8> = match path.as_str() {
+                        "/head" => b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec(),
+                        "/continue" => [
+                            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: "[..],
+                            body.len().to_string().as_bytes(),
+                            b"\r\n\r\n",
+                            &body,
+                        ]
+                        .concat(),
+                        "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n".to_vec(),
+                        "/close" => {
+                            let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end");
+                            return;
+                        }
+                        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\nx".to_vec(),
+                    };
+                    if tcp.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+pub(crate) fn origin_heads_interim_answers_chunks_and_bodies_until_close_pass_through() {
+    use std::sync::atomic::Ordering;
+    let edge = start_edge(init_edge(""));
+    let (origin, conns) = scripted_origin();
+    let token = edge.token("dev42", &["dev42.example.com"], "1d");
+    let dev = TempDir::new("device");
+    let _c = start_connector(
+        dev.path(),
+        &device_yaml(&edge, &token, 1, &dev42_rules(origin)),
+        1,
+    );
+    let url = |path: &str| format!("http://{}{path}", edge.http);
+    let host = ["-H", "Host: dev42.example.com"];
+    // A HEAD: the origin's length, no body; the kept connection is not left waiting
+    // for one (the next requests on it are answered).
+    let r = curl(&[host[0], host[1], "-I", &url("/head")]);
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    assert_eq!(r.header("content-length"), Some("1000"));
+    // Chunked, with an extension and trailers: the body whole.
+    let r = curl(&[host[0], host[1], &url("/chunked")]);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "hello world"),
+        "{}",
+        r.stderr
+    );
+    // Expect: 100-continue: the origin's interim answer is not the response.
+    let r = curl(&[
+        host[0],
+        host[1],
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        "posted",
+        &url("/continue"),
+    ]);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (201, "posted"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one origin connection, kept"
+    );
+    // A body that ends when the origin closes: whole, and that connection not kept.
+    let r = curl(&[host[0], host[1], &url("/close")]);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "until the end"),
+        "{}",
+        r.stderr
+    );
+    // A malformed length: 502, nothing of it passed on.
+    let r = curl(&[host[0], host[1], &url("/bad")]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    let r = curl(&[host[0], host[1], &url("/chunked")]);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "hello world"),
+        "{}",
+        r.stderr
+    );
+}
+
 /// A GET through the edge with curl's own time limit; (status, how long it took).
 fn timed_get(edge: &EdgeProc, host: &str, path: &str, max_secs: u32) -> (String, Duration) {
     let url = format!("http://{}{path}", edge.http);
