@@ -685,6 +685,9 @@ fn parse_trailers(block: &Bytes) -> Result<HeaderMap, OriginError> {
 mod tests {
     use super::*;
 
+    /// Longest a test waits on an exchange before it fails.
+    const TEST_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
     #[test]
     fn numbers_and_chunk_sizes_parse_strictly() {
         assert_eq!(itoa(0, &mut [0; 20]), b"0");
@@ -852,11 +855,17 @@ mod tests {
                 frames.push(f.map_err(|e| e.to_string())?);
             }
             Ok((resp, frames))
-        }
-        .await;
+        };
+        // A body that never ends fails the test instead of hanging it.
+        let result = tokio::time::timeout(TEST_WAIT, result)
+            .await
+            .expect("the exchange did not end");
         let back = rx.try_recv().is_ok();
         let mut seen = vec![0u8; 4096];
-        let n = origin.read(&mut seen).await.unwrap();
+        let n = tokio::time::timeout(TEST_WAIT, origin.read(&mut seen))
+            .await
+            .expect("nothing reached the origin")
+            .unwrap();
         seen.truncate(n);
         (result, back, seen)
     }
@@ -920,11 +929,16 @@ mod tests {
             let (_, framing, keep) = conn.read_head(false).await.unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
             let mut body = conn.body(framing, keep, ToTest(tx));
-            while let Some(f) = body.frame().await {
-                if f.unwrap().is_trailers() {
-                    break;
+            let read = async {
+                while let Some(f) = body.frame().await {
+                    if f.unwrap().is_trailers() {
+                        break;
+                    }
                 }
-            }
+            };
+            tokio::time::timeout(TEST_WAIT, read)
+                .await
+                .expect("the body did not end at its trailers");
             assert!(rx.try_recv().is_ok(), "returned at the trailers");
         }
         let (r, back, _) = exchange(
