@@ -316,8 +316,11 @@ struct RandomCids;
 /// connector holds a handful of connections, so four random bytes never collide.
 struct DeviceCids;
 
-/// Bytes in a connection id the connector hands out.
-const DEVICE_CID_LEN: usize = 4;
+/// Bytes in a connection id the connector hands out: four on 64-bit boards, five on
+/// 32-bit ones (armv7, armv6). quinn checks whether ids of four bytes or fewer run out
+/// with `2usize.pow(8 × len)`, which overflows a 32-bit `usize` at four bytes and
+/// refuses every connection ("CIDs exhausted"); from five bytes on it does not check.
+const DEVICE_CID_LEN: usize = if usize::BITS >= 64 { 4 } else { 5 };
 
 impl quinn::ConnectionIdGenerator for DeviceCids {
     fn generate_cid(&mut self) -> quinn::ConnectionId {
