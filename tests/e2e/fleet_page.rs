@@ -82,10 +82,16 @@ pub fn fleet_dom(browser: &Browser, edge: &EdgeProc, shot: &str) -> String {
     page.dom
 }
 
+/// The edge's own timers for these tests: it closes a connector's connections once it
+/// has sent nothing for `idle-timeout` (the device's shorter one is not the edge's), so
+/// a stopped board shows offline within seconds even when its CONNECTION_CLOSE
+/// datagram is lost on a loaded loopback.
+const EDGE_TIMERS: &str = "keepalive: 2s\nidle-timeout: 6s\n";
+
 /// An edge with an admin listener that requires [`TOKEN`].
 fn admin_edge() -> EdgeProc {
     start_edge(init_edge(&format!(
-        "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n"
+        "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n{EDGE_TIMERS}"
     )))
 }
 
@@ -397,7 +403,7 @@ fn stop_board(edge: &EdgeProc, boards: &mut Boards, i: usize) -> serde_json::Val
 pub(crate) fn real_boards_enrol_serve_their_hostnames_and_report_health() {
     use std::os::unix::fs::PermissionsExt;
     let edge = start_edge(init_edge(&format!(
-        "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n"
+        "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n{EDGE_TIMERS}"
     )));
     let mut boards = start_boards(&edge, 2);
     assert_ne!(boards.ids[0], boards.ids[1]);
@@ -458,7 +464,7 @@ pub(crate) fn real_boards_enrol_serve_their_hostnames_and_report_health() {
 pub(crate) fn the_fleet_page_shows_online_and_offline_boards() -> Result<(), Skip> {
     let browser = Browser::find()?;
     let edge = start_edge(init_edge(&format!(
-        "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n"
+        "admin-listen: 127.0.0.1:0\nadmin-token: {TOKEN}\n{EDGE_TIMERS}"
     )));
     let mut boards = start_boards(&edge, 2);
     let online = wait_device(&edge, &boards.ids[0], "health", |d| !d["health"].is_null());

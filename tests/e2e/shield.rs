@@ -256,8 +256,13 @@ pub(crate) fn a_thousand_visitors_on_one_tunnel_do_not_starve_another() {
                     "hung".to_string()
                 } else if head.starts_with("http/1.1 503") && head.contains("retry-after:") {
                     "503".to_string()
+                } else if head.starts_with("http/1.1 200") {
+                    "200".to_string()
                 } else {
-                    head.get(9..12).unwrap_or("???").to_string()
+                    // Anything else names its status and the edge's reason (the body's
+                    // last line), so a failure says which path gave it.
+                    let reason = head.trim_end().lines().last().unwrap_or("").chars().take(120);
+                    format!("{} {}", head.get(9..12).unwrap_or("???"), reason.collect::<String>())
                 }
             }));
         }
