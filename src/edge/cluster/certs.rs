@@ -342,7 +342,7 @@ impl CertStore for RedisCertStore {
 pub(crate) async fn follow(client: redis::Client, store: Arc<RedisCertStore>, acme: Arc<Acme>) {
     let mut wait = RETRY_MIN;
     loop {
-        match subscribe(&client).await {
+        match super::changes::subscribe(&client, CHANNEL).await {
             Ok(pubsub) => {
                 wait = RETRY_MIN;
                 // What was published while this edge was not listening.
@@ -361,18 +361,6 @@ pub(crate) async fn follow(client: redis::Client, store: Arc<RedisCertStore>, ac
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
     }
-}
-
-async fn subscribe(client: &redis::Client) -> Result<redis::aio::PubSub, String> {
-    let sub = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(CHANNEL).await?;
-        Ok::<_, redis::RedisError>(pubsub)
-    };
-    tokio::time::timeout(PING_TIMEOUT, sub)
-        .await
-        .map_err(|_| format!("no answer within {}s", PING_TIMEOUT.as_secs()))?
-        .map_err(|e| e.to_string())
 }
 
 /// Reads the channel until the subscription ends; why it ended.

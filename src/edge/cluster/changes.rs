@@ -31,7 +31,7 @@ pub(crate) async fn follow(client: redis::Client, shown: String, inventory: Arc<
     let mut wait = RETRY_MIN;
     let mut lost_logged = false;
     loop {
-        match subscribe(&client).await {
+        match subscribe(&client, CHANGED).await {
             Ok(pubsub) => {
                 wait = RETRY_MIN;
                 lost_logged = false;
@@ -62,10 +62,14 @@ pub(crate) async fn follow(client: redis::Client, shown: String, inventory: Arc<
     }
 }
 
-async fn subscribe(client: &redis::Client) -> Result<redis::aio::PubSub, String> {
+/// A subscription to `channel`, made within [`PING_TIMEOUT`].
+pub(super) async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> Result<redis::aio::PubSub, String> {
     let sub = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(CHANGED).await?;
+        pubsub.subscribe(channel).await?;
         Ok::<_, redis::RedisError>(pubsub)
     };
     tokio::time::timeout(PING_TIMEOUT, sub)

@@ -263,8 +263,13 @@ impl Inventory {
     }
 
     /// Revokes a tunnel or an access token in the store at once (in a cluster the other
-    /// edges are told), then here. `Ok(false)`: it was revoked already.
-    pub(crate) async fn revoke_id(&self, kind: RevokedKind, id: [u8; 16]) -> Result<bool, String> {
+    /// edges are told), then here; whether it is new (`false`: revoked already), and the
+    /// time a new one was written with.
+    pub(crate) async fn revoke_id(
+        &self,
+        kind: RevokedKind,
+        id: [u8; 16],
+    ) -> Result<(bool, u64), String> {
         let store = self.store.clone();
         let revoked = RevokedId {
             kind,
@@ -276,7 +281,7 @@ impl Inventory {
             .map_err(|e| format!("fleet store: {e}"))?
             .map_err(|e| e.to_string())?;
         self.learn_revoked(&[revoked]);
-        Ok(new)
+        Ok((new, revoked.at))
     }
 
     /// Every revocation in the store, oldest first.

@@ -172,20 +172,22 @@ pub(crate) async fn revoke(
         ));
     };
     match inv.revoke_id(kind, bytes).await {
-        Ok(new) => {
-            if new {
+        Ok((new, written)) => {
+            let at = if new {
                 log::info!("{} {id} revoked through the admin API", kind.word());
-            }
-            let at = inv
-                .list_revoked()
-                .await
-                .ok()
-                .and_then(|l| {
-                    l.iter()
-                        .find(|r| r.kind == kind && r.id == bytes)
-                        .map(|r| r.at)
-                })
-                .unwrap_or_else(crate::edge::token::now_unix);
+                written
+            } else {
+                // Revoked before: the first time stays, as the store keeps it.
+                inv.list_revoked()
+                    .await
+                    .ok()
+                    .and_then(|l| {
+                        l.iter()
+                            .find(|r| r.kind == kind && r.id == bytes)
+                            .map(|r| r.at)
+                    })
+                    .unwrap_or(written)
+            };
             let r = RevokedId {
                 kind,
                 id: bytes,
