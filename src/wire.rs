@@ -49,6 +49,15 @@
 //!             ConnectorMsg::DataCap (any connector, to an edge whose clock tail says so)
 //! ```
 //!
+//! A health report may carry a [`HealthCostTail`] after the message: what the device's
+//! tunnel carried and what it cost on the wire, today and yesterday. Edges that predate
+//! it read the message and ignore the rest ([`read_control`]); connectors that predate
+//! it send none, and the edge then shows no cost for the device.
+//!
+//! ```text
+//!  connector: Health + HealthCostTail { day, today, yesterday } (optional)
+//! ```
+//!
 //! Every edge's hello also carries a [`HelloClockTail`] after the nonce: its time (a
 //! board whose clock is unset counts its data cap's days by it) and whether it
 //! understands [`ConnectorMsg::DataCap`]; a connector never sends that message to an
@@ -253,6 +262,29 @@ pub struct Health {
     pub bytes_out: u64,
     /// The last warning or error the connector logged, bounded.
     pub last_error: Option<String>,
+}
+
+/// What a connector appends to [`ConnectorMsg::Health`] (see the module doc): the bytes
+/// its tunnel carried and put on the wire, per UTC day of the device's clock (the edge's
+/// while the device's is unset), counted in memory. `wire` counts the tunnel
+/// connections' bytes (UDP payloads of QUIC with the NAT keep-alives, TCP payloads
+/// under TLS for HTTP/2, and an estimate of the DNS lookups of edge names); `carried`
+/// the streams' payloads both ways. Overhead is `wire − carried` (saturating: the two
+/// are counted at different layers, and a hostile sender may say anything).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCostTail {
+    /// The day counted as today, days since 1970-01-01 (UTC).
+    pub day: u32,
+    /// Seconds today's counts cover: since midnight, or since the connector started
+    /// when that was later.
+    pub today_secs: u32,
+    pub today_carried: u64,
+    pub today_wire: u64,
+    /// Seconds yesterday's counts cover (86 400 for a whole day); 0: no count of
+    /// yesterday (the connector started today, or its clock stepped).
+    pub yesterday_secs: u32,
+    pub yesterday_carried: u64,
+    pub yesterday_wire: u64,
 }
 
 /// Messages the connector sends on the control stream.
@@ -656,6 +688,32 @@ where
     Ok((msg, Some(tail), Some(more)))
 }
 
+/// Reads one control frame from a connector: the message and, after a
+/// [`ConnectorMsg::Health`], its [`HealthCostTail`] when one was appended. A tail that
+/// does not decode is ignored (`None`): the report itself stands.
+#[cfg_attr(not(feature = "edge"), allow(dead_code))]
+pub(crate) async fn read_connector_msg<R>(
+    r: &mut R,
+) -> Result<(ConnectorMsg, Option<HealthCostTail>), WireError>
+where
+    R: AsyncRead + Unpin,
+{
+    let body = read_control_frame(r).await?;
+    decode_connector_msg(&body)
+}
+
+/// The message in a connector's control frame `body`, and its health cost tail (see
+/// [`read_connector_msg`]).
+fn decode_connector_msg(body: &[u8]) -> Result<(ConnectorMsg, Option<HealthCostTail>), WireError> {
+    let (msg, rest) =
+        postcard::take_from_bytes::<ConnectorMsg>(body).map_err(WireError::Malformed)?;
+    let tail = match (&msg, rest.is_empty()) {
+        (ConnectorMsg::Health(_), false) => postcard::take_from_bytes(rest).ok().map(|(t, _)| t),
+        _ => None,
+    };
+    Ok((msg, tail))
+}
+
 async fn read_control_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, WireError> {
     let mut len = [0u8; 4];
     read_prefix(r, &mut len).await?;
@@ -973,6 +1031,72 @@ mod tests {
         assert!(matches!(
             read_access_frame::<_, AccessRequest>(&mut r).await,
             Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    /// A health report with its cost tail is read whole by a new edge and as the bare
+    /// report by an old one (`read_control`, which ignores what follows the message); a
+    /// report without the tail (an old connector) has no cost; a tail that does not
+    /// decode leaves the report standing; the tail after any other message is ignored.
+    #[tokio::test]
+    async fn the_health_cost_tail_is_optional_both_ways() {
+        let health = ConnectorMsg::Health(Health {
+            uptime_secs: 12,
+            bytes_in: 5,
+            last_error: Some("e".into()),
+            ..Health::default()
+        });
+        let cost = HealthCostTail {
+            day: 20_427,
+            today_secs: 3600,
+            today_carried: 1000,
+            today_wire: u64::MAX,
+            yesterday_secs: 86_400,
+            yesterday_carried: 7,
+            yesterday_wire: 9,
+        };
+        let mut framed = Vec::new();
+        write_control_with_tail(&mut framed, &health, &cost)
+            .await
+            .unwrap();
+        // A new edge.
+        let got = read_connector_msg(&mut &framed[..]).await.unwrap();
+        assert_eq!(got, (health.clone(), Some(cost.clone())));
+        // An edge that predates the tail.
+        let old: ConnectorMsg = read_control(&mut &framed[..]).await.unwrap();
+        assert_eq!(old, health);
+        // A connector that predates it.
+        let mut plain = Vec::new();
+        write_control(&mut plain, &health).await.unwrap();
+        let got = read_connector_msg(&mut &plain[..]).await.unwrap();
+        assert_eq!(got, (health.clone(), None));
+        // A later part after the tail is ignored.
+        let mut later = Vec::new();
+        write_control(&mut later, &(&health, &cost, 77u32))
+            .await
+            .unwrap();
+        let got = read_connector_msg(&mut &later[..]).await.unwrap();
+        assert_eq!(got.1, Some(cost.clone()));
+        // A cut or hostile tail: the report stands, without a cost.
+        let body = postcard::to_allocvec(&(&health, &cost)).unwrap();
+        let bare = postcard::to_allocvec(&health).unwrap().len();
+        for cut in [bare + 1, bare + 3, body.len() - 1] {
+            let got = decode_connector_msg(&body[..cut]).unwrap();
+            assert_eq!(got, (health.clone(), None), "cut at {cut}");
+        }
+        let mut junk = postcard::to_allocvec(&health).unwrap();
+        junk.extend_from_slice(&[0xff; 12]);
+        assert_eq!(decode_connector_msg(&junk).unwrap(), (health.clone(), None));
+        // Only a health report has one.
+        let draining = postcard::to_allocvec(&(&ConnectorMsg::Draining, &cost)).unwrap();
+        assert_eq!(
+            decode_connector_msg(&draining).unwrap(),
+            (ConnectorMsg::Draining, None)
+        );
+        // A message that does not decode is still an error.
+        assert!(matches!(
+            decode_connector_msg(&[0xee, 1, 2]),
+            Err(WireError::Malformed(_))
         ));
     }
 

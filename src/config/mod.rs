@@ -151,6 +151,22 @@ const _: () = assert!(MAX_RULES <= 64);
 /// connection whose path died unseen stays up.
 pub(crate) const METERED_KEEPALIVE_SECS: u16 = 300;
 
+/// The environment variable that shortens [`METERED_KEEPALIVE_SECS`] (tests only: the
+/// scenarios of a metered device need not wait minutes for a keep-alive): 1 to 300.
+pub(crate) const TEST_METERED_KEEPALIVE_ENV: &str = "MAILSLOT_TEST_METERED_KEEPALIVE_SECS";
+
+/// [`METERED_KEEPALIVE_SECS`], or what [`TEST_METERED_KEEPALIVE_ENV`] says.
+fn metered_keepalive_secs() -> u16 {
+    static SECS: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *SECS.get_or_init(|| {
+        std::env::var(TEST_METERED_KEEPALIVE_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|s| (1..=METERED_KEEPALIVE_SECS).contains(s))
+            .unwrap_or(METERED_KEEPALIVE_SECS)
+    })
+}
+
 /// Seconds between the health reports of a metered connector, at least.
 pub(crate) const METERED_HEALTH_SECS: u32 = 3600;
 
@@ -342,7 +358,7 @@ impl DeviceConfig {
     /// Seconds between keep-alives on a connection over `protocol`.
     pub(crate) fn keepalive_secs_on(&self, protocol: Protocol) -> u16 {
         if self.metered && protocol == Protocol::Http2 {
-            self.keepalive_secs.max(METERED_KEEPALIVE_SECS)
+            self.keepalive_secs.max(metered_keepalive_secs())
         } else {
             self.keepalive_secs
         }

@@ -180,7 +180,8 @@ fn system_now() -> u64 {
     }
 }
 
-fn now() -> u64 {
+/// The device's time now (Unix seconds): its clock, or the edge's while it is unset.
+pub(crate) fn now() -> u64 {
     let off = EDGE_OFFSET.load(Ordering::Relaxed);
     device_now(system_now(), (off != i64::MIN).then_some(off))
 }

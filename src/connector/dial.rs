@@ -31,6 +31,7 @@ async fn edge_for(
     // Stored addresses were checked (and given their port) when the config was compiled.
     let (host, port) = crate::config::validate::parse_edge_addr(entry)
         .map_err(|e| format!("edge address {entry:?}: {e}"))?;
+    crate::transport::meter::dns_lookup(host);
     let fresh = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
     let (resolved, why) = match fresh {
         Ok(Ok(it)) => {

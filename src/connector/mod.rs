@@ -434,9 +434,14 @@ fn tell(slot: usize, say: Say, delay: Duration, what: &dyn std::fmt::Display) {
 }
 
 /// The edge entries the other slots are connected to now (so they are up), in slot
-/// order.
+/// order. A connector of one connection (`ha-connections: 1`, and every metered one)
+/// has no other slot to learn that from: its candidates are all the other entries, so
+/// that it leaves an edge that stays down for another one, as a larger connector does.
 fn up_entries(shared: &Shared, slot: usize) -> Vec<usize> {
     let slots = shared.slots.borrow();
+    if slots.len() == 1 {
+        return (0..shared.current.borrow().config.edges.len()).collect();
+    }
     slots
         .iter()
         .enumerate()

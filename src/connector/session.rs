@@ -406,8 +406,8 @@ async fn serve_registered(
                     return Err(format!("lost edge {edge_name} ({addr}): {e}"));
                 }
             }
-            Some(report) = async { match health.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                if let Err(e) = wire::write_control(&mut send, &ConnectorMsg::Health(report)).await {
+            Some((report, cost)) = async { match health.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                if let Err(e) = wire::write_control_with_tail(&mut send, &ConnectorMsg::Health(report), &cost).await {
                     return Err(format!("lost edge {edge_name} ({addr}): {e}"));
                 }
             }

@@ -419,9 +419,18 @@ fn describe(conn: &Conn, remote: SocketAddr, protocol: impl std::fmt::Display) -
 }
 
 /// Reads the connector's next control frame; hands the stream back with it.
-async fn read_next(mut recv: RecvHalf) -> (RecvHalf, Result<ConnectorMsg, wire::WireError>) {
-    let msg = wire::read_control::<_, ConnectorMsg>(&mut recv).await;
-    (recv, msg)
+/// A health report comes with its cost tail when the connector appended one.
+async fn read_next(
+    mut recv: RecvHalf,
+) -> (
+    RecvHalf,
+    Result<ConnectorMsg, wire::WireError>,
+    Option<wire::HealthCostTail>,
+) {
+    match wire::read_connector_msg(&mut recv).await {
+        Ok((msg, cost)) => (recv, Ok(msg), cost),
+        Err(e) => (recv, Err(e), None),
+    }
 }
 
 /// Serves a registered connection's control stream until the connection ends: the
@@ -503,9 +512,9 @@ async fn serve_control(
                     return Ended::ControlLost;
                 }
             }
-            (recv, msg) = &mut reading => {
+            (recv, msg, cost) = &mut reading => {
                 reading = Box::pin(read_next(recv));
-                if let Some(ended) = Box::pin(on_message(msg, state, conn, expires, &mut send, who)).await {
+                if let Some(ended) = Box::pin(on_message(msg, cost, state, conn, expires, &mut send, who)).await {
                     return ended;
                 }
             }
@@ -583,6 +592,7 @@ async fn expire(session: &Session, conn: &Conn, expires: u64, send: &mut SendHal
 /// when the connection's token or credential expires.
 async fn on_message(
     msg: Result<ConnectorMsg, wire::WireError>,
+    cost: Option<wire::HealthCostTail>,
     state: &EdgeState,
     conn: &Arc<Conn>,
     expires: u64,
@@ -630,7 +640,7 @@ async fn on_message(
         Ok(ConnectorMsg::Health(health)) => {
             // Asked of enrolled devices only; a tunnel token's connector has no record.
             if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
-                inventory.health(id, health);
+                inventory.health(id, health, cost);
             }
             None
         }

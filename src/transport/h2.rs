@@ -203,6 +203,8 @@ pub(crate) async fn connect(
             .await
             .map_err(|e| format!("TCP to {remote}: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        // What the device pays for: the bytes on the socket, under TLS.
+        let tcp = super::meter::Metered(tcp);
         let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(name, tcp)
             .await

@@ -14,6 +14,7 @@
 #![cfg_attr(not(feature = "edge"), allow(dead_code))]
 
 pub(crate) mod h2;
+pub(crate) mod meter;
 pub(crate) mod quic;
 
 use std::io;

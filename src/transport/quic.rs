@@ -268,8 +268,9 @@ impl DeviceEndpoint {
             }
             _ => remote,
         };
-        if let Err(e) = self.socket.send_to(&NAT_KEEPALIVE, remote) {
-            log::debug!("NAT keep-alive to {remote}: {e}");
+        match self.socket.send_to(&NAT_KEEPALIVE, remote) {
+            Ok(n) => super::meter::sent(n),
+            Err(e) => log::debug!("NAT keep-alive to {remote}: {e}"),
         }
     }
 }
@@ -299,7 +300,7 @@ pub(crate) fn device_endpoint(remote: SocketAddr) -> std::io::Result<DeviceEndpo
     keep.set_nonblocking(true)?;
     let keep = Arc::new(keep);
     Ok(DeviceEndpoint {
-        quinn: endpoint(socket, None, DEVICE_RECEIVE_SLOTS, None)?,
+        quinn: endpoint(socket, None, DEVICE_RECEIVE_SLOTS, None, true)?,
         socket: keep,
     })
 }
@@ -388,12 +389,14 @@ fn endpoint(
     server: Option<quinn::ServerConfig>,
     receive_slots: usize,
     reset_key: Option<Arc<ring::hmac::Key>>,
+    metered: bool,
 ) -> std::io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
     let socket = Offload {
         inner: runtime.wrap_udp_socket(socket)?,
         receive_slots,
+        metered,
     };
     quinn::Endpoint::new_with_abstract_socket(
         endpoint_config(reset_key),
@@ -426,10 +429,13 @@ const GRO_MAX_BYTES: usize = 65_535;
 ///   the largest packet accepted; the kernel never coalesces more than 64 KiB, so the
 ///   wrapper reports the segment count that covers exactly that. Reading into only the
 ///   first `receive_slots` slots leaves the rest untouched: address space, not memory.
+/// - The connector's socket (`metered`) counts the bytes it sends and receives
+///   ([`super::meter`]).
 #[derive(Debug)]
 struct Offload {
     inner: Arc<dyn quinn::AsyncUdpSocket>,
     receive_slots: usize,
+    metered: bool,
 }
 
 impl quinn::AsyncUdpSocket for Offload {
@@ -437,7 +443,11 @@ impl quinn::AsyncUdpSocket for Offload {
         self.inner.clone().create_io_poller()
     }
     fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
-        self.inner.try_send(transmit)
+        let r = self.inner.try_send(transmit);
+        if self.metered && r.is_ok() {
+            super::meter::sent(transmit.contents.len());
+        }
+        r
     }
     fn poll_recv(
         &self,
@@ -448,7 +458,12 @@ impl quinn::AsyncUdpSocket for Offload {
         let n = bufs.len().min(meta.len()).min(self.receive_slots);
         let (bufs, _) = bufs.split_at_mut(n);
         let (meta, _) = meta.split_at_mut(n);
-        self.inner.poll_recv(cx, bufs, meta)
+        let r = self.inner.poll_recv(cx, bufs, meta);
+        if let (true, std::task::Poll::Ready(Ok(k))) = (self.metered, &r) {
+            let got = meta.iter().take(*k).map(|m| m.len).sum();
+            super::meter::received(got);
+        }
+        r
     }
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.inner.local_addr()
@@ -594,6 +609,7 @@ impl Listener {
             Some(config.clone()),
             EDGE_RECEIVE_SLOTS,
             Some(reset_key),
+            false,
         )?;
         Ok(Self {
             endpoint,

@@ -23,6 +23,7 @@ mod cluster;
 mod common;
 mod config_cli;
 mod config_powerloss;
+mod cost;
 mod datacap;
 mod edge_pin;
 mod edge_reload;
@@ -178,6 +179,7 @@ fn main() {
         fleet_page::devices_commands_talk_to_the_running_edge,
         fleet_page::real_boards_enrol_serve_their_hostnames_and_report_health,
         fleet_page::the_fleet_page_shows_online_and_offline_boards,
+        cost::boards_report_what_their_tunnel_carried_and_cost_on_the_wire,
         metrics::requests_latency_and_bytes_are_counted_per_tunnel,
         help::every_mailslot_command_has_help,
         help::every_mailslot_edge_command_has_help,

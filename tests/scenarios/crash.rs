@@ -217,3 +217,31 @@ pub fn a_sigkilled_connector_not_restarted_gets_visitors_a_quick_502() {
     );
     assert_clear_answers(&visits, "after the connector's SIGKILL");
 }
+
+/// Edge 1, which holds a metered device's one connection (HTTP/2 over TCP), is
+/// SIGKILLed and started again at once: the kernel closed the dead process's TCP
+/// connection, so the connector knew at once and its quick retries (every ≤ 300 ms)
+/// find the new process: bound [`METERED_RECONNECT`] from its listening, far below the
+/// QUIC keeper's ping of the default profile.
+pub fn a_sigkilled_edge_restarted_serves_a_metered_device_again_at_once() {
+    let mut s = Scene::new();
+    s.connect_metered();
+    assert_eq!(s.get(0, "/", 5), Ok(200));
+    let mut e1 = s.edges[0].take().expect("edge 1 runs");
+    e1.signal(9);
+    e1.wait_exit(Duration::from_secs(5)).expect("edge 1 exits");
+    drop(e1);
+    s.start_edge(0);
+    let listening = Instant::now();
+    let t = s
+        .wait_serving(0, Duration::from_secs(90))
+        .map(|_| listening.elapsed())
+        .unwrap_or_else(|| panic!("not serving via e1:\n{}", s.connector().dump()));
+    eprintln!(
+        "measured: metered: serving through an edge SIGKILLed and restarted {:.2}s after it \
+         listened again (bound {}s)",
+        t.as_secs_f32(),
+        METERED_RECONNECT.as_secs()
+    );
+    assert!(t <= METERED_RECONNECT, "took {t:?}");
+}

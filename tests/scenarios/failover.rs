@@ -316,3 +316,41 @@ pub fn a_killed_edge_gets_back_the_keeper_and_its_siblings() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(s.get(0, "/", 5), Ok(200));
 }
+
+/// A metered device holds one connection (to edge 1). Edge 1 is SIGKILLed and stays
+/// down: the kernel closes the dead process's TCP connections, so the connector knows
+/// at once; its quick retries find nothing for 30 s, then it connects to edge 2 and
+/// serves through it (bound: the 30 s quick-retry window and a reconnection). Once edge
+/// 1 is back, the connection moves back (bound: a probe every 30 s and a reconnection,
+/// as the default profile's slots).
+pub fn a_metered_device_moves_to_the_live_edge_and_back() {
+    let mut s = Scene::new();
+    s.connect_metered();
+    assert_eq!(s.get(0, "/", 5), Ok(200));
+    let mut e1 = s.edges[0].take().unwrap();
+    e1.signal(9);
+    e1.wait_exit(Duration::from_secs(5)).expect("edge 1 exits");
+    let killed = Instant::now();
+    let moved = s
+        .wait_serving(1, Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("never served via e2:\n{}", s.connector().dump()));
+    let c = s.connector();
+    assert!(c.dump().contains("at edge e2"), "{}", c.dump());
+    s.start_edge(0);
+    let listening = Instant::now();
+    let c = s.connector();
+    let back = c
+        .wait_count("moved back from edge", 1, Duration::from_secs(60))
+        .map(|_| listening.elapsed())
+        .unwrap_or_else(|| panic!("did not move back:\n{}", c.dump()));
+    assert!(s.wait_serving(0, WAIT).is_some());
+    eprintln!(
+        "measured: metered: serving via edge 2 {:.1}s after edge 1 was killed (bound 35 s); \
+         back on edge 1 {:.1}s after it listened (bound 40 s); killed {:.1}s ago",
+        moved.as_secs_f32(),
+        back.as_secs_f32(),
+        killed.elapsed().as_secs_f32()
+    );
+    assert!(moved <= Duration::from_secs(35), "took {moved:?}");
+    assert!(back <= Duration::from_secs(40), "took {back:?}");
+}

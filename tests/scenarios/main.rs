@@ -180,6 +180,26 @@ fn main() {
             crash::a_sigkilled_connector_not_restarted_gets_visitors_a_quick_502,
         ),
         scenario(
+            "metered_a_nat_rebinding_is_survived_by_the_next_keepalive",
+            Namespaces,
+            nat::a_metered_device_reconnects_after_a_nat_rebinding_by_its_next_keepalive,
+        ),
+        scenario(
+            "metered_serves_again_after_an_outage",
+            Namespaces,
+            nat::a_metered_device_serves_again_after_an_outage,
+        ),
+        scenario(
+            "metered_moves_to_the_live_edge_and_back",
+            Namespaces,
+            failover::a_metered_device_moves_to_the_live_edge_and_back,
+        ),
+        scenario(
+            "metered_a_sigkilled_edge_restarted_serves_again_at_once",
+            Namespaces,
+            crash::a_sigkilled_edge_restarted_serves_a_metered_device_again_at_once,
+        ),
+        scenario(
             "twenty_boards_from_one_golden_image",
             Namespaces,
             fleet::twenty_boards_from_one_golden_image,

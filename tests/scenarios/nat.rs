@@ -444,3 +444,102 @@ pub fn an_idle_device_is_served_at_once_after_a_nat_rebinding() {
     assert_eq!(c.count("lost edge"), 0, "{}", c.dump());
     assert_eq!(c.count("registered"), 4, "no new handshake: {}", c.dump());
 }
+
+/// A NAT rebinding under a metered device: its one connection is HTTP/2 over TCP, which
+/// cannot move to a new NAT port (a TCP connection is its four addresses), so the
+/// connection is replaced. Until the device's next keep-alive (at most
+/// [`METERED_KEEPALIVE`] after the last), nothing it sends crosses the NAT and it cannot
+/// know; the keep-alive then leaves from the new port and the edge's TCP answers with a
+/// reset (or, where a NAT drops such orphan packets, nothing answers for
+/// [`METERED_IDLE`]), and the connector dials again from the new mapping. Bound: one
+/// keep-alive period, the idle timeout, one reconnection. Requests in that window get
+/// the edge's quick 502 (no live connection); after it, none fails.
+pub fn a_metered_device_reconnects_after_a_nat_rebinding_by_its_next_keepalive() {
+    let mut s = Scene::new();
+    s.connect_metered();
+    assert_eq!(s.get(0, "/", 10), Ok(200));
+    let load = Load::start(&s, &[0], 5);
+    thread::sleep(Duration::from_secs(1));
+    // TCP now leaves from the second port window, and the NAT forgets its TCP flows.
+    s.net.sh(
+        &s.net.nat,
+        &format!(
+            "iptables -t nat -I POSTROUTING 1 -o wan0 -p tcp -j MASQUERADE --to-ports {} && \
+             conntrack -D -p tcp >/dev/null 2>&1; true",
+            NAT_UDP_PORTS[1]
+        ),
+    );
+    let rebound = load.start.elapsed();
+    let bound = METERED_KEEPALIVE + METERED_IDLE + METERED_RECONNECT;
+    let c = s.connector();
+    let back = c
+        .wait_count("registered: ", 2, bound + Duration::from_secs(30))
+        .map(|_| load.start.elapsed() - rebound);
+    thread::sleep(Duration::from_secs(2));
+    let results = load.finish();
+    let back = back.unwrap_or_else(|| panic!("no new connection; log:\n{}", c.dump()));
+    let failed = failures(&results);
+    let window = rebound + back + Duration::from_secs(1);
+    let late: Vec<_> = failed.iter().filter(|(t, _, _)| *t > window).collect();
+    eprintln!(
+        "measured: metered (HTTP/2, keep-alive {}s): connected again {:.1}s after a NAT \
+         rebinding (bound {}s); {} of {} requests failed before, none after",
+        METERED_KEEPALIVE.as_secs(),
+        back.as_secs_f32(),
+        bound.as_secs(),
+        failed.len(),
+        results.len()
+    );
+    assert!(back <= bound, "took {back:?}; log:\n{}", c.dump());
+    assert!(
+        late.is_empty(),
+        "requests failed after the reconnection: {late:?}"
+    );
+    assert!(
+        results.iter().any(|(t, _, r)| *t > window && *r == Ok(200)),
+        "no request served after the reconnection: {results:?}"
+    );
+    // The edge lists the new connection at the NAT's new port.
+    let lines = s.tunnel_lines(0);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(in_new_window(&lines[0]), "{lines:?}");
+    assert_eq!(c.count("over http2"), 2, "{}", c.dump());
+}
+
+/// A metered device through a link cut longer than its keep-alive and idle timeout: its
+/// keep-alive goes unanswered, it drops the connection (at most [`METERED_KEEPALIVE`] +
+/// [`METERED_IDLE`] into the cut, and a few seconds) and retries on the usual schedule (quick retries, then
+/// backoff up to 30 s); once the link is back it serves within the default profile's
+/// bound (45 s: the 30 s backoff cap and a reconnection). A cut shorter than that goes
+/// unnoticed: the TCP connection outlives it, and the device serves at once after it.
+pub fn a_metered_device_serves_again_after_an_outage() {
+    let mut s = Scene::new();
+    s.connect_metered();
+    assert_eq!(s.get(0, "/", 10), Ok(200));
+    s.net.sh(&s.net.nat, "iptables -I FORWARD 1 -j DROP");
+    let cut = Instant::now();
+    let c = s.connector();
+    // The next keep-alive, its idle timeout, and the pinger's own pace (it sleeps a
+    // keep-alive period after each answer) with room for a loaded machine.
+    let notice_bound = METERED_KEEPALIVE + METERED_IDLE + Duration::from_secs(5);
+    let noticed = c
+        .wait_count("lost edge", 1, notice_bound)
+        .map(|_| cut.elapsed())
+        .unwrap_or_else(|| panic!("the cut went unnoticed; log:\n{}", c.dump()));
+    thread::sleep(Duration::from_secs(60).saturating_sub(cut.elapsed()));
+    assert!(s.connector_alive(), "the connector exited");
+    let c = s.connector();
+    assert_eq!(c.count("registered: "), 1, "{}", c.dump());
+    s.net.sh(&s.net.nat, "iptables -D FORWARD 1");
+    let back = s
+        .wait_serving(0, Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("not serving after the outage; log:\n{}", c.dump()));
+    eprintln!(
+        "measured: metered: a 60 s cut noticed after {:.1}s (bound {}s); serving {:.1}s after \
+         it ended",
+        noticed.as_secs_f32(),
+        notice_bound.as_secs(),
+        back.as_secs_f32()
+    );
+    assert!(back <= Duration::from_secs(45), "took {back:?}");
+}

@@ -44,6 +44,37 @@ pub struct Device {
     pub edge_names: bool,
     /// `ha-connections:` (4 when `None`).
     pub ha_connections: Option<u8>,
+    /// Environment of the connector process.
+    pub env: &'static [(&'static str, &'static str)],
+}
+
+/// The keep-alive of a metered device in these scenarios: 300 s in the field
+/// (`config::METERED_KEEPALIVE_SECS`), shortened through
+/// `MAILSLOT_TEST_METERED_KEEPALIVE_SECS` so that a scenario waits seconds, not minutes.
+/// Every metered bound is written in terms of it.
+pub const METERED_KEEPALIVE: Duration = Duration::from_secs(10);
+/// The metered device's `idle-timeout`: a keep-alive unanswered this long ends its
+/// connection.
+pub const METERED_IDLE: Duration = Duration::from_secs(10);
+/// A reconnection once the connector knows its connection is gone: a quick retry (at
+/// most 300 ms), TCP, TLS and HTTP/2 handshakes and the registration, with room for a
+/// loaded machine.
+pub const METERED_RECONNECT: Duration = Duration::from_secs(5);
+
+impl Device {
+    /// The metered profile (`metered: true`: one HTTP/2 connection, keep-alive every
+    /// [`METERED_KEEPALIVE`], health hourly).
+    pub fn metered() -> Device {
+        Device {
+            // `keepalive` below the metered floor: the floor (the env override) rules.
+            extra_yaml: "metered: true
+keepalive: 1s
+idle-timeout: 10s
+",
+            env: &[("MAILSLOT_TEST_METERED_KEEPALIVE_SECS", "10")],
+            ..Device::default()
+        }
+    }
 }
 
 /// Each edge's admin listener, on the loopback of its own namespace.
@@ -170,8 +201,22 @@ impl Scene {
                 .cmd(&self.net.device, MAILSLOT)
                 .arg("run")
                 .arg("--config")
-                .arg(&bin),
+                .arg(&bin)
+                .envs(device.env.iter().copied()),
         )
+    }
+
+    /// Starts a metered connector ([`Device::metered`]) and waits for its one
+    /// connection, over HTTP/2 at edge 1.
+    pub fn connect_metered(&mut self) {
+        self.start_connector(Device::metered());
+        let c = self.connector();
+        c.wait_line("registered: ");
+        let log = c.dump();
+        assert!(
+            log.contains("at edge e1") && log.contains("over http2"),
+            "not one HTTP/2 connection at e1: {log}"
+        );
     }
 
     pub fn connector_alive(&mut self) -> bool {

@@ -123,7 +123,7 @@ fn quota_key(key_id: &[u8; 16]) -> String {
 }
 
 fn encode(record: &DeviceRecord) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(record).map_err(|e| StoreError::Engine(e.to_string()))
+    crate::edge::fleet::store::encode_record(record).map_err(|e| StoreError::Engine(e.to_string()))
 }
 
 /// The `config.rec` and `release.rec` fields of a device's change hash.
@@ -137,7 +137,7 @@ fn assemble(id: &str, fields: Fields) -> Result<Option<DeviceRecord>, StoreError
     let (Some(rec), key, revoked) = fields else {
         return Ok(None);
     };
-    let mut r: DeviceRecord = postcard::from_bytes(&rec)
+    let mut r = crate::edge::fleet::store::decode_record(&rec)
         .map_err(|_| StoreError::Corrupt(crate::wire::bounded_reason(id)))?;
     if let Some(k) = key.and_then(|k| <[u8; 16]>::try_from(k.as_slice()).ok()) {
         r.key_id = k;

@@ -67,6 +67,72 @@ pub struct HealthJson {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub last_error: Option<String>,
+    /// What the device's tunnel carried and cost on the wire, today and yesterday;
+    /// `null` from a connector that does not count it (an older version).
+    #[serde(default)]
+    pub cost: Option<CostJson>,
+}
+
+/// A device's bytes per UTC day of its own clock, counted on the device in memory and
+/// sent with its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostJson {
+    /// The device's today, `YYYY-MM-DD`.
+    pub day: String,
+    pub today: DayCostJson,
+    /// `null` when the device has no count of yesterday (it started today, or its
+    /// clock stepped).
+    pub yesterday: Option<DayCostJson>,
+}
+
+/// Bytes over (part of) one day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayCostJson {
+    /// Payload of the tunnel's streams, both ways.
+    pub carried: u64,
+    /// Bytes of the tunnel's connections on the wire, both ways (UDP or TCP payloads,
+    /// DNS lookups of edge names estimated).
+    pub wire: u64,
+    /// `wire − carried` (0 when carried is larger): keep-alives, acknowledgements,
+    /// handshakes, health reports, framing.
+    pub overhead: u64,
+    /// Seconds the figures cover: 86 400 for a whole day.
+    pub covered_secs: u32,
+}
+
+impl CostJson {
+    pub fn of(c: &crate::wire::HealthCostTail) -> CostJson {
+        let day = |carried: u64, wire: u64, covered_secs: u32| DayCostJson {
+            carried,
+            wire,
+            overhead: wire.saturating_sub(carried),
+            covered_secs,
+        };
+        let mut date = rfc3339(u64::from(c.day) * 86_400);
+        date.truncate(date.find('T').unwrap_or(date.len()));
+        CostJson {
+            day: date,
+            today: day(c.today_carried, c.today_wire, c.today_secs),
+            yesterday: (c.yesterday_secs > 0)
+                .then(|| day(c.yesterday_carried, c.yesterday_wire, c.yesterday_secs)),
+        }
+    }
+}
+
+/// `n` bytes, short: `512 B`, `1.5 KiB`, `3.2 MiB`, `1.1 GiB`, `2.0 TiB`.
+pub fn bytes_text(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match (unit, UNITS.get(unit)) {
+        (0, _) => format!("{n} B"),
+        (_, Some(u)) => format!("{value:.1} {u}"),
+        (_, None) => format!("{n} B"),
+    }
 }
 
 /// One device, as `/api/v1/devices/ID` answers and `/api/v1/devices` lists.
@@ -198,6 +264,7 @@ impl DeviceJson {
                 bytes_in: h.bytes_in,
                 bytes_out: h.bytes_out,
                 last_error: h.last_error.clone(),
+                cost: r.health_cost.as_ref().map(CostJson::of),
             }),
             config_push: v
                 .changes
@@ -236,6 +303,11 @@ impl DeviceJson {
     /// The 1-minute load average.
     pub fn load1(&self) -> Option<f64> {
         self.health.as_ref().map(|h| h.load[0])
+    }
+
+    /// Bytes its tunnel put on the wire today, as last reported.
+    pub fn wire_today(&self) -> Option<u64> {
+        self.health.as_ref()?.cost.as_ref().map(|c| c.today.wire)
     }
 }
 
@@ -726,6 +798,15 @@ pub(crate) mod tests {
                     last_error: None,
                 }),
                 health_at: 1_700_000_100,
+                health_cost: Some(crate::wire::HealthCostTail {
+                    day: 19_675,
+                    today_secs: 80_000,
+                    today_carried: u64::from(n) * 1_000_000,
+                    today_wire: u64::from(n) * 1_572_864,
+                    yesterday_secs: 86_400,
+                    yesterday_carried: 10,
+                    yesterday_wire: 4_000,
+                }),
             },
             online,
             changes: Vec::new(),
@@ -747,6 +828,28 @@ pub(crate) mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn costs_saturate_and_read_short() {
+        // Hostile figures: carried beyond wire, the largest values, the last day.
+        let c = CostJson::of(&crate::wire::HealthCostTail {
+            day: u32::MAX,
+            today_secs: u32::MAX,
+            today_carried: u64::MAX,
+            today_wire: 5,
+            yesterday_secs: 0,
+            yesterday_carried: 1,
+            yesterday_wire: 1,
+        });
+        assert_eq!((c.today.overhead, c.today.wire), (0, 5));
+        assert_eq!(c.yesterday, None, "no count of yesterday");
+        assert!(!c.day.is_empty() && !c.day.contains('T'), "{}", c.day);
+        assert_eq!(bytes_text(0), "0 B");
+        assert_eq!(bytes_text(1023), "1023 B");
+        assert_eq!(bytes_text(1536), "1.5 KiB");
+        assert_eq!(bytes_text(3 * 1024 * 1024 + 200 * 1024), "3.2 MiB");
+        assert_eq!(bytes_text(u64::MAX), "16777216.0 TiB");
     }
 
     #[test]
@@ -832,8 +935,25 @@ pub(crate) mod tests {
         assert_eq!(json["health"]["load"][0], 0.1);
         assert_eq!(json["health"]["received"]["unix"], 1_700_000_100);
         assert_eq!(json["connections"][0]["rtt_ms"], 31);
-        let back: DeviceJson = serde_json::from_value(json).unwrap();
+        let cost = &json["health"]["cost"];
+        assert_eq!(cost["day"], "2023-11-14");
+        assert_eq!(cost["today"]["carried"], 1_000_000);
+        assert_eq!(cost["today"]["wire"], 1_572_864);
+        assert_eq!(cost["today"]["overhead"], 572_864);
+        assert_eq!(cost["today"]["covered_secs"], 80_000);
+        assert_eq!(cost["yesterday"]["overhead"], 3_990);
+        let back: DeviceJson = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, DeviceJson::of(&v));
+        // An edge that predates the cost answers without it: the CLI reads that too.
+        let mut old = json;
+        old["health"].as_object_mut().unwrap().remove("cost");
+        let back: DeviceJson = serde_json::from_value(old).unwrap();
+        assert_eq!(back.health.unwrap().cost, None);
+        // A connector that predates it: no cost.
+        let mut v = view(1, "pi-1", "shop", true);
+        v.record.health_cost = None;
+        let json = serde_json::to_value(DeviceJson::of(&v)).unwrap();
+        assert!(json["health"]["cost"].is_null());
         let mut bare = view(2, "pi-2", "shop", false);
         bare.record.health = None;
         let json = serde_json::to_value(DeviceJson::of(&bare)).unwrap();

@@ -424,7 +424,7 @@ async fn ls(admin: &Admin, fleet: Option<&str>, offline: bool, json: bool) -> Re
 
 /// The devices as a table with a heading line.
 fn table(devices: &[DeviceJson], now: u64) -> String {
-    let mut rows: Vec<[String; 12]> = vec![[
+    let mut rows: Vec<[String; 13]> = vec![[
         "ID",
         "NAME",
         "FLEET",
@@ -437,6 +437,7 @@ fn table(devices: &[DeviceJson], now: u64) -> String {
         "RTT",
         "TEMP",
         "LOAD",
+        "TODAY",
     ]
     .map(String::from)];
     for d in devices {
@@ -469,9 +470,12 @@ fn table(devices: &[DeviceJson], now: u64) -> String {
             d.load1()
                 .map(|l| format!("{l:.2}"))
                 .unwrap_or_else(|| "-".into()),
+            d.wire_today()
+                .map(api::bytes_text)
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut widths = [0usize; 12];
+    let mut widths = [0usize; 13];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
             *w = (*w).max(cell.chars().count());
@@ -587,6 +591,18 @@ fn details(d: &DeviceJson, now: u64) -> String {
                     printable(h.last_error.as_deref().unwrap_or("none")),
                 ),
             ]);
+            match &h.cost {
+                None => lines.push(("cost", "not reported".into())),
+                Some(c) => lines.extend([
+                    ("cost today", cost_line(&c.today, &c.day)),
+                    (
+                        "cost yesterday",
+                        c.yesterday
+                            .as_ref()
+                            .map_or_else(|| "not counted".into(), |y| cost_line(y, "")),
+                    ),
+                ]),
+            }
         }
     }
     if d.connections.is_empty() {
@@ -608,6 +624,26 @@ fn details(d: &DeviceJson, now: u64) -> String {
         out.push_str(&format!("{:<19} {v}\n", format!("{k}:")));
     }
     out
+}
+
+/// A day's bytes, one line: `1.5 MiB on the wire, 1.0 MiB carried, 512.0 KiB
+/// overhead (2026-12-05, 22h13m counted)`.
+fn cost_line(d: &api::DayCostJson, day: &str) -> String {
+    let secs = d.covered_secs;
+    let counted = match secs {
+        86_400.. => "whole day".to_string(),
+        _ => format!("{}h{:02}m counted", secs / 3600, secs / 60 % 60),
+    };
+    let when = match day {
+        "" => counted,
+        day => format!("{}, {counted}", printable(day)),
+    };
+    format!(
+        "{} on the wire, {} carried, {} overhead ({when})",
+        api::bytes_text(d.wire),
+        api::bytes_text(d.carried),
+        api::bytes_text(d.overhead)
+    )
 }
 
 /// A device's last change, one line: `ID STATE (why), ROLLOUT, AGO`.
@@ -906,8 +942,27 @@ mod tests {
         let col = lines[0].find("STATE").unwrap();
         assert!(lines[1][col..].starts_with("online "), "{t}");
         assert!(lines[2][col..].starts_with("offline "), "{t}");
+        assert!(lines[0].trim_end().ends_with("TODAY"), "{t}");
+        assert!(lines[1].trim_end().ends_with("1.5 MiB"), "{t}");
+        assert!(lines[2].trim_end().ends_with("3.0 MiB"), "{t}");
         let d = details(&a, now);
         assert!(d.contains("state:              online"), "{d}");
+        assert!(
+            d.contains(
+                "cost today:         1.5 MiB on the wire, 976.6 KiB carried, 559.4 KiB \
+                 overhead (2023-11-14, 22h13m counted)"
+            ),
+            "{d}"
+        );
+        assert!(
+            d.contains("cost yesterday:     3.9 KiB on the wire, 10 B carried, 3.9 KiB overhead (whole day)"),
+            "{d}"
+        );
+        let mut old = a.clone();
+        if let Some(h) = old.health.as_mut() {
+            h.cost = None;
+        }
+        assert!(details(&old, now).contains("cost:               not reported"));
         assert!(
             d.contains("connection:         quic from 192.0.2.7:40000, RTT 31 ms"),
             "{d}"

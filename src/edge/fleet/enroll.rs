@@ -447,6 +447,7 @@ impl Enroller {
             address: remote.to_string(),
             health: None,
             health_at: 0,
+            health_cost: None,
         }
     }
 

@@ -463,12 +463,19 @@ impl Inventory {
         self.mark(id);
     }
 
-    /// A device's health report, kept with the time it came.
-    pub(crate) fn health(&self, id: &str, mut health: crate::wire::Health) {
+    /// A device's health report, kept with the time it came, and its cost tail (none
+    /// from a connector that predates it: then none is shown).
+    pub(crate) fn health(
+        &self,
+        id: &str,
+        mut health: crate::wire::Health,
+        cost: Option<crate::wire::HealthCostTail>,
+    ) {
         health.last_error = health.last_error.map(crate::wire::bounded_reason);
         let now = crate::edge::token::now_unix();
         if let Some(r) = lock(&self.records).get_mut(id) {
             r.health = Some(health);
+            r.health_cost = cost;
             r.health_at = now;
             r.last_seen = now;
         }
@@ -606,6 +613,7 @@ mod tests {
             address: "192.0.2.1:1".into(),
             health: None,
             health_at: 0,
+            health_cost: None,
         }
     }
 
@@ -631,12 +639,20 @@ mod tests {
                 last_error: Some("\u{1b}[31m".repeat(1000)),
                 ..Default::default()
             },
+            Some(crate::wire::HealthCostTail {
+                today_carried: 77,
+                ..Default::default()
+            }),
         );
         // Nothing written until the batch.
         assert_eq!(store.get(&first.id).unwrap().unwrap().name, "old-name");
         inv.flush().await.unwrap();
         let stored = store.get(&first.id).unwrap().unwrap();
         assert_eq!((stored.name.as_str(), stored.first_seen), ("new-name", 100));
+        assert_eq!(
+            stored.health_cost.as_ref().map(|c| c.today_carried),
+            Some(77)
+        );
         let text = stored.health.unwrap().last_error.unwrap();
         assert!(text.len() <= 512 && !text.contains('\u{1b}'), "{text}");
         // The last connection of a device gone: last seen when it was last heard.
@@ -670,7 +686,7 @@ mod tests {
             .unwrap();
         assert_eq!(b.get(&r.id).unwrap().record.name, "board");
         // B's own view of a known device stays; a revocation is taken over.
-        b.health(&r.id, crate::wire::Health::default());
+        b.health(&r.id, crate::wire::Health::default(), None);
         assert!(a.revoke(&r.id).await.unwrap());
         assert!(!b.is_revoked(&r.id));
         assert_eq!(b.resync().await.unwrap(), 1);

@@ -11,6 +11,10 @@
 //!   no gauge histogram. "Devices that went dark" is `_offline`, "since when" this one.
 //! - `mailslot_edge_fleet_cpu_temperature_max_celsius`: the hottest CPU among the
 //!   fleet's online devices that report a temperature (absent when none does).
+//! - `mailslot_edge_fleet_wire_bytes_today`, `_today_max`: the bytes the fleet's
+//!   devices' tunnels put on the wire today, as their last health reports said (summed,
+//!   and the costliest device's); absent when no device reports it. Per fleet, not per
+//!   device: a label per device would be a series per board.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,6 +38,9 @@ struct Fleet {
     oldest_offline: Option<u64>,
     /// Hottest online CPU, millidegrees.
     temp_max: Option<i32>,
+    /// Today's wire bytes of the devices that report them: summed, and the largest.
+    wire_today: Option<u64>,
+    wire_today_max: Option<u64>,
 }
 
 impl Fleet {
@@ -52,6 +59,10 @@ impl Fleet {
         if let (true, Some(t)) = (v.online, temp) {
             self.temp_max = Some(self.temp_max.map_or(t, |m| m.max(t)));
         }
+        if let Some(w) = v.record.health_cost.as_ref().map(|c| c.today_wire) {
+            self.wire_today = Some(self.wire_today.unwrap_or(0).saturating_add(w));
+            self.wire_today_max = Some(self.wire_today_max.map_or(w, |m| m.max(w)));
+        }
     }
 
     fn merge(&mut self, o: &Fleet) {
@@ -64,6 +75,14 @@ impl Fleet {
             (a, b) => a.or(b),
         };
         self.temp_max = match (self.temp_max, o.temp_max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.wire_today = match (self.wire_today, o.wire_today) {
+            (Some(a), Some(b)) => Some(a.saturating_add(b)),
+            (a, b) => a.or(b),
+        };
+        self.wire_today_max = match (self.wire_today_max, o.wire_today_max) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
@@ -106,7 +125,7 @@ fn per_fleet(views: &[DeviceView]) -> Vec<(String, Fleet)> {
 pub fn render(out: &mut String, views: &[DeviceView], now: u64) {
     let fleets = per_fleet(views);
     type Value = fn(&Fleet, u64) -> Option<String>;
-    let families: [(&str, &str, Value); 6] = [
+    let families: [(&str, &str, Value); 8] = [
         (
             "mailslot_edge_fleet_devices_enrolled",
             "Devices recorded in the fleet, revoked ones included.",
@@ -142,6 +161,16 @@ pub fn render(out: &mut String, views: &[DeviceView], now: u64) {
             "mailslot_edge_fleet_cpu_temperature_max_celsius",
             "Highest CPU temperature reported by an online device.",
             |f, _| f.temp_max.map(|t| format!("{}", f64::from(t) / 1000.0)),
+        ),
+        (
+            "mailslot_edge_fleet_wire_bytes_today",
+            "Bytes the devices' tunnels put on the wire today (UTC, by each device's clock), as last reported.",
+            |f, _| f.wire_today.map(|w| w.to_string()),
+        ),
+        (
+            "mailslot_edge_fleet_wire_bytes_today_max",
+            "Bytes on the wire today of the fleet's costliest device, as last reported.",
+            |f, _| f.wire_today_max.map(|w| w.to_string()),
         ),
     ];
     for (name, help, value) in families {
@@ -180,6 +209,12 @@ mod tests {
         views[4].record.revoked = Some(now);
         let mut out = String::new();
         render(&mut out, &views, now);
+        // A fleet whose devices report no cost has no such series.
+        let mut bare = view(6, "f", "old", true);
+        bare.record.health_cost = None;
+        let mut old = String::new();
+        render(&mut old, &[bare], now);
+        assert!(!old.contains("wire_bytes_today{"), "{old}");
         for line in [
             "# TYPE mailslot_edge_fleet_devices_enrolled gauge",
             "mailslot_edge_fleet_devices_enrolled{fleet=\"shop\"} 3",
@@ -193,6 +228,10 @@ mod tests {
             // Only online devices count: a (41 °C) in shop, d (44 °C) in home.
             "mailslot_edge_fleet_cpu_temperature_max_celsius{fleet=\"shop\"} 41",
             "mailslot_edge_fleet_cpu_temperature_max_celsius{fleet=\"home\"} 44",
+            // 1.5 MiB per n: a, b and c in shop (1 + 2 + 3), d and e in home (4 + 5).
+            "mailslot_edge_fleet_wire_bytes_today{fleet=\"shop\"} 9437184",
+            "mailslot_edge_fleet_wire_bytes_today_max{fleet=\"shop\"} 4718592",
+            "mailslot_edge_fleet_wire_bytes_today{fleet=\"home\"} 14155776",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} not in\n{out}");
         }

@@ -494,6 +494,7 @@ pub fn device_page(edge: &str, v: &DeviceView, now: u64) -> String {
                 ),
             ];
             dl(&mut out, &fields);
+            cost_section(&mut out, h.cost.as_ref());
         }
     }
     out.push_str("<h2>Connections</h2>");
@@ -526,6 +527,44 @@ fn dl(out: &mut String, fields: &[(&str, String)]) {
         let _ = write!(out, "<dt>{k}</dt><dd>{v}</dd>");
     }
     out.push_str("</dl>");
+}
+
+/// The device's bytes today and yesterday, a table (`id="cost"`).
+fn cost_section(out: &mut String, cost: Option<&api::CostJson>) {
+    out.push_str("<h2>Cost</h2>");
+    let Some(c) = cost else {
+        out.push_str(
+            "<p class=\"empty\" id=\"no-cost\">Not reported (a connector that does not \
+             count it).</p>",
+        );
+        return;
+    };
+    out.push_str(
+        "<table id=\"cost\"><thead><tr><th>day</th><th>on the wire</th><th>carried</th>\
+         <th>overhead</th><th>counted</th></tr></thead><tbody>",
+    );
+    let today = format!("today ({})", escape(&c.day));
+    for (label, d) in [
+        (today.as_str(), Some(&c.today)),
+        ("yesterday", c.yesterday.as_ref()),
+    ] {
+        let Some(d) = d else {
+            let _ = write!(
+                out,
+                "<tr><td>{label}</td><td colspan=\"4\">not counted</td></tr>"
+            );
+            continue;
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{label}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            api::bytes_text(d.wire),
+            api::bytes_text(d.carried),
+            api::bytes_text(d.overhead),
+            duration_text(u64::from(d.covered_secs)),
+        );
+    }
+    out.push_str("</tbody></table>");
 }
 
 /// `3d 4h 5m`.
@@ -782,5 +821,22 @@ mod tests {
         assert_eq!(order(&second)[0], "d0500");
         assert!(second.contains("previous"));
         assert!(!second.contains(">next<"));
+    }
+
+    #[test]
+    fn a_device_page_shows_what_it_costs() {
+        let mut v = view(2, "pi-2", "home", true);
+        let page = device_page("e", &v, NOW);
+        assert!(page.contains("<table id=\"cost\">"), "{page}");
+        assert!(page.contains(
+            "<tr><td>today (2023-11-14)</td><td>3.0 MiB</td><td>1.9 MiB</td><td>1.1 MiB</td><td>22h 13m</td></tr>"
+        ), "{page}");
+        assert!(page.contains("<tr><td>yesterday</td><td>3.9 KiB</td><td>10 B</td>"));
+        v.record.health_cost.as_mut().unwrap().yesterday_secs = 0;
+        let page = device_page("e", &v, NOW);
+        assert!(page.contains("<tr><td>yesterday</td><td colspan=\"4\">not counted</td></tr>"));
+        v.record.health_cost = None;
+        let page = device_page("e", &v, NOW);
+        assert!(page.contains("id=\"no-cost\"") && !page.contains("id=\"cost\""));
     }
 }

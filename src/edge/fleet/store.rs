@@ -22,7 +22,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::revoked::{RevokedId, RevokedKind, MAX_REVOKED_IDS};
-use crate::wire::{ChangeKind, Health};
+use crate::wire::{ChangeKind, Health, HealthCostTail};
 
 /// Everything the edge keeps about one device. Texts are bounded before they get here
 /// (`wire::bounded_reason`); `hostnames` holds at most as many names as the enrolment
@@ -57,6 +57,31 @@ pub struct DeviceRecord {
     /// Latest health report, and when it came (Unix seconds).
     pub health: Option<Health>,
     pub health_at: u64,
+    /// The cost tail of the latest health report (`None` from a connector that sends
+    /// none). Stored after the record ([`encode_record`]), so that records written
+    /// before it existed decode, and edges that predate it read records written after.
+    #[serde(skip)]
+    pub health_cost: Option<HealthCostTail>,
+}
+
+/// A record as both stores keep it: the postcard record, then its health cost tail
+/// when it has one (an edge that predates the tail reads the record and ignores it).
+pub(crate) fn encode_record(record: &DeviceRecord) -> Result<Vec<u8>, postcard::Error> {
+    let mut bytes = postcard::to_allocvec(record)?;
+    if let Some(cost) = &record.health_cost {
+        bytes.extend_from_slice(&postcard::to_allocvec(cost)?);
+    }
+    Ok(bytes)
+}
+
+/// A record written by [`encode_record`] (or before the tail existed: none). A tail
+/// that does not decode is dropped; the record stands.
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<DeviceRecord, postcard::Error> {
+    let (mut record, rest): (DeviceRecord, _) = postcard::take_from_bytes(bytes)?;
+    if !rest.is_empty() {
+        record.health_cost = postcard::take_from_bytes(rest).ok().map(|(c, _)| c);
+    }
+    Ok(record)
 }
 
 /// Most devices one edge's store keeps: enrolment beyond it is refused
@@ -358,3 +383,42 @@ pub use self::embedded::RedbStore;
 /// embedded one's tests run them, and so do the Redis one's (`edge::cluster::store`).
 #[cfg(test)]
 pub(crate) mod suite;
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+    use crate::wire::HealthCostTail;
+
+    /// Records written before the health cost tail decode (without a cost); records
+    /// written with it decode whole here and as the bare record by an edge that
+    /// predates it; a damaged tail leaves the record standing.
+    #[test]
+    fn the_health_cost_tail_of_a_record_is_optional_both_ways() {
+        let mut r = suite::record(1, 7);
+        r.health = Some(Health {
+            uptime_secs: 9,
+            ..Default::default()
+        });
+        let old = postcard::to_allocvec(&r).unwrap();
+        assert_eq!(decode_record(&old).unwrap(), r);
+        assert_eq!(encode_record(&r).unwrap(), old, "no cost, no tail");
+        r.health_cost = Some(HealthCostTail {
+            day: 20_427,
+            today_secs: 60,
+            today_carried: 1,
+            today_wire: u64::MAX,
+            yesterday_secs: 0,
+            yesterday_carried: 0,
+            yesterday_wire: 0,
+        });
+        let new = encode_record(&r).unwrap();
+        assert_eq!(decode_record(&new).unwrap(), r);
+        let read_by_old: DeviceRecord = postcard::from_bytes(&new).unwrap();
+        assert_eq!(read_by_old.health_cost, None);
+        assert_eq!(read_by_old.health, r.health);
+        let mut damaged = old.clone();
+        damaged.extend_from_slice(&[0xff; 7]);
+        assert_eq!(decode_record(&damaged).unwrap().health_cost, None);
+        assert!(decode_record(&old[..old.len() - 1]).is_err());
+    }
+}

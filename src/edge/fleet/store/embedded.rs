@@ -47,11 +47,11 @@ fn engine(e: impl std::fmt::Display) -> StoreError {
 }
 
 fn decode(id: &str, bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
-    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(crate::wire::bounded_reason(id)))
+    super::decode_record(bytes).map_err(|_| StoreError::Corrupt(crate::wire::bounded_reason(id)))
 }
 
 fn encode(record: &DeviceRecord) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(record).map_err(engine)
+    super::encode_record(record).map_err(engine)
 }
 
 fn decode_any<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {

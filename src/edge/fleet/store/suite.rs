@@ -24,6 +24,7 @@ pub(crate) fn record(n: u8, key: u8) -> DeviceRecord {
         address: "192.0.2.1:4000".into(),
         health: None,
         health_at: 0,
+        health_cost: None,
     }
 }
 
@@ -95,6 +96,10 @@ pub(crate) fn updates_write_only_known_records(store: &dyn Store) {
         uptime_secs: 9,
         ..Default::default()
     });
+    r.health_cost = Some(crate::wire::HealthCostTail {
+        today_wire: 4321,
+        ..Default::default()
+    });
     store.update(&[r, record(9, 9)]).unwrap();
     store.revoke(&record(1, 7).id, 600).unwrap();
     let all = store.list().unwrap();
@@ -104,6 +109,7 @@ pub(crate) fn updates_write_only_known_records(store: &dyn Store) {
     assert_eq!(r.key_id, [7; 16], "the quota's key stays");
     assert_eq!(r.revoked, Some(600));
     assert_eq!(r.health.as_ref().unwrap().uptime_secs, 9);
+    assert_eq!(r.health_cost.as_ref().unwrap().today_wire, 4321);
     assert_eq!(
         store.enroll(&record(2, 7), Some(1)).unwrap(),
         Enrolled::QuotaFull { count: 1 }
