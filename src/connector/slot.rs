@@ -21,7 +21,11 @@
 //! - `protocol: auto` waits 3 s for QUIC before HTTP/2, and on HTTP/2 probes QUIC on
 //!   the same schedule;
 //! - [`Names`]: when an edge name stops resolving, its last good addresses are used,
-//!   said once, and once when it resolves again.
+//!   said once, and once when it resolves again; the members an edge of a cluster
+//!   told take the place of its entry's addresses, shared out over the slots
+//!   ([`super::rendezvous::assign`]); a member that failed is skipped for
+//!   [`MEMBER_DOWN_FOR`], and when every member told failed the entry's own
+//!   addresses serve again.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -581,18 +585,30 @@ fn least_used(up: &[usize], home: usize) -> Option<usize> {
     counts.into_iter().min_by_key(|&(_, n)| n).map(|(e, _)| e)
 }
 
+/// How long a member an edge told is skipped after a connection to it failed.
+pub(crate) const MEMBER_DOWN_FOR: Duration = Duration::from_secs(30);
+
 /// What the slots learned about each edge entry's name, shared by all of them: its last
-/// good addresses, and whether resolving it fails now (said once, not per attempt).
+/// good addresses, and whether resolving it fails now (said once, not per attempt);
+/// the members its edges told, and which of them failed lately.
 pub(crate) struct Names {
     entries: Vec<Name>,
     /// The connector's seed for ordering an entry's addresses ([`super::rendezvous`]).
     seed: [u8; 16],
+    /// Connections per entry (`ha-connections` over the entries, rounded up): what the
+    /// members told are shared out over.
+    per_entry: usize,
 }
 
 #[derive(Default, Clone)]
 struct Name {
     last_good: Vec<SocketAddr>,
     failing: bool,
+    /// The members an edge reached through this entry told, sorted; at most
+    /// [`crate::wire::MAX_MEMBERS`] (checked by the caller of [`Names::told`]).
+    told: Vec<SocketAddr>,
+    /// Members whose connection failed, and since when; at most one per member told.
+    down: Vec<(SocketAddr, Instant)>,
 }
 
 /// What resolving an edge entry gave.
@@ -622,12 +638,92 @@ impl Names {
         Names {
             entries: vec![Name::default(); edges],
             seed: [0; 16],
+            per_entry: 1,
         }
     }
 
     /// The same, ordering each entry's addresses by rendezvous hashing on `seed`.
     pub(crate) fn seeded(self, seed: [u8; 16]) -> Names {
         Names { seed, ..self }
+    }
+
+    /// The same, for `slots` connections (`ha-connections`).
+    pub(crate) fn for_slots(self, slots: usize) -> Names {
+        let per_entry = slots.div_ceil(self.entries.len().max(1)).max(1);
+        Names { per_entry, ..self }
+    }
+
+    /// An edge reached through entry `idx` told these members (checked addresses);
+    /// `true` when that changes the entry's list. A new list forgets which members
+    /// failed: it is news worth trying.
+    pub(crate) fn told(&mut self, idx: usize, mut members: Vec<SocketAddr>) -> bool {
+        members.sort_unstable();
+        members.dedup();
+        let Some(n) = self.entries.get_mut(idx) else {
+            return false;
+        };
+        if n.told == members {
+            return false;
+        }
+        n.told = members;
+        n.down.clear();
+        true
+    }
+
+    /// The member slot `slot` dials for entry `idx` now: its share of the members told
+    /// that did not fail lately. `None`: nothing told, or every member failed (the
+    /// entry's own addresses serve then).
+    pub(crate) fn member_for(
+        &mut self,
+        idx: usize,
+        slot: usize,
+        edges: usize,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let n = self.entries.get_mut(idx)?;
+        n.down
+            .retain(|&(_, at)| now.saturating_duration_since(at) < MEMBER_DOWN_FOR);
+        let live: Vec<SocketAddr> = n
+            .told
+            .iter()
+            .copied()
+            .filter(|a| !n.down.iter().any(|(d, _)| d == a))
+            .collect();
+        let shares = super::rendezvous::assign(&live, &self.seed, self.per_entry);
+        shares
+            .get((slot / edges.max(1)) % self.per_entry.max(1))
+            .copied()
+    }
+
+    /// A connection to `addr` through entry `idx` failed: skip that member for a while
+    /// (no effect on an address that is not a member told).
+    pub(crate) fn member_failed(&mut self, idx: usize, addr: SocketAddr, now: Instant) {
+        let Some(n) = self.entries.get_mut(idx) else {
+            return;
+        };
+        if !n.told.contains(&addr) {
+            return;
+        }
+        match n.down.iter_mut().find(|(d, _)| *d == addr) {
+            Some(d) => d.1 = now,
+            None => n.down.push((addr, now)),
+        }
+    }
+
+    /// A connection to `addr` through entry `idx` registered: the member works.
+    pub(crate) fn member_works(&mut self, idx: usize, addr: SocketAddr) {
+        if let Some(n) = self.entries.get_mut(idx) {
+            n.down.retain(|(d, _)| *d != addr);
+        }
+    }
+
+    /// Whether a member skipped for failing is due to be tried again (at `now`).
+    pub(crate) fn any_down_expired(&self, now: Instant) -> bool {
+        self.entries.iter().any(|n| {
+            n.down
+                .iter()
+                .any(|&(_, at)| now.saturating_duration_since(at) >= MEMBER_DOWN_FOR)
+        })
     }
 
     /// Entry `idx` resolved to `addrs` (IPv4 first, then in the connector's rendezvous
