@@ -106,6 +106,8 @@ struct Shared {
     /// Bumped when the members an edge told change, or a member skipped for failing is
     /// due again: each registered slot looks whether its share moved ([`misplaced`]).
     members: watch::Sender<u64>,
+    /// Held by the slot moving to its share of the members: one at a time.
+    moving: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -220,6 +222,7 @@ impl Connector {
                 start_trial: Mutex::new(None),
                 upgrade: Arc::default(),
                 members: watch::channel(0).0,
+                moving: tokio::sync::Mutex::new(()),
             }),
         };
         *lock(&connector.shared.start_trial) = found;
@@ -313,6 +316,29 @@ fn names_for(device: Option<&device::Device>, config: &crate::config::DeviceConf
         .for_slots(usize::from(config.ha_connections.max(1)))
 }
 
+/// Takes the members told in the registration of slot `slot`: the news when no other
+/// slot is registered (they follow the members' changes, told alike by every edge; a
+/// newer edge's registration may come before the others read the change, and would
+/// move slots back and forth until they do).
+fn told_at_registration(
+    shared: &Shared,
+    slot: usize,
+    entry: usize,
+    from: SocketAddr,
+    members: &[String],
+) {
+    let others = shared
+        .slots
+        .borrow()
+        .iter()
+        .enumerate()
+        .any(|(i, s)| i != slot && s.connected);
+    if others && lock(&shared.names).has_told(entry) {
+        return;
+    }
+    told_members(shared, entry, from, members);
+}
+
 /// Takes the members an edge reached through entry `entry` (at `from`) told: each an
 /// `IP:PORT` a connection can dial, at most [`crate::wire::MAX_MEMBERS`]. A list that
 /// breaks that is ignored whole (a broken or hostile edge), with a log line; one that
@@ -368,6 +394,18 @@ fn misplaced(shared: &Shared, slot: usize, current: SocketAddr) -> Option<usize>
     }
     let want = lock(&shared.names).member_for(home, slot, edges, Instant::now())?;
     (want != current).then_some(home)
+}
+
+/// A registered connection to slot `slot`'s share of the members, for a slot at
+/// `current`: one slot at a time, and only while its share is still elsewhere.
+async fn move_to_share(
+    shared: &Arc<Shared>,
+    slot: usize,
+    current: SocketAddr,
+) -> Option<session::Moved> {
+    let _one = shared.moving.lock().await;
+    let home = misplaced(shared, slot, current)?;
+    session::probe_home(shared, slot, home).await
 }
 
 /// Wakes the slots when a member skipped for failing is due to be tried again.

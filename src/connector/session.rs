@@ -88,7 +88,7 @@ pub(super) async fn register(
         members,
     } = shook;
     if let Some(m) = &members {
-        super::told_members(shared, entry, addr, &m.members);
+        super::told_at_registration(shared, slot, entry, addr, &m.members);
     }
     let generation = rt.generation;
     let device = match (&shared.device, rt.config.enroll_key()) {
@@ -194,7 +194,7 @@ async fn probe_quic(shared: &Arc<Shared>, slot: usize, dial: &Dial) -> Option<Mo
 }
 
 /// A registered connection to edge entry `home`; `None` while it does not answer.
-async fn probe_home(shared: &Arc<Shared>, slot: usize, home: usize) -> Option<Moved> {
+pub(super) async fn probe_home(shared: &Arc<Shared>, slot: usize, home: usize) -> Option<Moved> {
     let dial = dial::prepare(shared, slot, home).await.ok()?;
     let rt = shared.current.borrow().clone();
     let mut auto = Auto::default();
@@ -451,8 +451,8 @@ async fn serve_registered(
                 let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
             }
             Ok(()) = members.changed(), if probe.is_none() && probing.is_none() && !drained => {
-                if let Some(home) = super::misplaced(shared, slot, addr) {
-                    probing = Some(Box::pin(probe_home(shared, slot, home)));
+                if super::misplaced(shared, slot, addr).is_some() {
+                    probing = Some(Box::pin(super::move_to_share(shared, slot, addr)));
                 }
             }
             _ = probe_timer.tick(), if probe.is_some() && probing.is_none() && !drained => {

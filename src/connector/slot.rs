@@ -670,6 +670,11 @@ impl Names {
         true
     }
 
+    /// Whether an edge of entry `idx` told members.
+    pub(crate) fn has_told(&self, idx: usize) -> bool {
+        self.entries.get(idx).is_some_and(|n| !n.told.is_empty())
+    }
+
     /// The member slot `slot` dials for entry `idx` now: its share of the members told
     /// that did not fail lately. `None`: nothing told, or every member failed (the
     /// entry's own addresses serve then).

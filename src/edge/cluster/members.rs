@@ -10,10 +10,12 @@
 //! An edge with `cluster: advertise:` writes itself every [`REFRESH_EVERY`] for [`TTL`]
 //! (the presence scheme: a dead edge's entry goes by itself), removes the expired
 //! entries and reads the live ones back, at most [`READ_AT_MOST`]. What it tells
-//! connectors is that list sorted, cut to [`MAX_MEMBERS`] with its own address always
-//! in it; the list changes only when an edge joins or leaves, and only then does each
-//! following connection get an `EdgeMsg::Members`. Redis unreachable: the last list
-//! read stays (tried again every [`RETRY_WHILE_FAILING`]).
+//! connectors is that list sorted and cut to [`MAX_MEMBERS`]: every edge tells the
+//! same list (once each has refreshed), so a connector whose connections are at
+//! several edges hears one story; in a cluster of more edges, connectors spread over
+//! the first 16 by address. The list changes only when an edge joins or leaves, and
+//! only then does each following connection get an `EdgeMsg::Members`. Redis
+//! unreachable: the last list read stays (tried again every [`RETRY_WHILE_FAILING`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,21 +119,20 @@ impl Members {
     }
 }
 
-/// What an edge tells: the live entries that are addresses, sorted, `me` always among
-/// them, at most [`MAX_MEMBERS`].
+/// What an edge tells: the live entries that are addresses (`me` among them even when
+/// its entry was just lost), sorted, the first [`MAX_MEMBERS`]: the same list at every
+/// edge.
 fn told_list(me: &str, live: Vec<String>) -> Vec<String> {
     let mut addrs: Vec<SocketAddr> = live
         .iter()
+        .map(String::as_str)
+        .chain([me])
         .filter_map(|m| m.parse::<SocketAddr>().ok())
         .collect();
-    let mine = me.parse::<SocketAddr>().ok();
     addrs.sort_unstable();
     addrs.dedup();
-    addrs.retain(|a| Some(*a) != mine);
-    addrs.truncate(MAX_MEMBERS.saturating_sub(1));
-    let mut out: Vec<SocketAddr> = mine.into_iter().chain(addrs).collect();
-    out.sort_unstable();
-    out.iter().map(|a| a.to_string()).collect()
+    addrs.truncate(MAX_MEMBERS);
+    addrs.iter().map(|a| a.to_string()).collect()
 }
 
 /// Keeps this edge in the list and the list read until the task is dropped.
@@ -183,15 +184,15 @@ mod tests {
     use crate::edge::cluster::testing::RedisServer;
 
     #[test]
-    fn the_list_told_is_sorted_bounded_and_holds_this_edge() {
+    fn the_list_told_is_sorted_bounded_and_the_same_at_every_edge() {
         let me = "10.0.0.9:7844";
         let mut live: Vec<String> = (1..=40).map(|i| format!("10.0.1.{i}:7844")).collect();
         live.push("not an address".into());
         live.push(me.into());
         live.push("10.0.1.1:7844".into());
-        let told = told_list(me, live);
+        let told = told_list(me, live.clone());
         assert_eq!(told.len(), MAX_MEMBERS);
-        assert!(told.contains(&me.to_string()));
+        assert_eq!(told, told_list("10.0.1.30:7844", live), "one story");
         let parsed: Vec<SocketAddr> = told.iter().map(|t| t.parse().unwrap()).collect();
         let mut sorted = parsed.clone();
         sorted.sort_unstable();
