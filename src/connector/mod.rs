@@ -408,6 +408,19 @@ async fn move_to_share(
     session::probe_home(shared, slot, home).await
 }
 
+/// A connection to member `addr` of entry `entry` failed: it is skipped for a while,
+/// and the other slots look whether their share moved with it (without it, a slot
+/// whose share it was takes another's, and that one moves on).
+fn member_failed(shared: &Shared, entry: usize, addr: SocketAddr) {
+    if lock(&shared.names).member_failed(entry, addr, Instant::now()) {
+        log::info!(
+            "edge {addr} of the cluster failed: skipping it for {}s",
+            slot::MEMBER_DOWN_FOR.as_secs()
+        );
+        shared.members.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
 /// Wakes the slots when a member skipped for failing is due to be tried again.
 async fn members_due(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(slot::MEMBER_DOWN_FOR);
@@ -578,7 +591,7 @@ async fn connect_and_serve(
         let dial = dial::prepare(shared, slot, entry).await?;
         // A member told that fails is skipped for a while; one that works is kept.
         let failed = |e| {
-            lock(&shared.names).member_failed(entry, dial.addr(), Instant::now());
+            member_failed(shared, entry, dial.addr());
             e
         };
         let session = dial::open_session(shared, &dial, slot, protocol, &mut policy.auto, fast)
@@ -592,7 +605,7 @@ async fn connect_and_serve(
             Err(e) => {
                 session.close("connection ended");
                 if !e.refused {
-                    lock(&shared.names).member_failed(entry, dial.addr(), Instant::now());
+                    member_failed(shared, entry, dial.addr());
                 }
                 Err(e)
             }

@@ -701,17 +701,24 @@ impl Names {
     }
 
     /// A connection to `addr` through entry `idx` failed: skip that member for a while
-    /// (no effect on an address that is not a member told).
-    pub(crate) fn member_failed(&mut self, idx: usize, addr: SocketAddr, now: Instant) {
+    /// (no effect on an address that is not a member told). `true` when it was not
+    /// skipped yet: the shares of the other slots may have moved.
+    pub(crate) fn member_failed(&mut self, idx: usize, addr: SocketAddr, now: Instant) -> bool {
         let Some(n) = self.entries.get_mut(idx) else {
-            return;
+            return false;
         };
         if !n.told.contains(&addr) {
-            return;
+            return false;
         }
         match n.down.iter_mut().find(|(d, _)| *d == addr) {
-            Some(d) => d.1 = now,
-            None => n.down.push((addr, now)),
+            Some(d) => {
+                d.1 = now;
+                false
+            }
+            None => {
+                n.down.push((addr, now));
+                true
+            }
         }
     }
 

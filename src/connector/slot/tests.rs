@@ -592,8 +592,12 @@ fn members_told_are_shared_out_skipped_when_failing_and_fall_back_to_the_entry()
     let again: Vec<SocketAddr> = (0..4).map(|s| n.member_for(0, s, 1, t0).unwrap()).collect();
     assert_eq!(picks, again, "stable");
     // B fails: every slot takes A until B's time is up.
-    n.member_failed(0, b, t0);
-    n.member_failed(0, addr("198.51.100.1:7844"), t0); // not a member: ignored
+    assert!(n.member_failed(0, b, t0), "newly skipped");
+    assert!(!n.member_failed(0, b, t0), "already skipped");
+    assert!(
+        !n.member_failed(0, addr("198.51.100.1:7844"), t0),
+        "not a member"
+    );
     for s in 0..4 {
         assert_eq!(n.member_for(0, s, 1, t0 + S), Some(a));
     }
