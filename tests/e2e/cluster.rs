@@ -758,12 +758,18 @@ fn member_edge(redis: &RedisProc, first: Option<&EdgeProc>) -> EdgeProc {
         redis.socket().display()
     );
     let edge = start_edge(init_edge(&yaml));
-    edge.proc.wait_line(&format!(
-        "cluster: telling connectors the members, this edge as {}",
-        edge.tunnel
-    ));
-    edge.proc
-        .wait_line("cluster: following fleet changes on redis unix://");
+    // Lines of tasks that run side by side: counted in the whole log, in any order.
+    for line in [
+        format!(
+            "cluster: telling connectors the members, this edge as {}",
+            edge.tunnel
+        ),
+        "cluster: following fleet changes on redis unix://".to_string(),
+    ] {
+        edge.proc
+            .wait_count(&line, 1, WAIT)
+            .unwrap_or_else(|| panic!("no {line:?}:\n{}", edge.proc.dump()));
+    }
     edge
 }
 
@@ -807,7 +813,9 @@ pub(crate) fn a_connector_told_the_members_spreads_over_them_and_follows_their_c
         v.sort();
         format!("cluster: members told to connectors: {}, {}", v[0], v[1])
     };
-    b.proc.wait_line(&both);
+    b.proc
+        .wait_count(&both, 1, WAIT)
+        .unwrap_or_else(|| panic!("B never told {both:?}:\n{}", b.proc.dump()));
     let origin = Origin::start("members");
     let token = a.token("dev42", &["dev42.example.com"], "1h");
     let dev = TempDir::new("cluster-members");
