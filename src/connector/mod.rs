@@ -421,8 +421,12 @@ fn member_failed(shared: &Shared, entry: usize, addr: SocketAddr) {
     }
 }
 
-/// Wakes the slots when a member skipped for failing is due to be tried again.
+/// Wakes the slots when a member skipped for failing is due to be tried again; idle
+/// (no timer) until an edge tells members.
 async fn members_due(shared: Arc<Shared>) {
+    if shared.members.subscribe().changed().await.is_err() {
+        return;
+    }
     let mut tick = tokio::time::interval(slot::MEMBER_DOWN_FOR);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
