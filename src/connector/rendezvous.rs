@@ -70,22 +70,14 @@ pub(crate) fn assign(members: &[SocketAddr], seed: &[u8; 16], slots: usize) -> V
     let mut load = vec![0usize; members.len()];
     let mut out = Vec::with_capacity(slots);
     for slot in 0..slots {
-        let mut ranked: Vec<usize> = (0..members.len()).collect();
-        ranked.sort_by_cached_key(|&i| {
-            members
-                .get(i)
-                .map(|a| (a.is_ipv6(), std::cmp::Reverse(slot_score(seed, slot, a))))
-        });
-        // n members of cap ≥ slots/2 each hold every slot: one always has room.
-        let pick = ranked
+        // n ≥ 2 members of cap ≥ slots/2 each hold every slot: one always has room.
+        let best = members
             .iter()
-            .copied()
-            .find(|&i| load.get(i).is_some_and(|&l| l < cap))
-            .or(ranked.first().copied());
-        if let (Some(i), Some(a)) = (pick, pick.and_then(|i| members.get(i))) {
-            if let Some(l) = load.get_mut(i) {
-                *l += 1;
-            }
+            .zip(load.iter_mut())
+            .filter(|(_, l)| **l < cap)
+            .max_by_key(|(a, _)| (!a.is_ipv6(), slot_score(seed, slot, a)));
+        if let Some((a, l)) = best {
+            *l += 1;
             out.push(*a);
         }
     }
