@@ -407,10 +407,7 @@ async fn move_to_share(
 /// whose share it was takes another's, and that one moves on).
 fn member_failed(shared: &Shared, entry: usize, addr: SocketAddr) {
     if lock(&shared.names).member_failed(entry, addr, Instant::now()) {
-        log::info!(
-            "edge {addr} of the cluster failed: skipping it for {}s",
-            slot::MEMBER_DOWN_FOR.as_secs()
-        );
+        log::info!("edge {addr} of the cluster failed: skipping it for a while");
         shared.members.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
@@ -425,7 +422,7 @@ async fn members_due(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if lock(&shared.names).any_down_expired(Instant::now()) {
+        if lock(&shared.names).due(Instant::now()) {
             shared.members.send_modify(|n| *n = n.wrapping_add(1));
         }
     }

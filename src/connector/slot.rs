@@ -24,8 +24,9 @@
 //!   said once, and once when it resolves again; the members an edge of a cluster
 //!   told take the place of its entry's addresses, shared out over the slots
 //!   ([`super::rendezvous::assign`]); a member that failed is skipped for
-//!   [`MEMBER_DOWN_FOR`], and when every member told failed the entry's own
-//!   addresses serve again.
+//!   [`MEMBER_DOWN_FOR`], twice as long after each failure that follows (at most
+//!   [`MEMBER_DOWN_MAX`]), and when every member told failed the entry's own addresses
+//!   serve again.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -585,8 +586,12 @@ fn least_used(up: &[usize], home: usize) -> Option<usize> {
     counts.into_iter().min_by_key(|&(_, n)| n).map(|(e, _)| e)
 }
 
-/// How long a member an edge told is skipped after a connection to it failed.
+/// How long a member an edge told is skipped after a connection to it failed; twice as
+/// long after each failure that follows, until one works or a new list comes.
 pub(crate) const MEMBER_DOWN_FOR: Duration = Duration::from_secs(30);
+/// Longest a failing member is skipped: a member the device can never reach (a wrong
+/// `advertise:`) costs a handshake per slot this often, not every 30 s.
+pub(crate) const MEMBER_DOWN_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// What the slots learned about each edge entry's name, shared by all of them: its last
 /// good addresses, and whether resolving it fails now (said once, not per attempt);
@@ -607,8 +612,20 @@ struct Name {
     /// The members an edge reached through this entry told, sorted; at most
     /// [`crate::wire::MAX_MEMBERS`] (checked by the caller of [`Names::told`]).
     told: Vec<SocketAddr>,
-    /// Members whose connection failed, and since when; at most one per member told.
-    down: Vec<(SocketAddr, Instant)>,
+    /// Members whose connection failed; at most one per member told.
+    down: Vec<Down>,
+}
+
+/// A member told whose connection failed.
+#[derive(Clone, Copy)]
+struct Down {
+    addr: SocketAddr,
+    /// Skipped until then.
+    until: Instant,
+    /// How long the last failure skips it for.
+    skip: Duration,
+    /// Its time is up and the slots were told so ([`Names::due`]).
+    due_told: bool,
 }
 
 /// What resolving an edge entry gave.
@@ -685,14 +702,12 @@ impl Names {
         edges: usize,
         now: Instant,
     ) -> Option<SocketAddr> {
-        let n = self.entries.get_mut(idx)?;
-        n.down
-            .retain(|&(_, at)| now.saturating_duration_since(at) < MEMBER_DOWN_FOR);
+        let n = self.entries.get(idx)?;
         let live: Vec<SocketAddr> = n
             .told
             .iter()
             .copied()
-            .filter(|a| !n.down.iter().any(|(d, _)| d == a))
+            .filter(|a| !n.down.iter().any(|d| d.addr == *a && now < d.until))
             .collect();
         let shares = super::rendezvous::assign(&live, &self.seed, self.per_entry);
         shares
@@ -700,9 +715,10 @@ impl Names {
             .copied()
     }
 
-    /// A connection to `addr` through entry `idx` failed: skip that member for a while
-    /// (no effect on an address that is not a member told). `true` when it was not
-    /// skipped yet: the shares of the other slots may have moved.
+    /// A connection to `addr` through entry `idx` failed: skip that member for a while,
+    /// longer after each failure that follows (no effect on an address that is not a
+    /// member told). `true` when it was not skipped until now: the shares of the other
+    /// slots may have moved.
     pub(crate) fn member_failed(&mut self, idx: usize, addr: SocketAddr, now: Instant) -> bool {
         let Some(n) = self.entries.get_mut(idx) else {
             return false;
@@ -710,13 +726,22 @@ impl Names {
         if !n.told.contains(&addr) {
             return false;
         }
-        match n.down.iter_mut().find(|(d, _)| *d == addr) {
+        match n.down.iter_mut().find(|d| d.addr == addr) {
+            // Skipped already: a slot that picked it before it was.
+            Some(d) if now < d.until => false,
             Some(d) => {
-                d.1 = now;
-                false
+                d.skip = d.skip.saturating_mul(2).min(MEMBER_DOWN_MAX);
+                d.until = now + d.skip;
+                d.due_told = false;
+                true
             }
             None => {
-                n.down.push((addr, now));
+                n.down.push(Down {
+                    addr,
+                    until: now + MEMBER_DOWN_FOR,
+                    skip: MEMBER_DOWN_FOR,
+                    due_told: false,
+                });
                 true
             }
         }
@@ -725,17 +750,21 @@ impl Names {
     /// A connection to `addr` through entry `idx` registered: the member works.
     pub(crate) fn member_works(&mut self, idx: usize, addr: SocketAddr) {
         if let Some(n) = self.entries.get_mut(idx) {
-            n.down.retain(|(d, _)| *d != addr);
+            n.down.retain(|d| d.addr != addr);
         }
     }
 
-    /// Whether a member skipped for failing is due to be tried again (at `now`).
-    pub(crate) fn any_down_expired(&self, now: Instant) -> bool {
-        self.entries.iter().any(|n| {
-            n.down
-                .iter()
-                .any(|&(_, at)| now.saturating_duration_since(at) >= MEMBER_DOWN_FOR)
-        })
+    /// Whether a member skipped for failing became due to be tried again by `now`
+    /// (each time up, once).
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
+        let mut due = false;
+        for d in self.entries.iter_mut().flat_map(|n| n.down.iter_mut()) {
+            if now >= d.until && !d.due_told {
+                d.due_told = true;
+                due = true;
+            }
+        }
+        due
     }
 
     /// Entry `idx` resolved to `addrs` (IPv4 first, then in the connector's rendezvous

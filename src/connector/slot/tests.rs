@@ -601,14 +601,36 @@ fn members_told_are_shared_out_skipped_when_failing_and_fall_back_to_the_entry()
     for s in 0..4 {
         assert_eq!(n.member_for(0, s, 1, t0 + S), Some(a));
     }
-    assert!(!n.any_down_expired(t0 + S));
-    assert!(n.any_down_expired(t0 + MEMBER_DOWN_FOR));
+    assert!(!n.due(t0 + S));
+    assert!(
+        n.due(t0 + MEMBER_DOWN_FOR),
+        "B's time is up: the slots look again"
+    );
+    assert!(!n.due(t0 + MEMBER_DOWN_FOR), "said once");
+    let t1 = t0 + MEMBER_DOWN_FOR;
     assert_eq!(
         (0..4)
-            .map(|s| n.member_for(0, s, 1, t0 + MEMBER_DOWN_FOR).unwrap())
+            .map(|s| n.member_for(0, s, 1, t1).unwrap())
             .collect::<Vec<_>>(),
         picks
     );
+    // B fails again: skipped twice as long, and so on up to the bound.
+    assert!(n.member_failed(0, b, t1), "skipped again");
+    assert_eq!(n.member_for(0, 3, 1, t1 + MEMBER_DOWN_FOR), Some(a));
+    assert!(!n.due(t1 + MEMBER_DOWN_FOR));
+    assert!(n.due(t1 + 2 * MEMBER_DOWN_FOR));
+    let mut t = t1 + 2 * MEMBER_DOWN_FOR;
+    for _ in 0..10 {
+        n.member_failed(0, b, t);
+        t += MEMBER_DOWN_MAX;
+    }
+    assert!(n.member_failed(0, b, t));
+    assert!(!n.due(t + MEMBER_DOWN_MAX - S) && n.due(t + MEMBER_DOWN_MAX));
+    // Working again: forgotten, the next failure skips it for the first time again.
+    n.member_works(0, b);
+    assert!(n.member_failed(0, b, t));
+    assert!(n.due(t + MEMBER_DOWN_FOR));
+    n.member_works(0, b);
     // Both fail: the entry's own addresses (None), until one works again.
     n.member_failed(0, a, t0 + 2 * MEMBER_DOWN_FOR);
     n.member_failed(0, b, t0 + 2 * MEMBER_DOWN_FOR);
