@@ -316,6 +316,10 @@ pub enum ConnectorMsg {
     /// Sent only to an edge whose [`HelloClockTail`] says it understands it (an older
     /// edge ends the connection on a message it does not know).
     DataCap(DataCap),
+    /// Send [`EdgeMsg::Members`] when the cluster's members change. Sent once, after
+    /// registering, only to an edge whose `Registered` carried a [`MembersTail`] (an
+    /// older edge ends the connection on a message it does not know).
+    FollowMembers,
 }
 
 /// The state of a device's daily data cap (`data-cap` in its config), sent on each of
@@ -378,6 +382,30 @@ pub enum EdgeMsg {
     OfferRelease {
         offer: Vec<u8>,
     },
+    /// The cluster's members changed: the tunnel addresses its edges are reached at now
+    /// (only to a connector that sent [`ConnectorMsg::FollowMembers`]).
+    Members(MembersTail),
+}
+
+/// Most members an edge tells a connector about; a longer list is refused whole by the
+/// connector (a hostile or broken edge), which keeps its addresses.
+pub(crate) const MAX_MEMBERS: usize = 16;
+
+/// What an edge of a cluster appends after [`KeysTail`] (an edge that tells members
+/// appends a `RegisteredTail` and a `KeysTail` for a tunnel token's connection too,
+/// which such a connector ignores): the tunnel addresses (`IP:PORT`) of the cluster's
+/// live edges, its own among them, at most [`MAX_MEMBERS`]. Absent from edges without
+/// `cluster: advertise:`, and from those that predate it; connectors that predate it
+/// read the two tails before it and ignore it.
+///
+/// ```text
+///  edge: Registered + RegisteredTail + KeysTail + MembersTail { members }
+///  then: EdgeMsg::Members(MembersTail) on change, after ConnectorMsg::FollowMembers
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersTail {
+    /// `IP:PORT` of each live edge, as connectors dial it (`cluster: advertise:`).
+    pub members: Vec<String>,
 }
 
 /// What the edge appends after [`RegisteredTail`] for an enrolled device: the public
@@ -714,6 +742,38 @@ fn decode_connector_msg(body: &[u8]) -> Result<(ConnectorMsg, Option<HealthCostT
     Ok((msg, tail))
 }
 
+/// Reads one control frame holding a message and up to three tails (`Registered`,
+/// its `RegisteredTail`, `KeysTail` and [`MembersTail`]), each `None` when the sender
+/// did not append it; parts appended after them are ignored.
+pub(crate) async fn read_control_with_three_tails<R, M, T, U, V>(
+    r: &mut R,
+) -> Result<(M, Option<T>, Option<U>, Option<V>), WireError>
+where
+    R: AsyncRead + Unpin,
+    M: DeserializeOwned,
+    T: DeserializeOwned,
+    U: DeserializeOwned,
+    V: DeserializeOwned,
+{
+    let body = read_control_frame(r).await?;
+    let (msg, rest) = postcard::take_from_bytes(&body).map_err(WireError::Malformed)?;
+    let mut rest: &[u8] = rest;
+    let tail = take_part(&mut rest)?;
+    let more = take_part(&mut rest)?;
+    let last = take_part(&mut rest)?;
+    Ok((msg, tail, more, last))
+}
+
+/// The next part of a frame's rest, `None` when nothing is left.
+fn take_part<T: DeserializeOwned>(rest: &mut &[u8]) -> Result<Option<T>, WireError> {
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let (part, after) = postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
+    *rest = after;
+    Ok(Some(part))
+}
+
 async fn read_control_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, WireError> {
     let mut len = [0u8; 4];
     read_prefix(r, &mut len).await?;
@@ -894,6 +954,86 @@ mod tests {
         let got: (EdgeMsg, Option<HelloTail>, Option<HelloClockTail>) =
             read_control_with_tails(&mut &framed[..]).await.unwrap();
         assert_eq!(got, (hello, Some(nonce), None));
+    }
+
+    /// `FollowMembers` is `ConnectorMsg`'s eighth variant, `Members` `EdgeMsg`'s ninth;
+    /// the members tail after `Registered`'s two tails is read by connectors that know it
+    /// and ignored by those that read two tails, and every shorter answer still decodes.
+    #[tokio::test]
+    async fn members_tail_and_messages_keep_old_frames_decoding() {
+        assert_eq!(
+            postcard::to_allocvec(&ConnectorMsg::FollowMembers).unwrap(),
+            [7]
+        );
+        let told = MembersTail {
+            members: vec!["192.0.2.1:7844".into(), "[2001:db8::1]:7844".into()],
+        };
+        let m = EdgeMsg::Members(told.clone());
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        assert_eq!(bytes[..3], [8, 2, 14]);
+        assert_eq!(postcard::from_bytes::<EdgeMsg>(&bytes).unwrap(), m);
+
+        let reg = EdgeMsg::Registered {
+            tunnel_id: [3; 16],
+            edge: "a".into(),
+        };
+        let tail = RegisteredTail {
+            device_id: String::new(),
+            credential: None,
+            health_every_secs: 0,
+        };
+        let keys = KeysTail::default();
+        let mut framed = Vec::new();
+        write_control(&mut framed, &(&reg, &tail, &keys, &told))
+            .await
+            .unwrap();
+        // A connector of the previous version reads two tails and ignores the members.
+        let old: (EdgeMsg, Option<RegisteredTail>, Option<KeysTail>) =
+            read_control_with_tails(&mut &framed[..]).await.unwrap();
+        assert_eq!(old, (reg.clone(), Some(tail.clone()), Some(keys.clone())));
+        type Three = (
+            EdgeMsg,
+            Option<RegisteredTail>,
+            Option<KeysTail>,
+            Option<MembersTail>,
+        );
+        let got: Three = read_control_with_three_tails(&mut &framed[..])
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            (
+                reg.clone(),
+                Some(tail.clone()),
+                Some(keys.clone()),
+                Some(told)
+            )
+        );
+        // An edge without members (or an older one): two tails, or none at all.
+        let mut two = Vec::new();
+        write_control_with_tails(&mut two, &reg, &tail, &keys)
+            .await
+            .unwrap();
+        let got: Three = read_control_with_three_tails(&mut &two[..]).await.unwrap();
+        assert_eq!(got, (reg.clone(), Some(tail), Some(keys), None));
+        let mut plain = Vec::new();
+        write_control(&mut plain, &reg).await.unwrap();
+        let got: Three = read_control_with_three_tails(&mut &plain[..])
+            .await
+            .unwrap();
+        assert_eq!(got, (reg, None, None, None));
+        // A cut members tail is an error, not a panic.
+        let mut cut = framed.clone();
+        cut.truncate(cut.len() - 3);
+        let len = (cut.len() - 4) as u32;
+        cut[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(
+            read_control_with_three_tails::<_, EdgeMsg, RegisteredTail, KeysTail, MembersTail>(
+                &mut &cut[..]
+            )
+            .await,
+            Err(WireError::Malformed(_))
+        ));
     }
 
     #[tokio::test]

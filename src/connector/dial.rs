@@ -1,6 +1,7 @@
 //! Reaching an edge: resolving an edge entry's name (keeping its last good addresses
-//! in [`Names`](super::slot::Names) for when DNS fails), the QUIC endpoints, and
-//! opening a session as the slot's [`Plan`] says.
+//! in [`Names`](super::slot::Names) for when DNS fails; the members an edge of a
+//! cluster told instead, while one of them works), the QUIC endpoints, and opening a
+//! session as the slot's [`Plan`] says.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,8 +17,10 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to set up an HTTP/2 connection (TCP, TLS, preface).
 const H2_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Resolves edge entry `idx` for `slot`. When DNS fails the last good addresses are
-/// used; that is said once per failing spell, and once when the name resolves again.
+/// Resolves edge entry `idx` for `slot`: the slot's share of the members an edge of
+/// the entry told, when one of them works (no DNS query then; the TLS name stays the
+/// entry's), else the entry's name. When DNS fails the last good addresses are used;
+/// that is said once per failing spell, and once when the name resolves again.
 async fn edge_for(
     shared: &Shared,
     slot: usize,
@@ -31,6 +34,10 @@ async fn edge_for(
     // Stored addresses were checked (and given their port) when the config was compiled.
     let (host, port) = crate::config::validate::parse_edge_addr(entry)
         .map_err(|e| format!("edge address {entry:?}: {e}"))?;
+    let member = lock(&shared.names).member_for(idx, slot, edges.len(), std::time::Instant::now());
+    if let Some(addr) = member {
+        return Ok((addr, host.to_string()));
+    }
     crate::transport::meter::dns_lookup(host);
     let fresh = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
     let (resolved, why) = match fresh {
@@ -70,7 +77,7 @@ async fn edge_for(
     Ok((addr, host.to_string()))
 }
 
-fn addr_list(addrs: &[SocketAddr]) -> String {
+pub(super) fn addr_list(addrs: &[SocketAddr]) -> String {
     let v: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     v.join(", ")
 }
@@ -105,6 +112,11 @@ pub(super) struct Dial {
 }
 
 impl Dial {
+    /// The address dialled.
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub(super) async fn quic(
         &self,
         shared: &Shared,

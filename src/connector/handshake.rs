@@ -5,7 +5,7 @@
 //! ```text
 //!  edge:      Hello      [+ HelloTail { nonce } [+ HelloClockTail { unix_secs, data_cap }]]
 //!  connector: Register   [+ RegisterTail { instance }] [+ DeviceTail]   token "" when enrolled
-//!  edge:      Registered [+ RegisteredTail [+ KeysTail]] | Refused
+//!  edge:      Registered [+ RegisteredTail [+ KeysTail [+ MembersTail]]] | Refused
 //! ```
 //!
 //! An enrolled device pins the keys of the `KeysTail` it has none of yet
@@ -19,8 +19,8 @@ use super::active::ActiveConfig;
 use super::session::{Failure, REGISTER_TIMEOUT};
 use super::Shared;
 use crate::wire::{
-    self, ConnectorMsg, EdgeMsg, HelloClockTail, HelloTail, KeysTail, Register, RegisterTail,
-    RegisteredTail, PROTOCOL_VERSION,
+    self, ConnectorMsg, EdgeMsg, HelloClockTail, HelloTail, KeysTail, MembersTail, Register,
+    RegisterTail, RegisteredTail, PROTOCOL_VERSION,
 };
 
 /// What the edge said in a handshake it accepted.
@@ -31,6 +31,9 @@ pub(super) struct Handshake {
     pub(super) health_every_secs: u32,
     /// The edge understands `ConnectorMsg::DataCap`.
     pub(super) data_cap: bool,
+    /// The cluster's members, from an edge that tells them (and then understands
+    /// `ConnectorMsg::FollowMembers`).
+    pub(super) members: Option<MembersTail>,
 }
 
 /// Hello, register, registered on the control stream of connection `slot` to `addr`.
@@ -111,14 +114,18 @@ where
     sent.map_err(|e| format!("edge {addr}: {e}"))?;
     let reply = tokio::time::timeout(
         REGISTER_TIMEOUT,
-        wire::read_control_with_tails::<_, EdgeMsg, RegisteredTail, KeysTail>(recv),
+        wire::read_control_with_three_tails::<_, EdgeMsg, RegisteredTail, KeysTail, MembersTail>(
+            recv,
+        ),
     )
     .await
     .map_err(|_| format!("edge {addr} did not answer the registration"))?
     .map_err(|e| format!("edge {addr}: {e}"))?;
-    let (tunnel_id, registered_tail, keys) = match reply {
-        (EdgeMsg::Registered { tunnel_id, .. }, tail, keys) => (tunnel_id, tail, keys),
-        (EdgeMsg::Refused { reason, permanent }, _, _) => {
+    let (tunnel_id, registered_tail, keys, members) = match reply {
+        (EdgeMsg::Registered { tunnel_id, .. }, tail, keys, members) => {
+            (tunnel_id, tail, keys, members)
+        }
+        (EdgeMsg::Refused { reason, permanent }, _, _, _) => {
             return Err(Failure {
                 message: format!(
                     "edge {edge_name} ({addr}) refused the tunnel: {}",
@@ -127,7 +134,7 @@ where
                 refused: permanent,
             })
         }
-        (other, _, _) => return Err(format!("edge {addr} answered {other:?}").into()),
+        (other, _, _, _) => return Err(format!("edge {addr} answered {other:?}").into()),
     };
     let mut health_every_secs = 0;
     if let Some((device, _)) = device {
@@ -164,6 +171,7 @@ where
         tunnel_id,
         health_every_secs,
         data_cap: clock.is_some_and(|c| c.data_cap),
+        members,
     })
 }
 

@@ -103,6 +103,11 @@ struct Shared {
     start_trial: Mutex<Option<push::StartTrial>>,
     /// Binary updates: the download, the trial ([`upgrade`]).
     upgrade: Arc<upgrade::Upgrades>,
+    /// Bumped when the members an edge told change, or a member skipped for failing is
+    /// due again: each registered slot looks whether its share moved ([`misplaced`]).
+    members: watch::Sender<u64>,
+    /// Held by the slot moving to its share of the members: one at a time.
+    moving: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -216,6 +221,8 @@ impl Connector {
                 epoch: watch::channel(0).0,
                 start_trial: Mutex::new(None),
                 upgrade: Arc::default(),
+                members: watch::channel(0).0,
+                moving: tokio::sync::Mutex::new(()),
             }),
         };
         *lock(&connector.shared.start_trial) = found;
@@ -255,6 +262,7 @@ impl Connector {
         }
         tasks.push(tokio::spawn(self.shared.health.clone().run()));
         tasks.push(tokio::spawn(cap::run(self.shared.current.subscribe())));
+        tasks.push(tokio::spawn(members_due(self.shared.clone())));
         shutdown.await;
         let grace = Duration::from_secs(u64::from(
             self.shared.current.borrow().config.grace_period_secs,
@@ -303,7 +311,121 @@ fn set_slot(shared: &Shared, slot: usize, state: SlotState) {
 /// rendezvous hashing on the device id (an enrolled device) or the tunnel token.
 fn names_for(device: Option<&device::Device>, config: &crate::config::DeviceConfig) -> slot::Names {
     let seed = rendezvous::seed_of(device.map_or(config.token.as_str(), |d| d.id()));
-    slot::Names::new(config.edges.len()).seeded(seed)
+    slot::Names::new(config.edges.len())
+        .seeded(seed)
+        .for_slots(usize::from(config.ha_connections.max(1)))
+}
+
+/// Takes the members told in the registration of slot `slot`: the news when no other
+/// slot is registered (they follow the members' changes, told alike by every edge; a
+/// newer edge's registration may come before the others read the change, and would
+/// move slots back and forth until they do).
+fn told_at_registration(
+    shared: &Shared,
+    slot: usize,
+    entry: usize,
+    from: SocketAddr,
+    members: &[String],
+) {
+    let others = shared
+        .slots
+        .borrow()
+        .iter()
+        .enumerate()
+        .any(|(i, s)| i != slot && s.connected);
+    if others && lock(&shared.names).has_told(entry) {
+        return;
+    }
+    told_members(shared, entry, from, members);
+}
+
+/// Takes the members an edge reached through entry `entry` (at `from`) told: each an
+/// `IP:PORT` a connection can dial, at most [`crate::wire::MAX_MEMBERS`]. A list that
+/// breaks that is ignored whole (a broken or hostile edge), with a log line; one that
+/// changes the entry's members wakes the slots to move to their share, one at a time.
+fn told_members(shared: &Shared, entry: usize, from: SocketAddr, members: &[String]) {
+    let parsed: Option<Vec<SocketAddr>> = (members.len() <= crate::wire::MAX_MEMBERS)
+        .then(|| {
+            members
+                .iter()
+                .map(|m| {
+                    m.parse::<SocketAddr>()
+                        .ok()
+                        .filter(|a| !a.ip().is_unspecified() && !a.ip().is_multicast())
+                        .filter(|a| a.port() != 0)
+                })
+                .collect()
+        })
+        .flatten();
+    let Some(addrs) = parsed else {
+        log::warn!(
+            "edge {from} told {} members, not all of them IP:PORT addresses (or more than \
+             {}): ignored",
+            members.len(),
+            crate::wire::MAX_MEMBERS
+        );
+        return;
+    };
+    if addrs.is_empty() {
+        return;
+    }
+    let shown = dial::addr_list(&addrs);
+    if lock(&shared.names).told(entry, addrs) {
+        log::info!("edge {from} told the cluster's members: {shown}");
+        shared.members.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Whether slot `slot`, registered at `current`, should move to another member: its
+/// own entry's (the one it serves) share of the members told is elsewhere now. The
+/// entry to move to (its own), or `None` to stay.
+fn misplaced(shared: &Shared, slot: usize, current: SocketAddr) -> Option<usize> {
+    let edges = shared.current.borrow().config.edges.len().max(1);
+    let home = slot % edges;
+    let entry = shared.slots.borrow().get(slot).and_then(|s| s.entry)?;
+    if entry != home {
+        return None;
+    }
+    let want = lock(&shared.names).member_for(home, slot, edges, Instant::now())?;
+    (want != current).then_some(home)
+}
+
+/// A registered connection to slot `slot`'s share of the members, for a slot at
+/// `current`: one slot at a time, and only while its share is still elsewhere.
+async fn move_to_share(
+    shared: &Arc<Shared>,
+    slot: usize,
+    current: SocketAddr,
+) -> Option<session::Moved> {
+    let _one = shared.moving.lock().await;
+    let home = misplaced(shared, slot, current)?;
+    session::probe_home(shared, slot, home).await
+}
+
+/// A connection to member `addr` of entry `entry` failed: it is skipped for a while,
+/// and the other slots look whether their share moved with it (without it, a slot
+/// whose share it was takes another's, and that one moves on).
+fn member_failed(shared: &Shared, entry: usize, addr: SocketAddr) {
+    if lock(&shared.names).member_failed(entry, addr, Instant::now()) {
+        log::info!("edge {addr} of the cluster failed: skipping it for a while");
+        shared.members.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Wakes the slots when a member skipped for failing is due to be tried again; idle
+/// (no timer) until an edge tells members.
+async fn members_due(shared: Arc<Shared>) {
+    if shared.members.subscribe().changed().await.is_err() {
+        return;
+    }
+    let mut tick = tokio::time::interval(slot::MEMBER_DOWN_FOR);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if lock(&shared.names).due(Instant::now()) {
+            shared.members.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
 }
 
 /// Runs the slots of the config in force; when a config changes the edges or the
@@ -467,12 +589,24 @@ async fn connect_and_serve(
     // Dialing and registering stop when the epoch ends (nothing to drain yet).
     let established = async {
         let dial = dial::prepare(shared, slot, entry).await?;
-        let session =
-            dial::open_session(shared, &dial, slot, protocol, &mut policy.auto, fast).await?;
+        // A member told that fails is skipped for a while; one that works is kept.
+        let failed = |e| {
+            member_failed(shared, entry, dial.addr());
+            e
+        };
+        let session = dial::open_session(shared, &dial, slot, protocol, &mut policy.auto, fast)
+            .await
+            .map_err(failed)?;
         match session::register(shared, slot, &session, rt.clone(), entry).await {
-            Ok(r) => Ok((dial, session, r)),
+            Ok(r) => {
+                lock(&shared.names).member_works(entry, dial.addr());
+                Ok((dial, session, r))
+            }
             Err(e) => {
                 session.close("connection ended");
+                if !e.refused {
+                    member_failed(shared, entry, dial.addr());
+                }
                 Err(e)
             }
         }
@@ -517,6 +651,16 @@ async fn connect_and_serve(
                     dial: to,
                 } = *next;
                 match to {
+                    // Its share of the cluster's members moved (make before break too).
+                    Some(to) if to.entry == dial.entry => {
+                        log::info!(
+                            "connection {slot}: moved from edge {} to edge {} (the cluster's \
+                             members changed)",
+                            dial.addr(),
+                            to.addr()
+                        );
+                        dial = to;
+                    }
                     Some(to) => {
                         log::info!(
                             "connection {slot}: edge {} answers again; moved back from edge {}",
@@ -570,5 +714,52 @@ async fn trim_heap_when_quiet() {
         if crate::heap::HEAP.trim_if_quiet() {
             log::debug!("allocator cache returned to the system");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::sample_config;
+
+    fn told(c: &Connector, members: &[&str]) {
+        let list: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        told_members(&c.shared, 0, "192.0.2.9:7844".parse().unwrap(), &list);
+    }
+
+    fn member(c: &Connector) -> Option<SocketAddr> {
+        lock(&c.shared.names).member_for(0, 0, 1, Instant::now())
+    }
+
+    /// A list from an edge is taken only whole and only as addresses: names, port 0,
+    /// unspecified addresses, junk or more than the bound leave the entry as it was.
+    #[test]
+    fn hostile_member_lists_are_ignored_whole() {
+        let c = Connector::new(sample_config()).unwrap();
+        let woken = c.shared.members.subscribe();
+        let too_many: Vec<String> = (0..=crate::wire::MAX_MEMBERS)
+            .map(|i| format!("192.0.2.{}:7844", i + 1))
+            .collect();
+        let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        for bad in [
+            &["192.0.2.1:7844", "evil.example.com:7844"][..],
+            &["192.0.2.1:7844", "192.0.2.2:0"],
+            &["0.0.0.0:7844"],
+            &["[::]:7844"],
+            &["224.0.0.1:7844"],
+            &["\u{1b}[31m"],
+            &[],
+            &too_many,
+        ] {
+            told(&c, bad);
+            assert_eq!(member(&c), None, "{bad:?}");
+        }
+        assert!(!woken.has_changed().unwrap(), "nothing to move for");
+        told(&c, &["192.0.2.1:7844", "[2001:db8::1]:7844"]);
+        assert!(member(&c).is_some());
+        assert!(
+            woken.has_changed().unwrap(),
+            "the slots look at their share"
+        );
     }
 }

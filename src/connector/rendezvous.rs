@@ -6,6 +6,12 @@
 //! over the edges, each connector's choice is the same at every resolution whatever
 //! order the DNS server rotates its answers in, and an edge that joins or leaves the
 //! name moves only the connections that go to it (or went to it).
+//!
+//! The members an edge of a cluster tells ([`assign`]) are shared out per slot: each
+//! slot ranks them by its own score (the seed, the slot's number and the address), and
+//! takes its best that holds fewer than half the slots (rounded up), so a connector
+//! with two connections or more always uses two members or more when there are two,
+//! and a member that joins or leaves moves about the share of slots it takes or held.
 
 use std::net::SocketAddr;
 
@@ -34,6 +40,48 @@ fn score(seed: &[u8; 16], addr: &SocketAddr) -> u64 {
 /// then by score, highest first.
 pub(crate) fn order(addrs: &mut [SocketAddr], seed: &[u8; 16]) {
     addrs.sort_by_cached_key(|a| (a.is_ipv6(), std::cmp::Reverse(score(seed, a))));
+}
+
+/// The score of `addr` for slot `slot` of the connector seeded `seed`.
+fn slot_score(seed: &[u8; 16], slot: usize, addr: &SocketAddr) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(seed);
+    ctx.update(&(slot as u64).to_be_bytes());
+    ctx.update(addr.to_string().as_bytes());
+    let d = ctx.finish();
+    let mut top = [0u8; 8];
+    top.copy_from_slice(d.as_ref().get(..8).unwrap_or(&[0; 8]));
+    u64::from_be_bytes(top)
+}
+
+/// The member each of `slots` slots uses among `members` (none twice, not empty): slot
+/// by slot, its highest scored member (IPv4 first) holding fewer than `cap` of them,
+/// where `cap` is half the slots rounded up when there are two members or more (so at
+/// least two are used), else all of them. Empty when `members` is.
+pub(crate) fn assign(members: &[SocketAddr], seed: &[u8; 16], slots: usize) -> Vec<SocketAddr> {
+    if members.is_empty() {
+        return Vec::new();
+    }
+    let cap = if members.len() >= 2 {
+        slots.div_ceil(2).max(1)
+    } else {
+        slots
+    };
+    let mut load = vec![0usize; members.len()];
+    let mut out = Vec::with_capacity(slots);
+    for slot in 0..slots {
+        // n ≥ 2 members of cap ≥ slots/2 each hold every slot: one always has room.
+        let best = members
+            .iter()
+            .zip(load.iter_mut())
+            .filter(|(_, l)| **l < cap)
+            .max_by_key(|(a, _)| (!a.is_ipv6(), slot_score(seed, slot, a)));
+        if let Some((a, l)) = best {
+            *l += 1;
+            out.push(*a);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -81,6 +129,91 @@ mod tests {
         assert!((120..=280).contains(&moved), "{moved}");
         assert!(
             per_edge.iter().all(|n| (120..=280).contains(n)),
+            "{per_edge:?}"
+        );
+    }
+
+    fn distinct(v: &[SocketAddr]) -> usize {
+        let mut d = v.to_vec();
+        d.sort_unstable();
+        d.dedup();
+        d.len()
+    }
+
+    #[test]
+    fn members_are_shared_out_over_two_at_least_and_the_same_every_time() {
+        let seed = seed_of("device-a");
+        for n in 1..=6u8 {
+            let members = addrs(n);
+            for slots in 1..=8 {
+                let a = assign(&members, &seed, slots);
+                assert_eq!(a.len(), slots);
+                let mut rotated = members.clone();
+                rotated.rotate_left(1);
+                assert_eq!(
+                    a,
+                    assign(&rotated, &seed, slots),
+                    "the list's order is ignored"
+                );
+                let want = if n >= 2 && slots >= 2 { 2 } else { 1 };
+                assert!(distinct(&a) >= want, "{n} members, {slots} slots: {a:?}");
+                // No member holds more than half the slots (rounded up) when two exist.
+                if n >= 2 {
+                    for m in &members {
+                        let held = a.iter().filter(|x| *x == m).count();
+                        assert!(held <= slots.div_ceil(2), "{a:?}");
+                    }
+                }
+            }
+        }
+        assert!(assign(&[], &seed, 4).is_empty());
+    }
+
+    #[test]
+    fn a_member_joining_or_leaving_moves_about_its_share_of_slots() {
+        // 1000 connectors with 4 connections over 4 edges, then a fifth joins, then
+        // edge 2 leaves.
+        let four = addrs(4);
+        let five = addrs(5);
+        let newcomer = five[4];
+        let gone = four[1];
+        let fewer: Vec<SocketAddr> = four.iter().copied().filter(|a| *a != gone).collect();
+        let (mut to_new, mut other_join, mut off_gone, mut other_leave) = (0, 0, 0, 0);
+        let mut per_edge = [0usize; 4];
+        for i in 0..1000 {
+            let seed = seed_of(&format!("device-{i}"));
+            let before = assign(&four, &seed, 4);
+            for a in &before {
+                per_edge[four.iter().position(|x| x == a).unwrap()] += 1;
+            }
+            for (b, j) in before.iter().zip(assign(&five, &seed, 4)) {
+                if *b != j {
+                    if j == newcomer {
+                        to_new += 1;
+                    } else {
+                        other_join += 1;
+                    }
+                }
+            }
+            for (b, l) in before.iter().zip(assign(&fewer, &seed, 4)) {
+                if *b != l {
+                    if *b == gone {
+                        off_gone += 1;
+                    } else {
+                        other_leave += 1;
+                    }
+                }
+            }
+        }
+        // A fifth of the 4000 slots go to the newcomer; a quarter were on the one gone.
+        assert!((650..=950).contains(&to_new), "{to_new}");
+        assert!((850..=1150).contains(&off_gone), "{off_gone}");
+        // Few others move (the half-the-slots rule reshuffles a few).
+        assert!(other_join < 200, "{other_join}");
+        assert!(other_leave < 200, "{other_leave}");
+        // The fleet's connections spread evenly.
+        assert!(
+            per_edge.iter().all(|n| (850..=1150).contains(n)),
             "{per_edge:?}"
         );
     }

@@ -54,6 +54,8 @@ pub(super) struct Registered {
     health_every_secs: u32,
     /// The edge understands data cap reports.
     data_cap: bool,
+    /// The edge tells the cluster's members: follow their changes.
+    members: bool,
 }
 
 /// The control handshake: hello, register, registered. Marks the slot connected.
@@ -83,7 +85,11 @@ pub(super) async fn register(
         tunnel_id,
         health_every_secs,
         data_cap,
+        members,
     } = shook;
+    if let Some(m) = &members {
+        super::told_at_registration(shared, slot, entry, addr, &m.members);
+    }
     let generation = rt.generation;
     let device = match (&shared.device, rt.config.enroll_key()) {
         (Some(d), Some(_)) => format!("device {}, ", d.id()),
@@ -113,6 +119,7 @@ pub(super) async fn register(
         generation,
         health_every_secs,
         data_cap,
+        members: members.is_some(),
     })
 }
 
@@ -187,7 +194,7 @@ async fn probe_quic(shared: &Arc<Shared>, slot: usize, dial: &Dial) -> Option<Mo
 }
 
 /// A registered connection to edge entry `home`; `None` while it does not answer.
-async fn probe_home(shared: &Arc<Shared>, slot: usize, home: usize) -> Option<Moved> {
+pub(super) async fn probe_home(shared: &Arc<Shared>, slot: usize, home: usize) -> Option<Moved> {
     let dial = dial::prepare(shared, slot, home).await.ok()?;
     let rt = shared.current.borrow().clone();
     let mut auto = Auto::default();
@@ -258,6 +265,7 @@ async fn serve_registered(
         mut generation,
         health_every_secs,
         data_cap,
+        members: follow,
     } = reg;
     // Health reports, when this edge asked for them, on whichever connection the
     // reporter picks; the guard leaves when this session ends.
@@ -298,6 +306,15 @@ async fn serve_registered(
             return Err(format!("lost edge {edge_name} ({addr}): {e}"));
         }
     }
+    // The cluster's members: their changes, from an edge that tells them; each change
+    // (the list told at registration too) looks whether this slot's share moved.
+    if follow {
+        if let Err(e) = wire::write_control(&mut send, &ConnectorMsg::FollowMembers).await {
+            return Err(format!("lost edge {edge_name} ({addr}): {e}"));
+        }
+    }
+    let mut members = shared.members.subscribe();
+    members.mark_changed();
     // The keep-alive duty: the flow's keeper pings, its siblings stay quiet.
     let _listed = Listed::new(shared, slot, session);
     let (keepalive, idle) = {
@@ -432,6 +449,11 @@ async fn serve_registered(
                 drained = true;
                 streams.draining.send_replace(true);
                 let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
+            }
+            Ok(()) = members.changed(), if probe.is_none() && probing.is_none() && !drained => {
+                if super::misplaced(shared, slot, addr).is_some() {
+                    probing = Some(Box::pin(super::move_to_share(shared, slot, addr)));
+                }
             }
             _ = probe_timer.tick(), if probe.is_some() && probing.is_none() && !drained => {
                 probing = match probe {
@@ -604,6 +626,12 @@ async fn on_control(
         },
         Some(Ok(EdgeMsg::OfferRelease { offer })) => {
             super::upgrade::offered(shared, &offer, super::upgrade::pinned_release_key(shared))
+        }
+        Some(Ok(EdgeMsg::Members(m))) => {
+            let entry = shared.slots.borrow().get(slot).and_then(|s| s.entry);
+            if let Some(entry) = entry {
+                super::told_members(shared, entry, addr, &m.members);
+            }
         }
         Some(Ok(other)) => log::debug!("connection {slot}: ignoring {other:?}"),
         Some(Err(e)) => {

@@ -21,7 +21,12 @@
 //! - `protocol: auto` waits 3 s for QUIC before HTTP/2, and on HTTP/2 probes QUIC on
 //!   the same schedule;
 //! - [`Names`]: when an edge name stops resolving, its last good addresses are used,
-//!   said once, and once when it resolves again.
+//!   said once, and once when it resolves again; the members an edge of a cluster
+//!   told take the place of its entry's addresses, shared out over the slots
+//!   ([`super::rendezvous::assign`]); a member that failed is skipped for
+//!   [`MEMBER_DOWN_FOR`], twice as long after each failure that follows (at most
+//!   [`MEMBER_DOWN_MAX`]), and when every member told failed the entry's own addresses
+//!   serve again.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -581,18 +586,46 @@ fn least_used(up: &[usize], home: usize) -> Option<usize> {
     counts.into_iter().min_by_key(|&(_, n)| n).map(|(e, _)| e)
 }
 
+/// How long a member an edge told is skipped after a connection to it failed; twice as
+/// long after each failure that follows, until one works or a new list comes.
+pub(crate) const MEMBER_DOWN_FOR: Duration = Duration::from_secs(30);
+/// Longest a failing member is skipped: a member the device can never reach (a wrong
+/// `advertise:`) costs a handshake per slot this often, not every 30 s.
+pub(crate) const MEMBER_DOWN_MAX: Duration = Duration::from_secs(15 * 60);
+
 /// What the slots learned about each edge entry's name, shared by all of them: its last
-/// good addresses, and whether resolving it fails now (said once, not per attempt).
+/// good addresses, and whether resolving it fails now (said once, not per attempt);
+/// the members its edges told, and which of them failed lately.
 pub(crate) struct Names {
     entries: Vec<Name>,
     /// The connector's seed for ordering an entry's addresses ([`super::rendezvous`]).
     seed: [u8; 16],
+    /// Connections per entry (`ha-connections` over the entries, rounded up): what the
+    /// members told are shared out over.
+    per_entry: usize,
 }
 
 #[derive(Default, Clone)]
 struct Name {
     last_good: Vec<SocketAddr>,
     failing: bool,
+    /// The members an edge reached through this entry told, sorted; at most
+    /// [`crate::wire::MAX_MEMBERS`] (checked by the caller of [`Names::told`]).
+    told: Vec<SocketAddr>,
+    /// Members whose connection failed; at most one per member told.
+    down: Vec<Down>,
+}
+
+/// A member told whose connection failed.
+#[derive(Clone, Copy)]
+struct Down {
+    addr: SocketAddr,
+    /// Skipped until then.
+    until: Instant,
+    /// How long the last failure skips it for.
+    skip: Duration,
+    /// Its time is up and the slots were told so ([`Names::due`]).
+    due_told: bool,
 }
 
 /// What resolving an edge entry gave.
@@ -622,12 +655,116 @@ impl Names {
         Names {
             entries: vec![Name::default(); edges],
             seed: [0; 16],
+            per_entry: 1,
         }
     }
 
     /// The same, ordering each entry's addresses by rendezvous hashing on `seed`.
     pub(crate) fn seeded(self, seed: [u8; 16]) -> Names {
         Names { seed, ..self }
+    }
+
+    /// The same, for `slots` connections (`ha-connections`).
+    pub(crate) fn for_slots(self, slots: usize) -> Names {
+        let per_entry = slots.div_ceil(self.entries.len().max(1)).max(1);
+        Names { per_entry, ..self }
+    }
+
+    /// An edge reached through entry `idx` told these members (checked addresses);
+    /// `true` when that changes the entry's list. A new list forgets which members
+    /// failed: it is news worth trying.
+    pub(crate) fn told(&mut self, idx: usize, mut members: Vec<SocketAddr>) -> bool {
+        members.sort_unstable();
+        members.dedup();
+        let Some(n) = self.entries.get_mut(idx) else {
+            return false;
+        };
+        if n.told == members {
+            return false;
+        }
+        n.told = members;
+        n.down.clear();
+        true
+    }
+
+    /// Whether an edge of entry `idx` told members.
+    pub(crate) fn has_told(&self, idx: usize) -> bool {
+        self.entries.get(idx).is_some_and(|n| !n.told.is_empty())
+    }
+
+    /// The member slot `slot` dials for entry `idx` now: its share of the members told
+    /// that did not fail lately. `None`: nothing told, or every member failed (the
+    /// entry's own addresses serve then).
+    pub(crate) fn member_for(
+        &mut self,
+        idx: usize,
+        slot: usize,
+        edges: usize,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let n = self.entries.get(idx)?;
+        let live: Vec<SocketAddr> = n
+            .told
+            .iter()
+            .copied()
+            .filter(|a| !n.down.iter().any(|d| d.addr == *a && now < d.until))
+            .collect();
+        let shares = super::rendezvous::assign(&live, &self.seed, self.per_entry);
+        shares
+            .get((slot / edges.max(1)) % self.per_entry.max(1))
+            .copied()
+    }
+
+    /// A connection to `addr` through entry `idx` failed: skip that member for a while,
+    /// longer after each failure that follows (no effect on an address that is not a
+    /// member told). `true` when it was not skipped until now: the shares of the other
+    /// slots may have moved.
+    pub(crate) fn member_failed(&mut self, idx: usize, addr: SocketAddr, now: Instant) -> bool {
+        let Some(n) = self.entries.get_mut(idx) else {
+            return false;
+        };
+        if !n.told.contains(&addr) {
+            return false;
+        }
+        match n.down.iter_mut().find(|d| d.addr == addr) {
+            // Skipped already: a slot that picked it before it was.
+            Some(d) if now < d.until => false,
+            Some(d) => {
+                d.skip = d.skip.saturating_mul(2).min(MEMBER_DOWN_MAX);
+                d.until = now + d.skip;
+                d.due_told = false;
+                true
+            }
+            None => {
+                n.down.push(Down {
+                    addr,
+                    until: now + MEMBER_DOWN_FOR,
+                    skip: MEMBER_DOWN_FOR,
+                    due_told: false,
+                });
+                true
+            }
+        }
+    }
+
+    /// A connection to `addr` through entry `idx` registered: the member works.
+    pub(crate) fn member_works(&mut self, idx: usize, addr: SocketAddr) {
+        if let Some(n) = self.entries.get_mut(idx) {
+            n.down.retain(|d| d.addr != addr);
+        }
+    }
+
+    /// Whether a member skipped for failing became due to be tried again by `now`
+    /// (each time up, once).
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
+        let mut due = false;
+        for d in self.entries.iter_mut().flat_map(|n| n.down.iter_mut()) {
+            if now >= d.until && !d.due_told {
+                d.due_told = true;
+                due = true;
+            }
+        }
+        due
     }
 
     /// Entry `idx` resolved to `addrs` (IPv4 first, then in the connector's rendezvous

@@ -19,6 +19,8 @@
 //! - `conn`: blocking connections with bounded timeouts, reconnecting by themselves.
 //! - `peer`: the authenticated QUIC connections between edges (why QUIC, why an HMAC
 //!   of the TLS exporter, the protocol and its bounds are written there).
+//! - `members`: the tunnel addresses of the live edges (`advertise:`), told to
+//!   connectors so they spread over the edges from one bootstrap address.
 //! - `forward`: visitors reach every device through any edge: presence look-ups
 //!   cached briefly, and the serving of requests another edge forwarded.
 //! - `streams`: keep-alive HTTP/1.1 connections to the other edges, in peer streams.
@@ -34,6 +36,7 @@ pub(crate) mod certs;
 mod changes;
 mod conn;
 pub(crate) mod forward;
+mod members;
 mod peer;
 mod presence;
 pub mod store;
@@ -68,6 +71,10 @@ pub struct Cluster {
     presence: OnceLock<Arc<presence::Presence>>,
     /// Set when serving starts ([`Cluster::serve_peers`]).
     peers: OnceLock<Arc<peer::Peers>>,
+    /// `advertise:` as configured (port 0: the tunnel port).
+    advertise: Option<SocketAddr>,
+    /// Set when serving starts, with `advertise:` ([`Cluster::spawn_presence`]).
+    members: OnceLock<Arc<members::Members>>,
     /// Presence of hostnames, cached for forwarding.
     located: forward::Located,
     /// Idle HTTP/1.1 connections to the other edges.
@@ -91,6 +98,8 @@ impl Cluster {
             secret: cfg.secret.bytes().to_vec(),
             presence: OnceLock::new(),
             peers: OnceLock::new(),
+            advertise: cfg.advertise,
+            members: OnceLock::new(),
             located: forward::Located::default(),
             pool: Arc::default(),
         })
@@ -200,10 +209,13 @@ impl Cluster {
     }
 
     /// Keeps this edge's presence (the tunnels it holds, their hostnames) current in
-    /// Redis until the task is dropped. Called inside the runtime.
+    /// Redis until the task is dropped, and with `advertise:` its place in the member
+    /// list (`tunnel_port`: the port an `advertise:` of port 0 stands for). Called
+    /// inside the runtime.
     pub(crate) fn spawn_presence(
         &self,
         registry: Arc<Registry>,
+        tunnel_port: u16,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
         let p = Arc::new(presence::Presence::new(
             self.redis.client().clone(),
@@ -211,7 +223,43 @@ impl Cluster {
             presence::TTL,
         )?);
         let _ = self.presence.set(p.clone());
-        Ok(tokio::spawn(presence::run(p, registry)))
+        let members = match self.advertise {
+            Some(mut me) => {
+                if me.port() == 0 {
+                    me.set_port(tunnel_port);
+                }
+                log::info!("cluster: telling connectors the members, this edge as {me}");
+                let m = Arc::new(members::Members::new(
+                    self.redis.client().clone(),
+                    me,
+                    presence::TTL,
+                )?);
+                let _ = self.members.set(m.clone());
+                Some(m)
+            }
+            None => None,
+        };
+        Ok(tokio::spawn(async move {
+            match members {
+                Some(m) => {
+                    tokio::join!(presence::run(p, registry), members::run(m));
+                }
+                None => presence::run(p, registry).await,
+            }
+        }))
+    }
+
+    /// The members to tell connectors (updated on change), with `advertise:` once
+    /// serving started; `None`: tell them nothing.
+    pub(crate) fn members(&self) -> Option<tokio::sync::watch::Receiver<Vec<String>>> {
+        self.members.get().map(|m| m.watch())
+    }
+
+    /// Leaves the member list (an orderly shutdown).
+    pub(crate) async fn leave_members(&self) {
+        if let Some(m) = self.members.get() {
+            m.leave().await;
+        }
     }
 
     /// The members holding connections for `tunnel` now, by their presence entries

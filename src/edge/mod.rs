@@ -508,7 +508,8 @@ impl Edge {
             if let Some(c) = self.state.cluster.get() {
                 tasks.push(c.serve_peers(self.state.clone())?);
                 tasks.push(c.spawn_follower(inventory.clone()));
-                tasks.push(c.spawn_presence(self.state.registry.clone())?);
+                let port = endpoint.local_addr().map_or(0, |a| a.port());
+                tasks.push(c.spawn_presence(self.state.registry.clone(), port)?);
             }
         }
         if let Some(a) = self.state.acme.get() {
@@ -518,6 +519,9 @@ impl Edge {
             }
         }
         shutdown.await;
+        if let Some(c) = self.state.cluster.get() {
+            c.leave_members().await;
+        }
         go_away(&self.state, tasks, endpoint).await;
         if let Some(c) = self.state.cluster.get() {
             c.close_peers();

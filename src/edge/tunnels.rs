@@ -13,6 +13,13 @@
 //! reach it (`fleet::rollout`'s mailboxes: pending changes go when it registers) and
 //! the way its reports come back (`ConnectorMsg::Change`, recorded in the store and
 //! the inventory).
+//!
+//! An edge of a cluster with `cluster: advertise:` appends a `MembersTail` to every
+//! `Registered` (after a `RegisteredTail` and a `KeysTail`, empty ones for a tunnel
+//! token's connection): the tunnel addresses of the live edges. A connector that read
+//! it answers `ConnectorMsg::FollowMembers`, and gets an `EdgeMsg::Members` whenever
+//! the list changes (never unasked: an older connector ends the connection on a
+//! message it cannot decode).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,9 +38,12 @@ use crate::transport::quic::{describe_close, edge_keepalive, Listener};
 use crate::transport::{RecvHalf, SendHalf, Session, TunnelStream};
 use crate::util::{hex, AbortOnDrop};
 use crate::wire::{
-    self, ConnectorMsg, DeviceTail, EdgeMsg, HelloClockTail, HelloTail, KeysTail, Register,
-    RegisterTail, RegisteredTail, PROTOCOL_VERSION,
+    self, ConnectorMsg, DeviceTail, EdgeMsg, HelloClockTail, HelloTail, KeysTail, MembersTail,
+    Register, RegisterTail, RegisteredTail, PROTOCOL_VERSION,
 };
+
+/// The cluster's member list as this edge tells it (`cluster: advertise:`).
+type MembersRx = tokio::sync::watch::Receiver<Vec<String>>;
 
 /// Time a connector has to register after connecting.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -297,7 +307,7 @@ async fn serve_connection(
     // idle connections are most of an edge's memory. Registration's state is freed
     // once it is done instead of sizing every idle connection's task.
     let registered = Box::pin(register_in_time(&session, &state, permit)).await;
-    let Some((conn, control, credential)) = registered else {
+    let Some((conn, control, credential, members)) = registered else {
         return;
     };
     let who = describe(&conn, remote, session.protocol());
@@ -317,7 +327,10 @@ async fn serve_connection(
         )))),
         _ => None,
     };
-    let ended = serve_control(&session, &state, &conn, control, credential, mailbox, &who).await;
+    let ended = serve_control(
+        &session, &state, &conn, control, credential, mailbox, members, &who,
+    )
+    .await;
     state.registry.remove(&conn);
     session.close(&wire::bounded_reason(ended.close_reason()));
     log::info!("{who}: disconnected: {ended}");
@@ -435,7 +448,9 @@ async fn read_next(
 
 /// Serves a registered connection's control stream until the connection ends: the
 /// connector's messages, its token's expiry (a device's credential: its renewal),
-/// revocations by a reload, and the edge's own shutdown.
+/// revocations by a reload, and the edge's own shutdown; the cluster's member list
+/// when it changes, to a connector that follows it.
+#[allow(clippy::too_many_arguments)]
 async fn serve_control(
     session: &Session,
     state: &Arc<EdgeState>,
@@ -443,8 +458,12 @@ async fn serve_control(
     control: TunnelStream,
     mut credential: Option<DeviceClaims>,
     mailbox: Option<(tokio::sync::mpsc::Receiver<EdgeMsg>, Mailbox)>,
+    mut members: Option<MembersRx>,
     who: &str,
 ) -> Ended {
+    // Set when the connector asks for changes (`FollowMembers`): the receiver has seen
+    // the list told at registration, so a change since then is sent at once.
+    let mut following = false;
     let (mut changes, _mailbox) = match mailbox {
         Some((rx, guard)) => (Some(rx), Some(guard)),
         None => (None, None),
@@ -512,8 +531,18 @@ async fn serve_control(
                     return Ended::ControlLost;
                 }
             }
+            Some(list) = async { match members.as_mut() { Some(rx) if following => next_members(rx).await, _ => std::future::pending().await } } => {
+                let msg = EdgeMsg::Members(MembersTail { members: list });
+                if wire::write_control(&mut send, &msg).await.is_err() {
+                    return Ended::ControlLost;
+                }
+            }
             (recv, msg, cost) = &mut reading => {
                 reading = Box::pin(read_next(recv));
+                if matches!(msg, Ok(ConnectorMsg::FollowMembers)) {
+                    following = members.is_some();
+                    continue;
+                }
                 if let Some(ended) = Box::pin(on_message(msg, cost, state, conn, expires, &mut send, who)).await {
                     return ended;
                 }
@@ -528,6 +557,14 @@ async fn serve_control(
                 return Ended::Closed(session.closed().await);
             }
         }
+    }
+}
+
+/// The member list once it changes; never when the list's sender is gone.
+async fn next_members(rx: &mut MembersRx) -> Option<Vec<String>> {
+    match rx.changed().await {
+        Ok(()) => Some(rx.borrow_and_update().clone()),
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -671,6 +708,8 @@ async fn on_message(
             super::cap::on_report(&state.registry, conn, &report, who);
             None
         }
+        // Taken by `serve_control` before it comes here.
+        Ok(ConnectorMsg::FollowMembers) => None,
         Err(wire::WireError::Closed) => Some(Ended::ControlClosed),
         Err(e) => Some(Ended::Control(e)),
     }
@@ -742,9 +781,14 @@ fn revoked_reason(tunnel: &str, id: &[u8; 16]) -> String {
     )
 }
 
-/// A registered connection: its registry entry, its control stream, and for a device
-/// its credential's claims.
-type Registered = (Arc<Conn>, TunnelStream, Option<DeviceClaims>);
+/// A registered connection: its registry entry, its control stream, for a device its
+/// credential's claims, and the member list it was told.
+type Registered = (
+    Arc<Conn>,
+    TunnelStream,
+    Option<DeviceClaims>,
+    Option<MembersRx>,
+);
 
 /// A connection registered, and for a device its credential and what to append to
 /// `Registered`.
@@ -904,18 +948,37 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
                 tunnel_id: conn.tunnel_id,
                 edge: state.name.clone(),
             };
-            let written = match &device {
-                Some((claims, tail)) => {
+            let mut members = state.cluster.get().and_then(|c| c.members());
+            let written = match (&device, members.as_mut()) {
+                (Some((claims, tail)), None) => {
                     let keys = keys_tail(state, &claims.fleet);
                     wire::write_control_with_tails(&mut control.send, &msg, tail, &keys).await
                 }
-                None => wire::write_control(&mut control.send, &msg).await,
+                (None, None) => wire::write_control(&mut control.send, &msg).await,
+                // The members go after both tails: empty ones for a tunnel token.
+                (device, Some(rx)) => {
+                    let told = MembersTail {
+                        members: rx.borrow_and_update().clone(),
+                    };
+                    let (tail, keys) = match device {
+                        Some((claims, tail)) => (tail.clone(), keys_tail(state, &claims.fleet)),
+                        None => (
+                            RegisteredTail {
+                                device_id: String::new(),
+                                credential: None,
+                                health_every_secs: 0,
+                            },
+                            KeysTail::default(),
+                        ),
+                    };
+                    wire::write_control(&mut control.send, &(&msg, &tail, &keys, &told)).await
+                }
             };
             if let Err(e) = written {
                 state.registry.remove(&conn);
                 return Err(e.to_string());
             }
-            Ok((conn, control, device.map(|(c, _)| c)))
+            Ok((conn, control, device.map(|(c, _)| c), members))
         }
         Err((reason, permanent)) => {
             let msg = EdgeMsg::Refused {

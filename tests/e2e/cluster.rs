@@ -737,3 +737,110 @@ pub(crate) fn revocations_made_at_one_edge_hold_at_every_edge() -> Result<(), Sk
     assert!(line.contains("revoked"), "{line}");
     Ok(())
 }
+
+/// An edge of the cluster on `redis` that tells connectors the members
+/// (`advertise: 127.0.0.1:0`: its tunnel port), with `first`'s signing key and
+/// certificate (the cluster's edges share one certificate name, as behind one DNS
+/// name) when given.
+fn member_edge(redis: &RedisProc, first: Option<&EdgeProc>) -> EdgeProc {
+    let mut yaml = "admin-listen: 127.0.0.1:0\n".to_string();
+    if let Some(f) = first {
+        yaml = format!(
+            "{yaml}signing-key: {}\ncert: {}\nkey: {}\n",
+            f.dir.join("signing.key").display(),
+            f.dir.join("edge.crt").display(),
+            f.dir.join("edge.key").display()
+        );
+    }
+    yaml = format!(
+        "{yaml}cluster:\n  redis: {}\n  secret: {SECRET}\n  member: 127.0.0.1:0\n  \
+         advertise: 127.0.0.1:0\n",
+        redis.socket().display()
+    );
+    let edge = start_edge(init_edge(&yaml));
+    // Lines of tasks that run side by side: counted in the whole log, in any order.
+    for line in [
+        format!(
+            "cluster: telling connectors the members, this edge as {}",
+            edge.tunnel
+        ),
+        "cluster: following fleet changes on redis unix://".to_string(),
+    ] {
+        edge.proc
+            .wait_count(&line, 1, WAIT)
+            .unwrap_or_else(|| panic!("no {line:?}:\n{}", edge.proc.dump()));
+    }
+    edge
+}
+
+/// The connections of tunnel dev42 that `edge`'s `/tunnels` lists.
+fn dev42_conns(edge: &EdgeProc) -> usize {
+    let r = curl(&[&format!("http://{}/tunnels", edge.admin_addr())]);
+    assert!(r.ok, "{}", r.stderr);
+    r.text().lines().filter(|l| l.contains("dev42")).count()
+}
+
+/// Polls the edges' `/tunnels` every 50 ms until they list `want` connections of
+/// dev42 each, at most [`WAIT`]; panics with what they listed and the logs.
+fn wait_spread(edges: &[&EdgeProc], want: &[usize], connector: &Proc) -> Duration {
+    let start = Instant::now();
+    loop {
+        let have: Vec<usize> = edges.iter().map(|e| dev42_conns(e)).collect();
+        if have == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "connections per edge {have:?}, not {want:?}, after {WAIT:?}; connector:\n{}",
+            connector.dump()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// cluster.md, member lists: a connector configured with one edge of a two-edge
+/// cluster ends with its connections spread over both (2 and 2, by the rendezvous
+/// rule's half-the-slots bound); when that second edge stops they move to the first;
+/// when a third joins, half of them move to it.
+pub(crate) fn a_connector_told_the_members_spreads_over_them_and_follows_their_changes(
+) -> Result<(), Skip> {
+    let redis = RedisProc::start()?;
+    let a = member_edge(&redis, None);
+    let mut b = member_edge(&redis, Some(&a));
+    // Both edges tell the same list once each has read the other.
+    let both = {
+        let mut v = [a.tunnel, b.tunnel];
+        v.sort();
+        format!("cluster: members told to connectors: {}, {}", v[0], v[1])
+    };
+    b.proc
+        .wait_count(&both, 1, WAIT)
+        .unwrap_or_else(|| panic!("B never told {both:?}:\n{}", b.proc.dump()));
+    let origin = Origin::start("members");
+    let token = a.token("dev42", &["dev42.example.com"], "1h");
+    let dev = TempDir::new("cluster-members");
+    // One edge address in the device config: A's.
+    let connector = start_connector(
+        dev.path(),
+        &device_yaml(&a, &token, 4, &dev42_rules(origin.addr)),
+        4,
+    );
+    let took = wait_spread(&[&a, &b], &[2, 2], &connector);
+    eprintln!("spread over A and B {took:?} after the fourth registration");
+    assert!(connector.count("(the cluster's members changed)") >= 2);
+    assert_eq!(get(&a, "dev42.example.com", "/headers").0, 200);
+    assert_eq!(get(&b, "dev42.example.com", "/headers").0, 200);
+
+    // B stops: its connections move to A (the connector dials B, fails, skips it).
+    b.proc.signal(15);
+    assert!(b.proc.wait_exit(WAIT).is_some(), "edge B did not stop");
+    let took = wait_spread(&[&a], &[4], &connector);
+    eprintln!("all on A {took:?} after B stopped");
+
+    // C joins: A tells the connector, and half its connections move there.
+    let c = member_edge(&redis, Some(&a));
+    let took = wait_spread(&[&a, &c], &[2, 2], &connector);
+    eprintln!("spread over A and C {took:?} after C started");
+    assert_eq!(get(&c, "dev42.example.com", "/headers").0, 200);
+    Ok(())
+}

@@ -139,6 +139,7 @@ fn main() {
         cluster::two_edges_share_one_fleet_through_redis,
         cluster::visitors_reach_every_device_through_any_edge,
         cluster::revocations_made_at_one_edge_hold_at_every_edge,
+        cluster::a_connector_told_the_members_spreads_over_them_and_follows_their_changes,
         push::a_good_push_applies_without_dropping_a_download_in_flight,
         push::a_push_to_a_dead_edge_rolls_back_and_the_device_serves_again,
         push::a_device_killed_during_a_trial_rolls_back_after_it_starts_again,

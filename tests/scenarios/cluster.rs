@@ -20,6 +20,13 @@
 //!    devices revoke ID`) is enforced at all three within 2 s.
 //!
 //! The figures (failover window, revocation propagation, requests) are printed.
+//!
+//! `thirty_boards_bootstrap_from_one_edge`: the same world with `advertise:` on the
+//! edges and only the first edge in the golden image's `edge:`. Every board is told the
+//! three members and ends with its two connections where the rendezvous rule puts
+//! them (computed here again from its device id), a visitor at every edge reaches
+//! every board, and when the third edge is SIGKILLed its boards' connections move to
+//! the first two, again by the rule.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -285,8 +292,9 @@ fn failed(visits: &[Visit]) -> Vec<&Visit> {
     visits.iter().filter(|v| v.2.is_err()).collect()
 }
 
-/// The edges' folder: keys, CA (for every edge address), one `edge{n}.yml` per edge.
-fn edge_dir(edge_ips: &[String], redis_ip: &str) -> TempDir {
+/// The edges' folder: keys, CA (for every edge address), one `edge{n}.yml` per edge;
+/// with `members`, each edge tells connectors the members (`advertise:`).
+fn edge_dir(edge_ips: &[String], redis_ip: &str, members: bool) -> TempDir {
     let dir = TempDir::new("cluster-edges");
     let mut init = Command::new(EDGE);
     init.args(["init", "--dir"]).arg(dir.path());
@@ -295,13 +303,17 @@ fn edge_dir(edge_ips: &[String], redis_ip: &str) -> TempDir {
     }
     run_ok("mailslot-edge init", &mut init);
     for (i, ip) in edge_ips.iter().enumerate() {
+        let advertise = match members {
+            true => format!("  advertise: {ip}:7844\n"),
+            false => String::new(),
+        };
         std::fs::write(
             dir.join(&format!("edge{}.yml", i + 1)),
             format!(
                 "name: e{}\ntunnel-listen: 0.0.0.0:7844\nhttp-listen: 0.0.0.0:80\n\
                  https-listen: none\ncert: edge.crt\nkey: edge.key\nsigning-key: signing.key\n\
                  admin-listen: {ADMIN}\ncluster:\n  redis: redis://{redis_ip}:6379/0\n  \
-                 secret: {SECRET}\n  member: {ip}:{MEMBER_PORT}\n",
+                 secret: {SECRET}\n  member: {ip}:{MEMBER_PORT}\n{advertise}",
                 i + 1
             ),
         )
@@ -325,8 +337,9 @@ fn golden(edge_dir: &Path, key: &str, edge_ips: &[String]) -> PathBuf {
     compile(&dir, &yaml)
 }
 
-/// Builds the namespaces, starts Redis and the three edges, makes the golden image.
-fn build() -> Cluster {
+/// Builds the namespaces, starts Redis and the three edges, makes the golden image
+/// (with `members`: edges with `advertise:`, the first edge alone in `edge:`).
+fn build(members: bool) -> Cluster {
     let mut net = Net::new();
     let (e3_ns, e3_ip) = net.add_edge();
     let edge_at = vec![
@@ -337,7 +350,7 @@ fn build() -> Cluster {
     let edge_ips: Vec<String> = edge_at.iter().map(|(_, ip)| ip.clone()).collect();
     let clients: Vec<&str> = edge_ips.iter().map(String::as_str).collect();
     let redis_ip = net.add_redis(&clients);
-    let edge_dir = edge_dir(&edge_ips, &redis_ip);
+    let edge_dir = edge_dir(&edge_ips, &redis_ip, members);
     let mut c = Cluster {
         boards: Vec::new(),
         edges: vec![None, None, None],
@@ -365,12 +378,16 @@ fn build() -> Cluster {
             .args(["--max-devices", "40", "--expires", "1d"]),
     );
     let key = stdout(&out).trim().to_string();
-    c.golden = golden(c.edge_dir.path(), &key, &edge_ips);
+    let bootstrap = match members {
+        true => &edge_ips[..1],
+        false => &edge_ips[..],
+    };
+    c.golden = golden(c.edge_dir.path(), &key, bootstrap);
     c
 }
 
 pub fn three_edges_one_redis_thirty_boards() {
-    let mut c = build();
+    let mut c = build(false);
     // The devices' side can never reach Redis: only the edges can.
     let probe = c.net.sh_status(
         &c.net.device,
@@ -624,4 +641,161 @@ pub fn three_edges_one_redis_thirty_boards() {
         );
     }
     println!("{requests} visitor requests in all");
+}
+
+/// The first 16 bytes of SHA-256 of `text`, as bytes.
+fn sha256(parts: &[&[u8]]) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+/// Where the rendezvous rule puts the `slots` connections of device `id` among
+/// `members` (`connector::rendezvous::assign`, written again here from its doc): each
+/// slot in turn takes its highest scored member (SHA-256 of the device's seed, the
+/// slot's number and the address) that holds fewer than half the slots, rounded up.
+fn expected_shares(id: &str, members: &[String], slots: usize) -> Vec<String> {
+    let seed = sha256(&[id.as_bytes()]);
+    let seed = &seed[..16];
+    let cap = if members.len() >= 2 {
+        slots.div_ceil(2)
+    } else {
+        slots
+    };
+    let mut load = vec![0usize; members.len()];
+    let mut out = Vec::new();
+    for slot in 0..slots {
+        let mut ranked: Vec<usize> = (0..members.len()).collect();
+        ranked.sort_by_key(|&i| {
+            let d = sha256(&[seed, &(slot as u64).to_be_bytes(), members[i].as_bytes()]);
+            std::cmp::Reverse(u64::from_be_bytes(d[..8].try_into().unwrap()))
+        });
+        let pick = *ranked.iter().find(|&&i| load[i] < cap).unwrap();
+        load[pick] += 1;
+        out.push(members[pick].clone());
+    }
+    out
+}
+
+/// The edge address (`IP:7844`) each of a connector's two slots registered at last,
+/// from its log (`connection N registered: ... at edge eK (ADDR) over ...`).
+fn slot_edges(log: &str) -> [Option<String>; 2] {
+    let mut at = [None, None];
+    for line in log.lines() {
+        for (s, slot) in at.iter_mut().enumerate() {
+            if line.contains(&format!("connection {s} registered: ")) {
+                *slot = line
+                    .split(" (")
+                    .nth(2)
+                    .and_then(|r| r.split(')').next())
+                    .map(String::from);
+            }
+        }
+    }
+    at
+}
+
+impl Cluster {
+    /// Waits until every board's two connections are where `members` and the rule put
+    /// them, at most `within`; how long that took.
+    fn wait_placed(&self, members: &[String], within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let wrong: Vec<(usize, [Option<String>; 2], Vec<String>)> = (0..BOARDS)
+                .filter_map(|i| {
+                    let want = expected_shares(&self.boards[i].id, members, 2);
+                    let have = slot_edges(&self.connector(i).dump());
+                    let ok = have[0].as_deref() == Some(want[0].as_str())
+                        && have[1].as_deref() == Some(want[1].as_str());
+                    (!ok).then_some((i, have, want))
+                })
+                .collect();
+            if wrong.is_empty() {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "{} boards not where the rule puts them after {within:?}: {:?}; board {}:\n{}",
+                wrong.len(),
+                wrong.iter().take(3).collect::<Vec<_>>(),
+                wrong[0].0 + 1,
+                self.connector(wrong[0].0).dump()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn thirty_boards_bootstrap_from_one_edge() {
+    let mut c = build(true);
+    let mut members: Vec<String> = c
+        .edge_at
+        .iter()
+        .map(|(_, ip)| format!("{ip}:7844"))
+        .collect();
+    members.sort_by_key(|m| m.parse::<std::net::SocketAddr>().unwrap());
+    // Every edge tells the three members once it has read them.
+    let told = format!(
+        "cluster: members told to connectors: {}",
+        members.join(", ")
+    );
+    for e in 0..3 {
+        c.edge(e)
+            .wait_count(&told, 1, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("e{}: {told:?} not logged:\n{}", e + 1, c.edge(e).dump()));
+    }
+    let start = Instant::now();
+    for _ in 0..BOARDS {
+        let i = c.add_board();
+        c.start_connector(i);
+    }
+    let told = format!("told the cluster's members: {}", members.join(", "));
+    for i in 0..BOARDS {
+        c.connector(i)
+            .wait_count(&told, 1, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("board {}: not told:\n{}", i + 1, c.connector(i).dump()));
+        c.read_id(i);
+    }
+    let placed = c.wait_placed(&members, Duration::from_secs(60));
+    let per_edge: Vec<usize> = members
+        .iter()
+        .map(|m| {
+            (0..BOARDS)
+                .map(|i| {
+                    slot_edges(&c.connector(i).dump())
+                        .iter()
+                        .filter(|e| e.as_deref() == Some(m.as_str()))
+                        .count()
+                })
+                .sum()
+        })
+        .collect();
+    println!(
+        "{BOARDS} boards from one bootstrap address (e1): told the 3 members and placed by \
+         the rendezvous rule {:?} after the start ({placed:?} after the last was told); \
+         connections per edge {per_edge:?}",
+        start.elapsed()
+    );
+    assert!(per_edge.iter().all(|&n| n > 0), "{per_edge:?}");
+    let boards = c.all_boards();
+    let visits = c.round(&[0, 1, 2], &boards);
+    assert!(failed(&visits).is_empty(), "{:#?}", failed(&visits));
+
+    // e3 killed: its boards' connections move to e1 and e2, by the rule over those two.
+    c.edge(2).signal(9);
+    c.edges[2] = None;
+    let alive: Vec<String> = members
+        .iter()
+        .filter(|m| !m.starts_with(&format!("{}:", c.edge_at[2].1)))
+        .cloned()
+        .collect();
+    let moved = c.wait_placed(&alive, Duration::from_secs(60));
+    println!(
+        "e3 killed: every board's connections at e1 and e2 where the rule puts them {moved:?} \
+         after the kill"
+    );
+    let visits = c.round(&[0, 1], &boards);
+    assert!(failed(&visits).is_empty(), "{:#?}", failed(&visits));
 }

@@ -209,6 +209,11 @@ fn main() {
             Redis,
             cluster::three_edges_one_redis_thirty_boards,
         ),
+        scenario(
+            "thirty_boards_bootstrap_from_one_edge",
+            Redis,
+            cluster::thirty_boards_bootstrap_from_one_edge,
+        ),
         scenario("bench", Namespaces, bench::bench).with_ignored_flag(true),
         scenario("idle_traffic", Namespaces, idle::idle_traffic).with_ignored_flag(true),
         scenario(

@@ -574,3 +574,74 @@ fn a_sibling_that_becomes_keeper_pings_at_once_and_gets_idle_from_then() {
     let t = k.tick(later + IDLE, true, 0, 0);
     assert!(t.timed_out);
 }
+
+/// cluster.md, member lists: the members an edge told replace the entry's addresses,
+/// shared out over two at least; one that fails is skipped for a while; when all fail
+/// the entry's own addresses serve; a new list is news (what failed is tried again).
+#[test]
+fn members_told_are_shared_out_skipped_when_failing_and_fall_back_to_the_entry() {
+    let a = addr("192.0.2.1:7844");
+    let b = addr("192.0.2.2:7844");
+    let mut n = Names::new(1).seeded([7; 16]).for_slots(4);
+    let t0 = Instant::now();
+    assert_eq!(n.member_for(0, 0, 1, t0), None, "nothing told: DNS");
+    assert!(n.told(0, vec![b, a]));
+    assert!(!n.told(0, vec![a, b]), "the same list in another order");
+    let picks: Vec<SocketAddr> = (0..4).map(|s| n.member_for(0, s, 1, t0).unwrap()).collect();
+    assert!(picks.contains(&a) && picks.contains(&b), "{picks:?}");
+    let again: Vec<SocketAddr> = (0..4).map(|s| n.member_for(0, s, 1, t0).unwrap()).collect();
+    assert_eq!(picks, again, "stable");
+    // B fails: every slot takes A until B's time is up.
+    assert!(n.member_failed(0, b, t0), "newly skipped");
+    assert!(!n.member_failed(0, b, t0), "already skipped");
+    assert!(
+        !n.member_failed(0, addr("198.51.100.1:7844"), t0),
+        "not a member"
+    );
+    for s in 0..4 {
+        assert_eq!(n.member_for(0, s, 1, t0 + S), Some(a));
+    }
+    assert!(!n.due(t0 + S));
+    assert!(
+        n.due(t0 + MEMBER_DOWN_FOR),
+        "B's time is up: the slots look again"
+    );
+    assert!(!n.due(t0 + MEMBER_DOWN_FOR), "said once");
+    let t1 = t0 + MEMBER_DOWN_FOR;
+    assert_eq!(
+        (0..4)
+            .map(|s| n.member_for(0, s, 1, t1).unwrap())
+            .collect::<Vec<_>>(),
+        picks
+    );
+    // B fails again: skipped twice as long, and so on up to the bound.
+    assert!(n.member_failed(0, b, t1), "skipped again");
+    assert_eq!(n.member_for(0, 3, 1, t1 + MEMBER_DOWN_FOR), Some(a));
+    assert!(!n.due(t1 + MEMBER_DOWN_FOR));
+    assert!(n.due(t1 + 2 * MEMBER_DOWN_FOR));
+    let mut t = t1 + 2 * MEMBER_DOWN_FOR;
+    for _ in 0..10 {
+        n.member_failed(0, b, t);
+        t += MEMBER_DOWN_MAX;
+    }
+    assert!(n.member_failed(0, b, t));
+    assert!(!n.due(t + MEMBER_DOWN_MAX - S) && n.due(t + MEMBER_DOWN_MAX));
+    // Working again: forgotten, the next failure skips it for the first time again.
+    n.member_works(0, b);
+    assert!(n.member_failed(0, b, t));
+    assert!(n.due(t + MEMBER_DOWN_FOR));
+    n.member_works(0, b);
+    // Both fail: the entry's own addresses (None), until one works again.
+    n.member_failed(0, a, t0 + 2 * MEMBER_DOWN_FOR);
+    n.member_failed(0, b, t0 + 2 * MEMBER_DOWN_FOR);
+    assert_eq!(n.member_for(0, 1, 1, t0 + 2 * MEMBER_DOWN_FOR), None);
+    n.member_works(0, a);
+    assert_eq!(n.member_for(0, 1, 1, t0 + 2 * MEMBER_DOWN_FOR), Some(a));
+    // A new list forgets the failures.
+    let c = addr("192.0.2.3:7844");
+    assert!(n.told(0, vec![a, b, c]));
+    assert!((0..4).all(|s| n.member_for(0, s, 1, t0 + 2 * MEMBER_DOWN_FOR).is_some()));
+    // Other entries and entries out of range are apart.
+    assert_eq!(n.member_for(3, 0, 1, t0), None);
+    assert!(!n.told(3, vec![a]));
+}

@@ -7,6 +7,7 @@
 //!   redis: redis://10.0.0.5:6379/0      # or unix:///run/redis/redis.sock, or a path
 //!   secret-file: cluster.key            # or secret: <at least 32 characters>
 //!   member: 10.0.0.1:7844               # where the other edges reach this one
+//!   advertise: 203.0.113.7:7844         # optional: where connectors reach this one
 //! ```
 //!
 //! Without the section the edge keeps its fleet in its embedded store, alone.
@@ -29,6 +30,7 @@ pub(super) struct RawCluster {
     secret: Option<String>,
     secret_file: Option<PathBuf>,
     member: Option<String>,
+    advertise: Option<String>,
 }
 
 /// Where the shared Redis is: a `redis://` URL (host, port, database, password) or a
@@ -140,6 +142,11 @@ pub struct ClusterConfig {
     /// This edge's address as the other members reach it (`member:`, `HOST:PORT`): the
     /// name it is known by in presence records.
     pub member: String,
+    /// This edge's tunnel address as connectors reach it (`advertise:`, `IP:PORT`; port
+    /// 0: the tunnel listener's port): told to connectors as a member of the cluster.
+    /// `None`: this edge tells
+    /// connectors nothing (they keep their own `edge:` entries).
+    pub advertise: Option<std::net::SocketAddr>,
 }
 
 impl ClusterConfig {
@@ -175,10 +182,12 @@ impl ClusterConfig {
             "cluster.member: this edge's HOST:PORT as the other edges reach it is required",
         )?;
         check_member(&member)?;
+        let advertise = raw.advertise.as_deref().map(check_advertise).transpose()?;
         Ok(ClusterConfig {
             redis,
             secret,
             member,
+            advertise,
         })
     }
 }
@@ -207,6 +216,23 @@ fn check_member(m: &str) -> Result<(), String> {
     }
 }
 
+/// `IP:PORT` that a connector can dial: an address, not a name (connectors are told
+/// it as is and resolve nothing), not unspecified; port 0 stands for the port of
+/// `tunnel-listen:`.
+fn check_advertise(a: &str) -> Result<std::net::SocketAddr, String> {
+    let bad = |why: &str| {
+        format!(
+            "cluster.advertise: {a:?} {why}: give this edge's tunnel address as connectors \
+             reach it, IP:PORT (like 203.0.113.7:7844)"
+        )
+    };
+    let addr: std::net::SocketAddr = a.trim().parse().map_err(|_| bad("is not IP:PORT"))?;
+    if addr.ip().is_unspecified() {
+        return Err(bad("cannot be dialled"));
+    }
+    Ok(addr)
+}
+
 fn read_small(path: &std::path::Path) -> Result<String, String> {
     let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
     if len > MAX_SECRET as u64 + 2 {
@@ -225,6 +251,7 @@ mod tests {
             secret: secret.map(Into::into),
             secret_file: None,
             member: member.map(Into::into),
+            advertise: None,
         }
     }
 
@@ -307,6 +334,31 @@ mod tests {
                 Err(e) => assert!(!why.is_empty() && e.contains(why), "{e}"),
                 Ok(_) => assert!(why.is_empty()),
             }
+        }
+    }
+
+    #[test]
+    fn advertise_takes_a_dialable_address_only() {
+        let mut r = raw(Some("/run/r.sock"), Some(SECRET), Some("10.0.0.1:7845"));
+        r.advertise = Some("203.0.113.7:7844".into());
+        let c = ClusterConfig::from_raw(r, |p| p).unwrap();
+        assert_eq!(c.advertise, Some("203.0.113.7:7844".parse().unwrap()));
+        let c = ClusterConfig::from_raw(
+            raw(Some("/run/r.sock"), Some(SECRET), Some("10.0.0.1:7845")),
+            |p| p,
+        )
+        .unwrap();
+        assert_eq!(c.advertise, None, "without the key: nothing told");
+        for bad in [
+            "edge.example.com:7844",
+            "0.0.0.0:7844",
+            "[::]:7844",
+            "10.0.0.1",
+        ] {
+            let mut r = raw(Some("/run/r.sock"), Some(SECRET), Some("10.0.0.1:7845"));
+            r.advertise = Some(bad.into());
+            let e = ClusterConfig::from_raw(r, |p| p).unwrap_err();
+            assert!(e.contains("cluster.advertise"), "{bad}: {e}");
         }
     }
 }
