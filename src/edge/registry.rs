@@ -101,8 +101,7 @@ fn moved_away(conns: &[Arc<Conn>], c: &Conn) -> bool {
 impl Conn {
     /// What the edge has received from the connector so far: datagrams over QUIC,
     /// bytes over HTTP/2. A connector that is alive adds to it within a round trip of
-    /// a request (QUIC acknowledges the request's packets; over HTTP/2 it answers the
-    /// ping [`Conn::nudge`] sends), whatever its origin is doing.
+    /// a request or of the ping [`Conn::nudge`] sends, whatever its origin is doing.
     pub(crate) fn heard(&self) -> u64 {
         match &self.session {
             Session::Quic(c) => c.stats().udp_rx.datagrams,
@@ -110,11 +109,16 @@ impl Conn {
         }
     }
 
-    /// Asks the connector for an answer now, where the transport needs one asked for
-    /// (HTTP/2: a ping; QUIC acknowledges what it receives by itself).
+    /// Asks the connector for an answer now: a ping on either transport. QUIC
+    /// acknowledges what it receives by itself, but a request may have sent nothing
+    /// yet: one waiting for a stream while every stream the connector allows is busy
+    /// (long polls, slow origins) leaves a live connector nothing to acknowledge.
     pub(crate) fn nudge(&self) {
-        if let Session::H2(h) = &self.session {
-            h.nudge();
+        match &self.session {
+            Session::H2(h) => h.nudge(),
+            Session::Quic(c) => {
+                crate::transport::quic::ping(c, crate::transport::quic::CONN_RECEIVE_WINDOW)
+            }
         }
     }
 

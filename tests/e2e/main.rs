@@ -125,6 +125,7 @@ fn main() {
         shield::a_burst_from_one_address_is_rate_limited_while_another_is_served,
         shield::security_headers_are_added_per_hostname,
         shield::a_thousand_visitors_on_one_tunnel_do_not_starve_another,
+        shield::a_request_waiting_for_a_busy_connections_stream_is_served,
         shield::an_empty_dns_label_does_not_bypass_an_access_policy,
         shield::path_spellings_do_not_bypass_path_rules_or_rate_limits,
         shield::a_rule_table_over_the_compiled_pattern_budget_is_refused_with_the_reason,

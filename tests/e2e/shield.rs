@@ -300,6 +300,57 @@ pub(crate) fn a_thousand_visitors_on_one_tunnel_do_not_starve_another() {
     assert!(hwm < 64 * 1024, "connector peak RSS {hwm} KiB");
 }
 
+/// A request that waits for a stream while every stream the connector allows on its
+/// connection is held by a slow request is served once one frees, not refused as a
+/// silent tunnel: the connector, which has nothing to say while its origin works, is
+/// asked for an acknowledgement and gives one. (Before, over QUIC, such a request had
+/// sent nothing to acknowledge, and after the silence window the edge answered 502
+/// "not answering" and routed around a live connection.)
+pub(crate) fn a_request_waiting_for_a_busy_connections_stream_is_served() {
+    let s = setup("");
+    let http = s.edge.http;
+    // The connector takes 128 streams per connection, one of them the control stream:
+    // 140 slow requests fill the other 127 and leave 13 waiting for one.
+    const SLOW: usize = 140;
+    let slow: Vec<_> = (0..SLOW)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(http).unwrap();
+                c.write_all(b"GET /delay/3000 HTTP/1.1\r\nHost: dev42.example.com\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let (out, _) = read_until_close(&mut c, Duration::from_secs(30));
+                let text = String::from_utf8_lossy(&out).into_owned();
+                text.lines().next().unwrap_or("").to_string() + " | " + text.lines().last().unwrap_or("")
+            })
+        })
+        .collect();
+    // Every stream is busy once the origin holds 127 requests.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.origin.requests.load(Ordering::SeqCst) < 127 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert!(
+        s.origin.requests.load(Ordering::SeqCst) >= 127,
+        "the slow requests never filled the streams"
+    );
+    let started = Instant::now();
+    let (code, body) = get(&s.edge, "dev42.example.com", "/after");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    eprintln!(
+        "a request behind {SLOW} slow ones served after {:?}",
+        started.elapsed()
+    );
+    let mut outcomes = std::collections::BTreeMap::new();
+    for t in slow {
+        *outcomes.entry(t.join().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert!(
+        outcomes.keys().all(|k| k.starts_with("HTTP/1.1 200")),
+        "{outcomes:?}"
+    );
+}
+
 /// An edge whose device serves `*.dev42.example.com` (and `dev42.example.com`) with
 /// `rules` first, then the origin.
 fn setup_with(edge_yaml: &str, rules: &str) -> Shielded {
