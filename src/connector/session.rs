@@ -113,6 +113,13 @@ pub(super) async fn register(
         },
     );
     note_registered(shared, generation);
+    // A quiet sibling on this flow may hold a connection its edge no longer knows (the
+    // edge restarted while this slot was away, and the keeper's poke at its loss went
+    // out before the edge was back): asked for an answer now, it hears a reset at once
+    // instead of at its own rare keep-alive. Registrations are rare: a ping each.
+    for s in siblings(shared, slot) {
+        poke(&s);
+    }
     Ok(Registered {
         control,
         edge_name,
