@@ -54,6 +54,10 @@ pub(super) struct Registered {
     health_every_secs: u32,
     /// The edge understands data cap reports.
     data_cap: bool,
+    /// The edge holds NAT probes, this long at most.
+    probes: Option<wire::HelloProbeTail>,
+    /// The edge entry it was dialed through.
+    entry: usize,
 }
 
 /// The control handshake: hello, register, registered. Marks the slot connected.
@@ -83,6 +87,7 @@ pub(super) async fn register(
         tunnel_id,
         health_every_secs,
         data_cap,
+        probes,
     } = shook;
     let generation = rt.generation;
     let device = match (&shared.device, rt.config.enroll_key()) {
@@ -113,6 +118,8 @@ pub(super) async fn register(
         generation,
         health_every_secs,
         data_cap,
+        probes,
+        entry,
     })
 }
 
@@ -258,6 +265,8 @@ async fn serve_registered(
         mut generation,
         health_every_secs,
         data_cap,
+        probes,
+        entry,
     } = reg;
     // Health reports, when this edge asked for them, on whichever connection the
     // reporter picks; the guard leaves when this session ends.
@@ -313,6 +322,9 @@ async fn serve_registered(
     };
     let (rx, challenges) = quic_counts(session);
     let mut keeper = slot::Keeper::new(Instant::now(), keepalive, idle, rx, challenges);
+    // A metered HTTP/2 connection learns the NAT's mapping lifetime for its keep-alive.
+    let registered_at = Instant::now();
+    let _nat = learn_nat(shared, slot, session, entry, probes.as_ref());
     let mut keep_at = tokio::time::Instant::now();
     let (first, every) = probe.map_or((Instant::now(), Duration::from_secs(30)), |p| p.1);
     let mut probe_timer = tokio::time::interval_at(first.into(), every);
@@ -330,6 +342,9 @@ async fn serve_registered(
                             for s in siblings(shared, slot) {
                                 poke(&s);
                             }
+                        }
+                        if let (Some(_), Session::H2(h)) = (&_nat, session) {
+                            super::natlife::lost(slot, h, registered_at.elapsed());
                         }
                         return Err(format!("lost edge {edge_name} ({addr}): {}", session.closed().await));
                     }
@@ -454,6 +469,35 @@ async fn serve_registered(
             }
         }
     }
+}
+
+/// Starts learning the NAT's mapping lifetime for `session` when it is a metered
+/// connector's HTTP/2 connection to an edge that holds probes; stops when dropped.
+fn learn_nat(
+    shared: &Arc<Shared>,
+    slot: usize,
+    session: &Session,
+    entry: usize,
+    probes: Option<&wire::HelloProbeTail>,
+) -> Option<AbortOnDrop> {
+    let Session::H2(h) = session else {
+        return None;
+    };
+    if !shared.current.borrow().config.metered || !wire::probe_allowed(probes, 0) {
+        return None;
+    }
+    let dial = match dial::again(shared, entry, session.remote_addr()) {
+        Ok(d) => d,
+        Err(e) => {
+            log::debug!("connection {slot}: no NAT probes: {e}");
+            return None;
+        }
+    };
+    Some(AbortOnDrop(tokio::spawn(super::natlife::drive(
+        slot,
+        dial,
+        h.clone(),
+    ))))
 }
 
 /// What a QUIC session received so far: packets, and PATH_CHALLENGE frames (zero over
