@@ -127,7 +127,7 @@ fn idle_window() -> Duration {
 
 /// The counting rules: per direction a total, one rule per cause (each ends with
 /// RETURN, so a packet counts once), and small UDP packets by exact length.
-fn install_counters(net: &Net) {
+pub fn install_counters(net: &Net) {
     let mut rules = vec![
         format!("iptables -N {CHAIN}"),
         format!("iptables -I FORWARD 1 -j {CHAIN}"),
@@ -170,7 +170,7 @@ fn install_counters(net: &Net) {
     net.sh(&net.nat, &rules.join(" && "));
 }
 
-fn read_counters(net: &Net) -> (Direction, Direction) {
+pub fn read_counters(net: &Net) -> (Direction, Direction) {
     let all = net.counters(&net.nat, CHAIN);
     let dir = |d: &str| {
         let prefix = format!("{d} ");

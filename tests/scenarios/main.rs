@@ -38,6 +38,7 @@ mod failover;
 mod fleet;
 mod idle;
 mod nat;
+mod natlife;
 mod scene;
 mod storage;
 
@@ -188,6 +189,11 @@ fn main() {
             "three_edges_one_redis_thirty_boards",
             Redis,
             cluster::three_edges_one_redis_thirty_boards,
+        ),
+        scenario(
+            "a_metered_device_learns_the_nats_mapping_lifetime",
+            Namespaces,
+            natlife::a_metered_device_learns_the_nats_mapping_lifetime,
         ),
         scenario("bench", Namespaces, bench::bench).with_ignored_flag(true),
         scenario("idle_traffic", Namespaces, idle::idle_traffic).with_ignored_flag(true),
