@@ -229,6 +229,12 @@ fn main() {
         )
         .with_ignored_flag(true),
         scenario(
+            "idle_traffic_metered_learnt",
+            Namespaces,
+            idle::idle_traffic_metered_learnt,
+        )
+        .with_ignored_flag(true),
+        scenario(
             "idle_traffic_metered_50ms_rtt",
             NetfilterQueue,
             idle::idle_traffic_metered_50ms_rtt,
