@@ -50,9 +50,11 @@ pub(crate) const KEEPALIVE_MIN: Duration = Duration::from_secs(25);
 /// board unreachable until its next keep-alive, so this bounds that outage to 15
 /// minutes; it costs about 96 keep-alives a day (20 KB).
 pub(crate) const KEEPALIVE_MAX: Duration = Duration::from_secs(900);
-/// The keep-alive before anything is proven: today's metered default (RFC 5382 asks a
-/// NAT to keep an established TCP mapping 2 h 4 min; most keep it 5 minutes or more).
-pub(crate) const UNPROVEN: Duration = Duration::from_secs(300);
+/// The keep-alive before anything is proven: the metered default
+/// ([`crate::config::METERED_KEEPALIVE_SECS`], or `keepalive` if longer; RFC 5382 asks a
+/// NAT to keep an established TCP mapping 2 h 4 min, and most keep it 5 minutes or more).
+pub(crate) const UNPROVEN: Duration =
+    Duration::from_secs(crate::config::METERED_KEEPALIVE_SECS as u64);
 /// The first probe's silence: short enough that a NAT with short TCP mappings is
 /// found out within minutes, long enough that the doubling reaches [`TOP`] in five
 /// probes (75, 150, 300, 600, 1200 s).
@@ -103,14 +105,18 @@ impl Timing {
         }
     }
 
-    /// The real durations, or scaled by `MAILSLOT_TEST_NAT_PROBE_SCALE` (tests only).
-    fn from_env() -> Timing {
+    /// The real durations, or scaled by `MAILSLOT_TEST_NAT_PROBE_SCALE` (tests only);
+    /// `unproven`: the configured metered keep-alive (5 minutes, or `keepalive` if longer).
+    fn from_env(unproven: Duration) -> Timing {
         let scale = std::env::var("MAILSLOT_TEST_NAT_PROBE_SCALE")
             .ok()
             .and_then(|v| v.trim().parse::<u32>().ok())
             .filter(|s| (1..=1000).contains(s))
             .unwrap_or(1);
-        Timing::scaled(scale)
+        Timing {
+            unproven: unproven / scale,
+            ..Timing::scaled(scale)
+        }
     }
 }
 
@@ -296,7 +302,7 @@ static LEARNER: Mutex<Option<Learner>> = Mutex::new(None);
 
 fn with_learner<T>(f: impl FnOnce(&mut Learner) -> T) -> T {
     let mut l = lock(&LEARNER);
-    let learner = l.get_or_insert_with(|| Learner::new(Instant::now(), Timing::from_env()));
+    let learner = l.get_or_insert_with(|| Learner::new(Instant::now(), Timing::from_env(UNPROVEN)));
     f(learner)
 }
 
@@ -322,7 +328,10 @@ fn describe(l: &Learner) -> String {
 /// Learns the NAT's mapping lifetime for the metered HTTP/2 connection `session`
 /// (registered at `dial`'s edge, whose hello allowed probes) and keeps its keep-alive
 /// set from it. Runs until the session ends (the caller aborts it).
-pub(super) async fn drive(slot: usize, dial: Dial, session: H2Session) {
+///
+/// `unproven`: the keep-alive before anything is proven (the configured one).
+pub(super) async fn drive(slot: usize, dial: Dial, session: H2Session, unproven: Duration) {
+    with_learner(|l| l.t = Timing::from_env(unproven));
     if let Some(local) = session.local_addr() {
         if with_learner(|l| l.network(Instant::now(), local.ip())) {
             log::info!("connection {slot}: new local address {}: learning the NAT's mapping lifetime again", local.ip());

@@ -483,9 +483,14 @@ fn learn_nat(
     let Session::H2(h) = session else {
         return None;
     };
-    if !shared.current.borrow().config.metered || !wire::probe_allowed(probes, 0) {
-        return None;
-    }
+    let unproven = {
+        let cfg = &shared.current.borrow().config;
+        if !cfg.metered || !wire::probe_allowed(probes, 0) {
+            return None;
+        }
+        let secs = cfg.keepalive_secs_on(crate::config::Protocol::Http2);
+        Duration::from_secs(u64::from(secs))
+    };
     let dial = match dial::again(shared, entry, session.remote_addr()) {
         Ok(d) => d,
         Err(e) => {
@@ -497,6 +502,7 @@ fn learn_nat(
         slot,
         dial,
         h.clone(),
+        unproven,
     ))))
 }
 
