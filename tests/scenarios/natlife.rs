@@ -122,9 +122,12 @@ pub fn a_metered_device_learns_the_nats_mapping_lifetime() {
         c.count("NAT probe of") + 1,
     );
     let nat = Duration::from_secs(NAT_SECS);
+    // A probe of exactly the NAT's timeout may go either way (the mapping's last packet
+    // and the edge's answer race); well past it, none is answered.
+    assert!(died.is_some(), "no probe went unanswered: {line}");
     assert!(
-        died.is_some_and(|d| d <= nat + Duration::from_secs(1)),
-        "a probe past the NAT's timeout went unanswered: {line}"
+        survived.is_some_and(|d| d <= nat + Duration::from_secs(1)),
+        "a probe past the NAT's timeout was answered: {line}"
     );
     assert!(
         keepalive < nat,
