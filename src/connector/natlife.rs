@@ -309,7 +309,8 @@ fn with_learner<T>(f: impl FnOnce(&mut Learner) -> T) -> T {
 /// How a duration reads in the log: seconds, one decimal under a minute.
 fn secs(d: Duration) -> String {
     if d < Duration::from_secs(60) {
-        format!("{:.1}s", d.as_secs_f64())
+        // f32: the connector formats f32 already (a device binary has room for one).
+        format!("{:.1}s", d.as_secs_f32())
     } else {
         format!("{}s", d.as_secs())
     }

@@ -324,7 +324,8 @@ async fn serve_registered(
     let mut keeper = slot::Keeper::new(Instant::now(), keepalive, idle, rx, challenges);
     // A metered HTTP/2 connection learns the NAT's mapping lifetime for its keep-alive.
     let registered_at = Instant::now();
-    let _nat = learn_nat(shared, slot, session, entry, probes.as_ref());
+    // Polled in the loop below (never ends by itself), dropped with the session.
+    let mut nat = learn_nat(shared, slot, session, entry, probes.as_ref());
     let mut keep_at = tokio::time::Instant::now();
     let (first, every) = probe.map_or((Instant::now(), Duration::from_secs(30)), |p| p.1);
     let mut probe_timer = tokio::time::interval_at(first.into(), every);
@@ -343,7 +344,7 @@ async fn serve_registered(
                                 poke(&s);
                             }
                         }
-                        if let (Some(_), Session::H2(h)) = (&_nat, session) {
+                        if let (Some(_), Session::H2(h)) = (&nat, session) {
                             super::natlife::lost(slot, h, registered_at.elapsed());
                         }
                         return Err(format!("lost edge {edge_name} ({addr}): {}", session.closed().await));
@@ -351,6 +352,7 @@ async fn serve_registered(
                 };
                 spawn_stream(shared, streams, stream);
             }
+            () = async { match nat.as_mut() { Some(n) => n.await, None => std::future::pending().await } } => {}
             _ = tokio::time::sleep_until(keep_at) => {
                 let is_keeper = keeps_flow(shared, slot);
                 let (rx, challenges) = quic_counts(session);
@@ -471,15 +473,17 @@ async fn serve_registered(
     }
 }
 
-/// Starts learning the NAT's mapping lifetime for `session` when it is a metered
-/// connector's HTTP/2 connection to an edge that holds probes; stops when dropped.
+/// Learning the NAT's mapping lifetime for `session` when it is a metered connector's
+/// HTTP/2 connection to an edge that holds probes (boxed: its probe's TLS handshake is
+/// large, and most sessions have none; polled in the session's loop rather than spawned,
+/// which costs the device binary a task type).
 fn learn_nat(
     shared: &Arc<Shared>,
     slot: usize,
     session: &Session,
     entry: usize,
     probes: Option<&wire::HelloProbeTail>,
-) -> Option<AbortOnDrop> {
+) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>> {
     let Session::H2(h) = session else {
         return None;
     };
@@ -498,12 +502,12 @@ fn learn_nat(
             return None;
         }
     };
-    Some(AbortOnDrop(tokio::spawn(super::natlife::drive(
+    Some(Box::pin(super::natlife::drive(
         slot,
         dial,
         h.clone(),
         unproven,
-    ))))
+    )))
 }
 
 /// What a QUIC session received so far: packets, and PATH_CHALLENGE frames (zero over
