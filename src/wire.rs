@@ -43,6 +43,7 @@
 //!
 //! ```text
 //!  edge:      Hello      + HelloTail { nonce } + HelloClockTail { unix_secs, data_cap }
+//!                         + HelloProbeTail { probe_max_ms }
 //!  connector: Register   + RegisterTail { instance } + DeviceTail { key, proof, ... }
 //!  edge:      Registered + RegisteredTail { credential?, health_every_secs }
 //!  later:     ConnectorMsg::Health (device), EdgeMsg::Credential (renewal, edge),
@@ -63,6 +64,18 @@
 //! understands [`ConnectorMsg::DataCap`]; a connector never sends that message to an
 //! edge that did not say so, since an edge ends a connection on a message it cannot
 //! decode.
+//!
+//! The hello's last tail, [`HelloProbeTail`], says the edge holds *probe connections*:
+//! a connector may answer the hello with [`ConnectorMsg::Probe`] instead of a
+//! registration, and the edge then keeps that connection silent for the time asked
+//! and answers [`EdgeMsg::ProbeReply`]. A probe connection never carries streams and
+//! is never registered.
+//!
+//! ```text
+//!  edge:      Hello + HelloTail + HelloClockTail + HelloProbeTail { probe_max_ms }
+//!  connector: Probe { after_ms }                      (nothing else, either way)
+//!  edge:      ... after_ms of silence ... ProbeReply { after_ms }, then closes
+//! ```
 //!
 //! Data stream: the edge writes one [`StreamHeader`] frame, the connector dials the
 //! service and answers one [`StreamReply`] frame; after an `Ok` reply the stream is a raw
@@ -179,6 +192,27 @@ pub struct HelloClockTail {
     pub unix_secs: u64,
     /// The edge understands [`ConnectorMsg::DataCap`].
     pub data_cap: bool,
+}
+
+/// What the edge appends after its [`HelloClockTail`]: that it holds probe connections
+/// ([`ConnectorMsg::Probe`]) and for how long at most. Absent from edges that predate
+/// it: a connector then sends no probe (an edge ends a connection on a message it
+/// cannot decode) and keeps its fixed keep-alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloProbeTail {
+    /// The longest `after_ms` this edge holds a probe for; 0: no probes.
+    pub probe_max_ms: u32,
+}
+
+/// The longest silence an edge holds a probe connection for: 2 hours, past the 2 h 4 min
+/// RFC 5382 asks of a NAT's established TCP mappings (a probe never needs more).
+#[cfg_attr(not(feature = "edge"), allow(dead_code))]
+pub(crate) const MAX_PROBE_MS: u32 = 2 * 3600 * 1000;
+
+/// Whether a connector may send [`ConnectorMsg::Probe`] with `after_ms` to an edge
+/// whose hello carried `tail`: never to an edge without the tail, nor beyond its bound.
+pub(crate) fn probe_allowed(tail: Option<&HelloProbeTail>, after_ms: u32) -> bool {
+    tail.is_some_and(|t| after_ms <= t.probe_max_ms && t.probe_max_ms > 0)
 }
 
 /// What an enrolled device appends after its [`RegisterTail`]: who it is and the proof
@@ -320,6 +354,14 @@ pub enum ConnectorMsg {
     /// registering, only to an edge whose `Registered` carried a [`MembersTail`] (an
     /// older edge ends the connection on a message it does not know).
     FollowMembers,
+    /// Instead of a registration, on a connection of its own: hold this connection
+    /// silent for `after_ms` and then answer [`EdgeMsg::ProbeReply`] (how long the
+    /// NAT in front of the device keeps an idle mapping, see `connector::natlife`).
+    /// Sent only to an edge whose [`HelloProbeTail`] allows that long, at most
+    /// [`MAX_PROBE_MS`].
+    Probe {
+        after_ms: u32,
+    },
 }
 
 /// The state of a device's daily data cap (`data-cap` in its config), sent on each of
@@ -385,6 +427,11 @@ pub enum EdgeMsg {
     /// The cluster's members changed: the tunnel addresses its edges are reached at now
     /// (only to a connector that sent [`ConnectorMsg::FollowMembers`]).
     Members(MembersTail),
+    /// The answer to [`ConnectorMsg::Probe`], after `after_ms` of silence on the
+    /// probe connection; the edge closes it then.
+    ProbeReply {
+        after_ms: u32,
+    },
 }
 
 /// Most members an edge tells a connector about; a longer list is refused whole by the
@@ -774,6 +821,26 @@ fn take_part<T: DeserializeOwned>(rest: &mut &[u8]) -> Result<Option<T>, WireErr
     Ok(Some(part))
 }
 
+/// Reads the edge's hello: the message and up to three tails ([`HelloTail`],
+/// [`HelloClockTail`], [`HelloProbeTail`]), each `None` when the edge did not append
+/// it; parts appended after them are ignored.
+pub(crate) async fn read_hello<R>(
+    r: &mut R,
+) -> Result<
+    (
+        EdgeMsg,
+        Option<HelloTail>,
+        Option<HelloClockTail>,
+        Option<HelloProbeTail>,
+    ),
+    WireError,
+>
+where
+    R: AsyncRead + Unpin,
+{
+    read_control_with_three_tails(r).await
+}
+
 async fn read_control_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, WireError> {
     let mut len = [0u8; 4];
     read_prefix(r, &mut len).await?;
@@ -1034,6 +1101,72 @@ mod tests {
             .await,
             Err(WireError::Malformed(_))
         ));
+    }
+
+    /// `Probe` and `ProbeReply` are appended (indexes 8 and 9); the hello's probe tail
+    /// is optional, skipped by connectors that read two tails, and a connector sends
+    /// no probe to an edge without it or beyond its bound.
+    #[tokio::test]
+    async fn probes_are_appended_and_gated_on_the_hello_tail() {
+        let probe = ConnectorMsg::Probe { after_ms: 300_000 };
+        let bytes = postcard::to_allocvec(&probe).unwrap();
+        assert_eq!(bytes[0], 8);
+        assert_eq!(postcard::from_bytes::<ConnectorMsg>(&bytes).unwrap(), probe);
+        let reply = EdgeMsg::ProbeReply { after_ms: 300_000 };
+        let bytes = postcard::to_allocvec(&reply).unwrap();
+        assert_eq!(bytes[0], 9);
+        assert_eq!(postcard::from_bytes::<EdgeMsg>(&bytes).unwrap(), reply);
+
+        let hello = EdgeMsg::Hello {
+            version: PROTOCOL_VERSION,
+            edge: "e".into(),
+        };
+        let nonce = HelloTail { nonce: [5; 32] };
+        let clock = HelloClockTail {
+            unix_secs: 1_800_000_000,
+            data_cap: true,
+        };
+        let tail = HelloProbeTail {
+            probe_max_ms: MAX_PROBE_MS,
+        };
+        let mut framed = Vec::new();
+        write_control(&mut framed, &(&hello, &nonce, &clock, &tail))
+            .await
+            .unwrap();
+        let got = read_hello(&mut &framed[..]).await.unwrap();
+        assert_eq!(
+            got,
+            (
+                hello.clone(),
+                Some(nonce.clone()),
+                Some(clock.clone()),
+                Some(tail.clone())
+            )
+        );
+        // A connector that reads two tails ignores the third.
+        let got: (EdgeMsg, Option<HelloTail>, Option<HelloClockTail>) =
+            read_control_with_tails(&mut &framed[..]).await.unwrap();
+        assert_eq!(
+            got,
+            (hello.clone(), Some(nonce.clone()), Some(clock.clone()))
+        );
+        // An edge that predates the tail: none, and no probe.
+        let mut old = Vec::new();
+        write_control_with_tails(&mut old, &hello, &nonce, &clock)
+            .await
+            .unwrap();
+        let (_, _, _, none) = read_hello(&mut &old[..]).await.unwrap();
+        assert_eq!(none, None);
+        assert!(!probe_allowed(none.as_ref(), 1000));
+        assert!(probe_allowed(Some(&tail), MAX_PROBE_MS));
+        assert!(!probe_allowed(Some(&tail), MAX_PROBE_MS + 1));
+        assert!(!probe_allowed(Some(&HelloProbeTail { probe_max_ms: 0 }), 0));
+        // A cut probe tail is an error, not a panic.
+        let mut cut = framed.clone();
+        cut.pop();
+        let len = (cut.len() - 4) as u32;
+        cut[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(read_hello(&mut &cut[..]).await.is_err());
     }
 
     #[tokio::test]

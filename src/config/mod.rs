@@ -145,10 +145,11 @@ pub(crate) const MAX_DATA_CAP: u64 = 1 << 40;
 // `DeviceConfig::essential` has one bit per rule.
 const _: () = assert!(MAX_RULES <= 64);
 
-/// Seconds between the HTTP/2 keep-alives of a metered connector. TCP mappings of NATs
-/// last for hours (RFC 5382 asks at least 2 h 4 min of an established connection), so
-/// the keep-alive refreshes them with a wide margin; it also bounds how long a
-/// connection whose path died unseen stays up.
+/// Seconds between the HTTP/2 keep-alives of a metered connector until it has learnt how
+/// long its NAT keeps an idle mapping (`connector::natlife`), and with edges that hold no
+/// probes. TCP mappings of NATs last for hours (RFC 5382 asks at least 2 h 4 min of an
+/// established connection), so the keep-alive refreshes them with a wide margin; it also
+/// bounds how long a connection whose path died unseen stays up.
 pub(crate) const METERED_KEEPALIVE_SECS: u16 = 300;
 
 /// The environment variable that shortens [`METERED_KEEPALIVE_SECS`] (tests only: the

@@ -156,6 +156,25 @@ impl Dial {
         .await
     }
 
+    /// An HTTP/2 connection that stays silent (no keep-alives) for a NAT probe
+    /// (`super::natlife`); `hold`: how long it is kept at most.
+    pub(super) async fn h2_probe(&self, hold: Duration) -> Result<Session, TransportError> {
+        let session = crate::transport::h2::connect(
+            self.addr,
+            &self.server_name,
+            self.tls.clone(),
+            hold,
+            self.tuning.idle_timeout,
+            1,
+            H2_CONNECT_TIMEOUT,
+        )
+        .await?;
+        if let Session::H2(h) = &session {
+            h.set_quiet(true);
+        }
+        Ok(session)
+    }
+
     fn describe(&self, e: TransportError) -> String {
         let clock = if crate::tls::clock_unset() {
             " (the system clock is not set; certificates are checked against the later of the \
@@ -173,6 +192,27 @@ impl Dial {
 /// Resolves edge entry `entry` and prepares what dialing it takes.
 pub(super) async fn prepare(shared: &Shared, slot: usize, entry: usize) -> Result<Dial, String> {
     let (addr, server_name) = edge_for(shared, slot, entry).await?;
+    build(shared, entry, addr, server_name)
+}
+
+/// What dialing `addr` again takes, for edge entry `entry` already resolved to it (no
+/// name lookup: a metered link pays for those).
+pub(super) fn again(shared: &Shared, entry: usize, addr: SocketAddr) -> Result<Dial, String> {
+    let rt = shared.current.borrow().clone();
+    let Some(edge) = rt.config.edges.get(entry) else {
+        return Err("no edge addresses configured".into());
+    };
+    let (host, _) = crate::config::validate::parse_edge_addr(edge.as_str())
+        .map_err(|e| format!("edge address {edge:?}: {e}"))?;
+    build(shared, entry, addr, host.to_string())
+}
+
+fn build(
+    shared: &Shared,
+    entry: usize,
+    addr: SocketAddr,
+    server_name: String,
+) -> Result<Dial, String> {
     let rt = shared.current.borrow().clone();
     let cfg = &rt.config;
     let tls = rt.edge_tls()?;

@@ -3,7 +3,8 @@
 //! it) and the edge's answer (with the device's credential and health schedule).
 //!
 //! ```text
-//!  edge:      Hello      [+ HelloTail { nonce } [+ HelloClockTail { unix_secs, data_cap }]]
+//!  edge:      Hello      [+ HelloTail { nonce } [+ HelloClockTail { unix_secs, data_cap }
+//!                                                [+ HelloProbeTail { probe_max_ms }]]]
 //!  connector: Register   [+ RegisterTail { instance }] [+ DeviceTail]   token "" when enrolled
 //!  edge:      Registered [+ RegisteredTail [+ KeysTail [+ MembersTail]]] | Refused
 //! ```
@@ -19,7 +20,7 @@ use super::active::ActiveConfig;
 use super::session::{Failure, REGISTER_TIMEOUT};
 use super::Shared;
 use crate::wire::{
-    self, ConnectorMsg, EdgeMsg, HelloClockTail, HelloTail, KeysTail, MembersTail, Register,
+    self, ConnectorMsg, EdgeMsg, HelloProbeTail, HelloTail, KeysTail, MembersTail, Register,
     RegisterTail, RegisteredTail, PROTOCOL_VERSION,
 };
 
@@ -34,6 +35,8 @@ pub(super) struct Handshake {
     /// The cluster's members, from an edge that tells them (and then understands
     /// `ConnectorMsg::FollowMembers`).
     pub(super) members: Option<MembersTail>,
+    /// The edge holds NAT probes (`super::natlife`), this long at most.
+    pub(super) probes: Option<HelloProbeTail>,
 }
 
 /// Hello, register, registered on the control stream of connection `slot` to `addr`.
@@ -49,25 +52,22 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let hello = tokio::time::timeout(
-        REGISTER_TIMEOUT,
-        wire::read_control_with_tails::<_, EdgeMsg, HelloTail, HelloClockTail>(recv),
-    )
-    .await
-    .map_err(|_| format!("edge {addr} sent no hello"))?
-    .map_err(|e| format!("edge {addr}: {e}"))?;
-    let (edge_name, hello_tail, clock) = match hello {
-        (EdgeMsg::Hello { version, edge }, tail, clock) if version == PROTOCOL_VERSION => {
-            (wire::bounded_reason(edge), tail, clock)
+    let hello = tokio::time::timeout(REGISTER_TIMEOUT, wire::read_hello(recv))
+        .await
+        .map_err(|_| format!("edge {addr} sent no hello"))?
+        .map_err(|e| format!("edge {addr}: {e}"))?;
+    let (edge_name, hello_tail, clock, probes) = match hello {
+        (EdgeMsg::Hello { version, edge }, tail, clock, probes) if version == PROTOCOL_VERSION => {
+            (wire::bounded_reason(edge), tail, clock, probes)
         }
         // Only an upgrade of one side changes this.
-        (EdgeMsg::Hello { version, .. }, _, _) => {
+        (EdgeMsg::Hello { version, .. }, _, _, _) => {
             return Err(Failure {
                 message: version_mismatch(addr, version),
                 refused: true,
             })
         }
-        (other, _, _) => return Err(format!("edge {addr} sent {other:?} before hello").into()),
+        (other, _, _, _) => return Err(format!("edge {addr} sent {other:?} before hello").into()),
     };
     if let Some(clock) = &clock {
         super::cap::edge_time(clock.unix_secs);
@@ -172,6 +172,7 @@ where
         health_every_secs,
         data_cap: clock.is_some_and(|c| c.data_cap),
         members,
+        probes,
     })
 }
 

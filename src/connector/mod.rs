@@ -27,6 +27,7 @@ mod dial;
 mod handshake;
 pub mod health;
 mod instance;
+mod natlife;
 pub(crate) mod origin;
 pub mod push;
 mod rendezvous;

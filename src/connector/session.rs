@@ -56,6 +56,10 @@ pub(super) struct Registered {
     data_cap: bool,
     /// The edge tells the cluster's members: follow their changes.
     members: bool,
+    /// The edge holds NAT probes, this long at most.
+    probes: Option<wire::HelloProbeTail>,
+    /// The edge entry it was dialed through.
+    entry: usize,
 }
 
 /// The control handshake: hello, register, registered. Marks the slot connected.
@@ -86,6 +90,7 @@ pub(super) async fn register(
         health_every_secs,
         data_cap,
         members,
+        probes,
     } = shook;
     if let Some(m) = &members {
         super::told_at_registration(shared, slot, entry, addr, &m.members);
@@ -127,6 +132,8 @@ pub(super) async fn register(
         health_every_secs,
         data_cap,
         members: members.is_some(),
+        probes,
+        entry,
     })
 }
 
@@ -273,6 +280,8 @@ async fn serve_registered(
         health_every_secs,
         data_cap,
         members: follow,
+        probes,
+        entry,
     } = reg;
     // Health reports, when this edge asked for them, on whichever connection the
     // reporter picks; the guard leaves when this session ends.
@@ -337,6 +346,10 @@ async fn serve_registered(
     };
     let (rx, challenges) = quic_counts(session);
     let mut keeper = slot::Keeper::new(Instant::now(), keepalive, idle, rx, challenges);
+    // A metered HTTP/2 connection learns the NAT's mapping lifetime for its keep-alive.
+    let registered_at = Instant::now();
+    // Polled in the loop below (never ends by itself), dropped with the session.
+    let mut nat = learn_nat(shared, slot, session, entry, probes.as_ref());
     let mut keep_at = tokio::time::Instant::now();
     let (first, every) = probe.map_or((Instant::now(), Duration::from_secs(30)), |p| p.1);
     let mut probe_timer = tokio::time::interval_at(first.into(), every);
@@ -355,11 +368,15 @@ async fn serve_registered(
                                 poke(&s);
                             }
                         }
+                        if let (Some(_), Session::H2(h)) = (&nat, session) {
+                            super::natlife::lost(slot, h, registered_at.elapsed());
+                        }
                         return Err(format!("lost edge {edge_name} ({addr}): {}", session.closed().await));
                     }
                 };
                 spawn_stream(shared, streams, stream);
             }
+            () = async { match nat.as_mut() { Some(n) => n.await, None => std::future::pending().await } } => {}
             _ = tokio::time::sleep_until(keep_at) => {
                 let is_keeper = keeps_flow(shared, slot);
                 let (rx, challenges) = quic_counts(session);
@@ -483,6 +500,43 @@ async fn serve_registered(
             }
         }
     }
+}
+
+/// Learning the NAT's mapping lifetime for `session` when it is a metered connector's
+/// HTTP/2 connection to an edge that holds probes (boxed: its probe's TLS handshake is
+/// large, and most sessions have none; polled in the session's loop rather than spawned,
+/// which costs the device binary a task type).
+fn learn_nat(
+    shared: &Arc<Shared>,
+    slot: usize,
+    session: &Session,
+    entry: usize,
+    probes: Option<&wire::HelloProbeTail>,
+) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>> {
+    let Session::H2(h) = session else {
+        return None;
+    };
+    let unproven = {
+        let cfg = &shared.current.borrow().config;
+        if !cfg.metered || !wire::probe_allowed(probes, 0) {
+            return None;
+        }
+        let secs = cfg.keepalive_secs_on(crate::config::Protocol::Http2);
+        Duration::from_secs(u64::from(secs))
+    };
+    let dial = match dial::again(shared, entry, session.remote_addr()) {
+        Ok(d) => d,
+        Err(e) => {
+            log::debug!("connection {slot}: no NAT probes: {e}");
+            return None;
+        }
+    };
+    Some(Box::pin(super::natlife::drive(
+        slot,
+        dial,
+        h.clone(),
+        unproven,
+    )))
 }
 
 /// What a QUIC session received so far: packets, and PATH_CHALLENGE frames (zero over

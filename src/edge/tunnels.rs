@@ -20,9 +20,16 @@
 //! it answers `ConnectorMsg::FollowMembers`, and gets an `EdgeMsg::Members` whenever
 //! the list changes (never unasked: an older connector ends the connection on a
 //! message it cannot decode).
+//!
+//! A connection may also be a NAT probe (`ConnectorMsg::Probe` instead of a
+//! registration, over HTTP/2 only): no credential, never registered, no streams; the
+//! edge holds it silent for the time asked (at most `wire::MAX_PROBE_MS`), answers
+//! `EdgeMsg::ProbeReply` and closes it. Probes pass the same handshake admission as
+//! every tunnel connection, then take a probe slot: at most [`MAX_PROBES`] held at
+//! once, [`MAX_PROBES_PER_ADDR`] per address.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -38,8 +45,8 @@ use crate::transport::quic::{describe_close, edge_keepalive, Listener};
 use crate::transport::{RecvHalf, SendHalf, Session, TunnelStream};
 use crate::util::{hex, AbortOnDrop};
 use crate::wire::{
-    self, ConnectorMsg, DeviceTail, EdgeMsg, HelloClockTail, HelloTail, KeysTail, MembersTail,
-    Register, RegisterTail, RegisteredTail, PROTOCOL_VERSION,
+    self, ConnectorMsg, DeviceTail, EdgeMsg, HelloClockTail, HelloProbeTail, HelloTail, KeysTail,
+    MembersTail, Register, RegisterTail, RegisteredTail, MAX_PROBE_MS, PROTOCOL_VERSION,
 };
 
 /// The cluster's member list as this edge tells it (`cluster: advertise:`).
@@ -62,6 +69,21 @@ const MAX_HANDSHAKE_ADDRS: usize = MAX_HANDSHAKES;
 /// QUIC handshakes in flight above which a new one must first prove its address with
 /// a Retry round trip (spoofed sources cannot answer it).
 const RETRY_ABOVE: usize = MAX_HANDSHAKES / 4;
+
+/// Most NAT probes held at once. Each holds an idle TLS connection and its HTTP/2
+/// state (tens of KB): a few tens of MB at most. A device runs one probe at a time.
+const MAX_PROBES: usize = 512;
+/// Most NAT probes held at once from one address (IPv6: one /64): a carrier NAT's
+/// address fronts many devices, each probing rarely.
+const MAX_PROBES_PER_ADDR: usize = 32;
+/// How long the edge waits for the device to close a probe after its answer.
+const PROBE_LINGER: Duration = Duration::from_secs(5);
+
+/// Probe slots: one pool, and a cap per address.
+static PROBES: LazyLock<Handshakes> = LazyLock::new(|| Handshakes {
+    all: Arc::new(Semaphore::new(MAX_PROBES)),
+    per_addr: PerAddr::new(MAX_PROBES_PER_ADDR, MAX_PROBES),
+});
 
 /// Handshake failures and refusals are logged at most this often: a flood makes them
 /// by the thousand.
@@ -87,24 +109,27 @@ impl Handshakes {
         }
     }
 
+    /// A slot from this pool for `remote`, or why there is none.
+    fn take(&self, remote: SocketAddr, what: &str) -> Result<HandshakeSlot, String> {
+        let addr = self
+            .per_addr
+            .admit(remote.ip())
+            .ok_or_else(|| format!("too many {what} from this address"))?;
+        let all = self
+            .all
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| format!("too many {what} in progress"))?;
+        Ok(HandshakeSlot {
+            _all: all,
+            _addr: addr,
+        })
+    }
+
     /// A slot for a handshake from `remote`; `None` (and a rate-limited log line saying
     /// why) when its address or the listener has too many in progress.
     fn admit(&self, remote: SocketAddr) -> Option<HandshakeSlot> {
-        let slot = self
-            .per_addr
-            .admit(remote.ip())
-            .ok_or("too many handshakes from this address")
-            .and_then(|addr| {
-                let all = self
-                    .all
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| "too many handshakes in progress")?;
-                Ok(HandshakeSlot {
-                    _all: all,
-                    _addr: addr,
-                })
-            });
+        let slot = self.take(remote, "handshakes");
         match slot {
             Ok(slot) => Some(slot),
             Err(why) => {
@@ -307,8 +332,10 @@ async fn serve_connection(
     // idle connections are most of an edge's memory. Registration's state is freed
     // once it is done instead of sizing every idle connection's task.
     let registered = Box::pin(register_in_time(&session, &state, permit)).await;
-    let Some((conn, control, credential, members)) = registered else {
-        return;
+    let (conn, control, credential, members) = match registered {
+        Some(Admitted::Tunnel(r)) => r,
+        Some(Admitted::Probe(probe)) => return Box::pin(hold_probe(&session, &state, probe)).await,
+        None => return,
     };
     let who = describe(&conn, remote, session.protocol());
     log::info!("{who}: registered");
@@ -379,13 +406,84 @@ impl std::fmt::Display for Ended {
     }
 }
 
+/// A NAT probe admitted: hold the connection silent for `after`, then answer.
+struct Probe {
+    after_ms: u32,
+    control: TunnelStream,
+    _slot: HandshakeSlot,
+}
+
+/// What a connection's first message made of it.
+enum Admitted {
+    /// A registered tunnel connection.
+    Tunnel(Registered),
+    /// A NAT probe.
+    Probe(Probe),
+}
+
+/// Admits a NAT probe of `after_ms` on `session`, or says why not.
+fn admit_probe(
+    session: &Session,
+    state: &EdgeState,
+    after_ms: u32,
+) -> Result<HandshakeSlot, String> {
+    check_probe(after_ms, matches!(session, Session::H2(_)))?;
+    if *state.going_away.borrow() {
+        return Err("this edge is shutting down".into());
+    }
+    PROBES.take(session.remote_addr(), "probes")
+}
+
+/// Whether a probe of `after_ms` may be held on a connection (`h2`: over HTTP/2).
+fn check_probe(after_ms: u32, h2: bool) -> Result<(), String> {
+    if after_ms > MAX_PROBE_MS {
+        return Err(format!(
+            "probe of {after_ms} ms refused: this edge holds probes {MAX_PROBE_MS} ms at most"
+        ));
+    }
+    if !h2 {
+        return Err("probes run over HTTP/2 only".into());
+    }
+    Ok(())
+}
+
+/// Holds a NAT probe: nothing either way for its time (this end's pings are off too),
+/// then `ProbeReply`; the device closes it (or the edge after [`PROBE_LINGER`]).
+async fn hold_probe(session: &Session, state: &EdgeState, probe: Probe) {
+    if let Session::H2(h) = session {
+        h.set_quiet(true);
+    }
+    let Probe {
+        after_ms, control, ..
+    } = probe;
+    // The receiving half stays open (dropping it could send a reset).
+    let TunnelStream {
+        mut send,
+        recv: _recv,
+    } = control;
+    let mut going_away = state.going_away.subscribe();
+    let after = Duration::from_millis(u64::from(after_ms));
+    tokio::select! {
+        () = tokio::time::sleep(after) => {
+            let reply = EdgeMsg::ProbeReply { after_ms };
+            if wire::write_control(&mut send, &reply).await.is_ok() {
+                let _ = tokio::time::timeout(PROBE_LINGER, session.closed()).await;
+            }
+            log::debug!("NAT probe from {}: answered after {after_ms} ms", session.remote_addr());
+        }
+        _ = session.closed() => {}
+        _ = async { let _ = going_away.wait_for(|g| *g).await; } => {}
+    }
+    session.close("probe done");
+}
+
 /// Registers `session` within [`REGISTER_TIMEOUT`], then gives back its handshake slot.
 /// `None`: refused or too slow (logged, and the connection closed).
 async fn register_in_time(
     session: &Session,
     state: &Arc<EdgeState>,
     permit: Option<HandshakeSlot>,
-) -> Option<Registered> {
+) -> Option<Admitted> {
     let remote = session.remote_addr();
     let registered = tokio::time::timeout(REGISTER_TIMEOUT, register(session, state)).await;
     drop(permit);
@@ -674,6 +772,10 @@ async fn on_message(
             }
         }
         Ok(ConnectorMsg::Register(_)) => Some(Ended::RegisteredTwice),
+        // Only as the first message of a connection of its own.
+        Ok(ConnectorMsg::Probe { .. }) => Some(Ended::Control(wire::WireError::Io(
+            std::io::Error::other("a probe on a registered connection"),
+        ))),
         Ok(ConnectorMsg::Health(health)) => {
             // Asked of enrolled devices only; a tunnel token's connector has no record.
             if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
@@ -841,7 +943,7 @@ async fn admit(
     })
 }
 
-async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registered, String> {
+async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Admitted, String> {
     let mut control = session
         .open_stream()
         .await
@@ -852,14 +954,21 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
         unix_secs: super::token::now_unix(),
         data_cap: true,
     };
-    wire::write_control_with_tails(
-        &mut control.send,
-        &EdgeMsg::Hello {
-            version: PROTOCOL_VERSION,
-            edge: state.name.clone(),
+    // The probe tail: NAT probes are held over HTTP/2 (QUIC's own keep-alives would
+    // break the silence).
+    let probes = HelloProbeTail {
+        probe_max_ms: match session {
+            Session::H2(_) => MAX_PROBE_MS,
+            Session::Quic(_) => 0,
         },
-        &HelloTail { nonce },
-        &clock,
+    };
+    let hello = EdgeMsg::Hello {
+        version: PROTOCOL_VERSION,
+        edge: state.name.clone(),
+    };
+    wire::write_control(
+        &mut control.send,
+        &(&hello, &HelloTail { nonce }, &clock, &probes),
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -867,8 +976,27 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
         wire::read_control_with_tails(&mut control.recv)
             .await
             .map_err(|e| e.to_string())?;
-    let ConnectorMsg::Register(reg) = msg else {
-        return Err("first message was not a registration".into());
+    let reg = match msg {
+        ConnectorMsg::Register(reg) => reg,
+        ConnectorMsg::Probe { after_ms } => {
+            return match admit_probe(session, state, after_ms) {
+                Ok(slot) => Ok(Admitted::Probe(Probe {
+                    after_ms,
+                    control,
+                    _slot: slot,
+                })),
+                Err(reason) => {
+                    let msg = EdgeMsg::Refused {
+                        reason: wire::bounded_reason(reason.clone()),
+                        permanent: false,
+                    };
+                    let _ = wire::write_control(&mut control.send, &msg).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut control.send).await;
+                    Err(reason)
+                }
+            };
+        }
+        _ => return Err("first message was not a registration".into()),
     };
     let outcome: Result<Admission, (String, bool)> = async {
         if *state.going_away.borrow() {
@@ -978,7 +1106,12 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
                 state.registry.remove(&conn);
                 return Err(e.to_string());
             }
-            Ok((conn, control, device.map(|(c, _)| c), members))
+            Ok(Admitted::Tunnel((
+                conn,
+                control,
+                device.map(|(c, _)| c),
+                members,
+            )))
         }
         Err((reason, permanent)) => {
             let msg = EdgeMsg::Refused {
@@ -996,7 +1129,42 @@ async fn register(session: &Session, state: &Arc<EdgeState>) -> Result<Registere
 
 #[cfg(test)]
 mod tests {
-    use super::Ended;
+    use super::*;
+
+    /// A probe needs no credential, so what it may hold is bounded: its silence, and
+    /// how many are held at once, per address and in all.
+    #[test]
+    fn hostile_probes_are_refused() {
+        assert!(check_probe(MAX_PROBE_MS, true).is_ok());
+        assert!(check_probe(0, true).is_ok());
+        let e = check_probe(MAX_PROBE_MS + 1, true).unwrap_err();
+        assert!(e.contains("at most"), "{e}");
+        assert!(check_probe(u32::MAX, true).is_err());
+        assert!(
+            check_probe(1000, false).is_err(),
+            "QUIC pings would break the silence"
+        );
+
+        let pool = Handshakes {
+            all: Arc::new(Semaphore::new(3)),
+            per_addr: PerAddr::new(2, 3),
+        };
+        let a: SocketAddr = "100.64.0.2:40000".parse().unwrap();
+        let b: SocketAddr = "100.64.0.3:40000".parse().unwrap();
+        let c: SocketAddr = "100.64.0.4:40000".parse().unwrap();
+        let a1 = pool.take(a, "probes").unwrap();
+        let _a2 = pool.take(a, "probes").unwrap();
+        let e = pool.take(a, "probes").err().unwrap();
+        assert_eq!(e, "too many probes from this address");
+        let _b1 = pool.take(b, "probes").unwrap();
+        let e = pool.take(c, "probes").err().unwrap();
+        assert_eq!(e, "too many probes in progress");
+        drop(a1);
+        assert!(
+            pool.take(c, "probes").is_ok(),
+            "a slot comes back when its probe ends"
+        );
+    }
 
     #[test]
     fn end_reasons_read_as_the_log_lines_say() {

@@ -54,14 +54,28 @@ struct Inner {
     rtt_us: AtomicU64,
     /// Asks the pinger for a ping now.
     nudge: Notify,
-    /// The connector's pinger skips its timed pings (a sibling: the keeper of the
-    /// connector's connections to this edge pings; TCP keeps this one's mapping for
-    /// hours). Pings when nudged still go.
+    /// The timed pings are skipped: on the connector's end, a sibling's (the keeper of
+    /// the connector's connections to this edge pings; TCP keeps this one's mapping for
+    /// hours); on either end, a probe connection's, which must stay silent (see
+    /// `connector::natlife`). Pings when nudged still go.
     quiet: AtomicBool,
+    /// The connector's keep-alive period, milliseconds; changed while the connection
+    /// runs ([`H2Session::set_keepalive`]).
+    keepalive_ms: AtomicU64,
+    /// Restarts the pinger's wait after the period changed.
+    retime: Notify,
+    /// The local address of the TCP connection (the connector's end).
+    local: Option<SocketAddr>,
 }
 
 impl Inner {
-    fn new(remote: SocketAddr, role: Role, heard: Arc<AtomicU64>) -> Arc<Inner> {
+    fn new(
+        remote: SocketAddr,
+        role: Role,
+        heard: Arc<AtomicU64>,
+        keepalive: Duration,
+        local: Option<SocketAddr>,
+    ) -> Arc<Inner> {
         Arc::new(Inner {
             remote,
             role,
@@ -71,6 +85,9 @@ impl Inner {
             rtt_us: AtomicU64::new(0),
             nudge: Notify::new(),
             quiet: AtomicBool::new(false),
+            keepalive_ms: AtomicU64::new(millis(keepalive)),
+            retime: Notify::new(),
+            local,
         })
     }
 }
@@ -114,9 +131,28 @@ impl H2Session {
         self.inner.heard.load(Ordering::Relaxed)
     }
 
-    /// Stops (`true`) or resumes the connector's timed keep-alive pings.
+    /// Stops (`true`) or resumes this end's timed pings (the connector's keep-alives,
+    /// the edge's watch).
     pub(crate) fn set_quiet(&self, quiet: bool) {
         self.inner.quiet.store(quiet, Ordering::Relaxed);
+    }
+
+    /// Sets the connector's keep-alive period; the wait in progress starts over.
+    pub(crate) fn set_keepalive(&self, keepalive: Duration) {
+        let ms = millis(keepalive).max(1);
+        if self.inner.keepalive_ms.swap(ms, Ordering::Relaxed) != ms {
+            self.inner.retime.notify_one();
+        }
+    }
+
+    /// The connector's keep-alive period in force.
+    pub(crate) fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.inner.keepalive_ms.load(Ordering::Relaxed))
+    }
+
+    /// The local address of the TCP connection (known on the connector's end).
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local
     }
 
     /// Sends a ping now (unless one is already waiting for its answer).
@@ -203,6 +239,7 @@ pub(crate) async fn connect(
             .await
             .map_err(|e| format!("TCP to {remote}: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
         // What the device pays for: the bytes on the socket, under TLS.
         let tcp = super::meter::Metered(tcp);
         let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
@@ -218,9 +255,10 @@ pub(crate) async fn connect(
         builder
             .handshake::<_, Bytes>(tls)
             .await
+            .map(|c| (c, local))
             .map_err(|e| format!("HTTP/2 with {remote}: {e}"))
     };
-    let conn = match tokio::time::timeout(timeout, setup).await {
+    let (conn, local) = match tokio::time::timeout(timeout, setup).await {
         Ok(Ok(c)) => c,
         Ok(Err(m)) => {
             return Err(TransportError {
@@ -239,27 +277,29 @@ pub(crate) async fn connect(
     // `max_streams` open, so a queue that size refuses none of a burst; a smaller one
     // reset streams whenever the accepting task ran late.
     let (tx, rx) = mpsc::channel(max_streams.max(1) as usize);
-    let inner = Inner::new(remote, Role::Server(Mutex::new(rx)), Arc::default());
-    tokio::spawn(drive_server(conn, tx, inner.clone(), keepalive, idle));
+    let inner = Inner::new(
+        remote,
+        Role::Server(Mutex::new(rx)),
+        Arc::default(),
+        keepalive,
+        local,
+    );
+    tokio::spawn(drive_server(conn, tx, inner.clone(), idle));
     Ok(Session::H2(H2Session { inner }))
 }
 
-/// The connector's keep-alive: pings every `keepalive` (unless made quiet, see
-/// [`H2Session::set_quiet`]), and when nudged; a ping unanswered within `idle` closes
-/// the connection.
-fn spawn_pinger(
-    mut pinger: h2::PingPong,
-    inner: Arc<Inner>,
-    keepalive: Duration,
-    idle: Duration,
-    peer: &'static str,
-) {
+/// The connector's keep-alive: pings every keep-alive period (unless made quiet, see
+/// [`H2Session::set_quiet`]; the period may change, see [`H2Session::set_keepalive`]),
+/// and when nudged; a ping unanswered within `idle` closes the connection.
+fn spawn_pinger(mut pinger: h2::PingPong, inner: Arc<Inner>, idle: Duration, peer: &'static str) {
     tokio::spawn(async move {
         let mut closed = inner.closed.subscribe();
         loop {
+            let keepalive = Duration::from_millis(inner.keepalive_ms.load(Ordering::Relaxed));
             let nudged = tokio::select! {
                 _ = tokio::time::sleep(keepalive) => false,
                 _ = inner.nudge.notified() => true,
+                _ = inner.retime.notified() => continue,
                 _ = wait_reason(&mut closed) => return,
             };
             if !nudged && inner.quiet.load(Ordering::Relaxed) {
@@ -324,7 +364,9 @@ fn spawn_watch(mut pinger: h2::PingPong, inner: Arc<Inner>, keepalive: Duration,
                 heard_at = Instant::now();
                 unasked_at = heard_at;
             }
-            if !nudged && heard_at.elapsed() < cadence + idle {
+            if !nudged
+                && (heard_at.elapsed() < cadence + idle || inner.quiet.load(Ordering::Relaxed))
+            {
                 continue;
             }
             let sent = Instant::now();
@@ -377,14 +419,13 @@ async fn drive_server<T>(
     mut conn: h2::server::Connection<T, Bytes>,
     tx: mpsc::Sender<TunnelStream>,
     inner: Arc<Inner>,
-    keepalive: Duration,
     idle: Duration,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut close = inner.close.subscribe();
     if let Some(p) = conn.ping_pong() {
-        spawn_pinger(p, inner.clone(), keepalive, idle, "edge");
+        spawn_pinger(p, inner.clone(), idle, "edge");
     }
     let reason = loop {
         tokio::select! {
@@ -435,7 +476,13 @@ where
         count: heard.clone(),
     };
     let (send, mut conn) = builder.handshake::<_, Bytes>(io).await.map_err(h2_io)?;
-    let inner = Inner::new(remote, Role::Client(Mutex::new(send)), heard);
+    let inner = Inner::new(
+        remote,
+        Role::Client(Mutex::new(send)),
+        heard,
+        keepalive,
+        None,
+    );
     if let Some(p) = conn.ping_pong() {
         spawn_watch(p, inner.clone(), keepalive, idle);
     }
@@ -452,6 +499,10 @@ where
         driver.closed.send_replace(Some(reason));
     });
     Ok(Session::H2(H2Session { inner }))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// An IO that counts the bytes read from it.

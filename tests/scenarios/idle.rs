@@ -66,7 +66,14 @@ pub struct Profile {
     /// Idle time before the window: an HTTP/2 edge learns the device's keep-alive period
     /// from its first keep-alive, and pings until then.
     pub settle: Duration,
+    /// A metered device learns its NAT's mapping lifetime first (`connector::natlife`):
+    /// the window starts once it has (about 40 minutes: probes of 75, 150, 300, 600 and
+    /// 1200 s), and the settle after that.
+    pub learn: bool,
 }
+
+/// Longest wait for a metered device's learning before the window.
+const LEARN_WITHIN: Duration = Duration::from_secs(50 * 60);
 
 /// Counters of one direction, by cause: (cause, packets, bytes).
 pub struct Direction {
@@ -127,7 +134,7 @@ fn idle_window() -> Duration {
 
 /// The counting rules: per direction a total, one rule per cause (each ends with
 /// RETURN, so a packet counts once), and small UDP packets by exact length.
-fn install_counters(net: &Net) {
+pub fn install_counters(net: &Net) {
     let mut rules = vec![
         format!("iptables -N {CHAIN}"),
         format!("iptables -I FORWARD 1 -j {CHAIN}"),
@@ -170,7 +177,7 @@ fn install_counters(net: &Net) {
     net.sh(&net.nat, &rules.join(" && "));
 }
 
-fn read_counters(net: &Net) -> (Direction, Direction) {
+pub fn read_counters(net: &Net) -> (Direction, Direction) {
     let all = net.counters(&net.nat, CHAIN);
     let dir = |d: &str| {
         let prefix = format!("{d} ");
@@ -236,6 +243,25 @@ pub fn measure(profile: &Profile, window: Duration) -> Idle {
     for i in 0..profile.connections.min(2) {
         let r = s.get(i, "/", 20);
         assert_eq!(r, Ok(200), "{}: GET via e{}", profile.name, i + 1);
+    }
+    if profile.learn {
+        s.net.sh(&s.net.nat, &format!("iptables -Z {CHAIN}"));
+        let start = Instant::now();
+        let line = s
+            .connector()
+            .wait_line_within("NAT learnt: ", LEARN_WITHIN)
+            .unwrap_or_else(|| panic!("nothing learnt; log:\n{}", s.connector().dump()));
+        let (up, down) = read_counters(&s.net);
+        eprintln!(
+            "measured: {}: learnt in {}s ({}); meanwhile {} B up, {} B down at the NAT ({} \
+             probes besides keep-alives)",
+            profile.name,
+            start.elapsed().as_secs(),
+            line.split("NAT learnt: ").nth(1).unwrap_or_default(),
+            up.total.1,
+            down.total.1,
+            s.connector().count("NAT probe of") + 1
+        );
     }
     // The last acknowledgements of those requests, then the window.
     thread::sleep(Duration::from_secs(2) + profile.settle);
@@ -421,6 +447,7 @@ pub fn idle_traffic() {
         connections: 4,
         delay_ms: None,
         settle: Duration::ZERO,
+        learn: false,
     });
 }
 
@@ -432,6 +459,7 @@ pub fn idle_traffic_50ms_rtt() {
         connections: 4,
         delay_ms: Some(25),
         settle: Duration::ZERO,
+        learn: false,
     });
 }
 
@@ -446,6 +474,7 @@ pub fn idle_traffic_one_connection() {
         connections: 1,
         delay_ms: None,
         settle: Duration::ZERO,
+        learn: false,
     });
 }
 
@@ -460,6 +489,7 @@ pub fn idle_traffic_http2() {
         connections: 4,
         delay_ms: None,
         settle: Duration::ZERO,
+        learn: false,
     });
 }
 
@@ -475,6 +505,7 @@ pub fn idle_traffic_http2_one_connection() {
         connections: 1,
         delay_ms: None,
         settle: Duration::ZERO,
+        learn: false,
     });
 }
 
@@ -494,6 +525,24 @@ pub fn idle_traffic_metered() {
         connections: 1,
         delay_ms: None,
         settle: METERED_SETTLE,
+        learn: false,
+    });
+}
+
+/// The metered profile once it has learnt its NAT's mapping lifetime (the namespace
+/// NAT keeps TCP mappings for the kernel's 5 days): its keep-alive is at the cap, 900 s.
+/// The window should hold a few keep-alives: `IDLE_SECS=2700` or more.
+pub fn idle_traffic_metered_learnt() {
+    run(Profile {
+        name: "metered, learnt (http2, 1 connection, keepalive learnt)",
+        device: Device {
+            extra_yaml: "metered: true\n",
+            ..Device::default()
+        },
+        connections: 1,
+        delay_ms: None,
+        settle: Duration::from_secs(10),
+        learn: true,
     });
 }
 
@@ -508,5 +557,6 @@ pub fn idle_traffic_metered_50ms_rtt() {
         connections: 1,
         delay_ms: Some(25),
         settle: METERED_SETTLE,
+        learn: false,
     });
 }

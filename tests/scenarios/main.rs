@@ -38,6 +38,7 @@ mod failover;
 mod fleet;
 mod idle;
 mod nat;
+mod natlife;
 mod scene;
 mod storage;
 
@@ -214,6 +215,11 @@ fn main() {
             Redis,
             cluster::thirty_boards_bootstrap_from_one_edge,
         ),
+        scenario(
+            "a_metered_device_learns_the_nats_mapping_lifetime",
+            Namespaces,
+            natlife::a_metered_device_learns_the_nats_mapping_lifetime,
+        ),
         scenario("bench", Namespaces, bench::bench).with_ignored_flag(true),
         scenario("idle_traffic", Namespaces, idle::idle_traffic).with_ignored_flag(true),
         scenario(
@@ -245,6 +251,12 @@ fn main() {
             "idle_traffic_metered",
             Namespaces,
             idle::idle_traffic_metered,
+        )
+        .with_ignored_flag(true),
+        scenario(
+            "idle_traffic_metered_learnt",
+            Namespaces,
+            idle::idle_traffic_metered_learnt,
         )
         .with_ignored_flag(true),
         scenario(
