@@ -165,12 +165,13 @@ impl Learner {
         }
     }
 
-    /// The keep-alive to use now.
+    /// The keep-alive to use now: the configured one until something is proven (as
+    /// configured, even under the learner's floor), then one sized from the proof.
     pub(crate) fn keepalive(&self) -> Duration {
         let k = match (self.lo, self.hi) {
             (Some(lo), _) => lo * 3 / 4,
             (None, Some(hi)) => hi / 2,
-            (None, None) => self.t.unproven,
+            (None, None) => return self.t.unproven,
         };
         k.clamp(self.t.keepalive_min, self.t.keepalive_max)
     }
@@ -477,6 +478,16 @@ mod tests {
         let (l, now) = learner();
         assert_eq!(l.keepalive(), S(300));
         assert_eq!(l.wake_at(), now);
+        // A configured keep-alive under the learner's floor stays as configured until
+        // something is proven (a test's, or an operator's choice).
+        let short = Learner::new(
+            now,
+            Timing {
+                unproven: S(10),
+                ..Timing::scaled(1)
+            },
+        );
+        assert_eq!(short.keepalive(), S(10));
     }
 
     #[test]
