@@ -752,15 +752,10 @@ where
 {
     let body = read_control_frame(r).await?;
     let (msg, rest) = postcard::take_from_bytes(&body).map_err(WireError::Malformed)?;
-    if rest.is_empty() {
-        return Ok((msg, None, None));
-    }
-    let (tail, rest) = postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
-    if rest.is_empty() {
-        return Ok((msg, Some(tail), None));
-    }
-    let (more, _later) = postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
-    Ok((msg, Some(tail), Some(more)))
+    let mut rest: &[u8] = rest;
+    let tail = take_part(&mut rest)?;
+    let more = take_part(&mut rest)?;
+    Ok((msg, tail, more))
 }
 
 /// Reads one control frame from a connector: the message and, after a
