@@ -392,15 +392,21 @@ fn misplaced(shared: &Shared, slot: usize, current: SocketAddr) -> Option<usize>
 }
 
 /// A registered connection to slot `slot`'s share of the members, for a slot at
-/// `current`: one slot at a time, and only while its share is still elsewhere.
+/// `current` (`on_h2`: on the HTTP/2 fallback, where the new connection goes too): one
+/// slot at a time, and only while its share is still elsewhere.
 async fn move_to_share(
     shared: &Arc<Shared>,
     slot: usize,
     current: SocketAddr,
+    on_h2: bool,
 ) -> Option<session::Moved> {
     let _one = shared.moving.lock().await;
     let home = misplaced(shared, slot, current)?;
-    session::probe_home(shared, slot, home).await
+    let mut auto = slot::Auto::default();
+    if on_h2 {
+        auto.udp_blocked();
+    }
+    session::probe_home(shared, slot, home, auto).await
 }
 
 /// A connection to member `addr` of entry `entry` failed: it is skipped for a while,
@@ -660,6 +666,8 @@ async fn connect_and_serve(
                             dial.addr(),
                             to.addr()
                         );
+                        // Over what the move could open (HTTP/2 for a slot on the fallback).
+                        policy.moved_home(session.protocol());
                         dial = to;
                     }
                     Some(to) => {

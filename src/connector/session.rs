@@ -207,11 +207,17 @@ async fn probe_quic(shared: &Arc<Shared>, slot: usize, dial: &Dial) -> Option<Mo
     }
 }
 
-/// A registered connection to edge entry `home`; `None` while it does not answer.
-pub(super) async fn probe_home(shared: &Arc<Shared>, slot: usize, home: usize) -> Option<Moved> {
+/// A registered connection to edge entry `home`, opened as `auto` plans (a slot on
+/// the HTTP/2 fallback moving to its share of the members stays on HTTP/2, and probes
+/// QUIC there); `None` while it does not answer.
+pub(super) async fn probe_home(
+    shared: &Arc<Shared>,
+    slot: usize,
+    home: usize,
+    mut auto: Auto,
+) -> Option<Moved> {
     let dial = dial::prepare(shared, slot, home).await.ok()?;
     let rt = shared.current.borrow().clone();
-    let mut auto = Auto::default();
     let session =
         match dial::open_session(shared, &dial, slot, rt.config.protocol, &mut auto, false).await {
             Ok(s) => s,
@@ -474,15 +480,18 @@ async fn serve_registered(
                 streams.draining.send_replace(true);
                 let _ = wire::write_control(&mut send, &ConnectorMsg::Draining).await;
             }
-            Ok(()) = members.changed(), if probe.is_none() && probing.is_none() && !drained => {
+            // A slot serving away from its own entry goes home first (its probe); one on
+            // the HTTP/2 fallback follows the members too.
+            Ok(()) = members.changed(), if !matches!(probe, Some(Probe::Home(_))) && probing.is_none() && !drained => {
                 if super::misplaced(shared, slot, addr).is_some() {
-                    probing = Some(Box::pin(super::move_to_share(shared, slot, addr)));
+                    let on_h2 = matches!(probe, Some(Probe::Quic(_)));
+                    probing = Some(Box::pin(super::move_to_share(shared, slot, addr, on_h2)));
                 }
             }
             _ = probe_timer.tick(), if probe.is_some() && probing.is_none() && !drained => {
                 probing = match probe {
                     Some(Probe::Quic(dial)) => Some(Box::pin(probe_quic(shared, slot, dial))),
-                    Some(Probe::Home(home)) => Some(Box::pin(probe_home(shared, slot, home))),
+                    Some(Probe::Home(home)) => Some(Box::pin(probe_home(shared, slot, home, Auto::default()))),
                     None => None,
                 };
             }

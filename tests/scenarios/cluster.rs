@@ -26,7 +26,8 @@
 //! three members and ends with its two connections where the rendezvous rule puts
 //! them (computed here again from its device id), a visitor at every edge reaches
 //! every board, and when the third edge is SIGKILLed its boards' connections move to
-//! the first two, again by the rule.
+//! the first two, again by the rule. Four of the boards' networks drop UDP: they serve
+//! over the HTTP/2 fallback and follow the members as the others do.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -728,6 +729,9 @@ impl Cluster {
     }
 }
 
+/// Boards of [`thirty_boards_bootstrap_from_one_edge`] whose network drops UDP.
+const UDP_BLOCKED: usize = 4;
+
 pub fn thirty_boards_bootstrap_from_one_edge() {
     let mut c = build(true);
     let mut members: Vec<String> = c
@@ -749,6 +753,13 @@ pub fn thirty_boards_bootstrap_from_one_edge() {
     let start = Instant::now();
     for _ in 0..BOARDS {
         let i = c.add_board();
+        if i < UDP_BLOCKED {
+            // Their network drops UDP: they serve over the HTTP/2 fallback.
+            c.net.sh(
+                &c.boards[i].ns,
+                "iptables -I OUTPUT -p udp --dport 7844 -j DROP",
+            );
+        }
         c.start_connector(i);
     }
     let told = format!("told the cluster's members: {}", members.join(", "));
@@ -779,6 +790,21 @@ pub fn thirty_boards_bootstrap_from_one_edge() {
         start.elapsed()
     );
     assert!(per_edge.iter().all(|&n| n > 0), "{per_edge:?}");
+    for i in 0..BOARDS {
+        let log = c.connector(i).dump();
+        let h2 = (0..2).all(|s| {
+            log.lines()
+                .rev()
+                .find(|l| l.contains(&format!("connection {s} registered: ")))
+                .is_some_and(|l| l.ends_with("over http2"))
+        });
+        assert_eq!(
+            h2,
+            i < UDP_BLOCKED,
+            "board {}: over HTTP/2 {h2}:\n{log}",
+            i + 1
+        );
+    }
     let boards = c.all_boards();
     let visits = c.round(&[0, 1, 2], &boards);
     assert!(failed(&visits).is_empty(), "{:#?}", failed(&visits));
