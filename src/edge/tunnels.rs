@@ -39,7 +39,8 @@ use super::fleet::rollout::Mailbox;
 use super::flood::{log_limited, AddrSlot, LogLimit, PerAddr};
 use super::live::Live;
 use super::registry::{edge_clock_ms, Conn, Rules};
-use super::token::verify_tunnel;
+use super::token::verified::Verified;
+use super::token::verify_tunnel_seen;
 use super::EdgeState;
 use crate::transport::quic::{describe_close, edge_keepalive, Listener};
 use crate::transport::{RecvHalf, SendHalf, Session, TunnelStream};
@@ -84,6 +85,10 @@ static PROBES: LazyLock<Handshakes> = LazyLock::new(|| Handshakes {
     all: Arc::new(Semaphore::new(MAX_PROBES)),
     per_addr: PerAddr::new(MAX_PROBES_PER_ADDR, MAX_PROBES),
 });
+
+/// The tunnel tokens whose signature verified lately (bounded, see [`Verified`]): a
+/// connector's other connections present the same token.
+static VERIFIED: LazyLock<Verified> = LazyLock::new(Verified::default);
 
 /// Handshake failures and refusals are logged at most this often: a flood makes them
 /// by the thousand.
@@ -934,8 +939,13 @@ async fn admit(
     remote: SocketAddr,
 ) -> Result<Grant, String> {
     let Some(tail) = device else {
-        let claims = verify_tunnel(&reg.token, &live.verify_keys, super::token::now_unix())
-            .map_err(|e| format!("tunnel token refused: {e}"))?;
+        let claims = verify_tunnel_seen(
+            &reg.token,
+            &live.verify_keys,
+            super::token::now_unix(),
+            &VERIFIED,
+        )
+        .map_err(|e| format!("tunnel token refused: {e}"))?;
         return Ok(Grant {
             claims,
             device: None,

@@ -585,6 +585,13 @@ impl Listener {
         idle: Duration,
         reset_key: Arc<ring::hmac::Key>,
     ) -> std::io::Result<Self> {
+        let mut tls = tls;
+        // No TLS session tickets. rustls sent two per connection, each made, stored in
+        // its session store and sent at every registration; a connector could resume
+        // only while that store (256 sessions) still held its session, which an edge
+        // of thousands of connectors, or one just restarted (when most reconnect at
+        // once), rarely does.
+        tls.send_tls13_tickets = 0;
         let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         // Connectors never open streams; the edge opens them all.
