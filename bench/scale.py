@@ -19,9 +19,13 @@ With the tunnels held it reads:
             one keep-alive connection with curl, median and p90 of curl's time_total
 The swarm then reports how many connections stayed up while idle (none may be lost).
 
+With --pin the edge runs on one CPU and the swarm on another (taskset; the first two
+CPUs this script may use): the swarm's own handshakes then take no CPU from the edge,
+and the rate is the edge's alone on one core (unpinned, both share every core).
+
 Usage: python3 bench/scale.py [--tunnels N] [--small N] [--conns C] [--idle-secs S]
-                              [--requests R] [--sources S] [--edge PATH] [--debug]
-       (needs curl; builds --release unless --debug)
+                              [--requests R] [--sources S] [--edge PATH] [--pin] [--debug]
+       (needs curl, and taskset for --pin; builds --release unless --debug)
 """
 
 import argparse
@@ -53,12 +57,24 @@ def parse_args():
     ap.add_argument("--debug", action="store_true", help="debug builds (a smoke test of the harness)")
     ap.add_argument("--edge", metavar="PATH", help="this mailslot-edge binary instead of building one "
                     "(an A/B of two edges: run the script once with each)")
+    ap.add_argument("--pin", action="store_true", help="the edge on one CPU, the swarm on another (taskset)")
     a = ap.parse_args()
     if not 1 <= a.tunnels <= 200000 or not 0 <= a.small <= a.tunnels or not 1 <= a.conns <= 8:
         ap.error("--tunnels 1-200000, --small 0..tunnels, --conns 1-8")
     if not 1 <= a.idle_secs <= 600 or not 1 <= a.requests <= 10000:
         ap.error("--idle-secs 1-600, --requests 1-10000")
+    a.cpus = None
+    if a.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2 or not shutil.which("taskset"):
+            ap.error("--pin needs two CPUs and taskset")
+        a.cpus = (cpus[0], cpus[1])
     return a
+
+
+def pinned(argv, cpu):
+    """`argv` run on CPU `cpu` only (all its threads), or as is when `cpu` is None."""
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
 
 
 def build(debug, edge=None):
@@ -81,7 +97,7 @@ def raise_limits():
     return hard
 
 
-def start_edge(binary, tmp, name):
+def start_edge(binary, tmp, name, cpu=None):
     d = os.path.join(tmp, name)
     os.makedirs(d)
     bench.run([binary, "init", "--dir", d, "--hostname", "localhost", "--hostname", f"*.{DOMAIN}"])
@@ -91,7 +107,7 @@ def start_edge(binary, tmp, name):
                   lambda m: f"{m.group(1)}: " + ("none" if m.group(1) == "https-listen" else "127.0.0.1:0"),
                   text, flags=re.M)
     open(yml, "w").write(text)
-    p = bench.Proc([binary, "serve", "--config", yml], env={"RUST_LOG": "warn,mailslot::edge=info"})
+    p = bench.Proc(pinned([binary, "serve", "--config", yml], cpu), env={"RUST_LOG": "warn,mailslot::edge=info"})
     tunnel = p.wait_line(r"tunnel listener on udp (\S+)").group(1)
     http = p.wait_line(r": HTTP on (\S+)").group(1)
     drain(p)
@@ -159,7 +175,8 @@ def latency(http, host, count):
 
 def one(binaries, tmp, n, a):
     edge_bin, swarm_bin = binaries
-    e = start_edge(edge_bin, tmp, f"edge-{n}")
+    edge_cpu, swarm_cpu = a.cpus or (None, None)
+    e = start_edge(edge_bin, tmp, f"edge-{n}", edge_cpu)
     pid = e["proc"].p.pid
     time.sleep(1)  # a measurement window: the edge's start-up allocations settle
     before = memory(pid)
@@ -167,9 +184,10 @@ def one(binaries, tmp, n, a):
     swarm = None
     if n:
         ramp0 = ticks(pid)
-        swarm = bench.Proc([swarm_bin, "--edge", e["tunnel"], "--ca", os.path.join(e["dir"], "ca.pem"),
-                            "--signing-key", os.path.join(e["dir"], "signing.key"), "--tunnels", str(n),
-                            "--conns", str(a.conns), "--sources", str(a.sources), "--domain", DOMAIN])
+        swarm = bench.Proc(pinned([swarm_bin, "--edge", e["tunnel"], "--ca", os.path.join(e["dir"], "ca.pem"),
+                                   "--signing-key", os.path.join(e["dir"], "signing.key"), "--tunnels", str(n),
+                                   "--conns", str(a.conns), "--sources", str(a.sources), "--domain", DOMAIN],
+                                  swarm_cpu))
         m = swarm.wait_line(r"registered (\d+) tunnels \((\d+) connections\) in ([\d.]+) s: (\d+) tunnels/s, (\d+) failed",
                             timeout=600)
         row.update(conns=int(m.group(2)), secs=float(m.group(3)), rate=int(m.group(4)), failed=int(m.group(5)))
@@ -187,7 +205,7 @@ def one(binaries, tmp, n, a):
         swarm.p.terminate()
         m = swarm.wait_line(r"alive: (\d+) of (\d+) connections \((\d+) lost while idle\), (\d+) requests served")
         row.update(alive=int(m.group(1)), lost=int(m.group(3)), served=int(m.group(4)))
-        swarm.p.wait(timeout=30)
+        swarm.p.wait(timeout=180)  # 50 000 connections closed on one pinned CPU take a while
     e["proc"].stop()
     return row
 
@@ -200,6 +218,8 @@ def main():
     cmd = "python3 bench/scale.py " + " ".join(sys.argv[1:])
     print(host)
     print(f"command: {cmd}; open files limit {limit}; edge {binaries[0]}")
+    if a.cpus:
+        print(f"pinned: the edge on CPU {a.cpus[0]}, the swarm on CPU {a.cpus[1]}")
     rows = []
     tmp = tempfile.mkdtemp(prefix="mailslot-scale-")
     try:

@@ -126,14 +126,17 @@ fn client_config(a: &Args) -> Result<quinn::ClientConfig, String> {
             .add(cert.map_err(|e| format!("{e}"))?)
             .map_err(|e| format!("{e}"))?;
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    // A connector's TLS: its cipher suites in its order (AES-128-GCM with SHA-256 first
+    // on CPUs with AES instructions; rustls's default puts AES-256 with SHA-384 first,
+    // whose key schedule hashes in software here). No resumption: every registration
+    // costs the edge a full handshake, as after its restart.
+    let mut tls = rustls::ClientConfig::builder_with_provider(mailslot::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     tls.alpn_protocols = vec![b"mailslot".to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     // As a device's connection: keep-alives, an idle timeout, the edge may open streams.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::hostname::HostPattern;
 
 pub mod access;
+pub(crate) mod verified;
 
 /// Prefix of tunnel tokens.
 pub const TUNNEL_PREFIX: &str = "mst1";
@@ -84,7 +85,16 @@ pub fn verify<C: for<'de> Deserialize<'de>>(
     prefix: &'static str,
     keys: &[[u8; 32]],
 ) -> Result<C, TokenError> {
-    let token = token.trim();
+    let (signed, payload, sig) = split(token.trim(), prefix)?;
+    signer(signed, &sig, keys).ok_or(TokenError::BadSignature)?;
+    decode(payload)
+}
+
+/// A token of kind `prefix` taken apart: the signed text, its payload, the signature.
+fn split<'a>(
+    token: &'a str,
+    prefix: &'static str,
+) -> Result<(&'a str, &'a str, Vec<u8>), TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }
@@ -101,13 +111,20 @@ pub fn verify<C: for<'de> Deserialize<'de>>(
     let sig = URL_SAFE_NO_PAD
         .decode(sig)
         .map_err(|_| TokenError::Malformed)?;
-    if !keys.iter().any(|k| {
+    Ok((signed, payload, sig))
+}
+
+/// The key among `keys` whose signature `sig` over `signed` is.
+fn signer(signed: &str, sig: &[u8], keys: &[[u8; 32]]) -> Option<[u8; 32]> {
+    keys.iter().copied().find(|k| {
         UnparsedPublicKey::new(&ED25519, k)
-            .verify(signed.as_bytes(), &sig)
+            .verify(signed.as_bytes(), sig)
             .is_ok()
-    }) {
-        return Err(TokenError::BadSignature);
-    }
+    })
+}
+
+/// The claims of a token's payload text.
+fn decode<C: for<'de> Deserialize<'de>>(payload: &str) -> Result<C, TokenError> {
     let payload = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| TokenError::Malformed)?;
@@ -127,6 +144,31 @@ fn kind_name(prefix: &str) -> &'static str {
 /// Verifies a tunnel token and its expiry at `now` (Unix seconds).
 pub fn verify_tunnel(token: &str, keys: &[[u8; 32]], now: u64) -> Result<TunnelClaims, TokenError> {
     let claims: TunnelClaims = verify(token, TUNNEL_PREFIX, keys)?;
+    if claims.expires <= now {
+        return Err(TokenError::Expired(now - claims.expires));
+    }
+    Ok(claims)
+}
+
+/// [`verify_tunnel`] for the tunnel listener, remembering the tokens whose signature
+/// verified in `seen` (see [`verified::Verified`]): a connector presents its token on
+/// each of its connections, and a token seen before is not verified again as long as
+/// the key that signed it is still among `keys`. Its expiry is checked every time (and
+/// revocations by the caller, as for any token).
+pub(crate) fn verify_tunnel_seen(
+    token: &str,
+    keys: &[[u8; 32]],
+    now: u64,
+    seen: &verified::Verified,
+) -> Result<TunnelClaims, TokenError> {
+    let token = token.trim();
+    let (signed, payload, sig) = split(token, TUNNEL_PREFIX)?;
+    let digest = sha256(token.as_bytes());
+    if !seen.signed_by_one_of(&digest, keys) {
+        let key = signer(signed, &sig, keys).ok_or(TokenError::BadSignature)?;
+        seen.insert(digest, key);
+    }
+    let claims: TunnelClaims = decode(payload)?;
     if claims.expires <= now {
         return Err(TokenError::Expired(now - claims.expires));
     }

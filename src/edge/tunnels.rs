@@ -39,11 +39,12 @@ use super::fleet::rollout::Mailbox;
 use super::flood::{log_limited, AddrSlot, LogLimit, PerAddr};
 use super::live::Live;
 use super::registry::{edge_clock_ms, Conn, Rules};
-use super::token::verify_tunnel;
+use super::token::verified::Verified;
+use super::token::verify_tunnel_seen;
 use super::EdgeState;
 use crate::transport::quic::{describe_close, edge_keepalive, Listener};
 use crate::transport::{RecvHalf, SendHalf, Session, TunnelStream};
-use crate::util::{hex, AbortOnDrop};
+use crate::util::hex;
 use crate::wire::{
     self, ConnectorMsg, DeviceTail, EdgeMsg, HelloClockTail, HelloProbeTail, HelloTail, KeysTail,
     MembersTail, Register, RegisterTail, RegisteredTail, MAX_PROBE_MS, PROTOCOL_VERSION,
@@ -84,6 +85,10 @@ static PROBES: LazyLock<Handshakes> = LazyLock::new(|| Handshakes {
     all: Arc::new(Semaphore::new(MAX_PROBES)),
     per_addr: PerAddr::new(MAX_PROBES_PER_ADDR, MAX_PROBES),
 });
+
+/// The tunnel tokens whose signature verified lately (bounded, see [`Verified`]): a
+/// connector's other connections present the same token.
+static VERIFIED: LazyLock<Verified> = LazyLock::new(Verified::default);
 
 /// Handshake failures and refusals are logged at most this often: a flood makes them
 /// by the thousand.
@@ -278,44 +283,56 @@ struct FlowWatch {
     idle: Duration,
 }
 
-/// Watches a registered QUIC connection for its connector: notes when a packet from it
-/// arrives ([`Conn::heard_ms`]), and closes it once the connector has sent nothing on
-/// any of its connections here for `idle` (its keeper speaks for its quiet siblings;
-/// QUIC's own idle timeout is long, see `transport::quic::LONG_IDLE`). The keeper
-/// alone is pinged, after [`edge_keepalive`] of silence: a fallback for connectors
-/// whose keep-alive exceeds the edge's idle timeout. Looks every sixth of `idle`.
-async fn watch_flow(
+/// The edge's watch over a registered QUIC connection for its connector, one look of
+/// it every sixth of `idle` (from the connection's own task: a task of its own cost
+/// every idle connection about half a KiB): notes when a packet from the connector
+/// arrived ([`Conn::heard_ms`]), and closes the connection once the connector has sent
+/// nothing on any of its connections here for `idle` (its keeper speaks for its quiet
+/// siblings; QUIC's own idle timeout is long, see `transport::quic::LONG_IDLE`). The
+/// keeper alone is pinged, after [`edge_keepalive`] of silence: a fallback for
+/// connectors whose keep-alive exceeds the edge's idle timeout.
+struct FlowLook {
     session: quinn::Connection,
-    conn: Arc<Conn>,
-    state: Arc<EdgeState>,
     w: FlowWatch,
-    who: String,
-) {
-    use std::sync::atomic::Ordering;
-    let every = (w.idle / 6).max(Duration::from_secs(1));
-    let fallback = edge_keepalive(w.keepalive, w.idle);
-    let mut seen = conn.heard();
-    loop {
-        tokio::time::sleep(every).await;
+    /// The connection's packet count at the last look.
+    seen: u64,
+}
+
+impl FlowWatch {
+    /// Time between two looks.
+    fn every(self) -> Duration {
+        (self.idle / 6).max(Duration::from_secs(1))
+    }
+}
+
+impl FlowLook {
+    /// One look; `true` when it closed the connection.
+    fn look(&mut self, conn: &Conn, state: &EdgeState, who: &str) -> bool {
+        use std::sync::atomic::Ordering;
         let now = edge_clock_ms();
         let heard = conn.heard();
-        if heard != seen {
-            seen = heard;
+        if heard != self.seen {
+            self.seen = heard;
             conn.heard_ms.store(now, Ordering::Relaxed);
         }
         let quiet =
-            Duration::from_millis(now.saturating_sub(state.registry.connector_heard_ms(&conn)));
-        if quiet >= w.idle {
+            Duration::from_millis(now.saturating_sub(state.registry.connector_heard_ms(conn)));
+        if quiet >= self.w.idle {
             log::info!(
                 "{who}: nothing from the connector for {}s; closing",
                 quiet.as_secs()
             );
-            session.close(0u32.into(), b"timed out");
-            return;
+            self.session.close(0u32.into(), b"timed out");
+            return true;
         }
-        if quiet >= fallback && state.registry.is_keeper(&conn) {
-            crate::transport::quic::ping(&session, crate::transport::quic::CONN_RECEIVE_WINDOW);
+        if quiet >= edge_keepalive(self.w.keepalive, self.w.idle) && state.registry.is_keeper(conn)
+        {
+            crate::transport::quic::ping(
+                &self.session,
+                crate::transport::quic::CONN_RECEIVE_WINDOW,
+            );
         }
+        false
     }
 }
 
@@ -344,18 +361,16 @@ async fn serve_connection(
     if let (Some(id), Some(inventory)) = (&conn.device, state.fleet.get()) {
         mailbox = Some(inventory.rollouts().attach(id, session.id()).await);
     }
-    let _watch = match (&session, watch) {
-        (Session::Quic(c), Some(w)) => Some(AbortOnDrop(tokio::spawn(watch_flow(
-            c.clone(),
-            conn.clone(),
-            state.clone(),
+    let flow = match (&session, watch) {
+        (Session::Quic(c), Some(w)) => Some(FlowLook {
+            session: c.clone(),
             w,
-            who.clone(),
-        )))),
+            seen: conn.heard(),
+        }),
         _ => None,
     };
     let ended = serve_control(
-        &session, &state, &conn, control, credential, mailbox, members, &who,
+        &session, &state, &conn, control, credential, mailbox, members, flow, &who,
     )
     .await;
     state.registry.remove(&conn);
@@ -547,7 +562,8 @@ async fn read_next(
 /// Serves a registered connection's control stream until the connection ends: the
 /// connector's messages, its token's expiry (a device's credential: its renewal),
 /// revocations by a reload, and the edge's own shutdown; the cluster's member list
-/// when it changes, to a connector that follows it.
+/// when it changes, to a connector that follows it; on QUIC, the connector's flow
+/// (`flow`, see [`FlowLook`]).
 #[allow(clippy::too_many_arguments)]
 async fn serve_control(
     session: &Session,
@@ -557,6 +573,7 @@ async fn serve_control(
     mut credential: Option<DeviceClaims>,
     mailbox: Option<(tokio::sync::mpsc::Receiver<EdgeMsg>, Mailbox)>,
     mut members: Option<MembersRx>,
+    mut flow: Option<FlowLook>,
     who: &str,
 ) -> Ended {
     // Set when the connector asks for changes (`FollowMembers`): the receiver has seen
@@ -577,6 +594,9 @@ async fn serve_control(
     tokio::pin!(expiry);
     let renewal = tokio::time::sleep(until_renewal(credential.as_ref()));
     tokio::pin!(renewal);
+    let look_every = flow.as_ref().map_or(EXPIRY_RECHECK, |f| f.w.every());
+    let next_look = tokio::time::sleep(look_every);
+    tokio::pin!(next_look);
     // One read at a time lives across the loop's turns: a frame half read when another
     // branch fires is finished on the next turn, never dropped (which would put the
     // stream out of step with the connector).
@@ -644,6 +664,12 @@ async fn serve_control(
                 if let Some(ended) = Box::pin(on_message(msg, cost, state, conn, expires, &mut send, who)).await {
                     return ended;
                 }
+            }
+            () = &mut next_look, if flow.is_some() => {
+                if flow.as_mut().is_some_and(|f| f.look(conn, state, who)) {
+                    return Ended::Closed(session.closed().await);
+                }
+                next_look.as_mut().reset(tokio::time::Instant::now() + look_every);
             }
             reason = session.closed() => return Ended::Closed(reason),
             _ = async { let _ = going_away.wait_for(|g| *g).await; } => {
@@ -913,8 +939,13 @@ async fn admit(
     remote: SocketAddr,
 ) -> Result<Grant, String> {
     let Some(tail) = device else {
-        let claims = verify_tunnel(&reg.token, &live.verify_keys, super::token::now_unix())
-            .map_err(|e| format!("tunnel token refused: {e}"))?;
+        let claims = verify_tunnel_seen(
+            &reg.token,
+            &live.verify_keys,
+            super::token::now_unix(),
+            &VERIFIED,
+        )
+        .map_err(|e| format!("tunnel token refused: {e}"))?;
         return Ok(Grant {
             claims,
             device: None,

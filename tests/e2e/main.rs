@@ -100,6 +100,7 @@ fn main() {
         tunnel::https_and_unix_socket_origins_with_their_options,
         tunnel::a_hung_replica_costs_no_get_over_quic,
         tunnel::a_hung_replica_costs_no_get_over_http2,
+        tunnel::a_silent_connector_is_closed_after_the_edges_idle_timeout,
         tunnel::fleet_status_lists_each_connection_with_its_round_trip_and_packet_size,
         tunnel::fleet_status_of_http2_connections_has_no_packet_size,
         tunnel::client_address_headers_from_visitors_never_reach_the_origin,

@@ -752,6 +752,44 @@ pub(crate) fn a_hung_replica_costs_no_get_over_http2() {
     eprintln!("slowest GET with one replica hung (HTTP/2): {slowest:?}");
 }
 
+/// The edge's flow watch over QUIC: a connector that goes silent (SIGSTOP) has both of
+/// its connections closed by the edge once nothing came from it for the edge's
+/// `idle-timeout` (3 s here; QUIC's own idle timeout is 30 min), while a connector that
+/// keeps talking keeps its connections through the same window.
+pub(crate) fn a_silent_connector_is_closed_after_the_edges_idle_timeout() {
+    let edge = start_edge(init_edge("keepalive: 1s\nidle-timeout: 3s\n"));
+    let origin = Origin::start("A");
+    let token = edge.token("dev42", &["dev42.example.com"], "1d");
+    let rules = dev42_rules(origin.addr);
+    let yaml = device_yaml_over(&edge, "quic", &token, 2, &rules)
+        .replace("ingress:\n", "keepalive: 1s\nidle-timeout: 3s\ningress:\n");
+    let dev = TempDir::new("device");
+    let connector = start_connector(dev.path(), &yaml, 2);
+    // Three idle timeouts of a talking connector: nothing closed.
+    assert!(
+        edge.proc
+            .wait_line_within("nothing from the connector", Duration::from_secs(9))
+            .is_none(),
+        "a connector that keeps talking was closed:\n{}",
+        edge.proc.dump()
+    );
+    assert_eq!(get(&edge, "dev42.example.com", "/").0, 200);
+    connector.signal(19); // SIGSTOP: silent from now on, closing nothing itself
+    let stopped = std::time::Instant::now();
+    let seen = edge
+        .proc
+        .wait_count("nothing from the connector", 2, Duration::from_secs(8))
+        .is_some();
+    connector.signal(18); // SIGCONT, so that it can be stopped
+    assert!(
+        seen,
+        "both connections of a silent connector still open {:?} after it stopped:\n{}",
+        stopped.elapsed(),
+        edge.proc.dump()
+    );
+    eprintln!("silent connector closed after {:?}", stopped.elapsed());
+}
+
 /// The admin listener's `/tunnels` listing.
 fn admin_tunnels(admin: std::net::SocketAddr) -> String {
     let r = curl(&[&format!("http://{admin}/tunnels")]);
