@@ -130,6 +130,8 @@ fn main() {
         shield::an_empty_dns_label_does_not_bypass_an_access_policy,
         shield::path_spellings_do_not_bypass_path_rules_or_rate_limits,
         shield::a_rule_table_over_the_compiled_pattern_budget_is_refused_with_the_reason,
+        shield::pipelined_requests_are_answered_in_order_on_one_connection,
+        shield::smuggling_attempts_on_raw_sockets_never_reach_the_origin_as_requests,
         edge_reload::revoking_a_tunnel_closes_its_connections_and_keeps_it_out,
         edge_reload::reload_tightens_policies_and_refuses_bad_files,
         edge_reload::open_sessions_a_reload_no_longer_admits_are_cut,
