@@ -143,7 +143,11 @@ fn kind_name(prefix: &str) -> &'static str {
 
 /// Verifies a tunnel token and its expiry at `now` (Unix seconds).
 pub fn verify_tunnel(token: &str, keys: &[[u8; 32]], now: u64) -> Result<TunnelClaims, TokenError> {
-    let claims: TunnelClaims = verify(token, TUNNEL_PREFIX, keys)?;
+    unexpired(verify(token, TUNNEL_PREFIX, keys)?, now)
+}
+
+/// Tunnel claims that have not expired at `now`.
+fn unexpired(claims: TunnelClaims, now: u64) -> Result<TunnelClaims, TokenError> {
     if claims.expires <= now {
         return Err(TokenError::Expired(now - claims.expires));
     }
@@ -168,11 +172,7 @@ pub(crate) fn verify_tunnel_seen(
         let key = signer(signed, &sig, keys).ok_or(TokenError::BadSignature)?;
         seen.insert(digest, key);
     }
-    let claims: TunnelClaims = decode(payload)?;
-    if claims.expires <= now {
-        return Err(TokenError::Expired(now - claims.expires));
-    }
-    Ok(claims)
+    unexpired(decode(payload)?, now)
 }
 
 /// Does a token's hostname pattern allow this rule hostname (itself exact or `*.`)?

@@ -181,7 +181,8 @@ pub(crate) async fn run(members: Arc<Members>) {
 async fn keep(members: Arc<Members>, every: Duration) {
     let changed = Arc::new(tokio::sync::Notify::new());
     let follow = tokio::spawn(follow(members.client.clone(), changed.clone()));
-    let _stop_following = AbortOnDrop(follow);
+    // The follower ends with its list keeper.
+    let _stop_following = crate::util::AbortOnDrop(follow);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
@@ -219,15 +220,6 @@ async fn keep(members: Arc<Members>, every: Duration) {
                 failing = true;
             }
         }
-    }
-}
-
-/// Aborts the task when dropped (the follower ends with its list keeper).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
