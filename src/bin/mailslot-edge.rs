@@ -391,7 +391,12 @@ fn serve_cmd(args: Args) -> Result<(), String> {
         .as_deref()
         .map(init::load_signing_key)
         .transpose()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cfg.workers {
+        rt.worker_threads(n.get());
+    }
+    let rt = rt
+        .thread_name("edge-worker")
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;

@@ -70,6 +70,41 @@ struct Raw {
     fleet: RawFleet,
     acme: Option<acme::RawAcme>,
     cluster: Option<cluster::RawCluster>,
+    workers: Option<RawWorkers>,
+}
+
+/// `workers:`: a number of threads, or `auto`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawWorkers {
+    Count(u64),
+    Word(String),
+    /// Anything else (a negative or fractional number, a list): refused with the
+    /// key's own message rather than serde's.
+    Other(serde::de::IgnoredAny),
+}
+
+/// Most worker threads `workers:` takes.
+pub(crate) const MAX_WORKERS: usize = 256;
+
+/// `workers:` read: `None` for `auto` (one per CPU the edge may use).
+fn workers(raw: Option<RawWorkers>) -> Result<Option<std::num::NonZeroUsize>, String> {
+    let n = match raw {
+        None => return Ok(None),
+        Some(RawWorkers::Word(w)) if w == "auto" => return Ok(None),
+        Some(RawWorkers::Count(n)) => n,
+        Some(_) => {
+            return Err(format!(
+                "workers: takes `auto` or a number of threads from 1 to {MAX_WORKERS}"
+            ))
+        }
+    };
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_WORKERS)
+        .and_then(std::num::NonZeroUsize::new)
+        .map(Some)
+        .ok_or_else(|| format!("workers: {n} is not a number of threads from 1 to {MAX_WORKERS}"))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -417,6 +452,8 @@ pub struct EdgeConfig {
     /// `cluster:`: several edges sharing one fleet through Redis; `None` = this edge
     /// alone, on its embedded store.
     pub cluster: Option<ClusterConfig>,
+    /// `workers:`: threads serving visitors and tunnels; `None` = one per CPU.
+    pub workers: Option<std::num::NonZeroUsize>,
 }
 
 /// The admin listener's bearer token, kept as its SHA-256 only and compared in constant
@@ -640,6 +677,7 @@ impl EdgeConfig {
             releases,
             acme,
             cluster,
+            workers: workers(raw.workers)?,
         })
     }
 }
@@ -749,6 +787,22 @@ mod tests {
         assert_eq!(c.http_listen, Some("0.0.0.0:80".parse().unwrap()));
         assert_eq!(c.cert.cert, Path::new("/etc/mailslot-edge/edge.crt"));
         assert_eq!(c.origin_response_timeout, Duration::from_secs(100));
+        assert_eq!(c.workers, None);
+    }
+
+    #[test]
+    fn workers_take_a_count_or_auto() {
+        let base = "cert: edge.crt\nkey: edge.key\nsigning-key: signing.key\n";
+        let parse = |w: &str| EdgeConfig::parse(&format!("{base}workers: {w}\n"), Path::new("."));
+        assert_eq!(parse("1").unwrap().workers.map(|n| n.get()), Some(1));
+        assert_eq!(parse("256").unwrap().workers.map(|n| n.get()), Some(256));
+        assert_eq!(parse("auto").unwrap().workers, None);
+        for bad in ["0", "257", "-1", "many", "1.5"] {
+            let Err(e) = parse(bad) else {
+                panic!("workers: {bad} was taken")
+            };
+            assert!(e.contains("workers"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! | changes live | read at start only (a change is logged as needing a restart) |
 //! |---|---|
-//! | `access:`, `service-tokens:` (secret files are read again), `admin-token` (its file is read again), `revoked-access-tokens:`, `revoked-tunnels:`, `signing-key`, `verify-keys`, `cert`/`key`/`certs` (the files are read again) | listeners, `tcp-ports:`, `limits:`, `rate-limits:`, `hosts:`, `trusted-proxies:`, timers, `name`, `fleet:`, `acme:` (and the signing key that issues device credentials) |
+//! | `access:`, `service-tokens:` (secret files are read again), `admin-token` (its file is read again), `revoked-access-tokens:`, `revoked-tunnels:`, `signing-key`, `verify-keys`, `cert`/`key`/`certs` (the files are read again) | listeners, `tcp-ports:`, `limits:`, `rate-limits:`, `hosts:`, `trusted-proxies:`, timers, `name`, `workers`, `fleet:`, `acme:` (and the signing key that issues device credentials) |
 //!
 //! What a reload does to what is already running:
 //!
@@ -227,5 +227,6 @@ fn restart_only(c: &EdgeConfig) -> Vec<(&'static str, String)> {
         ("trusted-proxies", format!("{:?}", s.trusted_proxies)),
         ("fleet", format!("{:?}", c.fleet)),
         ("acme", format!("{:?}", c.acme)),
+        ("workers", format!("{:?}", c.workers)),
     ]
 }

@@ -472,6 +472,12 @@ impl Edge {
     ) -> Result<(), String> {
         let certs = Certs::new(&self.settings.cert, &self.settings.extra_certs)?;
         self.state.certs.send_replace(Some(Arc::new(certs)));
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        log::info!(
+            "edge {}: {workers} worker thread{}",
+            self.state.name,
+            if workers == 1 { "" } else { "s" }
+        );
         let mut tasks = Vec::new();
         let endpoint = self.serve_tunnels(listeners.tunnel, listeners.tunnel_tcp, &mut tasks)?;
         self.serve_visitors(listeners.http, listeners.https, &mut tasks)?;

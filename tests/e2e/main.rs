@@ -80,6 +80,7 @@ fn main() {
         datacap::past_the_cap_only_essential_rules_are_served_until_the_reset,
         datacap::a_device_without_a_clock_counts_its_days_by_the_edge,
         tunnel::http2_transport_carries_bodies_uploads_and_many_streams,
+        tunnel::an_edge_on_one_worker_thread_serves_bodies_and_parallel_requests,
         tunnel::chunked_upload_reaches_the_origin_intact,
         tunnel::http2_over_tls_with_sni,
         tunnel::path_rules_status_rules_and_the_catch_all,

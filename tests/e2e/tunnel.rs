@@ -89,6 +89,17 @@ pub(crate) fn bodies_of_every_size_arrive_intact_over_http1() {
     downloads_arrive_intact(&s.edge, &[0, 1024, 100 * 1024 * 1024]);
 }
 
+/// `workers: 1`: the whole edge on one thread (tunnels, visitors, timers) still serves
+/// bodies both ways and many requests at once.
+pub(crate) fn an_edge_on_one_worker_thread_serves_bodies_and_parallel_requests() {
+    let s = setup("workers: 1", 2);
+    let log = s.edge.proc.dump();
+    assert!(log.contains(": 1 worker thread\n"), "{log}");
+    downloads_arrive_intact(&s.edge, &[0, 1024, 20 * 1024 * 1024]);
+    upload_arrives_intact(&s.edge, 3 * 1024 * 1024 + 1, &[]);
+    assert_eq!(parallel_gets(&s.edge, 200, 500, 50), 200);
+}
+
 pub(crate) fn http2_transport_carries_bodies_uploads_and_many_streams() {
     let s = setup_with("", 2, "http2");
     assert!(
