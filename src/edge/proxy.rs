@@ -486,19 +486,18 @@ async fn attempt(
     let host = cx.host;
     let client = cx.visitor.client_ip;
     let sent = Instant::now();
+    let deadline = tokio::time::Instant::from_std(sent) + cx.origin_timeout;
     let send = cx.pool.send(conn, rules.generation, rule, host, up);
-    let watched = watch_silence(cx.registry, conn, retry, host, send);
-    let Ok(watched) = tokio::time::timeout(cx.origin_timeout, watched).await else {
-        return Err(text(
+    let watched = watch_silence(cx.registry, conn, retry, host, deadline, send).await;
+    match watched {
+        Watched::TimedOut => Err(text(
             StatusCode::GATEWAY_TIMEOUT,
             format!(
                 "the origin did not answer within {}s",
                 cx.origin_timeout.as_secs_f32()
             ),
         )
-        .into());
-    };
-    match watched {
+        .into()),
         Watched::Retry => {
             log::info!("{host}: the connector stopped answering on a tunnel connection; retrying on another");
             Ok(None)

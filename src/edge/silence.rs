@@ -4,6 +4,8 @@
 
 use std::future::Future;
 
+use tokio::time::Instant;
+
 use super::registry::{Conn, Registry};
 
 /// What came of a request [`watch_silence`] watched.
@@ -14,12 +16,25 @@ pub(crate) enum Watched<T> {
     Retry,
     /// The connector went silent and no connection of the tunnel answers.
     Silent,
+    /// The deadline passed first.
+    TimedOut,
 }
 
-/// Runs `request` on `conn` while watching its connector. When the connector sends
-/// nothing at all for [`Conn::silence_limit`] after the request began (its process hung
-/// or died, or its path went dark: the edge would hear nothing else until the idle
-/// timeout), new requests avoid the connection, and:
+/// Where a watch stands.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Waiting out the first half of the silence window.
+    First,
+    /// The connector was nudged; waiting out the second half.
+    Nudged,
+    /// The connector was heard (or is left to answer): only the deadline is watched.
+    Deadline,
+}
+
+/// Runs `request` on `conn` until `deadline` while watching its connector. When the
+/// connector sends nothing at all for [`Conn::silence_limit`] after the request began
+/// (its process hung or died, or its path went dark: the edge would hear nothing else
+/// until the idle timeout), new requests avoid the connection, and:
 /// - when no other connection of the tunnel answers, the request is given up
 ///   ([`Watched::Silent`]): the visitor hears within the silence window that the
 ///   tunnel is not answering, instead of waiting out the dial timeout;
@@ -35,37 +50,57 @@ pub(crate) enum Watched<T> {
 /// origin. (Should that connection come back after all, the abandoned copy may still
 /// arrive: allowed for an idempotent request, RFC 9110 9.2.2; for another request the
 /// visitor was told 502, which does not claim that nothing happened.)
+///
+/// One timer serves the whole watch, moved from one look to the next: a request that
+/// is answered within the first half of the window costs one timer, not two.
 pub(crate) async fn watch_silence<T>(
     registry: &Registry,
     conn: &Conn,
     retry: Option<&[usize]>,
     host: &str,
+    deadline: Instant,
     request: impl Future<Output = T>,
 ) -> Watched<T> {
     let heard = conn.heard();
     let half = conn.silence_limit() / 2;
+    let mut next = Instant::now() + half;
+    let mut phase = Phase::First;
     tokio::pin!(request);
-    tokio::select! {
-        r = &mut request => return Watched::Done(r),
-        _ = tokio::time::sleep(half) => {}
-    }
-    if conn.heard() != heard {
-        return Watched::Done(request.await);
-    }
-    conn.nudge();
-    tokio::select! {
-        r = &mut request => return Watched::Done(r),
-        _ = tokio::time::sleep(half) => {}
-    }
-    if conn.heard() != heard {
-        return Watched::Done(request.await);
-    }
-    registry.set_silent(conn, heard);
-    if !registry.has_answering(host, &[conn.session.id()]) {
-        return Watched::Silent;
-    }
-    match retry {
-        Some(tried) if registry.has_answering(host, tried) => Watched::Retry,
-        _ => Watched::Done(request.await),
+    let timer = tokio::time::sleep_until(next.min(deadline));
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut request => return Watched::Done(r),
+            () = &mut timer => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Watched::TimedOut;
+        }
+        phase = match phase {
+            Phase::Deadline => Phase::Deadline,
+            _ if conn.heard() != heard => Phase::Deadline,
+            Phase::First => {
+                conn.nudge();
+                next = now + half;
+                Phase::Nudged
+            }
+            Phase::Nudged => {
+                registry.set_silent(conn, heard);
+                if !registry.has_answering(host, &[conn.session.id()]) {
+                    return Watched::Silent;
+                }
+                match retry {
+                    Some(tried) if registry.has_answering(host, tried) => return Watched::Retry,
+                    _ => Phase::Deadline,
+                }
+            }
+        };
+        let at = match phase {
+            Phase::Deadline => deadline,
+            _ => next.min(deadline),
+        };
+        timer.as_mut().reset(at);
     }
 }
