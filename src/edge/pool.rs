@@ -93,10 +93,12 @@ pub(crate) enum SendError {
 }
 
 /// A request for the origin: for the edge's own connections when its whole body is at
-/// hand and it asks for no upgrade, else for hyper's.
+/// hand and it asks for no upgrade (shared: a retry sends the same one again), else for
+/// hyper's.
 pub(crate) enum Up {
-    Raw(Request<Bytes>),
-    Hyper(Request<Body>),
+    Raw(Arc<Request<Bytes>>),
+    /// Boxed: the rarer kind (a body that streams in, an upgrade).
+    Hyper(Box<Request<Body>>),
 }
 
 /// The pool of origin connections of one edge.
@@ -208,7 +210,7 @@ impl Pool {
     ) -> Result<Response<PooledBody>, SendError> {
         match up {
             Up::Raw(req) => self.send_raw(conn, generation, rule, host, req).await,
-            Up::Hyper(req) => self.send_hyper(conn, generation, rule, host, req).await,
+            Up::Hyper(req) => self.send_hyper(conn, generation, rule, host, *req).await,
         }
     }
 
@@ -219,7 +221,7 @@ impl Pool {
         generation: u32,
         rule: u16,
         host: &str,
-        req: Request<Bytes>,
+        req: Arc<Request<Bytes>>,
     ) -> Result<Response<PooledBody>, SendError> {
         let key = (conn.session.id(), generation, rule);
         let retry = super::forward::idempotent(req.method());

@@ -283,6 +283,9 @@ struct Outgoing {
     authority: Option<HeaderValue>,
     /// The tunnel's counters: the body's bytes, the origin's latency.
     stats: Arc<TunnelStats>,
+    /// The request for the edge's own origin connections once built (the visitor's
+    /// headers were taken into it).
+    raw: Option<Arc<Request<Bytes>>>,
 }
 
 impl Outgoing {
@@ -305,6 +308,7 @@ impl Outgoing {
             upgrade,
             authority,
             stats,
+            raw: None,
         }
     }
 
@@ -320,6 +324,14 @@ impl Outgoing {
         let Some(host) = host else {
             return Err(text(StatusCode::BAD_REQUEST, "invalid Host").into());
         };
+        if let (ReqBody::Whole(b), None) = (&self.body, &self.upgrade) {
+            // Counted as it goes into the tunnel: a retried body once per attempt.
+            if !b.is_empty() {
+                self.stats
+                    .bytes(Kind::Http, Direction::ToOrigin, b.len() as u64);
+            }
+            return Ok(Up::Raw(self.raw_request(cx, host)));
+        }
         let headers = if may_retry {
             self.parts.headers.clone()
         } else {
@@ -333,23 +345,7 @@ impl Outgoing {
             self.authority.as_ref(),
             cx.visitor.trusted,
         );
-        // Origin-form: the path and query only, whatever form the visitor sent.
-        let uri = match self.parts.uri.path_and_query() {
-            Some(pq) => Uri::from(pq.clone()),
-            None => Uri::from_static("/"),
-        };
-        if let (ReqBody::Whole(b), None) = (&self.body, &self.upgrade) {
-            // Counted as it goes into the tunnel: a retried body once per attempt.
-            if !b.is_empty() {
-                self.stats
-                    .bytes(Kind::Http, Direction::ToOrigin, b.len() as u64);
-            }
-            let mut up = Request::new(b.clone());
-            *up.method_mut() = self.parts.method.clone();
-            *up.uri_mut() = uri;
-            *up.headers_mut() = headers;
-            return Ok(Up::Raw(up));
-        }
+        let uri = origin_form(&self.parts.uri);
         // Counted as hyper sends it into the tunnel: a retried body once per attempt.
         let counted = |b| CountedBody::new(b, self.stats.clone(), Direction::ToOrigin);
         let body = match &mut self.body {
@@ -373,7 +369,48 @@ impl Outgoing {
         *up.uri_mut() = uri;
         *up.version_mut() = http::Version::HTTP_11;
         *up.headers_mut() = headers;
-        Ok(Up::Hyper(up))
+        Ok(Up::Hyper(Box::new(up)))
+    }
+
+    /// The request for the edge's own origin connections, built once: the visitor's
+    /// headers are rewritten for the first attempt, and a retry sends the same request
+    /// (with its `Host` replaced should the rule there set another).
+    fn raw_request(&mut self, cx: &Ctx<'_>, host: HeaderValue) -> Arc<Request<Bytes>> {
+        if let Some(built) = &mut self.raw {
+            if built.headers().get(header::HOST) != Some(&host) {
+                Arc::make_mut(built)
+                    .headers_mut()
+                    .insert(header::HOST, host);
+            }
+            return built.clone();
+        }
+        let headers = forward::to_origin(
+            std::mem::take(&mut self.parts.headers),
+            None,
+            host,
+            cx.visitor,
+            self.authority.as_ref(),
+            cx.visitor.trusted,
+        );
+        let body = match &self.body {
+            ReqBody::Whole(b) => b.clone(),
+            ReqBody::Streaming(_) => Bytes::new(),
+        };
+        let mut up = Request::new(body);
+        *up.method_mut() = self.parts.method.clone();
+        *up.uri_mut() = origin_form(&self.parts.uri);
+        *up.headers_mut() = headers;
+        let built = Arc::new(up);
+        self.raw = Some(built.clone());
+        built
+    }
+}
+
+/// Origin-form: the path and query only, whatever form the visitor sent.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
     }
 }
 
