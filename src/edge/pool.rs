@@ -19,7 +19,6 @@
 //! handful came free together, which on a busy tunnel cost a stream and an origin
 //! connection for one request in twenty.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
@@ -30,6 +29,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustc_hash::FxHashMap;
 
 use super::body::{Body, BoxError};
 use super::origin::{self, OriginError, RawBody, RawConn};
@@ -78,7 +78,8 @@ impl IdleConn {
 
 #[derive(Default)]
 struct Table {
-    by_key: HashMap<Key, Vec<Idle>>,
+    /// Keyed by the edge's own numbers: `rustc_hash`, not std's keyed hash.
+    by_key: FxHashMap<Key, Vec<Idle>>,
     count: usize,
 }
 

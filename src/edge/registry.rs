@@ -10,6 +10,7 @@
 //! matched in `registry/rules.rs`.
 
 use crate::util::lock;
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -157,18 +158,21 @@ struct Tunnel {
 
 #[derive(Default)]
 struct Inner {
-    tunnels: HashMap<[u8; 16], Tunnel>,
+    /// Tunnel id → tunnel. This table and the two keyed by connection ids hash with
+    /// `rustc_hash` (ids the edge or its signed tokens chose, not visitors); `hosts`
+    /// keeps std's keyed hash.
+    tunnels: FxHashMap<[u8; 16], Tunnel>,
     /// Hostname (exact, or `*.suffix`) → tunnel id.
     hosts: HashMap<String, [u8; 16]>,
     /// Connection id → connection.
-    conns: HashMap<usize, Arc<Conn>>,
+    conns: FxHashMap<usize, Arc<Conn>>,
     /// Connections whose connector stopped answering: id → what [`Conn::heard`] said
     /// then. Routing avoids them until they hear from the connector again.
-    silent: HashMap<usize, u64>,
+    silent: FxHashMap<usize, u64>,
 }
 
 /// Whether `c` is in `silent` and has not been heard from since it was put there.
-fn still_silent(silent: &HashMap<usize, u64>, c: &Conn) -> bool {
+fn still_silent(silent: &FxHashMap<usize, u64>, c: &Conn) -> bool {
     silent
         .get(&c.session.id())
         .is_some_and(|&at| c.heard() == at)
