@@ -52,7 +52,17 @@ def parse_args(argv=None):
     ap.add_argument("--edge-b", metavar="PATH",
                     help="add a row 'quic, edge B': the QUIC row with this mailslot-edge binary instead "
                          "(an A/B comparison of two edges in interleaved rounds)")
+    ap.add_argument("--workers", metavar="N",
+                    help="`workers: N` in the edge.yml of every mailslot row (default: the edge's own, "
+                         "`auto`, one thread per CPU)")
+    ap.add_argument("--workers-b", metavar="N",
+                    help="add a row 'quic, N workers': the QUIC row with `workers: N` in its edge.yml "
+                         "(an A/B comparison of the edge's thread count in interleaved rounds)")
     args = ap.parse_args(argv)
+    for opt in ("workers", "workers_b"):
+        v = getattr(args, opt)
+        if v is not None and v != "auto" and not (v.isdigit() and 1 <= int(v) <= 256):
+            ap.error(f"--{opt.replace('_', '-')} takes auto or a count from 1 to 256")
     if not 1 <= args.rounds <= 20:
         ap.error("--rounds takes a count from 1 to 20")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -286,8 +296,9 @@ def build_release():
     return (os.path.join(ROOT, "target/release/mailslot-edge"), os.path.join(ROOT, "target/release/mailslot"))
 
 
-def mailslot(protocol, tmp, origin_port, binaries, connector_bin=None, edge_wrap=(), timeout=30):
-    """A mailslot tunnel to the origin; `edge_wrap` prefixes the edge's command (valgrind)."""
+def mailslot(protocol, tmp, origin_port, binaries, connector_bin=None, edge_wrap=(), timeout=30, workers=None):
+    """A mailslot tunnel to the origin; `edge_wrap` prefixes the edge's command (valgrind);
+    `workers`: the edge's `workers:` setting (None: --workers, else the edge's default)."""
     edge_bin, mailslot_bin = binaries
     connector_bin = connector_bin or mailslot_bin
     d = tempfile.mkdtemp(dir=tmp)
@@ -298,6 +309,9 @@ def mailslot(protocol, tmp, origin_port, binaries, connector_bin=None, edge_wrap
                   lambda m: f"{m.group(1)}: " + ("none" if m.group(1) == "https-listen" else "127.0.0.1:0"),
                   text, flags=re.M)
     text += "limits:\n  max-conns-per-ip: 10000\n"
+    workers = workers or ARGS.workers
+    if workers:
+        text += f"workers: {workers}\n"
     open(yml, "w").write(text)
     edge = Proc([*edge_wrap, edge_bin, "serve", "--config", yml], env={"RUST_LOG": "warn,mailslot::edge=info"})
     tunnel = edge.wait_line(r"tunnel listener on udp (\S+)", timeout).group(1)
@@ -410,13 +424,16 @@ def main():
             ("quic", "mailslot quic", lambda: mailslot("quic", tmp, origin_port, binaries)),
             ("quic-b", "quic, edge B", lambda: mailslot("quic", tmp, origin_port,
                                                          (os.path.abspath(ARGS.edge_b or ""), binaries[1]))),
+            ("quic-w", f"quic, {ARGS.workers_b} workers", lambda: mailslot("quic", tmp, origin_port, binaries,
+                                                                         workers=ARGS.workers_b)),
             ("http2", "mailslot http2", lambda: mailslot("http2", tmp, origin_port, binaries)),
             ("device", device_label, lambda: mailslot("quic", tmp, origin_port, binaries, device_bin)),
             ("rathole", "rathole tls", lambda: rathole(tmp, origin_port)),
             ("bore", "bore (plain tcp)", lambda: bore(tmp, origin_port)),
         ]
         setups = [row for row in setups
-                  if row[0] == "direct" or row[0] in ARGS.rows or (row[0] == "quic-b" and ARGS.edge_b)]
+                  if row[0] == "direct" or row[0] in ARGS.rows or (row[0] == "quic-b" and ARGS.edge_b)
+                  or (row[0] == "quic-w" and ARGS.workers_b)]
         for n in range(ROUNDS):
             if ROUNDS > 1:
                 print(f"round {n + 1} of {ROUNDS} ...", flush=True)
@@ -479,8 +496,8 @@ def main():
     rathole_row = by_key.get("rathole")
     if rathole_row is not None:
         print()
-        print("against rathole tls (goals: bulk and req/s >= 1.2x, p99 no worse):")
-        for key in ("quic", "quic-b", "http2", "device"):
+        print("against rathole tls (goals: req/s >= 1.5x, bulk >= 1.2x, p99 no worse, edge CPU/req no higher):")
+        for key in ("quic", "quic-b", "quic-w", "http2", "device"):
             r = by_key.get(key)
             if r is None:
                 continue
