@@ -394,7 +394,7 @@ fn endpoint(
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
     let socket = Offload {
-        inner: runtime.wrap_udp_socket(socket)?,
+        udp: Udp::new(socket)?,
         receive_slots,
         metered,
     };
@@ -433,17 +433,17 @@ const GRO_MAX_BYTES: usize = 65_535;
 ///   ([`super::meter`]).
 #[derive(Debug)]
 struct Offload {
-    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    udp: Udp,
     receive_slots: usize,
     metered: bool,
 }
 
 impl quinn::AsyncUdpSocket for Offload {
     fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
-        self.inner.clone().create_io_poller()
+        Box::pin(Writable(self))
     }
     fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
-        let r = self.inner.try_send(transmit);
+        let r = self.udp.try_send(transmit);
         if self.metered && r.is_ok() {
             super::meter::sent(transmit.contents.len());
         }
@@ -458,7 +458,7 @@ impl quinn::AsyncUdpSocket for Offload {
         let n = bufs.len().min(meta.len()).min(self.receive_slots);
         let (bufs, _) = bufs.split_at_mut(n);
         let (meta, _) = meta.split_at_mut(n);
-        let r = self.inner.poll_recv(cx, bufs, meta);
+        let r = self.udp.poll_recv(cx, bufs, meta);
         if let (true, std::task::Poll::Ready(Ok(k))) = (self.metered, &r) {
             let got = meta.iter().take(*k).map(|m| m.len).sum();
             super::meter::received(got);
@@ -466,20 +466,96 @@ impl quinn::AsyncUdpSocket for Offload {
         r
     }
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.local_addr()
+        self.udp.io.get_ref().local_addr()
     }
     fn max_transmit_segments(&self) -> usize {
-        self.inner
-            .max_transmit_segments()
+        self.udp
+            .state
+            .max_gso_segments()
             .min(GSO_MAX_BYTES / usize::from(MAX_PACKET))
     }
     fn max_receive_segments(&self) -> usize {
-        self.inner
-            .max_receive_segments()
+        self.udp
+            .state
+            .gro_segments()
             .min(GRO_MAX_BYTES.div_ceil(usize::from(MAX_PACKET)))
     }
     fn may_fragment(&self) -> bool {
-        self.inner.may_fragment()
+        self.udp.state.may_fragment()
+    }
+}
+
+/// The UDP socket itself: quinn-udp's system calls (batches, GSO, GRO, ECN) on a
+/// socket the runtime watches.
+///
+/// A read that fills fewer batch slots than it offered has drained the socket (the
+/// kernel's `recvmmsg` stops only when no datagram is left, or at an error, which the
+/// runtime reports as readiness anyway): the socket's readiness is cleared then, and
+/// the next read waits for the next datagram instead of making a system call that
+/// finds nothing. (quinn's own wrapper reads until a read fails with `EAGAIN`: two
+/// `recvmmsg` per datagram on a connection that sends one at a time, as a request's
+/// answer does.) A datagram that arrives between the read and the clearing is not
+/// missed: the runtime clears readiness only when no event came after the one the
+/// read answered.
+#[derive(Debug)]
+struct Udp {
+    io: tokio::io::unix::AsyncFd<std::net::UdpSocket>,
+    state: quinn::udp::UdpSocketState,
+}
+
+impl Udp {
+    fn new(socket: std::net::UdpSocket) -> std::io::Result<Udp> {
+        socket.set_nonblocking(true)?;
+        let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+        // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and the same
+        // until the AsyncFd is dropped. (Called within the runtime: `endpoint` found it.)
+        let io =
+            unsafe { tokio::io::unix::AsyncFd::register(socket) }.map_err(|e| e.into_parts().1)?;
+        Ok(Udp { io, state })
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.io.try_io(tokio::io::Interest::WRITABLE, |s| {
+            self.state.send(s.into(), transmit)
+        })
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let offered = bufs.len().min(quinn::udp::BATCH_SIZE);
+        loop {
+            let mut ready = std::task::ready!(self.io.poll_read_ready(cx))?;
+            match ready.try_io(|s| self.state.recv(s.get_ref().into(), bufs, meta)) {
+                Ok(Ok(n)) => {
+                    if n < offered {
+                        ready.clear_ready();
+                    }
+                    return std::task::Poll::Ready(Ok(n));
+                }
+                Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                // Nothing there after all: readiness was cleared; wait again.
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
+/// Waits until the socket takes datagrams again after a send found it full.
+#[derive(Debug)]
+struct Writable(Arc<Offload>);
+
+impl quinn::UdpPoller for Writable {
+    fn poll_writable(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        // The guard is dropped without clearing: the send that follows clears the
+        // readiness if the socket is full again.
+        self.0.udp.io.poll_write_ready(cx).map_ok(|_| ())
     }
 }
 
