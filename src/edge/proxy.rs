@@ -104,7 +104,9 @@ async fn run(
     let (parts, body) = req.into_parts();
     let Some((first, stats)) = route_first(cx, parts.uri.path(), bodiless, tunnel)? else {
         let body = read_body(cx, &parts.headers, body).await?;
-        return to_peer(cx, parts, body, upgrade, visitor_upgrade).await;
+        // Boxed: a request for a tunnel held by another edge is the rarer path, and its
+        // state would otherwise be part of (and copied with) every request's future.
+        return Box::pin(to_peer(cx, parts, body, upgrade, visitor_upgrade)).await;
     };
     // A device past its daily data cap serves only its essential rules.
     super::cap::check(cx.registry, &first, cx.host, &parts.headers)?;
@@ -524,7 +526,7 @@ async fn attempt(
     let client = cx.visitor.client_ip;
     let sent = Instant::now();
     let deadline = tokio::time::Instant::from_std(sent) + cx.origin_timeout;
-    let send = cx.pool.send(conn, rules.generation, rule, host, up);
+    let send = std::pin::pin!(cx.pool.send(conn, rules.generation, rule, host, up));
     let watched = watch_silence(cx.registry, conn, retry, host, deadline, send).await;
     match watched {
         Watched::TimedOut => Err(text(

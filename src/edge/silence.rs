@@ -3,6 +3,7 @@
 //! silence window, instead of waiting out the dial or origin timeout.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use tokio::time::Instant;
 
@@ -52,26 +53,27 @@ enum Phase {
 /// visitor was told 502, which does not claim that nothing happened.)
 ///
 /// One timer serves the whole watch, moved from one look to the next: a request that
-/// is answered within the first half of the window costs one timer, not two.
+/// is answered within the first half of the window costs one timer, not two. The
+/// request is pinned by the caller: a future moved in would be held twice (as the
+/// argument, and pinned), and copied with every future that awaits this one.
 pub(crate) async fn watch_silence<T>(
     registry: &Registry,
     conn: &Conn,
     retry: Option<&[usize]>,
     host: &str,
     deadline: Instant,
-    request: impl Future<Output = T>,
+    mut request: Pin<&mut impl Future<Output = T>>,
 ) -> Watched<T> {
     let heard = conn.heard();
     let half = conn.silence_limit() / 2;
     let mut next = Instant::now() + half;
     let mut phase = Phase::First;
-    tokio::pin!(request);
     let timer = tokio::time::sleep_until(next.min(deadline));
     tokio::pin!(timer);
     loop {
         tokio::select! {
             biased;
-            r = &mut request => return Watched::Done(r),
+            r = request.as_mut() => return Watched::Done(r),
             () = &mut timer => {}
         }
         let now = Instant::now();
