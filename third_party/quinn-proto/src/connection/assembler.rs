@@ -228,6 +228,12 @@ impl Assembler {
         self.bytes_read
     }
 
+    /// mailslot patch: gives back the chunk heap's spare capacity (all of it once every
+    /// chunk was read), which it keeps otherwise
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.data.shrink_to_fit();
+    }
+
     /// Discard all buffered data
     pub(super) fn clear(&mut self) {
         self.data.clear();

@@ -2219,6 +2219,12 @@ impl Connection {
         space.crypto = None;
         space.time_of_last_ack_eliciting_packet = None;
         space.loss_time = None;
+        // mailslot patch: a discarded space sends and receives no more handshake data; its
+        // queue of CRYPTO frames to send and its reassembly heap give back the capacity
+        // the handshake grew them to (about 0.4 KB per space, kept for the connection's
+        // life otherwise). Only capacity changes: what they hold stays.
+        space.pending.crypto.shrink_to_fit();
+        space.crypto_stream.shrink_to_fit();
         let sent_packets = mem::take(&mut space.sent_packets);
         for packet in sent_packets.into_values() {
             self.remove_in_flight(&packet);
