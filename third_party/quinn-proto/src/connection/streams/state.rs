@@ -870,7 +870,12 @@ impl StreamsState {
             }
         }
 
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        // mailslot patch: a drained queue gives its block back (see `Connection::poll`).
+        if event.is_none() && self.events.capacity() != 0 {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Queues MAX_STREAM_ID frames in `pending` if needed
