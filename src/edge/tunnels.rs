@@ -178,9 +178,11 @@ pub(crate) async fn accept_quic(listener: Arc<Listener>, state: Arc<EdgeState>) 
             keepalive: listener.keepalive,
             idle: listener.idle,
         };
+        // Boxed before the task: captured by the task, the `Incoming` (384 bytes) would
+        // stay part of it for the connection's life, though the handshake consumes it.
+        let handshake = Box::pin(async move { listener.accept(incoming)?.await });
         tokio::spawn(async move {
-            let handshake = async move { listener.accept(incoming)?.await };
-            let conn = match tokio::time::timeout(TLS_TIMEOUT, Box::pin(handshake)).await {
+            let conn = match tokio::time::timeout(TLS_TIMEOUT, handshake).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     log_limited!(

@@ -112,6 +112,7 @@ fn main() {
         tunnel::origin_heads_interim_answers_chunks_and_bodies_until_close_pass_through,
         tunnel::a_tunnel_whose_connector_died_answers_502_within_seconds,
         tunnel::a_connector_restarted_after_a_crash_replaces_its_dead_connections_at_once,
+        tunnel::quic_key_updates_keep_the_tunnel_working,
         access::access_stdio_carries_a_tcp_service_over_quic_https_and_fallback,
         access::access_tcp_listens_locally_and_carries_http,
         access::refused_clients_never_reach_the_device,
