@@ -437,7 +437,10 @@ def main():
         for n in range(ROUNDS):
             if ROUNDS > 1:
                 print(f"round {n + 1} of {ROUNDS} ...", flush=True)
-            for key, label, setup in setups:
+            # Every other round runs the rows after direct in reverse order: a row's place
+            # in the round moves its figures (bench/README.md, "Results", 2026-12-06).
+            order = setups if n % 2 == 0 else setups[:1] + setups[:0:-1]
+            for key, label, setup in order:
                 if setup is None:
                     results.setdefault(key, []).append(measure(label, direct, HOST, tmp, {}))
                     continue
