@@ -332,7 +332,8 @@ impl Outgoing {
                 self.stats
                     .bytes(Kind::Http, Direction::ToOrigin, b.len() as u64);
             }
-            return Ok(Up::Raw(self.raw_request(cx, host)));
+            let body = b.clone();
+            return Ok(Up::Raw(self.raw_request(cx, host, body)));
         }
         let headers = if may_retry {
             self.parts.headers.clone()
@@ -374,10 +375,11 @@ impl Outgoing {
         Ok(Up::Hyper(Box::new(up)))
     }
 
-    /// The request for the edge's own origin connections, built once: the visitor's
-    /// headers are rewritten for the first attempt, and a retry sends the same request
-    /// (with its `Host` replaced should the rule there set another).
-    fn raw_request(&mut self, cx: &Ctx<'_>, host: HeaderValue) -> Arc<Request<Bytes>> {
+    /// The request for the edge's own origin connections (its whole `body` at hand),
+    /// built once: the visitor's headers are rewritten for the first attempt, and a
+    /// retry sends the same request (with its `Host` replaced should the rule there set
+    /// another).
+    fn raw_request(&mut self, cx: &Ctx<'_>, host: HeaderValue, body: Bytes) -> Arc<Request<Bytes>> {
         if let Some(built) = &mut self.raw {
             if built.headers().get(header::HOST) != Some(&host) {
                 Arc::make_mut(built)
@@ -394,10 +396,6 @@ impl Outgoing {
             self.authority.as_ref(),
             cx.visitor.trusted,
         );
-        let body = match &self.body {
-            ReqBody::Whole(b) => b.clone(),
-            ReqBody::Streaming(_) => Bytes::new(),
-        };
         let mut up = Request::new(body);
         *up.method_mut() = self.parts.method.clone();
         *up.uri_mut() = origin_form(&self.parts.uri);

@@ -1291,29 +1291,14 @@ pub(crate) fn quic_key_updates_keep_the_tunnel_working() {
     let token = edge.token("keys", &[HOST], "1d");
     let rt = tokio::runtime::Runtime::new().unwrap();
 
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(edge.ca()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(mailslot::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"mailslot".to_vec()];
+    // A connector's TLS settings (the crate's own), trusting this edge's CA.
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(edge.ca()).unwrap();
+    let tls = mailslot::tls::edge_client_config(Some(&ca)).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let cfg = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let endpoint = {
         let _guard = rt.enter();
-        let mut e = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            std::sync::Arc::new(quinn::TokioRuntime),
-        )
-        .unwrap();
-        e.set_default_client_config(cfg);
+        let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        e.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
         e
     };
 
