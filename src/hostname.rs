@@ -92,7 +92,7 @@ impl std::fmt::Display for HostError {
 impl std::error::Error for HostError {}
 
 /// What the label checker lets through besides `[a-z0-9-]`.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Extra {
     None,
     /// Whole `*` labels (patterns).
@@ -109,32 +109,36 @@ fn check_labels(name: &str, extra: Extra) -> Result<(), HostError> {
     if name.len() > MAX_LEN {
         return Err(HostError::TooLong);
     }
-    let mut last = "";
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err(HostError::EmptyLabel);
-        }
-        if label.len() > MAX_LABEL {
-            return Err(HostError::LongLabel);
-        }
-        last = label;
-        if label == "*" && extra == Extra::Star {
+    // One pass over the bytes (every visitor request's host comes through here). A
+    // label's faults are reported in the order a label-by-label reading finds them:
+    // empty, too long, a hyphen at either end, then its first bad byte.
+    let bytes = name.as_bytes();
+    let mut start = 0;
+    let mut bad_byte = None;
+    let mut all_digits = true;
+    let mut last_all_digits = true;
+    for i in 0..=bytes.len() {
+        let Some(&b) = bytes.get(i).filter(|&&b| b != b'.') else {
+            let label = bytes.get(start..i).unwrap_or_default();
+            check_label(label, extra, bad_byte)?;
+            start = i + 1;
+            bad_byte = None;
+            last_all_digits = all_digits;
+            all_digits = true;
             continue;
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(HostError::Hyphen);
-        }
-        for b in label.bytes() {
-            match b {
-                b'a'..=b'z' | b'0'..=b'9' | b'-' => {}
-                b'_' if extra == Extra::Underscore => {}
-                b'A'..=b'Z' => return Err(HostError::Uppercase),
-                b'*' => return Err(HostError::Wildcard),
-                _ => return Err(HostError::BadChar),
-            }
+        };
+        all_digits &= b.is_ascii_digit();
+        if bad_byte.is_none() {
+            bad_byte = match b {
+                b'a'..=b'z' | b'0'..=b'9' | b'-' => None,
+                b'_' if extra == Extra::Underscore => None,
+                b'A'..=b'Z' => Some(HostError::Uppercase),
+                b'*' => Some(HostError::Wildcard),
+                _ => Some(HostError::BadChar),
+            };
         }
     }
-    if last.bytes().all(|b| b.is_ascii_digit()) {
+    if last_all_digits {
         // Only a dotted-decimal IPv4 address may end in digits, exactly as Rust prints it
         // (no `010.0.0.1`, `127.1` or `0x7f.0.0.1` aliases).
         let canonical_v4 = name
@@ -145,6 +149,23 @@ fn check_labels(name: &str, extra: Extra) -> Result<(), HostError> {
         }
     }
     Ok(())
+}
+
+/// One label's checks, given the first bad byte [`check_labels`] found in it.
+fn check_label(label: &[u8], extra: Extra, bad_byte: Option<HostError>) -> Result<(), HostError> {
+    if label.is_empty() {
+        return Err(HostError::EmptyLabel);
+    }
+    if label.len() > MAX_LABEL {
+        return Err(HostError::LongLabel);
+    }
+    if label == b"*" && extra == Extra::Star {
+        return Ok(());
+    }
+    if label.first() == Some(&b'-') || label.last() == Some(&b'-') {
+        return Err(HostError::Hyphen);
+    }
+    bad_byte.map_or(Ok(()), Err)
 }
 
 /// Whether `ip` prints as `text`, without allocating.
@@ -377,6 +398,97 @@ impl std::fmt::Display for HostPattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The label-by-label reading [`check_labels`] must agree with.
+    fn reference_check_labels(name: &str, extra: Extra) -> Result<(), HostError> {
+        if name.is_empty() {
+            return Err(HostError::Empty);
+        }
+        if name.len() > MAX_LEN {
+            return Err(HostError::TooLong);
+        }
+        let mut last = "";
+        for label in name.split('.') {
+            if label.is_empty() {
+                return Err(HostError::EmptyLabel);
+            }
+            if label.len() > MAX_LABEL {
+                return Err(HostError::LongLabel);
+            }
+            last = label;
+            if label == "*" && extra == Extra::Star {
+                continue;
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(HostError::Hyphen);
+            }
+            for b in label.bytes() {
+                match b {
+                    b'a'..=b'z' | b'0'..=b'9' | b'-' => {}
+                    b'_' if extra == Extra::Underscore => {}
+                    b'A'..=b'Z' => return Err(HostError::Uppercase),
+                    b'*' => return Err(HostError::Wildcard),
+                    _ => return Err(HostError::BadChar),
+                }
+            }
+        }
+        if last.bytes().all(|b| b.is_ascii_digit()) {
+            // Only a dotted-decimal IPv4 address may end in digits, exactly as Rust prints it
+            // (no `010.0.0.1`, `127.1` or `0x7f.0.0.1` aliases).
+            let canonical_v4 = name
+                .parse::<Ipv4Addr>()
+                .is_ok_and(|ip| ip_text_is(&ip, name));
+            if !canonical_v4 {
+                return Err(HostError::Numeric);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_one_pass_label_check_agrees_with_a_label_by_label_reading() {
+        // Every name of up to five characters over an alphabet with each kind of byte,
+        // in each mode; then long labels and long names around their limits.
+        let alphabet = b"a0-.*_Z:";
+        let mut names = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for n in &frontier {
+                for &c in alphabet {
+                    let mut m = n.clone();
+                    m.push(char::from(c));
+                    next.push(m);
+                }
+            }
+            names.extend(next.iter().cloned());
+            frontier = next;
+        }
+        for len in [62, 63, 64] {
+            let label = "a".repeat(len);
+            names.push(label.clone());
+            names.push(format!("x.{label}"));
+            names.push(format!("{label}.x"));
+            names.push(format!("-{label}"));
+        }
+        for len in [252, 253, 254] {
+            let mut name = "a.".repeat(len / 2);
+            name.truncate(len);
+            names.push(name);
+        }
+        names.extend(
+            ["1.2.3.4", "01.2.3.4", "1.2.3", "a.1", "*.a", "a.*", "A-.b"].map(String::from),
+        );
+        for name in &names {
+            for extra in [Extra::None, Extra::Star, Extra::Underscore] {
+                assert_eq!(
+                    check_labels(name, extra),
+                    reference_check_labels(name, extra),
+                    "{name:?} {extra:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn canonical_names() {

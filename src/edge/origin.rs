@@ -223,9 +223,13 @@ impl<S: Io> RawConn<S> {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Response::new(&mut lines);
-        let len = match r.parse(&self.buf) {
+        // Uninitialised lines: httparse writes only those it fills, and the array is
+        // MAX_HEADERS lines long (3.2 KB) while a response has a handful.
+        let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut r, &self.buf, &mut lines);
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -241,22 +245,33 @@ impl<S: Io> RawConn<S> {
             .code
             .and_then(|c| StatusCode::from_u16(c).ok())
             .ok_or(OriginError::Invalid("invalid status code"))?;
-        // Values are slices of the head's own bytes: no copy per header.
+        // Names and values as places in the head, which is then taken out of the buffer
+        // whole: each value is a slice of it (no copy per header). The places are
+        // offsets, not names, so that the list is small and read in place.
         let base = self.buf.as_ptr() as usize;
-        let mut spans = heapless::Vec::<(HeaderName, usize, usize), MAX_HEADERS>::new();
+        let at = |s: &[u8]| {
+            let start = (s.as_ptr() as usize).wrapping_sub(base);
+            Span {
+                start,
+                end: start.wrapping_add(s.len()),
+            }
+        };
+        let mut spans = heapless::Vec::<(Span, Span), MAX_HEADERS>::new();
         for h in r.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| OriginError::Invalid("invalid header name"))?;
-            let start = (h.value.as_ptr() as usize).wrapping_sub(base);
-            let _ = spans.push((name, start, start + h.value.len()));
+            let _ = spans.push((at(h.name.as_bytes()), at(h.value)));
         }
         let head = self.buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(spans.len());
-        for (name, start, end) in spans {
-            if end > head.len() || start > end {
+        for (name, value) in &spans {
+            let (Some(name), Some(_)) = (
+                head.get(name.start..name.end),
+                head.get(value.start..value.end),
+            ) else {
                 return Err(OriginError::Invalid("malformed response head"));
-            }
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            };
+            let name = HeaderName::from_bytes(name)
+                .map_err(|_| OriginError::Invalid("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value.start..value.end))
                 .map_err(|_| OriginError::Invalid("invalid header value"))?;
             headers.append(name, value);
         }
@@ -679,6 +694,13 @@ fn parse_trailers(block: &Bytes) -> Result<HeaderMap, OriginError> {
         map.append(name, value);
     }
     Ok(map)
+}
+
+/// A header's name or value as a place in a response head.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
 }
 
 #[cfg(test)]
