@@ -156,7 +156,10 @@ pub(crate) async fn serve(
                     }
                 }
             };
+            // In this order, without the random start select! makes by default: the
+            // connection's own work is what wakes its task almost every time.
             tokio::select! {
+                biased;
                 _ = serve => {}
                 _ = entry.evicted.notified() => {
                     log::debug!("visitor {peer}: idle connection closed to make room");
