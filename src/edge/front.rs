@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -161,11 +161,11 @@ pub(crate) async fn serve(
             tokio::select! {
                 biased;
                 _ = serve => {}
-                _ = entry.evicted.notified() => {
-                    log::debug!("visitor {peer}: idle connection closed to make room");
-                }
-                _ = entry.idle_expired(first, limits.request_head_timeout, limits.conn_idle_timeout) => {
-                    log::debug!("visitor {peer}: idle connection closed");
+                end = entry.idle_expired(first, limits.request_head_timeout, limits.conn_idle_timeout) => {
+                    match end {
+                        IdleEnd::Evicted => log::debug!("visitor {peer}: idle connection closed to make room"),
+                        IdleEnd::Expired => log::debug!("visitor {peer}: idle connection closed"),
+                    }
                 }
             }
             table.remove(&entry);
@@ -192,9 +192,9 @@ struct ConnEntry {
     /// plus one: 0 until then.
     last: AtomicU64,
     born: Instant,
-    /// Told when the connection is closed to make room.
-    evicted: Notify,
-    /// Told when a request starts or ends.
+    /// Set when the connection is closed to make room (then `activity` is told).
+    evicted: AtomicBool,
+    /// Told when a request starts or ends, or the connection is evicted.
     activity: Notify,
 }
 
@@ -217,7 +217,8 @@ impl ConnTable {
                 .find(|(_, c)| c.in_flight.load(Ordering::Acquire) == 0)
                 .map(|(id, _)| *id)?;
             if let Some(old) = open.remove(&idle) {
-                old.evicted.notify_one();
+                old.evicted.store(true, Ordering::Release);
+                old.activity.notify_one();
             }
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -227,7 +228,7 @@ impl ConnTable {
             requests: AtomicU64::new(0),
             last: AtomicU64::new(0),
             born: Instant::now(),
-            evicted: Notify::new(),
+            evicted: AtomicBool::new(false),
             activity: Notify::new(),
         });
         open.insert(id, entry.clone());
@@ -266,9 +267,14 @@ impl ConnEntry {
 
     /// Resolves once the connection has had no request in flight for its limit:
     /// `first` from its start, `head` after the TLS handshake until a first request,
-    /// `idle` between requests.
-    async fn idle_expired(&self, first: Duration, head: Duration, idle: Duration) {
+    /// `idle` between requests; or once the connection is evicted to make room (one
+    /// watch for both: each future in the connection's `select!` is polled at every
+    /// wake-up of its task).
+    async fn idle_expired(&self, first: Duration, head: Duration, idle: Duration) -> IdleEnd {
         loop {
+            if self.evicted.load(Ordering::Acquire) {
+                return IdleEnd::Evicted;
+            }
             let touched = self.last.load(Ordering::Acquire);
             let last = Duration::from_millis(touched.saturating_sub(1));
             let limit = if self.requests.load(Ordering::Relaxed) > 0 {
@@ -282,18 +288,28 @@ impl ConnEntry {
             let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
                 limit
             } else if since >= limit {
-                return;
+                return IdleEnd::Expired;
             } else {
                 limit - since
             };
             // Look again at the deadline (a request that started or ended meanwhile
-            // moved it later), or when the first request ends ([`Self::begin`]).
+            // moved it later), when the first request ends ([`Self::begin`]) or when
+            // the connection is evicted ([`ConnTable::insert`]).
             tokio::select! {
                 () = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
                 () = self.activity.notified() => {}
             }
         }
     }
+}
+
+/// Why [`ConnEntry::idle_expired`] ended.
+#[derive(Debug, PartialEq)]
+enum IdleEnd {
+    /// Closed to make room for a newcomer.
+    Evicted,
+    /// Idle past its limit.
+    Expired,
 }
 
 /// A request in flight on a [`ConnEntry`]; `first`: the connection's first request.
@@ -547,7 +563,9 @@ fn host_and_authority(host: Cow<'_, str>, port: Option<u16>) -> (String, String)
 
 #[cfg(test)]
 mod tests {
-    use super::{host_of, ConnTable};
+    use super::{host_of, ConnTable, IdleEnd};
+    use std::future::Future;
+    use std::time::Duration;
 
     #[test]
     fn a_full_table_closes_its_oldest_idle_connection() {
@@ -567,6 +585,24 @@ mod tests {
         assert!(t.open.lock().unwrap().get(&a.id).is_none());
         t.remove(&d);
         assert!(t.insert().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_evicted_connection_s_watch_ends_at_once() {
+        let t = ConnTable::new(1);
+        let a = t.insert().unwrap();
+        let hour = Duration::from_secs(3600);
+        let mut watch = Box::pin(a.idle_expired(hour, hour, hour));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            watch.as_mut().poll(&mut cx).is_pending(),
+            "idle, but not for an hour"
+        );
+        let _b = t.insert().expect("a is idle: it makes room");
+        let end = tokio::time::timeout(Duration::from_secs(10), watch)
+            .await
+            .expect("the watch ends when its connection is evicted");
+        assert_eq!(end, IdleEnd::Evicted);
     }
 
     #[test]
