@@ -2,7 +2,8 @@
 """Data-path benchmark: the same loads, on loopback, direct and through tunnels.
 
 Rows: direct (the baseline of this run), mailslot over QUIC, mailslot over HTTP/2,
-and, when installed, rathole over TLS and bore (plain TCP). For each row:
+and, when installed, rathole over TLS (also, when asked for, with TCP_NODELAY forced on
+every socket by bench/nodelay.c) and bore (plain TCP). For each row:
   bulk   a 100 MiB download and a 100 MiB upload with curl (MiB/s, median of 3)
   req    wrk -t2 -c50 -d10s on a 1 KiB body (req/s, p50, p99)
   cpu    the connector's and the edge's CPU seconds during the row (all its loads), and
@@ -19,7 +20,7 @@ With --rounds N the rows run N times, interleaved (every row once, then every ro
 again, ...), and each figure is the median over the rounds (peak RSS: the largest).
 On a small shared machine one run is one sample; interleaved medians are what to compare.
 
-Usage: python3 bench/run.py [--quick] [--rounds N] [--rows quic,http2,device,rathole,bore]
+Usage: python3 bench/run.py [--quick] [--rounds N] [--rows quic,http2,device,rathole,rathole-nodelay,bore]
        (needs nginx, wrk, curl; builds --release; --help lists the options)
 """
 
@@ -35,7 +36,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROWS = ("quic", "http2", "device", "rathole", "bore")
+ROWS = ("quic", "http2", "device", "rathole", "rathole-nodelay", "bore")
+# rathole-nodelay (rathole with TCP_NODELAY forced on all its sockets) runs when asked for.
+DEFAULT_ROWS = tuple(r for r in ROWS if r != "rathole-nodelay")
 
 
 def parse_args(argv=None):
@@ -47,8 +50,9 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="20 MiB bulk and 3 s of wrk instead of 100 MiB and 10 s")
     ap.add_argument("--rounds", type=int, default=1, metavar="N",
                     help="run every row N times, interleaved, and print medians (1-20; default 1)")
-    ap.add_argument("--rows", default=",".join(ROWS), metavar="LIST",
-                    help="comma-separated rows to run besides direct, from: " + ", ".join(ROWS) + " (default: all)")
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS), metavar="LIST",
+                    help="comma-separated rows to run besides direct, from: " + ", ".join(ROWS)
+                         + " (default: all but rathole-nodelay, which needs a C compiler)")
     ap.add_argument("--edge-b", metavar="PATH",
                     help="add a row 'quic, edge B': the QUIC row with this mailslot-edge binary instead "
                          "(an A/B comparison of two edges in interleaved rounds)")
@@ -329,9 +333,20 @@ def mailslot(protocol, tmp, origin_port, binaries, connector_bin=None, edge_wrap
     return f"http://{http}/", {"connector": conn, "edge": edge}
 
 
-def rathole(tmp, origin_port):
+def nodelay_shim(tmp):
+    """bench/nodelay.c built into tmp: an LD_PRELOAD library that sets TCP_NODELAY on every
+    TCP socket a process accepts or connects."""
+    out = os.path.join(tmp, "nodelay.so")
+    if not os.path.exists(out):
+        run(["cc", "-O2", "-shared", "-fPIC", "-o", out, os.path.join(ROOT, "bench", "nodelay.c"), "-ldl"])
+    return out
+
+
+def rathole(tmp, origin_port, force_nodelay=False):
+    """rathole over TLS; `force_nodelay`: with bench/nodelay.c preloaded into both ends."""
     if not shutil.which("rathole"):
         return None
+    env = {"LD_PRELOAD": nodelay_shim(tmp)} if force_nodelay else None
     d = tempfile.mkdtemp(dir=tmp)
     run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{d}/key.pem", "-out",
          f"{d}/cert.pem", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
@@ -369,8 +384,8 @@ token = "bench"
 local_addr = "127.0.0.1:{origin_port}"
 nodelay = true
 """)
-    server = Proc(["rathole", "-s", f"{d}/server.toml"])
-    client = Proc(["rathole", "-c", f"{d}/client.toml"])
+    server = Proc(["rathole", "-s", f"{d}/server.toml"], env=env)
+    client = Proc(["rathole", "-c", f"{d}/client.toml"], env=env)
     client.wait_line(r"Control channel established", timeout=20)
     return f"http://127.0.0.1:{vis}/", {"connector": client, "edge": server}
 
@@ -429,6 +444,7 @@ def main():
             ("http2", "mailslot http2", lambda: mailslot("http2", tmp, origin_port, binaries)),
             ("device", device_label, lambda: mailslot("quic", tmp, origin_port, binaries, device_bin)),
             ("rathole", "rathole tls", lambda: rathole(tmp, origin_port)),
+            ("rathole-nodelay", "rathole, nodelay", lambda: rathole(tmp, origin_port, force_nodelay=True)),
             ("bore", "bore (plain tcp)", lambda: bore(tmp, origin_port)),
         ]
         setups = [row for row in setups
