@@ -7,7 +7,10 @@
 //! - a config that compiles encodes to a `config.bin` that decodes back to it;
 //! - `config show --show-secrets` of it compiles back to the same `config.bin`, byte for
 //!   byte, as `yaml_out` promises; so does `show` of any `config.bin` that decodes
-//!   (inputs that start with the `MSLC` magic are taken as one, their CRC-32 fixed up).
+//!   (inputs that start with the `MSLC` magic are taken as one, their CRC-32 fixed up),
+//!   except that `compile` may refuse a rule's path that is not a regex with a message
+//!   saying so: the device build has no regex engine, so its decoder takes any bounded
+//!   path (the edge refuses such a rule table at registration), while `compile` checks it.
 //!
 //! Files the YAML names (`token-file`, `edge-ca`, `ca-pool`) are read from a folder
 //! holding a token, a PEM CA and a DER CA; an input naming any other file (a path with a
@@ -67,16 +70,27 @@ fn names_only_fixtures(value: &Value) -> bool {
     }
 }
 
-/// `show --show-secrets`, then `compile`: the same `config.bin`.
-fn show_then_compile(config: &DeviceConfig) {
+/// `show --show-secrets`, then `compile`: the same `config.bin`. `decoded`: the config
+/// came from a `config.bin`, where a path that is not a regex may be (see the top).
+fn show_then_compile(config: &DeviceConfig, decoded: bool) {
     let bytes = codec::encode(config).expect("a valid config encodes");
     let yaml = yaml_out::to_yaml(config, true);
     let back = match compile_str(&yaml, base()) {
         Ok(back) => back,
+        Err(e) if decoded && is_path_regex_error(&e.to_string()) => return,
         Err(e) => panic!("`config show` output does not compile: {e}\n{yaml}"),
     };
     assert_eq!(*back, *config, "{yaml}");
     assert_eq!(codec::encode(&back).expect("encodes"), bytes, "{yaml}");
+}
+
+/// `compile`'s refusal of a rule's path that is not a regex:
+/// `ingress[N].path: "..." is not a valid regex: ...`.
+fn is_path_regex_error(message: &str) -> bool {
+    message.starts_with("ingress[")
+        && message
+            .split_once("].path: ")
+            .is_some_and(|(_, rest)| rest.contains(" is not a valid regex: "))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -86,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
         let crc = codec::crc32(CRC_INIT, &file[..body]);
         file[body..].copy_from_slice(&crc.to_le_bytes());
         if let Ok(config) = codec::decode(&file) {
-            show_then_compile(&config);
+            show_then_compile(&config, true);
         }
         return;
     }
@@ -100,6 +114,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(config) = compile_str(text, base()) {
         let bytes = codec::encode(&config).expect("a compiled config encodes");
         assert_eq!(*codec::decode(&bytes).expect("and decodes"), *config);
-        show_then_compile(&config);
+        show_then_compile(&config, false);
     }
 });
